@@ -1,0 +1,23 @@
+"""yolomem: how much GPU memory YOLO training will need, answered before training, without a GPU."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["Estimate", "EstimateConfig", "UserError", "estimate", "__version__"]
+
+
+def __getattr__(name: str):
+    # torch and ultralytics load only when the API is used, so `yolomem --help` stays fast
+    if name in {"Estimate", "estimate"}:
+        from yolomem import estimator
+
+        return getattr(estimator, name)
+    if name == "EstimateConfig":
+        from yolomem.config import EstimateConfig
+
+        return EstimateConfig
+    if name == "UserError":
+        from yolomem.errors import UserError
+
+        return UserError
+    raise AttributeError(f"module 'yolomem' has no attribute {name!r}")

@@ -1,0 +1,95 @@
+"""Synthetic training batches: the shapes a dataloader would hand the trainer, and real targets.
+
+Images are created inside the trace (fake there: no memory); the targets are small, so they are real
+tensors, and the loss and its assigner see real object counts and real box geometry.
+
+Objects per image. ``instances`` is the mean number of labelled objects per image. Per-image counts
+are drawn from a Poisson distribution with that mean, with a seeded generator, so the densest image of
+a batch (which sets the assigner's ``n_max_boxes``) is realistic: for 16 images at a mean of 8, the
+maximum is typically 13-14. Box width and height are fractions of the image drawn log-uniformly from
+[0.02, 0.6], centres uniformly, which keeps the anchors-inside-box counts in a COCO-like range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DEFAULT_INSTANCES = 8.0
+BOX_SIDE_RANGE = (0.02, 0.6)  # fraction of the image side, log-uniform
+MASK_RATIO = 4  # Ultralytics' default mask_ratio: masks are imgsz / 4
+
+
+@dataclass(frozen=True)
+class SyntheticBatch:
+    task: str
+    batch: int
+    imgsz: int
+    counts: tuple[int, ...]  # objects in each image
+    seed: int = 0
+    nc: int = 80
+    kpt_shape: tuple[int, int] = (17, 3)
+    channels: int = 3
+
+    @staticmethod
+    def draw(task: str, batch: int, imgsz: int, instances: float, seed: int, nc: int = 80,
+             kpt_shape: tuple[int, int] = (17, 3), channels: int = 3) -> SyntheticBatch:
+        rng = np.random.default_rng(seed)
+        counts = tuple(int(c) for c in rng.poisson(instances, size=batch))
+        return SyntheticBatch(task, batch, imgsz, counts, seed, nc, tuple(kpt_shape), channels)
+
+    @property
+    def total_objects(self) -> int:
+        return sum(self.counts)
+
+    def expected_positives(self, topk: int) -> int:
+        """Foreground anchors the assigner picks: at most top-k per object."""
+        return topk * self.total_objects
+
+    def float_images(self) -> torch.Tensor:
+        return torch.empty(self.batch, self.channels, self.imgsz, self.imgsz)
+
+    def as_dict(self) -> dict:
+        """The batch dict Ultralytics' collate_fn produces for this task."""
+        rng = np.random.default_rng(self.seed + 1)
+        images = torch.zeros((self.batch, self.channels, self.imgsz, self.imgsz), dtype=torch.uint8)
+        if self.task == "classify":
+            return {"img": images, "cls": torch.tensor(rng.integers(0, self.nc, self.batch), dtype=torch.int64)}
+        n = self.total_objects
+        batch_idx = np.repeat(np.arange(self.batch), self.counts).astype(np.float32)
+        side = np.exp(rng.uniform(*np.log(BOX_SIDE_RANGE), size=(n, 2)))
+        centre = rng.uniform(side / 2, 1 - side / 2)
+        boxes = np.concatenate([centre, side], axis=1).astype(np.float32)
+        data = {
+            "img": images,
+            "batch_idx": torch.tensor(batch_idx),
+            "cls": torch.tensor(rng.integers(0, self.nc, (n, 1)).astype(np.float32)),
+            "bboxes": torch.tensor(boxes),
+        }
+        if self.task == "obb":
+            angle = rng.uniform(-np.pi / 4, np.pi / 4, (n, 1)).astype(np.float32)
+            data["bboxes"] = torch.tensor(np.concatenate([boxes, angle], axis=1))
+        if self.task == "pose":
+            kpts = rng.uniform(0, 1, (n, *self.kpt_shape)).astype(np.float32)
+            if self.kpt_shape[1] == 3:
+                kpts[..., 2] = 2.0  # visible
+            data["keypoints"] = torch.tensor(kpts)
+        if self.task == "segment":
+            side_px = self.imgsz // MASK_RATIO
+            data["masks"] = torch.tensor(self._overlap_masks(rng, boxes, side_px))
+        return data
+
+    def _overlap_masks(self, rng, boxes: np.ndarray, side: int) -> np.ndarray:
+        """Overlap-style masks (overlap_mask=True): one (side, side) index map per image."""
+        masks = np.zeros((self.batch, side, side), dtype=np.uint8)
+        start = 0
+        for image, count in enumerate(self.counts):
+            for k in range(count):
+                cx, cy, w, h = boxes[start + k] * side
+                x0, x1 = int(max(cx - w / 2, 0)), int(min(cx + w / 2, side))
+                y0, y1 = int(max(cy - h / 2, 0)), int(min(cy + h / 2, side))
+                masks[image, y0:y1, x0:x1] = k + 1
+            start += count
+        return masks

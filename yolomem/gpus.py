@@ -1,0 +1,92 @@
+"""GPU catalog: total memory of common cards, and the CUDA context term.
+
+Total memory is the card's specification (``total_memory`` as torch reports it is a little lower;
+nvidia-smi's "Total" is the figure here). The CUDA context (driver state, loaded kernels, cuDNN and
+cuBLAS handles) is outside ``torch.cuda.memory_reserved()`` but shows in nvidia-smi.
+
+CUDA_CONTEXT_BYTES: no GPU measurement of this project backs it yet (see validation/). Until one does,
+it is the commonly reported size of a PyTorch CUDA context with lazy module loading (CUDA >= 11.7,
+the default): about 300-600 MiB on Ampere/Hopper cards, e.g. the PyTorch forum thread "CUDA context
+memory usage" and the CUDA C++ Programming Guide section on lazy loading. We take the middle, 500 MiB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from yolomem.errors import UserError, unknown
+
+GiB = 1 << 30
+CUDA_CONTEXT_BYTES = 500 << 20  # cited public figure, see module docstring
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    total_bytes: int
+    context_bytes: int = CUDA_CONTEXT_BYTES
+    shared_memory: bool = False  # Jetson: the GPU shares system RAM
+
+    @property
+    def usable_bytes(self) -> int:
+        """What the caching allocator can get: the card minus the context."""
+        return self.total_bytes - self.context_bytes
+
+
+def _gib(x: float) -> int:
+    return int(x * GiB)
+
+
+CATALOG: dict[str, Gpu] = {
+    gpu.name: gpu
+    for gpu in [
+        Gpu("GTX-1060-6GB", _gib(6)),
+        Gpu("GTX-1650", _gib(4)),
+        Gpu("RTX-2080-Ti", _gib(11)),
+        Gpu("RTX-3060-12GB", _gib(12)),
+        Gpu("RTX-3070", _gib(8)),
+        Gpu("RTX-3080", _gib(10)),
+        Gpu("RTX-3090", _gib(24)),
+        Gpu("RTX-4060", _gib(8)),
+        Gpu("RTX-4070", _gib(12)),
+        Gpu("RTX-4080", _gib(16)),
+        Gpu("RTX-4090", _gib(24)),
+        Gpu("RTX-5090", _gib(32)),
+        Gpu("T4", _gib(15.75)),  # 16 GB card, 15360 MiB usable per nvidia-smi (ECC on)
+        Gpu("L4", _gib(22.5)),
+        Gpu("A10", _gib(22.5)),
+        Gpu("V100-16GB", _gib(16)),
+        Gpu("V100-32GB", _gib(32)),
+        Gpu("A100-40GB", _gib(40)),
+        Gpu("A100-80GB", _gib(80)),
+        Gpu("A6000", _gib(48)),
+        Gpu("L40S", _gib(48)),
+        Gpu("H100-80GB", _gib(80)),
+        Gpu("H200", _gib(141)),
+        Gpu("Jetson-Orin-32GB", _gib(32), shared_memory=True),
+        Gpu("Jetson-Orin-64GB", _gib(64), shared_memory=True),
+    ]
+}
+
+
+def _key(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum()).replace("geforce", "").replace("nvidia", "")
+
+
+_ALIASES = {_key(name): name for name in CATALOG}
+_ALIASES.update({_key("3060"): "RTX-3060-12GB", _key("3090"): "RTX-3090", _key("4090"): "RTX-4090",
+                 _key("A100"): "A100-40GB", _key("H100"): "H100-80GB", _key("V100"): "V100-16GB",
+                 _key("1060"): "GTX-1060-6GB", _key("Tesla T4"): "T4"})  # fmt: skip
+
+
+def find_gpu(name: str, gpu_mem_gib: float | None = None) -> Gpu:
+    """A catalog card by (loose) name; ``gpu_mem_gib`` overrides its memory or defines a custom card."""
+    if gpu_mem_gib is not None:
+        if gpu_mem_gib <= 0:
+            raise UserError(f"gpu_mem={gpu_mem_gib} must be a positive number of GiB")
+        base = CATALOG.get(_ALIASES.get(_key(name), ""), None) if name else None
+        return Gpu(base.name if base else (name or "custom"), _gib(gpu_mem_gib))
+    canonical = _ALIASES.get(_key(name))
+    if canonical is None:
+        raise unknown("gpu", name, CATALOG)
+    return CATALOG[canonical]

@@ -1,0 +1,108 @@
+"""Which model the user means, resolved without any download.
+
+Accepted: a model YAML name shipped in Ultralytics (``yolov8s.yaml``, ``yolo11n-seg.yaml``; the
+``.yaml`` may be left out), a local ``.yaml`` file, or a local ``.pt`` checkpoint. A ``.pt`` name that
+is not on disk would need a download, so it is mapped to the YAML of the same name, and the
+resolution says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from yolomem.errors import UserError, unknown
+
+SCALES = "nsmlx"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str  # as the user will recognise it, e.g. "yolov8s"
+    source: str  # "yaml" | "local-yaml" | "checkpoint"
+    task: str
+    cfg: dict  # the model YAML as a dict
+    nc: int | None  # classes, when a checkpoint says so
+    note: str = ""  # e.g. "yolov8s.pt is not on disk; using yolov8s.yaml"
+
+
+def _models_dir() -> Path:
+    import ultralytics
+
+    return Path(ultralytics.__file__).parent / "cfg" / "models"
+
+
+@functools.cache
+def shipped_model_names() -> tuple[str, ...]:
+    """Every YAML name Ultralytics can build, with scales expanded (yolov8.yaml -> yolov8n..x.yaml)."""
+    import yaml
+
+    names = set()
+    for path in _models_dir().rglob("*.yaml"):
+        stem = path.stem
+        if not stem.startswith("yolo"):
+            continue  # RT-DETR and friends are not YOLO training runs
+        try:
+            scales = (yaml.safe_load(path.read_text()) or {}).get("scales") or {}
+        except yaml.YAMLError:
+            continue
+        if not scales:
+            names.add(f"{stem}.yaml")
+            continue
+        # scale letters go right after the version digits: yolov8-seg -> yolov8n-seg, yolo11 -> yolo11n
+        match = re.match(r"^(.*?\d+)(.*)$", stem)
+        for scale in scales:
+            if match:
+                names.add(f"{match.group(1)}{scale}{match.group(2)}.yaml")
+    return tuple(sorted(names))
+
+
+def resolve_model(spec: str) -> ResolvedModel:
+    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
+
+    if not spec or not str(spec).strip():
+        raise UserError("no model given; try e.g. 'yolov8n.yaml'")
+    spec = str(spec).strip()
+    path = Path(spec).expanduser()
+    note = ""
+    if path.suffix == ".pt":
+        if path.is_file():
+            return _from_checkpoint(path)
+        if path.parent != Path(".") or spec.startswith(("/", ".")):
+            raise UserError(f"checkpoint {spec!r} does not exist")
+        yaml_name = f"{path.stem}.yaml"
+        if yaml_name not in shipped_model_names():
+            raise unknown("model", spec, [n[:-5] + ".pt" for n in shipped_model_names()])
+        note = f"{spec} is not on disk and would need a download; using {yaml_name} (same architecture, random weights)"
+        spec, path = yaml_name, Path(yaml_name)
+    elif path.suffix in {".yaml", ".yml"} and path.is_file():
+        cfg = yaml_model_load(str(path))
+        return ResolvedModel(path.stem, "local-yaml", guess_model_task(cfg), cfg, None)
+    elif path.suffix == "":
+        spec, path = f"{spec}.yaml", Path(f"{spec}.yaml")
+    if path.suffix not in {".yaml", ".yml"}:
+        raise UserError(f"model {spec!r} must be a .yaml name or file, or a .pt checkpoint")
+    if spec not in shipped_model_names():
+        if spec.startswith(("/", ".")) or len(path.parts) > 1:
+            raise UserError(f"model file {spec!r} does not exist")
+        raise unknown("model", spec, shipped_model_names())
+    cfg = yaml_model_load(spec)
+    return ResolvedModel(path.stem, "yaml", guess_model_task(cfg), cfg, None, note)
+
+
+def _from_checkpoint(path: Path) -> ResolvedModel:
+    """A local Ultralytics checkpoint: its architecture (``model.yaml``) and class count."""
+    import torch
+    from ultralytics.nn.tasks import guess_model_task
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input error
+        raise UserError(f"cannot read checkpoint {str(path)!r}: {type(error).__name__}") from None
+    model = (checkpoint.get("ema") or checkpoint.get("model")) if isinstance(checkpoint, dict) else None
+    cfg = getattr(model, "yaml", None)
+    if not isinstance(cfg, dict):
+        raise UserError(f"checkpoint {str(path)!r} holds no Ultralytics model with a 'yaml' config")
+    return ResolvedModel(path.stem, "checkpoint", guess_model_task(cfg), dict(cfg), int(cfg.get("nc", 80)))

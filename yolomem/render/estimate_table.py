@@ -1,0 +1,71 @@
+"""The human view of an ``Estimate``: a rich table in GiB and GB, with the breakdown."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from yolomem.estimator import Estimate
+
+GiB = 1 << 30
+_LABELS = {
+    "parameter": "parameters + buffers",
+    "gradient": "gradients",
+    "optimizer_state": "optimizer state",
+    "ema": "EMA copy",
+    "activation": "activations (saved + backward)",
+    "loss": "loss / assigner temporaries",
+    "input": "input batch",
+    "other": "other (optimizer/scaler temporaries)",
+    "allocator_rounding": "allocator rounding",
+    "cache_fragmentation": "allocator cache + fragmentation",
+    "cuda_context": "CUDA context (not in GPU_mem)",
+}
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / GiB:8.3f} GiB  {nbytes / 1e9:7.2f} GB"
+
+
+def render_estimate(estimate: Estimate, console: Console | None = None) -> None:
+    console = console or Console()
+    cfg = estimate.config
+    title = (
+        f"{cfg['model']} ({estimate.task}) · batch {cfg['batch']} · imgsz {cfg['imgsz']} · "
+        f"{cfg['amp']} · {cfg['optimizer']} · {estimate.params / 1e6:.2f} M params"
+    )
+    summary = Table(title=title, show_header=False, title_justify="left")
+    summary.add_column("what")
+    summary.add_column("value", justify="right")
+    summary.add_row("Ultralytics GPU_mem column (memory_reserved)", f"[bold]{estimate.gpu_mem_printed}[/bold]  ({estimate.gpu_mem_unit})")
+    summary.add_row("nvidia-smi total (reserved + CUDA context)", _size(estimate.device_total_bytes))
+    summary.add_row("peak reserved", _size(estimate.peak_reserved_bytes))
+    summary.add_row("peak allocated", _size(estimate.peak_allocated_bytes))
+    summary.add_row("peak happens in", estimate.peak_phase)
+    if estimate.gpu:
+        verdict = "[green]fits[/green]" if estimate.fits else "[red]does not fit[/red]"
+        summary.add_row(f"on {estimate.gpu} ({estimate.gpu_total_bytes / GiB:.1f} GiB)", verdict)
+    console.print(summary)
+
+    breakdown = Table(title="Where it goes (at the peak)", title_justify="left")
+    breakdown.add_column("part")
+    breakdown.add_column("size", justify="right")
+    breakdown.add_column("share", justify="right")
+    total = max(sum(estimate.breakdown.values()), 1)
+    for key, nbytes in estimate.breakdown.items():
+        if nbytes:
+            breakdown.add_row(_LABELS.get(key, key), _size(nbytes), f"{100 * nbytes / total:5.1f} %")
+    console.print(breakdown)
+
+    if estimate.top_layers:
+        layers = Table(title="Layers holding the most activation memory at the peak", title_justify="left")
+        layers.add_column("layer")
+        layers.add_column("size", justify="right")
+        for layer in estimate.top_layers:
+            layers.add_row(layer.module, _size(layer.bytes))
+        console.print(layers)
+    for note in estimate.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    for item in estimate.unaccounted:
+        console.print(f"[dim]not modelled: {item}[/dim]")
+    console.print(f"[dim]computed in {estimate.seconds:.1f} s from a trace of {len(estimate.trace.events) if estimate.trace else 0} allocation events[/dim]")

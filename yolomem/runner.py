@@ -1,0 +1,86 @@
+"""Set up a traced training run for a resolved config and record its iterations."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from yolomem.autocast import CudaAutocastPolicy
+from yolomem.batches import SyntheticBatch
+from yolomem.config import EstimateConfig
+from yolomem.models import ResolvedModel
+from yolomem.trace import Trace, Tracer, module_scopes
+from yolomem.ultralytics_step import StepSettings, UltralyticsRun, build_model, cuda_foreach_types
+
+
+@dataclass(frozen=True)
+class TracedRun:
+    trace: Trace
+    params: int
+    imgsz: int
+    optimizer: str
+    notes: tuple[str, ...]
+    probe_failures: tuple[str, ...]
+
+
+def resolve_optimizer(name: str) -> tuple[str, str | None]:
+    """``auto`` -> AdamW, with a note: Ultralytics picks AdamW for runs of at most 10k iterations and
+    MuSGD beyond (BaseTrainer.build_optimizer). Without the dataset size we assume the short run."""
+    if name != "auto":
+        return name, None
+    return "AdamW", "optimizer=auto: assumed AdamW (Ultralytics' choice for <= 10k iterations); pass optimizer=MuSGD for long runs"
+
+
+def trace_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: bool = True) -> TracedRun:
+    """Build the model on fake tensors, then trace ``config.iterations`` training iterations."""
+    from yolomem.estimator import round_imgsz
+
+    notes: list[str] = []
+    optimizer, note = resolve_optimizer(config.optimizer)
+    if note and config.step == "train":
+        notes.append(note)
+    for key, value in (("data", config.data), ("checkpoint", config.checkpoint)):
+        if value:
+            notes.append(f"{key}={value}: not modelled by this version; ignored")
+    rank_batch = max(config.batch // config.world_size, 1)  # BaseTrainer: batch_size // world_size
+    if config.world_size > 1:
+        notes.append(f"world_size={config.world_size}: per-rank batch {rank_batch}; DDP buckets not modelled yet")
+    tracer = Tracer(fake=fake)
+    nc = config.nc or resolved.nc
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(tracer)
+        stack.enter_context(cuda_foreach_types())
+        policy = None
+        if config.amp != "fp32":
+            policy = stack.enter_context(CudaAutocastPolicy(tracer.fake_cuda_like, tracer.paused))
+        model = build_model(resolved.cfg, resolved.task, nc)
+        stride = max(int(model.stride.max()) if hasattr(model, "stride") else 32, 32)
+        imgsz = round_imgsz(config.imgsz, stride)
+        if imgsz != config.imgsz:
+            notes.append(f"imgsz={config.imgsz} is not a multiple of stride {stride}; rounded up to {imgsz} as Ultralytics does")
+        settings = StepSettings(
+            task=resolved.task, batch=rank_batch, imgsz=imgsz, precision=config.amp, optimizer=optimizer,
+            nbs=config.nbs, freeze=config.freeze, multi_scale=config.multi_scale,
+            iterations=config.iterations, step=config.step,
+        )  # fmt: skip
+        run = UltralyticsRun(model, settings, tracer, policy)
+        params = sum(p.numel() for p in model.parameters())
+        tracer.forget()  # building happened on the host; the GPU sees the finished tensors
+        for category, tensors in run.persistent_tensors().items():
+            tracer.track_existing(tensors, category)
+        kpt_shape = tuple(resolved.cfg.get("kpt_shape", (17, 3)))
+        channels = int(resolved.cfg.get("channels", 3))
+        with module_scopes(model, tracer):
+            for iteration in range(config.iterations):
+                batch = SyntheticBatch.draw(
+                    resolved.task, rank_batch, imgsz, config.instances, seed=config.seed + iteration,
+                    nc=int(getattr(model, "nc", 80)), kpt_shape=kpt_shape, channels=channels,
+                )  # fmt: skip
+                if config.step == "train":
+                    run.train_iteration(iteration, batch)
+                else:
+                    run.fwd_bwd_iteration(iteration, batch)
+        trace = tracer.result()
+        tracer.detach_finalizers()
+    failures = tuple(sorted(policy.probe_failures)) if policy else ()
+    return TracedRun(trace, params, imgsz, optimizer if config.step == "train" else "none", tuple(notes), failures)
