@@ -110,13 +110,22 @@ class CudaAutocastPolicy:
 
     # -- the kernel -------------------------------------------------------------------------------
     def _kernel_for(self, op: torch._ops.OpOverload):
+        dtype_position = next((i for i, a in enumerate(op._schema.arguments) if a.name == "dtype"), None)
+
         def kernel(*args: Any, **kwargs: Any) -> Any:
             flat, spec = tree_flatten((args, kwargs))
-            targets = self._arrival_dtypes(op, flat, spec)
+            targets, set_dtype = self._arrival_dtypes(op, flat, spec)
             for index, target in enumerate(targets):
                 if target is not None:
                     flat[index] = self._cast(flat[index], target)
             args2, kwargs2 = tree_unflatten(flat, spec)
+            if set_dtype is not None and dtype_position is not None:
+                # the fp32_set_opt_dtype policy (softmax, cumsum, sum...): CUDA passes dtype=float32
+                if len(args2) > dtype_position:
+                    if args2[dtype_position] is None:
+                        args2 = (*args2[:dtype_position], set_dtype, *args2[dtype_position + 1 :])
+                elif kwargs2.get("dtype") is None:
+                    kwargs2 = {**kwargs2, "dtype": set_dtype}
             with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_AUTOCAST_CPU)):
                 return op(*args2, **kwargs2)
 
@@ -133,8 +142,9 @@ class CudaAutocastPolicy:
             self._weight_cache[id(tensor)] = cast
         return cast
 
-    def _arrival_dtypes(self, op, flat: list, spec) -> tuple[torch.dtype | None, ...]:
-        """For each flat argument: the dtype CUDA autocast casts it to, or None if left alone."""
+    def _arrival_dtypes(self, op, flat: list, spec) -> tuple[tuple[torch.dtype | None, ...], torch.dtype | None]:
+        """For each flat argument: the dtype CUDA autocast casts it to, or None if left alone; and the
+        ``dtype=`` CUDA autocast sets on ops that take one, or None."""
         key = (op, torch.get_autocast_dtype("cpu"), tuple(x.dtype if isinstance(x, torch.Tensor) else None for x in flat))
         decision = self._decisions.get(key)
         if decision is None:
@@ -142,7 +152,7 @@ class CudaAutocastPolicy:
             self._decisions[key] = decision
         return decision
 
-    def _probe(self, op, flat: list, spec) -> tuple[torch.dtype | None, ...]:
+    def _probe(self, op, flat: list, spec) -> tuple[tuple[torch.dtype | None, ...], torch.dtype | None]:
         tensor_positions = [i for i, x in enumerate(flat) if isinstance(x, torch.Tensor)]
         with self._pause_recording(), torch.no_grad():
             cuda_flat = list(flat)
@@ -156,10 +166,10 @@ class CudaAutocastPolicy:
             torch.set_autocast_dtype("cuda", torch.get_autocast_dtype("cpu"))
             try:
                 with watcher:
-                    op(*args, **kwargs)
+                    out = op(*args, **kwargs)
             except Exception:  # an op the fake CUDA path cannot run: leave its arguments as they are
                 self.probe_failures.add(str(op))
-                return tuple(None for _ in flat)
+                return tuple(None for _ in flat), None
             finally:
                 torch.set_autocast_enabled("cuda", cuda_was)
                 torch.set_autocast_dtype("cuda", cuda_dtype)
@@ -168,4 +178,9 @@ class CudaAutocastPolicy:
             position = tensor_positions[watched_index]
             if flat[position].dtype != dtype:
                 result[position] = dtype
-        return tuple(result)
+        first = out[0] if isinstance(out, (tuple, list)) and out else out
+        input_dtypes = {flat[i].dtype for i in tensor_positions}
+        set_dtype = None
+        if not watcher.cast_to and isinstance(first, torch.Tensor) and first.dtype not in input_dtypes:
+            set_dtype = first.dtype if first.dtype.is_floating_point else None
+        return tuple(result), set_dtype

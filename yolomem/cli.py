@@ -38,6 +38,10 @@ def get_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("words", nargs="*", help="MODEL and key=value settings (Ultralytics names)")
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.add_argument("-o", "--output", help="file to write (plot: .png/.svg/.pdf, report: .html)")
+        p.add_argument("--explain", action="store_true", help="fit: list what each memory-saving step buys")
+        p.add_argument("--csv", action="store_true", help="table: print CSV")
+        p.add_argument("--markdown", action="store_true", help="table: print a Markdown table")
     return parser
 
 

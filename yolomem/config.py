@@ -18,13 +18,13 @@ from yolomem.errors import UserError, unknown
 
 OPTIMIZERS = ("auto", "SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop", "MuSGD")
 STEPS = ("train", "fwd_bwd")
-FRAMEWORKS = ("ultralytics",)
+FRAMEWORKS = ("ultralytics", "yolov5")  # yolov5: the yolov5 repo's loop (yolomem.yolov5)
 PRECISIONS = {"true": "fp16", "fp16": "fp16", "false": "fp32", "fp32": "fp32", "bf16": "bf16"}
 _YOLO_WORDS = {"yolo", "train", "detect", "segment", "pose", "obb", "classify"}
 _OWN_KEYS = {"instances", "step", "iterations", "alloc_conf", "gpu", "gpu_mem", "framework", "seed", "nc",
              "world_size", "checkpoint"}
 _MEMORY_KEYS = {"model", "imgsz", "batch", "amp", "optimizer", "nbs", "freeze", "multi_scale", "task",
-                "overlap_mask", "mask_ratio", "data", "device"}  # fmt: skip
+                "overlap_mask", "mask_ratio", "data", "device", "epochs", "cache", "workers"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class EstimateConfig:
     data: str | None = None  # an Ultralytics dataset YAML (objects per image, dataset size)
     world_size: int = 1  # DDP ranks; batch is split across them as Ultralytics does
     checkpoint: bool = False  # activation checkpointing (yolomem.checkpointing)
+    epochs: int | None = None  # >= 2 (or data=) simulates epochs with validation (yolomem.epochs)
+    cache: str | None = None  # Ultralytics' cache: "ram" | "disk" | None (host memory, yolomem.host_memory)
+    workers: int = 8  # Ultralytics' dataloader workers (host memory)
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -59,6 +62,11 @@ class EstimateConfig:
         _check_positive_int("nbs", self.nbs)
         _check_positive_int("iterations", self.iterations)
         _check_positive_int("world_size", self.world_size)
+        _check_positive_int("workers", self.workers, allow_zero=True)
+        if self.epochs is not None:
+            _check_positive_int("epochs", self.epochs)
+        if self.cache not in (None, "ram", "disk"):
+            raise unknown("cache", self.cache, ("ram", "disk", "false"))
         if self.amp not in set(PRECISIONS.values()):
             raise UserError(f"amp={self.amp!r} is not valid; use true, false, fp32 or bf16")
         if self.optimizer not in OPTIMIZERS:
@@ -128,6 +136,7 @@ class EstimateConfig:
             "iterations": self.iterations, "alloc_conf": self.alloc_conf, "gpu": self.gpu,
             "gpu_mem": self.gpu_mem, "framework": self.framework, "seed": self.seed, "nc": self.nc,
             "data": self.data, "world_size": self.world_size, "checkpoint": self.checkpoint,
+            "epochs": self.epochs, "cache": self.cache, "workers": self.workers,
         }  # fmt: skip
 
 
@@ -152,7 +161,7 @@ def _convert(key: str, raw: object) -> object:
     if key == "batch" and (text.startswith("-1") or text.startswith("0.")):
         raise UserError(f"batch={text} asks for AutoBatch; yolomem needs a fixed batch (yolomem fit finds the largest)")
     try:
-        if key in {"batch", "imgsz", "nbs", "iterations", "seed", "nc", "world_size"}:
+        if key in {"batch", "imgsz", "nbs", "iterations", "seed", "nc", "world_size", "epochs", "workers"}:
             return int(text)
         if key in {"instances", "multi_scale", "gpu_mem"}:
             return float(text)
@@ -173,6 +182,8 @@ def _convert(key: str, raw: object) -> object:
         if text.lower() not in {"true", "false"}:
             raise UserError(f"checkpoint={text!r} must be true or false")
         return text.lower() == "true"
+    if key == "cache":  # Ultralytics: True -> "ram", False/None -> no cache
+        return {"true": "ram", "false": None, "none": None}.get(text.lower(), text.lower())
     if key == "alloc_conf":
         return text or None
     return text

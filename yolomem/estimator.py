@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 
 from yolomem.allocator import CachingAllocator, parse_alloc_conf
 from yolomem.config import EstimateConfig
+from yolomem.dataset import DatasetSummary
+from yolomem.epochs import EpochSimulation
+from yolomem.host_memory import HostMemory
 from yolomem.errors import UserError
 from yolomem.gpus import CUDA_CONTEXT_BYTES, find_gpu
 from yolomem.trace import AllocationEvent, Trace
@@ -73,6 +76,11 @@ class Estimate:
     fits: bool | None = None
     num_alloc_retries: int = 0
     trace: Trace | None = field(default=None, repr=False, compare=False)
+    # whole epochs (yolomem.epochs), when data= or epochs>=2 is given
+    epoch1_reserved_bytes: int | None = None
+    epochs: EpochSimulation | None = None
+    dataset: DatasetSummary | None = None
+    host: HostMemory | None = None
 
     @property
     def gpu_mem_printed(self) -> str:
@@ -106,6 +114,10 @@ class Estimate:
             "unaccounted": list(self.unaccounted),
             "notes": list(self.notes),
             "seconds": round(self.seconds, 3),
+            "epoch1_reserved_bytes": self.epoch1_reserved_bytes,
+            "epochs": self.epochs.to_json() if self.epochs else None,
+            "dataset": self.dataset.to_json() if self.dataset else None,
+            "host": self.host.to_json() if self.host else None,
         }
 
 
@@ -240,24 +252,54 @@ def estimate_config(config: EstimateConfig) -> Estimate:
 
     started = time.perf_counter()
     gpu = find_gpu(config.gpu, config.gpu_mem) if (config.gpu or config.gpu_mem) else None
-    resolved = resolve_model(config.model)
+    resolved = resolve_model(config.model, config.framework)
+    if resolved.framework != config.framework:  # e.g. a bare yolov4 selects the yolov5 loop (see resolved.note)
+        config = config.with_changes(framework=resolved.framework)
     notes = list(config.notes)
     if resolved.note:
         notes.append(resolved.note)
-    run = trace_run(config, resolved)
+    from yolomem.epochs import epoch_request
+
+    request = epoch_request(config, resolved)  # None unless data= or epochs>=2
+    if request is not None:
+        config = request.config
+        notes.extend(request.notes)
+        run = trace_run(config, resolved, after_iterations=request.hook)
+    else:
+        run = trace_run(config, resolved)
     notes.extend(run.notes)
     context = gpu.context_bytes if gpu else CUDA_CONTEXT_BYTES
-    replay = replay_trace(run.trace, config.alloc_conf, capacity_bytes=gpu.usable_bytes if gpu else None)
+    base_trace = request.base_trace(run.trace) if request else run.trace
+    replay = replay_trace(base_trace, config.alloc_conf, capacity_bytes=gpu.usable_bytes if gpu else None)
+    simulation = None
+    if request is not None:
+        simulation = request.simulate(run.trace, config.alloc_conf, gpu.total_bytes if gpu else None,
+                                      gpu.usable_bytes if gpu else None)  # fmt: skip
+        if simulation.oom and not replay.oom:
+            notes.append(f"does not fit {gpu.name} in epoch 2+ or validation: {simulation.oom}")
+    host = None
+    if request is not None and request.dataset is not None:
+        from yolomem.host_memory import host_memory
+
+        host = host_memory(request.dataset, run.imgsz, config.batch, config.workers, config.cache)
+    elif config.cache:
+        notes.append(f"cache={config.cache}: host RAM needs the image sizes; pass data=path/to/data.yaml")
     if replay.oom:
         notes.append(f"does not fit {gpu.name}: {replay.oom}")
     yolomem_version, torch_version, ultralytics_version = _versions()
     unaccounted = [
         "cuDNN/cuBLAS workspaces: transient buffers kernels take from the caching allocator; not traced",
-        "validation pass and epochs 2+: not modelled yet (steady_reserved_bytes is null)",
     ]
+    if simulation is None:
+        unaccounted.append("validation pass and epochs 2+: not simulated (pass data=... or epochs=2; steady_reserved_bytes is null)")
+    else:
+        unaccounted += [f"epochs: {a}" for a in simulation.assumptions]
     unaccounted += [f"assumed {a.question} = {a.answer} ({a.phase})" for a in _distinct(run.trace.oracle_answers)]
     unaccounted += [f"autocast probe failed for {op}; its arguments were left uncast" for op in sorted(run.probe_failures)]
-    peak_event = run.trace.events[replay.peak_index] if run.trace.events else None
+    peak_event = base_trace.events[replay.peak_index] if base_trace.events else None
+    peak_reserved, peak_phase = replay.peak_reserved_bytes, peak_event.phase if peak_event else ""
+    if simulation is not None and simulation.peak_reserved.median > peak_reserved:
+        peak_reserved, peak_phase = simulation.peak_reserved.median, simulation.peak_phase
     resolved_config = config.as_dict() | {
         "model": resolved.name, "imgsz": run.imgsz, "optimizer": run.optimizer, "task": resolved.task,
     }  # fmt: skip
@@ -269,23 +311,27 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         task=resolved.task,
         params=run.params,
         peak_allocated_bytes=replay.peak_allocated_bytes,
-        peak_reserved_bytes=replay.peak_reserved_bytes,
-        steady_reserved_bytes=None,
+        peak_reserved_bytes=peak_reserved,
+        steady_reserved_bytes=simulation.steady_reserved.median if simulation else None,
         context_bytes=context,
-        device_total_bytes=replay.peak_reserved_bytes + context,
+        device_total_bytes=peak_reserved + context,
         breakdown=_breakdown(replay, context),
         top_layers=_top_layers(replay),
         reserved_per_iteration=replay.reserved_per_iteration,
-        peak_phase=peak_event.phase if peak_event else "",
+        peak_phase=peak_phase,
         unaccounted=tuple(unaccounted),
         notes=tuple(notes),
         gpu_mem_unit=gpu_mem_unit(ultralytics_version),
         seconds=time.perf_counter() - started,
         gpu=gpu.name if gpu else None,
         gpu_total_bytes=gpu.total_bytes if gpu else None,
-        fits=(replay.oom is None) if gpu else None,
+        fits=(replay.oom is None and not (simulation and simulation.oom)) if gpu else None,
         num_alloc_retries=replay.num_alloc_retries,
         trace=run.trace,
+        epoch1_reserved_bytes=simulation.epoch1_reserved.median if simulation else None,
+        epochs=simulation,
+        dataset=request.dataset if request else None,
+        host=host,
     )
 
 

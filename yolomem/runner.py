@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from yolomem.autocast import CudaAutocastPolicy
 from yolomem.batches import SyntheticBatch
 from yolomem.config import EstimateConfig
 from yolomem.models import ResolvedModel
-from yolomem.trace import Trace, Tracer, module_scopes
+from yolomem.trace import DataOracle, Trace, Tracer, module_scopes
 from yolomem.ultralytics_step import StepSettings, UltralyticsRun, build_model, cuda_foreach_types
 
 
@@ -31,21 +32,30 @@ def resolve_optimizer(name: str) -> tuple[str, str | None]:
     return "AdamW", "optimizer=auto: assumed AdamW (Ultralytics' choice for <= 10k iterations); pass optimizer=MuSGD for long runs"
 
 
-def trace_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: bool = True) -> TracedRun:
-    """Build the model on fake tensors, then trace ``config.iterations`` training iterations."""
+def trace_run(
+    config: EstimateConfig, resolved: ResolvedModel, *, fake: bool = True, oracle: DataOracle | None = None,
+    after_iterations: Callable[[UltralyticsRun], None] | None = None,
+) -> TracedRun:
+    """Build the model on fake tensors, then trace ``config.iterations`` training iterations.
+
+    ``after_iterations(run)`` traces more with the same model and tracer (``yolomem.epochs``: more
+    object-count levels and the validation pass)."""
     from yolomem.estimator import round_imgsz
 
+    if resolved.framework == "yolov5":  # original anchor-based designs: the yolov5 repo's loop
+        from yolomem.yolov5.runner import trace_yolov5_run
+
+        return trace_yolov5_run(config, resolved, fake=fake, oracle=oracle, after_iterations=after_iterations)
     notes: list[str] = []
     optimizer, note = resolve_optimizer(config.optimizer)
     if note and config.step == "train":
         notes.append(note)
-    for key, value in (("data", config.data), ("checkpoint", config.checkpoint)):
-        if value:
-            notes.append(f"{key}={value}: not modelled by this version; ignored")
     rank_batch = max(config.batch // config.world_size, 1)  # BaseTrainer: batch_size // world_size
     if config.world_size > 1:
-        notes.append(f"world_size={config.world_size}: per-rank batch {rank_batch}; DDP buckets not modelled yet")
-    tracer = Tracer(fake=fake)
+        notes.append(f"world_size={config.world_size}: per-rank batch {rank_batch}; includes DDP's gradient buckets (yolomem.ddp)")
+    if config.checkpoint:
+        notes.append("checkpoint=true: layers wrapped with yolomem.checkpointing (add checkpoint_callback to your run)")
+    tracer = Tracer(fake=fake, oracle=oracle)
     nc = config.nc or resolved.nc
     with contextlib.ExitStack() as stack:
         stack.enter_context(tracer)
@@ -64,10 +74,19 @@ def trace_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: bool = T
             iterations=config.iterations, step=config.step,
         )  # fmt: skip
         run = UltralyticsRun(model, settings, tracer, policy)
+        if config.checkpoint:  # where the user's on_pretrain_routine_end callback wraps: after the EMA copy
+            from yolomem.checkpointing import wrap_layers
+
+            wrap_layers(model, context_fn=_recompute_context(policy, run.amp_dtype))
         params = sum(p.numel() for p in model.parameters())
         tracer.forget()  # building happened on the host; the GPU sees the finished tensors
         for category, tensors in run.persistent_tensors().items():
             tracer.track_existing(tensors, category)
+        ddp_buckets = []
+        if config.world_size > 1:
+            from yolomem.ddp import allocate_ddp_state
+
+            ddp_buckets = allocate_ddp_state(model, tracer)  # alive for the whole run, like the Reducer's
         kpt_shape = tuple(resolved.cfg.get("kpt_shape", (17, 3)))
         channels = int(resolved.cfg.get("channels", 3))
         with module_scopes(model, tracer):
@@ -80,7 +99,22 @@ def trace_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: bool = T
                     run.train_iteration(iteration, batch)
                 else:
                     run.fwd_bwd_iteration(iteration, batch)
+            if after_iterations is not None:
+                after_iterations(run)
         trace = tracer.result()
         tracer.detach_finalizers()
+        del ddp_buckets
     failures = tuple(sorted(policy.probe_failures)) if policy else ()
     return TracedRun(trace, params, imgsz, optimizer if config.step == "train" else "none", tuple(notes), failures)
+
+
+def _recompute_context(policy, amp_dtype):
+    """``context_fn`` for checkpointing in the trace. On a GPU, checkpoint re-enters
+    ``torch.autocast('cuda')`` for the recompute, and leaving it clears autocast's weight-cast cache;
+    here the CPU emulation's region does both, so the recomputed fp16 weight copies die with it."""
+    def context_fn():
+        if policy is None or amp_dtype is None:
+            return contextlib.nullcontext(), contextlib.nullcontext()
+        return contextlib.nullcontext(), policy.region(amp_dtype)
+
+    return context_fn

@@ -126,7 +126,9 @@ class Tracer(TorchDispatchMode):
         self._log: list[tuple[str, _Record]] = []
         self._category_override: dict[int, str] = {}  # storage id -> category, set after the fact
         self._finalizers: dict[int, weakref.finalize] = {}
-        self._aliases: dict[int, int] = {}  # fake twin storage -> real storage it stands for
+        self._aliases: dict[int, _Record] = {}  # fake twin storage -> the real allocation it stands for
+        self._twins: dict[int, set[int]] = {}  # allocation id -> storage keys of its live fake twins
+        self._orphans: dict[int, _Record] = {}  # allocation id -> record whose real storage died first
         self._tainted: set[int] = set()
         self._paused = 0
         self._real_factories = 0
@@ -168,7 +170,7 @@ class Tracer(TorchDispatchMode):
 
     @contextlib.contextmanager
     def real_factories(self) -> Iterator[None]:
-        """Small factory ops make real tensors inside, whatever the phase."""
+        """Small factory ops make real tensors inside, whatever the phase (e.g. NMS bookkeeping)."""
         self._real_factories += 1
         try:
             yield
@@ -189,6 +191,10 @@ class Tracer(TorchDispatchMode):
         self._category_override.clear()
         self._iteration_bounds.clear()
         self.oracle_answers.clear()
+        self._aliases.clear()
+        self._twins.clear()
+        self._orphans.clear()
+        self._tainted.clear()
 
     # -- registration of tensors that exist before the step -----------------------------------
     def track_existing(self, tensors, category: str, module: str = "") -> None:
@@ -201,51 +207,66 @@ class Tracer(TorchDispatchMode):
         for tensor in tensors:
             if isinstance(tensor, torch.Tensor):
                 sid = self._storage_key(tensor)
-                sid = self._aliases.get(sid, sid)
-                if sid in self._records:
-                    self._category_override[self._records[sid].storage_id] = category
+                record = self._aliases.get(sid) or self._records.get(sid)
+                if record is not None:
+                    self._category_override[record.storage_id] = category
 
     # -- the dispatch hook ----------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self._paused:
             return func(*args, **kwargs)
-        if func in _SCALAR_READ and self._any_fake(args):
-            value = self._answer_scalar(args[0])
-            return value
-        if func in _DATA_DEPENDENT_SHAPE and self._any_fake(args):
-            out = self._answer_nonzero(args[0])
-        elif self.fake and self._runs_real(func, args, kwargs):
-            if func in _LIKE_FACTORIES:  # the reference tensor may be fake: give it a real stand-in
-                args = (_real_stand_in(func, args[0]), *args[1:])
-            with _disable_current_modes():
-                out = func(*args, **kwargs)
-        else:
-            if self.fake:
-                args, kwargs = self._fakeify_inputs(func, args, kwargs)
+        if not self.fake:
             out = func(*args, **kwargs)
-        for tensor in tree_flatten(out)[0]:
-            if isinstance(tensor, torch.Tensor):
+        else:
+            out = self._dispatch_fake(func, args, kwargs)
+        if isinstance(out, torch.Tensor):
+            self._see(out)
+        elif isinstance(out, (tuple, list)):
+            for tensor in _tensors_in(out):
                 self._see(tensor)
         return out
 
+    def _dispatch_fake(self, func, args, kwargs):
+        tensors = _tensors_in(args)
+        if kwargs:
+            tensors += _tensors_in(kwargs.values())
+        fakes = [self._is_fake_like(t) for t in tensors]
+        if tensors and all(isinstance(t, FakeTensor) for t in tensors):  # the common case: a model op on fake tensors
+            if func in _SCALAR_READ:
+                return self._answer_scalar(tensors[0])
+            if func in _DATA_DEPENDENT_SHAPE:
+                return self._answer_nonzero(tensors[0])
+            if not (func in _LIKE_FACTORIES and self.phase_name == "loss"):
+                return func(*args, **kwargs)
+        if all(fakes) and tensors:  # only fake-like values: the oracle answers data questions
+            if func in _SCALAR_READ:
+                return self._answer_scalar(tensors[0])
+            if func in _DATA_DEPENDENT_SHAPE:
+                return self._answer_nonzero(tensors[0])
+        elif func in _SCALAR_READ:  # a real value: read it
+            with _disable_current_modes():
+                return func(*args, **kwargs)
+        if self._runs_real(func, args, kwargs, tensors, any(fakes)):
+            if func in _LIKE_FACTORIES:  # the reference tensor may be fake: give it a real stand-in
+                args = (_real_stand_in(func, args[0]), *args[1:])
+            with _disable_current_modes():
+                return func(*args, **kwargs)
+        if any(fakes):  # mixed, or tainted real tensors: hand the fake mode our registered twins
+            args, kwargs = self._fakeify_inputs(func, args, kwargs)
+        return func(*args, **kwargs)
+
     # -- real/fake policy -----------------------------------------------------------------------
     def _is_fake_like(self, tensor: torch.Tensor) -> bool:
-        return isinstance(tensor, FakeTensor) or self._storage_key(tensor) in self._tainted
+        return isinstance(tensor, FakeTensor) or (bool(self._tainted) and self._storage_key(tensor) in self._tainted)
 
-    def _any_fake(self, args) -> bool:
-        return any(isinstance(t, torch.Tensor) and self._is_fake_like(t) for t in tree_flatten(args)[0])
-
-    def _runs_real(self, func, args, kwargs) -> bool:
-        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        if func in _SCALAR_READ:
-            return not self._is_fake_like(tensors[0])
+    def _runs_real(self, func, args, kwargs, tensors, any_fake: bool) -> bool:
         factory = not tensors or (func in _LIKE_FACTORIES and self.phase_name == "loss")
         if factory:
             # real only in the loss (anchor grids, padded targets), and only when small
             wanted = self.phase_name == "loss" or self._real_factories
-            return wanted and self._output_bytes(func, args, kwargs) <= self.real_bytes_cap
-        if any(self._is_fake_like(t) for t in tensors):
+            return bool(wanted) and self._output_bytes(func, args, kwargs) <= self.real_bytes_cap
+        if any_fake:
             return False
         return self._output_bytes(func, args, kwargs) <= self.real_bytes_cap
 
@@ -265,7 +286,11 @@ class Tracer(TorchDispatchMode):
     def _to_fake(self, value: Any) -> Any:
         if isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
             fake = self.fake_mode.from_tensor(value)
-            self._aliases[self._storage_key(fake)] = self._storage_key(value)
+            twin, record = self._storage_key(fake), self._records.get(self._storage_key(value))
+            if record is not None and twin not in self._aliases:
+                self._aliases[twin] = record
+                self._twins.setdefault(record.storage_id, set()).add(twin)
+                weakref.finalize(fake.untyped_storage(), self._on_twin_free, twin)
             return fake
         return value
 
@@ -319,11 +344,28 @@ class Tracer(TorchDispatchMode):
         self._log.append(("alloc", record))
         self._finalizers[key] = weakref.finalize(storage, self._on_free, key)
 
+    def _on_twin_free(self, twin: int) -> None:
+        record = self._aliases.pop(twin, None)  # storage addresses are reused: forget the twin
+        if record is None:
+            return
+        twins = self._twins.get(record.storage_id, set())
+        twins.discard(twin)
+        if not twins:
+            self._twins.pop(record.storage_id, None)
+            orphan = self._orphans.pop(record.storage_id, None)
+            if orphan is not None:  # the real tensor died first; the allocation ends now
+                self._log.append(("free", orphan))
+
     def _on_free(self, key: int) -> None:
-        record = self._records.pop(key, None)
+        self._tainted.discard(key)
         self._finalizers.pop(key, None)
-        if record is not None:
-            self._log.append(("free", record))
+        record = self._records.pop(key, None)
+        if record is None:
+            return
+        if self._twins.get(record.storage_id):  # a fake twin still holds it (e.g. in the autograd graph)
+            self._orphans[record.storage_id] = record
+            return
+        self._log.append(("free", record))
 
     def _category_for_phase(self) -> str:
         return {
@@ -358,6 +400,17 @@ class Tracer(TorchDispatchMode):
         for finalizer in self._finalizers.values():
             finalizer.detach()
         self._finalizers.clear()
+
+
+def _tensors_in(values) -> list[torch.Tensor]:
+    """The tensors among an op's arguments or results (aten takes at most lists of tensors)."""
+    found = []
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(v for v in value if isinstance(v, torch.Tensor))
+    return found
 
 
 def _real_stand_in(func, tensor: torch.Tensor) -> torch.Tensor:

@@ -145,6 +145,24 @@ def _quiet_ultralytics() -> Iterator[None]:
         LOGGER.setLevel(level)
 
 
+class _CloneOnDeepcopy(torch.overrides.TorchFunctionMode):
+    """ModelEMA deep-copies the model. Tensor.__deepcopy__ on a fake tensor builds it in a fresh fake
+    mode (with new storages for every view), and on a real tensor it cannot run under the fake mode at
+    all; so a deep copy here is a clone through the tracer, as on a GPU (a new device tensor each)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.__deepcopy__:
+            tensor, memo = args
+            if id(tensor) not in memo:
+                with torch.no_grad():
+                    copied = tensor.clone()
+                copied.requires_grad_(tensor.requires_grad)
+                memo[id(tensor)] = copied
+            return memo[id(tensor)]
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+
 class _PhasedEMA:
     """Wraps ModelEMA so the tracer knows when the EMA update runs."""
 
@@ -191,9 +209,7 @@ class UltralyticsRun:
         self.scaler = torch.amp.GradScaler("cpu", enabled=settings.precision == "fp16")
         if settings.step == "train":
             self.optimizer = build_optimizer(model, settings, self.args, nc)
-            # Tensor.__deepcopy__ makes an empty tensor and sets its storage: for the plain tensors a
-            # model keeps (stride, anchors) that empty tensor must be real like the source.
-            with _quiet_ultralytics(), tracer.real_factories():
+            with _quiet_ultralytics(), _CloneOnDeepcopy():
                 self.ema = ModelEMA(model)
         else:
             self.optimizer = self.ema = None
