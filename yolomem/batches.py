@@ -54,9 +54,10 @@ class SyntheticBatch:
     def as_dict(self) -> dict:
         """The batch dict Ultralytics' collate_fn produces for this task."""
         rng = np.random.default_rng(self.seed + 1)
-        images = torch.zeros((self.batch, self.channels, self.imgsz, self.imgsz), dtype=torch.uint8)
-        if self.task == "classify":
+        if self.task == "classify":  # ClassificationDataset yields normalised float32 images
+            images = torch.zeros((self.batch, self.channels, self.imgsz, self.imgsz), dtype=torch.float32)
             return {"img": images, "cls": torch.tensor(rng.integers(0, self.nc, self.batch), dtype=torch.int64)}
+        images = torch.zeros((self.batch, self.channels, self.imgsz, self.imgsz), dtype=torch.uint8)
         n = self.total_objects
         batch_idx = np.repeat(np.arange(self.batch), self.counts).astype(np.float32)
         side = np.exp(rng.uniform(*np.log(BOX_SIDE_RANGE), size=(n, 2)))

@@ -92,4 +92,7 @@ def _load_plugins() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run through the imported module, where subcommand modules register themselves
+    from yolomem.cli import main as _main
+
+    sys.exit(_main())

@@ -2,7 +2,9 @@
 
 Keys keep Ultralytics' names and defaults where they exist (``imgsz``, ``batch``, ``amp``,
 ``optimizer``, ``nbs``, ``freeze``, ``multi_scale``). yolomem adds its own (``instances``, ``step``,
-``iterations``, ``alloc_conf``, ``gpu``, ``gpu_mem``, ``framework``, ``seed``). A pasted
+``iterations``, ``alloc_conf``, ``gpu``, ``gpu_mem``, ``framework``, ``seed``). ``data``, ``epochs``,
+``cache`` and ``workers`` keep Ultralytics' meaning: ``data=`` or ``epochs>=2`` simulates whole epochs
+with validation (``yolomem.epochs``), ``cache``/``workers`` size host memory. A pasted
 ``yolo train model=... data=... epochs=...`` line works: the words ``yolo``/``train``/task names are
 skipped and Ultralytics keys that do not change GPU memory are ignored with a note.
 """
@@ -155,6 +157,8 @@ def _check_positive_int(name: str, value: object, allow_zero: bool = False) -> N
 
 
 def _convert(key: str, raw: object) -> object:
+    if key == "amp" and isinstance(raw, bool):  # the Python API takes amp=True/False like Ultralytics
+        return "fp16" if raw else "fp32"
     if not isinstance(raw, str):
         return raw
     text = raw.strip()

@@ -15,9 +15,15 @@ What the figures mean:
   ``GPU_mem`` during epoch 1 (it prints ``memory_reserved()``, which only grows while training).
 - ``device_total_bytes``: peak reserved plus the CUDA context: what nvidia-smi shows.
 
+Whole epochs (``data=`` or ``epochs>=2``, ``yolomem.epochs``): training batches of varying density,
+the validation pass after each epoch, and training again, replayed for several seeds.
+``epoch1_reserved_bytes`` / ``steady_reserved_bytes``: the median GPU_mem of epoch 1 / epochs 2+;
+``peak_reserved_bytes`` then covers validation too; ``host``: RAM for ``cache=ram`` and workers.
+Without them ``steady_reserved_bytes`` is None.
+
 Not modelled (listed in ``Estimate.unaccounted``): cuDNN/cuBLAS workspaces (transient, requested
-from the caching allocator by kernels the trace cannot see), NCCL buffers, the validation pass and
-later epochs (``steady_reserved_bytes`` stays None), and other processes on the GPU.
+from the caching allocator by kernels the trace cannot see), NCCL buffers, and other processes on
+the GPU.
 """
 
 from __future__ import annotations

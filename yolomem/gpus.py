@@ -37,6 +37,10 @@ def _gib(x: float) -> int:
     return int(x * GiB)
 
 
+def _mib(x: int) -> int:
+    return x << 20
+
+
 CATALOG: dict[str, Gpu] = {
     gpu.name: gpu
     for gpu in [
@@ -52,7 +56,7 @@ CATALOG: dict[str, Gpu] = {
         Gpu("RTX-4080", _gib(16)),
         Gpu("RTX-4090", _gib(24)),
         Gpu("RTX-5090", _gib(32)),
-        Gpu("T4", _gib(15.75)),  # 16 GB card, 15360 MiB usable per nvidia-smi (ECC on)
+        Gpu("T4", _mib(15360)),  # 16 GB card, 15360 MiB usable per nvidia-smi (ECC on)
         Gpu("L4", _gib(22.5)),
         Gpu("A10", _gib(22.5)),
         Gpu("V100-16GB", _gib(16)),
@@ -60,9 +64,9 @@ CATALOG: dict[str, Gpu] = {
         Gpu("A100-40GB", _gib(40)),
         Gpu("A100-80GB", _gib(80)),
         Gpu("A6000", _gib(48)),
-        Gpu("L40S", _gib(48)),
-        Gpu("H100-80GB", _gib(80)),
-        Gpu("H200", _gib(141)),
+        Gpu("L40S", _mib(46068)),  # 48 GB card; nvidia-smi Total 46068 MiB (ECC on)
+        Gpu("H100-80GB", _mib(81559)),  # H100 SXM/PCIe 80GB: nvidia-smi Total 81559 MiB
+        Gpu("H200", _mib(143771)),  # "141 GB" is decimal; nvidia-smi Total 143771 MiB (~140.4 GiB)
         Gpu("Jetson-Orin-32GB", _gib(32), shared_memory=True),
         Gpu("Jetson-Orin-64GB", _gib(64), shared_memory=True),
     ]

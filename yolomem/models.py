@@ -26,6 +26,7 @@ class ResolvedModel:
     cfg: dict  # the model YAML as a dict
     nc: int | None  # classes, when a checkpoint says so
     note: str = ""  # e.g. "yolov8s.pt is not on disk; using yolov8s.yaml"
+    framework: str = "ultralytics"  # "yolov5": an original design (yolomem.yolov5.names)
 
 
 def _models_dir() -> Path:
@@ -53,14 +54,24 @@ def shipped_model_names() -> tuple[str, ...]:
             continue
         # scale letters go right after the version digits: yolov8-seg -> yolov8n-seg, yolo11 -> yolo11n
         match = re.match(r"^(.*?\d+)(.*)$", stem)
+        if match and len(scales) == 1 and match.group(2)[:1] in scales:
+            names.add(f"{stem}.yaml")  # yolov10x.yaml holds its one scale already: not yolov10xx
+            continue
         for scale in scales:
             if match:
                 names.add(f"{match.group(1)}{scale}{match.group(2)}.yaml")
+            if stem == "yolov5":  # Ultralytics' anchor-free YOLOv5u by its own name (yolov5s.yaml is the original)
+                names.add(f"yolov5{scale}u.yaml")
     return tuple(sorted(names))
 
 
-def resolve_model(spec: str) -> ResolvedModel:
+def resolve_model(spec: str, framework: str = "ultralytics") -> ResolvedModel:
     from ultralytics.nn.tasks import guess_model_task, yaml_model_load
+
+    from yolomem.yolov5.names import is_original_only, resolve_original
+
+    if spec and (framework == "yolov5" or is_original_only(str(spec))):
+        return resolve_original(str(spec), framework)  # yolov4, yolov5s (anchor-based), .cfg files
 
     if not spec or not str(spec).strip():
         raise UserError("no model given; try e.g. 'yolov8n.yaml'")

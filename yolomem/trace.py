@@ -45,7 +45,9 @@ _LIKE_FACTORIES = {
     aten.new_empty_strided.default, aten.zeros_like.default, aten.ones_like.default,
     aten.empty_like.default, aten.full_like.default,
 }  # fmt: skip
-_DATA_DEPENDENT_SHAPE = {aten.nonzero.default}
+_DATA_DEPENDENT_SHAPE = {aten.nonzero.default, aten._unique2.default, aten.unique_dim.default,
+                         aten.unique_consecutive.default, aten.masked_select.default,
+                         aten.bincount.default}  # fmt: skip
 _SCALAR_READ = {aten._local_scalar_dense.default}
 
 
@@ -236,14 +238,15 @@ class Tracer(TorchDispatchMode):
             if func in _SCALAR_READ:
                 return self._answer_scalar(tensors[0])
             if func in _DATA_DEPENDENT_SHAPE:
-                return self._answer_nonzero(tensors[0])
+                return self._answer_data_dependent(func, args, kwargs)
             if not (func in _LIKE_FACTORIES and self.phase_name == "loss"):
                 return func(*args, **kwargs)
         if all(fakes) and tensors:  # only fake-like values: the oracle answers data questions
             if func in _SCALAR_READ:
                 return self._answer_scalar(tensors[0])
             if func in _DATA_DEPENDENT_SHAPE:
-                return self._answer_nonzero(tensors[0])
+                args, kwargs = self._fakeify_inputs(func, args, kwargs)
+                return self._answer_data_dependent(func, args, kwargs)
         elif func in _SCALAR_READ:  # a real value: read it
             with _disable_current_modes():
                 return func(*args, **kwargs)
@@ -268,6 +271,8 @@ class Tracer(TorchDispatchMode):
             return bool(wanted) and self._output_bytes(func, args, kwargs) <= self.real_bytes_cap
         if any_fake:
             return False
+        if func in _DATA_DEPENDENT_SHAPE:  # a fake mode cannot size it; the real input bounds it
+            return True
         return self._output_bytes(func, args, kwargs) <= self.real_bytes_cap
 
     def _output_bytes(self, func, args, kwargs) -> int:
@@ -314,11 +319,36 @@ class Tracer(TorchDispatchMode):
         self.oracle_answers.append(OracleAnswer(f"item({_describe(tensor)})", repr(value), self.phase_name))
         return value
 
-    def _answer_nonzero(self, tensor: torch.Tensor) -> torch.Tensor:
-        count = self.oracle.nonzero_count(tensor.shape)
-        self.oracle_answers.append(OracleAnswer(f"nonzero({_describe(tensor)})", str(count), self.phase_name))
+    def _answer_data_dependent(self, func, args, kwargs):
+        """Sizes for ops whose output size depends on fake values."""
+        tensor = args[0]
+        name = func.__name__.split(".")[0]
+        if func is aten.nonzero.default:
+            count = self.oracle.nonzero_count(tensor.shape)
+            shape = (count, tensor.dim())
+        elif func is aten.masked_select.default:
+            count = self.oracle.nonzero_count(args[1].shape)
+            shape = (count,)
+        elif func is aten.bincount.default:  # one bin per element at most, or minlength
+            minlength = args[2] if len(args) > 2 else kwargs.get("minlength", 0)
+            count = max(int(minlength or 0), tensor.numel())
+            shape = (count,)
+        else:  # unique: every element distinct, the most it can return
+            count = tensor.numel()
+            shape = (count,)
+        self.oracle_answers.append(OracleAnswer(f"{name}({_describe(tensor)})", str(count), self.phase_name))
         with self.fake_mode:
-            return torch.empty((count, tensor.dim()), dtype=torch.int64)
+            if func is aten.nonzero.default:
+                return torch.empty(shape, dtype=torch.int64)
+            if func is aten.masked_select.default:
+                return torch.empty(shape, dtype=tensor.dtype)
+            if func is aten.bincount.default:
+                weights = args[1] if len(args) > 1 else kwargs.get("weights")
+                return torch.empty(shape, dtype=torch.float64 if weights is not None else torch.int64)
+            values = torch.empty(shape, dtype=tensor.dtype)
+            inverse = torch.empty(tensor.shape, dtype=torch.int64)
+            counts = torch.empty(shape, dtype=torch.int64)
+            return values, inverse, counts
 
     # -- bookkeeping --------------------------------------------------------------------------------
     @staticmethod

@@ -42,6 +42,17 @@ def render_estimate(estimate: Estimate, console: Console | None = None) -> None:
     summary.add_row("peak reserved", _size(estimate.peak_reserved_bytes))
     summary.add_row("peak allocated", _size(estimate.peak_allocated_bytes))
     summary.add_row("peak happens in", estimate.peak_phase)
+    if estimate.epochs is not None:
+        sim = estimate.epochs
+        summary.add_row("GPU_mem epoch 1 (median / p90)", f"{_size(sim.epoch1_reserved.median)} / {sim.epoch1_reserved.high / GiB:.3f} GiB")
+        summary.add_row("GPU_mem epoch 2+ (median / p90)", f"{_size(sim.steady_reserved.median)} / {sim.steady_reserved.high / GiB:.3f} GiB")
+        summary.add_row("peak over epochs + validation (median / p90)", f"{_size(sim.peak_reserved.median)} / {sim.peak_reserved.high / GiB:.3f} GiB")
+        summary.add_row("epoch peak set in", sim.peak_phase)
+    if estimate.host is not None:
+        host = estimate.host
+        summary.add_row("host RAM for cache=ram (Ultralytics asks 2x)", f"{_size(host.cache_ram_bytes)} (asks {host.cache_ram_required_bytes / 1e9:.2f} GB)")
+        summary.add_row("disk for cache=disk (+10 %)", _size(host.cache_disk_required_bytes))
+        summary.add_row(f"dataloader workers ({host.workers}, rough)", _size(host.workers_bytes))
     if estimate.gpu:
         verdict = "[green]fits[/green]" if estimate.fits else "[red]does not fit[/red]"
         summary.add_row(f"on {estimate.gpu} ({estimate.gpu_total_bytes / GiB:.1f} GiB)", verdict)

@@ -1,0 +1,208 @@
+"""The measure runner without a GPU: the no-CUDA error, the command, the record, and the real
+Ultralytics callback wiring driven on the CPU with a fake memory source."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from yolomem.cli import main
+from yolomem.config import EstimateConfig
+from yolomem.errors import UserError
+from yolomem.jsonl import read_records
+from yolomem.measure import (
+    DEFAULT_ITERATIONS, Environment, LaunchResult, MeasurementRecord, MeasureSettings, measure, parse_measure_words,
+    rank_output_path, worker_command, worker_environment,
+)  # fmt: skip
+from yolomem.measure_worker import Reading, offline_ultralytics, run_rank
+
+GiB = 1 << 30
+
+
+def test_measure_without_cuda_prints_one_line_and_exits_2(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["measure", "yolov8n.yaml"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "CUDA" in lines[0] and lines[0].startswith("yolomem: error:")
+    assert captured.out == ""
+
+
+def test_measure_api_without_cuda_raises_before_launching(tmp_path):
+    launched = []
+    settings = MeasureSettings(EstimateConfig())
+    with pytest.raises(UserError, match="torch.cuda.is_available"):
+        measure(settings, tmp_path / "r.jsonl", launch=lambda *a: launched.append(a), device_count=lambda: 0)
+    with pytest.raises(UserError, match="world_size=2 needs 2 GPUs"):
+        measure(MeasureSettings(EstimateConfig(world_size=2)), tmp_path / "r.jsonl", launch=lambda *a: launched.append(a),
+                device_count=lambda: 1)  # fmt: skip
+    assert launched == [] and not (tmp_path / "r.jsonl").exists()
+
+
+def test_parse_measure_words_splits_own_keys_from_the_estimator_config(tmp_path):
+    settings, results = parse_measure_words(["yolov8s.yaml", "batch=32", f"results={tmp_path}/m.jsonl", "augment=ultralytics"])
+    assert results == tmp_path / "m.jsonl"
+    assert settings.config.model == "yolov8s.yaml" and settings.config.batch == 32
+    assert settings.augment == "ultralytics" and settings.iterations == DEFAULT_ITERATIONS
+    given, _ = parse_measure_words(["yolov8n.yaml", "iterations=3"])
+    assert given.iterations == 3 and given.worker_request()["iterations"] == 3
+    with pytest.raises(UserError, match="did you mean 'exact'"):
+        parse_measure_words(["yolov8n.yaml", "augment=exakt"])
+
+
+def test_worker_command_single_process_and_ddp(tmp_path):
+    single = worker_command(tmp_path / "req.json", tmp_path / "out", 1, python="py")
+    assert single == ["py", "-m", "yolomem.measure_worker", "--request", str(tmp_path / "req.json"), "--out", str(tmp_path / "out")]
+    ddp = worker_command(tmp_path / "req.json", tmp_path / "out", 4, python="py")
+    assert ddp[:3] == ["py", "-m", "torch.distributed.run"] and "--nproc_per_node=4" in ddp
+    assert ddp[-6:] == single[1:]
+
+
+def test_worker_environment_is_offline_and_sets_only_the_asked_allocator_config():
+    env = worker_environment(EstimateConfig(alloc_conf="expandable_segments:True"), base={"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "YOLO_OFFLINE": "1", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    inherited = worker_environment(EstimateConfig(), base={"PYTORCH_CUDA_ALLOC_CONF": "garbage_collection_threshold:0.6"})
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in inherited  # the record's config is the whole truth
+
+
+def _rank_json(rank: int, status: str = "ok", batch_used: int = 16) -> dict:
+    phase = lambda alloc, res, end, proc: {  # noqa: E731
+        "max_allocated_bytes": alloc, "max_reserved_bytes": res, "reserved_end_bytes": end,
+        "nvml_used_bytes": proc + 1 * GiB, "nvml_process_bytes": proc,
+    }  # fmt: skip
+    return {
+        "rank": rank, "status": status, "error": None if status == "ok" else "OutOfMemoryError: CUDA out of memory",
+        "phases": {"setup": phase(1, 2 * GiB, 2 * GiB, 3 * GiB), "train": phase(3 * GiB, 4 * GiB, 4 * GiB, 5 * GiB),
+                   "epoch_end": phase(1, 4 * GiB, 4 * GiB, 5 * GiB), "val": phase(2 * GiB, 6 * GiB, 6 * GiB, 7 * GiB)},
+        "reserved_per_iteration": [3 * GiB, 4 * GiB], "nvml_used_before_bytes": GiB, "batch_used": batch_used,
+        "environment": {"gpu_name": "NVIDIA H200", "torch": "2.14.1"}, "notes": [],
+    }  # fmt: skip
+
+
+def _fake_launch(ranks: list[dict], returncode: int = 0, stderr: str = ""):
+    calls = []
+
+    def launch(command, env, timeout):
+        calls.append((command, env, timeout))
+        prefix = command[command.index("--out") + 1]
+        request = json.loads(open(command[command.index("--request") + 1]).read())
+        assert request["config"]["model"] == "yolov8n.yaml" and request["schema_version"] == 1
+        from pathlib import Path
+
+        for data in ranks:
+            rank_output_path(Path(prefix), data["rank"]).write_text(json.dumps(data))
+        return LaunchResult(returncode, "", stderr)
+
+    return launch, calls
+
+
+def test_measure_appends_one_record_with_the_train_phase_figures(tmp_path):
+    results = tmp_path / "results.jsonl"
+    launch, calls = _fake_launch([_rank_json(0)])
+    record = measure(MeasureSettings(EstimateConfig(batch=16)), results, launch=launch, device_count=lambda: 1)
+    assert len(calls) == 1 and calls[0][1]["YOLO_OFFLINE"] == "1"
+    assert record.status == "ok" and record.environment.gpu_name == "NVIDIA H200"
+    assert record.measured == {
+        "peak_reserved_bytes": 4 * GiB,
+        "peak_allocated_bytes": 3 * GiB,
+        "steady_reserved_bytes": 6 * GiB,  # max over train, epoch_end and val
+        "context_bytes": 1 * GiB,  # NVML process (5 GiB) - reserved at the train phase end (4 GiB)
+    }
+    record2 = measure(MeasureSettings(EstimateConfig(batch=16)), results, launch=launch, device_count=lambda: 1)
+    lines = read_records(results).records
+    assert len(lines) == 2 and lines[0]["measured"] == record.measured  # appended, not rewritten
+    assert MeasurementRecord.from_json(lines[1]) == record2  # the JSON round trip is lossless
+
+
+def test_measure_records_failures_instead_of_losing_them(tmp_path):
+    results = tmp_path / "results.jsonl"
+    crashed, _ = _fake_launch([], returncode=1, stderr="Traceback ...\nImportError: no module named foo\n")
+    record = measure(MeasureSettings(EstimateConfig()), results, launch=crashed, device_count=lambda: 1)
+    assert record.status == "error" and "ImportError: no module named foo" in record.error and record.measured == {}
+    oom, _ = _fake_launch([_rank_json(0, status="oom")], returncode=1)
+    record = measure(MeasureSettings(EstimateConfig()), results, launch=oom, device_count=lambda: 1)
+    assert record.status == "oom" and "out of memory" in record.error
+    halved, _ = _fake_launch([_rank_json(0, batch_used=8)])
+    record = measure(MeasureSettings(EstimateConfig(batch=16)), results, launch=halved, device_count=lambda: 1)
+    assert any("halved the batch to 8" in note for note in record.notes)
+    assert [r["status"] for r in read_records(results).records] == ["error", "oom", "ok"]
+
+
+def test_ddp_records_every_rank_and_fails_when_one_is_missing(tmp_path):
+    config = EstimateConfig(batch=32, world_size=2)
+    launch, calls = _fake_launch([_rank_json(0), _rank_json(1)])
+    record = measure(MeasureSettings(config), tmp_path / "r.jsonl", launch=launch, device_count=lambda: 2)
+    assert "torch.distributed.run" in calls[0][0] and [r.rank for r in record.ranks] == [0, 1]
+    assert record.status == "ok"
+    missing, _ = _fake_launch([_rank_json(0)])
+    record = measure(MeasureSettings(config), tmp_path / "r.jsonl", launch=missing, device_count=lambda: 2)
+    assert record.status == "error" and "1 of 2 ranks wrote no result" in record.error
+
+
+class FakeMemory:
+    """Counters that grow with every read, so each phase gets distinct, ordered figures."""
+
+    def __init__(self, index: int = 0):
+        self.reads = 0
+        self.resets = 0
+
+    def reset_peaks(self):
+        self.resets += 1
+
+    def reserved(self) -> int:
+        return 1000 + self.reads
+
+    def nvml_used(self):
+        return 500
+
+    def read(self) -> Reading:
+        self.reads += 1
+        return Reading(10 * self.reads, 20 * self.reads, 30 * self.reads, 600 + self.reads, None)
+
+    def environment(self) -> Environment:
+        return Environment(gpu_name="fake")
+
+
+def test_worker_drives_real_ultralytics_training_through_every_phase_on_cpu(tmp_path):
+    """Real YOLO.train on the CPU (tiny), with the fake counters: the callbacks mark each phase once, in order."""
+    import ultralytics.engine.trainer as trainer_module
+
+    original_check_amp = trainer_module.check_amp
+    settings = MeasureSettings(EstimateConfig(model="yolov8n.yaml", imgsz=64, batch=2, amp="fp32", iterations=2),
+                               iterations_given=True)  # fmt: skip
+    result = run_rank(settings.worker_request(), 0, tmp_path, FakeMemory, device="cpu")
+    assert result.status == "ok", result.error
+    assert list(result.phases) == ["setup", "train", "epoch_end", "val", "save", "final_val", "teardown"]
+    assert len(result.reserved_per_iteration) == 2  # iterations = dataset size / batch
+    assert result.batch_used == 2 and result.environment.gpu_name == "fake"
+    assert [p.max_reserved_bytes for p in result.phases.values()] == [20 * (i + 1) for i in range(7)]
+    assert trainer_module.check_amp is original_check_amp  # the offline patch was undone
+    labels = list((tmp_path / "rank0" / "data" / "labels" / "train").glob("*.txt"))
+    assert len(labels) == 4  # iterations x batch images
+
+
+def test_worker_fwd_bwd_runs_the_autobatch_probe_on_cpu(tmp_path):
+    config = EstimateConfig(model="yolov8n.yaml", imgsz=64, batch=2, step="fwd_bwd")
+    result = run_rank(MeasureSettings(config).worker_request(), 0, tmp_path, FakeMemory, device="cpu")
+    assert result.status == "ok", result.error
+    assert list(result.phases) == ["setup", "fwd_bwd"] and len(result.reserved_per_iteration) == 1
+    assert any("AutoBatch probe" in note for note in result.notes)
+
+
+def test_worker_turns_a_bad_run_into_an_error_result(tmp_path):
+    request = MeasureSettings(EstimateConfig(model="yolov8n.yaml", imgsz=64, batch=2, data=str(tmp_path / "no.yaml"))).worker_request()
+    result = run_rank(request, 0, tmp_path, FakeMemory, device="cpu")
+    assert result.status == "error" and result.error
+
+
+def test_offline_patch_restores_on_error():
+    import ultralytics.data.utils as data_utils
+
+    before = data_utils.check_font
+    with pytest.raises(RuntimeError), offline_ultralytics():
+        assert data_utils.check_font() is None
+        raise RuntimeError
+    assert data_utils.check_font is before

@@ -1,0 +1,215 @@
+"""Plot data equals the estimates it shows; the figures are written and carry those numbers."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from yolomem.cli import main
+from yolomem.config import EstimateConfig
+from yolomem.errors import UserError
+from yolomem.estimator import estimate_config
+from yolomem.gpus import CUDA_CONTEXT_BYTES, Gpu, find_gpu
+from yolomem.plots_data import (
+    Curve,
+    CurvePoint,
+    _crossing,
+    breakdown_figure,
+    curve_figure,
+    parse_values,
+)
+from yolomem.timeline import estimate_timeline
+
+pytest.importorskip("matplotlib")
+
+from yolomem.render import plots  # noqa: E402
+
+GiB = 1 << 30
+MiB = 1 << 20
+TINY = EstimateConfig(model="yolov8n.yaml", imgsz=64, batch=2, iterations=1)
+# a card with 1 MiB usable: nothing fits
+NOTHING_FITS = Gpu("one-MiB", CUDA_CONTEXT_BYTES + MiB)
+
+
+@pytest.fixture(scope="module")
+def curve():
+    seen = []
+
+    def recording(config):
+        result = estimate_config(config)
+        seen.append(result)
+        return result
+
+    progress = []
+    data = curve_figure(
+        ["yolov8n.yaml"], base=TINY, xs=(1, 2), amps=("fp16",), gpus=[NOTHING_FITS, find_gpu("T4")],
+        progress=lambda done, total, what: progress.append((done, total)), estimator=recording,
+    )  # fmt: skip
+    return data, seen, progress
+
+
+@pytest.fixture(scope="module")
+def tiny_estimate():
+    return estimate_config(TINY)
+
+
+def test_curve_points_are_the_estimates(curve):
+    data, seen, progress = curve
+    (only,) = data.curves
+    assert [p.x for p in only.points] == [1, 2]
+    assert [r.config["batch"] for r in seen] == [1, 2]
+    for point, result in zip(only.points, seen):
+        assert point.peak_reserved_bytes == result.peak_reserved_bytes
+        assert point.peak_allocated_bytes == result.peak_allocated_bytes
+        assert point.device_total_bytes == result.device_total_bytes
+        assert data.value(point) == result.peak_reserved_bytes  # measure=gpu_mem plots GPU_mem
+    assert progress[0] == (0, 2) and progress[-1] == (2, 2)
+
+
+def test_curve_point_equals_a_fresh_estimate(curve, tiny_estimate):
+    data, _, _ = curve
+    point = data.curves[0].points[1]  # batch 2, fp16: the same config as TINY
+    assert point.peak_reserved_bytes == tiny_estimate.peak_reserved_bytes
+    assert point.device_total_bytes == tiny_estimate.device_total_bytes
+
+
+def test_fits_and_crossings(curve):
+    data, _, _ = curve
+    assert [line.name for line in data.gpu_lines] == ["one-MiB", "T4"]
+    assert data.gpu_lines[1].usable_bytes == find_gpu("T4").usable_bytes
+    for point in data.curves[0].points:
+        assert point.fits == (False, True)
+    nothing, t4 = data.crossings
+    assert nothing.largest_x is None and not nothing.all_fit
+    assert t4.largest_x == 2 and t4.all_fit
+
+
+def test_crossing_stops_at_first_sample_that_does_not_fit():
+    def point(x, fits):
+        return CurvePoint(x, 0, 0, 0, (fits,))
+
+    curve = Curve("m", "fp16", (point(1, True), point(2, True), point(4, False), point(8, True)))
+    crossing = _crossing(0, 0, curve)
+    assert crossing.largest_x == 2 and not crossing.all_fit
+
+
+def test_bad_inputs_are_user_errors():
+    with pytest.raises(UserError, match="batches=1,2,4,8"):
+        parse_values("batches", "1,two")
+    with pytest.raises(UserError, match="positive"):
+        parse_values("batches", "0,2")
+    with pytest.raises(UserError, match="did you mean 'imgsz'"):
+        curve_figure(["yolov8n.yaml"], x_name="imgz")
+    with pytest.raises(UserError, match="measure"):
+        curve_figure(["yolov8n.yaml"], measure="nvidia")
+
+
+def test_timeline_matches_the_estimate(tiny_estimate):
+    timeline = estimate_timeline(tiny_estimate)
+    # One iteration and no card: the iteration's peaks are the estimate's peaks.
+    assert timeline.peak_allocated_bytes == tiny_estimate.peak_allocated_bytes
+    assert timeline.peak_reserved_bytes == tiny_estimate.peak_reserved_bytes
+    assert timeline.peak_phase == tiny_estimate.peak_phase
+    assert timeline.allocated_bytes[timeline.peak_offset] == max(timeline.allocated_bytes)
+    bounds = tiny_estimate.trace.iteration_bounds
+    assert timeline.first_event == bounds[-1]
+    assert timeline.steps == len(tiny_estimate.trace.events) - bounds[-1]
+    assert all(a <= r for a, r in zip(timeline.allocated_bytes, timeline.reserved_bytes))
+    for spans in (timeline.phases, timeline.shading):
+        assert spans[0].start == 0 and spans[-1].stop == timeline.steps
+        assert all(a.stop == b.start for a, b in zip(spans, spans[1:]))
+    shaded = {span.phase for span in timeline.shading}
+    assert {"forward", "backward", "optimizer"} <= shaded
+    assert len(timeline.shading) < len(timeline.phases)
+
+
+def test_breakdown_figure_is_the_breakdown(tiny_estimate):
+    figure = breakdown_figure([("tiny", tiny_estimate)])
+    (bar,) = figure.bars
+    assert {part.category: part.bytes for part in bar.parts} == tiny_estimate.breakdown
+    assert bar.total_bytes == sum(tiny_estimate.breakdown.values())
+    assert bar.parts[0].category == "parameter" and bar.parts[-1].category == "cuda_context"
+
+
+def test_drawn_curve_carries_the_data(curve, tmp_path):
+    data, _, _ = curve
+    figure = plots.draw_curves(data)
+    ax = figure.axes[0]
+    drawn = ax.lines[0]
+    assert list(drawn.get_xdata()) == [1, 2]
+    assert list(drawn.get_ydata()) == [p.peak_reserved_bytes / GiB for p in data.curves[0].points]
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "yolov8n.yaml AMP" in labels and f"T4: {find_gpu('T4').usable_bytes / GiB:.3g} GiB usable (above the plot)" in labels
+    assert "GPU_mem" in plots.curve_caption(data)
+    png = plots.save(figure, tmp_path / "curve.png")
+    svg = plots.save(figure, tmp_path / "curve.svg")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    assert svg.read_text().count("<path") > 20
+    with pytest.raises(UserError, match="must end in"):
+        plots.save(figure, tmp_path / "curve.jpg")
+
+
+def test_device_total_caption_and_lines(curve):
+    data, _, _ = curve
+    from dataclasses import replace
+
+    total = replace(data, measure="device_total")
+    assert "nvidia-smi" in plots.curve_caption(total)
+    assert total.threshold(total.gpu_lines[1]) == find_gpu("T4").total_bytes
+    assert total.value(total.curves[0].points[0]) == total.curves[0].points[0].device_total_bytes
+
+
+def test_drawn_timeline_and_breakdown(tiny_estimate, tmp_path):
+    timeline = estimate_timeline(tiny_estimate)
+    figure = plots.draw_timeline(timeline)
+    ax = figure.axes[0]
+    reserved, allocated = ax.lines[0], ax.lines[1]
+    assert max(allocated.get_ydata()) == timeline.peak_allocated_bytes / GiB
+    assert max(reserved.get_ydata()) == tiny_estimate.peak_reserved_bytes / GiB
+    notes = [t.get_text() for t in ax.texts]
+    assert any(f"{tiny_estimate.peak_allocated_bytes / GiB:.3f} GiB" in n and timeline.peak_phase in n for n in notes)
+    assert plots.save(figure, tmp_path / "t.png").stat().st_size > 20_000
+    data = breakdown_figure([("tiny", tiny_estimate)])
+    bars = plots.draw_breakdown(data)
+    widths = [patch.get_width() for patch in bars.axes[0].patches]
+    assert widths == pytest.approx([part.bytes / GiB for part in data.bars[0].parts])
+    assert plots.save(bars, tmp_path / "b.svg").stat().st_size > 10_000
+
+
+def test_missing_matplotlib_gives_the_install_hint(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(plots.PlotsUnavailable, match=r"pip install 'yolomem\[plot\]'"):
+        plots.require_matplotlib()
+    # the CLI fails at once (before estimating), with one line and exit code 2
+    assert main(["plot", "yolov8n.yaml", "-o", str(tmp_path / "x.png")]) == 2
+    assert "yolomem[plot]" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_plot_writes_a_curve(tmp_path, capsys):
+    out = tmp_path / "curve.svg"
+    assert main(["plot", "yolov8n.yaml", "imgsz=64", "iterations=1", "batches=2", "amp=true", "gpu=T4",
+                 "-o", str(out)]) == 0  # fmt: skip
+    assert capsys.readouterr().out.strip() == str(out)
+    assert out.stat().st_size > 20_000 and "<svg" in out.read_text()
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["kind=pie"], "unknown kind 'pie'"),
+        (["x=imgsz", "batches=1,2"], "batches= goes with x=batch"),
+        (["gpu=RTX-9999"], "unknown gpu"),
+        (["batches=a"], "whole numbers"),
+    ],
+)
+def test_cli_plot_errors(words, message, tmp_path, capsys):
+    assert main(["plot", "yolov8n.yaml", *words, "-o", str(tmp_path / "x.png")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_plot_rejects_unknown_suffix(tmp_path, capsys):
+    assert main(["plot", "yolov8n.yaml", "-o", str(tmp_path / "x.gif")]) == 2
+    assert "must end in" in capsys.readouterr().err

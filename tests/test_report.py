@@ -1,0 +1,205 @@
+"""The HTML report: self-contained, complete, and its numbers are the estimate's."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from html.parser import HTMLParser
+
+import pytest
+
+from yolomem.cli import get_parser, main
+from yolomem.config import EstimateConfig
+from yolomem.estimator import estimate_config
+from yolomem.gpus import CUDA_CONTEXT_BYTES, Gpu, find_gpu
+from yolomem.plots_data import report_data
+from yolomem.render.report_html import command_lines, render_report
+
+GiB = 1 << 30
+TINY = EstimateConfig(model="yolov8n.yaml", imgsz=64, batch=2, iterations=1)
+WORDS = ("yolov8n.yaml", "imgsz=64", "batch=2", "iterations=1")
+NOTHING_FITS = Gpu("one-MiB", CUDA_CONTEXT_BYTES + (1 << 20))
+
+
+class _Cells(HTMLParser):
+    """Collects every element with data-key: (key, attributes, text)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells: list[tuple[str, dict, str]] = []
+        self._open: list[list] = []
+        self.json_text = ""
+        self._in_json = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "script" and attrs.get("id") == "estimate-json":
+            self._in_json = True
+        if "data-key" in attrs:
+            self._open.append([tag, attrs, ""])
+
+    def handle_endtag(self, tag):
+        self._in_json = False
+        if self._open and self._open[-1][0] == tag:
+            name, attrs, text = self._open.pop()
+            self.cells.append((attrs["data-key"], attrs, text.strip()))
+
+    def handle_data(self, data):
+        if self._in_json:
+            self.json_text += data
+        for item in self._open:
+            item[2] += data
+
+
+def parse(page: str) -> _Cells:
+    parser = _Cells()
+    parser.feed(page)
+    return parser
+
+
+def check_numbers(page: str, payload: dict) -> int:
+    """Assert every number on the page equals the JSON estimate; return how many were checked."""
+    cells = parse(page)
+    checked = 0
+    for key, attrs, text in cells.cells:
+        if key in payload and "data-bytes" in attrs:
+            assert int(attrs["data-bytes"]) == payload[key], key
+            assert text == f"{payload[key] / GiB:.3f} GiB", key
+            checked += 1
+        elif key in payload.get("breakdown", {}):
+            assert int(attrs["data-bytes"]) == payload["breakdown"][key], key
+            assert text == f"{payload['breakdown'][key] / GiB:.3f} GiB", key
+            checked += 1
+        elif key in {"gpu_mem_printed", "peak_phase"}:
+            assert text == attrs["data-text"] == payload[key]
+            checked += 1
+    layers = [(a, t) for k, a, t in cells.cells if k == "layer"]
+    assert [int(a["data-bytes"]) for a, _ in layers] == [layer["bytes"] for layer in payload["top_layers"]]
+    return checked + len(layers)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return report_data(TINY, [find_gpu("T4"), NOTHING_FITS], batches=(1, 2), words=WORDS)
+
+
+@pytest.fixture(scope="module")
+def page(data):
+    return render_report(data)
+
+
+def test_report_data_is_the_estimate(data):
+    again = estimate_config(TINY)
+    assert data.estimate.peak_reserved_bytes == again.peak_reserved_bytes
+    assert data.estimate.device_total_bytes == again.device_total_bytes
+    assert [p.x for p in data.curve.curves[0].points] == [1, 2]
+    assert data.curve.curves[0].points[1].peak_reserved_bytes == again.peak_reserved_bytes
+    assert data.timeline.peak_allocated_bytes == again.peak_allocated_bytes
+    t4, nothing = data.fits
+    assert (t4.gpu.name, t4.fits, t4.largest_batch) == ("T4", True, 2)
+    assert "larger batches may fit" in t4.method
+    assert (nothing.fits, nothing.largest_batch) == (False, None)
+
+
+def test_page_is_complete_and_non_trivial(page):
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert len(page) > 50_000
+    assert page.count("<svg") == 3
+    for section in ('id="estimate"', 'id="fits"', 'id="curve"', 'id="breakdown"', 'id="timeline"',
+                    'id="breakdown-table"', 'id="commands"', 'id="estimate-json"'):  # fmt: skip
+        assert section in page, section
+    assert "GPU_mem" in page and "does not fit" in page
+
+
+def test_page_loads_nothing_from_anywhere(page):
+    # xmlns="http://www.w3.org/2000/svg" names a namespace; it is not a request
+    without_ns = re.sub(r'xmlns(:\w+)?="[^"]*"', "", page)
+    assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:|//|file:)", without_ns, re.I)
+    assert not re.search(r"url\(\s*[\"']?(?!#)", without_ns)
+    assert "@import" not in page and "<link" not in page and "<img" not in page
+    assert not re.search(r"<script(?![^>]*application/json)", page)
+    assert "default-src 'none'" in page  # the browser refuses any request the page might still make
+
+
+def test_page_numbers_equal_the_json(data, page):
+    payload = data.estimate.to_json()
+    embedded = json.loads(parse(page).json_text)
+    assert embedded == json.loads(json.dumps(payload))
+    assert check_numbers(page, payload) >= 5 + len(payload["breakdown"])
+
+
+def test_commands_reproduce_it(data):
+    lines = command_lines(data)
+    assert lines[0] == "yolomem estimate yolov8n.yaml imgsz=64 batch=2 iterations=1"
+    assert any(line.endswith("gpu=T4") for line in lines)
+    assert lines[-1] == "yolomem report yolov8n.yaml imgsz=64 batch=2 iterations=1 batches=1,2 gpu=T4,one-MiB -o report.html"
+    import yolomem.commands  # noqa: F401  (registers plot and report, as main() does)
+
+    parser = get_parser()
+    for line in lines:
+        words = shlex.split(line)
+        assert words[0] == "yolomem"
+        parser.parse_args(words[1:])  # would exit on a malformed line
+    EstimateConfig.from_words(shlex.split(lines[0])[2:])
+
+
+def test_report_without_matplotlib_keeps_the_numbers(monkeypatch, data):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    page = render_report(data)
+    assert "<svg" not in page and "pip install &#x27;yolomem[plot]&#x27;" in page
+    check_numbers(page, data.estimate.to_json())
+
+
+def test_cli_report(tmp_path, capsys):
+    out = tmp_path / "report.html"
+    assert main(["report", *WORDS, "batches=2", "gpu=RTX-3090", "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    page = out.read_text()
+    assert page.count("<svg") == 3 and 'data-gpu="RTX-3090"' in page
+    check_numbers(page, json.loads(parse(page).json_text))
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["yolov8n.yaml", "yolov8s.yaml"], "a report covers one model"),
+        (["amp=true,false"], "one precision"),
+        (["x=imgsz"], "plot option"),
+        (["exact_fit=maybe"], "true or false"),
+    ],
+)
+def test_cli_report_errors(words, message, tmp_path, capsys):
+    assert main(["report", *words, "-o", str(tmp_path / "r.html")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_report_output_must_be_html(tmp_path, capsys):
+    assert main(["report", "-o", str(tmp_path / "r.png")]) == 2
+    assert ".html" in capsys.readouterr().err
+
+
+def test_exact_fit_uses_yolomem_fit(monkeypatch, data):
+    import types
+
+    import yolomem.fit as fit
+
+    asked = []
+
+    def fake_largest_batch(config, gpu=None, *, gpu_mem=None, **_):
+        asked.append((config.batch, gpu, gpu_mem))
+        if gpu == "one-MiB":
+            raise fit.NothingFits("nothing")
+        return types.SimpleNamespace(max_batch=7, margin=0.1, at_search_cap=False)
+
+    monkeypatch.setattr(fit, "largest_batch", fake_largest_batch)
+    exact = report_data(
+        TINY, [find_gpu("T4"), NOTHING_FITS], batches=(2,), exact_fit=True, estimator=lambda _: data.estimate
+    )  # fmt: skip
+    assert asked == [(2, "T4", find_gpu("T4").total_bytes / GiB), (2, "one-MiB", NOTHING_FITS.total_bytes / GiB)]
+    t4, nothing = exact.fits
+    assert t4.largest_batch == 7 and "exact search" in t4.method and "10%" in t4.method
+    assert nothing.largest_batch is None and "not even batch 1" in nothing.method

@@ -1,0 +1,143 @@
+"""validate: the error arithmetic, the checked-in public sample, and one real end-to-end estimate."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from yolomem.cli import main
+from yolomem.config import EstimateConfig
+from yolomem.jsonl import append_record
+from yolomem.measure import SOURCE_PUBLIC, MeasurementRecord
+from yolomem.validate import relative_error, summarize, validate, validate_records
+
+SAMPLE = "tests/data/sample_results.jsonl"
+CSV = "/work/shared/reference/measured_public_examples.csv"
+
+
+@dataclass(frozen=True)
+class FakeEstimate:
+    peak_reserved_bytes: int
+    peak_allocated_bytes: int = 0
+    steady_reserved_bytes: int | None = None
+    context_bytes: int = 0
+
+
+def _record(measured: dict, **config) -> dict:
+    base = {"model": "yolov8n.yaml", "imgsz": 640, "batch": 16, "amp": "fp16"} | config
+    return {"schema_version": 1, "source": "yolomem-measure", "created": "t", "config": base, "status": "ok",
+            "error": None, "measured": measured}  # fmt: skip
+
+
+def test_relative_error_is_signed_and_relative_to_the_measurement():
+    assert relative_error(110, 100) == pytest.approx(0.10)
+    assert relative_error(75, 100) == pytest.approx(-0.25)
+    with pytest.raises(ValueError):
+        relative_error(1, 0)
+
+
+def test_median_and_max_of_absolute_errors():
+    summary = summarize("peak_reserved_bytes", [0.10, -0.30, 0.05, -0.02])
+    assert summary.count == 4
+    assert summary.median_abs_error == pytest.approx((0.05 + 0.10) / 2)
+    assert summary.max_abs_error == pytest.approx(0.30)
+    assert summary.median_error == pytest.approx((-0.02 + 0.05) / 2)
+
+
+def test_validate_arithmetic_with_a_stub_estimator():
+    estimates = {8: FakeEstimate(1100, 500), 16: FakeEstimate(1500, 1000), 32: FakeEstimate(4400, 2000)}
+    records = [
+        _record({"peak_reserved_bytes": 1000, "peak_allocated_bytes": 400}, batch=8),  # +10 %, +25 %
+        _record({"peak_reserved_bytes": 2000, "steady_reserved_bytes": 3000}, batch=16),  # -25 %, steady not estimated
+        _record({"peak_reserved_bytes": 4000}, batch=32),  # +10 %
+    ]
+    asked = []
+
+    def fake(config: EstimateConfig):
+        asked.append(config.batch)
+        return estimates[config.batch]
+
+    report = validate_records(records, fake)
+    assert asked == [8, 16, 32]
+    errors = {(row.line, c.metric): c.error for row in report.rows for c in row.comparisons}
+    assert errors[(1, "peak_reserved_bytes")] == pytest.approx(0.10)
+    assert errors[(1, "peak_allocated_bytes")] == pytest.approx(0.25)
+    assert errors[(2, "peak_reserved_bytes")] == pytest.approx(-0.25)
+    assert errors[(2, "steady_reserved_bytes")] is None  # the estimator gives None: shown, not counted
+    reserved = next(s for s in report.summaries if s.metric == "peak_reserved_bytes")
+    assert (reserved.count, reserved.median_abs_error, reserved.max_abs_error) == (3, pytest.approx(0.10), pytest.approx(0.25))
+    assert {s.metric for s in report.summaries} == {"peak_reserved_bytes", "peak_allocated_bytes"}
+
+
+def test_failed_and_unestimable_records_are_skipped_with_a_reason():
+    records = [
+        _record({"peak_reserved_bytes": 1}) | {"status": "oom", "error": "CUDA out of memory", "measured": {}},
+        _record({"peak_reserved_bytes": 1}, optimizer="Adamm"),
+        _record({"peak_reserved_bytes": 1}) | {"schema_version": 99},
+    ]
+    report = validate_records(records, lambda config: pytest.fail("must not estimate"))
+    reasons = [row.skipped for row in report.rows]
+    assert "run oom" in reasons[0] and "did you mean 'Adam'" in reasons[1] and "schema_version 99" in reasons[2]
+    assert report.summaries == ()
+
+
+def test_sample_is_public_and_matches_the_reference_csv():
+    """Every row of the checked-in sample is a public figure, converted from GB (1e9) to bytes exactly."""
+    import csv
+
+    rows = [json.loads(line) for line in open(SAMPLE)]
+    assert rows and all(r["source"] == SOURCE_PUBLIC and r["reference"].startswith("https://") for r in rows)
+    reference = {(r["model"].split(".")[0], int(r["imgsz"]), int(r["batch"]), float(r["value_gb"])) for r in csv.DictReader(open(CSV))}
+    for row in rows:
+        (value,) = row["measured"].values()
+        key = (row["config"]["model"].split(".")[0], row["config"]["imgsz"], row["config"]["batch"], value / 1e9)
+        assert key in reference, key
+        MeasurementRecord.from_json(row)  # the sample follows the schema
+
+
+def test_validate_on_the_sample_with_a_stub_reads_a_truncated_copy(tmp_path):
+    copy = tmp_path / "sample.jsonl"
+    copy.write_bytes(open(SAMPLE, "rb").read() + b'{"schema_version": 1, "sour')  # torn last line
+    report = validate(copy, lambda config: FakeEstimate(peak_reserved_bytes=10**9))
+    assert len(report.unreadable) == 1 and "truncated" in report.unreadable[0].reason
+    assert len(report.rows) == 8
+    first = report.rows[0]
+    assert first.comparisons[0].error == pytest.approx(1e9 / 2.43e9 - 1)
+
+
+def test_validate_end_to_end_on_a_tiny_config(tmp_path, capsys):
+    """A real estimate through the CLI: the JSON's error is (estimated - measured) / measured."""
+    measured = 50_000_000
+    config = {"model": "yolov8n.yaml", "imgsz": 64, "batch": 2, "amp": "fp32", "iterations": 1}
+    results = tmp_path / "r.jsonl"
+    append_record(results, _record({"peak_reserved_bytes": measured}, **config))
+    assert main(["validate", str(results), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)  # stdout is pure JSON
+    comparison = payload["rows"][0]["comparisons"][0]
+    estimated = comparison["estimated_bytes"]
+    assert 2 * 2**20 < estimated < 2**30  # a tiny yolov8n run: some MiB, far below a GiB
+    assert comparison["error"] == pytest.approx((estimated - measured) / measured)
+    assert payload["summary"][0]["max_abs_error"] == pytest.approx(abs(comparison["error"]))
+
+
+def test_table_shows_errors_summary_and_skips():
+    import io
+
+    from rich.console import Console
+
+    from yolomem.render.validate_output import render_validation
+
+    records = [_record({"peak_reserved_bytes": 2**30}), _record({}, optimizer="Adamm")]
+    report = validate_records(records, lambda config: FakeEstimate(peak_reserved_bytes=2**29), path="r.jsonl")
+    buffer = io.StringIO()
+    render_validation(report, Console(file=buffer, width=140))
+    text = buffer.getvalue()
+    assert "-50.0 %" in text and "1.000" in text and "0.500" in text and "median |error|" in text
+    assert "skipped #2" in text
+
+
+def test_validate_cli_errors_are_one_line(capsys, tmp_path):
+    assert main(["validate", str(tmp_path / "missing.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err

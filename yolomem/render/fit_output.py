@@ -1,0 +1,106 @@
+"""Human views of ``FitResult``, ``PickResult`` and the strategy ladder. Formatting only."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from yolomem.advise import Strategy
+from yolomem.fit import FitResult
+from yolomem.pick import PickResult
+
+GiB = 1 << 30
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / GiB:.2f} GiB"
+
+
+def _signed(nbytes: int) -> str:
+    return f"{'+' if nbytes >= 0 else '-'}{abs(nbytes) / GiB:.2f} GiB"
+
+
+def margin_line(gpu: str, total: int, context: int, margin: float, capacity: int) -> str:
+    return (
+        f"{gpu}: {_gib(total)} - CUDA context {_gib(context)} - margin {margin:.0%} "
+        f"(cuDNN workspaces, validation, later epochs; set with margin=) = {_gib(capacity)} for the caching allocator"
+    )
+
+
+def render_fit(result: FitResult, console: Console | None = None) -> None:
+    console = console or Console()
+    estimate = result.estimate_at_max
+    console.print(margin_line(result.gpu, result.gpu_total_bytes, result.context_bytes, result.margin, result.capacity_bytes))
+    if result.solve == "batch":
+        headline = f"largest batch: [bold]{result.max_batch}[/bold] at imgsz {result.imgsz}"
+    else:
+        headline = f"largest imgsz: [bold]{result.imgsz}[/bold] (multiple of stride {result.stride}) at batch {result.max_batch}"
+    if result.at_search_cap:
+        headline += " (the search limit; more fits)"
+    console.print(headline)
+    console.print(
+        f"  peak reserved {_gib(estimate.peak_reserved_bytes)} (Ultralytics GPU_mem {estimate.gpu_mem_printed}), "
+        f"nvidia-smi ~{_gib(estimate.device_total_bytes)}; line through two traces predicted {result.predicted}, "
+        f"confirmed with {len(result.probes)} traces"
+    )
+    table = Table(title="traced configs", title_justify="left")
+    table.add_column("batch", justify="right")
+    table.add_column("imgsz", justify="right")
+    table.add_column("peak reserved", justify="right")
+    table.add_column("fits")
+    for probe in sorted(result.probes, key=lambda p: (p.imgsz, p.batch)):
+        table.add_row(str(probe.batch), str(probe.imgsz), _gib(probe.peak_reserved_bytes), "yes" if probe.fits else "[red]no[/red]")
+    console.print(table)
+    console.print(f"run:  [bold]{result.yolo_train_command}[/bold]")
+    if result.max_batch < result.nbs:
+        console.print(
+            f"Ultralytics accumulates gradients over max(round(nbs / batch), 1) = {result.accumulate} batches "
+            f"(nbs={result.nbs}), so each optimizer step sees ~{result.accumulate * result.max_batch} images."
+        )
+    for note in estimate.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def render_pick(result: PickResult, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(
+        f"{result.gpu} ({_gib(result.gpu_total_bytes)}): {_gib(result.capacity_bytes)} for training after the "
+        f"CUDA context and a {result.margin:.0%} margin · batch {result.batch} · imgsz {result.imgsz} · {result.task}"
+    )
+    table = Table(title_justify="left")
+    table.add_column("model")
+    table.add_column("params", justify="right")
+    table.add_column("peak reserved", justify="right")
+    table.add_column("nvidia-smi", justify="right")
+    table.add_column("headroom", justify="right")
+    table.add_column("fits")
+    for row in result.rows:
+        table.add_row(row.model, f"{row.params / 1e6:.1f} M", _gib(row.peak_reserved_bytes), _gib(row.device_total_bytes),
+                      _signed(row.headroom_bytes), "[green]yes[/green]" if row.fits else "[red]no[/red]")
+    console.print(table)
+    best = result.best
+    if best:
+        console.print(f"largest that fits: [bold]{best.model}[/bold]  ->  yolo train model={best.model}.yaml batch={result.batch} imgsz={result.imgsz}")
+    else:
+        console.print("none fits; try a smaller batch or imgsz, or `yolomem fit MODEL gpu=... --explain`")
+
+
+def render_ladder(strategies: tuple[Strategy, ...], capacity_bytes: int, console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title=f"what each step buys ({_gib(capacity_bytes)} available for the caching allocator)", title_justify="left")
+    table.add_column("step")
+    table.add_column("peak reserved", justify="right")
+    table.add_column("saves", justify="right")
+    table.add_column("fits")
+    table.add_column("largest batch", justify="right")
+    for step in strategies:
+        allows = "none" if step.max_batch is None else str(step.max_batch) + ("" if step.max_batch_exact else " (pred.)")
+        table.add_row(step.name, _gib(step.peak_reserved_bytes), _signed(step.saved_bytes) if step.name != "as asked" else "",
+                      "[green]yes[/green]" if step.fits else "[red]no[/red]", allows)
+    console.print(table)
+    for step in strategies:
+        if step.how:
+            console.print(f"[bold]{step.name}[/bold]: {step.how}")
+        if step.note:
+            console.print(f"  [dim]{step.note}[/dim]")
+    console.print("[dim](pred.) = read off the line through two traces of that step; each step is applied alone[/dim]")

@@ -1,0 +1,207 @@
+"""``yolomem report``: one self-contained HTML page for one configuration.
+
+Everything is inline: the style sheet, the figures (SVG elements, text drawn as outlines) and the
+estimate's JSON (``<script type="application/json" id="estimate-json">``). The page loads nothing:
+no scripts, fonts, images or style sheets from anywhere. Every number in a table also carries its exact
+value in a ``data-bytes`` attribute, so a test (or a reader's script) can check the page against the
+JSON without parsing the rounded text.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shlex
+from collections.abc import Sequence
+
+from yolomem.plots_data import ReportData
+from yolomem.render import plots
+
+GiB = 1 << 30
+_STYLE = """
+body { font-family: "DejaVu Sans", "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
+       color: #1d1d1f; line-height: 1.4; padding: 0 1em; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+.sub { color: #555; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.6em 0; }
+th, td { padding: 0.25em 0.8em; border-bottom: 1px solid #eee; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.big { font-size: 1.6em; font-weight: bold; }
+.yes { color: #1a7f37; font-weight: bold; } .no { color: #b42318; font-weight: bold; }
+figure { margin: 1em 0; } figure svg { max-width: 100%; height: auto; }
+figcaption { color: #444; font-size: 0.9em; max-width: 900px; }
+pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; }
+.note { color: #7a5b00; } .dim { color: #666; font-size: 0.9em; }
+"""
+_PART_LABELS = plots.PART_LABELS
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / GiB:.3f} GiB"
+
+
+def _gb(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.2f} GB"
+
+
+def _size_cells(key: str, nbytes: int) -> str:
+    return (
+        f'<td class="num" data-key="{key}" data-bytes="{nbytes}">{_gib(nbytes)}</td>'
+        f'<td class="num">{_gb(nbytes)}</td>'
+    )
+
+
+def _esc(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def render_report(data: ReportData) -> str:
+    """The page as a string."""
+    est = data.estimate
+    cfg = est.config
+    title = f"{cfg['model']} · batch {cfg['batch']} · imgsz {cfg['imgsz']} · {cfg['amp']} · {cfg['optimizer']}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; style-src \'unsafe-inline\'; img-src data:">',
+        f"<title>yolomem report: {_esc(title)}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>GPU memory of training {_esc(cfg['model'])}</h1>",
+        f'<p class="sub">{_esc(title)} · {est.params / 1e6:.2f} M params · task {_esc(est.task)}. '
+        "Predicted without a GPU by replaying the real training step through a model of PyTorch's "
+        "CUDA caching allocator.</p>",
+        _summary(data),
+        _fits(data),
+        _figures(data),
+        _breakdown_table(data),
+        _top_layers(data),
+        _caveats(data),
+        _commands(data),
+        f'<p class="dim">yolomem {_esc(est.yolomem_version)} · torch {_esc(est.torch_version)} · '
+        f"ultralytics {_esc(est.ultralytics_version)} · estimate computed in {est.seconds:.1f} s</p>",
+        _json_block(data),
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _summary(data: ReportData) -> str:
+    est = data.estimate
+    rows = [
+        ("gpu_mem_printed", "Ultralytics GPU_mem column (memory_reserved)",
+         f'<td class="num big" data-key="gpu_mem_printed" data-text="{_esc(est.gpu_mem_printed)}">'
+         f"{_esc(est.gpu_mem_printed)}</td><td>{_esc(est.gpu_mem_unit)}</td>"),
+        ("device_total_bytes", "nvidia-smi total (reserved + CUDA context)",
+         _size_cells("device_total_bytes", est.device_total_bytes)),
+        ("peak_reserved_bytes", "peak reserved", _size_cells("peak_reserved_bytes", est.peak_reserved_bytes)),
+        ("peak_allocated_bytes", "peak allocated", _size_cells("peak_allocated_bytes", est.peak_allocated_bytes)),
+        ("context_bytes", "CUDA context (assumed)", _size_cells("context_bytes", est.context_bytes)),
+        ("peak_phase", "peak happens in",
+         f'<td class="num" data-key="peak_phase" data-text="{_esc(est.peak_phase)}">{_esc(est.peak_phase)}</td><td></td>'),
+    ]  # fmt: skip
+    body = "".join(f"<tr><th>{_esc(label)}</th>{cells}</tr>" for _key, label, cells in rows)
+    return f'<h2>Estimate</h2><table id="estimate">{body}</table>'
+
+
+def _fits(data: ReportData) -> str:
+    if not data.fits:
+        return ""
+    rows = []
+    for fit in data.fits:
+        verdict = '<span class="yes">fits</span>' if fit.fits else '<span class="no">does not fit</span>'
+        largest = "none" if fit.largest_batch is None else str(fit.largest_batch)
+        rows.append(
+            f'<tr data-gpu="{_esc(fit.gpu.name)}"><th>{_esc(fit.gpu.name)}</th>'
+            f'<td class="num" data-key="card_total_bytes" data-bytes="{fit.gpu.total_bytes}">{_gib(fit.gpu.total_bytes)}</td>'
+            f'<td class="num" data-key="card_usable_bytes" data-bytes="{fit.gpu.usable_bytes}">{_gib(fit.gpu.usable_bytes)}</td>'
+            f'<td data-key="card_fits" data-value="{str(fit.fits).lower()}">{verdict}</td>'
+            f'<td class="num" data-key="largest_batch" data-value="{largest}">{largest}</td>'
+            f'<td class="dim">{_esc(fit.method)}</td></tr>'
+        )
+    head = "<tr><th>GPU</th><th>total</th><th>usable (minus context)</th><th>this batch</th><th>largest batch</th><th>how</th></tr>"
+    return f'<h2>Fit on the chosen GPUs</h2><table id="fits">{head}{"".join(rows)}</table>'
+
+
+def _figures(data: ReportData) -> str:
+    try:
+        curve = plots.to_svg(plots.draw_curves(data.curve, caption=False))
+        breakdown = plots.to_svg(plots.draw_breakdown(data.breakdown))
+        timeline = plots.to_svg(plots.draw_timeline(data.timeline))
+    except plots.PlotsUnavailable as error:
+        return f'<h2>Figures</h2><p class="note">No figures: {_esc(error)}</p>'
+    tl = data.timeline
+    where = f" in {tl.peak_layer}" if tl.peak_layer else ""
+    return "".join([
+        '<h2>Memory against batch</h2><figure id="curve">', curve,
+        f"<figcaption>{_esc(plots.curve_caption(data.curve))}</figcaption></figure>",
+        '<h2>Where the memory goes</h2><figure id="breakdown">', breakdown,
+        "<figcaption>The breakdown at the moment allocated memory peaks; the CUDA context is outside "
+        "GPU_mem but shows in nvidia-smi.</figcaption></figure>",
+        '<h2>One training iteration</h2><figure id="timeline">', timeline,
+        f"<figcaption>Allocated and reserved memory over the allocation events of iteration "
+        f"{tl.iteration + 1}, phases shaded. Peak allocated in this iteration: "
+        f'<span data-key="timeline_peak_allocated_bytes" data-bytes="{tl.peak_allocated_bytes}">'
+        f"{_gib(tl.peak_allocated_bytes)}</span>, during {_esc(tl.peak_phase)}{_esc(where)}.</figcaption></figure>",
+    ])  # fmt: skip
+
+
+def _breakdown_table(data: ReportData) -> str:
+    est = data.estimate
+    total = max(sum(est.breakdown.values()), 1)
+    rows = "".join(
+        f'<tr data-category="{_esc(key)}"><th>{_esc(_PART_LABELS.get(key, key))}</th>'
+        f"{_size_cells(key, nbytes)}<td class=\"num\">{100 * nbytes / total:.1f} %</td></tr>"
+        for key, nbytes in est.breakdown.items()
+    )
+    return f'<h2>Breakdown at the peak</h2><table id="breakdown-table">{rows}</table>'
+
+
+def _top_layers(data: ReportData) -> str:
+    layers = data.estimate.top_layers
+    if not layers:
+        return '<h2>Top layers</h2><p class="dim">No layer holds activation memory at the peak.</p>'
+    rows = "".join(
+        f'<tr data-layer="{_esc(layer.module)}"><th>{_esc(layer.module)}</th>{_size_cells("layer", layer.bytes)}</tr>'
+        for layer in layers
+    )
+    return f'<h2>Layers holding the most activation memory at the peak</h2><table id="top-layers">{rows}</table>'
+
+
+def _caveats(data: ReportData) -> str:
+    est = data.estimate
+    items = [f'<li class="note">note: {_esc(n)}</li>' for n in est.notes]
+    items += [f'<li class="dim">not modelled: {_esc(u)}</li>' for u in est.unaccounted]
+    return f"<h2>Notes and limits</h2><ul>{''.join(items)}</ul>" if items else ""
+
+
+def command_lines(data: ReportData) -> tuple[str, ...]:
+    """The commands that reproduce the page and each of its numbers."""
+    words = list(data.words)
+    gpus = [fit.gpu.name for fit in data.fits]
+    xs = ",".join(str(p.x) for p in data.curve.curves[0].points) if data.curve.curves else ""
+    gpu_word = [f"gpu={','.join(gpus)}"] if gpus else []
+    lines = [
+        _join(["yolomem", "estimate", *words]),
+        _join(["yolomem", "estimate", *words, "--json"]),
+        *(_join(["yolomem", "estimate", *words, f"gpu={name}"]) for name in gpus),
+        _join(["yolomem", "plot", *words, f"batches={xs}", *gpu_word, "-o", "curve.svg"]),
+        _join(["yolomem", "report", *words, f"batches={xs}", *gpu_word, "-o", "report.html"]),
+    ]
+    return tuple(lines)
+
+
+def _join(words: Sequence[str]) -> str:
+    return shlex.join(words)
+
+
+def _commands(data: ReportData) -> str:
+    lines = "\n".join(_esc(line) for line in command_lines(data))
+    return f'<h2>Reproduce</h2><pre id="commands">{lines}</pre>'
+
+
+def _json_block(data: ReportData) -> str:
+    payload = json.dumps(data.estimate.to_json(), indent=1).replace("</", "<\\/")  # cannot close the script
+    return f'<script type="application/json" id="estimate-json">{payload}</script>'
+
+
+__all__ = ["command_lines", "render_report"]
