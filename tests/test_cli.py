@@ -72,13 +72,16 @@ def test_imgsz_is_rounded_up_to_the_stride_and_says_so(capsys):
 
 
 def test_pasted_yolo_train_line_works(capsys):
-    words = "yolo detect train model=yolov8n.pt data=coco8.yaml epochs=3 imgsz=64 batch=2 workers=0".split()
+    words = "yolo detect train model=yolov8n.pt data=coco8.yaml epochs=3 imgsz=64 batch=2 lr0=0.01 patience=5".split()
     assert main(["estimate", *words, "iterations=1", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     notes = " ".join(payload["notes"])
     assert "yolov8n.pt is not on disk" in notes
-    assert "epochs=3 does not change GPU memory" in notes
+    assert "data=coco8.yaml is not a local file" in notes
+    assert "lr0=0.01 does not change GPU memory" in notes
     assert payload["config"]["batch"] == 2
+    # epochs=3 means validation runs between epochs: the epoch-2+ figure is simulated
+    assert payload["steady_reserved_bytes"] is not None
 
 
 def test_human_output_shows_gpu_mem_and_nvidia_smi(capsys):

@@ -181,6 +181,14 @@ def replay_trace(trace: Trace, alloc_conf: str | None = None, capacity_bytes: in
     )
 
 
+def _needs_download(data: str) -> bool:
+    """A bare dataset name such as ``coco8.yaml`` that is not on disk: Ultralytics downloads those."""
+    from pathlib import Path
+
+    path = Path(data).expanduser()
+    return not path.exists() and len(path.parts) == 1
+
+
 def _live_at(events: list[AllocationEvent], index: int) -> tuple[AllocationEvent, ...]:
     live: dict[int, AllocationEvent] = {}
     for event in events[: index + 1]:
@@ -191,8 +199,10 @@ def _live_at(events: list[AllocationEvent], index: int) -> tuple[AllocationEvent
     return tuple(live.values())
 
 
-def _breakdown(replay: Replay, context_bytes: int) -> dict[str, int]:
-    """Bytes by category at the peak; allocator rounding, cache and context make up the rest."""
+def _breakdown(replay: Replay, context_bytes: int, peak_reserved_bytes: int | None = None) -> dict[str, int]:
+    """Bytes by category at the training iteration's peak; allocator rounding, cache and context make up
+    the rest. When validation or later epochs raise the peak (``yolomem.epochs``), the growth of the
+    allocator's cache they cause is its own entry, so the parts add up to ``device_total_bytes``."""
     from yolomem.trace import CATEGORIES
 
     by_category = dict.fromkeys(CATEGORIES, 0)
@@ -201,6 +211,7 @@ def _breakdown(replay: Replay, context_bytes: int) -> dict[str, int]:
     traced = sum(by_category.values())
     by_category["allocator_rounding"] = max(replay.peak_allocated_bytes - traced, 0)
     by_category["cache_fragmentation"] = replay.peak_reserved_bytes - max(replay.peak_allocated_bytes, traced)
+    by_category["validation_epochs_growth"] = max((peak_reserved_bytes or 0) - replay.peak_reserved_bytes, 0)
     by_category["cuda_context"] = context_bytes
     return by_category
 
@@ -264,6 +275,10 @@ def estimate_config(config: EstimateConfig) -> Estimate:
     notes = list(config.notes)
     if resolved.note:
         notes.append(resolved.note)
+    if config.data and _needs_download(config.data):
+        notes.append(f"data={config.data} is not a local file (Ultralytics would download it); "
+                     f"objects per image from instances={config.instances:g} instead")  # fmt: skip
+        config = config.with_changes(data=None)
     from yolomem.epochs import epoch_request
 
     request = epoch_request(config, resolved)  # None unless data= or epochs>=2
@@ -321,7 +336,7 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         steady_reserved_bytes=simulation.steady_reserved.median if simulation else None,
         context_bytes=context,
         device_total_bytes=peak_reserved + context,
-        breakdown=_breakdown(replay, context),
+        breakdown=_breakdown(replay, context, peak_reserved),
         top_layers=_top_layers(replay),
         reserved_per_iteration=replay.reserved_per_iteration,
         peak_phase=peak_phase,

@@ -31,7 +31,7 @@ GiB = 1 << 30
 MAX_POINTS = 12  # each point is a full traced estimate
 BREAKDOWN_ORDER = (
     "parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other",
-    "allocator_rounding", "cache_fragmentation", "cuda_context",
+    "allocator_rounding", "cache_fragmentation", "validation_epochs_growth", "cuda_context",
 )  # fmt: skip
 
 Progress = Callable[[int, int, str], None]  # (done, total, what is being estimated)

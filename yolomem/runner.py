@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from yolomem.autocast import CudaAutocastPolicy
@@ -32,6 +32,19 @@ def resolve_optimizer(name: str) -> tuple[str, str | None]:
     return "AdamW", "optimizer=auto: assumed AdamW (Ultralytics' choice for <= 10k iterations); pass optimizer=MuSGD for long runs"
 
 
+@contextlib.contextmanager
+def tracing(config: EstimateConfig, *, fake: bool, oracle: DataOracle | None) -> Iterator[tuple[Tracer, CudaAutocastPolicy | None]]:
+    """The tracer, the foreach kernels CUDA would pick, and CUDA's autocast policy, for one trace."""
+    tracer = Tracer(fake=fake, oracle=oracle)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(tracer)
+        stack.enter_context(cuda_foreach_types())
+        policy = None
+        if config.amp != "fp32":
+            policy = stack.enter_context(CudaAutocastPolicy(tracer.fake_cuda_like, tracer.paused))
+        yield tracer, policy
+
+
 def trace_run(
     config: EstimateConfig, resolved: ResolvedModel, *, fake: bool = True, oracle: DataOracle | None = None,
     after_iterations: Callable[[UltralyticsRun], None] | None = None,
@@ -55,14 +68,8 @@ def trace_run(
         notes.append(f"world_size={config.world_size}: per-rank batch {rank_batch}; includes DDP's gradient buckets (yolomem.ddp)")
     if config.checkpoint:
         notes.append("checkpoint=true: layers wrapped with yolomem.checkpointing (add checkpoint_callback to your run)")
-    tracer = Tracer(fake=fake, oracle=oracle)
     nc = config.nc or resolved.nc
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(tracer)
-        stack.enter_context(cuda_foreach_types())
-        policy = None
-        if config.amp != "fp32":
-            policy = stack.enter_context(CudaAutocastPolicy(tracer.fake_cuda_like, tracer.paused))
+    with tracing(config, fake=fake, oracle=oracle) as (tracer, policy):
         model = build_model(resolved.cfg, resolved.task, nc)
         stride = max(int(model.stride.max()) if hasattr(model, "stride") else 32, 32)
         imgsz = round_imgsz(config.imgsz, stride)

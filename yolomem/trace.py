@@ -255,7 +255,8 @@ class Tracer(TorchDispatchMode):
                 args = (_real_stand_in(func, args[0]), *args[1:])
             with _disable_current_modes():
                 return func(*args, **kwargs)
-        if any(fakes):  # mixed, or tainted real tensors: hand the fake mode our registered twins
+        if tensors:  # mixed, tainted, or real but too big to compute: hand the fake mode our twins
+            # (a fake mode given only real tensors would run the op for real)
             args, kwargs = self._fakeify_inputs(func, args, kwargs)
         return func(*args, **kwargs)
 

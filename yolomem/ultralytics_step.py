@@ -118,7 +118,7 @@ def build_optimizer(model, settings: StepSettings, args, nc: int):
     shim = SimpleNamespace(args=args, data={"nc": nc})
     accumulate = max(round(settings.nbs / settings.batch), 1)
     decay = args.weight_decay * settings.batch * accumulate / settings.nbs
-    with _quiet_ultralytics():
+    with quiet_ultralytics():
         optimizer = BaseTrainer.build_optimizer(
             shim, model=model, name=settings.optimizer, lr=args.lr0, momentum=args.momentum, decay=decay
         )
@@ -135,7 +135,8 @@ def build_optimizer(model, settings: StepSettings, args, nc: int):
 
 
 @contextlib.contextmanager
-def _quiet_ultralytics() -> Iterator[None]:
+def quiet_ultralytics() -> Iterator[None]:
+    """Ultralytics logs through its LOGGER (optimizer choice, NMS time limits): silence it for a while."""
     from ultralytics.utils import LOGGER
 
     level = LOGGER.level
@@ -210,7 +211,7 @@ class UltralyticsRun:
         self.scaler = torch.amp.GradScaler("cpu", enabled=settings.precision == "fp16")
         if settings.step == "train":
             self.optimizer = build_optimizer(model, settings, self.args, nc)
-            with _quiet_ultralytics(), _CloneOnDeepcopy():
+            with quiet_ultralytics(), _CloneOnDeepcopy():
                 self.ema = ModelEMA(model)
         else:
             self.optimizer = self.ema = None

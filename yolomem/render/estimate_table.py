@@ -19,6 +19,7 @@ _LABELS = {
     "other": "other (optimizer/scaler temporaries)",
     "allocator_rounding": "allocator rounding",
     "cache_fragmentation": "allocator cache + fragmentation",
+    "validation_epochs_growth": "cache growth in validation / epochs 2+",
     "cuda_context": "CUDA context (not in GPU_mem)",
 }
 

@@ -43,6 +43,7 @@ PART_LABELS = {
     "other": "other temporaries",
     "allocator_rounding": "allocator rounding",
     "cache_fragmentation": "cache + fragmentation",
+    "validation_epochs_growth": "validation / epochs 2+",
     "cuda_context": "CUDA context",
 }
 PHASE_COLOURS = {

@@ -1,0 +1,83 @@
+"""Simulated epochs: planning, rect validation shapes, and the replay of training + validation."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from yolomem.epochs import plan_epochs, rect_val_shapes, simulate_epochs
+
+
+def test_rect_shapes_match_ultralytics_set_rectangle():
+    from ultralytics.data.base import BaseDataset
+
+    rng = np.random.default_rng(0)
+    sizes = [(int(h), int(w)) for h, w in rng.integers(200, 1300, size=(37, 2))]
+    stub = SimpleNamespace(
+        ni=len(sizes), batch_size=8, labels=[{"shape": s} for s in sizes], im_files=[str(i) for i in range(len(sizes))],
+        imgsz=640, stride=32, pad=0.5,
+    )  # fmt: skip
+    BaseDataset.set_rectangle(stub)
+    expected = [tuple(int(x) for x in shape) for shape in stub.batch_shapes]
+    assert rect_val_shapes(sizes, 8, 640, 32) == expected
+
+
+def test_square_images_letterbox_to_imgsz_plus_half_stride_pad():
+    assert rect_val_shapes([(640, 640)] * 3, 2, 640, 32) == [(672, 672), (672, 672)]
+
+
+def test_plan_is_deterministic_and_covers_the_densest_image():
+    counts = [1] * 500 + [40]  # one crowded image
+    kwargs = dict(batch=4, val_batch=8, imgsz=640, stride=32, seeds=(0, 1, 2), train_counts=counts,
+                  val_sizes=[(480, 640)] * 20 + [(640, 480)] * 4, val_counts=[2] * 24)  # fmt: skip
+    a, b = plan_epochs(**kwargs), plan_epochs(**kwargs)
+    assert a == b
+    assert max(a.levels) == 40  # the densest image lands in some batch of every epoch
+    for seed_sequence in a.sequences:
+        for epoch in seed_sequence:
+            assert a.levels.index(40) in epoch
+    assert a.batches_per_epoch == 126
+    # 8 wide, 8 wide, then 4 wide + 4 tall: a mixed batch is square
+    assert {(s.height, s.width) for s in a.val_shapes} == {(512, 672), (672, 672)}
+    assert a.val_sequence == (0, 0, 1)
+    assert plan_epochs(**{**kwargs, "seeds": (5, 6, 7)}).sequences != a.sequences
+
+
+@pytest.fixture(scope="module")
+def tiny_epochs():
+    from yolomem.estimator import estimate
+
+    return estimate("yolov8n.yaml", imgsz=64, batch=2, iterations=1, epochs=2, instances=3)
+
+
+def test_epoch_figures_are_ordered(tiny_epochs):
+    sim = tiny_epochs.epochs
+    assert sim is not None
+    assert tiny_epochs.steady_reserved_bytes == sim.steady_reserved.median
+    assert tiny_epochs.epoch1_reserved_bytes == sim.epoch1_reserved.median
+    # validation (2x batch, NMS) adds blocks the cache keeps: epoch 2+ is at least epoch 1, the peak at least both
+    assert sim.steady_reserved.median >= sim.epoch1_reserved.median
+    assert sim.peak_reserved.median >= sim.steady_reserved.median
+    assert sim.steady_reserved.high >= sim.steady_reserved.median
+    assert sim.peak_phase
+    assert tiny_epochs.to_json()["epochs"]["val_shapes"] == [[4, 96, 96]]  # 64 -> ceil(2 + 0.5) * 32
+
+
+def test_validation_raises_reserved_and_clear_memory_drops_it(tiny_epochs):
+    sim = tiny_epochs.epochs
+    trace, plan = tiny_epochs.trace, sim.plan
+    no_val = plan.__class__(**{**plan.__dict__, "val_sequence": ()})
+    without = simulate_epochs(trace, 1, no_val)
+    assert sim.steady_reserved.median > without.steady_reserved.median  # validation left bigger blocks cached
+    # a card where reserved > 50 %: _clear_memory(0.5) empties the cache before and after validation
+    small_card = simulate_epochs(trace, 1, plan, card_bytes=int(sim.epoch1_reserved.median * 1.5))
+    assert small_card.emptied_cache and not sim.emptied_cache
+    assert small_card.steady_reserved.median <= sim.steady_reserved.median
+
+
+def test_replay_is_deterministic(tiny_epochs):
+    sim = tiny_epochs.epochs
+    again = simulate_epochs(tiny_epochs.trace, 1, sim.plan)
+    assert again.to_json() == sim.to_json()

@@ -1,0 +1,100 @@
+"""The per-version table: blog rows, the linear max-batch model, and every output format."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from yolomem.render import table_formats
+from yolomem.table import (
+    BLOG_ROWS, GpuFit, PrecisionResult, Table, TableRow, _precision_result, _Traced, blog_rows, compute_table,
+)  # fmt: skip
+
+SEED = Path("/work/shared/reference/seed_table.csv")
+GiB = 1 << 30
+
+
+def test_blog_rows_are_the_seed_table():
+    seed = list(csv.DictReader(SEED.open()))
+    assert [(r["model"], int(r["imgsz"]), int(r["batch"])) for r in seed] == [(b[0], b[2], b[3]) for b in BLOG_ROWS]
+    assert len(blog_rows()) == 16 and blog_rows(imgsz=64, batch=2)[0].imgsz == 64
+
+
+def _traced(batch: int, peak: int, fixed: int) -> _Traced:
+    return _Traced("m", "yolov5", "detect", 1, 640, batch, peak, peak + (500 << 20), 500 << 20, fixed, "1G", "GiB", ())
+
+
+def test_linear_model_and_verdicts():
+    from yolomem.gpus import find_gpu
+
+    card = find_gpu("RTX-3090")  # 24 GiB
+    result = _precision_result("fp32", _traced(16, 12 * GiB, 2 * GiB), None, [card])
+    fit = result.gpus[0]
+    assert fit.fits == "yes"
+    # (24 GiB - 0.5 GiB context - 2 GiB fixed) / (10 GiB / 16 per image) = 34.4 -> 34
+    assert fit.max_batch == 34
+    near = _precision_result("fp32", _traced(16, 21 * GiB + (700 << 20), 2 * GiB), None, [card]).gpus[0]
+    assert near.fits == "near"
+    assert _precision_result("fp32", _traced(16, 30 * GiB, 2 * GiB), None, [card]).gpus[0].fits == "no"
+    two_point = _precision_result("fp32", _traced(16, 12 * GiB, 0), _traced(8, 7 * GiB, 0), [card])
+    assert two_point.fixed_bytes == 2 * GiB and two_point.gpus[0].max_batch == 34
+
+
+def _table() -> Table:
+    def precision(name, peak):
+        gpus = (GpuFit("RTX-3060-12GB", 12 * GiB, "yes", 30), GpuFit("RTX-3090", 24 * GiB, "near", 70))
+        return PrecisionResult(name, peak, peak + (500 << 20), f"{peak / GiB:.3g}G", GiB, 1e8, gpus)
+
+    row = TableRow("yolov4-tiny", "yolov5", "detect", 6_056_606, 10.5, "counted", 416, 64,
+                   precision("fp32", 5 * GiB), precision("fp16", 3 * GiB), ())  # fmt: skip
+    return Table((row,), ("RTX-3060-12GB", "RTX-3090"), "breakdown", 1, 12.0, "GiB")
+
+
+def test_json_format():
+    payload = json.loads(table_formats.to_json(_table()))
+    row = payload[0]
+    assert {"model", "framework", "params", "imgsz", "batch", "fp32", "amp"} <= set(row)
+    assert row["model"] == "yolov4-tiny" and row["framework"] == "yolov5"
+    for key in ("fp32", "amp"):
+        assert {"peak_reserved_bytes", "device_total_bytes", "fits", "max_batch"} <= set(row[key])
+        assert row[key]["fits"] == {"RTX-3060-12GB": "yes", "RTX-3090": "near"}
+        assert row[key]["max_batch"] == {"RTX-3060-12GB": 30, "RTX-3090": 70}
+
+
+def test_csv_and_markdown_formats():
+    rows = list(csv.reader(table_formats.to_csv(_table()).splitlines()))
+    assert rows[0][:3] == ["model", "framework", "task"] and rows[1][0] == "yolov4-tiny"
+    assert rows[1][rows[0].index("amp_fits_RTX-3090")] == "near"
+    text = table_formats.to_markdown(_table())
+    assert text.startswith("| model | framework |")
+    assert "| yolov4-tiny | yolov5 | 416 | 64 | 6.06 | 10.5 | 5.49 | 5G | 3.49 | 3G | ✅/✅ | ⚠️/⚠️ | 30/30 | 70/70 |" in text
+    assert "linear-in-batch" in text
+
+
+def test_cli_flags_exist():
+    from yolomem.cli import _load_plugins, get_parser
+
+    _load_plugins()
+    options = get_parser().parse_args(["table", "yolov5n", "imgsz=64", "--markdown"])
+    assert options.markdown and options.words == ["yolov5n", "imgsz=64"]
+
+
+@pytest.mark.slow  # 32 traces: about 4-8 min on 2 shared cores with today's tracer
+def test_every_blog_row_estimates_in_both_precisions():
+    table = compute_table(blog_rows(imgsz=64, batch=2))
+    assert len(table.rows) == 16
+    for row in table.rows:
+        assert row.params > 1e6
+        assert row.fp32.peak_reserved_bytes > 0 and row.amp.peak_reserved_bytes > 0
+    frameworks = {row.model: row.framework for row in table.rows}
+    assert frameworks["yolov3"] == "yolov5" and frameworks["yolov4"] == "yolov5" and frameworks["yolov8n"] == "ultralytics"
+
+
+def test_one_row_end_to_end():
+    table = compute_table([blog_rows(imgsz=64, batch=2)[2]], gpus=("RTX-3090",))  # yolov4-tiny
+    row = table.rows[0]
+    assert (row.model, row.framework, row.params) == ("yolov4-tiny", "yolov5", 6_056_606)
+    assert row.fp32.gpus[0].fits == "yes" and row.fp32.gpus[0].max_batch > 2

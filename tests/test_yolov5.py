@@ -1,0 +1,71 @@
+"""The yolov5 loop: a traced iteration on fake tensors against the same iteration on real CPU tensors."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from yolomem.config import EstimateConfig
+from yolomem.errors import UserError
+from yolomem.models import resolve_model
+from yolomem.yolov5.runner import trace_yolov5_run
+
+
+def _stream(trace):
+    return [(e.op, e.nbytes) for e in trace.events]
+
+
+def _peak(trace) -> int:
+    live, peak = 0, 0
+    for e in trace.events:
+        live += e.nbytes if e.op == "alloc" else -e.nbytes
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.mark.parametrize("model", ["yolov4-tiny"])
+def test_fake_trace_equals_real_cpu_run(model):
+    """imgsz 64, batch 2, fp32: the allocation sizes, in order, and the peak are the same."""
+    warnings.filterwarnings("ignore")
+    config = EstimateConfig(model=model, imgsz=64, batch=2, amp="fp32", iterations=1, framework="yolov5")
+    resolved = resolve_model(model, "yolov5")
+    torch.manual_seed(0)
+    real = trace_yolov5_run(config, resolved, fake=False)
+    torch.manual_seed(0)
+    fake = trace_yolov5_run(config, resolved, fake=True)
+    assert real.params == fake.params == 6_056_606
+    allocs_real = [n for op, n in _stream(real.trace) if op == "alloc"]
+    allocs_fake = [n for op, n in _stream(fake.trace) if op == "alloc"]
+    assert len(allocs_real) > 500
+    assert allocs_fake == allocs_real
+    assert _peak(fake.trace) == _peak(real.trace)
+    phases = {e.phase for e in fake.trace.events}
+    assert {"forward", "loss", "backward", "optimizer", "ema"} <= phases
+
+
+def test_names_select_the_framework():
+    assert resolve_model("yolov4").framework == "yolov5"
+    assert "framework=yolov5" in resolve_model("yolov4").note
+    assert resolve_model("yolov3").framework == "ultralytics"  # Ultralytics' YOLOv3u unless asked
+    assert resolve_model("yolov3", "yolov5").source == "darknet"
+    with pytest.raises(UserError, match="framework=yolov5"):
+        resolve_model("yolov8n", "yolov5")
+
+
+def test_targets_match_anchor_ratio_and_neighbour_cells():
+    """build_targets: a box matches anchors within ratio 4 and is copied to its 2 nearer neighbours."""
+    from yolomem.yolov5.loss import AnchorLoss, LossHyp
+    from yolomem.yolov5.modules import HeadSpec
+
+    head = HeadSpec(nc=2, anchors_px=(((8.0, 8.0), (40.0, 40.0), (200.0, 200.0)),), strides=(8,))
+    loss = AnchorLoss(head, LossHyp())
+    p = [torch.zeros(1, 3, 8, 8, 7)]
+    # one 16x16 px box centred at (20, 20) px = grid (2.5, 2.5)... placed at 0.3 of the cell: neighbours left/up
+    targets = torch.tensor([[0, 1, 2.3 / 8, 2.3 / 8, 16 / 64, 16 / 64]])
+    tcls, tbox, indices, anchors, _, _ = loss.build_targets(p, targets)
+    b, a, gj, gi = indices[0]
+    assert sorted(set(a.tolist())) == [0, 1]  # 16 px vs 8 and 40: ratios 2 and 2.5 < 4; 200: 12.5
+    assert len(b) == 2 * 3  # each matched anchor: own cell + left + up
+    assert sorted({(int(x), int(y)) for x, y in zip(gi, gj)}) == [(1, 2), (2, 1), (2, 2)]

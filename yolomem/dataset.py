@@ -1,0 +1,309 @@
+"""Read an Ultralytics dataset YAML: objects per image and image sizes, without loading any image.
+
+What is read, for ``train`` and ``val``:
+- the image list, as Ultralytics builds it (``BaseDataset.get_img_files``): a directory (searched
+  recursively), a ``.txt`` list of images (``./`` relative to the list), or a list of those; paths
+  are relative to the YAML's ``path`` (itself relative to the YAML file, else to Ultralytics'
+  ``DATASETS_DIR``);
+- each image's YOLO label file (``img2label_paths``: the last ``/images/`` becomes ``/labels/``, the
+  extension ``.txt``). Objects per image = distinct non-empty lines; a missing file is an image with
+  no objects, as in Ultralytics. A line that is not ``class x y w h ...`` (at least 5 numbers, a
+  whole non-negative class) raises ``UserError`` naming ``file:line``;
+- image sizes from file headers only (PNG IHDR, JPEG SOF, BMP, GIF, WebP; no pixel is decoded),
+  with the JPEG EXIF orientation applied as Ultralytics' ``exif_size`` does. Validation needs
+  every val image's aspect ratio (rect batches); the RAM cache needs only the mean image size, so
+  at most ``TRAIN_HEADER_SAMPLE`` train headers are read, a seeded random sample, like Ultralytics'
+  own ``check_cache_ram`` (which extrapolates from 30 images).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from yolomem.errors import UserError
+
+TRAIN_HEADER_SAMPLE = 2000  # train images whose headers are read for the cache size
+MIN_LABEL_COLUMNS = 5  # class x y w h (segments and keypoints add columns)
+_EXIF_ORIENTATION = 274  # EXIF tag; 6 and 8 are 90-degree rotations (ultralytics.data.utils.exif_size)
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """One split (train or val) of a dataset."""
+
+    name: str
+    images: int
+    counts: tuple[int, ...]  # objects per image, in image-list order
+    missing_labels: int  # images without a label file (background)
+    sizes: tuple[tuple[int, int], ...]  # (height, width) of the images whose headers were read
+    sized_indices: tuple[int, ...]  # which images those are (all of them for val)
+    unreadable: tuple[str, ...] = ()  # images whose header could not be read
+
+    @property
+    def max_objects(self) -> int:
+        return max(self.counts, default=0)
+
+    @property
+    def mean_objects(self) -> float:
+        return sum(self.counts) / len(self.counts) if self.counts else 0.0
+
+    def histogram(self) -> dict[int, int]:
+        """Objects per image -> number of images."""
+        return dict(sorted(Counter(self.counts).items()))
+
+    def to_json(self) -> dict:
+        return {
+            "images": self.images,
+            "mean_objects": round(self.mean_objects, 3),
+            "max_objects": self.max_objects,
+            "objects_histogram": {str(k): v for k, v in self.histogram().items()},
+            "missing_labels": self.missing_labels,
+            "headers_read": len(self.sizes),
+            "unreadable": list(self.unreadable),
+        }
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    yaml_path: str
+    train: SplitSummary
+    val: SplitSummary | None
+
+    def to_json(self) -> dict:
+        return {"yaml": self.yaml_path, "train": self.train.to_json(), "val": self.val.to_json() if self.val else None}
+
+
+def read_dataset(yaml_path: str | os.PathLike, *, seed: int = 0, train_header_sample: int = TRAIN_HEADER_SAMPLE) -> DatasetSummary:
+    """Read the dataset YAML, its label files, and image headers (see the module docstring)."""
+    import yaml
+
+    path = Path(yaml_path).expanduser()
+    if not path.is_file():
+        raise UserError(f"data={str(yaml_path)!r} does not exist; pass an Ultralytics dataset YAML")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"data={str(yaml_path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict) or "train" not in data:
+        raise UserError(f"data={str(yaml_path)!r} has no 'train' key; an Ultralytics dataset YAML names train and val")
+    root = _dataset_root(path, data.get("path"))
+    train = read_split("train", _image_files(root, data["train"], "train"), header_sample=train_header_sample, seed=seed)
+    val = None
+    if data.get("val"):
+        val = read_split("val", _image_files(root, data["val"], "val"), header_sample=None, seed=seed)
+    return DatasetSummary(str(path), train, val)
+
+
+def read_split(name: str, images: list[str], *, header_sample: int | None, seed: int = 0) -> SplitSummary:
+    """Objects per image for ``images`` and the header sizes of all of them or of a seeded sample."""
+    counts, missing = [], 0
+    for label_file in _label_paths(images):
+        count = count_objects(label_file)
+        if count is None:
+            missing += 1
+            count = 0
+        counts.append(count)
+    indices = list(range(len(images)))
+    if header_sample is not None and len(images) > header_sample:
+        indices = sorted(random.Random(seed).sample(indices, header_sample))
+    sizes, sized, unreadable = [], [], []
+    for index in indices:
+        size = image_size(images[index])
+        if size is None:
+            unreadable.append(images[index])
+        else:
+            sizes.append(size)
+            sized.append(index)
+    return SplitSummary(name, len(images), tuple(counts), missing, tuple(sizes), tuple(sized), tuple(unreadable))
+
+
+def count_objects(label_file: str) -> int | None:
+    """Distinct labelled objects in a YOLO label file; None when the file does not exist."""
+    try:
+        with open(label_file, encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read label file {label_file}: {type(error).__name__}") from None
+    seen = set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        row = line.strip()
+        if not row or row in seen:
+            continue  # Ultralytics drops duplicate rows
+        _check_row(row, label_file, number)
+        seen.add(row)
+    return len(seen)
+
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_VALID_ROW = re.compile(rf"\d+(?:\.0*)?(?:\s+{_NUMBER}){{{MIN_LABEL_COLUMNS - 1},}}")  # the fast path
+
+
+def _check_row(row: str, label_file: str, number: int) -> None:
+    if _VALID_ROW.fullmatch(row):
+        return
+    tokens = row.split()
+    if len(tokens) < MIN_LABEL_COLUMNS:
+        raise UserError(f"{label_file}:{number}: {row!r} has {len(tokens)} values; a YOLO label line is 'class x y w h'")
+    try:
+        values = [float(token) for token in tokens]
+    except ValueError:
+        raise UserError(f"{label_file}:{number}: {row!r} is not all numbers; a YOLO label line is 'class x y w h'") from None
+    if values[0] < 0 or values[0] != int(values[0]):
+        raise UserError(f"{label_file}:{number}: class {tokens[0]!r} must be a whole number >= 0")
+
+
+def image_size(image_file: str) -> tuple[int, int] | None:
+    """(height, width) from the file header (PNG, JPEG, BMP, GIF, WebP); None if unreadable.
+
+    Our own parsers, not ``PIL.Image.open``: Ultralytics replaces that function at import with one
+    that tries to install a package when a file is not recognised."""
+    try:
+        with open(image_file, "rb") as handle:
+            head = handle.read(HEADER_BYTES)
+            if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+                width, height = struct.unpack(">II", head[16:24])
+                return height, width
+            if head[:2] == b"\xff\xd8":
+                return _jpeg_size(handle)
+            if head[:2] == b"BM" and len(head) >= 26:
+                width, height = struct.unpack("<ii", head[18:26])
+                return abs(height), abs(width)
+            if head[:6] in {b"GIF87a", b"GIF89a"}:
+                width, height = struct.unpack("<HH", head[6:10])
+                return height, width
+            if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+                return _webp_size(head)
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+HEADER_BYTES = 32
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(handle) -> tuple[int, int] | None:
+    """Walk the JPEG markers to the frame header (SOFn); apply the EXIF orientation (APP1)."""
+    handle.seek(2)
+    rotated = False
+    while True:
+        byte = handle.read(1)
+        while byte and byte != b"\xff":
+            byte = handle.read(1)
+        while byte == b"\xff":
+            byte = handle.read(1)
+        if not byte:
+            return None
+        marker = byte[0]
+        if marker in {0xD8, 0x01} or 0xD0 <= marker <= 0xD7:
+            continue  # no length
+        (length,) = struct.unpack(">H", handle.read(2))
+        if marker in _JPEG_SOF:
+            _precision, height, width = struct.unpack(">BHH", handle.read(5))
+            return (width, height) if rotated else (height, width)
+        body = handle.read(length - 2)
+        if marker == 0xE1 and body[:6] == b"Exif\x00\x00":
+            rotated = _exif_orientation(body[6:]) in {6, 8}
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """The Orientation tag (274) of the first IFD of an EXIF TIFF block."""
+    if len(tiff) < 8:
+        return None
+    order = "<" if tiff[:2] == b"II" else ">"
+    (offset,) = struct.unpack(order + "I", tiff[4:8])
+    if offset + 2 > len(tiff):
+        return None
+    (entries,) = struct.unpack(order + "H", tiff[offset : offset + 2])
+    for k in range(entries):
+        at = offset + 2 + 12 * k
+        if at + 12 > len(tiff):
+            return None
+        tag, _kind, _count = struct.unpack(order + "HHI", tiff[at : at + 8])
+        if tag == _EXIF_ORIENTATION:
+            return struct.unpack(order + "H", tiff[at + 8 : at + 10])[0]
+    return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    chunk = head[12:16]
+    if chunk == b"VP8 " and len(head) >= 30:
+        width, height = struct.unpack("<HH", head[26:30])
+        return height & 0x3FFF, width & 0x3FFF
+    if chunk == b"VP8L" and len(head) >= 25:
+        bits = int.from_bytes(head[21:25], "little")
+        return ((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1
+    if chunk == b"VP8X" and len(head) >= 30:
+        width = int.from_bytes(head[24:27], "little") + 1
+        height = int.from_bytes(head[27:30], "little") + 1
+        return height, width
+    return None
+
+
+def _dataset_root(yaml_path: Path, declared: object) -> Path:
+    if not declared:
+        return yaml_path.parent
+    root = Path(str(declared)).expanduser()
+    if root.is_absolute():
+        return root
+    beside = (yaml_path.parent / root).resolve()
+    if beside.exists():
+        return beside
+    from ultralytics.utils import DATASETS_DIR
+
+    in_datasets = (Path(DATASETS_DIR) / root).resolve()
+    if in_datasets.exists():
+        return in_datasets
+    raise UserError(f"dataset path {str(declared)!r} not found beside {yaml_path} nor in {DATASETS_DIR}")
+
+
+def _image_files(root: Path, entry: object, split: str) -> list[str]:
+    from ultralytics.data.utils import IMG_FORMATS
+
+    entries = entry if isinstance(entry, (list, tuple)) else [entry]
+    files: list[str] = []
+    for item in entries:
+        path = Path(str(item)).expanduser()
+        path = path if path.is_absolute() else root / path
+        if path.is_dir():
+            files.extend(_walk_images(path, IMG_FORMATS))
+        elif path.is_file() and path.suffix == ".txt":
+            parent = path.parent
+            for line in path.read_text(encoding="utf-8-sig").splitlines():
+                line = line.strip()
+                if line:
+                    files.append(str(parent / line[2:]) if line.startswith("./") else line)
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            raise UserError(f"{split}: {str(path)!r} does not exist (from the dataset YAML)")
+    files = sorted(f for f in files if f.rsplit(".", 1)[-1].lower() in IMG_FORMATS)
+    if not files:
+        raise UserError(f"{split}: no images found in {entries!r}")
+    return files
+
+
+def _walk_images(directory: Path, formats) -> list[str]:
+    found, stack = [], [str(directory)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append(entry.path)
+                elif entry.name.rsplit(".", 1)[-1].lower() in formats:
+                    found.append(entry.path)
+    return found
+
+
+def _label_paths(images: list[str]) -> list[str]:
+    from ultralytics.data.utils import img2label_paths
+
+    return img2label_paths(images)
