@@ -45,6 +45,11 @@ def _resolve(qualified: str) -> torch._ops.OpOverload | None:
     return getattr(packet, overload or "default", None)
 
 
+# What torch's AutocastCUDA kernel does for (op, autocast dtype, argument dtypes). It depends only on
+# the installed torch, so one process asks once; a failed probe is not remembered (it is reported).
+_DECISIONS: dict[tuple, tuple[tuple[torch.dtype | None, ...], torch.dtype | None]] = {}
+
+
 class _CastWatcher(TorchDispatchMode):
     """Records which of the watched tensors the AutocastCUDA kernel casts, and to what dtype."""
 
@@ -73,10 +78,10 @@ class CudaAutocastPolicy:
     def __init__(self, fake_cuda_like, pause_recording):
         self._fake_cuda_like = fake_cuda_like
         self._pause_recording = pause_recording
-        self._decisions: dict[tuple, tuple[torch.dtype | None, ...]] = {}
         self._weight_cache: dict[int, torch.Tensor] = {}
         self._library: torch.library.Library | None = None
         self.probe_failures: set[str] = set()
+        self.probe_failures_ops: set = set()
 
     # -- installation ---------------------------------------------------------------------------
     def __enter__(self) -> CudaAutocastPolicy:
@@ -146,10 +151,11 @@ class CudaAutocastPolicy:
         """For each flat argument: the dtype CUDA autocast casts it to, or None if left alone; and the
         ``dtype=`` CUDA autocast sets on ops that take one, or None."""
         key = (op, torch.get_autocast_dtype("cpu"), tuple(x.dtype if isinstance(x, torch.Tensor) else None for x in flat))
-        decision = self._decisions.get(key)
+        decision = _DECISIONS.get(key)
         if decision is None:
             decision = self._probe(op, flat, spec)
-            self._decisions[key] = decision
+            if op not in self.probe_failures_ops:
+                _DECISIONS[key] = decision
         return decision
 
     def _probe(self, op, flat: list, spec) -> tuple[tuple[torch.dtype | None, ...], torch.dtype | None]:
@@ -169,6 +175,7 @@ class CudaAutocastPolicy:
                     out = op(*args, **kwargs)
             except Exception:  # an op the fake CUDA path cannot run: leave its arguments as they are
                 self.probe_failures.add(str(op))
+                self.probe_failures_ops.add(op)
                 return tuple(None for _ in flat), None
             finally:
                 torch.set_autocast_enabled("cuda", cuda_was)

@@ -10,15 +10,16 @@ How (tracing is the expensive part, so each distinct piece is traced once):
    percentile and the maximum of that over all draws. With a dataset the densest image of the
    dataset lies in some batch of every epoch, so the maximum is the dataset's maximum.
 2. Trace, with the model, optimizer and EMA of ``runner.trace_run``: one training iteration per
-   level, and one validation batch per distinct val shape (``yolomem.validation_pass``).
+   level, and one validation batch per distinct val shape (``yolomem.validation_pass``; for the
+   yolov5 repo's loop ``yolomem.yolov5.validation``: val.py's fp16 EMA, its NMS).
 3. Compose: each traced iteration is a template. A storage a template allocates and does not free is
    freed at its end, and its frees of older storages are dropped, so templates are self-contained
    and can be concatenated (storage ids renumbered per copy). The model, optimizer state and EMA
    (allocated before and in the first iteration) stay alive throughout.
 4. Replay through ``CachingAllocator``: epoch 1 (first iteration, then ``SIM_ITERATIONS`` training
    batches in order, the densest among them), ``_clear_memory(0.5)``, validation, ``_clear_memory``,
-   epoch 2, validation, epoch 3. Repeated for each seed: the figures are a median and a high
-   percentile.
+   epoch 2, validation, epoch 3 (the yolov5 repo's train.py has no ``_clear_memory``). Repeated for
+   each seed: the figures are a median and a high percentile.
 
 Assumptions (also returned in ``EpochSimulation.assumptions``):
 - An epoch is shortened to ``SIM_ITERATIONS`` training batches, sampled in order and always with the
@@ -40,7 +41,7 @@ import numpy as np
 
 from yolomem.allocator import CachingAllocator, SimulatedOOM, parse_alloc_conf
 from yolomem.trace import AllocationEvent, Trace
-from yolomem.validation_pass import ValBatchShape
+from yolomem.validation_pass import ValBatchShape, val_batch_size
 
 SIM_ITERATIONS = 12  # training batches replayed per simulated epoch
 SIM_EPOCHS = 3  # epoch 1, then 2 and 3 (both "steady")
@@ -270,24 +271,29 @@ _VAL_RENAME = {"loss": "val_loss", "preprocess": "val_preprocess", "forward": "v
 
 def simulate_epochs(
     trace: Trace, first_iteration: int, plan: EpochPlan, *, alloc_conf: str | None = None,
-    card_bytes: int | None = None, capacity_bytes: int | None = None,
+    card_bytes: int | None = None, capacity_bytes: int | None = None, clears_cache: bool = True,
 ) -> EpochSimulation:  # fmt: skip
     """Replay the planned epochs for each seed. ``trace`` holds, after ``first_iteration`` training
     iterations (the first one being the optimizer's first step), one iteration per level and one
-    validation batch per val shape, in ``plan`` order."""
+    validation batch per val shape, in ``plan`` order. ``clears_cache``: the loop calls
+    ``_clear_memory(0.5)`` around validation (Ultralytics); the yolov5 repo's train.py never does."""
     segments = _split(trace)
     setup, first = segments[0], segments[1]
     extra = segments[1 + first_iteration :]
     if len(extra) != len(plan.levels) + len(plan.val_shapes):
         raise ValueError(f"trace has {len(extra)} extra segments, plan needs {len(plan.levels) + len(plan.val_shapes)}")
-    later_frees = {e.storage_id for seg in segments[2:] for e in seg if e.op == "free"}
+    # training segments only: val.py's model.half() frees the fp32 EMA, which model.float() remakes
+    # at the end of validation; the EMA stays alive for training (see EpochSimulation.assumptions)
+    training = segments[2 : 1 + first_iteration + len(plan.levels)]
+    later_frees = {e.storage_id for seg in training for e in seg if e.op == "free"}
     start = _persistent(setup + first, later_frees)
     train = [_self_contained(seg) for seg in extra[: len(plan.levels)]]
     val = [_self_contained(seg, _VAL_RENAME) for seg in extra[len(plan.levels) :]]
     id_stride = max((e.storage_id for e in trace.events), default=0) + 1
     val_order = _compress(plan.val_sequence)
     runs = [
-        _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, card_bytes, capacity_bytes)
+        _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf,
+                     card_bytes if clears_cache else None, capacity_bytes)  # fmt: skip
         for sequence in plan.sequences
     ]
     peaks = [r["peak_reserved"] for r in runs]
@@ -297,7 +303,11 @@ def simulate_epochs(
         "every simulated iteration steps the optimizer; gradients held across accumulate > 1 iterations are not modelled",
         "consecutive validation batches of one shape are replayed at most twice",
     ]
-    if card_bytes is None:
+    if not clears_cache:
+        assumptions.append("the yolov5 loop empties no cache between epochs: what validation reserved stays reserved")
+        assumptions.append("val.py's model.half()/model.float() of the EMA: the fp32 EMA is kept in place, so "
+                           "validation holds it next to its fp16 copy (real: freed to the cache, then reallocated)")
+    elif card_bytes is None:
         assumptions.append("_clear_memory(0.5): card unknown (no gpu=), the cache is assumed kept (reserved <= 50 %)")
     return EpochSimulation(
         epoch1_reserved=Distribution.of([r["epoch1"] for r in runs]),
@@ -322,6 +332,7 @@ def _compress(sequence: Sequence[int]) -> list[int]:
 
 
 def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, card_bytes, capacity_bytes) -> dict:
+    """One seed's epochs; ``card_bytes`` None: ``_clear_memory`` never empties the cache."""
     allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
     handles: dict[int, int] = {}
     state = {"copy": 0, "peak_reserved": 0, "peak_phase": "", "oom": None, "emptied": False}
@@ -379,7 +390,8 @@ def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, 
 # -- tracing --------------------------------------------------------------------------------------
 class EpochTracing:
     """The ``after_iterations`` hook of ``runner.trace_run``: plans with the built model's stride,
-    then traces one training iteration per level and one validation batch per val shape."""
+    then traces one training iteration per level and one validation batch per val shape, with the
+    validation of the run's loop (Ultralytics' ``BaseValidator`` or the yolov5 repo's ``val.py``)."""
 
     def __init__(self, *, seeds: Sequence[int], instances: float, train_counts=None, val_sizes=None, val_counts=None,
                  kpt_shape=(17, 3), channels: int = 3):  # fmt: skip
@@ -389,43 +401,57 @@ class EpochTracing:
         self.plan: EpochPlan | None = None
 
     def __call__(self, run) -> None:
-        import contextlib
-
-        import torch
-
         from yolomem.batches import SyntheticBatch
-        from yolomem.validation_pass import trace_validation_batch, val_batch_dict, val_batch_size
+        from yolomem.yolov5.step import Yolov5Run
 
-        settings, tracer = run.settings, run.tracer
+        yolov5 = isinstance(run, Yolov5Run)
+        settings = run.settings
+        task = "detect" if yolov5 else settings.task  # epoch_request admits yolov5 detection designs only
+        val_batch = 2 * settings.batch if yolov5 else val_batch_size(task, settings.batch)  # train.py: batch_size * 2
         self.plan = plan = plan_epochs(
-            batch=settings.batch, val_batch=val_batch_size(settings.task, settings.batch), imgsz=settings.imgsz,
+            batch=settings.batch, val_batch=val_batch, imgsz=settings.imgsz,
             stride=run.stride, seeds=self.seeds, train_counts=self.train_counts, instances=self.instances,
             val_sizes=self.val_sizes, val_counts=self.val_counts,
         )  # fmt: skip
         nc = int(getattr(run.model, "nc", 80))
-        iteration = settings.iterations
+        iteration = run.tracer.iteration + 1  # after the configured iterations
         seed = self.seeds[0] if self.seeds else 0
         for counts in plan.level_counts:
-            batch = SyntheticBatch(settings.task, settings.batch, settings.imgsz, counts, seed + iteration, nc,
+            batch = SyntheticBatch(task, settings.batch, settings.imgsz, counts, seed + iteration, nc,
                                    self.kpt_shape, self.channels)  # fmt: skip
             run._last_opt_step = -1  # every template steps the optimizer (see the module docstring)
             run.train_iteration(iteration, batch)
             iteration += 1
+        for shape in plan.val_shapes:
+            run.tracer.start_iteration(iteration)
+            if yolov5:
+                from yolomem.yolov5.validation import trace_validation
+
+                trace_validation(run, shape, seed + iteration, self.channels)
+            else:
+                self._ultralytics_validation(run, shape, seed + iteration, nc)
+            iteration += 1
+
+    def _ultralytics_validation(self, run, shape: ValBatchShape, seed: int, nc: int) -> None:
+        import contextlib
+
+        import torch
+
+        from yolomem.validation_pass import trace_validation_batch, val_batch_dict
+
+        settings, tracer = run.settings, run.tracer
         ema = run.ema.ema  # BaseValidator.get_model: trainer.ema.ema
 
         def autocast():  # validator: autocast(trainer.amp) is fp16 whatever the training dtype
             return run.policy.region(torch.float16) if run.policy is not None else contextlib.nullcontext()
 
         nms = {"nc": 0 if settings.task == "detect" else nc, "rotated": settings.task == "obb"}
-        for shape in plan.val_shapes:
-            tracer.start_iteration(iteration)
-            with tracer.phase("val_preprocess"):
-                data = val_batch_dict(settings.task, shape, seed + iteration, nc, self.kpt_shape, self.channels)
-            trace_validation_batch(
-                ema, tracer, data, autocast=autocast, half_inputs=settings.precision != "fp32",
-                loss_fn=lambda d, p: ema.loss(d, p), nc=nc, nms_kwargs=nms,
-            )  # fmt: skip
-            iteration += 1
+        with tracer.phase("val_preprocess"):
+            data = val_batch_dict(settings.task, shape, seed, nc, self.kpt_shape, self.channels)
+        trace_validation_batch(
+            ema, tracer, data, autocast=autocast, half_inputs=settings.precision != "fp32",
+            loss_fn=lambda d, p: ema.loss(d, p), nc=nc, nms_kwargs=nms,
+        )  # fmt: skip
 
 
 # -- the estimator's entry points -------------------------------------------------------------------
@@ -448,17 +474,22 @@ class EpochRequest:
 
     def simulate(self, trace: Trace, alloc_conf, card_bytes, capacity_bytes) -> EpochSimulation:
         return simulate_epochs(trace, self.config.iterations, self.hook.plan, alloc_conf=alloc_conf,
-                               card_bytes=card_bytes, capacity_bytes=capacity_bytes)  # fmt: skip
+                               card_bytes=card_bytes, capacity_bytes=capacity_bytes,
+                               clears_cache=self.config.framework == "ultralytics")  # fmt: skip
 
 
 def epoch_request(config, resolved) -> EpochRequest | None:
-    """None unless epochs are asked for: ``data=`` given or ``epochs >= 2`` (ultralytics loop)."""
+    """None unless epochs are asked for: ``data=`` given or ``epochs >= 2``, for the Ultralytics loop
+    (not classification) or the yolov5 repo's (detection designs; not with world_size > 1)."""
     from yolomem.errors import UserError
 
     wanted = bool(config.data) or (config.epochs or 0) >= 2
     if not wanted or config.step != "train":
         return None
-    if config.framework != "ultralytics" or resolved.task == "classify":
+    if config.framework == "yolov5":
+        if resolved.task != "detect" or config.world_size > 1:
+            return None
+    elif config.framework != "ultralytics" or resolved.task == "classify":
         return None
     notes, dataset = [], None
     train_counts = val_sizes = val_counts = None

@@ -342,7 +342,8 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         peak_phase=peak_phase,
         unaccounted=tuple(unaccounted),
         notes=tuple(notes),
-        gpu_mem_unit=gpu_mem_unit(ultralytics_version),
+        # the yolov5 repo's train.py prints memory_reserved() / 1E9
+        gpu_mem_unit="GB" if config.framework == "yolov5" else gpu_mem_unit(ultralytics_version),
         seconds=time.perf_counter() - started,
         gpu=gpu.name if gpu else None,
         gpu_total_bytes=gpu.total_bytes if gpu else None,

@@ -88,7 +88,8 @@ def build_model(model_cfg: dict, task: str, nc: int | None, verbose: bool = Fals
     kwargs = {"verbose": verbose}
     if nc is not None:
         kwargs["nc"] = nc
-    with _CloneOnDeepcopy():  # heads such as YOLOv10's one-to-one branch deep-copy layers
+    # heads such as YOLOv10's one-to-one branch deep-copy layers; "Overriding nc" is logged, not needed
+    with _CloneOnDeepcopy(), quiet_ultralytics():
         return model_class(copy.deepcopy(model_cfg), **kwargs)
 
 

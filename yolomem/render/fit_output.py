@@ -43,6 +43,11 @@ def render_fit(result: FitResult, console: Console | None = None) -> None:
         f"nvidia-smi ~{_gib(estimate.device_total_bytes)}; line through two traces predicted {result.predicted}, "
         f"confirmed with {len(result.probes)} traces"
     )
+    if estimate.peak_reserved_bytes > result.capacity_bytes:
+        console.print(
+            "  (reserved memory exceeds the budget without a cap; under it, the caching allocator frees its "
+            "cache and retries before it would run out, and the step still fits: this is what the simulation decides)"
+        )
     table = Table(title="traced configs", title_justify="left")
     table.add_column("batch", justify="right")
     table.add_column("imgsz", justify="right")

@@ -8,7 +8,8 @@ are fake during a trace).
 
 Training-mode outputs are the yolov5 repo's: a list with one tensor per level, shaped
 ``(batch, anchors, ny, nx, 5 + nc [+ nm])``, plus the prototype masks ``(batch, nm, H/4, W/4)`` for
-segmentation.
+segmentation. In eval mode (val.py) the head also decodes the levels into boxes in pixels, as yolov5's
+``Detect`` does: ``(decoded (batch, anchors * cells, 5 + nc [+ nm]), levels)``.
 """
 
 from __future__ import annotations
@@ -143,6 +144,35 @@ def _levels_to_output(x: torch.Tensor, na: int, no: int) -> torch.Tensor:
     return x.view(bs, na, no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
 
 
+def make_grid(anchors_px: torch.Tensor, ny: int, nx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """yolov5 ``Detect._make_grid``: cell corners ``(1, na, ny, nx, 2)`` (materialised, ``- 0.5``) and
+    the anchor sizes in pixels, ``anchors_px`` (na, 2) expanded to the same shape (a view)."""
+    na = anchors_px.shape[0]
+    shape = 1, na, ny, nx, 2
+    y = torch.arange(ny, device=anchors_px.device, dtype=anchors_px.dtype)
+    x = torch.arange(nx, device=anchors_px.device, dtype=anchors_px.dtype)
+    yv, xv = torch.meshgrid(y, x, indexing="ij")
+    grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
+    return grid, anchors_px.view((1, na, 1, 1, 2)).expand(shape)
+
+
+def decode_level(xi: torch.Tensor, grid: torch.Tensor, anchor_grid: torch.Tensor, stride: float, nc: int) -> torch.Tensor:
+    """yolov5 Detect/Segment in eval mode, one level: (B, na, ny, nx, no) -> (B, na * ny * nx, no),
+    xywh in pixels and sigmoid scores (mask coefficients, when there are any, left raw)."""
+    bs, na, ny, nx, no = xi.shape
+    if no > 5 + nc:  # Segment: sigmoid on the boxes and scores only
+        xy, wh, conf, mask = xi.split((2, 2, nc + 1, no - nc - 5), 4)
+        xy = (xy.sigmoid() * 2 + grid) * stride
+        wh = (wh.sigmoid() * 2) ** 2 * anchor_grid
+        y = torch.cat((xy, wh, conf.sigmoid(), mask), 4)
+    else:
+        xy, wh, conf = xi.sigmoid().split((2, 2, nc + 1), 4)
+        xy = (xy * 2 + grid) * stride
+        wh = (wh * 2) ** 2 * anchor_grid
+        y = torch.cat((xy, wh, conf), 4)
+    return y.view(bs, na * nx * ny, no)
+
+
 class Detect(nn.Module):
     """yolov5's anchor-based head: one 1x1 conv per level to ``na * (5 + nc)`` channels."""
 
@@ -156,9 +186,23 @@ class Detect(nn.Module):
         # the buffer yolov5 keeps on the GPU: (nl, na, 2) in grid units
         self.register_buffer("anchors", torch.tensor(self.spec.anchors_in_grid_units()))
         self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
+        # eval mode: cached per level, remade when a level's (ny, nx) changes (rect val batches); yolov5
+        # converts them with the model (DetectionModel._apply), here they are remade on a dtype change
+        self.grid = [torch.empty(0) for _ in range(self.nl)]
+        self.anchor_grid = [torch.empty(0) for _ in range(self.nl)]
 
-    def forward(self, x: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [_levels_to_output(self.m[i](x[i]), self.na, self.no) for i in range(self.nl)]
+    def forward(self, x: list[torch.Tensor]):
+        x = list(x)
+        z = []
+        for i in range(self.nl):
+            x[i] = _levels_to_output(self.m[i](x[i]), self.na, self.no)
+            if not self.training:
+                ny, nx = x[i].shape[2:4]
+                if tuple(self.grid[i].shape[2:4]) != (ny, nx) or self.grid[i].dtype != self.anchors.dtype:
+                    stride = self.spec.strides[i]  # anchors buffer in grid units, as yolov5's
+                    self.grid[i], self.anchor_grid[i] = make_grid(self.anchors[i] * stride, ny, nx)
+                z.append(decode_level(x[i], self.grid[i], self.anchor_grid[i], self.spec.strides[i], self.nc))
+        return x if self.training else (torch.cat(z, 1), x)
 
 
 class Segment(Detect):
@@ -170,7 +214,8 @@ class Segment(Detect):
 
     def forward(self, x: list[torch.Tensor]):
         p = self.proto(x[0])
-        return super().forward(x), p
+        out = super().forward(x)
+        return (out, p) if self.training else (out[0], p, out[1])
 
 
 class LayerModel(nn.Module):
@@ -206,7 +251,14 @@ class LayerModel(nn.Module):
                 saved[layer.i] = x
         if not self.collect:
             return saved[self.outputs[0]]  # the Detect/Segment layer's own output
-        return [saved[i] for i in self.outputs]  # darknet: one output per [yolo] layer
+        levels = [saved[i] for i in self.outputs]  # darknet: one output per [yolo] layer
+        if self.training:
+            return levels
+        z = []  # decoded as yolov5's Detect would (grids remade per call: kilobytes)
+        for i, xi in enumerate(levels):
+            grid, anchor_grid = make_grid(xi.new_tensor(self.head.anchors_px[i]), *xi.shape[2:4])
+            z.append(decode_level(xi, grid, anchor_grid, self.head.strides[i], self.head.nc))
+        return torch.cat(z, 1), levels
 
 
 # -- yolov5 YAML ------------------------------------------------------------------------------------

@@ -65,11 +65,15 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
     if config.optimizer not in _OPTIMIZER_NAMES:
         raise UserError(f"optimizer={config.optimizer} is not one of the yolov5 loop's {list(OPTIMIZERS)} (or auto = SGD)")
     optimizer = _OPTIMIZER_NAMES[config.optimizer]
-    notes = ["validation (val.py at 2x batch, half precision) runs after each epoch; not part of these training iterations"]
+    notes = []
+    if after_iterations is None:  # with it, yolomem.epochs traces val.py too
+        notes.append("validation (val.py at 2x batch, half precision) runs after each epoch; not part of these training iterations")
     notes += darknet_notes(original, config)
     if config.optimizer == "auto":
         notes.append("optimizer=auto: the yolov5 loop's default, SGD (momentum 0.937, nesterov)")
-    for key, value in (("data", config.data), ("checkpoint", config.checkpoint), ("multi_scale", config.multi_scale),
+    # with epochs simulated, data= gives the objects per image (yolomem.epochs)
+    data = config.data if after_iterations is None else None
+    for key, value in (("data", data), ("checkpoint", config.checkpoint), ("multi_scale", config.multi_scale),
                        ("world_size", config.world_size > 1 and config.world_size)):
         if value:
             notes.append(f"{key}={value}: not modelled for framework=yolov5; ignored")
@@ -81,7 +85,7 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
     nc = config.nc or resolved.nc
     with tracing(config, fake=fake, oracle=oracle) as (tracer, policy):
         model = build_original(original, nc)
-        stride = max(max(model.head.strides), 32)
+        stride = max(max(model.head.strides), 32)  # Yolov5Run.stride
         imgsz = round_imgsz(config.imgsz, stride)
         if imgsz != config.imgsz:
             notes.append(f"imgsz={config.imgsz} is not a multiple of stride {stride}; rounded up to {imgsz} as train.py does")
@@ -91,6 +95,7 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
         tracer.forget()  # built on the host; the GPU sees the finished tensors
         for category, tensors in run.persistent_tensors().items():
             tracer.track_existing(tensors, category)
+        del tensors  # the loop variable would keep the EMA's fp32 tensors alive through val.py's model.half()
         with module_scopes(model, tracer):
             for iteration in range(config.iterations):
                 batch = SyntheticBatch.draw(original.task, rank_batch, imgsz, config.instances,

@@ -14,7 +14,7 @@ CPU tensors. The grad scaler is enabled for fp16 as on a GPU (``GradScaler('cuda
 itself here).
 
 Not here: the validation pass at twice the batch in half precision (val.py), which runs at the end of
-each epoch; ``yolomem``'s epochs model covers it, this module traces training iterations only.
+each epoch: ``yolomem.yolov5.validation``, driven by ``yolomem.epochs``.
 """
 
 from __future__ import annotations
@@ -122,6 +122,7 @@ class Yolov5Run:
 
     def __init__(self, model: LayerModel, settings: Yolov5Settings, tracer: Tracer, policy: CudaAutocastPolicy | None):
         self.model, self.settings, self.tracer, self.policy = model, settings, tracer, policy
+        self.stride = max(max(model.head.strides), 32)  # train.py: gs = max(int(model.stride.max()), 32)
         freeze_layers(model, settings.freeze)
         self.amp_dtype = _AMP_DTYPES.get(settings.precision)
         self.scaler = torch.amp.GradScaler("cpu", enabled=settings.precision == "fp16")  # GPU: enabled=amp
