@@ -234,19 +234,15 @@ class Tracer(TorchDispatchMode):
         if kwargs:
             tensors += _tensors_in(kwargs.values())
         fakes = [self._is_fake_like(t) for t in tensors]
-        if tensors and all(isinstance(t, FakeTensor) for t in tensors):  # the common case: a model op on fake tensors
-            if func in _SCALAR_READ:
-                return self._answer_scalar(tensors[0])
-            if func in _DATA_DEPENDENT_SHAPE:
-                return self._answer_data_dependent(func, args, kwargs)
-            if not (func in _LIKE_FACTORIES and self.phase_name == "loss"):
-                return func(*args, **kwargs)
-        if all(fakes) and tensors:  # only fake-like values: the oracle answers data questions
-            if func in _SCALAR_READ:
+        if tensors and all(fakes):  # only fake values (or real ones a fake op wrote into)
+            if func in _SCALAR_READ:  # the oracle answers data questions about fake values
                 return self._answer_scalar(tensors[0])
             if func in _DATA_DEPENDENT_SHAPE:
                 args, kwargs = self._fakeify_inputs(func, args, kwargs)
                 return self._answer_data_dependent(func, args, kwargs)
+            plain = all(isinstance(t, FakeTensor) for t in tensors)
+            if plain and not (func in _LIKE_FACTORIES and self.phase_name == "loss"):
+                return func(*args, **kwargs)  # the common case: a model op on fake tensors
         elif func in _SCALAR_READ:  # a real value: read it
             with _disable_current_modes():
                 return func(*args, **kwargs)
