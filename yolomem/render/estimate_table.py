@@ -38,7 +38,8 @@ def render_estimate(estimate: Estimate, console: Console | None = None) -> None:
     summary = Table(title=title, show_header=False, title_justify="left")
     summary.add_column("what")
     summary.add_column("value", justify="right")
-    summary.add_row("Ultralytics GPU_mem column (memory_reserved)", f"[bold]{estimate.gpu_mem_printed}[/bold]  ({estimate.gpu_mem_unit})")
+    trainer = "yolov5 train.py" if cfg.get("framework") == "yolov5" else "Ultralytics"
+    summary.add_row(f"{trainer} GPU_mem column (memory_reserved)", f"[bold]{estimate.gpu_mem_printed}[/bold]  ({estimate.gpu_mem_unit})")
     summary.add_row("nvidia-smi total (reserved + CUDA context)", _size(estimate.device_total_bytes))
     summary.add_row("peak reserved", _size(estimate.peak_reserved_bytes))
     summary.add_row("peak allocated", _size(estimate.peak_allocated_bytes))
