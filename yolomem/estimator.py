@@ -39,10 +39,9 @@ from yolomem.dataset import DatasetSummary
 from yolomem.epochs import EpochSimulation
 from yolomem.host_memory import HostMemory
 from yolomem.errors import UserError
-from yolomem.gpus import CUDA_CONTEXT_BYTES, find_gpu
+from yolomem.gpus import CUDA_CONTEXT_BYTES, GiB, find_gpu
 from yolomem.trace import AllocationEvent, Trace
 
-GiB = 1 << 30
 TOP_LAYERS = 10
 # Ultralytics switched GPU_mem from bytes/1e9 to bytes/2**30 in 8.3.76 (reference notes).
 GPU_MEM_GIB_SINCE = (8, 3, 76)

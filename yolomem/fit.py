@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 from yolomem.config import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.estimator import Estimate, estimate_config, replay_trace
-from yolomem.gpus import Gpu, find_gpu
+from yolomem.gpus import GiB, Gpu, find_gpu
 
-GiB = 1 << 30
 DEFAULT_MARGIN = 0.10
 MAX_BATCH = 1024  # the search stops here; a larger batch is rarely useful and never needed to fit a card
 MAX_IMGSZ = 4096
@@ -247,23 +246,15 @@ def largest_batch(
     def probe(unit: int) -> Probe:
         return prober.run(config.with_changes(batch=unit * ranks))[1]
 
-    lo_unit, hi_unit = (max(1, b // ranks) for b in bracket)
-    answer, predicted, at_cap = _search(
-        probe, _LINEAR, lo_unit, max(hi_unit, lo_unit + 1), MAX_BATCH // ranks, prober.budget.capacity_bytes
-    )
-    if answer is None:
-        one = probe(1)
-        raise NothingFits(
-            f"{config.model} at imgsz={one.imgsz} does not fit {_card(prober.budget)} even at batch {ranks}: "
-            f"needs {one.peak_reserved_bytes / GiB:.2f} GiB reserved, {prober.budget.capacity_bytes / GiB:.2f} GiB available "
-            f"after the CUDA context and margin={prober.budget.margin:g}; add --explain to see what each memory-saving step buys"
-        )
+    answer, predicted, at_cap = _solve(
+        prober, probe, _LINEAR, [max(1, b // ranks) for b in bracket], MAX_BATCH // ranks,
+        lambda one: f"{config.model} at imgsz={one.imgsz} does not fit {_card(prober.budget)} even at batch {ranks}",
+        "add --explain to see what each memory-saving step buys",
+    )  # fmt: skip
     final = config.with_changes(batch=answer * ranks)
     estimate, best = prober.run(final)
     return FitResult(
-        solve="batch", model=config.model, gpu=prober.budget.gpu.name, gpu_total_bytes=prober.budget.gpu.total_bytes,
-        context_bytes=prober.budget.gpu.context_bytes, margin=prober.budget.margin,
-        capacity_bytes=prober.budget.capacity_bytes, max_batch=final.batch, imgsz=best.imgsz,
+        solve="batch", model=config.model, **_budget_fields(prober.budget), max_batch=final.batch, imgsz=best.imgsz,
         stride=None, nbs=config.nbs, config=final.with_changes(imgsz=best.imgsz), estimate_at_max=estimate,
         predicted=predicted * ranks, probes=_for(prober, config, "batch"), at_search_cap=at_cap,
     )  # fmt: skip
@@ -288,26 +279,41 @@ def largest_imgsz(
     def probe(unit: int) -> Probe:
         return prober.run(config.with_changes(imgsz=unit * stride))[1]
 
-    lo_unit, hi_unit = (max(1, size // stride) for size in bracket)
-    answer, predicted, at_cap = _search(
-        probe, _SQUARE, lo_unit, max(hi_unit, lo_unit + 1), MAX_IMGSZ // stride, prober.budget.capacity_bytes
-    )
-    if answer is None:
-        smallest = probe(1)
-        raise NothingFits(
-            f"{config.model} at batch={config.batch} does not fit {_card(prober.budget)} even at imgsz={stride}: "
-            f"needs {smallest.peak_reserved_bytes / GiB:.2f} GiB reserved, {prober.budget.capacity_bytes / GiB:.2f} GiB "
-            f"available after the CUDA context and margin={prober.budget.margin:g}; try a smaller batch"
-        )
+    answer, predicted, at_cap = _solve(
+        prober, probe, _SQUARE, [max(1, size // stride) for size in bracket], MAX_IMGSZ // stride,
+        lambda _smallest: f"{config.model} at batch={config.batch} does not fit {_card(prober.budget)} even at imgsz={stride}",
+        "try a smaller batch",
+    )  # fmt: skip
     final = config.with_changes(imgsz=answer * stride)
     estimate, _ = prober.run(final)
     return FitResult(
-        solve="imgsz", model=config.model, gpu=prober.budget.gpu.name, gpu_total_bytes=prober.budget.gpu.total_bytes,
-        context_bytes=prober.budget.gpu.context_bytes, margin=prober.budget.margin,
-        capacity_bytes=prober.budget.capacity_bytes, max_batch=config.batch, imgsz=final.imgsz, stride=stride,
-        nbs=config.nbs, config=final, estimate_at_max=estimate, predicted=predicted * stride,
+        solve="imgsz", model=config.model, **_budget_fields(prober.budget), max_batch=config.batch, imgsz=final.imgsz,
+        stride=stride, nbs=config.nbs, config=final, estimate_at_max=estimate, predicted=predicted * stride,
         probes=_for(prober, config, "imgsz"), at_search_cap=at_cap,
     )  # fmt: skip
+
+
+def _solve(prober, probe, shape, bracket_units, cap_units, what_does_not_fit, hint):
+    """Search the largest fitting unit (batch per rank, or imgsz / stride); raise NothingFits with the
+    figures of unit 1 when even that does not fit."""
+    lo_unit, hi_unit = bracket_units
+    answer, predicted, at_cap = _search(probe, shape, lo_unit, max(hi_unit, lo_unit + 1), cap_units, prober.budget.capacity_bytes)
+    if answer is None:
+        smallest = probe(1)
+        raise NothingFits(
+            f"{what_does_not_fit(smallest)}: needs {smallest.peak_reserved_bytes / GiB:.2f} GiB reserved, "
+            f"{prober.budget.capacity_bytes / GiB:.2f} GiB available after the CUDA context and "
+            f"margin={prober.budget.margin:g}; {hint}"
+        )
+    return answer, predicted, at_cap
+
+
+def _budget_fields(budget) -> dict:
+    """The FitResult fields that describe the card and its budget."""
+    return {
+        "gpu": budget.gpu.name, "gpu_total_bytes": budget.gpu.total_bytes, "context_bytes": budget.gpu.context_bytes,
+        "margin": budget.margin, "capacity_bytes": budget.capacity_bytes,
+    }  # fmt: skip
 
 
 def _card(budget: Budget) -> str:

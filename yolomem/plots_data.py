@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from yolomem.config import PRECISIONS, EstimateConfig
 from yolomem.errors import UserError, unknown
 from yolomem.estimator import Estimate, estimate_config, replay_trace
-from yolomem.gpus import Gpu
+from yolomem.gpus import GiB, Gpu
 from yolomem.timeline import Timeline, estimate_timeline
 
 X_AXES = ("batch", "imgsz")
 MEASURES = ("gpu_mem", "device_total")
 DEFAULT_BATCHES = (2, 4, 8, 16)  # 8 estimates for two precisions: about a minute for yolov8n at 640
 DEFAULT_IMGSZ = (320, 480, 640)
-GiB = 1 << 30
 MAX_POINTS = 12  # each point is a full traced estimate
 BREAKDOWN_ORDER = (
     "parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other",

@@ -193,6 +193,21 @@ def _head_switches_phase(model, tracer: Tracer) -> Iterator[None]:
         last.remove()
 
 
+def persistent_tensors(model: torch.nn.Module, ema, extra: tuple[torch.Tensor, ...] = ()) -> dict[str, list[torch.Tensor]]:
+    """What lives on the GPU before the first iteration: weights, buffers, the EMA copy."""
+    tensors = {"parameter": list(model.parameters()) + list(model.buffers()) + list(extra)}
+    if ema is not None:
+        tensors["ema"] = list(ema.ema.parameters()) + list(ema.ema.buffers())
+    return tensors
+
+
+def autocast_region(policy: CudaAutocastPolicy | None, amp_dtype: torch.dtype | None):
+    """The training autocast (CUDA's policy on the CPU trace), or nothing in FP32."""
+    if amp_dtype is None or policy is None:
+        return contextlib.nullcontext()
+    return policy.region(amp_dtype)
+
+
 class UltralyticsRun:
     """A model, its optimizer, scaler and EMA, set up as BaseTrainer._setup_train would."""
 
@@ -229,16 +244,10 @@ class UltralyticsRun:
         )
 
     def persistent_tensors(self) -> dict[str, list[torch.Tensor]]:
-        """What lives on the GPU before the first iteration: weights, buffers, the EMA copy."""
-        tensors = {"parameter": list(self.model.parameters()) + list(self.model.buffers())}
-        if self.ema is not None:
-            tensors["ema"] = list(self.ema.ema.parameters()) + list(self.ema.ema.buffers())
-        return tensors
+        return persistent_tensors(self.model, self.ema)
 
     def _autocast(self):
-        if self.amp_dtype is None or self.policy is None:
-            return contextlib.nullcontext()
-        return self.policy.region(self.amp_dtype)
+        return autocast_region(self.policy, self.amp_dtype)
 
     def train_iteration(self, iteration: int, batch: SyntheticBatch) -> None:
         """One iteration of BaseTrainer._do_train's inner loop."""

@@ -6,8 +6,8 @@ from rich.console import Console
 from rich.table import Table
 
 from yolomem.estimator import Estimate
+from yolomem.gpus import GiB
 
-GiB = 1 << 30
 _LABELS = {
     "parameter": "parameters + buffers",
     "gradient": "gradients",

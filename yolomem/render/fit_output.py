@@ -7,9 +7,8 @@ from rich.table import Table
 
 from yolomem.advise import Strategy
 from yolomem.fit import FitResult
+from yolomem.gpus import GiB
 from yolomem.pick import PickResult
-
-GiB = 1 << 30
 
 
 def _gib(nbytes: int) -> str:

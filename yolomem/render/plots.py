@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from yolomem.errors import UserError
+from yolomem.gpus import GiB
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from yolomem.plots_data import BreakdownFigure, CurveFigure
     from yolomem.timeline import Timeline
 
-GiB = 1 << 30
 INSTALL_HINT = "plots need matplotlib: pip install 'yolomem[plot]'"
 FORMATS = (".png", ".svg", ".pdf")
 _RC = {

@@ -14,10 +14,10 @@ import json
 import shlex
 from collections.abc import Sequence
 
+from yolomem.gpus import GiB
 from yolomem.plots_data import ReportData
 from yolomem.render import plots
 
-GiB = 1 << 30
 _STYLE = """
 body { font-family: "DejaVu Sans", "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
        color: #1d1d1f; line-height: 1.4; padding: 0 1em; }

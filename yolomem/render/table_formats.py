@@ -6,9 +6,9 @@ import csv
 import io
 import json
 
+from yolomem.gpus import GiB
 from yolomem.table import Table, TableRow
 
-GiB = 1 << 30
 MARKS = {"yes": "✅", "near": "⚠️", "no": "❌"}
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from yolomem.gpus import GiB
 from yolomem.measure import MeasurementRecord
 from yolomem.validate import ValidationReport
 
-GiB = 1 << 30
 _SHORT = {
     "peak_reserved_bytes": "reserved",
     "peak_allocated_bytes": "allocated",

@@ -19,7 +19,6 @@ each epoch: ``yolomem.yolov5.validation``, driven by ``yolomem.epochs``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ from torch import nn
 from yolomem.autocast import CudaAutocastPolicy
 from yolomem.batches import SyntheticBatch
 from yolomem.trace import Tracer
-from yolomem.ultralytics_step import _CloneOnDeepcopy
+from yolomem.ultralytics_step import _CloneOnDeepcopy, autocast_region, persistent_tensors
 from yolomem.yolov5.loss import AnchorLoss, LossHyp
 from yolomem.yolov5.modules import LayerModel
 
@@ -139,15 +138,10 @@ class Yolov5Run:
         self._last_opt_step = -1
 
     def persistent_tensors(self) -> dict[str, list[torch.Tensor]]:
-        tensors = {"parameter": list(self.model.parameters()) + list(self.model.buffers()) + [self.loss.anchors]}
-        if self.ema is not None:
-            tensors["ema"] = list(self.ema.ema.parameters()) + list(self.ema.ema.buffers())
-        return tensors
+        return persistent_tensors(self.model, self.ema, extra=(self.loss.anchors,))
 
     def _autocast(self):
-        if self.amp_dtype is None or self.policy is None:
-            return contextlib.nullcontext()
-        return self.policy.region(self.amp_dtype)
+        return autocast_region(self.policy, self.amp_dtype)
 
     def train_iteration(self, iteration: int, batch: SyntheticBatch) -> None:
         tracer = self.tracer
