@@ -209,13 +209,12 @@ def compute_table(
     if not rows:
         raise UserError("no rows to compute")
     cards = [find_gpu(name) for name in gpus]
-    tasks = []
+    groups = []  # one per row: its traces run in one process, so the second reuses the first's cache
     for row in rows:
-        for precision in PRECISIONS:
-            tasks.append((row.model, row.imgsz, row.batch, precision, iterations))
-            if method == "two-point":
-                tasks.append((row.model, row.imgsz, max(row.batch // 2, 1), precision, iterations))
-    results = _run(tasks, jobs, progress)
+        batches = (row.batch, max(row.batch // 2, 1)) if method == "two-point" else (row.batch,)
+        groups.append(tuple((row.model, row.imgsz, b, precision, iterations)
+                            for precision in PRECISIONS for b in dict.fromkeys(batches)))  # fmt: skip
+    results = _run(groups, jobs, progress)
     table_rows = []
     for row in rows:
         per_precision = {}
@@ -224,7 +223,7 @@ def compute_table(
             second = results.get((row.model, row.imgsz, max(row.batch // 2, 1), precision, iterations)) if method == "two-point" else None
             per_precision[precision] = _precision_result(precision, main, second, cards)
         main = results[(row.model, row.imgsz, row.batch, "fp32", iterations)]
-        gflops, source = model_gflops(row.model, main.framework, main.imgsz)
+        gflops, source = results[_gflops_key(row)]
         notes = tuple(dict.fromkeys(main.notes))
         table_rows.append(TableRow(main.model, main.framework, main.task, main.params, gflops, source, main.imgsz,
                                    row.batch, per_precision["fp32"], per_precision["fp16"], notes))  # fmt: skip
@@ -232,23 +231,37 @@ def compute_table(
     return Table(tuple(table_rows), tuple(c.name for c in cards), method, iterations, time.perf_counter() - started, unit)
 
 
-def _run(tasks, jobs: int, progress) -> dict:
-    results = {}
-    if jobs <= 1 or len(tasks) == 1:
-        for task in tasks:
-            results[task] = _trace_one(*task)
-            if progress:
-                progress(f"{task[0]} {task[3]}")
-        return results
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_trace_one, *task): task for task in tasks}
-        from concurrent.futures import as_completed
+def _gflops_key(row: RowRequest) -> tuple:
+    return ("gflops", row.model, row.imgsz)
 
-        for future in as_completed(futures):
-            task = futures[future]
-            results[task] = future.result()
+
+def _trace_group(tasks) -> list:
+    """One row's traces, then its GFLOPs (counting builds the model: done here, in the worker)."""
+    traced = [_trace_one(*task) for task in tasks]
+    return [*traced, model_gflops(tasks[0][0], traced[0].framework, traced[0].imgsz)]
+
+
+def _run(groups, jobs: int, progress) -> dict:
+    results = {}
+
+    def collect(tasks, done) -> None:
+        *traced, gflops = done
+        for task, result in zip(tasks, traced):
+            results[task] = result
             if progress:
                 progress(f"{task[0]} {task[3]}")
+        results[_gflops_key(RowRequest(tasks[0][0], tasks[0][1], tasks[0][2]))] = gflops
+
+    if jobs <= 1 or len(groups) == 1:
+        for tasks in groups:
+            collect(tasks, _trace_group(tasks))
+        return results
+    from concurrent.futures import as_completed
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_trace_group, tasks): tasks for tasks in groups}
+        for future in as_completed(futures):
+            collect(futures[future], future.result())
     return results
 
 

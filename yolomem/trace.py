@@ -35,6 +35,8 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_map
 
+from yolomem.fake_cache import FakeDispatchCache
+
 CATEGORIES = ("parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other")
 
 aten = torch.ops.aten
@@ -49,6 +51,9 @@ _DATA_DEPENDENT_SHAPE = {aten.nonzero.default, aten._unique2.default, aten.uniqu
                          aten.unique_consecutive.default, aten.masked_select.default,
                          aten.bincount.default}  # fmt: skip
 _SCALAR_READ = {aten._local_scalar_dense.default}
+# Queries that allocate nothing (device, sizes, strides): answered without bookkeeping.
+_METADATA_QUERIES = frozenset({torch.ops.prim.device.default, aten.size.default, aten.stride.default,
+                               aten.storage_offset.default, aten.sym_size.int, aten.sym_stride.int})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ class Tracer(TorchDispatchMode):
         super().__init__()
         self.fake = fake
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
+        self._fake_cache = FakeDispatchCache(self.fake_mode) if fake else None
         self.oracle = oracle or DataOracle()
         self.real_bytes_cap = real_bytes_cap
         self.phase_name = "setup"
@@ -216,7 +222,7 @@ class Tracer(TorchDispatchMode):
     # -- the dispatch hook ----------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if self._paused:
+        if self._paused or func in _METADATA_QUERIES:
             return func(*args, **kwargs)
         if not self.fake:
             out = func(*args, **kwargs)
@@ -241,8 +247,12 @@ class Tracer(TorchDispatchMode):
                 args, kwargs = self._fakeify_inputs(func, args, kwargs)
                 return self._answer_data_dependent(func, args, kwargs)
             plain = all(isinstance(t, FakeTensor) for t in tensors)
+            if plain and _is_fused_in_place(func):
+                return None  # allocates nothing and changes no shape: only values, which fakes lack
+            if plain and func is aten.stack.default and len(tensors) > _STACK_SHORTCUT_MIN:
+                return self._stack_fakes(func, args, kwargs)
             if plain and not (func in _LIKE_FACTORIES and self.phase_name == "loss"):
-                return func(*args, **kwargs)  # the common case: a model op on fake tensors
+                return self._fake_cache.call(func, args, kwargs)  # the common case: a model op on fake tensors
         elif func in _SCALAR_READ:  # a real value: read it
             with _disable_current_modes():
                 return func(*args, **kwargs)
@@ -254,7 +264,19 @@ class Tracer(TorchDispatchMode):
         if tensors:  # mixed, tainted, or real but too big to compute: hand the fake mode our twins
             # (a fake mode given only real tensors would run the op for real)
             args, kwargs = self._fakeify_inputs(func, args, kwargs)
-        return func(*args, **kwargs)
+        return self._fake_cache.call(func, args, kwargs)
+
+    def _stack_fakes(self, func, args, kwargs):
+        """``stack`` of many equal contiguous fakes, e.g. clip_grad_norm_'s per-tensor norms: the
+        fake mode would decompose it into one unsqueeze per input (~1 ms each); the result is known."""
+        tensors = args[0]
+        first = tensors[0]
+        if not all(t.shape == first.shape and t.dtype == first.dtype and t.is_contiguous() for t in tensors):
+            return self._fake_cache.call(func, args, kwargs)
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        shape = list(first.shape)
+        shape.insert(dim % (len(shape) + 1), len(tensors))
+        return self._fake_cache.call(aten.empty.memory_format, (shape,), {"dtype": first.dtype, "device": first.fake_device})
 
     # -- real/fake policy -----------------------------------------------------------------------
     def _is_fake_like(self, tensor: torch.Tensor) -> bool:
@@ -273,16 +295,18 @@ class Tracer(TorchDispatchMode):
         return self._output_bytes(func, args, kwargs) <= self.real_bytes_cap
 
     def _output_bytes(self, func, args, kwargs) -> int:
-        """Bytes the op would return, found on fake copies of its inputs (nothing is computed)."""
+        """Bytes the op would return, found on meta or fake copies of its inputs (nothing is computed)."""
         if all(ret.alias_info is not None for ret in func._schema.returns):
             return 0  # in-place, out= and set_ ops return their inputs: nothing new
-        try:
-            with self.paused(), self.fake_mode:
-                meta = func(*tree_map(self._to_fake, args), **tree_map(self._to_fake, kwargs))
-        except Exception:  # noqa: BLE001 - data-dependent shapes, storage ops: bound by the inputs instead
-            # nonzero/unique/masked_select: at most one int64 index per input element and dim
-            inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-            return sum(t.numel() * max(t.dim(), 1) * 8 for t in inputs)
+        meta = _run_on_meta(func, args, kwargs)
+        if meta is None:  # no meta kernel, or a device argument we cannot redirect: ask the fake mode
+            try:
+                with self.paused(), self.fake_mode:
+                    meta = func(*tree_map(self._to_fake, args), **tree_map(self._to_fake, kwargs))
+            except Exception:  # noqa: BLE001 - data-dependent shapes, storage ops: bound by the inputs instead
+                # nonzero/unique/masked_select: at most one int64 index per input element and dim
+                inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+                return sum(t.numel() * max(t.dim(), 1) * 8 for t in inputs)
         return sum(t.numel() * t.element_size() for t in tree_flatten(meta)[0] if isinstance(t, torch.Tensor))
 
     def _to_fake(self, value: Any) -> Any:
@@ -429,6 +453,24 @@ class Tracer(TorchDispatchMode):
         self._finalizers.clear()
 
 
+_STACK_SHORTCUT_MIN = 16
+_FUSED_IN_PLACE: dict = {}
+
+
+def _is_fused_in_place(func) -> bool:
+    """Foreach and fused optimizer ops that return nothing: they write values in place, allocate no
+    tensor and change no metadata (the metadata-changing in-place ops return their tensor)."""
+    known = _FUSED_IN_PLACE.get(func)
+    if known is None:
+        name = func.__name__
+        known = _FUSED_IN_PLACE[func] = (
+            name.startswith(("_foreach_", "_fused_", "_amp_foreach_"))
+            and not func._schema.returns
+            and not any(arg.name == "out" for arg in func._schema.arguments)
+        )
+    return known
+
+
 def _tensors_in(values) -> list[torch.Tensor]:
     """The tensors among an op's arguments or results (aten takes at most lists of tensors)."""
     found = []
@@ -438,6 +480,31 @@ def _tensors_in(values) -> list[torch.Tensor]:
         elif isinstance(value, (list, tuple)):
             found.extend(v for v in value if isinstance(v, torch.Tensor))
     return found
+
+
+def _run_on_meta(func, args, kwargs):
+    """``func`` on meta copies of its tensors, with any device argument set to meta; None where that
+    cannot be done (the op has no meta kernel, needs data, or takes its device positionally)."""
+    if func in _DATA_DEPENDENT_SHAPE or func in _SCALAR_READ:
+        return None
+    schema_args = func._schema.arguments
+    if any(arg.name == "device" and not arg.kwarg_only for arg in schema_args):
+        return None
+    kwargs = dict(tree_map(_meta_copy, kwargs))
+    if any(arg.name == "device" for arg in schema_args):
+        kwargs["device"] = torch.device("meta")
+    try:
+        with torch._C._DisableTorchDispatch():
+            return func(*tree_map(_meta_copy, args), **kwargs)
+    except Exception:  # noqa: BLE001 - any refusal sends the question to the fake mode
+        return None
+
+
+def _meta_copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        with torch._C._DisableTorchDispatch():
+            return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
+    return value
 
 
 def _real_stand_in(func, tensor: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,97 @@
+"""The tracer's faster fake dispatch (``yolomem.fake_cache`` and the tracer's shortcuts) changes nothing.
+
+Truth we did not write: PyTorch's FakeTensorMode. With ``crosscheck`` on, every output built from a
+meta kernel or the batch-norm rule is compared with what the fake mode itself returns for the same
+call (dtype, shape, strides, offset, device); and a whole trace with the fast path is compared event
+by event with a trace that sends every op through the fake mode.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from yolomem import fake_cache, trace
+from yolomem.config import EstimateConfig
+from yolomem.fake_cache import FakeDispatchCache
+from yolomem.models import resolve_model
+from yolomem.runner import trace_run
+
+aten = torch.ops.aten
+
+
+@pytest.fixture
+def crosscheck(monkeypatch):
+    monkeypatch.setattr(FakeDispatchCache, "entries", {})
+    monkeypatch.setattr(FakeDispatchCache, "crosscheck", True)
+
+
+def _events(trace_result):
+    return [(e.op, e.storage_id, e.nbytes, e.dtype, e.category, e.phase) for e in trace_result.events]
+
+
+@pytest.mark.parametrize(
+    ("model", "framework", "amp"),
+    [("yolov8n.yaml", "ultralytics", "fp16"), ("yolo11n-seg.yaml", "ultralytics", "bf16"),
+     ("yolov5n", "yolov5", "fp16"), ("yolov4-tiny", "yolov5", "fp32")],
+)  # fmt: skip
+def test_meta_entries_equal_the_fake_modes_own(crosscheck, model, framework, amp):
+    config = EstimateConfig(model=model, imgsz=128, batch=2, amp=amp, framework=framework)
+    trace_run(config, resolve_model(config.model, framework), fake=True)  # raises AssertionError on any difference
+    assert FakeDispatchCache.misses > 0
+
+
+def test_trace_with_fast_path_equals_trace_through_the_fake_mode(monkeypatch):
+    config = EstimateConfig(model="yolov8n.yaml", imgsz=128, batch=2, amp="fp16")
+    resolved = resolve_model(config.model)
+    torch.manual_seed(0)
+    fast = trace_run(config, resolved, fake=True).trace
+
+    # the slow path: every op through FakeTensorMode, no stack or fused-op shortcut
+    monkeypatch.setattr(FakeDispatchCache, "call", lambda self, func, args, kwargs: func(*args, **kwargs))
+    monkeypatch.setattr(trace, "_is_fused_in_place", lambda func: False)
+    monkeypatch.setattr(trace, "_STACK_SHORTCUT_MIN", 1 << 30)
+    torch.manual_seed(0)
+    slow = trace_run(config, resolved, fake=True).trace
+    assert _events(fast) == _events(slow)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_batch_norm_rule_equals_the_fake_mode(dtype, training, channels_last):
+    mode = FakeTensorMode()
+    with mode:
+        x = torch.empty(2, 5, 7, 9, dtype=dtype)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        weight, stats = torch.empty(5), torch.empty(5)
+        args = (x, weight, weight, stats, stats, training, 0.1, 1e-5)
+        theirs = aten.native_batch_norm.default(*args)
+    entry = fake_cache._batch_norm_entry(args, {})
+    ours = mode._output_from_cache_entry(None, entry, None, aten.native_batch_norm.default, args)
+    fake_cache._assert_same_metadata(aten.native_batch_norm.default, ours, theirs)
+
+
+def test_a_mismatch_is_reported():
+    mode = FakeTensorMode()
+    with mode:
+        a, b = torch.empty(3, 4), torch.empty(4, 3)
+    with pytest.raises(AssertionError, match="meta kernel gave"):
+        fake_cache._assert_same_metadata(aten.add.Tensor, a, b)
+
+
+def test_ops_the_fake_mode_treats_specially_are_not_sent_to_meta():
+    assert fake_cache._meta_routable(aten.silu_backward.default)
+    assert fake_cache._meta_routable(aten.add.Tensor)
+    for func in (aten.convolution.default, aten.index.Tensor, aten.nonzero.default, aten.view.default,
+                 aten.add_.Tensor, aten._to_copy.default, aten.native_batch_norm.default, aten.rand_like.default):  # fmt: skip
+        assert not fake_cache._meta_routable(func), func
+
+
+def test_fused_in_place_ops_are_those_returning_nothing():
+    assert trace._is_fused_in_place(aten._foreach_lerp_.Scalar)
+    assert trace._is_fused_in_place(aten._fused_adamw_.default)
+    assert not trace._is_fused_in_place(aten._foreach_norm.Scalar)  # returns new tensors
+    assert not trace._is_fused_in_place(aten.add_.Tensor)
