@@ -70,7 +70,7 @@ def test_batch_norm_rule_equals_the_fake_mode(dtype, training, channels_last):
         args = (x, weight, weight, stats, stats, training, 0.1, 1e-5)
         theirs = aten.native_batch_norm.default(*args)
     entry = fake_cache._batch_norm_entry(args, {})
-    ours = mode._output_from_cache_entry(None, entry, None, aten.native_batch_norm.default, args)
+    ours = FakeDispatchCache(mode)._output(entry, aten.native_batch_norm.default, args)
     fake_cache._assert_same_metadata(aten.native_batch_norm.default, ours, theirs)
 
 

@@ -30,9 +30,7 @@ from torch._subclasses.fake_tensor import (
     FakeTensor,
     FakeTensorMode,
     _BypassDispatchCache,
-    _DispatchCacheEntryOutputInfo,
     _DispatchCacheValidEntry,
-    extract_tensor_metadata,
 )
 
 _BYPASS = object()  # marks ops whose outputs upstream refuses to cache
@@ -45,10 +43,47 @@ class _Uncacheable(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
-class _ListEntry:
-    """An op that returns a list of tensors (``_foreach_norm``): upstream caches tuples only."""
+class _Output:
+    """How to rebuild one output: an input returned as is, a constant, or a new tensor (a view of an
+    input's storage when ``view_of`` is set)."""
 
-    entry: _DispatchCacheValidEntry
+    inplace_of: int | None = None
+    constant: Any = None
+    shape: tuple[int, ...] | None = None
+    stride: tuple[int, ...] = ()
+    storage_offset: int = 0
+    dtype: torch.dtype | None = None
+    device: torch.device | None = None
+    requires_grad: bool = False
+    view_of: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    outputs: tuple[_Output, ...]
+    container: type | None  # tuple or list; None for a single output
+
+
+def _entry_from_upstream(entry: _DispatchCacheValidEntry, container: type | None):
+    """Our compact form of an upstream entry; None where it holds anything unusual (symbolic sizes,
+    conj/neg bits, a non-strided layout): then upstream's own entry rebuilds it."""
+    outputs = []
+    for info in entry.output_infos:
+        if info.inplace_idx is not None:
+            outputs.append(_Output(inplace_of=info.inplace_idx))
+            continue
+        metadata = info.metadata
+        if metadata is None:
+            outputs.append(_Output(constant=info.constant_value))
+            continue
+        sizes = (*metadata.shape, *metadata.stride, metadata.storage_offset)
+        if (not all(type(v) is int for v in sizes) or metadata.is_conj or metadata.is_neg
+                or metadata.layout is not _STRIDED):  # fmt: skip
+            return None
+        outputs.append(_Output(shape=tuple(metadata.shape), stride=tuple(metadata.stride),
+                               storage_offset=metadata.storage_offset, dtype=metadata.dtype, device=metadata.device,
+                               requires_grad=metadata.requires_grad, view_of=info.view_idx))  # fmt: skip
+    return _Entry(tuple(outputs), container)
 
 
 class FakeDispatchCache:
@@ -90,16 +125,31 @@ class FakeDispatchCache:
             return output
         output = self._upstream(func, args, kwargs)
         try:
-            entry = self.fake_mode._make_cache_entry(self._state, None, func, args, kwargs, output)
+            upstream = self.fake_mode._make_cache_entry(self._state, None, func, args, kwargs, output)
+            entry = _entry_from_upstream(upstream, tuple if upstream.is_output_tuple else None) or upstream
         except _BypassDispatchCache:
             entry = _BYPASS
         self.entries[key] = entry
         return output
 
     def _output(self, entry, func, args: tuple):
-        if isinstance(entry, _ListEntry):
-            return list(self.fake_mode._output_from_cache_entry(self._state, entry.entry, None, func, args))
-        return self.fake_mode._output_from_cache_entry(self._state, entry, None, func, args)
+        if type(entry) is not _Entry:
+            return self.fake_mode._output_from_cache_entry(self._state, entry, None, func, args)
+        outputs = [self._rebuild(output, args) for output in entry.outputs]
+        return outputs[0] if entry.container is None else entry.container(outputs)
+
+    def _rebuild(self, output: _Output, args: tuple):
+        """What upstream's ``_get_output_tensor_from_cache_entry`` does, for the plain cases only."""
+        if output.inplace_of is not None:
+            return args[output.inplace_of]
+        if output.shape is None:
+            return output.constant
+        with torch._C._DisableTorchDispatch():
+            empty = torch.empty_strided(output.shape, output.stride, dtype=output.dtype, device="meta",
+                                        requires_grad=output.requires_grad)  # fmt: skip
+            if output.view_of is not None:  # a view shares its input's storage
+                empty.set_(args[output.view_of].untyped_storage(), output.storage_offset, output.shape, output.stride)
+        return FakeTensor(self.fake_mode, empty, output.device)
 
     def _upstream(self, func, args: tuple, kwargs: dict):
         """The fake mode's own dispatch, its cache off (our entry replaces its entry: key once)."""
@@ -137,18 +187,15 @@ class FakeDispatchCache:
                 return None
         (device,) = devices
         outputs = out if isinstance(out, (tuple, list)) else (out,)
-        infos = []
+        rebuilt = []
         for tensor in outputs:
             if tensor is None:
-                infos.append(_DispatchCacheEntryOutputInfo(inplace_idx=None, metadata=None, view_idx=None,
-                                                           constant_value=None))  # fmt: skip
-            elif type(tensor) is torch.Tensor and tensor.is_meta:
-                metadata = dataclasses.replace(extract_tensor_metadata(tensor), device=device, requires_grad=False)
-                infos.append(_DispatchCacheEntryOutputInfo(inplace_idx=None, metadata=metadata, view_idx=None))
+                rebuilt.append(_Output())
+            elif type(tensor) is torch.Tensor and tensor.is_meta and tensor.layout is _STRIDED:
+                rebuilt.append(_fresh(tensor, device))
             else:
                 return None
-        entry = _DispatchCacheValidEntry(output_infos=tuple(infos), is_output_tuple=isinstance(out, (tuple, list)))
-        return _ListEntry(entry) if isinstance(out, list) else entry
+        return _Entry(tuple(rebuilt), type(out) if isinstance(out, (tuple, list)) else None)
 
     def _key(self, func, args: tuple, kwargs: dict) -> tuple:
         key: list = [func, torch.get_default_dtype(), torch._C._get_default_device(),
@@ -181,6 +228,11 @@ class FakeDispatchCache:
                 key.append(value)
 
 
+def _fresh(tensor: torch.Tensor, device: torch.device) -> _Output:
+    return _Output(shape=tuple(tensor.shape), stride=tensor.stride(), storage_offset=tensor.storage_offset(),
+                   dtype=tensor.dtype, device=device)  # fmt: skip
+
+
 _ROUTABLE: dict = {}
 _BATCH_NORM = torch.ops.aten.native_batch_norm.default
 # Ops whose fake result depends on the device, which a meta kernel cannot know (found by the crosscheck).
@@ -198,15 +250,11 @@ def _batch_norm_entry(args: tuple, kwargs: dict):
         return None
     if not (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))):
         return None
-    with torch._C._DisableTorchDispatch():
-        out = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
-        stats = torch.empty((x.shape[1] if training else 0,), dtype=x.dtype, device="meta")
+    out = _Output(shape=tuple(x.shape), stride=x.stride(), dtype=x.dtype, device=x.fake_device)
+    stats = _Output(shape=(x.shape[1] if training else 0,), stride=(1,), dtype=x.dtype, device=x.fake_device)
+    return _Entry((out, stats, stats), tuple)
 
-    def info(tensor):
-        metadata = dataclasses.replace(extract_tensor_metadata(tensor), device=x.fake_device, requires_grad=False)
-        return _DispatchCacheEntryOutputInfo(inplace_idx=None, metadata=metadata, view_idx=None)
 
-    return _DispatchCacheValidEntry(output_infos=(info(out), info(stats), info(stats)), is_output_tuple=True)
 _REFUSING_TAGS = (torch.Tag.dynamic_output_shape, torch.Tag.data_dependent_output, torch.Tag.nondeterministic_seeded,
                   torch.Tag.inplace_view)  # fmt: skip
 

@@ -51,6 +51,7 @@ _DATA_DEPENDENT_SHAPE = {aten.nonzero.default, aten._unique2.default, aten.uniqu
                          aten.unique_consecutive.default, aten.masked_select.default,
                          aten.bincount.default}  # fmt: skip
 _SCALAR_READ = {aten._local_scalar_dense.default}
+_DEVICE_QUERY = torch.ops.prim.device.default
 # Queries that allocate nothing (device, sizes, strides): answered without bookkeeping.
 _METADATA_QUERIES = frozenset({torch.ops.prim.device.default, aten.size.default, aten.stride.default,
                                aten.storage_offset.default, aten.sym_size.int, aten.sym_stride.int})  # fmt: skip
@@ -221,6 +222,8 @@ class Tracer(TorchDispatchMode):
 
     # -- the dispatch hook ----------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is _DEVICE_QUERY and type(args[0]) is FakeTensor and not args[0].fake_mode.in_kernel_invocation:
+            return args[0].fake_device  # the fake mode's own answer; the autograd engine asks ~10k times a step
         kwargs = kwargs or {}
         if self._paused or func in _METADATA_QUERIES:
             return func(*args, **kwargs)
