@@ -43,13 +43,14 @@ def test_linear_model_and_verdicts():
     assert two_point.fixed_bytes == 2 * GiB and two_point.gpus[0].max_batch == 34
 
 
-def _table() -> Table:
-    def precision(name, peak):
-        gpus = (GpuFit("RTX-3060-12GB", 12 * GiB, "yes", 30), GpuFit("RTX-3090", 24 * GiB, "near", 70))
-        return PrecisionResult(name, peak, peak + (500 << 20), f"{peak / GiB:.3g}G", GiB, 1e8, gpus)
+def _precision(name, peak, unit="GiB"):
+    gpus = (GpuFit("RTX-3060-12GB", 12 * GiB, "yes", 30), GpuFit("RTX-3090", 24 * GiB, "near", 70))
+    return PrecisionResult(name, peak, peak + (500 << 20), f"{peak / GiB:.3g}G", unit, GiB, 1e8, gpus)
 
+
+def _table() -> Table:
     row = TableRow("yolov4-tiny", "yolov5", "detect", 6_056_606, 10.5, "counted", 416, 64,
-                   precision("fp32", 5 * GiB), precision("fp16", 3 * GiB), ())  # fmt: skip
+                   _precision("fp32", 5 * GiB), _precision("fp16", 3 * GiB), ())  # fmt: skip
     return Table((row,), ("RTX-3060-12GB", "RTX-3090"), "breakdown", 1, 12.0, "GiB")
 
 
@@ -72,6 +73,16 @@ def test_csv_and_markdown_formats():
     assert text.startswith("| model | framework |")
     assert "| yolov4-tiny | yolov5 | 416 | 64 | 6.06 | 10.5 | 5.49 | 5G | 3.49 | 3G | ✅/✅ | ⚠️/⚠️ | 30/30 | 70/70 |" in text
     assert "linear-in-batch" in text
+
+
+def test_markdown_names_the_unit_per_cell_when_trainers_differ():
+    yolov5 = TableRow("yolov5s", "yolov5", "detect", 7_235_389, 16.4, "counted", 640, 32,
+                      _precision("fp32", 10 * GiB, "GB"), _precision("fp16", 6 * GiB, "GB"), ())  # fmt: skip
+    table = Table((yolov5, *_table().rows), ("RTX-3060-12GB", "RTX-3090"), "breakdown", 1, 12.0, "GiB/GB")
+    text = table_formats.to_markdown(table)
+    assert "FP32 GPU_mem (GiB/GB)" in text
+    assert "| 10G (GB) |" in text and "| 5G (GiB) |" in text
+    assert '"gpu_mem_unit": "GB"' in table_formats.to_json(table)
 
 
 def test_cli_flags_exist():

@@ -80,6 +80,7 @@ class PrecisionResult:
     peak_reserved_bytes: int
     device_total_bytes: int
     gpu_mem_printed: str  # as the trainer's GPU_mem column prints it
+    gpu_mem_unit: str  # "GiB" (Ultralytics 8.4) or "GB" (the yolov5 repo): each trainer prints its own
     fixed_bytes: int  # batch-independent part of the linear model
     per_image_bytes: float  # slope of the linear model
     gpus: tuple[GpuFit, ...]
@@ -90,6 +91,7 @@ class PrecisionResult:
             "peak_reserved_bytes": self.peak_reserved_bytes,
             "device_total_bytes": self.device_total_bytes,
             "gpu_mem_printed": self.gpu_mem_printed,
+            "gpu_mem_unit": self.gpu_mem_unit,
             "fits": {g.gpu: g.fits for g in self.gpus},
             "max_batch": {g.gpu: g.max_batch for g in self.gpus},
             "linear_model": {"fixed_bytes": self.fixed_bytes, "per_image_bytes": round(self.per_image_bytes)},
@@ -125,7 +127,7 @@ class Table:
     method: str
     iterations: int
     seconds: float
-    gpu_mem_unit: str
+    gpu_mem_unit: str  # the rows' GPU_mem units, "/"-joined where trainers differ
 
     def method_note(self) -> str:
         how = ("one trace per row and precision, batch-independent part from the trace's breakdown"
@@ -185,7 +187,7 @@ def _precision_result(precision: str, main: _Traced, second: _Traced | None, gpu
         max_batch = max(int(math.floor(room / slope)), 0) if slope > 0 else 0
         fits.append(GpuFit(gpu.name, gpu.total_bytes, verdict, max_batch))
     return PrecisionResult(precision, main.peak_reserved_bytes, main.device_total_bytes, main.gpu_mem_printed,
-                           int(fixed), slope, tuple(fits))  # fmt: skip
+                           main.gpu_mem_unit, int(fixed), slope, tuple(fits))  # fmt: skip
 
 
 def compute_table(
@@ -227,7 +229,7 @@ def compute_table(
         notes = tuple(dict.fromkeys(main.notes))
         table_rows.append(TableRow(main.model, main.framework, main.task, main.params, gflops, source, main.imgsz,
                                    row.batch, per_precision["fp32"], per_precision["fp16"], notes))  # fmt: skip
-    unit = next(iter(results.values())).gpu_mem_unit
+    unit = "/".join(sorted({row.fp32.gpu_mem_unit for row in table_rows}, reverse=True))  # "GiB", "GB" or "GiB/GB"
     return Table(tuple(table_rows), tuple(c.name for c in cards), method, iterations, time.perf_counter() - started, unit)
 
 

@@ -39,9 +39,11 @@ def cells(table: Table, row: TableRow, marks: bool = True) -> list[str]:
     def fit(value: str) -> str:
         return MARKS[value] if marks else value
 
+    def gpu_mem(result) -> str:  # name the unit where the column mixes trainers
+        return result.gpu_mem_printed if "/" not in table.gpu_mem_unit else f"{result.gpu_mem_printed} ({result.gpu_mem_unit})"
+
     out = [row.model, row.framework, str(row.imgsz), str(row.batch), f"{row.params / 1e6:.2f}", _gflops(row),
-           _gb(row.fp32.device_total_bytes), row.fp32.gpu_mem_printed,
-           _gb(row.amp.device_total_bytes), row.amp.gpu_mem_printed]  # fmt: skip
+           _gb(row.fp32.device_total_bytes), gpu_mem(row.fp32), _gb(row.amp.device_total_bytes), gpu_mem(row.amp)]  # fmt: skip
     for a, b in zip(row.fp32.gpus, row.amp.gpus):
         out.append(f"{fit(a.fits)}/{fit(b.fits)}")
     for a, b in zip(row.fp32.gpus, row.amp.gpus):
@@ -51,7 +53,8 @@ def cells(table: Table, row: TableRow, marks: bool = True) -> list[str]:
 
 def footer(table: Table) -> list[str]:
     return [
-        "nvidia-smi = peak reserved + CUDA context; GPU_mem = torch.cuda.memory_reserved() as the trainer prints it.",
+        "nvidia-smi = peak reserved + CUDA context; GPU_mem = torch.cuda.memory_reserved() as the trainer prints it "
+        "(Ultralytics 8.4 in GiB, the yolov5 repo in GB = 10^9 bytes).",
         "✅ fits (< 90 % of the card), ⚠️ within 10 % of capacity, ❌ does not fit.",
         table.method_note() + ".",
         "Training iterations only: the validation pass and later epochs are not in these peaks.",
