@@ -93,7 +93,7 @@ def test_cli_flags_exist():
     assert options.markdown and options.words == ["yolov5n", "imgsz=64"]
 
 
-@pytest.mark.slow  # 32 traces: about 4-8 min on 2 shared cores with today's tracer
+@pytest.mark.slow  # 32 traces in one process: about 1 min on 2 shared cores
 def test_every_blog_row_estimates_in_both_precisions():
     table = compute_table(blog_rows(imgsz=64, batch=2))
     assert len(table.rows) == 16

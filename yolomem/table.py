@@ -261,7 +261,9 @@ def _run(groups, jobs: int, progress) -> dict:
     from concurrent.futures import as_completed
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_trace_group, tasks): tasks for tasks in groups}
+        # Last rows first: tables list generations oldest first, and the newest (deeper heads, YOLOv10's
+        # two) trace slowest; starting them first keeps one worker from finishing alone at the end.
+        futures = {pool.submit(_trace_group, tasks): tasks for tasks in reversed(groups)}
         for future in as_completed(futures):
             collect(futures[future], future.result())
     return results
