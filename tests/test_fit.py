@@ -72,6 +72,12 @@ def test_cli_bad_gpu_name_is_one_line_with_suggestions(capsys):
     assert len(err.splitlines()) == 1 and "'RTX-3090'" in err
 
 
+def test_a_card_no_bigger_than_the_cuda_context_is_refused(capsys):
+    assert main(["fit", "yolov8n.yaml", "gpu_mem=0.3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "gpu_mem=0.3" in err and "CUDA context" in err
+
+
 def test_cli_nothing_fits_is_one_line(capsys):
     assert main(["fit", "yolov8n.yaml", "gpu_mem=0.5", "imgsz=64", "iterations=1"]) == 2
     err = capsys.readouterr().err.strip()
