@@ -1,19 +1,25 @@
-"""A cheaper front for FakeTensorMode's dispatch cache.
+"""A faster dispatch for fake tensors: a cache of output metadata, and meta kernels on a miss.
 
-Why: a trace runs ~10-30k aten ops on fake tensors, and most of them repeat an op already seen with
-the same metadata. FakeTensorMode caches those, but building its cache key walks every argument
-through generic dataclass flattening and costs more than the hit saves (about 0.3 ms per op, the
-largest single cost of an estimate). This module keys the same cache entries on a flat tuple of
-the metadata that decides an op's output, and on a hit rebuilds the output with FakeTensorMode's own
-``_output_from_cache_entry``. Entries are made by FakeTensorMode's own ``_make_cache_entry``, so what
-may be cached (no data-dependent outputs, no in-place views, views alias their input's storage,
-in-place ops return their input) is exactly upstream's rule; only the key is ours.
+Why: a trace runs 10-30k aten ops on fake tensors. FakeTensorMode's own cache builds its key by
+walking every argument through generic dataclass flattening (~0.3 ms an op, more than a hit saves),
+and on a miss it runs Python decompositions op by op through its own dispatch (batch norm ~16 ms,
+silu_backward ~6 ms). Those two costs were most of an estimate's time.
 
-The key holds, per fake tensor: dtype, shape, stride, storage offset and size, device,
-requires_grad, conj/neg bits and inference flag; per other argument: its type and value; plus the
-global state upstream keys on (default dtype and device, inference mode). Anything the key cannot
-describe (a real tensor, a constant-carrying fake, a sparse layout) raises ``_Uncacheable`` and the
-op takes the ordinary path. ``tests/test_fake_cache.py`` checks outputs against the ordinary path.
+What this does instead, with FakeTensorMode's semantics kept:
+- The key is a flat tuple of what decides an op's outputs: per fake tensor its dtype, shape, stride,
+  storage offset and size, device, requires_grad, conj/neg bits and inference flag; per other
+  argument its type and value; plus the global state upstream keys on (default dtype and device,
+  inference mode). What the key cannot describe (a real tensor, a constant-carrying fake, a sparse
+  layout) raises ``_Uncacheable`` and the op takes the fake mode's ordinary path.
+- A miss on a functional op the fake mode has no special rule for (``_meta_routable``) runs the op's
+  meta kernel on plain meta copies; ``native_batch_norm``, whose fake answer depends on the device,
+  has its own small rule. Any other miss goes to the fake mode, and its ``_make_cache_entry`` decides
+  what may be cached (no data-dependent outputs, no in-place views; views alias their input's
+  storage, in-place ops return their input).
+- A hit rebuilds the outputs as upstream's ``_get_output_tensor_from_cache_entry`` does.
+
+``tests/test_fake_cache.py`` checks every meta and batch-norm answer against the fake mode's own
+(``crosscheck``), and a whole trace event by event against one that sends every op to the fake mode.
 """
 
 from __future__ import annotations
@@ -171,7 +177,7 @@ class FakeDispatchCache:
         def to_meta(value):
             if isinstance(value, FakeTensor):
                 devices.add(value.fake_device)
-                return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
+                return meta_like(value)
             if isinstance(value, (list, tuple)):
                 return type(value)(to_meta(v) for v in value)
             return value
@@ -226,6 +232,12 @@ class FakeDispatchCache:
             else:
                 key.append(type(value))  # 1 and 1.0 hash alike but give different dtypes
                 key.append(value)
+
+
+def meta_like(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain meta tensor with ``tensor``'s shape, strides and dtype (real, fake or meta alike)."""
+    with torch._C._DisableTorchDispatch():
+        return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="meta")
 
 
 def _fresh(tensor: torch.Tensor, device: torch.device) -> _Output:

@@ -35,7 +35,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_map
 
-from yolomem.fake_cache import FakeDispatchCache
+from yolomem.fake_cache import FakeDispatchCache, meta_like
 
 CATEGORIES = ("parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other")
 
@@ -53,7 +53,7 @@ _DATA_DEPENDENT_SHAPE = {aten.nonzero.default, aten._unique2.default, aten.uniqu
 _SCALAR_READ = {aten._local_scalar_dense.default}
 _DEVICE_QUERY = torch.ops.prim.device.default
 # Queries that allocate nothing (device, sizes, strides): answered without bookkeeping.
-_METADATA_QUERIES = frozenset({torch.ops.prim.device.default, aten.size.default, aten.stride.default,
+_METADATA_QUERIES = frozenset({_DEVICE_QUERY, aten.size.default, aten.stride.default,
                                aten.storage_offset.default, aten.sym_size.int, aten.sym_stride.int})  # fmt: skip
 
 
@@ -504,10 +504,7 @@ def _run_on_meta(func, args, kwargs):
 
 
 def _meta_copy(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        with torch._C._DisableTorchDispatch():
-            return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
-    return value
+    return meta_like(value) if isinstance(value, torch.Tensor) else value
 
 
 def _real_stand_in(func, tensor: torch.Tensor) -> torch.Tensor:
