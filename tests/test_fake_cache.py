@@ -48,10 +48,9 @@ def test_trace_with_fast_path_equals_trace_through_the_fake_mode(monkeypatch):
     torch.manual_seed(0)
     fast = trace_run(config, resolved, fake=True).trace
 
-    # the slow path: every op through FakeTensorMode, no stack or fused-op shortcut
+    # the slow path: every op through FakeTensorMode, no fused-op shortcut
     monkeypatch.setattr(FakeDispatchCache, "call", lambda self, func, args, kwargs: func(*args, **kwargs))
     monkeypatch.setattr(trace, "_is_fused_in_place", lambda func: False)
-    monkeypatch.setattr(trace, "_STACK_SHORTCUT_MIN", 1 << 30)
     torch.manual_seed(0)
     slow = trace_run(config, resolved, fake=True).trace
     assert _events(fast) == _events(slow)

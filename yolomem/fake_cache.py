@@ -28,6 +28,7 @@ import dataclasses
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_flatten, tree_map_only
 from torch._subclasses._fake_tensor_utils import _CacheKeyState
 from torch._subclasses.fake_impls import op_implementations_checks, op_implementations_dict
 from torch._subclasses.fake_tensor import (
@@ -172,25 +173,12 @@ class FakeDispatchCache:
         Why: on a miss the fake mode runs a Python decomposition through its own dispatch op by op
         (batch norm ~16 ms, silu_backward ~6 ms); the same meta kernel on plain meta tensors is 5-50x
         cheaper. Only for functional ops the fake mode has no special rule for (``_meta_routable``)."""
-        devices = set()
-
-        def to_meta(value):
-            if isinstance(value, FakeTensor):
-                devices.add(value.fake_device)
-                return meta_like(value)
-            if isinstance(value, (list, tuple)):
-                return type(value)(to_meta(v) for v in value)
-            return value
-
-        with torch._C._DisableTorchDispatch():
-            meta_args = tuple(to_meta(v) for v in args)
-            meta_kwargs = {name: to_meta(v) for name, v in kwargs.items()}
-            if len(devices) != 1:
-                return None
-            try:
-                out = func(*meta_args, **meta_kwargs)
-            except Exception:  # noqa: BLE001 - let the fake mode raise or handle it its own way
-                return None
+        devices = {t.fake_device for t in tree_flatten((args, kwargs))[0] if isinstance(t, FakeTensor)}
+        if len(devices) != 1:
+            return None
+        out = run_on_meta(func, args, kwargs)
+        if out is None:  # let the fake mode raise or handle it its own way
+            return None
         (device,) = devices
         outputs = out if isinstance(out, (tuple, list)) else (out,)
         rebuilt = []
@@ -234,10 +222,25 @@ class FakeDispatchCache:
                 key.append(value)
 
 
-def meta_like(tensor: torch.Tensor) -> torch.Tensor:
-    """A plain meta tensor with ``tensor``'s shape, strides and dtype (real, fake or meta alike)."""
+def run_on_meta(func, args, kwargs):
+    """``func`` on plain meta copies of its tensors (real or fake alike), any device argument set to
+    meta: its outputs' metadata without computing or allocating anything. None where that cannot be
+    done (no meta kernel, a data-dependent size, a device passed positionally)."""
+    schema_args = func._schema.arguments
+    if any(arg.name == "device" and not arg.kwarg_only for arg in schema_args):
+        return None
     with torch._C._DisableTorchDispatch():
-        return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="meta")
+        meta_args, meta_kwargs = tree_map_only(torch.Tensor, _meta_like, (args, dict(kwargs)))
+        if any(arg.name == "device" for arg in schema_args):
+            meta_kwargs["device"] = torch.device("meta")
+        try:
+            return func(*meta_args, **meta_kwargs)
+        except Exception:  # noqa: BLE001 - any refusal sends the question to the fake mode
+            return None
+
+
+def _meta_like(tensor: torch.Tensor) -> torch.Tensor:
+    return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="meta")
 
 
 def _fresh(tensor: torch.Tensor, device: torch.device) -> _Output:

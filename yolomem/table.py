@@ -225,7 +225,7 @@ def compute_table(
             second = results.get((row.model, row.imgsz, max(row.batch // 2, 1), precision, iterations)) if method == "two-point" else None
             per_precision[precision] = _precision_result(precision, main, second, cards)
         main = results[(row.model, row.imgsz, row.batch, "fp32", iterations)]
-        gflops, source = results[_gflops_key(row)]
+        gflops, source = results[_gflops_key(row.model, row.imgsz)]
         notes = tuple(dict.fromkeys(main.notes))
         table_rows.append(TableRow(main.model, main.framework, main.task, main.params, gflops, source, main.imgsz,
                                    row.batch, per_precision["fp32"], per_precision["fp16"], notes))  # fmt: skip
@@ -233,8 +233,8 @@ def compute_table(
     return Table(tuple(table_rows), tuple(c.name for c in cards), method, iterations, time.perf_counter() - started, unit)
 
 
-def _gflops_key(row: RowRequest) -> tuple:
-    return ("gflops", row.model, row.imgsz)
+def _gflops_key(model: str, imgsz: int) -> tuple:
+    return ("gflops", model, imgsz)
 
 
 def _trace_group(tasks) -> list:
@@ -252,7 +252,7 @@ def _run(groups, jobs: int, progress) -> dict:
             results[task] = result
             if progress:
                 progress(f"{task[0]} {task[3]}")
-        results[_gflops_key(RowRequest(tasks[0][0], tasks[0][1], tasks[0][2]))] = gflops
+        results[_gflops_key(tasks[0][0], tasks[0][1])] = gflops
 
     if jobs <= 1 or len(groups) == 1:
         for tasks in groups:

@@ -35,7 +35,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_map
 
-from yolomem.fake_cache import FakeDispatchCache, meta_like
+from yolomem.fake_cache import FakeDispatchCache, run_on_meta
 
 CATEGORIES = ("parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other")
 
@@ -252,8 +252,6 @@ class Tracer(TorchDispatchMode):
             plain = all(isinstance(t, FakeTensor) for t in tensors)
             if plain and _is_fused_in_place(func):
                 return None  # allocates nothing and changes no shape: only values, which fakes lack
-            if plain and func is aten.stack.default and len(tensors) > _STACK_SHORTCUT_MIN:
-                return self._stack_fakes(func, args, kwargs)
             if plain and not (func in _LIKE_FACTORIES and self.phase_name == "loss"):
                 return self._fake_cache.call(func, args, kwargs)  # the common case: a model op on fake tensors
         elif func in _SCALAR_READ:  # a real value: read it
@@ -268,18 +266,6 @@ class Tracer(TorchDispatchMode):
             # (a fake mode given only real tensors would run the op for real)
             args, kwargs = self._fakeify_inputs(func, args, kwargs)
         return self._fake_cache.call(func, args, kwargs)
-
-    def _stack_fakes(self, func, args, kwargs):
-        """``stack`` of many equal contiguous fakes, e.g. clip_grad_norm_'s per-tensor norms: the
-        fake mode would decompose it into one unsqueeze per input (~1 ms each); the result is known."""
-        tensors = args[0]
-        first = tensors[0]
-        if not all(t.shape == first.shape and t.dtype == first.dtype and t.is_contiguous() for t in tensors):
-            return self._fake_cache.call(func, args, kwargs)
-        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-        shape = list(first.shape)
-        shape.insert(dim % (len(shape) + 1), len(tensors))
-        return self._fake_cache.call(aten.empty.memory_format, (shape,), {"dtype": first.dtype, "device": first.fake_device})
 
     # -- real/fake policy -----------------------------------------------------------------------
     def _is_fake_like(self, tensor: torch.Tensor) -> bool:
@@ -301,7 +287,7 @@ class Tracer(TorchDispatchMode):
         """Bytes the op would return, found on meta or fake copies of its inputs (nothing is computed)."""
         if all(ret.alias_info is not None for ret in func._schema.returns):
             return 0  # in-place, out= and set_ ops return their inputs: nothing new
-        meta = _run_on_meta(func, args, kwargs)
+        meta = None if func in _DATA_DEPENDENT_SHAPE or func in _SCALAR_READ else run_on_meta(func, args, kwargs)
         if meta is None:  # no meta kernel, or a device argument we cannot redirect: ask the fake mode
             try:
                 with self.paused(), self.fake_mode:
@@ -456,7 +442,6 @@ class Tracer(TorchDispatchMode):
         self._finalizers.clear()
 
 
-_STACK_SHORTCUT_MIN = 16
 _FUSED_IN_PLACE: dict = {}
 
 
@@ -483,28 +468,6 @@ def _tensors_in(values) -> list[torch.Tensor]:
         elif isinstance(value, (list, tuple)):
             found.extend(v for v in value if isinstance(v, torch.Tensor))
     return found
-
-
-def _run_on_meta(func, args, kwargs):
-    """``func`` on meta copies of its tensors, with any device argument set to meta; None where that
-    cannot be done (the op has no meta kernel, needs data, or takes its device positionally)."""
-    if func in _DATA_DEPENDENT_SHAPE or func in _SCALAR_READ:
-        return None
-    schema_args = func._schema.arguments
-    if any(arg.name == "device" and not arg.kwarg_only for arg in schema_args):
-        return None
-    kwargs = dict(tree_map(_meta_copy, kwargs))
-    if any(arg.name == "device" for arg in schema_args):
-        kwargs["device"] = torch.device("meta")
-    try:
-        with torch._C._DisableTorchDispatch():
-            return func(*tree_map(_meta_copy, args), **kwargs)
-    except Exception:  # noqa: BLE001 - any refusal sends the question to the fake mode
-        return None
-
-
-def _meta_copy(value: Any) -> Any:
-    return meta_like(value) if isinstance(value, torch.Tensor) else value
 
 
 def _real_stand_in(func, tensor: torch.Tensor) -> torch.Tensor:
