@@ -35,7 +35,7 @@ def bare_fake_forward_backward(model_name: str, batch: int = 16, imgsz: int = 64
 
 
 def main(models: list[str]) -> None:
-    from yolomem.estimator import estimate
+    from yolomem.result.estimate import estimate
 
     estimate("yolov8n.yaml", imgsz=64, batch=2, iterations=1)  # imports and first-use caches
     print(f"{'model':<10}{'estimate s':>12}{'bare fwd+bwd s':>16}{'ratio':>8}{'GPU_mem':>10}")

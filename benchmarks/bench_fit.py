@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 import time
 
-from yolomem.config import EstimateConfig
-from yolomem.fit import largest_batch
+from yolomem.config.settings import EstimateConfig
+from yolomem.sweeps.fit import largest_batch
 
 
 def main(argv: list[str]) -> None:

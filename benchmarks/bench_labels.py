@@ -9,7 +9,7 @@ import time
 import zlib
 from pathlib import Path
 
-from yolomem.dataset import read_dataset
+from yolomem.config.dataset import read_dataset
 
 
 def _png_header(width: int, height: int) -> bytes:

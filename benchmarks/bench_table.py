@@ -13,9 +13,9 @@ import warnings
 
 
 def main(argv: list[str]) -> int:
-    from yolomem.commands.table import parse_table_words, rows_for
+    from yolomem.cli.table import parse_table_words, rows_for
     from yolomem.render.table_formats import to_markdown
-    from yolomem.table import compute_table
+    from yolomem.sweeps.table import compute_table
 
     warnings.filterwarnings("ignore")
     options = parse_table_words(argv)

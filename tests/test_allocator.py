@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from yolomem.allocator import (
+from yolomem.allocator.caching import (
     AllocConfError,
     AllocatorConfig,
     CachingAllocator,

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from yolomem.autocast import CudaAutocastPolicy
-from yolomem.trace import Tracer
+from yolomem.trace.autocast import CudaAutocastPolicy
+from yolomem.trace.tracer import Tracer
 
 KINDS = {
     "convolution": "convolution",

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import torch
 
-from yolomem.checkpointing import checkpoint_callback, checkpointed_layers, default_layer_indices, unwrap_layers, wrap_layers
-from yolomem.estimator import estimate
-from yolomem.models import resolve_model
-from yolomem.ultralytics_step import build_model
+from yolomem.loops.checkpointing import checkpoint_callback, checkpointed_layers, default_layer_indices, unwrap_layers, wrap_layers
+from yolomem.result.estimate import estimate
+from yolomem.loops import resolve_model
+from yolomem.loops.ultralytics.step import build_model
 
 
 def _model_and_batch():

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from yolomem.cli import main
+from yolomem.cli.main import main
 
 JSON_KEYS = {
     "yolomem_version", "torch_version", "ultralytics_version", "config", "params",
@@ -45,7 +45,7 @@ def test_bad_input_is_one_line_and_exit_code_2(words, fragment, capsys):
 def test_bad_input_from_a_shell_has_no_traceback():
     """The installed console script, as a user runs it."""
     result = subprocess.run(
-        [sys.executable, "-m", "yolomem.cli", "estimate", "yolov8n.yaml", "batch=-1"],
+        [sys.executable, "-m", "yolomem", "estimate", "yolov8n.yaml", "batch=-1"],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from yolomem.darknet import build_darknet, parse_cfg
+from yolomem.loops.yolov5.darknet import build_darknet, parse_cfg
 from yolomem.errors import UserError
 
 TINY = """
@@ -116,8 +116,8 @@ def test_unknown_key_reports_its_line():
 
 
 def test_shipped_cfgs_build_and_route():
-    from yolomem.yolov5.names import find_original
-    from yolomem.yolov5.runner import build_original
+    from yolomem.loops.yolov5.names import find_original
+    from yolomem.loops.yolov5.runner import build_original
 
     model = build_original(find_original("yolov4-tiny"))
     assert model.head.strides == (32, 16)
@@ -126,7 +126,7 @@ def test_shipped_cfgs_build_and_route():
 
 
 def test_user_cfg_file_selects_the_yolov5_loop(tmp_path):
-    from yolomem.models import resolve_model
+    from yolomem.loops import resolve_model
 
     path = tmp_path / "mine.cfg"
     path.write_text(TINY)

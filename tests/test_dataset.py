@@ -1,4 +1,4 @@
-"""Reading dataset YAMLs, label files and image headers (yolomem.dataset, yolomem.host_memory)."""
+"""Reading dataset YAMLs, label files and image headers (yolomem.config.dataset, yolomem.result.host_memory)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from yolomem.dataset import count_objects, read_dataset
+from yolomem.config.dataset import count_objects, read_dataset
 from yolomem.errors import UserError
-from yolomem.host_memory import cached_image_bytes, host_memory
+from yolomem.result.host_memory import cached_image_bytes, host_memory
 
 
 def _png(path: Path, width: int, height: int) -> None:
@@ -119,7 +119,7 @@ def test_image_size_from_headers(tmp_path, ext):
     import numpy as np
     from PIL import Image
 
-    from yolomem.dataset import image_size
+    from yolomem.config.dataset import image_size
 
     path = tmp_path / f"a.{ext}"
     Image.fromarray(np.zeros((37, 53, 3), np.uint8)).save(path)
@@ -130,7 +130,7 @@ def test_jpeg_exif_rotation_swaps_sides(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from yolomem.dataset import image_size
+    from yolomem.config.dataset import image_size
 
     image = Image.fromarray(np.zeros((37, 53, 3), np.uint8))
     exif = image.getexif()

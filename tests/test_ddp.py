@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from yolomem.ddp import BUCKET_MODULE, plan_buckets
-from yolomem.estimator import estimate
-from yolomem.models import resolve_model
-from yolomem.ultralytics_step import build_model, freeze_parameters
+from yolomem.loops.ddp import BUCKET_MODULE, plan_buckets
+from yolomem.result.estimate import estimate
+from yolomem.loops import resolve_model
+from yolomem.loops.ultralytics.step import build_model, freeze_parameters
 
 
 def _model():

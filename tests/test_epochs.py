@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from yolomem.epochs import plan_epochs, rect_val_shapes, simulate_epochs
+from yolomem.result.epochs import plan_epochs, rect_val_shapes, simulate_epochs
 
 
 def test_rect_shapes_match_ultralytics_set_rectangle():
@@ -47,7 +47,7 @@ def test_plan_is_deterministic_and_covers_the_densest_image():
 
 @pytest.fixture(scope="module")
 def tiny_epochs():
-    from yolomem.estimator import estimate
+    from yolomem.result.estimate import estimate
 
     return estimate("yolov8n.yaml", imgsz=64, batch=2, iterations=1, epochs=2, instances=3)
 

@@ -1,4 +1,4 @@
-"""The tracer's faster fake dispatch (``yolomem.fake_cache`` and the tracer's shortcuts) changes nothing.
+"""The tracer's faster fake dispatch (``yolomem.trace.fake_cache`` and the tracer's shortcuts) changes nothing.
 
 Truth we did not write: PyTorch's FakeTensorMode. With ``crosscheck`` on, every output built from a
 meta kernel or the batch-norm rule is compared with what the fake mode itself returns for the same
@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from yolomem import fake_cache, trace
-from yolomem.config import EstimateConfig
-from yolomem.fake_cache import FakeDispatchCache
-from yolomem.models import resolve_model
-from yolomem.runner import trace_run
+from yolomem.trace import fake_cache, tracer as trace
+from yolomem.config.settings import EstimateConfig
+from yolomem.trace.fake_cache import FakeDispatchCache
+from yolomem.loops import resolve_model
+from yolomem.loops import trace_run
 
 aten = torch.ops.aten
 

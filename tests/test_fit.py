@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from yolomem.cli import main
-from yolomem.estimator import estimate
-from yolomem.fit import Probe, _LINEAR, _search, largest_batch
-from yolomem.pick import pick_models
+from yolomem.cli.main import main
+from yolomem.result.estimate import estimate
+from yolomem.sweeps.fit import Probe, _LINEAR, _search, largest_batch
+from yolomem.sweeps.pick import pick_models
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -35,8 +35,8 @@ def test_largest_batch_fits_and_one_more_does_not():
 
 
 def test_margin_shrinks_the_capacity_the_simulation_gets():
-    from yolomem.fit import Budget
-    from yolomem.gpus import find_gpu
+    from yolomem.sweeps.fit import Budget
+    from yolomem.config.gpus import find_gpu
 
     card = find_gpu("RTX-3090")
     assert Budget(card, 0.0).capacity_bytes == 24 * GiB - card.context_bytes
@@ -95,7 +95,7 @@ def test_pick_ranks_by_size_with_headroom():
 
 
 def test_line_prediction_is_the_same_whichever_point_comes_first():
-    from yolomem.fit import line_prediction
+    from yolomem.sweeps.fit import line_prediction
 
     assert line_prediction(8, 110, 4, 78, 100) == line_prediction(4, 78, 8, 110, 100) == pytest.approx(6.75)
     assert line_prediction(4, 90, 8, 90, 100) is None  # flat memory: no line to solve

@@ -9,7 +9,7 @@ GiB = 1 << 30
 
 _SCRIPT = """
 import resource, json
-from yolomem.estimator import estimate
+from yolomem.result.estimate import estimate
 e = estimate("yolov8x.yaml", batch=4096, imgsz=1280, iterations=1)
 print(json.dumps({"rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "peak": e.peak_reserved_bytes}))
 """

@@ -6,7 +6,7 @@ import json
 import multiprocessing
 import threading
 
-from yolomem.jsonl import append_record, read_records
+from yolomem.measure.log import append_record, read_records
 
 WRITERS, PER_WRITER = 6, 40
 PAYLOAD = "x" * 5000  # lines longer than a pipe buffer (4 KiB) make torn writes likely if appends were not atomic

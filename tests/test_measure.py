@@ -7,15 +7,15 @@ import json
 
 import pytest
 
-from yolomem.cli import main
-from yolomem.config import EstimateConfig
+from yolomem.cli.main import main
+from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
-from yolomem.jsonl import read_records
-from yolomem.measure import (
+from yolomem.measure.log import read_records
+from yolomem.measure.run import (
     DEFAULT_ITERATIONS, Environment, LaunchResult, MeasurementRecord, MeasureSettings, measure, parse_measure_words,
     rank_output_path, worker_command, worker_environment,
 )  # fmt: skip
-from yolomem.measure_worker import Reading, offline_ultralytics, run_rank
+from yolomem.measure.worker import Reading, offline_ultralytics, run_rank
 
 GiB = 1 << 30
 
@@ -55,7 +55,7 @@ def test_parse_measure_words_splits_own_keys_from_the_estimator_config(tmp_path)
 
 def test_worker_command_single_process_and_ddp(tmp_path):
     single = worker_command(tmp_path / "req.json", tmp_path / "out", 1, python="py")
-    assert single == ["py", "-m", "yolomem.measure_worker", "--request", str(tmp_path / "req.json"), "--out", str(tmp_path / "out")]
+    assert single == ["py", "-m", "yolomem.measure.worker", "--request", str(tmp_path / "req.json"), "--out", str(tmp_path / "out")]
     ddp = worker_command(tmp_path / "req.json", tmp_path / "out", 4, python="py")
     assert ddp[:3] == ["py", "-m", "torch.distributed.run"] and "--nproc_per_node=4" in ddp
     assert ddp[-6:] == single[1:]

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from yolomem.yolov5.names import find_original
-from yolomem.yolov5.runner import count_params
+from yolomem.loops.yolov5.names import find_original
+from yolomem.loops.yolov5.runner import count_params
 
 REFERENCE = Path(__file__).resolve().parents[1] / "shared" / "reference" / "official_params.csv"
 if not REFERENCE.exists():
@@ -55,8 +55,8 @@ KNOWN_DIFFERENCES = {"yolov5nu": 0.03, "yolov9t": 0.07, "yolov9s": 0.04}
 
 @pytest.mark.slow  # builds 26 Ultralytics models on the CPU: about 2-7 min on 2 shared cores
 def test_ultralytics_yamls():
-    from yolomem.models import resolve_model
-    from yolomem.ultralytics_step import build_model
+    from yolomem.loops import resolve_model
+    from yolomem.loops.ultralytics.step import build_model
 
     failures = []
     torch.manual_seed(0)
@@ -73,7 +73,7 @@ def test_ultralytics_yamls():
 
 
 def test_yolov5_names_are_unambiguous():
-    from yolomem.models import resolve_model
+    from yolomem.loops import resolve_model
 
     assert resolve_model("yolov5s").framework == "yolov5"
     assert resolve_model("yolov5su.yaml").framework == "ultralytics"

@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-from yolomem.cli import main
-from yolomem.config import EstimateConfig
+from yolomem.cli.main import main
+from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
-from yolomem.estimator import estimate_config
-from yolomem.gpus import CUDA_CONTEXT_BYTES, Gpu, find_gpu
-from yolomem.plots_data import (
+from yolomem.result.estimate import estimate_config
+from yolomem.config.gpus import CUDA_CONTEXT_BYTES, Gpu, find_gpu
+from yolomem.sweeps.figure_data import (
     Curve,
     CurvePoint,
     _crossing,
@@ -19,7 +19,7 @@ from yolomem.plots_data import (
     curve_figure,
     parse_values,
 )
-from yolomem.timeline import estimate_timeline
+from yolomem.result.timeline import estimate_timeline
 
 pytest.importorskip("matplotlib")
 

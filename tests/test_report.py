@@ -9,11 +9,11 @@ from html.parser import HTMLParser
 
 import pytest
 
-from yolomem.cli import get_parser, main
-from yolomem.config import EstimateConfig
-from yolomem.estimator import estimate_config
-from yolomem.gpus import CUDA_CONTEXT_BYTES, Gpu, find_gpu
-from yolomem.plots_data import report_data
+from yolomem.cli.main import get_parser, main
+from yolomem.config.settings import EstimateConfig
+from yolomem.result.estimate import estimate_config
+from yolomem.config.gpus import CUDA_CONTEXT_BYTES, Gpu, find_gpu
+from yolomem.sweeps.figure_data import report_data
 from yolomem.render.report_html import command_lines, render_report
 
 GiB = 1 << 30
@@ -134,8 +134,6 @@ def test_commands_reproduce_it(data):
     assert lines[0] == "yolomem estimate yolov8n.yaml imgsz=64 batch=2 iterations=1"
     assert any(line.endswith("gpu=T4") for line in lines)
     assert lines[-1] == "yolomem report yolov8n.yaml imgsz=64 batch=2 iterations=1 batches=1,2 gpu=T4,one-MiB -o report.html"
-    import yolomem.commands  # noqa: F401  (registers plot and report, as main() does)
-
     parser = get_parser()
     for line in lines:
         words = shlex.split(line)
@@ -185,7 +183,7 @@ def test_cli_report_output_must_be_html(tmp_path, capsys):
 def test_exact_fit_uses_yolomem_fit(monkeypatch, data):
     import types
 
-    import yolomem.fit as fit
+    import yolomem.sweeps.fit as fit
 
     asked = []
 

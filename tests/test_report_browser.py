@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from yolomem.cli import main
+from yolomem.cli.main import main
 
 from test_report import WORDS, check_numbers, parse
 

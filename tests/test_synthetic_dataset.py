@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from yolomem.errors import UserError
-from yolomem.synthetic_dataset import SyntheticDatasetSpec, read_label_counts, write_synthetic_dataset
+from yolomem.measure.synthetic_dataset import SyntheticDatasetSpec, read_label_counts, write_synthetic_dataset
 
 
 def test_fixed_counts_are_exact_in_every_label_file(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from yolomem.render import table_formats
-from yolomem.table import (
+from yolomem.sweeps.table import (
     BLOG_ROWS, GpuFit, PrecisionResult, Table, TableRow, _precision_result, _Traced, blog_rows, compute_table,
 )  # fmt: skip
 
@@ -28,7 +28,7 @@ def _traced(batch: int, peak: int, fixed: int) -> _Traced:
 
 
 def test_linear_model_and_verdicts():
-    from yolomem.gpus import find_gpu
+    from yolomem.config.gpus import find_gpu
 
     card = find_gpu("RTX-3090")  # 24 GiB
     result = _precision_result("fp32", _traced(16, 12 * GiB, 2 * GiB), None, [card])
@@ -86,9 +86,8 @@ def test_markdown_names_the_unit_per_cell_when_trainers_differ():
 
 
 def test_cli_flags_exist():
-    from yolomem.cli import _load_plugins, get_parser
+    from yolomem.cli.main import get_parser
 
-    _load_plugins()
     options = get_parser().parse_args(["table", "yolov5n", "imgsz=64", "--markdown"])
     assert options.markdown and options.words == ["yolov5n", "imgsz=64"]
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from yolomem.config import EstimateConfig
-from yolomem.models import resolve_model
-from yolomem.runner import trace_run
-from yolomem.trace import DataOracle
+from yolomem.config.settings import EstimateConfig
+from yolomem.loops import resolve_model
+from yolomem.loops import trace_run
+from yolomem.trace.tracer import DataOracle
 
 
 class _NonzeroRecorder(TorchDispatchMode):

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from yolomem.cli import main
-from yolomem.config import EstimateConfig
-from yolomem.jsonl import append_record
-from yolomem.measure import SOURCE_PUBLIC, MeasurementRecord
-from yolomem.validate import relative_error, summarize, validate, validate_records
+from yolomem.cli.main import main
+from yolomem.config.settings import EstimateConfig
+from yolomem.measure.log import append_record
+from yolomem.measure.run import SOURCE_PUBLIC, MeasurementRecord
+from yolomem.measure.compare import relative_error, summarize, validate, validate_records
 
 SAMPLE = "tests/data/sample_results.jsonl"
 CSV = "/work/shared/reference/measured_public_examples.csv"
@@ -127,7 +127,7 @@ def test_table_shows_errors_summary_and_skips():
 
     from rich.console import Console
 
-    from yolomem.render.validate_output import render_validation
+    from yolomem.render.compare_output import render_validation
 
     records = [_record({"peak_reserved_bytes": 2**30}), _record({}, optimizer="Adamm")]
     report = validate_records(records, lambda config: FakeEstimate(peak_reserved_bytes=2**29), path="r.jsonl")

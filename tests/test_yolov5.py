@@ -7,10 +7,10 @@ import warnings
 import pytest
 import torch
 
-from yolomem.config import EstimateConfig
+from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
-from yolomem.models import resolve_model
-from yolomem.yolov5.runner import trace_yolov5_run
+from yolomem.loops import resolve_model
+from yolomem.loops.yolov5.runner import trace_yolov5_run
 
 
 def _stream(trace):
@@ -56,8 +56,8 @@ def test_names_select_the_framework():
 
 def test_targets_match_anchor_ratio_and_neighbour_cells():
     """build_targets: a box matches anchors within ratio 4 and is copied to its 2 nearer neighbours."""
-    from yolomem.yolov5.loss import AnchorLoss, LossHyp
-    from yolomem.yolov5.modules import HeadSpec
+    from yolomem.loops.yolov5.loss import AnchorLoss, LossHyp
+    from yolomem.loops.yolov5.modules import HeadSpec
 
     head = HeadSpec(nc=2, anchors_px=(((8.0, 8.0), (40.0, 40.0), (200.0, 200.0)),), strides=(8,))
     loss = AnchorLoss(head, LossHyp())

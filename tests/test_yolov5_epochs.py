@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from yolomem.estimator import estimate
+from yolomem.result.estimate import estimate
 
 TINY = dict(model="yolov5n", framework="yolov5", imgsz=64, batch=2, iterations=1, epochs=2, instances=3, seed=3)
 
@@ -56,7 +56,7 @@ def test_same_seed_same_figures(tiny):
 
 def test_nms_keeps_one_box_per_class_and_cluster():
     """yolov5 v7.0 steps: obj x cls scores, multi-label pairs above conf, class-offset NMS."""
-    from yolomem.yolov5.validation import non_max_suppression
+    from yolomem.loops.yolov5.val_pass import non_max_suppression
 
     pred = torch.zeros(1, 3, 5 + 2)  # (B, anchors, xywh + obj + 2 classes)
     pred[0, :, :4] = torch.tensor([[50.0, 50, 20, 20], [51, 50, 20, 20], [200, 200, 10, 10]])

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from datetime import datetime, timezone
 
-from yolomem.jsonl import append_record
-from yolomem.measure import SCHEMA_VERSION, SOURCE_PUBLIC, Environment, MeasurementRecord
+from yolomem.measure.log import append_record
+from yolomem.measure.run import SCHEMA_VERSION, SOURCE_PUBLIC, Environment, MeasurementRecord
 
 CREATED = datetime.now(timezone.utc).isoformat(timespec="seconds")  # when this file was built
 YOLOV8N_NC1 = "3,011,043 params in the issue = yolov8n.yaml with nc=1 (checked with DetectionModel)"

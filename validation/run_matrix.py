@@ -25,9 +25,9 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from yolomem.config import EstimateConfig
+from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
-from yolomem.measure import MeasureSettings, check_cuda, cuda_device_count, measure
+from yolomem.measure.run import MeasureSettings, check_cuda, cuda_device_count, measure
 
 MODELS = ["yolov8n", "yolov8s", "yolov8m", "yolov8l", "yolov8x", "yolo11n", "yolo11s", "yolo11m",
           "yolov10n", "yolov10s", "yolov10b"]  # fmt: skip

@@ -9,11 +9,11 @@ __all__ = ["Estimate", "EstimateConfig", "UserError", "estimate", "__version__"]
 def __getattr__(name: str):
     # torch and ultralytics load only when the API is used, so `yolomem --help` stays fast
     if name in {"Estimate", "estimate"}:
-        from yolomem import estimator
+        from yolomem.result import estimate as estimate_module
 
-        return getattr(estimator, name)
+        return getattr(estimate_module, name)
     if name == "EstimateConfig":
-        from yolomem.config import EstimateConfig
+        from yolomem.config.settings import EstimateConfig
 
         return EstimateConfig
     if name == "UserError":

@@ -2,6 +2,6 @@
 
 import sys
 
-from yolomem.cli import main
+from yolomem.cli.main import main
 
 sys.exit(main())

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from yolomem.estimator import Estimate
-from yolomem.gpus import GiB
+from yolomem.result.estimate import Estimate
+from yolomem.config.gpus import GiB
 
 _LABELS = {
     "parameter": "parameters + buffers",

@@ -5,10 +5,10 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from yolomem.advise import Strategy
-from yolomem.fit import FitResult
-from yolomem.gpus import GiB
-from yolomem.pick import PickResult
+from yolomem.sweeps.ladder import Strategy
+from yolomem.sweeps.fit import FitResult
+from yolomem.config.gpus import GiB
+from yolomem.sweeps.pick import PickResult
 
 
 def _gib(nbytes: int) -> str:

@@ -1,5 +1,5 @@
 """Draw yolomem's figures with matplotlib (the optional ``plot`` extra). Drawing only: the numbers come
-from ``yolomem.plots_data`` and ``yolomem.timeline``.
+from ``yolomem.sweeps.figure_data`` and ``yolomem.result.timeline``.
 
 matplotlib is imported when a figure is drawn, never at import. Figures are built with the
 object-oriented ``matplotlib.figure.Figure`` (no pyplot, no backend switch, no global state); style
@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from yolomem.errors import UserError
-from yolomem.gpus import GiB
+from yolomem.config.gpus import GiB
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from yolomem.plots_data import BreakdownFigure, CurveFigure
-    from yolomem.timeline import Timeline
+    from yolomem.sweeps.figure_data import BreakdownFigure, CurveFigure
+    from yolomem.result.timeline import Timeline
 
 INSTALL_HINT = "plots need matplotlib: pip install 'yolomem[plot]'"
 FORMATS = (".png", ".svg", ".pdf")

@@ -14,8 +14,8 @@ import json
 import shlex
 from collections.abc import Sequence
 
-from yolomem.gpus import GiB
-from yolomem.plots_data import ReportData
+from yolomem.config.gpus import GiB
+from yolomem.sweeps.figure_data import ReportData
 from yolomem.render import plots
 
 _STYLE = """

@@ -1,4 +1,4 @@
-"""Formats of the per-version table (``yolomem.table.Table``): rich, Markdown, CSV, JSON. No computing."""
+"""Formats of the per-version table (``yolomem.sweeps.table.Table``): rich, Markdown, CSV, JSON. No computing."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import csv
 import io
 import json
 
-from yolomem.gpus import GiB
-from yolomem.table import Table, TableRow
+from yolomem.config.gpus import GiB
+from yolomem.sweeps.table import Table, TableRow
 
 MARKS = {"yes": "✅", "near": "⚠️", "no": "❌"}
 

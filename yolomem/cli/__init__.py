@@ -1,0 +1,1 @@
+"""The command line: ``main`` parses, one module per subcommand (``COMMAND_MODULES``) does the work."""

@@ -1,0 +1,53 @@
+"""``yolomem measure`` (a real training run on a CUDA GPU) and ``yolomem validate`` (estimate vs measurement)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from yolomem.cli.registry import command
+from yolomem.errors import UserError
+
+
+@command("measure", "measure real training memory on a CUDA GPU and append it to a results file")
+def _measure(options: argparse.Namespace) -> int:
+    from yolomem.measure.run import cuda_device_count, measure, parse_measure_words
+
+    if not options.words:
+        raise UserError("measure needs a model, e.g. 'yolomem measure yolov8n.yaml batch=16 results=runs.jsonl'")
+    # the decisive requirement first: without CUDA nothing else matters
+    if cuda_device_count() == 0:
+        from yolomem.measure.run import check_cuda
+
+        check_cuda(1, 0)
+    settings, results = parse_measure_words(options.words)
+    record = measure(settings, results)
+    if options.json:
+        from yolomem.render.json_output import dumps
+
+        print(dumps(record.to_json()))
+    else:
+        from yolomem.render.compare_output import render_measurement
+
+        render_measurement(record, str(results))
+    return 0 if record.status == "ok" else 1
+
+
+@command("validate", "estimate every config of a results file and compare with its measurement")
+def _validate(options: argparse.Namespace) -> int:
+    from yolomem.measure.compare import validate
+
+    if len(options.words) != 1:
+        raise UserError("validate takes one results file, e.g. 'yolomem validate tests/data/sample_results.jsonl'")
+    report = validate(options.words[0])
+    if options.json:
+        from yolomem.render.json_output import dumps
+
+        print(dumps(report.to_json()))
+        for line in report.unreadable:
+            print(f"yolomem: warning: {line.describe(report.path)}", file=sys.stderr)
+    else:
+        from yolomem.render.compare_output import render_validation
+
+        render_validation(report)
+    return 0

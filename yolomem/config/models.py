@@ -1,0 +1,19 @@
+"""A model the user named, resolved: which loop trains it, its task and its config.
+
+Resolving a name is each training loop's job (``yolomem.loops.resolve_model``); this is the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str  # as the user will recognise it, e.g. "yolov8s"
+    source: str  # "yaml" | "local-yaml" | "checkpoint" | "darknet" | "yolov5-yaml"
+    task: str
+    cfg: dict  # the model YAML as a dict
+    nc: int | None  # classes, when a checkpoint says so
+    note: str = ""  # e.g. "yolov8s.pt is not on disk; using yolov8s.yaml"
+    framework: str = "ultralytics"  # the training loop (yolomem.loops) that trains it

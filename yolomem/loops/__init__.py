@@ -1,0 +1,46 @@
+"""The training step that runs: one folder per training loop behind the ``TrainingLoop`` protocol.
+
+``get_loop(name)`` is the registry: ``ultralytics`` (Ultralytics' trainer) and ``yolov5`` (the yolov5
+repo's train.py, for the original anchor-based designs). A new loop is one folder and one line in
+``_LOOPS``. Shared pieces: ``base`` (protocol, tracing setup), ``batches``, ``checkpointing``, ``ddp``,
+``val_pass``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+from yolomem.errors import unknown
+
+# name -> "module:class"; imported on first use so that choosing a loop does not import every loop
+_LOOPS = {
+    "ultralytics": "yolomem.loops.ultralytics.loop:UltralyticsLoop",
+    "yolov5": "yolomem.loops.yolov5.loop:Yolov5Loop",
+}
+LOOP_NAMES = tuple(_LOOPS)
+
+
+@functools.cache
+def get_loop(name: str):
+    """The ``TrainingLoop`` called ``name`` (``framework=`` values)."""
+    if name not in _LOOPS:
+        raise unknown("framework", name, LOOP_NAMES)
+    module, _, cls = _LOOPS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def resolve_model(spec: str, framework: str = "ultralytics"):
+    """The model ``spec`` names, and the loop that trains it: a name only one loop builds (``yolov4``,
+    ``yolov5s``, a darknet ``.cfg``) selects that loop, with a note; otherwise ``framework`` decides."""
+    for name in LOOP_NAMES:
+        loop = get_loop(name)
+        if name != framework and loop.owns(spec):
+            return loop.resolve(spec, framework)
+    return get_loop(framework).resolve(spec, framework)
+
+
+def trace_run(config, resolved, *, fake: bool = True, oracle=None, after_iterations=None):
+    """Trace ``config.iterations`` training iterations with the loop that trains ``resolved``."""
+    return get_loop(resolved.framework).trace(config, resolved, fake=fake, oracle=oracle,
+                                              after_iterations=after_iterations)  # fmt: skip

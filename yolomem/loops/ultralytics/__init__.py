@@ -1,0 +1,1 @@
+"""Ultralytics' own trainer step (``yolo train``), traced from the installed release."""

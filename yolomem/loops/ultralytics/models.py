@@ -1,0 +1,154 @@
+"""Which model the user means, resolved without any download.
+
+Accepted: a model YAML name shipped in Ultralytics (``yolov8s.yaml``, ``yolo11n-seg.yaml``; the
+``.yaml`` may be left out), a local ``.yaml`` file, or a local ``.pt`` checkpoint. A ``.pt`` name that
+is not on disk would need a download, so it is mapped to the YAML of the same name, and the
+resolution says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+from yolomem.config.models import ResolvedModel
+from yolomem.errors import UserError, unknown
+
+def _models_dir() -> Path:
+    import ultralytics
+
+    return Path(ultralytics.__file__).parent / "cfg" / "models"
+
+
+@functools.cache
+def shipped_model_names() -> tuple[str, ...]:
+    """Every YAML name Ultralytics can build, with scales expanded (yolov8.yaml -> yolov8n..x.yaml)."""
+    names = set()
+    for path in _models_dir().rglob("*.yaml"):
+        stem = path.stem
+        if not stem.startswith("yolo"):
+            continue  # RT-DETR and friends are not YOLO training runs
+        scales = _scales_of(path.read_text())
+        if not scales:
+            names.add(f"{stem}.yaml")
+            continue
+        # scale letters go right after the version digits: yolov8-seg -> yolov8n-seg, yolo11 -> yolo11n
+        match = re.match(r"^(.*?\d+)(.*)$", stem)
+        if match and len(scales) == 1 and match.group(2)[:1] in scales:
+            names.add(f"{stem}.yaml")  # yolov10x.yaml holds its one scale already: not yolov10xx
+            continue
+        for scale in scales:
+            if match:
+                names.add(f"{match.group(1)}{scale}{match.group(2)}.yaml")
+            if stem == "yolov5":  # Ultralytics' anchor-free YOLOv5u by its own name (yolov5s.yaml is the original)
+                names.add(f"yolov5{scale}u.yaml")
+    return tuple(sorted(names))
+
+
+_SCALE_LINE = re.compile(r"^\s+([a-z]):\s*\[")
+
+
+def _scales_of(text: str) -> list[str]:
+    """The keys of a model YAML's top-level ``scales:`` block, read without a YAML parser (parsing the
+    ~100 shipped files took over a second per process, for a list of letters)."""
+    scales: list[str] = []
+    inside = False
+    for line in text.splitlines():
+        if line.startswith("scales:"):
+            inside = True
+            continue
+        if inside:
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            match = _SCALE_LINE.match(line)
+            if not match:
+                break
+            scales.append(match.group(1))
+    return scales
+
+
+def resolve_ultralytics(spec: str) -> ResolvedModel:
+    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
+
+    if not spec or not str(spec).strip():
+        raise UserError("no model given; try e.g. 'yolov8n.yaml'")
+    spec = str(spec).strip()
+    path = Path(spec).expanduser()
+    note = ""
+    if path.suffix == ".pt":
+        if path.is_file():
+            return _from_checkpoint(path)
+        if path.parent != Path(".") or spec.startswith(("/", ".")):
+            raise UserError(f"checkpoint {spec!r} does not exist")
+        yaml_name = f"{path.stem}.yaml"
+        if yaml_name not in shipped_model_names():
+            raise unknown("model", spec, [n[:-5] + ".pt" for n in shipped_model_names()])
+        note = f"{spec} is not on disk and would need a download; using {yaml_name} (same architecture, random weights)"
+        spec, path = yaml_name, Path(yaml_name)
+    elif path.suffix in {".yaml", ".yml"} and path.is_file():
+        cfg = yaml_model_load(str(path))
+        return ResolvedModel(path.stem, "local-yaml", guess_model_task(cfg), cfg, None)
+    elif path.suffix == "":
+        spec, path = f"{spec}.yaml", Path(f"{spec}.yaml")
+    if path.suffix not in {".yaml", ".yml"}:
+        raise UserError(f"model {spec!r} must be a .yaml name or file, or a .pt checkpoint")
+    if spec not in shipped_model_names():
+        if spec.startswith(("/", ".")) or len(path.parts) > 1:
+            raise UserError(f"model file {spec!r} does not exist")
+        raise unknown("model", spec, shipped_model_names())
+    cfg = yaml_model_load(spec)
+    return ResolvedModel(path.stem, "yaml", guess_model_task(cfg), cfg, None, note)
+
+
+def _from_checkpoint(path: Path) -> ResolvedModel:
+    """A local Ultralytics checkpoint: its architecture (``model.yaml``) and class count."""
+    import torch
+    from ultralytics.nn.tasks import guess_model_task
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input error
+        raise UserError(f"cannot read checkpoint {str(path)!r}: {type(error).__name__}") from None
+    model = (checkpoint.get("ema") or checkpoint.get("model")) if isinstance(checkpoint, dict) else None
+    cfg = getattr(model, "yaml", None)
+    if not isinstance(cfg, dict):
+        raise UserError(f"checkpoint {str(path)!r} holds no Ultralytics model with a 'yaml' config")
+    return ResolvedModel(path.stem, "checkpoint", guess_model_task(cfg), dict(cfg), int(cfg.get("nc", 80)))
+
+
+def ultralytics_gflops(model: str, imgsz: int) -> tuple[float | None, str]:
+    """GFLOPs of one image at ``imgsz`` (2 x multiply-adds, as Ultralytics and thop report), and where
+    the figure comes from: the YAML's own summary line, or the published table below."""
+    published = yaml_summary(model)
+    if published is not None and published[1] is not None:
+        return published[1] * (imgsz / 640) ** 2, "yaml"
+    name = model[:-5] if model.endswith(".yaml") else model
+    if name in PUBLISHED_GFLOPS_640:
+        return PUBLISHED_GFLOPS_640[name] * (imgsz / 640) ** 2, "published"
+    return None, "unknown"
+
+
+# YOLOv10's YAMLs publish no summary line; these are the paper's figures at 640 (Wang et al. 2024,
+# "YOLOv10: Real-Time End-to-End Object Detection", Table 1), also on Ultralytics' YOLOv10 page.
+PUBLISHED_GFLOPS_640 = {"yolov10n": 6.7, "yolov10s": 21.6, "yolov10m": 59.1, "yolov10b": 92.0,
+                        "yolov10l": 120.3, "yolov10x": 160.4}  # fmt: skip
+
+
+def yaml_summary(model: str) -> tuple[int | None, float | None] | None:
+    """(params, GFLOPs at 640) from the scale comment of Ultralytics' YAML, e.g. ``# YOLOv8n summary:
+    129 layers, 3157200 parameters, ... 8.9 GFLOPs``; None where the YAML publishes none."""
+    name = model[:-5] if model.endswith(".yaml") else model
+    match = re.match(r"^(.*?\d+)([nsmblx])(.*)$", name)
+    if not match:
+        return None
+    base, scale, rest = match.groups()
+    for stem in (f"{base}{rest}", name):
+        for path in _models_dir().rglob(f"{stem}.yaml"):
+            for line in path.read_text().splitlines():
+                if re.match(rf"^\s*{scale}:\s*\[", line) and "summary" in line:
+                    params = re.search(r"([\d,]+)\s+parameters", line)
+                    flops = re.search(r"([\d.]+)\s*GFLOP", line, re.IGNORECASE)
+                    return (int(params.group(1).replace(",", "")) if params else None,
+                            float(flops.group(1)) if flops else None)  # fmt: skip
+    return None

@@ -1,0 +1,290 @@
+"""The Ultralytics training iteration, run under a ``Tracer``.
+
+It calls Ultralytics' own code wherever that code can run without a dataset or a GPU:
+``build_optimizer`` (three parameter groups), the task trainer's ``preprocess_batch``,
+``model(batch)`` (forward and the task's loss with its assigner), ``optimizer_step`` (unscale,
+``clip_grad_norm_``, step, ``zero_grad``, ``ModelEMA.update``). These are called unbound with a small
+stand-in for the trainer, which holds what ``BaseTrainer._setup_train`` would have set.
+
+Where the installed Ultralytics would take a different path on a GPU than on this CPU trace, we take
+the GPU's path, and say so next to the line:
+- the scaler is enabled (``GradScaler('cuda')`` disables itself without CUDA);
+- Adam/AdamW are built ``fused=True`` as ``build_optimizer`` does when parameters are on CUDA;
+- other optimizers and ``clip_grad_norm_`` use the foreach kernels torch picks for CUDA tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+
+from yolomem.trace.autocast import CudaAutocastPolicy
+from yolomem.loops.batches import SyntheticBatch
+from yolomem.trace.tracer import Tracer
+
+_AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+WARMUP_MIN_ITERATIONS = 100  # BaseTrainer._get_warmup_iterations: max(round(warmup_epochs * nb), 100)
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What the training step needs to know, resolved from the user's config."""
+
+    task: str
+    batch: int
+    imgsz: int
+    precision: str  # "fp32" | "fp16" | "bf16"
+    optimizer: str  # resolved name, e.g. "AdamW"
+    nbs: int
+    freeze: tuple[int, ...]
+    multi_scale: float
+    iterations: int
+    step: str  # "train" | "fwd_bwd"
+    overrides: tuple[tuple[str, object], ...] = ()  # other Ultralytics args (loss gains...)
+
+
+def accumulate_at(iteration: int, batch: int, nbs: int) -> int:
+    """Ultralytics' warmup ramp of gradient accumulation (BaseTrainer._do_train)."""
+    nominal = max(round(nbs / batch), 1)
+    nw = WARMUP_MIN_ITERATIONS
+    if iteration <= nw:
+        return max(1, int(round(1 + (nominal - 1) * iteration / nw)))
+    return nominal
+
+
+def _task_classes(task: str):
+    from ultralytics.models.yolo.model import YOLO
+
+    entry = YOLO.task_map.fget(YOLO.__new__(YOLO))[task]  # task_map is a property on the instance
+    return entry["model"], entry["trainer"]
+
+
+def build_model(model_cfg: dict, task: str, nc: int | None, verbose: bool = False) -> torch.nn.Module:
+    """Build the task's model class from a YAML dict, as Trainer.get_model does (no weights)."""
+    model_class, _ = _task_classes(task)
+    kwargs = {"verbose": verbose}
+    if nc is not None:
+        kwargs["nc"] = nc
+    # heads such as YOLOv10's one-to-one branch deep-copy layers; "Overriding nc" is logged, not needed
+    with _CloneOnDeepcopy(), quiet_ultralytics():
+        return model_class(copy.deepcopy(model_cfg), **kwargs)
+
+
+def ultralytics_args(settings: StepSettings, model_nc: int):
+    """Ultralytics' default hyperparameters with the user's overrides (``get_cfg``)."""
+    from ultralytics.cfg import get_cfg
+
+    overrides = dict(settings.overrides)
+    overrides.update(task=settings.task, batch=settings.batch, imgsz=settings.imgsz, nbs=settings.nbs)
+    return get_cfg(overrides=overrides)
+
+
+def freeze_parameters(model: torch.nn.Module, freeze: tuple[int, ...]) -> None:
+    """BaseTrainer._setup_train's freeze loop: listed layers, and always '.dfl'."""
+    names = [f"model.{x}." for x in freeze] + [".dfl"]
+    for key, value in model.named_parameters():
+        if any(x in key for x in names):
+            value.requires_grad = False
+        elif not value.requires_grad and value.dtype.is_floating_point:
+            value.requires_grad = True
+
+
+def build_optimizer(model, settings: StepSettings, args, nc: int):
+    """Ultralytics' build_optimizer, then the GPU's choice of fused/foreach kernels."""
+    from ultralytics.engine.trainer import BaseTrainer
+
+    shim = SimpleNamespace(args=args, data={"nc": nc})
+    accumulate = max(round(settings.nbs / settings.batch), 1)
+    decay = args.weight_decay * settings.batch * accumulate / settings.nbs
+    with quiet_ultralytics():
+        optimizer = BaseTrainer.build_optimizer(
+            shim, model=model, name=settings.optimizer, lr=args.lr0, momentum=args.momentum, decay=decay
+        )
+    if type(optimizer).__name__ in {"Adam", "AdamW"}:
+        # build_optimizer passes fused=True when next(model.parameters()).is_cuda
+        for group in optimizer.param_groups:
+            group["fused"], group["foreach"] = True, False
+        optimizer._step_supports_amp_scaling = True
+    else:
+        for group in optimizer.param_groups:
+            if "foreach" in group and group["foreach"] is None and not group.get("differentiable", False):
+                group["foreach"] = True  # _default_to_fused_or_foreach picks foreach for CUDA params
+    return optimizer
+
+
+@contextlib.contextmanager
+def quiet_ultralytics() -> Iterator[None]:
+    """Ultralytics logs through its LOGGER (optimizer choice, NMS time limits): silence it for a while."""
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
+
+
+class _CloneOnDeepcopy(torch.overrides.TorchFunctionMode):
+    """ModelEMA deep-copies the model. Tensor.__deepcopy__ on a fake tensor builds it in a fresh fake
+    mode (with new storages for every view), and on a real tensor it cannot run under the fake mode at
+    all; so a deep copy here is a clone through the tracer, as on a GPU (a new device tensor each)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.__deepcopy__:
+            tensor, memo = args
+            if id(tensor) not in memo:
+                with torch.no_grad():
+                    copied = tensor.clone()
+                copied.requires_grad_(tensor.requires_grad)
+                memo[id(tensor)] = copied
+            return memo[id(tensor)]
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+
+class _PhasedEMA:
+    """Wraps ModelEMA so the tracer knows when the EMA update runs."""
+
+    def __init__(self, ema, tracer: Tracer):
+        self._ema, self._tracer = ema, tracer
+
+    def __bool__(self) -> bool:
+        return True
+
+    def update(self, model) -> None:
+        with self._tracer.phase("ema"):
+            self._ema.update(model)
+
+
+@contextlib.contextmanager
+def _head_switches_phase(model, tracer: Tracer) -> Iterator[None]:
+    """Phase 'forward' from the first layer on, 'loss' once the head has returned."""
+    layers = model.model
+    first = layers[0].register_forward_pre_hook(lambda *_: setattr(tracer, "phase_name", "forward"))
+    last = layers[-1].register_forward_hook(lambda *_: setattr(tracer, "phase_name", "loss"))
+    try:
+        yield
+    finally:
+        first.remove()
+        last.remove()
+
+
+def persistent_tensors(model: torch.nn.Module, ema, extra: tuple[torch.Tensor, ...] = ()) -> dict[str, list[torch.Tensor]]:
+    """What lives on the GPU before the first iteration: weights, buffers, the EMA copy."""
+    tensors = {"parameter": list(model.parameters()) + list(model.buffers()) + list(extra)}
+    if ema is not None:
+        tensors["ema"] = list(ema.ema.parameters()) + list(ema.ema.buffers())
+    return tensors
+
+
+def autocast_region(policy: CudaAutocastPolicy | None, amp_dtype: torch.dtype | None):
+    """The training autocast (CUDA's policy on the CPU trace), or nothing in FP32."""
+    if amp_dtype is None or policy is None:
+        return contextlib.nullcontext()
+    return policy.region(amp_dtype)
+
+
+class UltralyticsRun:
+    """A model, its optimizer, scaler and EMA, set up as BaseTrainer._setup_train would."""
+
+    def __init__(self, model: torch.nn.Module, settings: StepSettings, tracer: Tracer, policy: CudaAutocastPolicy | None):
+        from ultralytics.utils.torch_utils import ModelEMA
+
+        self.model, self.settings, self.tracer, self.policy = model, settings, tracer, policy
+        nc = int(getattr(model, "nc", 80) or 80)
+        self.args = ultralytics_args(settings, nc)
+        model.args = self.args
+        model.nc = nc
+        model.names = getattr(model, "names", None) or {i: str(i) for i in range(nc)}
+        freeze_parameters(model, settings.freeze)
+        _, self.trainer_class = _task_classes(settings.task)
+        self.stride = max(int(model.stride.max()) if hasattr(model, "stride") else 32, 32)
+        self.amp_dtype = _AMP_DTYPES.get(settings.precision)
+        self.scaler = torch.amp.GradScaler("cpu", enabled=settings.precision == "fp16")
+        if settings.step == "train":
+            self.optimizer = build_optimizer(model, settings, self.args, nc)
+            with quiet_ultralytics(), _CloneOnDeepcopy():
+                self.ema = ModelEMA(model)
+        else:
+            self.optimizer = self.ema = None
+        self._last_opt_step = -1
+        self._shim = SimpleNamespace(
+            args=self.args,
+            device=torch.device("cpu"),
+            stride=self.stride,
+            model=model,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            ema=_PhasedEMA(self.ema, tracer) if self.ema is not None else None,
+            data={"nc": nc},
+        )
+
+    def persistent_tensors(self) -> dict[str, list[torch.Tensor]]:
+        return persistent_tensors(self.model, self.ema)
+
+    def _autocast(self):
+        return autocast_region(self.policy, self.amp_dtype)
+
+    def train_iteration(self, iteration: int, batch: SyntheticBatch) -> None:
+        """One iteration of BaseTrainer._do_train's inner loop."""
+        from ultralytics.engine.trainer import BaseTrainer
+
+        tracer = self.tracer
+        tracer.start_iteration(iteration)
+        self.model.train()
+        with self._autocast():
+            with tracer.phase("preprocess"):
+                data = batch.as_dict()
+                tracer.track_existing(data.values(), "input")
+                data = self.trainer_class.preprocess_batch(self._shim, data)
+            tracer.oracle.positives = batch.expected_positives(self._assigner_topk())
+            with _head_switches_phase(self.model, tracer), tracer.phase("forward"):
+                loss, _items = self.model(data)
+                loss = loss.sum()
+        del data
+        with tracer.phase("backward"):
+            self.scaler.scale(loss).backward()
+        del loss
+        tracer.label([p.grad for p in self.model.parameters() if p.grad is not None], "gradient")
+        if iteration - self._last_opt_step >= accumulate_at(iteration, self.settings.batch, self.settings.nbs):
+            with tracer.phase("optimizer"):
+                BaseTrainer.optimizer_step(self._shim)
+            self._last_opt_step = iteration
+            self._label_state()
+
+    def fwd_bwd_iteration(self, iteration: int, batch: SyntheticBatch) -> None:
+        """Ultralytics' AutoBatch probe (torch_utils.profile_ops): a float32 ``torch.empty`` batch
+        with ``requires_grad=True``, forward, then ``sum(y.sum() for y in tree_flatten(out))``
+        backward, under the training autocast."""
+        from torch.utils._pytree import tree_flatten
+
+        tracer = self.tracer
+        tracer.start_iteration(iteration)
+        with self._autocast():
+            with tracer.phase("preprocess"):
+                images = batch.float_images()
+                images.requires_grad = True
+            with tracer.phase("forward"):
+                outputs = self.model(images)
+            with tracer.phase("backward"):
+                sum(y.sum() for y in tree_flatten(outputs)[0] if isinstance(y, torch.Tensor)).backward()
+        tracer.label([p.grad for p in self.model.parameters() if p.grad is not None], "gradient")
+        del outputs, images
+
+    def _assigner_topk(self) -> int:
+        criterion = getattr(self.model, "criterion", None)
+        assigner = getattr(criterion, "assigner", None)
+        if assigner is None and criterion is not None:
+            assigner = getattr(getattr(criterion, "one2many", None), "assigner", None)
+        return int(getattr(assigner, "topk", 10))
+
+    def _label_state(self) -> None:
+        """Optimizer state and gradients made during the step get their categories."""
+        states = [t for state in self.optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
+        self.tracer.label(states, "optimizer_state")

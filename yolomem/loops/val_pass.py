@@ -1,0 +1,239 @@
+"""One validation batch as the installed Ultralytics runs it inside training, under a ``Tracer``.
+
+``BaseValidator.__call__`` (ultralytics 8.4.x, ``engine/validator.py``) with ``trainer`` given:
+- the model is ``trainer.ema.ema`` itself (no copy), ``.float()`` and ``.eval()``; the whole call is
+  ``smart_inference_mode()`` (``torch.inference_mode``);
+- ``args.quantize = 16`` when the trainer uses AMP: the image batch is ``.half() / 255`` and the
+  forward, the loss and the NMS run under ``autocast(True)`` (fp16, also for ``amp=bf16``); the
+  weights stay fp32. Older releases validated a ``.half()`` copy of the EMA: the installed code wins;
+- ``model.loss(batch, preds)``: the training loss, with its assigner, on the validation batch;
+- ``postprocess``: ``ultralytics.utils.nms.non_max_suppression`` (conf 0.001, iou 0.7, max_det 300,
+  multi_label) on the predictions.
+The validation batch is 2x the training batch (not for obb), and each batch has its own rect shape
+(``BaseDataset.set_rectangle``), so each distinct shape is traced once and reused.
+
+The framework-neutral entry point is ``trace_validation_batch(model, tracer, ...)``: another training
+loop calls it with its own model, loss function and ``ValLoop`` (how its validator differs; the yolov5
+repo's is ``yolomem.loops.yolov5.val_pass``).
+
+Data-dependent steps of NMS (how many boxes pass ``conf=0.001``) are answered by the tracer's
+``DataOracle``: ``NMS_CANDIDATES_PER_IMAGE`` (box, class) pairs per image, the cap NMS applies; they
+are listed in the trace's oracle answers. ``torchvision.ops.nms`` is replaced, while tracing only, by
+a stand-in that makes the allocations of its CUDA kernel (see ``_cuda_nms_allocations``).
+``update_metrics`` (per-image IoU of at most 300 predictions against the targets: kilobytes) is not
+traced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from yolomem.loops.batches import SyntheticBatch
+from yolomem.trace.tracer import Tracer
+from yolomem.loops.ultralytics.step import quiet_ultralytics
+
+VAL_CONF = 0.001  # ultralytics/cfg/default.yaml: conf is None -> validators use 0.001
+VAL_IOU = 0.7  # default.yaml iou
+VAL_MAX_DET = 300  # default.yaml max_det
+# An early-training model scores most anchors above conf=0.001 in some class; NMS caps at max_nms.
+# We assume the cap for each image: the largest candidate set NMS will ever hold (utils/nms.py).
+NMS_CANDIDATES_PER_IMAGE = 30000
+NMS_BLOCK = 64  # threadsPerBlock in torchvision's nms_kernel.cu: one int64 of mask bits per 64 boxes
+VAL_PHASES = ("val_preprocess", "val_forward", "val_loss", "val_nms")
+
+
+@dataclass(frozen=True)
+class ValLoop:
+    """Where a training loop's validator differs from Ultralytics', batch by batch."""
+
+    scale_in_place: bool = False  # yolov5 val.py: ``im /= 255`` on the half copy; Ultralytics: ``/ 255``, a new buffer
+    # predictions (B, anchors, 5 + nc + nm) with objectness in column 4 (yolov5); else (B, 4 + nc + extra, anchors)
+    anchor_rows: bool = False
+    keeps_raw_outputs: bool = False  # the per-level head outputs stay alive through NMS (yolov5's ``train_out``)
+    # (predictions) -> per-image detections; None: Ultralytics' non_max_suppression(**nms_kwargs)
+    nms: Callable[[torch.Tensor], object] | None = None
+
+
+ULTRALYTICS_LOOP = ValLoop()
+
+
+@dataclass(frozen=True)
+class ValBatchShape:
+    """One validation batch: images, height and width after letterboxing, objects per image."""
+
+    batch: int
+    height: int
+    width: int
+    counts: tuple[int, ...]
+
+
+def val_batch_size(task: str, train_batch: int) -> int:
+    """BaseTrainer._build_train_pipeline: ``batch_size if task in {obb, semantic, depth} else batch_size * 2``."""
+    return train_batch if task in {"obb", "semantic", "depth"} else train_batch * 2
+
+
+def val_batch_dict(task: str, shape: ValBatchShape, seed: int, nc: int, kpt_shape=(17, 3), channels: int = 3) -> dict:
+    """A collated validation batch of (B, C, H, W) uint8 images and real targets."""
+    side = max(shape.height, shape.width)
+    synthetic = SyntheticBatch(task, shape.batch, side, shape.counts, seed, nc, tuple(kpt_shape), channels)
+    data = synthetic.as_dict()
+    data["img"] = torch.zeros((shape.batch, channels, shape.height, shape.width), dtype=torch.uint8)
+    if "masks" in data:  # overlap masks are (B, H/4, W/4) for a rect batch
+        data["masks"] = data["masks"][:, : shape.height // 4, : shape.width // 4].contiguous()
+    return data
+
+
+def trace_validation_batch(
+    model: torch.nn.Module,
+    tracer: Tracer,
+    data: dict,
+    *,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    half_inputs: bool,
+    loss_fn: Callable[[dict, object], object] | None,
+    nc: int,
+    nms_kwargs: dict | None = None,
+    loop: ValLoop = ULTRALYTICS_LOOP,
+    previous_outputs: list[torch.Tensor] | None = None,
+) -> None:
+    """Trace one validation batch: preprocess, forward, loss, NMS. Framework-neutral.
+
+    ``data``: the collated batch (``img`` uint8 (B, C, H, W) plus targets), made inside the tracer.
+    ``autocast()``: a context manager for the validation autocast region (a null context for fp32).
+    ``loss_fn(data, preds)``: the validation loss, or None to skip it.
+    ``previous_outputs``: tensors the validator's loop still holds from the previous batch until this
+    forward returns (yolov5's ``preds, train_out = model(im)`` rebinds ``train_out`` only then);
+    the list is emptied after the forward, so the caller must hold no other reference.
+    """
+    model.eval()
+    # Ultralytics runs this under torch.inference_mode(); no_grad() keeps the same allocations (no
+    # saved activations, no grads) and lets the tracer keep target-derived tensors real: under
+    # inference_mode, conversions of real tensors dispatch as fake ones.
+    with torch.no_grad():
+        with tracer.phase("val_preprocess"):
+            tracer.track_existing(data.values(), "input")
+            image = data.pop("img")
+            if loop.scale_in_place:
+                data["img"] = image.half() if half_inputs else image.float()  # (B, C, H, W)
+                data["img"] /= 255
+            else:
+                data["img"] = (image.half() if half_inputs else image.float()) / 255  # (B, C, H, W)
+            del image
+        with autocast():
+            with tracer.phase("val_forward"), _head_makes_real_factories(model, tracer):
+                preds = model(data["img"])
+            if previous_outputs is not None:
+                previous_outputs.clear()
+            if loss_fn is not None:
+                tracer.oracle.positives = 10 * int(data["cls"].shape[0]) if "cls" in data else 0
+                # "loss": the tracer keeps small target tensors real in this phase only; the epoch
+                # composer renames the validation pass's phases to val_* (VAL_PHASES)
+                with tracer.phase("loss"):
+                    loss_fn(data, preds)
+            with tracer.phase("val_nms"):
+                raw = preds[1] if loop.keeps_raw_outputs else None
+                preds = _real_predictions(preds, tracer, nc, NMS_CANDIDATES_PER_IMAGE, anchor_rows=loop.anchor_rows)
+                with _cuda_nms_allocations(tracer), quiet_ultralytics():
+                    if loop.nms is not None:
+                        outputs = loop.nms(preds)
+                    else:
+                        from ultralytics.utils.nms import non_max_suppression
+
+                        kwargs = dict(conf_thres=VAL_CONF, iou_thres=VAL_IOU, multi_label=True, max_det=VAL_MAX_DET)
+                        kwargs.update(nms_kwargs or {})
+                        outputs = non_max_suppression(preds, **kwargs)
+            del preds, outputs, raw
+    del data
+
+
+def _real_predictions(preds, tracer: Tracer, nc: int, candidates: int, *, anchor_rows: bool = False) -> torch.Tensor:
+    """NMS decides by value (which scores pass ``conf``): give it real predictions that make
+    ``candidates`` (box, class) pairs pass in every image, in place of the fake ones (same shape,
+    same dtype, so the same allocation: the fake output is released first).
+
+    ``anchor_rows``: yolov5's (B, anchors, 5 + nc + nm) layout; every anchor's objectness passes
+    (0.5) and the first ``candidates`` (anchor, class) pairs score 0.5 x 0.5."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    fake = preds[0] if isinstance(preds, (list, tuple)) else preds  # (B, 4 + nc + extra, anchors)
+    shape, dtype = tuple(fake.shape), fake.dtype
+    del fake, preds  # the raw head outputs die here on the GPU too unless the caller keeps them
+    with _disable_current_modes():
+        real = torch.zeros(shape, dtype=dtype)
+        if anchor_rows:
+            real[..., 0:2] = 100.0  # box centres (pixels)
+            real[..., 2:4] = 20.0  # box sides
+            real[..., 4] = 0.5  # objectness
+            scores = real[..., 5 : 5 + nc]  # (B, anchors, nc)
+        else:
+            real[:, 0:2] = 100.0  # box centres (pixels)
+            real[:, 2:4] = 20.0  # box sides
+            scores = real[:, 4 : 4 + nc]  # (B, nc, anchors): the first `candidates` pairs pass
+        flat = scores.reshape(shape[0], -1)
+        flat[:, :candidates] = 0.5
+        scores.copy_(flat.view_as(scores))
+    tracer.track_existing([real], "activation")
+    return real
+
+
+@contextlib.contextmanager
+def _head_makes_real_factories(model: torch.nn.Module, tracer: Tracer) -> Iterator[None]:
+    """In eval mode the head builds the anchor grid (``make_anchors``: ``arange`` and friends) that the
+    loss and the assigner then use; it must be real, as it is when the loss builds it in training."""
+    layers = getattr(model, "model", None)
+    if not isinstance(layers, torch.nn.Sequential) or len(layers) == 0:
+        yield
+        return
+    stack = contextlib.ExitStack()
+
+    def enter_hook(*_args) -> None:  # a pre-hook that returns a value would replace the inputs
+        stack.enter_context(tracer.real_factories())
+
+    def leave_hook(*_args) -> None:
+        stack.close()
+
+    enter = layers[-1].register_forward_pre_hook(enter_hook)
+    leave = layers[-1].register_forward_hook(leave_hook, always_call=True)
+    try:
+        yield
+    finally:
+        enter.remove()
+        leave.remove()
+        stack.close()
+
+
+
+
+@contextlib.contextmanager
+def _cuda_nms_allocations(tracer: Tracer) -> Iterator[None]:
+    """Stand in for ``torchvision.ops.nms`` while tracing, with the allocations its CUDA kernel makes.
+
+    The kernel (torchvision ``csrc/ops/cuda/nms_kernel.cu``) sorts the scores, gathers the sorted
+    boxes, and fills an (n, ceil(n / 64)) int64 suppression mask: for n = 30000 candidates that is
+    112 MB, per image, freed before the next one. It has no fake implementation for its
+    data-dependent output, so this stand-in allocates the same tensors and keeps ``max_det`` indices.
+    The attribute is replaced for the duration only and restored on exit.
+    """
+    import torchvision
+
+    original = torchvision.ops.nms
+
+    def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+        n = int(boxes.shape[0])
+        _values, order = scores.sort(0, descending=True)  # (n,), (n,) int64
+        boxes_sorted = boxes.index_select(0, order)  # (n, 4)
+        mask = torch.empty((n, -(-n // NMS_BLOCK)), dtype=torch.int64, device=boxes.device)  # (n, n/64)
+        removed = torch.zeros((n,), dtype=torch.bool, device=boxes.device)
+        kept = order[: min(n, VAL_MAX_DET)].clone()
+        del _values, boxes_sorted, mask, removed
+        return kept
+
+    torchvision.ops.nms = nms
+    try:
+        yield
+    finally:
+        torchvision.ops.nms = original

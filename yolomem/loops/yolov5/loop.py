@@ -1,0 +1,73 @@
+"""The yolov5 repo's train.py / val.py loop as a ``TrainingLoop`` (``framework=yolov5``)."""
+
+from __future__ import annotations
+
+from yolomem.config.models import ResolvedModel
+from yolomem.loops.base import TracedRun
+
+
+class Yolov5Loop:
+    name = "yolov5"
+    clears_cache_between_epochs = False  # train.py has no _clear_memory
+
+    def owns(self, spec: str) -> bool:
+        from yolomem.loops.yolov5.names import is_original_only
+
+        return is_original_only(str(spec))  # yolov4, yolov5s (anchor-based), .cfg files
+
+    def resolve(self, spec: str, requested: str) -> ResolvedModel:
+        from yolomem.loops.yolov5.names import resolve_original
+
+        return resolve_original(str(spec), requested)
+
+    def model_names(self) -> tuple[str, ...]:
+        from yolomem.loops.yolov5.names import original_names
+
+        return original_names()
+
+    def model_entries(self):
+        from yolomem.loops.yolov5.names import find_original
+        from yolomem.loops.yolov5.runner import count_params
+
+        for name in self.model_names():
+            original = find_original(name)
+            yield name, original.family, count_params(original), original.task
+
+    def stride(self, resolved: ResolvedModel, nc: int | None) -> int:
+        import torch
+
+        from yolomem.loops.yolov5.runner import build_original, original_of
+
+        with torch.device("meta"):
+            model = build_original(original_of(resolved), nc or resolved.nc)
+        return max(max(model.head.strides), 32)  # Yolov5Run.stride
+
+    def count_params(self, resolved: ResolvedModel, nc: int | None = None) -> int:
+        from yolomem.loops.yolov5.runner import count_params, original_of
+
+        return count_params(original_of(resolved), nc or resolved.nc)
+
+    def gflops(self, model: str, imgsz: int) -> tuple[float | None, str]:
+        from yolomem.loops.yolov5.names import find_original
+        from yolomem.loops.yolov5.runner import count_gflops
+
+        return count_gflops(find_original(model), imgsz), "counted"
+
+    def trace(self, config, resolved, *, fake: bool = True, oracle=None, after_iterations=None) -> TracedRun:
+        from yolomem.loops.yolov5.runner import trace_yolov5_run
+
+        return trace_yolov5_run(config, resolved, fake=fake, oracle=oracle, after_iterations=after_iterations)
+
+    def gpu_mem_unit(self) -> str:
+        return "GB"  # train.py prints torch.cuda.memory_reserved() / 1E9
+
+    def epochs_supported(self, task: str, world_size: int) -> bool:
+        return task == "detect" and world_size == 1
+
+    def val_batch_size(self, task: str, train_batch: int) -> int:
+        return 2 * train_batch  # train.py: val_loader at batch_size // WORLD_SIZE * 2
+
+    def trace_val_pass(self, run, shape, seed: int, nc: int, kpt_shape, channels: int) -> None:
+        from yolomem.loops.yolov5.val_pass import trace_validation
+
+        trace_validation(run, shape, seed, channels)

@@ -1,0 +1,108 @@
+"""Which model names mean an original anchor-based design, and where its config lives.
+
+Original designs (trained by the yolov5 repo's loop, ``framework=yolov5``):
+``yolov3-tiny``, ``yolov3``, ``yolov4-tiny``, ``yolov4`` (darknet cfgs), ``yolov5n/s/m/l/x`` and
+``yolov5n/s/m/l/x-seg`` (v7.0 YAMLs), and any darknet ``.cfg`` file.
+
+Ultralytics' names stay Ultralytics': ``yolov5su.yaml`` is the anchor-free YOLOv5u, and
+``yolov3.yaml``/``yolov3-tiny.yaml`` are YOLOv3u unless ``framework=yolov5`` is asked for. Names that
+only exist as original designs (``yolov4``, ``yolov4-tiny``, ``yolov5s``, a ``.cfg``) select
+``framework=yolov5`` by themselves, with a note.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from yolomem.errors import UserError, unknown
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+_DARKNET = ("yolov3-tiny", "yolov3", "yolov4-tiny", "yolov4")
+_V5 = re.compile(r"^yolov5([nsmlx])(-seg)?$")
+FAMILY = {"yolov3-tiny": "YOLOv3", "yolov3": "YOLOv3", "yolov4-tiny": "YOLOv4", "yolov4": "YOLOv4"}
+
+
+@dataclass(frozen=True)
+class OriginalModel:
+    """An original design: a darknet cfg, or a yolov5 YAML with a scale."""
+
+    name: str  # e.g. "yolov5s", "yolov4", "my-net" (a user's cfg)
+    kind: str  # "darknet" | "yolov5-yaml"
+    path: str  # the cfg/YAML file
+    scale: str | None = None
+    task: str = "detect"
+
+    @property
+    def family(self) -> str:
+        return FAMILY.get(self.name, "YOLOv5" if self.name.startswith("yolov5") else "darknet cfg")
+
+
+def original_names() -> tuple[str, ...]:
+    v5 = [f"yolov5{s}{t}" for t in ("", "-seg") for s in "nsmlx"]
+    return (*_DARKNET, *v5)
+
+
+def _strip(spec: str) -> str:
+    name = Path(spec).name
+    for suffix in (".yaml", ".yml", ".cfg", ".pt"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_original_only(spec: str) -> bool:
+    """True for names Ultralytics does not build as such: yolov4*, yolov5n..x(-seg), .cfg files."""
+    spec = str(spec).strip()
+    if spec.endswith(".cfg"):
+        return True
+    if Path(spec).parent != Path(".") or Path(spec).is_file():
+        return False  # a user's own file: its suffix decides
+    name = _strip(spec)
+    return name.startswith("yolov4") and name in _DARKNET or bool(_V5.match(name))
+
+
+def find_original(spec: str) -> OriginalModel:
+    """Resolve a name or a local file to an original design, or raise ``UserError``."""
+    spec = str(spec).strip()
+    path = Path(spec).expanduser()
+    if path.suffix == ".cfg":
+        if path.is_file():
+            return OriginalModel(path.stem, "darknet", str(path))
+        if _strip(spec) in _DARKNET and len(path.parts) == 1:
+            return OriginalModel(_strip(spec), "darknet", str(CONFIGS / "darknet" / path.name))
+        raise UserError(f"darknet cfg {spec!r} does not exist")
+    if path.suffix in {".yaml", ".yml"} and path.is_file():
+        return OriginalModel(path.stem, "yolov5-yaml", str(path), task=_yaml_task(path))
+    name = _strip(spec)
+    if name in _DARKNET:
+        return OriginalModel(name, "darknet", str(CONFIGS / "darknet" / f"{name}.cfg"))
+    match = _V5.match(name)
+    if match:
+        seg = bool(match.group(2))
+        file = CONFIGS / "yolov5" / ("yolov5-seg.yaml" if seg else "yolov5.yaml")
+        return OriginalModel(name, "yolov5-yaml", str(file), match.group(1), "segment" if seg else "detect")
+    raise unknown("model for framework=yolov5", spec, original_names())
+
+
+def _yaml_task(path: Path) -> str:
+    return "segment" if "Segment" in path.read_text() else "detect"
+
+
+def resolve_original(spec: str, framework: str = "ultralytics"):
+    """``ResolvedModel`` for an original design (``yolomem.config.models.resolve_model`` calls this for
+    ``framework=yolov5`` and for original-only names)."""
+    from dataclasses import asdict
+
+    from yolomem.config.models import ResolvedModel
+
+    original = find_original(spec)
+    note = ""
+    if framework != "yolov5":
+        note = f"{spec} is an original anchor-based design, trained with the yolov5 repo's loop (framework=yolov5)"
+        if original.name.startswith("yolov5"):
+            seg = "-seg" if original.task == "segment" else ""
+            note += f"; Ultralytics' anchor-free YOLOv5u is yolov5{original.scale}u{seg}.yaml"
+    return ResolvedModel(original.name, original.kind, original.task, {"original": asdict(original)}, None, note,
+                         framework="yolov5")  # fmt: skip

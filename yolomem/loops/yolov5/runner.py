@@ -1,0 +1,131 @@
+"""Trace a training run of an original design with the yolov5 repo's loop (``framework=yolov5``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from yolomem.loops.batches import SyntheticBatch
+from yolomem.config.settings import EstimateConfig
+from yolomem.errors import UserError
+from yolomem.config.models import ResolvedModel
+from yolomem.loops.base import TracedRun, rank_batch, round_imgsz, tracing
+from yolomem.trace.tracer import module_scopes
+from yolomem.loops.yolov5.modules import LayerModel, build_yolov5, initialize_weights
+from yolomem.loops.yolov5.names import OriginalModel
+from yolomem.loops.yolov5.step import OPTIMIZERS, Yolov5Run, Yolov5Settings
+
+_OPTIMIZER_NAMES = {"auto": "SGD", "SGD": "SGD", "Adam": "Adam", "AdamW": "AdamW", "RMSprop": "RMSProp"}
+
+
+def original_of(resolved: ResolvedModel) -> OriginalModel:
+    return OriginalModel(**resolved.cfg["original"])
+
+
+def build_original(original: OriginalModel, nc: int | None = None) -> LayerModel:
+    """The PyTorch model of an original design (no weights)."""
+    if original.kind == "darknet":
+        from yolomem.loops.yolov5.darknet import build_darknet, load_cfg
+
+        model = build_darknet(load_cfg(original.path), nc)
+    else:
+        import yaml
+
+        with open(original.path) as handle:
+            cfg = yaml.safe_load(handle)
+        model = build_yolov5(cfg, nc, original.scale)
+        model.name = original.name
+    initialize_weights(model)
+    return model
+
+
+def darknet_notes(original: OriginalModel, config: EstimateConfig) -> list[str]:
+    """What the cfg's [net] asks for, next to what is estimated."""
+    if original.kind != "darknet":
+        return []
+    from yolomem.loops.yolov5.darknet import load_cfg
+
+    cfg = load_cfg(original.path)
+    note = (f"{original.name}.cfg net section: {cfg.width}x{cfg.height}, batch={cfg.batch} subdivisions={cfg.subdivisions} "
+            f"(darknet mini-batch {cfg.mini_batch}); estimated at batch={config.batch} imgsz={config.imgsz} "
+            f"with the yolov5 loop")  # fmt: skip
+    return [note] if (cfg.mini_batch, cfg.width) != (config.batch, config.imgsz) else []
+
+
+def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: bool = True, oracle=None,
+                     after_iterations: Callable[[Yolov5Run], None] | None = None):
+    """Build the original design under the tracer and trace ``config.iterations`` iterations.
+
+    ``after_iterations(run)`` gets the ``Yolov5Run`` (model, loss, EMA) to trace more with the same
+    tracer, e.g. the validation pass."""
+    original = original_of(resolved)
+    if config.optimizer not in _OPTIMIZER_NAMES:
+        raise UserError(f"optimizer={config.optimizer} is not one of the yolov5 loop's {list(OPTIMIZERS)} (or auto = SGD)")
+    optimizer = _OPTIMIZER_NAMES[config.optimizer]
+    notes = []
+    if after_iterations is None:  # with it, yolomem.result.epochs traces val.py too
+        notes.append("validation (val.py at 2x batch, half precision) runs after each epoch; not part of these training iterations")
+    notes += darknet_notes(original, config)
+    if config.optimizer == "auto":
+        notes.append("optimizer=auto: the yolov5 loop's default, SGD (momentum 0.937, nesterov)")
+    # with epochs simulated, data= gives the objects per image (yolomem.result.epochs)
+    data = config.data if after_iterations is None else None
+    for key, value in (("data", data), ("checkpoint", config.checkpoint), ("multi_scale", config.multi_scale),
+                       ("world_size", config.world_size > 1 and config.world_size)):
+        if value:
+            notes.append(f"{key}={value}: not modelled for framework=yolov5; ignored")
+    per_rank = rank_batch(config)  # train.py: batch_size // WORLD_SIZE
+    if config.world_size > 1:
+        notes.append(f"world_size={config.world_size}: per-rank batch {per_rank}")
+    nc = config.nc or resolved.nc
+    with tracing(config, fake=fake, oracle=oracle) as (tracer, policy):
+        model = build_original(original, nc)
+        stride = max(max(model.head.strides), 32)  # Yolov5Run.stride
+        imgsz = round_imgsz(config.imgsz, stride)
+        if imgsz != config.imgsz:
+            notes.append(f"imgsz={config.imgsz} is not a multiple of stride {stride}; rounded up to {imgsz} as train.py does")
+        settings = Yolov5Settings(per_rank, imgsz, config.amp, optimizer, config.nbs, config.freeze, config.step)
+        run = Yolov5Run(model, settings, tracer, policy)
+        params = sum(p.numel() for p in model.parameters())
+        tracer.forget()  # built on the host; the GPU sees the finished tensors
+        for category, tensors in run.persistent_tensors().items():
+            tracer.track_existing(tensors, category)
+        del tensors  # the loop variable would keep the EMA's fp32 tensors alive through val.py's model.half()
+        with module_scopes(model, tracer):
+            for iteration in range(config.iterations):
+                batch = SyntheticBatch.draw(original.task, per_rank, imgsz, config.instances,
+                                            seed=config.seed + iteration, nc=model.nc)  # fmt: skip
+                run.train_iteration(iteration, batch)
+            if after_iterations is not None:
+                after_iterations(run)
+        trace = tracer.result()
+        tracer.detach_finalizers()
+    failures = tuple(sorted(policy.probe_failures)) if policy else ()
+    return TracedRun(trace, params, imgsz, optimizer if config.step == "train" else "none", tuple(notes), failures)
+
+
+def count_params(original: OriginalModel, nc: int | None = None) -> int:
+    """Parameters of the design, built on the meta device (no memory, no compute)."""
+    with torch.device("meta"):
+        model = build_original(original, nc)
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_gflops(original: OriginalModel, imgsz: int) -> float:
+    """GFLOPs of one ``imgsz`` image (2 x multiply-adds of every convolution), on the meta device."""
+    total = 0
+
+    def hook(module, _inputs, output):
+        nonlocal total
+        k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+        total += 2 * k * output.numel()
+
+    with torch.device("meta"):
+        model = build_original(original)
+        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        model.train()
+        model(torch.empty(1, 3, imgsz, imgsz))
+    for handle in handles:
+        handle.remove()
+    return total / 1e9

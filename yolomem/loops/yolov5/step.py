@@ -1,0 +1,182 @@
+"""One training iteration of the yolov5 repo's ``train.py`` (v7.0; ultralytics/yolov3 v9.x is the same
+loop), run under a ``Tracer``.
+
+Per iteration: ``imgs.to(device).float() / 255``; forward and ``compute_loss`` inside
+``torch.cuda.amp.autocast(amp)``; ``scaler.scale(loss).backward()``; every ``accumulate`` iterations
+``scaler.unscale_``, ``clip_grad_norm_(max_norm=10)``, ``scaler.step``, ``scaler.update``,
+``optimizer.zero_grad()`` and the EMA update. ``accumulate`` ramps from 1 to ``nbs / batch`` over the
+warm-up (at least 100 iterations), as train.py does with ``np.interp``.
+
+The optimizer is ``smart_optimizer``'s: three parameter groups (biases; weights with decay; BN weights
+without), SGD with ``momentum=0.937, nesterov=True`` by default, Adam/AdamW (betas from the momentum)
+when asked. On a GPU torch picks the foreach kernels for them; we pick the same on the trace's fake
+CPU tensors. The grad scaler is enabled for fp16 as on a GPU (``GradScaler('cuda')`` would disable
+itself here).
+
+Not here: the validation pass at twice the batch in half precision (val.py), which runs at the end of
+each epoch: ``yolomem.loops.yolov5.val_pass``, driven by ``yolomem.result.epochs``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from yolomem.trace.autocast import CudaAutocastPolicy
+from yolomem.loops.batches import SyntheticBatch
+from yolomem.trace.tracer import Tracer
+from yolomem.loops.ultralytics.step import _CloneOnDeepcopy, autocast_region, persistent_tensors
+from yolomem.loops.yolov5.loss import AnchorLoss, LossHyp
+from yolomem.loops.yolov5.modules import LayerModel
+
+_AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+LR0, MOMENTUM, WEIGHT_DECAY = 0.01, 0.937, 0.0005  # hyp.scratch-low.yaml
+WARMUP_EPOCHS, WARMUP_MIN_ITERATIONS = 3.0, 100  # train.py: nw = max(round(warmup_epochs * nb), 100)
+CLIP_MAX_NORM = 10.0
+EMA_DECAY, EMA_TAU = 0.9999, 2000  # utils/torch_utils.ModelEMA
+OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSProp")
+
+
+@dataclass(frozen=True)
+class Yolov5Settings:
+    batch: int
+    imgsz: int
+    precision: str  # "fp32" | "fp16" | "bf16"
+    optimizer: str  # "SGD" | "Adam" | "AdamW" | "RMSProp"
+    nbs: int = 64
+    freeze: tuple[int, ...] = ()
+    step: str = "train"  # "train" | "fwd_bwd"
+
+
+def accumulate_at(iteration: int, batch: int, nbs: int) -> int:
+    """train.py's warm-up: ``max(1, np.interp(ni, [0, nw], [1, nbs / batch]).round())``."""
+    nw = WARMUP_MIN_ITERATIONS
+    if iteration <= nw:
+        return int(max(1, np.interp(iteration, [0, nw], [1, nbs / batch]).round()))
+    return max(round(nbs / batch), 1)
+
+
+def smart_optimizer(model: nn.Module, name: str, lr: float, momentum: float, decay: float):
+    """Three groups: g[2] biases (no decay), g[0] weights (decay), g[1] BN weights (no decay)."""
+    g = [], [], []
+    bn = tuple(v for k, v in nn.__dict__.items() if "Norm" in k)
+    for module in model.modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            if p_name == "bias":
+                g[2].append(p)
+            elif p_name == "weight" and isinstance(module, bn):
+                g[1].append(p)
+            else:
+                g[0].append(p)
+    if name == "Adam":
+        optimizer = torch.optim.Adam(g[2], lr=lr, betas=(momentum, 0.999), foreach=True)
+    elif name == "AdamW":
+        optimizer = torch.optim.AdamW(g[2], lr=lr, betas=(momentum, 0.999), weight_decay=0.0, foreach=True)
+    elif name == "RMSProp":
+        optimizer = torch.optim.RMSprop(g[2], lr=lr, momentum=momentum, foreach=True)
+    else:
+        optimizer = torch.optim.SGD(g[2], lr=lr, momentum=momentum, nesterov=True, foreach=True)
+    optimizer.add_param_group({"params": g[0], "weight_decay": decay})
+    optimizer.add_param_group({"params": g[1], "weight_decay": 0.0})
+    return optimizer
+
+
+class ModelEMA:
+    """yolov5's EMA: a deep copy in eval mode; each update ``v *= d; v += (1 - d) * msd[k].detach()``
+    over the floating-point state dict entries (one temporary per tensor, freed right away)."""
+
+    def __init__(self, model: nn.Module):
+        self.ema = copy.deepcopy(model).eval()
+        self.updates = 0
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+
+    def decay(self) -> float:
+        return EMA_DECAY * (1 - np.exp(-self.updates / EMA_TAU))
+
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay()
+        msd = model.state_dict()
+        with torch.no_grad():
+            for k, v in self.ema.state_dict().items():
+                if v.dtype.is_floating_point:
+                    v *= d
+                    v += (1 - d) * msd[k].detach()
+
+
+def freeze_layers(model: LayerModel, freeze: tuple[int, ...]) -> None:
+    """train.py: ``freeze = [f'model.{x}.' for x in freeze]``; matching parameters get no gradient."""
+    names = [f"model.{x}." for x in freeze]
+    for key, value in model.named_parameters():
+        value.requires_grad = not any(x in key for x in names)
+
+
+class Yolov5Run:
+    """A model with its optimizer, scaler, EMA and loss, set up as train.py does before epoch 0."""
+
+    def __init__(self, model: LayerModel, settings: Yolov5Settings, tracer: Tracer, policy: CudaAutocastPolicy | None):
+        self.model, self.settings, self.tracer, self.policy = model, settings, tracer, policy
+        self.stride = max(max(model.head.strides), 32)  # train.py: gs = max(int(model.stride.max()), 32)
+        freeze_layers(model, settings.freeze)
+        self.amp_dtype = _AMP_DTYPES.get(settings.precision)
+        self.scaler = torch.amp.GradScaler("cpu", enabled=settings.precision == "fp16")  # GPU: enabled=amp
+        head = model.head
+        self.loss = AnchorLoss(head, LossHyp().scaled(head.nl, head.nc, settings.imgsz))
+        if settings.step == "train":
+            accumulate = max(round(settings.nbs / settings.batch), 1)
+            decay = WEIGHT_DECAY * settings.batch * accumulate / settings.nbs
+            self.optimizer = smart_optimizer(model, settings.optimizer, LR0, MOMENTUM, decay)
+            with _CloneOnDeepcopy():  # the deep copy is a clone through the tracer, as on a GPU
+                self.ema = ModelEMA(model)
+        else:
+            self.optimizer = self.ema = None
+        self._last_opt_step = -1
+
+    def persistent_tensors(self) -> dict[str, list[torch.Tensor]]:
+        return persistent_tensors(self.model, self.ema, extra=(self.loss.anchors,))
+
+    def _autocast(self):
+        return autocast_region(self.policy, self.amp_dtype)
+
+    def train_iteration(self, iteration: int, batch: SyntheticBatch) -> None:
+        tracer = self.tracer
+        tracer.start_iteration(iteration)
+        self.model.train()
+        if iteration == 0 and self.optimizer is not None:
+            self.optimizer.zero_grad()  # train.py zeroes once before the epoch's loop
+        with tracer.phase("preprocess"):
+            data = batch.as_dict()
+            tracer.track_existing(data.values(), "input")
+            imgs = data["img"].float() / 255  # (B, 3, H, W) uint8 -> float32 on the GPU
+            targets = torch.cat((data["batch_idx"][:, None], data["cls"], data["bboxes"]), 1)  # (nt, 6)
+            masks = data["masks"].float() if "masks" in data else None
+        with self._autocast():
+            with tracer.phase("forward"):
+                pred = self.model(imgs)
+            del imgs
+            with tracer.phase("loss"):
+                loss, _items = self.loss(pred, targets, masks)
+            del pred
+        with tracer.phase("backward"):
+            self.scaler.scale(loss).backward()
+        del loss, _items, data, masks
+        tracer.label([p.grad for p in self.model.parameters() if p.grad is not None], "gradient")
+        if self.optimizer is None:
+            return
+        if iteration - self._last_opt_step >= accumulate_at(iteration, self.settings.batch, self.settings.nbs):
+            with tracer.phase("optimizer"):
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=CLIP_MAX_NORM)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad()
+            with tracer.phase("ema"):
+                self.ema.update(self.model)
+            self._last_opt_step = iteration
+            states = [t for s in self.optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+            tracer.label(states, "optimizer_state")

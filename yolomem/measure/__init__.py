@@ -1,0 +1,1 @@
+"""Measuring on a real GPU, and validation: comparing estimates with what was measured."""

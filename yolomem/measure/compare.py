@@ -1,0 +1,183 @@
+"""``validate()``: estimate every measured config of a results file and compare, figure by figure.
+
+Error is signed and relative to the measurement: ``(estimated - measured) / measured`` (positive:
+the estimate is too high). The summary per figure gives the median and the max of ``|error|`` and the
+median signed error (the bias). A record is compared only on the figures it measured
+(``MeasurementRecord.measured``) that the estimate also gives (``steady_reserved_bytes`` is None until
+validation is modelled; such figures are listed as not estimated, not counted as errors).
+
+Records that are skipped, with the reason shown: failed runs (status "oom"/"error"), runs where
+the trainer halved the batch after an OOM, configs the estimator rejects (e.g. ``framework=yolov5``
+before that lands), and unreadable lines of the file.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from yolomem.config.settings import EstimateConfig
+from yolomem.errors import UserError
+from yolomem.measure.log import SkippedLine, read_records
+from yolomem.measure.run import MeasurementRecord
+
+METRICS = ("peak_reserved_bytes", "peak_allocated_bytes", "steady_reserved_bytes", "context_bytes")
+_CONFIG_FIELDS = set(EstimateConfig.__dataclass_fields__) - {"notes"}
+
+EstimateFn = Callable[[EstimateConfig], object]  # returns an Estimate (or anything with the METRICS attributes)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    metric: str
+    measured_bytes: int
+    estimated_bytes: int | None  # None: the estimator does not give this figure yet
+    error: float | None  # (estimated - measured) / measured
+
+
+@dataclass(frozen=True)
+class ValidationRow:
+    line: int  # 1-based record index in the file's readable records
+    label: str  # "yolov8n b16 640 fp16 train"
+    source: str
+    reference: str | None
+    gpu: str | None
+    comparisons: tuple[Comparison, ...]
+    skipped: str | None = None  # why this record was not compared
+
+
+@dataclass(frozen=True)
+class ErrorSummary:
+    metric: str
+    count: int
+    median_abs_error: float
+    max_abs_error: float
+    median_error: float  # signed: the bias
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    path: str
+    rows: tuple[ValidationRow, ...]
+    summaries: tuple[ErrorSummary, ...]
+    unreadable: tuple[SkippedLine, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "path": self.path,
+            "rows": [
+                {
+                    "record": row.line, "label": row.label, "source": row.source, "reference": row.reference,
+                    "gpu": row.gpu, "skipped": row.skipped,
+                    "comparisons": [
+                        {"metric": c.metric, "measured_bytes": c.measured_bytes,
+                         "estimated_bytes": c.estimated_bytes, "error": c.error}
+                        for c in row.comparisons
+                    ],
+                }
+                for row in self.rows
+            ],
+            "summary": [
+                {"metric": s.metric, "count": s.count, "median_abs_error": s.median_abs_error,
+                 "max_abs_error": s.max_abs_error, "median_error": s.median_error}
+                for s in self.summaries
+            ],
+            "unreadable_lines": [{"line": s.line_number, "reason": s.reason} for s in self.unreadable],
+        }  # fmt: skip
+
+
+def relative_error(estimated: float, measured: float) -> float:
+    """``(estimated - measured) / measured``; a measurement of 0 cannot anchor a relative error."""
+    if measured <= 0:
+        raise ValueError(f"measured value {measured} must be positive")
+    return (estimated - measured) / measured
+
+
+def summarize(metric: str, errors: Iterable[float]) -> ErrorSummary | None:
+    errors = list(errors)
+    if not errors:
+        return None
+    absolute = [abs(e) for e in errors]
+    return ErrorSummary(metric, len(errors), statistics.median(absolute), max(absolute), statistics.median(errors))
+
+
+def config_of(record: MeasurementRecord) -> EstimateConfig:
+    """The record's config as the estimator takes it (unknown keys are a UserError, with a hint)."""
+    values = {k: v for k, v in record.config.items() if k in _CONFIG_FIELDS and v is not None}
+    if "freeze" in values:
+        values["freeze"] = tuple(values["freeze"])
+    extra = set(record.config) - _CONFIG_FIELDS - {"task"}
+    if extra:
+        raise UserError(f"config keys {sorted(extra)} are not estimator settings")
+    return EstimateConfig.from_mapping(values)
+
+
+def label_of(config: dict) -> str:
+    step = config.get("step", "train")
+    return f"{config.get('model')} b{config.get('batch')} {config.get('imgsz')} {config.get('amp')} {step}" + (
+        f" ws{config['world_size']}" if config.get("world_size", 1) != 1 else ""
+    ) + (f" {config['alloc_conf']}" if config.get("alloc_conf") else "")
+
+
+def validate_records(records: Iterable[dict], estimate_fn: EstimateFn | None = None, path: str = "",
+                     unreadable: tuple[SkippedLine, ...] = ()) -> ValidationReport:
+    if estimate_fn is None:
+        from yolomem.result.estimate import estimate_config
+
+        estimate_fn = estimate_config
+    cache: dict[EstimateConfig, object] = {}
+    rows: list[ValidationRow] = []
+    for index, raw in enumerate(records, start=1):
+        rows.append(_compare(index, raw, estimate_fn, cache))
+    errors: dict[str, list[float]] = {m: [] for m in METRICS}
+    for row in rows:
+        for comparison in row.comparisons:
+            if comparison.error is not None:
+                errors[comparison.metric].append(comparison.error)
+    summaries = tuple(s for m in METRICS if (s := summarize(m, errors[m])) is not None)
+    return ValidationReport(path, tuple(rows), summaries, unreadable)
+
+
+def validate(path: Path | str, estimate_fn: EstimateFn | None = None) -> ValidationReport:
+    """Compare every record of a results file (JSONL) with a fresh estimate of its config."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"results file {str(path)!r} does not exist")
+    contents = read_records(path)
+    return validate_records(contents.records, estimate_fn, str(path), contents.skipped)
+
+
+def _compare(index: int, raw: dict, estimate_fn: EstimateFn, cache: dict) -> ValidationRow:
+    try:
+        record = MeasurementRecord.from_json(raw)
+    except (ValueError, KeyError, TypeError) as error:
+        return ValidationRow(index, "?", str(raw.get("source")), None, None, (), f"unreadable record: {error}")
+    base = dict(line=index, label=label_of(record.config), source=record.source, reference=record.reference,
+                gpu=record.environment.gpu_name)  # fmt: skip
+    if record.status != "ok":
+        return ValidationRow(**base, comparisons=(), skipped=f"run {record.status}: {record.error}")
+    if any("halved the batch" in note for note in record.notes):
+        return ValidationRow(**base, comparisons=(), skipped="the trainer halved the batch after an OOM")
+    if not record.measured:
+        return ValidationRow(**base, comparisons=(), skipped="no measured figures")
+    try:
+        config = config_of(record)
+        if config not in cache:
+            cache[config] = estimate_fn(config)
+        estimate = cache[config]
+    except UserError as error:
+        return ValidationRow(**base, comparisons=(), skipped=f"cannot estimate: {error}")
+    comparisons = []
+    for metric in METRICS:
+        if metric not in record.measured:
+            continue
+        measured = record.measured[metric]
+        estimated = getattr(estimate, metric, None)
+        error = relative_error(estimated, measured) if (estimated is not None and measured > 0) else None
+        comparisons.append(Comparison(metric, measured, estimated, error))
+    return ValidationRow(**base, comparisons=tuple(comparisons))
+
+
+__all__ = ["Comparison", "ErrorSummary", "ValidationReport", "ValidationRow", "relative_error", "validate"]

@@ -1,0 +1,1 @@
+"""What an estimate returns: the ``Estimate``, the whole-epoch simulation, host memory, the timeline."""

@@ -1,0 +1,484 @@
+"""Whole epochs: training batches of varying density, validation after each epoch, then training again.
+
+Why: the caching allocator keeps the largest blocks anyone asked for, so ``GPU_mem`` in epoch 2 and
+later carries what validation (2x batch, rect shapes, NMS) and the densest training batch left.
+
+How (tracing is the expensive part, so each distinct piece is traced once):
+1. Plan: draw the epoch's batches (objects per image from the dataset's label files, or Poisson with
+   mean ``instances``, ``yolomem.loops.batches``) for several seeds. A batch is characterised by its
+   densest image (the assigner's ``n_max_boxes``); the levels traced are the median, the 90th
+   percentile and the maximum of that over all draws. With a dataset the densest image of the
+   dataset lies in some batch of every epoch, so the maximum is the dataset's maximum.
+2. Trace, with the model, optimizer and EMA of ``runner.trace_run``: one training iteration per
+   level, and one validation batch per distinct val shape (``yolomem.loops.val_pass``; for the
+   yolov5 repo's loop ``yolomem.loops.yolov5.val_pass``: val.py's fp16 EMA, its NMS).
+3. Compose: each traced iteration is a template. A storage a template allocates and does not free is
+   freed at its end, and its frees of older storages are dropped, so templates are self-contained
+   and can be concatenated (storage ids renumbered per copy). The model, optimizer state and EMA
+   (allocated before and in the first iteration) stay alive throughout.
+4. Replay through ``CachingAllocator``: epoch 1 (first iteration, then ``SIM_ITERATIONS`` training
+   batches in order, the densest among them), ``_clear_memory(0.5)``, validation, ``_clear_memory``,
+   epoch 2, validation, epoch 3 (the yolov5 repo's train.py has no ``_clear_memory``). Repeated for
+   each seed: the figures are a median and a high percentile.
+
+Assumptions (also returned in ``EpochSimulation.assumptions``):
+- An epoch is shortened to ``SIM_ITERATIONS`` training batches, sampled in order and always with the
+  densest one: the allocator reaches its steady state within a few repeats of each pattern.
+- Every simulated iteration steps the optimizer (as in warmup). With ``accumulate > 1`` gradients
+  also stay alive during the forward of non-stepping iterations: not modelled.
+- ``_clear_memory(0.5)`` empties the cache only when reserved memory exceeds half the card; without
+  ``gpu=`` the card is unknown and the cache is assumed kept (the higher, cautious figure).
+- Consecutive validation batches of one shape are replayed at most ``MAX_REPEATS`` times.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from yolomem.allocator.caching import CachingAllocator, SimulatedOOM, parse_alloc_conf
+from yolomem.trace.tracer import AllocationEvent, Trace
+from yolomem.loops.val_pass import ValBatchShape
+
+SIM_ITERATIONS = 12  # training batches replayed per simulated epoch
+SIM_EPOCHS = 3  # epoch 1, then 2 and 3 (both "steady")
+DEFAULT_SEEDS = 5
+HIGH_PERCENTILE = 90
+MAX_REPEATS = 2
+MAX_VAL_SHAPES = 3  # distinct validation shapes traced; other batches use the next larger traced one
+VAL_PAD = 0.5  # build_yolo_dataset: pad = 0.0 if mode == "train" else 0.5
+CLEAR_THRESHOLD = 0.5  # BaseTrainer._clear_memory(0.5) before validation and after each epoch
+NO_DATA_VAL_BATCHES = 10  # val batches drawn to pick the densest when there is no dataset
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A figure over seeded simulations (bytes)."""
+
+    median: int
+    high: int  # the HIGH_PERCENTILE-th percentile
+    samples: tuple[int, ...]
+
+    @staticmethod
+    def of(values: Sequence[int]) -> Distribution:
+        array = np.asarray(values, dtype=np.float64)
+        return Distribution(int(np.median(array)), int(np.percentile(array, HIGH_PERCENTILE)), tuple(int(v) for v in values))
+
+    def to_json(self) -> dict:
+        return {"median": self.median, f"p{HIGH_PERCENTILE}": self.high, "samples": list(self.samples)}
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What to trace and in which order to replay it, before any tracing."""
+
+    levels: tuple[int, ...]  # densest image of a training batch, one traced iteration per level
+    level_counts: tuple[tuple[int, ...], ...]  # a real batch (objects per image) for each level
+    sequences: tuple[tuple[tuple[int, ...], ...], ...]  # per seed, per epoch: level index of each batch
+    val_shapes: tuple[ValBatchShape, ...]  # traced validation batches
+    val_sequence: tuple[int, ...]  # traced shape index for each validation batch, in order
+    batches_per_epoch: int | None  # real training batches per epoch (None without a dataset)
+    seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EpochSimulation:
+    epoch1_reserved: Distribution  # GPU_mem at the end of epoch 1's training
+    steady_reserved: Distribution  # GPU_mem during epochs 2+ (largest printed value)
+    peak_reserved: Distribution  # torch.cuda.max_memory_reserved() over the whole run
+    peak_allocated: Distribution
+    peak_phase: str  # the phase whose allocation first reached the peak reserved (median seed)
+    plan: EpochPlan
+    emptied_cache: bool  # whether any simulated _clear_memory(0.5) emptied the cache
+    oom: str | None
+    assumptions: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "epoch1_reserved_bytes": self.epoch1_reserved.to_json(),
+            "steady_reserved_bytes": self.steady_reserved.to_json(),
+            "peak_reserved_bytes": self.peak_reserved.to_json(),
+            "peak_allocated_bytes": self.peak_allocated.to_json(),
+            "peak_phase": self.peak_phase,
+            "levels": list(self.plan.levels),
+            "val_shapes": [[s.batch, s.height, s.width] for s in self.plan.val_shapes],
+            "val_batches": len(self.plan.val_sequence),
+            "batches_per_epoch": self.plan.batches_per_epoch,
+            "simulated_batches_per_epoch": SIM_ITERATIONS,
+            "seeds": list(self.plan.seeds),
+            "emptied_cache": self.emptied_cache,
+            "oom": self.oom,
+            "assumptions": list(self.assumptions),
+        }
+
+
+# -- planning -------------------------------------------------------------------------------------
+def rect_val_shapes(sizes: Sequence[tuple[int, int]], batch: int, imgsz: int, stride: int) -> list[tuple[int, int]]:
+    """BaseDataset.set_rectangle: images sorted by aspect ratio, one (h, w) per batch of ``batch``."""
+    ar = np.array([h / w for h, w in sizes], dtype=np.float64)
+    ar.sort()
+    shapes = []
+    for start in range(0, len(ar), batch):
+        chunk = ar[start : start + batch]
+        mini, maxi = chunk.min(), chunk.max()
+        shape = [1.0, 1.0]
+        if maxi < 1:
+            shape = [maxi, 1.0]
+        elif mini > 1:
+            shape = [1.0, 1 / mini]
+        h, w = (int(np.ceil(x * imgsz / stride + VAL_PAD)) * stride for x in shape)
+        shapes.append((h, w))
+    return shapes
+
+
+def _val_batches(val_sizes, val_counts, val_batch: int, imgsz: int, stride: int):
+    """(shape, counts) of each validation batch in loader order."""
+    order = np.argsort(np.array([h / w for h, w in val_sizes]), kind="stable")
+    shapes = rect_val_shapes(val_sizes, val_batch, imgsz, stride)
+    counts = [val_counts[i] for i in order]
+    return [(shape, tuple(counts[i * val_batch : (i + 1) * val_batch])) for i, shape in enumerate(shapes)]
+
+
+def plan_epochs(
+    *, batch: int, val_batch: int, imgsz: int, stride: int, seeds: Sequence[int],
+    train_counts: Sequence[int] | None = None, instances: float = 8.0,
+    val_sizes: Sequence[tuple[int, int]] | None = None, val_counts: Sequence[int] | None = None,
+) -> EpochPlan:  # fmt: skip
+    """Draw the batches of every simulated epoch and pick what to trace (see the module docstring)."""
+    epoch_batches: list[list[list[tuple[int, ...]]]] = []  # seed -> epoch -> batches (counts)
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        per_seed = []
+        for _epoch in range(SIM_EPOCHS):
+            if train_counts is not None:
+                order = rng.permutation(len(train_counts))
+                counts = np.asarray(train_counts)[order]
+                batches = [tuple(int(c) for c in counts[i : i + batch]) for i in range(0, len(counts), batch)]
+                per_seed.append(_sample_in_order(batches, rng))
+            else:
+                per_seed.append([tuple(int(c) for c in rng.poisson(instances, batch)) for _ in range(SIM_ITERATIONS)])
+        epoch_batches.append(per_seed)
+    maxima = np.array([max(b, default=0) for s in epoch_batches for e in s for b in e])
+    top = int(maxima.max()) if train_counts is None else int(max(train_counts, default=0))
+    levels = sorted({int(np.median(maxima)), int(np.percentile(maxima, 90)), top})
+    level_counts = []
+    for level in levels:
+        example = next((b for s in epoch_batches for e in s for b in e if max(b, default=0) == level), None)
+        level_counts.append(example if example is not None else tuple([level] + [0] * (batch - 1)))
+    sequences = tuple(
+        tuple(tuple(_level_of(max(b, default=0), levels) for b in epoch) for epoch in per_seed) for per_seed in epoch_batches
+    )
+    if val_sizes:
+        batches = _val_batches(val_sizes, list(val_counts or [0] * len(val_sizes)), val_batch, imgsz, stride)
+    else:  # no dataset: square images, letterboxed as set_rectangle does for aspect ratio 1
+        side = int(math.ceil(imgsz / stride + VAL_PAD)) * stride
+        rng = np.random.default_rng(seeds[0] if seeds else 0)
+        batches = [((side, side), tuple(int(c) for c in rng.poisson(instances, val_batch))) for _ in range(NO_DATA_VAL_BATCHES)]
+    val_shapes, val_sequence = _pick_val_shapes(batches, val_batch)
+    return EpochPlan(
+        levels=tuple(levels), level_counts=tuple(level_counts), sequences=sequences,
+        val_shapes=val_shapes, val_sequence=val_sequence,
+        batches_per_epoch=math.ceil(len(train_counts) / batch) if train_counts is not None else None,
+        seeds=tuple(seeds),
+    )  # fmt: skip
+
+
+def _sample_in_order(batches: list[tuple[int, ...]], rng) -> list[tuple[int, ...]]:
+    """SIM_ITERATIONS of the epoch's batches, in order, always including the densest."""
+    if len(batches) <= SIM_ITERATIONS:
+        return batches
+    densest = int(np.argmax([max(b, default=0) for b in batches]))
+    others = [i for i in range(len(batches)) if i != densest]
+    picked = sorted([densest, *rng.choice(others, SIM_ITERATIONS - 1, replace=False).tolist()])
+    return [batches[i] for i in picked]
+
+
+def _level_of(value: int, levels: Sequence[int]) -> int:
+    """The smallest traced level that covers ``value`` (the largest one otherwise)."""
+    for index, level in enumerate(levels):
+        if value <= level:
+            return index
+    return len(levels) - 1
+
+
+def _pick_val_shapes(batches, val_batch: int) -> tuple[tuple[ValBatchShape, ...], tuple[int, ...]]:
+    by_shape: dict[tuple[int, int], list[tuple[int, ...]]] = {}
+    for shape, counts in batches:
+        by_shape.setdefault(shape, []).append(counts)
+    largest = max(by_shape, key=lambda s: (s[0] * s[1], s))
+    frequent = sorted(by_shape, key=lambda s: (-len(by_shape[s]), s))
+    chosen = [largest] + [s for s in frequent if s != largest][: MAX_VAL_SHAPES - 1]
+    chosen.sort(key=lambda s: (s[0] * s[1], s))
+
+    def traced_for(shape):  # the smallest traced shape at least as large
+        return next(i for i, c in enumerate(chosen) if c[0] * c[1] >= shape[0] * shape[1])
+
+    sequence = tuple(traced_for(shape) for shape, _ in batches)
+    shapes = []
+    for index, (h, w) in enumerate(chosen):
+        mapped = [c for (shape, c), t in zip(batches, sequence) if t == index]
+        densest = max(mapped, key=lambda c: (max(c, default=0), sum(c)))
+        densest = tuple(densest) + (0,) * (val_batch - len(densest))  # the last batch may be short
+        shapes.append(ValBatchShape(val_batch, h, w, densest))
+    return tuple(shapes), sequence
+
+
+# -- composing and replaying ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Template:
+    """A traced segment made self-contained: (is_alloc, local id, bytes, phase) per event."""
+
+    ops: tuple[tuple[bool, int, int, str], ...]
+
+
+def _split(trace: Trace) -> list[list[AllocationEvent]]:
+    bounds = list(trace.iteration_bounds) + [len(trace.events)]
+    return [trace.events[: bounds[0]]] + [trace.events[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
+
+
+def _persistent(events: list[AllocationEvent], freed_later: set[int]) -> _Template:
+    """Setup and the first iteration: kept as traced; what a later segment frees is freed at the end."""
+    ops, live = [], {}
+    for event in events:
+        ops.append((event.op == "alloc", event.storage_id, event.nbytes, event.phase))
+        if event.op == "alloc":
+            live[event.storage_id] = event
+        else:
+            live.pop(event.storage_id, None)
+    ops += [(False, sid, e.nbytes, e.phase) for sid, e in live.items() if sid in freed_later]
+    return _Template(tuple(ops))
+
+
+def _self_contained(events: list[AllocationEvent], rename: dict[str, str] | None = None) -> _Template:
+    ops, live = [], {}
+    for event in events:
+        phase = (rename or {}).get(event.phase, event.phase)
+        if event.op == "alloc":
+            live[event.storage_id] = phase
+            ops.append((True, event.storage_id, event.nbytes, phase))
+        elif event.storage_id in live:
+            del live[event.storage_id]
+            ops.append((False, event.storage_id, event.nbytes, phase))
+    ops += [(False, sid, 0, phase) for sid, phase in live.items()]
+    return _Template(tuple(ops))
+
+
+_VAL_RENAME = {"loss": "val_loss", "preprocess": "val_preprocess", "forward": "val_forward"}
+
+
+def simulate_epochs(
+    trace: Trace, first_iteration: int, plan: EpochPlan, *, alloc_conf: str | None = None,
+    card_bytes: int | None = None, capacity_bytes: int | None = None, clears_cache: bool = True,
+) -> EpochSimulation:  # fmt: skip
+    """Replay the planned epochs for each seed. ``trace`` holds, after ``first_iteration`` training
+    iterations (the first one being the optimizer's first step), one iteration per level and one
+    validation batch per val shape, in ``plan`` order. ``clears_cache``: the loop calls
+    ``_clear_memory(0.5)`` around validation (Ultralytics); the yolov5 repo's train.py never does."""
+    segments = _split(trace)
+    setup, first = segments[0], segments[1]
+    extra = segments[1 + first_iteration :]
+    if len(extra) != len(plan.levels) + len(plan.val_shapes):
+        raise ValueError(f"trace has {len(extra)} extra segments, plan needs {len(plan.levels) + len(plan.val_shapes)}")
+    # training segments only: val.py's model.half() frees the fp32 EMA, which model.float() remakes
+    # at the end of validation; the EMA stays alive for training (see EpochSimulation.assumptions)
+    training = segments[2 : 1 + first_iteration + len(plan.levels)]
+    later_frees = {e.storage_id for seg in training for e in seg if e.op == "free"}
+    start = _persistent(setup + first, later_frees)
+    train = [_self_contained(seg) for seg in extra[: len(plan.levels)]]
+    val = [_self_contained(seg, _VAL_RENAME) for seg in extra[len(plan.levels) :]]
+    id_stride = max((e.storage_id for e in trace.events), default=0) + 1
+    val_order = _compress(plan.val_sequence)
+    runs = [
+        _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf,
+                     card_bytes if clears_cache else None, capacity_bytes)  # fmt: skip
+        for sequence in plan.sequences
+    ]
+    peaks = [r["peak_reserved"] for r in runs]
+    median_run = runs[int(np.argsort(peaks)[len(peaks) // 2])]
+    assumptions = [
+        f"an epoch is replayed as {SIM_ITERATIONS} of its training batches, in order, with the densest one",
+        "every simulated iteration steps the optimizer; gradients held across accumulate > 1 iterations are not modelled",
+        "consecutive validation batches of one shape are replayed at most twice",
+    ]
+    if not clears_cache:
+        assumptions.append("the yolov5 loop empties no cache between epochs: what validation reserved stays reserved")
+        assumptions.append("val.py's model.half()/model.float() of the EMA: the fp32 EMA is kept in place, so "
+                           "validation holds it next to its fp16 copy (real: freed to the cache, then reallocated)")
+    elif card_bytes is None:
+        assumptions.append("_clear_memory(0.5): card unknown (no gpu=), the cache is assumed kept (reserved <= 50 %)")
+    return EpochSimulation(
+        epoch1_reserved=Distribution.of([r["epoch1"] for r in runs]),
+        steady_reserved=Distribution.of([r["steady"] for r in runs]),
+        peak_reserved=Distribution.of(peaks),
+        peak_allocated=Distribution.of([r["peak_allocated"] for r in runs]),
+        peak_phase=median_run["peak_phase"],
+        plan=plan,
+        emptied_cache=any(r["emptied"] for r in runs),
+        oom=next((r["oom"] for r in runs if r["oom"]), None),
+        assumptions=tuple(assumptions),
+    )
+
+
+def _compress(sequence: Sequence[int]) -> list[int]:
+    out: list[int] = []
+    for item in sequence:
+        if len(out) >= MAX_REPEATS and all(x == item for x in out[-MAX_REPEATS:]):
+            continue
+        out.append(item)
+    return out
+
+
+def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, card_bytes, capacity_bytes) -> dict:
+    """One seed's epochs; ``card_bytes`` None: ``_clear_memory`` never empties the cache."""
+    allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
+    handles: dict[int, int] = {}
+    state = {"copy": 0, "peak_reserved": 0, "peak_phase": "", "oom": None, "emptied": False}
+
+    def play(template: _Template, fresh: bool) -> None:
+        offset = 0
+        if fresh:
+            state["copy"] += 1
+            offset = state["copy"] * id_stride
+        for is_alloc, sid, nbytes, phase in template.ops:
+            key = sid + offset
+            if is_alloc:
+                handle = allocator.malloc(nbytes)
+                if handle is not None:
+                    handles[key] = handle
+                if allocator.reserved_bytes > state["peak_reserved"]:
+                    state["peak_reserved"], state["peak_phase"] = allocator.reserved_bytes, phase
+            else:
+                handle = handles.pop(key, None)
+                if handle is not None:
+                    allocator.free(handle)
+
+    def clear_memory() -> None:  # BaseTrainer._clear_memory(0.5)
+        if card_bytes and allocator.reserved_bytes / card_bytes > CLEAR_THRESHOLD:
+            allocator.empty_cache()
+            state["emptied"] = True
+
+    epoch1, steady = 0, 0
+    try:
+        play(start, fresh=False)
+        for epoch, levels in enumerate(sequence):
+            batches = levels[1:] if epoch == 0 else levels  # the traced first iteration is epoch 1's first batch
+            for level in batches:
+                play(train[level], fresh=True)
+                if epoch > 0:
+                    steady = max(steady, allocator.reserved_bytes)
+            if epoch == 0:
+                epoch1 = allocator.reserved_bytes
+            if epoch == len(sequence) - 1:
+                break
+            clear_memory()
+            for index in val_order:
+                play(val[index], fresh=True)
+            clear_memory()
+    except SimulatedOOM as error:
+        state["oom"] = str(error)
+    stats = allocator.stats()
+    return {
+        "epoch1": epoch1, "steady": steady or epoch1, "peak_reserved": stats.peak_reserved_bytes,
+        "peak_allocated": stats.peak_allocated_bytes, "peak_phase": state["peak_phase"],
+        "oom": state["oom"], "emptied": state["emptied"],
+    }  # fmt: skip
+
+
+# -- tracing --------------------------------------------------------------------------------------
+class EpochTracing:
+    """The ``after_iterations`` hook of ``runner.trace_run``: plans with the built model's stride,
+    then traces one training iteration per level and one validation batch per val shape, with the
+    validation of the run's loop (Ultralytics' ``BaseValidator`` or the yolov5 repo's ``val.py``)."""
+
+    def __init__(self, loop, *, seeds: Sequence[int], instances: float, train_counts=None, val_sizes=None,
+                 val_counts=None, kpt_shape=(17, 3), channels: int = 3):  # fmt: skip
+        self.loop = loop  # the TrainingLoop being traced (yolomem.loops)
+        self.seeds, self.instances = tuple(seeds), instances
+        self.train_counts, self.val_sizes, self.val_counts = train_counts, val_sizes, val_counts
+        self.kpt_shape, self.channels = tuple(kpt_shape), channels
+        self.plan: EpochPlan | None = None
+
+    def __call__(self, run) -> None:
+        from yolomem.loops.batches import SyntheticBatch
+
+        settings = run.settings
+        task = getattr(settings, "task", "detect")  # the yolov5 loop's settings trace detection designs only
+        val_batch = self.loop.val_batch_size(task, settings.batch)
+        self.plan = plan = plan_epochs(
+            batch=settings.batch, val_batch=val_batch, imgsz=settings.imgsz,
+            stride=run.stride, seeds=self.seeds, train_counts=self.train_counts, instances=self.instances,
+            val_sizes=self.val_sizes, val_counts=self.val_counts,
+        )  # fmt: skip
+        nc = int(getattr(run.model, "nc", 80))
+        iteration = run.tracer.iteration + 1  # after the configured iterations
+        seed = self.seeds[0] if self.seeds else 0
+        for counts in plan.level_counts:
+            batch = SyntheticBatch(task, settings.batch, settings.imgsz, counts, seed + iteration, nc,
+                                   self.kpt_shape, self.channels)  # fmt: skip
+            run._last_opt_step = -1  # every template steps the optimizer (see the module docstring)
+            run.train_iteration(iteration, batch)
+            iteration += 1
+        for shape in plan.val_shapes:
+            run.tracer.start_iteration(iteration)
+            self.loop.trace_val_pass(run, shape, seed + iteration, nc, self.kpt_shape, self.channels)
+            iteration += 1
+
+# -- the estimator's entry points -------------------------------------------------------------------
+@dataclass(frozen=True)
+class EpochRequest:
+    """What ``estimate_config`` needs to trace and simulate epochs for a config."""
+
+    config: object  # the EstimateConfig to trace with (instances = the dataset's mean when data= is given)
+    hook: EpochTracing
+    dataset: object | None  # yolomem.config.dataset.DatasetSummary
+    notes: tuple[str, ...]
+
+    def base_trace(self, trace: Trace) -> Trace:
+        """The trace of the configured iterations only (what the plain estimate replays)."""
+        iterations = self.config.iterations
+        bounds = list(trace.iteration_bounds)
+        end = bounds[iterations] if len(bounds) > iterations else len(trace.events)
+        return Trace(events=trace.events[:end], oracle_answers=trace.oracle_answers,
+                     iteration_bounds=bounds[:iterations], unaccounted=list(trace.unaccounted))  # fmt: skip
+
+    def simulate(self, trace: Trace, alloc_conf, card_bytes, capacity_bytes) -> EpochSimulation:
+        return simulate_epochs(trace, self.config.iterations, self.hook.plan, alloc_conf=alloc_conf,
+                               card_bytes=card_bytes, capacity_bytes=capacity_bytes,
+                               clears_cache=self.hook.loop.clears_cache_between_epochs)  # fmt: skip
+
+
+def epoch_request(config, resolved) -> EpochRequest | None:
+    """None unless epochs are asked for: ``data=`` given or ``epochs >= 2``, for the Ultralytics loop
+    (not classification) or the yolov5 repo's (detection designs; not with world_size > 1)."""
+    from yolomem.errors import UserError
+
+    from yolomem.loops import get_loop
+
+    wanted = bool(config.data) or (config.epochs or 0) >= 2
+    loop = get_loop(resolved.framework)
+    if not wanted or config.step != "train" or not loop.epochs_supported(resolved.task, config.world_size):
+        return None
+    notes, dataset = [], None
+    train_counts = val_sizes = val_counts = None
+    if config.data:
+        from yolomem.config.dataset import read_dataset
+
+        dataset = read_dataset(config.data, seed=config.seed)
+        train_counts = dataset.train.counts
+        if dataset.val is not None and dataset.val.sizes:
+            val_sizes = dataset.val.sizes
+            val_counts = [dataset.val.counts[i] for i in dataset.val.sized_indices]
+        notes.append(f"data={config.data}: {dataset.train.images} train images, {dataset.train.mean_objects:.2f} objects/image "
+                     f"(max {dataset.train.max_objects}); objects per image drawn from the labels, instances= ignored")  # fmt: skip
+        config = config.with_changes(instances=round(dataset.train.mean_objects, 3))
+        if dataset.train.max_objects > 2000:
+            raise UserError(f"{dataset.train.max_objects} objects in one image of data={config.data}; "
+                            "Ultralytics' assigner would need one (batch, objects, anchors) tensor that large: check the labels")  # fmt: skip
+    seeds = tuple(config.seed + k for k in range(DEFAULT_SEEDS))
+    kpt_shape = tuple(resolved.cfg.get("kpt_shape", (17, 3)))
+    hook = EpochTracing(loop, seeds=seeds, instances=config.instances, train_counts=train_counts, val_sizes=val_sizes,
+                        val_counts=val_counts, kpt_shape=kpt_shape, channels=int(resolved.cfg.get("channels", 3)))  # fmt: skip
+    return EpochRequest(config, hook, dataset, tuple(notes))

@@ -1,0 +1,402 @@
+"""The largest batch (or image size) that trains on a given GPU.
+
+"Fits" is decided the way the GPU decides it: the traced training iterations are replayed through the
+caching-allocator model (``yolomem.allocator.caching``) with a capacity of the card's memory minus the CUDA
+context, minus the safety margin. Running out of capacity takes the allocator's own way out first
+(free the cached blocks, retry), so a config fits when that replay finishes without an OOM; it is not a
+comparison of peak reserved bytes with the card.
+
+The safety margin (``margin=``, a fraction of the card's memory after the CUDA context; default 0.10)
+holds back room for what the trace does not see: cuDNN/cuBLAS workspaces, the validation pass (batch
+2x the training batch), cache growth in epochs 2+ (the reference notes report GPU_mem 20-60% above
+epoch 1 for some runs), and other processes on the card. ``margin=0`` asks for the plain simulation.
+
+The search. Peak memory is close to linear in the batch (activations, assigner temporaries and input
+grow with it; weights, gradients, optimizer state and the EMA do not), and close to linear in
+imgsz**2. Two traces give that line and a predicted answer; real traces then confirm it: stepping
+from the prediction until the fit flips, then bisecting, so the answer ``N`` is checked to fit and
+``N + 1`` (one more stride for imgsz) checked not to, under the same simulation. Typically 4-6
+traces; up to ~10 when the answer is in the hundreds (the step from the prediction grows with it).
+Allocator rounding makes memory a staircase, not a line, so the confirmation is what decides.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from yolomem.config.settings import EstimateConfig
+from yolomem.errors import UserError
+from yolomem.allocator.replay import replay_trace
+from yolomem.result.estimate import Estimate, estimate_config
+from yolomem.config.gpus import GiB, Gpu, find_gpu
+
+DEFAULT_MARGIN = 0.10
+MAX_BATCH = 1024  # the search stops here; a larger batch is rarely useful and never needed to fit a card
+MAX_IMGSZ = 4096
+BATCH_BRACKET = (2, 16)  # the two batches whose traces draw the line
+IMGSZ_BRACKET = (320, 640)
+
+Progress = Callable[[str], None]
+
+__all__ = ["DEFAULT_MARGIN", "FitResult", "NothingFits", "Probe", "largest_batch", "largest_imgsz", "Prober"]
+
+
+class NothingFits(UserError):
+    """Even the smallest batch (or image size) does not fit."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One traced config and its verdict."""
+
+    batch: int
+    imgsz: int
+    peak_reserved_bytes: int  # the full peak, also when the card would have run out part way
+    fits: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the allocator simulation may reserve on the card, and how that number is made."""
+
+    gpu: Gpu
+    margin: float
+
+    @property
+    def usable_bytes(self) -> int:
+        return self.gpu.usable_bytes
+
+    @property
+    def margin_bytes(self) -> int:
+        return int(self.gpu.usable_bytes * self.margin)
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self.gpu.usable_bytes - self.margin_bytes
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The answer of ``largest_batch`` / ``largest_imgsz``."""
+
+    solve: str  # "batch" | "imgsz"
+    model: str  # as the user named it, for the ``yolo train`` line
+    gpu: str
+    gpu_total_bytes: int
+    context_bytes: int
+    margin: float
+    capacity_bytes: int  # what the simulation let the caching allocator reserve
+    max_batch: int
+    imgsz: int
+    stride: int | None  # imgsz solves step in multiples of it
+    nbs: int
+    config: EstimateConfig  # the config at the answer
+    estimate_at_max: Estimate = field(repr=False)
+    predicted: int  # the two-trace line's answer (batch, or imgsz)
+    probes: tuple[Probe, ...]
+    at_search_cap: bool  # the answer is MAX_BATCH / MAX_IMGSZ: more would fit
+
+    @property
+    def accumulate(self) -> int:
+        """Ultralytics' gradient accumulation for this batch: max(round(nbs / batch), 1)."""
+        return max(round(self.nbs / self.max_batch), 1)
+
+    @property
+    def yolo_train_command(self) -> str:
+        return yolo_train_command(self.config, self.model)
+
+    def to_json(self) -> dict:
+        return {
+            "solve": self.solve,
+            "model": self.model,
+            "gpu": self.gpu,
+            "gpu_total_bytes": self.gpu_total_bytes,
+            "context_bytes": self.context_bytes,
+            "margin": self.margin,
+            "capacity_bytes": self.capacity_bytes,
+            "max_batch": self.max_batch,
+            "imgsz": self.imgsz,
+            "max_imgsz": self.imgsz if self.solve == "imgsz" else None,
+            "stride": self.stride,
+            "nbs": self.nbs,
+            "accumulate": self.accumulate,
+            "predicted": self.predicted,
+            "at_search_cap": self.at_search_cap,
+            "probes": [
+                {"batch": p.batch, "imgsz": p.imgsz, "peak_reserved_bytes": p.peak_reserved_bytes, "fits": p.fits}
+                for p in self.probes
+            ],
+            "yolo_train_command": self.yolo_train_command,
+            "estimate_at_max": self.estimate_at_max.to_json(),
+        }
+
+
+def yolo_train_command(config: EstimateConfig, model: str | None = None) -> str:
+    """The ``yolo train`` line that runs ``config``; settings Ultralytics has no switch for become
+    an environment variable (allocator) or a note (checkpointing needs a callback)."""
+    words = ["yolo", "train", f"model={model or config.model}", f"data={config.data or 'coco.yaml'}",
+             f"batch={config.batch}", f"imgsz={config.imgsz}"]  # fmt: skip
+    if config.amp != "fp16":
+        words.append("amp=False" if config.amp == "fp32" else "amp=bf16")
+    if config.optimizer != "auto":
+        words.append(f"optimizer={config.optimizer}")
+    if config.nbs != 64:
+        words.append(f"nbs={config.nbs}")
+    if config.freeze:
+        contiguous = config.freeze == tuple(range(len(config.freeze)))
+        words.append(f"freeze={len(config.freeze)}" if contiguous else f"freeze=[{','.join(map(str, config.freeze))}]")
+    if config.world_size > 1:
+        words.append("device=" + ",".join(str(i) for i in range(config.world_size)))
+    line = " ".join(words)
+    if config.alloc_conf:
+        line = f"PYTORCH_CUDA_ALLOC_CONF={config.alloc_conf} {line}"
+    if config.checkpoint:
+        line += "  # plus model.add_callback('on_pretrain_routine_end', yolomem.loops.checkpointing.checkpoint_callback) in Python"
+    return line
+
+
+class Prober:
+    """Traces configs on demand, remembers them, and judges each against a budget.
+
+    Share one ``Prober`` between searches (the strategy ladder does) so that no config is traced twice.
+    """
+
+    def __init__(self, budget: Budget, progress: Progress | None = None):
+        self.budget = budget
+        self.progress = progress
+        self._cache: dict[EstimateConfig, tuple[Estimate, Probe]] = {}
+
+    def run(self, config: EstimateConfig) -> tuple[Estimate, Probe]:
+        key = config.with_changes(notes=())
+        if key in self._cache:
+            return self._cache[key]
+        if self.progress:
+            self.progress(f"tracing {config.model} batch={config.batch} imgsz={config.imgsz}")
+        started = time.perf_counter()
+        result = estimate_config(config)
+        if result.fits:
+            peak = result.peak_reserved_bytes
+            fits = self.budget.margin_bytes == 0 or _replay_fits(result, config, self.budget.capacity_bytes)
+        else:  # the estimate's replay stopped at the OOM: replay without a cap for the full peak
+            peak = replay_trace(result.trace, config.alloc_conf).peak_reserved_bytes
+            fits = False
+        probe = Probe(config.batch, int(result.config["imgsz"]), peak, fits, time.perf_counter() - started)
+        self._cache[key] = (result, probe)
+        return result, probe
+
+    @property
+    def probes(self) -> tuple[Probe, ...]:
+        return tuple(probe for _, probe in self._cache.values())
+
+
+def _replay_fits(result: Estimate, config: EstimateConfig, capacity: int) -> bool:
+    return replay_trace(result.trace, config.alloc_conf, capacity_bytes=capacity).oom is None
+
+
+def resolve_config(config_or_model, gpu: str | None, gpu_mem: float | None, settings: dict) -> EstimateConfig:
+    if isinstance(config_or_model, EstimateConfig):
+        config = config_or_model.with_changes(**settings) if settings else config_or_model
+    else:
+        config = EstimateConfig.from_mapping({"model": config_or_model, **settings})
+    if gpu is not None or gpu_mem is not None:
+        config = config.with_changes(gpu=gpu if gpu is not None else config.gpu, gpu_mem=gpu_mem)
+    if not (config.gpu or config.gpu_mem):
+        raise UserError("fitting needs a GPU: add gpu=NAME (e.g. gpu=RTX-3090) or gpu_mem=<GiB>")
+    return config
+
+
+def make_budget(config: EstimateConfig, margin: float) -> Budget:
+    if not (isinstance(margin, (int, float)) and 0.0 <= margin < 0.9):
+        raise UserError(f"margin={margin!r} must be a fraction in [0, 0.9), e.g. margin=0.1 for 10%")
+    return Budget(find_gpu(config.gpu, config.gpu_mem), float(margin))
+
+
+def model_stride(config: EstimateConfig) -> int:
+    """The largest stride of the model (imgsz must be a multiple of it); at least 32 as in Ultralytics."""
+    from yolomem.loops import get_loop, resolve_model
+
+    resolved = resolve_model(config.model, config.framework)
+    return get_loop(resolved.framework).stride(resolved, config.nc)
+
+
+def largest_batch(
+    config_or_model: EstimateConfig | str,
+    gpu: str | None = None,
+    *,
+    gpu_mem: float | None = None,
+    margin: float = DEFAULT_MARGIN,
+    progress: Progress | None = None,
+    prober: Prober | None = None,
+    bracket: tuple[int, int] = BATCH_BRACKET,
+    **settings,
+) -> FitResult:
+    """The largest total batch that fits ``gpu`` at the config's imgsz (multiples of world_size).
+
+    Raises ``NothingFits`` (a ``UserError``) when one image per rank does not fit.
+    """
+    config = resolve_config(config_or_model, gpu, gpu_mem, settings)
+    prober = prober or Prober(make_budget(config, margin), progress)
+    ranks = config.world_size
+
+    def probe(unit: int) -> Probe:
+        return prober.run(config.with_changes(batch=unit * ranks))[1]
+
+    answer, predicted, at_cap = _solve(
+        prober, probe, _LINEAR, [max(1, b // ranks) for b in bracket], MAX_BATCH // ranks,
+        lambda one: f"{config.model} at imgsz={one.imgsz} does not fit {_card(prober.budget)} even at batch {ranks}",
+        "add --explain to see what each memory-saving step buys",
+    )  # fmt: skip
+    final = config.with_changes(batch=answer * ranks)
+    estimate, best = prober.run(final)
+    return FitResult(
+        solve="batch", model=config.model, **_budget_fields(prober.budget), max_batch=final.batch, imgsz=best.imgsz,
+        stride=None, nbs=config.nbs, config=final.with_changes(imgsz=best.imgsz), estimate_at_max=estimate,
+        predicted=predicted * ranks, probes=_for(prober, config, "batch"), at_search_cap=at_cap,
+    )  # fmt: skip
+
+
+def largest_imgsz(
+    config_or_model: EstimateConfig | str,
+    gpu: str | None = None,
+    *,
+    gpu_mem: float | None = None,
+    margin: float = DEFAULT_MARGIN,
+    progress: Progress | None = None,
+    prober: Prober | None = None,
+    bracket: tuple[int, int] = IMGSZ_BRACKET,
+    **settings,
+) -> FitResult:
+    """The largest imgsz, a multiple of the model's stride, that fits ``gpu`` at the config's batch."""
+    config = resolve_config(config_or_model, gpu, gpu_mem, settings)
+    prober = prober or Prober(make_budget(config, margin), progress)
+    stride = model_stride(config)
+
+    def probe(unit: int) -> Probe:
+        return prober.run(config.with_changes(imgsz=unit * stride))[1]
+
+    answer, predicted, at_cap = _solve(
+        prober, probe, _SQUARE, [max(1, size // stride) for size in bracket], MAX_IMGSZ // stride,
+        lambda _smallest: f"{config.model} at batch={config.batch} does not fit {_card(prober.budget)} even at imgsz={stride}",
+        "try a smaller batch",
+    )  # fmt: skip
+    final = config.with_changes(imgsz=answer * stride)
+    estimate, _ = prober.run(final)
+    return FitResult(
+        solve="imgsz", model=config.model, **_budget_fields(prober.budget), max_batch=config.batch, imgsz=final.imgsz,
+        stride=stride, nbs=config.nbs, config=final, estimate_at_max=estimate, predicted=predicted * stride,
+        probes=_for(prober, config, "imgsz"), at_search_cap=at_cap,
+    )  # fmt: skip
+
+
+def _solve(prober, probe, shape, bracket_units, cap_units, what_does_not_fit, hint):
+    """Search the largest fitting unit (batch per rank, or imgsz / stride); raise NothingFits with the
+    figures of unit 1 when even that does not fit."""
+    lo_unit, hi_unit = bracket_units
+    answer, predicted, at_cap = _search(probe, shape, lo_unit, max(hi_unit, lo_unit + 1), cap_units, prober.budget.capacity_bytes)
+    if answer is None:
+        smallest = probe(1)
+        raise NothingFits(
+            f"{what_does_not_fit(smallest)}: needs {smallest.peak_reserved_bytes / GiB:.2f} GiB reserved, "
+            f"{prober.budget.capacity_bytes / GiB:.2f} GiB available after the CUDA context and "
+            f"margin={prober.budget.margin:g}; {hint}"
+        )
+    return answer, predicted, at_cap
+
+
+def _budget_fields(budget) -> dict:
+    """The FitResult fields that describe the card and its budget."""
+    return {
+        "gpu": budget.gpu.name, "gpu_total_bytes": budget.gpu.total_bytes, "context_bytes": budget.gpu.context_bytes,
+        "margin": budget.margin, "capacity_bytes": budget.capacity_bytes,
+    }  # fmt: skip
+
+
+def _card(budget: Budget) -> str:
+    gpu = budget.gpu
+    return gpu.name if gpu.name != "custom" else f"a {gpu.total_bytes / GiB:g} GiB GPU"
+
+
+def _for(prober: Prober, config: EstimateConfig, solve: str) -> tuple[Probe, ...]:
+    """The probes of this search, in the order they ran."""
+    return tuple(
+        probe for key, (_, probe) in prober._cache.items()
+        if key.with_changes(batch=config.batch, imgsz=config.imgsz) == config.with_changes(notes=())
+    )  # fmt: skip
+
+
+def line_prediction(x1: float, m1: int, x2: float, m2: int, capacity: int) -> float | None:
+    """Solve m(x) = capacity on the line through (x1, m1), (x2, m2); None when memory does not grow."""
+    if x2 < x1:
+        (x1, m1), (x2, m2) = (x2, m2), (x1, m1)
+    if x2 == x1 or m2 <= m1:
+        return None
+    slope = (m2 - m1) / (x2 - x1)
+    return x1 + (capacity - m1) / slope
+
+
+@dataclass(frozen=True)
+class _Scale:
+    """How memory grows with the searched unit: m ~ a + b * grow(u); ``unit_at`` inverts ``grow``."""
+
+    grow: Callable[[int], float]
+    unit_at: Callable[[float], float]
+
+
+_LINEAR = _Scale(lambda u: float(u), lambda x: x)  # batch
+_SQUARE = _Scale(lambda u: float(u * u), lambda x: math.sqrt(max(x, 0.0)))  # imgsz / stride
+
+
+def _search(probe: Callable[[int], Probe], scale: _Scale, first: int, second: int, cap: int, capacity: int) -> tuple[int | None, int, bool]:
+    """Largest unit u in [1, cap] with probe(u).fits, assuming memory ~ a + b * scale.grow(u).
+
+    Returns (answer or None, the line's prediction, whether the answer is the cap). The answer is
+    confirmed: probe(answer) fits and probe(answer + 1) does not (unless answer == cap).
+    """
+    first, second = min(first, cap), min(second, cap)
+    p1 = probe(first)
+    if not p1.fits and (first == 1 or not probe(1).fits):
+        return None, 1, False  # the smallest unit does not fit: no line needed
+    p2 = probe(second)
+    x_pred = line_prediction(scale.grow(first), p1.peak_reserved_bytes, scale.grow(second), p2.peak_reserved_bytes, capacity)
+    predicted = cap if x_pred is None else min(max(int(math.floor(scale.unit_at(x_pred))), 1), cap)
+    fits: dict[int, bool] = {first: p1.fits, second: p2.fits}
+
+    def check(unit: int) -> bool:
+        if unit not in fits:
+            fits[unit] = probe(unit).fits
+        return fits[unit]
+
+    guess = min(max(predicted, 1), cap)
+    if check(guess):
+        lo, step = guess, max(1, guess // 32)
+        hi = None
+        while hi is None:
+            if lo >= cap:
+                return cap, predicted, True
+            nxt = min(lo + step, cap)
+            if check(nxt):
+                lo, step = nxt, step * 2
+            else:
+                hi = nxt
+    else:
+        hi, step = guess, max(1, guess // 32)
+        lo = None
+        while lo is None:
+            if hi <= 1:
+                return None, predicted, False
+            nxt = max(hi - step, 1)
+            if check(nxt):
+                lo = nxt
+            else:
+                hi, step = nxt, step * 2
+    while hi - lo > 1:  # lo fits, hi does not
+        mid = (lo + hi) // 2
+        if check(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, predicted, False

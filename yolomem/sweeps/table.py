@@ -1,0 +1,275 @@
+"""The per-version table: params, GFLOPs, peak memory in FP32 and AMP, fits and largest batch per GPU.
+
+Rows by default are the blog table's models at the blog's imgsz and batch (``BLOG_ROWS``; the blog's
+own figures are recorded in shared/reference/seed_table.csv). Each row is estimated twice (amp=false,
+amp=true) with ``yolomem.estimate``: YOLOv3/v4 and YOLOv5 n..x are the original anchor-based designs
+trained by the yolov5 repo's loop, the others Ultralytics' own models and trainer.
+
+What the columns are:
+- ``peak_reserved_bytes``: ``torch.cuda.max_memory_reserved()``, what the trainers print as GPU_mem.
+- ``device_total_bytes``: that plus the CUDA context: what nvidia-smi shows.
+- ``fits``: "yes" when the nvidia-smi figure is below 90 % of the card, "near" within the last 10 %,
+  "no" above the card.
+- ``max_batch``: the largest batch whose predicted reserved memory fits the card (minus the context).
+  It is NOT traced at every batch: memory is taken as linear in batch. ``method="breakdown"`` (default,
+  one trace per row and precision) splits the traced peak into its batch-independent part (weights,
+  gradients, optimizer state and EMA live at the peak) and the rest, proportional to batch.
+  ``method="two-point"`` traces a second, half batch and fits the line through both peaks.
+- GFLOPs at the row's imgsz, batch 1: counted from the convolutions for the original designs; for
+  Ultralytics models the figure its YAML (or, for YOLOv10, the paper) publishes for 640, scaled by
+  (imgsz / 640)^2.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+
+from yolomem.errors import UserError
+from yolomem.loops import get_loop
+
+DEFAULT_GPUS = ("RTX-3060-12GB", "RTX-3090", "A100-40GB", "H100-80GB")
+NEAR_FRACTION = 0.90  # "near" = within 10 % of the card's capacity
+PRECISIONS = ("fp32", "fp16")
+METHODS = ("breakdown", "two-point")
+_FIXED_CATEGORIES = ("parameter", "gradient", "optimizer_state", "ema")  # do not grow with batch
+
+
+@dataclass(frozen=True)
+class RowRequest:
+    model: str
+    imgsz: int
+    batch: int
+
+
+# The blog's rows: (its label, yolomem's name, imgsz, batch).
+BLOG_ROWS: tuple[tuple[str, str, int, int], ...] = (
+    ("YOLOv3-tiny", "yolov3-tiny", 416, 64), ("YOLOv3", "yolov3", 416, 16),
+    ("YOLOv4-tiny", "yolov4-tiny", 416, 64), ("YOLOv4", "yolov4", 416, 16),
+    ("YOLOv5s", "yolov5s", 640, 32), ("YOLOv5m", "yolov5m", 640, 16),
+    ("YOLOv5l", "yolov5l", 640, 16), ("YOLOv5x", "yolov5x", 640, 8),
+    ("YOLOv8n", "yolov8n", 640, 64), ("YOLOv8s", "yolov8s", 640, 32),
+    ("YOLOv8m", "yolov8m", 640, 16), ("YOLOv8l", "yolov8l", 640, 16),
+    ("YOLOv8x", "yolov8x", 640, 8), ("YOLOv10s", "yolov10s", 640, 64),
+    ("YOLOv10b", "yolov10b", 640, 32), ("YOLOv10x", "yolov10x", 640, 8),
+)  # fmt: skip
+# The blog's table has YOLOv3 as the darknet design: force the original where Ultralytics has a "u" twin.
+_ORIGINAL_IN_BLOG = {"yolov3-tiny", "yolov3"}
+
+
+def blog_rows(imgsz: int | None = None, batch: int | None = None) -> tuple[RowRequest, ...]:
+    """The blog's 16 rows; ``imgsz``/``batch`` override every row (e.g. for a quick check)."""
+    return tuple(RowRequest(name, imgsz or size, batch or b) for _, name, size, b in BLOG_ROWS)
+
+
+@dataclass(frozen=True)
+class GpuFit:
+    gpu: str
+    total_bytes: int
+    fits: str  # "yes" | "near" | "no"
+    max_batch: int  # 0: not even batch 1 fits
+
+
+@dataclass(frozen=True)
+class PrecisionResult:
+    precision: str  # "fp32" | "fp16"
+    peak_reserved_bytes: int
+    device_total_bytes: int
+    gpu_mem_printed: str  # as the trainer's GPU_mem column prints it
+    gpu_mem_unit: str  # "GiB" (Ultralytics 8.4) or "GB" (the yolov5 repo): each trainer prints its own
+    fixed_bytes: int  # batch-independent part of the linear model
+    per_image_bytes: float  # slope of the linear model
+    gpus: tuple[GpuFit, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "precision": self.precision,
+            "peak_reserved_bytes": self.peak_reserved_bytes,
+            "device_total_bytes": self.device_total_bytes,
+            "gpu_mem_printed": self.gpu_mem_printed,
+            "gpu_mem_unit": self.gpu_mem_unit,
+            "fits": {g.gpu: g.fits for g in self.gpus},
+            "max_batch": {g.gpu: g.max_batch for g in self.gpus},
+            "linear_model": {"fixed_bytes": self.fixed_bytes, "per_image_bytes": round(self.per_image_bytes)},
+        }
+
+
+@dataclass(frozen=True)
+class TableRow:
+    model: str
+    framework: str
+    task: str
+    params: int
+    gflops: float | None  # None: nothing published and not counted
+    gflops_source: str  # "counted" | "yaml" | "published" | "unknown"
+    imgsz: int
+    batch: int
+    fp32: PrecisionResult
+    amp: PrecisionResult
+    notes: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model, "framework": self.framework, "task": self.task, "params": self.params,
+            "gflops": None if self.gflops is None else round(self.gflops, 1), "gflops_source": self.gflops_source, "imgsz": self.imgsz,
+            "batch": self.batch, "fp32": self.fp32.to_json(), "amp": self.amp.to_json(), "notes": list(self.notes),
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Table:
+    rows: tuple[TableRow, ...]
+    gpus: tuple[str, ...]
+    method: str
+    iterations: int
+    seconds: float
+    gpu_mem_unit: str  # the rows' GPU_mem units, "/"-joined where trainers differ
+
+    def method_note(self) -> str:
+        how = ("one trace per row and precision, batch-independent part from the trace's breakdown"
+               if self.method == "breakdown" else "two traced batch sizes per row and precision")  # fmt: skip
+        return (f"max batch: linear-in-batch model ({how}); peaks from {self.iterations} traced iteration(s); "
+                f"'near' = within {100 - round(NEAR_FRACTION * 100)} % of the card")  # fmt: skip
+
+    def to_json(self) -> list[dict]:
+        return [row.to_json() for row in self.rows]
+
+
+@dataclass(frozen=True)
+class _Traced:
+    """What one estimate contributes to a row (small: it crosses process boundaries)."""
+
+    model: str
+    framework: str
+    task: str
+    params: int
+    imgsz: int
+    batch: int
+    peak_reserved_bytes: int
+    device_total_bytes: int
+    context_bytes: int
+    fixed_bytes: int
+    gpu_mem_printed: str
+    gpu_mem_unit: str
+    notes: tuple[str, ...]
+
+
+def _trace_one(model: str, imgsz: int, batch: int, precision: str, iterations: int) -> _Traced:
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.result.estimate import estimate_config
+
+    framework = "yolov5" if model in _ORIGINAL_IN_BLOG else "ultralytics"
+    config = EstimateConfig(model=model, imgsz=imgsz, batch=batch, amp=precision, iterations=iterations,
+                            framework=framework)  # fmt: skip
+    result = estimate_config(config)
+    fixed = sum(result.breakdown.get(category, 0) for category in _FIXED_CATEGORIES)
+    return _Traced(result.config["model"], result.config["framework"], result.task, result.params,
+                   result.config["imgsz"], batch, result.peak_reserved_bytes, result.device_total_bytes,
+                   result.context_bytes, fixed, result.gpu_mem_printed, result.gpu_mem_unit, result.notes)  # fmt: skip
+
+
+def _precision_result(precision: str, main: _Traced, second: _Traced | None, gpus) -> PrecisionResult:
+    if second is not None and second.batch != main.batch:
+        slope = (main.peak_reserved_bytes - second.peak_reserved_bytes) / (main.batch - second.batch)
+        fixed = main.peak_reserved_bytes - slope * main.batch
+    else:
+        fixed = min(main.fixed_bytes, main.peak_reserved_bytes)
+        slope = (main.peak_reserved_bytes - fixed) / main.batch
+    fits = []
+    for gpu in gpus:
+        total = main.device_total_bytes
+        verdict = "yes" if total <= NEAR_FRACTION * gpu.total_bytes else "near" if total <= gpu.total_bytes else "no"
+        room = gpu.total_bytes - main.context_bytes - fixed
+        max_batch = max(int(math.floor(room / slope)), 0) if slope > 0 else 0
+        fits.append(GpuFit(gpu.name, gpu.total_bytes, verdict, max_batch))
+    return PrecisionResult(precision, main.peak_reserved_bytes, main.device_total_bytes, main.gpu_mem_printed,
+                           main.gpu_mem_unit, int(fixed), slope, tuple(fits))  # fmt: skip
+
+
+def compute_table(
+    rows: Sequence[RowRequest] | None = None,
+    gpus: Sequence[str] = DEFAULT_GPUS,
+    *,
+    method: str = "breakdown",
+    iterations: int = 1,
+    jobs: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> Table:
+    """Estimate every row in FP32 and AMP. ``progress(label)`` is called after each trace (for a bar).
+
+    ``jobs > 1`` runs the traces in that many worker processes (each trace is single-threaded Python)."""
+    from yolomem.config.gpus import find_gpu
+
+    started = time.perf_counter()
+    if method not in METHODS:
+        raise UserError(f"method={method!r} is not one of {list(METHODS)}")
+    rows = tuple(rows) if rows is not None else blog_rows()
+    if not rows:
+        raise UserError("no rows to compute")
+    cards = [find_gpu(name) for name in gpus]
+    groups = []  # one per row: its traces run in one process, so the second reuses the first's cache
+    for row in rows:
+        batches = (row.batch, max(row.batch // 2, 1)) if method == "two-point" else (row.batch,)
+        groups.append(tuple((row.model, row.imgsz, b, precision, iterations)
+                            for precision in PRECISIONS for b in dict.fromkeys(batches)))  # fmt: skip
+    results = _run(groups, jobs, progress)
+    table_rows = []
+    for row in rows:
+        per_precision = {}
+        for precision in PRECISIONS:
+            main = results[(row.model, row.imgsz, row.batch, precision, iterations)]
+            second = results.get((row.model, row.imgsz, max(row.batch // 2, 1), precision, iterations)) if method == "two-point" else None
+            per_precision[precision] = _precision_result(precision, main, second, cards)
+        main = results[(row.model, row.imgsz, row.batch, "fp32", iterations)]
+        gflops, source = results[_gflops_key(row.model, row.imgsz)]
+        notes = tuple(dict.fromkeys(main.notes))
+        table_rows.append(TableRow(main.model, main.framework, main.task, main.params, gflops, source, main.imgsz,
+                                   row.batch, per_precision["fp32"], per_precision["fp16"], notes))  # fmt: skip
+    unit = "/".join(sorted({row.fp32.gpu_mem_unit for row in table_rows}, reverse=True))  # "GiB", "GB" or "GiB/GB"
+    return Table(tuple(table_rows), tuple(c.name for c in cards), method, iterations, time.perf_counter() - started, unit)
+
+
+def _gflops_key(model: str, imgsz: int) -> tuple:
+    return ("gflops", model, imgsz)
+
+
+def _trace_group(tasks) -> list:
+    """One row's traces, then its GFLOPs (counting builds the model: done here, in the worker)."""
+    traced = [_trace_one(*task) for task in tasks]
+    return [*traced, get_loop(traced[0].framework).gflops(tasks[0][0], traced[0].imgsz)]
+
+
+def _run(groups, jobs: int, progress) -> dict:
+    results = {}
+
+    def collect(tasks, done) -> None:
+        *traced, gflops = done
+        for task, result in zip(tasks, traced):
+            results[task] = result
+            if progress:
+                progress(f"{task[0]} {task[3]}")
+        results[_gflops_key(tasks[0][0], tasks[0][1])] = gflops
+
+    if jobs <= 1 or len(groups) == 1:
+        for tasks in groups:
+            collect(tasks, _trace_group(tasks))
+        return results
+    from concurrent.futures import as_completed
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        # Last rows first: tables list generations oldest first, and the newest (deeper heads, YOLOv10's
+        # two) trace slowest; starting them first keeps one worker from finishing alone at the end.
+        futures = {pool.submit(_trace_group, tasks): tasks for tasks in reversed(groups)}
+        for future in as_completed(futures):
+            collect(futures[future], future.result())
+    return results
+
+
+# -- GFLOPs -------------------------------------------------------------------------------------------
+
+_SUMMARY = re.compile(r"^\s*([nsmblx]):\s*\[.*?\]\s*#.*?([\d.]+)\s*GFLOPs", re.IGNORECASE)

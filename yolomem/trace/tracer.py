@@ -1,0 +1,515 @@
+"""Record every tensor storage allocated and freed while a training step runs.
+
+A ``Tracer`` is a ``TorchDispatchMode``. It sees each aten op below autograd, so it sees the forward
+ops, the backward ops the autograd engine runs, the loss, the optimizer and the EMA alike. After each
+op it looks at the storages of the outputs: a storage it has not seen before is an allocation of
+``storage.nbytes()`` bytes; a weakref on the storage tells it when the storage dies (a free).
+
+The same tracer runs on real CPU tensors (for tests: the ground truth) and on fake tensors (for
+estimates: no memory, no compute). With ``fake=True`` the tracer sits on top of a ``FakeTensorMode``.
+
+Data-dependent steps. The loss asks the data questions (``unique``, ``nonzero``, ``.item()``). Fake
+tensors cannot answer them, so the tracer keeps *small* tensors that derive only from the targets and
+from shapes (anchor grids, padded targets, candidate masks) real: an op whose tensor inputs are all
+real runs for real, and in the loss phase a factory op (``zeros``, ``arange``, ``new_full``...) makes a
+real tensor when it is at most ``real_bytes_cap``. Thus the number of objects per image drives the
+assigner exactly as on a GPU. A real tensor that a fake op writes into is "tainted" and counts as fake
+from then on, so stale values never steer a decision. What is left, questions about fake values (how
+many anchors the assigner picked as foreground, whether an inf was found), goes to a ``DataOracle``,
+and every such answer is listed in ``Trace.oracle_answers`` so the estimate can say what it assumed.
+
+Not seen: memory a kernel takes internally without returning it as a tensor (cuDNN/cuBLAS workspace),
+the CUDA context, and NCCL buffers; the estimator accounts for those with named terms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._pytree import tree_flatten, tree_map
+
+from yolomem.trace.fake_cache import FakeDispatchCache, run_on_meta
+
+CATEGORIES = ("parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other")
+
+aten = torch.ops.aten
+
+# Ops that take a tensor only for its dtype/device: they are factories for the real/fake decision.
+_LIKE_FACTORIES = {
+    aten.new_full.default, aten.new_zeros.default, aten.new_ones.default, aten.new_empty.default,
+    aten.new_empty_strided.default, aten.zeros_like.default, aten.ones_like.default,
+    aten.empty_like.default, aten.full_like.default,
+}  # fmt: skip
+_DATA_DEPENDENT_SHAPE = {aten.nonzero.default, aten._unique2.default, aten.unique_dim.default,
+                         aten.unique_consecutive.default, aten.masked_select.default,
+                         aten.bincount.default}  # fmt: skip
+_SCALAR_READ = {aten._local_scalar_dense.default}
+_DEVICE_QUERY = torch.ops.prim.device.default
+# Queries that allocate nothing (device, sizes, strides): answered without bookkeeping.
+_METADATA_QUERIES = frozenset({_DEVICE_QUERY, aten.size.default, aten.stride.default,
+                               aten.storage_offset.default, aten.sym_size.int, aten.sym_stride.int})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AllocationEvent:
+    """One allocation or free of a tensor storage, in program order."""
+
+    op: str  # "alloc" | "free"
+    storage_id: int
+    nbytes: int
+    dtype: str
+    category: str
+    module: str  # module path of the layer running when the storage was allocated, or ""
+    phase: str  # preprocess | forward | loss | backward | optimizer | ema | setup
+    iteration: int
+
+
+@dataclass(frozen=True)
+class OracleAnswer:
+    question: str  # e.g. "nonzero(bool[16, 8400])"
+    answer: str
+    phase: str
+
+
+@dataclass
+class DataOracle:
+    """Answers the data-dependent questions about fake values.
+
+    ``positives`` is the number of nonzero entries assumed for a fake tensor, such as the foreground
+    anchors the assigner selects; the training step sets it from the batch (assigner top-k x objects).
+    A scalar read returns ``scalar`` (0: no inf/NaN found, no early exit taken).
+    """
+
+    positives: int = 0
+    scalar: float = 0.0
+
+    def nonzero_count(self, shape: torch.Size) -> int:
+        numel = 1
+        for size in shape:
+            numel *= size
+        return min(numel, self.positives)
+
+
+@dataclass
+class _Record:
+    storage_id: int
+    nbytes: int
+    dtype: str
+    category: str
+    module: str
+    phase: str
+    iteration: int
+
+
+@dataclass
+class Trace:
+    """What a traced run produced: events in order, plus notes on what was assumed."""
+
+    events: list[AllocationEvent]
+    oracle_answers: list[OracleAnswer]
+    iteration_bounds: list[int] = field(default_factory=list)  # event index where each iteration starts
+    unaccounted: list[str] = field(default_factory=list)
+
+
+class Tracer(TorchDispatchMode):
+    """Context manager that records allocations of every op run inside it."""
+
+    def __init__(self, *, fake: bool, oracle: DataOracle | None = None, real_bytes_cap: int = 64 << 20):
+        super().__init__()
+        self.fake = fake
+        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
+        self._fake_cache = FakeDispatchCache(self.fake_mode) if fake else None
+        self.oracle = oracle or DataOracle()
+        self.real_bytes_cap = real_bytes_cap
+        self.phase_name = "setup"
+        self.iteration = 0
+        self.module_stack: list[str] = []
+        self._records: dict[int, _Record] = {}  # live storage id -> record
+        self._log: list[tuple[str, _Record]] = []
+        self._category_override: dict[int, str] = {}  # storage id -> category, set after the fact
+        self._finalizers: dict[int, weakref.finalize] = {}
+        self._aliases: dict[int, _Record] = {}  # fake twin storage -> the real allocation it stands for
+        self._twins: dict[int, set[int]] = {}  # allocation id -> storage keys of its live fake twins
+        self._orphans: dict[int, _Record] = {}  # allocation id -> record whose real storage died first
+        self._tainted: set[int] = set()
+        self._paused = 0
+        self._real_factories = 0
+        self._next_id = 0
+        self._iteration_bounds: list[int] = []
+        self.oracle_answers: list[OracleAnswer] = []
+        self._stack = contextlib.ExitStack()
+
+    # -- context ------------------------------------------------------------------------------
+    def __enter__(self) -> Tracer:
+        if self.fake_mode is not None:
+            self._stack.enter_context(self.fake_mode)
+        return super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        self._stack.close()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        previous, self.phase_name = self.phase_name, name
+        try:
+            yield
+        finally:
+            self.phase_name = previous
+
+    def start_iteration(self, iteration: int) -> None:
+        self.iteration = iteration
+        self._iteration_bounds.append(len(self._log))
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Ops run inside are executed but not recorded (used by the autocast probe)."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
+    @contextlib.contextmanager
+    def real_factories(self) -> Iterator[None]:
+        """Small factory ops make real tensors inside, whatever the phase (e.g. NMS bookkeeping)."""
+        self._real_factories += 1
+        try:
+            yield
+        finally:
+            self._real_factories -= 1
+
+    def fake_cuda_like(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A fake CUDA tensor with ``tensor``'s metadata; only for asking CUDA's autocast kernel."""
+        mode = self.fake_mode or FakeTensorMode()
+        with mode:
+            return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="cuda")
+
+    def forget(self) -> None:
+        """Drop everything recorded so far (e.g. while the model was being built on the host)."""
+        self.detach_finalizers()
+        self._records.clear()
+        self._log.clear()
+        self._category_override.clear()
+        self._iteration_bounds.clear()
+        self.oracle_answers.clear()
+        self._aliases.clear()
+        self._twins.clear()
+        self._orphans.clear()
+        self._tainted.clear()
+
+    # -- registration of tensors that exist before the step -----------------------------------
+    def track_existing(self, tensors, category: str, module: str = "") -> None:
+        for tensor in tensors:
+            if isinstance(tensor, torch.Tensor):
+                self._see(tensor, category_hint=category, module=module)
+
+    def label(self, tensors, category: str) -> None:
+        """Give the storages of ``tensors`` a category after the fact (e.g. a new ``.grad``)."""
+        for tensor in tensors:
+            if isinstance(tensor, torch.Tensor):
+                sid = self._storage_key(tensor)
+                record = self._aliases.get(sid) or self._records.get(sid)
+                if record is not None:
+                    self._category_override[record.storage_id] = category
+
+    # -- the dispatch hook ----------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is _DEVICE_QUERY and type(args[0]) is FakeTensor and not args[0].fake_mode.in_kernel_invocation:
+            return args[0].fake_device  # the fake mode's own answer; the autograd engine asks ~10k times a step
+        kwargs = kwargs or {}
+        if self._paused or func in _METADATA_QUERIES:
+            return func(*args, **kwargs)
+        if not self.fake:
+            out = func(*args, **kwargs)
+        else:
+            out = self._dispatch_fake(func, args, kwargs)
+        if isinstance(out, torch.Tensor):
+            self._see(out)
+        elif isinstance(out, (tuple, list)):
+            for tensor in _tensors_in(out):
+                self._see(tensor)
+        return out
+
+    def _dispatch_fake(self, func, args, kwargs):
+        tensors = _tensors_in(args)
+        if kwargs:
+            tensors += _tensors_in(kwargs.values())
+        fakes = [self._is_fake_like(t) for t in tensors]
+        if tensors and all(fakes):  # only fake values (or real ones a fake op wrote into)
+            if func in _SCALAR_READ:  # the oracle answers data questions about fake values
+                return self._answer_scalar(tensors[0])
+            if func in _DATA_DEPENDENT_SHAPE:
+                args, kwargs = self._fakeify_inputs(func, args, kwargs)
+                return self._answer_data_dependent(func, args, kwargs)
+            plain = all(isinstance(t, FakeTensor) for t in tensors)
+            if plain and _is_fused_in_place(func):
+                return None  # allocates nothing and changes no shape: only values, which fakes lack
+            if plain and not (func in _LIKE_FACTORIES and self.phase_name == "loss"):
+                return self._fake_cache.call(func, args, kwargs)  # the common case: a model op on fake tensors
+        elif func in _SCALAR_READ:  # a real value: read it
+            with _disable_current_modes():
+                return func(*args, **kwargs)
+        if self._runs_real(func, args, kwargs, tensors, any(fakes)):
+            if func in _LIKE_FACTORIES:  # the reference tensor may be fake: give it a real stand-in
+                args = (_real_stand_in(func, args[0]), *args[1:])
+            with _disable_current_modes():
+                return func(*args, **kwargs)
+        if tensors:  # mixed, tainted, or real but too big to compute: hand the fake mode our twins
+            # (a fake mode given only real tensors would run the op for real)
+            args, kwargs = self._fakeify_inputs(func, args, kwargs)
+        return self._fake_cache.call(func, args, kwargs)
+
+    # -- real/fake policy -----------------------------------------------------------------------
+    def _is_fake_like(self, tensor: torch.Tensor) -> bool:
+        return isinstance(tensor, FakeTensor) or (bool(self._tainted) and self._storage_key(tensor) in self._tainted)
+
+    def _runs_real(self, func, args, kwargs, tensors, any_fake: bool) -> bool:
+        factory = not tensors or (func in _LIKE_FACTORIES and self.phase_name == "loss")
+        if factory:
+            # real only in the loss (anchor grids, padded targets), and only when small
+            wanted = self.phase_name == "loss" or self._real_factories
+            return bool(wanted) and self._output_bytes(func, args, kwargs) <= self.real_bytes_cap
+        if any_fake:
+            return False
+        if func in _DATA_DEPENDENT_SHAPE:  # a fake mode cannot size it; the real input bounds it
+            return True
+        return self._output_bytes(func, args, kwargs) <= self.real_bytes_cap
+
+    def _output_bytes(self, func, args, kwargs) -> int:
+        """Bytes the op would return, found on meta or fake copies of its inputs (nothing is computed)."""
+        if all(ret.alias_info is not None for ret in func._schema.returns):
+            return 0  # in-place, out= and set_ ops return their inputs: nothing new
+        meta = None if func in _DATA_DEPENDENT_SHAPE or func in _SCALAR_READ else run_on_meta(func, args, kwargs)
+        if meta is None:  # no meta kernel, or a device argument we cannot redirect: ask the fake mode
+            try:
+                with self.paused(), self.fake_mode:
+                    meta = func(*tree_map(self._to_fake, args), **tree_map(self._to_fake, kwargs))
+            except Exception:  # noqa: BLE001 - data-dependent shapes, storage ops: bound by the inputs instead
+                # nonzero/unique/masked_select: at most one int64 index per input element and dim
+                inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+                return sum(t.numel() * max(t.dim(), 1) * 8 for t in inputs)
+        return sum(t.numel() * t.element_size() for t in tree_flatten(meta)[0] if isinstance(t, torch.Tensor))
+
+    def _to_fake(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
+            fake = self.fake_mode.from_tensor(value)
+            twin, record = self._storage_key(fake), self._records.get(self._storage_key(value))
+            if record is not None and twin not in self._aliases:
+                self._aliases[twin] = record
+                self._twins.setdefault(record.storage_id, set()).add(twin)
+                weakref.finalize(fake.untyped_storage(), self._on_twin_free, twin)
+            return fake
+        return value
+
+    def _fakeify_inputs(self, func, args, kwargs):
+        schema_args = func._schema.arguments
+        flat_args = list(args)
+        for index, value in enumerate(flat_args):
+            if isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
+                written = index < len(schema_args) and schema_args[index].alias_info is not None and schema_args[index].alias_info.is_write
+                if written:
+                    self._tainted.add(self._storage_key(value))
+        return tree_map(self._to_fake, tuple(flat_args)), tree_map(self._to_fake, kwargs)
+
+    # -- oracle -----------------------------------------------------------------------------------
+    def _answer_scalar(self, tensor: torch.Tensor):
+        value: Any = self.oracle.scalar
+        if tensor.dtype == torch.bool:
+            value = bool(value)
+        elif not tensor.dtype.is_floating_point:
+            value = int(value)
+        self.oracle_answers.append(OracleAnswer(f"item({_describe(tensor)})", repr(value), self.phase_name))
+        return value
+
+    def _answer_data_dependent(self, func, args, kwargs):
+        """Sizes for ops whose output size depends on fake values."""
+        tensor = args[0]
+        name = func.__name__.split(".")[0]
+        if func is aten.nonzero.default:
+            count = self.oracle.nonzero_count(tensor.shape)
+            shape = (count, tensor.dim())
+        elif func is aten.masked_select.default:
+            count = self.oracle.nonzero_count(args[1].shape)
+            shape = (count,)
+        elif func is aten.bincount.default:  # one bin per element at most, or minlength
+            minlength = args[2] if len(args) > 2 else kwargs.get("minlength", 0)
+            count = max(int(minlength or 0), tensor.numel())
+            shape = (count,)
+        else:  # unique: every element distinct, the most it can return
+            count = tensor.numel()
+            shape = (count,)
+        self.oracle_answers.append(OracleAnswer(f"{name}({_describe(tensor)})", str(count), self.phase_name))
+        with self.fake_mode:
+            if func is aten.nonzero.default:
+                return torch.empty(shape, dtype=torch.int64)
+            if func is aten.masked_select.default:
+                return torch.empty(shape, dtype=tensor.dtype)
+            if func is aten.bincount.default:
+                weights = args[1] if len(args) > 1 else kwargs.get("weights")
+                return torch.empty(shape, dtype=torch.float64 if weights is not None else torch.int64)
+            values = torch.empty(shape, dtype=tensor.dtype)
+            inverse = torch.empty(tensor.shape, dtype=torch.int64)
+            counts = torch.empty(shape, dtype=torch.int64)
+            return values, inverse, counts
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+    @staticmethod
+    def _storage_key(tensor: torch.Tensor) -> int:
+        return tensor.untyped_storage()._cdata
+
+    def _see(self, tensor: torch.Tensor, category_hint: str | None = None, module: str | None = None) -> None:
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        if key in self._records or key in self._aliases:
+            return
+        self._next_id += 1
+        record = _Record(
+            storage_id=self._next_id,
+            nbytes=storage.nbytes(),
+            dtype=str(tensor.dtype).replace("torch.", ""),
+            category=category_hint or self._category_for_phase(),
+            module=self.module_stack[-1] if module is None and self.module_stack else (module or ""),
+            phase=self.phase_name,
+            iteration=self.iteration,
+        )
+        self._records[key] = record
+        self._log.append(("alloc", record))
+        self._finalizers[key] = weakref.finalize(storage, self._on_free, key)
+
+    def _on_twin_free(self, twin: int) -> None:
+        record = self._aliases.pop(twin, None)  # storage addresses are reused: forget the twin
+        if record is None:
+            return
+        twins = self._twins.get(record.storage_id, set())
+        twins.discard(twin)
+        if not twins:
+            self._twins.pop(record.storage_id, None)
+            orphan = self._orphans.pop(record.storage_id, None)
+            if orphan is not None:  # the real tensor died first; the allocation ends now
+                self._log.append(("free", orphan))
+
+    def _on_free(self, key: int) -> None:
+        self._tainted.discard(key)
+        self._finalizers.pop(key, None)
+        record = self._records.pop(key, None)
+        if record is None:
+            return
+        if self._twins.get(record.storage_id):  # a fake twin still holds it (e.g. in the autograd graph)
+            self._orphans[record.storage_id] = record
+            return
+        self._log.append(("free", record))
+
+    def _category_for_phase(self) -> str:
+        return {
+            "preprocess": "input",
+            "forward": "activation",
+            "backward": "activation",
+            "loss": "loss",
+        }.get(self.phase_name, "other")
+
+    # -- result -----------------------------------------------------------------------------------
+    def result(self) -> Trace:
+        """Freeze what was recorded so far. Storages still alive have no free event."""
+        events = []
+        for op, record in self._log:
+            category = self._category_override.get(record.storage_id, record.category)
+            events.append(
+                AllocationEvent(
+                    op=op,
+                    storage_id=record.storage_id,
+                    nbytes=record.nbytes,
+                    dtype=record.dtype,
+                    category=category,
+                    module=record.module,
+                    phase=record.phase,
+                    iteration=record.iteration,
+                )
+            )
+        return Trace(events=events, oracle_answers=list(self.oracle_answers), iteration_bounds=list(self._iteration_bounds))
+
+    def detach_finalizers(self) -> None:
+        """Stop listening for frees (call after ``result``, before the traced objects are dropped)."""
+        for finalizer in self._finalizers.values():
+            finalizer.detach()
+        self._finalizers.clear()
+
+
+_FUSED_IN_PLACE: dict = {}
+
+
+def _is_fused_in_place(func) -> bool:
+    """Foreach and fused optimizer ops that return nothing: they write values in place, allocate no
+    tensor and change no metadata (the metadata-changing in-place ops return their tensor)."""
+    known = _FUSED_IN_PLACE.get(func)
+    if known is None:
+        name = func.__name__
+        known = _FUSED_IN_PLACE[func] = (
+            name.startswith(("_foreach_", "_fused_", "_amp_foreach_"))
+            and not func._schema.returns
+            and not any(arg.name == "out" for arg in func._schema.arguments)
+        )
+    return known
+
+
+def _tensors_in(values) -> list[torch.Tensor]:
+    """The tensors among an op's arguments or results (aten takes at most lists of tensors)."""
+    found = []
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found.extend(v for v in value if isinstance(v, torch.Tensor))
+    return found
+
+
+def _real_stand_in(func, tensor: torch.Tensor) -> torch.Tensor:
+    """A real tensor that a *_like / new_* factory can take in place of a fake one."""
+    if not isinstance(tensor, FakeTensor):
+        return tensor
+    with _disable_current_modes():
+        if func.__name__.startswith("new_"):  # new_* read only dtype and device from self
+            return torch.empty(0, dtype=tensor.dtype)
+        return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype)
+
+
+def _describe(tensor: torch.Tensor) -> str:
+    return f"{str(tensor.dtype).replace('torch.', '')}{list(tensor.shape)}"
+
+
+@contextlib.contextmanager
+def module_scopes(model: torch.nn.Module, tracer: Tracer) -> Iterator[None]:
+    """Keep ``tracer.module_stack`` equal to the module path that is running. Hooks are removed on exit."""
+    handles = []
+    owners: dict[int, int] = {}
+    for _name, module in model.named_modules(remove_duplicate=False):
+        owners[id(module)] = owners.get(id(module), 0) + 1
+    for name, module in model.named_modules():
+        if not name:
+            continue
+        shared = owners[id(module)] > 1  # e.g. Conv.default_act, one SiLU used by every Conv
+        local = name.rsplit(".", 1)[-1]
+
+        def push(_module, _inputs, name=name, shared=shared, local=local):
+            # a shared module belongs to whichever layer is calling it right now
+            tracer.module_stack.append(f"{tracer.module_stack[-1]}.{local}" if shared and tracer.module_stack else name)
+
+        def pop(_module, _inputs, _output):
+            if tracer.module_stack:
+                tracer.module_stack.pop()
+
+        handles.append(module.register_forward_pre_hook(push))
+        handles.append(module.register_forward_hook(pop, always_call=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        tracer.module_stack.clear()
