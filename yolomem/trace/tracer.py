@@ -51,6 +51,8 @@ _DATA_DEPENDENT_SHAPE = {aten.nonzero.default, aten._unique2.default, aten.uniqu
                          aten.unique_consecutive.default, aten.masked_select.default,
                          aten.bincount.default}  # fmt: skip
 _SCALAR_READ = {aten._local_scalar_dense.default}
+# Ops that take a list of index tensors: a boolean index stands for the integer indices of its True entries.
+_INDEXING = {aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default}
 _DEVICE_QUERY = torch.ops.prim.device.default
 # Queries that allocate nothing (device, sizes, strides): answered without bookkeeping.
 _METADATA_QUERIES = frozenset({_DEVICE_QUERY, aten.size.default, aten.stride.default,
@@ -84,11 +86,16 @@ class DataOracle:
 
     ``positives`` is the number of nonzero entries assumed for a fake tensor, such as the foreground
     anchors the assigner selects; the training step sets it from the batch (assigner top-k x objects).
-    A scalar read returns ``scalar`` (0: no inf/NaN found, no early exit taken).
+    A scalar read returns ``scalar_for(tensor)``: ``scalar`` by default (0: no inf/NaN found, no early
+    exit taken); a training loop may answer by dtype instead.
     """
 
     positives: int = 0
     scalar: float = 0.0
+
+    def scalar_for(self, tensor: torch.Tensor) -> float:
+        """The value a ``.item()`` or ``bool()`` of the fake ``tensor`` reads."""
+        return self.scalar
 
     def nonzero_count(self, shape: torch.Size) -> int:
         numel = 1
@@ -239,6 +246,8 @@ class Tracer(TorchDispatchMode):
         return out
 
     def _dispatch_fake(self, func, args, kwargs):
+        if func in _INDEXING:
+            args = self._integer_indices(args)
         tensors = _tensors_in(args)
         if kwargs:
             tensors += _tensors_in(kwargs.values())
@@ -319,9 +328,31 @@ class Tracer(TorchDispatchMode):
                     self._tainted.add(self._storage_key(value))
         return tree_map(self._to_fake, tuple(flat_args)), tree_map(self._to_fake, kwargs)
 
+    def _integer_indices(self, args):
+        """``x[mask]`` and ``x[mask] = v`` as ``x[i, j, ...]`` with the mask's nonzero indices, which is
+        what the kernel does (``expandTensors``). A fake mode cannot size a boolean index, even a real
+        mask made fake for a mixed op. A real mask's indices are computed, off the trace: on the GPU
+        they are the kernel's internal temporary, which a real run's tracer does not see either. A
+        fake mask's count is the oracle's ``nonzero`` answer."""
+        indices = args[1]
+        if not any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices):
+            return args
+        expanded: list = []
+        for index in indices:
+            if not (isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8)):
+                expanded.append(index)
+            elif self._is_fake_like(index):
+                found = self._answer_data_dependent(aten.nonzero.default, (self._to_fake(index),), {})
+                with self.fake_mode:
+                    expanded.extend(found.unbind(1))
+            else:
+                with _disable_current_modes():
+                    expanded.extend(index.nonzero().unbind(1))
+        return (args[0], expanded, *args[2:])
+
     # -- oracle -----------------------------------------------------------------------------------
     def _answer_scalar(self, tensor: torch.Tensor):
-        value: Any = self.oracle.scalar
+        value: Any = self.oracle.scalar_for(tensor)
         if tensor.dtype == torch.bool:
             value = bool(value)
         elif not tensor.dtype.is_floating_point:
