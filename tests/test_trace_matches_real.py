@@ -1,12 +1,17 @@
 """The fake trace allocates exactly what a real CPU execution of the same training step allocates.
 
 Ground truth: the same Ultralytics iteration on real CPU tensors, recorded by the same Tracer with
-``fake=False``. The only data-dependent answers the fake trace must assume (how many foreground
-anchors the assigner picked) are taken from the real run for this comparison, so any difference
-left would be a tracing error.
+``fake=False``. The data-dependent answers the fake trace must assume (how many foreground anchors
+the assigner picked, what ``if fg_mask.sum():`` reads) are taken from the real run for this
+comparison, so any difference left would be a tracing error. One test instead lets the estimate's
+own oracle answer the scalar reads, to check it takes the branches a batch with objects takes.
+
+CI runs this file against every Ultralytics release of its matrix (``.ci/ultralytics_matrix.py``).
 """
 
 from __future__ import annotations
+
+import traceback
 
 import pytest
 import torch
@@ -15,29 +20,48 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from yolomem.config.settings import EstimateConfig
 from yolomem.loops import resolve_model
 from yolomem.loops import trace_run
-from yolomem.trace.tracer import DataOracle
+from yolomem.loops.ultralytics.step import UltralyticsOracle
+
+_BOOLEAN_INDEXING = (torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default, torch.ops.aten.index_put.default)
 
 
-class _NonzeroRecorder(TorchDispatchMode):
-    """Records the size of every nonzero() result in a real run."""
+def _site():
+    """The innermost Ultralytics line on the stack: where a scalar is read."""
+    frames = [f for f in traceback.extract_stack() if "ultralytics" in f.filename and "yolomem" not in f.filename]
+    return (frames[-1].filename, frames[-1].lineno) if frames else None
+
+
+class _Recorder(TorchDispatchMode):
+    """Records, in a real run, the size of every nonzero() result (also the one a boolean index
+    stands for) and every scalar read with the line that read it."""
 
     def __init__(self):
         super().__init__()
         self.counts: list[tuple[tuple[int, ...], int]] = []
+        self.scalars: list[tuple[object, object]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func is torch.ops.aten.nonzero.default:
             self.counts.append((tuple(args[0].shape), out.shape[0]))
+        elif func in _BOOLEAN_INDEXING:
+            for index in args[1]:
+                if isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8):
+                    self.counts.append((tuple(index.shape), int(index.count_nonzero())))
+        elif func is torch.ops.aten._local_scalar_dense.default:
+            self.scalars.append((_site(), out))
         return out
 
 
-class _ReplayOracle(DataOracle):
-    """Answers each fake nonzero() with the count the real run produced for the same shape."""
+class _ReplayOracle(UltralyticsOracle):
+    """Answers each fake nonzero() with the count the real run produced for the same shape, and each
+    scalar read with the value the real run read at the same line (or, with ``scalars=None``, as
+    the estimate's oracle does)."""
 
-    def __init__(self, counts):
+    def __init__(self, counts, scalars=None):
         super().__init__()
         self._counts = list(counts)
+        self._scalars = None if scalars is None else list(scalars)
 
     def nonzero_count(self, shape):
         for index, (recorded_shape, count) in enumerate(self._counts):
@@ -46,14 +70,25 @@ class _ReplayOracle(DataOracle):
                 return count
         raise AssertionError(f"the fake trace asked about nonzero{tuple(shape)}, which the real run never computed")
 
+    def scalar_for(self, tensor):
+        if self._scalars is None:
+            return super().scalar_for(tensor)
+        site = _site()
+        for index, (recorded, value) in enumerate(self._scalars):
+            if recorded == site:
+                del self._scalars[index]
+                return value
+        raise AssertionError(f"the fake trace read a scalar at {site}, which the real run never read there")
 
-def _streams(config: EstimateConfig):
+
+def _streams(config: EstimateConfig, *, replay_scalars: bool = True):
     torch.manual_seed(0)
     resolved = resolve_model(config.model)
-    recorder = _NonzeroRecorder()
+    recorder = _Recorder()
     with recorder:
         real = trace_run(config, resolved, fake=False).trace
-    fake = trace_run(config, resolved, fake=True, oracle=_ReplayOracle(recorder.counts)).trace
+    oracle = _ReplayOracle(recorder.counts, recorder.scalars if replay_scalars else None)
+    fake = trace_run(config, resolved, fake=True, oracle=oracle).trace
     return real, fake
 
 
@@ -77,6 +112,14 @@ def test_fp32_training_step_allocates_like_a_real_run(imgsz):
     assert _sizes(fake) == _sizes(real)
     assert _peak_live(fake) == _peak_live(real)
     assert [e.category for e in fake.events] == [e.category for e in real.events]
+
+
+def test_estimate_oracle_takes_the_branches_a_batch_with_objects_takes():
+    """Segmentation: ``if fg_mask.sum():`` guards the mask loss (all releases), and older ones branch on
+    ``fg_mask.max() > 1``; answered as the real run answers them, with dense, overlapping objects."""
+    config = EstimateConfig(model="yolov8n-seg.yaml", batch=2, imgsz=64, amp="fp32", iterations=1, instances=12)
+    real, fake = _streams(config, replay_scalars=False)
+    assert _sizes(fake) == _sizes(real)
 
 
 def test_real_run_sees_optimizer_state_and_gradients():

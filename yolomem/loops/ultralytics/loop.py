@@ -6,23 +6,30 @@ import contextlib
 import re
 
 from yolomem.config.models import ResolvedModel
-from yolomem.loops.base import TracedRun
-
-# Ultralytics switched GPU_mem from bytes/1e9 to bytes/2**30 in 8.3.76 (reference notes).
-GPU_MEM_GIB_SINCE = (8, 3, 76)
+from yolomem.loops.base import CacheClears, TracedRun
 
 
 class UltralyticsLoop:
+    """Release differences are read from the installed code in one place: ``release.py``."""
+
     name = "ultralytics"
-    clears_cache_between_epochs = True  # BaseTrainer._clear_memory after each epoch
 
     def owns(self, spec: str) -> bool:
         return False  # the default loop: it claims no name away from another
 
     def resolve(self, spec: str, requested: str) -> ResolvedModel:
         from yolomem.loops.ultralytics.models import resolve_ultralytics
+        from yolomem.loops.ultralytics.release import check_release, warn_once
 
+        warning = check_release()  # a release known not to work stops here, in one line
+        if warning:
+            warn_once(warning)
         return resolve_ultralytics(spec)
+
+    def cache_clears(self) -> CacheClears | None:
+        from yolomem.loops.ultralytics.release import release
+
+        return release().cache_clears
 
     def model_names(self) -> tuple[str, ...]:
         from yolomem.loops.ultralytics.models import shipped_model_names
@@ -68,10 +75,9 @@ class UltralyticsLoop:
         return trace_ultralytics_run(config, resolved, fake=fake, oracle=oracle, after_iterations=after_iterations)
 
     def gpu_mem_unit(self) -> str:
-        import ultralytics
+        from yolomem.loops.ultralytics.release import release
 
-        parts = tuple(int(p) for p in ultralytics.__version__.split(".")[:3] if p.isdigit())
-        return "GiB" if parts >= GPU_MEM_GIB_SINCE else "GB"
+        return release().gpu_mem_unit
 
     def epochs_supported(self, task: str, world_size: int) -> bool:
         return task != "classify"
@@ -82,20 +88,41 @@ class UltralyticsLoop:
         return val_batch_size(task, train_batch)
 
     def trace_val_pass(self, run, shape, seed: int, nc: int, kpt_shape, channels: int) -> None:
+        """``BaseValidator.__call__`` with a trainer, as the installed release runs it (``release.validation``):
+        up to 8.4.61 the EMA itself is converted to fp16 (``model.half()``, and ``model.float()`` after),
+        with no autocast; from 8.4.62 it stays fp32 and the forward and loss run under autocast."""
+        import functools
+
         import torch
 
-        from yolomem.loops.val_pass import trace_validation_batch, val_batch_dict
+        from yolomem.loops.ultralytics.release import release
+        from yolomem.loops.val_pass import ValLoop, trace_validation_batch, val_batch_dict
+        from yolomem.loops.yolov5.val_pass import convert_floats
 
         settings, tracer = run.settings, run.tracer
         ema = run.ema.ema  # BaseValidator.get_model: trainer.ema.ema
+        style = release().validation
+        half = settings.precision != "fp32" or style.half_without_amp  # fp16 also for amp=bf16
 
         def autocast():  # validator: autocast(trainer.amp) is fp16 whatever the training dtype
-            return run.policy.region(torch.float16) if run.policy is not None else contextlib.nullcontext()
+            if style.autocast and run.policy is not None:
+                return run.policy.region(torch.float16)
+            return contextlib.nullcontext()
 
-        nms = {"nc": 0 if settings.task == "detect" else nc, "rotated": settings.task == "obb"}
+        nms_kwargs = dict(conf_thres=0.001, iou_thres=0.7, multi_label=True, max_det=300,
+                          nc=0 if settings.task == "detect" else nc, rotated=settings.task == "obb")  # fmt: skip
+        loop = ValLoop(nms=functools.partial(release().nms, **nms_kwargs))
+        converts = style.ema_half_in_place and half
+        with tracer.phase("val_model_half"):
+            if converts:
+                convert_floats(ema, torch.float16)  # model = trainer.ema.ema.half()
+            tracer.label(list(ema.parameters()) + list(ema.buffers()), "ema")
         with tracer.phase("val_preprocess"):
             data = val_batch_dict(settings.task, shape, seed, nc, kpt_shape, channels)
-        trace_validation_batch(
-            ema, tracer, data, autocast=autocast, half_inputs=settings.precision != "fp32",
-            loss_fn=lambda d, p: ema.loss(d, p), nc=nc, nms_kwargs=nms,
-        )  # fmt: skip
+            data["resized_shape"] = [(shape.height, shape.width)] * shape.batch  # the collate's per-image shapes
+        trace_validation_batch(ema, tracer, data, autocast=autocast, half_inputs=half,
+                               loss_fn=lambda d, p: ema.loss(d, p), nc=nc, loop=loop)  # fmt: skip
+        with tracer.phase("val_model_float"):
+            if converts:
+                convert_floats(ema, torch.float32)  # model.float() at the end of the validator's call
+            tracer.label(list(ema.parameters()) + list(ema.buffers()), "ema")

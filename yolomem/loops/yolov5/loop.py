@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from yolomem.config.models import ResolvedModel
-from yolomem.loops.base import TracedRun
+from yolomem.loops.base import CacheClears, TracedRun
 
 
 class Yolov5Loop:
     name = "yolov5"
-    clears_cache_between_epochs = False  # train.py has no _clear_memory
+
+    def cache_clears(self) -> CacheClears:
+        return CacheClears()  # train.py never empties the cache
 
     def owns(self, spec: str) -> bool:
         from yolomem.loops.yolov5.names import is_original_only
