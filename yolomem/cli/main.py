@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     if options.command is None:
         options = parser.parse_args(["estimate", *(argv or [])])
     try:
+        from yolomem.loops.ultralytics.release import import_quietly
+
+        import_quietly()  # Ultralytics' own messages to stderr: stdout holds only yolomem's output (--json)
         return COMMANDS[options.command][1](options)
     except UserError as error:
         print(f"yolomem: error: {error}", file=sys.stderr)

@@ -30,6 +30,7 @@ import ast
 import contextlib
 import functools
 import inspect
+import re
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -97,11 +98,8 @@ class Release:
 
 def version_tuple(version: str) -> tuple[int, ...]:
     """'8.3.74' -> (8, 3, 74); local or pre-release suffixes are dropped ('8.4.0rc1' -> (8, 4, 0))."""
-    parts = []
-    for part in version.split(".")[:3]:
-        digits = "".join(ch for ch in part if ch.isdigit()) if part[:1].isdigit() else ""
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
+    parts = [re.match(r"\d*", part).group() for part in version.split(".")[:3]]
+    return tuple(int(part) if part else 0 for part in parts)
 
 
 def installed_version() -> str:

@@ -36,7 +36,8 @@ def trace_ultralytics_run(
     from yolomem.loops.ultralytics.release import check_release, release
 
     notes: list[str] = []
-    warning = check_release(release().version)  # probes the installed release here, outside the tracer
+    release()  # probe the installed release here, outside the tracer
+    warning = check_release()
     if warning:
         notes.append(warning)
     if oracle is None:
