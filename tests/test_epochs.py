@@ -81,3 +81,32 @@ def test_replay_is_deterministic(tiny_epochs):
     sim = tiny_epochs.epochs
     again = simulate_epochs(tiny_epochs.trace, 1, sim.plan)
     assert again.to_json() == sim.to_json()
+
+
+def test_cache_clears_follow_the_trainer(tiny_epochs):
+    """Up to ultralytics 8.3.86 the cache is emptied after every epoch whatever the card; 8.3.87 on only
+    above a share of the card, which an unknown card is assumed not to reach; the yolov5 repo never."""
+    from yolomem.loops.base import CacheClears
+
+    trace, plan = tiny_epochs.trace, tiny_epochs.epochs.plan
+    never = simulate_epochs(trace, 1, plan, clears=CacheClears())
+    always = simulate_epochs(trace, 1, plan, clears=CacheClears(after_epoch=0.0))
+    above_90 = simulate_epochs(trace, 1, plan, clears=CacheClears(after_epoch=0.9))
+    assert always.emptied_cache and not never.emptied_cache and not above_90.emptied_cache
+    # what validation left in the cache is gone when epoch 2 starts
+    assert always.steady_reserved.median < never.steady_reserved.median
+    assert above_90.to_json() | {"assumptions": None} == never.to_json() | {"assumptions": None}
+    assert any("after each epoch: always" in a for a in always.assumptions)
+    assert any("card unknown" in a for a in above_90.assumptions)
+    unknown = simulate_epochs(trace, 1, plan, clears=None)
+    assert not unknown.emptied_cache and any("could not be read" in a for a in unknown.assumptions)
+
+
+def test_cache_clear_thresholds():
+    from yolomem.loops.base import CacheClears
+
+    clears = CacheClears(before_val=0.5, after_epoch=0.0)
+    assert clears.empties(0.0, 1, None) and clears.empties(0.0, 1, 100)
+    assert not clears.empties(0.5, 60, None)  # the card is unknown: kept
+    assert clears.empties(0.5, 60, 100) and not clears.empties(0.5, 50, 100)
+    assert not clears.empties(None, 99, 100)

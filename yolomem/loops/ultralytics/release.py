@@ -279,13 +279,17 @@ def _probe_build(name: str, iterations: int = SHORT_RUN_ITERATIONS):
     from ultralytics.cfg import get_cfg
     from ultralytics.engine.trainer import BaseTrainer
 
-    from yolomem.loops.ultralytics.step import quiet_ultralytics
+    from ultralytics.utils import LOGGER
 
     model = torch.nn.Module()  # shaped like a YOLO model: layers in .model, the head last (MuSGD looks at it)
     model.model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     stand_in = SimpleNamespace(args=get_cfg(), data={"nc": 80})
-    with quiet_ultralytics():
+    level = LOGGER.level
+    LOGGER.setLevel("ERROR")  # build_optimizer logs its choice
+    try:
         return BaseTrainer.build_optimizer(stand_in, model=model, name=name, iterations=iterations)
+    finally:
+        LOGGER.setLevel(level)
 
 
 def optimizers() -> tuple[str, ...]:
