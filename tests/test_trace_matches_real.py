@@ -11,6 +11,7 @@ CI runs this file against every Ultralytics release of its matrix (``.ci/ultraly
 
 from __future__ import annotations
 
+import functools
 import traceback
 
 import pytest
@@ -92,6 +93,7 @@ class _ReplayOracle(UltralyticsOracle):
         raise AssertionError(f"the fake trace read a scalar at {site}, which the real run never read there")
 
 
+@functools.cache  # the same config's streams serve several tests (CI runs this file per release)
 def _streams(config: EstimateConfig, *, decide: bool = False):
     torch.manual_seed(0)
     resolved = resolve_model(config.model)
