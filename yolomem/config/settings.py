@@ -23,10 +23,11 @@ STEPS = ("train", "fwd_bwd")
 FRAMEWORKS = ("ultralytics", "yolov5")  # yolov5: the yolov5 repo's loop (yolomem.loops.yolov5)
 PRECISIONS = {"true": "fp16", "fp16": "fp16", "false": "fp32", "fp32": "fp32", "bf16": "bf16"}
 _YOLO_WORDS = {"yolo", "train", "detect", "segment", "pose", "obb", "classify"}
-_OWN_KEYS = {"instances", "step", "iterations", "alloc_conf", "gpu", "gpu_mem", "framework", "seed", "nc",
-             "world_size", "checkpoint"}
+_OWN_KEYS = {"instances", "max_instances", "step", "iterations", "alloc_conf", "gpu", "gpu_mem", "framework",
+             "seed", "nc", "world_size", "checkpoint"}
 _MEMORY_KEYS = {"model", "imgsz", "batch", "amp", "optimizer", "nbs", "freeze", "multi_scale", "task",
-                "overlap_mask", "mask_ratio", "data", "device", "epochs", "cache", "workers"}  # fmt: skip
+                "overlap_mask", "mask_ratio", "data", "device", "epochs", "cache", "workers", "mosaic",
+                "close_mosaic"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class EstimateConfig:
     epochs: int | None = None  # >= 2 (or data=) simulates epochs with validation (yolomem.result.epochs)
     cache: str | None = None  # Ultralytics' cache: "ram" | "disk" | None (host memory, yolomem.result.host_memory)
     workers: int = 8  # Ultralytics' dataloader workers (host memory)
+    max_instances: int | None = None  # the most objects in any one image, when the user knows it (loops.density)
+    mosaic: float = 1.0  # Ultralytics' mosaic probability: 4 images per training sample (loops.density)
+    close_mosaic: int = 10  # Ultralytics: no mosaic in the last N epochs (all of them when epochs <= N)
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -67,6 +71,11 @@ class EstimateConfig:
         _check_positive_int("workers", self.workers, allow_zero=True)
         if self.epochs is not None:
             _check_positive_int("epochs", self.epochs)
+        if self.max_instances is not None:
+            _check_positive_int("max_instances", self.max_instances)
+        _check_positive_int("close_mosaic", self.close_mosaic, allow_zero=True)
+        if not (isinstance(self.mosaic, (int, float)) and 0.0 <= self.mosaic <= 1.0):
+            raise UserError(f"mosaic={self.mosaic!r} must be a probability in [0, 1]")
         if self.cache not in (None, "ram", "disk"):
             raise unknown("cache", self.cache, ("ram", "disk", "false"))
         if self.amp not in set(PRECISIONS.values()):
@@ -139,6 +148,7 @@ class EstimateConfig:
             "gpu_mem": self.gpu_mem, "framework": self.framework, "seed": self.seed, "nc": self.nc,
             "data": self.data, "world_size": self.world_size, "checkpoint": self.checkpoint,
             "epochs": self.epochs, "cache": self.cache, "workers": self.workers,
+            "max_instances": self.max_instances, "mosaic": self.mosaic, "close_mosaic": self.close_mosaic,
         }  # fmt: skip
 
 
@@ -165,9 +175,10 @@ def _convert(key: str, raw: object) -> object:
     if key == "batch" and (text.startswith("-1") or text.startswith("0.")):
         raise UserError(f"batch={text} asks for AutoBatch; yolomem needs a fixed batch (yolomem fit finds the largest)")
     try:
-        if key in {"batch", "imgsz", "nbs", "iterations", "seed", "nc", "world_size", "epochs", "workers"}:
+        if key in {"batch", "imgsz", "nbs", "iterations", "seed", "nc", "world_size", "epochs", "workers",
+                   "max_instances", "close_mosaic"}:
             return int(text)
-        if key in {"instances", "multi_scale", "gpu_mem"}:
+        if key in {"instances", "multi_scale", "gpu_mem", "mosaic"}:
             return float(text)
     except ValueError:
         raise UserError(f"{key}={text!r} is not a number") from None

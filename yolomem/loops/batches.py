@@ -44,9 +44,10 @@ class SyntheticBatch:
 
     @staticmethod
     def draw(task: str, batch: int, imgsz: int, instances: float, seed: int, nc: int = 80,
-             kpt_shape: tuple[int, int] = (17, 3), channels: int = 3) -> SyntheticBatch:
-        rng = np.random.default_rng(seed)
-        counts = tuple(int(c) for c in rng.poisson(instances, size=batch))
+             kpt_shape: tuple[int, int] = (17, 3), channels: int = 3, counts: tuple[int, ...] | None = None) -> SyntheticBatch:
+        """A batch with the given objects per image, or Poisson(instances) draws when ``counts`` is None."""
+        if counts is None:
+            counts = tuple(int(c) for c in np.random.default_rng(seed).poisson(instances, size=batch))
         return SyntheticBatch(task, batch, imgsz, counts, seed, nc, tuple(kpt_shape), channels)
 
     @property

@@ -217,6 +217,9 @@ def plan_density(
         typical_batches.append(sorted(batches, key=lambda b: max(b, default=0))[len(batches) // 2])
         upper_batches = batches if upper_images is per_image else epoch_batches(rng, upper_images, batch, aug)
         upper.append(max(upper_batches, key=lambda b: (max(b, default=0), sum(b))))
+    typical_batches = [_full(b, batch, b) for b in typical_batches]
+    densest = [_full(b, batch, typical_batches[k]) for k, b in enumerate(densest)]  # a short last batch, filled
+    upper = [_full(b, batch, typical_batches[k]) for k, b in enumerate(upper)]
     order = np.argsort([max(b, default=0) for b in densest], kind="stable")
     chosen = int(order[len(order) // 2])
     upper_maxima = [max(b, default=0) for b in upper]
@@ -236,3 +239,25 @@ def plan_density(
         typical=tuple(typical_batches[chosen]), densest=tuple(densest[chosen]), densest_upper=tuple(upper_pick),
         batches_per_epoch=math.ceil(n_images / batch), images=n_images, source=source, mosaic=aug.mosaic > 0,
     )  # fmt: skip
+
+
+def _full(counts: tuple[int, ...], batch: int, filler: tuple[int, ...]) -> tuple[int, ...]:
+    """``counts`` topped up to ``batch`` samples from ``filler`` (the traced step always has a full batch)."""
+    missing = batch - len(counts)
+    return counts if missing <= 0 else counts + tuple((filler * (missing // max(len(filler), 1) + 1))[:missing])
+
+
+def plan_for(config, batch: int, train_counts: Sequence[int] | None = None) -> DensityPlan:
+    """The density plan of a config (``yolomem.config.settings.EstimateConfig``) at ``batch`` images per
+    GPU. The yolov5 repo's train.py has no ``close_mosaic``: its mosaic stays on."""
+    closes = config.framework != "yolov5"
+    aug = Augmentation.for_epoch(0, config.epochs, config.mosaic, config.close_mosaic if closes else 0)
+    return plan_density(batch=batch, instances=config.instances, seed=config.seed, train_counts=train_counts,
+                        max_instances=config.max_instances, aug=aug)  # fmt: skip
+
+
+def iteration_counts(plan: DensityPlan, iterations: int, upper: bool) -> list[tuple[int, ...]]:
+    """Objects per sample of each traced iteration: typical batches, the last of the configured ones
+    epoch 1's densest; with ``upper``, one more: the upper figure's densest."""
+    counts = [plan.typical] * (iterations - 1) + [plan.densest]
+    return counts + [plan.densest_upper] if upper else counts
