@@ -4,11 +4,11 @@ Why: the caching allocator keeps the largest blocks anyone asked for, so ``GPU_m
 later carries what validation (2x batch, rect shapes, NMS) and the densest training batch left.
 
 How (tracing is the expensive part, so each distinct piece is traced once):
-1. Plan: draw the epoch's batches (objects per image from the dataset's label files, or Poisson with
-   mean ``instances``, ``yolomem.loops.batches``) for several seeds. A batch is characterised by its
-   densest image (the assigner's ``n_max_boxes``); the levels traced are the median, the 90th
-   percentile and the maximum of that over all draws. With a dataset the densest image of the
-   dataset lies in some batch of every epoch, so the maximum is the dataset's maximum.
+1. Plan: draw the epoch's batches for several seeds with ``yolomem.loops.density`` (objects per image
+   from the dataset's label files or drawn around ``instances``; mosaics of 4 images while the mosaic
+   is open). A batch is characterised by its densest training sample (the assigner's
+   ``n_max_boxes``); the levels traced are the median, the 90th percentile and the maximum of that
+   over all draws.
 2. Trace, with the model, optimizer and EMA of ``runner.trace_run``: one training iteration per
    level, and one validation batch per distinct val shape (``yolomem.loops.val_pass``; for the
    yolov5 repo's loop ``yolomem.loops.yolov5.val_pass``: val.py's fp16 EMA, its NMS).
@@ -33,6 +33,7 @@ Assumptions (also returned in ``EpochSimulation.assumptions``):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,8 +41,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from yolomem.allocator.caching import CachingAllocator, SimulatedOOM, parse_alloc_conf
-from yolomem.trace.tracer import AllocationEvent, Trace
+from yolomem.loops.density import DEFAULT_SIGMA, DEFAULT_TRAIN_IMAGES, Augmentation, epoch_batches, image_counts
 from yolomem.loops.val_pass import ValBatchShape
+from yolomem.trace.tracer import AllocationEvent, Trace
 
 SIM_ITERATIONS = 12  # training batches replayed per simulated epoch
 SIM_EPOCHS = 3  # epoch 1, then 2 and 3 (both "steady")
@@ -80,8 +82,9 @@ class EpochPlan:
     sequences: tuple[tuple[tuple[int, ...], ...], ...]  # per seed, per epoch: level index of each batch
     val_shapes: tuple[ValBatchShape, ...]  # traced validation batches
     val_sequence: tuple[int, ...]  # traced shape index for each validation batch, in order
-    batches_per_epoch: int | None  # real training batches per epoch (None without a dataset)
+    batches_per_epoch: int  # real training batches per epoch (the dataset's, or the density model's default)
     seeds: tuple[int, ...]
+    first_level_iteration: int | None = None  # iteration index of the first level's trace (set when traced)
 
 
 @dataclass(frozen=True)
@@ -146,43 +149,41 @@ def plan_epochs(
     *, batch: int, val_batch: int, imgsz: int, stride: int, seeds: Sequence[int],
     train_counts: Sequence[int] | None = None, instances: float = 8.0,
     val_sizes: Sequence[tuple[int, int]] | None = None, val_counts: Sequence[int] | None = None,
+    max_instances: int | None = None, augmentations: Sequence[Augmentation] | None = None,
 ) -> EpochPlan:  # fmt: skip
-    """Draw the batches of every simulated epoch and pick what to trace (see the module docstring)."""
-    epoch_batches: list[list[list[tuple[int, ...]]]] = []  # seed -> epoch -> batches (counts)
+    """Draw the batches of every simulated epoch and pick what to trace (see the module docstring).
+    ``augmentations``: one per simulated epoch (mosaic on or closed); default mosaics throughout."""
+    augmentations = tuple(augmentations or [Augmentation()] * SIM_EPOCHS)
+    drawn: list[list[list[tuple[int, ...]]]] = []  # seed -> epoch -> batches (objects per sample)
+    images = len(train_counts) if train_counts is not None else DEFAULT_TRAIN_IMAGES
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        per_seed = []
-        for _epoch in range(SIM_EPOCHS):
-            if train_counts is not None:
-                order = rng.permutation(len(train_counts))
-                counts = np.asarray(train_counts)[order]
-                batches = [tuple(int(c) for c in counts[i : i + batch]) for i in range(0, len(counts), batch)]
-                per_seed.append(_sample_in_order(batches, rng))
-            else:
-                per_seed.append([tuple(int(c) for c in rng.poisson(instances, batch)) for _ in range(SIM_ITERATIONS)])
-        epoch_batches.append(per_seed)
-    maxima = np.array([max(b, default=0) for s in epoch_batches for e in s for b in e])
-    top = int(maxima.max()) if train_counts is None else int(max(train_counts, default=0))
-    levels = sorted({int(np.median(maxima)), int(np.percentile(maxima, 90)), top})
+        if train_counts is not None:
+            per_image = np.asarray(train_counts, dtype=np.int64)
+        else:
+            per_image = image_counts(rng, instances, DEFAULT_SIGMA, images, max_instances)
+        drawn.append([_sample_in_order(epoch_batches(rng, per_image, batch, augmentations[e]), rng) for e in range(SIM_EPOCHS)])
+    maxima = np.array([max(b, default=0) for s in drawn for e in s for b in e])
+    levels = sorted({int(np.median(maxima)), int(np.percentile(maxima, 90)), int(maxima.max())})
     level_counts = []
     for level in levels:
-        example = next((b for s in epoch_batches for e in s for b in e if max(b, default=0) == level), None)
+        example = next((b for s in drawn for e in s for b in e if max(b, default=0) == level and len(b) == batch), None)
         level_counts.append(example if example is not None else tuple([level] + [0] * (batch - 1)))
     sequences = tuple(
-        tuple(tuple(_level_of(max(b, default=0), levels) for b in epoch) for epoch in per_seed) for per_seed in epoch_batches
+        tuple(tuple(_level_of(max(b, default=0), levels) for b in epoch) for epoch in per_seed) for per_seed in drawn
     )
     if val_sizes:
         batches = _val_batches(val_sizes, list(val_counts or [0] * len(val_sizes)), val_batch, imgsz, stride)
     else:  # no dataset: square images, letterboxed as set_rectangle does for aspect ratio 1
         side = int(math.ceil(imgsz / stride + VAL_PAD)) * stride
         rng = np.random.default_rng(seeds[0] if seeds else 0)
-        batches = [((side, side), tuple(int(c) for c in rng.poisson(instances, val_batch))) for _ in range(NO_DATA_VAL_BATCHES)]
+        batches = [((side, side), tuple(int(c) for c in image_counts(rng, instances, DEFAULT_SIGMA, val_batch, max_instances)))
+                   for _ in range(NO_DATA_VAL_BATCHES)]  # fmt: skip
     val_shapes, val_sequence = _pick_val_shapes(batches, val_batch)
     return EpochPlan(
         levels=tuple(levels), level_counts=tuple(level_counts), sequences=sequences,
         val_shapes=val_shapes, val_sequence=val_sequence,
-        batches_per_epoch=math.ceil(len(train_counts) / batch) if train_counts is not None else None,
-        seeds=tuple(seeds),
+        batches_per_epoch=math.ceil(images / batch), seeds=tuple(seeds),
     )  # fmt: skip
 
 
@@ -229,9 +230,9 @@ def _pick_val_shapes(batches, val_batch: int) -> tuple[tuple[ValBatchShape, ...]
 # -- composing and replaying ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Template:
-    """A traced segment made self-contained: (is_alloc, local id, bytes, phase) per event."""
+    """A traced segment made self-contained: (is_alloc, local id, bytes, upper-figure bytes, phase) per event."""
 
-    ops: tuple[tuple[bool, int, int, str], ...]
+    ops: tuple[tuple[bool, int, int, int, str], ...]
 
 
 def _split(trace: Trace) -> list[list[AllocationEvent]]:
@@ -243,12 +244,12 @@ def _persistent(events: list[AllocationEvent], freed_later: set[int]) -> _Templa
     """Setup and the first iteration: kept as traced; what a later segment frees is freed at the end."""
     ops, live = [], {}
     for event in events:
-        ops.append((event.op == "alloc", event.storage_id, event.nbytes, event.phase))
+        ops.append((event.op == "alloc", event.storage_id, event.nbytes, event.size(upper=True), event.phase))
         if event.op == "alloc":
             live[event.storage_id] = event
         else:
             live.pop(event.storage_id, None)
-    ops += [(False, sid, e.nbytes, e.phase) for sid, e in live.items() if sid in freed_later]
+    ops += [(False, sid, e.nbytes, e.size(upper=True), e.phase) for sid, e in live.items() if sid in freed_later]
     return _Template(tuple(ops))
 
 
@@ -258,11 +259,11 @@ def _self_contained(events: list[AllocationEvent], rename: dict[str, str] | None
         phase = (rename or {}).get(event.phase, event.phase)
         if event.op == "alloc":
             live[event.storage_id] = phase
-            ops.append((True, event.storage_id, event.nbytes, phase))
+            ops.append((True, event.storage_id, event.nbytes, event.size(upper=True), phase))
         elif event.storage_id in live:
             del live[event.storage_id]
-            ops.append((False, event.storage_id, event.nbytes, phase))
-    ops += [(False, sid, 0, phase) for sid, phase in live.items()]
+            ops.append((False, event.storage_id, event.nbytes, event.size(upper=True), phase))
+    ops += [(False, sid, 0, 0, phase) for sid, phase in live.items()]
     return _Template(tuple(ops))
 
 
@@ -272,28 +273,35 @@ _VAL_RENAME = {"loss": "val_loss", "preprocess": "val_preprocess", "forward": "v
 def simulate_epochs(
     trace: Trace, first_iteration: int, plan: EpochPlan, *, alloc_conf: str | None = None,
     card_bytes: int | None = None, capacity_bytes: int | None = None, clears_cache: bool = True,
+    upper: tuple[int, int] | None = None,
 ) -> EpochSimulation:  # fmt: skip
     """Replay the planned epochs for each seed. ``trace`` holds, after ``first_iteration`` training
     iterations (the first one being the optimizer's first step), one iteration per level and one
-    validation batch per val shape, in ``plan`` order. ``clears_cache``: the loop calls
-    ``_clear_memory(0.5)`` around validation (Ultralytics); the yolov5 repo's train.py never does."""
+    validation batch per val shape, in ``plan`` order (from ``plan.first_level_iteration`` when set).
+    ``clears_cache``: the loop calls ``_clear_memory(0.5)`` around validation (Ultralytics); the yolov5
+    repo's train.py never does. ``upper`` = (iteration, n_max) of the iteration traced at the upper
+    figure's density: the upper figure replays it in place of the top level, with kernel workspaces
+    at their upper sizes."""
     segments = _split(trace)
     setup, first = segments[0], segments[1]
-    extra = segments[1 + first_iteration :]
+    start_level = plan.first_level_iteration if plan.first_level_iteration is not None else first_iteration
+    extra = segments[1 + start_level :]
     if len(extra) != len(plan.levels) + len(plan.val_shapes):
         raise ValueError(f"trace has {len(extra)} extra segments, plan needs {len(plan.levels) + len(plan.val_shapes)}")
     # training segments only: val.py's model.half() frees the fp32 EMA, which model.float() remakes
     # at the end of validation; the EMA stays alive for training (see EpochSimulation.assumptions)
-    training = segments[2 : 1 + first_iteration + len(plan.levels)]
+    training = segments[2 : 1 + start_level + len(plan.levels)]
     later_frees = {e.storage_id for seg in training for e in seg if e.op == "free"}
     start = _persistent(setup + first, later_frees)
     train = [_self_contained(seg) for seg in extra[: len(plan.levels)]]
+    if upper is not None and upper[1] >= plan.levels[-1]:
+        train[-1] = _self_contained(segments[1 + upper[0]])
     val = [_self_contained(seg, _VAL_RENAME) for seg in extra[len(plan.levels) :]]
     id_stride = max((e.storage_id for e in trace.events), default=0) + 1
     val_order = _compress(plan.val_sequence)
     runs = [
         _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf,
-                     card_bytes if clears_cache else None, capacity_bytes)  # fmt: skip
+                     card_bytes if clears_cache else None, capacity_bytes, upper is not None)  # fmt: skip
         for sequence in plan.sequences
     ]
     peaks = [r["peak_reserved"] for r in runs]
@@ -331,8 +339,10 @@ def _compress(sequence: Sequence[int]) -> list[int]:
     return out
 
 
-def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, card_bytes, capacity_bytes) -> dict:
-    """One seed's epochs; ``card_bytes`` None: ``_clear_memory`` never empties the cache."""
+def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, card_bytes, capacity_bytes,
+                 upper: bool = False) -> dict:  # fmt: skip
+    """One seed's epochs; ``card_bytes`` None: ``_clear_memory`` never empties the cache; ``upper``:
+    kernel workspaces at their upper-figure sizes."""
     allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
     handles: dict[int, int] = {}
     state = {"copy": 0, "peak_reserved": 0, "peak_phase": "", "oom": None, "emptied": False}
@@ -342,10 +352,10 @@ def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, 
         if fresh:
             state["copy"] += 1
             offset = state["copy"] * id_stride
-        for is_alloc, sid, nbytes, phase in template.ops:
+        for is_alloc, sid, nbytes, upper_nbytes, phase in template.ops:
             key = sid + offset
             if is_alloc:
-                handle = allocator.malloc(nbytes)
+                handle = allocator.malloc(upper_nbytes if upper else nbytes)
                 if handle is not None:
                     handles[key] = handle
                 if allocator.reserved_bytes > state["peak_reserved"]:
@@ -394,9 +404,11 @@ class EpochTracing:
     validation of the run's loop (Ultralytics' ``BaseValidator`` or the yolov5 repo's ``val.py``)."""
 
     def __init__(self, loop, *, seeds: Sequence[int], instances: float, train_counts=None, val_sizes=None,
-                 val_counts=None, kpt_shape=(17, 3), channels: int = 3):  # fmt: skip
+                 val_counts=None, kpt_shape=(17, 3), channels: int = 3, max_instances: int | None = None,
+                 augmentations: Sequence[Augmentation] | None = None):  # fmt: skip
         self.loop = loop  # the TrainingLoop being traced (yolomem.loops)
         self.seeds, self.instances = tuple(seeds), instances
+        self.max_instances, self.augmentations = max_instances, augmentations
         self.train_counts, self.val_sizes, self.val_counts = train_counts, val_sizes, val_counts
         self.kpt_shape, self.channels = tuple(kpt_shape), channels
         self.plan: EpochPlan | None = None
@@ -410,10 +422,12 @@ class EpochTracing:
         self.plan = plan = plan_epochs(
             batch=settings.batch, val_batch=val_batch, imgsz=settings.imgsz,
             stride=run.stride, seeds=self.seeds, train_counts=self.train_counts, instances=self.instances,
-            val_sizes=self.val_sizes, val_counts=self.val_counts,
+            val_sizes=self.val_sizes, val_counts=self.val_counts, max_instances=self.max_instances,
+            augmentations=self.augmentations,
         )  # fmt: skip
         nc = int(getattr(run.model, "nc", 80))
-        iteration = run.tracer.iteration + 1  # after the configured iterations
+        iteration = run.tracer.iteration + 1  # after the configured iterations (and the upper-density one)
+        self.plan = plan = dataclasses.replace(plan, first_level_iteration=iteration)
         seed = self.seeds[0] if self.seeds else 0
         for counts in plan.level_counts:
             batch = SyntheticBatch(task, settings.batch, settings.imgsz, counts, seed + iteration, nc,
@@ -436,18 +450,11 @@ class EpochRequest:
     dataset: object | None  # yolomem.config.dataset.DatasetSummary
     notes: tuple[str, ...]
 
-    def base_trace(self, trace: Trace) -> Trace:
-        """The trace of the configured iterations only (what the plain estimate replays)."""
-        iterations = self.config.iterations
-        bounds = list(trace.iteration_bounds)
-        end = bounds[iterations] if len(bounds) > iterations else len(trace.events)
-        return Trace(events=trace.events[:end], oracle_answers=trace.oracle_answers,
-                     iteration_bounds=bounds[:iterations], unaccounted=list(trace.unaccounted))  # fmt: skip
-
-    def simulate(self, trace: Trace, alloc_conf, card_bytes, capacity_bytes) -> EpochSimulation:
+    def simulate(self, trace: Trace, alloc_conf, card_bytes, capacity_bytes, upper: tuple[int, int] | None = None) -> EpochSimulation:
+        """The epochs' figures; ``upper`` = (iteration, n_max) of the upper-density iteration for the upper figure."""
         return simulate_epochs(trace, self.config.iterations, self.hook.plan, alloc_conf=alloc_conf,
                                card_bytes=card_bytes, capacity_bytes=capacity_bytes,
-                               clears_cache=self.hook.loop.clears_cache_between_epochs)  # fmt: skip
+                               clears_cache=self.hook.loop.clears_cache_between_epochs, upper=upper)  # fmt: skip
 
 
 def epoch_request(config, resolved) -> EpochRequest | None:
@@ -479,6 +486,9 @@ def epoch_request(config, resolved) -> EpochRequest | None:
                             "Ultralytics' assigner would need one (batch, objects, anchors) tensor that large: check the labels")  # fmt: skip
     seeds = tuple(config.seed + k for k in range(DEFAULT_SEEDS))
     kpt_shape = tuple(resolved.cfg.get("kpt_shape", (17, 3)))
+    closes = config.close_mosaic if loop.name != "yolov5" else 0  # the yolov5 repo's train.py keeps the mosaic
+    augmentations = [Augmentation.for_epoch(e, config.epochs, config.mosaic, closes) for e in range(SIM_EPOCHS)]
     hook = EpochTracing(loop, seeds=seeds, instances=config.instances, train_counts=train_counts, val_sizes=val_sizes,
-                        val_counts=val_counts, kpt_shape=kpt_shape, channels=int(resolved.cfg.get("channels", 3)))  # fmt: skip
+                        val_counts=val_counts, kpt_shape=kpt_shape, channels=int(resolved.cfg.get("channels", 3)),
+                        max_instances=config.max_instances, augmentations=augmentations)  # fmt: skip
     return EpochRequest(config, hook, dataset, tuple(notes))
