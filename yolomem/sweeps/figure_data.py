@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from yolomem.config.settings import PRECISIONS, EstimateConfig
 from yolomem.errors import UserError, unknown
-from yolomem.allocator.replay import replay_trace
 from yolomem.result.estimate import Estimate, estimate_config
 from yolomem.config.gpus import GiB, Gpu
 from yolomem.result.timeline import Timeline, estimate_timeline
@@ -149,11 +148,13 @@ def gpu_line(gpu: Gpu) -> GpuLine:
 
 
 def fits_on(estimate: Estimate, line: GpuLine) -> bool:
-    """``estimate(..., gpu=card).fits``, from the estimate's trace: replay with the card's capacity."""
+    """``estimate(..., gpu=card).fits``, from the estimate's trace: the upper figure's replay with the
+    card's capacity (``yolomem.result.upper.fits_card``)."""
+    from yolomem.result.upper import fits_card
+
     if estimate.trace is None:
         raise UserError("this estimate carries no trace; run estimate() again")
-    alloc_conf = estimate.config.get("alloc_conf")
-    return replay_trace(estimate.trace, alloc_conf, capacity_bytes=line.usable_bytes).oom is None
+    return fits_card(estimate, line.usable_bytes)
 
 
 def curve_figure(

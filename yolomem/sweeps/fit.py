@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
-from yolomem.allocator.replay import replay_trace
 from yolomem.result.estimate import Estimate, estimate_config
+from yolomem.result.upper import fits_card
 from yolomem.config.gpus import GiB, Gpu, find_gpu
 
 DEFAULT_MARGIN = 0.10
@@ -54,7 +54,7 @@ class Probe:
 
     batch: int
     imgsz: int
-    peak_reserved_bytes: int  # the full peak, also when the card would have run out part way
+    peak_reserved_bytes: int  # the upper figure's peak (yolomem.result.upper), also when the card would run out
     fits: bool
     seconds: float
 
@@ -178,12 +178,10 @@ class Prober:
             self.progress(f"tracing {config.model} batch={config.batch} imgsz={config.imgsz}")
         started = time.perf_counter()
         result = estimate_config(config)
-        if result.fits:
-            peak = result.peak_reserved_bytes
-            fits = self.budget.margin_bytes == 0 or _replay_fits(result, config, self.budget.capacity_bytes)
-        else:  # the estimate's replay stopped at the OOM: replay without a cap for the full peak
-            peak = replay_trace(result.trace, config.alloc_conf).peak_reserved_bytes
-            fits = False
+        # verdicts and peaks are the upper figure's (yolomem.result.upper): 9 runs in 10 stay under it
+        peak = result.peak_reserved_upper_bytes
+        fits = bool(result.fits) and (self.budget.margin_bytes == 0
+                                      or fits_card(result, self.budget.usable_bytes, self.budget.margin_bytes))
         probe = Probe(config.batch, int(result.config["imgsz"]), peak, fits, time.perf_counter() - started)
         self._cache[key] = (result, probe)
         return result, probe
@@ -191,10 +189,6 @@ class Prober:
     @property
     def probes(self) -> tuple[Probe, ...]:
         return tuple(probe for _, probe in self._cache.values())
-
-
-def _replay_fits(result: Estimate, config: EstimateConfig, capacity: int) -> bool:
-    return replay_trace(result.trace, config.alloc_conf, capacity_bytes=capacity).oom is None
 
 
 def resolve_config(config_or_model, gpu: str | None, gpu_mem: float | None, settings: dict) -> EstimateConfig:

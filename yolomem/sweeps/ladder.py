@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from yolomem.config.settings import EstimateConfig
 from yolomem.allocator.replay import replay_trace
+from yolomem.config.gpus import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_UPPER_BYTES
 from yolomem.result.estimate import Estimate
 from yolomem.sweeps.fit import DEFAULT_MARGIN, MAX_BATCH, NothingFits, Progress, Prober, largest_batch, line_prediction, make_budget, model_stride, resolve_config, yolo_train_command
 
@@ -148,20 +149,20 @@ def _smaller_batch(config: EstimateConfig, prober: Prober, baseline_peak: int) -
                         baseline_peak - one.peak_reserved_bytes, False, None, True, "not even batch 1 fits")  # fmt: skip
     changes = {"batch": result.max_batch}
     note = f"Ultralytics accumulates {result.accumulate} steps (nbs={config.nbs}) so the optimizer sees ~{result.max_batch * result.accumulate} images per step"
-    peak = result.estimate_at_max.peak_reserved_bytes
+    peak = result.estimate_at_max.peak_reserved_upper_bytes
     return Strategy("smaller batch + accumulation", changes, result.yolo_train_command, peak, baseline_peak - peak,
                     True, result.max_batch, True, note, result.estimate_at_max)  # fmt: skip
 
 
 def _expandable(config: EstimateConfig, prober: Prober, base_estimate: Estimate, baseline_peak: int) -> Strategy:
     """Same trace, other allocator mode: replayed, not re-traced (the trace does not depend on it)."""
-    capacity = prober.budget.capacity_bytes
+    capacity = prober.budget.capacity_bytes - (CUDA_CONTEXT_UPPER_BYTES - CUDA_CONTEXT_BYTES)  # the upper figure's
 
     def peak(cfg: EstimateConfig) -> int:
         estimate, _ = prober.run(cfg)
-        return replay_trace(estimate.trace, EXPANDABLE).peak_reserved_bytes
+        return replay_trace(estimate.trace, EXPANDABLE, upper=True).peak_reserved_bytes
 
-    replayed = replay_trace(base_estimate.trace, EXPANDABLE, capacity_bytes=capacity)
+    replayed = replay_trace(base_estimate.trace, EXPANDABLE, capacity_bytes=capacity, upper=True)
     full_peak = peak(config)
     allows = _predicted_max_batch(prober, config, capacity, replay=peak)
     changed = config.with_changes(alloc_conf=EXPANDABLE)
