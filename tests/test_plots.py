@@ -112,9 +112,10 @@ def test_timeline_matches_the_estimate(tiny_estimate):
     assert timeline.peak_reserved_bytes == tiny_estimate.peak_reserved_bytes
     assert timeline.peak_phase == tiny_estimate.peak_phase
     assert timeline.allocated_bytes[timeline.peak_offset] == max(timeline.allocated_bytes)
-    bounds = tiny_estimate.trace.iteration_bounds
-    assert timeline.first_event == bounds[-1]
-    assert timeline.steps == len(tiny_estimate.trace.events) - bounds[-1]
+    bounds = tiny_estimate.trace.iteration_bounds + [len(tiny_estimate.trace.events)]
+    last = tiny_estimate.config["iterations"] - 1  # the upper figure's iteration follows it in the trace
+    assert timeline.first_event == bounds[last]
+    assert timeline.steps == bounds[last + 1] - bounds[last]
     assert all(a <= r for a, r in zip(timeline.allocated_bytes, timeline.reserved_bytes))
     for spans in (timeline.phases, timeline.shading):
         assert spans[0].start == 0 and spans[-1].stop == timeline.steps

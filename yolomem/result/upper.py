@@ -100,15 +100,20 @@ class UpperFigure:
         }  # fmt: skip
 
 
-def fits_card(estimate, usable_bytes: int, margin_bytes: int = 0) -> bool:
+def upper_capacity(total_bytes: int, margin_bytes: int = 0) -> int:
+    """What the upper figure's replay may reserve on a card: its memory minus the upper CUDA context."""
+    from yolomem.config.gpus import CUDA_CONTEXT_UPPER_BYTES
+
+    return total_bytes - CUDA_CONTEXT_UPPER_BYTES - margin_bytes
+
+
+def fits_card(estimate, total_bytes: int, margin_bytes: int = 0) -> bool:
     """The verdict every command gives (estimate gpu=, fit, pick, table, plots, report): the upper
-    figure's replay of the estimate's trace fits a card whose allocator may reserve ``usable_bytes``
-    (the card minus the expected CUDA context), less the upper figure's extra context and ``margin_bytes``."""
+    figure's replay of the estimate's trace, plus its allowance, fits ``upper_capacity`` of the card."""
     from yolomem.allocator.replay import replay_trace
-    from yolomem.config.gpus import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_UPPER_BYTES
 
     if estimate.trace is None:
         raise ValueError("this estimate carries no trace")
     allowance = estimate.upper.allowance_bytes if estimate.upper else 0
-    capacity = usable_bytes - (CUDA_CONTEXT_UPPER_BYTES - CUDA_CONTEXT_BYTES) - margin_bytes - allowance
+    capacity = upper_capacity(total_bytes, margin_bytes) - allowance
     return replay_trace(estimate.trace, estimate.config.get("alloc_conf"), capacity_bytes=capacity, upper=True).oom is None

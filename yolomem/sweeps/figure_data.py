@@ -30,7 +30,7 @@ DEFAULT_IMGSZ = (320, 480, 640)
 MAX_POINTS = 12  # each point is a full traced estimate
 BREAKDOWN_ORDER = (
     "parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other",
-    "allocator_rounding", "cache_fragmentation", "validation_epochs_growth", "cuda_context",
+    "cublas_workspace", "cublaslt_workspace", "cudnn_workspace", "allocator_rounding", "cache_fragmentation", "validation_epochs_growth", "cuda_context",
 )  # fmt: skip
 
 Progress = Callable[[int, int, str], None]  # (done, total, what is being estimated)
@@ -154,7 +154,7 @@ def fits_on(estimate: Estimate, line: GpuLine) -> bool:
 
     if estimate.trace is None:
         raise UserError("this estimate carries no trace; run estimate() again")
-    return fits_card(estimate, line.usable_bytes)
+    return fits_card(estimate, line.total_bytes)
 
 
 def curve_figure(

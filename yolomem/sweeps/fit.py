@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.result.estimate import Estimate, estimate_config
-from yolomem.result.upper import fits_card
+from yolomem.result.upper import fits_card, upper_capacity
 from yolomem.config.gpus import GiB, Gpu, find_gpu
 
 DEFAULT_MARGIN = 0.10
@@ -76,7 +76,9 @@ class Budget:
 
     @property
     def capacity_bytes(self) -> int:
-        return self.gpu.usable_bytes - self.margin_bytes
+        """What the upper figure's replay may reserve (verdicts use the upper figure): the card minus the
+        upper CUDA context (``yolomem.result.upper``), minus the margin."""
+        return upper_capacity(self.gpu.total_bytes, self.margin_bytes)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ class FitResult:
     model: str  # as the user named it, for the ``yolo train`` line
     gpu: str
     gpu_total_bytes: int
-    context_bytes: int
+    context_bytes: int  # the upper figure's CUDA context (the budget's)
     margin: float
     capacity_bytes: int  # what the simulation let the caching allocator reserve
     max_batch: int
@@ -181,7 +183,7 @@ class Prober:
         # verdicts and peaks are the upper figure's (yolomem.result.upper): 9 runs in 10 stay under it
         peak = result.peak_reserved_upper_bytes
         fits = bool(result.fits) and (self.budget.margin_bytes == 0
-                                      or fits_card(result, self.budget.usable_bytes, self.budget.margin_bytes))
+                                      or fits_card(result, self.budget.gpu.total_bytes, self.budget.margin_bytes))
         probe = Probe(config.batch, int(result.config["imgsz"]), peak, fits, time.perf_counter() - started)
         self._cache[key] = (result, probe)
         return result, probe
@@ -304,7 +306,7 @@ def _solve(prober, probe, shape, bracket_units, cap_units, what_does_not_fit, hi
 def _budget_fields(budget) -> dict:
     """The FitResult fields that describe the card and its budget."""
     return {
-        "gpu": budget.gpu.name, "gpu_total_bytes": budget.gpu.total_bytes, "context_bytes": budget.gpu.context_bytes,
+        "gpu": budget.gpu.name, "gpu_total_bytes": budget.gpu.total_bytes, "context_bytes": budget.gpu.total_bytes - budget.margin_bytes - budget.capacity_bytes,
         "margin": budget.margin, "capacity_bytes": budget.capacity_bytes,
     }  # fmt: skip
 

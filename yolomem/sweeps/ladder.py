@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 from yolomem.config.settings import EstimateConfig
 from yolomem.allocator.replay import replay_trace
-from yolomem.config.gpus import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_UPPER_BYTES
 from yolomem.result.estimate import Estimate
 from yolomem.sweeps.fit import DEFAULT_MARGIN, MAX_BATCH, NothingFits, Progress, Prober, largest_batch, line_prediction, make_budget, model_stride, resolve_config, yolo_train_command
 
@@ -156,7 +155,7 @@ def _smaller_batch(config: EstimateConfig, prober: Prober, baseline_peak: int) -
 
 def _expandable(config: EstimateConfig, prober: Prober, base_estimate: Estimate, baseline_peak: int) -> Strategy:
     """Same trace, other allocator mode: replayed, not re-traced (the trace does not depend on it)."""
-    capacity = prober.budget.capacity_bytes - (CUDA_CONTEXT_UPPER_BYTES - CUDA_CONTEXT_BYTES)  # the upper figure's
+    capacity = prober.budget.capacity_bytes
 
     def peak(cfg: EstimateConfig) -> int:
         estimate, _ = prober.run(cfg)

@@ -162,9 +162,9 @@ class _Traced:
     gpu_mem_printed: str
     gpu_mem_unit: str
     notes: tuple[str, ...]
-    peak_reserved_upper_bytes: int = 0
-    device_total_upper_bytes: int = 0
-    context_upper_bytes: int = 0
+    peak_reserved_upper_bytes: int  # the upper figure (yolomem.result.upper): verdicts and max_batch use it
+    device_total_upper_bytes: int
+    context_upper_bytes: int
 
 
 def _trace_one(model: str, imgsz: int, batch: int, precision: str, iterations: int) -> _Traced:
