@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import torch
 
 from yolomem.trace.autocast import CudaAutocastPolicy
+from yolomem.loops.base import check_trainable
 from yolomem.loops.batches import SyntheticBatch
 from yolomem.trace.tracer import Tracer
 
@@ -203,6 +204,7 @@ class UltralyticsRun:
         model.nc = nc
         model.names = getattr(model, "names", None) or {i: str(i) for i in range(nc)}
         freeze_parameters(model, settings.freeze)
+        check_trainable(model, settings.freeze)
         _, self.trainer_class = _task_classes(settings.task)
         self.stride = max(int(model.stride.max()) if hasattr(model, "stride") else 32, 32)
         self.amp_dtype = _AMP_DTYPES.get(settings.precision)

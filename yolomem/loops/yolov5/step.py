@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from yolomem.trace.autocast import CudaAutocastPolicy
+from yolomem.loops.base import check_trainable
 from yolomem.loops.batches import SyntheticBatch
 from yolomem.trace.tracer import Tracer
 from yolomem.loops.ultralytics.step import _CloneOnDeepcopy, autocast_region, persistent_tensors
@@ -123,6 +124,7 @@ class Yolov5Run:
         self.model, self.settings, self.tracer, self.policy = model, settings, tracer, policy
         self.stride = max(max(model.head.strides), 32)  # train.py: gs = max(int(model.stride.max()), 32)
         freeze_layers(model, settings.freeze)
+        check_trainable(model, settings.freeze)
         self.amp_dtype = _AMP_DTYPES.get(settings.precision)
         self.scaler = torch.amp.GradScaler("cpu", enabled=settings.precision == "fp16")  # GPU: enabled=amp
         head = model.head
