@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -99,3 +100,70 @@ def test_line_prediction_is_the_same_whichever_point_comes_first():
 
     assert line_prediction(8, 110, 4, 78, 100) == line_prediction(4, 78, 8, 110, 100) == pytest.approx(6.75)
     assert line_prediction(4, 90, 8, 90, 100) is None  # flat memory: no line to solve
+
+
+# --- issue 11, items 14 and 15 ------------------------------------------------------------------------
+
+
+def _fake_prober(monkeypatch, asked: list):
+    """Prober.run without tracing: each model 'needs' memory in proportion to the letter of its size."""
+    import types
+
+    import yolomem.sweeps.pick as pick
+    from yolomem.sweeps.fit import Probe
+
+    def run(self, config):
+        asked.append(config.model)
+        size = "ntsmbclxe".index(config.model.split(".")[0].split("-")[0][-1])
+        estimate = types.SimpleNamespace(config=config.with_changes(model=config.model.split(".")[0]), task="detect",
+                                         params=size * 10**6, context_bytes=0)  # fmt: skip
+        return estimate, Probe(config.batch, config.imgsz, size * GiB, size * GiB <= self.budget.capacity_bytes, 0.0)
+
+    monkeypatch.setattr(pick.Prober, "run", run)
+
+
+def test_pick_ranks_a_family_it_names(monkeypatch, capsys):
+    import io
+
+    from rich.console import Console
+
+    from yolomem.render.fit_output import render_pick
+
+    asked = []
+    _fake_prober(monkeypatch, asked)
+    result = pick_models("T4", family="yolov8")
+    assert asked == [f"yolov8{s}.yaml" for s in "nsmlx"] and result.family == "yolov8"
+    assert result.to_json()["family"] == "yolov8"
+    buffer = io.StringIO()
+    render_pick(result, Console(file=buffer, width=120))
+    assert "ranking the yolov8 family" in buffer.getvalue()
+
+    asked.clear()
+    default = pick_models("T4")  # no family, no models: yolo11, and it says so
+    assert default.family == "yolo11" and asked == [f"yolo11{s}.yaml" for s in "nsmlx"]
+    asked.clear()
+    listed = pick_models("T4", models=("yolov8n.yaml", "yolo11s.yaml"))
+    assert listed.family is None and asked == ["yolov8n.yaml", "yolo11s.yaml"]
+    asked.clear()
+    assert main(["pick", "gpu=T4", "family=yolov9", "--json"]) == 0  # a family with its own size letters
+    assert json.loads(capsys.readouterr().out)["family"] == "yolov9" and asked[0] == "yolov9t.yaml"
+
+
+@pytest.mark.parametrize(
+    ("words", "fragment"),
+    [(["family=yolov7"], "did you mean"), (["family=yolov8", "models=yolov8n"], "give one"),
+     (["yolov8n.yaml"], "takes no model")],
+)
+def test_pick_family_errors(words, fragment, capsys):
+    assert main(["pick", "gpu=T4", *words]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1
+
+
+def test_the_yolo_train_line_uses_the_users_data_or_a_placeholder():
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.sweeps.fit import DATA_PLACEHOLDER, yolo_train_command
+
+    line = yolo_train_command(EstimateConfig(model="yolov8s.yaml"))
+    assert f"data={DATA_PLACEHOLDER}" in line and "coco" not in line
+    assert "data=my/data.yaml" in yolo_train_command(EstimateConfig(model="yolov8s.yaml", data="my/data.yaml"))

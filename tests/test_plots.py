@@ -17,7 +17,6 @@ from yolomem.sweeps.figure_data import (
     _crossing,
     breakdown_figure,
     curve_figure,
-    parse_values,
 )
 from yolomem.result.timeline import estimate_timeline
 
@@ -58,7 +57,7 @@ def test_curve_points_are_the_estimates(curve):
     data, seen, progress = curve
     (only,) = data.curves
     assert [p.x for p in only.points] == [1, 2]
-    assert [r.config["batch"] for r in seen] == [1, 2]
+    assert [r.config.batch for r in seen] == [1, 2]
     for point, result in zip(only.points, seen):
         assert point.peak_reserved_bytes == result.peak_reserved_bytes
         assert point.peak_allocated_bytes == result.peak_allocated_bytes
@@ -95,10 +94,14 @@ def test_crossing_stops_at_first_sample_that_does_not_fit():
 
 
 def test_bad_inputs_are_user_errors():
+    from yolomem.cli.plot import PLOT_KEYS
+
     with pytest.raises(UserError, match="batches=1,2,4,8"):
-        parse_values("batches", "1,two")
+        PLOT_KEYS["batches"].parse("1,two")
     with pytest.raises(UserError, match="positive"):
-        parse_values("batches", "0,2")
+        PLOT_KEYS["batches"].parse("0,2")
+    with pytest.raises(UserError, match="at most 12"):
+        PLOT_KEYS["batches"].parse(",".join(map(str, range(1, 14))))
     with pytest.raises(UserError, match="did you mean 'imgsz'"):
         curve_figure(["yolov8n.yaml"], x_name="imgz")
     with pytest.raises(UserError, match="measure"):
@@ -199,7 +202,7 @@ def test_cli_plot_writes_a_curve(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("words", "message"),
     [
-        (["kind=pie"], "unknown kind 'pie'"),
+        (["kind=pie"], "kind='pie' is not valid"),
         (["x=imgsz", "batches=1,2"], "batches= goes with x=batch"),
         (["gpu=RTX-9999"], "unknown gpu"),
         (["batches=a"], "whole numbers"),

@@ -9,8 +9,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from yolomem.cli.main import get_parser, main
-from yolomem.config.settings import EstimateConfig
+from yolomem.cli.main import main, parse_command_line
+from yolomem.config.settings import EstimateConfig, parse_estimate_words
 from yolomem.result.estimate import estimate_config
 from yolomem.config.gpus import CUDA_CONTEXT_BYTES, Gpu, find_gpu
 from yolomem.sweeps.figure_data import report_data
@@ -134,11 +134,11 @@ def test_commands_reproduce_it(data):
     assert lines[0] == "yolomem estimate yolov8n.yaml imgsz=64 batch=2 iterations=1"
     assert any(line.endswith("gpu=T4") for line in lines)
     assert lines[-1] == "yolomem report yolov8n.yaml imgsz=64 batch=2 iterations=1 batches=1,2 gpu=T4,one-MiB -o report.html"
-    parser = get_parser()
     for line in lines:
         words = shlex.split(line)
         assert words[0] == "yolomem"
-        parser.parse_args(words[1:])  # would exit on a malformed line
+        spec, options = parse_command_line(words[1:])  # a UserError on a malformed line
+        parse_estimate_words(options.words, spec.keys)  # every key=value word is one of the command's keys
     EstimateConfig.from_words(shlex.split(lines[0])[2:])
 
 
@@ -166,7 +166,7 @@ def test_cli_report(tmp_path, capsys):
     [
         (["yolov8n.yaml", "yolov8s.yaml"], "a report covers one model"),
         (["amp=true,false"], "one precision"),
-        (["x=imgsz"], "plot option"),
+        (["x=imgsz"], "x= is a key of yolomem plot"),
         (["exact_fit=maybe"], "true or false"),
     ],
 )

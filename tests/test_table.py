@@ -86,10 +86,10 @@ def test_markdown_names_the_unit_per_cell_when_trainers_differ():
 
 
 def test_cli_flags_exist():
-    from yolomem.cli.main import get_parser
+    from yolomem.cli.main import parse_command_line
 
-    options = get_parser().parse_args(["table", "yolov5n", "imgsz=64", "--markdown"])
-    assert options.markdown and options.words == ["yolov5n", "imgsz=64"]
+    spec, options = parse_command_line(["table", "yolov5n", "--markdown", "imgsz=64"])
+    assert spec.name == "table" and options.markdown and not options.csv and options.words == ["yolov5n", "imgsz=64"]
 
 
 @pytest.mark.slow  # 32 traces in one process: about 1 min on 2 shared cores

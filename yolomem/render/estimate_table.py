@@ -32,13 +32,13 @@ def render_estimate(estimate: Estimate, console: Console | None = None) -> None:
     console = console or Console()
     cfg = estimate.config
     title = (
-        f"{cfg['model']} ({estimate.task}) · batch {cfg['batch']} · imgsz {cfg['imgsz']} · "
-        f"{cfg['amp']} · {cfg['optimizer']} · {estimate.params / 1e6:.2f} M params"
+        f"{cfg.model} ({estimate.task}) · batch {cfg.batch} · imgsz {cfg.imgsz} · "
+        f"{cfg.amp} · {cfg.optimizer} · {estimate.params / 1e6:.2f} M params"
     )
     summary = Table(title=title, show_header=False, title_justify="left")
     summary.add_column("what")
     summary.add_column("value", justify="right")
-    trainer = "yolov5 train.py" if cfg.get("framework") == "yolov5" else "Ultralytics"
+    trainer = "yolov5 train.py" if cfg.framework == "yolov5" else "Ultralytics"
     summary.add_row(f"{trainer} GPU_mem column (memory_reserved)", f"[bold]{estimate.gpu_mem_printed}[/bold]  ({estimate.gpu_mem_unit})")
     summary.add_row("nvidia-smi total (reserved + CUDA context)", _size(estimate.device_total_bytes))
     summary.add_row("peak reserved", _size(estimate.peak_reserved_bytes))

@@ -71,6 +71,10 @@ def render_pick(result: PickResult, console: Console | None = None) -> None:
         f"{result.gpu} ({_gib(result.gpu_total_bytes)}): {_gib(result.capacity_bytes)} for training after the "
         f"CUDA context and a {result.margin:.0%} margin · batch {result.batch} · imgsz {result.imgsz} · {result.task}"
     )
+    if result.family:
+        console.print(f"ranking the {result.family} family in every size; family= or models= ranks others")
+    else:
+        console.print("ranking the models given")
     table = Table(title_justify="left")
     table.add_column("model")
     table.add_column("params", justify="right")

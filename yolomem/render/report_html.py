@@ -59,14 +59,14 @@ def render_report(data: ReportData) -> str:
     """The page as a string."""
     est = data.estimate
     cfg = est.config
-    title = f"{cfg['model']} · batch {cfg['batch']} · imgsz {cfg['imgsz']} · {cfg['amp']} · {cfg['optimizer']}"
+    title = f"{cfg.model} · batch {cfg.batch} · imgsz {cfg.imgsz} · {cfg.amp} · {cfg.optimizer}"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; style-src \'unsafe-inline\'; img-src data:">',
         f"<title>yolomem report: {_esc(title)}</title>",
         f"<style>{_STYLE}</style></head><body>",
-        f"<h1>GPU memory of training {_esc(cfg['model'])}</h1>",
+        f"<h1>GPU memory of training {_esc(cfg.model)}</h1>",
         f'<p class="sub">{_esc(title)} · {est.params / 1e6:.2f} M params · task {_esc(est.task)}. '
         "Predicted without a GPU by replaying the real training step through a model of PyTorch's "
         "CUDA caching allocator.</p>",

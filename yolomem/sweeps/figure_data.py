@@ -28,7 +28,6 @@ X_AXES = ("batch", "imgsz")
 MEASURES = ("gpu_mem", "device_total")
 DEFAULT_BATCHES = (2, 4, 8, 16)  # 8 estimates for two precisions: about a minute for yolov8n at 640
 DEFAULT_IMGSZ = (320, 480, 640)
-MAX_POINTS = 12  # each point is a full traced estimate
 BREAKDOWN_ORDER = (
     "parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other",
     "allocator_rounding", "cache_fragmentation", "validation_epochs_growth", "cuda_context",
@@ -131,19 +130,6 @@ class ReportData:
     words: tuple[str, ...]  # the settings as key=value words, for the command lines
 
 
-def parse_values(key: str, text: str) -> tuple[int, ...]:
-    """``batches=1,2,4,8`` -> (1, 2, 4, 8): positive, distinct, sorted, at most MAX_POINTS."""
-    try:
-        values = sorted({int(part) for part in text.strip("[]() ").split(",") if part.strip()})
-    except ValueError:
-        raise UserError(f"{key}={text!r} must be whole numbers separated by commas, e.g. {key}=1,2,4,8") from None
-    if not values or values[0] < 1:
-        raise UserError(f"{key}={text!r} must list positive whole numbers, e.g. {key}=1,2,4,8")
-    if len(values) > MAX_POINTS:
-        raise UserError(f"{key}= lists {len(values)} values; at most {MAX_POINTS} (each is a full estimate)")
-    return tuple(values)
-
-
 def gpu_line(gpu: Gpu) -> GpuLine:
     return GpuLine(gpu.name, gpu.total_bytes, gpu.usable_bytes)
 
@@ -152,8 +138,7 @@ def fits_on(estimate: Estimate, line: GpuLine) -> bool:
     """``estimate(..., gpu=card).fits``, from the estimate's trace: replay with the card's capacity."""
     if estimate.trace is None:
         raise UserError("this estimate carries no trace; run estimate() again")
-    alloc_conf = estimate.config.get("alloc_conf")
-    return replay_trace(estimate.trace, alloc_conf, capacity_bytes=line.usable_bytes).oom is None
+    return replay_trace(estimate.trace, estimate.config.alloc_conf, capacity_bytes=line.usable_bytes).oom is None
 
 
 def curve_figure(
@@ -317,7 +302,7 @@ def report_data(
 
 def _bar_label(result: Estimate) -> str:
     cfg = result.config
-    return f"{cfg['model']} b{cfg['batch']} {cfg['imgsz']} {cfg['amp']}"
+    return f"{cfg.model} b{cfg.batch} {cfg.imgsz} {cfg.amp}"
 
 
 def precision_of(text: str) -> str:
@@ -330,6 +315,6 @@ def precision_of(text: str) -> str:
 
 __all__ = [
     "BreakdownBar", "BreakdownFigure", "BreakdownPart", "Crossing", "Curve", "CurveFigure", "CurvePoint",
-    "GpuFit", "GpuLine", "ReportData", "breakdown_figure", "curve_figure", "fits_on", "parse_values",
+    "GpuFit", "GpuLine", "ReportData", "breakdown_figure", "curve_figure", "fits_on",
     "report_data",
 ]  # fmt: skip
