@@ -127,3 +127,11 @@ def test_help_imports_neither_torch_nor_ultralytics():
             "assert 'torch' not in sys.modules and 'ultralytics' not in sys.modules, 'heavy import'")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_python_api_ignores_ultralytics_keys_as_the_cli_does():
+    config = EstimateConfig.from_mapping({"model": "yolov8n.yaml", "freeze": 3, "lr0": 0.01, "amp": False})
+    assert config.freeze == (0, 1, 2) and config.amp == "fp32"
+    assert config.notes == ("lr0=0.01 does not change GPU memory; ignored",)
+    with pytest.raises(UserError, match="did you mean 'batch'"):
+        EstimateConfig.from_mapping({"bacth": 8})

@@ -87,6 +87,8 @@ class Key:
             value = float(value)
         if self.type in (INTS, TEXTS, LAYERS) and isinstance(value, (list, tuple)):
             value = tuple(value)
+        elif self.type == LAYERS and isinstance(value, int) and not isinstance(value, bool):
+            value = _layers(self.name, str(value))  # freeze=10, as Ultralytics' Python API takes it
         return self.check(value)
 
     def check(self, value: object) -> object:
@@ -103,7 +105,10 @@ class Key:
             if self.type == INTS and not value:
                 raise UserError(f"{self.name}= lists no values, e.g. {self.name}=1,2,4")
             for item in value:
-                self._check_number(item, whole=True) if self.type != TEXTS else None
+                if self.type == TEXTS and not isinstance(item, str):
+                    raise UserError(f"{self.name}= lists {item!r}, which is not text")
+                if self.type != TEXTS:
+                    self._check_number(item, whole=True)
             return value
         if self.type == INT:
             return self._check_number(value, whole=True)
@@ -142,11 +147,14 @@ class Key:
         except ValueError:
             raise UserError(f"{self.name}={text!r} is not a number") from None
         if self.autobatch and (number == -1 or 0 < number < 1):
-            raise UserError(f"{self.name}={text} asks for AutoBatch; yolomem needs a fixed batch "
-                            "(yolomem fit finds the largest)")  # fmt: skip
+            raise self._autobatch(text)
         if math.isfinite(number) and number.is_integer():
             return int(number)
         raise UserError(f"{self.name}={text} must be a whole number")
+
+    def _autobatch(self, shown: object) -> UserError:
+        # Ultralytics' AutoBatch: batch=-1 (60 % of the card) or a fraction in (0, 1); any other value <= 0 is just wrong
+        return UserError(f"{self.name}={shown} asks for AutoBatch; yolomem needs a fixed batch (yolomem fit finds the largest)")
 
     def _float(self, text: str) -> float:
         try:
@@ -161,7 +169,7 @@ class Key:
         if not math.isfinite(value):
             raise UserError(f"{self.name}={value} must be a finite number")
         if self.autobatch and value == -1:
-            raise UserError(f"{self.name}=-1 asks for AutoBatch; yolomem needs a fixed batch (yolomem fit finds the largest)")
+            raise self._autobatch(value)
         below = self.low is not None and (value < self.low or (self.low_open and value == self.low))
         above = self.high is not None and (value > self.high or (self.high_open and value == self.high))
         if below or above:
@@ -335,14 +343,15 @@ DEFAULT_INSTANCES = 8.0
 MAX_INSTANCES = 1000.0
 
 ESTIMATE_KEYS = KeyTable((
-    Key("model", TEXT, "yolov8n.yaml", "model: a shipped YAML name, a local .yaml or .pt, a darknet .cfg"),
+    Key("model", TEXT, "yolov8n.yaml", "a shipped YAML name (yolomem models lists them), a local .yaml or .pt, "
+        "or a darknet .cfg"),
     Key("imgsz", INT, 640, "training image size (rounded up to the model's stride)", low=1),
     Key("batch", INT, 16, "images per step, over all GPUs (DDP splits it)", low=1, autobatch=True),
     Key("amp", CHOICE, "fp16", "mixed precision: true (fp16), false (fp32) or bf16", choices=("fp16", "fp32", "bf16"),
         aliases={"true": "fp16", "false": "fp32"}),
     Key("optimizer", CHOICE, "auto", "Ultralytics' optimizer (auto: its own choice)", choices=OPTIMIZERS),
     Key("nbs", INT, 64, "nominal batch size (gradient accumulation and weight decay)", low=1),
-    Key("freeze", LAYERS, (), "layers to freeze: N (layers 0..N-1) or a list [0,1,2]"),
+    Key("freeze", LAYERS, (), "layers to freeze: N (layers 0..N-1) or a list [0,1,2]", low=0),
     Key("multi_scale", FLOAT, 0.0, "Ultralytics' multi-scale range, a fraction in [0, 1)", low=0.0, high=1.0, high_open=True),
     Key("instances", FLOAT, DEFAULT_INSTANCES, "mean labelled objects per image", low=0.0, high=MAX_INSTANCES,
         bound="objects per image; the densest public detection sets average about 150"),

@@ -91,14 +91,18 @@ class EstimateConfig:
     @classmethod
     def from_mapping(cls, values: dict, notes: Iterable[str] = ()) -> EstimateConfig:
         """From Python values (``estimate("yolov8n.yaml", amp=True, freeze=[0, 1])``): each is converted
-        by its key; an unknown name is refused with the nearest key."""
+        by its key; Ultralytics' other settings are ignored with a note, as on the command line; any other
+        name is refused with the nearest key."""
         from yolomem.config.keys import unknown_key
 
-        typed = {}
+        typed, notes = {}, list(notes)
         for name, value in values.items():
-            if name not in ESTIMATE_KEYS:
+            if name in ESTIMATE_KEYS:
+                typed[name] = ESTIMATE_KEYS[name].convert(value)
+            elif name in _ultralytics_keys():
+                notes.append(f"{name}={value} does not change GPU memory; ignored")
+            else:
                 raise unknown_key(name, ESTIMATE_KEYS)
-            typed[name] = ESTIMATE_KEYS[name].convert(value)
         return cls.from_values(typed, notes)
 
     @classmethod
