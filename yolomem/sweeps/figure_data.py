@@ -3,7 +3,9 @@
 - ``curve_figure``: peak memory against batch (or imgsz) for models x precisions. Every point is one
   ``estimate()``; nothing is interpolated. The largest batch marked at a GPU line is the largest
   *sampled* value that fits (it and every smaller sample fit); the true limit lies between it and the
-  next sample, which ``yolomem fit`` finds exactly.
+  next sample, which ``yolomem fit`` finds exactly. Without ``xs``, the batches start at
+  ``DEFAULT_BATCHES`` and, when cards are given, grow by doublings until every curve crosses every
+  card's line (up to ``MAX_BATCH``), so no card is left "above the plot".
 - ``breakdown_figure``: the estimate's breakdown at the peak, category by category.
 - ``report_data``: everything ``yolomem report`` shows, for one configuration.
 
@@ -23,10 +25,11 @@ from yolomem.allocator.replay import replay_trace
 from yolomem.result.estimate import Estimate, estimate_config
 from yolomem.config.gpus import GiB, Gpu
 from yolomem.result.timeline import Timeline, estimate_timeline
+from yolomem.sweeps.fit import MAX_BATCH  # the automatic batch range stops where fit's search does
 
 X_AXES = ("batch", "imgsz")
 MEASURES = ("gpu_mem", "device_total")
-DEFAULT_BATCHES = (2, 4, 8, 16)  # 8 estimates for two precisions: about a minute for yolov8n at 640
+DEFAULT_BATCHES = (2, 4, 8, 16)  # then doubled, with cards, until every curve crosses every card's line
 DEFAULT_IMGSZ = (320, 480, 640)
 MAX_POINTS = 12  # each point is a full traced estimate
 BREAKDOWN_ORDER = (
@@ -176,40 +179,68 @@ def curve_figure(
     if not models:
         raise UserError("name at least one model, e.g. yolomem plot yolov8n.yaml yolov8s.yaml")
     base = base or EstimateConfig()
-    xs = tuple(xs) if xs else (DEFAULT_BATCHES if x_name == "batch" else DEFAULT_IMGSZ)
+    chosen = tuple(xs) if xs else None
+    xs = chosen or (DEFAULT_BATCHES if x_name == "batch" else DEFAULT_IMGSZ)
     lines = tuple(gpu_line(gpu) for gpu in gpus)
-    total = len(models) * len(amps) * len(xs)
-    done = 0
-    curves: list[Curve] = []
+    cells = [(model, amp) for model in models for amp in amps]
+    estimated: dict[tuple[str, str, int], CurvePoint] = {}
     unit = "GiB"
-    for model in models:
-        for amp in amps:
-            points: list[CurvePoint] = []
+    done = 0
+    while True:
+        total = done + sum((model, amp, x) not in estimated for model, amp in cells for x in xs)
+        for model, amp in cells:
             for x in xs:
+                if (model, amp, x) in estimated:
+                    continue
                 config = base.with_changes(model=model, amp=amp, gpu=None, gpu_mem=None, **{x_name: x})
                 if progress:
                     progress(done, total, f"{model} {amp} {x_name}={x}")
                 result = estimator(config)
                 unit = result.gpu_mem_unit
-                points.append(
-                    CurvePoint(
-                        x=x,
-                        peak_allocated_bytes=result.peak_allocated_bytes,
-                        peak_reserved_bytes=result.peak_reserved_bytes,
-                        device_total_bytes=result.device_total_bytes,
-                        fits=tuple(fits_on(result, line) for line in lines),
-                    )
+                estimated[(model, amp, x)] = CurvePoint(
+                    x=x,
+                    peak_allocated_bytes=result.peak_allocated_bytes,
+                    peak_reserved_bytes=result.peak_reserved_bytes,
+                    device_total_bytes=result.device_total_bytes,
+                    fits=tuple(fits_on(result, line) for line in lines),
                 )
                 done += 1
-            curves.append(Curve(model, amp, tuple(points)))
+        curves = [Curve(model, amp, tuple(estimated[(model, amp, x)] for x in xs)) for model, amp in cells]
+        crossings = tuple(_crossing(ci, gi, curve) for ci, curve in enumerate(curves) for gi in range(len(lines)))
+        wider = () if chosen or x_name != "batch" else _batches_to_cross(curves, lines, crossings, xs)
+        if not wider:
+            break
+        xs = tuple(sorted({*xs, *wider}))
     if progress:
-        progress(done, total, "done")
-    crossings = tuple(
-        _crossing(ci, gi, curve) for ci, curve in enumerate(curves) for gi in range(len(lines))
-    )
+        progress(done, done, "done")
     other = "imgsz" if x_name == "batch" else "batch"
     fixed = ((other, str(getattr(base, other))), ("optimizer", base.optimizer))
     return CurveFigure(x_name, measure, fixed, tuple(curves), lines, crossings, unit)
+
+
+def _batches_to_cross(curves, lines, crossings, xs: tuple[int, ...]) -> tuple[int, ...]:
+    """More batches to sample so that every curve crosses every card's line: batch 1 when the smallest
+    sample does not fit; else doublings of the largest sample up to where the line through the last two
+    points crosses the card (one doubling when memory did not grow). Empty when every crossing shows,
+    or at MAX_BATCH / MAX_POINTS."""
+    wanted: set[int] = set()
+    for crossing in crossings:
+        if crossing.largest_x is None and xs[0] > 1 and not crossing.all_fit:
+            wanted.add(1)
+        if not crossing.all_fit:
+            continue
+        line, points = lines[crossing.gpu], curves[crossing.curve].points
+        target = xs[-1] * 2
+        if len(points) >= 2:
+            (x1, m1), (x2, m2) = ((p.x, p.peak_reserved_bytes) for p in points[-2:])
+            if m2 > m1:  # the line through the last two samples meets the card's capacity at x
+                target = max(target, int(x2 + (line.usable_bytes - m2) * (x2 - x1) / (m2 - m1)) + 1)
+        batch = xs[-1]
+        while batch < min(target, MAX_BATCH):
+            batch *= 2
+            wanted.add(min(batch, MAX_BATCH))
+    room = MAX_POINTS - len(xs)
+    return tuple(sorted(wanted - set(xs))[:max(room, 0)])
 
 
 def _crossing(curve_index: int, gpu_index: int, curve: Curve) -> Crossing:
