@@ -8,8 +8,8 @@
 Words of their own (everything else goes to the estimate, as for ``yolomem estimate``):
 ``gpu=A,B`` (cards; lines on the curve, rows in the report), ``amp=true,false`` (precisions of the
 curve; default both), ``x=batch|imgsz``, ``batches=1,2,4,8``, ``sizes=320,640``,
-``measure=gpu_mem|device_total``, ``kind=curve|breakdown|timeline`` (plot), ``exact_fit=true`` (report:
-search the largest batch per card with ``yolomem.sweeps.fit`` when it is installed). Put ``-o FILE`` last.
+``measure=gpu_mem|device_total``, ``kind=curve|breakdown|timeline`` (plot), ``margin=0.1`` (report: the
+share of usable memory held back when judging fits, as for ``yolomem fit``). Put ``-o FILE`` last.
 Progress goes to stderr; the path written goes to stdout.
 """
 
@@ -26,7 +26,7 @@ from yolomem.errors import UserError, unknown
 
 KINDS = ("curve", "breakdown", "timeline")
 DEFAULT_REPORT_GPUS = ("T4", "RTX-3090", "A100-80GB")  # a common 16, 24 and 80 GB card
-_OWN = {"gpu", "amp", "x", "batches", "sizes", "measure", "kind", "exact_fit"}
+_OWN = {"gpu", "amp", "x", "batches", "sizes", "measure", "kind", "margin"}
 
 
 @dataclass(frozen=True)
@@ -185,15 +185,19 @@ def _report(options: argparse.Namespace) -> int:
 
         gpus = [find_gpu(name) for name in DEFAULT_REPORT_GPUS]
     batches = plots_data.parse_values("batches", request.own["batches"]) if "batches" in request.own else None
-    exact = request.own.get("exact_fit", "false").lower()
-    if exact not in {"true", "false"}:
-        raise UserError(f"exact_fit={exact!r} must be true or false")
+    from yolomem.cli.fit import _margin
+    from yolomem.config.gpus import GiB
+    from yolomem.sweeps.fit import make_budget
+
+    margin = _margin(request.own.get("margin"))
+    # a bad margin fails here, in one line, not after minutes of estimating
+    make_budget(config.with_changes(gpu=gpus[0].name, gpu_mem=gpus[0].total_bytes / GiB), margin)
     words = (config.model, *request.settings)
     if "amp" in request.own:
         words += (f"amp={config.amp}",)
     with _progress("estimating") as progress:
         data = plots_data.report_data(
-            config, gpus, batches=batches, words=words, exact_fit=exact == "true", progress=progress,
+            config, gpus, batches=batches, words=words, margin=margin, progress=progress,
         )  # fmt: skip
     path.write_text(render_report(data), encoding="utf-8")
     print(path)

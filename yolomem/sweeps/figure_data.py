@@ -15,7 +15,6 @@ allocator model with the card's usable memory as its capacity, free-and-retry in
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,7 +24,7 @@ from yolomem.allocator.replay import replay_trace
 from yolomem.result.estimate import Estimate, estimate_config
 from yolomem.config.gpus import GiB, Gpu
 from yolomem.result.timeline import Timeline, estimate_timeline
-from yolomem.sweeps.fit import MAX_BATCH  # the automatic batch range stops where fit's search does
+from yolomem.sweeps.fit import DEFAULT_MARGIN, MAX_BATCH  # the automatic batch range stops where fit's does
 
 X_AXES = ("batch", "imgsz")
 MEASURES = ("gpu_mem", "device_total")
@@ -119,8 +118,8 @@ class BreakdownFigure:
 @dataclass(frozen=True)
 class GpuFit:
     gpu: GpuLine
-    fits: bool  # this configuration, on this card
-    largest_batch: int | None  # None: no batch fits (or none was found)
+    fits: bool  # this configuration on this card, judged as yolomem fit judges it (with the margin)
+    largest_batch: int | None  # None: not even the smallest batch fits
     method: str  # how largest_batch was found, said on the page
 
 
@@ -131,6 +130,7 @@ class ReportData:
     breakdown: BreakdownFigure
     curve: CurveFigure
     fits: tuple[GpuFit, ...]
+    margin: float  # the share of usable memory held back when judging fits (yolomem.sweeps.fit)
     words: tuple[str, ...]  # the settings as key=value words, for the command lines
 
 
@@ -263,32 +263,23 @@ def breakdown_figure(estimates: Sequence[tuple[str, Estimate]]) -> BreakdownFigu
     return BreakdownFigure(tuple(bars))
 
 
-def _largest_batch_api() -> Callable | None:
-    """``yolomem.sweeps.fit.largest_batch`` when that module is installed (it finds the exact limit)."""
+def card_fit(config: EstimateConfig, line: GpuLine, margin: float, progress: Callable[[str], None] | None = None) -> GpuFit:
+    """Whether ``config`` fits ``line``'s card, and the largest batch that does, both decided as
+    ``yolomem fit`` decides them: ``yolomem.sweeps.fit``'s budget (usable memory minus the margin) and its
+    search (the answer N is traced and fits, N + 1 is traced and does not)."""
+    from yolomem.sweeps.fit import NothingFits, Prober, largest_batch, make_budget
+
+    card = config.with_changes(gpu=line.name, gpu_mem=line.total_bytes / GiB)  # also a custom card, exactly
+    prober = Prober(make_budget(card, margin), progress)
+    fits = prober.run(card)[1].fits
+    how = f"yolomem fit's search, {margin:.0%} margin"
     try:
-        module = importlib.import_module("yolomem.sweeps.fit")
-    except ModuleNotFoundError as error:
-        if error.name != "yolomem.sweeps.fit":
-            raise
-        return None
-    return getattr(module, "largest_batch", None)
-
-
-def _exact_largest_batch(config: EstimateConfig, line: GpuLine) -> tuple[int | None, str] | None:
-    """(largest batch, how) from ``yolomem.sweeps.fit.largest_batch``, or None when that module is absent."""
-    largest_batch = _largest_batch_api()
-    if largest_batch is None:
-        return None
-    from yolomem.sweeps.fit import NothingFits
-
-    try:  # gpu_mem carries the line's card exactly, also a custom one
-        result = largest_batch(config, gpu=line.name, gpu_mem=line.total_bytes / GiB)
+        result = largest_batch(card, prober=prober)
     except NothingFits:
-        return None, "yolomem.sweeps.fit.largest_batch: not even batch 1 fits"
-    how = f"yolomem.sweeps.fit.largest_batch: exact search, safety margin {result.margin:.0%} of usable memory"
+        return GpuFit(line, fits, None, f"{how}: not even batch {config.world_size} fits")
     if result.at_search_cap:
-        how += "; the search cap: more would fit"
-    return result.max_batch, how
+        how += f"; the search stops at {result.max_batch}: more fits"
+    return GpuFit(line, fits, result.max_batch, how)
 
 
 def report_data(
@@ -297,16 +288,15 @@ def report_data(
     *,
     batches: Sequence[int] | None = None,
     words: Sequence[str] = (),
-    exact_fit: bool = False,
+    margin: float = DEFAULT_MARGIN,
     progress: Progress | None = None,
     estimator: Estimator = estimate_config,
 ) -> ReportData:
     """The estimate, its timeline and breakdown, a batch curve around it, and the fit on each card.
 
     ``batches`` default to a quarter, half, one and two times the chosen batch (the chosen one is not
-    estimated twice). With ``exact_fit`` and ``yolomem.sweeps.fit`` installed, the largest batch per card is
-    searched exactly (``largest_batch``, with its safety margin; a few traces per card); otherwise it is
-    the largest sampled batch of the curve that fits, with no margin, as ``Estimate.fits``.
+    estimated twice). Whether the chosen batch fits each card, and the largest batch that does, come from
+    ``card_fit``: the same budget and search as ``yolomem fit`` (a few traces per card).
     """
     cache: dict[EstimateConfig, Estimate] = {}
 
@@ -324,24 +314,19 @@ def report_data(
         progress=progress, estimator=cached,
     )  # fmt: skip
     fits = []
-    for gi, line in enumerate(curve.gpu_lines):
-        exact = _exact_largest_batch(config, line) if exact_fit else None
-        if exact is not None:
-            largest, method = exact
-        else:
-            crossing = next(c for c in curve.crossings if c.gpu == gi)
-            largest = crossing.largest_x
-            sampled = ",".join(str(x) for x in xs)
-            method = f"largest sampled batch that fits (sampled {sampled})"
-            if crossing.all_fit:
-                method += "; larger batches may fit too"
-        fits.append(GpuFit(line, fits_on(main, line), largest, method))
+    for index, line in enumerate(curve.gpu_lines):
+
+        def searching(what: str, index=index, line=line) -> None:
+            progress(index, len(curve.gpu_lines), f"largest batch on {line.name}: {what}")
+
+        fits.append(card_fit(config, line, margin, searching if progress else None))
     return ReportData(
         estimate=main,
         timeline=estimate_timeline(main),
         breakdown=breakdown_figure([(_bar_label(main), main)]),
         curve=curve,
         fits=tuple(fits),
+        margin=margin,
         words=tuple(words),
     )
 
@@ -361,6 +346,6 @@ def precision_of(text: str) -> str:
 
 __all__ = [
     "BreakdownBar", "BreakdownFigure", "BreakdownPart", "Crossing", "Curve", "CurveFigure", "CurvePoint",
-    "GpuFit", "GpuLine", "ReportData", "breakdown_figure", "curve_figure", "fits_on", "parse_values",
+    "GpuFit", "GpuLine", "ReportData", "breakdown_figure", "card_fit", "curve_figure", "fits_on", "parse_values",
     "report_data",
 ]  # fmt: skip
