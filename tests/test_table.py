@@ -73,6 +73,9 @@ def test_csv_and_markdown_formats():
     assert text.startswith("| model | framework |")
     assert "| yolov4-tiny | yolov5 | 416 | 64 | 6.06 | 10.5 | 5.49 | 5G | 3.49 | 3G | ✅/✅ | ⚠️/⚠️ | 30/30 | 70/70 |" in text
     assert "linear-in-batch" in text
+    # shown, a card is its memory in GiB; the CSV/JSON keys stay the names people type
+    assert "| RTX-3060 (12 GiB) FP32/AMP |" in text and "12GB" not in text
+    assert "fp32_fits_RTX-3060-12GB" in rows[0]
 
 
 def test_markdown_names_the_unit_per_cell_when_trainers_differ():
