@@ -13,7 +13,7 @@ from yolomem.sweeps.table import (
     BLOG_ROWS, GpuFit, PrecisionResult, Table, TableRow, _precision_result, _Traced, blog_rows, compute_table,
 )  # fmt: skip
 
-SEED = Path("/work/shared/reference/seed_table.csv")
+SEED = Path(__file__).resolve().parent / "data" / "reference" / "seed_table.csv"  # see SOURCES.md there
 GiB = 1 << 30
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import dataclass
 
 import pytest
@@ -14,7 +15,7 @@ from yolomem.measure.run import SOURCE_PUBLIC, MeasurementRecord
 from yolomem.measure.compare import relative_error, summarize, validate, validate_records
 
 SAMPLE = "tests/data/sample_results.jsonl"
-CSV = "/work/shared/reference/measured_public_examples.csv"
+CSV = str(Path(__file__).resolve().parent / "data" / "reference" / "measured_public_examples.csv")  # see SOURCES.md there
 
 
 @dataclass(frozen=True)

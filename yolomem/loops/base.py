@@ -65,6 +65,23 @@ class TrainingLoop(Protocol):
         """Trace one validation batch of ``shape`` with the run's EMA model, as the trainer's val pass does."""
 
 
+# torch.autocast dtype per ``amp=`` value; fp32 runs without autocast
+AMP_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+
+
+def amp_dtype(precision: str):
+    """The autocast dtype of ``precision`` ("fp16", "bf16"), or None for fp32."""
+    import torch
+
+    return getattr(torch, AMP_DTYPES[precision]) if precision in AMP_DTYPES else None
+
+
+def max_stride(model) -> int:
+    """The model's largest stride, at least 32: Ultralytics' ``max(int(model.stride.max()), 32)``,
+    and train.py's ``gs`` in the yolov5 repo (both models carry a ``stride`` tensor)."""
+    return max(int(model.stride.max()) if hasattr(model, "stride") else 32, 32)
+
+
 def round_imgsz(imgsz: int, stride: int) -> int:
     """Ultralytics' check_imgsz (and train.py's check_img_size): round up to a multiple of the largest stride (at least 32)."""
     return max(math.ceil(imgsz / stride) * stride, stride)
