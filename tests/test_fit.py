@@ -167,3 +167,30 @@ def test_the_yolo_train_line_uses_the_users_data_or_a_placeholder():
     line = yolo_train_command(EstimateConfig(model="yolov8s.yaml"))
     assert f"data={DATA_PLACEHOLDER}" in line and "coco" not in line
     assert "data=my/data.yaml" in yolo_train_command(EstimateConfig(model="yolov8s.yaml", data="my/data.yaml"))
+
+
+@pytest.mark.slow  # 7 searches of a few traces each: about 1.5 min on 2 shared cores
+def test_explain_ladder_agrees_with_fit_and_keeps_the_effective_batch():
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.sweeps.ladder import EXPANDABLE, strategy_ladder
+
+    def accumulate(batch: int, nbs: int) -> int:  # Ultralytics' BaseTrainer: max(round(nbs / batch), 1)
+        return max(round(nbs / batch), 1)
+
+    # yolov8n at imgsz 160 on a card with ~76 MiB for the allocator after the margin: a batch of about 10
+    # fits in AMP, 16 does not. freeze= and expandable segments as asked keep those two rungs out (time).
+    # nbs=8 < batch: the asked effective batch (16) needs nbs raised once the batch is smaller.
+    config = EstimateConfig(model="yolov8n.yaml", imgsz=160, batch=16, nbs=8, iterations=1, gpu_mem=TINY_GPU_GIB,
+                            freeze=tuple(range(10)), alloc_conf=EXPANDABLE)  # fmt: skip
+    ladder = strategy_ladder(config)
+    steps = {step.name: step for step in ladder}
+    fp32 = steps["FP32 (amp=False)"]
+    assert fp32.max_batch == largest_batch(config.with_changes(amp="fp32")).max_batch  # what `fit amp=false` says
+    for step in ladder:  # "fits" at the asked batch and "largest batch" never contradict each other
+        asked = step.changes.get("batch", config.batch)
+        assert step.fits == (step.max_batch is not None and step.max_batch >= asked), step.name
+    smaller = steps["smaller batch + accumulation"]
+    batch, nbs = smaller.changes["batch"], smaller.changes.get("nbs", config.nbs)
+    assert batch < config.batch and smaller.fits and smaller.max_batch == batch
+    assert batch * accumulate(batch, nbs) == config.batch * accumulate(config.batch, config.nbs) == 16
+    assert f"batch={batch} " in smaller.how and f"nbs={nbs}" in smaller.how

@@ -5,11 +5,12 @@
     yolomem plot yolov8n.yaml batch=16 kind=timeline -o timeline.png   (or kind=breakdown)
     yolomem report yolov8n.yaml batch=16 gpu=T4,RTX-3090 -o report.html
 
-Keys of their own (the rest are the estimate's): ``gpu=A,B`` (cards; lines on the curve, rows in the
-report), ``amp=true,false`` (precisions of the curve; default both), ``x=batch|imgsz``, ``batches=``,
-``sizes=``, ``measure=gpu_mem|device_total``, ``kind=curve|breakdown|timeline`` (plot), ``exact_fit=true``
-(report: search the largest batch per card with ``yolomem.sweeps.fit``). Progress goes to stderr; the
-path written goes to stdout.
+Keys of their own (the rest are the estimate's; ``yolomem plot --help`` lists them):
+``gpu=A,B`` (cards; lines on the curve, rows in the report), ``amp=true,false`` (precisions of the
+curve; default both), ``x=batch|imgsz``, ``batches=1,2,4,8``, ``sizes=320,640``,
+``measure=gpu_mem|device_total``, ``kind=curve|breakdown|timeline`` (plot), ``margin=0.1`` (report: the
+share of usable memory held back when judging fits, as for ``yolomem fit``).
+Progress goes to stderr; the path written goes to stdout.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from yolomem.cli.registry import DEFAULT_MODEL, OUTPUT, command
-from yolomem.config.keys import BOOL, CHOICE, ESTIMATE_KEYS, INTS, TEXTS, Key, Words
+from yolomem.config.keys import CHOICE, ESTIMATE_KEYS, INTS, MARGIN, TEXTS, Key, Words
+from yolomem.config.keys import MAX_CURVE_POINTS as MAX_POINTS
 from yolomem.errors import UserError
 
 KINDS = ("curve", "breakdown", "timeline")
 DEFAULT_REPORT_GPUS = ("T4", "RTX-3090", "A100-80GB")  # a common 16, 24 and 80 GB card
-MAX_POINTS = 12  # each point of a curve is a full traced estimate
 _CARDS = Key("gpu", TEXTS, None, "cards to draw (plot: lines; report: rows), e.g. T4,RTX-3090", nullable=True)
 _AMPS = Key("amp", TEXTS, None, "precisions: true (fp16), false (fp32), bf16; plot: a list (default: true,false)",
             nullable=True)
@@ -43,9 +44,9 @@ PLOT_KEYS = ESTIMATE_KEYS.plus(
 REPORT_KEYS = ESTIMATE_KEYS.plus(
     _CARDS.but(help=f"cards of the fits table (default: {','.join(DEFAULT_REPORT_GPUS)})"),
     _AMPS.but(help="the precision: true (fp16), false (fp32) or bf16"), _BATCHES,
-    Key("exact_fit", BOOL, False, "search the largest batch per card (yolomem fit) instead of reading the curve"),
+    MARGIN.but(help="report: share of the card after the CUDA context held back when judging fits, as for yolomem fit"),
 )  # fmt: skip
-_OWN = ("gpu", "amp", "kind", "x", "batches", "sizes", "measure", "exact_fit")
+_OWN = ("gpu", "amp", "kind", "x", "batches", "sizes", "measure", "margin")
 
 
 def _parse(words: list[str], table) -> tuple[Words, tuple[str, ...]]:
@@ -188,13 +189,18 @@ def _report(options: argparse.Namespace) -> int:
         from yolomem.config.gpus import find_gpu
 
         gpus = [find_gpu(name) for name in DEFAULT_REPORT_GPUS]
+    from yolomem.config.gpus import GiB
+    from yolomem.sweeps.fit import make_budget
+
+    margin = own.get("margin", MARGIN.default)
+    # a margin too large for the card fails here, in one line, not after minutes of estimating
+    make_budget(config.with_changes(gpu=gpus[0].name, gpu_mem=gpus[0].total_bytes / GiB), margin)
     words = (config.model, *_estimate_words(options.words))
     if own.get("amp"):
         words += (f"amp={config.amp}",)
     with _progress("estimating") as progress:
         data = plots_data.report_data(
-            config, gpus, batches=own.get("batches"), words=words, exact_fit=own.get("exact_fit", False),
-            progress=progress,
+            config, gpus, batches=own.get("batches"), words=words, margin=margin, progress=progress,
         )  # fmt: skip
     path.write_text(render_report(data), encoding="utf-8")
     print(path)

@@ -383,5 +383,6 @@ ESTIMATE_KEYS = KeyTable((
 # --- keys more than one command shares --------------------------------------------------------------
 
 DEFAULT_MARGIN = 0.10
+MAX_CURVE_POINTS = 12  # each point of a plotted curve is a full traced estimate
 MARGIN = Key("margin", FLOAT, DEFAULT_MARGIN, "share of the card after the CUDA context held back for what the "
              "trace does not see (0.1 or 10%)", low=0.0, high=0.9, high_open=True)
