@@ -65,7 +65,7 @@ class Estimate:
     yolomem_version: str
     torch_version: str
     ultralytics_version: str
-    config: dict
+    config: EstimateConfig  # as resolved: the model's name, imgsz rounded to the stride, the optimizer chosen
     task: str
     params: int
     peak_allocated_bytes: int
@@ -130,7 +130,7 @@ class Estimate:
             "yolomem_version": self.yolomem_version,
             "torch_version": self.torch_version,
             "ultralytics_version": self.ultralytics_version,
-            "config": self.config,
+            "config": self.config.to_json() | {"task": self.task},
             "task": self.task,
             "params": self.params,
             "peak_allocated_bytes": self.peak_allocated_bytes,
@@ -307,9 +307,7 @@ def estimate_config(config: EstimateConfig) -> Estimate:
                                           dense_only.peak_reserved_bytes)  # fmt: skip
     cudnn_bytes = max(replay.peak_reserved_bytes - without_cudnn.peak_reserved_bytes, 0)
     unaccounted = _unaccounted(run, simulation, request, config, base_trace, cudnn_bytes)
-    resolved_config = config.as_dict() | {
-        "model": resolved.name, "imgsz": run.imgsz, "optimizer": run.optimizer, "task": resolved.task,
-    }  # fmt: skip
+    resolved_config = config.with_changes(model=resolved.name, imgsz=run.imgsz, optimizer=run.optimizer)
     return Estimate(
         yolomem_version=yolomem_version,
         torch_version=torch_version,

@@ -118,12 +118,12 @@ def estimate_timeline(estimate: Estimate, iteration: int = -1) -> Timeline:
         raise UserError("this estimate carries no trace (it was loaded from JSON?); run estimate() again")
     config = estimate.config
     if iteration == -1:
-        iteration = int(config.get("iterations", len(estimate.trace.iteration_bounds))) - 1
-    gpu = find_gpu(config.get("gpu"), config.get("gpu_mem")) if (config.get("gpu") or config.get("gpu_mem")) else None
+        iteration = config.iterations - 1
+    gpu = find_gpu(config.gpu, config.gpu_mem) if (config.gpu or config.gpu_mem) else None
     return iteration_timeline(
         estimate.trace,
         iteration=iteration,
-        alloc_conf=config.get("alloc_conf"),
+        alloc_conf=config.alloc_conf,
         capacity_bytes=gpu.usable_bytes if gpu else None,
     )
 

@@ -116,4 +116,4 @@ def fits_card(estimate, total_bytes: int, margin_bytes: int = 0) -> bool:
         raise ValueError("this estimate carries no trace")
     allowance = estimate.upper.allowance_bytes if estimate.upper else 0
     capacity = upper_capacity(total_bytes, margin_bytes) - allowance
-    return replay_trace(estimate.trace, estimate.config.get("alloc_conf"), capacity_bytes=capacity, upper=True).oom is None
+    return replay_trace(estimate.trace, estimate.config.alloc_conf, capacity_bytes=capacity, upper=True).oom is None

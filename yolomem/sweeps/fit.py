@@ -27,18 +27,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from yolomem.config.keys import DEFAULT_MARGIN
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.result.estimate import Estimate, estimate_config
 from yolomem.result.upper import fits_card, upper_capacity
 from yolomem.config.gpus import GiB, Gpu, find_gpu
 
-DEFAULT_MARGIN = 0.10
 MAX_BATCH = 1024  # the search stops here; a larger batch is rarely useful and never needed to fit a card
 MAX_IMGSZ = 4096
 BATCH_BRACKET = (2, 16)  # the two batches whose traces draw the line
 IMGSZ_BRACKET = (320, 640)
 
+DATA_PLACEHOLDER = "path/to/data.yaml"  # the yolo train line's data= when the user gave none: never a dataset we chose
 Progress = Callable[[str], None]
 
 __all__ = ["DEFAULT_MARGIN", "FitResult", "NothingFits", "Probe", "largest_batch", "largest_imgsz", "Prober"]
@@ -73,6 +74,11 @@ class Budget:
     @property
     def margin_bytes(self) -> int:
         return int(self.gpu.usable_bytes * self.margin)
+
+    @property
+    def context_bytes(self) -> int:
+        """The CUDA context the verdicts assume: the upper figure's (``yolomem.result.upper``)."""
+        return self.gpu.total_bytes - self.margin_bytes - self.capacity_bytes
 
     @property
     def capacity_bytes(self) -> int:
@@ -140,7 +146,7 @@ class FitResult:
 def yolo_train_command(config: EstimateConfig, model: str | None = None) -> str:
     """The ``yolo train`` line that runs ``config``; settings Ultralytics has no switch for become
     an environment variable (allocator) or a note (checkpointing needs a callback)."""
-    words = ["yolo", "train", f"model={model or config.model}", f"data={config.data or 'coco.yaml'}",
+    words = ["yolo", "train", f"model={model or config.model}", f"data={config.data or DATA_PLACEHOLDER}",
              f"batch={config.batch}", f"imgsz={config.imgsz}"]  # fmt: skip
     if config.amp != "fp16":
         words.append("amp=False" if config.amp == "fp32" else "amp=bf16")
@@ -184,7 +190,7 @@ class Prober:
         peak = result.peak_reserved_upper_bytes
         fits = bool(result.fits) and (self.budget.margin_bytes == 0
                                       or fits_card(result, self.budget.gpu.total_bytes, self.budget.margin_bytes))
-        probe = Probe(config.batch, int(result.config["imgsz"]), peak, fits, time.perf_counter() - started)
+        probe = Probe(config.batch, result.config.imgsz, peak, fits, time.perf_counter() - started)
         self._cache[key] = (result, probe)
         return result, probe
 
@@ -306,7 +312,7 @@ def _solve(prober, probe, shape, bracket_units, cap_units, what_does_not_fit, hi
 def _budget_fields(budget) -> dict:
     """The FitResult fields that describe the card and its budget."""
     return {
-        "gpu": budget.gpu.name, "gpu_total_bytes": budget.gpu.total_bytes, "context_bytes": budget.gpu.total_bytes - budget.margin_bytes - budget.capacity_bytes,
+        "gpu": budget.gpu.name, "gpu_total_bytes": budget.gpu.total_bytes, "context_bytes": budget.context_bytes,
         "margin": budget.margin, "capacity_bytes": budget.capacity_bytes,
     }  # fmt: skip
 

@@ -6,7 +6,7 @@ import contextlib
 import re
 
 from yolomem.config.models import ResolvedModel
-from yolomem.loops.base import TracedRun
+from yolomem.loops.base import TracedRun, max_stride
 
 # Ultralytics switched GPU_mem from bytes/1e9 to bytes/2**30 in 8.3.76 (reference notes).
 GPU_MEM_GIB_SINCE = (8, 3, 76)
@@ -51,8 +51,7 @@ class UltralyticsLoop:
         return build_model(resolved.cfg, resolved.task, nc or resolved.nc)
 
     def stride(self, resolved: ResolvedModel, nc: int | None) -> int:
-        model = self._build(resolved, nc)
-        return max(int(model.stride.max()) if hasattr(model, "stride") else 32, 32)
+        return max_stride(self._build(resolved, nc))
 
     def count_params(self, resolved: ResolvedModel, nc: int | None = None) -> int:
         return sum(p.numel() for p in self._build(resolved, nc).parameters())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from yolomem.config.models import ResolvedModel
-from yolomem.loops.base import TracedRun
+from yolomem.loops.base import TracedRun, max_stride
 
 
 class Yolov5Loop:
@@ -40,7 +40,7 @@ class Yolov5Loop:
 
         with torch.device("meta"):
             model = build_original(original_of(resolved), nc or resolved.nc)
-        return max(max(model.head.strides), 32)  # Yolov5Run.stride
+        return max_stride(model)
 
     def count_params(self, resolved: ResolvedModel, nc: int | None = None) -> int:
         from yolomem.loops.yolov5.runner import count_params, original_of

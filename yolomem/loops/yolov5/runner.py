@@ -10,7 +10,7 @@ from yolomem.loops.batches import SyntheticBatch
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.config.models import ResolvedModel
-from yolomem.loops.base import TracedRun, rank_batch, round_imgsz, traced_batches, tracing
+from yolomem.loops.base import TracedRun, max_stride, rank_batch, round_imgsz, traced_batches, tracing
 from yolomem.trace.tracer import module_scopes
 from yolomem.loops.yolov5.modules import LayerModel, build_yolov5, initialize_weights
 from yolomem.loops.yolov5.names import OriginalModel
@@ -81,7 +81,7 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
     nc = config.nc or resolved.nc
     with tracing(config, fake=fake, oracle=oracle) as (tracer, policy):
         model = build_original(original, nc)
-        stride = max(max(model.head.strides), 32)  # Yolov5Run.stride
+        stride = max_stride(model)
         imgsz = round_imgsz(config.imgsz, stride)
         if imgsz != config.imgsz:
             notes.append(f"imgsz={config.imgsz} is not a multiple of stride {stride}; rounded up to {imgsz} as train.py does")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from yolomem.loops.base import amp_dtype, check_trainable, max_stride
 from yolomem.trace.autocast import CudaAutocastPolicy
 from yolomem.loops.batches import SyntheticBatch
 from yolomem.trace.tracer import Tracer
@@ -33,7 +34,6 @@ from yolomem.loops.ultralytics.step import _CloneOnDeepcopy, autocast_region, pe
 from yolomem.loops.yolov5.loss import AnchorLoss, LossHyp
 from yolomem.loops.yolov5.modules import LayerModel
 
-_AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 LR0, MOMENTUM, WEIGHT_DECAY = 0.01, 0.937, 0.0005  # hyp.scratch-low.yaml
 WARMUP_EPOCHS, WARMUP_MIN_ITERATIONS = 3.0, 100  # train.py: nw = max(round(warmup_epochs * nb), 100)
 CLIP_MAX_NORM = 10.0
@@ -121,9 +121,10 @@ class Yolov5Run:
 
     def __init__(self, model: LayerModel, settings: Yolov5Settings, tracer: Tracer, policy: CudaAutocastPolicy | None):
         self.model, self.settings, self.tracer, self.policy = model, settings, tracer, policy
-        self.stride = max(max(model.head.strides), 32)  # train.py: gs = max(int(model.stride.max()), 32)
+        self.stride = max_stride(model)  # train.py: gs = max(int(model.stride.max()), 32)
         freeze_layers(model, settings.freeze)
-        self.amp_dtype = _AMP_DTYPES.get(settings.precision)
+        check_trainable(model, settings.freeze)
+        self.amp_dtype = amp_dtype(settings.precision)
         self.scaler = torch.amp.GradScaler("cpu", enabled=settings.precision == "fp16")  # GPU: enabled=amp
         head = model.head
         self.loss = AnchorLoss(head, LossHyp().scaled(head.nl, head.nc, settings.imgsz))
