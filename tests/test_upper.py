@@ -106,3 +106,13 @@ def test_attention_model_has_two_cublas_buffers():
     result = estimate("yolo11n.yaml", **TINY)
     events = [e for e in result.trace.events if e.category == "cublas_workspace"]
     assert [(e.op, e.nbytes) for e in events] == [("alloc", 32 << 20), ("alloc", 32 << 20)]
+
+
+def test_autobatch_probe_upper_carries_its_allowance():
+    """step=fwd_bwd: the issue's AutoBatch probes ran 0.1-0.6 GiB above the model; the upper figure
+    names and adds that allowance (yolomem.result.upper.ALLOWANCES) and the expected one does not."""
+    probe = estimate("yolov8n.yaml", imgsz=64, batch=2, step="fwd_bwd", iterations=1)
+    assert probe.upper.allowance_bytes == int(0.6 * 2**30)
+    assert probe.peak_reserved_upper_bytes >= probe.peak_reserved_bytes + probe.upper.allowance_bytes
+    assert any("AutoBatch" in term for term in probe.upper.terms)
+    assert probe.density is None  # no labels in a probe

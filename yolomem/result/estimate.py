@@ -307,7 +307,9 @@ def estimate_config(config: EstimateConfig) -> Estimate:
                                           dense_only.peak_reserved_bytes)  # fmt: skip
     cudnn_bytes = max(replay.peak_reserved_bytes - without_cudnn.peak_reserved_bytes, 0)
     unaccounted = _unaccounted(run, simulation, request, config, base_trace, cudnn_bytes)
-    resolved_config = config.with_changes(model=resolved.name, imgsz=run.imgsz, optimizer=run.optimizer)
+    # an AutoBatch probe (step=fwd_bwd) builds no optimizer: the config keeps the one asked for
+    optimizer = run.optimizer if config.step == "train" else config.optimizer
+    resolved_config = config.with_changes(model=resolved.name, imgsz=run.imgsz, optimizer=optimizer)
     return Estimate(
         yolomem_version=yolomem_version,
         torch_version=torch_version,
