@@ -60,7 +60,7 @@ def test_targets_match_anchor_ratio_and_neighbour_cells():
     from yolomem.loops.yolov5.modules import HeadSpec
 
     head = HeadSpec(nc=2, anchors_px=(((8.0, 8.0), (40.0, 40.0), (200.0, 200.0)),), strides=(8,))
-    loss = AnchorLoss(head, LossHyp())
+    loss = AnchorLoss(head, LossHyp(), torch.tensor(head.anchors_in_grid_units()))
     p = [torch.zeros(1, 3, 8, 8, 7)]
     # one 16x16 px box centred at (20, 20) px = grid (2.5, 2.5)... placed at 0.3 of the cell: neighbours left/up
     targets = torch.tensor([[0, 1, 2.3 / 8, 2.3 / 8, 16 / 64, 16 / 64]])

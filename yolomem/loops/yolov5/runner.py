@@ -85,7 +85,8 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
         imgsz = round_imgsz(config.imgsz, stride)
         if imgsz != config.imgsz:
             notes.append(f"imgsz={config.imgsz} is not a multiple of stride {stride}; rounded up to {imgsz} as train.py does")
-        settings = Yolov5Settings(per_rank, imgsz, config.amp, optimizer, config.nbs, config.freeze, config.step)
+        settings = Yolov5Settings(per_rank, imgsz, config.amp, optimizer, config.nbs, config.freeze, config.step,
+                                  original.task)
         run = Yolov5Run(model, settings, tracer, policy)
         params = sum(p.numel() for p in model.parameters())
         tracer.forget()  # built on the host; the GPU sees the finished tensors
