@@ -213,6 +213,25 @@ class Yolov5Run:
             self.mloss = (self.mloss * index + held["loss_items"]) / (index + 1)  # (3,) or (4,) running means
 
 
+    def save_checkpoint(self) -> None:
+        """train.py after validation: ``ckpt = {'model': deepcopy(de_parallel(model)).half(), 'ema':
+        deepcopy(ema.ema).half(), ...}``, saved, then ``del ckpt``. Each deep copy is an fp32 device
+        copy that ``.half()`` replaces tensor by tensor."""
+        from yolomem.loops.yolov5.val_pass import convert_floats
+
+        if self.ema is None:
+            return
+        with self.tracer.phase("checkpoint"):
+            ckpt = {}
+            for key, module in (("model", self.model), ("ema", self.ema.ema)):
+                with _CloneOnDeepcopy():
+                    copied = copy.deepcopy(module)
+                convert_floats(copied, torch.float16)
+                ckpt[key] = copied
+                del copied
+            del ckpt
+
+
 def host_batch(batch: SyntheticBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """What yolov5's dataloader yields, on the host (not traced): uint8 images (B, 3, H, W), targets
     (nt, 6) = image, class, x, y, w, h, and for segmentation the overlap masks (B, H/4, W/4)."""

@@ -330,10 +330,3 @@ def trace_val_pass(run: Yolov5Run, shapes: Sequence[ValBatchShape], seed: int, c
 def _to_host(tensor: torch.Tensor) -> None:
     """``.cpu().numpy()`` of a GPU tensor: a host copy; the GPU tensor is freed right after."""
     del tensor
-
-
-# -- the epoch composer's entry point -----------------------------------------------------------------
-def trace_validation(run: Yolov5Run, shape: ValBatchShape, seed: int, channels: int = 3) -> None:
-    """One validation pass over a single batch of ``shape`` (the epoch composer's template)."""
-    trace_val_pass(run, [shape], seed, channels)
-
