@@ -113,3 +113,41 @@ def test_val_metrics_allocate_the_same_large_tensors(traces):
     big = lambda t: [(op, n) for op, n in _stream(t, metrics=True) if op == "alloc" and n >= BIG]  # noqa: E731
     assert len(big(repo)) >= 10  # per-image masks or concatenations
     assert big(ours) == big(repo)
+
+
+def _ours_classify(model: str, imgsz: int):
+    """ClassifyRun as the runner sets it up, at fp32 (the repo's autocast is CUDA-only)."""
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.loops import resolve_model
+    from yolomem.loops.base import tracing
+    from yolomem.loops.batches import SyntheticBatch
+    from yolomem.loops.yolov5.classify import ClassifyRun, ClassifySettings
+    from yolomem.loops.yolov5.runner import build_original, original_of
+
+    config = EstimateConfig(model=model, imgsz=imgsz, batch=BATCH, amp="fp32", framework="yolov5")
+    with tracing(config, fake=True, oracle=None) as (tracer, policy):
+        net = build_original(original_of(resolve_model(model, "yolov5")), NC)
+        run = ClassifyRun(net, ClassifySettings(BATCH, imgsz, "Adam", precision="fp32"), tracer, policy)
+        tracer.forget()
+        for category, tensors in run.persistent_tensors().items():
+            tracer.track_existing(tensors, category)
+        del tensors
+        for iteration in range(ITERATIONS):
+            run.train_iteration(iteration, SyntheticBatch.draw("classify", BATCH, imgsz, 0.0, seed=SEED + iteration, nc=NC))
+        trace = tracer.result()
+        tracer.detach_finalizers()
+    return trace
+
+
+def test_classifier_iterations_allocate_as_classify_train_py():
+    """yolov5n-cls: ClassificationModel(DetectionModel(yolov5n.yaml), nc, cutoff=10), Adam, EMA, label smoothing."""
+    from yolov5_reference import package_classify_trace
+
+    warnings.filterwarnings("ignore")
+    path = Path(yolov5.__file__).parent / "models" / "yolov5n.yaml"
+    repo = package_classify_trace(path, nc=NC, batch=BATCH, imgsz=IMGSZ, iterations=ITERATIONS, seed=SEED)
+    ours = _ours_classify("yolov5n-cls", IMGSZ)
+    stream = lambda t: [(e.op, e.nbytes) for e in t.events if e.nbytes]  # noqa: E731
+    assert len(stream(repo)) > 1000
+    assert stream(ours) == stream(repo)
+    assert _peak(stream(ours)) == _peak(stream(repo))

@@ -344,3 +344,54 @@ def package_trace(model_yaml: Path, *, nc: int, batch: int, imgsz: int, iteratio
         trace = tracer.result()
         tracer.detach_finalizers()
     return trace
+
+
+def package_classify_trace(model_yaml: Path, *, nc: int, batch: int, imgsz: int, iterations: int, seed: int):
+    """classify/train.py's setup and batch loop (fp32: ``autocast(enabled=cuda)`` and
+    ``GradScaler(enabled=cuda)`` are off on a CPU) for ``iterations`` batches, traced on real CPU
+    tensors; the batches are the ones ``yolomem``'s classify run draws for the same seeds."""
+    from yolov5.models.yolo import ClassificationModel, Model
+    from yolov5.utils.general import LOGGER
+    from yolov5.utils.torch_utils import ModelEMA, smart_optimizer, smartCrossEntropyLoss
+
+    from yolomem.loops.base import cuda_foreach_types
+    from yolomem.loops.batches import SyntheticBatch
+    from yolomem.trace.tracer import Tracer
+
+    LOGGER.setLevel("ERROR")
+    torch.manual_seed(0)
+    model = ClassificationModel(model=Model(str(model_yaml)), nc=nc, cutoff=10)
+    for p in model.parameters():
+        p.requires_grad = True  # for training
+    with gpu_kernel_choices():
+        optimizer = smart_optimizer(model, "Adam", 0.001, momentum=0.9, decay=5e-5)
+    ema = ModelEMA(model)
+    criterion = smartCrossEntropyLoss(label_smoothing=0.1)
+    scaler = torch.cuda.amp.GradScaler(enabled=False)
+    batches = []
+    for iteration in range(iterations):
+        data = SyntheticBatch.draw("classify", batch, imgsz, 0.0, seed=seed + iteration, nc=nc).as_dict()
+        batches.append((data["img"], data["cls"]))
+    tracer = Tracer(fake=False)
+    with tracer, cuda_foreach_types(), gpu_kernel_choices():
+        tracer.track_existing(list(model.parameters()) + list(model.buffers()), "parameter")
+        tracer.track_existing(list(ema.ema.parameters()) + list(ema.ema.buffers()), "ema")
+        model.train()
+        tloss = 0.0
+        for i, (images, labels) in enumerate(batches):
+            tracer.start_iteration(i)
+            images, labels = to_device(images), to_device(labels)
+            with torch.autocast("cpu", enabled=False):
+                loss = criterion(model(images), labels)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad()
+            if ema:
+                ema.update(model)
+            tloss = (tloss * i + loss.item()) / (i + 1)
+        trace = tracer.result()  # images, labels and loss still alive, as in train.py's loop
+        tracer.detach_finalizers()
+    return trace

@@ -305,6 +305,51 @@ class LayerModel(nn.Module):
         return torch.cat(z, 1), levels
 
 
+class Classify(nn.Module):
+    """yolov5's classification head (models/common.py): (B, c1, h, w) -> (B, c2)."""
+
+    CHANNELS = 1280  # c_: EfficientNet-B0's width, as in the repo
+
+    def __init__(self, c1: int, c2: int, dropout_p: float = 0.0):
+        super().__init__()
+        self.conv = Conv(c1, self.CHANNELS, 1, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(p=dropout_p, inplace=True)
+        self.linear = nn.Linear(self.CHANNELS, c2)
+
+    def forward(self, x):
+        if isinstance(x, list):
+            x = torch.cat(x, 1)
+        return self.linear(self.drop(self.pool(self.conv(x)).flatten(1)))
+
+
+class ClassifierModel(nn.Module):
+    """yolov5's ``ClassificationModel(model=DetectionModel(yolov5?.yaml), nc, cutoff=10)``, which the
+    released ``yolov5?-cls.pt`` are: the detection backbone up to ``cutoff`` (layers 0-8 for the v7.0
+    YAMLs) and ``Classify`` in place of layer ``cutoff - 1`` (SPPF), fed with that layer's input channels."""
+
+    def __init__(self, detection: LayerModel, nc: int = 1000, cutoff: int = 10):
+        super().__init__()
+        layers = list(detection.model[:cutoff])
+        last = layers[-1]
+        ch = last.conv.in_channels if hasattr(last, "conv") else last.cv1.conv.in_channels
+        head = Classify(ch, nc)
+        head.i, head.f = last.i, last.f
+        self.model = nn.Sequential(*layers[:-1], head)
+        self.stride = detection.stride
+        self.save: list[int] = []
+        self.nc = nc
+        self.name = detection.name
+
+    def device_tensors(self) -> list[torch.Tensor]:
+        return []  # no Detect head: nothing besides parameters and buffers on the GPU
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.model:  # _forward_once with an empty save list: each layer reads the last
+            x = layer(x)
+        return x
+
+
 # -- yolov5 YAML ------------------------------------------------------------------------------------
 
 _BLOCKS = {"Conv": Conv, "Bottleneck": Bottleneck, "C3": C3, "SPPF": SPPF}
