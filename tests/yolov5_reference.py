@@ -11,10 +11,19 @@ calling the package's own ``Model``, ``ComputeLoss``, ``smart_optimizer``, ``Mod
 ``GradScaler``. ``val.run`` is called as ``train.py`` calls it, with a stand-in dataloader.
 
 Where a CPU run would take another path than a GPU, we take the GPU's:
-- ``x.to(device)`` is a copy on a GPU and a no-op on the CPU: it is a ``clone()`` here;
+- ``x.to(device)`` is a copy on a GPU and a no-op on the CPU: a ``clone()`` in the training body and for
+  Detect's stride; in val.py the loader yields host tensors that the first statement of each batch
+  body (``with dt[0]:``, a ``Profile`` stand-in) registers with the tracer, and that the loader's list
+  (emptied after unpacking) and tqdm (bypassed) do not keep alive;
+- ``Tensor.cpu()`` returns the tensor itself on the CPU (and ``.numpy()`` would keep it alive): a host
+  copy, category "host", which comparisons leave out;
 - torch picks the foreach optimizer kernels for CUDA parameters, not for CPU ones: CPU is allowed;
+- val.run is ``torch.inference_mode()``, under which a dispatch tracer does not see inside composite ops
+  (max_pool2d's int64 indices, which CUDA allocates): its body runs under ``no_grad()`` instead;
 - ``torchvision.ops.nms``: the CUDA kernel's allocations (``yolomem.loops.val_pass`` stand-in), on
-  both sides, since the CPU kernel allocates differently.
+  both sides, since the CPU kernel allocates differently; NMS's wall-clock time limit is off;
+- which (anchor, class) pairs pass NMS's ``conf`` depends on values: the EMA's head is set so that every
+  pair passes, as our trace assumes with ``candidates=None``.
 What cannot be had on a CPU: AMP (CUDA autocast, the enabled scaler) and val.py's ``half`` (it is
 forced off on CPU). These runs are fp32.
 """
@@ -91,6 +100,9 @@ class PackageRun:
         hyp = hyp_scratch_low()
         self.batch, self.imgsz, self.nbs = batch, imgsz, nbs
         self.model = model = Model(cfg, ch=3, nc=nc)
+        # Model(...).to(device): BaseModel._apply gives Detect a GPU copy of the stride tensor that
+        # DetectionModel.stride (left on the host) shares on the CPU
+        model.model[-1].stride = to_device(model.model[-1].stride)
         accumulate = max(round(nbs / batch), 1)
         hyp["weight_decay"] *= batch * accumulate / nbs
         with gpu_kernel_choices():
@@ -111,13 +123,22 @@ class PackageRun:
         self.nw = 100  # max(round(warmup_epochs * nb), 100) for a small dataset
 
     def gpu_tensors(self) -> dict[str, list[torch.Tensor]]:
-        """What train.py has on the GPU before the first batch."""
+        """What train.py has on the GPU once ``Model(...).to(device)`` and ``ModelEMA(model)`` ran."""
         detect = self.model.model[-1]
         ema_detect = self.ema.ema.model[-1]
         model = list(self.model.parameters()) + list(self.model.buffers()) + [detect.stride]
-        model += [self.compute_loss.BCEcls.pos_weight, self.compute_loss.BCEobj.pos_weight]
         ema = list(self.ema.ema.parameters()) + list(self.ema.ema.buffers()) + [ema_detect.stride]
         return {"parameter": model, "ema": ema}
+
+    def finish_setup(self, tracer) -> None:
+        """train.py's setup after the EMA, traced: ``model.half().float()``, the class weights on the
+        GPU, and ``ComputeLoss``'s two ``pos_weight`` tensors (made earlier here, registered now)."""
+        with tracer.phase("setup"):
+            self.model.half().float()  # pre-reduce anchor precision
+            nc = self.model.nc
+            self.model.class_weights = to_device(torch.ones(nc)) * nc  # labels_to_class_weights(...).to(device) * nc
+            tracer.track_existing([self.model.class_weights], "parameter")
+            tracer.track_existing([self.compute_loss.BCEcls.pos_weight, self.compute_loss.BCEobj.pos_weight], "parameter")
 
     def train(self, tracer, batches, epoch: int = 0, nb: int | None = None) -> dict:
         """train.py's (segment/train.py's) batch loop over ``batches`` of host ``(imgs, targets[, masks])``.
@@ -335,6 +356,7 @@ def package_trace(model_yaml: Path, *, nc: int, batch: int, imgsz: int, iteratio
         for category, tensors in run.gpu_tensors().items():
             tracer.track_existing(tensors, category)
         del tensors
+        run.finish_setup(tracer)
         held = run.train(tracer, batches)  # noqa: F841 - train.py keeps the loop's variables through validation
         with tracer.paused():
             all_pass_head(run.ema.ema)

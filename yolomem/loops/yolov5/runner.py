@@ -108,6 +108,8 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
         tracer.forget()  # built on the host; the GPU sees the finished tensors
         for category, tensors in run.persistent_tensors().items():
             tracer.track_existing(tensors, category)
+        if not classify:
+            run.finish_setup()
         del tensors  # the loop variable would keep the EMA's fp32 tensors alive through val.py's model.half()
         with module_scopes(model, tracer):
             for iteration in range(config.iterations):

@@ -151,15 +151,29 @@ class Yolov5Run:
         self.mloss: torch.Tensor | None = None
 
     def persistent_tensors(self) -> dict[str, list[torch.Tensor]]:
-        """What train.py has on the GPU before the first batch (Model(...).to(device), the loss's
-        pos_weight tensors, ModelEMA's deep copy)."""
-        extra = self.model.device_tensors() + self.loss.device_tensors()
+        """What train.py has on the GPU once the model is there and the EMA made (Model(...).to(device),
+        ModelEMA's deep copy); ``finish_setup`` traces the rest."""
+        extra = self.model.device_tensors()
         if self.loss.anchors is not self.model.head_anchors():
             extra.append(self.loss.anchors)
         tensors = persistent_tensors(self.model, self.ema, extra=tuple(extra))
         if self.ema is not None:
             tensors["ema"] += self.ema.ema.device_tensors()
         return tensors
+
+    def finish_setup(self) -> None:
+        """train.py after the EMA, before the first batch: ``model.half().float()`` ("pre-reduce anchor
+        precision": every tensor copied to fp16 and back, each old storage freed), ``model.class_weights
+        = labels_to_class_weights(...).to(device) * nc``, then ``ComputeLoss(model)`` puts its two BCE
+        ``pos_weight`` tensors on the GPU."""
+        from yolomem.loops.yolov5.val_pass import convert_floats
+
+        with self.tracer.phase("setup"):
+            convert_floats(self.model, torch.float16)
+            convert_floats(self.model, torch.float32)
+            self.class_weights = to_device(torch.ones(self.model.nc)) * self.model.nc  # (nc,)
+            self.tracer.track_existing([self.class_weights], "parameter")
+            self.tracer.track_existing(self.loss.device_tensors(), "parameter")
 
     def _autocast(self):
         return autocast_region(self.policy, self.amp_dtype)
