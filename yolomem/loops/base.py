@@ -94,6 +94,21 @@ def round_imgsz(imgsz: int, stride: int) -> int:
     return max(math.ceil(imgsz / stride) * stride, stride)
 
 
+def check_trainable(model: Any, freeze: tuple[int, ...]) -> None:
+    """After freezing: refuse a ``freeze=`` that leaves no weight to train (both trainers' backward would
+    fail with "element 0 of tensors does not require grad")."""
+    if any(parameter.requires_grad for parameter in model.parameters()):
+        return
+    from yolomem.errors import UserError
+
+    parts = (name.split(".") for name, _ in model.named_parameters())
+    layers = {int(p[1]) for p in parts if len(p) > 1 and p[0] == "model" and p[1].isdigit()}
+    contiguous = freeze == tuple(range(len(freeze)))
+    shown = str(len(freeze)) if contiguous else f"[{','.join(map(str, freeze))}]"
+    span = f"; its layers with weights are {min(layers)}-{max(layers)}" if layers else ""
+    raise UserError(f"freeze={shown} freezes every layer of the model, so nothing would train{span}")
+
+
 def rank_batch(config: EstimateConfig) -> int:
     """Images per GPU: both trainers split the batch over DDP ranks (``batch_size // world_size``)."""
     return max(config.batch // config.world_size, 1)

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import torch
 
-from yolomem.loops.base import amp_dtype, max_stride
+from yolomem.loops.base import amp_dtype, check_trainable, max_stride
 from yolomem.trace.autocast import CudaAutocastPolicy
 from yolomem.loops.batches import SyntheticBatch
 from yolomem.trace.tracer import Tracer
@@ -203,6 +203,7 @@ class UltralyticsRun:
         model.nc = nc
         model.names = getattr(model, "names", None) or {i: str(i) for i in range(nc)}
         freeze_parameters(model, settings.freeze)
+        check_trainable(model, settings.freeze)
         _, self.trainer_class = _task_classes(settings.task)
         self.stride = max_stride(model)
         self.amp_dtype = amp_dtype(settings.precision)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from yolomem.loops.base import amp_dtype, max_stride
+from yolomem.loops.base import amp_dtype, check_trainable, max_stride
 from yolomem.trace.autocast import CudaAutocastPolicy
 from yolomem.loops.batches import SyntheticBatch
 from yolomem.trace.tracer import Tracer
@@ -131,6 +131,7 @@ class Yolov5Run:
         self.model, self.settings, self.tracer, self.policy = model, settings, tracer, policy
         self.stride = max_stride(model)  # train.py: gs = max(int(model.stride.max()), 32)
         freeze_layers(model, settings.freeze)
+        check_trainable(model, settings.freeze)
         self.amp_dtype = amp_dtype(settings.precision)
         self.scaler = torch.amp.GradScaler("cpu", enabled=settings.precision == "fp16")  # GPU: enabled=amp
         head = model.head
