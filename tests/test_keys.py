@@ -90,7 +90,7 @@ def test_every_field_has_a_key():
         ("pick", ["family=text", "models=a,b,...", "task=detect|"]),
         ("table", ["gpus=a,b,...", "method=breakdown|two-point", "jobs=int"]),
         ("plot", ["batches=int,int,...", "kind=curve|breakdown|timeline", "gpu=a,b,..."]),
-        ("report", ["exact_fit=bool", "batches=int,int,..."]),
+        ("report", ["margin=float", "batches=int,int,..."]),
         ("measure", ["results=text", "augment=exact|ultralytics", "timeout=float"]),
     ],
 )

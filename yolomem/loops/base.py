@@ -36,6 +36,12 @@ class TrainingLoop(Protocol):
 
     name: str  # the ``framework=`` value that selects it
     clears_cache_between_epochs: bool  # the trainer empties the CUDA cache after each epoch
+    # the trainer's loop variables (images, predictions, losses) outlive their iteration until the next
+    # one rebinds them, and through validation; the epoch composer then keeps them alive between templates
+    carries_loop_variables: bool
+    # the validation pass is traced as one template over the pass's batches (its locals carry from batch
+    # to batch), rather than one template per batch shape
+    traces_whole_val_pass: bool
 
     def owns(self, spec: str) -> bool:
         """True for model names only this loop builds (they select it without ``framework=``)."""
@@ -64,8 +70,9 @@ class TrainingLoop(Protocol):
 
     def val_batch_size(self, task: str, train_batch: int) -> int: ...
 
-    def trace_val_pass(self, run, shape, seed: int, nc: int, kpt_shape: tuple[int, ...], channels: int) -> None:
-        """Trace one validation batch of ``shape`` with the run's EMA model, as the trainer's val pass does."""
+    def trace_val_pass(self, run, shapes: tuple, seed: int, nc: int, kpt_shape: tuple[int, ...], channels: int) -> None:
+        """Trace validation batches of ``shapes`` (``ValBatchShape``; one per call unless
+        ``traces_whole_val_pass``) with the run's EMA model, as the trainer's val pass does."""
 
 
 # torch.autocast dtype per ``amp=`` value; fp32 runs without autocast
