@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from yolomem.loops.density import Augmentation
 from yolomem.result.epochs import plan_epochs, rect_val_shapes, simulate_epochs
 
 
@@ -30,8 +31,10 @@ def test_square_images_letterbox_to_imgsz_plus_half_stride_pad():
 
 def test_plan_is_deterministic_and_covers_the_densest_image():
     counts = [1] * 500 + [40]  # one crowded image
+    whole_images = [Augmentation(mosaic=0.0, scale=0.0, translate=0.0)] * 3  # no mosaic, no crop: images as labelled
     kwargs = dict(batch=4, val_batch=8, imgsz=640, stride=32, seeds=(0, 1, 2), train_counts=counts,
-                  val_sizes=[(480, 640)] * 20 + [(640, 480)] * 4, val_counts=[2] * 24)  # fmt: skip
+                  val_sizes=[(480, 640)] * 20 + [(640, 480)] * 4, val_counts=[2] * 24,
+                  augmentations=whole_images)  # fmt: skip
     a, b = plan_epochs(**kwargs), plan_epochs(**kwargs)
     assert a == b
     assert max(a.levels) == 40  # the densest image lands in some batch of every epoch
@@ -43,6 +46,14 @@ def test_plan_is_deterministic_and_covers_the_densest_image():
     assert {(s.height, s.width) for s in a.val_shapes} == {(512, 672), (672, 672)}
     assert a.val_sequence == (0, 0, 1)
     assert plan_epochs(**{**kwargs, "seeds": (5, 6, 7)}).sequences != a.sequences
+
+
+def test_plan_with_mosaics_packs_more_than_the_densest_image():
+    """With Ultralytics' default mosaic, a training sample holds parts of 4 images: the densest sample
+    of 3 epochs of COCO-like images (Poisson-lognormal around 7.3) is far above a Poisson batch's 12-13."""
+    plan = plan_epochs(batch=16, val_batch=32, imgsz=640, stride=32, seeds=(0, 1, 2), instances=7.3)
+    assert max(plan.levels) > 3 * 13
+    assert plan.batches_per_epoch == 125  # the density model's default 2000 images
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +121,40 @@ def test_cache_clear_thresholds():
     assert not clears.empties(0.5, 60, None)  # the card is unknown: kept
     assert clears.empties(0.5, 60, 100) and not clears.empties(0.5, 50, 100)
     assert not clears.empties(None, 99, 100)
+
+
+def _carry_trace():
+    """setup: weights; iteration 0: activations, then predictions it keeps; iteration 1 (the level
+    template): activations, new predictions, then the previous ones freed; iteration 2: validation."""
+    from yolomem.trace.tracer import AllocationEvent, Trace
+
+    mb = 1 << 20
+    ops = [("alloc", 1, 2 * mb, "setup", 0),
+           ("alloc", 2, 8 * mb, "forward", 0), ("free", 2, 8 * mb, "forward", 0), ("alloc", 3, 20 * mb, "forward", 0),
+           ("alloc", 4, 8 * mb, "forward", 1), ("alloc", 5, 20 * mb, "forward", 1), ("free", 3, 20 * mb, "forward", 1),
+           ("free", 4, 8 * mb, "forward", 1),
+           ("alloc", 6, 4 * mb, "val_forward", 2), ("free", 6, 4 * mb, "val_forward", 2)]  # fmt: skip
+    events = [AllocationEvent(op, sid, n, "float32", "activation", "", phase, it) for op, sid, n, phase, it in ops]
+    return Trace(events=events, oracle_answers=[], iteration_bounds=[1, 4, 8])
+
+
+def _carry_plan():
+    from yolomem.loops.val_pass import ValBatchShape
+    from yolomem.result.epochs import EpochPlan
+
+    return EpochPlan(levels=(1,), level_counts=((1,),), sequences=(((0, 0, 0), (0, 0)),),
+                     val_shapes=(ValBatchShape(2, 64, 64, (1, 1)),), val_sequence=(0,), batches_per_epoch=None,
+                     seeds=(0,), whole_val_pass=True)  # fmt: skip
+
+
+def test_carried_loop_variables_stay_alive_into_the_next_template():
+    """yolov5's train.py: the previous ``pred`` is alive while the next forward runs (20 + 8 + 20 MiB
+    with the 2 MiB of weights); without carrying, each template's leftovers die at its end."""
+    from yolomem.loops.base import CacheClears
+
+    mb = 1 << 20
+    carried = simulate_epochs(_carry_trace(), 1, _carry_plan(), clears=CacheClears(), carry=True)
+    dropped = simulate_epochs(_carry_trace(), 1, _carry_plan(), clears=CacheClears(), carry=False)
+    assert carried.peak_allocated.median == 50 * mb
+    assert dropped.peak_allocated.median == 30 * mb
+    assert any("stay alive until the next iteration" in a for a in carried.assumptions)

@@ -27,6 +27,8 @@ class TracedRun:
     optimizer: str
     notes: tuple[str, ...]
     probe_failures: tuple[str, ...]
+    density: Any = None  # yolomem.loops.density.DensityPlan of the traced batches (None: no labels)
+    upper_iteration: int | None = None  # the iteration traced at the upper figure's density, after the configured ones
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,12 @@ class TrainingLoop(Protocol):
     """Everything yolomem asks of a training loop."""
 
     name: str  # the ``framework=`` value that selects it
+    # the trainer's loop variables (images, predictions, losses) outlive their iteration until the next
+    # one rebinds them, and through validation; the epoch composer then keeps them alive between templates
+    carries_loop_variables: bool
+    # the validation pass is traced as one template over the pass's batches (its locals carry from batch
+    # to batch), rather than one template per batch shape
+    traces_whole_val_pass: bool
 
     def cache_clears(self) -> CacheClears | None:
         """Where the trainer empties the CUDA cache around validation (None: unknown, assumed never)."""
@@ -79,8 +87,9 @@ class TrainingLoop(Protocol):
     def count_params(self, resolved: ResolvedModel, nc: int | None = None) -> int: ...
 
     def trace(self, config: EstimateConfig, resolved: ResolvedModel, *, fake: bool, oracle,
-              after_iterations: Callable[[Any], None] | None) -> TracedRun:
-        """Build the model on fake (or real) tensors and trace ``config.iterations`` training iterations."""
+              after_iterations: Callable[[Any], None] | None, density=None) -> TracedRun:
+        """Build the model on fake (or real) tensors and trace ``config.iterations`` training iterations,
+        with the objects per sample of ``density`` (``yolomem.loops.density.traced_batches``)."""
 
     def gpu_mem_unit(self) -> str:
         """The unit the trainer prints ``GPU_mem`` in: "GiB" or "GB" (10^9 bytes)."""
@@ -90,13 +99,46 @@ class TrainingLoop(Protocol):
 
     def val_batch_size(self, task: str, train_batch: int) -> int: ...
 
-    def trace_val_pass(self, run, shape, seed: int, nc: int, kpt_shape: tuple[int, ...], channels: int) -> None:
-        """Trace one validation batch of ``shape`` with the run's EMA model, as the trainer's val pass does."""
+    def trace_val_pass(self, run, shapes: tuple, seed: int, nc: int, kpt_shape: tuple[int, ...], channels: int) -> None:
+        """Trace validation batches of ``shapes`` (``ValBatchShape``; one per call unless
+        ``traces_whole_val_pass``) with the run's EMA model, as the trainer's val pass does."""
+
+
+# torch.autocast dtype per ``amp=`` value; fp32 runs without autocast
+AMP_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+
+
+def amp_dtype(precision: str):
+    """The autocast dtype of ``precision`` ("fp16", "bf16"), or None for fp32."""
+    import torch
+
+    return getattr(torch, AMP_DTYPES[precision]) if precision in AMP_DTYPES else None
+
+
+def max_stride(model) -> int:
+    """The model's largest stride, at least 32: Ultralytics' ``max(int(model.stride.max()), 32)``,
+    and train.py's ``gs`` in the yolov5 repo (both models carry a ``stride`` tensor)."""
+    return max(int(model.stride.max()) if hasattr(model, "stride") else 32, 32)
 
 
 def round_imgsz(imgsz: int, stride: int) -> int:
     """Ultralytics' check_imgsz (and train.py's check_img_size): round up to a multiple of the largest stride (at least 32)."""
     return max(math.ceil(imgsz / stride) * stride, stride)
+
+
+def check_trainable(model: Any, freeze: tuple[int, ...]) -> None:
+    """After freezing: refuse a ``freeze=`` that leaves no weight to train (both trainers' backward would
+    fail with "element 0 of tensors does not require grad")."""
+    if any(parameter.requires_grad for parameter in model.parameters()):
+        return
+    from yolomem.errors import UserError
+
+    parts = (name.split(".") for name, _ in model.named_parameters())
+    layers = {int(p[1]) for p in parts if len(p) > 1 and p[0] == "model" and p[1].isdigit()}
+    contiguous = freeze == tuple(range(len(freeze)))
+    shown = str(len(freeze)) if contiguous else f"[{','.join(map(str, freeze))}]"
+    span = f"; its layers with weights are {min(layers)}-{max(layers)}" if layers else ""
+    raise UserError(f"freeze={shown} freezes every layer of the model, so nothing would train{span}")
 
 
 def rank_batch(config: EstimateConfig) -> int:
@@ -110,7 +152,14 @@ def tracing(config: EstimateConfig, *, fake: bool, oracle) -> Iterator[tuple[Any
     from yolomem.trace.autocast import CudaAutocastPolicy
     from yolomem.trace.tracer import Tracer
 
-    tracer = Tracer(fake=fake, oracle=oracle)
+    workspaces = None
+    if fake:  # kernel workspaces belong to CUDA kernels; a real CPU run (the tests' ground truth) has none
+        import torch
+
+        from yolomem.trace.workspaces import KernelWorkspaces, rules_for
+
+        workspaces = KernelWorkspaces(rules_for(torch.__version__))
+    tracer = Tracer(fake=fake, oracle=oracle, workspaces=workspaces)
     with contextlib.ExitStack() as stack:
         stack.enter_context(tracer)
         stack.enter_context(cuda_foreach_types())
@@ -136,3 +185,17 @@ def cuda_foreach_types() -> Iterator[None]:
     finally:
         for lst in added:
             lst.remove(FakeTensor)
+
+
+def traced_batches(config: EstimateConfig, task: str, batch: int, density=None):
+    """(plan, objects per sample of each traced iteration, upper iteration index or None).
+
+    Training with labels: typical batches, the last configured iteration at epoch 1's densest batch,
+    then one more at the upper figure's densest (``yolomem.loops.density``). AutoBatch probes
+    (``step=fwd_bwd``) and classification have no labels: plain draws, no extra iteration."""
+    from yolomem.loops.density import iteration_counts, plan_for
+
+    if config.step != "train" or task == "classify":
+        return None, [None] * config.iterations, None
+    plan = density or plan_for(config, batch)
+    return plan, iteration_counts(plan, config.iterations, upper=True), config.iterations

@@ -37,7 +37,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from yolomem.trace.fake_cache import FakeDispatchCache, run_on_meta
 
-CATEGORIES = ("parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other")
+CATEGORIES = ("parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other",
+              "cublas_workspace", "cublaslt_workspace", "cudnn_workspace")  # the last three: yolomem.trace.workspaces
 
 aten = torch.ops.aten
 
@@ -51,8 +52,8 @@ _DATA_DEPENDENT_SHAPE = {aten.nonzero.default, aten._unique2.default, aten.uniqu
                          aten.unique_consecutive.default, aten.masked_select.default,
                          aten.bincount.default}  # fmt: skip
 _SCALAR_READ = {aten._local_scalar_dense.default}
-# Ops that take a list of index tensors: a boolean index stands for the integer indices of its True entries.
-_INDEXING = {aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default}
+# Indexing ops whose boolean-mask indices the kernel turns into integer indices (ATen's expandTensors)
+_MASK_INDEXED = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
 _DEVICE_QUERY = torch.ops.prim.device.default
 # Queries that allocate nothing (device, sizes, strides): answered without bookkeeping.
 _METADATA_QUERIES = frozenset({_DEVICE_QUERY, aten.size.default, aten.stride.default,
@@ -71,6 +72,11 @@ class AllocationEvent:
     module: str  # module path of the layer running when the storage was allocated, or ""
     phase: str  # preprocess | forward | loss | backward | optimizer | ema | setup
     iteration: int
+    upper_nbytes: int | None = None  # a kernel workspace's size under the upper figure's rule (else as nbytes)
+
+    def size(self, upper: bool = False) -> int:
+        """Bytes of this allocation for the expected figure, or for the upper figure."""
+        return self.upper_nbytes if upper and self.upper_nbytes is not None else self.nbytes
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,7 @@ class _Record:
     module: str
     phase: str
     iteration: int
+    upper_nbytes: int | None = None
 
 
 @dataclass
@@ -128,9 +135,13 @@ class Trace:
 class Tracer(TorchDispatchMode):
     """Context manager that records allocations of every op run inside it."""
 
-    def __init__(self, *, fake: bool, oracle: DataOracle | None = None, real_bytes_cap: int = 64 << 20):
+    def __init__(self, *, fake: bool, oracle: DataOracle | None = None, real_bytes_cap: int = 64 << 20,
+                 workspaces=None):
+        """``workspaces``: a ``yolomem.trace.workspaces.KernelWorkspaces`` that names the scratch blocks
+        the CUDA kernels of each op would take; recorded after the op's outputs."""
         super().__init__()
         self.fake = fake
+        self.workspaces = workspaces
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
         self._fake_cache = FakeDispatchCache(self.fake_mode) if fake else None
         self.oracle = oracle or DataOracle()
@@ -199,6 +210,22 @@ class Tracer(TorchDispatchMode):
         with mode:
             return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="cuda")
 
+    def substitute(self, fake: torch.Tensor, real: torch.Tensor) -> None:
+        """``real`` takes over ``fake``'s allocation: on the GPU they are one tensor, given real values
+        here so that code deciding by value (NMS) can run. No event; the allocation ends when ``real``
+        dies (``fake`` dying records nothing)."""
+        key = self._storage_key(fake)
+        record = self._records.pop(key, None)
+        if record is None:  # not traced (made outside the tracer): the real one is new
+            self._see(real)
+            return
+        finalizer = self._finalizers.pop(key, None)
+        if finalizer is not None:
+            finalizer.detach()
+        new = self._storage_key(real)
+        self._records[new] = record
+        self._finalizers[new] = weakref.finalize(real.untyped_storage(), self._on_free, new)
+
     def forget(self) -> None:
         """Drop everything recorded so far (e.g. while the model was being built on the host)."""
         self.detach_finalizers()
@@ -211,6 +238,8 @@ class Tracer(TorchDispatchMode):
         self._twins.clear()
         self._orphans.clear()
         self._tainted.clear()
+        if self.workspaces is not None:
+            self.workspaces.reset()
 
     # -- registration of tensors that exist before the step -----------------------------------
     def track_existing(self, tensors, category: str, module: str = "") -> None:
@@ -243,11 +272,26 @@ class Tracer(TorchDispatchMode):
         elif isinstance(out, (tuple, list)):
             for tensor in _tensors_in(out):
                 self._see(tensor)
+        if self.workspaces is not None:
+            for block in self.workspaces.after(func, args, out, self.phase_name):
+                self._workspace(block)
         return out
 
+    def _workspace(self, block) -> None:
+        """A kernel's scratch block: allocated (and, when transient, freed) right after the op's outputs."""
+        if block.nbytes <= 0 and block.upper_nbytes <= 0:
+            return
+        self._next_id += 1
+        record = _Record(self._next_id, block.nbytes, "uint8", block.category,
+                         self.module_stack[-1] if self.module_stack else "", self.phase_name, self.iteration,
+                         block.upper_nbytes if block.upper_nbytes != block.nbytes else None)  # fmt: skip
+        self._log.append(("alloc", record))
+        if block.transient:
+            self._log.append(("free", record))
+
     def _dispatch_fake(self, func, args, kwargs):
-        if func in _INDEXING:
-            args = self._integer_indices(args)
+        if func in _MASK_INDEXED:
+            args = self._mask_indices_to_positions(args)
         tensors = _tensors_in(args)
         if kwargs:
             tensors += _tensors_in(kwargs.values())
@@ -276,6 +320,34 @@ class Tracer(TorchDispatchMode):
             args, kwargs = self._fakeify_inputs(func, args, kwargs)
         return self._fake_cache.call(func, args, kwargs)
 
+    def _mask_indices_to_positions(self, args):
+        """``x[mask]`` / ``x[mask] = v`` with a fake ``x``, ``v`` or ``mask``: index with the mask's
+        positions instead (what the kernel does itself, ATen's ``expandTensors``: a k-dim mask becomes
+        k integer index tensors, from a ``nonzero`` no dispatch tracer sees, on the GPU as here); a
+        fake mode cannot size a boolean index. A real mask's positions are computed; a fake mask's
+        count is the oracle's ``nonzero`` answer, listed with the trace's assumptions (Ultralytics'
+        assigner and loss up to 8.4.133: ``pd_scores[...][mask_gt]``, ``pred_dist[fg_mask]``)."""
+        target, indices = args[0], args[1]
+        values = args[2] if len(args) > 2 and isinstance(args[2], torch.Tensor) else None
+        masks = [i for i in indices if isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)]
+        if not masks:
+            return args
+        fake_masks = any(self._is_fake_like(m) for m in masks)
+        if not (fake_masks or self._is_fake_like(target) or (values is not None and self._is_fake_like(values))):
+            return args  # all real: runs for real, mask and all
+        expanded = []
+        for index in indices:
+            if not (isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8)):
+                expanded.append(index)
+            elif self._is_fake_like(index):
+                found = self._answer_data_dependent(aten.nonzero.default, (self._to_fake(index),), {})
+                with self.fake_mode:
+                    expanded.extend(found.unbind(1))
+            else:
+                with _disable_current_modes():
+                    expanded.extend(index.nonzero().unbind(1))
+        return (target, expanded, *args[2:])
+
     # -- real/fake policy -----------------------------------------------------------------------
     def _is_fake_like(self, tensor: torch.Tensor) -> bool:
         return isinstance(tensor, FakeTensor) or (bool(self._tainted) and self._storage_key(tensor) in self._tainted)
@@ -288,8 +360,8 @@ class Tracer(TorchDispatchMode):
             return bool(wanted) and self._output_bytes(func, args, kwargs) <= self.real_bytes_cap
         if any_fake:
             return False
-        if func in _DATA_DEPENDENT_SHAPE:  # a fake mode cannot size it; the real input bounds it
-            return True
+        if func in _DATA_DEPENDENT_SHAPE or _has_mask_index(func, args):
+            return True  # a fake mode cannot size it: run it, the real inputs (already in memory) bound it
         return self._output_bytes(func, args, kwargs) <= self.real_bytes_cap
 
     def _output_bytes(self, func, args, kwargs) -> int:
@@ -327,28 +399,6 @@ class Tracer(TorchDispatchMode):
                 if written:
                     self._tainted.add(self._storage_key(value))
         return tree_map(self._to_fake, tuple(flat_args)), tree_map(self._to_fake, kwargs)
-
-    def _integer_indices(self, args):
-        """``x[mask]`` and ``x[mask] = v`` as ``x[i, j, ...]`` with the mask's nonzero indices, which is
-        what the kernel does (``expandTensors``). A fake mode cannot size a boolean index, even a real
-        mask made fake for a mixed op. A real mask's indices are computed, off the trace: on the GPU
-        they are the kernel's internal temporary, which a real run's tracer does not see either. A
-        fake mask's count is the oracle's ``nonzero`` answer."""
-        indices = args[1]
-        if not any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices):
-            return args
-        expanded: list = []
-        for index in indices:
-            if not (isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8)):
-                expanded.append(index)
-            elif self._is_fake_like(index):
-                found = self._answer_data_dependent(aten.nonzero.default, (self._to_fake(index),), {})
-                with self.fake_mode:
-                    expanded.extend(found.unbind(1))
-            else:
-                with _disable_current_modes():
-                    expanded.extend(index.nonzero().unbind(1))
-        return (args[0], expanded, *args[2:])
 
     # -- oracle -----------------------------------------------------------------------------------
     def _answer_scalar(self, tensor: torch.Tensor):
@@ -462,6 +512,7 @@ class Tracer(TorchDispatchMode):
                     module=record.module,
                     phase=record.phase,
                     iteration=record.iteration,
+                    upper_nbytes=record.upper_nbytes,
                 )
             )
         return Trace(events=events, oracle_answers=list(self.oracle_answers), iteration_bounds=list(self._iteration_bounds))
@@ -488,6 +539,13 @@ def _is_fused_in_place(func) -> bool:
             and not any(arg.name == "out" for arg in func._schema.arguments)
         )
     return known
+
+
+def _has_mask_index(func, args) -> bool:
+    """``x[mask]`` and friends: the output size depends on how many entries of ``mask`` are set."""
+    return func in _MASK_INDEXED and any(
+        isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1] if i is not None
+    )
 
 
 def _tensors_in(values) -> list[torch.Tensor]:

@@ -6,13 +6,15 @@ import contextlib
 import re
 
 from yolomem.config.models import ResolvedModel
-from yolomem.loops.base import CacheClears, TracedRun
+from yolomem.loops.base import CacheClears, TracedRun, max_stride
 
 
 class UltralyticsLoop:
     """Release differences are read from the installed code in one place: ``release.py``."""
 
     name = "ultralytics"
+    carries_loop_variables = False  # not modelled yet for this loop (its batch dict and losses do carry)
+    traces_whole_val_pass = False  # one template per validation batch shape
 
     def owns(self, spec: str) -> bool:
         return False  # the default loop: it claims no name away from another
@@ -58,8 +60,7 @@ class UltralyticsLoop:
         return build_model(resolved.cfg, resolved.task, nc or resolved.nc)
 
     def stride(self, resolved: ResolvedModel, nc: int | None) -> int:
-        model = self._build(resolved, nc)
-        return max(int(model.stride.max()) if hasattr(model, "stride") else 32, 32)
+        return max_stride(self._build(resolved, nc))
 
     def count_params(self, resolved: ResolvedModel, nc: int | None = None) -> int:
         return sum(p.numel() for p in self._build(resolved, nc).parameters())
@@ -69,10 +70,11 @@ class UltralyticsLoop:
 
         return ultralytics_gflops(model, imgsz)
 
-    def trace(self, config, resolved, *, fake: bool = True, oracle=None, after_iterations=None) -> TracedRun:
+    def trace(self, config, resolved, *, fake: bool = True, oracle=None, after_iterations=None, density=None) -> TracedRun:
         from yolomem.loops.ultralytics.runner import trace_ultralytics_run
 
-        return trace_ultralytics_run(config, resolved, fake=fake, oracle=oracle, after_iterations=after_iterations)
+        return trace_ultralytics_run(config, resolved, fake=fake, oracle=oracle, after_iterations=after_iterations,
+                                     density=density)  # fmt: skip
 
     def gpu_mem_unit(self) -> str:
         from yolomem.loops.ultralytics.release import release
@@ -87,16 +89,14 @@ class UltralyticsLoop:
 
         return val_batch_size(task, train_batch)
 
-    def trace_val_pass(self, run, shape, seed: int, nc: int, kpt_shape, channels: int) -> None:
+    def trace_val_pass(self, run, shapes, seed: int, nc: int, kpt_shape, channels: int) -> None:
         """``BaseValidator.__call__`` with a trainer, as the installed release runs it (``release.validation``):
         up to 8.4.61 the EMA itself is converted to fp16 (``model.half()``, and ``model.float()`` after),
         with no autocast; from 8.4.62 it stays fp32 and the forward and loss run under autocast."""
-        import functools
-
         import torch
 
         from yolomem.loops.ultralytics.release import release
-        from yolomem.loops.val_pass import ValLoop, trace_validation_batch, val_batch_dict
+        from yolomem.loops.val_pass import trace_validation_batch, val_batch_dict
         from yolomem.loops.yolov5.val_pass import convert_floats
 
         settings, tracer = run.settings, run.tracer
@@ -109,9 +109,8 @@ class UltralyticsLoop:
                 return run.policy.region(torch.float16)
             return contextlib.nullcontext()
 
-        nms_kwargs = dict(conf_thres=0.001, iou_thres=0.7, multi_label=True, max_det=300,
-                          nc=0 if settings.task == "detect" else nc, rotated=settings.task == "obb")  # fmt: skip
-        loop = ValLoop(nms=functools.partial(release().nms, **nms_kwargs))
+        nms = {"nc": 0 if settings.task == "detect" else nc, "rotated": settings.task == "obb"}
+        (shape,) = shapes  # one batch per template
         converts = style.ema_half_in_place and half
         with tracer.phase("val_model_half"):
             if converts:
@@ -121,7 +120,7 @@ class UltralyticsLoop:
             data = val_batch_dict(settings.task, shape, seed, nc, kpt_shape, channels)
             data["resized_shape"] = [(shape.height, shape.width)] * shape.batch  # the collate's per-image shapes
         trace_validation_batch(ema, tracer, data, autocast=autocast, half_inputs=half,
-                               loss_fn=lambda d, p: ema.loss(d, p), nc=nc, loop=loop)  # fmt: skip
+                               loss_fn=lambda d, p: ema.loss(d, p), nc=nc, nms_kwargs=nms)  # fmt: skip
         with tracer.phase("val_model_float"):
             if converts:
                 convert_floats(ema, torch.float32)  # model.float() at the end of the validator's call
