@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from yolomem.deploy.graph import CONCAT_OPS, POINTWISE_OPS, PRODUCER_OPS, Buffer, Graph, Node
 from yolomem.deploy.liveness import PlannedTensor
 
-_LIKE_OPS = frozenset({"new_full", "new_zeros", "new_ones", "new_empty", "zeros_like", "ones_like", "empty_like",
-                       "full_like"})  # fmt: skip
 LAYER_OPS = frozenset({"convolution", "max_pool2d_with_indices", "max_pool2d", "upsample_nearest2d",
                        "upsample_bilinear2d", "_softmax", "avg_pool2d"})  # layers that pick their own tensor format
 # layers with INT8 kernels (and what fuses into them); the box decoding arithmetic stays FP16
@@ -116,7 +114,6 @@ def materialize(graph: Graph, rules: Rules, element_bytes: ElementBytes) -> Mate
     nodes = graph.nodes
     external = {graph.input, *graph.outputs}
     live = {b for b, buf in graph.buffers.items() if not buf.constant and b != graph.input}
-    live -= {b for node in nodes if node.op in _LIKE_OPS for b in node.creates}  # shape-only: folded
 
     # start/end step and element bytes of each buffer, before fusion
     first = {b: producer[b] for b in live}

@@ -36,6 +36,8 @@ POINTWISE_OPS = frozenset({
     "gt", "lt", "ge", "le", "eq", "ne", "_to_copy", "fill", "masked_fill", "sign", "floor", "round",
 })  # fmt: skip
 CONCAT_OPS = frozenset({"cat", "stack"})
+_SHAPE_ONLY = frozenset({"new_full", "new_zeros", "new_ones", "new_empty", "zeros_like", "ones_like", "empty_like",
+                         "full_like"})  # fmt: skip
 PRODUCER_OPS = frozenset({"convolution", "max_pool2d_with_indices", "max_pool2d", "upsample_nearest2d",
                           "upsample_bilinear2d", "addmm", "mm", "bmm", "_softmax", "avg_pool2d"})  # fmt: skip
 
@@ -60,6 +62,7 @@ class Node:
     reads: tuple[int, ...]
     creates: tuple[int, ...]
     module: str  # module path of the layer, e.g. "model.2.m.0.cv1"
+    kernel: tuple[int, ...] = ()  # convolution: the weight's shape (out, in / groups, kh, kw)
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,9 @@ class _GraphRecorder(TorchDispatchMode):
                 bid, _ = self.buffer_of(tensor, constant=True)
             if bid not in reads:
                 reads.append(bid)
-        constant = all(self.buffers[b].constant for b in reads)
+        name = func.__name__.split(".")[0]
+        # factories read a tensor for its dtype/device only; shape-only values are folded by the export
+        constant = name in _SHAPE_ONLY or all(self.buffers[b].constant for b in reads)
         creates = []
         for tensor in tree_flatten(out)[0]:
             if isinstance(tensor, torch.Tensor):
@@ -136,8 +141,11 @@ class _GraphRecorder(TorchDispatchMode):
                 if new:
                     creates.append(bid)
         name = func.__name__.split(".")[0]
+        if name.endswith("_") and not name.endswith("__"):
+            name = name[:-1]  # in-place (silu_, add_): the same layer; it creates no buffer
         module = self.module_stack[-1] if self.module_stack else ""
-        self.nodes.append(Node(len(self.nodes), name, tuple(reads), tuple(creates), module))
+        kernel = tuple(args[1].shape) if name == "convolution" and len(args) > 1 else ()
+        self.nodes.append(Node(len(self.nodes), name, tuple(reads), tuple(creates), module, kernel))
         return out
 
 
@@ -177,11 +185,13 @@ def export_ready_model(resolved: ResolvedModel, nc: int | None, imgsz: tuple[int
 
 
 def capture_graph(resolved: ResolvedModel, input_shape: tuple[int, int, int, int], *, fmt: str = "engine",
-                  dynamic: bool = False, nc: int | None = None) -> Graph:
-    """Record the export-mode forward of ``resolved`` at ``input_shape`` (B, C, H, W), on the meta device."""
+                  dynamic: bool = False, nc: int | None = None, model: torch.nn.Module | None = None) -> Graph:
+    """Record the export-mode forward of ``resolved`` at ``input_shape`` (B, C, H, W), on the meta device.
+    ``model``: one ``export_ready_model`` already built (it can be recorded at several shapes)."""
     from yolomem.trace.tracer import module_scopes
 
-    model = export_ready_model(resolved, nc, input_shape[2:], fmt, dynamic)
+    if model is None:
+        model = export_ready_model(resolved, nc, input_shape[2:], fmt, dynamic)
     with torch.device("meta"):
         weights = [*model.named_parameters(), *model.named_buffers()]
         weight_keys = {t.untyped_storage()._cdata for _, t in weights}
