@@ -14,7 +14,7 @@ from yolomem.cli.registry import COMMANDS
 from yolomem.errors import UserError
 
 # Each module registers its subcommands on import; this list is the whole CLI, in help order.
-COMMAND_MODULES = ("estimate", "fit", "table", "plot", "measure")
+COMMAND_MODULES = ("estimate", "fit", "table", "plot", "measure", "deploy")
 
 
 def load_commands() -> None:

@@ -200,7 +200,7 @@ def materialize(graph: Graph, rules: Rules, element_bytes: ElementBytes) -> Mate
                 b = owner.get(b, b)
                 if b in held:
                     add(f"reformat{node.index}_{b}", round(graph.buffers[b].nbytes * scale[b]), node.index, node.index,
-                        node.module)  # fmt: skip
+                        f"{node.module} (input reformat)")  # fmt: skip
 
     if rules.input_reformat_channels is not None:  # FP32 input -> FP16 copy for the first layer
         batch, channels, height, width = graph.input_shape
