@@ -131,7 +131,7 @@ def _choice(valid: tuple[str, ...], aliases: dict[str, str] | None = None) -> Ca
         text = (aliases or {}).get(text.lower(), text)
         match = {v.lower(): v for v in valid}.get(text.lower())
         if match is None:
-            raise unknown(key, raw, valid)
+            raise unknown(key, raw, [*valid, *(aliases or {})])
         return match
 
     return convert

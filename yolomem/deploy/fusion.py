@@ -113,7 +113,7 @@ def materialize(graph: Graph, rules: Rules, element_bytes: ElementBytes) -> Mate
     consumers = graph.consumers()
     nodes = graph.nodes
     external = {graph.input, *graph.outputs}
-    live = {b for b, buf in graph.buffers.items() if not buf.constant and b != graph.input}
+    live = {b for b, buf in graph.buffers.items() if not buf.constant and b not in external}
 
     # start/end step and element bytes of each buffer, before fusion
     first = {b: producer[b] for b in live}

@@ -102,9 +102,10 @@ def trace_inference(resolved: ResolvedModel, settings: InferenceSettings, *, fak
             candidates = min(anchors, MAX_NMS)  # multi_label=False: one class per anchor at most
         else:
             candidates = min(anchors * nc_model, MAX_NMS)
-        overrides = dict(task=resolved.task, imgsz=imgsz, batch=settings.batch, verbose=False, save=False,
-                         plots=False, device="cpu", channels_last=False, quantize=16 if settings.half else None,
-                         project=tempfile.gettempdir(), name="yolomem-deploy", exist_ok=True)  # fmt: skip
+        overrides = _known_args(dict(task=resolved.task, imgsz=imgsz, batch=settings.batch, verbose=False, save=False,
+                                     plots=False, device="cpu", channels_last=False, half=settings.half,
+                                     quantize=16 if settings.half else None, project=tempfile.gettempdir(),
+                                     name="yolomem-deploy", exist_ok=True))  # fmt: skip
         if settings.mode == "predict":
             runner = _predictor(resolved.task, overrides)
             runner.setup_model(model)  # verbose, as Ultralytics calls it: fuse() runs get_flops
@@ -127,6 +128,17 @@ def trace_inference(resolved: ResolvedModel, settings: InferenceSettings, *, fak
 
 
 # -- model -------------------------------------------------------------------------------------------
+def _known_args(overrides: dict) -> dict:
+    """The overrides the installed release knows: ``quantize`` replaced ``half`` in 8.4; ``channels_last``
+    is 8.4 too."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    known = {k: v for k, v in overrides.items() if k in DEFAULT_CFG_DICT}
+    if "quantize" in known:
+        known.pop("half", None)
+    return known
+
+
 def _task_entry(task: str, key: str):
     from ultralytics.models.yolo.model import YOLO
 
@@ -213,7 +225,8 @@ def _run_val(validator, backend, tracer: Tracer, settings: InferenceSettings, ba
 
     validator.training = False
     validator.device = backend.device
-    validator.args.quantize = 16 if backend.fp16 else None
+    validator.args.quantize = 16 if backend.fp16 else None  # older releases read args.half
+    validator.args.half = backend.fp16
     validator.stride = backend.stride
     validator.names = backend.names
     validator.data = {"names": backend.names, "nc": len(backend.names), "channels": 3}
