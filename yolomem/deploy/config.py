@@ -1,12 +1,10 @@
 """What the user asked of ``yolomem deploy``: ``MODEL key=value ...``, checked.
 
-The key parsing here is deliberately small and self-contained (one table, ``KEYS``), so it can move onto
-the shared key=value parser at merge: each entry is (converter, help).
+Its keys are one ``KeyTable`` (``DEPLOY_KEYS``) for the shared parser (``yolomem.config.keys``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from yolomem.errors import UserError, unknown
@@ -67,111 +65,76 @@ class DeployConfig:
 
     @classmethod
     def from_words(cls, words: list[str]) -> DeployConfig:
-        """``[MODEL] key=value ...``; a bare word is the model."""
-        values: dict[str, object] = {}
-        for word in words:
-            if "=" not in word:
-                if "model" in values or word.startswith("-"):
-                    raise UserError(f"argument {word!r} is not key=value; missing '=' sign, try '{word}=<value>'")
-                values["model"] = word
-                continue
-            key, _, raw = word.partition("=")
-            if not key or raw == "":
-                raise UserError(f"malformed argument {word!r}; expected key=value, e.g. batch=8")
-            values[key.strip()] = raw.strip()
+        """``[MODEL] key=value ...``; a bare word is the model (the shared parser, ``yolomem.config.keys``)."""
+        from yolomem.config.keys import parse_words
+
+        parsed = parse_words(words, DEPLOY_KEYS)
+        if len(parsed.positionals) > 1 or (parsed.positionals and "model" in parsed.values):
+            extra = parsed.positionals[-1]
+            raise UserError(f"argument {extra!r} is not key=value; missing '=' sign, try '{extra}=<value>'")
+        values = dict(parsed.values)
+        if parsed.positionals:
+            values["model"] = parsed.positionals[0]
         return cls.from_mapping(values)
 
     @classmethod
     def from_mapping(cls, values: dict) -> DeployConfig:
+        """Typed or text values by key (the Python API passes either); Ultralytics' ``quantize``, ``half``
+        and ``int8`` set ``precision``."""
         kwargs: dict[str, object] = {}
         notes: list[str] = []
-        for key, raw in values.items():
-            if key in _ALIASES:
-                target, value = _ALIASES[key](raw)
-                if value is not None:
-                    kwargs[target] = value
-                notes.append(f"{key}={raw}: precision={value or 'fp32'}")
+        for key, value in values.items():
+            if key not in DEPLOY_KEYS:
+                from yolomem.config.keys import unknown_key
+
+                raise unknown_key(key, DEPLOY_KEYS)
+            spec = DEPLOY_KEYS[key]
+            value = spec.convert(value)
+            if key in _PRECISION_KEYS:
+                precision = _PRECISION_KEYS[key](value)
+                if precision is not None:
+                    kwargs["precision"] = precision
+                notes.append(f"{key}={value}: precision={precision or 'fp32'}")
                 continue
-            if key not in KEYS:
-                raise unknown("key", key, [*KEYS, *_ALIASES])
-            kwargs[key] = KEYS[key][0](key, raw)
+            kwargs[key] = value
         return cls(**kwargs, notes=tuple(notes))
 
 
-def _text(_key: str, raw) -> str:
-    return str(raw)
+def _deploy_keys():
+    from yolomem.config.keys import BOOL, CHOICE, FLOAT, INT, TEXT, Key, KeyTable
+
+    formats = {"pt": "torch", "pytorch": "torch", "tensorrt": "engine", "trt": "engine", "ort": "onnx",
+               "onnxruntime": "onnx"}  # fmt: skip
+    precisions = {"32": "fp32", "16": "fp16", "8": "int8", "half": "fp16", "float16": "fp16", "float32": "fp32"}
+    return KeyTable((
+        Key("model", TEXT, "yolov8n.yaml", "a shipped YAML name, a local .yaml or .pt"),
+        Key("format", CHOICE, "torch", "torch (Ultralytics predict/val), onnx (ONNX Runtime CUDA EP) or engine "
+            "(TensorRT)", choices=FORMATS, aliases=formats),
+        Key("precision", CHOICE, "fp32", "fp32, fp16 or int8 (engine)", choices=PRECISIONS, aliases=precisions),
+        Key("batch", INT, None, "images per call (predict), per batch (val), the engine's max batch "
+            "[default: 1; val 16]", nullable=True, low=1),
+        Key("imgsz", INT, 640, "input side in pixels (rounded up to the stride)", low=1),
+        Key("mode", CHOICE, "predict", "predict or val (format=torch)", choices=MODES),
+        Key("device", TEXT, None, "a card or Jetson module, e.g. Jetson-Orin-Nano-8GB, T4", nullable=True),
+        Key("gpu_mem", FLOAT, None, "the device's memory in GiB", nullable=True, low=0.0, low_open=True),
+        Key("dynamic", BOOL, False, "TensorRT: a dynamic-shape profile (its max shape sizes the context)"),
+        Key("workspace", FLOAT, None, "TensorRT builder workspace in GiB [default: the installed release's]",
+            nullable=True, low=0.0, low_open=True),
+        Key("arena_extend_strategy", CHOICE, "kNextPowerOfTwo", "ONNX Runtime arena growth", choices=ARENA_STRATEGIES,
+            aliases={"0": "kNextPowerOfTwo", "1": "kSameAsRequested"}),
+        Key("candidates", INT, None, "NMS candidates per image [default: the most NMS holds]", nullable=True, low=1),
+        Key("nc", INT, None, "number of classes (default: the model's)", nullable=True, low=1),
+        # Ultralytics' own spellings of the precision: quantize (8.4), half and int8 (older releases)
+        Key("quantize", CHOICE, None, "Ultralytics' quantize: 32, 16 or 8 (sets precision)", choices=PRECISIONS,
+            aliases={"32": "fp32", "16": "fp16", "8": "int8"}, nullable=True),
+        Key("half", BOOL, False, "Ultralytics' half=True (sets precision=fp16)"),
+        Key("int8", BOOL, False, "Ultralytics' int8=True (sets precision=int8)"),
+    ))  # fmt: skip
 
 
-def _int(key: str, raw) -> int:
-    try:
-        return int(raw)
-    except (TypeError, ValueError):
-        raise UserError(f"{key}={raw!r} must be a whole number") from None
-
-
-def _float(key: str, raw) -> float:
-    try:
-        return float(raw)
-    except (TypeError, ValueError):
-        raise UserError(f"{key}={raw!r} must be a number") from None
-
-
-def _bool(key: str, raw) -> bool:
-    text = str(raw).lower()
-    if text in {"true", "1", "yes"}:
-        return True
-    if text in {"false", "0", "no"}:
-        return False
-    raise UserError(f"{key}={raw!r} must be true or false")
-
-
-def _choice(valid: tuple[str, ...], aliases: dict[str, str] | None = None) -> Callable[[str, object], str]:
-    def convert(key: str, raw) -> str:
-        text = str(raw)
-        text = (aliases or {}).get(text.lower(), text)
-        match = {v.lower(): v for v in valid}.get(text.lower())
-        if match is None:
-            raise unknown(key, raw, [*valid, *(aliases or {})])
-        return match
-
-    return convert
-
-
-_FORMAT_ALIASES = {"pt": "torch", "pytorch": "torch", "tensorrt": "engine", "trt": "engine", "ort": "onnx",
-                   "onnxruntime": "onnx"}  # fmt: skip
-_PRECISION_ALIASES = {"32": "fp32", "16": "fp16", "8": "int8", "half": "fp16", "float16": "fp16", "float32": "fp32"}
-_ARENA_ALIASES = {"0": "kNextPowerOfTwo", "1": "kSameAsRequested"}
-
-KEYS: dict[str, tuple[Callable, str]] = {
-    "model": (_text, "model YAML or .pt"),
-    "format": (_choice(FORMATS, _FORMAT_ALIASES), "torch | onnx | engine"),
-    "precision": (_choice(PRECISIONS, _PRECISION_ALIASES), "fp32 | fp16 | int8"),
-    "batch": (_int, "images per call (predict), per batch (val), engine max batch"),
-    "imgsz": (_int, "input side, pixels"),
-    "mode": (_choice(MODES), "predict | val (format=torch)"),
-    "device": (_text, "a card or Jetson module from the catalog, e.g. Jetson-Orin-Nano-8GB"),
-    "gpu_mem": (_float, "device memory in GiB"),
-    "dynamic": (_bool, "TensorRT dynamic-shape profile"),
-    "workspace": (_float, "TensorRT builder workspace, GiB"),
-    "arena_extend_strategy": (_choice(ARENA_STRATEGIES, _ARENA_ALIASES), "ONNX Runtime arena growth"),
-    "candidates": (_int, "NMS candidates per image"),
-    "nc": (_int, "number of classes"),
+_PRECISION_KEYS = {
+    "quantize": lambda value: value,
+    "half": lambda value: "fp16" if value else None,
+    "int8": lambda value: "int8" if value else None,
 }
-
-
-def _quantize(raw) -> tuple[str, str | None]:
-    text = str(raw).lower()
-    if text in {"none", "", "32", "fp32"}:
-        return "precision", None
-    return "precision", _choice(PRECISIONS, _PRECISION_ALIASES)("quantize", text)
-
-
-def _flag(key: str, precision: str):
-    def convert(raw) -> tuple[str, str | None]:
-        return "precision", precision if _bool(key, raw) else None
-
-    return convert
-
-
-# Ultralytics' own spellings: quantize=16|8 (8.4), half=True and int8=True (older releases)
-_ALIASES = {"quantize": _quantize, "half": _flag("half", "fp16"), "int8": _flag("int8", "int8")}
+DEPLOY_KEYS = _deploy_keys()
