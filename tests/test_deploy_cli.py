@@ -67,3 +67,31 @@ def test_bad_device_is_one_line_exit_2(capsys):
     assert main(["deploy", "yolov8n.yaml", "device=Jetson-Orin-Nan-8GB"]) == 2
     err = capsys.readouterr().err
     assert "did you mean" in err and err.count("\n") == 1
+
+
+def test_table_deployment_view(capsys):
+    assert main(["table", "yolov8n.yaml", "yolov5s", "deploy=engine", "precision=fp16", "imgsz=64",
+                 "device=Jetson-Orin-Nano-8GB", "--json"]) == 0  # fmt: skip
+    table = json.loads(capsys.readouterr().out)
+    assert table["config"] == {"format": "engine", "precision": "fp16", "batch": 1, "imgsz": 64,
+                               "device": "Jetson-Orin-Nano-8GB"}  # fmt: skip
+    (row,) = table["rows"]
+    assert row["model"] == "yolov8n" and row["fits"] is True
+    assert row["activations_low_bytes"] <= row["activations_bytes"] < row["runtime_bytes"]
+    assert row["ram_left_bytes"] == find_gpu("Jetson-Orin-Nano-8GB").total_bytes - row["runtime_bytes"] - row["host_bytes"]
+    assert len(table["skipped"]) == 1 and table["skipped"][0].startswith("yolov5s")  # another training loop
+
+
+def test_report_deployment_section():
+    from types import SimpleNamespace
+
+    from yolomem.deploy.estimate import deploy
+    from yolomem.render.report_html import _deployment
+
+    result = deploy("yolov8n.yaml", format="engine", precision="fp16", imgsz=64, device="Jetson-Orin-Nano-8GB")
+    page = _deployment(SimpleNamespace(deployment=result))
+    assert page.startswith("<h2>Deployment</h2>") and 'id="deployment"' in page
+    for term in (*result.runtime, *result.build, *result.host):
+        assert f'data-key="deploy.{term.key}" data-bytes="{term.bytes}"' in page
+    assert f'data-key="deploy.ram_left_bytes" data-bytes="{result.ram_left_bytes}"' in page
+    assert _deployment(SimpleNamespace(deployment=None)) == ""  # no section unless asked (report deploy=...)

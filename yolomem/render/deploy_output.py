@@ -80,3 +80,23 @@ def render_deployment(deployment: Deployment, console: Console | None = None) ->
         console.print(f"[dim]assumed: {line}[/dim]")
     for line in deployment.notes:
         console.print(f"[dim]note: {line}[/dim]")
+
+
+def render_deploy_table(table, console: Console | None = None) -> None:
+    """``yolomem table deploy=...``: one row per model (a ``yolomem.deploy.table.DeployTable``)."""
+    console = console or Console()
+    cfg = table.config
+    where = f" on {cfg['device']}" if cfg["device"] else ""
+    view = Table(title=f"deployment: {cfg['format']} {cfg['precision'].upper()} · batch {cfg['batch']} · "
+                       f"imgsz {cfg['imgsz']}{where}", title_justify="left")  # fmt: skip
+    for name in ("model", "params", "weights", "activations", "on device", "INT8 calib.", "host RAM", "RAM left", "fits"):
+        view.add_column(name, justify="left" if name == "model" else "right")
+    for row in table.rows:
+        activations = size(row.activations_bytes) if row.activations_low_bytes == row.activations_bytes else \
+            f"{size(row.activations_low_bytes)}-{size(row.activations_bytes)}"  # fmt: skip
+        fits = "-" if row.fits is None else ("yes" if row.fits else "[red]no[/red]")
+        view.add_row(row.model, f"{row.params / 1e6:.1f}M", size(row.weights_bytes), activations, size(row.runtime_bytes),
+                     size(row.calibration_bytes), size(row.host_bytes), size(row.ram_left_bytes), fits)  # fmt: skip
+    console.print(view)
+    for line in table.skipped:
+        console.print(f"[dim]skipped {line}[/dim]")
