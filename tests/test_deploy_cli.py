@@ -85,7 +85,7 @@ def test_table_deployment_view(capsys):
 def test_report_deployment_section():
     from types import SimpleNamespace
 
-    from yolomem.deploy.estimate import deploy
+    from yolomem.deployment.estimate import deploy
     from yolomem.render.report_html import _deployment
 
     result = deploy("yolov8n.yaml", format="engine", precision="fp16", imgsz=64, device="Jetson-Orin-Nano-8GB")
@@ -95,3 +95,12 @@ def test_report_deployment_section():
         assert f'data-key="deploy.{term.key}" data-bytes="{term.bytes}"' in page
     assert f'data-key="deploy.ram_left_bytes" data-bytes="{result.ram_left_bytes}"' in page
     assert _deployment(SimpleNamespace(deployment=None)) == ""  # no section unless asked (report deploy=...)
+
+
+def test_python_api_is_the_function():
+    import yolomem
+    import yolomem.deployment.estimate  # noqa: F401 - the subpackage must not shadow the function
+
+    assert callable(yolomem.deploy) and yolomem.deploy.__name__ == "deploy"
+    with pytest.raises(yolomem.UserError):
+        yolomem.deploy("yolov8n.yaml", format="torch", precision="int8")

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from yolomem.deploy.config import DeployConfig
-from yolomem.deploy.export_rules import rules_from_source
-from yolomem.deploy.fusion import Rules, element_bytes_for, materialize
-from yolomem.deploy.graph import Buffer, Graph, Node
-from yolomem.deploy.liveness import PlannedTensor, plan
-from yolomem.deploy.onnxruntime import BfcArena
+from yolomem.deployment.config import DeployConfig
+from yolomem.deployment.export_rules import rules_from_source
+from yolomem.deployment.fusion import Rules, element_bytes_for, materialize
+from yolomem.deployment.graph import Buffer, Graph, Node
+from yolomem.deployment.liveness import PlannedTensor, plan
+from yolomem.deployment.onnxruntime import BfcArena
 from yolomem.errors import UserError
 
 K = 1024  # a multiple of the 256-byte alignment, so the sums below are exact

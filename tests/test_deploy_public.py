@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from yolomem.deploy.estimate import deploy
+from yolomem.deployment.estimate import deploy
 
 DATA = Path(__file__).parent / "data" / "deploy_public_figures.csv"
 MiB = 1 << 20

@@ -5,7 +5,7 @@ tiny dataset written by the test, recorded by the same ``Tracer`` with ``fake=Fa
 the model's scores with the same synthetic ones (NMS decides by value, and a fake forward has none) and
 make the CUDA NMS kernel's allocations, and max-pooling keeps its indices as on CUDA; everything else is
 Ultralytics' code as it runs. The traced run
-is ``yolomem.deploy.torch_trace`` on fake tensors, along the CPU path (``gpu_path=False``), so the two
+is ``yolomem.deployment.torch_trace`` on fake tensors, along the CPU path (``gpu_path=False``), so the two
 must agree event for event once the model is on the device.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from yolomem.deploy.torch_trace import (
+from yolomem.deployment.torch_trace import (
     InferenceSettings,
     apply_replaces_parameters,
     pooling_keeps_indices,

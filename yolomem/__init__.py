@@ -13,7 +13,7 @@ def __getattr__(name: str):
 
         return getattr(estimate_module, name)
     if name in {"Deployment", "deploy"}:
-        from yolomem.deploy import estimate as deploy_module
+        from yolomem.deployment import estimate as deploy_module
 
         return getattr(deploy_module, name)
     if name == "EstimateConfig":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from yolomem.cli.registry import JSON, command
-from yolomem.deploy.config import DEPLOY_KEYS
+from yolomem.deployment.config import DEPLOY_KEYS
 
 
 @command(
@@ -18,8 +18,8 @@ from yolomem.deploy.config import DEPLOY_KEYS
          "left for the OS and the application is shown.",
 )  # fmt: skip
 def deploy_command(options: argparse.Namespace) -> int:
-    from yolomem.deploy.config import DeployConfig
-    from yolomem.deploy.estimate import deploy_config
+    from yolomem.deployment.config import DeployConfig
+    from yolomem.deployment.estimate import deploy_config
 
     result = deploy_config(DeployConfig.from_words(options.words))
     if options.json:

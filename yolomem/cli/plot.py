@@ -207,7 +207,7 @@ def _report(options: argparse.Namespace) -> int:
     if own.get("deploy"):
         import dataclasses
 
-        from yolomem.deploy.estimate import deploy
+        from yolomem.deployment.estimate import deploy
 
         fmt = own["deploy"]
         data = dataclasses.replace(data, deployment=deploy(config.model, format=fmt, imgsz=config.imgsz,

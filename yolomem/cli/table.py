@@ -22,7 +22,7 @@ TABLE_KEYS = KeyTable((
     Key("method", CHOICE, "breakdown", "max batch from one trace (breakdown) or two (two-point)", choices=METHODS),
     Key("iterations", INT, 1, "training iterations to trace per row", low=1),
     Key("jobs", INT, min(os.cpu_count() or 1, 2), "processes tracing rows in parallel", low=1),
-    # the deployment view (yolomem.deploy.table): deploy=FORMAT switches the table to it
+    # the deployment view (yolomem.deployment.table): deploy=FORMAT switches the table to it
     Key("deploy", CHOICE, None, "deployment view: torch, onnx or engine (batch 1 unless given)",
         choices=("torch", "onnx", "engine"), nullable=True),
     Key("precision", CHOICE, "fp32", "deployment view: fp32, fp16 or int8", choices=("fp32", "fp16", "int8")),
@@ -92,12 +92,12 @@ def _table(options: argparse.Namespace) -> int:
 
 
 def _deploy_table(options: argparse.Namespace) -> int:
-    """``yolomem table deploy=...``: the deployment view (yolomem.deploy.table)."""
+    """``yolomem table deploy=...``: the deployment view (yolomem.deployment.table)."""
     from rich.console import Console
     from rich.progress import Progress
 
-    from yolomem.deploy.config import DeployConfig
-    from yolomem.deploy.table import deploy_table
+    from yolomem.deployment.config import DeployConfig
+    from yolomem.deployment.table import deploy_table
     from yolomem.render.deploy_output import render_deploy_table
     from yolomem.sweeps.table import BLOG_ROWS
 

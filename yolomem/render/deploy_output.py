@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from yolomem.deploy.estimate import Deployment
-from yolomem.deploy.terms import Term, total
+from yolomem.deployment.estimate import Deployment
+from yolomem.deployment.terms import Term, total
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -83,7 +83,7 @@ def render_deployment(deployment: Deployment, console: Console | None = None) ->
 
 
 def render_deploy_table(table, console: Console | None = None) -> None:
-    """``yolomem table deploy=...``: one row per model (a ``yolomem.deploy.table.DeployTable``)."""
+    """``yolomem table deploy=...``: one row per model (a ``yolomem.deployment.table.DeployTable``)."""
     console = console or Console()
     cfg = table.config
     where = f" on {cfg['device']}" if cfg["device"] else ""

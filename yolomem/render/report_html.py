@@ -171,7 +171,7 @@ def _top_layers(data: ReportData) -> str:
 
 
 def _deployment(data: ReportData) -> str:
-    """``report deploy=FORMAT``: the trained model's deployment (yolomem.deploy), term by term."""
+    """``report deploy=FORMAT``: the trained model's deployment (yolomem.deployment), term by term."""
     deployment = data.deployment
     if deployment is None:
         return ""

@@ -4,7 +4,7 @@ options: every default applies; ``deployment_memory.md`` section 3).
 - **weights**: the initializers, FP32 (FP16 when exported with ``quantize=16`` on a GPU), planned into
   one buffer and taken with the arena's ``Reserve`` (exact size, outside its growth).
 - **activations**: the memory pattern of a ``Run()`` (``enable_mem_pattern`` is on): a liveness plan
-  over the ONNX graph, which ONNX Runtime does not fuse for SiLU (``yolomem.deploy.fusion``).
+  over the ONNX graph, which ONNX Runtime does not fuse for SiLU (``yolomem.deployment.fusion``).
 - **cuDNN workspace**: ``cudnn_conv_algo_search=EXHAUSTIVE`` with ``cudnn_conv_use_max_workspace=1``
   (the default since 1.14) benchmarks each convolution with the largest workspace any algorithm asks;
   the GEMM algorithm's im2col buffer (k*k*C_in*H_out*W_out per image) stands for it (high); 0 (low).
@@ -23,10 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from yolomem.config.models import ResolvedModel
-from yolomem.deploy.fusion import Rules, element_bytes_for, materialize
-from yolomem.deploy.graph import Graph, capture_graph, export_ready_model
-from yolomem.deploy.liveness import aligned, plan
-from yolomem.deploy.terms import Term
+from yolomem.deployment.fusion import Rules, element_bytes_for, materialize
+from yolomem.deployment.graph import Graph, capture_graph, export_ready_model
+from yolomem.deployment.liveness import aligned, plan
+from yolomem.deployment.terms import Term
 
 MiB = 1 << 20
 MB = 10**6

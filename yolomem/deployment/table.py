@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from yolomem.deploy.config import DeployConfig
-from yolomem.deploy.estimate import Deployment, deploy_config
+from yolomem.deployment.config import DeployConfig
+from yolomem.deployment.estimate import Deployment, deploy_config
 from yolomem.errors import UserError
 
 

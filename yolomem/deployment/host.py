@@ -18,7 +18,7 @@ names its source; the range is what the sources allow.
 
 from __future__ import annotations
 
-from yolomem.deploy.terms import Term
+from yolomem.deployment.terms import Term
 
 MiB = 1 << 20
 PROCESS = (543 * MiB, 1050 * MiB)

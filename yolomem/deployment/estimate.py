@@ -1,14 +1,14 @@
 """``deploy()``: the memory of running a trained YOLO model, in PyTorch, ONNX Runtime or a TensorRT engine.
 
 - ``format=torch``: Ultralytics' own predictor or validator traced on fake tensors
-  (``yolomem.deploy.torch_trace``) and replayed through the caching-allocator model
+  (``yolomem.deployment.torch_trace``) and replayed through the caching-allocator model
   (``yolomem.allocator.replay``): peak reserved, plus the CUDA context.
-- ``format=engine``: ``yolomem.deploy.tensorrt``: weights, activations (= the execution context's
+- ``format=engine``: ``yolomem.deployment.tensorrt``: weights, activations (= the execution context's
   memory), I/O bindings, libraries; the build's workspace and tactic limits; INT8 calibration.
-- ``format=onnx``: ``yolomem.deploy.onnxruntime``: weights, activations, cuDNN workspace, arena growth.
+- ``format=onnx``: ``yolomem.deployment.onnxruntime``: weights, activations, cuDNN workspace, arena growth.
 - Exported formats also run Ultralytics' preprocessing and NMS in torch (counted: the uint8 and float
   batch, one image's NMS buffers), and every format adds the process's host RAM
-  (``yolomem.deploy.host``). On a Jetson (unified memory) ``ram_left_bytes`` is what the module keeps
+  (``yolomem.deployment.host``). On a Jetson (unified memory) ``ram_left_bytes`` is what the module keeps
   for the OS and the application once the deployment and its host RAM are counted.
 
 Each figure is a ``Term`` with a low-high range; totals use the high end (never optimistic).
@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 
 from yolomem.config.gpus import CUDA_CONTEXT_BYTES, Gpu, find_gpu
-from yolomem.deploy.config import DeployConfig
-from yolomem.deploy.terms import Term, total
+from yolomem.deployment.config import DeployConfig
+from yolomem.deployment.terms import Term, total
 
 NMS_BLOCK = 64  # torchvision nms_kernel.cu: one int64 of mask bits per 64 boxes
 MAX_NMS = 30000
@@ -164,8 +164,8 @@ def deploy_config(config: DeployConfig) -> Deployment:
         notes += torch_notes
         assumptions += torch_assumptions
     elif config.format == "engine":
-        from yolomem.deploy.export_rules import installed_rules
-        from yolomem.deploy.tensorrt import EngineSettings, engine_memory
+        from yolomem.deployment.export_rules import installed_rules
+        from yolomem.deployment.tensorrt import EngineSettings, engine_memory
 
         rules = installed_rules()
         memory = engine_memory(resolved, EngineSettings(batch, imgsz, config.precision, config.dynamic, config.workspace),
@@ -184,7 +184,7 @@ def deploy_config(config: DeployConfig) -> Deployment:
             "TensorRT cannot run here: no tactic timing; the builder's use of its workspace is bounded, not known",
         ]
     else:
-        from yolomem.deploy.onnxruntime import session_memory
+        from yolomem.deployment.onnxruntime import session_memory
 
         memory = session_memory(resolved, batch, imgsz, config.precision, context, config.arena_extend_strategy, nc=config.nc)
         runtime = (*memory.runtime, _pipeline_term(resolved, config, batch, imgsz, (batch, 3, imgsz, imgsz)))
@@ -195,7 +195,7 @@ def deploy_config(config: DeployConfig) -> Deployment:
             "ONNX Runtime CUDA EP with Ultralytics' session (no provider options): every default applies",
             "ONNX graph from the traced export forward: SiLU as Sigmoid+Mul, Split/Concat/Transpose as copies",
         ]
-    from yolomem.deploy.host import host_terms
+    from yolomem.deployment.host import host_terms
 
     host = host_terms(config.format, params, batch, imgsz, engine_file_bytes=_bytes(next(
         (t for t in runtime if t.key == "weights"), None)) or 0)  # fmt: skip
@@ -234,7 +234,7 @@ def config_dict(config: DeployConfig) -> dict:
 
 def _torch_terms(resolved, config: DeployConfig, batch: int, imgsz: int, context: int, gpu: Gpu | None):
     from yolomem.allocator.replay import replay_trace
-    from yolomem.deploy.torch_trace import InferenceSettings, trace_inference
+    from yolomem.deployment.torch_trace import InferenceSettings, trace_inference
 
     settings = InferenceSettings(mode=config.mode, batch=batch, imgsz=imgsz, half=config.precision == "fp16",
                                  candidates=config.candidates)  # fmt: skip

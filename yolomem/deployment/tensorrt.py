@@ -9,7 +9,7 @@ Run time (one process, one execution context):
   the head's output convolutions and DFL stay FP16 (``onnx2engine``).
 - **activations** = the execution context's device memory (``createExecutionContext`` default
   ``kSTATIC``: one block sized for the profile's *max* shape): a liveness plan over the export graph
-  after TensorRT's fusions (``yolomem.deploy.fusion``); low: every fusion happens; high (the figure):
+  after TensorRT's fusions (``yolomem.deployment.fusion``); low: every fusion happens; high (the figure):
   every layer may also reformat its input. The one public log with a configuration (TensorRT issue
   3907: yolov8m-seg, 128x3x640x640, 4150 MiB) lies at the high end (tests/data/deploy_public_figures.csv).
 - **I/O buffers**: torch tensors Ultralytics' backend allocates for the bindings: the profile's max
@@ -41,11 +41,11 @@ from dataclasses import dataclass
 
 from yolomem.config.gpus import Gpu
 from yolomem.config.models import ResolvedModel
-from yolomem.deploy.export_rules import ExportRules
-from yolomem.deploy.fusion import Rules, element_bytes_for, materialize
-from yolomem.deploy.graph import Graph, capture_graph, export_ready_model
-from yolomem.deploy.liveness import Plan, plan
-from yolomem.deploy.terms import Term
+from yolomem.deployment.export_rules import ExportRules
+from yolomem.deployment.fusion import Rules, element_bytes_for, materialize
+from yolomem.deployment.graph import Graph, capture_graph, export_ready_model
+from yolomem.deployment.liveness import Plan, plan
+from yolomem.deployment.terms import Term
 
 MiB = 1 << 20
 TRT_LIBRARIES_MAX = (182 + 241) * MiB  # cuBLAS/cuBLASLt + cuDNN, TensorRT 8 trtexec log (NVIDIA/TensorRT issue 2217)

@@ -12,7 +12,7 @@ do not depend on the network input (anchor grids, strides) are constants: ONNX e
 and TensorRT stores them with the weights.
 
 Not the ONNX graph, node for node: SiLU is one aten op here and ``Sigmoid`` + ``Mul`` in ONNX, and
-ONNX ``Split`` makes tensors where aten makes views. TensorRT fuses both back (``yolomem.deploy.fusion``),
+ONNX ``Split`` makes tensors where aten makes views. TensorRT fuses both back (``yolomem.deployment.fusion``),
 so for the engine the difference does not reach the plan; ONNX Runtime's plan says where it does.
 """
 

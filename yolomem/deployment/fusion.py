@@ -28,8 +28,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from yolomem.deploy.graph import CONCAT_OPS, POINTWISE_OPS, PRODUCER_OPS, Buffer, Graph, Node
-from yolomem.deploy.liveness import PlannedTensor
+from yolomem.deployment.graph import CONCAT_OPS, POINTWISE_OPS, PRODUCER_OPS, Buffer, Graph, Node
+from yolomem.deployment.liveness import PlannedTensor
 
 LAYER_OPS = frozenset({"convolution", "max_pool2d_with_indices", "max_pool2d", "upsample_nearest2d",
                        "upsample_bilinear2d", "_softmax", "avg_pool2d"})  # layers that pick their own tensor format
