@@ -167,9 +167,12 @@ def deploy_config(config: DeployConfig) -> Deployment:
         from yolomem.deployment.export_rules import installed_rules
         from yolomem.deployment.tensorrt import EngineSettings, engine_memory
 
+        from yolomem.deployment.torch_trace import exporter_reserved_bytes
+
         rules = installed_rules()
+        exporter = exporter_reserved_bytes(resolved, batch, imgsz, config.nc)
         memory = engine_memory(resolved, EngineSettings(batch, imgsz, config.precision, config.dynamic, config.workspace),
-                               rules, gpu, nc=config.nc)  # fmt: skip
+                               rules, gpu, nc=config.nc, exporter_torch_bytes=exporter)  # fmt: skip
         runtime = (*memory.runtime, _pipeline_term(resolved, config, batch, imgsz, memory.profile_max_shape))
         build, calibration, remaining = memory.build, memory.calibration, memory.remaining
         workspace_limit = memory.workspace_limit_bytes

@@ -391,3 +391,26 @@ def _no_inference_mode() -> Iterator[None]:
     activations, no gradients. Restored on exit."""
     with torch.no_grad():
         yield
+
+
+def exporter_reserved_bytes(resolved: ResolvedModel, batch: int, imgsz: int, nc: int | None = None) -> int:
+    """What the caching allocator holds while ``onnx2engine`` builds: ``Exporter.__call__`` moved the model
+    to the GPU, fused it there (new weights made, the old ones freed to the cache) and ran one dry-run
+    forward at the export shape; 8.4.x does not empty the cache before the TensorRT build."""
+    from yolomem.allocator.replay import replay_trace
+    from yolomem.loops.ultralytics.step import build_model, quiet_ultralytics
+
+    tracer = Tracer(fake=True)
+    with tracer, quiet_ultralytics(), _no_inference_mode(), apply_replaces_parameters(), pooling_keeps_indices():
+        model = build_model(resolved.cfg, resolved.task, nc or resolved.nc)
+        tracer.forget()  # built on the host; the GPU sees the copy ``.to(device)`` makes
+        tracer.track_existing([*model.parameters(), *model.buffers()], "parameter")
+        model.eval()
+        with tracer.phase("setup"):
+            model = model.fuse(verbose=False)
+        with tracer.phase("forward"):
+            out = model(torch.zeros(batch, 3, imgsz, imgsz))  # (B, C, H, W) dry run
+        del out
+        trace = tracer.result()
+        tracer.detach_finalizers()
+    return replay_trace(trace).peak_reserved_bytes
