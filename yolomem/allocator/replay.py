@@ -21,8 +21,11 @@ class Replay:
     oom: str | None
 
 
-def replay_trace(trace: Trace, alloc_conf: str | None = None, capacity_bytes: int | None = None) -> Replay:
-    """Replay the trace's events through the caching allocator model."""
+def replay_trace(trace: Trace, alloc_conf: str | None = None, capacity_bytes: int | None = None, *,
+                 upper: bool = False, without: frozenset[str] = frozenset()) -> Replay:
+    """Replay the trace's events through the caching allocator model. ``upper``: kernel workspaces at
+    their upper-figure size (``AllocationEvent.size``); ``without``: categories left out (to measure
+    what one of them adds)."""
     allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
     handles: dict[int, int] = {}
     bounds = set(trace.iteration_bounds[1:])
@@ -33,8 +36,10 @@ def replay_trace(trace: Trace, alloc_conf: str | None = None, capacity_bytes: in
         if index in bounds:
             reserved_per_iteration.append(allocator.reserved_bytes)
         if event.op == "alloc":
+            if without and event.category in without:
+                continue
             try:
-                handle = allocator.malloc(event.nbytes)
+                handle = allocator.malloc(event.size(upper))
             except SimulatedOOM as error:
                 oom = str(error)
                 break

@@ -25,6 +25,7 @@ from yolomem.errors import UserError, unknown
 
 GiB = 1 << 30
 CUDA_CONTEXT_BYTES = 500 << 20  # cited public figure, see module docstring
+CUDA_CONTEXT_UPPER_BYTES = 600 << 20  # the top of the same cited 300-600 MiB range: the upper figure's context
 
 
 @dataclass(frozen=True)

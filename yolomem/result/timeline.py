@@ -111,10 +111,14 @@ def iteration_timeline(
 
 
 def estimate_timeline(estimate: Estimate, iteration: int = -1) -> Timeline:
-    """The timeline of an estimate's own trace, under the estimate's allocator settings and GPU."""
+    """The timeline of an estimate's own trace, under the estimate's allocator settings and GPU. The
+    default is the last configured iteration (epoch 1's densest batch); the upper figure's iteration
+    and the epoch levels traced after it are reachable by index."""
     if estimate.trace is None:
         raise UserError("this estimate carries no trace (it was loaded from JSON?); run estimate() again")
     config = estimate.config
+    if iteration == -1:
+        iteration = config.iterations - 1
     gpu = find_gpu(config.gpu, config.gpu_mem) if (config.gpu or config.gpu_mem) else None
     return iteration_timeline(
         estimate.trace,

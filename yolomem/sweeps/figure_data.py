@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from yolomem.config.settings import PRECISIONS, EstimateConfig
 from yolomem.errors import UserError, unknown
-from yolomem.allocator.replay import replay_trace
 from yolomem.result.estimate import Estimate, estimate_config
+from yolomem.result.upper import upper_capacity
 from yolomem.config.gpus import GiB, Gpu
 from yolomem.config.keys import MAX_CURVE_POINTS as MAX_POINTS
 from yolomem.result.timeline import Timeline, estimate_timeline
@@ -33,7 +33,7 @@ DEFAULT_BATCHES = (2, 4, 8, 16)  # then doubled, with cards, until every curve c
 DEFAULT_IMGSZ = (320, 480, 640)
 BREAKDOWN_ORDER = (
     "parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other",
-    "allocator_rounding", "cache_fragmentation", "validation_epochs_growth", "cuda_context",
+    "cublas_workspace", "cublaslt_workspace", "cudnn_workspace", "allocator_rounding", "cache_fragmentation", "validation_epochs_growth", "cuda_context",
 )  # fmt: skip
 
 Progress = Callable[[int, int, str], None]  # (done, total, what is being estimated)
@@ -46,7 +46,8 @@ class CurvePoint:
     peak_allocated_bytes: int
     peak_reserved_bytes: int  # Ultralytics' GPU_mem
     device_total_bytes: int  # reserved + CUDA context: nvidia-smi
-    fits: tuple[bool, ...]  # one per GpuLine of the figure, in order
+    fits: tuple[bool, ...]  # one per GpuLine of the figure, in order (the upper figure's verdict)
+    peak_reserved_upper_bytes: int  # the upper figure (yolomem.result.upper), which the verdicts use
 
 
 @dataclass(frozen=True)
@@ -140,10 +141,13 @@ def gpu_line(gpu: Gpu) -> GpuLine:
 
 
 def fits_on(estimate: Estimate, line: GpuLine) -> bool:
-    """``estimate(..., gpu=card).fits``, from the estimate's trace: replay with the card's capacity."""
+    """``estimate(..., gpu=card).fits``, from the estimate's trace: the upper figure's replay with the
+    card's capacity (``yolomem.result.upper.fits_card``)."""
+    from yolomem.result.upper import fits_card
+
     if estimate.trace is None:
         raise UserError("this estimate carries no trace; run estimate() again")
-    return replay_trace(estimate.trace, estimate.config.alloc_conf, capacity_bytes=line.usable_bytes).oom is None
+    return fits_card(estimate, line.total_bytes)
 
 
 def curve_figure(
@@ -190,6 +194,7 @@ def curve_figure(
                     peak_reserved_bytes=result.peak_reserved_bytes,
                     device_total_bytes=result.device_total_bytes,
                     fits=tuple(fits_on(result, line) for line in lines),
+                    peak_reserved_upper_bytes=result.peak_reserved_upper_bytes,
                 )
                 done += 1
         curves = [Curve(model, amp, tuple(estimated[(model, amp, x)] for x in xs)) for model, amp in cells]
@@ -218,10 +223,11 @@ def _batches_to_cross(curves, lines, crossings, xs: tuple[int, ...]) -> tuple[in
             continue
         line, points = lines[crossing.gpu], curves[crossing.curve].points
         target = xs[-1] * 2
-        if len(points) >= 2:
-            (x1, m1), (x2, m2) = ((p.x, p.peak_reserved_bytes) for p in points[-2:])
+        if len(points) >= 2:  # verdicts are the upper figure's: extrapolate it to the upper capacity
+            (x1, m1), (x2, m2) = ((p.x, p.peak_reserved_upper_bytes) for p in points[-2:])
             if m2 > m1:  # the line through the last two samples meets the card's capacity at x
-                target = max(target, int(x2 + (line.usable_bytes - m2) * (x2 - x1) / (m2 - m1)) + 1)
+                capacity = upper_capacity(line.total_bytes)
+                target = max(target, int(x2 + (capacity - m2) * (x2 - x1) / (m2 - m1)) + 1)
         batch = xs[-1]
         while batch < min(target, MAX_BATCH):
             batch *= 2

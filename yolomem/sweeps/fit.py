@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from yolomem.config.keys import DEFAULT_MARGIN
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
-from yolomem.allocator.replay import replay_trace
 from yolomem.result.estimate import Estimate, estimate_config
+from yolomem.result.upper import fits_card, upper_capacity
 from yolomem.config.gpus import GiB, Gpu, find_gpu
 
 MAX_BATCH = 1024  # the search stops here; a larger batch is rarely useful and never needed to fit a card
@@ -55,7 +55,7 @@ class Probe:
 
     batch: int
     imgsz: int
-    peak_reserved_bytes: int  # the full peak, also when the card would have run out part way
+    peak_reserved_bytes: int  # the upper figure's peak (yolomem.result.upper), also when the card would run out
     fits: bool
     seconds: float
 
@@ -76,8 +76,15 @@ class Budget:
         return int(self.gpu.usable_bytes * self.margin)
 
     @property
+    def context_bytes(self) -> int:
+        """The CUDA context the verdicts assume: the upper figure's (``yolomem.result.upper``)."""
+        return self.gpu.total_bytes - self.margin_bytes - self.capacity_bytes
+
+    @property
     def capacity_bytes(self) -> int:
-        return self.gpu.usable_bytes - self.margin_bytes
+        """What the upper figure's replay may reserve (verdicts use the upper figure): the card minus the
+        upper CUDA context (``yolomem.result.upper``), minus the margin."""
+        return upper_capacity(self.gpu.total_bytes, self.margin_bytes)
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,7 @@ class FitResult:
     model: str  # as the user named it, for the ``yolo train`` line
     gpu: str
     gpu_total_bytes: int
-    context_bytes: int
+    context_bytes: int  # the upper figure's CUDA context (the budget's)
     margin: float
     capacity_bytes: int  # what the simulation let the caching allocator reserve
     max_batch: int
@@ -179,12 +186,10 @@ class Prober:
             self.progress(f"tracing {config.model} batch={config.batch} imgsz={config.imgsz}")
         started = time.perf_counter()
         result = estimate_config(config)
-        if result.fits:
-            peak = result.peak_reserved_bytes
-            fits = self.budget.margin_bytes == 0 or _replay_fits(result, config, self.budget.capacity_bytes)
-        else:  # the estimate's replay stopped at the OOM: replay without a cap for the full peak
-            peak = replay_trace(result.trace, config.alloc_conf).peak_reserved_bytes
-            fits = False
+        # verdicts and peaks are the upper figure's (yolomem.result.upper): 9 runs in 10 stay under it
+        peak = result.peak_reserved_upper_bytes
+        fits = bool(result.fits) and (self.budget.margin_bytes == 0
+                                      or fits_card(result, self.budget.gpu.total_bytes, self.budget.margin_bytes))
         probe = Probe(config.batch, result.config.imgsz, peak, fits, time.perf_counter() - started)
         self._cache[key] = (result, probe)
         return result, probe
@@ -192,10 +197,6 @@ class Prober:
     @property
     def probes(self) -> tuple[Probe, ...]:
         return tuple(probe for _, probe in self._cache.values())
-
-
-def _replay_fits(result: Estimate, config: EstimateConfig, capacity: int) -> bool:
-    return replay_trace(result.trace, config.alloc_conf, capacity_bytes=capacity).oom is None
 
 
 def resolve_config(config_or_model, gpu: str | None, gpu_mem: float | None, settings: dict) -> EstimateConfig:
@@ -311,7 +312,7 @@ def _solve(prober, probe, shape, bracket_units, cap_units, what_does_not_fit, hi
 def _budget_fields(budget) -> dict:
     """The FitResult fields that describe the card and its budget."""
     return {
-        "gpu": budget.gpu.name, "gpu_total_bytes": budget.gpu.total_bytes, "context_bytes": budget.gpu.context_bytes,
+        "gpu": budget.gpu.name, "gpu_total_bytes": budget.gpu.total_bytes, "context_bytes": budget.context_bytes,
         "margin": budget.margin, "capacity_bytes": budget.capacity_bytes,
     }  # fmt: skip
 
