@@ -97,7 +97,6 @@ class UltralyticsLoop:
 
         from yolomem.loops.ultralytics.release import release
         from yolomem.loops.val_pass import trace_validation_batch, val_batch_dict
-        from yolomem.loops.yolov5.val_pass import convert_floats
 
         settings, tracer = run.settings, run.tracer
         ema = run.ema.ema  # BaseValidator.get_model: trainer.ema.ema
@@ -114,7 +113,7 @@ class UltralyticsLoop:
         converts = style.ema_half_in_place and half
         with tracer.phase("val_model_half"):
             if converts:
-                convert_floats(ema, torch.float16)  # model = trainer.ema.ema.half()
+                _convert_floats(ema, torch.float16)  # model = trainer.ema.ema.half()
             tracer.label(list(ema.parameters()) + list(ema.buffers()), "ema")
         with tracer.phase("val_preprocess"):
             data = val_batch_dict(settings.task, shape, seed, nc, kpt_shape, channels)
@@ -123,5 +122,26 @@ class UltralyticsLoop:
                                loss_fn=lambda d, p: ema.loss(d, p), nc=nc, nms_kwargs=nms)  # fmt: skip
         with tracer.phase("val_model_float"):
             if converts:
-                convert_floats(ema, torch.float32)  # model.float() at the end of the validator's call
+                _convert_floats(ema, torch.float32)  # model.float() at the end of the validator's call
             tracer.label(list(ema.parameters()) + list(ema.buffers()), "ema")
+
+
+def _convert_floats(model, dtype) -> None:
+    """``model.half()`` / ``model.float()`` as ``nn.Module._apply`` does them: children first, each
+    floating parameter's ``.data`` replaced, then each floating buffer; the old storage is freed as it
+    is replaced. (``BaseModel._apply`` also converts the head's anchors and strides: a few kB, and the
+    eval-mode head remakes them in the input's dtype.) Written out: ``_apply`` swaps in tensor
+    subclasses, which the tracer's fake tensors refuse."""
+    import torch
+
+    def convert(tensor):
+        return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+    for module in model.modules():
+        for param in module._parameters.values():
+            if param is not None:
+                with torch.no_grad():
+                    param.data = convert(param)
+        for key, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[key] = convert(buffer)
