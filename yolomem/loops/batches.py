@@ -96,7 +96,9 @@ class SyntheticBatch:
 
     def _overlap_masks(self, rng, boxes: np.ndarray, side: int) -> np.ndarray:
         """Overlap-style masks (overlap_mask=True): one (side, side) index map per image."""
-        masks = np.zeros((self.batch, side, side), dtype=np.uint8)
+        # polygons2masks_overlap: uint8 index maps, int32 for an image of more than 255 objects (the
+        # collate's stack then promotes the whole batch)
+        masks = np.zeros((self.batch, side, side), dtype=np.int32 if max(self.counts, default=0) > 255 else np.uint8)
         start = 0
         for image, count in enumerate(self.counts):
             for k in range(count):
