@@ -14,9 +14,9 @@ How (tracing is the expensive part, so each distinct piece is traced once):
    yolov5 repo's loop ``yolomem.loops.yolov5.val_pass``: val.py's fp16 EMA, its NMS).
 3. Compose: each traced iteration is a template. A storage a template allocates and does not free is
    freed at its end, and its frees of older storages are dropped, so templates are self-contained
-   and can be concatenated (storage ids renumbered per copy). The model, optimizer state and EMA
-   (allocated before and in the first iteration) stay alive throughout.
-4. Replay through ``CachingAllocator``: epoch 1 (first iteration, then ``SIM_ITERATIONS`` training
+   and can be concatenated (storage ids are unique in a trace, so copies never collide). The model,
+   optimizer state and EMA (allocated before and in the first iteration) stay alive throughout.
+4. Replay (``yolomem.allocator.replay``): epoch 1 (first iteration, then ``SIM_ITERATIONS`` training
    batches in order, the densest among them), ``_clear_memory(0.5)``, validation, ``_clear_memory``,
    epoch 2, validation, epoch 3 (the yolov5 repo's train.py has no ``_clear_memory``). Repeated for
    each seed: the figures are a median and a high percentile.
@@ -39,7 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from yolomem.allocator.caching import CachingAllocator, SimulatedOOM, parse_alloc_conf
+from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
+from yolomem.allocator.replay import Mark, ReplayEvent, replay
 from yolomem.trace.tracer import AllocationEvent, Trace
 from yolomem.loops.val_pass import ValBatchShape
 
@@ -229,9 +230,10 @@ def _pick_val_shapes(batches, val_batch: int) -> tuple[tuple[ValBatchShape, ...]
 # -- composing and replaying ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Template:
-    """A traced segment made self-contained: (is_alloc, local id, bytes, phase) per event."""
+    """A traced segment made self-contained: every storage it allocates is freed by its end, and it frees
+    nothing older, so copies can follow one another in the replay (storage ids are unique in a trace)."""
 
-    ops: tuple[tuple[bool, int, int, str], ...]
+    events: tuple  # AllocationEvent or ReplayEvent (op, storage_id, nbytes, phase)
 
 
 def _split(trace: Trace) -> list[list[AllocationEvent]]:
@@ -241,29 +243,28 @@ def _split(trace: Trace) -> list[list[AllocationEvent]]:
 
 def _persistent(events: list[AllocationEvent], freed_later: set[int]) -> _Template:
     """Setup and the first iteration: kept as traced; what a later segment frees is freed at the end."""
-    ops, live = [], {}
+    live = {}
     for event in events:
-        ops.append((event.op == "alloc", event.storage_id, event.nbytes, event.phase))
         if event.op == "alloc":
             live[event.storage_id] = event
         else:
             live.pop(event.storage_id, None)
-    ops += [(False, sid, e.nbytes, e.phase) for sid, e in live.items() if sid in freed_later]
-    return _Template(tuple(ops))
+    ends = [ReplayEvent("free", sid, e.nbytes, e.phase) for sid, e in live.items() if sid in freed_later]
+    return _Template(tuple(events) + tuple(ends))
 
 
 def _self_contained(events: list[AllocationEvent], rename: dict[str, str] | None = None) -> _Template:
-    ops, live = [], {}
+    out, live = [], {}
     for event in events:
         phase = (rename or {}).get(event.phase, event.phase)
         if event.op == "alloc":
             live[event.storage_id] = phase
-            ops.append((True, event.storage_id, event.nbytes, phase))
+            out.append(ReplayEvent("alloc", event.storage_id, event.nbytes, phase))
         elif event.storage_id in live:
             del live[event.storage_id]
-            ops.append((False, event.storage_id, event.nbytes, phase))
-    ops += [(False, sid, 0, phase) for sid, phase in live.items()]
-    return _Template(tuple(ops))
+            out.append(ReplayEvent("free", event.storage_id, event.nbytes, phase))
+    out += [ReplayEvent("free", sid, 0, phase) for sid, phase in live.items()]
+    return _Template(tuple(out))
 
 
 _VAL_RENAME = {"loss": "val_loss", "preprocess": "val_preprocess", "forward": "val_forward"}
@@ -289,11 +290,10 @@ def simulate_epochs(
     start = _persistent(setup + first, later_frees)
     train = [_self_contained(seg) for seg in extra[: len(plan.levels)]]
     val = [_self_contained(seg, _VAL_RENAME) for seg in extra[len(plan.levels) :]]
-    id_stride = max((e.storage_id for e in trace.events), default=0) + 1
     val_order = _compress(plan.val_sequence)
     runs = [
-        _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf,
-                     card_bytes if clears_cache else None, capacity_bytes)  # fmt: skip
+        _replay_seed(start, train, val, sequence, val_order, alloc_conf, card_bytes if clears_cache else None,
+                     capacity_bytes)  # fmt: skip
         for sequence in plan.sequences
     ]
     peaks = [r["peak_reserved"] for r in runs]
@@ -331,59 +331,45 @@ def _compress(sequence: Sequence[int]) -> list[int]:
     return out
 
 
-def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, card_bytes, capacity_bytes) -> dict:
+def _replay_seed(start, train, val, sequence, val_order, alloc_conf, card_bytes, capacity_bytes) -> dict:
     """One seed's epochs; ``card_bytes`` None: ``_clear_memory`` never empties the cache."""
-    allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
-    handles: dict[int, int] = {}
-    state = {"copy": 0, "peak_reserved": 0, "peak_phase": "", "oom": None, "emptied": False}
+    state = {"epoch1": 0, "steady": 0, "emptied": False}
 
-    def play(template: _Template, fresh: bool) -> None:
-        offset = 0
-        if fresh:
-            state["copy"] += 1
-            offset = state["copy"] * id_stride
-        for is_alloc, sid, nbytes, phase in template.ops:
-            key = sid + offset
-            if is_alloc:
-                handle = allocator.malloc(nbytes)
-                if handle is not None:
-                    handles[key] = handle
-                if allocator.reserved_bytes > state["peak_reserved"]:
-                    state["peak_reserved"], state["peak_phase"] = allocator.reserved_bytes, phase
-            else:
-                handle = handles.pop(key, None)
-                if handle is not None:
-                    allocator.free(handle)
+    def note_steady(allocator) -> None:
+        state["steady"] = max(state["steady"], allocator.reserved_bytes)
 
-    def clear_memory() -> None:  # BaseTrainer._clear_memory(0.5)
+    def note_epoch1(allocator) -> None:
+        state["epoch1"] = allocator.reserved_bytes
+
+    def clear_memory(allocator) -> None:  # BaseTrainer._clear_memory(0.5)
         if card_bytes and allocator.reserved_bytes / card_bytes > CLEAR_THRESHOLD:
             allocator.empty_cache()
             state["emptied"] = True
 
-    epoch1, steady = 0, 0
-    try:
-        play(start, fresh=False)
+    def stream():
+        yield start.events
         for epoch, levels in enumerate(sequence):
             batches = levels[1:] if epoch == 0 else levels  # the traced first iteration is epoch 1's first batch
             for level in batches:
-                play(train[level], fresh=True)
+                yield train[level].events
                 if epoch > 0:
-                    steady = max(steady, allocator.reserved_bytes)
+                    yield Mark(note_steady)
             if epoch == 0:
-                epoch1 = allocator.reserved_bytes
+                yield Mark(note_epoch1)
             if epoch == len(sequence) - 1:
                 break
-            clear_memory()
+            yield Mark(clear_memory)
             for index in val_order:
-                play(val[index], fresh=True)
-            clear_memory()
-    except SimulatedOOM as error:
-        state["oom"] = str(error)
-    stats = allocator.stats()
+                yield val[index].events
+            yield Mark(clear_memory)
+
+    run = replay(stream(), CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes))
+    peak_event = run.peak_reserved_event
     return {
-        "epoch1": epoch1, "steady": steady or epoch1, "peak_reserved": stats.peak_reserved_bytes,
-        "peak_allocated": stats.peak_allocated_bytes, "peak_phase": state["peak_phase"],
-        "oom": state["oom"], "emptied": state["emptied"],
+        "epoch1": state["epoch1"], "steady": state["steady"] or state["epoch1"],
+        "peak_reserved": run.stats.peak_reserved_bytes, "peak_allocated": run.stats.peak_allocated_bytes,
+        "peak_phase": peak_event.phase if peak_event is not None else "",
+        "oom": run.oom.message if run.oom else None, "emptied": state["emptied"],
     }  # fmt: skip
 
 

@@ -227,7 +227,7 @@ def estimate_config(config: EstimateConfig) -> Estimate:
     elif config.cache:
         notes.append(f"cache={config.cache}: host RAM needs the image sizes; pass data=path/to/data.yaml")
     if replay.oom:
-        notes.append(f"does not fit {gpu.name}: {replay.oom}")
+        notes.append(f"does not fit {gpu.name}: {replay.oom.message}")
     yolomem_version, torch_version, ultralytics_version = _versions()
     unaccounted = [
         "cuDNN/cuBLAS workspaces: transient buffers kernels take from the caching allocator; not traced",

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from yolomem.allocator.caching import CachingAllocator, SimulatedOOM, parse_alloc_conf, replay
+from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
+from yolomem.allocator.replay import replay
 from yolomem.result.estimate import Estimate, _layer_of
 from yolomem.errors import UserError
 from yolomem.config.gpus import find_gpu
@@ -83,11 +84,8 @@ def iteration_timeline(
             reserved.append(allocator.reserved_bytes)
 
     allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
-    oom = None
-    try:
-        replay(trace.events[:stop], allocator, on_step=record)
-    except SimulatedOOM as error:
-        oom = str(error)
+    run = replay([trace.events[:stop]], allocator, on_event=record)
+    oom = run.oom.message if run.oom else None
     events = trace.events[first : first + len(allocated)]
     if not events:
         raise UserError(f"the simulated device ran out of memory before iteration {index} started: {oom}")
