@@ -427,8 +427,7 @@ class EpochRequest:
         iterations = self.config.iterations
         bounds = list(trace.iteration_bounds)
         end = bounds[iterations] if len(bounds) > iterations else len(trace.events)
-        return Trace(events=trace.events[:end], oracle_answers=trace.oracle_answers,
-                     iteration_bounds=bounds[:iterations], unaccounted=list(trace.unaccounted))  # fmt: skip
+        return Trace(events=trace.events[:end], oracle_answers=trace.oracle_answers, iteration_bounds=bounds[:iterations])
 
     def simulate(self, trace: Trace, alloc_conf, card_bytes, capacity_bytes) -> EpochSimulation:
         return simulate_epochs(trace, self.config.iterations, self.hook.plan, alloc_conf=alloc_conf,

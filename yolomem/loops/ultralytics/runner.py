@@ -47,8 +47,7 @@ def trace_ultralytics_run(
             notes.append(f"imgsz={config.imgsz} is not a multiple of stride {stride}; rounded up to {imgsz} as Ultralytics does")
         settings = StepSettings(
             task=resolved.task, batch=per_rank, imgsz=imgsz, precision=config.amp, optimizer=optimizer,
-            nbs=config.nbs, freeze=config.freeze, multi_scale=config.multi_scale,
-            iterations=config.iterations, step=config.step,
+            nbs=config.nbs, freeze=config.freeze, multi_scale=config.multi_scale, step=config.step,
         )  # fmt: skip
         run = UltralyticsRun(model, settings, tracer, policy)
         if config.checkpoint:  # where the user's on_pretrain_routine_end callback wraps: after the EMA copy

@@ -43,9 +43,7 @@ class StepSettings:
     nbs: int
     freeze: tuple[int, ...]
     multi_scale: float
-    iterations: int
     step: str  # "train" | "fwd_bwd"
-    overrides: tuple[tuple[str, object], ...] = ()  # other Ultralytics args (loss gains...)
 
 
 def accumulate_at(iteration: int, batch: int, nbs: int) -> int:
@@ -76,12 +74,10 @@ def build_model(model_cfg: dict, task: str, nc: int | None, verbose: bool = Fals
 
 
 def ultralytics_args(settings: StepSettings, model_nc: int):
-    """Ultralytics' default hyperparameters with the user's overrides (``get_cfg``)."""
+    """Ultralytics' default hyperparameters with the user's settings (``get_cfg``)."""
     from ultralytics.cfg import get_cfg
 
-    overrides = dict(settings.overrides)
-    overrides.update(task=settings.task, batch=settings.batch, imgsz=settings.imgsz, nbs=settings.nbs)
-    return get_cfg(overrides=overrides)
+    return get_cfg(overrides={"task": settings.task, "batch": settings.batch, "imgsz": settings.imgsz, "nbs": settings.nbs})
 
 
 def freeze_parameters(model: torch.nn.Module, freeze: tuple[int, ...]) -> None:
