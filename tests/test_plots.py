@@ -19,6 +19,7 @@ from yolomem.sweeps.figure_data import (
     curve_figure,
     parse_values,
 )
+from yolomem.result.fits import Budget
 from yolomem.result.timeline import estimate_timeline
 
 pytest.importorskip("matplotlib")
@@ -140,7 +141,7 @@ def test_drawn_curve_carries_the_data(curve, tmp_path):
     assert list(drawn.get_xdata()) == [1, 2]
     assert list(drawn.get_ydata()) == [p.peak_reserved_bytes / GiB for p in data.curves[0].points]
     labels = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert "yolov8n.yaml AMP" in labels and f"T4: {find_gpu('T4').usable_bytes / GiB:.3g} GiB usable (above the plot)" in labels
+    assert "yolov8n.yaml AMP" in labels and f"T4: {Budget(find_gpu('T4')).capacity_bytes / GiB:.3g} GiB after a 10% margin (above the plot)" in labels
     assert "GPU_mem" in plots.curve_caption(data)
     png = plots.save(figure, tmp_path / "curve.png")
     svg = plots.save(figure, tmp_path / "curve.svg")
@@ -156,7 +157,9 @@ def test_device_total_caption_and_lines(curve):
 
     total = replace(data, measure="device_total")
     assert "nvidia-smi" in plots.curve_caption(total)
-    assert total.threshold(total.gpu_lines[1]) == find_gpu("T4").total_bytes
+    t4 = Budget(find_gpu("T4"))  # the lines are the one "fits" (yolomem.result.fits), seen from each measure
+    assert total.threshold(total.gpu_lines[1]) == t4.capacity_bytes + t4.gpu.context_bytes
+    assert data.threshold(data.gpu_lines[1]) == t4.capacity_bytes
     assert total.value(total.curves[0].points[0]) == total.curves[0].points[0].device_total_bytes
 
 

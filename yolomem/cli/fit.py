@@ -20,8 +20,8 @@ from yolomem.cli.registry import DEFAULT_MODEL, command
 from yolomem.errors import UserError, unknown
 
 SOLVES = ("batch", "imgsz")
-_FIT_KEYS = {"margin", "solve", "explain"}
-_PICK_KEYS = {"margin", "models", "task"}
+_FIT_KEYS = {"solve", "explain"}
+_PICK_KEYS = {"models", "task"}
 
 
 def _split(words: list[str], own: set[str]) -> tuple[list[str], dict[str, str]]:
@@ -34,19 +34,6 @@ def _split(words: list[str], own: set[str]) -> tuple[list[str], dict[str, str]]:
         else:
             rest.append(word)
     return rest, mine
-
-
-def _margin(raw: str | None) -> float:
-    from yolomem.sweeps.fit import DEFAULT_MARGIN
-
-    if raw is None:
-        return DEFAULT_MARGIN
-    text = raw.strip().rstrip("%")
-    try:
-        value = float(text)
-    except ValueError:
-        raise UserError(f"margin={raw!r} is not a number; use a fraction like margin=0.1 (or 10%)") from None
-    return value / 100 if raw.strip().endswith("%") else value
 
 
 @contextlib.contextmanager
@@ -72,7 +59,7 @@ def _fit(options: argparse.Namespace) -> int:
     solve = own.get("solve", "batch")
     if solve not in SOLVES:
         raise unknown("solve", solve, SOLVES)
-    margin = _margin(own.get("margin"))
+    margin = config.margin  # margin= is a setting of every verdict (yolomem.result.fits)
     explain = getattr(options, "explain", False) or own.get("explain", "false").lower() == "true"
     batch_given = any(w.startswith("batch=") for w in words)
     if not (config.gpu or config.gpu_mem):
@@ -140,7 +127,7 @@ def _pick(options: argparse.Namespace) -> int:
     with _progress(options.json) as progress:
         result = pick_models(
             config.gpu, config.imgsz, config.batch, own.get("task", "detect"), gpu_mem=config.gpu_mem,
-            models=models, margin=_margin(own.get("margin")), progress=progress, config=config,
+            models=models, margin=config.margin, progress=progress, config=config,
         )  # fmt: skip
     if options.json:
         from yolomem.render.json_output import dumps

@@ -3,7 +3,7 @@
     yolomem table                                   # the blog's 16 rows at their imgsz and batch
     yolomem table yolov5s yolov8n.yaml my.cfg imgsz=640 batch=16 gpus=T4,RTX-4090 --markdown
     yolomem table imgsz=160 batch=4                 # the blog's rows, every row at 160 / 4
-    keys: imgsz, batch, gpus (comma list), method (breakdown|two-point), iterations, jobs
+    keys: imgsz, batch, gpus (comma list), margin (of "fits"), method (breakdown|two-point), iterations, jobs
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from yolomem.cli.registry import command
 from yolomem.errors import UserError, unknown
 
-_TABLE_KEYS = ("imgsz", "batch", "gpus", "method", "iterations", "jobs")
+_TABLE_KEYS = ("imgsz", "batch", "gpus", "margin", "method", "iterations", "jobs")
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,11 @@ class TableOptions:
     method: str
     iterations: int
     jobs: int
+    margin: float
 
 
 def parse_table_words(words: list[str]) -> TableOptions:
+    from yolomem.config.settings import DEFAULT_MARGIN, EstimateConfig
     from yolomem.sweeps.table import DEFAULT_GPUS
 
     models, values = [], {}
@@ -51,8 +53,9 @@ def parse_table_words(words: list[str]) -> TableOptions:
             if ints[key] <= 0:
                 raise UserError(f"{key}={ints[key]} must be positive")
     gpus = tuple(g for g in values.get("gpus", "").split(",") if g) or DEFAULT_GPUS
+    margin = EstimateConfig.from_mapping({"margin": values["margin"]}).margin if "margin" in values else DEFAULT_MARGIN
     return TableOptions(tuple(models), ints.get("imgsz"), ints.get("batch"), gpus, values.get("method", "breakdown"),
-                        ints.get("iterations", 1), ints.get("jobs", min(os.cpu_count() or 1, 2)))  # fmt: skip
+                        ints.get("iterations", 1), ints.get("jobs", min(os.cpu_count() or 1, 2)), margin)  # fmt: skip
 
 
 def rows_for(options: TableOptions):
@@ -79,7 +82,7 @@ def _table(options: argparse.Namespace) -> int:
     with Progress(console=Console(stderr=True), transient=True) as bar:  # stderr: stdout stays the table
         task = bar.add_task("tracing", total=traces)
         table = compute_table(rows, parsed.gpus, method=parsed.method, iterations=parsed.iterations,
-                              jobs=parsed.jobs, progress=lambda label: bar.update(task, advance=1, description=label))  # fmt: skip
+                              jobs=parsed.jobs, margin=parsed.margin, progress=lambda label: bar.update(task, advance=1, description=label))  # fmt: skip
     if options.json:
         print(table_formats.to_json(table))
     elif getattr(options, "csv", False):

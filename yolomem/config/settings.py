@@ -2,7 +2,7 @@
 
 Keys keep Ultralytics' names and defaults where they exist (``imgsz``, ``batch``, ``amp``,
 ``optimizer``, ``nbs``, ``freeze``, ``multi_scale``). yolomem adds its own (``instances``, ``step``,
-``iterations``, ``alloc_conf``, ``gpu``, ``gpu_mem``, ``framework``, ``seed``). ``data``, ``epochs``,
+``iterations``, ``alloc_conf``, ``gpu``, ``gpu_mem``, ``margin``, ``framework``, ``seed``). ``data``, ``epochs``,
 ``cache`` and ``workers`` keep Ultralytics' meaning: ``data=`` or ``epochs>=2`` simulates whole epochs
 with validation (``yolomem.result.epochs``), ``cache``/``workers`` size host memory. A pasted
 ``yolo train model=... data=... epochs=...`` line works: the words ``yolo``/``train``/task names are
@@ -23,8 +23,12 @@ STEPS = ("train", "fwd_bwd")
 FRAMEWORKS = ("ultralytics", "yolov5")  # yolov5: the yolov5 repo's loop (yolomem.loops.yolov5)
 PRECISIONS = {"true": "fp16", "fp16": "fp16", "false": "fp32", "fp32": "fp32", "bf16": "bf16"}
 _YOLO_WORDS = {"yolo", "train", "detect", "segment", "pose", "obb", "classify"}
-_OWN_KEYS = {"instances", "step", "iterations", "alloc_conf", "gpu", "gpu_mem", "framework", "seed", "nc",
+_OWN_KEYS = {"instances", "step", "iterations", "alloc_conf", "gpu", "gpu_mem", "margin", "framework", "seed", "nc",
              "world_size", "checkpoint"}
+# The share of a card's usable memory (after the CUDA context) that "fits" holds back for what the trace
+# does not see (yolomem.result.fits).
+DEFAULT_MARGIN = 0.10
+MAX_MARGIN = 0.9
 _MEMORY_KEYS = {"model", "imgsz", "batch", "amp", "optimizer", "nbs", "freeze", "multi_scale", "task",
                 "overlap_mask", "mask_ratio", "data", "device", "epochs", "cache", "workers"}  # fmt: skip
 
@@ -47,6 +51,7 @@ class EstimateConfig:
     alloc_conf: str | None = None
     gpu: str | None = None
     gpu_mem: float | None = None
+    margin: float = DEFAULT_MARGIN  # safety margin of "fits" (yolomem.result.fits)
     framework: str = "ultralytics"
     seed: int = 0
     nc: int | None = None
@@ -81,6 +86,7 @@ class EstimateConfig:
             raise UserError(f"instances={self.instances!r} must be a number of objects per image >= 0")
         if not 0.0 <= self.multi_scale < 1.0:
             raise UserError(f"multi_scale={self.multi_scale!r} must be in [0, 1)")
+        check_margin(self.margin)
 
     @classmethod
     def from_words(cls, words: list[str]) -> EstimateConfig:
@@ -136,7 +142,7 @@ class EstimateConfig:
             "optimizer": self.optimizer, "nbs": self.nbs, "freeze": list(self.freeze),
             "multi_scale": self.multi_scale, "instances": self.instances, "step": self.step,
             "iterations": self.iterations, "alloc_conf": self.alloc_conf, "gpu": self.gpu,
-            "gpu_mem": self.gpu_mem, "framework": self.framework, "seed": self.seed, "nc": self.nc,
+            "gpu_mem": self.gpu_mem, "margin": self.margin, "framework": self.framework, "seed": self.seed, "nc": self.nc,
             "data": self.data, "world_size": self.world_size, "checkpoint": self.checkpoint,
             "epochs": self.epochs, "cache": self.cache, "workers": self.workers,
         }  # fmt: skip
@@ -147,6 +153,13 @@ def _ultralytics_keys() -> tuple[str, ...]:
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
     return tuple(DEFAULT_CFG_DICT)
+
+
+def check_margin(margin: object) -> None:
+    """A margin is a fraction of the usable memory: 0 (none) up to, not including, MAX_MARGIN."""
+    ok = isinstance(margin, (int, float)) and not isinstance(margin, bool) and math.isfinite(margin)
+    if not (ok and 0.0 <= margin < MAX_MARGIN):
+        raise UserError(f"margin={margin!r} must be a fraction in [0, {MAX_MARGIN:g}), e.g. margin=0.1 for 10%")
 
 
 def _check_positive_int(name: str, value: object, allow_zero: bool = False) -> None:
@@ -169,6 +182,8 @@ def _convert(key: str, raw: object) -> object:
             return int(text)
         if key in {"instances", "multi_scale", "gpu_mem"}:
             return float(text)
+        if key == "margin":  # a fraction, or a percentage: margin=0.1 or margin=10%
+            return float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
         raise UserError(f"{key}={text!r} is not a number") from None
     if key == "amp":

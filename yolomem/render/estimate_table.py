@@ -57,7 +57,11 @@ def render_estimate(estimate: Estimate, console: Console | None = None) -> None:
         summary.add_row(f"dataloader workers ({host.workers}, rough)", _size(host.workers_bytes))
     if estimate.gpu:
         verdict = "[green]fits[/green]" if estimate.fits else "[red]does not fit[/red]"
-        summary.add_row(f"on {estimate.gpu} ({estimate.gpu_total_bytes / GiB:.1f} GiB)", verdict)
+        room = f"{estimate.capacity_bytes / GiB:.2f} GiB after the CUDA context and a {estimate.margin:.0%} margin"
+        summary.add_row(f"on {estimate.gpu} ({estimate.gpu_total_bytes / GiB:.1f} GiB)", f"{verdict} ({room})")
+        if estimate.oom is not None:
+            summary.add_row("on the card it runs out of memory in", f"{estimate.oom.phase} (iteration {estimate.oom.iteration})"
+                            if estimate.oom.iteration is not None else estimate.oom.phase)  # fmt: skip
     console.print(summary)
 
     breakdown = Table(title="Where it goes (at the peak)", title_justify="left")

@@ -80,10 +80,10 @@ def curve_caption(data: CurveFigure) -> str:
     if data.measure == "gpu_mem":
         what = (f"Peak reserved memory: the GPU_mem column Ultralytics prints ({data.gpu_mem_unit}), "
                 "without the CUDA context")
-        lines = "dashed lines: each card's usable memory (total minus CUDA context)"
+        lines = "dashed lines: what each card gives a run (total minus CUDA context minus the margin)"
     else:
         what = "Device total: peak reserved plus the CUDA context, what nvidia-smi shows"
-        lines = "dashed lines: each card's total memory"
+        lines = "dashed lines: each card's total memory minus the margin"
     fixed = ", ".join(f"{k} {v}" for k, v in data.fixed)
     text = f"{what}, against {data.x_name} ({fixed})."
     if data.gpu_lines:
@@ -113,7 +113,7 @@ def draw_curves(data: CurveFigure, *, caption: bool = True) -> Figure:
         gpu_colours = matplotlib.colormaps["Dark2"]
         for gi, line in enumerate(data.gpu_lines):
             y = gib(data.threshold(line))
-            kind = "usable" if data.measure == "gpu_mem" else "total"
+            kind = f"after a {line.budget.margin:.0%} margin"
             every = all(c.all_fit for c in data.crossings if c.gpu == gi)
             if line in shown:
                 ax.axhline(y, color=gpu_colours(gi % 8), linestyle="--", linewidth=1.2,

@@ -114,11 +114,14 @@ def _fits(data: ReportData) -> str:
             f'<tr data-gpu="{_esc(fit.gpu.name)}"><th>{_esc(fit.gpu.name)}</th>'
             f'<td class="num" data-key="card_total_bytes" data-bytes="{fit.gpu.total_bytes}">{_gib(fit.gpu.total_bytes)}</td>'
             f'<td class="num" data-key="card_usable_bytes" data-bytes="{fit.gpu.usable_bytes}">{_gib(fit.gpu.usable_bytes)}</td>'
+            f'<td class="num" data-key="card_capacity_bytes" data-bytes="{fit.gpu.capacity_bytes}">{_gib(fit.gpu.capacity_bytes)}</td>'
             f'<td data-key="card_fits" data-value="{str(fit.fits).lower()}">{verdict}</td>'
             f'<td class="num" data-key="largest_batch" data-value="{largest}">{largest}</td>'
             f'<td class="dim">{_esc(fit.method)}</td></tr>'
         )
-    head = "<tr><th>GPU</th><th>total</th><th>usable (minus context)</th><th>this batch</th><th>largest batch</th><th>how</th></tr>"
+    margin = f"{data.fits[0].gpu.budget.margin:.0%}"
+    head = (f"<tr><th>GPU</th><th>total</th><th>usable (minus context)</th><th>for training (minus the {margin} margin)</th>"
+            "<th>this batch</th><th>largest batch</th><th>how</th></tr>")  # fmt: skip
     return f'<h2>Fit on the chosen GPUs</h2><table id="fits">{head}{"".join(rows)}</table>'
 
 

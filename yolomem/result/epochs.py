@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
-from yolomem.allocator.replay import Mark, ReplayEvent, replay
+from yolomem.allocator.replay import Mark, OomPoint, ReplayEvent, replay
 from yolomem.trace.tracer import AllocationEvent, Trace
 from yolomem.loops.val_pass import ValBatchShape
 
@@ -94,7 +94,7 @@ class EpochSimulation:
     peak_phase: str  # the phase whose allocation first reached the peak reserved (median seed)
     plan: EpochPlan
     emptied_cache: bool  # whether any simulated _clear_memory(0.5) emptied the cache
-    oom: str | None
+    oom: OomPoint | None  # the first seed's simulated OOM, when replayed with a capacity
     assumptions: tuple[str, ...]
 
     def to_json(self) -> dict:
@@ -111,7 +111,7 @@ class EpochSimulation:
             "simulated_batches_per_epoch": SIM_ITERATIONS,
             "seeds": list(self.plan.seeds),
             "emptied_cache": self.emptied_cache,
-            "oom": self.oom,
+            "oom": self.oom.to_json() if self.oom else None,
             "assumptions": list(self.assumptions),
         }
 
@@ -369,7 +369,7 @@ def _replay_seed(start, train, val, sequence, val_order, alloc_conf, card_bytes,
         "epoch1": state["epoch1"], "steady": state["steady"] or state["epoch1"],
         "peak_reserved": run.stats.peak_reserved_bytes, "peak_allocated": run.stats.peak_allocated_bytes,
         "peak_phase": peak_event.phase if peak_event is not None else "",
-        "oom": run.oom.message if run.oom else None, "emptied": state["emptied"],
+        "oom": run.oom, "emptied": state["emptied"],
     }  # fmt: skip
 
 

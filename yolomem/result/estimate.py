@@ -14,6 +14,10 @@ What the figures mean:
 - ``peak_reserved_bytes``: ``torch.cuda.max_memory_reserved()``; this is what Ultralytics prints as
   ``GPU_mem`` during epoch 1 (it prints ``memory_reserved()``, which only grows while training).
 - ``device_total_bytes``: peak reserved plus the CUDA context: what nvidia-smi shows.
+- With ``gpu=``: ``fits`` (``yolomem.result.fits``: the peak reserved within the card minus the CUDA
+  context minus ``margin``), and ``oom``, where a run on the card would run out of memory (the replay
+  with the card's usable memory as capacity, free-and-retry included). The card never changes the
+  figures above: they are the full requirement.
 
 Whole epochs (``data=`` or ``epochs>=2``, ``yolomem.result.epochs``): training batches of varying density,
 the validation pass after each epoch, and training again, replayed for several seeds.
@@ -32,10 +36,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from yolomem.allocator.replay import Replay, replay_trace
+from yolomem.allocator.replay import OomPoint, Replay, replay_trace
 from yolomem.config.settings import EstimateConfig
 from yolomem.config.dataset import DatasetSummary
 from yolomem.result.epochs import EpochSimulation
+from yolomem.result.fits import Budget, fits
 from yolomem.result.host_memory import HostMemory
 from yolomem.errors import UserError
 from yolomem.config.gpus import CUDA_CONTEXT_BYTES, GiB, find_gpu
@@ -75,8 +80,11 @@ class Estimate:
     seconds: float
     gpu: str | None = None
     gpu_total_bytes: int | None = None
-    fits: bool | None = None
-    num_alloc_retries: int = 0
+    fits: bool | None = None  # yolomem.result.fits: peak_reserved_bytes within the card minus context and margin
+    margin: float | None = None  # the safety margin of ``fits``
+    capacity_bytes: int | None = None  # what the card gives the run: usable memory minus the margin
+    oom: OomPoint | None = None  # where a run on the card would run out of memory (None: it would not)
+    num_alloc_retries: int = 0  # free-and-retry on the card
     trace: Trace | None = field(default=None, repr=False, compare=False)
     # whole epochs (yolomem.result.epochs), when data= or epochs>=2 is given
     epoch1_reserved_bytes: int | None = None
@@ -112,6 +120,9 @@ class Estimate:
             "gpu": self.gpu,
             "gpu_total_bytes": self.gpu_total_bytes,
             "fits": self.fits,
+            "margin": self.margin,
+            "capacity_bytes": self.capacity_bytes,
+            "oom": self.oom.to_json() if self.oom else None,
             "num_alloc_retries": self.num_alloc_retries,
             "unaccounted": list(self.unaccounted),
             "notes": list(self.notes),
@@ -212,13 +223,12 @@ def estimate_config(config: EstimateConfig) -> Estimate:
     notes.extend(run.notes)
     context = gpu.context_bytes if gpu else CUDA_CONTEXT_BYTES
     base_trace = request.base_trace(run.trace) if request else run.trace
-    replay = replay_trace(base_trace, config.alloc_conf, capacity_bytes=gpu.usable_bytes if gpu else None)
+    # The requirement is replayed without a capacity: the card never shrinks the figure shown. The card
+    # enters the epochs only through _clear_memory(0.5), which empties the cache above half of it.
+    replay = replay_trace(base_trace, config.alloc_conf)
     simulation = None
     if request is not None:
-        simulation = request.simulate(run.trace, config.alloc_conf, gpu.total_bytes if gpu else None,
-                                      gpu.usable_bytes if gpu else None)  # fmt: skip
-        if simulation.oom and not replay.oom:
-            notes.append(f"does not fit {gpu.name} in epoch 2+ or validation: {simulation.oom}")
+        simulation = request.simulate(run.trace, config.alloc_conf, gpu.total_bytes if gpu else None, None)
     host = None
     if request is not None and request.dataset is not None:
         from yolomem.result.host_memory import host_memory
@@ -226,8 +236,15 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         host = host_memory(request.dataset, run.imgsz, config.batch, config.workers, config.cache)
     elif config.cache:
         notes.append(f"cache={config.cache}: host RAM needs the image sizes; pass data=path/to/data.yaml")
-    if replay.oom:
-        notes.append(f"does not fit {gpu.name}: {replay.oom.message}")
+    peak_event = base_trace.events[replay.peak_index] if base_trace.events else None
+    peak_reserved, peak_phase = replay.peak_reserved_bytes, peak_event.phase if peak_event else ""
+    if simulation is not None and simulation.peak_reserved.median > peak_reserved:
+        peak_reserved, peak_phase = simulation.peak_reserved.median, simulation.peak_phase
+    budget = Budget(gpu, config.margin) if gpu else None
+    fits_card = fits(peak_reserved, budget) if budget else None
+    on_card = _on_the_card(budget, peak_reserved, replay, base_trace, request, run.trace, config.alloc_conf) if budget else None
+    if budget and not fits_card:
+        notes.append(_does_not_fit(budget, peak_reserved, on_card))
     yolomem_version, torch_version, ultralytics_version = _versions()
     unaccounted = [
         "cuDNN/cuBLAS workspaces: transient buffers kernels take from the caching allocator; not traced",
@@ -267,14 +284,50 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         seconds=time.perf_counter() - started,
         gpu=gpu.name if gpu else None,
         gpu_total_bytes=gpu.total_bytes if gpu else None,
-        fits=(replay.oom is None and not (simulation and simulation.oom)) if gpu else None,
-        num_alloc_retries=replay.num_alloc_retries,
+        fits=fits_card,
+        margin=config.margin,
+        capacity_bytes=budget.capacity_bytes if budget else None,
+        oom=on_card.oom if on_card else None,
+        num_alloc_retries=on_card.num_alloc_retries if on_card else replay.num_alloc_retries,
         trace=run.trace,
         epoch1_reserved_bytes=simulation.epoch1_reserved.median if simulation else None,
         epochs=simulation,
         dataset=request.dataset if request else None,
         host=host,
     )
+
+
+@dataclass(frozen=True)
+class _OnTheCard:
+    """The run replayed with the card's usable memory as the allocator's capacity."""
+
+    oom: OomPoint | None  # where it would run out of memory; None: it runs (possibly after freeing cache)
+    num_alloc_retries: int
+
+
+def _on_the_card(budget: Budget, peak_reserved: int, replay: Replay, base_trace: Trace, request, trace: Trace,
+                 alloc_conf: str | None) -> _OnTheCard:  # fmt: skip
+    """Where a run on the card would stop. Below the usable memory the card changes nothing (no replay
+    needed); above it, the allocator frees its cache and retries before it gives up."""
+    usable = budget.usable_bytes
+    if peak_reserved <= usable:
+        return _OnTheCard(None, replay.num_alloc_retries)
+    capped = replay_trace(base_trace, alloc_conf, capacity_bytes=usable)
+    if capped.oom is not None or request is None:
+        return _OnTheCard(capped.oom, capped.num_alloc_retries)
+    simulation = request.simulate(trace, alloc_conf, budget.gpu.total_bytes, usable)
+    return _OnTheCard(simulation.oom, capped.num_alloc_retries)
+
+
+def _does_not_fit(budget: Budget, required: int, on_card: _OnTheCard) -> str:
+    text = (f"does not fit {budget.gpu.name}: needs {required / GiB:.2f} GiB reserved, {budget.capacity_bytes / GiB:.2f} GiB "
+            f"available after the CUDA context and margin={budget.margin:g}")  # fmt: skip
+    if on_card.oom is not None:
+        where = on_card.oom.phase + (f" of iteration {on_card.oom.iteration}" if on_card.oom.iteration is not None else "")
+        return f"{text}; on the card it runs out of memory in {where} (oom: {on_card.oom.message})"
+    if required > budget.usable_bytes:
+        return f"{text}; on the card the allocator would free its cache and retry, and the step completes with no room left"
+    return text
 
 
 def _distinct(answers):

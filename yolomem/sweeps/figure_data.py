@@ -7,8 +7,8 @@
 - ``breakdown_figure``: the estimate's breakdown at the peak, category by category.
 - ``report_data``: everything ``yolomem report`` shows, for one configuration.
 
-"Fits" is decided as ``estimate(..., gpu=...).fits`` decides it: the trace is replayed through the
-allocator model with the card's usable memory as its capacity, free-and-retry included.
+"Fits" is ``yolomem.result.fits``, as everywhere: a point's peak reserved memory within the card minus
+the CUDA context minus the margin (``margin=`` of the base config).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from yolomem.config.settings import PRECISIONS, EstimateConfig
 from yolomem.errors import UserError, unknown
-from yolomem.allocator.replay import replay_trace
 from yolomem.result.estimate import Estimate, estimate_config
+from yolomem.result.fits import Budget, fits
 from yolomem.config.gpus import GiB, Gpu
 from yolomem.result.timeline import Timeline, estimate_timeline
 
@@ -60,9 +60,25 @@ class Curve:
 
 @dataclass(frozen=True)
 class GpuLine:
-    name: str
-    total_bytes: int
-    usable_bytes: int  # total minus the CUDA context: what the caching allocator can reserve
+    budget: Budget  # the card and the margin its verdicts use
+
+    @property
+    def name(self) -> str:
+        return self.budget.gpu.name
+
+    @property
+    def total_bytes(self) -> int:
+        return self.budget.gpu.total_bytes
+
+    @property
+    def usable_bytes(self) -> int:
+        """Total minus the CUDA context: what the caching allocator can reserve."""
+        return self.budget.usable_bytes
+
+    @property
+    def capacity_bytes(self) -> int:
+        """Usable minus the margin: what a run may reserve and still fit."""
+        return self.budget.capacity_bytes
 
 
 @dataclass(frozen=True)
@@ -76,7 +92,7 @@ class Crossing:
 @dataclass(frozen=True)
 class CurveFigure:
     x_name: str  # "batch" | "imgsz"
-    measure: str  # "gpu_mem" (peak reserved, lines at usable memory) | "device_total" (lines at card total)
+    measure: str  # "gpu_mem" (peak reserved, lines at capacity) | "device_total" (lines at capacity + context)
     fixed: tuple[tuple[str, str], ...]  # the settings held fixed, e.g. (("imgsz", "640"),)
     curves: tuple[Curve, ...]
     gpu_lines: tuple[GpuLine, ...]
@@ -89,7 +105,7 @@ class CurveFigure:
 
     def threshold(self, line: GpuLine) -> int:
         """The plotted y of a GPU line, in bytes: the same budget seen from the measure's side."""
-        return line.usable_bytes if self.measure == "gpu_mem" else line.total_bytes
+        return line.capacity_bytes if self.measure == "gpu_mem" else line.capacity_bytes + line.budget.gpu.context_bytes
 
 
 @dataclass(frozen=True)
@@ -144,16 +160,13 @@ def parse_values(key: str, text: str) -> tuple[int, ...]:
     return tuple(values)
 
 
-def gpu_line(gpu: Gpu) -> GpuLine:
-    return GpuLine(gpu.name, gpu.total_bytes, gpu.usable_bytes)
+def gpu_line(gpu: Gpu, margin: float) -> GpuLine:
+    return GpuLine(Budget(gpu, margin))
 
 
 def fits_on(estimate: Estimate, line: GpuLine) -> bool:
-    """``estimate(..., gpu=card).fits``, from the estimate's trace: replay with the card's capacity."""
-    if estimate.trace is None:
-        raise UserError("this estimate carries no trace; run estimate() again")
-    alloc_conf = estimate.config.get("alloc_conf")
-    return replay_trace(estimate.trace, alloc_conf, capacity_bytes=line.usable_bytes).oom is None
+    """``estimate(..., gpu=card).fits`` for the line's card (``yolomem.result.fits``)."""
+    return fits(estimate.peak_reserved_bytes, line.budget)
 
 
 def curve_figure(
@@ -177,7 +190,7 @@ def curve_figure(
         raise UserError("name at least one model, e.g. yolomem plot yolov8n.yaml yolov8s.yaml")
     base = base or EstimateConfig()
     xs = tuple(xs) if xs else (DEFAULT_BATCHES if x_name == "batch" else DEFAULT_IMGSZ)
-    lines = tuple(gpu_line(gpu) for gpu in gpus)
+    lines = tuple(gpu_line(gpu, base.margin) for gpu in gpus)
     total = len(models) * len(amps) * len(xs)
     done = 0
     curves: list[Curve] = []
@@ -254,7 +267,7 @@ def _exact_largest_batch(config: EstimateConfig, line: GpuLine) -> tuple[int | N
         result = largest_batch(config, gpu=line.name, gpu_mem=line.total_bytes / GiB)
     except NothingFits:
         return None, "yolomem.sweeps.fit.largest_batch: not even batch 1 fits"
-    how = f"yolomem.sweeps.fit.largest_batch: exact search, safety margin {result.margin:.0%} of usable memory"
+    how = f"yolomem.sweeps.fit.largest_batch: exact search, margin {result.margin:.0%} of usable memory"
     if result.at_search_cap:
         how += "; the search cap: more would fit"
     return result.max_batch, how
@@ -274,8 +287,8 @@ def report_data(
 
     ``batches`` default to a quarter, half, one and two times the chosen batch (the chosen one is not
     estimated twice). With ``exact_fit`` and ``yolomem.sweeps.fit`` installed, the largest batch per card is
-    searched exactly (``largest_batch``, with its safety margin; a few traces per card); otherwise it is
-    the largest sampled batch of the curve that fits, with no margin, as ``Estimate.fits``.
+    searched exactly (``largest_batch``; a few traces per card); otherwise it is the largest sampled batch
+    of the curve that fits. Both judge with the config's margin, as ``Estimate.fits`` does.
     """
     cache: dict[EstimateConfig, Estimate] = {}
 

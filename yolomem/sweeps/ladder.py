@@ -1,8 +1,8 @@
 """The strategy ladder: what each memory-saving step buys for one config on one GPU.
 
 Every figure here comes from tracing the training step with that one change (never from a rule of
-thumb), judged as ``yolomem.sweeps.fit`` judges it (caching-allocator replay against the card minus the
-CUDA context and the safety margin). Each step is applied alone to the config as asked:
+thumb), judged as every verdict is (``yolomem.result.fits``: the peak reserved memory against the card
+minus the CUDA context and the safety margin). Each step is applied alone to the config as asked:
 
 - precision: AMP fp16 vs FP32 vs bf16 (``amp=``);
 - a smaller batch with gradient accumulation: the largest batch that fits, found by the ``fit`` search;
@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from yolomem.config.settings import EstimateConfig
 from yolomem.allocator.replay import replay_trace
 from yolomem.result.estimate import Estimate
-from yolomem.sweeps.fit import DEFAULT_MARGIN, MAX_BATCH, NothingFits, Progress, Prober, largest_batch, line_prediction, make_budget, model_stride, resolve_config, yolo_train_command
+from yolomem.result.fits import fits
+from yolomem.sweeps.fit import MAX_BATCH, NothingFits, Progress, Prober, largest_batch, line_prediction, make_budget, model_stride, resolve_config, yolo_train_command
 
 EXPANDABLE = "expandable_segments:True"
 FREEZE_BACKBONE = 10  # the YOLOv8/YOLO11 detection backbone is layers 0-9
@@ -66,7 +67,7 @@ def strategy_ladder(
     gpu: str | None = None,
     *,
     gpu_mem: float | None = None,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = None,
     progress: Progress | None = None,
     **settings,
 ) -> tuple[Strategy, ...]:
@@ -74,7 +75,7 @@ def strategy_ladder(
     config = resolve_config(config_or_model, gpu, gpu_mem, settings)
     prober = Prober(make_budget(config, margin), progress)
     capacity = prober.budget.capacity_bytes
-    base_estimate, base_probe = prober.run(config)
+    _, base_probe = prober.run(config)
     baseline_peak = base_probe.peak_reserved_bytes
 
     def rung(name: str, changes: dict, how: str, note: str = "") -> Strategy:
@@ -106,7 +107,7 @@ def strategy_ladder(
         ladder.append(rung(f"smaller imgsz ({smaller})", {"imgsz": smaller}, yolo_train_command(config.with_changes(imgsz=smaller)),
                            "small objects get harder to detect"))  # fmt: skip
     if config.alloc_conf != EXPANDABLE:
-        ladder.append(_expandable(config, prober, base_estimate, baseline_peak))
+        ladder.append(_expandable(config, prober, baseline_peak))
     if config.world_size == 1:
         ddp = config.with_changes(world_size=DDP_RANKS)
         ladder.append(rung(
@@ -133,7 +134,7 @@ def _predicted_max_batch(prober: Prober, config: EstimateConfig, capacity: int, 
         m1, m2 = replay(config), replay(other)
     x = line_prediction(config.batch, m1, other.batch, m2, capacity)
     if x is None:  # memory did not grow between the two batches: only what was traced is known
-        fitting = [p.batch for p, m in ((p1, m1), (p2, m2)) if m <= capacity]
+        fitting = [p.batch for p, m in ((p1, m1), (p2, m2)) if fits(m, prober.budget)]
         return max(fitting) if fitting else None
     batch = int(math.floor(x)) // config.world_size * config.world_size
     return min(batch, MAX_BATCH) if batch >= config.world_size else None
@@ -153,7 +154,7 @@ def _smaller_batch(config: EstimateConfig, prober: Prober, baseline_peak: int) -
                     True, result.max_batch, True, note, result.estimate_at_max)  # fmt: skip
 
 
-def _expandable(config: EstimateConfig, prober: Prober, base_estimate: Estimate, baseline_peak: int) -> Strategy:
+def _expandable(config: EstimateConfig, prober: Prober, baseline_peak: int) -> Strategy:
     """Same trace, other allocator mode: replayed, not re-traced (the trace does not depend on it)."""
     capacity = prober.budget.capacity_bytes
 
@@ -161,10 +162,9 @@ def _expandable(config: EstimateConfig, prober: Prober, base_estimate: Estimate,
         estimate, _ = prober.run(cfg)
         return replay_trace(estimate.trace, EXPANDABLE).peak_reserved_bytes
 
-    replayed = replay_trace(base_estimate.trace, EXPANDABLE, capacity_bytes=capacity)
     full_peak = peak(config)
     allows = _predicted_max_batch(prober, config, capacity, replay=peak)
     changed = config.with_changes(alloc_conf=EXPANDABLE)
     return Strategy("expandable segments", {"alloc_conf": EXPANDABLE}, yolo_train_command(changed), full_peak,
-                    baseline_peak - full_peak, replayed.oom is None, allows, False,
+                    baseline_peak - full_peak, fits(full_peak, prober.budget), allows, False,
                     "less fragmentation: segments grow in place instead of new cudaMalloc blocks")  # fmt: skip

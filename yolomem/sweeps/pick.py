@@ -1,8 +1,7 @@
 """Which YOLO models train on a GPU at a given batch and image size, smallest first, with headroom.
 
-Each model is traced at the requested settings and judged as ``yolomem.sweeps.fit`` judges a config: the
-trace replayed through the caching-allocator model with the card's memory minus the CUDA context
-minus the safety margin. Headroom is that capacity minus the model's peak reserved memory (negative:
+Each model is traced at the requested settings and judged as every verdict is (``yolomem.result.fits``):
+its peak reserved memory against the card's memory minus the CUDA context minus the safety margin. Headroom is that capacity minus the model's peak reserved memory (negative:
 short by that much). The default list is one family in five sizes, because each model costs one
 trace (seconds to a minute); pass ``models=`` for others.
 """
@@ -14,7 +13,7 @@ from dataclasses import dataclass, field
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError, unknown
 from yolomem.result.estimate import Estimate
-from yolomem.sweeps.fit import DEFAULT_MARGIN, Progress, Prober, make_budget
+from yolomem.sweeps.fit import Progress, Prober, make_budget
 
 DEFAULT_FAMILY = "yolo11"
 TASK_SUFFIX = {"detect": "", "segment": "-seg", "pose": "-pose", "obb": "-obb", "classify": "-cls"}
@@ -76,7 +75,7 @@ def pick_models(
     *,
     gpu_mem: float | None = None,
     models: tuple[str, ...] | None = None,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = None,
     progress: Progress | None = None,
     config: EstimateConfig | None = None,
     **settings,
