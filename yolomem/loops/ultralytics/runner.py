@@ -77,11 +77,20 @@ def trace_ultralytics_run(
                     run.fwd_bwd_iteration(iteration, batch)
             if after_iterations is not None:
                 after_iterations(run)
+        if config.multi_scale and config.step == "train":
+            notes.append(_multi_scale_note(config.multi_scale, imgsz, stride, run.trained_size))
         trace = tracer.result()
         tracer.detach_finalizers()
         del ddp_buckets
     failures = tuple(sorted(policy.probe_failures)) if policy else ()
     return TracedRun(trace, params, imgsz, optimizer if config.step == "train" else "none", tuple(notes), failures)
+
+
+def _multi_scale_note(multi_scale: float, imgsz: int, stride: int, trained: int | None) -> str:
+    if trained is None:
+        return f"multi_scale={multi_scale:g}: this trainer does not rescale its batches; traced at imgsz={imgsz}"
+    return (f"multi_scale={multi_scale:g}: the trainer draws each batch's size up to {trained} (imgsz {imgsz} x "
+            f"{1 + multi_scale:g}, rounded to stride {stride}); traced at that largest size")
 
 
 def _recompute_context(policy, amp_dtype):

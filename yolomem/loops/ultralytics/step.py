@@ -42,7 +42,7 @@ class StepSettings:
     optimizer: str  # resolved name, e.g. "AdamW"
     nbs: int
     freeze: tuple[int, ...]
-    multi_scale: float
+    multi_scale: float  # the trainer's multi-scale range; traced at the largest size it draws
     step: str  # "train" | "fwd_bwd"
 
 
@@ -75,9 +75,40 @@ def build_model(model_cfg: dict, task: str, nc: int | None, verbose: bool = Fals
 
 def ultralytics_args(settings: StepSettings, model_nc: int):
     """Ultralytics' default hyperparameters with the user's settings (``get_cfg``)."""
-    from ultralytics.cfg import get_cfg
+    from ultralytics.cfg import DEFAULT_CFG_DICT, get_cfg
 
-    return get_cfg(overrides={"task": settings.task, "batch": settings.batch, "imgsz": settings.imgsz, "nbs": settings.nbs})
+    overrides = {"task": settings.task, "batch": settings.batch, "imgsz": settings.imgsz, "nbs": settings.nbs}
+    if settings.multi_scale:
+        # releases before the fraction took a bool (sizes 0.5x-1.5x imgsz): multi_scale > 0 turns it on
+        flag = isinstance(DEFAULT_CFG_DICT.get("multi_scale"), bool)
+        overrides["multi_scale"] = True if flag else settings.multi_scale
+    return get_cfg(overrides=overrides)
+
+
+@contextlib.contextmanager
+def largest_draw() -> Iterator[list[int]]:
+    """``random.randrange`` returns the largest value it could draw, for as long as this lasts; the
+    values it returned are collected in the list yielded.
+
+    The trainer's multi-scale resize draws the batch's size with ``random.randrange(low, high) // stride
+    * stride``; the memory a run needs is set by the largest size it can draw, so that is the one traced.
+    """
+    import random
+
+    original = random.randrange
+    draws: list[int] = []
+
+    def largest(start, stop=None, step=1):
+        if stop is None:
+            start, stop = 0, start
+        draws.append(start + (stop - 1 - start) // step * step)
+        return draws[-1]
+
+    random.randrange = largest
+    try:
+        yield draws
+    finally:
+        random.randrange = original
 
 
 def freeze_parameters(model: torch.nn.Module, freeze: tuple[int, ...]) -> None:
@@ -210,6 +241,7 @@ class UltralyticsRun:
         else:
             self.optimizer = self.ema = None
         self._last_opt_step = -1
+        self.trained_size: int | None = None  # the side multi_scale resized the batch to (None: not resized)
         self._shim = SimpleNamespace(
             args=self.args,
             device=torch.device("cpu"),
@@ -235,10 +267,12 @@ class UltralyticsRun:
         tracer.start_iteration(iteration)
         self.model.train()
         with self._autocast():
-            with tracer.phase("preprocess"):
+            with tracer.phase("preprocess"), (largest_draw() if self.settings.multi_scale else contextlib.nullcontext([])) as draws:
                 data = batch.as_dict()
                 tracer.track_existing(data.values(), "input")
                 data = self.trainer_class.preprocess_batch(self._shim, data)
+                if draws:  # the trainer rescaled the batch (multi_scale)
+                    self.trained_size = int(data["img"].shape[-1])
             tracer.oracle.positives = batch.expected_positives(self._assigner_topk())
             with _head_switches_phase(self.model, tracer), tracer.phase("forward"):
                 loss, _items = self.model(data)
