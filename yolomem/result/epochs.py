@@ -444,7 +444,7 @@ def epoch_request(config, resolved) -> EpochRequest | None:
 
     wanted = bool(config.data) or (config.epochs or 0) >= 2
     loop = get_loop(resolved.framework)
-    if not wanted or config.step != "train" or not loop.epochs_supported(resolved.task, config.world_size):
+    if not wanted or config.step != "train" or not loop.epochs_supported(resolved, config.world_size):
         return None
     notes, dataset = [], None
     train_counts = val_sizes = val_counts = None

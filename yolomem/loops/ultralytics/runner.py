@@ -9,6 +9,8 @@ from yolomem.config.models import ResolvedModel
 from yolomem.config.settings import EstimateConfig
 from yolomem.loops.base import TracedRun, rank_batch, round_imgsz, tracing
 from yolomem.loops.batches import SyntheticBatch
+from yolomem.loops.ultralytics import families
+from yolomem.loops.ultralytics.families import Family, family_of
 from yolomem.loops.ultralytics.step import StepSettings, UltralyticsRun, build_model
 from yolomem.trace.tracer import DataOracle, module_scopes
 
@@ -38,6 +40,7 @@ def trace_ultralytics_run(
         notes.append(f"world_size={config.world_size}: per-rank batch {per_rank}; includes DDP's gradient buckets (yolomem.loops.ddp)")
     if config.checkpoint:
         notes.append("checkpoint=true: layers wrapped with yolomem.loops.checkpointing (add checkpoint_callback to your run)")
+    notes += family_notes(family_of(resolved.cfg), config)
     nc = config.nc or resolved.nc
     with tracing(config, fake=fake, oracle=oracle) as (tracer, policy):
         model = build_model(resolved.cfg, resolved.task, nc)
@@ -84,6 +87,21 @@ def trace_ultralytics_run(
         del ddp_buckets
     failures = tuple(sorted(policy.probe_failures)) if policy else ()
     return TracedRun(trace, params, imgsz, optimizer if config.step == "train" else "none", tuple(notes), failures)
+
+
+def family_notes(family: Family, config: EstimateConfig) -> list[str]:
+    """What differs for RT-DETR, YOLO-World and YOLOE (``yolomem.loops.ultralytics.families``)."""
+    if family is families.YOLO:
+        return []
+    notes = []
+    if family.text_embeddings:
+        notes.append(f"{family.name}: class-name text embeddings as WorldTrainer caches them, on the device; the CLIP model a "
+                     "first run on a new dataset loads to make that cache is not modelled")  # fmt: skip
+    if family.text_classes and config.nc and config.nc > families.MAX_TEXT_CLASSES:
+        notes.append(f"nc={config.nc}: {family.name}'s trainer builds the model with nc={families.MAX_TEXT_CLASSES}")
+    if not family.simulates_epochs and (config.data or (config.epochs or 0) >= 2):
+        notes.append(f"{family.name}: its validator is not modelled; the validation pass and epochs 2+ are not simulated")
+    return notes
 
 
 def _multi_scale_note(multi_scale: float, imgsz: int, stride: int, trained: int | None) -> str:

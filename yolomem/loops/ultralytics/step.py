@@ -25,6 +25,8 @@ import torch
 
 from yolomem.trace.autocast import CudaAutocastPolicy
 from yolomem.loops.batches import SyntheticBatch
+from yolomem.loops.ultralytics import families
+from yolomem.loops.ultralytics.families import family_of, model_nc, task_classes
 from yolomem.trace.tracer import Tracer
 
 _AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -55,17 +57,13 @@ def accumulate_at(iteration: int, batch: int, nbs: int) -> int:
     return nominal
 
 
-def _task_classes(task: str):
-    from ultralytics.models.yolo.model import YOLO
-
-    entry = YOLO.task_map.fget(YOLO.__new__(YOLO))[task]  # task_map is a property on the instance
-    return entry["model"], entry["trainer"]
-
-
 def build_model(model_cfg: dict, task: str, nc: int | None, verbose: bool = False) -> torch.nn.Module:
-    """Build the task's model class from a YAML dict, as Trainer.get_model does (no weights)."""
-    model_class, _ = _task_classes(task)
+    """Build the task's model class from a YAML dict, as Trainer.get_model does (no weights); the class is
+    the one ``yolo train`` picks for the YAML's family (``yolomem.loops.ultralytics.families``)."""
+    family = family_of(model_cfg)
+    model_class, _ = task_classes(family, task)
     kwargs = {"verbose": verbose}
+    nc = model_nc(family, nc if nc is not None else model_cfg.get("nc"))
     if nc is not None:
         kwargs["nc"] = nc
     # heads such as YOLOv10's one-to-one branch deep-copy layers; "Overriding nc" is logged, not needed
@@ -230,7 +228,12 @@ class UltralyticsRun:
         model.nc = nc
         model.names = getattr(model, "names", None) or {i: str(i) for i in range(nc)}
         freeze_parameters(model, settings.freeze)
-        _, self.trainer_class = _task_classes(settings.task)
+        self.family = family_of(model.yaml)
+        _, self.trainer_class = task_classes(self.family, settings.task)
+        if self.family.instance_masks:
+            self.args.overlap_mask = False  # YOLOETrainer.__init__
+        # WorldTrainer.set_text_embeddings: one embedding per class name, on the device for the whole run
+        self.text_embeddings = families.text_embeddings(model, nc) if self.family.text_embeddings else {}
         self.stride = max(int(model.stride.max()) if hasattr(model, "stride") else 32, 32)
         self.amp_dtype = _AMP_DTYPES.get(settings.precision)
         self.scaler = torch.amp.GradScaler("cpu", enabled=settings.precision == "fp16")
@@ -251,10 +254,18 @@ class UltralyticsRun:
             scaler=self.scaler,
             ema=_PhasedEMA(self.ema, tracer) if self.ema is not None else None,
             data={"nc": nc},
+            text_embeddings=self.text_embeddings,
         )
 
     def persistent_tensors(self) -> dict[str, list[torch.Tensor]]:
-        return persistent_tensors(self.model, self.ema)
+        tensors = persistent_tensors(self.model, self.ema)
+        if self.text_embeddings:
+            tensors["input"] = list(self.text_embeddings.values())
+        return tensors
+
+    def _family_step(self):
+        """What the family's loss needs around forward and loss (RT-DETR: matching on the host)."""
+        return families.host_matching(self.tracer) if self.family.host_matching else contextlib.nullcontext()
 
     def _autocast(self):
         return autocast_region(self.policy, self.amp_dtype)
@@ -268,13 +279,13 @@ class UltralyticsRun:
         self.model.train()
         with self._autocast():
             with tracer.phase("preprocess"), (largest_draw() if self.settings.multi_scale else contextlib.nullcontext([])) as draws:
-                data = batch.as_dict()
+                data = families.complete_batch(self.family, batch.as_dict(self.args.overlap_mask), self.model.nc, batch.batch)
                 tracer.track_existing(data.values(), "input")
                 data = self.trainer_class.preprocess_batch(self._shim, data)
                 if draws:  # the trainer rescaled the batch (multi_scale)
                     self.trained_size = int(data["img"].shape[-1])
             tracer.oracle.positives = batch.expected_positives(self._assigner_topk())
-            with _head_switches_phase(self.model, tracer), tracer.phase("forward"):
+            with _head_switches_phase(self.model, tracer), tracer.phase("forward"), self._family_step():
                 loss, _items = self.model(data)
                 loss = loss.sum()
         del data
