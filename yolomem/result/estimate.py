@@ -255,10 +255,6 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         unaccounted += [f"epochs: {a}" for a in simulation.assumptions]
     unaccounted += [f"assumed {a.question} = {a.answer} ({a.phase})" for a in _distinct(run.trace.oracle_answers)]
     unaccounted += [f"autocast probe failed for {op}; its arguments were left uncast" for op in sorted(run.probe_failures)]
-    peak_event = base_trace.events[replay.peak_index] if base_trace.events else None
-    peak_reserved, peak_phase = replay.peak_reserved_bytes, peak_event.phase if peak_event else ""
-    if simulation is not None and simulation.peak_reserved.median > peak_reserved:
-        peak_reserved, peak_phase = simulation.peak_reserved.median, simulation.peak_phase
     resolved_config = config.as_dict() | {
         "model": resolved.name, "imgsz": run.imgsz, "optimizer": run.optimizer, "task": resolved.task,
     }  # fmt: skip
