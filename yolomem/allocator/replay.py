@@ -5,7 +5,8 @@ Every memory figure yolomem gives comes from ``replay``: the estimate (``replay_
 verdicts. What differs between them is only the stream they feed it:
 
 - the stream is a sequence of *chunks*: a run of events (anything with ``op``, ``storage_id`` and
-  ``nbytes``), or a ``Mark``, an action on the allocator between two events: note the reserved bytes at
+  ``nbytes``), a ``Copy`` of such a run with its storage ids shifted (one more iteration from the same
+  template), or a ``Mark``, an action on the allocator between two events: note the reserved bytes at
   an iteration bound, or ``_clear_memory`` (``empty_cache``) before validation;
 - ``on_event(index, allocator)`` runs after each event, for callers that keep a curve.
 
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 from yolomem.allocator.caching import AllocatorStats, CachingAllocator, SimulatedOOM, parse_alloc_conf
 from yolomem.trace.tracer import AllocationEvent, Trace
 
-__all__ = ["Mark", "OomPoint", "Replay", "ReplayEvent", "ReplayRun", "replay", "replay_trace"]
+__all__ = ["Copy", "Mark", "OomPoint", "Replay", "ReplayEvent", "ReplayRun", "replay", "replay_trace"]
 
 
 class Event(Protocol):
@@ -47,6 +48,14 @@ class Mark:
     """An action on the allocator between two events (record a figure, ``empty_cache``)."""
 
     action: Callable[[CachingAllocator], None]
+
+
+@dataclass(frozen=True)
+class Copy:
+    """``events`` once more, each storage id plus ``offset`` (so the copy's storages are its own)."""
+
+    events: Sequence
+    offset: int
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,7 @@ class ReplayRun:
 
 
 def replay(
-    stream: Iterable[Sequence[Event] | Mark],
+    stream: Iterable[Sequence[Event] | Copy | Mark],
     allocator: CachingAllocator,
     *,
     on_event: Callable[[int, CachingAllocator], None] | None = None,
@@ -101,11 +110,14 @@ def replay(
             if isinstance(chunk, Mark):
                 chunk.action(allocator)
                 continue
+            offset = 0
+            if isinstance(chunk, Copy):
+                chunk, offset = chunk.events, chunk.offset
             for event in chunk:
                 index += 1
                 op = event.op
                 if op == "alloc":
-                    key = event.storage_id
+                    key = event.storage_id + offset
                     if key in handles:
                         raise ValueError(f"event {index}: storage {key} allocated twice")
                     handle = malloc(event.nbytes)
@@ -117,7 +129,7 @@ def replay(
                     if allocator._reserved > peak_reserved:
                         peak_reserved, peak_reserved_event = allocator._reserved, event
                 elif op == "free":
-                    handle = handles.pop(event.storage_id, None)
+                    handle = handles.pop(event.storage_id + offset, None)
                     if handle is not None:
                         free(handle)
                 else:

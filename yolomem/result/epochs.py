@@ -14,8 +14,8 @@ How (tracing is the expensive part, so each distinct piece is traced once):
    yolov5 repo's loop ``yolomem.loops.yolov5.val_pass``: val.py's fp16 EMA, its NMS).
 3. Compose: each traced iteration is a template. A storage a template allocates and does not free is
    freed at its end, and its frees of older storages are dropped, so templates are self-contained
-   and can be concatenated (storage ids are unique in a trace, so copies never collide). The model,
-   optimizer state and EMA (allocated before and in the first iteration) stay alive throughout.
+   and can be concatenated (storage ids renumbered per copy). The model, optimizer state and EMA
+   (allocated before and in the first iteration) stay alive throughout.
 4. Replay (``yolomem.allocator.replay``): epoch 1 (first iteration, then ``SIM_ITERATIONS`` training
    batches in order, the densest among them), ``_clear_memory(0.5)``, validation, ``_clear_memory``,
    epoch 2, validation, epoch 3 (the yolov5 repo's train.py has no ``_clear_memory``). Repeated for
@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
-from yolomem.allocator.replay import Mark, OomPoint, ReplayEvent, replay
+from yolomem.allocator.replay import Copy, Mark, OomPoint, ReplayEvent, replay
 from yolomem.trace.tracer import AllocationEvent, Trace
 from yolomem.loops.val_pass import ValBatchShape
 
@@ -83,6 +83,8 @@ class EpochPlan:
     val_sequence: tuple[int, ...]  # traced shape index for each validation batch, in order
     batches_per_epoch: int | None  # real training batches per epoch (None without a dataset)
     seeds: tuple[int, ...]
+    # one traced validation template: the whole pass over the (compressed) val sequence, in order
+    whole_val_pass: bool = False
 
 
 @dataclass(frozen=True)
@@ -230,10 +232,16 @@ def _pick_val_shapes(batches, val_batch: int) -> tuple[tuple[ValBatchShape, ...]
 # -- composing and replaying ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Template:
-    """A traced segment made self-contained: every storage it allocates is freed by its end, and it frees
-    nothing older, so copies can follow one another in the replay (storage ids are unique in a trace)."""
+    """A traced segment made self-contained: its events (``op``, ``storage_id``, ``nbytes``, ``phase``).
 
-    events: tuple  # AllocationEvent or ReplayEvent (op, storage_id, nbytes, phase)
+    With carried loop variables: ``carried_in`` holds (position, bytes) of the segment's frees of what
+    an earlier iteration left alive (no event at that position), ``carried_out`` the (local id, bytes) it
+    leaves alive itself (not freed in ``events``): the replay frees those when the next training template
+    frees a carried storage of the same size."""
+
+    events: tuple
+    carried_in: tuple[tuple[int, int], ...] = ()
+    carried_out: tuple[tuple[int, int], ...] = ()
 
 
 def _split(trace: Trace) -> list[list[AllocationEvent]]:
@@ -241,29 +249,38 @@ def _split(trace: Trace) -> list[list[AllocationEvent]]:
     return [trace.events[: bounds[0]]] + [trace.events[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
 
 
-def _persistent(events: list[AllocationEvent], freed_later: set[int]) -> _Template:
-    """Setup and the first iteration: kept as traced; what a later segment frees is freed at the end."""
+def _persistent(events: list[AllocationEvent], freed_later: set[int], carry: bool = False) -> _Template:
+    """Setup and the first iteration: kept as traced; what a later segment frees is freed at the end,
+    or with ``carry`` left alive for the next training template to free."""
     live = {}
     for event in events:
         if event.op == "alloc":
             live[event.storage_id] = event
         else:
             live.pop(event.storage_id, None)
-    ends = [ReplayEvent("free", sid, e.nbytes, e.phase) for sid, e in live.items() if sid in freed_later]
-    return _Template(tuple(events) + tuple(ends))
+    later = [(sid, e) for sid, e in live.items() if sid in freed_later]
+    if carry:
+        return _Template(tuple(events), carried_out=tuple((sid, e.nbytes) for sid, e in later))
+    return _Template(tuple(events) + tuple(ReplayEvent("free", sid, e.nbytes, e.phase) for sid, e in later))
 
 
-def _self_contained(events: list[AllocationEvent], rename: dict[str, str] | None = None) -> _Template:
-    out, live = [], {}
+def _self_contained(events: list[AllocationEvent], rename: dict[str, str] | None = None, carry: bool = False) -> _Template:
+    """What the segment allocates and frees; its frees of older storages are dropped, and what it
+    leaves alive is freed at its end (or, with ``carry``, both are kept as carried)."""
+    out, live, carried_in = [], {}, []
     for event in events:
         phase = (rename or {}).get(event.phase, event.phase)
         if event.op == "alloc":
-            live[event.storage_id] = phase
+            live[event.storage_id] = (phase, event.nbytes)
             out.append(ReplayEvent("alloc", event.storage_id, event.nbytes, phase))
         elif event.storage_id in live:
             del live[event.storage_id]
             out.append(ReplayEvent("free", event.storage_id, event.nbytes, phase))
-    out += [ReplayEvent("free", sid, 0, phase) for sid, phase in live.items()]
+        elif carry:
+            carried_in.append((len(out), event.nbytes))
+    if carry:
+        return _Template(tuple(out), tuple(carried_in), tuple((sid, n) for sid, (_, n) in live.items()))
+    out += [ReplayEvent("free", sid, 0, phase) for sid, (phase, _) in live.items()]
     return _Template(tuple(out))
 
 
@@ -273,27 +290,31 @@ _VAL_RENAME = {"loss": "val_loss", "preprocess": "val_preprocess", "forward": "v
 def simulate_epochs(
     trace: Trace, first_iteration: int, plan: EpochPlan, *, alloc_conf: str | None = None,
     card_bytes: int | None = None, capacity_bytes: int | None = None, clears_cache: bool = True,
+    carry: bool = False,
 ) -> EpochSimulation:  # fmt: skip
     """Replay the planned epochs for each seed. ``trace`` holds, after ``first_iteration`` training
     iterations (the first one being the optimizer's first step), one iteration per level and one
     validation batch per val shape, in ``plan`` order. ``clears_cache``: the loop calls
-    ``_clear_memory(0.5)`` around validation (Ultralytics); the yolov5 repo's train.py never does."""
+    ``_clear_memory(0.5)`` around validation (Ultralytics); the yolov5 repo's train.py never does.
+    ``carry``: the loop's variables outlive their iteration (``TrainingLoop.carries_loop_variables``)."""
     segments = _split(trace)
     setup, first = segments[0], segments[1]
     extra = segments[1 + first_iteration :]
-    if len(extra) != len(plan.levels) + len(plan.val_shapes):
-        raise ValueError(f"trace has {len(extra)} extra segments, plan needs {len(plan.levels) + len(plan.val_shapes)}")
+    val_templates = 1 if plan.whole_val_pass else len(plan.val_shapes)
+    if len(extra) != len(plan.levels) + val_templates:
+        raise ValueError(f"trace has {len(extra)} extra segments, plan needs {len(plan.levels) + val_templates}")
     # training segments only: val.py's model.half() frees the fp32 EMA, which model.float() remakes
     # at the end of validation; the EMA stays alive for training (see EpochSimulation.assumptions)
     training = segments[2 : 1 + first_iteration + len(plan.levels)]
     later_frees = {e.storage_id for seg in training for e in seg if e.op == "free"}
-    start = _persistent(setup + first, later_frees)
-    train = [_self_contained(seg) for seg in extra[: len(plan.levels)]]
+    start = _persistent(setup + first, later_frees, carry)
+    train = [_self_contained(seg, carry=carry) for seg in extra[: len(plan.levels)]]
     val = [_self_contained(seg, _VAL_RENAME) for seg in extra[len(plan.levels) :]]
-    val_order = _compress(plan.val_sequence)
+    id_stride = max((e.storage_id for e in trace.events), default=0) + 1
+    val_order = [0] if plan.whole_val_pass else _compress(plan.val_sequence)
     runs = [
-        _replay_seed(start, train, val, sequence, val_order, alloc_conf, card_bytes if clears_cache else None,
-                     capacity_bytes)  # fmt: skip
+        _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf,
+                     card_bytes if clears_cache else None, capacity_bytes)  # fmt: skip
         for sequence in plan.sequences
     ]
     peaks = [r["peak_reserved"] for r in runs]
@@ -303,6 +324,9 @@ def simulate_epochs(
         "every simulated iteration steps the optimizer; gradients held across accumulate > 1 iterations are not modelled",
         "consecutive validation batches of one shape are replayed at most twice",
     ]
+    if carry:
+        assumptions.append("the loop's variables (images, predictions, losses) stay alive until the next "
+                           "iteration replaces them, and through validation")
     if not clears_cache:
         assumptions.append("the yolov5 loop empties no cache between epochs: what validation reserved stays reserved")
         assumptions.append("val.py's model.half()/model.float() of the EMA: the fp32 EMA is kept in place, so "
@@ -331,9 +355,10 @@ def _compress(sequence: Sequence[int]) -> list[int]:
     return out
 
 
-def _replay_seed(start, train, val, sequence, val_order, alloc_conf, card_bytes, capacity_bytes) -> dict:
+def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, card_bytes, capacity_bytes) -> dict:
     """One seed's epochs; ``card_bytes`` None: ``_clear_memory`` never empties the cache."""
-    state = {"epoch1": 0, "steady": 0, "emptied": False}
+    state = {"epoch1": 0, "steady": 0, "emptied": False, "copy": 0}
+    carried: list[tuple[int, int]] = []  # (bytes, key) the last training template left alive, oldest first
 
     def note_steady(allocator) -> None:
         state["steady"] = max(state["steady"], allocator.reserved_bytes)
@@ -346,12 +371,38 @@ def _replay_seed(start, train, val, sequence, val_order, alloc_conf, card_bytes,
             allocator.empty_cache()
             state["emptied"] = True
 
+    def free_carried(nbytes: int) -> list[ReplayEvent]:
+        match = next((i for i, (size, _) in enumerate(carried) if size == nbytes), None)
+        return [] if match is None else [ReplayEvent("free", carried.pop(match)[1], nbytes)]
+
+    def play(template: _Template, fresh: bool):
+        """The template's events (a fresh copy gets its own storage ids), with the frees of carried storages."""
+        offset = 0
+        if fresh:
+            state["copy"] += 1
+            offset = state["copy"] * id_stride
+        if not (template.carried_in or template.carried_out):
+            yield Copy(template.events, offset)
+            return
+        frees_at: dict[int, list[int]] = {}
+        for position, nbytes in template.carried_in:
+            frees_at.setdefault(position, []).append(nbytes)
+        start = 0
+        for position in sorted(frees_at):
+            yield Copy(template.events[start:position], offset)
+            yield [free for size in frees_at[position] for free in free_carried(size)]
+            start = position
+        yield Copy(template.events[start:], offset)
+        if template.carried_out:  # what this template leaves alive replaces what is still carried
+            yield [free for size, _key in list(carried) for free in free_carried(size)]
+            carried.extend((nbytes, sid + offset) for sid, nbytes in template.carried_out)
+
     def stream():
-        yield start.events
+        yield from play(start, fresh=False)
         for epoch, levels in enumerate(sequence):
             batches = levels[1:] if epoch == 0 else levels  # the traced first iteration is epoch 1's first batch
             for level in batches:
-                yield train[level].events
+                yield from play(train[level], fresh=True)
                 if epoch > 0:
                     yield Mark(note_steady)
             if epoch == 0:
@@ -360,7 +411,7 @@ def _replay_seed(start, train, val, sequence, val_order, alloc_conf, card_bytes,
                 break
             yield Mark(clear_memory)
             for index in val_order:
-                yield val[index].events
+                yield from play(val[index], fresh=True)
             yield Mark(clear_memory)
 
     run = replay(stream(), CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes))
@@ -368,8 +419,7 @@ def _replay_seed(start, train, val, sequence, val_order, alloc_conf, card_bytes,
     return {
         "epoch1": state["epoch1"], "steady": state["steady"] or state["epoch1"],
         "peak_reserved": run.stats.peak_reserved_bytes, "peak_allocated": run.stats.peak_allocated_bytes,
-        "peak_phase": peak_event.phase if peak_event is not None else "",
-        "oom": run.oom, "emptied": state["emptied"],
+        "peak_phase": peak_event.phase if peak_event is not None else "", "oom": run.oom, "emptied": state["emptied"],
     }  # fmt: skip
 
 
@@ -407,9 +457,15 @@ class EpochTracing:
             run._last_opt_step = -1  # every template steps the optimizer (see the module docstring)
             run.train_iteration(iteration, batch)
             iteration += 1
+        if self.loop.traces_whole_val_pass:  # one template: the pass over the batches, in order
+            run.tracer.start_iteration(iteration)
+            shapes = tuple(plan.val_shapes[i] for i in _compress(plan.val_sequence))
+            self.loop.trace_val_pass(run, shapes, seed + iteration, nc, self.kpt_shape, self.channels)
+            self.plan = replace(plan, whole_val_pass=True)
+            return
         for shape in plan.val_shapes:
             run.tracer.start_iteration(iteration)
-            self.loop.trace_val_pass(run, shape, seed + iteration, nc, self.kpt_shape, self.channels)
+            self.loop.trace_val_pass(run, (shape,), seed + iteration, nc, self.kpt_shape, self.channels)
             iteration += 1
 
 # -- the estimator's entry points -------------------------------------------------------------------
@@ -432,7 +488,8 @@ class EpochRequest:
     def simulate(self, trace: Trace, alloc_conf, card_bytes, capacity_bytes) -> EpochSimulation:
         return simulate_epochs(trace, self.config.iterations, self.hook.plan, alloc_conf=alloc_conf,
                                card_bytes=card_bytes, capacity_bytes=capacity_bytes,
-                               clears_cache=self.hook.loop.clears_cache_between_epochs)  # fmt: skip
+                               clears_cache=self.hook.loop.clears_cache_between_epochs,
+                               carry=self.hook.loop.carries_loop_variables)  # fmt: skip
 
 
 def epoch_request(config, resolved) -> EpochRequest | None:

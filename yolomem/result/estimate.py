@@ -62,7 +62,7 @@ class Estimate:
     yolomem_version: str
     torch_version: str
     ultralytics_version: str
-    config: dict
+    config: EstimateConfig  # as resolved: the model's name, imgsz rounded to the stride, the optimizer chosen
     task: str
     params: int
     peak_allocated_bytes: int
@@ -103,7 +103,7 @@ class Estimate:
             "yolomem_version": self.yolomem_version,
             "torch_version": self.torch_version,
             "ultralytics_version": self.ultralytics_version,
-            "config": self.config,
+            "config": self.config.to_json() | {"task": self.task},
             "task": self.task,
             "params": self.params,
             "peak_allocated_bytes": self.peak_allocated_bytes,
@@ -255,9 +255,7 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         unaccounted += [f"epochs: {a}" for a in simulation.assumptions]
     unaccounted += [f"assumed {a.question} = {a.answer} ({a.phase})" for a in _distinct(run.trace.oracle_answers)]
     unaccounted += [f"autocast probe failed for {op}; its arguments were left uncast" for op in sorted(run.probe_failures)]
-    resolved_config = config.as_dict() | {
-        "model": resolved.name, "imgsz": run.imgsz, "optimizer": run.optimizer, "task": resolved.task,
-    }  # fmt: skip
+    resolved_config = config.with_changes(model=resolved.name, imgsz=run.imgsz, optimizer=run.optimizer)
     return Estimate(
         yolomem_version=yolomem_version,
         torch_version=torch_version,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from yolomem.config.gpus import Gpu
-from yolomem.config.settings import DEFAULT_MARGIN, check_margin
+from yolomem.config.keys import DEFAULT_MARGIN, MARGIN
 
 __all__ = ["DEFAULT_MARGIN", "Budget", "fits", "verdict"]
 
@@ -31,7 +31,7 @@ class Budget:
     margin: float = DEFAULT_MARGIN  # share of the usable memory held back
 
     def __post_init__(self) -> None:
-        check_margin(self.margin)
+        MARGIN.check(self.margin)
 
     @property
     def usable_bytes(self) -> int:

@@ -113,7 +113,7 @@ def estimate_timeline(estimate: Estimate, iteration: int = -1) -> Timeline:
     estimate's figures it is the full requirement: the card (``gpu=``) does not cut it short."""
     if estimate.trace is None:
         raise UserError("this estimate carries no trace (it was loaded from JSON?); run estimate() again")
-    return iteration_timeline(estimate.trace, iteration=iteration, alloc_conf=estimate.config.get("alloc_conf"))
+    return iteration_timeline(estimate.trace, iteration=iteration, alloc_conf=estimate.config.alloc_conf)
 
 
 def _phase_spans(phases: list[str]) -> tuple[PhaseSpan, ...]:

@@ -26,7 +26,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from yolomem.config.settings import DEFAULT_MARGIN, EstimateConfig
+from yolomem.config.keys import DEFAULT_MARGIN
+from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.result.estimate import Estimate, estimate_config
 from yolomem.result.fits import Budget, fits
@@ -36,6 +37,7 @@ MAX_IMGSZ = 4096
 BATCH_BRACKET = (2, 16)  # the two batches whose traces draw the line
 IMGSZ_BRACKET = (320, 640)
 
+DATA_PLACEHOLDER = "path/to/data.yaml"  # the yolo train line's data= when the user gave none: never a dataset we chose
 Progress = Callable[[str], None]
 
 __all__ = ["DEFAULT_MARGIN", "Budget", "FitResult", "NothingFits", "Probe", "largest_batch", "largest_imgsz", "Prober"]
@@ -115,7 +117,7 @@ class FitResult:
 def yolo_train_command(config: EstimateConfig, model: str | None = None) -> str:
     """The ``yolo train`` line that runs ``config``; settings Ultralytics has no switch for become
     an environment variable (allocator) or a note (checkpointing needs a callback)."""
-    words = ["yolo", "train", f"model={model or config.model}", f"data={config.data or 'coco.yaml'}",
+    words = ["yolo", "train", f"model={model or config.model}", f"data={config.data or DATA_PLACEHOLDER}",
              f"batch={config.batch}", f"imgsz={config.imgsz}"]  # fmt: skip
     if config.amp != "fp16":
         words.append("amp=False" if config.amp == "fp32" else "amp=bf16")
@@ -156,7 +158,7 @@ class Prober:
         started = time.perf_counter()
         result = estimate_config(config.with_changes(margin=self.budget.margin))
         peak = result.peak_reserved_bytes
-        probe = Probe(config.batch, int(result.config["imgsz"]), peak, fits(peak, self.budget), time.perf_counter() - started)
+        probe = Probe(config.batch, result.config.imgsz, peak, fits(peak, self.budget), time.perf_counter() - started)
         self._cache[key] = (result, probe)
         return result, probe
 

@@ -23,13 +23,13 @@ from types import SimpleNamespace
 
 import torch
 
+from yolomem.loops.base import amp_dtype, check_trainable, max_stride
 from yolomem.trace.autocast import CudaAutocastPolicy
 from yolomem.loops.batches import SyntheticBatch
 from yolomem.loops.ultralytics import families
 from yolomem.loops.ultralytics.families import family_of, model_nc, task_classes
 from yolomem.trace.tracer import Tracer
 
-_AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 WARMUP_MIN_ITERATIONS = 100  # BaseTrainer._get_warmup_iterations: max(round(warmup_epochs * nb), 100)
 
 
@@ -228,14 +228,15 @@ class UltralyticsRun:
         model.nc = nc
         model.names = getattr(model, "names", None) or {i: str(i) for i in range(nc)}
         freeze_parameters(model, settings.freeze)
+        check_trainable(model, settings.freeze)
         self.family = family_of(model.yaml)
         _, self.trainer_class = task_classes(self.family, settings.task)
         if self.family.instance_masks:
             self.args.overlap_mask = False  # YOLOETrainer.__init__
         # WorldTrainer.set_text_embeddings: one embedding per class name, on the device for the whole run
         self.text_embeddings = families.text_embeddings(model, nc) if self.family.text_embeddings else {}
-        self.stride = max(int(model.stride.max()) if hasattr(model, "stride") else 32, 32)
-        self.amp_dtype = _AMP_DTYPES.get(settings.precision)
+        self.stride = max_stride(model)
+        self.amp_dtype = amp_dtype(settings.precision)
         self.scaler = torch.amp.GradScaler("cpu", enabled=settings.precision == "fp16")
         if settings.step == "train":
             self.optimizer = build_optimizer(model, settings, self.args, nc)
