@@ -81,7 +81,7 @@ class Estimate:
     gpu: str | None = None
     gpu_total_bytes: int | None = None
     fits: bool | None = None  # yolomem.result.fits: peak_reserved_bytes within the card minus context and margin
-    margin: float | None = None  # the safety margin of ``fits``
+    margin: float | None = None  # the safety margin of ``fits`` (with a GPU)
     capacity_bytes: int | None = None  # what the card gives the run: usable memory minus the margin
     oom: OomPoint | None = None  # where a run on the card would run out of memory (None: it would not)
     num_alloc_retries: int = 0  # free-and-retry on the card
@@ -279,7 +279,7 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         gpu=gpu.name if gpu else None,
         gpu_total_bytes=gpu.total_bytes if gpu else None,
         fits=fits_card,
-        margin=config.margin,
+        margin=config.margin if budget else None,
         capacity_bytes=budget.capacity_bytes if budget else None,
         oom=on_card.oom if on_card else None,
         num_alloc_retries=on_card.num_alloc_retries if on_card else replay.num_alloc_retries,
