@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from yolomem.loops.density import Augmentation
 from yolomem.result.epochs import plan_epochs, rect_val_shapes, simulate_epochs
 
 
@@ -30,8 +31,10 @@ def test_square_images_letterbox_to_imgsz_plus_half_stride_pad():
 
 def test_plan_is_deterministic_and_covers_the_densest_image():
     counts = [1] * 500 + [40]  # one crowded image
+    whole_images = [Augmentation(mosaic=0.0, scale=0.0, translate=0.0)] * 3  # no mosaic, no crop: images as labelled
     kwargs = dict(batch=4, val_batch=8, imgsz=640, stride=32, seeds=(0, 1, 2), train_counts=counts,
-                  val_sizes=[(480, 640)] * 20 + [(640, 480)] * 4, val_counts=[2] * 24)  # fmt: skip
+                  val_sizes=[(480, 640)] * 20 + [(640, 480)] * 4, val_counts=[2] * 24,
+                  augmentations=whole_images)  # fmt: skip
     a, b = plan_epochs(**kwargs), plan_epochs(**kwargs)
     assert a == b
     assert max(a.levels) == 40  # the densest image lands in some batch of every epoch
@@ -43,6 +46,14 @@ def test_plan_is_deterministic_and_covers_the_densest_image():
     assert {(s.height, s.width) for s in a.val_shapes} == {(512, 672), (672, 672)}
     assert a.val_sequence == (0, 0, 1)
     assert plan_epochs(**{**kwargs, "seeds": (5, 6, 7)}).sequences != a.sequences
+
+
+def test_plan_with_mosaics_packs_more_than_the_densest_image():
+    """With Ultralytics' default mosaic, a training sample holds parts of 4 images: the densest sample
+    of 3 epochs of COCO-like images (Poisson-lognormal around 7.3) is far above a Poisson batch's 12-13."""
+    plan = plan_epochs(batch=16, val_batch=32, imgsz=640, stride=32, seeds=(0, 1, 2), instances=7.3)
+    assert max(plan.levels) > 3 * 13
+    assert plan.batches_per_epoch == 125  # the density model's default 2000 images
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from yolomem.cli.main import main
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.result.estimate import estimate_config
-from yolomem.config.gpus import CUDA_CONTEXT_BYTES, Gpu, find_gpu
+from yolomem.config.gpus import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_UPPER_BYTES, Gpu, find_gpu
 from yolomem.sweeps.figure_data import (
     Curve,
     CurvePoint,
@@ -87,7 +87,7 @@ def test_fits_and_crossings(curve):
 
 def test_crossing_stops_at_first_sample_that_does_not_fit():
     def point(x, fits):
-        return CurvePoint(x, 0, 0, 0, (fits,))
+        return CurvePoint(x, 0, 0, 0, (fits,), 0)
 
     curve = Curve("m", "fp16", (point(1, True), point(2, True), point(4, False), point(8, True)))
     crossing = _crossing(0, 0, curve)
@@ -116,9 +116,10 @@ def test_timeline_matches_the_estimate(tiny_estimate):
     assert timeline.peak_reserved_bytes == tiny_estimate.peak_reserved_bytes
     assert timeline.peak_phase == tiny_estimate.peak_phase
     assert timeline.allocated_bytes[timeline.peak_offset] == max(timeline.allocated_bytes)
-    bounds = tiny_estimate.trace.iteration_bounds
-    assert timeline.first_event == bounds[-1]
-    assert timeline.steps == len(tiny_estimate.trace.events) - bounds[-1]
+    bounds = tiny_estimate.trace.iteration_bounds + [len(tiny_estimate.trace.events)]
+    last = tiny_estimate.config.iterations - 1  # the upper figure's iteration follows it in the trace
+    assert timeline.first_event == bounds[last]
+    assert timeline.steps == bounds[last + 1] - bounds[last]
     assert all(a <= r for a, r in zip(timeline.allocated_bytes, timeline.reserved_bytes))
     for spans in (timeline.phases, timeline.shading):
         assert spans[0].start == 0 and spans[-1].stop == timeline.steps
@@ -229,7 +230,7 @@ def _synthetic_figure(unit="GiB"):
 
     def points(scale):
         return tuple(CurvePoint(x, 0, int(scale * x * GiB), int(scale * x * GiB) + CUDA_CONTEXT_BYTES,
-                                (scale * x * GiB <= line.capacity_bytes,)) for x in (2, 4, 8, 16))  # fmt: skip
+                                (scale * x * GiB <= line.capacity_bytes,), int(scale * x * GiB)) for x in (2, 4, 8, 16))  # fmt: skip
 
     curves = (Curve("yolov8s.yaml", "fp16", points(0.5)), Curve("yolov8s.yaml", "fp32", points(1.0)))
     crossings = tuple(_crossing(i, 0, curve) for i, curve in enumerate(curves))
@@ -261,9 +262,9 @@ def test_legend_and_caption_show_the_styles_drawn():
 
 
 def test_default_batches_reach_every_cards_crossing():
-    # yolov8n at imgsz 64: batches 2-16 reserve ~76-90 MiB in FP32, batch 64 ~172 MiB; a card with
-    # 120 MiB usable is crossed only beyond the old default range (2, 4, 8, 16)
-    card = Gpu("small", CUDA_CONTEXT_BYTES + 120 * MiB)
+    # yolov8n at imgsz 64 in FP32, upper figure (the verdicts'): batches 2-16 reserve ~125-150 MiB, batch
+    # 32 ~200 MiB; a card with 180 MiB after the upper context is crossed only beyond (2, 4, 8, 16)
+    card = Gpu("small", CUDA_CONTEXT_UPPER_BYTES + 180 * MiB)
     cache = {}
 
     def cached(config):
@@ -279,7 +280,8 @@ def test_default_batches_reach_every_cards_crossing():
     points = data.curves[0].points
     index = xs.index(crossing.largest_x)
     assert points[index].fits == (True,) and points[index + 1].fits == (False,)
-    assert points[index + 1].peak_reserved_bytes > card.usable_bytes >= points[index].peak_reserved_bytes
+    capacity = card.total_bytes - CUDA_CONTEXT_UPPER_BYTES
+    assert points[index + 1].peak_reserved_upper_bytes > capacity >= points[index].peak_reserved_upper_bytes
     figure = plots.draw_curves(data)
     labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
     assert not any("above the plot" in label for label in labels)

@@ -8,7 +8,10 @@ verdicts. What differs between them is only the stream they feed it:
   ``nbytes``), a ``Copy`` of such a run with its storage ids shifted (one more iteration from the same
   template), or a ``Mark``, an action on the allocator between two events: note the reserved bytes at
   an iteration bound, or ``_clear_memory`` (``empty_cache``) before validation;
-- ``on_event(index, allocator)`` runs after each event, for callers that keep a curve.
+- ``on_event(index, allocator)`` runs after each event, for callers that keep a curve;
+- ``upper``: each allocation at its upper-figure size (``size(upper=True)``: kernel workspaces at their
+  upper rule, ``yolomem.result.upper``); ``without``: allocations of these categories left out (to
+  measure what one of them adds).
 
 Frees of ids never allocated (or of zero-byte storages, which get no block) are ignored; allocating a
 live id twice is an error in the caller's stream. A ``SimulatedOOM`` ends the replay: the result says
@@ -41,6 +44,10 @@ class ReplayEvent:
     storage_id: int  # unique among live allocations
     nbytes: int
     phase: str = ""
+    upper_nbytes: int | None = None  # the size under the upper figure's rule (else as nbytes)
+
+    def size(self, upper: bool = False) -> int:
+        return self.upper_nbytes if upper and self.upper_nbytes is not None else self.nbytes
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,8 @@ def replay(
     allocator: CachingAllocator,
     *,
     on_event: Callable[[int, CachingAllocator], None] | None = None,
+    upper: bool = False,
+    without: frozenset[str] = frozenset(),
 ) -> ReplayRun:
     """Feed the stream's events to ``allocator``, running its marks in order (see the module docstring)."""
     handles: dict[int, int] = {}
@@ -117,10 +126,12 @@ def replay(
                 index += 1
                 op = event.op
                 if op == "alloc":
+                    if without and event.category in without:
+                        continue
                     key = event.storage_id + offset
                     if key in handles:
                         raise ValueError(f"event {index}: storage {key} allocated twice")
-                    handle = malloc(event.nbytes)
+                    handle = malloc(event.size(True) if upper else event.nbytes)
                     if handle is not None:  # zero-byte storages get no block
                         handles[key] = handle
                     # the counters themselves: a property call per event is a tenth of a replay's time
@@ -160,12 +171,14 @@ class Replay:
     oom: OomPoint | None
 
 
-def replay_trace(trace: Trace, alloc_conf: str | None = None, capacity_bytes: int | None = None) -> Replay:
-    """Replay the trace's events; reserved bytes are noted at each iteration bound and at the end."""
+def replay_trace(trace: Trace, alloc_conf: str | None = None, capacity_bytes: int | None = None, *,
+                 upper: bool = False, without: frozenset[str] = frozenset()) -> Replay:
+    """Replay the trace's events; reserved bytes are noted at each iteration bound and at the end.
+    ``upper`` and ``without`` as for ``replay``."""
     allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
     reserved_per_iteration: list[int] = []
     note = Mark(lambda a: reserved_per_iteration.append(a.reserved_bytes))
-    run = replay(_chunks(trace.events, trace.iteration_bounds[1:], note), allocator)
+    run = replay(_chunks(trace.events, trace.iteration_bounds[1:], note), allocator, upper=upper, without=without)
     reserved_per_iteration.append(allocator.reserved_bytes)
     return Replay(
         peak_allocated_bytes=run.stats.peak_allocated_bytes,

@@ -378,6 +378,10 @@ ESTIMATE_KEYS = KeyTable((
     Key("cache", CHOICE, None, "Ultralytics' image cache: ram or disk (host memory)", choices=("ram", "disk"),
         aliases={"true": "ram", "false": None, "none": None}, nullable=True),
     Key("workers", INT, 8, "dataloader workers (host memory)", low=0),
+    Key("max_instances", INT, None, "the most labelled objects in any one image, if you know it (sets the densest "
+        "batch)", nullable=True, low=1, high=100_000, bound="objects in one image; xView's densest holds 7,618"),
+    Key("mosaic", FLOAT, 1.0, "Ultralytics' mosaic probability: 4 images per training sample", low=0.0, high=1.0),
+    Key("close_mosaic", INT, 10, "Ultralytics: no mosaic in the last N epochs (all of them when epochs <= N)", low=0),
     # Ultralytics keys with a meaning here that is not a setting of its own (EstimateConfig.from_values)
     Key("device", TEXT, None, "device=0,1: DDP over 2 GPUs (sets world_size)", nullable=True),
     Key("task", TEXT, None, "ignored: the task comes from the model", nullable=True),

@@ -59,6 +59,9 @@ class EstimateConfig:
     epochs: int | None = _default("epochs")  # >= 2 (or data=) simulates epochs with the val pass
     cache: str | None = _default("cache")  # "ram" | "disk" | None (host memory, yolomem.result.host_memory)
     workers: int = _default("workers")  # dataloader workers (host memory)
+    max_instances: int | None = _default("max_instances")  # the densest image's objects (yolomem.loops.density)
+    mosaic: float = _default("mosaic")  # mosaic probability: 4 images per training sample (yolomem.loops.density)
+    close_mosaic: int = _default("close_mosaic")  # no mosaic in the last N epochs
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:

@@ -27,6 +27,8 @@ class TracedRun:
     optimizer: str
     notes: tuple[str, ...]
     probe_failures: tuple[str, ...]
+    density: Any = None  # yolomem.loops.density.DensityPlan of the traced batches (None: no labels)
+    upper_iteration: int | None = None  # the iteration traced at the upper figure's density, after the configured ones
 
 
 class TrainingLoop(Protocol):
@@ -56,8 +58,9 @@ class TrainingLoop(Protocol):
     def count_params(self, resolved: ResolvedModel, nc: int | None = None) -> int: ...
 
     def trace(self, config: EstimateConfig, resolved: ResolvedModel, *, fake: bool, oracle,
-              after_iterations: Callable[[Any], None] | None) -> TracedRun:
-        """Build the model on fake (or real) tensors and trace ``config.iterations`` training iterations."""
+              after_iterations: Callable[[Any], None] | None, density=None) -> TracedRun:
+        """Build the model on fake (or real) tensors and trace ``config.iterations`` training iterations,
+        with the objects per sample of ``density`` (``yolomem.loops.density.traced_batches``)."""
 
     def gpu_mem_unit(self) -> str:
         """The unit the trainer prints ``GPU_mem`` in: "GiB" or "GB" (10^9 bytes)."""
@@ -120,7 +123,14 @@ def tracing(config: EstimateConfig, *, fake: bool, oracle) -> Iterator[tuple[Any
     from yolomem.trace.autocast import CudaAutocastPolicy
     from yolomem.trace.tracer import Tracer
 
-    tracer = Tracer(fake=fake, oracle=oracle)
+    workspaces = None
+    if fake:  # kernel workspaces belong to CUDA kernels; a real CPU run (the tests' ground truth) has none
+        import torch
+
+        from yolomem.trace.workspaces import KernelWorkspaces, rules_for
+
+        workspaces = KernelWorkspaces(rules_for(torch.__version__))
+    tracer = Tracer(fake=fake, oracle=oracle, workspaces=workspaces)
     with contextlib.ExitStack() as stack:
         stack.enter_context(tracer)
         stack.enter_context(cuda_foreach_types())
@@ -146,3 +156,17 @@ def cuda_foreach_types() -> Iterator[None]:
     finally:
         for lst in added:
             lst.remove(FakeTensor)
+
+
+def traced_batches(config: EstimateConfig, task: str, batch: int, density=None):
+    """(plan, objects per sample of each traced iteration, upper iteration index or None).
+
+    Training with labels: typical batches, the last configured iteration at epoch 1's densest batch,
+    then one more at the upper figure's densest (``yolomem.loops.density``). AutoBatch probes
+    (``step=fwd_bwd``) and classification have no labels: plain draws, no extra iteration."""
+    from yolomem.loops.density import iteration_counts, plan_for
+
+    if config.step != "train" or task == "classify":
+        return None, [None] * config.iterations, None
+    plan = density or plan_for(config, batch)
+    return plan, iteration_counts(plan, config.iterations, upper=True), config.iterations

@@ -7,7 +7,10 @@ Objects per image. ``instances`` is the mean number of labelled objects per imag
 are drawn from a Poisson distribution with that mean, with a seeded generator, so the densest image of
 a batch (which sets the assigner's ``n_max_boxes``) is realistic: for 16 images at a mean of 8, the
 maximum is typically 13-14. Box width and height are fractions of the image drawn log-uniformly from
-[0.02, 0.6], centres uniformly, which keeps the anchors-inside-box counts in a COCO-like range.
+[0.02, min(0.6, 1/sqrt(objects in the image))], centres uniformly: a COCO-like range of anchors inside
+each box, and in a dense image (hundreds of objects) small boxes that tile it, as real dense data has.
+The estimator picks the counts of each traced batch with ``yolomem.loops.density`` (a typical batch, the
+epoch's densest); ``draw`` is the plain Poisson draw used where no density plan applies.
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ import torch
 
 
 BOX_SIDE_RANGE = (0.02, 0.6)  # fraction of the image side, log-uniform
+
+
+def box_side_limit(counts) -> np.ndarray:
+    """The largest box side (fraction of the image) drawn for an image holding ``counts`` objects."""
+    low, high = BOX_SIDE_RANGE
+    return np.clip(1 / np.sqrt(np.maximum(np.asarray(counts, dtype=np.float64), 1)), low * 1.0001, high)
 MASK_RATIO = 4  # Ultralytics' default mask_ratio: masks are imgsz / 4
 
 
@@ -35,9 +44,10 @@ class SyntheticBatch:
 
     @staticmethod
     def draw(task: str, batch: int, imgsz: int, instances: float, seed: int, nc: int = 80,
-             kpt_shape: tuple[int, int] = (17, 3), channels: int = 3) -> SyntheticBatch:
-        rng = np.random.default_rng(seed)
-        counts = tuple(int(c) for c in rng.poisson(instances, size=batch))
+             kpt_shape: tuple[int, int] = (17, 3), channels: int = 3, counts: tuple[int, ...] | None = None) -> SyntheticBatch:
+        """A batch with the given objects per image, or Poisson(instances) draws when ``counts`` is None."""
+        if counts is None:
+            counts = tuple(int(c) for c in np.random.default_rng(seed).poisson(instances, size=batch))
         return SyntheticBatch(task, batch, imgsz, counts, seed, nc, tuple(kpt_shape), channels)
 
     @property
@@ -61,7 +71,9 @@ class SyntheticBatch:
         images = torch.zeros((self.batch, self.channels, self.imgsz, self.imgsz), dtype=torch.uint8)
         n = self.total_objects
         batch_idx = np.repeat(np.arange(self.batch), self.counts).astype(np.float32)
-        side = np.exp(rng.uniform(*np.log(BOX_SIDE_RANGE), size=(n, 2)))
+        high = np.repeat(box_side_limit(self.counts), self.counts)[:, None]  # (n, 1) per object
+        low = BOX_SIDE_RANGE[0]
+        side = np.exp(np.log(low) + rng.uniform(size=(n, 2)) * (np.log(high) - np.log(low)))
         centre = rng.uniform(side / 2, 1 - side / 2)
         boxes = np.concatenate([centre, side], axis=1).astype(np.float32)
         data = {

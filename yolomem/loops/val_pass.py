@@ -134,7 +134,7 @@ def _real_predictions(preds, tracer: Tracer, nc: int, candidates: int) -> torch.
         real[:, 0:2] = 100.0  # box centres (pixels)
         real[:, 2:4] = 20.0  # box sides
         scores = real[:, 4 : 4 + nc]  # (B, nc, anchors): the first `candidates` pairs pass
-        flat = scores.reshape(shape[0], -1)
+        flat = scores.reshape(shape[0], -1).clone()  # a copy: for one image reshape returns a view
         flat[:, :candidates] = 0.5
         scores.copy_(flat.view_as(scores))
     tracer.track_existing([real], "activation")

@@ -4,11 +4,11 @@ Why: the caching allocator keeps the largest blocks anyone asked for, so ``GPU_m
 later carries what validation (2x batch, rect shapes, NMS) and the densest training batch left.
 
 How (tracing is the expensive part, so each distinct piece is traced once):
-1. Plan: draw the epoch's batches (objects per image from the dataset's label files, or Poisson with
-   mean ``instances``, ``yolomem.loops.batches``) for several seeds. A batch is characterised by its
-   densest image (the assigner's ``n_max_boxes``); the levels traced are the median, the 90th
-   percentile and the maximum of that over all draws. With a dataset the densest image of the
-   dataset lies in some batch of every epoch, so the maximum is the dataset's maximum.
+1. Plan: draw the epoch's batches for several seeds with ``yolomem.loops.density`` (objects per image
+   from the dataset's label files or drawn around ``instances``; mosaics of 4 images while the mosaic
+   is open). A batch is characterised by its densest training sample (the assigner's
+   ``n_max_boxes``); the levels traced are the median, the 90th percentile and the maximum of that
+   over all draws.
 2. Trace, with the model, optimizer and EMA of ``runner.trace_run``: one training iteration per
    level, and one validation batch per distinct val shape (``yolomem.loops.val_pass``; for the
    yolov5 repo's loop ``yolomem.loops.yolov5.val_pass``: val.py's fp16 EMA, its NMS).
@@ -41,6 +41,7 @@ import numpy as np
 
 from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
 from yolomem.allocator.replay import Copy, Mark, OomPoint, ReplayEvent, replay
+from yolomem.loops.density import DEFAULT_SIGMA, DEFAULT_TRAIN_IMAGES, Augmentation, epoch_batches, image_counts
 from yolomem.trace.tracer import AllocationEvent, Trace
 from yolomem.loops.val_pass import ValBatchShape
 
@@ -81,8 +82,9 @@ class EpochPlan:
     sequences: tuple[tuple[tuple[int, ...], ...], ...]  # per seed, per epoch: level index of each batch
     val_shapes: tuple[ValBatchShape, ...]  # traced validation batches
     val_sequence: tuple[int, ...]  # traced shape index for each validation batch, in order
-    batches_per_epoch: int | None  # real training batches per epoch (None without a dataset)
+    batches_per_epoch: int  # real training batches per epoch (the dataset's, or the density model's default)
     seeds: tuple[int, ...]
+    first_level_iteration: int | None = None  # iteration index of the first level's trace (set when traced)
     # one traced validation template: the whole pass over the (compressed) val sequence, in order
     whole_val_pass: bool = False
 
@@ -149,43 +151,41 @@ def plan_epochs(
     *, batch: int, val_batch: int, imgsz: int, stride: int, seeds: Sequence[int],
     train_counts: Sequence[int] | None = None, instances: float = 8.0,
     val_sizes: Sequence[tuple[int, int]] | None = None, val_counts: Sequence[int] | None = None,
+    max_instances: int | None = None, augmentations: Sequence[Augmentation] | None = None,
 ) -> EpochPlan:  # fmt: skip
-    """Draw the batches of every simulated epoch and pick what to trace (see the module docstring)."""
-    epoch_batches: list[list[list[tuple[int, ...]]]] = []  # seed -> epoch -> batches (counts)
+    """Draw the batches of every simulated epoch and pick what to trace (see the module docstring).
+    ``augmentations``: one per simulated epoch (mosaic on or closed); default mosaics throughout."""
+    augmentations = tuple(augmentations or [Augmentation()] * SIM_EPOCHS)
+    drawn: list[list[list[tuple[int, ...]]]] = []  # seed -> epoch -> batches (objects per sample)
+    images = len(train_counts) if train_counts is not None else DEFAULT_TRAIN_IMAGES
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        per_seed = []
-        for _epoch in range(SIM_EPOCHS):
-            if train_counts is not None:
-                order = rng.permutation(len(train_counts))
-                counts = np.asarray(train_counts)[order]
-                batches = [tuple(int(c) for c in counts[i : i + batch]) for i in range(0, len(counts), batch)]
-                per_seed.append(_sample_in_order(batches, rng))
-            else:
-                per_seed.append([tuple(int(c) for c in rng.poisson(instances, batch)) for _ in range(SIM_ITERATIONS)])
-        epoch_batches.append(per_seed)
-    maxima = np.array([max(b, default=0) for s in epoch_batches for e in s for b in e])
-    top = int(maxima.max()) if train_counts is None else int(max(train_counts, default=0))
-    levels = sorted({int(np.median(maxima)), int(np.percentile(maxima, 90)), top})
+        if train_counts is not None:
+            per_image = np.asarray(train_counts, dtype=np.int64)
+        else:
+            per_image = image_counts(rng, instances, DEFAULT_SIGMA, images, max_instances)
+        drawn.append([_sample_in_order(epoch_batches(rng, per_image, batch, augmentations[e]), rng) for e in range(SIM_EPOCHS)])
+    maxima = np.array([max(b, default=0) for s in drawn for e in s for b in e])
+    levels = sorted({int(np.median(maxima)), int(np.percentile(maxima, 90)), int(maxima.max())})
     level_counts = []
     for level in levels:
-        example = next((b for s in epoch_batches for e in s for b in e if max(b, default=0) == level), None)
+        example = next((b for s in drawn for e in s for b in e if max(b, default=0) == level and len(b) == batch), None)
         level_counts.append(example if example is not None else tuple([level] + [0] * (batch - 1)))
     sequences = tuple(
-        tuple(tuple(_level_of(max(b, default=0), levels) for b in epoch) for epoch in per_seed) for per_seed in epoch_batches
+        tuple(tuple(_level_of(max(b, default=0), levels) for b in epoch) for epoch in per_seed) for per_seed in drawn
     )
     if val_sizes:
         batches = _val_batches(val_sizes, list(val_counts or [0] * len(val_sizes)), val_batch, imgsz, stride)
     else:  # no dataset: square images, letterboxed as set_rectangle does for aspect ratio 1
         side = int(math.ceil(imgsz / stride + VAL_PAD)) * stride
         rng = np.random.default_rng(seeds[0] if seeds else 0)
-        batches = [((side, side), tuple(int(c) for c in rng.poisson(instances, val_batch))) for _ in range(NO_DATA_VAL_BATCHES)]
+        batches = [((side, side), tuple(int(c) for c in image_counts(rng, instances, DEFAULT_SIGMA, val_batch, max_instances)))
+                   for _ in range(NO_DATA_VAL_BATCHES)]  # fmt: skip
     val_shapes, val_sequence = _pick_val_shapes(batches, val_batch)
     return EpochPlan(
         levels=tuple(levels), level_counts=tuple(level_counts), sequences=sequences,
         val_shapes=val_shapes, val_sequence=val_sequence,
-        batches_per_epoch=math.ceil(len(train_counts) / batch) if train_counts is not None else None,
-        seeds=tuple(seeds),
+        batches_per_epoch=math.ceil(images / batch), seeds=tuple(seeds),
     )  # fmt: skip
 
 
@@ -232,7 +232,8 @@ def _pick_val_shapes(batches, val_batch: int) -> tuple[tuple[ValBatchShape, ...]
 # -- composing and replaying ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Template:
-    """A traced segment made self-contained: its events (``op``, ``storage_id``, ``nbytes``, ``phase``).
+    """A traced segment made self-contained: its events (``op``, ``storage_id``, ``nbytes``, ``phase``,
+    and the upper figure's size, ``size(upper=True)``).
 
     With carried loop variables: ``carried_in`` holds (position, bytes) of the segment's frees of what
     an earlier iteration left alive (no event at that position), ``carried_out`` the (local id, bytes) it
@@ -272,7 +273,7 @@ def _self_contained(events: list[AllocationEvent], rename: dict[str, str] | None
         phase = (rename or {}).get(event.phase, event.phase)
         if event.op == "alloc":
             live[event.storage_id] = (phase, event.nbytes)
-            out.append(ReplayEvent("alloc", event.storage_id, event.nbytes, phase))
+            out.append(ReplayEvent("alloc", event.storage_id, event.nbytes, phase, event.upper_nbytes))
         elif event.storage_id in live:
             del live[event.storage_id]
             out.append(ReplayEvent("free", event.storage_id, event.nbytes, phase))
@@ -290,31 +291,37 @@ _VAL_RENAME = {"loss": "val_loss", "preprocess": "val_preprocess", "forward": "v
 def simulate_epochs(
     trace: Trace, first_iteration: int, plan: EpochPlan, *, alloc_conf: str | None = None,
     card_bytes: int | None = None, capacity_bytes: int | None = None, clears_cache: bool = True,
-    carry: bool = False,
+    carry: bool = False, upper: tuple[int, int] | None = None,
 ) -> EpochSimulation:  # fmt: skip
     """Replay the planned epochs for each seed. ``trace`` holds, after ``first_iteration`` training
     iterations (the first one being the optimizer's first step), one iteration per level and one
-    validation batch per val shape, in ``plan`` order. ``clears_cache``: the loop calls
-    ``_clear_memory(0.5)`` around validation (Ultralytics); the yolov5 repo's train.py never does.
-    ``carry``: the loop's variables outlive their iteration (``TrainingLoop.carries_loop_variables``)."""
+    validation batch per val shape, in ``plan`` order (from ``plan.first_level_iteration`` when set).
+    ``clears_cache``: the loop calls ``_clear_memory(0.5)`` around validation (Ultralytics); the yolov5
+    repo's train.py never does. ``carry``: the loop's variables outlive their iteration
+    (``TrainingLoop.carries_loop_variables``). ``upper`` = (iteration, n_max) of the iteration traced at
+    the upper figure's density: the upper figure replays it in place of the top level, with kernel
+    workspaces at their upper sizes."""
     segments = _split(trace)
     setup, first = segments[0], segments[1]
-    extra = segments[1 + first_iteration :]
+    start_level = plan.first_level_iteration if plan.first_level_iteration is not None else first_iteration
+    extra = segments[1 + start_level :]
     val_templates = 1 if plan.whole_val_pass else len(plan.val_shapes)
     if len(extra) != len(plan.levels) + val_templates:
         raise ValueError(f"trace has {len(extra)} extra segments, plan needs {len(plan.levels) + val_templates}")
     # training segments only: val.py's model.half() frees the fp32 EMA, which model.float() remakes
     # at the end of validation; the EMA stays alive for training (see EpochSimulation.assumptions)
-    training = segments[2 : 1 + first_iteration + len(plan.levels)]
+    training = segments[2 : 1 + start_level + len(plan.levels)]
     later_frees = {e.storage_id for seg in training for e in seg if e.op == "free"}
     start = _persistent(setup + first, later_frees, carry)
     train = [_self_contained(seg, carry=carry) for seg in extra[: len(plan.levels)]]
+    if upper is not None and upper[1] >= plan.levels[-1]:
+        train[-1] = _self_contained(segments[1 + upper[0]], carry=carry)
     val = [_self_contained(seg, _VAL_RENAME) for seg in extra[len(plan.levels) :]]
     id_stride = max((e.storage_id for e in trace.events), default=0) + 1
     val_order = [0] if plan.whole_val_pass else _compress(plan.val_sequence)
     runs = [
         _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf,
-                     card_bytes if clears_cache else None, capacity_bytes)  # fmt: skip
+                     card_bytes if clears_cache else None, capacity_bytes, upper is not None)  # fmt: skip
         for sequence in plan.sequences
     ]
     peaks = [r["peak_reserved"] for r in runs]
@@ -355,8 +362,10 @@ def _compress(sequence: Sequence[int]) -> list[int]:
     return out
 
 
-def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, card_bytes, capacity_bytes) -> dict:
-    """One seed's epochs; ``card_bytes`` None: ``_clear_memory`` never empties the cache."""
+def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, card_bytes, capacity_bytes,
+                 upper: bool = False) -> dict:  # fmt: skip
+    """One seed's epochs; ``card_bytes`` None: ``_clear_memory`` never empties the cache; ``upper``:
+    kernel workspaces at their upper-figure sizes."""
     state = {"epoch1": 0, "steady": 0, "emptied": False, "copy": 0}
     carried: list[tuple[int, int]] = []  # (bytes, key) the last training template left alive, oldest first
 
@@ -414,7 +423,8 @@ def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, 
                 yield from play(val[index], fresh=True)
             yield Mark(clear_memory)
 
-    run = replay(stream(), CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes))
+    allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
+    run = replay(stream(), allocator, upper=upper)
     peak_event = run.peak_reserved_event
     return {
         "epoch1": state["epoch1"], "steady": state["steady"] or state["epoch1"],
@@ -430,9 +440,11 @@ class EpochTracing:
     validation of the run's loop (Ultralytics' ``BaseValidator`` or the yolov5 repo's ``val.py``)."""
 
     def __init__(self, loop, *, seeds: Sequence[int], instances: float, train_counts=None, val_sizes=None,
-                 val_counts=None, kpt_shape=(17, 3), channels: int = 3):  # fmt: skip
+                 val_counts=None, kpt_shape=(17, 3), channels: int = 3, max_instances: int | None = None,
+                 augmentations: Sequence[Augmentation] | None = None):  # fmt: skip
         self.loop = loop  # the TrainingLoop being traced (yolomem.loops)
         self.seeds, self.instances = tuple(seeds), instances
+        self.max_instances, self.augmentations = max_instances, augmentations
         self.train_counts, self.val_sizes, self.val_counts = train_counts, val_sizes, val_counts
         self.kpt_shape, self.channels = tuple(kpt_shape), channels
         self.plan: EpochPlan | None = None
@@ -446,10 +458,12 @@ class EpochTracing:
         self.plan = plan = plan_epochs(
             batch=settings.batch, val_batch=val_batch, imgsz=settings.imgsz,
             stride=run.stride, seeds=self.seeds, train_counts=self.train_counts, instances=self.instances,
-            val_sizes=self.val_sizes, val_counts=self.val_counts,
+            val_sizes=self.val_sizes, val_counts=self.val_counts, max_instances=self.max_instances,
+            augmentations=self.augmentations,
         )  # fmt: skip
         nc = int(getattr(run.model, "nc", 80))
-        iteration = run.tracer.iteration + 1  # after the configured iterations
+        iteration = run.tracer.iteration + 1  # after the configured iterations (and the upper-density one)
+        self.plan = plan = replace(plan, first_level_iteration=iteration)
         seed = self.seeds[0] if self.seeds else 0
         for counts in plan.level_counts:
             batch = SyntheticBatch(task, settings.batch, settings.imgsz, counts, seed + iteration, nc,
@@ -478,25 +492,18 @@ class EpochRequest:
     dataset: object | None  # yolomem.config.dataset.DatasetSummary
     notes: tuple[str, ...]
 
-    def base_trace(self, trace: Trace) -> Trace:
-        """The trace of the configured iterations only (what the plain estimate replays)."""
-        iterations = self.config.iterations
-        bounds = list(trace.iteration_bounds)
-        end = bounds[iterations] if len(bounds) > iterations else len(trace.events)
-        return Trace(events=trace.events[:end], oracle_answers=trace.oracle_answers, iteration_bounds=bounds[:iterations])
-
-    def simulate(self, trace: Trace, alloc_conf, card_bytes, capacity_bytes) -> EpochSimulation:
+    def simulate(self, trace: Trace, alloc_conf, card_bytes, capacity_bytes,
+                 upper: tuple[int, int] | None = None) -> EpochSimulation:  # fmt: skip
+        """The epochs' figures; ``upper`` = (iteration, n_max) of the upper-density iteration for the upper figure."""
         return simulate_epochs(trace, self.config.iterations, self.hook.plan, alloc_conf=alloc_conf,
                                card_bytes=card_bytes, capacity_bytes=capacity_bytes,
                                clears_cache=self.hook.loop.clears_cache_between_epochs,
-                               carry=self.hook.loop.carries_loop_variables)  # fmt: skip
+                               carry=self.hook.loop.carries_loop_variables, upper=upper)  # fmt: skip
 
 
 def epoch_request(config, resolved) -> EpochRequest | None:
     """None unless epochs are asked for: ``data=`` given or ``epochs >= 2``, for the Ultralytics loop
     (not classification) or the yolov5 repo's (detection designs; not with world_size > 1)."""
-    from yolomem.errors import UserError
-
     from yolomem.loops import get_loop
 
     wanted = bool(config.data) or (config.epochs or 0) >= 2
@@ -516,11 +523,14 @@ def epoch_request(config, resolved) -> EpochRequest | None:
         notes.append(f"data={config.data}: {dataset.train.images} train images, {dataset.train.mean_objects:.2f} objects/image "
                      f"(max {dataset.train.max_objects}); objects per image drawn from the labels, instances= ignored")  # fmt: skip
         config = config.with_changes(instances=round(dataset.train.mean_objects, 3))
-        if dataset.train.max_objects > 2000:
-            raise UserError(f"{dataset.train.max_objects} objects in one image of data={config.data}; "
-                            "Ultralytics' assigner would need one (batch, objects, anchors) tensor that large: check the labels")  # fmt: skip
+        if dataset.train.max_objects > 2000:  # xView has 7,618: legitimate, but worth a look at the labels
+            notes.append(f"{dataset.train.max_objects} objects in one image of data={config.data}: the loss pads every "
+                         "batch holding it to that many targets (batch x objects x anchors assigner tensors)")  # fmt: skip
     seeds = tuple(config.seed + k for k in range(DEFAULT_SEEDS))
     kpt_shape = tuple(resolved.cfg.get("kpt_shape", (17, 3)))
+    closes = config.close_mosaic if loop.name != "yolov5" else 0  # the yolov5 repo's train.py keeps the mosaic
+    augmentations = [Augmentation.for_epoch(e, config.epochs, config.mosaic, closes) for e in range(SIM_EPOCHS)]
     hook = EpochTracing(loop, seeds=seeds, instances=config.instances, train_counts=train_counts, val_sizes=val_sizes,
-                        val_counts=val_counts, kpt_shape=kpt_shape, channels=int(resolved.cfg.get("channels", 3)))  # fmt: skip
+                        val_counts=val_counts, kpt_shape=kpt_shape, channels=int(resolved.cfg.get("channels", 3)),
+                        max_instances=config.max_instances, augmentations=augmentations)  # fmt: skip
     return EpochRequest(config, hook, dataset, tuple(notes))

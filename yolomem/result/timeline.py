@@ -110,10 +110,15 @@ def iteration_timeline(
 
 def estimate_timeline(estimate: Estimate, iteration: int = -1) -> Timeline:
     """The timeline of an estimate's own trace, under the estimate's allocator settings. Like the
-    estimate's figures it is the full requirement: the card (``gpu=``) does not cut it short."""
+    estimate's figures it is the full requirement: the card (``gpu=``) does not cut it short. The default
+    is the last configured iteration (epoch 1's densest batch); the upper figure's iteration and the
+    epoch levels traced after it are reachable by index."""
     if estimate.trace is None:
         raise UserError("this estimate carries no trace (it was loaded from JSON?); run estimate() again")
-    return iteration_timeline(estimate.trace, iteration=iteration, alloc_conf=estimate.config.alloc_conf)
+    config = estimate.config
+    if iteration == -1:
+        iteration = config.iterations - 1
+    return iteration_timeline(estimate.trace, iteration=iteration, alloc_conf=config.alloc_conf)
 
 
 def _phase_spans(phases: list[str]) -> tuple[PhaseSpan, ...]:

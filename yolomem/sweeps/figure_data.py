@@ -33,7 +33,7 @@ DEFAULT_BATCHES = (2, 4, 8, 16)  # then doubled, with cards, until every curve c
 DEFAULT_IMGSZ = (320, 480, 640)
 BREAKDOWN_ORDER = (
     "parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other",
-    "allocator_rounding", "cache_fragmentation", "validation_epochs_growth", "cuda_context",
+    "cublas_workspace", "cublaslt_workspace", "cudnn_workspace", "allocator_rounding", "cache_fragmentation", "validation_epochs_growth", "cuda_context",
 )  # fmt: skip
 
 Progress = Callable[[int, int, str], None]  # (done, total, what is being estimated)
@@ -46,7 +46,8 @@ class CurvePoint:
     peak_allocated_bytes: int
     peak_reserved_bytes: int  # Ultralytics' GPU_mem
     device_total_bytes: int  # reserved + CUDA context: nvidia-smi
-    fits: tuple[bool, ...]  # one per GpuLine of the figure, in order
+    fits: tuple[bool, ...]  # one per GpuLine of the figure, in order (the upper figure's verdict)
+    peak_reserved_upper_bytes: int  # the upper figure (yolomem.result.upper), which the verdicts use
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class CurveFigure:
 
     def threshold(self, line: GpuLine) -> int:
         """The plotted y of a GPU line, in bytes: the same budget seen from the measure's side."""
-        return line.capacity_bytes if self.measure == "gpu_mem" else line.capacity_bytes + line.budget.gpu.context_bytes
+        return line.capacity_bytes if self.measure == "gpu_mem" else line.capacity_bytes + line.budget.context_bytes
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ class ReportData:
     fits: tuple[GpuFit, ...]
     margin: float  # the share of usable memory held back when judging fits (yolomem.result.fits)
     words: tuple[str, ...]  # the settings as key=value words, for the command lines
+    deployment: object | None = None  # yolomem.deployment.Deployment of the trained model (report deploy=FORMAT)
 
 
 def gpu_line(gpu: Gpu, margin: float = DEFAULT_MARGIN) -> GpuLine:
@@ -155,8 +157,8 @@ def gpu_line(gpu: Gpu, margin: float = DEFAULT_MARGIN) -> GpuLine:
 
 
 def fits_on(estimate: Estimate, line: GpuLine) -> bool:
-    """``estimate(..., gpu=card).fits`` for the line's card (``yolomem.result.fits``)."""
-    return fits(estimate.peak_reserved_bytes, line.budget)
+    """``estimate(..., gpu=card).fits`` for the line's card (``yolomem.result.fits``): the upper figure."""
+    return fits(estimate.peak_reserved_upper_bytes, line.budget)
 
 
 def curve_figure(
@@ -203,6 +205,7 @@ def curve_figure(
                     peak_reserved_bytes=result.peak_reserved_bytes,
                     device_total_bytes=result.device_total_bytes,
                     fits=tuple(fits_on(result, line) for line in lines),
+                    peak_reserved_upper_bytes=result.peak_reserved_upper_bytes,
                 )
                 done += 1
         curves = [Curve(model, amp, tuple(estimated[(model, amp, x)] for x in xs)) for model, amp in cells]
@@ -231,10 +234,11 @@ def _batches_to_cross(curves, lines, crossings, xs: tuple[int, ...]) -> tuple[in
             continue
         line, points = lines[crossing.gpu], curves[crossing.curve].points
         target = xs[-1] * 2
-        if len(points) >= 2:
-            (x1, m1), (x2, m2) = ((p.x, p.peak_reserved_bytes) for p in points[-2:])
+        if len(points) >= 2:  # verdicts are the upper figure's: extrapolate it to the upper capacity
+            (x1, m1), (x2, m2) = ((p.x, p.peak_reserved_upper_bytes) for p in points[-2:])
             if m2 > m1:  # the line through the last two samples meets the card's capacity at x
-                target = max(target, int(x2 + (line.usable_bytes - m2) * (x2 - x1) / (m2 - m1)) + 1)
+                capacity = line.capacity_bytes
+                target = max(target, int(x2 + (capacity - m2) * (x2 - x1) / (m2 - m1)) + 1)
         batch = xs[-1]
         while batch < min(target, MAX_BATCH):
             batch *= 2

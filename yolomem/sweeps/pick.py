@@ -128,8 +128,8 @@ def pick_models(
         estimate, probe = prober.run(base.with_changes(model=name))
         rows.append(PickRow(
             model=estimate.config.model, task=estimate.task, params=estimate.params,
-            peak_reserved_bytes=probe.peak_reserved_bytes,
-            device_total_bytes=probe.peak_reserved_bytes + estimate.context_bytes, fits=probe.fits,
+            peak_reserved_bytes=probe.peak_reserved_bytes,  # the upper figure's, as every verdict
+            device_total_bytes=probe.peak_reserved_bytes + budget.context_bytes, fits=probe.fits,
             headroom_bytes=budget.capacity_bytes - probe.peak_reserved_bytes, estimate=estimate,
         ))  # fmt: skip
     rows.sort(key=lambda row: row.params)

@@ -8,10 +8,11 @@ trained by the yolov5 repo's loop, the others Ultralytics' own models and traine
 What the columns are:
 - ``peak_reserved_bytes``: ``torch.cuda.max_memory_reserved()``, what the trainers print as GPU_mem.
 - ``device_total_bytes``: that plus the CUDA context: what nvidia-smi shows.
-- ``fits``: ``yolomem.result.fits.verdict`` of the peak reserved memory: "yes" within the card minus the
-  CUDA context minus the margin (``margin=``, default 0.10), "near" only by eating into the margin, "no"
+- ``peak_reserved_upper_bytes`` / ``device_total_upper_bytes``: the upper figures (``yolomem.result.upper``).
+- ``fits``: ``yolomem.result.fits.verdict`` of the upper figure: "yes" within the card minus the CUDA
+  context minus the margin (``margin=``, default 0.10), "near" only by eating into the margin, "no"
   above the card.
-- ``max_batch``: the largest batch whose predicted reserved memory fits, by the same definition.
+- ``max_batch``: the largest batch whose upper reserved memory fits, by the same definition.
   It is NOT traced at every batch: memory is taken as linear in batch. ``method="breakdown"`` (default,
   one trace per row and precision) splits the traced peak into its batch-independent part (weights,
   gradients, optimizer state and EMA live at the peak) and the rest, proportional to batch.
@@ -87,12 +88,16 @@ class PrecisionResult:
     fixed_bytes: int  # batch-independent part of the linear model
     per_image_bytes: float  # slope of the linear model
     gpus: tuple[GpuFit, ...]
+    peak_reserved_upper_bytes: int = 0
+    device_total_upper_bytes: int = 0
 
     def to_json(self) -> dict:
         return {
             "precision": self.precision,
             "peak_reserved_bytes": self.peak_reserved_bytes,
             "device_total_bytes": self.device_total_bytes,
+            "peak_reserved_upper_bytes": self.peak_reserved_upper_bytes,
+            "device_total_upper_bytes": self.device_total_upper_bytes,
             "gpu_mem_printed": self.gpu_mem_printed,
             "gpu_mem_unit": self.gpu_mem_unit,
             "fits": {g.gpu: g.fits for g in self.gpus},
@@ -161,6 +166,9 @@ class _Traced:
     gpu_mem_printed: str
     gpu_mem_unit: str
     notes: tuple[str, ...]
+    peak_reserved_upper_bytes: int  # the upper figure (yolomem.result.upper): verdicts and max_batch use it
+    device_total_upper_bytes: int
+    context_upper_bytes: int
 
 
 def _trace_one(model: str, imgsz: int, batch: int, precision: str, iterations: int) -> _Traced:
@@ -174,23 +182,27 @@ def _trace_one(model: str, imgsz: int, batch: int, precision: str, iterations: i
     fixed = sum(result.breakdown.get(category, 0) for category in _FIXED_CATEGORIES)
     return _Traced(result.config.model, result.config.framework, result.task, result.params,
                    result.config.imgsz, batch, result.peak_reserved_bytes, result.device_total_bytes,
-                   result.context_bytes, fixed, result.gpu_mem_printed, result.gpu_mem_unit, result.notes)  # fmt: skip
+                   result.context_bytes, fixed, result.gpu_mem_printed, result.gpu_mem_unit, result.notes,
+                   result.peak_reserved_upper_bytes, result.device_total_upper_bytes,
+                   result.device_total_upper_bytes - result.peak_reserved_upper_bytes)  # fmt: skip
 
 
 def _precision_result(precision: str, main: _Traced, second: _Traced | None, budgets) -> PrecisionResult:
+    # verdicts and the largest batch from the upper figure (yolomem.result.upper)
     if second is not None and second.batch != main.batch:
-        slope = (main.peak_reserved_bytes - second.peak_reserved_bytes) / (main.batch - second.batch)
-        fixed = main.peak_reserved_bytes - slope * main.batch
+        slope = (main.peak_reserved_upper_bytes - second.peak_reserved_upper_bytes) / (main.batch - second.batch)
+        fixed = main.peak_reserved_upper_bytes - slope * main.batch
     else:
-        fixed = min(main.fixed_bytes, main.peak_reserved_bytes)
-        slope = (main.peak_reserved_bytes - fixed) / main.batch
+        fixed = min(main.fixed_bytes, main.peak_reserved_upper_bytes)
+        slope = (main.peak_reserved_upper_bytes - fixed) / main.batch
     fits = []
     for budget in budgets:
         room = budget.capacity_bytes - fixed
         max_batch = max(int(math.floor(room / slope)), 0) if slope > 0 else 0
-        fits.append(GpuFit(budget.gpu.name, budget.gpu.total_bytes, verdict(main.peak_reserved_bytes, budget), max_batch))
+        fits.append(GpuFit(budget.gpu.name, budget.gpu.total_bytes, verdict(main.peak_reserved_upper_bytes, budget), max_batch))
     return PrecisionResult(precision, main.peak_reserved_bytes, main.device_total_bytes, main.gpu_mem_printed,
-                           main.gpu_mem_unit, int(fixed), slope, tuple(fits))  # fmt: skip
+                           main.gpu_mem_unit, int(fixed), slope, tuple(fits), main.peak_reserved_upper_bytes,
+                           main.device_total_upper_bytes)  # fmt: skip
 
 
 def compute_table(

@@ -37,7 +37,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from yolomem.trace.fake_cache import FakeDispatchCache, run_on_meta
 
-CATEGORIES = ("parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other")
+CATEGORIES = ("parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other",
+              "cublas_workspace", "cublaslt_workspace", "cudnn_workspace")  # the last three: yolomem.trace.workspaces
 
 aten = torch.ops.aten
 
@@ -71,6 +72,11 @@ class AllocationEvent:
     module: str  # module path of the layer running when the storage was allocated, or ""
     phase: str  # preprocess | forward | loss | backward | optimizer | ema | setup
     iteration: int
+    upper_nbytes: int | None = None  # a kernel workspace's size under the upper figure's rule (else as nbytes)
+
+    def size(self, upper: bool = False) -> int:
+        """Bytes of this allocation for the expected figure, or for the upper figure."""
+        return self.upper_nbytes if upper and self.upper_nbytes is not None else self.nbytes
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,7 @@ class _Record:
     module: str
     phase: str
     iteration: int
+    upper_nbytes: int | None = None
 
 
 @dataclass
@@ -122,9 +129,13 @@ class Trace:
 class Tracer(TorchDispatchMode):
     """Context manager that records allocations of every op run inside it."""
 
-    def __init__(self, *, fake: bool, oracle: DataOracle | None = None, real_bytes_cap: int = 64 << 20):
+    def __init__(self, *, fake: bool, oracle: DataOracle | None = None, real_bytes_cap: int = 64 << 20,
+                 workspaces=None):
+        """``workspaces``: a ``yolomem.trace.workspaces.KernelWorkspaces`` that names the scratch blocks
+        the CUDA kernels of each op would take; recorded after the op's outputs."""
         super().__init__()
         self.fake = fake
+        self.workspaces = workspaces
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
         self._fake_cache = FakeDispatchCache(self.fake_mode) if fake else None
         self.oracle = oracle or DataOracle()
@@ -221,6 +232,8 @@ class Tracer(TorchDispatchMode):
         self._twins.clear()
         self._orphans.clear()
         self._tainted.clear()
+        if self.workspaces is not None:
+            self.workspaces.reset()
 
     # -- registration of tensors that exist before the step -----------------------------------
     def track_existing(self, tensors, category: str, module: str = "") -> None:
@@ -253,7 +266,22 @@ class Tracer(TorchDispatchMode):
         elif isinstance(out, (tuple, list)):
             for tensor in _tensors_in(out):
                 self._see(tensor)
+        if self.workspaces is not None:
+            for block in self.workspaces.after(func, args, out, self.phase_name):
+                self._workspace(block)
         return out
+
+    def _workspace(self, block) -> None:
+        """A kernel's scratch block: allocated (and, when transient, freed) right after the op's outputs."""
+        if block.nbytes <= 0 and block.upper_nbytes <= 0:
+            return
+        self._next_id += 1
+        record = _Record(self._next_id, block.nbytes, "uint8", block.category,
+                         self.module_stack[-1] if self.module_stack else "", self.phase_name, self.iteration,
+                         block.upper_nbytes if block.upper_nbytes != block.nbytes else None)  # fmt: skip
+        self._log.append(("alloc", record))
+        if block.transient:
+            self._log.append(("free", record))
 
     def _dispatch_fake(self, func, args, kwargs):
         if func in _MASK_INDEXED:
@@ -470,6 +498,7 @@ class Tracer(TorchDispatchMode):
                     module=record.module,
                     phase=record.phase,
                     iteration=record.iteration,
+                    upper_nbytes=record.upper_nbytes,
                 )
             )
         return Trace(events=events, oracle_answers=list(self.oracle_answers), iteration_bounds=list(self._iteration_bounds))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from yolomem.config.models import ResolvedModel
 from yolomem.config.settings import EstimateConfig
-from yolomem.loops.base import TracedRun, max_stride, rank_batch, round_imgsz, tracing
+from yolomem.loops.base import TracedRun, max_stride, rank_batch, round_imgsz, traced_batches, tracing
 from yolomem.loops.batches import SyntheticBatch
 from yolomem.loops.ultralytics import families
 from yolomem.loops.ultralytics.families import Family, family_of
@@ -25,7 +25,7 @@ def resolve_optimizer(name: str) -> tuple[str, str | None]:
 
 def trace_ultralytics_run(
     config: EstimateConfig, resolved: ResolvedModel, *, fake: bool = True, oracle: DataOracle | None = None,
-    after_iterations: Callable[[UltralyticsRun], None] | None = None,
+    after_iterations: Callable[[UltralyticsRun], None] | None = None, density=None,
 ) -> TracedRun:
     """Build the model on fake tensors, then trace ``config.iterations`` training iterations.
 
@@ -68,11 +68,12 @@ def trace_ultralytics_run(
             ddp_buckets = allocate_ddp_state(model, tracer)  # alive for the whole run, like the Reducer's
         kpt_shape = tuple(resolved.cfg.get("kpt_shape", (17, 3)))
         channels = int(resolved.cfg.get("channels", 3))
+        plan, counts, upper_iteration = traced_batches(config, resolved.task, per_rank, density)
         with module_scopes(model, tracer):
-            for iteration in range(config.iterations):
+            for iteration, objects in enumerate(counts):
                 batch = SyntheticBatch.draw(
                     resolved.task, per_rank, imgsz, config.instances, seed=config.seed + iteration,
-                    nc=int(getattr(model, "nc", 80)), kpt_shape=kpt_shape, channels=channels,
+                    nc=int(getattr(model, "nc", 80)), kpt_shape=kpt_shape, channels=channels, counts=objects,
                 )  # fmt: skip
                 if config.step == "train":
                     run.train_iteration(iteration, batch)
@@ -86,7 +87,8 @@ def trace_ultralytics_run(
         tracer.detach_finalizers()
         del ddp_buckets
     failures = tuple(sorted(policy.probe_failures)) if policy else ()
-    return TracedRun(trace, params, imgsz, optimizer if config.step == "train" else "none", tuple(notes), failures)
+    return TracedRun(trace, params, imgsz, optimizer if config.step == "train" else "none", tuple(notes), failures,
+                     plan, upper_iteration)  # fmt: skip
 
 
 def family_notes(family: Family, config: EstimateConfig) -> list[str]:
