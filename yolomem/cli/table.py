@@ -12,13 +12,14 @@ import os
 from dataclasses import dataclass
 
 from yolomem.cli.registry import JSON, Flag, command
-from yolomem.config.keys import CHOICE, ESTIMATE_KEYS, INT, TEXT, TEXTS, Key, KeyTable, parse_words
+from yolomem.config.keys import CHOICE, ESTIMATE_KEYS, INT, MARGIN, TEXT, TEXTS, Key, KeyTable, parse_words
 from yolomem.sweeps.table import DEFAULT_GPUS, METHODS
 
 TABLE_KEYS = KeyTable((
     ESTIMATE_KEYS["imgsz"].but(default=None, nullable=True, help="every row at this imgsz (default: each row's own; 640)"),
     ESTIMATE_KEYS["batch"].but(default=None, nullable=True, help="every row at this batch (default: each row's own; 16)"),
     Key("gpus", TEXTS, DEFAULT_GPUS, "the cards of the fits and max-batch columns"),
+    MARGIN,
     Key("method", CHOICE, "breakdown", "max batch from one trace (breakdown) or two (two-point)", choices=METHODS),
     Key("iterations", INT, 1, "training iterations to trace per row", low=1),
     Key("jobs", INT, min(os.cpu_count() or 1, 2), "processes tracing rows in parallel", low=1),
@@ -41,13 +42,14 @@ class TableOptions:
     method: str
     iterations: int
     jobs: int
+    margin: float
 
 
 def parse_table_words(words: list[str]) -> TableOptions:
     parsed = parse_words(words, TABLE_KEYS)
     get = lambda name: parsed.values.get(name, TABLE_KEYS.default(name))  # noqa: E731
     return TableOptions(parsed.positionals, get("imgsz"), get("batch"), get("gpus"), get("method"),
-                        get("iterations"), get("jobs"))  # fmt: skip
+                        get("iterations"), get("jobs"), get("margin"))  # fmt: skip
 
 
 def rows_for(options: TableOptions):
@@ -79,7 +81,7 @@ def _table(options: argparse.Namespace) -> int:
     with Progress(console=Console(stderr=True), transient=True) as bar:  # stderr: stdout stays the table
         task = bar.add_task("tracing", total=traces)
         table = compute_table(rows, parsed.gpus, method=parsed.method, iterations=parsed.iterations,
-                              jobs=parsed.jobs, progress=lambda label: bar.update(task, advance=1, description=label))  # fmt: skip
+                              jobs=parsed.jobs, margin=parsed.margin, progress=lambda label: bar.update(task, advance=1, description=label))  # fmt: skip
     if options.json:
         print(table_formats.to_json(table), file=options.stdout)
     elif options.csv:

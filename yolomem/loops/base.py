@@ -94,7 +94,7 @@ class TrainingLoop(Protocol):
     def gpu_mem_unit(self) -> str:
         """The unit the trainer prints ``GPU_mem`` in: "GiB" or "GB" (10^9 bytes)."""
 
-    def epochs_supported(self, task: str, world_size: int) -> bool:
+    def epochs_supported(self, resolved: ResolvedModel, world_size: int) -> bool:
         """Whether whole epochs (val pass, epoch 2+) can be simulated for this task."""
 
     def val_batch_size(self, task: str, train_batch: int) -> int: ...

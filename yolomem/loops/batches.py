@@ -61,8 +61,9 @@ class SyntheticBatch:
     def float_images(self) -> torch.Tensor:
         return torch.empty(self.batch, self.channels, self.imgsz, self.imgsz)
 
-    def as_dict(self) -> dict:
-        """The batch dict Ultralytics' collate_fn produces for this task."""
+    def as_dict(self, overlap_mask: bool = True) -> dict:
+        """The batch dict Ultralytics' collate_fn produces for this task; segmentation masks as one index
+        map per image (``overlap_mask=True``, Ultralytics' default) or one mask per object."""
         rng = np.random.default_rng(self.seed + 1)
         if self.task == "classify":  # ClassificationDataset yields normalised float32 images
             images = torch.zeros((self.batch, self.channels, self.imgsz, self.imgsz), dtype=torch.float32)
@@ -91,7 +92,11 @@ class SyntheticBatch:
             data["keypoints"] = torch.tensor(kpts)
         if self.task == "segment":
             side_px = self.imgsz // MASK_RATIO
-            data["masks"] = torch.tensor(self._overlap_masks(rng, boxes, side_px))
+            masks = self._overlap_masks(rng, boxes, side_px)
+            if not overlap_mask:  # one mask per object, in label order
+                per_object = [masks[i] == k + 1 for i, count in enumerate(self.counts) for k in range(count)]
+                masks = np.stack(per_object) if per_object else np.zeros((0, side_px, side_px), bool)
+            data["masks"] = torch.tensor(masks.astype(np.uint8))
         return data
 
     def _overlap_masks(self, rng, boxes: np.ndarray, side: int) -> np.ndarray:

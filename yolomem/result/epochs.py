@@ -16,7 +16,7 @@ How (tracing is the expensive part, so each distinct piece is traced once):
    freed at its end, and its frees of older storages are dropped, so templates are self-contained
    and can be concatenated (storage ids renumbered per copy). The model, optimizer state and EMA
    (allocated before and in the first iteration) stay alive throughout.
-4. Replay through ``CachingAllocator``: epoch 1 (first iteration, then ``SIM_ITERATIONS`` training
+4. Replay (``yolomem.allocator.replay``): epoch 1 (first iteration, then ``SIM_ITERATIONS`` training
    batches in order, the densest among them), a cache clear, validation, a cache clear, epoch 2,
    validation, epoch 3. Where the trainer empties the cache is the loop's ``cache_clears()``: read
    from the installed Ultralytics (after each epoch always up to 8.3.86; above a share of the card,
@@ -42,7 +42,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from yolomem.allocator.caching import CachingAllocator, SimulatedOOM, parse_alloc_conf
+from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
+from yolomem.allocator.replay import Copy, Mark, OomPoint, ReplayEvent, replay
 from yolomem.loops.density import DEFAULT_SIGMA, DEFAULT_TRAIN_IMAGES, Augmentation, epoch_batches, image_counts
 from yolomem.trace.tracer import AllocationEvent, Trace
 from yolomem.loops.base import CacheClears
@@ -102,7 +103,7 @@ class EpochSimulation:
     peak_phase: str  # the phase whose allocation first reached the peak reserved (median seed)
     plan: EpochPlan
     emptied_cache: bool  # whether any simulated cache clear emptied the cache
-    oom: str | None
+    oom: OomPoint | None  # the first seed's simulated OOM, when replayed with a capacity
     assumptions: tuple[str, ...]
 
     def to_json(self) -> dict:
@@ -119,7 +120,7 @@ class EpochSimulation:
             "simulated_batches_per_epoch": SIM_ITERATIONS,
             "seeds": list(self.plan.seeds),
             "emptied_cache": self.emptied_cache,
-            "oom": self.oom,
+            "oom": self.oom.to_json() if self.oom else None,
             "assumptions": list(self.assumptions),
         }
 
@@ -236,14 +237,15 @@ def _pick_val_shapes(batches, val_batch: int) -> tuple[tuple[ValBatchShape, ...]
 # -- composing and replaying ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Template:
-    """A traced segment made self-contained: (is_alloc, local id, bytes, upper-figure bytes, phase) per event.
+    """A traced segment made self-contained: its events (``op``, ``storage_id``, ``nbytes``, ``phase``,
+    and the upper figure's size, ``size(upper=True)``).
 
     With carried loop variables: ``carried_in`` holds (position, bytes) of the segment's frees of what
-    an earlier iteration left alive (no op at that position), ``carried_out`` the (local id, bytes) it
-    leaves alive itself (not freed in ``ops``): the replay frees those when the next training template
+    an earlier iteration left alive (no event at that position), ``carried_out`` the (local id, bytes) it
+    leaves alive itself (not freed in ``events``): the replay frees those when the next training template
     frees a carried storage of the same size."""
 
-    ops: tuple[tuple[bool, int, int, int, str], ...]
+    events: tuple
     carried_in: tuple[tuple[int, int], ...] = ()
     carried_out: tuple[tuple[int, int], ...] = ()
 
@@ -256,38 +258,36 @@ def _split(trace: Trace) -> list[list[AllocationEvent]]:
 def _persistent(events: list[AllocationEvent], freed_later: set[int], carry: bool = False) -> _Template:
     """Setup and the first iteration: kept as traced; what a later segment frees is freed at the end,
     or with ``carry`` left alive for the next training template to free."""
-    ops, live = [], {}
+    live = {}
     for event in events:
-        ops.append((event.op == "alloc", event.storage_id, event.nbytes, event.size(upper=True), event.phase))
         if event.op == "alloc":
             live[event.storage_id] = event
         else:
             live.pop(event.storage_id, None)
     later = [(sid, e) for sid, e in live.items() if sid in freed_later]
     if carry:
-        return _Template(tuple(ops), carried_out=tuple((sid, e.nbytes) for sid, e in later))
-    ops += [(False, sid, e.nbytes, e.size(upper=True), e.phase) for sid, e in later]
-    return _Template(tuple(ops))
+        return _Template(tuple(events), carried_out=tuple((sid, e.nbytes) for sid, e in later))
+    return _Template(tuple(events) + tuple(ReplayEvent("free", sid, e.nbytes, e.phase) for sid, e in later))
 
 
 def _self_contained(events: list[AllocationEvent], rename: dict[str, str] | None = None, carry: bool = False) -> _Template:
     """What the segment allocates and frees; its frees of older storages are dropped, and what it
     leaves alive is freed at its end (or, with ``carry``, both are kept as carried)."""
-    ops, live, carried_in = [], {}, []
+    out, live, carried_in = [], {}, []
     for event in events:
         phase = (rename or {}).get(event.phase, event.phase)
         if event.op == "alloc":
             live[event.storage_id] = (phase, event.nbytes)
-            ops.append((True, event.storage_id, event.nbytes, event.size(upper=True), phase))
+            out.append(ReplayEvent("alloc", event.storage_id, event.nbytes, phase, event.upper_nbytes))
         elif event.storage_id in live:
             del live[event.storage_id]
-            ops.append((False, event.storage_id, event.nbytes, event.size(upper=True), phase))
+            out.append(ReplayEvent("free", event.storage_id, event.nbytes, phase))
         elif carry:
-            carried_in.append((len(ops), event.nbytes))
+            carried_in.append((len(out), event.nbytes))
     if carry:
-        return _Template(tuple(ops), tuple(carried_in), tuple((sid, n) for sid, (_, n) in live.items()))
-    ops += [(False, sid, 0, 0, phase) for sid, (phase, _) in live.items()]
-    return _Template(tuple(ops))
+        return _Template(tuple(out), tuple(carried_in), tuple((sid, n) for sid, (_, n) in live.items()))
+    out += [ReplayEvent("free", sid, 0, phase) for sid, (phase, _) in live.items()]
+    return _Template(tuple(out))
 
 
 _VAL_RENAME = {"loss": "val_loss", "preprocess": "val_preprocess", "forward": "val_forward"}
@@ -376,77 +376,73 @@ def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, 
                  upper: bool = False) -> dict:  # fmt: skip
     """One seed's epochs; ``clears`` says when the cache is emptied (``card_bytes`` None: the card is
     unknown); ``upper``: kernel workspaces at their upper-figure sizes."""
-    allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
-    handles: dict[int, int] = {}
-    state = {"copy": 0, "peak_reserved": 0, "peak_phase": "", "oom": None, "emptied": False}
+    state = {"epoch1": 0, "steady": 0, "emptied": False, "copy": 0}
     carried: list[tuple[int, int]] = []  # (bytes, key) the last training template left alive, oldest first
 
-    def free_carried(nbytes: int) -> None:
-        match = next((i for i, (size, _) in enumerate(carried) if size == nbytes), None)
-        if match is not None:
-            handle = handles.pop(carried.pop(match)[1], None)
-            if handle is not None:
-                allocator.free(handle)
+    def note_steady(allocator) -> None:
+        state["steady"] = max(state["steady"], allocator.reserved_bytes)
 
-    def play(template: _Template, fresh: bool) -> None:
+    def note_epoch1(allocator) -> None:
+        state["epoch1"] = allocator.reserved_bytes
+
+    def clear_memory(threshold: float | None) -> Mark:  # BaseTrainer._clear_memory(threshold)
+        def clear(allocator) -> None:
+            if clears.empties(threshold, allocator.reserved_bytes, card_bytes):
+                allocator.empty_cache()
+                state["emptied"] = True
+
+        return Mark(clear)
+
+    def free_carried(nbytes: int) -> list[ReplayEvent]:
+        match = next((i for i, (size, _) in enumerate(carried) if size == nbytes), None)
+        return [] if match is None else [ReplayEvent("free", carried.pop(match)[1], nbytes)]
+
+    def play(template: _Template, fresh: bool):
+        """The template's events (a fresh copy gets its own storage ids), with the frees of carried storages."""
         offset = 0
         if fresh:
             state["copy"] += 1
             offset = state["copy"] * id_stride
+        if not (template.carried_in or template.carried_out):
+            yield Copy(template.events, offset)
+            return
         frees_at: dict[int, list[int]] = {}
         for position, nbytes in template.carried_in:
             frees_at.setdefault(position, []).append(nbytes)
-        for position, (is_alloc, sid, nbytes, upper_nbytes, phase) in enumerate(template.ops):
-            for size in frees_at.pop(position, ()):
-                free_carried(size)
-            key = sid + offset
-            if is_alloc:
-                handle = allocator.malloc(upper_nbytes if upper else nbytes)
-                if handle is not None:
-                    handles[key] = handle
-                if allocator.reserved_bytes > state["peak_reserved"]:
-                    state["peak_reserved"], state["peak_phase"] = allocator.reserved_bytes, phase
-            else:
-                handle = handles.pop(key, None)
-                if handle is not None:
-                    allocator.free(handle)
-        for sizes in frees_at.values():  # frees after the template's last op
-            for size in sizes:
-                free_carried(size)
+        start = 0
+        for position in sorted(frees_at):
+            yield Copy(template.events[start:position], offset)
+            yield [free for size in frees_at[position] for free in free_carried(size)]
+            start = position
+        yield Copy(template.events[start:], offset)
         if template.carried_out:  # what this template leaves alive replaces what is still carried
-            for size, _key in list(carried):
-                free_carried(size)
+            yield [free for size, _key in list(carried) for free in free_carried(size)]
             carried.extend((nbytes, sid + offset) for sid, nbytes in template.carried_out)
 
-    def clear_memory(threshold: float | None) -> None:  # BaseTrainer._clear_memory(threshold)
-        if clears.empties(threshold, allocator.reserved_bytes, card_bytes):
-            allocator.empty_cache()
-            state["emptied"] = True
-
-    epoch1, steady = 0, 0
-    try:
-        play(start, fresh=False)
+    def stream():
+        yield from play(start, fresh=False)
         for epoch, levels in enumerate(sequence):
             batches = levels[1:] if epoch == 0 else levels  # the traced first iteration is epoch 1's first batch
             for level in batches:
-                play(train[level], fresh=True)
+                yield from play(train[level], fresh=True)
                 if epoch > 0:
-                    steady = max(steady, allocator.reserved_bytes)
+                    yield Mark(note_steady)
             if epoch == 0:
-                epoch1 = allocator.reserved_bytes
+                yield Mark(note_epoch1)
             if epoch == len(sequence) - 1:
                 break
-            clear_memory(clears.before_val)
+            yield clear_memory(clears.before_val)
             for index in val_order:
-                play(val[index], fresh=True)
-            clear_memory(clears.after_epoch)
-    except SimulatedOOM as error:
-        state["oom"] = str(error)
-    stats = allocator.stats()
+                yield from play(val[index], fresh=True)
+            yield clear_memory(clears.after_epoch)
+
+    allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
+    run = replay(stream(), allocator, upper=upper)
+    peak_event = run.peak_reserved_event
     return {
-        "epoch1": epoch1, "steady": steady or epoch1, "peak_reserved": stats.peak_reserved_bytes,
-        "peak_allocated": stats.peak_allocated_bytes, "peak_phase": state["peak_phase"],
-        "oom": state["oom"], "emptied": state["emptied"],
+        "epoch1": state["epoch1"], "steady": state["steady"] or state["epoch1"],
+        "peak_reserved": run.stats.peak_reserved_bytes, "peak_allocated": run.stats.peak_allocated_bytes,
+        "peak_phase": peak_event.phase if peak_event is not None else "", "oom": run.oom, "emptied": state["emptied"],
     }  # fmt: skip
 
 
@@ -525,7 +521,7 @@ def epoch_request(config, resolved) -> EpochRequest | None:
 
     wanted = bool(config.data) or (config.epochs or 0) >= 2
     loop = get_loop(resolved.framework)
-    if not wanted or config.step != "train" or not loop.epochs_supported(resolved.task, config.world_size):
+    if not wanted or config.step != "train" or not loop.epochs_supported(resolved, config.world_size):
         return None
     notes, dataset = [], None
     train_counts = val_sizes = val_counts = None

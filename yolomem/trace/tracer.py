@@ -129,7 +129,6 @@ class Trace:
     events: list[AllocationEvent]
     oracle_answers: list[OracleAnswer]
     iteration_bounds: list[int] = field(default_factory=list)  # event index where each iteration starts
-    unaccounted: list[str] = field(default_factory=list)
 
 
 class Tracer(TorchDispatchMode):

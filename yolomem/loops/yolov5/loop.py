@@ -66,8 +66,8 @@ class Yolov5Loop:
     def gpu_mem_unit(self) -> str:
         return "GB"  # train.py prints torch.cuda.memory_reserved() / 1E9
 
-    def epochs_supported(self, task: str, world_size: int) -> bool:
-        return task in {"detect", "segment"} and world_size == 1
+    def epochs_supported(self, resolved, world_size: int) -> bool:
+        return resolved.task in {"detect", "segment"} and world_size == 1
 
     def val_batch_size(self, task: str, train_batch: int) -> int:
         return 2 * train_batch  # train.py: val_loader at batch_size // WORLD_SIZE * 2
