@@ -31,17 +31,46 @@ class TracedRun:
     upper_iteration: int | None = None  # the iteration traced at the upper figure's density, after the configured ones
 
 
+@dataclass(frozen=True)
+class CacheClears:
+    """Where a trainer empties the CUDA cache (``torch.cuda.empty_cache``) around its validation pass.
+
+    Each point is None (no call there) or a threshold: the cache is emptied when ``memory_reserved() /
+    total_memory`` exceeds it (Ultralytics' ``_clear_memory(threshold)``); 0.0 empties it always."""
+
+    before_val: float | None = None
+    after_epoch: float | None = None  # after validation, before the next epoch's training
+
+    def empties(self, threshold: float | None, reserved: int, card_bytes: int | None) -> bool:
+        """Whether a clear with ``threshold`` empties the cache; an unknown card keeps it (the higher figure)."""
+        if threshold is None:
+            return False
+        if threshold == 0.0:
+            return True
+        return card_bytes is not None and reserved / card_bytes > threshold
+
+    def describe(self) -> str:
+        def point(threshold: float | None) -> str:
+            if threshold is None:
+                return "nothing"
+            return "always" if threshold == 0.0 else f"when more than {threshold:.0%} of the card is reserved"
+
+        return f"cache emptied before validation: {point(self.before_val)}; after each epoch: {point(self.after_epoch)}"
+
+
 class TrainingLoop(Protocol):
     """Everything yolomem asks of a training loop."""
 
     name: str  # the ``framework=`` value that selects it
-    clears_cache_between_epochs: bool  # the trainer empties the CUDA cache after each epoch
     # the trainer's loop variables (images, predictions, losses) outlive their iteration until the next
     # one rebinds them, and through validation; the epoch composer then keeps them alive between templates
     carries_loop_variables: bool
     # the validation pass is traced as one template over the pass's batches (its locals carry from batch
     # to batch), rather than one template per batch shape
     traces_whole_val_pass: bool
+
+    def cache_clears(self) -> CacheClears | None:
+        """Where the trainer empties the CUDA cache around validation (None: unknown, assumed never)."""
 
     def owns(self, spec: str) -> bool:
         """True for model names only this loop builds (they select it without ``framework=``)."""

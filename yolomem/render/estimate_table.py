@@ -38,12 +38,19 @@ def _spread(distribution) -> str:
     return f"{distribution.median / GiB:.3f} / {distribution.high / GiB:.3f} GiB"
 
 
+def _traced_code(estimate: Estimate) -> str:
+    """Which code the figure is for: the installed releases that were traced."""
+    if estimate.config.framework == "yolov5":
+        return f"torch {estimate.torch_version}"
+    return f"ultralytics {estimate.ultralytics_version} · torch {estimate.torch_version}"
+
+
 def render_estimate(estimate: Estimate, console: Console | None = None) -> None:
     console = console or Console()
     cfg = estimate.config
     title = (
         f"{cfg.model} ({estimate.task}) · batch {cfg.batch} · imgsz {cfg.imgsz} · "
-        f"{cfg.amp} · {cfg.optimizer} · {estimate.params / 1e6:.2f} M params"
+        f"{cfg.amp} · {cfg.optimizer} · {estimate.params / 1e6:.2f} M params · {_traced_code(estimate)}"
     )
     summary = Table(title=title, show_header=False, title_justify="left")
     summary.add_column("what")

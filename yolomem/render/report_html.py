@@ -71,6 +71,7 @@ def render_report(data: ReportData) -> str:
         _figures(data),
         _breakdown_table(data),
         _top_layers(data),
+        _deployment(data),
         _caveats(data),
         _commands(data),
         f'<p class="dim">yolomem {_esc(est.yolomem_version)} · torch {_esc(est.torch_version)} · '
@@ -171,6 +172,29 @@ def _top_layers(data: ReportData) -> str:
         for layer in layers
     )
     return f'<h2>Layers holding the most activation memory at the peak</h2><table id="top-layers">{rows}</table>'
+
+
+def _deployment(data: ReportData) -> str:
+    """``report deploy=FORMAT``: the trained model's deployment (yolomem.deployment), term by term."""
+    deployment = data.deployment
+    if deployment is None:
+        return ""
+    from yolomem.render.deploy_output import title
+
+    rows = []
+    for group, terms in (("run time", deployment.runtime), ("build", deployment.build),
+                         ("INT8 calibration", deployment.calibration), ("host RAM", deployment.host)):  # fmt: skip
+        for term in terms:
+            span = "" if term.low == term.high else f"{_gib(term.low)} - {_gib(term.high)}"
+            rows.append(f"<tr><td>{_esc(group)}</td><th>{_esc(term.label)}</th>{_size_cells('deploy.' + term.key, term.bytes)}"
+                        f'<td class="num">{span}</td><td>{_esc(term.basis)}</td></tr>')  # fmt: skip
+    rows.append(f"<tr><td></td><th>on the device while running</th>{_size_cells('deploy.runtime_bytes', deployment.runtime_bytes)}"
+                "<td></td><td></td></tr>")  # fmt: skip
+    if deployment.ram_left_bytes is not None:
+        rows.append(f"<tr><td></td><th>RAM left for the OS and the application</th>"
+                    f"{_size_cells('deploy.ram_left_bytes', deployment.ram_left_bytes)}<td></td><td></td></tr>")  # fmt: skip
+    return (f'<h2>Deployment</h2><p class="sub">{_esc(title(deployment))}</p>'
+            f'<table id="deployment">{"".join(rows)}</table>')
 
 
 def _caveats(data: ReportData) -> str:

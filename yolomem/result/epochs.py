@@ -17,17 +17,20 @@ How (tracing is the expensive part, so each distinct piece is traced once):
    and can be concatenated (storage ids renumbered per copy). The model, optimizer state and EMA
    (allocated before and in the first iteration) stay alive throughout.
 4. Replay through ``CachingAllocator``: epoch 1 (first iteration, then ``SIM_ITERATIONS`` training
-   batches in order, the densest among them), ``_clear_memory(0.5)``, validation, ``_clear_memory``,
-   epoch 2, validation, epoch 3 (the yolov5 repo's train.py has no ``_clear_memory``). Repeated for
-   each seed: the figures are a median and a high percentile.
+   batches in order, the densest among them), a cache clear, validation, a cache clear, epoch 2,
+   validation, epoch 3. Where the trainer empties the cache is the loop's ``cache_clears()``: read
+   from the installed Ultralytics (after each epoch always up to 8.3.86; above a share of the card,
+   and also before validation, in later releases); the yolov5 repo's train.py never does. Repeated
+   for each seed: the figures are a median and a high percentile.
 
 Assumptions (also returned in ``EpochSimulation.assumptions``):
 - An epoch is shortened to ``SIM_ITERATIONS`` training batches, sampled in order and always with the
   densest one: the allocator reaches its steady state within a few repeats of each pattern.
 - Every simulated iteration steps the optimizer (as in warmup). With ``accumulate > 1`` gradients
   also stay alive during the forward of non-stepping iterations: not modelled.
-- ``_clear_memory(0.5)`` empties the cache only when reserved memory exceeds half the card; without
-  ``gpu=`` the card is unknown and the cache is assumed kept (the higher, cautious figure).
+- ``_clear_memory(threshold)`` empties the cache only when reserved memory exceeds that share of the
+  card; without ``gpu=`` the card is unknown and the cache is assumed kept (the higher, cautious
+  figure). An unconditional clear empties it whatever the card.
 - Consecutive validation batches of one shape are replayed at most ``MAX_REPEATS`` times.
 """
 
@@ -42,6 +45,7 @@ import numpy as np
 from yolomem.allocator.caching import CachingAllocator, SimulatedOOM, parse_alloc_conf
 from yolomem.loops.density import DEFAULT_SIGMA, DEFAULT_TRAIN_IMAGES, Augmentation, epoch_batches, image_counts
 from yolomem.trace.tracer import AllocationEvent, Trace
+from yolomem.loops.base import CacheClears
 from yolomem.loops.val_pass import ValBatchShape
 
 SIM_ITERATIONS = 12  # training batches replayed per simulated epoch
@@ -51,7 +55,8 @@ HIGH_PERCENTILE = 90
 MAX_REPEATS = 2
 MAX_VAL_SHAPES = 3  # distinct validation shapes traced; other batches use the next larger traced one
 VAL_PAD = 0.5  # build_yolo_dataset: pad = 0.0 if mode == "train" else 0.5
-CLEAR_THRESHOLD = 0.5  # BaseTrainer._clear_memory(0.5) before validation and after each epoch
+# Ultralytics 8.3.152+: _clear_memory(0.5) before validation and after each epoch (older: loops/ultralytics/release.py)
+LATEST_ULTRALYTICS = CacheClears(before_val=0.5, after_epoch=0.5)
 NO_DATA_VAL_BATCHES = 10  # val batches drawn to pick the densest when there is no dataset
 
 
@@ -96,7 +101,7 @@ class EpochSimulation:
     peak_allocated: Distribution
     peak_phase: str  # the phase whose allocation first reached the peak reserved (median seed)
     plan: EpochPlan
-    emptied_cache: bool  # whether any simulated _clear_memory(0.5) emptied the cache
+    emptied_cache: bool  # whether any simulated cache clear emptied the cache
     oom: str | None
     assumptions: tuple[str, ...]
 
@@ -290,14 +295,14 @@ _VAL_RENAME = {"loss": "val_loss", "preprocess": "val_preprocess", "forward": "v
 
 def simulate_epochs(
     trace: Trace, first_iteration: int, plan: EpochPlan, *, alloc_conf: str | None = None,
-    card_bytes: int | None = None, capacity_bytes: int | None = None, clears_cache: bool = True,
+    card_bytes: int | None = None, capacity_bytes: int | None = None, clears: CacheClears | None = LATEST_ULTRALYTICS,
     carry: bool = False, upper: tuple[int, int] | None = None,
 ) -> EpochSimulation:  # fmt: skip
     """Replay the planned epochs for each seed. ``trace`` holds, after ``first_iteration`` training
     iterations (the first one being the optimizer's first step), one iteration per level and one
     validation batch per val shape, in ``plan`` order (from ``plan.first_level_iteration`` when set).
-    ``clears_cache``: the loop calls ``_clear_memory(0.5)`` around validation (Ultralytics); the yolov5
-    repo's train.py never does. ``carry``: the loop's variables outlive their iteration
+    ``clears``: where the trainer empties the cache around validation (the loop's ``cache_clears()``;
+    None: unknown, assumed never). ``carry``: the loop's variables outlive their iteration
     (``TrainingLoop.carries_loop_variables``). ``upper`` = (iteration, n_max) of the iteration traced at
     the upper figure's density: the upper figure replays it in place of the top level, with kernel
     workspaces at their upper sizes."""
@@ -321,7 +326,7 @@ def simulate_epochs(
     val_order = [0] if plan.whole_val_pass else _compress(plan.val_sequence)
     runs = [
         _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf,
-                     card_bytes if clears_cache else None, capacity_bytes, upper is not None)  # fmt: skip
+                     clears or CacheClears(), card_bytes, capacity_bytes, upper is not None)  # fmt: skip
         for sequence in plan.sequences
     ]
     peaks = [r["peak_reserved"] for r in runs]
@@ -334,12 +339,17 @@ def simulate_epochs(
     if carry:
         assumptions.append("the loop's variables (images, predictions, losses) stay alive until the next "
                            "iteration replaces them, and through validation")
-    if not clears_cache:
-        assumptions.append("the yolov5 loop empties no cache between epochs: what validation reserved stays reserved")
-        assumptions.append("val.py's model.half()/model.float() of the EMA: the fp32 EMA is kept in place, so "
+    if clears is None:
+        assumptions.append("where the trainer empties the cache could not be read from its code: assumed never (the higher figure)")
+    else:
+        assumptions.append(f"{clears.describe()} (read from the trainer's code)")
+        conditional = [t for t in (clears.before_val, clears.after_epoch) if t]
+        if conditional and card_bytes is None:
+            assumptions.append(f"card unknown (no gpu=): the cache is assumed kept by the clears that need more than "
+                               f"{min(conditional):.0%} of it reserved")  # fmt: skip
+    if any(e.phase == "val_model_half" for e in trace.events):
+        assumptions.append("validation's model.half()/model.float() of the EMA: the fp32 EMA is kept in place, so "
                            "validation holds it next to its fp16 copy (real: freed to the cache, then reallocated)")
-    elif card_bytes is None:
-        assumptions.append("_clear_memory(0.5): card unknown (no gpu=), the cache is assumed kept (reserved <= 50 %)")
     return EpochSimulation(
         epoch1_reserved=Distribution.of([r["epoch1"] for r in runs]),
         steady_reserved=Distribution.of([r["steady"] for r in runs]),
@@ -362,10 +372,10 @@ def _compress(sequence: Sequence[int]) -> list[int]:
     return out
 
 
-def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, card_bytes, capacity_bytes,
+def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, clears, card_bytes, capacity_bytes,
                  upper: bool = False) -> dict:  # fmt: skip
-    """One seed's epochs; ``card_bytes`` None: ``_clear_memory`` never empties the cache; ``upper``:
-    kernel workspaces at their upper-figure sizes."""
+    """One seed's epochs; ``clears`` says when the cache is emptied (``card_bytes`` None: the card is
+    unknown); ``upper``: kernel workspaces at their upper-figure sizes."""
     allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
     handles: dict[int, int] = {}
     state = {"copy": 0, "peak_reserved": 0, "peak_phase": "", "oom": None, "emptied": False}
@@ -408,8 +418,8 @@ def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, 
                 free_carried(size)
             carried.extend((nbytes, sid + offset) for sid, nbytes in template.carried_out)
 
-    def clear_memory() -> None:  # BaseTrainer._clear_memory(0.5)
-        if card_bytes and allocator.reserved_bytes / card_bytes > CLEAR_THRESHOLD:
+    def clear_memory(threshold: float | None) -> None:  # BaseTrainer._clear_memory(threshold)
+        if clears.empties(threshold, allocator.reserved_bytes, card_bytes):
             allocator.empty_cache()
             state["emptied"] = True
 
@@ -426,10 +436,10 @@ def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, 
                 epoch1 = allocator.reserved_bytes
             if epoch == len(sequence) - 1:
                 break
-            clear_memory()
+            clear_memory(clears.before_val)
             for index in val_order:
                 play(val[index], fresh=True)
-            clear_memory()
+            clear_memory(clears.after_epoch)
     except SimulatedOOM as error:
         state["oom"] = str(error)
     stats = allocator.stats()
@@ -504,7 +514,7 @@ class EpochRequest:
         """The epochs' figures; ``upper`` = (iteration, n_max) of the upper-density iteration for the upper figure."""
         return simulate_epochs(trace, self.config.iterations, self.hook.plan, alloc_conf=alloc_conf,
                                card_bytes=card_bytes, capacity_bytes=capacity_bytes,
-                               clears_cache=self.hook.loop.clears_cache_between_epochs,
+                               clears=self.hook.loop.cache_clears(),
                                carry=self.hook.loop.carries_loop_variables, upper=upper)  # fmt: skip
 
 

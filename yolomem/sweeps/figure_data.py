@@ -133,6 +133,7 @@ class ReportData:
     fits: tuple[GpuFit, ...]
     margin: float  # the share of usable memory held back when judging fits (yolomem.sweeps.fit)
     words: tuple[str, ...]  # the settings as key=value words, for the command lines
+    deployment: object | None = None  # yolomem.deployment.Deployment of the trained model (report deploy=FORMAT)
 
 
 def gpu_line(gpu: Gpu) -> GpuLine:

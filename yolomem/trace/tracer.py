@@ -92,11 +92,16 @@ class DataOracle:
 
     ``positives`` is the number of nonzero entries assumed for a fake tensor, such as the foreground
     anchors the assigner selects; the training step sets it from the batch (assigner top-k x objects).
-    A scalar read returns ``scalar`` (0: no inf/NaN found, no early exit taken).
+    A scalar read returns ``scalar_for(tensor)``: ``scalar`` by default (0: no inf/NaN found, no early
+    exit taken); a training loop may answer by dtype instead.
     """
 
     positives: int = 0
     scalar: float = 0.0
+
+    def scalar_for(self, tensor: torch.Tensor) -> float:
+        """The value a ``.item()`` or ``bool()`` of the fake ``tensor`` reads."""
+        return self.scalar
 
     def nonzero_count(self, shape: torch.Size) -> int:
         numel = 1
@@ -316,23 +321,31 @@ class Tracer(TorchDispatchMode):
         return self._fake_cache.call(func, args, kwargs)
 
     def _mask_indices_to_positions(self, args):
-        """``x[mask]`` with a real boolean ``mask`` and a fake ``x``: the mask's positions are known, so
-        index with them (what the kernel does itself, ATen's ``expandTensors``: a k-dim mask becomes k
-        integer index tensors, from a ``nonzero`` no dispatch tracer sees, on the GPU as here)."""
+        """``x[mask]`` / ``x[mask] = v`` with a fake ``x``, ``v`` or ``mask``: index with the mask's
+        positions instead (what the kernel does itself, ATen's ``expandTensors``: a k-dim mask becomes
+        k integer index tensors, from a ``nonzero`` no dispatch tracer sees, on the GPU as here); a
+        fake mode cannot size a boolean index. A real mask's positions are computed; a fake mask's
+        count is the oracle's ``nonzero`` answer, listed with the trace's assumptions (Ultralytics'
+        assigner and loss up to 8.4.133: ``pd_scores[...][mask_gt]``, ``pred_dist[fg_mask]``)."""
         target, indices = args[0], args[1]
         values = args[2] if len(args) > 2 and isinstance(args[2], torch.Tensor) else None
-        if not (self._is_fake_like(target) or (values is not None and self._is_fake_like(values))):
-            return args
         masks = [i for i in indices if isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)]
-        if not masks or any(self._is_fake_like(m) for m in masks):
+        if not masks:
             return args
+        fake_masks = any(self._is_fake_like(m) for m in masks)
+        if not (fake_masks or self._is_fake_like(target) or (values is not None and self._is_fake_like(values))):
+            return args  # all real: runs for real, mask and all
         expanded = []
-        with _disable_current_modes():
-            for index in indices:
-                if isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8):
+        for index in indices:
+            if not (isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8)):
+                expanded.append(index)
+            elif self._is_fake_like(index):
+                found = self._answer_data_dependent(aten.nonzero.default, (self._to_fake(index),), {})
+                with self.fake_mode:
+                    expanded.extend(found.unbind(1))
+            else:
+                with _disable_current_modes():
                     expanded.extend(index.nonzero().unbind(1))
-                else:
-                    expanded.append(index)
         return (target, expanded, *args[2:])
 
     # -- real/fake policy -----------------------------------------------------------------------
@@ -389,7 +402,7 @@ class Tracer(TorchDispatchMode):
 
     # -- oracle -----------------------------------------------------------------------------------
     def _answer_scalar(self, tensor: torch.Tensor):
-        value: Any = self.oracle.scalar
+        value: Any = self.oracle.scalar_for(tensor)
         if tensor.dtype == torch.bool:
             value = bool(value)
         elif not tensor.dtype.is_floating_point:

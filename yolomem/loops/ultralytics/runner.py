@@ -9,16 +9,20 @@ from yolomem.config.models import ResolvedModel
 from yolomem.config.settings import EstimateConfig
 from yolomem.loops.base import TracedRun, max_stride, rank_batch, round_imgsz, traced_batches, tracing
 from yolomem.loops.batches import SyntheticBatch
-from yolomem.loops.ultralytics.step import StepSettings, UltralyticsRun, build_model
+from yolomem.loops.ultralytics.step import StepSettings, UltralyticsOracle, UltralyticsRun, build_model
 from yolomem.trace.tracer import DataOracle, module_scopes
 
 
 def resolve_optimizer(name: str) -> tuple[str, str | None]:
-    """``auto`` -> AdamW, with a note: Ultralytics picks AdamW for runs of at most 10k iterations and
-    MuSGD beyond (BaseTrainer.build_optimizer). Without the dataset size we assume the short run."""
+    """The optimizer the installed ``build_optimizer`` builds for ``name``, in its spelling, with a note
+    for ``auto``: it picks by the run's iterations (AdamW or, in 8.4.0-8.4.7, MuSGD for short runs);
+    without the dataset size we assume a short run (``release.SHORT_RUN_ITERATIONS``)."""
+    from yolomem.loops.ultralytics.release import release
+
+    installed = release()
     if name != "auto":
-        return name, None
-    return "AdamW", "optimizer=auto: assumed AdamW (Ultralytics' choice for <= 10k iterations); pass optimizer=MuSGD for long runs"
+        return installed.optimizer_name(name), None
+    return installed.auto_short, installed.auto_note()
 
 
 def trace_ultralytics_run(
@@ -29,9 +33,17 @@ def trace_ultralytics_run(
 
     ``after_iterations(run)`` traces more with the same model and tracer (``yolomem.result.epochs``: more
     object-count levels and the validation pass)."""
+    from yolomem.loops.ultralytics.release import check_release, release
+
     notes: list[str] = []
-    optimizer, note = resolve_optimizer(config.optimizer)
-    if note and config.step == "train":
+    release()  # probe the installed release here, outside the tracer
+    warning = check_release()
+    if warning:
+        notes.append(warning)
+    if oracle is None:
+        oracle = UltralyticsOracle()
+    optimizer, note = resolve_optimizer(config.optimizer) if config.step == "train" else ("none", None)  # fwd_bwd: no optimizer
+    if note:
         notes.append(note)
     per_rank = rank_batch(config)  # BaseTrainer: batch_size // world_size
     if config.world_size > 1:

@@ -9,8 +9,12 @@ stand-in for the trainer, which holds what ``BaseTrainer._setup_train`` would ha
 Where the installed Ultralytics would take a different path on a GPU than on this CPU trace, we take
 the GPU's path, and say so next to the line:
 - the scaler is enabled (``GradScaler('cuda')`` disables itself without CUDA);
-- Adam/AdamW are built ``fused=True`` as ``build_optimizer`` does when parameters are on CUDA;
-- other optimizers and ``clip_grad_norm_`` use the foreach kernels torch picks for CUDA tensors.
+- Adam/AdamW are built ``fused=True`` where the installed ``build_optimizer`` asks for it on CUDA
+  (8.4.154+, ``release.fused_adam``); otherwise, and for other optimizers and ``clip_grad_norm_``,
+  the foreach kernels torch picks for CUDA tensors.
+
+A scalar read of a fake value (``if fg_mask.sum():``, ``if fg_mask.max() > 1:`` in the loss and the
+assigner) is answered by ``UltralyticsOracle``: the branch a batch with objects takes.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 from yolomem.loops.base import amp_dtype, check_trainable, max_stride
 from yolomem.trace.autocast import CudaAutocastPolicy
 from yolomem.loops.batches import SyntheticBatch
-from yolomem.trace.tracer import Tracer
+from yolomem.trace.tracer import DataOracle, Tracer
 
 WARMUP_MIN_ITERATIONS = 100  # BaseTrainer._get_warmup_iterations: max(round(warmup_epochs * nb), 100)
 
@@ -105,7 +109,9 @@ def build_optimizer(model, settings: StepSettings, args, nc: int):
         optimizer = BaseTrainer.build_optimizer(
             shim, model=model, name=settings.optimizer, lr=args.lr0, momentum=args.momentum, decay=decay
         )
-    if type(optimizer).__name__ in {"Adam", "AdamW"}:
+    from yolomem.loops.ultralytics.release import release
+
+    if type(optimizer).__name__ in {"Adam", "AdamW"} and release().fused_adam:
         # build_optimizer passes fused=True when next(model.parameters()).is_cuda
         for group in optimizer.param_groups:
             group["fused"], group["foreach"] = True, False
@@ -128,6 +134,21 @@ def quiet_ultralytics() -> Iterator[None]:
         yield
     finally:
         LOGGER.setLevel(level)
+
+
+class UltralyticsOracle(DataOracle):
+    """Scalar reads as a batch with objects answers them. The loss and the assigner branch on fake
+    values: ``if fg_mask.sum():`` (box, mask and keypoint losses), ``if fg_mask.max() > 1:`` (an
+    anchor claimed by two objects), ``max(target_scores.sum(), 1)``; with objects in the batch
+    the work is done. Integers: the foreground count assumed (``positives``); booleans: whether there
+    is any; floats: 0.0 (the GradScaler's ``found_inf``: the optimizer steps)."""
+
+    def scalar_for(self, tensor: torch.Tensor):
+        if tensor.dtype == torch.bool:
+            return self.positives > 0
+        if not tensor.dtype.is_floating_point:
+            return self.positives
+        return 0.0
 
 
 class _CloneOnDeepcopy(torch.overrides.TorchFunctionMode):
@@ -242,6 +263,7 @@ class UltralyticsRun:
         with self._autocast():
             with tracer.phase("preprocess"):
                 data = batch.as_dict()
+                data["resized_shape"] = [(batch.imgsz, batch.imgsz)] * batch.batch  # the collate's; 8.4.0-8.4.6 obb loss reads it
                 tracer.track_existing(data.values(), "input")
                 data = self.trainer_class.preprocess_batch(self._shim, data)
             tracer.oracle.positives = batch.expected_positives(self._assigner_topk())

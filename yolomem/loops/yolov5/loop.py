@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from yolomem.config.models import ResolvedModel
-from yolomem.loops.base import TracedRun, max_stride
+from yolomem.loops.base import CacheClears, TracedRun, max_stride
 
 
 class Yolov5Loop:
     name = "yolov5"
-    clears_cache_between_epochs = False  # train.py has no _clear_memory
     carries_loop_variables = True  # imgs, pred, loss, loss_items, mloss: train.py's loop variables
     traces_whole_val_pass = True  # val.run's preds/train_out and per-image locals carry from batch to batch
+
+    def cache_clears(self) -> CacheClears:
+        return CacheClears()  # train.py never empties the cache
 
     def owns(self, spec: str) -> bool:
         from yolomem.loops.yolov5.names import is_original_only
