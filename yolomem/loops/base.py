@@ -87,9 +87,10 @@ class TrainingLoop(Protocol):
     def count_params(self, resolved: ResolvedModel, nc: int | None = None) -> int: ...
 
     def trace(self, config: EstimateConfig, resolved: ResolvedModel, *, fake: bool, oracle,
-              after_iterations: Callable[[Any], None] | None, density=None) -> TracedRun:
+              after_iterations: Callable[[Any], None] | None, density=None, upper: bool = True) -> TracedRun:
         """Build the model on fake (or real) tensors and trace ``config.iterations`` training iterations,
-        with the objects per sample of ``density`` (``yolomem.loops.density.traced_batches``)."""
+        with the objects per sample of ``density`` (``traced_batches``); ``upper``: one more iteration at the
+        upper figure's density (an estimate needs it; an event-by-event comparison with a reference run not)."""
 
     def gpu_mem_unit(self) -> str:
         """The unit the trainer prints ``GPU_mem`` in: "GiB" or "GB" (10^9 bytes)."""
@@ -187,7 +188,7 @@ def cuda_foreach_types() -> Iterator[None]:
             lst.remove(FakeTensor)
 
 
-def traced_batches(config: EstimateConfig, task: str, batch: int, density=None):
+def traced_batches(config: EstimateConfig, task: str, batch: int, density=None, upper: bool = True):
     """(plan, objects per sample of each traced iteration, upper iteration index or None).
 
     Training with labels: typical batches, the last configured iteration at epoch 1's densest batch,
@@ -198,4 +199,4 @@ def traced_batches(config: EstimateConfig, task: str, batch: int, density=None):
     if config.step != "train" or task == "classify":
         return None, [None] * config.iterations, None
     plan = density or plan_for(config, batch)
-    return plan, iteration_counts(plan, config.iterations, upper=True), config.iterations
+    return plan, iteration_counts(plan, config.iterations, upper=upper), config.iterations if upper else None

@@ -72,11 +72,12 @@ class UltralyticsLoop:
 
         return ultralytics_gflops(model, imgsz)
 
-    def trace(self, config, resolved, *, fake: bool = True, oracle=None, after_iterations=None, density=None) -> TracedRun:
+    def trace(self, config, resolved, *, fake: bool = True, oracle=None, after_iterations=None, density=None,
+              upper: bool = True) -> TracedRun:
         from yolomem.loops.ultralytics.runner import trace_ultralytics_run
 
         return trace_ultralytics_run(config, resolved, fake=fake, oracle=oracle, after_iterations=after_iterations,
-                                     density=density)  # fmt: skip
+                                     density=density, upper=upper)  # fmt: skip
 
     def gpu_mem_unit(self) -> str:
         from yolomem.loops.ultralytics.release import release

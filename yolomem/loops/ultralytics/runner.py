@@ -29,7 +29,7 @@ def resolve_optimizer(name: str) -> tuple[str, str | None]:
 
 def trace_ultralytics_run(
     config: EstimateConfig, resolved: ResolvedModel, *, fake: bool = True, oracle: DataOracle | None = None,
-    after_iterations: Callable[[UltralyticsRun], None] | None = None, density=None,
+    after_iterations: Callable[[UltralyticsRun], None] | None = None, density=None, upper: bool = True,
 ) -> TracedRun:
     """Build the model on fake tensors, then trace ``config.iterations`` training iterations.
 
@@ -80,7 +80,7 @@ def trace_ultralytics_run(
             ddp_buckets = allocate_ddp_state(model, tracer)  # alive for the whole run, like the Reducer's
         kpt_shape = tuple(resolved.cfg.get("kpt_shape", (17, 3)))
         channels = int(resolved.cfg.get("channels", 3))
-        plan, counts, upper_iteration = traced_batches(config, resolved.task, per_rank, density)
+        plan, counts, upper_iteration = traced_batches(config, resolved.task, per_rank, density, upper)
         with module_scopes(model, tracer):
             for iteration, objects in enumerate(counts):
                 batch = SyntheticBatch.draw(

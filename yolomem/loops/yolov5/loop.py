@@ -57,11 +57,12 @@ class Yolov5Loop:
 
         return count_gflops(find_original(model), imgsz), "counted"
 
-    def trace(self, config, resolved, *, fake: bool = True, oracle=None, after_iterations=None, density=None) -> TracedRun:
+    def trace(self, config, resolved, *, fake: bool = True, oracle=None, after_iterations=None, density=None,
+              upper: bool = True) -> TracedRun:
         from yolomem.loops.yolov5.runner import trace_yolov5_run
 
         return trace_yolov5_run(config, resolved, fake=fake, oracle=oracle, after_iterations=after_iterations,
-                                density=density)  # fmt: skip
+                                density=density, upper=upper)  # fmt: skip
 
     def gpu_mem_unit(self) -> str:
         return "GB"  # train.py prints torch.cuda.memory_reserved() / 1E9
