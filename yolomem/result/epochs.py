@@ -4,11 +4,14 @@ Why: the caching allocator keeps the largest blocks anyone asked for, so ``GPU_m
 later carries what validation (2x batch, rect shapes, NMS) and the densest training batch left.
 
 How (tracing is the expensive part, so each distinct piece is traced once):
-1. Plan: draw the epoch's batches (objects per image from the dataset's label files, or Poisson with
-   mean ``instances``, ``yolomem.loops.batches``) for several seeds. A batch is characterised by its
-   densest image (the assigner's ``n_max_boxes``); the levels traced are the median, the 90th
-   percentile and the maximum of that over all draws. With a dataset the densest image of the
-   dataset lies in some batch of every epoch, so the maximum is the dataset's maximum.
+1. Plan: draw the epoch's batches (objects per image from the dataset's label files, or, without
+   one, each batch's densest image as ``yolomem.loops.batches`` draws it: the most of ``DENSEST_OF``
+   Poisson draws with mean ``instances``) for several seeds. A batch is characterised by its densest
+   image (the assigner's ``n_max_boxes``); the levels traced are the median, the 90th percentile and
+   the maximum of that over all draws. With a dataset the densest image of the dataset lies in some
+   batch of every epoch, so the maximum is the dataset's maximum. Each traced batch is that densest
+   image and typical images (``dense_counts``), so without a dataset the traced batches do not
+   depend on the batch size and the whole stream derives exactly (``yolomem.trace.derive``).
 2. Trace, with the model, optimizer and EMA of ``runner.trace_run``: one training iteration per
    level, and one validation batch per distinct val shape (``yolomem.loops.val_pass``; for the
    yolov5 repo's loop ``yolomem.loops.yolov5.val_pass``: val.py's fp16 EMA, its NMS).
@@ -40,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from yolomem.allocator.caching import CachingAllocator, SimulatedOOM, parse_alloc_conf
+from yolomem.loops.batches import DENSEST_OF, dense_counts, typical_count
 from yolomem.trace.tracer import AllocationEvent, Trace
 from yolomem.loops.val_pass import ValBatchShape
 
@@ -76,7 +80,7 @@ class EpochPlan:
     """What to trace and in which order to replay it, before any tracing."""
 
     levels: tuple[int, ...]  # densest image of a training batch, one traced iteration per level
-    level_counts: tuple[tuple[int, ...], ...]  # a real batch (objects per image) for each level
+    level_counts: tuple[tuple[int, ...], ...]  # objects per image of the batch traced for each level
     sequences: tuple[tuple[tuple[int, ...], ...], ...]  # per seed, per epoch: level index of each batch
     val_shapes: tuple[ValBatchShape, ...]  # traced validation batches
     val_sequence: tuple[int, ...]  # traced shape index for each validation batch, in order
@@ -159,15 +163,12 @@ def plan_epochs(
                 batches = [tuple(int(c) for c in counts[i : i + batch]) for i in range(0, len(counts), batch)]
                 per_seed.append(_sample_in_order(batches, rng))
             else:
-                per_seed.append([tuple(int(c) for c in rng.poisson(instances, batch)) for _ in range(SIM_ITERATIONS)])
+                per_seed.append([_densest_batch(rng, instances, batch) for _ in range(SIM_ITERATIONS)])
         epoch_batches.append(per_seed)
     maxima = np.array([max(b, default=0) for s in epoch_batches for e in s for b in e])
     top = int(maxima.max()) if train_counts is None else int(max(train_counts, default=0))
     levels = sorted({int(np.median(maxima)), int(np.percentile(maxima, 90)), top})
-    level_counts = []
-    for level in levels:
-        example = next((b for s in epoch_batches for e in s for b in e if max(b, default=0) == level), None)
-        level_counts.append(example if example is not None else tuple([level] + [0] * (batch - 1)))
+    level_counts = [dense_counts(batch, level, typical_count(instances, level)) for level in levels]
     sequences = tuple(
         tuple(tuple(_level_of(max(b, default=0), levels) for b in epoch) for epoch in per_seed) for per_seed in epoch_batches
     )
@@ -176,14 +177,20 @@ def plan_epochs(
     else:  # no dataset: square images, letterboxed as set_rectangle does for aspect ratio 1
         side = int(math.ceil(imgsz / stride + VAL_PAD)) * stride
         rng = np.random.default_rng(seeds[0] if seeds else 0)
-        batches = [((side, side), tuple(int(c) for c in rng.poisson(instances, val_batch))) for _ in range(NO_DATA_VAL_BATCHES)]
-    val_shapes, val_sequence = _pick_val_shapes(batches, val_batch)
+        batches = [((side, side), _densest_batch(rng, instances, val_batch)) for _ in range(NO_DATA_VAL_BATCHES)]
+    val_shapes, val_sequence = _pick_val_shapes(batches, val_batch, instances)
     return EpochPlan(
         levels=tuple(levels), level_counts=tuple(level_counts), sequences=sequences,
         val_shapes=val_shapes, val_sequence=val_sequence,
         batches_per_epoch=math.ceil(len(train_counts) / batch) if train_counts is not None else None,
         seeds=tuple(seeds),
     )  # fmt: skip
+
+
+def _densest_batch(rng, instances: float, batch: int) -> tuple[int, ...]:
+    """A batch without a dataset: its densest image as ``SyntheticBatch.draw`` makes it, then typical ones."""
+    densest = int(rng.poisson(instances, DENSEST_OF).max()) if instances > 0 else 0
+    return dense_counts(batch, densest, typical_count(instances, densest))
 
 
 def _sample_in_order(batches: list[tuple[int, ...]], rng) -> list[tuple[int, ...]]:
@@ -204,7 +211,7 @@ def _level_of(value: int, levels: Sequence[int]) -> int:
     return len(levels) - 1
 
 
-def _pick_val_shapes(batches, val_batch: int) -> tuple[tuple[ValBatchShape, ...], tuple[int, ...]]:
+def _pick_val_shapes(batches, val_batch: int, instances: float) -> tuple[tuple[ValBatchShape, ...], tuple[int, ...]]:
     by_shape: dict[tuple[int, int], list[tuple[int, ...]]] = {}
     for shape, counts in batches:
         by_shape.setdefault(shape, []).append(counts)
@@ -220,9 +227,8 @@ def _pick_val_shapes(batches, val_batch: int) -> tuple[tuple[ValBatchShape, ...]
     shapes = []
     for index, (h, w) in enumerate(chosen):
         mapped = [c for (shape, c), t in zip(batches, sequence) if t == index]
-        densest = max(mapped, key=lambda c: (max(c, default=0), sum(c)))
-        densest = tuple(densest) + (0,) * (val_batch - len(densest))  # the last batch may be short
-        shapes.append(ValBatchShape(val_batch, h, w, densest))
+        most = max(max(c, default=0) for c in mapped)  # the densest image of the shape's batches
+        shapes.append(ValBatchShape(val_batch, h, w, dense_counts(val_batch, most, typical_count(instances, most))))
     return tuple(shapes), sequence
 
 
@@ -442,7 +448,8 @@ class EpochRequest:
         bounds = list(trace.iteration_bounds)
         end = bounds[iterations] if len(bounds) > iterations else len(trace.events)
         return Trace(events=trace.events[:end], oracle_answers=trace.oracle_answers,
-                     iteration_bounds=bounds[:iterations], unaccounted=list(trace.unaccounted))  # fmt: skip
+                     iteration_bounds=bounds[:iterations], unaccounted=list(trace.unaccounted),
+                     real_ids=trace.real_ids, real_bytes_cap=trace.real_bytes_cap)  # fmt: skip
 
     def simulate(self, trace: Trace, alloc_conf, card_bytes, capacity_bytes) -> EpochSimulation:
         return simulate_epochs(trace, self.config.iterations, self.hook.plan, alloc_conf=alloc_conf,
