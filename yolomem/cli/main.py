@@ -14,7 +14,7 @@ from yolomem.cli.registry import COMMANDS
 from yolomem.errors import UserError
 
 # Each module registers its subcommands on import; this list is the whole CLI, in help order.
-COMMAND_MODULES = ("estimate", "fit", "table", "plot", "measure")
+COMMAND_MODULES = ("estimate", "fit", "table", "plot", "measure", "cache")
 
 
 def load_commands() -> None:
@@ -38,6 +38,8 @@ def get_parser() -> argparse.ArgumentParser:
         p.add_argument("--explain", action="store_true", help="fit: list what each memory-saving step buys")
         p.add_argument("--csv", action="store_true", help="table: print CSV")
         p.add_argument("--markdown", action="store_true", help="table: print a Markdown table")
+        p.add_argument("--no-cache", action="store_true", help="neither read nor write the trace cache")
+        p.add_argument("-v", "--verbose", action="store_true", help="say where each traced run came from")
     return parser
 
 
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     if options.command is None:
         options = parser.parse_args(["estimate", *(argv or [])])
+    _setup(options)
     try:
         return COMMANDS[options.command][1](options)
     except UserError as error:
@@ -53,3 +56,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _setup(options: argparse.Namespace) -> None:
+    """``--no-cache`` and ``--verbose``: for the whole command."""
+    if getattr(options, "no_cache", False):
+        from yolomem.result.runs import configure
+
+        configure(cache=False)
+    if getattr(options, "verbose", False):
+        import logging
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("yolomem: %(message)s"))
+        logger = logging.getLogger("yolomem")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

@@ -53,6 +53,10 @@ class TrainingLoop(Protocol):
               after_iterations: Callable[[Any], None] | None) -> TracedRun:
         """Build the model on fake (or real) tensors and trace ``config.iterations`` training iterations."""
 
+    def optimizer_steps(self, iterations: int, batch: int, nbs: int) -> tuple[bool, ...]:
+        """Which traced iterations step the optimizer at this (per-rank) batch: the one part of the
+        traced step that the batch size turns on or off (``yolomem.result.runs`` keeps them apart)."""
+
     def gpu_mem_unit(self) -> str:
         """The unit the trainer prints ``GPU_mem`` in: "GiB" or "GB" (10^9 bytes)."""
 
@@ -68,6 +72,16 @@ class TrainingLoop(Protocol):
 def round_imgsz(imgsz: int, stride: int) -> int:
     """Ultralytics' check_imgsz (and train.py's check_img_size): round up to a multiple of the largest stride (at least 32)."""
     return max(math.ceil(imgsz / stride) * stride, stride)
+
+
+def optimizer_steps(accumulate_at: Callable[[int, int, int], int], iterations: int, batch: int, nbs: int) -> tuple[bool, ...]:
+    """Both trainers step when ``iteration - last_step >= accumulate_at(iteration, batch, nbs)``."""
+    steps, last = [], -1
+    for iteration in range(iterations):
+        step = iteration - last >= accumulate_at(iteration, batch, nbs)
+        last = iteration if step else last
+        steps.append(step)
+    return tuple(steps)
 
 
 def rank_batch(config: EstimateConfig) -> int:

@@ -88,6 +88,13 @@ class EpochPlan:
     seeds: tuple[int, ...]
 
 
+def plan_shape(plan: EpochPlan) -> tuple:
+    """What of a plan the trace depends on (levels, validation shapes and their densest images); the
+    seeds' orders of batches only matter to the replay."""
+    return (plan.levels, tuple((s.height, s.width, s.counts[0] if s.counts else 0, s.counts[1] if len(s.counts) > 1 else None)
+                               for s in plan.val_shapes))  # fmt: skip
+
+
 @dataclass(frozen=True)
 class EpochSimulation:
     epoch1_reserved: Distribution  # GPU_mem at the end of epoch 1's training
@@ -406,18 +413,23 @@ class EpochTracing:
         self.train_counts, self.val_sizes, self.val_counts = train_counts, val_sizes, val_counts
         self.kpt_shape, self.channels = tuple(kpt_shape), channels
         self.plan: EpochPlan | None = None
+        self.stride: int | None = None  # the model's, once traced
+
+    def plan_for(self, task: str, batch: int, imgsz: int, stride: int) -> EpochPlan:
+        """The plan at a (per-rank) batch; ``yolomem.result.runs`` asks it for derived runs too."""
+        return plan_epochs(
+            batch=batch, val_batch=self.loop.val_batch_size(task, batch), imgsz=imgsz,
+            stride=stride, seeds=self.seeds, train_counts=self.train_counts, instances=self.instances,
+            val_sizes=self.val_sizes, val_counts=self.val_counts,
+        )  # fmt: skip
 
     def __call__(self, run) -> None:
         from yolomem.loops.batches import SyntheticBatch
 
         settings = run.settings
         task = getattr(settings, "task", "detect")  # the yolov5 loop's settings trace detection designs only
-        val_batch = self.loop.val_batch_size(task, settings.batch)
-        self.plan = plan = plan_epochs(
-            batch=settings.batch, val_batch=val_batch, imgsz=settings.imgsz,
-            stride=run.stride, seeds=self.seeds, train_counts=self.train_counts, instances=self.instances,
-            val_sizes=self.val_sizes, val_counts=self.val_counts,
-        )  # fmt: skip
+        self.stride = run.stride
+        self.plan = plan = self.plan_for(task, settings.batch, settings.imgsz, run.stride)
         nc = int(getattr(run.model, "nc", 80))
         iteration = run.tracer.iteration + 1  # after the configured iterations
         seed = self.seeds[0] if self.seeds else 0

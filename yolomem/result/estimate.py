@@ -186,7 +186,7 @@ def estimate(model: str | EstimateConfig = "yolov8n.yaml", **settings) -> Estima
 
 
 def estimate_config(config: EstimateConfig) -> Estimate:
-    from yolomem.loops import get_loop, resolve_model, trace_run
+    from yolomem.loops import get_loop, resolve_model
 
     started = time.perf_counter()
     gpu = find_gpu(config.gpu, config.gpu_mem) if (config.gpu or config.gpu_mem) else None
@@ -202,13 +202,13 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         config = config.with_changes(data=None)
     from yolomem.result.epochs import epoch_request
 
+    from yolomem.result.runs import obtain_run
+
     request = epoch_request(config, resolved)  # None unless data= or epochs>=2
     if request is not None:
         config = request.config
         notes.extend(request.notes)
-        run = trace_run(config, resolved, after_iterations=request.hook)
-    else:
-        run = trace_run(config, resolved)
+    run = obtain_run(config, resolved, request)  # cached, derived from other batches, or traced
     notes.extend(run.notes)
     context = gpu.context_bytes if gpu else CUDA_CONTEXT_BYTES
     base_trace = request.base_trace(run.trace) if request else run.trace

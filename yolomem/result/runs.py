@@ -1,0 +1,249 @@
+"""Where an estimate's traced run comes from: the trace cache, a stream derived from runs at other
+batch sizes, or a new trace.
+
+1. The cache (``yolomem.trace.store``): the same configuration traced before, in this process or on
+   this machine, at this batch.
+2. A derived stream (``yolomem.trace.derive``): the same configuration traced at ``MIN_TRACED`` or
+   more other batches (a family; its runs wait in the cache). ``derive_family`` checks the traced
+   runs against each other, event for event, before any run is derived from them; at batches past
+   the traced ones it also refuses where the tracer or its oracle would decide differently. A family
+   it refuses is not asked again in this process.
+3. Otherwise the run is traced, and stored for 1 and 2.
+Runs that differ in more than their sizes are kept apart: which iterations step the optimizer
+(gradient accumulation switches with the batch), and, for whole epochs, what the plan traces (its
+levels and validation shapes, ``yolomem.result.epochs.plan_shape``).
+
+Where each run came from is logged (``logging`` name ``yolomem.runs``; ``--verbose`` shows it); the
+estimate itself does not depend on it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from yolomem.config.models import ResolvedModel
+from yolomem.config.settings import EstimateConfig
+from yolomem.loops.base import TracedRun, rank_batch
+from yolomem.trace.derive import NotDerivable, RunFacts, StreamFamily, derive_family
+from yolomem.trace.packed import PackedTrace, pack, unpack
+from yolomem.trace.store import TraceStore, canonical, key_digest, source_digest
+
+MIN_TRACED = 3  # traced runs before any is derived: two draw the line, the third checks it
+MAX_MEMBERS = 5  # traced runs a family is built from (the smallest, the largest, the rest nearest)
+# settings that change only the replay, the host figures or nothing traced: not part of a family
+_NOT_TRACED = frozenset({"batch", "gpu", "gpu_mem", "alloc_conf", "cache", "workers"})
+
+log = logging.getLogger("yolomem.runs")
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """A traced run as the cache keeps it."""
+
+    trace: PackedTrace
+    params: int
+    imgsz: int
+    optimizer: str
+    notes: tuple[str, ...]
+    probe_failures: tuple[str, ...]
+    stride: int | None  # the model's largest stride (plans for whole epochs need it)
+
+    def facts(self) -> RunFacts:
+        return RunFacts(unpack(self.trace), self.params, self.imgsz, self.optimizer, self.notes, self.probe_failures)
+
+
+def family_key(config: EstimateConfig, resolved: ResolvedModel) -> dict:
+    """Everything a trace depends on but the batch: versions, the model, and the traced settings."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from yolomem import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "-"
+
+    import torch
+    import ultralytics
+
+    model = asdict(resolved) | {"note": None}
+    original = resolved.cfg.get("original") if isinstance(resolved.cfg, dict) else None
+    if isinstance(original, dict) and original.get("path"):
+        model["file"] = _file_digest(str(original["path"]))
+    return {
+        "yolomem": __version__, "source": source_digest(), "torch": torch.__version__,
+        "ultralytics": ultralytics.__version__, "ultralytics_path": str(Path(ultralytics.__file__).parent),
+        "numpy": installed("numpy"), "python": platform.python_version(), "model": model,
+        "config": {k: v for k, v in config.as_dict().items() if k not in _NOT_TRACED},
+    }  # fmt: skip
+
+
+@functools.cache
+def _file_digest(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return "-"
+
+
+def _name(batch: int, steps: tuple[bool, ...], shape: tuple | None) -> str:
+    """A run's file name in its family: its batch, then what keeps runs apart."""
+    apart = hashlib.sha256(canonical({"steps": steps, "plan": shape}).encode()).hexdigest()[:12]
+    return f"{apart}-b{batch}"
+
+
+class RunSource:
+    """Traced runs for estimates: from ``store`` (and this process's memory), derived, or traced."""
+
+    def __init__(self, store: TraceStore, derive: bool = True):
+        self.store = store
+        self.derive = derive  # False: trace every batch not in the cache (to compare with derived runs)
+        self._memory: dict[tuple[str, str], StoredRun] = {}
+        self._families: dict[tuple, StreamFamily | str] = {}  # a family, or why it was refused
+
+    def obtain(self, config: EstimateConfig, resolved: ResolvedModel, request=None) -> TracedRun:
+        """The traced run of ``config`` (``request``: its whole-epoch request, whose ``hook.plan`` is set)."""
+        from yolomem.loops import get_loop, trace_run
+
+        loop = get_loop(resolved.framework)
+        key = family_key(config, resolved)
+        digest = key_digest(key)
+        batch = rank_batch(config)
+        steps = loop.optimizer_steps(config.iterations, batch, config.nbs) if config.step == "train" else ()
+        plan, shape = None, None
+        if request is not None:
+            known = self._any_member(key, digest)
+            if known is not None and known.stride is not None:  # the plan needs the model's stride
+                plan = request.hook.plan_for(resolved.task, batch, known.imgsz, known.stride)
+                shape = _plan_shape(plan)
+        label = f"{config.model} batch={config.batch} imgsz={config.imgsz}"
+        if request is None or plan is not None:
+            name = _name(batch, steps, shape)
+            stored = self._load(key, digest, name)
+            if stored is not None:
+                log.info("%s: traced run from the cache (%s)", label, self.store.root / digest)
+                return self._use(stored.facts(), request, plan, stored.stride)
+            derived = self._derive(key, digest, name.rsplit("-b", 1)[0], batch, label) if self.derive else None
+            if derived is not None:
+                return self._use(derived, request, plan, self._any_member(key, digest).stride)
+        run = trace_run(config, resolved, after_iterations=request.hook if request is not None else None)
+        stride = request.hook.stride if request is not None else None
+        shape = _plan_shape(request.hook.plan) if request is not None else None
+        stored = StoredRun(pack(run.trace), run.params, run.imgsz, run.optimizer, run.notes, run.probe_failures, stride)
+        name = _name(batch, steps, shape)
+        self._memory[(digest, name)] = stored
+        self.store.save(key, name, stored)
+        log.info("%s: traced", label)
+        return run
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def _load(self, key: dict, digest: str, name: str) -> StoredRun | None:
+        stored = self._memory.get((digest, name))
+        if stored is None:
+            stored = self.store.load(key, name)
+            if isinstance(stored, StoredRun):
+                self._memory[(digest, name)] = stored
+            else:
+                stored = None
+        return stored
+
+    def _any_member(self, key: dict, digest: str) -> StoredRun | None:
+        for (family, _name_), stored in self._memory.items():
+            if family == digest:
+                return stored
+        for name in self.store.names(key):
+            stored = self._load(key, digest, name)
+            if stored is not None:
+                return stored
+        return None
+
+    def _members(self, key: dict, digest: str, prefix: str) -> list[int]:
+        names = {n for (family, n) in self._memory if family == digest} | set(self.store.names(key))
+        return sorted(int(n.rsplit("-b", 1)[1]) for n in names if n.rsplit("-b", 1)[0] == prefix)
+
+    def _derive(self, key: dict, digest: str, prefix: str, batch: int, label: str) -> RunFacts | None:
+        batches = self._members(key, digest, prefix)
+        if len(batches) < MIN_TRACED:
+            return None
+        chosen = _choose(batches, batch)
+        memo = (digest, prefix, chosen)
+        family = self._families.get(memo)
+        if family is None:
+            runs = {}
+            for member in chosen:
+                stored = self._load(key, digest, f"{prefix}-b{member}")
+                if stored is None:  # vanished or corrupt since listed: trace instead
+                    return None
+                runs[member] = stored.facts()
+            try:
+                family = derive_family(runs)
+            except NotDerivable as error:
+                family = str(error)
+            self._families[memo] = family
+        if isinstance(family, str):
+            log.info("%s: not derived from batches %s (%s); tracing it", label, ", ".join(map(str, chosen)), family)
+            return None
+        try:
+            derived = family.run_at(batch)
+        except NotDerivable as error:
+            log.info("%s: not derived from batches %s (%s); tracing it", label, ", ".join(map(str, chosen)), error)
+            return None
+        log.info("%s: derived from traced batches %s", label, ", ".join(map(str, chosen)))
+        return derived
+
+    @staticmethod
+    def _use(facts: RunFacts, request, plan, stride) -> TracedRun:
+        if request is not None:
+            request.hook.plan, request.hook.stride = plan, stride
+        return TracedRun(facts.trace, facts.params, facts.imgsz, facts.optimizer, facts.notes, facts.probe_failures)
+
+
+def _plan_shape(plan) -> tuple:
+    from yolomem.result.epochs import plan_shape
+
+    return plan_shape(plan)
+
+
+def _choose(batches: list[int], target: int) -> tuple[int, ...]:
+    """The family's runs: the smallest and largest traced, and those nearest the target."""
+    if len(batches) <= MAX_MEMBERS:
+        return tuple(batches)
+    inner = sorted(batches[1:-1], key=lambda b: (abs(b - target), b))[: MAX_MEMBERS - 2]
+    return tuple(sorted({batches[0], batches[-1], *inner}))
+
+
+_SOURCE: RunSource | None = None
+
+
+def default_source() -> RunSource:
+    """The process's run source: the user cache folder unless ``configure(cache=False)`` or
+    ``YOLOMEM_NO_CACHE=1``."""
+    global _SOURCE
+    if _SOURCE is None:
+        import os
+
+        from yolomem.trace.store import OFF_ENV
+
+        _SOURCE = RunSource(TraceStore(enabled=os.environ.get(OFF_ENV, "") in ("", "0")))
+    return _SOURCE
+
+
+def configure(*, cache: bool | None = None, root: Path | None = None, derive: bool | None = None) -> RunSource:
+    """Replace the process's run source (the CLI's ``--no-cache``; tests point ``root`` at a temp
+    folder; ``derive=False`` traces every batch, to compare)."""
+    global _SOURCE
+    current = default_source()
+    store = TraceStore(root if root is not None else current.store.root,
+                       enabled=current.store.enabled if cache is None else cache)  # fmt: skip
+    _SOURCE = RunSource(store, derive=current.derive if derive is None else derive)
+    return _SOURCE
+
+
+def obtain_run(config: EstimateConfig, resolved: ResolvedModel, request=None) -> TracedRun:
+    return default_source().obtain(config, resolved, request)
