@@ -12,9 +12,12 @@ def estimate_command(options: argparse.Namespace) -> int:
     from yolomem.config.settings import EstimateConfig
     from yolomem.result.estimate import estimate_config
 
+    from yolomem.cli.progress import progress_display
+
     words = options.words or [DEFAULT_MODEL]
     config = EstimateConfig.from_words(words)
-    result = estimate_config(config)
+    with progress_display("estimate", quiet=options.json):
+        result = estimate_config(config)
     if options.json:
         from yolomem.render.json_output import dumps
 

@@ -50,15 +50,12 @@ def _margin(raw: str | None) -> float:
 
 
 @contextlib.contextmanager
-def _progress(quiet: bool) -> Iterator:
-    """A rich status line on stderr that the computing code updates through a callback."""
-    if quiet:
-        yield None
-        return
-    from rich.console import Console
+def _progress(label: str, quiet: bool) -> Iterator:
+    """The shared progress display (``yolomem.cli.progress``), as the ``progress(text)`` callback."""
+    from yolomem.cli.progress import progress_display
 
-    with Console(stderr=True).status("tracing...") as status:
-        yield lambda message: status.update(message)
+    with progress_display(label, quiet=quiet) as display:
+        yield display.message
 
 
 @command("fit", "largest batch (or solve=imgsz) that trains on a GPU; --explain: what each memory-saving step buys")
@@ -81,7 +78,7 @@ def _fit(options: argparse.Namespace) -> int:
         return _explain(config, margin, options.json)
     from yolomem.sweeps.fit import NothingFits, largest_batch, largest_imgsz
 
-    with _progress(options.json) as progress:
+    with _progress("fit", options.json) as progress:
         solver = largest_batch if solve == "batch" else largest_imgsz
         try:
             result = solver(config, margin=margin, progress=progress)
@@ -106,7 +103,7 @@ def _explain(config, margin: float, as_json: bool, fit=None) -> int:
     from yolomem.sweeps.ladder import strategy_ladder
     from yolomem.sweeps.fit import make_budget
 
-    with _progress(as_json) as progress:
+    with _progress("fit --explain", as_json) as progress:
         ladder = strategy_ladder(config, margin=margin, progress=progress)
     budget = make_budget(config, margin)
     if as_json:
@@ -137,7 +134,7 @@ def _pick(options: argparse.Namespace) -> int:
         raise UserError(f"pick takes no model ({words[0]!r}); list candidates with models=yolov8n,yolov8s")
     config = EstimateConfig.from_words(words)
     models = tuple(m.strip() for m in own["models"].split(",") if m.strip()) if "models" in own else None
-    with _progress(options.json) as progress:
+    with _progress("pick", options.json) as progress:
         result = pick_models(
             config.gpu, config.imgsz, config.batch, own.get("task", "detect"), gpu_mem=config.gpu_mem,
             models=models, margin=_margin(own.get("margin")), progress=progress, config=config,

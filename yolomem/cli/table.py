@@ -65,9 +65,7 @@ def rows_for(options: TableOptions):
 
 @command("table", "the per-version table: params, GFLOPs, FP32/AMP memory, fits and max batch per GPU")
 def _table(options: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import Progress
-
+    from yolomem.cli.progress import progress_display
     from yolomem.render import table_formats
     from yolomem.sweeps.table import METHODS, PRECISIONS, compute_table
 
@@ -76,10 +74,9 @@ def _table(options: argparse.Namespace) -> int:
         raise unknown("method", parsed.method, METHODS)
     rows = rows_for(parsed)
     traces = len(rows) * len(PRECISIONS) * (2 if parsed.method == "two-point" else 1)
-    with Progress(console=Console(stderr=True), transient=True) as bar:  # stderr: stdout stays the table
-        task = bar.add_task("tracing", total=traces)
+    with progress_display("table", quiet=options.json, total=traces) as display:  # stderr: stdout stays the table
         table = compute_table(rows, parsed.gpus, method=parsed.method, iterations=parsed.iterations,
-                              jobs=parsed.jobs, progress=lambda label: bar.update(task, advance=1, description=label))  # fmt: skip
+                              jobs=parsed.jobs, progress=display.advance)  # fmt: skip
     if options.json:
         print(table_formats.to_json(table))
     elif getattr(options, "csv", False):

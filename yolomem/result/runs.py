@@ -19,10 +19,13 @@ estimate itself does not depend on it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import platform
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +42,22 @@ MAX_MEMBERS = 5  # traced runs a family is built from (the smallest, the largest
 _NOT_TRACED = frozenset({"batch", "gpu", "gpu_mem", "alloc_conf", "cache", "workers"})
 
 log = logging.getLogger("yolomem.runs")
+_watchers: ContextVar[tuple[Callable[[str], None], ...]] = ContextVar("yolomem_run_watchers", default=())
+
+
+@contextlib.contextmanager
+def watching(callback: Callable[[str], None]) -> Iterator[None]:
+    """Call ``callback(text)`` whenever a run is traced or derived inside the block (progress displays)."""
+    token = _watchers.set(_watchers.get() + (callback,))
+    try:
+        yield
+    finally:
+        _watchers.reset(token)
+
+
+def _tell(text: str) -> None:
+    for callback in _watchers.get():
+        callback(text)
 
 
 @dataclass(frozen=True)
@@ -132,6 +151,7 @@ class RunSource:
             derived = self._derive(key, digest, name.rsplit("-b", 1)[0], batch, label) if self.derive else None
             if derived is not None:
                 return self._use(derived, request, plan, self._any_member(key, digest).stride)
+        _tell(f"tracing {label}")
         run = trace_run(config, resolved, after_iterations=request.hook if request is not None else None)
         stride = request.hook.stride if request is not None else None
         shape = _plan_shape(request.hook.plan) if request is not None else None
@@ -181,6 +201,7 @@ class RunSource:
                 if stored is None:  # vanished or corrupt since listed: trace instead
                     return None
                 runs[member] = stored.facts()
+            _tell(f"checking traced batches {', '.join(map(str, chosen))}")
             try:
                 family = derive_family(runs)
             except NotDerivable as error:
@@ -195,6 +216,7 @@ class RunSource:
             log.info("%s: not derived from batches %s (%s); tracing it", label, ", ".join(map(str, chosen)), error)
             return None
         log.info("%s: derived from traced batches %s", label, ", ".join(map(str, chosen)))
+        _tell(f"derived {label}")
         return derived
 
     @staticmethod
