@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from yolomem.cli.registry import COMMANDS
@@ -65,10 +66,16 @@ def _setup(options: argparse.Namespace) -> None:
 
         configure(cache=False)
     if getattr(options, "verbose", False):
-        import logging
-
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("yolomem: %(message)s"))
         logger = logging.getLogger("yolomem")
-        logger.addHandler(handler)
+        if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+            handler = _StderrHandler()
+            handler.setFormatter(logging.Formatter("yolomem: %(message)s"))
+            logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is when a line is logged (the progress bar's console does too)."""
+
+    def emit(self, record) -> None:
+        print(self.format(record), file=sys.stderr)

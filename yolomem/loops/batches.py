@@ -21,6 +21,7 @@ number of objects hold the same boxes (``SyntheticBatch.as_dict``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,7 @@ def densest_count(instances: float, seed: int) -> int:
 
 def typical_count(instances: float, densest: int) -> int:
     """Objects in every other image: the mean, rounded, and never more than the densest image."""
-    return min(int(round(instances)), densest)
+    return min(math.floor(instances + 0.5), densest)  # halves round up (round() would go to even)
 
 
 def dense_counts(batch: int, densest: int, typical: int) -> tuple[int, ...]:
