@@ -37,7 +37,7 @@ from yolomem.trace.packed import PackedTrace, pack, unpack
 from yolomem.trace.store import TraceStore, canonical, key_digest, source_digest
 
 MIN_TRACED = 3  # traced runs before any is derived: two draw the line, the third checks it
-MAX_MEMBERS = 5  # traced runs a family is built from (the smallest, the largest, the rest nearest)
+MAX_MEMBERS = 5  # traced runs a family is built from, the nearest to the batch asked for
 # settings that change only the replay, the host figures or nothing traced: not part of a family
 _NOT_TRACED = frozenset({"batch", "gpu", "gpu_mem", "alloc_conf", "cache", "workers"})
 
@@ -189,35 +189,42 @@ class RunSource:
 
     def _derive(self, key: dict, digest: str, prefix: str, batch: int, label: str) -> RunFacts | None:
         batches = self._members(key, digest, prefix)
-        if len(batches) < MIN_TRACED:
-            return None
-        chosen = _choose(batches, batch)
+        reasons = []
+        for chosen in _candidates(batches, batch):
+            family = self._family(key, digest, prefix, chosen)
+            if family is None:
+                return None
+            try:
+                if isinstance(family, str):
+                    raise NotDerivable(family)
+                derived = family.run_at(batch)
+            except NotDerivable as error:
+                reasons.append(f"not from batches {', '.join(map(str, chosen))} ({error})")
+                continue
+            log.info("%s: derived from traced batches %s", label, ", ".join(map(str, chosen)))
+            _tell(f"derived {label}")
+            return derived
+        if reasons:
+            log.info("%s: %s; tracing it", label, "; ".join(reasons))
+        return None
+
+    def _family(self, key: dict, digest: str, prefix: str, chosen: tuple[int, ...]) -> StreamFamily | str | None:
+        """The family of these traced runs (or why it is none), built once per process; None when a
+        run listed has vanished from the cache since."""
         memo = (digest, prefix, chosen)
-        family = self._families.get(memo)
-        if family is None:
+        if memo not in self._families:
             runs = {}
             for member in chosen:
                 stored = self._load(key, digest, f"{prefix}-b{member}")
-                if stored is None:  # vanished or corrupt since listed: trace instead
+                if stored is None:
                     return None
                 runs[member] = stored.facts()
             _tell(f"checking traced batches {', '.join(map(str, chosen))}")
             try:
-                family = derive_family(runs)
+                self._families[memo] = derive_family(runs)
             except NotDerivable as error:
-                family = str(error)
-            self._families[memo] = family
-        if isinstance(family, str):
-            log.info("%s: not derived from batches %s (%s); tracing it", label, ", ".join(map(str, chosen)), family)
-            return None
-        try:
-            derived = family.run_at(batch)
-        except NotDerivable as error:
-            log.info("%s: not derived from batches %s (%s); tracing it", label, ", ".join(map(str, chosen)), error)
-            return None
-        log.info("%s: derived from traced batches %s", label, ", ".join(map(str, chosen)))
-        _tell(f"derived {label}")
-        return derived
+                self._families[memo] = str(error)
+        return self._families[memo]
 
     @staticmethod
     def _use(facts: RunFacts, request, plan, stride) -> TracedRun:
@@ -232,12 +239,15 @@ def _plan_shape(plan) -> tuple:
     return plan_shape(plan)
 
 
-def _choose(batches: list[int], target: int) -> tuple[int, ...]:
-    """The family's runs: the smallest and largest traced, and those nearest the target."""
-    if len(batches) <= MAX_MEMBERS:
-        return tuple(batches)
-    inner = sorted(batches[1:-1], key=lambda b: (abs(b - target), b))[: MAX_MEMBERS - 2]
-    return tuple(sorted({batches[0], batches[-1], *inner}))
+def _candidates(batches: list[int], target: int) -> list[tuple[int, ...]]:
+    """Sets of traced runs to derive ``target`` from, nearest first: up to ``MAX_MEMBERS``, then the
+    nearest ``MIN_TRACED`` alone (past some batch the tracer decides otherwise, e.g. a target tensor
+    grows past its real-tensor cap: runs on either side of it are two families)."""
+    if len(batches) < MIN_TRACED:
+        return []
+    nearest = sorted(batches, key=lambda b: (abs(b - target), -b))
+    sets = [tuple(sorted(nearest[:MAX_MEMBERS])), tuple(sorted(nearest[:MIN_TRACED]))]
+    return list(dict.fromkeys(sets))
 
 
 _SOURCE: RunSource | None = None
