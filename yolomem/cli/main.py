@@ -62,8 +62,12 @@ def main(argv: list[str] | None = None) -> int:
 def _setup(options: argparse.Namespace) -> None:
     """``--no-cache`` and ``--verbose``: for the whole command."""
     if getattr(options, "no_cache", False):
-        from yolomem.result.runs import configure
+        import os
 
+        from yolomem.result.runs import configure
+        from yolomem.trace.store import OFF_ENV
+
+        os.environ[OFF_ENV] = "1"  # worker processes (the table's) start from the environment
         configure(cache=False)
     if getattr(options, "verbose", False):
         logger = logging.getLogger("yolomem")

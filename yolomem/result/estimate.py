@@ -5,6 +5,8 @@ How the number is made:
    (preprocess, forward, loss with its assigner, scaled backward, unscale + clip, optimizer step,
    EMA update) on fake tensors, under CUDA's autocast policy (``yolomem.trace.autocast``). Every storage
    allocation and free is recorded (``yolomem.trace.tracer``).
+   The run comes from ``yolomem.result.runs``: the trace cache, a stream derived from runs traced at
+   other batch sizes (identical to a trace, event for event), or a new trace.
 2. That event stream is replayed through a model of PyTorch's CUDA caching allocator
    (``yolomem.allocator.caching``): 512-byte rounding, small/large pools, segment sizes, best fit,
    splitting, merging, cache, free-and-retry.

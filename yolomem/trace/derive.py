@@ -22,6 +22,12 @@ rounding happens later, in the replay); a number inside inserted chunks may also
 (a free of the j-th image's output after the loop). Every other traced run is then derived and must
 equal its trace exactly. Anything else raises ``NotDerivable`` with the reason; the caller traces.
 
+Why not imgsz: the model's tensors are polynomial in the feature-map sides, but the data-dependent
+sizes are not. Which anchors lie inside a box (the assigner's candidates, the yolov5 loop's anchor
+matches) counts lattice points inside boxes given as fractions of the image: a step function of the
+side. So do the letterbox and rect shapes of validation (``ceil(imgsz / stride + 0.5)``), and the
+oracle's and the tracer's thresholds below. Each image size is traced.
+
 Two guards for batches beyond the traced ones: an oracle answer that is the least of its bounds
 (elements of the tensor, assumed positives) must stay the least of the derived bounds; and a storage
 the tracer kept real must stay within its real-tensor cap (a larger one would have been fake).
