@@ -123,6 +123,7 @@ class RunSource:
     def __init__(self, store: TraceStore, derive: bool = True):
         self.store = store
         self.derive = derive  # False: trace every batch not in the cache (to compare with derived runs)
+        self.recording: list | None = None  # set by prefetch workers: every run traced, to hand back
         self._memory: dict[tuple[str, str], StoredRun] = {}
         self._families: dict[tuple, StreamFamily | str] = {}  # a family, or why it was refused
 
@@ -159,6 +160,8 @@ class RunSource:
         name = _name(batch, steps, shape)
         self._memory[(digest, name)] = stored
         self.store.save(key, name, stored)
+        if self.recording is not None:
+            self.recording.append((digest, name, stored))
         log.info("%s: traced", label)
         return run
 
@@ -248,6 +251,51 @@ def _candidates(batches: list[int], target: int) -> list[tuple[int, ...]]:
     nearest = sorted(batches, key=lambda b: (abs(b - target), -b))
     sets = [tuple(sorted(nearest[:MAX_MEMBERS])), tuple(sorted(nearest[:MIN_TRACED]))]
     return list(dict.fromkeys(sets))
+
+
+def default_jobs() -> int:
+    """Processes that trace side by side: the machine's cores, at most 2 (each holds a model's trace)."""
+    import os
+
+    return max(1, min(os.cpu_count() or 1, 2))
+
+
+def prefetch(configs, jobs: int | None = None) -> None:
+    """Trace ``configs`` side by side before a sweep asks for them one by one: this process takes every
+    ``jobs``-th, worker processes the others (each pays its imports once) and hand their runs back.
+    Sweeps call it with the configurations they are sure to ask for; a config that fails is left for
+    the sweep itself to meet (and report)."""
+    from yolomem.result.estimate import estimate_config
+
+    pending = list(dict.fromkeys(c.with_changes(notes=()) for c in configs))
+    jobs = default_jobs() if jobs is None else jobs
+    if jobs <= 1 or len(pending) < 2:
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    source = default_source()
+    mine, theirs = pending[::jobs], [c for i, c in enumerate(pending) if i % jobs]
+    _tell(f"tracing {len(pending)} runs in {jobs} processes")
+    with ProcessPoolExecutor(max_workers=jobs - 1, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_trace_elsewhere, config) for config in theirs]
+        for config in mine:
+            with contextlib.suppress(Exception):
+                estimate_config(config)
+        for future in futures:
+            with contextlib.suppress(Exception):
+                for digest, name, stored in future.result():
+                    source._memory.setdefault((digest, name), stored)
+
+
+def _trace_elsewhere(config) -> list:
+    """In a worker process: the runs traced for ``config``'s estimate."""
+    from yolomem.result.estimate import estimate_config
+
+    source = default_source()
+    source.recording = []
+    estimate_config(config)
+    return source.recording
 
 
 _SOURCE: RunSource | None = None

@@ -74,6 +74,8 @@ def strategy_ladder(
     config = resolve_config(config_or_model, gpu, gpu_mem, settings)
     prober = Prober(make_budget(config, margin), progress)
     capacity = prober.budget.capacity_bytes
+    stride = model_stride(config)
+    _prefetch(config, stride)
     base_estimate, base_probe = prober.run(config)
     baseline_peak = base_probe.peak_reserved_bytes
 
@@ -100,8 +102,7 @@ def strategy_ladder(
             f"freeze the backbone (freeze={FREEZE_BACKBONE})", {"freeze": frozen},
             yolo_train_command(config.with_changes(freeze=frozen)), "fine-tuning only: the backbone's weights stop learning",
         ))  # fmt: skip
-    stride = model_stride(config)
-    smaller = max(int(base_probe.imgsz * IMGSZ_FACTOR) // stride * stride, stride)
+    smaller = _smaller_imgsz(base_probe.imgsz, stride)
     if smaller < base_probe.imgsz:
         ladder.append(rung(f"smaller imgsz ({smaller})", {"imgsz": smaller}, yolo_train_command(config.with_changes(imgsz=smaller)),
                            "small objects get harder to detect"))  # fmt: skip
@@ -115,6 +116,32 @@ def strategy_ladder(
             f"batch {config.batch} is split {DDP_RANKS} ways; each rank also holds DDP's gradient buckets",
         ))  # fmt: skip
     return tuple(ladder)
+
+
+def _smaller_imgsz(imgsz: int, stride: int) -> int:
+    """3/4 of the (rounded) imgsz, down to a multiple of the stride."""
+    return max(int(imgsz * IMGSZ_FACTOR) // stride * stride, stride)
+
+
+def _prefetch(config: EstimateConfig, stride: int) -> None:
+    """Trace every run the rungs will ask for side by side (``yolomem.result.runs.prefetch``): each
+    rung's config and its half batch. What the smaller-batch search asks later depends on these."""
+    from yolomem.loops.base import round_imgsz
+    from yolomem.result.runs import prefetch
+
+    changes: list[dict] = [{}]
+    changes += [{"amp": amp} for amp in ("fp16", "bf16", "fp32") if amp != config.amp]
+    if not config.checkpoint:
+        changes.append({"checkpoint": True})
+    if len(config.freeze) < FREEZE_BACKBONE:
+        changes.append({"freeze": tuple(range(FREEZE_BACKBONE))})
+    imgsz = round_imgsz(config.imgsz, stride)
+    if _smaller_imgsz(imgsz, stride) < imgsz:
+        changes.append({"imgsz": _smaller_imgsz(imgsz, stride)})
+    if config.world_size == 1:
+        changes.append({"world_size": DDP_RANKS})
+    configs = [config.with_changes(**change) for change in changes]
+    prefetch([c for changed in configs for c in (changed, _half(changed))])
 
 
 def _half(config: EstimateConfig) -> EstimateConfig:

@@ -96,6 +96,9 @@ def pick_models(
     prober = Prober(budget, progress)
     rows = []
     names = models or default_models(task)
+    from yolomem.result.runs import prefetch
+
+    prefetch([base.with_changes(model=name) for name in names])  # side by side on a multi-core machine
     for index, name in enumerate(names, 1):
         if progress:
             progress(f"[{index}/{len(names)}] {name}")
