@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from yolomem.cli.main import main
+from yolomem.config.settings import EstimateConfig
+from yolomem.errors import UserError
 
 JSON_KEYS = {
     "yolomem_version", "torch_version", "ultralytics_version", "config", "params",
@@ -88,3 +91,116 @@ def test_human_output_shows_gpu_mem_and_nvidia_smi(capsys):
     assert main(["estimate", "yolov8n.yaml", "imgsz=64", "batch=2", "iterations=1"]) == 0
     out = capsys.readouterr().out
     assert "GPU_mem" in out and "nvidia-smi" in out and "GiB" in out
+
+
+# --- issue 11: the rough edges ----------------------------------------------------------------------
+
+TINY_RUN = ["imgsz=64", "batch=2", "iterations=1"]
+
+
+def test_json_stdout_is_only_json_on_a_fresh_machine(tmp_path):
+    """First run: Ultralytics creates its settings file and prints a banner; it must not reach stdout."""
+    env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "fresh"), "YOLO_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "yolomem", "estimate", "yolov8n.yaml", *TINY_RUN, "--json"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "fresh").exists()  # the banner's run did happen: Ultralytics wrote its settings here
+    assert json.loads(result.stdout)["config"]["batch"] == 2  # the whole of stdout is one JSON document
+
+
+def _yaml(tmp_path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+BAD_YAMLS = {
+    "malformed.yaml": ("nc: 80\nbackbone: [[-1, 1, Conv, [64, 3, 2]]\n  - bad: [\n", "cannot read model YAML"),
+    "unknown_module.yaml": ("nc: 80\nbackbone:\n  - [-1, 1, Cnov, [64, 3, 2]]\nhead:\n  - [[-1], 1, Detect, [nc]]\n",
+                            "did you mean 'Conv'"),
+    "no_backbone.yaml": ("nc: 80\nhead:\n  - [-1, 1, Conv, [64, 3, 2]]\n", "no 'backbone'"),
+}
+
+
+@pytest.mark.parametrize(
+    ("words", "fragment"),
+    [
+        (["gpu_mem=nan"], "gpu_mem=nan"),
+        (["gpu_mem=inf"], "gpu_mem=inf"),
+        (["alloc_conf=garbage"], "unknown key 'garbage'"),
+        (["freeze=1000"], "freezes every layer"),
+        (["nc=-5"], "nc=-5"),
+        (["nc=0"], "nc=0"),
+        (["instances=1e9"], "instances="),
+        (["batch=16.5"], "must be a whole number"),
+        (["batch=-10"], "positive whole number"),
+        *[([name], fragment) for name, (_, fragment) in BAD_YAMLS.items()],
+    ],
+)
+def test_bad_input_is_one_line_not_a_traceback(words, fragment, tmp_path, capsys):
+    words = [_yaml(tmp_path, w, BAD_YAMLS[w][0]) if w in BAD_YAMLS else w for w in words]
+    if not words[0].endswith(".yaml"):
+        words = ["yolov8n.yaml", *words]
+    assert main(["estimate", *words, *TINY_RUN]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("yolomem: error:"), err
+    assert fragment in err
+
+
+def test_instances_is_bounded_and_memory_grows_with_it():
+    """instances=1e9 drew 1.6e10 boxes (23 GB of RSS); now the bound refuses it before anything is drawn,
+    and up to the bound more objects never mean less memory."""
+    from yolomem.config.keys import MAX_INSTANCES
+    from yolomem.result.estimate import estimate
+
+    with pytest.raises(UserError, match="instances"):
+        estimate("yolov8n.yaml", instances=1e9)
+    with pytest.raises(UserError, match="instances"):
+        estimate("yolov8n.yaml", instances=MAX_INSTANCES * 10)
+    # imgsz 320: the assigner's (batch, objects, anchors) tensors are a visible share of the peak
+    peaks = [estimate("yolov8n.yaml", imgsz=320, batch=2, iterations=1, instances=n).peak_allocated_bytes
+             for n in (0, 100, MAX_INSTANCES)]  # fmt: skip
+    assert peaks == sorted(peaks) and peaks[-1] > peaks[0]
+
+
+def test_without_a_command_the_words_are_an_estimate(capsys):
+    assert main(["yolov8n.yaml", *TINY_RUN, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["batch"] == 2
+
+
+def test_options_may_stand_between_words(capsys):
+    assert main(["estimate", "yolov8n.yaml", "--json", "batch=2", "imgsz=64", "iterations=1"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert (payload["config"]["batch"], payload["config"]["imgsz"]) == (2, 64)
+
+
+@pytest.mark.parametrize(
+    ("words", "fragment"),
+    [
+        (["yolov8n.yaml", "model=yolov8s.yaml"], "two models"),
+        (["batch=-1"], "AutoBatch"),
+        (["batch=0.5"], "AutoBatch"),
+    ],
+)
+def test_argument_edges(words, fragment, capsys):
+    assert main(["estimate", *words]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1
+
+
+def test_a_command_typo_is_named(capsys):
+    assert main(["estimat", "yolov8n.yaml"]) == 2
+    assert "did you mean 'estimate'" in capsys.readouterr().err
+
+
+def test_the_estimate_carries_its_typed_config():
+    from yolomem.result.estimate import estimate
+
+    result = estimate("yolov8n.yaml", imgsz=70, batch=2, iterations=1)
+    assert isinstance(result.config, EstimateConfig)
+    assert (result.config.model, result.config.imgsz) == ("yolov8n", 96)  # resolved: name, imgsz on the stride
+    payload = result.to_json()["config"]
+    assert list(payload) == [*result.config.to_json(), "task"] and payload["task"] == "detect"
+    assert EstimateConfig.from_json(payload) == result.config

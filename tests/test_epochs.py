@@ -81,3 +81,38 @@ def test_replay_is_deterministic(tiny_epochs):
     sim = tiny_epochs.epochs
     again = simulate_epochs(tiny_epochs.trace, 1, sim.plan)
     assert again.to_json() == sim.to_json()
+
+
+def _carry_trace():
+    """setup: weights; iteration 0: activations, then predictions it keeps; iteration 1 (the level
+    template): activations, new predictions, then the previous ones freed; iteration 2: validation."""
+    from yolomem.trace.tracer import AllocationEvent, Trace
+
+    mb = 1 << 20
+    ops = [("alloc", 1, 2 * mb, "setup", 0),
+           ("alloc", 2, 8 * mb, "forward", 0), ("free", 2, 8 * mb, "forward", 0), ("alloc", 3, 20 * mb, "forward", 0),
+           ("alloc", 4, 8 * mb, "forward", 1), ("alloc", 5, 20 * mb, "forward", 1), ("free", 3, 20 * mb, "forward", 1),
+           ("free", 4, 8 * mb, "forward", 1),
+           ("alloc", 6, 4 * mb, "val_forward", 2), ("free", 6, 4 * mb, "val_forward", 2)]  # fmt: skip
+    events = [AllocationEvent(op, sid, n, "float32", "activation", "", phase, it) for op, sid, n, phase, it in ops]
+    return Trace(events=events, oracle_answers=[], iteration_bounds=[1, 4, 8])
+
+
+def _carry_plan():
+    from yolomem.loops.val_pass import ValBatchShape
+    from yolomem.result.epochs import EpochPlan
+
+    return EpochPlan(levels=(1,), level_counts=((1,),), sequences=(((0, 0, 0), (0, 0)),),
+                     val_shapes=(ValBatchShape(2, 64, 64, (1, 1)),), val_sequence=(0,), batches_per_epoch=None,
+                     seeds=(0,), whole_val_pass=True)  # fmt: skip
+
+
+def test_carried_loop_variables_stay_alive_into_the_next_template():
+    """yolov5's train.py: the previous ``pred`` is alive while the next forward runs (20 + 8 + 20 MiB
+    with the 2 MiB of weights); without carrying, each template's leftovers die at its end."""
+    mb = 1 << 20
+    carried = simulate_epochs(_carry_trace(), 1, _carry_plan(), clears_cache=False, carry=True)
+    dropped = simulate_epochs(_carry_trace(), 1, _carry_plan(), clears_cache=False, carry=False)
+    assert carried.peak_allocated.median == 50 * mb
+    assert dropped.peak_allocated.median == 30 * mb
+    assert any("stay alive until the next iteration" in a for a in carried.assumptions)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -99,3 +100,97 @@ def test_line_prediction_is_the_same_whichever_point_comes_first():
 
     assert line_prediction(8, 110, 4, 78, 100) == line_prediction(4, 78, 8, 110, 100) == pytest.approx(6.75)
     assert line_prediction(4, 90, 8, 90, 100) is None  # flat memory: no line to solve
+
+
+# --- issue 11, items 14 and 15 ------------------------------------------------------------------------
+
+
+def _fake_prober(monkeypatch, asked: list):
+    """Prober.run without tracing: each model 'needs' memory in proportion to the letter of its size."""
+    import types
+
+    import yolomem.sweeps.pick as pick
+    from yolomem.sweeps.fit import Probe
+
+    def run(self, config):
+        asked.append(config.model)
+        size = "ntsmbclxe".index(config.model.split(".")[0].split("-")[0][-1])
+        estimate = types.SimpleNamespace(config=config.with_changes(model=config.model.split(".")[0]), task="detect",
+                                         params=size * 10**6, context_bytes=0)  # fmt: skip
+        return estimate, Probe(config.batch, config.imgsz, size * GiB, size * GiB <= self.budget.capacity_bytes, 0.0)
+
+    monkeypatch.setattr(pick.Prober, "run", run)
+
+
+def test_pick_ranks_a_family_it_names(monkeypatch, capsys):
+    import io
+
+    from rich.console import Console
+
+    from yolomem.render.fit_output import render_pick
+
+    asked = []
+    _fake_prober(monkeypatch, asked)
+    result = pick_models("T4", family="yolov8")
+    assert asked == [f"yolov8{s}.yaml" for s in "nsmlx"] and result.family == "yolov8"
+    assert result.to_json()["family"] == "yolov8"
+    buffer = io.StringIO()
+    render_pick(result, Console(file=buffer, width=120))
+    assert "ranking the yolov8 family" in buffer.getvalue()
+
+    asked.clear()
+    default = pick_models("T4")  # no family, no models: yolo11, and it says so
+    assert default.family == "yolo11" and asked == [f"yolo11{s}.yaml" for s in "nsmlx"]
+    asked.clear()
+    listed = pick_models("T4", models=("yolov8n.yaml", "yolo11s.yaml"))
+    assert listed.family is None and asked == ["yolov8n.yaml", "yolo11s.yaml"]
+    asked.clear()
+    assert main(["pick", "gpu=T4", "family=yolov9", "--json"]) == 0  # a family with its own size letters
+    assert json.loads(capsys.readouterr().out)["family"] == "yolov9" and asked[0] == "yolov9t.yaml"
+
+
+@pytest.mark.parametrize(
+    ("words", "fragment"),
+    [(["family=yolov7"], "did you mean"), (["family=yolov8", "models=yolov8n"], "give one"),
+     (["yolov8n.yaml"], "takes no model")],
+)
+def test_pick_family_errors(words, fragment, capsys):
+    assert main(["pick", "gpu=T4", *words]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1
+
+
+def test_the_yolo_train_line_uses_the_users_data_or_a_placeholder():
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.sweeps.fit import DATA_PLACEHOLDER, yolo_train_command
+
+    line = yolo_train_command(EstimateConfig(model="yolov8s.yaml"))
+    assert f"data={DATA_PLACEHOLDER}" in line and "coco" not in line
+    assert "data=my/data.yaml" in yolo_train_command(EstimateConfig(model="yolov8s.yaml", data="my/data.yaml"))
+
+
+@pytest.mark.slow  # 7 searches of a few traces each: about 1.5 min on 2 shared cores
+def test_explain_ladder_agrees_with_fit_and_keeps_the_effective_batch():
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.sweeps.ladder import EXPANDABLE, strategy_ladder
+
+    def accumulate(batch: int, nbs: int) -> int:  # Ultralytics' BaseTrainer: max(round(nbs / batch), 1)
+        return max(round(nbs / batch), 1)
+
+    # yolov8n at imgsz 160 on a card with ~76 MiB for the allocator after the margin: a batch of about 10
+    # fits in AMP, 16 does not. freeze= and expandable segments as asked keep those two rungs out (time).
+    # nbs=8 < batch: the asked effective batch (16) needs nbs raised once the batch is smaller.
+    config = EstimateConfig(model="yolov8n.yaml", imgsz=160, batch=16, nbs=8, iterations=1, gpu_mem=TINY_GPU_GIB,
+                            freeze=tuple(range(10)), alloc_conf=EXPANDABLE)  # fmt: skip
+    ladder = strategy_ladder(config)
+    steps = {step.name: step for step in ladder}
+    fp32 = steps["FP32 (amp=False)"]
+    assert fp32.max_batch == largest_batch(config.with_changes(amp="fp32")).max_batch  # what `fit amp=false` says
+    for step in ladder:  # "fits" at the asked batch and "largest batch" never contradict each other
+        asked = step.changes.get("batch", config.batch)
+        assert step.fits == (step.max_batch is not None and step.max_batch >= asked), step.name
+    smaller = steps["smaller batch + accumulation"]
+    batch, nbs = smaller.changes["batch"], smaller.changes.get("nbs", config.nbs)
+    assert batch < config.batch and smaller.fits and smaller.max_batch == batch
+    assert batch * accumulate(batch, nbs) == config.batch * accumulate(config.batch, config.nbs) == 16
+    assert f"batch={batch} " in smaller.how and f"nbs={nbs}" in smaller.how

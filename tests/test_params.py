@@ -1,4 +1,4 @@
-"""Parameter counts against the published ones (shared/reference/official_params.csv), 80 classes.
+"""Parameter counts against the published ones (tests/data/reference/official_params.csv, copied from shared/reference), 80 classes.
 
 Original designs are built by yolomem (darknet cfgs, yolov5 v7.0 YAMLs); Ultralytics rows are built
 from Ultralytics' own YAMLs by Ultralytics' model classes, and counted.
@@ -19,9 +19,7 @@ import torch
 from yolomem.loops.yolov5.names import find_original
 from yolomem.loops.yolov5.runner import count_params
 
-REFERENCE = Path(__file__).resolve().parents[1] / "shared" / "reference" / "official_params.csv"
-if not REFERENCE.exists():
-    REFERENCE = Path("/work/shared/reference/official_params.csv")
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference" / "official_params.csv"  # see SOURCES.md there
 TOLERANCE = 0.02
 
 ROWS = list(csv.DictReader(REFERENCE.open()))

@@ -17,7 +17,6 @@ from yolomem.sweeps.figure_data import (
     _crossing,
     breakdown_figure,
     curve_figure,
-    parse_values,
 )
 from yolomem.result.timeline import estimate_timeline
 
@@ -58,7 +57,7 @@ def test_curve_points_are_the_estimates(curve):
     data, seen, progress = curve
     (only,) = data.curves
     assert [p.x for p in only.points] == [1, 2]
-    assert [r.config["batch"] for r in seen] == [1, 2]
+    assert [r.config.batch for r in seen] == [1, 2]
     for point, result in zip(only.points, seen):
         assert point.peak_reserved_bytes == result.peak_reserved_bytes
         assert point.peak_allocated_bytes == result.peak_allocated_bytes
@@ -95,10 +94,14 @@ def test_crossing_stops_at_first_sample_that_does_not_fit():
 
 
 def test_bad_inputs_are_user_errors():
+    from yolomem.cli.plot import PLOT_KEYS
+
     with pytest.raises(UserError, match="batches=1,2,4,8"):
-        parse_values("batches", "1,two")
+        PLOT_KEYS["batches"].parse("1,two")
     with pytest.raises(UserError, match="positive"):
-        parse_values("batches", "0,2")
+        PLOT_KEYS["batches"].parse("0,2")
+    with pytest.raises(UserError, match="at most 12"):
+        PLOT_KEYS["batches"].parse(",".join(map(str, range(1, 14))))
     with pytest.raises(UserError, match="did you mean 'imgsz'"):
         curve_figure(["yolov8n.yaml"], x_name="imgz")
     with pytest.raises(UserError, match="measure"):
@@ -199,7 +202,7 @@ def test_cli_plot_writes_a_curve(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("words", "message"),
     [
-        (["kind=pie"], "unknown kind 'pie'"),
+        (["kind=pie"], "kind='pie' is not valid"),
         (["x=imgsz", "batches=1,2"], "batches= goes with x=batch"),
         (["gpu=RTX-9999"], "unknown gpu"),
         (["batches=a"], "whole numbers"),
@@ -213,3 +216,67 @@ def test_cli_plot_errors(words, message, tmp_path, capsys):
 def test_cli_plot_rejects_unknown_suffix(tmp_path, capsys):
     assert main(["plot", "yolov8n.yaml", "-o", str(tmp_path / "x.gif")]) == 2
     assert "must end in" in capsys.readouterr().err
+
+
+def _synthetic_figure(unit="GiB"):
+    from yolomem.sweeps.figure_data import CurveFigure, GpuLine
+
+    card = find_gpu("RTX-3060-12GB")
+    line = GpuLine(card.name, card.total_bytes, card.usable_bytes)
+
+    def points(scale):
+        return tuple(CurvePoint(x, 0, int(scale * x * GiB), int(scale * x * GiB) + CUDA_CONTEXT_BYTES,
+                                (scale * x * GiB <= card.usable_bytes,)) for x in (2, 4, 8, 16))  # fmt: skip
+
+    curves = (Curve("yolov8s.yaml", "fp16", points(0.5)), Curve("yolov8s.yaml", "fp32", points(1.0)))
+    crossings = tuple(_crossing(i, 0, curve) for i, curve in enumerate(curves))
+    return CurveFigure("batch", "gpu_mem", (("imgsz", "640"),), curves, (line,), crossings, unit)
+
+
+def test_legend_and_caption_show_the_styles_drawn():
+    data = _synthetic_figure()
+    figure = plots.draw_curves(data)
+    ax = figure.axes[0]
+    legend = ax.get_legend()
+    handles = dict(zip((t.get_text() for t in legend.get_texts()), legend.legend_handles))
+    drawn = {line.get_label(): line for line in ax.lines}
+    curve_styles = set()
+    for curve in data.curves:
+        handle, line = handles[curve.label], drawn[curve.label]
+        assert handle.get_linestyle() == line.get_linestyle()
+        # no marker on the legend sample: a marker in its middle hides the dash gap
+        assert handle.get_marker() in ("None", None, "", " ")
+        curve_styles.add(line.get_linestyle())
+    assert drawn["yolov8s.yaml FP32"].get_linestyle() == "--" and drawn["yolov8s.yaml AMP"].get_linestyle() == "-"
+    assert legend.handlelength * legend.prop.get_size() >= 2 * sum(handles["yolov8s.yaml FP32"]._dash_pattern[1])
+    (card_line,) = [line for line in ax.lines if line.get_label().startswith("RTX-3060")]
+    assert card_line.get_linestyle() not in curve_styles  # a card's line never looks like a curve
+    text = plots.curve_caption(data)
+    assert f"{plots.STYLE_NAMES[card_line.get_linestyle()]} lines: each card's usable memory".lower() in text.lower()
+    assert "dashed: FP32" in text and "solid: AMP" in text and "dashed lines" not in text
+    assert card_line.get_label().startswith("RTX-3060: ") and "12GB" not in text + card_line.get_label()
+
+
+def test_default_batches_reach_every_cards_crossing():
+    # yolov8n at imgsz 64: batches 2-16 reserve ~76-90 MiB in FP32, batch 64 ~172 MiB; a card with
+    # 120 MiB usable is crossed only beyond the old default range (2, 4, 8, 16)
+    card = Gpu("small", CUDA_CONTEXT_BYTES + 120 * MiB)
+    cache = {}
+
+    def cached(config):
+        if config not in cache:
+            cache[config] = estimate_config(config)
+        return cache[config]
+
+    data = curve_figure(["yolov8n.yaml"], base=TINY, amps=("fp32",), gpus=[card], estimator=cached)
+    xs = [p.x for p in data.curves[0].points]
+    assert xs[:4] == [2, 4, 8, 16] and xs[-1] > 16
+    (crossing,) = data.crossings
+    assert not crossing.all_fit and crossing.largest_x is not None
+    points = data.curves[0].points
+    index = xs.index(crossing.largest_x)
+    assert points[index].fits == (True,) and points[index + 1].fits == (False,)
+    assert points[index + 1].peak_reserved_bytes > card.usable_bytes >= points[index].peak_reserved_bytes
+    figure = plots.draw_curves(data)
+    labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert not any("above the plot" in label for label in labels)

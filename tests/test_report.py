@@ -9,8 +9,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from yolomem.cli.main import get_parser, main
-from yolomem.config.settings import EstimateConfig
+from yolomem.cli.main import main, parse_command_line
+from yolomem.config.settings import EstimateConfig, parse_estimate_words
 from yolomem.result.estimate import estimate_config
 from yolomem.config.gpus import CUDA_CONTEXT_BYTES, Gpu, find_gpu
 from yolomem.sweeps.figure_data import report_data
@@ -97,9 +97,9 @@ def test_report_data_is_the_estimate(data):
     assert data.curve.curves[0].points[1].peak_reserved_bytes == again.peak_reserved_bytes
     assert data.timeline.peak_allocated_bytes == again.peak_allocated_bytes
     t4, nothing = data.fits
-    assert (t4.gpu.name, t4.fits, t4.largest_batch) == ("T4", True, 2)
-    assert "larger batches may fit" in t4.method
-    assert (nothing.fits, nothing.largest_batch) == (False, None)
+    assert (t4.gpu.name, t4.fits, t4.largest_batch) == ("T4", True, 1024)  # fit's search, at its cap
+    assert "the search stops at 1024: more fits" in t4.method
+    assert (nothing.fits, nothing.largest_batch) == (False, None) and "not even batch 1" in nothing.method
 
 
 def test_page_is_complete_and_non_trivial(page):
@@ -134,11 +134,11 @@ def test_commands_reproduce_it(data):
     assert lines[0] == "yolomem estimate yolov8n.yaml imgsz=64 batch=2 iterations=1"
     assert any(line.endswith("gpu=T4") for line in lines)
     assert lines[-1] == "yolomem report yolov8n.yaml imgsz=64 batch=2 iterations=1 batches=1,2 gpu=T4,one-MiB -o report.html"
-    parser = get_parser()
     for line in lines:
         words = shlex.split(line)
         assert words[0] == "yolomem"
-        parser.parse_args(words[1:])  # would exit on a malformed line
+        spec, options = parse_command_line(words[1:])  # a UserError on a malformed line
+        parse_estimate_words(options.words, spec.keys)  # every key=value word is one of the command's keys
     EstimateConfig.from_words(shlex.split(lines[0])[2:])
 
 
@@ -166,8 +166,9 @@ def test_cli_report(tmp_path, capsys):
     [
         (["yolov8n.yaml", "yolov8s.yaml"], "a report covers one model"),
         (["amp=true,false"], "one precision"),
-        (["x=imgsz"], "plot option"),
-        (["exact_fit=maybe"], "true or false"),
+        (["x=imgsz"], "x= is a key of yolomem plot"),
+        (["margin=lots"], "margin"),
+        (["margin=0.95"], "margin"),
     ],
 )
 def test_cli_report_errors(words, message, tmp_path, capsys):
@@ -180,24 +181,18 @@ def test_cli_report_output_must_be_html(tmp_path, capsys):
     assert ".html" in capsys.readouterr().err
 
 
-def test_exact_fit_uses_yolomem_fit(monkeypatch, data):
-    import types
+def test_largest_batch_is_fits_search_not_the_largest_sample():
+    """The report's largest batch per card is ``yolomem fit``'s answer (traced to fit, one more traced
+    not to), not the largest batch the curve happened to sample."""
+    from yolomem.sweeps.fit import largest_batch
 
-    import yolomem.sweeps.fit as fit
-
-    asked = []
-
-    def fake_largest_batch(config, gpu=None, *, gpu_mem=None, **_):
-        asked.append((config.batch, gpu, gpu_mem))
-        if gpu == "one-MiB":
-            raise fit.NothingFits("nothing")
-        return types.SimpleNamespace(max_batch=7, margin=0.1, at_search_cap=False)
-
-    monkeypatch.setattr(fit, "largest_batch", fake_largest_batch)
-    exact = report_data(
-        TINY, [find_gpu("T4"), NOTHING_FITS], batches=(2,), exact_fit=True, estimator=lambda _: data.estimate
-    )  # fmt: skip
-    assert asked == [(2, "T4", find_gpu("T4").total_bytes / GiB), (2, "one-MiB", NOTHING_FITS.total_bytes / GiB)]
-    t4, nothing = exact.fits
-    assert t4.largest_batch == 7 and "exact search" in t4.method and "10%" in t4.method
-    assert nothing.largest_batch is None and "not even batch 1" in nothing.method
+    card = Gpu("small", CUDA_CONTEXT_BYTES + (134 << 20))  # ~120 MiB after the 10 % margin
+    report = report_data(TINY, [card], words=WORDS)
+    (fit,) = report.fits
+    sampled = [p.x for p in report.curve.curves[0].points]
+    assert sampled == [1, 2, 4]
+    expected = largest_batch(TINY, gpu=card.name, gpu_mem=card.total_bytes / GiB)  # as `yolomem fit` runs it
+    assert fit.largest_batch == expected.max_batch > max(sampled)
+    assert fit.fits is True and "10% margin" in fit.method
+    page = render_report(report)
+    assert f'data-key="largest_batch" data-value="{expected.max_batch}"' in page

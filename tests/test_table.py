@@ -13,7 +13,7 @@ from yolomem.sweeps.table import (
     BLOG_ROWS, GpuFit, PrecisionResult, Table, TableRow, _precision_result, _Traced, blog_rows, compute_table,
 )  # fmt: skip
 
-SEED = Path("/work/shared/reference/seed_table.csv")
+SEED = Path(__file__).resolve().parent / "data" / "reference" / "seed_table.csv"  # see SOURCES.md there
 GiB = 1 << 30
 
 
@@ -73,6 +73,9 @@ def test_csv_and_markdown_formats():
     assert text.startswith("| model | framework |")
     assert "| yolov4-tiny | yolov5 | 416 | 64 | 6.06 | 10.5 | 5.49 | 5G | 3.49 | 3G | ✅/✅ | ⚠️/⚠️ | 30/30 | 70/70 |" in text
     assert "linear-in-batch" in text
+    # shown, a card is its memory in GiB; the CSV/JSON keys stay the names people type
+    assert "| RTX-3060 (12 GiB) FP32/AMP |" in text and "12GB" not in text
+    assert "fp32_fits_RTX-3060-12GB" in rows[0]
 
 
 def test_markdown_names_the_unit_per_cell_when_trainers_differ():
@@ -86,10 +89,10 @@ def test_markdown_names_the_unit_per_cell_when_trainers_differ():
 
 
 def test_cli_flags_exist():
-    from yolomem.cli.main import get_parser
+    from yolomem.cli.main import parse_command_line
 
-    options = get_parser().parse_args(["table", "yolov5n", "imgsz=64", "--markdown"])
-    assert options.markdown and options.words == ["yolov5n", "imgsz=64"]
+    spec, options = parse_command_line(["table", "yolov5n", "--markdown", "imgsz=64"])
+    assert spec.name == "table" and options.markdown and not options.csv and options.words == ["yolov5n", "imgsz=64"]
 
 
 @pytest.mark.slow  # 32 traces in one process: about 1 min on 2 shared cores
@@ -108,3 +111,68 @@ def test_one_row_end_to_end():
     row = table.rows[0]
     assert (row.model, row.framework, row.params) == ("yolov4-tiny", "yolov5", 6_056_606)
     assert row.fp32.gpus[0].fits == "yes" and row.fp32.gpus[0].max_batch > 2
+
+
+def _blog_like_table() -> Table:
+    """The blog's 16 rows with made-up figures (rendering only), on the 4 default cards."""
+    from yolomem.config.gpus import find_gpu
+    from yolomem.sweeps.table import DEFAULT_GPUS
+
+    cards = [find_gpu(name) for name in DEFAULT_GPUS]
+
+    def precision(name, peak, unit):
+        gpus = tuple(GpuFit(card.name, card.total_bytes, "near" if index == 1 else "yes", 100 + index)
+                     for index, card in enumerate(cards))  # fmt: skip
+        return PrecisionResult(name, peak, peak + (500 << 20), f"{peak / GiB:.3g}G", unit, GiB, 1e8, gpus)
+
+    rows = []
+    for label, name, imgsz, batch in BLOG_ROWS:
+        framework, unit = ("yolov5", "GB") if name.startswith(("yolov3", "yolov4", "yolov5")) else ("ultralytics", "GiB")
+        rows.append(TableRow(name, framework, "detect", 99_123_456, 232.5, "counted", imgsz, batch,
+                             precision("fp32", 21 * GiB + 123, unit), precision("fp16", 13 * GiB, unit), ()))  # fmt: skip
+    return Table(tuple(rows), tuple(card.name for card in cards), "breakdown", 1, 12.0, "GiB/GB")
+
+
+@pytest.mark.parametrize("width", [100, 120])
+def test_terminal_view_reads_at_100_columns(width):
+    from rich.console import Console
+
+    table = _blog_like_table()
+    console = Console(width=width, record=True, color_system=None)
+    table_formats.render_rich(table, console=console)
+    text = console.export_text()
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= width
+    for row in table.rows:  # every row on a line of its own, in each of the views
+        assert any(line.lstrip("│ ").startswith(row.model + " ") for line in text.splitlines()), row.model
+    # every card's fit and largest batch is shown, under the card's size in GiB
+    for card in ("RTX-3060 (12 GiB)", "RTX-3090 (24 GiB)", "A100 (40 GiB)", "H100 (79.6 GiB)"):
+        assert card in text
+    assert "12GB" not in text and "80GB" not in text
+    assert "✅ 100 / ✅ 100" in text and "⚠️ 101 / ⚠️ 101" in text
+
+
+def test_terminal_view_splits_many_cards_into_groups():
+    from rich.console import Console
+
+    from yolomem.config.gpus import CATALOG
+
+    base = _blog_like_table()
+    names = ("T4", "L4", "A10", "RTX-3060-12GB", "RTX-3090", "RTX-4090", "A100-40GB", "A100-80GB", "H100-80GB")
+    cards = [CATALOG[name] for name in names]
+
+    def with_cards(result):
+        gpus = tuple(GpuFit(card.name, card.total_bytes, "no", 7) for card in cards)
+        return PrecisionResult(result.precision, result.peak_reserved_bytes, result.device_total_bytes,
+                               result.gpu_mem_printed, result.gpu_mem_unit, result.fixed_bytes, result.per_image_bytes, gpus)  # fmt: skip
+
+    from dataclasses import replace
+
+    rows = tuple(replace(row, fp32=with_cards(row.fp32), amp=with_cards(row.amp)) for row in base.rows)
+    table = replace(base, rows=rows, gpus=names)
+    console = Console(width=100, record=True, color_system=None)
+    table_formats.render_rich(table, console=console)
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 100
+    for name in ("T4 (15 GiB)", "L4 (22.5 GiB)", "A100 (80 GiB)", "H100 (79.6 GiB)"):
+        assert name in text

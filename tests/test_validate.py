@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import dataclass
 
 import pytest
@@ -14,7 +15,7 @@ from yolomem.measure.run import SOURCE_PUBLIC, MeasurementRecord
 from yolomem.measure.compare import relative_error, summarize, validate, validate_records
 
 SAMPLE = "tests/data/sample_results.jsonl"
-CSV = "/work/shared/reference/measured_public_examples.csv"
+CSV = str(Path(__file__).resolve().parent / "data" / "reference" / "measured_public_examples.csv")  # see SOURCES.md there
 
 
 @dataclass(frozen=True)
@@ -141,3 +142,38 @@ def test_table_shows_errors_summary_and_skips():
 def test_validate_cli_errors_are_one_line(capsys, tmp_path):
     assert main(["validate", str(tmp_path / "missing.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# --- issue 11, item 12 ------------------------------------------------------------------------------
+
+
+def test_rows_are_numbered_by_their_file_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    good = json.dumps(_record({"peak_reserved_bytes": 1000}))
+    path.write_text(f"\n{{not json\n{good}\n\n{good.replace('16', '8', 1)}\n")
+    report = validate(path, lambda config: FakeEstimate(peak_reserved_bytes=1100))
+    assert [row.line for row in report.rows] == [3, 5]
+    assert [s.line_number for s in report.unreadable] == [2]
+
+
+def test_extra_config_keys_are_ignored_with_a_note(tmp_path, capsys):
+    records = [_record({"peak_reserved_bytes": 1000}, lr0=0.01, patience=5)]
+    report = validate_records(records, lambda config: FakeEstimate(peak_reserved_bytes=1100))
+    (row,) = report.rows
+    assert row.skipped is None and row.comparisons[0].error == pytest.approx(0.10)
+    assert "lr0" in row.notes[0] and "patience" in row.notes[0] and "ignored" in row.notes[0]
+    assert report.to_json()["rows"][0]["notes"] == list(row.notes)
+
+
+def test_a_directory_is_named_as_one(tmp_path, capsys):
+    assert main(["validate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory" in err and err.count("\n") == 1
+
+
+def test_a_binary_file_is_one_line_and_exit_2(tmp_path, capsys):
+    binary = tmp_path / "results.jsonl"
+    binary.write_bytes(bytes(range(256)) * 40)
+    assert main(["validate", str(binary)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "binary" in err and "warning" not in err

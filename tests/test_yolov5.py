@@ -9,7 +9,7 @@ import torch
 
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
-from yolomem.loops import resolve_model
+from yolomem.loops import resolve_model, trace_run
 from yolomem.loops.yolov5.runner import trace_yolov5_run
 
 
@@ -60,7 +60,7 @@ def test_targets_match_anchor_ratio_and_neighbour_cells():
     from yolomem.loops.yolov5.modules import HeadSpec
 
     head = HeadSpec(nc=2, anchors_px=(((8.0, 8.0), (40.0, 40.0), (200.0, 200.0)),), strides=(8,))
-    loss = AnchorLoss(head, LossHyp())
+    loss = AnchorLoss(head, LossHyp(), torch.tensor(head.anchors_in_grid_units()))
     p = [torch.zeros(1, 3, 8, 8, 7)]
     # one 16x16 px box centred at (20, 20) px = grid (2.5, 2.5)... placed at 0.3 of the cell: neighbours left/up
     targets = torch.tensor([[0, 1, 2.3 / 8, 2.3 / 8, 16 / 64, 16 / 64]])
@@ -69,3 +69,30 @@ def test_targets_match_anchor_ratio_and_neighbour_cells():
     assert sorted(set(a.tolist())) == [0, 1]  # 16 px vs 8 and 40: ratios 2 and 2.5 < 4; 200: 12.5
     assert len(b) == 2 * 3  # each matched anchor: own cell + left + up
     assert sorted({(int(x), int(y)) for x, y in zip(gi, gj)}) == [(1, 2), (2, 1), (2, 2)]
+
+
+# ClassificationModel(model=Model("yolov5?.yaml"), nc=1000, cutoff=10) counted with the yolov5 package
+# 7.0.14; the yolov5 README's classification table (github.com/ultralytics/yolov5#classification) shows
+# them cut to 2.5, 5.4, 12.9, 26.5 and 48.1 M
+@pytest.mark.parametrize("scale, params", [("n", 2_493_000), ("s", 5_453_480), ("m", 12_957_640),
+                                           ("l", 26_552_680), ("x", 48_097_160)])  # fmt: skip
+def test_classifiers_are_the_released_yolov5_cls(scale, params):
+    """yolov5?-cls was an unknown model. The classifiers are the detection backbone cut at layer 10
+    with a Classify head, 1000 ImageNet classes."""
+    from yolomem.loops import get_loop
+
+    resolved = resolve_model(f"yolov5{scale}-cls")
+    assert resolved.framework == "yolov5" and resolved.task == "classify"
+    assert "classify/train.py" in resolved.note
+    assert get_loop("yolov5").count_params(resolved) == params
+
+
+def test_classifier_training_uses_the_repos_settings():
+    """classify/train.py: AMP whatever amp= says, Adam by default, imgsz as given."""
+    warnings.filterwarnings("ignore")
+    config = EstimateConfig(model="yolov5n-cls", imgsz=48, batch=2, amp="fp32", iterations=1, framework="yolov5")
+    run = trace_run(config, resolve_model("yolov5n-cls", "yolov5"))
+    assert run.optimizer == "Adam" and run.imgsz == 48
+    assert any("estimated with fp16" in note for note in run.notes)
+    assert {"float16"} <= {e.dtype for e in run.trace.events if e.phase == "forward"}
+    assert {"forward", "loss", "backward", "optimizer", "ema"} <= {e.phase for e in run.trace.events}

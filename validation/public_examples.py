@@ -1,4 +1,4 @@
-"""Build tests/data/sample_results.jsonl from /work/shared/reference/measured_public_examples.csv.
+"""Build tests/data/sample_results.jsonl from tests/data/reference/measured_public_examples.csv (a copy of shared/reference/).
 
 Run once by hand (``python validation/public_examples.py OUT.jsonl``); the output is checked in. Every
 row is marked ``source="public"``: figures copied from public logs, never our own measurements. Units:

@@ -16,7 +16,12 @@ from yolomem.errors import UserError, unknown
 ACTIONS = ("clear",)
 
 
-@command("cache", "where the trace cache is and how big it is; 'cache clear' empties it")
+@command(
+    "cache", "where the trace cache is and how big it is; 'cache clear' empties it", words="[clear]", flags=(JSON,),
+    examples=("yolomem cache", "yolomem cache clear"), traces=False,
+    more="Traced runs are kept per configuration and batch; estimates read them back, or derive other batches "
+         "from them. YOLOMEM_CACHE_DIR moves the folder; --no-cache on a command leaves it alone.",
+)  # fmt: skip
 def cache_command(options: argparse.Namespace) -> int:
     from yolomem.result.runs import default_source
 
@@ -32,7 +37,7 @@ def cache_command(options: argparse.Namespace) -> int:
 
         payload = {"path": str(info.path), "families": info.families, "files": info.files, "bytes": info.bytes,
                    "enabled": store.enabled, "cleared": bool(words)}  # fmt: skip
-        print(dumps(payload))
+        print(dumps(payload), file=options.stdout)
         return 0
     size = _size(info.bytes)
     if words:

@@ -4,7 +4,7 @@
     yolomem fit yolov8x.yaml gpu=RTX-3090 imgsz=640            # largest batch
     yolomem fit yolov8x.yaml gpu=RTX-3090 batch=16 solve=imgsz  # largest imgsz at batch 16
     yolomem fit yolov8x.yaml gpu_mem=24 batch=32 --explain      # what each memory-saving step buys
-    yolomem pick gpu=RTX-3060-12GB batch=16 imgsz=640 [task=segment] [models=yolov8n,yolov8s]
+    yolomem pick gpu=RTX-3060-12GB batch=16 imgsz=640 [task=segment] [family=yolov8 | models=yolov8n,yolo11s]
 
 ``margin=`` (default 0.10) is the share of the card, after the CUDA context, held back for what the
 trace does not see. When ``batch=`` is given and does not fit, ``fit`` shows the ladder on its own.
@@ -16,37 +16,24 @@ import argparse
 import contextlib
 from collections.abc import Iterator
 
-from yolomem.cli.registry import DEFAULT_MODEL, command
-from yolomem.errors import UserError, unknown
+from yolomem.cli.registry import JSON, Flag, command
+from yolomem.config.keys import BOOL, CHOICE, ESTIMATE_KEYS, MARGIN, TEXT, TEXTS, Key
+from yolomem.errors import UserError
 
 SOLVES = ("batch", "imgsz")
-_FIT_KEYS = {"margin", "solve", "explain"}
-_PICK_KEYS = {"margin", "models", "task"}
-
-
-def _split(words: list[str], own: set[str]) -> tuple[list[str], dict[str, str]]:
-    """Words for EstimateConfig, and this command's own key=value words."""
-    rest, mine = [], {}
-    for word in words:
-        key, eq, value = word.partition("=")
-        if key in own and (eq or key == "explain"):
-            mine[key] = value if eq else "true"
-        else:
-            rest.append(word)
-    return rest, mine
-
-
-def _margin(raw: str | None) -> float:
-    from yolomem.sweeps.fit import DEFAULT_MARGIN
-
-    if raw is None:
-        return DEFAULT_MARGIN
-    text = raw.strip().rstrip("%")
-    try:
-        value = float(text)
-    except ValueError:
-        raise UserError(f"margin={raw!r} is not a number; use a fraction like margin=0.1 (or 10%)") from None
-    return value / 100 if raw.strip().endswith("%") else value
+TASKS = ("detect", "segment", "pose", "obb", "classify")
+FIT_KEYS = ESTIMATE_KEYS.plus(
+    MARGIN,
+    Key("solve", CHOICE, "batch", "what to solve for: the largest batch, or the largest imgsz at batch=", choices=SOLVES),
+    Key("explain", BOOL, False, "list what each memory-saving step buys (same as --explain)"),
+)
+PICK_KEYS = ESTIMATE_KEYS.without("model").plus(
+    MARGIN,
+    Key("task", CHOICE, "detect", "the task of the default candidates", choices=TASKS),
+    Key("family", TEXT, None, "the family to rank, e.g. yolov8 or yolo26 (default: yolo11)", nullable=True),
+    Key("models", TEXTS, None, "the candidates instead of a family, e.g. yolov8n,yolo11s", nullable=True),
+)
+EXPLAIN = Flag(("--explain",), "list what each memory-saving step buys")
 
 
 @contextlib.contextmanager
@@ -58,24 +45,27 @@ def _progress(label: str, quiet: bool) -> Iterator:
         yield display.message
 
 
-@command("fit", "largest batch (or solve=imgsz) that trains on a GPU; --explain: what each memory-saving step buys")
+@command(
+    "fit", "largest batch (or solve=imgsz) that trains on a GPU; --explain: what each memory-saving step buys",
+    keys=FIT_KEYS, words="[MODEL]", flags=(JSON, EXPLAIN),
+    examples=("yolomem fit yolov8x.yaml gpu=RTX-3090 imgsz=640            # largest batch",
+              "yolomem fit yolov8x.yaml gpu=RTX-3090 batch=16 solve=imgsz  # largest imgsz at batch 16",
+              "yolomem fit yolov8x.yaml gpu_mem=24 batch=32 --explain      # what each memory-saving step buys"),
+    more="fit needs gpu= or gpu_mem=. When batch= is given and does not fit, fit shows the ladder on its own.",
+)  # fmt: skip
 def _fit(options: argparse.Namespace) -> int:
-    from yolomem.config.settings import EstimateConfig
+    from yolomem.config.settings import EstimateConfig, parse_estimate_words
 
-    words, own = _split(options.words or [], _FIT_KEYS)
-    if not words or "=" in words[0]:
-        words = [DEFAULT_MODEL, *words]
-    config = EstimateConfig.from_words(words)
-    solve = own.get("solve", "batch")
-    if solve not in SOLVES:
-        raise unknown("solve", solve, SOLVES)
-    margin = _margin(own.get("margin"))
-    explain = getattr(options, "explain", False) or own.get("explain", "false").lower() == "true"
-    batch_given = any(w.startswith("batch=") for w in words)
+    parsed = parse_estimate_words(options.words, FIT_KEYS)
+    config = EstimateConfig.from_parsed(parsed)
+    solve = parsed.values.get("solve", "batch")
+    margin = parsed.values.get("margin", MARGIN.default)
+    explain = options.explain or parsed.values.get("explain", False)
+    batch_given = "batch" in parsed.values
     if not (config.gpu or config.gpu_mem):
         raise UserError("fit needs a GPU: add gpu=NAME (e.g. gpu=RTX-3090) or gpu_mem=<GiB>")
     if explain:
-        return _explain(config, margin, options.json)
+        return _explain(config, margin, options)
     from yolomem.sweeps.fit import NothingFits, largest_batch, largest_imgsz
 
     with _progress("fit", options.json) as progress:
@@ -87,11 +77,11 @@ def _fit(options: argparse.Namespace) -> int:
                 raise
             result = None
     if result is None or (solve == "batch" and batch_given and result.max_batch < config.batch):
-        return _explain(config, margin, options.json, fit=result)
+        return _explain(config, margin, options, fit=result)
     if options.json:
         from yolomem.render.json_output import dumps
 
-        print(dumps(result.to_json()))
+        print(dumps(result.to_json()), file=options.stdout)
     else:
         from yolomem.render.fit_output import render_fit
 
@@ -99,14 +89,14 @@ def _fit(options: argparse.Namespace) -> int:
     return 0
 
 
-def _explain(config, margin: float, as_json: bool, fit=None) -> int:
+def _explain(config, margin: float, options: argparse.Namespace, fit=None) -> int:
     from yolomem.sweeps.ladder import strategy_ladder
     from yolomem.sweeps.fit import make_budget
 
-    with _progress("fit --explain", as_json) as progress:
+    with _progress("fit --explain", options.json) as progress:
         ladder = strategy_ladder(config, margin=margin, progress=progress)
     budget = make_budget(config, margin)
-    if as_json:
+    if options.json:
         from yolomem.render.json_output import dumps
 
         payload = {"gpu": budget.gpu.name, "gpu_total_bytes": budget.gpu.total_bytes,
@@ -114,7 +104,7 @@ def _explain(config, margin: float, as_json: bool, fit=None) -> int:
                    "strategies": [step.to_json() for step in ladder]}  # fmt: skip
         if fit is not None:
             payload["fit"] = fit.to_json()
-        print(dumps(payload))
+        print(dumps(payload), file=options.stdout)
         return 0
     from yolomem.render.fit_output import render_fit, render_ladder
 
@@ -124,25 +114,35 @@ def _explain(config, margin: float, as_json: bool, fit=None) -> int:
     return 0
 
 
-@command("pick", "which YOLO models fit a GPU at a batch and imgsz, smallest first, with headroom")
+@command(
+    "pick", "which YOLO models fit a GPU at a batch and imgsz, smallest first, with headroom",
+    keys=PICK_KEYS, flags=(JSON,),
+    examples=("yolomem pick gpu=RTX-3060-12GB batch=16 imgsz=640",
+              "yolomem pick gpu=T4 family=yolov8 task=segment",
+              "yolomem pick gpu=T4 models=yolov8n,yolo11s,yolo26m"),
+    more="pick ranks one family (yolo11 unless family= says otherwise) in every size it ships, or models=.",
+)  # fmt: skip
 def _pick(options: argparse.Namespace) -> int:
-    from yolomem.config.settings import EstimateConfig
+    from yolomem.config.settings import EstimateConfig, parse_estimate_words
     from yolomem.sweeps.pick import pick_models
 
-    words, own = _split(options.words or [], _PICK_KEYS)
-    if words and "=" not in words[0]:
-        raise UserError(f"pick takes no model ({words[0]!r}); list candidates with models=yolov8n,yolov8s")
-    config = EstimateConfig.from_words(words)
-    models = tuple(m.strip() for m in own["models"].split(",") if m.strip()) if "models" in own else None
+    parsed = parse_estimate_words(options.words, PICK_KEYS)
+    if parsed.positionals:
+        raise UserError(f"pick takes no model ({parsed.positionals[0]!r}); list candidates with models=yolov8n,yolov8s")
+    values = parsed.values
+    if "family" in values and "models" in values:
+        raise UserError("family= and models= both choose the candidates; give one")
+    config = EstimateConfig.from_parsed(parsed, skip=("task",))
     with _progress("pick", options.json) as progress:
         result = pick_models(
-            config.gpu, config.imgsz, config.batch, own.get("task", "detect"), gpu_mem=config.gpu_mem,
-            models=models, margin=_margin(own.get("margin")), progress=progress, config=config,
+            config.gpu, config.imgsz, config.batch, values.get("task", "detect"), gpu_mem=config.gpu_mem,
+            models=values.get("models"), family=values.get("family"), margin=values.get("margin", MARGIN.default),
+            progress=progress, config=config,
         )  # fmt: skip
     if options.json:
         from yolomem.render.json_output import dumps
 
-        print(dumps(result.to_json()))
+        print(dumps(result.to_json()), file=options.stdout)
     else:
         from yolomem.render.fit_output import render_pick
 

@@ -1,21 +1,26 @@
 """``yolomem`` command line: a thin layer over the Python API.
 
-Subcommands take Ultralytics-style ``key=value`` words, so a pasted ``yolo train ...`` line works.
-Bad input prints one line and exits with code 2.
+Subcommands take Ultralytics-style ``key=value`` words, so a pasted ``yolo train ...`` line works; each
+command's keys (``yolomem.config.keys``) and flags are its own, and ``yolomem COMMAND --help`` lists them.
+Options may stand anywhere among the words. Without a command, the words are an estimate's
+(``yolomem yolov8s.yaml batch=8``). Bad input prints one line and exits with code 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import importlib
 import logging
 import sys
 
-from yolomem.cli.registry import COMMANDS
+from yolomem.cli.registry import COMMANDS, Command
 from yolomem.errors import UserError
 
 # Each module registers its subcommands on import; this list is the whole CLI, in help order.
 COMMAND_MODULES = ("estimate", "fit", "table", "plot", "measure", "cache")
+DEFAULT_COMMAND = "estimate"
 
 
 def load_commands() -> None:
@@ -23,40 +28,127 @@ def load_commands() -> None:
         importlib.import_module(f"yolomem.cli.{name}")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage and the message on two lines: one line here
+        raise UserError(f"{message}; see '{self.prog} --help'")
+
+
 def get_parser() -> argparse.ArgumentParser:
+    """``yolomem --help``: the commands, one line each."""
+    from yolomem import __version__
+
     load_commands()
-    parser = argparse.ArgumentParser(
-        prog="yolomem",
+    width = max(map(len, COMMANDS))
+    listing = "\n".join(f"  {name:<{width}}  {spec.help}" for name, spec in COMMANDS.items())
+    parser = _Parser(
+        prog="yolomem", usage="yolomem [COMMAND] [MODEL] [key=value ...] [options]",
         description="GPU memory of YOLO training, predicted without a GPU.",
-        epilog="example: yolomem estimate yolov8s.yaml batch=32 imgsz=640 amp=true",
-    )
-    sub = parser.add_subparsers(dest="command")
-    for name, (help_text, _handler) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("words", nargs="*", help="MODEL and key=value settings (Ultralytics names)")
-        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        p.add_argument("-o", "--output", help="file to write (plot: .png/.svg/.pdf, report: .html)")
-        p.add_argument("--explain", action="store_true", help="fit: list what each memory-saving step buys")
-        p.add_argument("--csv", action="store_true", help="table: print CSV")
-        p.add_argument("--markdown", action="store_true", help="table: print a Markdown table")
-        p.add_argument("--no-cache", action="store_true", help="neither read nor write the trace cache")
-        p.add_argument("-v", "--verbose", action="store_true", help="say where each traced run came from")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"commands:\n{listing}\n\nWithout a command, yolomem runs '{DEFAULT_COMMAND}'. "
+               "'yolomem COMMAND --help' lists the command's keys.\n"
+               "example: yolomem estimate yolov8s.yaml batch=32 imgsz=640 amp=true",
+    )  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"yolomem {__version__}")
     return parser
 
 
+def command_parser(spec: Command) -> argparse.ArgumentParser:
+    """One command's parser: its bare and ``key=value`` words, and its own flags."""
+    flags = " ".join(f"[{f.names[0]}{' ' + f.metavar if f.metavar else ''}]" for f in spec.flags)
+    words = f"{spec.words} " if spec.words else ""
+    keys = "[key=value ...] " if spec.keys.keys else ""
+    epilog = [spec.keys.help_text()] if spec.keys.keys else []
+    if spec.more:
+        epilog.append(spec.more)
+    if spec.examples:
+        epilog.append("examples:\n" + "\n".join(f"  {line}" for line in spec.examples))
+    parser = _Parser(
+        prog=f"yolomem {spec.name}", usage=f"yolomem {spec.name} {words}{keys}{flags}".rstrip(),
+        description=spec.help, epilog="\n\n".join(epilog), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
+    for flag in spec.flags:
+        if flag.metavar:
+            parser.add_argument(*flag.names, dest=flag.dest, metavar=flag.metavar, help=flag.help)
+        else:
+            parser.add_argument(*flag.names, dest=flag.dest, action="store_true", help=flag.help)
+    return parser
+
+
+def _split_command(argv: list[str]) -> tuple[str | None, list[str]]:
+    """(command, its arguments); None for the top-level ``--help``/``--version``."""
+    if argv and argv[0] in COMMANDS:
+        return argv[0], argv[1:]
+    if argv and argv[0] in {"-h", "--help", "--version"}:
+        return None, argv
+    first = argv[0] if argv else ""
+    if first and not first.startswith("-") and not any(c in first for c in "=./\\"):
+        # a near miss of a command is a typo, not a model name (model names are far from every command)
+        close = difflib.get_close_matches(first.lower(), COMMANDS, n=1, cutoff=0.8)
+        if close:
+            raise UserError(f"unknown command {first!r}; did you mean {close[0]!r}? commands: {', '.join(COMMANDS)}")
+    return DEFAULT_COMMAND, argv
+
+
+def _parse(spec: Command, args: list[str]) -> argparse.Namespace:
+    parser = command_parser(spec)
+    options, extra = parser.parse_known_intermixed_args(args)
+    if extra:  # an option this command does not have
+        known = [name for flag in spec.flags for name in flag.names]
+        close = difflib.get_close_matches(extra[0], known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        has = f"its options: {', '.join(known)}" if known else "it has no options"
+        raise UserError(f"{spec.name} has no option {extra[0]!r}{hint}; {has}")
+    return options
+
+
+def _message(error: UserError, argv: list[str]) -> str:
+    """The error's line; for a key this command does not take: which commands take it, and where the
+    valid keys are listed."""
+    from yolomem.config.keys import UnknownKey
+
+    if not isinstance(error, UnknownKey):
+        return str(error)
+    name = argv[0] if argv and argv[0] in COMMANDS else DEFAULT_COMMAND
+    others = [f"yolomem {other}" for other, spec in COMMANDS.items() if other != name and error.key in spec.keys]
+    elsewhere = f"; {error.key}= is a key of {' and '.join(others)}" if others else ""
+    return f"{error.short}{elsewhere}; 'yolomem {name} --help' lists the keys"
+
+
+def parse_command_line(argv: list[str]) -> tuple[Command, argparse.Namespace]:
+    """The command ``argv`` names and its options, without running it (``UserError`` when malformed)."""
+    load_commands()
+    name, args = _split_command(argv)
+    if name is None:
+        raise UserError("no command: give one, e.g. 'estimate'")
+    return COMMANDS[name], _parse(COMMANDS[name], args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = get_parser()
-    options = parser.parse_args(argv)
-    if options.command is None:
-        options = parser.parse_args(["estimate", *(argv or [])])
-    _setup(options)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stdout = sys.stdout
     try:
-        return COMMANDS[options.command][1](options)
+        load_commands()
+        name, args = _split_command(argv)
+        if name is None:
+            get_parser().parse_args(args)
+            return 0
+        spec = COMMANDS[name]
+        options = _parse(spec, args)
+        options.stdout = stdout
+        _setup(options)
+        machine = any(flag.machine and getattr(options, flag.dest, False) for flag in spec.flags)
+        # under --json (or --csv, ...) everything but the result goes to stderr: Ultralytics prints its
+        # settings banner on stdout the first time it runs on a machine
+        with contextlib.redirect_stdout(sys.stderr) if machine else contextlib.nullcontext():
+            return spec.handler(options)
     except UserError as error:
-        print(f"yolomem: error: {error}", file=sys.stderr)
+        print(f"yolomem: error: {_message(error, argv)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except SystemExit as done:  # --help, --version
+        return done.code if isinstance(done.code, int) else 0
 
 
 def _setup(options: argparse.Namespace) -> None:
@@ -67,7 +159,7 @@ def _setup(options: argparse.Namespace) -> None:
         from yolomem.result.runs import configure
         from yolomem.trace.store import OFF_ENV
 
-        os.environ[OFF_ENV] = "1"  # worker processes (the table's) start from the environment
+        os.environ[OFF_ENV] = "1"  # worker processes (the table's, prefetch's) start from the environment
         configure(cache=False)
     if getattr(options, "verbose", False):
         logger = logging.getLogger("yolomem")

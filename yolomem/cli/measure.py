@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from yolomem.cli.registry import command
+from yolomem.cli.registry import JSON, command
 from yolomem.errors import UserError
+from yolomem.measure.run import MEASURE_KEYS
 
 
-@command("measure", "measure real training memory on a CUDA GPU and append it to a results file")
+@command(
+    "measure", "measure real training memory on a CUDA GPU and append it to a results file",
+    keys=MEASURE_KEYS, words="MODEL", flags=(JSON,), traces=False,
+    examples=("yolomem measure yolov8n.yaml batch=16 results=runs.jsonl",),
+)  # fmt: skip
 def _measure(options: argparse.Namespace) -> int:
     from yolomem.measure.run import cuda_device_count, measure, parse_measure_words
 
@@ -25,7 +30,7 @@ def _measure(options: argparse.Namespace) -> int:
     if options.json:
         from yolomem.render.json_output import dumps
 
-        print(dumps(record.to_json()))
+        print(dumps(record.to_json()), file=options.stdout)
     else:
         from yolomem.render.compare_output import render_measurement
 
@@ -33,7 +38,10 @@ def _measure(options: argparse.Namespace) -> int:
     return 0 if record.status == "ok" else 1
 
 
-@command("validate", "estimate every config of a results file and compare with its measurement")
+@command(
+    "validate", "estimate every config of a results file and compare with its measurement",
+    words="RESULTS.jsonl", flags=(JSON,), examples=("yolomem validate tests/data/sample_results.jsonl",),
+)  # fmt: skip
 def _validate(options: argparse.Namespace) -> int:
     from yolomem.measure.compare import validate
 
@@ -43,7 +51,7 @@ def _validate(options: argparse.Namespace) -> int:
     if options.json:
         from yolomem.render.json_output import dumps
 
-        print(dumps(report.to_json()))
+        print(dumps(report.to_json()), file=options.stdout)
         for line in report.unreadable:
             print(f"yolomem: warning: {line.describe(report.path)}", file=sys.stderr)
     else:

@@ -1,207 +1,184 @@
-"""What the user asked for: ``key=value`` words in Ultralytics' names, checked and resolved.
+"""What the user asked for: ``EstimateConfig``, checked and resolved, and its one JSON form.
 
 Keys keep Ultralytics' names and defaults where they exist (``imgsz``, ``batch``, ``amp``,
 ``optimizer``, ``nbs``, ``freeze``, ``multi_scale``). yolomem adds its own (``instances``, ``step``,
 ``iterations``, ``alloc_conf``, ``gpu``, ``gpu_mem``, ``framework``, ``seed``). ``data``, ``epochs``,
 ``cache`` and ``workers`` keep Ultralytics' meaning: ``data=`` or ``epochs>=2`` simulates whole epochs
-with validation (``yolomem.result.epochs``), ``cache``/``workers`` size host memory. A pasted
+with the val pass (``yolomem.result.epochs``), ``cache``/``workers`` size host memory. A pasted
 ``yolo train model=... data=... epochs=...`` line works: the words ``yolo``/``train``/task names are
 skipped and Ultralytics keys that do not change GPU memory are ignored with a note.
+
+Every key's type, default, help and valid values are in ``yolomem.config.keys.ESTIMATE_KEYS``; the
+fields below take their defaults from there and are checked with the same keys.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, replace
 
-from yolomem.loops.batches import DEFAULT_INSTANCES
-from yolomem.errors import UserError, unknown
+from yolomem.config.keys import (
+    DEFAULT_INSTANCES, ESTIMATE_KEYS, FRAMEWORKS, OPTIMIZERS, PRECISIONS, STEPS, KeyTable, Words, parse_words,
+)  # fmt: skip
+from yolomem.errors import UserError
 
-OPTIMIZERS = ("auto", "SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop", "MuSGD")
-STEPS = ("train", "fwd_bwd")
-FRAMEWORKS = ("ultralytics", "yolov5")  # yolov5: the yolov5 repo's loop (yolomem.loops.yolov5)
-PRECISIONS = {"true": "fp16", "fp16": "fp16", "false": "fp32", "fp32": "fp32", "bf16": "bf16"}
-_YOLO_WORDS = {"yolo", "train", "detect", "segment", "pose", "obb", "classify"}
-_OWN_KEYS = {"instances", "step", "iterations", "alloc_conf", "gpu", "gpu_mem", "framework", "seed", "nc",
-             "world_size", "checkpoint"}
-_MEMORY_KEYS = {"model", "imgsz", "batch", "amp", "optimizer", "nbs", "freeze", "multi_scale", "task",
-                "overlap_mask", "mask_ratio", "data", "device", "epochs", "cache", "workers"}  # fmt: skip
+__all__ = ["DEFAULT_INSTANCES", "EstimateConfig", "FRAMEWORKS", "OPTIMIZERS", "PRECISIONS", "STEPS", "parse_estimate_words"]
+
+_default = ESTIMATE_KEYS.default
+# Ultralytics keys with a meaning here that is not a field of their own (see ``from_values``)
+_MAPPED_KEYS = ("device", "task", "overlap_mask", "mask_ratio")
 
 
 @dataclass(frozen=True)
 class EstimateConfig:
-    """A fully resolved request. Build with ``EstimateConfig.from_words`` or directly."""
+    """A fully resolved request. Build with ``from_words`` (CLI words), ``from_mapping`` (Python values),
+    ``from_json`` (a result or results file), or directly."""
 
-    model: str = "yolov8n.yaml"
-    imgsz: int = 640
-    batch: int = 16
-    amp: str = "fp16"  # "fp16" (amp=True) | "fp32" (amp=False) | "bf16"
-    optimizer: str = "auto"
-    nbs: int = 64
-    freeze: tuple[int, ...] = ()
-    multi_scale: float = 0.0
-    instances: float = DEFAULT_INSTANCES
-    step: str = "train"
-    iterations: int = 2
-    alloc_conf: str | None = None
-    gpu: str | None = None
-    gpu_mem: float | None = None
-    framework: str = "ultralytics"
-    seed: int = 0
-    nc: int | None = None
-    data: str | None = None  # an Ultralytics dataset YAML (objects per image, dataset size)
-    world_size: int = 1  # DDP ranks; batch is split across them as Ultralytics does
-    checkpoint: bool = False  # activation checkpointing (yolomem.loops.checkpointing)
-    epochs: int | None = None  # >= 2 (or data=) simulates epochs with validation (yolomem.result.epochs)
-    cache: str | None = None  # Ultralytics' cache: "ram" | "disk" | None (host memory, yolomem.result.host_memory)
-    workers: int = 8  # Ultralytics' dataloader workers (host memory)
+    model: str = _default("model")
+    imgsz: int = _default("imgsz")
+    batch: int = _default("batch")
+    amp: str = _default("amp")  # "fp16" (amp=True) | "fp32" (amp=False) | "bf16"
+    optimizer: str = _default("optimizer")
+    nbs: int = _default("nbs")
+    freeze: tuple[int, ...] = _default("freeze")
+    multi_scale: float = _default("multi_scale")
+    instances: float = _default("instances")
+    step: str = _default("step")
+    iterations: int = _default("iterations")
+    alloc_conf: str | None = _default("alloc_conf")
+    gpu: str | None = _default("gpu")
+    gpu_mem: float | None = _default("gpu_mem")
+    framework: str = _default("framework")
+    seed: int = _default("seed")
+    nc: int | None = _default("nc")
+    data: str | None = _default("data")  # an Ultralytics dataset YAML (objects per image, dataset size)
+    world_size: int = _default("world_size")  # DDP ranks; batch is split across them as Ultralytics does
+    checkpoint: bool = _default("checkpoint")  # activation checkpointing (yolomem.loops.checkpointing)
+    epochs: int | None = _default("epochs")  # >= 2 (or data=) simulates epochs with the val pass
+    cache: str | None = _default("cache")  # "ram" | "disk" | None (host memory, yolomem.result.host_memory)
+    workers: int = _default("workers")  # dataloader workers (host memory)
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
-        _check_positive_int("batch", self.batch)
-        _check_positive_int("imgsz", self.imgsz, allow_zero=False)
-        _check_positive_int("nbs", self.nbs)
-        _check_positive_int("iterations", self.iterations)
-        _check_positive_int("world_size", self.world_size)
-        _check_positive_int("workers", self.workers, allow_zero=True)
-        if self.epochs is not None:
-            _check_positive_int("epochs", self.epochs)
-        if self.cache not in (None, "ram", "disk"):
-            raise unknown("cache", self.cache, ("ram", "disk", "false"))
-        if self.amp not in set(PRECISIONS.values()):
-            raise UserError(f"amp={self.amp!r} is not valid; use true, false, fp32 or bf16")
-        if self.optimizer not in OPTIMIZERS:
-            raise unknown("optimizer", self.optimizer, OPTIMIZERS)
-        if self.step not in STEPS:
-            raise unknown("step", self.step, STEPS)
-        if self.framework not in FRAMEWORKS:
-            raise unknown("framework", self.framework, FRAMEWORKS)
-        if not (isinstance(self.instances, (int, float)) and self.instances >= 0 and math.isfinite(self.instances)):
-            raise UserError(f"instances={self.instances!r} must be a number of objects per image >= 0")
-        if not 0.0 <= self.multi_scale < 1.0:
-            raise UserError(f"multi_scale={self.multi_scale!r} must be in [0, 1)")
+        for name in _FIELDS:
+            ESTIMATE_KEYS[name].check(getattr(self, name))
+        if self.alloc_conf is not None:
+            _check_alloc_conf(self.alloc_conf)
+        if self.gpu is not None or self.gpu_mem is not None:
+            from yolomem.config.gpus import find_gpu
+
+            find_gpu(self.gpu or "", self.gpu_mem)  # an unknown card, or one too small, is refused here
+
+    # --- building -----------------------------------------------------------------------------
 
     @classmethod
-    def from_words(cls, words: list[str]) -> EstimateConfig:
+    def from_words(cls, words: Iterable[str]) -> EstimateConfig:
         """Parse CLI words: an optional bare model name, then ``key=value`` pairs."""
-        values: dict[str, object] = {}
-        notes: list[str] = []
-        for word in words:
-            if "=" not in word:
-                if word.lower() in _YOLO_WORDS:
-                    continue
-                if "model" in values or word.startswith("-"):
-                    raise UserError(f"argument {word!r} is not key=value; missing '=' sign, try '{word}=<value>'")
-                values["model"] = word
-                continue
-            key, _, raw = word.partition("=")
-            key = key.strip()
-            if not key or raw == "":
-                raise UserError(f"malformed argument {word!r}; expected key=value, e.g. batch=16")
-            if key in _MEMORY_KEYS or key in _OWN_KEYS:
-                values[key] = raw
-            elif key in _ultralytics_keys():
-                notes.append(f"{key}={raw} does not change GPU memory; ignored")
-            else:
-                raise unknown("key", key, sorted(_MEMORY_KEYS | _OWN_KEYS | set(_ultralytics_keys())))
-        return cls.from_mapping(values, notes)
+        return cls.from_parsed(parse_estimate_words(words))
 
     @classmethod
-    def from_mapping(cls, values: dict, notes: list[str] | None = None) -> EstimateConfig:
-        notes = list(notes or [])
-        kwargs: dict[str, object] = {}
-        for key, raw in values.items():
-            if key == "task":
-                notes.append(f"task={raw}: the task is inferred from the model; ignored")
-                continue
-            if key == "device":
-                ranks = [d for d in str(raw).split(",") if d.strip() and d.strip().lower() not in {"cpu", "mps"}]
+    def from_parsed(cls, parsed: Words, *, skip: Iterable[str] = ()) -> EstimateConfig:
+        """The config of words already parsed with a table that holds ``ESTIMATE_KEYS`` (a command's
+        own keys are left out; ``skip`` leaves out estimate keys a command reads its own way)."""
+        skip = set(skip)
+        values = {k: v for k, v in parsed.values.items() if k in ESTIMATE_KEYS and k not in skip}
+        model = model_of(parsed.positionals, values.get("model"))
+        if model is not None:
+            values["model"] = model
+        return cls.from_values(values, parsed.notes)
+
+    @classmethod
+    def from_mapping(cls, values: dict, notes: Iterable[str] = ()) -> EstimateConfig:
+        """From Python values (``estimate("yolov8n.yaml", amp=True, freeze=[0, 1])``): each is converted
+        by its key; Ultralytics' other settings are ignored with a note, as on the command line; any other
+        name is refused with the nearest key."""
+        from yolomem.config.keys import unknown_key
+
+        typed, notes = {}, list(notes)
+        for name, value in values.items():
+            if name in ESTIMATE_KEYS:
+                typed[name] = ESTIMATE_KEYS[name].convert(value)
+            elif name in _ultralytics_keys():
+                notes.append(f"{name}={value} does not change GPU memory; ignored")
+            else:
+                raise unknown_key(name, ESTIMATE_KEYS)
+        return cls.from_values(typed, notes)
+
+    @classmethod
+    def from_values(cls, values: dict, notes: Iterable[str] = ()) -> EstimateConfig:
+        """From typed values; Ultralytics' ``device``, ``task``, ``overlap_mask`` and ``mask_ratio`` become
+        a world size or a note."""
+        notes = list(notes)
+        kwargs = {}
+        for name, value in values.items():
+            if name == "device":
+                ranks = [d for d in str(value or "").split(",") if d.strip() and d.strip().lower() not in {"cpu", "mps"}]
                 if len(ranks) > 1:
                     kwargs["world_size"] = len(ranks)
-                    notes.append(f"device={raw}: {len(ranks)} GPUs, estimated per DDP rank")
-                continue
-            if key in {"overlap_mask", "mask_ratio"}:
-                notes.append(f"{key}={raw}: Ultralytics' default is used")
-                continue
-            kwargs[key] = _convert(key, raw)
+                    notes.append(f"device={value}: {len(ranks)} GPUs, estimated per DDP rank")
+            elif name == "task":
+                notes.append(f"task={value}: the task is inferred from the model; ignored")
+            elif name in {"overlap_mask", "mask_ratio"}:
+                notes.append(f"{name}={str(value).lower()}: Ultralytics' default is used")
+            else:
+                kwargs[name] = value
         return cls(**kwargs, notes=tuple(notes))
 
     def with_changes(self, **changes) -> EstimateConfig:
         return replace(self, **changes)
 
-    def as_dict(self) -> dict:
-        return {
-            "model": self.model, "imgsz": self.imgsz, "batch": self.batch, "amp": self.amp,
-            "optimizer": self.optimizer, "nbs": self.nbs, "freeze": list(self.freeze),
-            "multi_scale": self.multi_scale, "instances": self.instances, "step": self.step,
-            "iterations": self.iterations, "alloc_conf": self.alloc_conf, "gpu": self.gpu,
-            "gpu_mem": self.gpu_mem, "framework": self.framework, "seed": self.seed, "nc": self.nc,
-            "data": self.data, "world_size": self.world_size, "checkpoint": self.checkpoint,
-            "epochs": self.epochs, "cache": self.cache, "workers": self.workers,
-        }  # fmt: skip
+    # --- the one JSON form --------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        """Every setting, in field order; ``freeze`` as a list. ``from_json`` reads it back."""
+        return {name: list(value) if isinstance(value := getattr(self, name), tuple) else value for name in _FIELDS}
+
+    @classmethod
+    def from_json(cls, data: dict) -> EstimateConfig:
+        """A config written by ``to_json`` (an estimate's or a results file's ``config``). ``task`` is the
+        resolved model's; other keys that are not settings are ignored with a note; a null is "not set"."""
+        if not isinstance(data, dict):
+            raise UserError(f"a config must be a JSON object, not {type(data).__name__}")
+        extra = sorted(set(data) - set(_FIELDS) - {"task"})
+        values = {k: v for k, v in data.items() if k in _FIELDS and v is not None}
+        notes = [f"config key{'s' if len(extra) > 1 else ''} {', '.join(extra)}: not estimator settings; ignored"] if extra else []
+        return cls.from_mapping(values, notes)
+
+
+_FIELDS = tuple(f.name for f in fields(EstimateConfig) if f.name != "notes")
+
+
+def parse_estimate_words(words: Iterable[str], table: KeyTable = ESTIMATE_KEYS) -> Words:
+    """A command's words that describe a training run: ``table`` holds ``ESTIMATE_KEYS`` and the command's
+    own keys; a pasted ``yolo train`` line's words are skipped and Ultralytics' other keys noted."""
+    return parse_words(words, table, ignored=_ultralytics_keys, yolo_line=True)
+
+
+def model_of(positionals: Iterable[str], given: object = None) -> str | None:
+    """The model named by a bare word or ``model=``; both only when they agree."""
+    positionals = list(positionals)
+    if len(positionals) > 1:
+        word = positionals[1]
+        raise UserError(f"argument {word!r} is not key=value; missing '=' sign, try '{word}=<value>'")
+    bare = positionals[0] if positionals else None
+    if bare is not None and given is not None and bare != given:
+        raise UserError(f"two models: {bare!r} and model={given}; give one")
+    return bare if bare is not None else given
+
+
+def _check_alloc_conf(text: str) -> None:
+    from yolomem.allocator.caching import parse_alloc_conf
+
+    try:
+        parse_alloc_conf(text)
+    except ValueError as error:
+        raise UserError(f"alloc_conf: {error}") from None
 
 
 @functools.cache
 def _ultralytics_keys() -> tuple[str, ...]:
+    """Ultralytics' settings that yolomem accepts and ignores (they do not change GPU memory)."""
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
-    return tuple(DEFAULT_CFG_DICT)
-
-
-def _check_positive_int(name: str, value: object, allow_zero: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{name}={value!r} must be a whole number")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise UserError(f"{name}={value} must be a positive whole number")
-
-
-def _convert(key: str, raw: object) -> object:
-    if key == "amp" and isinstance(raw, bool):  # the Python API takes amp=True/False like Ultralytics
-        return "fp16" if raw else "fp32"
-    if not isinstance(raw, str):
-        return raw
-    text = raw.strip()
-    if key == "batch" and (text.startswith("-1") or text.startswith("0.")):
-        raise UserError(f"batch={text} asks for AutoBatch; yolomem needs a fixed batch (yolomem fit finds the largest)")
-    try:
-        if key in {"batch", "imgsz", "nbs", "iterations", "seed", "nc", "world_size", "epochs", "workers"}:
-            return int(text)
-        if key in {"instances", "multi_scale", "gpu_mem"}:
-            return float(text)
-    except ValueError:
-        raise UserError(f"{key}={text!r} is not a number") from None
-    if key == "amp":
-        if text.lower() not in PRECISIONS:
-            raise UserError(f"amp={text!r} is not valid; use true, false, fp32 or bf16")
-        return PRECISIONS[text.lower()]
-    if key == "optimizer":
-        canonical = {o.lower(): o for o in OPTIMIZERS}.get(text.lower())
-        if canonical is None:
-            raise unknown("optimizer", text, OPTIMIZERS)
-        return canonical
-    if key == "freeze":
-        return _parse_freeze(text)
-    if key == "checkpoint":
-        if text.lower() not in {"true", "false"}:
-            raise UserError(f"checkpoint={text!r} must be true or false")
-        return text.lower() == "true"
-    if key == "cache":  # Ultralytics: True -> "ram", False/None -> no cache
-        return {"true": "ram", "false": None, "none": None}.get(text.lower(), text.lower())
-    if key == "alloc_conf":
-        return text or None
-    return text
-
-
-def _parse_freeze(text: str) -> tuple[int, ...]:
-    """``freeze=10`` freezes layers 0-9 (Ultralytics); ``freeze=[0,1,2]`` lists them."""
-    body = text.strip("[]() ")
-    try:
-        if text.strip().startswith("["):
-            return tuple(int(x) for x in body.split(",") if x.strip())
-        count = int(body or 0)
-    except ValueError:
-        raise UserError(f"freeze={text!r} must be a layer count like 10 or a list like [0,1,2]") from None
-    if count < 0:
-        raise UserError(f"freeze={count} must be >= 0")
-    return tuple(range(count))
+    return tuple(k for k in DEFAULT_CFG_DICT if k not in ESTIMATE_KEYS)

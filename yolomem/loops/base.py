@@ -34,6 +34,12 @@ class TrainingLoop(Protocol):
 
     name: str  # the ``framework=`` value that selects it
     clears_cache_between_epochs: bool  # the trainer empties the CUDA cache after each epoch
+    # the trainer's loop variables (images, predictions, losses) outlive their iteration until the next
+    # one rebinds them, and through validation; the epoch composer then keeps them alive between templates
+    carries_loop_variables: bool
+    # the validation pass is traced as one template over the pass's batches (its locals carry from batch
+    # to batch), rather than one template per batch shape
+    traces_whole_val_pass: bool
 
     def owns(self, spec: str) -> bool:
         """True for model names only this loop builds (they select it without ``framework=``)."""
@@ -65,8 +71,26 @@ class TrainingLoop(Protocol):
 
     def val_batch_size(self, task: str, train_batch: int) -> int: ...
 
-    def trace_val_pass(self, run, shape, seed: int, nc: int, kpt_shape: tuple[int, ...], channels: int) -> None:
-        """Trace one validation batch of ``shape`` with the run's EMA model, as the trainer's val pass does."""
+    def trace_val_pass(self, run, shapes: tuple, seed: int, nc: int, kpt_shape: tuple[int, ...], channels: int) -> None:
+        """Trace validation batches of ``shapes`` (``ValBatchShape``; one per call unless
+        ``traces_whole_val_pass``) with the run's EMA model, as the trainer's val pass does."""
+
+
+# torch.autocast dtype per ``amp=`` value; fp32 runs without autocast
+AMP_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
+
+
+def amp_dtype(precision: str):
+    """The autocast dtype of ``precision`` ("fp16", "bf16"), or None for fp32."""
+    import torch
+
+    return getattr(torch, AMP_DTYPES[precision]) if precision in AMP_DTYPES else None
+
+
+def max_stride(model) -> int:
+    """The model's largest stride, at least 32: Ultralytics' ``max(int(model.stride.max()), 32)``,
+    and train.py's ``gs`` in the yolov5 repo (both models carry a ``stride`` tensor)."""
+    return max(int(model.stride.max()) if hasattr(model, "stride") else 32, 32)
 
 
 def round_imgsz(imgsz: int, stride: int) -> int:
@@ -82,6 +106,19 @@ def optimizer_steps(accumulate_at: Callable[[int, int, int], int], iterations: i
         last = iteration if step else last
         steps.append(step)
     return tuple(steps)
+def check_trainable(model: Any, freeze: tuple[int, ...]) -> None:
+    """After freezing: refuse a ``freeze=`` that leaves no weight to train (both trainers' backward would
+    fail with "element 0 of tensors does not require grad")."""
+    if any(parameter.requires_grad for parameter in model.parameters()):
+        return
+    from yolomem.errors import UserError
+
+    parts = (name.split(".") for name, _ in model.named_parameters())
+    layers = {int(p[1]) for p in parts if len(p) > 1 and p[0] == "model" and p[1].isdigit()}
+    contiguous = freeze == tuple(range(len(freeze)))
+    shown = str(len(freeze)) if contiguous else f"[{','.join(map(str, freeze))}]"
+    span = f"; its layers with weights are {min(layers)}-{max(layers)}" if layers else ""
+    raise UserError(f"freeze={shown} freezes every layer of the model, so nothing would train{span}")
 
 
 def rank_batch(config: EstimateConfig) -> int:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-DEFAULT_INSTANCES = 8.0
+
 BOX_SIDE_RANGE = (0.02, 0.6)  # fraction of the image side, log-uniform
 MASK_RATIO = 4  # Ultralytics' default mask_ratio: masks are imgsz / 4
 DENSEST_OF = 16  # the densest image holds the most objects among this many draws (Ultralytics' default batch)

@@ -12,9 +12,9 @@
 The validation batch is 2x the training batch (not for obb), and each batch has its own rect shape
 (``BaseDataset.set_rectangle``), so each distinct shape is traced once and reused.
 
-The framework-neutral entry point is ``trace_validation_batch(model, tracer, ...)``: another training
-loop calls it with its own model, loss function and ``ValLoop`` (how its validator differs; the yolov5
-repo's is ``yolomem.loops.yolov5.val_pass``).
+``trace_validation_batch(model, tracer, ...)`` takes the model and the loss function; the yolov5 repo's
+val.py differs in most steps and has its own pass (``yolomem.loops.yolov5.val_pass``), which shares the
+batch shapes, ``val_batch_dict``, the NMS stand-in and the head's real factories from here.
 
 Data-dependent steps of NMS (how many boxes pass ``conf=0.001``) are answered by the tracer's
 ``DataOracle``: ``NMS_CANDIDATES_PER_IMAGE`` (box, class) pairs per image, the cap NMS applies; they
@@ -45,21 +45,6 @@ NMS_CANDIDATES_PER_IMAGE = 30000
 NMS_TIME_PER_IMAGE = 1e9  # seconds: NMS's time limit, lifted (see trace_validation_batch)
 NMS_BLOCK = 64  # threadsPerBlock in torchvision's nms_kernel.cu: one int64 of mask bits per 64 boxes
 VAL_PHASES = ("val_preprocess", "val_forward", "val_loss", "val_nms")
-
-
-@dataclass(frozen=True)
-class ValLoop:
-    """Where a training loop's validator differs from Ultralytics', batch by batch."""
-
-    scale_in_place: bool = False  # yolov5 val.py: ``im /= 255`` on the half copy; Ultralytics: ``/ 255``, a new buffer
-    # predictions (B, anchors, 5 + nc + nm) with objectness in column 4 (yolov5); else (B, 4 + nc + extra, anchors)
-    anchor_rows: bool = False
-    keeps_raw_outputs: bool = False  # the per-level head outputs stay alive through NMS (yolov5's ``train_out``)
-    # (predictions) -> per-image detections; None: Ultralytics' non_max_suppression(**nms_kwargs)
-    nms: Callable[[torch.Tensor], object] | None = None
-
-
-ULTRALYTICS_LOOP = ValLoop()
 
 
 @dataclass(frozen=True)
@@ -98,17 +83,12 @@ def trace_validation_batch(
     loss_fn: Callable[[dict, object], object] | None,
     nc: int,
     nms_kwargs: dict | None = None,
-    loop: ValLoop = ULTRALYTICS_LOOP,
-    previous_outputs: list[torch.Tensor] | None = None,
 ) -> None:
     """Trace one validation batch: preprocess, forward, loss, NMS. Framework-neutral.
 
     ``data``: the collated batch (``img`` uint8 (B, C, H, W) plus targets), made inside the tracer.
     ``autocast()``: a context manager for the validation autocast region (a null context for fp32).
     ``loss_fn(data, preds)``: the validation loss, or None to skip it.
-    ``previous_outputs``: tensors the validator's loop still holds from the previous batch until this
-    forward returns (yolov5's ``preds, train_out = model(im)`` rebinds ``train_out`` only then);
-    the list is emptied after the forward, so the caller must hold no other reference.
     """
     model.eval()
     # Ultralytics runs this under torch.inference_mode(); no_grad() keeps the same allocations (no
@@ -118,17 +98,11 @@ def trace_validation_batch(
         with tracer.phase("val_preprocess"):
             tracer.track_existing(data.values(), "input")
             image = data.pop("img")
-            if loop.scale_in_place:
-                data["img"] = image.half() if half_inputs else image.float()  # (B, C, H, W)
-                data["img"] /= 255
-            else:
-                data["img"] = (image.half() if half_inputs else image.float()) / 255  # (B, C, H, W)
+            data["img"] = (image.half() if half_inputs else image.float()) / 255  # (B, C, H, W)
             del image
         with autocast():
             with tracer.phase("val_forward"), _head_makes_real_factories(model, tracer):
                 preds = model(data["img"])
-            if previous_outputs is not None:
-                previous_outputs.clear()
             if loss_fn is not None:
                 tracer.oracle.positives = 10 * int(data["cls"].shape[0]) if "cls" in data else 0
                 # "loss": the tracer keeps small target tensors real in this phase only; the epoch
@@ -136,31 +110,24 @@ def trace_validation_batch(
                 with tracer.phase("loss"):
                     loss_fn(data, preds)
             with tracer.phase("val_nms"):
-                raw = preds[1] if loop.keeps_raw_outputs else None
-                preds = _real_predictions(preds, tracer, nc, NMS_CANDIDATES_PER_IMAGE, anchor_rows=loop.anchor_rows)
+                preds = _real_predictions(preds, tracer, nc, NMS_CANDIDATES_PER_IMAGE)
                 with _cuda_nms_allocations(tracer), quiet_ultralytics():
-                    if loop.nms is not None:
-                        outputs = loop.nms(preds)
-                    else:
-                        from ultralytics.utils.nms import non_max_suppression
+                    from ultralytics.utils.nms import non_max_suppression
 
-                        # no time limit: NMS quits after 2 s + 0.05 s per image, which a GPU never takes but
-                        # this CPU trace may, and the trace would then depend on how busy the machine is
-                        kwargs = dict(conf_thres=VAL_CONF, iou_thres=VAL_IOU, multi_label=True, max_det=VAL_MAX_DET,
-                                      max_time_img=NMS_TIME_PER_IMAGE)  # fmt: skip
-                        kwargs.update(nms_kwargs or {})
-                        outputs = non_max_suppression(preds, **kwargs)
-            del preds, outputs, raw
+                    # no time limit: NMS quits after 2 s + 0.05 s per image, which a GPU never takes but
+                    # this CPU trace may, and the trace would then depend on how busy the machine is
+                    kwargs = dict(conf_thres=VAL_CONF, iou_thres=VAL_IOU, multi_label=True, max_det=VAL_MAX_DET,
+                                  max_time_img=NMS_TIME_PER_IMAGE)  # fmt: skip
+                    kwargs.update(nms_kwargs or {})
+                    outputs = non_max_suppression(preds, **kwargs)
+            del preds, outputs
     del data
 
 
-def _real_predictions(preds, tracer: Tracer, nc: int, candidates: int, *, anchor_rows: bool = False) -> torch.Tensor:
+def _real_predictions(preds, tracer: Tracer, nc: int, candidates: int) -> torch.Tensor:
     """NMS decides by value (which scores pass ``conf``): give it real predictions that make
     ``candidates`` (box, class) pairs pass in every image, in place of the fake ones (same shape,
-    same dtype, so the same allocation: the fake output is released first).
-
-    ``anchor_rows``: yolov5's (B, anchors, 5 + nc + nm) layout; every anchor's objectness passes
-    (0.5) and the first ``candidates`` (anchor, class) pairs score 0.5 x 0.5."""
+    same dtype, so the same allocation: the fake output is released first)."""
     from torch.utils._python_dispatch import _disable_current_modes
 
     fake = preds[0] if isinstance(preds, (list, tuple)) else preds  # (B, 4 + nc + extra, anchors)
@@ -168,15 +135,9 @@ def _real_predictions(preds, tracer: Tracer, nc: int, candidates: int, *, anchor
     del fake, preds  # the raw head outputs die here on the GPU too unless the caller keeps them
     with _disable_current_modes():
         real = torch.zeros(shape, dtype=dtype)
-        if anchor_rows:
-            real[..., 0:2] = 100.0  # box centres (pixels)
-            real[..., 2:4] = 20.0  # box sides
-            real[..., 4] = 0.5  # objectness
-            scores = real[..., 5 : 5 + nc]  # (B, anchors, nc)
-        else:
-            real[:, 0:2] = 100.0  # box centres (pixels)
-            real[:, 2:4] = 20.0  # box sides
-            scores = real[:, 4 : 4 + nc]  # (B, nc, anchors): the first `candidates` pairs pass
+        real[:, 0:2] = 100.0  # box centres (pixels)
+        real[:, 2:4] = 20.0  # box sides
+        scores = real[:, 4 : 4 + nc]  # (B, nc, anchors): the first `candidates` pairs pass
         flat = scores.reshape(shape[0], -1)
         flat[:, :candidates] = 0.5
         scores.copy_(flat.view_as(scores))

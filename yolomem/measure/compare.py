@@ -3,16 +3,19 @@
 Error is signed and relative to the measurement: ``(estimated - measured) / measured`` (positive:
 the estimate is too high). The summary per figure gives the median and the max of ``|error|`` and the
 median signed error (the bias). A record is compared only on the figures it measured
-(``MeasurementRecord.measured``) that the estimate also gives (``steady_reserved_bytes`` is None until
-validation is modelled; such figures are listed as not estimated, not counted as errors).
+(``MeasurementRecord.measured``) that the estimate also gives (``steady_reserved_bytes`` is None unless
+the estimate simulates epochs with the val pass; such figures are listed as not estimated, not counted
+as errors). Rows are numbered by their line in the file.
 
 Records that are skipped, with the reason shown: failed runs (status "oom"/"error"), runs where
-the trainer halved the batch after an OOM, configs the estimator rejects (e.g. ``framework=yolov5``
-before that lands), and unreadable lines of the file.
+the trainer halved the batch after an OOM, configs the estimator rejects, and unreadable lines of the
+file. Config keys that are not estimator settings are ignored with a note, as the CLI ignores
+Ultralytics' other keys. A binary file, or one without a single JSON record, is refused in one line.
 """
 
 from __future__ import annotations
 
+import itertools
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,11 +23,10 @@ from pathlib import Path
 
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
-from yolomem.measure.log import SkippedLine, read_records
+from yolomem.measure.log import NotJsonLines, SkippedLine, read_records
 from yolomem.measure.run import MeasurementRecord
 
 METRICS = ("peak_reserved_bytes", "peak_allocated_bytes", "steady_reserved_bytes", "context_bytes")
-_CONFIG_FIELDS = set(EstimateConfig.__dataclass_fields__) - {"notes"}
 
 EstimateFn = Callable[[EstimateConfig], object]  # returns an Estimate (or anything with the METRICS attributes)
 
@@ -39,13 +41,14 @@ class Comparison:
 
 @dataclass(frozen=True)
 class ValidationRow:
-    line: int  # 1-based record index in the file's readable records
+    line: int  # the record's line in the file (1-based)
     label: str  # "yolov8n b16 640 fp16 train"
     source: str
     reference: str | None
     gpu: str | None
     comparisons: tuple[Comparison, ...]
     skipped: str | None = None  # why this record was not compared
+    notes: tuple[str, ...] = ()  # e.g. config keys that are not estimator settings, ignored
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ class ValidationReport:
             "rows": [
                 {
                     "record": row.line, "label": row.label, "source": row.source, "reference": row.reference,
-                    "gpu": row.gpu, "skipped": row.skipped,
+                    "gpu": row.gpu, "skipped": row.skipped, "notes": list(row.notes),
                     "comparisons": [
                         {"metric": c.metric, "measured_bytes": c.measured_bytes,
                          "estimated_bytes": c.estimated_bytes, "error": c.error}
@@ -104,14 +107,9 @@ def summarize(metric: str, errors: Iterable[float]) -> ErrorSummary | None:
 
 
 def config_of(record: MeasurementRecord) -> EstimateConfig:
-    """The record's config as the estimator takes it (unknown keys are a UserError, with a hint)."""
-    values = {k: v for k, v in record.config.items() if k in _CONFIG_FIELDS and v is not None}
-    if "freeze" in values:
-        values["freeze"] = tuple(values["freeze"])
-    extra = set(record.config) - _CONFIG_FIELDS - {"task"}
-    if extra:
-        raise UserError(f"config keys {sorted(extra)} are not estimator settings")
-    return EstimateConfig.from_mapping(values)
+    """The record's config as the estimator takes it; keys that are not estimator settings are ignored
+    with a note (as the CLI ignores Ultralytics' other keys), a bad value is a UserError."""
+    return EstimateConfig.from_json(record.config)
 
 
 def label_of(config: dict) -> str:
@@ -122,15 +120,16 @@ def label_of(config: dict) -> str:
 
 
 def validate_records(records: Iterable[dict], estimate_fn: EstimateFn | None = None, path: str = "",
-                     unreadable: tuple[SkippedLine, ...] = ()) -> ValidationReport:
+                     unreadable: tuple[SkippedLine, ...] = (), lines: Iterable[int] | None = None) -> ValidationReport:
+    """Compare each record; ``lines`` are their file lines (default 1, 2, ...)."""
     if estimate_fn is None:
         from yolomem.result.estimate import estimate_config
 
         estimate_fn = estimate_config
     cache: dict[EstimateConfig, object] = {}
     rows: list[ValidationRow] = []
-    for index, raw in enumerate(records, start=1):
-        rows.append(_compare(index, raw, estimate_fn, cache))
+    for line, raw in zip(itertools.count(1) if lines is None else lines, records):
+        rows.append(_compare(line, raw, estimate_fn, cache))
     errors: dict[str, list[float]] = {m: [] for m in METRICS}
     for row in rows:
         for comparison in row.comparisons:
@@ -143,10 +142,18 @@ def validate_records(records: Iterable[dict], estimate_fn: EstimateFn | None = N
 def validate(path: Path | str, estimate_fn: EstimateFn | None = None) -> ValidationReport:
     """Compare every record of a results file (JSONL) with a fresh estimate of its config."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"results file {str(path)!r} is a directory; name a .jsonl file in it")
     if not path.is_file():
         raise UserError(f"results file {str(path)!r} does not exist")
-    contents = read_records(path)
-    return validate_records(contents.records, estimate_fn, str(path), contents.skipped)
+    try:
+        contents = read_records(path)
+    except NotJsonLines as error:
+        raise UserError(f"results file {error}; a results file is JSON Lines text (yolomem measure writes one)") from None
+    if contents.skipped and not contents.records:
+        raise UserError(f"results file {str(path)!r} holds no JSON record ({len(contents.skipped)} unreadable lines, "
+                        f"the first: {contents.skipped[0].reason}); a results file is JSON Lines")  # fmt: skip
+    return validate_records(contents.records, estimate_fn, str(path), contents.skipped, contents.line_numbers)
 
 
 def _compare(index: int, raw: dict, estimate_fn: EstimateFn, cache: dict) -> ValidationRow:
@@ -169,6 +176,7 @@ def _compare(index: int, raw: dict, estimate_fn: EstimateFn, cache: dict) -> Val
         estimate = cache[config]
     except UserError as error:
         return ValidationRow(**base, comparisons=(), skipped=f"cannot estimate: {error}")
+    base["notes"] = config.notes
     comparisons = []
     for metric in METRICS:
         if metric not in record.measured:

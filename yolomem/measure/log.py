@@ -42,6 +42,11 @@ class SkippedLine:
 class JsonlContents:
     records: tuple[dict, ...]
     skipped: tuple[SkippedLine, ...]
+    line_numbers: tuple[int, ...] = ()  # the file line (1-based) of each record
+
+
+class NotJsonLines(ValueError):
+    """The file is binary: not a JSON Lines file at all."""
 
 
 def encode_line(record: dict) -> bytes:
@@ -70,11 +75,20 @@ def append_record(path: Path | str, record: dict) -> None:
 
 
 def read_records(path: Path | str) -> JsonlContents:
-    """Every JSON object in ``path``, in order, plus the lines that had to be skipped (with why)."""
+    """Every JSON object in ``path``, in order, plus the lines that had to be skipped (with why).
+    Raises ``NotJsonLines`` for a binary file (a NUL byte, or bytes that are not UTF-8)."""
     raw = Path(path).read_bytes()
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise NotJsonLines(f"{str(path)!r} holds binary data (a NUL byte at offset {nul})")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise NotJsonLines(f"{str(path)!r} is not UTF-8 text (byte {error.start})") from None
     lines = raw.split(b"\n")
     complete = raw.endswith(b"\n") or raw == b""
     records: list[dict] = []
+    numbers: list[int] = []
     skipped: list[SkippedLine] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -91,7 +105,8 @@ def read_records(path: Path | str) -> JsonlContents:
             skipped.append(SkippedLine(number, f"a JSON {type(value).__name__}, not an object", text[:80]))
             continue
         records.append(value)
-    return JsonlContents(tuple(records), tuple(skipped))
+        numbers.append(number)
+    return JsonlContents(tuple(records), tuple(skipped), tuple(numbers))
 
 
 @contextlib.contextmanager
@@ -115,4 +130,4 @@ def _ends_without_newline(path: Path) -> bool:
         return handle.read(1) != b"\n"
 
 
-__all__ = ["JsonlContents", "SkippedLine", "append_record", "read_records"]
+__all__ = ["JsonlContents", "NotJsonLines", "SkippedLine", "append_record", "read_records"]

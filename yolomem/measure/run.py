@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from yolomem.config.keys import CHOICE, ESTIMATE_KEYS, FLOAT, TEXT, Key
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError, unknown
 from yolomem.measure.log import append_record
@@ -175,7 +176,7 @@ class MeasureSettings:
         """What the worker process reads (JSON)."""
         return {
             "schema_version": SCHEMA_VERSION,
-            "config": self.config.as_dict(),
+            "config": self.config.to_json(),
             "iterations": self.iterations,
             "augment": self.augment,
         }
@@ -188,7 +189,7 @@ class MeasurementRecord:
     schema_version: int
     source: str  # SOURCE_MEASURED | SOURCE_PUBLIC
     created: str  # ISO 8601, UTC
-    config: dict  # EstimateConfig.as_dict() of the run
+    config: dict  # EstimateConfig.to_json() of the run, as the file holds it (EstimateConfig.from_json reads it)
     status: str  # "ok" | "oom" | "error"
     error: str | None
     measured: dict[str, int]  # Estimate field name -> measured bytes
@@ -248,27 +249,26 @@ class LaunchResult:
 Launcher = Callable[[list[str], dict[str, str], float], LaunchResult]
 
 
+MEASURE_KEYS = ESTIMATE_KEYS.plus(
+    Key("results", TEXT, DEFAULT_RESULTS, "the JSONL file the record is appended to"),
+    Key("augment", CHOICE, "exact", "exact: every image holds its labelled objects; ultralytics: its augmentation",
+        choices=AUGMENT_MODES),
+    Key("timeout", FLOAT, DEFAULT_TIMEOUT_S, "seconds before the run is stopped", low=0.0, low_open=True),
+    Key("label", TEXT, None, "free text kept in the record, e.g. 'matrix serial'", nullable=True),
+    ESTIMATE_KEYS["iterations"].but(default=DEFAULT_ITERATIONS, help="training iterations of the measured epoch"),
+)  # fmt: skip
+
+
 def parse_measure_words(words: list[str]) -> tuple[MeasureSettings, Path]:
     """``MODEL key=value ...``: the estimator's keys, plus ``results=``, ``augment=``, ``timeout=``, ``label=``."""
-    own: dict[str, str] = {}
-    rest: list[str] = []
-    for word in words:
-        key, sep, value = word.partition("=")
-        if sep and key.strip() in {"results", "augment", "timeout", "label"}:
-            if not value:
-                raise UserError(f"malformed argument {word!r}; expected key=value")
-            own[key.strip()] = value
-        else:
-            rest.append(word)
-    config = EstimateConfig.from_words(rest)
-    try:
-        timeout = float(own.get("timeout", DEFAULT_TIMEOUT_S))
-    except ValueError:
-        raise UserError(f"timeout={own['timeout']!r} is not a number of seconds") from None
-    iterations_given = any(word.partition("=")[0].strip() == "iterations" for word in rest)
+    from yolomem.config.settings import parse_estimate_words
+
+    parsed = parse_estimate_words(words, MEASURE_KEYS)
+    config = EstimateConfig.from_parsed(parsed)
+    own = parsed.values
     settings = MeasureSettings(
-        config, augment=own.get("augment", "exact"), iterations_given=iterations_given,
-        timeout_s=timeout, label=own.get("label"),
+        config, augment=own.get("augment", "exact"), iterations_given="iterations" in own,
+        timeout_s=own.get("timeout", DEFAULT_TIMEOUT_S), label=own.get("label"),
     )  # fmt: skip
     return settings, Path(own.get("results", DEFAULT_RESULTS))
 
@@ -339,7 +339,7 @@ def build_record(settings: MeasureSettings, ranks: list[RankMeasurement], comman
         schema_version=SCHEMA_VERSION,
         source=SOURCE_MEASURED,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        config=settings.config.as_dict(),
+        config=settings.config.to_json(),
         status=status,
         error=error,
         measured=measured_figures(settings.config, first) if (first and status == "ok") else {},

@@ -235,12 +235,6 @@ def offline_ultralytics():
         trainer_module.check_amp, data_utils.check_font = saved
 
 
-def config_from_request(request: dict) -> EstimateConfig:
-    values = dict(request["config"])
-    values["freeze"] = tuple(values.get("freeze") or ())
-    return EstimateConfig(**values)
-
-
 def train_arguments(config: EstimateConfig, data_yaml: str, augment: str, device: str, project: str) -> dict:
     """The keyword arguments of ``YOLO.train`` for a measurement (no plots, one epoch, no workers)."""
     amp = {"fp16": True, "fp32": False, "bf16": "bf16"}[config.amp]
@@ -257,7 +251,7 @@ def train_arguments(config: EstimateConfig, data_yaml: str, augment: str, device
 
 def run_rank(request: dict, rank: int, workdir: Path, source_factory, device: str | None = None) -> RankMeasurement:
     """Measure one rank. ``source_factory(device_index)`` makes the MemorySource (CudaMemory on a GPU)."""
-    config = config_from_request(request)
+    config = EstimateConfig.from_json(request["config"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     source = source_factory(local_rank)
     nvml_before = source.nvml_used()  # before this process touches CUDA

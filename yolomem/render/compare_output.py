@@ -44,6 +44,8 @@ def render_validation(report: ValidationReport, console: Console | None = None) 
     for row in report.rows:
         if row.skipped:
             console.print(f"[dim]skipped #{row.line} {row.label} ({row.source}): {row.skipped}[/dim]")
+        for note in row.notes:
+            console.print(f"[yellow]note:[/yellow] #{row.line} {row.label}: {note}")
     summary = Table(title="Error = (estimated - measured) / measured", title_justify="left")
     for name in ("figure", "n", "median |error|", "max |error|", "median error (bias)"):
         summary.add_column(name, justify="left" if name == "figure" else "right")

@@ -1,12 +1,14 @@
-"""The human view of an ``Estimate``: a rich table in GiB and GB, with the breakdown."""
+"""The human view of an ``Estimate``: a rich table with the breakdown. Sizes in GiB (``render.units``);
+GB only in the GPU_mem line of a trainer that prints GB."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
 
-from yolomem.result.estimate import Estimate
 from yolomem.config.gpus import GiB
+from yolomem.render.units import card_label, gib, gpu_mem_unit_label
+from yolomem.result.estimate import Estimate
 
 _LABELS = {
     "parameter": "parameters + buffers",
@@ -25,39 +27,44 @@ _LABELS = {
 
 
 def _size(nbytes: int) -> str:
-    return f"{nbytes / GiB:8.3f} GiB  {nbytes / 1e9:7.2f} GB"
+    return gib(nbytes, 3)
+
+
+def _spread(distribution) -> str:
+    """median / p90 of a distribution, one unit for the cell."""
+    return f"{distribution.median / GiB:.3f} / {distribution.high / GiB:.3f} GiB"
 
 
 def render_estimate(estimate: Estimate, console: Console | None = None) -> None:
     console = console or Console()
     cfg = estimate.config
     title = (
-        f"{cfg['model']} ({estimate.task}) · batch {cfg['batch']} · imgsz {cfg['imgsz']} · "
-        f"{cfg['amp']} · {cfg['optimizer']} · {estimate.params / 1e6:.2f} M params"
+        f"{cfg.model} ({estimate.task}) · batch {cfg.batch} · imgsz {cfg.imgsz} · "
+        f"{cfg.amp} · {cfg.optimizer} · {estimate.params / 1e6:.2f} M params"
     )
     summary = Table(title=title, show_header=False, title_justify="left")
     summary.add_column("what")
     summary.add_column("value", justify="right")
-    trainer = "yolov5 train.py" if cfg.get("framework") == "yolov5" else "Ultralytics"
-    summary.add_row(f"{trainer} GPU_mem column (memory_reserved)", f"[bold]{estimate.gpu_mem_printed}[/bold]  ({estimate.gpu_mem_unit})")
+    trainer = "yolov5 train.py" if cfg.framework == "yolov5" else "Ultralytics"
+    summary.add_row(f"{trainer} GPU_mem column (memory_reserved)", f"[bold]{estimate.gpu_mem_printed}[/bold]  ({gpu_mem_unit_label(estimate.gpu_mem_unit)})")
     summary.add_row("nvidia-smi total (reserved + CUDA context)", _size(estimate.device_total_bytes))
     summary.add_row("peak reserved", _size(estimate.peak_reserved_bytes))
     summary.add_row("peak allocated", _size(estimate.peak_allocated_bytes))
     summary.add_row("peak happens in", estimate.peak_phase)
     if estimate.epochs is not None:
         sim = estimate.epochs
-        summary.add_row("GPU_mem epoch 1 (median / p90)", f"{_size(sim.epoch1_reserved.median)} / {sim.epoch1_reserved.high / GiB:.3f} GiB")
-        summary.add_row("GPU_mem epoch 2+ (median / p90)", f"{_size(sim.steady_reserved.median)} / {sim.steady_reserved.high / GiB:.3f} GiB")
-        summary.add_row("peak over epochs + validation (median / p90)", f"{_size(sim.peak_reserved.median)} / {sim.peak_reserved.high / GiB:.3f} GiB")
+        summary.add_row("GPU_mem epoch 1 (median / p90)", _spread(sim.epoch1_reserved))
+        summary.add_row("GPU_mem epoch 2+ (median / p90)", _spread(sim.steady_reserved))
+        summary.add_row("peak over epochs + validation (median / p90)", _spread(sim.peak_reserved))
         summary.add_row("epoch peak set in", sim.peak_phase)
     if estimate.host is not None:
         host = estimate.host
-        summary.add_row("host RAM for cache=ram (Ultralytics asks 2x)", f"{_size(host.cache_ram_bytes)} (asks {host.cache_ram_required_bytes / 1e9:.2f} GB)")
+        summary.add_row("host RAM for cache=ram (Ultralytics asks 2x)", f"{_size(host.cache_ram_bytes)} (asks {_size(host.cache_ram_required_bytes)})")
         summary.add_row("disk for cache=disk (+10 %)", _size(host.cache_disk_required_bytes))
         summary.add_row(f"dataloader workers ({host.workers}, rough)", _size(host.workers_bytes))
     if estimate.gpu:
         verdict = "[green]fits[/green]" if estimate.fits else "[red]does not fit[/red]"
-        summary.add_row(f"on {estimate.gpu} ({estimate.gpu_total_bytes / GiB:.1f} GiB)", verdict)
+        summary.add_row(f"on {card_label(estimate.gpu, estimate.gpu_total_bytes)}", verdict)
     console.print(summary)
 
     breakdown = Table(title="Where it goes (at the peak)", title_justify="left")

@@ -5,23 +5,15 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from yolomem.sweeps.ladder import Strategy
+from yolomem.render.units import card_label, card_name, gib as _gib, gpu_mem_unit_label, signed_gib as _signed
 from yolomem.sweeps.fit import FitResult
-from yolomem.config.gpus import GiB
+from yolomem.sweeps.ladder import Strategy
 from yolomem.sweeps.pick import PickResult
-
-
-def _gib(nbytes: int) -> str:
-    return f"{nbytes / GiB:.2f} GiB"
-
-
-def _signed(nbytes: int) -> str:
-    return f"{'+' if nbytes >= 0 else '-'}{abs(nbytes) / GiB:.2f} GiB"
 
 
 def margin_line(gpu: str, total: int, context: int, margin: float, capacity: int) -> str:
     return (
-        f"{gpu}: {_gib(total)} - CUDA context {_gib(context)} - margin {margin:.0%} "
+        f"{card_name(gpu)}: {_gib(total)} - CUDA context {_gib(context)} - margin {margin:.0%} "
         f"(cuDNN workspaces, validation, later epochs; set with margin=) = {_gib(capacity)} for the caching allocator"
     )
 
@@ -37,8 +29,10 @@ def render_fit(result: FitResult, console: Console | None = None) -> None:
     if result.at_search_cap:
         headline += " (the search limit; more fits)"
     console.print(headline)
+    trainer = "yolov5 train.py" if estimate.config.framework == "yolov5" else "Ultralytics"
     console.print(
-        f"  peak reserved {_gib(estimate.peak_reserved_bytes)} (Ultralytics GPU_mem {estimate.gpu_mem_printed}), "
+        f"  peak reserved {_gib(estimate.peak_reserved_bytes)} ({trainer} GPU_mem {estimate.gpu_mem_printed}, "
+        f"{gpu_mem_unit_label(estimate.gpu_mem_unit)}), "
         f"nvidia-smi ~{_gib(estimate.device_total_bytes)}; line through two traces predicted {result.predicted}, "
         f"confirmed with {len(result.probes)} traces"
     )
@@ -68,9 +62,13 @@ def render_fit(result: FitResult, console: Console | None = None) -> None:
 def render_pick(result: PickResult, console: Console | None = None) -> None:
     console = console or Console()
     console.print(
-        f"{result.gpu} ({_gib(result.gpu_total_bytes)}): {_gib(result.capacity_bytes)} for training after the "
+        f"{card_label(result.gpu, result.gpu_total_bytes)}: {_gib(result.capacity_bytes)} for training after the "
         f"CUDA context and a {result.margin:.0%} margin · batch {result.batch} · imgsz {result.imgsz} · {result.task}"
     )
+    if result.family:
+        console.print(f"ranking the {result.family} family in every size; family= or models= ranks others")
+    else:
+        console.print("ranking the models given")
     table = Table(title_justify="left")
     table.add_column("model")
     table.add_column("params", justify="right")
@@ -97,9 +95,13 @@ def render_ladder(strategies: tuple[Strategy, ...], capacity_bytes: int, console
     table.add_column("saves", justify="right")
     table.add_column("fits")
     table.add_column("largest batch", justify="right")
+    over_budget = False
     for step in strategies:
-        allows = "none" if step.max_batch is None else str(step.max_batch) + ("" if step.max_batch_exact else " (pred.)")
-        table.add_row(step.name, _gib(step.peak_reserved_bytes), _signed(step.saved_bytes) if step.name != "as asked" else "",
+        allows = "none" if step.max_batch is None else str(step.max_batch) + ("+" if step.at_search_cap else "")
+        peak = _gib(step.peak_reserved_bytes)
+        if step.fits and step.peak_reserved_bytes > capacity_bytes:
+            peak, over_budget = peak + " *", True
+        table.add_row(step.name, peak, _signed(step.saved_bytes) if step.name != "as asked" else "",
                       "[green]yes[/green]" if step.fits else "[red]no[/red]", allows)
     console.print(table)
     for step in strategies:
@@ -107,4 +109,8 @@ def render_ladder(strategies: tuple[Strategy, ...], capacity_bytes: int, console
             console.print(f"[bold]{step.name}[/bold]: {step.how}")
         if step.note:
             console.print(f"  [dim]{step.note}[/dim]")
-    console.print("[dim](pred.) = read off the line through two traces of that step; each step is applied alone[/dim]")
+    console.print("[dim]largest batch: yolomem fit's search with that one step (traced: it fits, one more does not); "
+                  "+ = the search limit, more fits[/dim]")  # fmt: skip
+    if over_budget:
+        console.print("[dim]* reserved without a cap exceeds the budget; under it the caching allocator frees its "
+                      "cache and retries, and the step still fits[/dim]")  # fmt: skip

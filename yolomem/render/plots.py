@@ -13,8 +13,9 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from yolomem.errors import UserError
 from yolomem.config.gpus import GiB
+from yolomem.errors import UserError
+from yolomem.render.units import card_name, gpu_mem_unit_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -76,37 +77,54 @@ def gib(nbytes: int) -> float:
     return nbytes / GiB
 
 
+# One line style per precision; the cards' lines get a style no curve uses, so the caption can name it.
+PRECISION_STYLES = {"fp16": "-", "fp32": "--", "bf16": ":"}
+CARD_STYLE = "-."
+STYLE_NAMES = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
+_PRECISION_NAMES = {"fp16": "AMP (fp16)", "fp32": "FP32", "bf16": "AMP bf16"}
+LEGEND_HANDLE_LENGTH = 4.0  # in font sizes: long enough for two dashes of a dashed line
+
+
 def curve_caption(data: CurveFigure) -> str:
     if data.measure == "gpu_mem":
-        what = (f"Peak reserved memory: the GPU_mem column Ultralytics prints ({data.gpu_mem_unit}), "
-                "without the CUDA context")
-        lines = "dashed lines: each card's usable memory (total minus CUDA context)"
+        trainer = (f"the GPU_mem column the trainer prints, there in {gpu_mem_unit_label(data.gpu_mem_unit)}"
+                   if data.gpu_mem_unit != "GiB" else "the GPU_mem column the trainer prints")  # fmt: skip
+        what = f"Peak reserved memory in GiB ({trainer}), without the CUDA context"
+        lines = f"{STYLE_NAMES[CARD_STYLE]} lines: each card's usable memory (total minus CUDA context)"
     else:
-        what = "Device total: peak reserved plus the CUDA context, what nvidia-smi shows"
-        lines = "dashed lines: each card's total memory"
+        what = "Device total in GiB: peak reserved plus the CUDA context, what nvidia-smi shows"
+        lines = f"{STYLE_NAMES[CARD_STYLE]} lines: each card's total memory"
     fixed = ", ".join(f"{k} {v}" for k, v in data.fixed)
-    text = f"{what}, against {data.x_name} ({fixed})."
+    amps = list(dict.fromkeys(curve.amp for curve in data.curves))
+    styles = ", ".join(f"{STYLE_NAMES[PRECISION_STYLES[amp]]}: {_PRECISION_NAMES[amp]}" for amp in amps)
+    text = f"{what}, against {data.x_name} ({fixed}). Curves {styles}."
     if data.gpu_lines:
-        text += f" {lines}; dots: the largest sampled {data.x_name} that fits."
+        text += f" {lines[0].upper()}{lines[1:]}; circles: the largest sampled {data.x_name} that fits."
     return text
 
 
 def draw_curves(data: CurveFigure, *, caption: bool = True) -> Figure:
     """``caption=False`` when the page around the figure prints ``curve_caption`` itself."""
     matplotlib, Figure = _matplotlib()
+    from matplotlib.lines import Line2D
+
     with matplotlib.rc_context(_RC):
         figure = Figure(figsize=(8, 5.2), layout="constrained")
         ax = figure.add_subplot()
         colours = matplotlib.colormaps["tab10"]
         models = list(dict.fromkeys(curve.model for curve in data.curves))
         top = max((data.value(p) for c in data.curves for p in c.points), default=GiB)
+        # Legend entries are drawn without the markers: a marker in the middle of a short dashed
+        # sample hides the gap, and the dashed FP32 line would read as solid.
+        handles: list = []
         for curve in data.curves:
             colour = colours(models.index(curve.model) % 10)
-            style = "-" if curve.amp == "fp16" else ("--" if curve.amp == "fp32" else ":")
+            style = PRECISION_STYLES[curve.amp]
             ax.plot(
                 [p.x for p in curve.points], [gib(data.value(p)) for p in curve.points],
-                style, marker="o", color=colour, label=curve.label, linewidth=1.8, markersize=4,
+                linestyle=style, marker="o", color=colour, label=curve.label, linewidth=1.8, markersize=4,
             )  # fmt: skip
+            handles.append(Line2D([], [], linestyle=style, color=colour, linewidth=1.8, label=curve.label))
         # A card whose line is far above every point would squash the curves: say so in the legend.
         shown = [line for line in data.gpu_lines if data.threshold(line) <= 2.5 * top]
         hidden = [line for line in data.gpu_lines if line not in shown]
@@ -115,11 +133,13 @@ def draw_curves(data: CurveFigure, *, caption: bool = True) -> Figure:
             y = gib(data.threshold(line))
             kind = "usable" if data.measure == "gpu_mem" else "total"
             every = all(c.all_fit for c in data.crossings if c.gpu == gi)
+            label = f"{card_name(line.name)}: {y:.3g} GiB {kind}"
             if line in shown:
-                ax.axhline(y, color=gpu_colours(gi % 8), linestyle="--", linewidth=1.2,
-                           label=f"{line.name}: {y:.3g} GiB {kind}" + (" (all sampled fit)" if every else ""))
+                label += " (all sampled fit)" if every else ""
+                ax.axhline(y, color=gpu_colours(gi % 8), linestyle=CARD_STYLE, linewidth=1.2, label=label)
+                handles.append(Line2D([], [], linestyle=CARD_STYLE, color=gpu_colours(gi % 8), linewidth=1.2, label=label))
             else:
-                ax.plot([], [], " ", label=f"{line.name}: {y:.3g} GiB {kind} (above the plot)")
+                handles.append(Line2D([], [], linestyle="none", label=f"{label} (above the plot)"))
         for crossing in data.crossings:
             line = data.gpu_lines[crossing.gpu]
             if line in hidden or crossing.all_fit:
@@ -128,13 +148,13 @@ def draw_curves(data: CurveFigure, *, caption: bool = True) -> Figure:
             colour = colours(models.index(curve.model) % 10)
             if crossing.largest_x is None:
                 first = curve.points[0]
-                ax.annotate(f"{line.name}: no {data.x_name} fits", (first.x, gib(data.value(first))),
+                ax.annotate(f"{card_name(line.name)}: no {data.x_name} fits", (first.x, gib(data.value(first))),
                             xytext=(6, -14), textcoords="offset points", fontsize=8, color=colour)
                 continue
             point = next(p for p in curve.points if p.x == crossing.largest_x)
             y = gib(data.value(point))
             ax.plot([point.x], [y], "o", markersize=9, markerfacecolor="none", markeredgecolor="black")
-            ax.annotate(f"{line.name}: {data.x_name} {point.x}", (point.x, y), xytext=(6, 6),
+            ax.annotate(f"{card_name(line.name)}: {data.x_name} {point.x}", (point.x, y), xytext=(6, 6),
                         textcoords="offset points", fontsize=8, color=colour)
         xs = sorted({p.x for c in data.curves for p in c.points})
         if data.x_name == "batch" and len(xs) > 1 and xs[-1] / xs[0] >= 8:
@@ -145,7 +165,7 @@ def draw_curves(data: CurveFigure, *, caption: bool = True) -> Figure:
         ax.set_ylabel("GiB (2^30 bytes)")
         ax.set_title("GPU_mem (peak reserved)" if data.measure == "gpu_mem" else "device total (nvidia-smi)",
                      loc="left")
-        ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+        ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.9, handlelength=LEGEND_HANDLE_LENGTH)
         if caption:
             figure.text(0.01, 0.0, _wrap(curve_caption(data), 120), fontsize=8, va="top", ha="left",
                         transform=figure.transFigure)

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 
 from yolomem.config.gpus import GiB
 from yolomem.sweeps.figure_data import ReportData
+from yolomem.sweeps.fit import DEFAULT_MARGIN
 from yolomem.render import plots
+from yolomem.render.units import card_label, gpu_mem_unit_label
 
 _STYLE = """
 body { font-family: "DejaVu Sans", "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
@@ -40,15 +42,9 @@ def _gib(nbytes: int) -> str:
     return f"{nbytes / GiB:.3f} GiB"
 
 
-def _gb(nbytes: int) -> str:
-    return f"{nbytes / 1e9:.2f} GB"
-
-
 def _size_cells(key: str, nbytes: int) -> str:
-    return (
-        f'<td class="num" data-key="{key}" data-bytes="{nbytes}">{_gib(nbytes)}</td>'
-        f'<td class="num">{_gb(nbytes)}</td>'
-    )
+    return f'<td class="num" data-key="{key}" data-bytes="{nbytes}">{_gib(nbytes)}</td>'
+
 
 
 def _esc(text: object) -> str:
@@ -59,14 +55,14 @@ def render_report(data: ReportData) -> str:
     """The page as a string."""
     est = data.estimate
     cfg = est.config
-    title = f"{cfg['model']} · batch {cfg['batch']} · imgsz {cfg['imgsz']} · {cfg['amp']} · {cfg['optimizer']}"
+    title = f"{cfg.model} · batch {cfg.batch} · imgsz {cfg.imgsz} · {cfg.amp} · {cfg.optimizer}"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; style-src \'unsafe-inline\'; img-src data:">',
         f"<title>yolomem report: {_esc(title)}</title>",
         f"<style>{_STYLE}</style></head><body>",
-        f"<h1>GPU memory of training {_esc(cfg['model'])}</h1>",
+        f"<h1>GPU memory of training {_esc(cfg.model)}</h1>",
         f'<p class="sub">{_esc(title)} · {est.params / 1e6:.2f} M params · task {_esc(est.task)}. '
         "Predicted without a GPU by replaying the real training step through a model of PyTorch's "
         "CUDA caching allocator.</p>",
@@ -87,17 +83,18 @@ def render_report(data: ReportData) -> str:
 
 def _summary(data: ReportData) -> str:
     est = data.estimate
+    trainer = "yolov5 train.py" if est.config.framework == "yolov5" else "Ultralytics"
     rows = [
-        ("gpu_mem_printed", "Ultralytics GPU_mem column (memory_reserved)",
+        ("gpu_mem_printed", f"{trainer} GPU_mem column (memory_reserved, {gpu_mem_unit_label(est.gpu_mem_unit)})",
          f'<td class="num big" data-key="gpu_mem_printed" data-text="{_esc(est.gpu_mem_printed)}">'
-         f"{_esc(est.gpu_mem_printed)}</td><td>{_esc(est.gpu_mem_unit)}</td>"),
+         f"{_esc(est.gpu_mem_printed)}</td>"),
         ("device_total_bytes", "nvidia-smi total (reserved + CUDA context)",
          _size_cells("device_total_bytes", est.device_total_bytes)),
         ("peak_reserved_bytes", "peak reserved", _size_cells("peak_reserved_bytes", est.peak_reserved_bytes)),
         ("peak_allocated_bytes", "peak allocated", _size_cells("peak_allocated_bytes", est.peak_allocated_bytes)),
         ("context_bytes", "CUDA context (assumed)", _size_cells("context_bytes", est.context_bytes)),
         ("peak_phase", "peak happens in",
-         f'<td class="num" data-key="peak_phase" data-text="{_esc(est.peak_phase)}">{_esc(est.peak_phase)}</td><td></td>'),
+         f'<td class="num" data-key="peak_phase" data-text="{_esc(est.peak_phase)}">{_esc(est.peak_phase)}</td>'),
     ]  # fmt: skip
     body = "".join(f"<tr><th>{_esc(label)}</th>{cells}</tr>" for _key, label, cells in rows)
     return f'<h2>Estimate</h2><table id="estimate">{body}</table>'
@@ -111,15 +108,20 @@ def _fits(data: ReportData) -> str:
         verdict = '<span class="yes">fits</span>' if fit.fits else '<span class="no">does not fit</span>'
         largest = "none" if fit.largest_batch is None else str(fit.largest_batch)
         rows.append(
-            f'<tr data-gpu="{_esc(fit.gpu.name)}"><th>{_esc(fit.gpu.name)}</th>'
+            f'<tr data-gpu="{_esc(fit.gpu.name)}"><th>{_esc(card_label(fit.gpu.name, fit.gpu.total_bytes))}</th>'
             f'<td class="num" data-key="card_total_bytes" data-bytes="{fit.gpu.total_bytes}">{_gib(fit.gpu.total_bytes)}</td>'
             f'<td class="num" data-key="card_usable_bytes" data-bytes="{fit.gpu.usable_bytes}">{_gib(fit.gpu.usable_bytes)}</td>'
             f'<td data-key="card_fits" data-value="{str(fit.fits).lower()}">{verdict}</td>'
             f'<td class="num" data-key="largest_batch" data-value="{largest}">{largest}</td>'
             f'<td class="dim">{_esc(fit.method)}</td></tr>'
         )
-    head = "<tr><th>GPU</th><th>total</th><th>usable (minus context)</th><th>this batch</th><th>largest batch</th><th>how</th></tr>"
-    return f'<h2>Fit on the chosen GPUs</h2><table id="fits">{head}{"".join(rows)}</table>'
+    batch = data.estimate.config.batch
+    head = ("<tr><th>GPU</th><th>total</th><th>usable (minus context)</th>"
+            f"<th>batch {batch}</th><th>largest batch</th><th>how</th></tr>")  # fmt: skip
+    note = (f'<p class="dim">Judged as <code>yolomem fit</code> judges it: usable memory minus a {data.margin:.0%} '
+            "margin for what the trace does not see (cuDNN workspaces, validation, later epochs); the largest "
+            "batch is traced and fits, one more is traced and does not.</p>")  # fmt: skip
+    return f'<h2>Fit on the chosen GPUs</h2><table id="fits">{head}{"".join(rows)}</table>{note}'
 
 
 def _figures(data: ReportData) -> str:
@@ -180,12 +182,14 @@ def command_lines(data: ReportData) -> tuple[str, ...]:
     gpus = [fit.gpu.name for fit in data.fits]
     xs = ",".join(str(p.x) for p in data.curve.curves[0].points) if data.curve.curves else ""
     gpu_word = [f"gpu={','.join(gpus)}"] if gpus else []
+    margin = [] if data.margin == DEFAULT_MARGIN else [f"margin={data.margin:g}"]
     lines = [
         _join(["yolomem", "estimate", *words]),
         _join(["yolomem", "estimate", *words, "--json"]),
         *(_join(["yolomem", "estimate", *words, f"gpu={name}"]) for name in gpus),
+        *(_join(["yolomem", "fit", *words, f"gpu={name}", *margin]) for name in gpus),
         _join(["yolomem", "plot", *words, f"batches={xs}", *gpu_word, "-o", "curve.svg"]),
-        _join(["yolomem", "report", *words, f"batches={xs}", *gpu_word, "-o", "report.html"]),
+        _join(["yolomem", "report", *words, f"batches={xs}", *gpu_word, *margin, "-o", "report.html"]),
     ]
     return tuple(lines)
 

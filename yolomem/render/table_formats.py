@@ -7,6 +7,7 @@ import io
 import json
 
 from yolomem.config.gpus import GiB
+from yolomem.render.units import card_label
 from yolomem.sweeps.table import Table, TableRow
 
 MARKS = {"yes": "✅", "near": "⚠️", "no": "❌"}
@@ -14,10 +15,6 @@ MARKS = {"yes": "✅", "near": "⚠️", "no": "❌"}
 
 def _gb(nbytes: int) -> str:
     return f"{nbytes / GiB:.2f}"
-
-
-def _short(gpu: str) -> str:
-    return gpu.replace("-12GB", "").replace("-40GB", "").replace("-80GB", "")
 
 
 def _gflops(row: TableRow) -> str:
@@ -28,10 +25,9 @@ def headers(table: Table) -> list[str]:
     cols = ["model", "framework", "imgsz", "batch", "params (M)", "GFLOPs",
             "FP32 nvidia-smi (GiB)", f"FP32 GPU_mem ({table.gpu_mem_unit})",
             "AMP nvidia-smi (GiB)", f"AMP GPU_mem ({table.gpu_mem_unit})"]  # fmt: skip
-    for gpu in table.gpus:
-        cols.append(f"{_short(gpu)} FP32/AMP")
-    for gpu in table.gpus:
-        cols.append(f"max batch {_short(gpu)} FP32/AMP")
+    cards = [card_label(g.gpu, g.total_bytes) for g in table.rows[0].fp32.gpus] if table.rows else list(table.gpus)
+    cols += [f"{card} FP32/AMP" for card in cards]
+    cols += [f"max batch {card} FP32/AMP" for card in cards]
     return cols
 
 
@@ -97,18 +93,67 @@ def to_json(table: Table) -> str:
 
 
 def render_rich(table: Table, console=None) -> None:
+    """The terminal view: the full table is 10 + 2 x cards columns, too wide to read in a terminal, so
+    it is shown as one memory table and card tables (as many cards side by side as the width holds).
+    --csv, --markdown and --json keep every column."""
     from rich.console import Console
-    from rich.table import Table as RichTable
 
     console = console or Console()
-    view = RichTable(title="GPU memory of YOLO training, per version (computed by yolomem)", title_justify="left")
-    for index, col in enumerate(headers(table)):
-        view.add_column(col, justify="left" if index < 2 else "right")
-    for row in table.rows:
-        view.add_row(*cells(table, row))
-    console.print(view)
+    console.print(_memory_view(table))
+    for group in _card_groups(table, console):
+        console.print(_cards_view(table, group))
     for note in footer(table):
         console.print(f"[dim]{note}[/dim]")
+
+
+def _memory_view(table: Table):
+    from rich.table import Table as RichTable
+
+    mixed = "/" in table.gpu_mem_unit
+    view = RichTable(title="GPU memory of YOLO training at each row's imgsz and batch (computed by yolomem)",
+                     title_justify="left")  # fmt: skip
+    view.add_column("model", no_wrap=True)
+    for name in ("imgsz", "batch", "params\n(M)", "GFLOPs", "nvidia-smi GiB\nFP32 / AMP",
+                 f"GPU_mem{'' if mixed else f' ({table.gpu_mem_unit})'}\nFP32 / AMP"):  # fmt: skip
+        view.add_column(name, justify="right", no_wrap=True)
+    for row in table.rows:
+        gpu_mem = f"{row.fp32.gpu_mem_printed} / {row.amp.gpu_mem_printed}"
+        if mixed:  # name the unit where the column mixes trainers
+            gpu_mem += f" ({row.fp32.gpu_mem_unit})"
+        view.add_row(row.model, str(row.imgsz), str(row.batch), f"{row.params / 1e6:.2f}", _gflops(row),
+                     f"{_gb(row.fp32.device_total_bytes)} / {_gb(row.amp.device_total_bytes)}", gpu_mem)  # fmt: skip
+    return view
+
+
+def _cards_view(table: Table, cards: tuple[int, ...]):
+    from rich.table import Table as RichTable
+
+    view = RichTable(title="On each card: fits at the row's batch, and the largest batch; FP32 / AMP",
+                     title_justify="left")  # fmt: skip
+    view.add_column("model", no_wrap=True)
+    for index in cards:
+        first = table.rows[0].fp32.gpus[index]
+        view.add_column(card_label(first.gpu, first.total_bytes), justify="right", no_wrap=True)
+    for row in table.rows:
+        view.add_row(row.model, *(f"{MARKS[row.fp32.gpus[i].fits]} {row.fp32.gpus[i].max_batch} / "
+                                   f"{MARKS[row.amp.gpus[i].fits]} {row.amp.gpus[i].max_batch}" for i in cards))  # fmt: skip
+    return view
+
+
+def _card_groups(table: Table, console) -> list[tuple[int, ...]]:
+    """Consecutive cards, as many per table as fit the console's width (at least one)."""
+    unbounded = console.options.update_width(10_000)  # measure the natural width, not one clipped to the console
+
+    def width(cards: tuple[int, ...]) -> int:
+        return console.measure(_cards_view(table, cards), options=unbounded).maximum
+
+    groups: list[tuple[int, ...]] = []
+    for index in range(len(table.gpus)):
+        if groups and width((*groups[-1], index)) <= console.width:
+            groups[-1] = (*groups[-1], index)
+        else:
+            groups.append((index,))
+    return groups
 
 
 def models_markdown(entries) -> str:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -86,6 +86,8 @@ class EpochPlan:
     val_sequence: tuple[int, ...]  # traced shape index for each validation batch, in order
     batches_per_epoch: int | None  # real training batches per epoch (None without a dataset)
     seeds: tuple[int, ...]
+    # one traced validation template: the whole pass over the (compressed) val sequence, in order
+    whole_val_pass: bool = False
 
 
 def plan_shape(plan: EpochPlan) -> tuple:
@@ -242,9 +244,16 @@ def _pick_val_shapes(batches, val_batch: int, instances: float) -> tuple[tuple[V
 # -- composing and replaying ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Template:
-    """A traced segment made self-contained: (is_alloc, local id, bytes, phase) per event."""
+    """A traced segment made self-contained: (is_alloc, local id, bytes, phase) per event.
+
+    With carried loop variables: ``carried_in`` holds (position, bytes) of the segment's frees of what
+    an earlier iteration left alive (no op at that position), ``carried_out`` the (local id, bytes) it
+    leaves alive itself (not freed in ``ops``): the replay frees those when the next training template
+    frees a carried storage of the same size."""
 
     ops: tuple[tuple[bool, int, int, str], ...]
+    carried_in: tuple[tuple[int, int], ...] = ()
+    carried_out: tuple[tuple[int, int], ...] = ()
 
 
 def _split(trace: Trace) -> list[list[AllocationEvent]]:
@@ -252,8 +261,9 @@ def _split(trace: Trace) -> list[list[AllocationEvent]]:
     return [trace.events[: bounds[0]]] + [trace.events[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
 
 
-def _persistent(events: list[AllocationEvent], freed_later: set[int]) -> _Template:
-    """Setup and the first iteration: kept as traced; what a later segment frees is freed at the end."""
+def _persistent(events: list[AllocationEvent], freed_later: set[int], carry: bool = False) -> _Template:
+    """Setup and the first iteration: kept as traced; what a later segment frees is freed at the end,
+    or with ``carry`` left alive for the next training template to free."""
     ops, live = [], {}
     for event in events:
         ops.append((event.op == "alloc", event.storage_id, event.nbytes, event.phase))
@@ -261,21 +271,30 @@ def _persistent(events: list[AllocationEvent], freed_later: set[int]) -> _Templa
             live[event.storage_id] = event
         else:
             live.pop(event.storage_id, None)
-    ops += [(False, sid, e.nbytes, e.phase) for sid, e in live.items() if sid in freed_later]
+    later = [(sid, e) for sid, e in live.items() if sid in freed_later]
+    if carry:
+        return _Template(tuple(ops), carried_out=tuple((sid, e.nbytes) for sid, e in later))
+    ops += [(False, sid, e.nbytes, e.phase) for sid, e in later]
     return _Template(tuple(ops))
 
 
-def _self_contained(events: list[AllocationEvent], rename: dict[str, str] | None = None) -> _Template:
-    ops, live = [], {}
+def _self_contained(events: list[AllocationEvent], rename: dict[str, str] | None = None, carry: bool = False) -> _Template:
+    """What the segment allocates and frees; its frees of older storages are dropped, and what it
+    leaves alive is freed at its end (or, with ``carry``, both are kept as carried)."""
+    ops, live, carried_in = [], {}, []
     for event in events:
         phase = (rename or {}).get(event.phase, event.phase)
         if event.op == "alloc":
-            live[event.storage_id] = phase
+            live[event.storage_id] = (phase, event.nbytes)
             ops.append((True, event.storage_id, event.nbytes, phase))
         elif event.storage_id in live:
             del live[event.storage_id]
             ops.append((False, event.storage_id, event.nbytes, phase))
-    ops += [(False, sid, 0, phase) for sid, phase in live.items()]
+        elif carry:
+            carried_in.append((len(ops), event.nbytes))
+    if carry:
+        return _Template(tuple(ops), tuple(carried_in), tuple((sid, n) for sid, (_, n) in live.items()))
+    ops += [(False, sid, 0, phase) for sid, (phase, _) in live.items()]
     return _Template(tuple(ops))
 
 
@@ -285,25 +304,28 @@ _VAL_RENAME = {"loss": "val_loss", "preprocess": "val_preprocess", "forward": "v
 def simulate_epochs(
     trace: Trace, first_iteration: int, plan: EpochPlan, *, alloc_conf: str | None = None,
     card_bytes: int | None = None, capacity_bytes: int | None = None, clears_cache: bool = True,
+    carry: bool = False,
 ) -> EpochSimulation:  # fmt: skip
     """Replay the planned epochs for each seed. ``trace`` holds, after ``first_iteration`` training
     iterations (the first one being the optimizer's first step), one iteration per level and one
     validation batch per val shape, in ``plan`` order. ``clears_cache``: the loop calls
-    ``_clear_memory(0.5)`` around validation (Ultralytics); the yolov5 repo's train.py never does."""
+    ``_clear_memory(0.5)`` around validation (Ultralytics); the yolov5 repo's train.py never does.
+    ``carry``: the loop's variables outlive their iteration (``TrainingLoop.carries_loop_variables``)."""
     segments = _split(trace)
     setup, first = segments[0], segments[1]
     extra = segments[1 + first_iteration :]
-    if len(extra) != len(plan.levels) + len(plan.val_shapes):
-        raise ValueError(f"trace has {len(extra)} extra segments, plan needs {len(plan.levels) + len(plan.val_shapes)}")
+    val_templates = 1 if plan.whole_val_pass else len(plan.val_shapes)
+    if len(extra) != len(plan.levels) + val_templates:
+        raise ValueError(f"trace has {len(extra)} extra segments, plan needs {len(plan.levels) + val_templates}")
     # training segments only: val.py's model.half() frees the fp32 EMA, which model.float() remakes
     # at the end of validation; the EMA stays alive for training (see EpochSimulation.assumptions)
     training = segments[2 : 1 + first_iteration + len(plan.levels)]
     later_frees = {e.storage_id for seg in training for e in seg if e.op == "free"}
-    start = _persistent(setup + first, later_frees)
-    train = [_self_contained(seg) for seg in extra[: len(plan.levels)]]
+    start = _persistent(setup + first, later_frees, carry)
+    train = [_self_contained(seg, carry=carry) for seg in extra[: len(plan.levels)]]
     val = [_self_contained(seg, _VAL_RENAME) for seg in extra[len(plan.levels) :]]
     id_stride = max((e.storage_id for e in trace.events), default=0) + 1
-    val_order = _compress(plan.val_sequence)
+    val_order = [0] if plan.whole_val_pass else _compress(plan.val_sequence)
     runs = [
         _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf,
                      card_bytes if clears_cache else None, capacity_bytes)  # fmt: skip
@@ -316,6 +338,9 @@ def simulate_epochs(
         "every simulated iteration steps the optimizer; gradients held across accumulate > 1 iterations are not modelled",
         "consecutive validation batches of one shape are replayed at most twice",
     ]
+    if carry:
+        assumptions.append("the loop's variables (images, predictions, losses) stay alive until the next "
+                           "iteration replaces them, and through validation")
     if not clears_cache:
         assumptions.append("the yolov5 loop empties no cache between epochs: what validation reserved stays reserved")
         assumptions.append("val.py's model.half()/model.float() of the EMA: the fp32 EMA is kept in place, so "
@@ -349,13 +374,26 @@ def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, 
     allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
     handles: dict[int, int] = {}
     state = {"copy": 0, "peak_reserved": 0, "peak_phase": "", "oom": None, "emptied": False}
+    carried: list[tuple[int, int]] = []  # (bytes, key) the last training template left alive, oldest first
+
+    def free_carried(nbytes: int) -> None:
+        match = next((i for i, (size, _) in enumerate(carried) if size == nbytes), None)
+        if match is not None:
+            handle = handles.pop(carried.pop(match)[1], None)
+            if handle is not None:
+                allocator.free(handle)
 
     def play(template: _Template, fresh: bool) -> None:
         offset = 0
         if fresh:
             state["copy"] += 1
             offset = state["copy"] * id_stride
-        for is_alloc, sid, nbytes, phase in template.ops:
+        frees_at: dict[int, list[int]] = {}
+        for position, nbytes in template.carried_in:
+            frees_at.setdefault(position, []).append(nbytes)
+        for position, (is_alloc, sid, nbytes, phase) in enumerate(template.ops):
+            for size in frees_at.pop(position, ()):
+                free_carried(size)
             key = sid + offset
             if is_alloc:
                 handle = allocator.malloc(nbytes)
@@ -367,6 +405,13 @@ def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, 
                 handle = handles.pop(key, None)
                 if handle is not None:
                     allocator.free(handle)
+        for sizes in frees_at.values():  # frees after the template's last op
+            for size in sizes:
+                free_carried(size)
+        if template.carried_out:  # what this template leaves alive replaces what is still carried
+            for size, _key in list(carried):
+                free_carried(size)
+            carried.extend((nbytes, sid + offset) for sid, nbytes in template.carried_out)
 
     def clear_memory() -> None:  # BaseTrainer._clear_memory(0.5)
         if card_bytes and allocator.reserved_bytes / card_bytes > CLEAR_THRESHOLD:
@@ -439,9 +484,15 @@ class EpochTracing:
             run._last_opt_step = -1  # every template steps the optimizer (see the module docstring)
             run.train_iteration(iteration, batch)
             iteration += 1
+        if self.loop.traces_whole_val_pass:  # one template: the pass over the batches, in order
+            run.tracer.start_iteration(iteration)
+            shapes = tuple(plan.val_shapes[i] for i in _compress(plan.val_sequence))
+            self.loop.trace_val_pass(run, shapes, seed + iteration, nc, self.kpt_shape, self.channels)
+            self.plan = replace(plan, whole_val_pass=True)
+            return
         for shape in plan.val_shapes:
             run.tracer.start_iteration(iteration)
-            self.loop.trace_val_pass(run, shape, seed + iteration, nc, self.kpt_shape, self.channels)
+            self.loop.trace_val_pass(run, (shape,), seed + iteration, nc, self.kpt_shape, self.channels)
             iteration += 1
 
 # -- the estimator's entry points -------------------------------------------------------------------
@@ -466,7 +517,8 @@ class EpochRequest:
     def simulate(self, trace: Trace, alloc_conf, card_bytes, capacity_bytes) -> EpochSimulation:
         return simulate_epochs(trace, self.config.iterations, self.hook.plan, alloc_conf=alloc_conf,
                                card_bytes=card_bytes, capacity_bytes=capacity_bytes,
-                               clears_cache=self.hook.loop.clears_cache_between_epochs)  # fmt: skip
+                               clears_cache=self.hook.loop.clears_cache_between_epochs,
+                               carry=self.hook.loop.carries_loop_variables)  # fmt: skip
 
 
 def epoch_request(config, resolved) -> EpochRequest | None:

@@ -59,7 +59,7 @@ class Estimate:
     yolomem_version: str
     torch_version: str
     ultralytics_version: str
-    config: dict
+    config: EstimateConfig  # as resolved: the model's name, imgsz rounded to the stride, the optimizer chosen
     task: str
     params: int
     peak_allocated_bytes: int
@@ -97,7 +97,7 @@ class Estimate:
             "yolomem_version": self.yolomem_version,
             "torch_version": self.torch_version,
             "ultralytics_version": self.ultralytics_version,
-            "config": self.config,
+            "config": self.config.to_json() | {"task": self.task},
             "task": self.task,
             "params": self.params,
             "peak_allocated_bytes": self.peak_allocated_bytes,
@@ -244,9 +244,7 @@ def estimate_config(config: EstimateConfig) -> Estimate:
     peak_reserved, peak_phase = replay.peak_reserved_bytes, peak_event.phase if peak_event else ""
     if simulation is not None and simulation.peak_reserved.median > peak_reserved:
         peak_reserved, peak_phase = simulation.peak_reserved.median, simulation.peak_phase
-    resolved_config = config.as_dict() | {
-        "model": resolved.name, "imgsz": run.imgsz, "optimizer": run.optimizer, "task": resolved.task,
-    }  # fmt: skip
+    resolved_config = config.with_changes(model=resolved.name, imgsz=run.imgsz, optimizer=run.optimizer)
     return Estimate(
         yolomem_version=yolomem_version,
         torch_version=torch_version,

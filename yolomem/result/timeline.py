@@ -115,11 +115,11 @@ def estimate_timeline(estimate: Estimate, iteration: int = -1) -> Timeline:
     if estimate.trace is None:
         raise UserError("this estimate carries no trace (it was loaded from JSON?); run estimate() again")
     config = estimate.config
-    gpu = find_gpu(config.get("gpu"), config.get("gpu_mem")) if (config.get("gpu") or config.get("gpu_mem")) else None
+    gpu = find_gpu(config.gpu, config.gpu_mem) if (config.gpu or config.gpu_mem) else None
     return iteration_timeline(
         estimate.trace,
         iteration=iteration,
-        alloc_conf=config.get("alloc_conf"),
+        alloc_conf=config.alloc_conf,
         capacity_bytes=gpu.usable_bytes if gpu else None,
     )
 

@@ -3,7 +3,9 @@
 - ``curve_figure``: peak memory against batch (or imgsz) for models x precisions. Every point is one
   ``estimate()``; nothing is interpolated. The largest batch marked at a GPU line is the largest
   *sampled* value that fits (it and every smaller sample fit); the true limit lies between it and the
-  next sample, which ``yolomem fit`` finds exactly.
+  next sample, which ``yolomem fit`` finds exactly. Without ``xs``, the batches start at
+  ``DEFAULT_BATCHES`` and, when cards are given, grow by doublings until every curve crosses every
+  card's line (up to ``MAX_BATCH``), so no card is left "above the plot".
 - ``breakdown_figure``: the estimate's breakdown at the peak, category by category.
 - ``report_data``: everything ``yolomem report`` shows, for one configuration.
 
@@ -13,7 +15,6 @@ allocator model with the card's usable memory as its capacity, free-and-retry in
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,13 +23,14 @@ from yolomem.errors import UserError, unknown
 from yolomem.allocator.replay import replay_trace
 from yolomem.result.estimate import Estimate, estimate_config
 from yolomem.config.gpus import GiB, Gpu
+from yolomem.config.keys import MAX_CURVE_POINTS as MAX_POINTS
 from yolomem.result.timeline import Timeline, estimate_timeline
+from yolomem.sweeps.fit import DEFAULT_MARGIN, MAX_BATCH  # the automatic batch range stops where fit's does
 
 X_AXES = ("batch", "imgsz")
 MEASURES = ("gpu_mem", "device_total")
-DEFAULT_BATCHES = (2, 4, 8, 16)  # 8 estimates for two precisions: about a minute for yolov8n at 640
+DEFAULT_BATCHES = (2, 4, 8, 16)  # then doubled, with cards, until every curve crosses every card's line
 DEFAULT_IMGSZ = (320, 480, 640)
-MAX_POINTS = 12  # each point is a full traced estimate
 BREAKDOWN_ORDER = (
     "parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other",
     "allocator_rounding", "cache_fragmentation", "validation_epochs_growth", "cuda_context",
@@ -116,8 +118,8 @@ class BreakdownFigure:
 @dataclass(frozen=True)
 class GpuFit:
     gpu: GpuLine
-    fits: bool  # this configuration, on this card
-    largest_batch: int | None  # None: no batch fits (or none was found)
+    fits: bool  # this configuration on this card, judged as yolomem fit judges it (with the margin)
+    largest_batch: int | None  # None: not even the smallest batch fits
     method: str  # how largest_batch was found, said on the page
 
 
@@ -128,20 +130,8 @@ class ReportData:
     breakdown: BreakdownFigure
     curve: CurveFigure
     fits: tuple[GpuFit, ...]
+    margin: float  # the share of usable memory held back when judging fits (yolomem.sweeps.fit)
     words: tuple[str, ...]  # the settings as key=value words, for the command lines
-
-
-def parse_values(key: str, text: str) -> tuple[int, ...]:
-    """``batches=1,2,4,8`` -> (1, 2, 4, 8): positive, distinct, sorted, at most MAX_POINTS."""
-    try:
-        values = sorted({int(part) for part in text.strip("[]() ").split(",") if part.strip()})
-    except ValueError:
-        raise UserError(f"{key}={text!r} must be whole numbers separated by commas, e.g. {key}=1,2,4,8") from None
-    if not values or values[0] < 1:
-        raise UserError(f"{key}={text!r} must list positive whole numbers, e.g. {key}=1,2,4,8")
-    if len(values) > MAX_POINTS:
-        raise UserError(f"{key}= lists {len(values)} values; at most {MAX_POINTS} (each is a full estimate)")
-    return tuple(values)
 
 
 def gpu_line(gpu: Gpu) -> GpuLine:
@@ -152,8 +142,7 @@ def fits_on(estimate: Estimate, line: GpuLine) -> bool:
     """``estimate(..., gpu=card).fits``, from the estimate's trace: replay with the card's capacity."""
     if estimate.trace is None:
         raise UserError("this estimate carries no trace; run estimate() again")
-    alloc_conf = estimate.config.get("alloc_conf")
-    return replay_trace(estimate.trace, alloc_conf, capacity_bytes=line.usable_bytes).oom is None
+    return replay_trace(estimate.trace, estimate.config.alloc_conf, capacity_bytes=line.usable_bytes).oom is None
 
 
 def curve_figure(
@@ -176,40 +165,68 @@ def curve_figure(
     if not models:
         raise UserError("name at least one model, e.g. yolomem plot yolov8n.yaml yolov8s.yaml")
     base = base or EstimateConfig()
-    xs = tuple(xs) if xs else (DEFAULT_BATCHES if x_name == "batch" else DEFAULT_IMGSZ)
+    chosen = tuple(xs) if xs else None
+    xs = chosen or (DEFAULT_BATCHES if x_name == "batch" else DEFAULT_IMGSZ)
     lines = tuple(gpu_line(gpu) for gpu in gpus)
-    total = len(models) * len(amps) * len(xs)
-    done = 0
-    curves: list[Curve] = []
+    cells = [(model, amp) for model in models for amp in amps]
+    estimated: dict[tuple[str, str, int], CurvePoint] = {}
     unit = "GiB"
-    for model in models:
-        for amp in amps:
-            points: list[CurvePoint] = []
+    done = 0
+    while True:
+        total = done + sum((model, amp, x) not in estimated for model, amp in cells for x in xs)
+        for model, amp in cells:
             for x in xs:
+                if (model, amp, x) in estimated:
+                    continue
                 config = base.with_changes(model=model, amp=amp, gpu=None, gpu_mem=None, **{x_name: x})
                 if progress:
                     progress(done, total, f"{model} {amp} {x_name}={x}")
                 result = estimator(config)
                 unit = result.gpu_mem_unit
-                points.append(
-                    CurvePoint(
-                        x=x,
-                        peak_allocated_bytes=result.peak_allocated_bytes,
-                        peak_reserved_bytes=result.peak_reserved_bytes,
-                        device_total_bytes=result.device_total_bytes,
-                        fits=tuple(fits_on(result, line) for line in lines),
-                    )
+                estimated[(model, amp, x)] = CurvePoint(
+                    x=x,
+                    peak_allocated_bytes=result.peak_allocated_bytes,
+                    peak_reserved_bytes=result.peak_reserved_bytes,
+                    device_total_bytes=result.device_total_bytes,
+                    fits=tuple(fits_on(result, line) for line in lines),
                 )
                 done += 1
-            curves.append(Curve(model, amp, tuple(points)))
+        curves = [Curve(model, amp, tuple(estimated[(model, amp, x)] for x in xs)) for model, amp in cells]
+        crossings = tuple(_crossing(ci, gi, curve) for ci, curve in enumerate(curves) for gi in range(len(lines)))
+        wider = () if chosen or x_name != "batch" else _batches_to_cross(curves, lines, crossings, xs)
+        if not wider:
+            break
+        xs = tuple(sorted({*xs, *wider}))
     if progress:
-        progress(done, total, "done")
-    crossings = tuple(
-        _crossing(ci, gi, curve) for ci, curve in enumerate(curves) for gi in range(len(lines))
-    )
+        progress(done, done, "done")
     other = "imgsz" if x_name == "batch" else "batch"
     fixed = ((other, str(getattr(base, other))), ("optimizer", base.optimizer))
     return CurveFigure(x_name, measure, fixed, tuple(curves), lines, crossings, unit)
+
+
+def _batches_to_cross(curves, lines, crossings, xs: tuple[int, ...]) -> tuple[int, ...]:
+    """More batches to sample so that every curve crosses every card's line: batch 1 when the smallest
+    sample does not fit; else doublings of the largest sample up to where the line through the last two
+    points crosses the card (one doubling when memory did not grow). Empty when every crossing shows,
+    or at MAX_BATCH / MAX_POINTS."""
+    wanted: set[int] = set()
+    for crossing in crossings:
+        if crossing.largest_x is None and xs[0] > 1 and not crossing.all_fit:
+            wanted.add(1)
+        if not crossing.all_fit:
+            continue
+        line, points = lines[crossing.gpu], curves[crossing.curve].points
+        target = xs[-1] * 2
+        if len(points) >= 2:
+            (x1, m1), (x2, m2) = ((p.x, p.peak_reserved_bytes) for p in points[-2:])
+            if m2 > m1:  # the line through the last two samples meets the card's capacity at x
+                target = max(target, int(x2 + (line.usable_bytes - m2) * (x2 - x1) / (m2 - m1)) + 1)
+        batch = xs[-1]
+        while batch < min(target, MAX_BATCH):
+            batch *= 2
+            wanted.add(min(batch, MAX_BATCH))
+    room = MAX_POINTS - len(xs)
+    return tuple(sorted(wanted - set(xs))[:max(room, 0)])
 
 
 def _crossing(curve_index: int, gpu_index: int, curve: Curve) -> Crossing:
@@ -232,32 +249,23 @@ def breakdown_figure(estimates: Sequence[tuple[str, Estimate]]) -> BreakdownFigu
     return BreakdownFigure(tuple(bars))
 
 
-def _largest_batch_api() -> Callable | None:
-    """``yolomem.sweeps.fit.largest_batch`` when that module is installed (it finds the exact limit)."""
+def card_fit(config: EstimateConfig, line: GpuLine, margin: float, progress: Callable[[str], None] | None = None) -> GpuFit:
+    """Whether ``config`` fits ``line``'s card, and the largest batch that does, both decided as
+    ``yolomem fit`` decides them: ``yolomem.sweeps.fit``'s budget (usable memory minus the margin) and its
+    search (the answer N is traced and fits, N + 1 is traced and does not)."""
+    from yolomem.sweeps.fit import NothingFits, Prober, largest_batch, make_budget
+
+    card = config.with_changes(gpu=line.name, gpu_mem=line.total_bytes / GiB)  # also a custom card, exactly
+    prober = Prober(make_budget(card, margin), progress)
+    fits = prober.run(card)[1].fits
+    how = f"yolomem fit's search, {margin:.0%} margin"
     try:
-        module = importlib.import_module("yolomem.sweeps.fit")
-    except ModuleNotFoundError as error:
-        if error.name != "yolomem.sweeps.fit":
-            raise
-        return None
-    return getattr(module, "largest_batch", None)
-
-
-def _exact_largest_batch(config: EstimateConfig, line: GpuLine) -> tuple[int | None, str] | None:
-    """(largest batch, how) from ``yolomem.sweeps.fit.largest_batch``, or None when that module is absent."""
-    largest_batch = _largest_batch_api()
-    if largest_batch is None:
-        return None
-    from yolomem.sweeps.fit import NothingFits
-
-    try:  # gpu_mem carries the line's card exactly, also a custom one
-        result = largest_batch(config, gpu=line.name, gpu_mem=line.total_bytes / GiB)
+        result = largest_batch(card, prober=prober)
     except NothingFits:
-        return None, "yolomem.sweeps.fit.largest_batch: not even batch 1 fits"
-    how = f"yolomem.sweeps.fit.largest_batch: exact search, safety margin {result.margin:.0%} of usable memory"
+        return GpuFit(line, fits, None, f"{how}: not even batch {config.world_size} fits")
     if result.at_search_cap:
-        how += "; the search cap: more would fit"
-    return result.max_batch, how
+        how += f"; the search stops at {result.max_batch}: more fits"
+    return GpuFit(line, fits, result.max_batch, how)
 
 
 def report_data(
@@ -266,16 +274,15 @@ def report_data(
     *,
     batches: Sequence[int] | None = None,
     words: Sequence[str] = (),
-    exact_fit: bool = False,
+    margin: float = DEFAULT_MARGIN,
     progress: Progress | None = None,
     estimator: Estimator = estimate_config,
 ) -> ReportData:
     """The estimate, its timeline and breakdown, a batch curve around it, and the fit on each card.
 
     ``batches`` default to a quarter, half, one and two times the chosen batch (the chosen one is not
-    estimated twice). With ``exact_fit`` and ``yolomem.sweeps.fit`` installed, the largest batch per card is
-    searched exactly (``largest_batch``, with its safety margin; a few traces per card); otherwise it is
-    the largest sampled batch of the curve that fits, with no margin, as ``Estimate.fits``.
+    estimated twice). Whether the chosen batch fits each card, and the largest batch that does, come from
+    ``card_fit``: the same budget and search as ``yolomem fit`` (a few traces per card).
     """
     cache: dict[EstimateConfig, Estimate] = {}
 
@@ -293,31 +300,26 @@ def report_data(
         progress=progress, estimator=cached,
     )  # fmt: skip
     fits = []
-    for gi, line in enumerate(curve.gpu_lines):
-        exact = _exact_largest_batch(config, line) if exact_fit else None
-        if exact is not None:
-            largest, method = exact
-        else:
-            crossing = next(c for c in curve.crossings if c.gpu == gi)
-            largest = crossing.largest_x
-            sampled = ",".join(str(x) for x in xs)
-            method = f"largest sampled batch that fits (sampled {sampled})"
-            if crossing.all_fit:
-                method += "; larger batches may fit too"
-        fits.append(GpuFit(line, fits_on(main, line), largest, method))
+    for index, line in enumerate(curve.gpu_lines):
+
+        def searching(what: str, index=index, line=line) -> None:
+            progress(index, len(curve.gpu_lines), f"largest batch on {line.name}: {what}")
+
+        fits.append(card_fit(config, line, margin, searching if progress else None))
     return ReportData(
         estimate=main,
         timeline=estimate_timeline(main),
         breakdown=breakdown_figure([(_bar_label(main), main)]),
         curve=curve,
         fits=tuple(fits),
+        margin=margin,
         words=tuple(words),
     )
 
 
 def _bar_label(result: Estimate) -> str:
     cfg = result.config
-    return f"{cfg['model']} b{cfg['batch']} {cfg['imgsz']} {cfg['amp']}"
+    return f"{cfg.model} b{cfg.batch} {cfg.imgsz} {cfg.amp}"
 
 
 def precision_of(text: str) -> str:
@@ -330,6 +332,6 @@ def precision_of(text: str) -> str:
 
 __all__ = [
     "BreakdownBar", "BreakdownFigure", "BreakdownPart", "Crossing", "Curve", "CurveFigure", "CurvePoint",
-    "GpuFit", "GpuLine", "ReportData", "breakdown_figure", "curve_figure", "fits_on", "parse_values",
+    "GpuFit", "GpuLine", "ReportData", "breakdown_figure", "card_fit", "curve_figure", "fits_on",
     "report_data",
 ]  # fmt: skip

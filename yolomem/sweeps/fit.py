@@ -29,18 +29,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from yolomem.config.keys import DEFAULT_MARGIN
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.allocator.replay import replay_trace
 from yolomem.result.estimate import Estimate, estimate_config
 from yolomem.config.gpus import GiB, Gpu, find_gpu
 
-DEFAULT_MARGIN = 0.10
 MAX_BATCH = 1024  # the search stops here; a larger batch is rarely useful and never needed to fit a card
 MAX_IMGSZ = 4096
 BATCH_BRACKET = (2, 16)  # the two batches whose traces draw the line
 IMGSZ_BRACKET = (320, 640)
 
+DATA_PLACEHOLDER = "path/to/data.yaml"  # the yolo train line's data= when the user gave none: never a dataset we chose
 Progress = Callable[[str], None]
 
 __all__ = ["DEFAULT_MARGIN", "FitResult", "NothingFits", "Probe", "largest_batch", "largest_imgsz", "Prober"]
@@ -140,7 +141,7 @@ class FitResult:
 def yolo_train_command(config: EstimateConfig, model: str | None = None) -> str:
     """The ``yolo train`` line that runs ``config``; settings Ultralytics has no switch for become
     an environment variable (allocator) or a note (checkpointing needs a callback)."""
-    words = ["yolo", "train", f"model={model or config.model}", f"data={config.data or 'coco.yaml'}",
+    words = ["yolo", "train", f"model={model or config.model}", f"data={config.data or DATA_PLACEHOLDER}",
              f"batch={config.batch}", f"imgsz={config.imgsz}"]  # fmt: skip
     if config.amp != "fp16":
         words.append("amp=False" if config.amp == "fp32" else "amp=bf16")
@@ -186,7 +187,7 @@ class Prober:
         else:  # the estimate's replay stopped at the OOM: replay without a cap for the full peak
             peak = replay_trace(result.trace, config.alloc_conf).peak_reserved_bytes
             fits = False
-        probe = Probe(config.batch, int(result.config["imgsz"]), peak, fits, time.perf_counter() - started)
+        probe = Probe(config.batch, result.config.imgsz, peak, fits, time.perf_counter() - started)
         self._cache[key] = (result, probe)
         return result, probe
 

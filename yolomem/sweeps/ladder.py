@@ -5,32 +5,28 @@ thumb), judged as ``yolomem.sweeps.fit`` judges it (caching-allocator replay aga
 CUDA context and the safety margin). Each step is applied alone to the config as asked:
 
 - precision: AMP fp16 vs FP32 vs bf16 (``amp=``);
-- a smaller batch with gradient accumulation: the largest batch that fits, found by the ``fit`` search;
-  Ultralytics accumulates ``max(round(nbs / batch), 1)`` steps, so the effective batch stays ~nbs;
+- a smaller batch with gradient accumulation: the largest batch, at most the asked one, that fits and
+  keeps the asked effective batch (images per optimizer step, ``batch * max(round(nbs / batch), 1)`` in
+  Ultralytics and the yolov5 repo); ``nbs`` is raised to it where the default rounding would not;
 - activation checkpointing (``yolomem.loops.checkpointing``, traced with the same wrapping);
 - freezing the backbone (``freeze=10``: no gradients or optimizer state for layers 0-9);
 - a smaller imgsz (3/4 of the asked size, rounded down to the stride);
-- ``expandable_segments`` (``PYTORCH_CUDA_ALLOC_CONF``): same trace, replayed with the other allocator
-  mode, so only fragmentation changes;
+- ``expandable_segments`` (``PYTORCH_CUDA_ALLOC_CONF``);
 - DDP over 2 GPUs: per-rank memory, with DDP's gradient buckets (``yolomem.loops.ddp``).
 
-"The batch it allows" is the line through two traces of that strategy (the asked batch and half of
-it), solved for the capacity: a prediction, marked as such (``max_batch_exact=False``). When memory
-does not grow between the two (weights and optimizer dominate), it is the larger traced batch that
-fits: a lower bound. Only the
-"smaller batch" step is confirmed by traces on both sides.
+"The largest batch" of a step is ``yolomem fit``'s answer for the config with that change: the same
+search, budget and prober (so ``fit amp=false`` gives the FP32 row's figure), confirmed by traces (the
+answer fits, one more does not). "Fits" is the verdict at the asked batch under the same budget, so a
+step that fits never shows a largest batch below the asked one.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from yolomem.config.settings import EstimateConfig
-from yolomem.allocator.replay import replay_trace
 from yolomem.result.estimate import Estimate
-from yolomem.sweeps.fit import DEFAULT_MARGIN, MAX_BATCH, NothingFits, Progress, Prober, largest_batch, line_prediction, make_budget, model_stride, resolve_config, yolo_train_command
+from yolomem.sweeps.fit import BATCH_BRACKET, DEFAULT_MARGIN, NothingFits, Progress, Prober, largest_batch, make_budget, model_stride, resolve_config, yolo_train_command
 
 EXPANDABLE = "expandable_segments:True"
 FREEZE_BACKBONE = 10  # the YOLOv8/YOLO11 detection backbone is layers 0-9
@@ -48,8 +44,8 @@ class Strategy:
     peak_reserved_bytes: int  # per rank for DDP
     saved_bytes: int  # baseline peak reserved minus this one (< 0: costs memory)
     fits: bool  # at the asked batch (for "smaller batch": at its batch)
-    max_batch: int | None  # the largest total batch it allows; None: not even batch 1 (predicted)
-    max_batch_exact: bool  # True when confirmed by traces, False when read off the two-trace line
+    max_batch: int | None  # yolomem fit's answer with this change (total batch); None: not even one per rank
+    at_search_cap: bool = False  # max_batch is fit's search limit: more fits
     note: str = ""
     estimate: Estimate | None = field(default=None, repr=False, compare=False)
 
@@ -57,7 +53,7 @@ class Strategy:
         return {
             "name": self.name, "changes": dict(self.changes), "how": self.how,
             "peak_reserved_bytes": self.peak_reserved_bytes, "saved_bytes": self.saved_bytes, "fits": self.fits,
-            "max_batch": self.max_batch, "max_batch_exact": self.max_batch_exact, "note": self.note,
+            "max_batch": self.max_batch, "at_search_cap": self.at_search_cap, "note": self.note,
         }  # fmt: skip
 
 
@@ -73,24 +69,23 @@ def strategy_ladder(
     """The baseline (as asked) first, then one ``Strategy`` per memory-saving step."""
     config = resolve_config(config_or_model, gpu, gpu_mem, settings)
     prober = Prober(make_budget(config, margin), progress)
-    capacity = prober.budget.capacity_bytes
     stride = model_stride(config)
     _prefetch(config, stride)
-    base_estimate, base_probe = prober.run(config)
+    _, base_probe = prober.run(config)
     baseline_peak = base_probe.peak_reserved_bytes
 
     def rung(name: str, changes: dict, how: str, note: str = "") -> Strategy:
         changed = config.with_changes(**changes)
         estimate, probe = prober.run(changed)
-        allows = _predicted_max_batch(prober, changed, capacity)
+        allows, at_cap = _largest(prober, changed)
         return Strategy(name, changes, how, probe.peak_reserved_bytes, baseline_peak - probe.peak_reserved_bytes,
-                        probe.fits, allows, False, note, estimate)  # fmt: skip
+                        probe.fits, allows, at_cap, note, estimate)  # fmt: skip
 
     ladder = [rung("as asked", {}, yolo_train_command(config))]
     for amp, label in (("fp16", "AMP fp16 (amp=True)"), ("bf16", "AMP bf16 (amp=bf16)"), ("fp32", "FP32 (amp=False)")):
         if config.amp != amp:
             ladder.append(rung(label, {"amp": amp}, yolo_train_command(config.with_changes(amp=amp))))
-    ladder.append(_smaller_batch(config, prober, baseline_peak))
+    ladder.append(_accumulation(config, prober, baseline_peak))
     if not config.checkpoint:
         ladder.append(rung(
             "activation checkpointing", {"checkpoint": True}, yolo_train_command(config.with_changes(checkpoint=True)),
@@ -107,7 +102,9 @@ def strategy_ladder(
         ladder.append(rung(f"smaller imgsz ({smaller})", {"imgsz": smaller}, yolo_train_command(config.with_changes(imgsz=smaller)),
                            "small objects get harder to detect"))  # fmt: skip
     if config.alloc_conf != EXPANDABLE:
-        ladder.append(_expandable(config, prober, base_estimate, baseline_peak))
+        ladder.append(rung("expandable segments", {"alloc_conf": EXPANDABLE},
+                           yolo_train_command(config.with_changes(alloc_conf=EXPANDABLE)),
+                           "less fragmentation: segments grow in place instead of new cudaMalloc blocks"))  # fmt: skip
     if config.world_size == 1:
         ddp = config.with_changes(world_size=DDP_RANKS)
         ladder.append(rung(
@@ -124,8 +121,9 @@ def _smaller_imgsz(imgsz: int, stride: int) -> int:
 
 
 def _prefetch(config: EstimateConfig, stride: int) -> None:
-    """Trace every run the rungs will ask for side by side (``yolomem.result.runs.prefetch``): each
-    rung's config and its half batch. What the smaller-batch search asks later depends on these."""
+    """Trace side by side (``yolomem.result.runs.prefetch``) the runs every rung is sure to ask for:
+    its config, and the two batches that start fit's search (the rest of each search follows from
+    them, derived). Expandable segments replays the asked config's runs."""
     from yolomem.loops.base import round_imgsz
     from yolomem.result.runs import prefetch
 
@@ -140,58 +138,53 @@ def _prefetch(config: EstimateConfig, stride: int) -> None:
         changes.append({"imgsz": _smaller_imgsz(imgsz, stride)})
     if config.world_size == 1:
         changes.append({"world_size": DDP_RANKS})
-    configs = [config.with_changes(**change) for change in changes]
-    prefetch([c for changed in configs for c in (changed, _half(changed))])
+    configs = []
+    for change in changes:
+        changed = config.with_changes(**change)
+        ranks = changed.world_size
+        configs += [changed] + [changed.with_changes(batch=max(1, b // ranks) * ranks) for b in BATCH_BRACKET]
+    prefetch(configs)
 
 
-def _half(config: EstimateConfig) -> EstimateConfig:
-    """The second point of the line: half the batch (or double it when the batch is the minimum)."""
-    unit = config.world_size
-    batch = config.batch // 2 // unit * unit
-    return config.with_changes(batch=batch if batch >= unit and batch != config.batch else config.batch * 2)
-
-
-def _predicted_max_batch(prober: Prober, config: EstimateConfig, capacity: int, replay: Callable | None = None) -> int | None:
-    other = _half(config)
-    _, p1 = prober.run(config)
-    _, p2 = prober.run(other)
-    m1, m2 = p1.peak_reserved_bytes, p2.peak_reserved_bytes
-    if replay is not None:
-        m1, m2 = replay(config), replay(other)
-    x = line_prediction(config.batch, m1, other.batch, m2, capacity)
-    if x is None:  # memory did not grow between the two batches: only what was traced is known
-        fitting = [p.batch for p, m in ((p1, m1), (p2, m2)) if m <= capacity]
-        return max(fitting) if fitting else None
-    batch = int(math.floor(x)) // config.world_size * config.world_size
-    return min(batch, MAX_BATCH) if batch >= config.world_size else None
-
-
-def _smaller_batch(config: EstimateConfig, prober: Prober, baseline_peak: int) -> Strategy:
+def _largest(prober: Prober, config: EstimateConfig) -> tuple[int | None, bool]:
+    """``yolomem fit``'s answer for ``config`` (its search, on the shared prober): (batch, at the cap)."""
     try:
-        result = largest_batch(config, prober=prober, bracket=(_half(config).batch, config.batch))
+        result = largest_batch(config, prober=prober)
     except NothingFits:
-        _, one = prober.run(config.with_changes(batch=config.world_size))
-        return Strategy("smaller batch + accumulation", {"batch": config.world_size}, "", one.peak_reserved_bytes,
-                        baseline_peak - one.peak_reserved_bytes, False, None, True, "not even batch 1 fits")  # fmt: skip
-    changes = {"batch": result.max_batch}
-    note = f"Ultralytics accumulates {result.accumulate} steps (nbs={config.nbs}) so the optimizer sees ~{result.max_batch * result.accumulate} images per step"
-    peak = result.estimate_at_max.peak_reserved_bytes
-    return Strategy("smaller batch + accumulation", changes, result.yolo_train_command, peak, baseline_peak - peak,
-                    True, result.max_batch, True, note, result.estimate_at_max)  # fmt: skip
+        return None, False
+    return result.max_batch, result.at_search_cap
 
 
-def _expandable(config: EstimateConfig, prober: Prober, base_estimate: Estimate, baseline_peak: int) -> Strategy:
-    """Same trace, other allocator mode: replayed, not re-traced (the trace does not depend on it)."""
-    capacity = prober.budget.capacity_bytes
+def accumulate(batch: int, nbs: int) -> int:
+    """Batches per optimizer step, as Ultralytics and the yolov5 repo compute it."""
+    return max(round(nbs / batch), 1)
 
-    def peak(cfg: EstimateConfig) -> int:
-        estimate, _ = prober.run(cfg)
-        return replay_trace(estimate.trace, EXPANDABLE).peak_reserved_bytes
 
-    replayed = replay_trace(base_estimate.trace, EXPANDABLE, capacity_bytes=capacity)
-    full_peak = peak(config)
-    allows = _predicted_max_batch(prober, config, capacity, replay=peak)
-    changed = config.with_changes(alloc_conf=EXPANDABLE)
-    return Strategy("expandable segments", {"alloc_conf": EXPANDABLE}, yolo_train_command(changed), full_peak,
-                    baseline_peak - full_peak, replayed.oom is None, allows, False,
-                    "less fragmentation: segments grow in place instead of new cudaMalloc blocks")  # fmt: skip
+def _accumulation(config: EstimateConfig, prober: Prober, baseline_peak: int) -> Strategy:
+    """The largest batch, at most the asked one, that fits and keeps the asked effective batch."""
+    name, ranks = "smaller batch + accumulation", config.world_size
+    effective = config.batch * accumulate(config.batch, config.nbs)  # images per optimizer step, as asked
+    largest, _ = _largest(prober, config)
+    for batch in range(min(largest or 0, config.batch) // ranks * ranks, 0, -ranks):
+        if effective % batch:
+            continue  # accumulation cannot make up the asked effective batch from this one
+        nbs = config.nbs if batch * accumulate(batch, config.nbs) == effective else effective
+        changes = {key: value for key, value in (("batch", batch), ("nbs", nbs)) if value != getattr(config, key)}
+        estimate, probe = prober.run(config.with_changes(**changes))
+        if probe.fits:
+            break
+    else:
+        _, one = prober.run(config.with_changes(batch=ranks))
+        return Strategy(name, {"batch": ranks}, "", one.peak_reserved_bytes, baseline_peak - one.peak_reserved_bytes,
+                        False, None, note=f"not even batch {ranks} fits")  # fmt: skip
+    steps = effective // batch
+    if batch == config.batch:
+        note = f"batch {batch} fits as asked: no accumulation needed"
+    else:
+        note = f"accumulates {steps} batches of {batch}: {effective} images per optimizer step, as asked"
+    if nbs != config.nbs:
+        note += (f"; nbs={nbs} makes it accumulate {steps}, and weight decay is scaled by batch x accumulate / nbs: "
+                 f"multiply weight_decay by {effective / config.nbs:g} to keep it")  # fmt: skip
+    peak = probe.peak_reserved_bytes
+    how = yolo_train_command(config.with_changes(**changes))
+    return Strategy(name, changes, how, peak, baseline_peak - peak, True, batch, note=note, estimate=estimate)

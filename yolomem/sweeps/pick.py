@@ -3,21 +3,24 @@
 Each model is traced at the requested settings and judged as ``yolomem.sweeps.fit`` judges a config: the
 trace replayed through the caching-allocator model with the card's memory minus the CUDA context
 minus the safety margin. Headroom is that capacity minus the model's peak reserved memory (negative:
-short by that much). The default list is one family in five sizes, because each model costs one
-trace (seconds to a minute); pass ``models=`` for others.
+short by that much). The candidates are one family in every size it ships (yolo11 unless ``family=``
+says otherwise), because each model costs one trace (seconds to a minute); or ``models=``.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError, unknown
 from yolomem.result.estimate import Estimate
-from yolomem.sweeps.fit import DEFAULT_MARGIN, Progress, Prober, make_budget
+from yolomem.config.keys import DEFAULT_MARGIN
+from yolomem.sweeps.fit import Progress, Prober, make_budget
 
 DEFAULT_FAMILY = "yolo11"
 TASK_SUFFIX = {"detect": "", "segment": "-seg", "pose": "-pose", "obb": "-obb", "classify": "-cls"}
+SCALES = "ntsmbclxe"  # the size letters of the shipped families: n, s, m, l, x; yolov10 adds b; yolov9 t, c, e
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class PickResult:
     imgsz: int
     task: str
     rows: tuple[PickRow, ...]  # smallest model first
+    family: str | None = None  # the family ranked; None when the models were listed
 
     @property
     def best(self) -> PickRow | None:
@@ -52,7 +56,7 @@ class PickResult:
     def to_json(self) -> dict:
         return {
             "gpu": self.gpu, "gpu_total_bytes": self.gpu_total_bytes, "capacity_bytes": self.capacity_bytes,
-            "margin": self.margin, "batch": self.batch, "imgsz": self.imgsz, "task": self.task,
+            "margin": self.margin, "batch": self.batch, "imgsz": self.imgsz, "task": self.task, "family": self.family,
             "best": self.best.model if self.best else None,
             "rows": [
                 {"model": r.model, "params": r.params, "peak_reserved_bytes": r.peak_reserved_bytes,
@@ -63,9 +67,26 @@ class PickResult:
 
 
 def default_models(task: str = "detect", family: str = DEFAULT_FAMILY) -> tuple[str, ...]:
+    """Every size of ``family`` for ``task`` that yolomem builds, e.g. yolo11n.yaml ... yolo11x.yaml."""
     if task not in TASK_SUFFIX:
         raise unknown("task", task, TASK_SUFFIX)
-    return tuple(f"{family}{scale}{TASK_SUFFIX[task]}.yaml" for scale in "nsmlx")
+    names = _model_names()
+    found = tuple(name for scale in SCALES if (name := f"{family}{scale}{TASK_SUFFIX[task]}.yaml") in names)
+    if not found:
+        raise unknown(f"family for task={task}", family, families(task))
+    return found
+
+
+def families(task: str = "detect") -> tuple[str, ...]:
+    """The families with at least one size for ``task``: yolov5, yolov8, yolo11, ..."""
+    pattern = re.compile(rf"^(yolo(?:v)?\d+)[{SCALES}]{re.escape(TASK_SUFFIX[task])}\.yaml$")
+    return tuple(sorted({m.group(1) for name in _model_names() if (m := pattern.match(name))}))
+
+
+def _model_names() -> set[str]:
+    from yolomem.loops import LOOP_NAMES, get_loop
+
+    return {n if n.endswith(".yaml") else f"{n}.yaml" for loop in LOOP_NAMES for n in get_loop(loop).model_names()}
 
 
 def pick_models(
@@ -76,12 +97,14 @@ def pick_models(
     *,
     gpu_mem: float | None = None,
     models: tuple[str, ...] | None = None,
+    family: str | None = None,
     margin: float = DEFAULT_MARGIN,
     progress: Progress | None = None,
     config: EstimateConfig | None = None,
     **settings,
 ) -> PickResult:
-    """Trace each model at ``batch``/``imgsz`` and say which fit ``gpu``, ranked by size.
+    """Trace each model at ``batch``/``imgsz`` and say which fit ``gpu``, ranked by size. The candidates are
+    ``models``, or every size of ``family`` (default ``DEFAULT_FAMILY``) for ``task``.
 
     ``config`` carries any other settings (amp, optimizer, ...); its model is replaced by each candidate.
     """
@@ -95,7 +118,11 @@ def pick_models(
     budget = make_budget(base, margin)
     prober = Prober(budget, progress)
     rows = []
-    names = models or default_models(task)
+    if models and family:
+        raise UserError("family= and models= both choose the candidates; give one")
+    if not models:
+        family = family or DEFAULT_FAMILY
+    names = models or default_models(task, family)
     from yolomem.result.runs import prefetch
 
     prefetch([base.with_changes(model=name) for name in names])  # side by side on a multi-core machine
@@ -104,7 +131,7 @@ def pick_models(
             progress(f"[{index}/{len(names)}] {name}")
         estimate, probe = prober.run(base.with_changes(model=name))
         rows.append(PickRow(
-            model=estimate.config["model"], task=estimate.task, params=estimate.params,
+            model=estimate.config.model, task=estimate.task, params=estimate.params,
             peak_reserved_bytes=probe.peak_reserved_bytes,
             device_total_bytes=probe.peak_reserved_bytes + estimate.context_bytes, fits=probe.fits,
             headroom_bytes=budget.capacity_bytes - probe.peak_reserved_bytes, estimate=estimate,
@@ -112,6 +139,6 @@ def pick_models(
     rows.sort(key=lambda row: row.params)
     return PickResult(
         gpu=budget.gpu.name, gpu_total_bytes=budget.gpu.total_bytes, capacity_bytes=budget.capacity_bytes,
-        margin=budget.margin, batch=base.batch, imgsz=rows[0].estimate.config["imgsz"] if rows else base.imgsz,
-        task=task, rows=tuple(rows),
+        margin=budget.margin, batch=base.batch, imgsz=rows[0].estimate.config.imgsz if rows else base.imgsz,
+        task=task, rows=tuple(rows), family=None if models else family,
     )  # fmt: skip

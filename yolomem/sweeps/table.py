@@ -168,8 +168,8 @@ def _trace_one(model: str, imgsz: int, batch: int, precision: str, iterations: i
                             framework=framework)  # fmt: skip
     result = estimate_config(config)
     fixed = sum(result.breakdown.get(category, 0) for category in _FIXED_CATEGORIES)
-    return _Traced(result.config["model"], result.config["framework"], result.task, result.params,
-                   result.config["imgsz"], batch, result.peak_reserved_bytes, result.device_total_bytes,
+    return _Traced(result.config.model, result.config.framework, result.task, result.params,
+                   result.config.imgsz, batch, result.peak_reserved_bytes, result.device_total_bytes,
                    result.context_bytes, fixed, result.gpu_mem_printed, result.gpu_mem_unit, result.notes)  # fmt: skip
 
 

@@ -52,6 +52,8 @@ _DATA_DEPENDENT_SHAPE = {aten.nonzero.default, aten._unique2.default, aten.uniqu
                          aten.unique_consecutive.default, aten.masked_select.default,
                          aten.bincount.default}  # fmt: skip
 _SCALAR_READ = {aten._local_scalar_dense.default}
+# Indexing ops whose boolean-mask indices the kernel turns into integer indices (ATen's expandTensors)
+_MASK_INDEXED = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
 _DEVICE_QUERY = torch.ops.prim.device.default
 # Queries that allocate nothing (device, sizes, strides): answered without bookkeeping.
 _METADATA_QUERIES = frozenset({_DEVICE_QUERY, aten.size.default, aten.stride.default,
@@ -205,6 +207,22 @@ class Tracer(TorchDispatchMode):
         with mode:
             return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="cuda")
 
+    def substitute(self, fake: torch.Tensor, real: torch.Tensor) -> None:
+        """``real`` takes over ``fake``'s allocation: on the GPU they are one tensor, given real values
+        here so that code deciding by value (NMS) can run. No event; the allocation ends when ``real``
+        dies (``fake`` dying records nothing)."""
+        key = self._storage_key(fake)
+        record = self._records.pop(key, None)
+        if record is None:  # not traced (made outside the tracer): the real one is new
+            self._see(real)
+            return
+        finalizer = self._finalizers.pop(key, None)
+        if finalizer is not None:
+            finalizer.detach()
+        new = self._storage_key(real)
+        self._records[new] = record
+        self._finalizers[new] = weakref.finalize(real.untyped_storage(), self._on_free, new)
+
     def forget(self) -> None:
         """Drop everything recorded so far (e.g. while the model was being built on the host)."""
         self.detach_finalizers()
@@ -252,6 +270,8 @@ class Tracer(TorchDispatchMode):
         return out
 
     def _dispatch_fake(self, func, args, kwargs):
+        if func in _MASK_INDEXED:
+            args = self._mask_indices_to_positions(args)
         tensors = _tensors_in(args)
         if kwargs:
             tensors += _tensors_in(kwargs.values())
@@ -280,6 +300,26 @@ class Tracer(TorchDispatchMode):
             args, kwargs = self._fakeify_inputs(func, args, kwargs)
         return self._fake_cache.call(func, args, kwargs)
 
+    def _mask_indices_to_positions(self, args):
+        """``x[mask]`` with a real boolean ``mask`` and a fake ``x``: the mask's positions are known, so
+        index with them (what the kernel does itself, ATen's ``expandTensors``: a k-dim mask becomes k
+        integer index tensors, from a ``nonzero`` no dispatch tracer sees, on the GPU as here)."""
+        target, indices = args[0], args[1]
+        values = args[2] if len(args) > 2 and isinstance(args[2], torch.Tensor) else None
+        if not (self._is_fake_like(target) or (values is not None and self._is_fake_like(values))):
+            return args
+        masks = [i for i in indices if isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)]
+        if not masks or any(self._is_fake_like(m) for m in masks):
+            return args
+        expanded = []
+        with _disable_current_modes():
+            for index in indices:
+                if isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8):
+                    expanded.extend(index.nonzero().unbind(1))
+                else:
+                    expanded.append(index)
+        return (target, expanded, *args[2:])
+
     # -- real/fake policy -----------------------------------------------------------------------
     def _is_fake_like(self, tensor: torch.Tensor) -> bool:
         return isinstance(tensor, FakeTensor) or (bool(self._tainted) and self._storage_key(tensor) in self._tainted)
@@ -292,8 +332,8 @@ class Tracer(TorchDispatchMode):
             return bool(wanted) and self._output_bytes(func, args, kwargs) <= self.real_bytes_cap
         if any_fake:
             return False
-        if func in _DATA_DEPENDENT_SHAPE:  # a fake mode cannot size it; the real input bounds it
-            return True
+        if func in _DATA_DEPENDENT_SHAPE or _has_mask_index(func, args):
+            return True  # a fake mode cannot size it: run it, the real inputs (already in memory) bound it
         return self._output_bytes(func, args, kwargs) <= self.real_bytes_cap
 
     def _output_bytes(self, func, args, kwargs) -> int:
@@ -476,6 +516,13 @@ def _is_fused_in_place(func) -> bool:
             and not any(arg.name == "out" for arg in func._schema.arguments)
         )
     return known
+
+
+def _has_mask_index(func, args) -> bool:
+    """``x[mask]`` and friends: the output size depends on how many entries of ``mask`` are set."""
+    return func in _MASK_INDEXED and any(
+        isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1] if i is not None
+    )
 
 
 def _tensors_in(values) -> list[torch.Tensor]:

@@ -6,7 +6,7 @@ import contextlib
 import re
 
 from yolomem.config.models import ResolvedModel
-from yolomem.loops.base import TracedRun
+from yolomem.loops.base import TracedRun, max_stride
 
 # Ultralytics switched GPU_mem from bytes/1e9 to bytes/2**30 in 8.3.76 (reference notes).
 GPU_MEM_GIB_SINCE = (8, 3, 76)
@@ -15,6 +15,8 @@ GPU_MEM_GIB_SINCE = (8, 3, 76)
 class UltralyticsLoop:
     name = "ultralytics"
     clears_cache_between_epochs = True  # BaseTrainer._clear_memory after each epoch
+    carries_loop_variables = False  # not modelled yet for this loop (its batch dict and losses do carry)
+    traces_whole_val_pass = False  # one template per validation batch shape
 
     def owns(self, spec: str) -> bool:
         return False  # the default loop: it claims no name away from another
@@ -51,8 +53,7 @@ class UltralyticsLoop:
         return build_model(resolved.cfg, resolved.task, nc or resolved.nc)
 
     def stride(self, resolved: ResolvedModel, nc: int | None) -> int:
-        model = self._build(resolved, nc)
-        return max(int(model.stride.max()) if hasattr(model, "stride") else 32, 32)
+        return max_stride(self._build(resolved, nc))
 
     def count_params(self, resolved: ResolvedModel, nc: int | None = None) -> int:
         return sum(p.numel() for p in self._build(resolved, nc).parameters())
@@ -87,7 +88,7 @@ class UltralyticsLoop:
 
         return val_batch_size(task, train_batch)
 
-    def trace_val_pass(self, run, shape, seed: int, nc: int, kpt_shape, channels: int) -> None:
+    def trace_val_pass(self, run, shapes, seed: int, nc: int, kpt_shape, channels: int) -> None:
         import torch
 
         from yolomem.loops.val_pass import trace_validation_batch, val_batch_dict
@@ -99,6 +100,7 @@ class UltralyticsLoop:
             return run.policy.region(torch.float16) if run.policy is not None else contextlib.nullcontext()
 
         nms = {"nc": 0 if settings.task == "detect" else nc, "rotated": settings.task == "obb"}
+        (shape,) = shapes  # one batch per template
         with tracer.phase("val_preprocess"):
             data = val_batch_dict(settings.task, shape, seed, nc, kpt_shape, channels)
         trace_validation_batch(

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from yolomem.config.models import ResolvedModel
-from yolomem.errors import UserError, unknown
+from yolomem.errors import UserError, nearest, unknown
 
 def _models_dir() -> Path:
     import ultralytics
@@ -87,7 +87,7 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
         note = f"{spec} is not on disk and would need a download; using {yaml_name} (same architecture, random weights)"
         spec, path = yaml_name, Path(yaml_name)
     elif path.suffix in {".yaml", ".yml"} and path.is_file():
-        cfg = yaml_model_load(str(path))
+        cfg = _local_yaml(path)
         return ResolvedModel(path.stem, "local-yaml", guess_model_task(cfg), cfg, None)
     elif path.suffix == "":
         spec, path = f"{spec}.yaml", Path(f"{spec}.yaml")
@@ -99,6 +99,50 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
         raise unknown("model", spec, shipped_model_names())
     cfg = yaml_model_load(spec)
     return ResolvedModel(path.stem, "yaml", guess_model_task(cfg), cfg, None, note)
+
+
+def _local_yaml(path: Path) -> dict:
+    """A user's model YAML, read and checked the way Ultralytics' parse_model will read it, so that a bad
+    file is one line naming the problem, not a traceback from inside the model build."""
+    from ultralytics.nn.tasks import yaml_model_load
+
+    try:
+        cfg = yaml_model_load(str(path))
+    except Exception as error:  # noqa: BLE001 - whatever the YAML parser raises, the file is the user's input
+        reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise UserError(f"cannot read model YAML {str(path)!r}: {reason}") from None
+    check_model_cfg(cfg, str(path))
+    return cfg
+
+
+def check_model_cfg(cfg: object, where: str) -> None:
+    """``backbone`` and ``head`` lists of ``[from, repeats, module, args]`` rows, each module one that
+    Ultralytics' parse_model can find (``nn.X`` from torch.nn, ``torchvision.ops.X``, or its own)."""
+    import torch
+    import ultralytics
+    import ultralytics.nn.tasks as tasks
+
+    if not isinstance(cfg, dict):
+        raise UserError(f"model YAML {where!r} is not a mapping of backbone, head, ...")
+    for part in ("backbone", "head"):
+        if not isinstance(cfg.get(part), list) or not cfg[part]:
+            raise UserError(f"model YAML {where!r} has no '{part}' list of layers")
+    known = [name for name, value in vars(tasks).items() if isinstance(value, type) and issubclass(value, torch.nn.Module)]
+    for index, layer in enumerate(cfg["backbone"] + cfg["head"]):
+        if not (isinstance(layer, list) and len(layer) == 4 and isinstance(layer[2], str)):
+            raise UserError(f"model YAML {where!r}: layer {index} must be [from, repeats, module, args], got {layer!r}")
+        module = layer[2]
+        if module.startswith("nn."):
+            found = hasattr(torch.nn, module[3:])
+        elif module.startswith("torchvision.ops."):
+            found = hasattr(__import__("torchvision").ops, module[16:])
+        else:
+            found = module in known
+        if not found:
+            close = nearest(module, known)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise UserError(f"model YAML {where!r}: layer {index} uses module {module!r}, which Ultralytics "
+                            f"{ultralytics.__version__} does not have{hint}")  # fmt: skip
 
 
 def _from_checkpoint(path: Path) -> ResolvedModel:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from yolomem.config.models import ResolvedModel
 from yolomem.config.settings import EstimateConfig
-from yolomem.loops.base import TracedRun, rank_batch, round_imgsz, tracing
+from yolomem.loops.base import TracedRun, max_stride, rank_batch, round_imgsz, tracing
 from yolomem.loops.batches import SyntheticBatch
 from yolomem.loops.ultralytics.step import StepSettings, UltralyticsRun, build_model
 from yolomem.trace.tracer import DataOracle, module_scopes
@@ -41,7 +41,7 @@ def trace_ultralytics_run(
     nc = config.nc or resolved.nc
     with tracing(config, fake=fake, oracle=oracle) as (tracer, policy):
         model = build_model(resolved.cfg, resolved.task, nc)
-        stride = max(int(model.stride.max()) if hasattr(model, "stride") else 32, 32)
+        stride = max_stride(model)
         imgsz = round_imgsz(config.imgsz, stride)
         if imgsz != config.imgsz:
             notes.append(f"imgsz={config.imgsz} is not a multiple of stride {stride}; rounded up to {imgsz} as Ultralytics does")

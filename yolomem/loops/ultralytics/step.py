@@ -23,11 +23,11 @@ from types import SimpleNamespace
 
 import torch
 
+from yolomem.loops.base import amp_dtype, check_trainable, max_stride
 from yolomem.trace.autocast import CudaAutocastPolicy
 from yolomem.loops.batches import SyntheticBatch
 from yolomem.trace.tracer import Tracer
 
-_AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 WARMUP_MIN_ITERATIONS = 100  # BaseTrainer._get_warmup_iterations: max(round(warmup_epochs * nb), 100)
 
 
@@ -203,9 +203,10 @@ class UltralyticsRun:
         model.nc = nc
         model.names = getattr(model, "names", None) or {i: str(i) for i in range(nc)}
         freeze_parameters(model, settings.freeze)
+        check_trainable(model, settings.freeze)
         _, self.trainer_class = _task_classes(settings.task)
-        self.stride = max(int(model.stride.max()) if hasattr(model, "stride") else 32, 32)
-        self.amp_dtype = _AMP_DTYPES.get(settings.precision)
+        self.stride = max_stride(model)
+        self.amp_dtype = amp_dtype(settings.precision)
         self.scaler = torch.amp.GradScaler("cpu", enabled=settings.precision == "fp16")
         if settings.step == "train":
             self.optimizer = build_optimizer(model, settings, self.args, nc)

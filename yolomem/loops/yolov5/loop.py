@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from yolomem.config.models import ResolvedModel
-from yolomem.loops.base import TracedRun
+from yolomem.loops.base import TracedRun, max_stride
 
 
 class Yolov5Loop:
     name = "yolov5"
     clears_cache_between_epochs = False  # train.py has no _clear_memory
+    carries_loop_variables = True  # imgs, pred, loss, loss_items, mloss: train.py's loop variables
+    traces_whole_val_pass = True  # val.run's preds/train_out and per-image locals carry from batch to batch
 
     def owns(self, spec: str) -> bool:
         from yolomem.loops.yolov5.names import is_original_only
@@ -40,7 +42,7 @@ class Yolov5Loop:
 
         with torch.device("meta"):
             model = build_original(original_of(resolved), nc or resolved.nc)
-        return max(max(model.head.strides), 32)  # Yolov5Run.stride
+        return max_stride(model)
 
     def count_params(self, resolved: ResolvedModel, nc: int | None = None) -> int:
         from yolomem.loops.yolov5.runner import count_params, original_of
@@ -68,12 +70,14 @@ class Yolov5Loop:
         return "GB"  # train.py prints torch.cuda.memory_reserved() / 1E9
 
     def epochs_supported(self, task: str, world_size: int) -> bool:
-        return task == "detect" and world_size == 1
+        return task in {"detect", "segment"} and world_size == 1
 
     def val_batch_size(self, task: str, train_batch: int) -> int:
         return 2 * train_batch  # train.py: val_loader at batch_size // WORLD_SIZE * 2
 
-    def trace_val_pass(self, run, shape, seed: int, nc: int, kpt_shape, channels: int) -> None:
-        from yolomem.loops.yolov5.val_pass import trace_validation
+    def trace_val_pass(self, run, shapes, seed: int, nc: int, kpt_shape, channels: int) -> None:
+        """val.run over the pass's batches, then train.py's checkpoint (``deepcopy(...).half()``)."""
+        from yolomem.loops.yolov5.val_pass import trace_val_pass
 
-        trace_validation(run, shape, seed, channels)
+        trace_val_pass(run, shapes, seed, channels)
+        run.save_checkpoint()

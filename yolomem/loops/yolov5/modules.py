@@ -185,9 +185,11 @@ class Detect(nn.Module):
         self.spec = HeadSpec(nc, anchors_px, tuple(strides), nm)
         # the buffer yolov5 keeps on the GPU: (nl, na, 2) in grid units
         self.register_buffer("anchors", torch.tensor(self.spec.anchors_in_grid_units()))
+        # a plain tensor attribute on the GPU in yolov5 (moved by BaseModel._apply, deep-copied by the EMA)
+        self.stride = torch.tensor([float(s) for s in strides])
         self.m = nn.ModuleList(nn.Conv2d(c, self.no * self.na, 1) for c in ch)
-        # eval mode: cached per level, remade when a level's (ny, nx) changes (rect val batches); yolov5
-        # converts them with the model (DetectionModel._apply), here they are remade on a dtype change
+        # eval mode: cached per level and remade when a level's (ny, nx) changes (rect val batches);
+        # converted with the model by val.py's model.half()/float() (``BaseModel._apply``)
         self.grid = [torch.empty(0) for _ in range(self.nl)]
         self.anchor_grid = [torch.empty(0) for _ in range(self.nl)]
 
@@ -198,11 +200,34 @@ class Detect(nn.Module):
             x[i] = _levels_to_output(self.m[i](x[i]), self.na, self.no)
             if not self.training:
                 ny, nx = x[i].shape[2:4]
-                if tuple(self.grid[i].shape[2:4]) != (ny, nx) or self.grid[i].dtype != self.anchors.dtype:
-                    stride = self.spec.strides[i]  # anchors buffer in grid units, as yolov5's
-                    self.grid[i], self.anchor_grid[i] = make_grid(self.anchors[i] * stride, ny, nx)
-                z.append(decode_level(x[i], self.grid[i], self.anchor_grid[i], self.spec.strides[i], self.nc))
+                if self.grid[i].shape[2:4] != x[i].shape[2:4]:
+                    self.grid[i], self.anchor_grid[i] = self._make_grid(nx, ny, i)
+                # yolov5 Detect.forward, inline: its locals (xy, wh, conf, y) live until the next level
+                # reassigns them, which is when Python frees them
+                bs = x[i].shape[0]
+                if self.nm:  # Segment: sigmoid on the boxes and scores only
+                    xy, wh, conf, mask = x[i].split((2, 2, self.nc + 1, self.no - self.nc - 5), 4)
+                    xy = (xy.sigmoid() * 2 + self.grid[i]) * self.stride[i]
+                    wh = (wh.sigmoid() * 2) ** 2 * self.anchor_grid[i]
+                    y = torch.cat((xy, wh, conf.sigmoid(), mask), 4)
+                else:
+                    xy, wh, conf = x[i].sigmoid().split((2, 2, self.nc + 1), 4)
+                    xy = (xy * 2 + self.grid[i]) * self.stride[i]
+                    wh = (wh * 2) ** 2 * self.anchor_grid[i]
+                    y = torch.cat((xy, wh, conf), 4)
+                z.append(y.view(bs, self.na * nx * ny, self.no))  # (B, na * ny * nx, no)
         return x if self.training else (torch.cat(z, 1), x)
+
+    def _make_grid(self, nx: int, ny: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """yolov5 ``Detect._make_grid``: cell corners (1, na, ny, nx, 2), materialised by ``- 0.5``, and
+        the anchors in pixels expanded to the same shape (a view of an (na, 2) product)."""
+        d, t = self.anchors[i].device, self.anchors[i].dtype
+        shape = 1, self.na, ny, nx, 2
+        y, x = torch.arange(ny, device=d, dtype=t), torch.arange(nx, device=d, dtype=t)
+        yv, xv = torch.meshgrid(y, x, indexing="ij")
+        grid = torch.stack((xv, yv), 2).expand(shape) - 0.5
+        anchor_grid = (self.anchors[i] * self.stride[i]).view((1, self.na, 1, 1, 2)).expand(shape)
+        return grid, anchor_grid
 
 
 class Segment(Detect):
@@ -240,18 +265,37 @@ class LayerModel(nn.Module):
     def nc(self) -> int:
         return self.head.nc
 
+    def _head_layer(self):
+        layer = self.model[self.outputs[0]]
+        return layer if isinstance(layer, Detect) else None
+
+    def head_anchors(self) -> torch.Tensor | None:
+        """yolov5's ``Detect.anchors`` buffer (nl, na, 2), grid units; None for darknet cfgs."""
+        head = self._head_layer()
+        return None if head is None else head.anchors
+
+    def loss_anchors(self) -> torch.Tensor:
+        """The anchors ``ComputeLoss`` reads: the Detect buffer itself (yolov5), else a tensor of its own."""
+        anchors = self.head_anchors()
+        return anchors if anchors is not None else torch.tensor(self.head.anchors_in_grid_units())
+
+    def device_tensors(self) -> list[torch.Tensor]:
+        """GPU tensors that are neither parameters nor buffers: yolov5's ``Detect.stride``."""
+        head = self._head_layer()
+        return [] if head is None else [head.stride]
+
     def forward(self, x: torch.Tensor):
-        saved: dict[int, torch.Tensor] = {}
-        keep = set(self.save)
+        # yolov5's BaseModel._forward_once: a list of the saved outputs (None for the others), which
+        # Python frees last layer first when the forward returns
+        y: list[torch.Tensor | None] = []
         for layer in self.model:
             if layer.f != -1:
-                x = saved[layer.f] if isinstance(layer.f, int) else [x if j == -1 else saved[j] for j in layer.f]
+                x = y[layer.f] if isinstance(layer.f, int) else [x if j == -1 else y[j] for j in layer.f]
             x = layer(x)
-            if layer.i in keep:
-                saved[layer.i] = x
+            y.append(x if layer.i in self.save else None)
         if not self.collect:
-            return saved[self.outputs[0]]  # the Detect/Segment layer's own output
-        levels = [saved[i] for i in self.outputs]  # darknet: one output per [yolo] layer
+            return y[self.outputs[0]]  # the Detect/Segment layer's own output (the last layer)
+        levels = [y[i] for i in self.outputs]  # darknet: one output per [yolo] layer
         if self.training:
             return levels
         z = []  # decoded as yolov5's Detect would (grids remade per call: kilobytes)
@@ -259,6 +303,51 @@ class LayerModel(nn.Module):
             grid, anchor_grid = make_grid(xi.new_tensor(self.head.anchors_px[i]), *xi.shape[2:4])
             z.append(decode_level(xi, grid, anchor_grid, self.head.strides[i], self.head.nc))
         return torch.cat(z, 1), levels
+
+
+class Classify(nn.Module):
+    """yolov5's classification head (models/common.py): (B, c1, h, w) -> (B, c2)."""
+
+    CHANNELS = 1280  # c_: EfficientNet-B0's width, as in the repo
+
+    def __init__(self, c1: int, c2: int, dropout_p: float = 0.0):
+        super().__init__()
+        self.conv = Conv(c1, self.CHANNELS, 1, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(p=dropout_p, inplace=True)
+        self.linear = nn.Linear(self.CHANNELS, c2)
+
+    def forward(self, x):
+        if isinstance(x, list):
+            x = torch.cat(x, 1)
+        return self.linear(self.drop(self.pool(self.conv(x)).flatten(1)))
+
+
+class ClassifierModel(nn.Module):
+    """yolov5's ``ClassificationModel(model=DetectionModel(yolov5?.yaml), nc, cutoff=10)``, which the
+    released ``yolov5?-cls.pt`` are: the detection backbone up to ``cutoff`` (layers 0-8 for the v7.0
+    YAMLs) and ``Classify`` in place of layer ``cutoff - 1`` (SPPF), fed with that layer's input channels."""
+
+    def __init__(self, detection: LayerModel, nc: int = 1000, cutoff: int = 10):
+        super().__init__()
+        layers = list(detection.model[:cutoff])
+        last = layers[-1]
+        ch = last.conv.in_channels if hasattr(last, "conv") else last.cv1.conv.in_channels
+        head = Classify(ch, nc)
+        head.i, head.f = last.i, last.f
+        self.model = nn.Sequential(*layers[:-1], head)
+        self.stride = detection.stride
+        self.save: list[int] = []
+        self.nc = nc
+        self.name = detection.name
+
+    def device_tensors(self) -> list[torch.Tensor]:
+        return []  # no Detect head: nothing besides parameters and buffers on the GPU
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.model:  # _forward_once with an empty save list: each layer reads the last
+            x = layer(x)
+        return x
 
 
 # -- yolov5 YAML ------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Original designs (trained by the yolov5 repo's loop, ``framework=yolov5``):
 ``yolov3-tiny``, ``yolov3``, ``yolov4-tiny``, ``yolov4`` (darknet cfgs), ``yolov5n/s/m/l/x`` and
-``yolov5n/s/m/l/x-seg`` (v7.0 YAMLs), and any darknet ``.cfg`` file.
+``yolov5n/s/m/l/x-seg`` (v7.0 YAMLs), the classifiers ``yolov5n/s/m/l/x-cls`` (classify/train.py; cut
+from the detection YAML, ``ClassifierModel``), and any darknet ``.cfg`` file.
 
 Ultralytics' names stay Ultralytics': ``yolov5su.yaml`` is the anchor-free YOLOv5u, and
 ``yolov3.yaml``/``yolov3-tiny.yaml`` are YOLOv3u unless ``framework=yolov5`` is asked for. Names that
@@ -20,7 +21,8 @@ from yolomem.errors import UserError, unknown
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 _DARKNET = ("yolov3-tiny", "yolov3", "yolov4-tiny", "yolov4")
-_V5 = re.compile(r"^yolov5([nsmlx])(-seg)?$")
+_V5 = re.compile(r"^yolov5([nsmlx])(-seg|-cls)?$")
+_V5_TASKS = {None: "detect", "-seg": "segment", "-cls": "classify"}
 FAMILY = {"yolov3-tiny": "YOLOv3", "yolov3": "YOLOv3", "yolov4-tiny": "YOLOv4", "yolov4": "YOLOv4"}
 
 
@@ -40,7 +42,7 @@ class OriginalModel:
 
 
 def original_names() -> tuple[str, ...]:
-    v5 = [f"yolov5{s}{t}" for t in ("", "-seg") for s in "nsmlx"]
+    v5 = [f"yolov5{s}{t}" for t in ("", "-seg", "-cls") for s in "nsmlx"]
     return (*_DARKNET, *v5)
 
 
@@ -80,9 +82,10 @@ def find_original(spec: str) -> OriginalModel:
         return OriginalModel(name, "darknet", str(CONFIGS / "darknet" / f"{name}.cfg"))
     match = _V5.match(name)
     if match:
-        seg = bool(match.group(2))
-        file = CONFIGS / "yolov5" / ("yolov5-seg.yaml" if seg else "yolov5.yaml")
-        return OriginalModel(name, "yolov5-yaml", str(file), match.group(1), "segment" if seg else "detect")
+        task = _V5_TASKS[match.group(2)]
+        # the classifiers are cut from the detection YAML (ClassifierModel)
+        file = CONFIGS / "yolov5" / ("yolov5-seg.yaml" if task == "segment" else "yolov5.yaml")
+        return OriginalModel(name, "yolov5-yaml", str(file), match.group(1), task)
     raise unknown("model for framework=yolov5", spec, original_names())
 
 
@@ -101,7 +104,10 @@ def resolve_original(spec: str, framework: str = "ultralytics"):
     note = ""
     if framework != "yolov5":
         note = f"{spec} is an original anchor-based design, trained with the yolov5 repo's loop (framework=yolov5)"
-        if original.name.startswith("yolov5"):
+        if original.task == "classify":
+            note = (f"{spec} is the yolov5 repo's classifier (classify/train.py), trained with the yolov5 repo's "
+                    "loop (framework=yolov5)")
+        elif original.name.startswith("yolov5"):
             seg = "-seg" if original.task == "segment" else ""
             note += f"; Ultralytics' anchor-free YOLOv5u is yolov5{original.scale}u{seg}.yaml"
     return ResolvedModel(original.name, original.kind, original.task, {"original": asdict(original)}, None, note,

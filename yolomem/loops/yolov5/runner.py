@@ -10,12 +10,16 @@ from yolomem.loops.batches import SyntheticBatch
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.config.models import ResolvedModel
-from yolomem.loops.base import TracedRun, rank_batch, round_imgsz, tracing
+from yolomem.loops.base import TracedRun, max_stride, rank_batch, round_imgsz, tracing
 from yolomem.trace.tracer import module_scopes
-from yolomem.loops.yolov5.modules import LayerModel, build_yolov5, initialize_weights
+from yolomem.loops.yolov5.modules import ClassifierModel, LayerModel, build_yolov5, initialize_weights
 from yolomem.loops.yolov5.names import OriginalModel
+from yolomem.loops.yolov5.classify import OPTIMIZER as CLASSIFY_OPTIMIZER
+from yolomem.loops.yolov5.classify import PRECISION as CLASSIFY_PRECISION
+from yolomem.loops.yolov5.classify import ClassifyRun, ClassifySettings
 from yolomem.loops.yolov5.step import OPTIMIZERS, Yolov5Run, Yolov5Settings
 
+IMAGENET_CLASSES = 1000  # the released yolov5?-cls.pt; classify/train.py reshapes the head to the dataset's
 _OPTIMIZER_NAMES = {"auto": "SGD", "SGD": "SGD", "Adam": "Adam", "AdamW": "AdamW", "RMSprop": "RMSProp"}
 
 
@@ -34,7 +38,10 @@ def build_original(original: OriginalModel, nc: int | None = None) -> LayerModel
 
         with open(original.path) as handle:
             cfg = yaml.safe_load(handle)
-        model = build_yolov5(cfg, nc, original.scale)
+        if original.task == "classify":  # classify/train.py: ClassificationModel(DetectionModel, nc, cutoff=10)
+            model = ClassifierModel(build_yolov5(cfg, None, original.scale), nc or IMAGENET_CLASSES)
+        else:
+            model = build_yolov5(cfg, nc, original.scale)
         model.name = original.name
     initialize_weights(model)
     return model
@@ -60,14 +67,20 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
     ``after_iterations(run)`` gets the ``Yolov5Run`` (model, loss, EMA) to trace more with the same
     tracer, e.g. the validation pass."""
     original = original_of(resolved)
+    classify = original.task == "classify"
     if config.optimizer not in _OPTIMIZER_NAMES:
-        raise UserError(f"optimizer={config.optimizer} is not one of the yolov5 loop's {list(OPTIMIZERS)} (or auto = SGD)")
+        raise UserError(f"optimizer={config.optimizer} is not one of the yolov5 loop's {list(OPTIMIZERS)} "
+                        f"(or auto = {'Adam' if classify else 'SGD'})")  # fmt: skip
     optimizer = _OPTIMIZER_NAMES[config.optimizer]
     notes = []
-    if after_iterations is None:  # with it, yolomem.result.epochs traces val.py too
+    if classify:
+        notes += _classify_notes(config)
+        optimizer = CLASSIFY_OPTIMIZER if config.optimizer == "auto" else optimizer
+        config = config.with_changes(amp=CLASSIFY_PRECISION)  # autocast(enabled=cuda) whatever amp= says
+    elif after_iterations is None:  # with it, yolomem.result.epochs traces val.py too
         notes.append("validation (val.py at 2x batch, half precision) runs after each epoch; not part of these training iterations")
     notes += darknet_notes(original, config)
-    if config.optimizer == "auto":
+    if config.optimizer == "auto" and not classify:
         notes.append("optimizer=auto: the yolov5 loop's default, SGD (momentum 0.937, nesterov)")
     # with epochs simulated, data= gives the objects per image (yolomem.result.epochs)
     data = config.data if after_iterations is None else None
@@ -81,16 +94,22 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
     nc = config.nc or resolved.nc
     with tracing(config, fake=fake, oracle=oracle) as (tracer, policy):
         model = build_original(original, nc)
-        stride = max(max(model.head.strides), 32)  # Yolov5Run.stride
-        imgsz = round_imgsz(config.imgsz, stride)
+        stride = max_stride(model)
+        imgsz = config.imgsz if classify else round_imgsz(config.imgsz, stride)  # classify/train.py: as given
         if imgsz != config.imgsz:
             notes.append(f"imgsz={config.imgsz} is not a multiple of stride {stride}; rounded up to {imgsz} as train.py does")
-        settings = Yolov5Settings(per_rank, imgsz, config.amp, optimizer, config.nbs, config.freeze, config.step)
-        run = Yolov5Run(model, settings, tracer, policy)
+        if classify:
+            run = ClassifyRun(model, ClassifySettings(per_rank, imgsz, optimizer, step=config.step), tracer, policy)
+        else:
+            settings = Yolov5Settings(per_rank, imgsz, config.amp, optimizer, config.nbs, config.freeze, config.step,
+                                      original.task)  # fmt: skip
+            run = Yolov5Run(model, settings, tracer, policy)
         params = sum(p.numel() for p in model.parameters())
         tracer.forget()  # built on the host; the GPU sees the finished tensors
         for category, tensors in run.persistent_tensors().items():
             tracer.track_existing(tensors, category)
+        if not classify:
+            run.finish_setup()
         del tensors  # the loop variable would keep the EMA's fp32 tensors alive through val.py's model.half()
         with module_scopes(model, tracer):
             for iteration in range(config.iterations):
@@ -103,6 +122,21 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
         tracer.detach_finalizers()
     failures = tuple(sorted(policy.probe_failures)) if policy else ()
     return TracedRun(trace, params, imgsz, optimizer if config.step == "train" else "none", tuple(notes), failures)
+
+
+def _classify_notes(config: EstimateConfig) -> list[str]:
+    """What classify/train.py fixes, next to what was asked."""
+    notes = ["validation (classify/val.py at 2x batch) runs inside the last iteration of each epoch; not part "
+             "of these training iterations"]
+    if config.amp != CLASSIFY_PRECISION:
+        notes.append(f"amp={config.amp}: classify/train.py trains with AMP whenever CUDA is there "
+                     "(autocast(enabled=cuda)); estimated with fp16")
+    if config.optimizer == "auto":
+        notes.append(f"optimizer=auto: classify/train.py's default, {CLASSIFY_OPTIMIZER} (lr0 0.001, decay 5e-5)")
+    for key, value in (("nbs", config.nbs != 64 and config.nbs), ("freeze", config.freeze)):
+        if value:
+            notes.append(f"{key}={value}: classify/train.py has no such option; ignored")
+    return notes
 
 
 def count_params(original: OriginalModel, nc: int | None = None) -> int:

@@ -1,11 +1,18 @@
-"""One training iteration of the yolov5 repo's ``train.py`` (v7.0; ultralytics/yolov3 v9.x is the same
-loop), run under a ``Tracer``.
+"""One training iteration of the yolov5 repo's ``train.py`` (v7.0; ``segment/train.py`` for
+segmentation; ultralytics/yolov3 v9.x is the same loop), run under a ``Tracer``.
 
-Per iteration: ``imgs.to(device).float() / 255``; forward and ``compute_loss`` inside
-``torch.cuda.amp.autocast(amp)``; ``scaler.scale(loss).backward()``; every ``accumulate`` iterations
-``scaler.unscale_``, ``clip_grad_norm_(max_norm=10)``, ``scaler.step``, ``scaler.update``,
-``optimizer.zero_grad()`` and the EMA update. ``accumulate`` ramps from 1 to ``nbs / batch`` over the
-warm-up (at least 100 iterations), as train.py does with ``np.interp``.
+Per iteration, as train.py's statements: ``imgs = imgs.to(device).float() / 255`` (the uint8 copy dies
+at ``.float()``); forward, then ``compute_loss(pred, targets.to(device)[, masks=masks.to(device).float()])``
+inside ``torch.cuda.amp.autocast(amp)``; ``scaler.scale(loss).backward()``; every ``accumulate``
+iterations ``scaler.unscale_``, ``clip_grad_norm_(max_norm=10)``, ``scaler.step``, ``scaler.update``,
+``optimizer.zero_grad()`` and the EMA update; ``mloss = (mloss * i + loss_items) / (i + 1)``.
+``accumulate`` ramps from 1 to ``nbs / batch`` over the warm-up (at least 100 iterations), as train.py
+does with ``np.interp``.
+
+Loop variables outlive their iteration, as in train.py: the GPU ``imgs`` until the next batch is
+fetched (through backward, optimizer and EMA), ``pred`` until the next forward returns, ``loss`` and
+``loss_items`` until the next loss returns, and all of them through validation (``Yolov5Run.held``).
+``tests/test_yolov5_matches_repo.py`` checks all of this against the repo's own code, event by event.
 
 The optimizer is ``smart_optimizer``'s: three parameter groups (biases; weights with decay; BN weights
 without), SGD with ``momentum=0.937, nesterov=True`` by default, Adam/AdamW (betas from the momentum)
@@ -13,8 +20,8 @@ when asked. On a GPU torch picks the foreach kernels for them; we pick the same 
 CPU tensors. The grad scaler is enabled for fp16 as on a GPU (``GradScaler('cuda')`` would disable
 itself here).
 
-Not here: the validation pass at twice the batch in half precision (val.py), which runs at the end of
-each epoch: ``yolomem.loops.yolov5.val_pass``, driven by ``yolomem.result.epochs``.
+Not here: the validation pass at twice the batch (val.py), which runs at the end of each epoch:
+``yolomem.loops.yolov5.val_pass``, driven by ``yolomem.result.epochs``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from yolomem.loops.base import amp_dtype, check_trainable, max_stride
 from yolomem.trace.autocast import CudaAutocastPolicy
 from yolomem.loops.batches import SyntheticBatch
 from yolomem.trace.tracer import Tracer
@@ -33,7 +41,6 @@ from yolomem.loops.ultralytics.step import _CloneOnDeepcopy, autocast_region, pe
 from yolomem.loops.yolov5.loss import AnchorLoss, LossHyp
 from yolomem.loops.yolov5.modules import LayerModel
 
-_AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 LR0, MOMENTUM, WEIGHT_DECAY = 0.01, 0.937, 0.0005  # hyp.scratch-low.yaml
 WARMUP_EPOCHS, WARMUP_MIN_ITERATIONS = 3.0, 100  # train.py: nw = max(round(warmup_epochs * nb), 100)
 CLIP_MAX_NORM = 10.0
@@ -50,6 +57,7 @@ class Yolov5Settings:
     nbs: int = 64
     freeze: tuple[int, ...] = ()
     step: str = "train"  # "train" | "fwd_bwd"
+    task: str = "detect"  # "detect" | "segment"
 
 
 def accumulate_at(iteration: int, batch: int, nbs: int) -> int:
@@ -121,12 +129,13 @@ class Yolov5Run:
 
     def __init__(self, model: LayerModel, settings: Yolov5Settings, tracer: Tracer, policy: CudaAutocastPolicy | None):
         self.model, self.settings, self.tracer, self.policy = model, settings, tracer, policy
-        self.stride = max(max(model.head.strides), 32)  # train.py: gs = max(int(model.stride.max()), 32)
+        self.stride = max_stride(model)  # train.py: gs = max(int(model.stride.max()), 32)
         freeze_layers(model, settings.freeze)
-        self.amp_dtype = _AMP_DTYPES.get(settings.precision)
+        check_trainable(model, settings.freeze)
+        self.amp_dtype = amp_dtype(settings.precision)
         self.scaler = torch.amp.GradScaler("cpu", enabled=settings.precision == "fp16")  # GPU: enabled=amp
         head = model.head
-        self.loss = AnchorLoss(head, LossHyp().scaled(head.nl, head.nc, settings.imgsz))
+        self.loss = AnchorLoss(head, LossHyp().scaled(head.nl, head.nc, settings.imgsz), model.loss_anchors())
         if settings.step == "train":
             accumulate = max(round(settings.nbs / settings.batch), 1)
             decay = WEIGHT_DECAY * settings.batch * accumulate / settings.nbs
@@ -136,39 +145,74 @@ class Yolov5Run:
         else:
             self.optimizer = self.ema = None
         self._last_opt_step = -1
+        # train.py's loop variables that outlive their iteration: the GPU images (until the next
+        # batch is fetched), ``pred`` (until the next forward returns), ``loss`` and ``loss_items``
+        # (until the next loss returns); all of them stay alive through validation
+        self.held: dict[str, object] = {}
+        self.mloss: torch.Tensor | None = None
 
     def persistent_tensors(self) -> dict[str, list[torch.Tensor]]:
-        return persistent_tensors(self.model, self.ema, extra=(self.loss.anchors,))
+        """What train.py has on the GPU once the model is there and the EMA made (Model(...).to(device),
+        ModelEMA's deep copy); ``finish_setup`` traces the rest."""
+        extra = self.model.device_tensors()
+        if self.loss.anchors is not self.model.head_anchors():
+            extra.append(self.loss.anchors)
+        tensors = persistent_tensors(self.model, self.ema, extra=tuple(extra))
+        if self.ema is not None:
+            tensors["ema"] += self.ema.ema.device_tensors()
+        return tensors
+
+    def finish_setup(self) -> None:
+        """train.py after the EMA, before the first batch: ``model.half().float()`` ("pre-reduce anchor
+        precision": every tensor copied to fp16 and back, each old storage freed), ``model.class_weights
+        = labels_to_class_weights(...).to(device) * nc``, then ``ComputeLoss(model)`` puts its two BCE
+        ``pos_weight`` tensors on the GPU."""
+        from yolomem.loops.yolov5.val_pass import convert_floats
+
+        with self.tracer.phase("setup"):
+            convert_floats(self.model, torch.float16)
+            convert_floats(self.model, torch.float32)
+            self.class_weights = to_device(torch.ones(self.model.nc)) * self.model.nc  # (nc,)
+            self.tracer.track_existing([self.class_weights], "parameter")
+            self.tracer.track_existing(self.loss.device_tensors(), "parameter")
 
     def _autocast(self):
         return autocast_region(self.policy, self.amp_dtype)
 
-    def train_iteration(self, iteration: int, batch: SyntheticBatch) -> None:
-        tracer = self.tracer
-        tracer.start_iteration(iteration)
+    def start_epoch(self) -> None:
+        """train.py before an epoch's batch loop: ``model.train()``, ``mloss = torch.zeros(3)``,
+        ``optimizer.zero_grad()``."""
         self.model.train()
-        if iteration == 0 and self.optimizer is not None:
-            self.optimizer.zero_grad()  # train.py zeroes once before the epoch's loop
+        with self.tracer.phase("log"):
+            self.mloss = torch.zeros(4 if self.model.head.nm else 3)  # segment/train.py: box, seg, obj, cls
+        if self.optimizer is not None:
+            self.optimizer.zero_grad()
+
+    def train_iteration(self, iteration: int, batch: SyntheticBatch, index: int | None = None) -> None:
+        """One pass of train.py's batch loop; ``index``: the batch's index in its epoch (``i``)."""
+        tracer, held = self.tracer, self.held
+        index = iteration if index is None else index
+        if index == 0:
+            self.start_epoch()
+        tracer.start_iteration(iteration)
+        host_imgs, host_targets, host_masks = host_batch(batch)
+        held.pop("imgs", None)  # ``for i, (imgs, targets, ...) in pbar`` rebinds imgs to the host batch
         with tracer.phase("preprocess"):
-            data = batch.as_dict()
-            tracer.track_existing(data.values(), "input")
-            imgs = data["img"].float() / 255  # (B, 3, H, W) uint8 -> float32 on the GPU
-            targets = torch.cat((data["batch_idx"][:, None], data["cls"], data["bboxes"]), 1)  # (nt, 6)
-            masks = data["masks"].float() if "masks" in data else None
+            held["imgs"] = to_device(host_imgs).float() / 255  # (B, 3, H, W) uint8 -> float32
         with self._autocast():
             with tracer.phase("forward"):
-                pred = self.model(imgs)
-            del imgs
+                held["pred"] = self.model(held["imgs"])
             with tracer.phase("loss"):
-                loss, _items = self.loss(pred, targets, masks)
-            del pred
+                if host_masks is None:
+                    held["loss"], held["loss_items"] = self.loss(held["pred"], to_device(host_targets))
+                else:
+                    held["loss"], held["loss_items"] = self.loss(held["pred"], to_device(host_targets),
+                                                                 masks=to_device(host_masks).float())  # fmt: skip
         with tracer.phase("backward"):
-            self.scaler.scale(loss).backward()
-        del loss, _items, data, masks
+            self.scaler.scale(held["loss"]).backward()
         tracer.label([p.grad for p in self.model.parameters() if p.grad is not None], "gradient")
-        if self.optimizer is None:
-            return
-        if iteration - self._last_opt_step >= accumulate_at(iteration, self.settings.batch, self.settings.nbs):
+        if self.optimizer is not None and \
+                iteration - self._last_opt_step >= accumulate_at(iteration, self.settings.batch, self.settings.nbs):
             with tracer.phase("optimizer"):
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=CLIP_MAX_NORM)
@@ -180,3 +224,40 @@ class Yolov5Run:
             self._last_opt_step = iteration
             states = [t for s in self.optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
             tracer.label(states, "optimizer_state")
+        with tracer.phase("log"):
+            self.mloss = (self.mloss * index + held["loss_items"]) / (index + 1)  # (3,) or (4,) running means
+
+
+    def save_checkpoint(self) -> None:
+        """train.py after validation: ``ckpt = {'model': deepcopy(de_parallel(model)).half(), 'ema':
+        deepcopy(ema.ema).half(), ...}``, saved, then ``del ckpt``. Each deep copy is an fp32 device
+        copy that ``.half()`` replaces tensor by tensor."""
+        from yolomem.loops.yolov5.val_pass import convert_floats
+
+        if self.ema is None:
+            return
+        with self.tracer.phase("checkpoint"):
+            ckpt = {}
+            for key, module in (("model", self.model), ("ema", self.ema.ema)):
+                with _CloneOnDeepcopy():
+                    copied = copy.deepcopy(module)
+                convert_floats(copied, torch.float16)
+                ckpt[key] = copied
+                del copied
+            del ckpt
+
+
+def host_batch(batch: SyntheticBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """What yolov5's dataloader yields, on the host (not traced): uint8 images (B, 3, H, W), targets
+    (nt, 6) = image, class, x, y, w, h, and for segmentation the overlap masks (B, H/4, W/4)."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes():
+        data = batch.as_dict()
+        targets = torch.cat((data["batch_idx"][:, None], data["cls"], data["bboxes"]), 1)
+    return data["img"], targets, data.get("masks")
+
+
+def to_device(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor.to(device)`` of a host tensor: a new GPU tensor (here, a traced copy)."""
+    return tensor.clone()

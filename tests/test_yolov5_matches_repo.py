@@ -1,0 +1,153 @@
+"""The fake trace of our yolov5 loop allocates what the yolov5 repo's own code allocates.
+
+Outside truth: the ``yolov5`` package (PyPI, 7.0.x, the yolov5 repo packaged) run for real on CPU
+tensors under the same ``Tracer`` (``tests/yolov5_reference.py``): train.py's loop body with the repo's
+``Model``, ``ComputeLoss``, ``smart_optimizer``, ``ModelEMA``, ``GradScaler``, then ``val.run`` at twice
+the batch as train.py calls it after an epoch. Ours: ``trace_yolov5_run`` on fake tensors, then
+``trace_val_pass``. Compared event by event: every allocation and free, its size, their order, and the
+peak of live bytes; per-image metric bookkeeping (val.py's matching, data-dependent) only by its
+allocations of 4 KiB and more. fp32: CUDA autocast cannot run on a CPU.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from yolov5_reference import yolov5_or_reason
+
+yolov5, REASON = yolov5_or_reason()
+pytestmark = pytest.mark.skipif(yolov5 is None, reason=REASON)
+
+NC, BATCH, IMGSZ, ITERATIONS, INSTANCES, SEED, VAL_SEED = 80, 2, 64, 2, 3.0, 0, 100
+METRICS = "val_metrics"
+BIG = 4096  # bytes: val.py's per-image matching allocates below this; masks and concatenations above
+
+
+def _val_shapes():
+    from yolomem.loops.val_pass import ValBatchShape
+
+    # 2 x batch, rect: 64 -> ceil(64 / 32 + 0.5) * 32 = 96 square, and a landscape batch
+    return [ValBatchShape(2 * BATCH, 96, 96, (3, 1, 2, 0)), ValBatchShape(2 * BATCH, 64, 96, (2, 2, 1, 1))]
+
+
+def _ours(model: str):
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.loops import resolve_model, trace_run
+    from yolomem.loops.yolov5.val_pass import trace_val_pass
+
+    config = EstimateConfig(model=model, imgsz=IMGSZ, batch=BATCH, amp="fp32", iterations=ITERATIONS,
+                            instances=INSTANCES, seed=SEED, framework="yolov5", optimizer="SGD")  # fmt: skip
+
+    def validate(run) -> None:
+        run.tracer.start_iteration(ITERATIONS)
+        trace_val_pass(run, _val_shapes(), VAL_SEED, candidates=None)  # every (anchor, class) passes, as below
+
+    return trace_run(config, resolve_model(model, "yolov5"), fake=True, after_iterations=validate).trace
+
+
+def _repo(yaml_name: str):
+    from yolov5_reference import package_trace
+
+    path = Path(yolov5.__file__).parent / "models" / yaml_name
+    return package_trace(path, nc=NC, batch=BATCH, imgsz=IMGSZ, iterations=ITERATIONS, instances=INSTANCES,
+                         seed=SEED, val_shapes=_val_shapes(), val_seed=VAL_SEED)  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=[("yolov5n", "yolov5n.yaml"), ("yolov5n-seg", "segment/yolov5n-seg.yaml")],
+                ids=["detect", "segment"])  # fmt: skip
+def traces(request):
+    warnings.filterwarnings("ignore")
+    ours, yaml_name = request.param
+    return _ours(ours), _repo(yaml_name)
+
+
+def _stream(trace, *, metrics: bool = False) -> list[tuple[str, int]]:
+    """(op, bytes) in order; zero-byte storages are no GPU allocation (the allocator returns null),
+    "host" storages are the harness's copies to the host."""
+    return [(e.op, e.nbytes) for e in trace.events
+            if e.nbytes and e.category != "host" and (e.phase == METRICS) == metrics]  # fmt: skip
+
+
+def _peak(events: list[tuple[str, int]]) -> int:
+    live = peak = 0
+    for op, nbytes in events:
+        live += nbytes if op == "alloc" else -nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def _training(trace) -> list[tuple[str, int]]:
+    end = trace.iteration_bounds[ITERATIONS]
+    return [(e.op, e.nbytes) for e in trace.events[:end] if e.nbytes]
+
+
+def test_training_iterations_allocate_as_train_py(traces):
+    ours, repo = traces
+    assert len(_training(repo)) > 5000  # setup and two whole iterations, not a stub
+    assert _training(ours) == _training(repo)
+    assert _peak(_training(ours)) == _peak(_training(repo))
+
+
+def test_training_phases_and_categories_match(traces):
+    ours, repo = traces
+    end = ours.iteration_bounds[ITERATIONS]
+    key = lambda e: (e.op, e.nbytes, e.phase, e.category)  # noqa: E731
+    assert [key(e) for e in ours.events[:end] if e.nbytes] == [key(e) for e in repo.events[:end] if e.nbytes]
+    phases = {e.phase for e in repo.events[:end]}
+    assert {"setup", "preprocess", "forward", "loss", "backward", "optimizer", "ema", "log"} <= phases
+
+
+def test_val_pass_allocates_as_val_py(traces):
+    ours, repo = traces
+    stream_ours, stream_repo = _stream(ours), _stream(repo)
+    assert len(stream_repo) - len(_training(repo)) > 1000  # two validation batches were traced
+    assert stream_ours == stream_repo
+    assert _peak(stream_ours) == _peak(stream_repo)
+
+
+def test_val_metrics_allocate_the_same_large_tensors(traces):
+    ours, repo = traces
+    big = lambda t: [(op, n) for op, n in _stream(t, metrics=True) if op == "alloc" and n >= BIG]  # noqa: E731
+    assert len(big(repo)) >= 10  # per-image masks or concatenations
+    assert big(ours) == big(repo)
+
+
+def _ours_classify(model: str, imgsz: int):
+    """ClassifyRun as the runner sets it up, at fp32 (the repo's autocast is CUDA-only)."""
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.loops import resolve_model
+    from yolomem.loops.base import tracing
+    from yolomem.loops.batches import SyntheticBatch
+    from yolomem.loops.yolov5.classify import ClassifyRun, ClassifySettings
+    from yolomem.loops.yolov5.runner import build_original, original_of
+
+    config = EstimateConfig(model=model, imgsz=imgsz, batch=BATCH, amp="fp32", framework="yolov5")
+    with tracing(config, fake=True, oracle=None) as (tracer, policy):
+        net = build_original(original_of(resolve_model(model, "yolov5")), NC)
+        run = ClassifyRun(net, ClassifySettings(BATCH, imgsz, "Adam", precision="fp32"), tracer, policy)
+        tracer.forget()
+        for category, tensors in run.persistent_tensors().items():
+            tracer.track_existing(tensors, category)
+        del tensors
+        for iteration in range(ITERATIONS):
+            run.train_iteration(iteration, SyntheticBatch.draw("classify", BATCH, imgsz, 0.0, seed=SEED + iteration, nc=NC))
+        trace = tracer.result()
+        tracer.detach_finalizers()
+    return trace
+
+
+def test_classifier_iterations_allocate_as_classify_train_py():
+    """yolov5n-cls: ClassificationModel(DetectionModel(yolov5n.yaml), nc, cutoff=10), Adam, EMA, label smoothing."""
+    from yolov5_reference import package_classify_trace
+
+    warnings.filterwarnings("ignore")
+    path = Path(yolov5.__file__).parent / "models" / "yolov5n.yaml"
+    repo = package_classify_trace(path, nc=NC, batch=BATCH, imgsz=IMGSZ, iterations=ITERATIONS, seed=SEED)
+    ours = _ours_classify("yolov5n-cls", IMGSZ)
+    stream = lambda t: [(e.op, e.nbytes) for e in t.events if e.nbytes]  # noqa: E731
+    assert len(stream(repo)) > 1000
+    assert stream(ours) == stream(repo)
+    assert _peak(stream(ours)) == _peak(stream(repo))

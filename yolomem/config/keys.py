@@ -1,0 +1,388 @@
+"""The ``key=value`` words every command takes: typed keys, one table per command, and the one parser.
+
+A ``Key`` says what a word means: its type, its default, its help and which values are valid.
+``parse_words`` turns a command's words into typed values with the command's ``KeyTable``; the same
+keys check ``EstimateConfig``'s fields (``yolomem.config.settings``), so the command line, the Python
+API and a results file accept and refuse the same values, with the same one-line messages.
+
+No torch or Ultralytics import here: ``yolomem --help`` and ``yolomem COMMAND --help`` build the tables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+
+from yolomem.errors import UserError, nearest
+
+# the types a key can have, as --help shows them
+INT, FLOAT, BOOL, TEXT, CHOICE, INTS, TEXTS, LAYERS = "int", "float", "bool", "text", "choice", "ints", "texts", "layers"
+_NONE_WORDS = {"none", "null"}
+_BOOL_WORDS = {"true": True, "false": False}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One ``key=value`` setting."""
+
+    name: str
+    type: str  # INT | FLOAT | BOOL | TEXT | CHOICE | INTS (comma list) | TEXTS (comma list) | LAYERS (freeze)
+    default: object
+    help: str
+    choices: tuple[str, ...] = ()  # CHOICE: the valid values, matched without case
+    aliases: Mapping[str, object] = field(default_factory=dict)  # other spellings -> value (amp=true -> "fp16")
+    low: float | None = None  # numbers (and each item of a list): the smallest valid value
+    low_open: bool = False  # ``low`` itself is not valid (gpu_mem > 0)
+    high: float | None = None  # the largest valid value
+    high_open: bool = False  # ``high`` itself is not valid (multi_scale < 1)
+    nullable: bool = False  # None (``key=none``) is a value: "not set"
+    bound: str = ""  # why the range is what it is, added to the message for a value outside it
+    max_items: int | None = None  # INTS/TEXTS: the longest list
+    autobatch: bool = False  # Ultralytics' batch: -1 and fractions in (0, 1) ask for AutoBatch
+
+    def but(self, **changes) -> Key:
+        """This key with some of its fields changed (another command's default or help)."""
+        return replace(self, **changes)
+
+    def parse(self, text: str) -> object:
+        """The value of ``key=text`` as typed on the command line."""
+        text = text.strip()
+        lowered = text.lower()
+        if lowered in self.aliases:
+            return self.aliases[lowered]
+        if self.nullable and lowered in _NONE_WORDS:
+            return None
+        if self.type == INT:
+            return self.check(self._int(text))
+        if self.type == FLOAT:
+            return self.check(self._float(text))
+        if self.type == BOOL:
+            if lowered not in _BOOL_WORDS:
+                raise UserError(f"{self.name}={text!r} must be true or false")
+            return _BOOL_WORDS[lowered]
+        if self.type == CHOICE:
+            return self._choice(text)
+        if self.type in (INTS, TEXTS):
+            items = [part.strip() for part in text.strip("[]() ").split(",") if part.strip()]
+            if self.type == INTS:
+                try:
+                    numbers = {int(item) for item in items}
+                except ValueError:
+                    raise UserError(f"{self.name}={text!r} must be whole numbers separated by commas, "
+                                    f"e.g. {self.name}=1,2,4,8") from None  # fmt: skip
+                return self.check(tuple(sorted(numbers)))
+            return self.check(tuple(dict.fromkeys(items)))
+        if self.type == LAYERS:
+            return self.check(_layers(self.name, text))
+        return self.check(text)
+
+    def convert(self, value: object) -> object:
+        """A value from Python or JSON (``amp=True``, ``freeze=[0, 1]``): text is parsed, the rest checked."""
+        if isinstance(value, str):
+            return self.parse(value)
+        if value is not None and str(value).lower() in self.aliases:
+            return self.aliases[str(value).lower()]
+        if self.type == FLOAT and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if self.type in (INTS, TEXTS, LAYERS) and isinstance(value, (list, tuple)):
+            value = tuple(value)
+        elif self.type == LAYERS and isinstance(value, int) and not isinstance(value, bool):
+            value = _layers(self.name, str(value))  # freeze=10, as Ultralytics' Python API takes it
+        return self.check(value)
+
+    def check(self, value: object) -> object:
+        """``value`` if it is valid for this key, else a one-line ``UserError``."""
+        if value is None:
+            if self.nullable:
+                return value
+            raise UserError(f"{self.name} needs a value ({self.type_text()})")
+        if self.type in (INTS, TEXTS, LAYERS):
+            if not isinstance(value, tuple):
+                raise UserError(f"{self.name}={value!r} must be a list ({self.type_text()})")
+            if self.max_items is not None and len(value) > self.max_items:
+                raise UserError(f"{self.name}= lists {len(value)} values; at most {self.max_items}")
+            if self.type == INTS and not value:
+                raise UserError(f"{self.name}= lists no values, e.g. {self.name}=1,2,4")
+            for item in value:
+                if self.type == TEXTS and not isinstance(item, str):
+                    raise UserError(f"{self.name}= lists {item!r}, which is not text")
+                if self.type != TEXTS:
+                    self._check_number(item, whole=True)
+            return value
+        if self.type == INT:
+            return self._check_number(value, whole=True)
+        if self.type == FLOAT:
+            return self._check_number(value, whole=False)
+        if self.type == BOOL and not isinstance(value, bool):
+            raise UserError(f"{self.name}={value!r} must be true or false")
+        if self.type == CHOICE and value not in self.choices and value not in self.aliases.values():
+            return self._choice(str(value))
+        if self.type == TEXT and not isinstance(value, str):
+            raise UserError(f"{self.name}={value!r} must be text")
+        return value
+
+    def type_text(self) -> str:
+        """The type as --help shows it."""
+        if self.type == CHOICE:
+            return "|".join(self.choices)
+        return {INTS: "int,int,...", TEXTS: "a,b,...", LAYERS: "N or [i,j]"}.get(self.type, self.type)
+
+    def default_text(self) -> str:
+        if self.default is None:
+            return "-"
+        if isinstance(self.default, bool):
+            return str(self.default).lower()
+        if isinstance(self.default, tuple):
+            return ",".join(map(str, self.default)) or "-"
+        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+
+    def _int(self, text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            number = float(text)
+        except ValueError:
+            raise UserError(f"{self.name}={text!r} is not a number") from None
+        if self.autobatch and (number == -1 or 0 < number < 1):
+            raise self._autobatch(text)
+        if math.isfinite(number) and number.is_integer():
+            return int(number)
+        raise UserError(f"{self.name}={text} must be a whole number")
+
+    def _autobatch(self, shown: object) -> UserError:
+        # Ultralytics' AutoBatch: batch=-1 (60 % of the card) or a fraction in (0, 1); any other value <= 0 is just wrong
+        return UserError(f"{self.name}={shown} asks for AutoBatch; yolomem needs a fixed batch (yolomem fit finds the largest)")
+
+    def _float(self, text: str) -> float:
+        try:
+            return float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise UserError(f"{self.name}={text!r} is not a number") from None
+
+    def _check_number(self, value: object, whole: bool) -> object:
+        kind = int if whole else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise UserError(f"{self.name}={value!r} must be a {'whole number' if whole else 'number'}")
+        if not math.isfinite(value):
+            raise UserError(f"{self.name}={value} must be a finite number")
+        if self.autobatch and value == -1:
+            raise self._autobatch(value)
+        below = self.low is not None and (value < self.low or (self.low_open and value == self.low))
+        above = self.high is not None and (value > self.high or (self.high_open and value == self.high))
+        if below or above:
+            raise UserError(f"{self.name}={value:g} must be {self._range_text()}" + (f" ({self.bound})" if self.bound else ""))
+        return value
+
+    def _range_text(self) -> str:
+        whole = self.type in (INT, INTS)
+        if whole and self.low == 1 and self.high is None:
+            return "a positive whole number"
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return ("a whole number " if whole else "") + " and ".join(parts)
+
+    def _choice(self, text: str) -> str:
+        by_case = {choice.lower(): choice for choice in self.choices}
+        if text.lower() in by_case:
+            return by_case[text.lower()]
+        valid = [*self.choices, *(a for a in self.aliases if a not in by_case)]
+        close = nearest(text, valid) or [by_case[c] for c in nearest(text.lower(), by_case)]
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise UserError(f"{self.name}={text!r} is not valid; {hint}valid: {', '.join(valid)}")
+
+
+@dataclass(frozen=True)
+class KeyTable:
+    """The keys one command takes, in --help order."""
+
+    keys: tuple[Key, ...]
+
+    def __post_init__(self) -> None:
+        names = [key.name for key in self.keys]
+        if len(names) != len(set(names)):
+            raise ValueError(f"duplicate keys in {names}")
+
+    def __contains__(self, name: object) -> bool:
+        return any(key.name == name for key in self.keys)
+
+    def __getitem__(self, name: str) -> Key:
+        for key in self.keys:
+            if key.name == name:
+                return key
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self.keys)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(key.name for key in self.keys)
+
+    def default(self, name: str) -> object:
+        return self[name].default
+
+    def plus(self, *keys: Key) -> KeyTable:
+        """This table with ``keys`` added; a key of the same name is replaced in place."""
+        new = {key.name: key for key in keys}
+        kept = tuple(new.pop(key.name, key) for key in self.keys)
+        return KeyTable(kept + tuple(new.values()))
+
+    def without(self, *names: str) -> KeyTable:
+        return KeyTable(tuple(key for key in self.keys if key.name not in names))
+
+    def help_text(self, title: str = "keys") -> str:
+        """The table as ``--help`` prints it: each key as ``name=TYPE``, its help and its default."""
+        column = 26
+        lines = [f"{title} (key=value):"]
+        for key in self.keys:
+            head = f"{key.name}={key.type_text()}"
+            default = key.default_text()
+            text = key.help + (f" [default: {default}]" if default != "-" else "")
+            if len(head) > column:
+                lines += [f"  {head}", f"  {'':<{column}}  {text}"]
+            else:
+                lines.append(f"  {head:<{column}}  {text}")
+        return "\n".join(lines)
+
+
+NO_KEYS = KeyTable(())
+
+
+@dataclass(frozen=True)
+class Words:
+    """A command's words, parsed: bare words in order, and typed values of the keys given."""
+
+    positionals: tuple[str, ...]
+    values: dict[str, object]
+    notes: tuple[str, ...] = ()
+    given: tuple[str, ...] = ()  # the keys in the order they were given
+
+
+# words of a pasted ``yolo detect train ...`` line that name the command, not a model
+YOLO_WORDS = frozenset({"yolo", "train", "detect", "segment", "pose", "obb", "classify"})
+
+
+def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], Collection[str]] | None = None,
+                yolo_line: bool = False) -> Words:
+    """Split ``words`` into bare words and ``key=value`` pairs typed by ``table``.
+
+    ``ignored``: gives the keys that are accepted and dropped with a note (Ultralytics' keys that do not
+    change GPU memory); called only for a key not in ``table``, since it imports Ultralytics.
+    ``yolo_line``: skip the ``yolo``/``train``/task words of a pasted Ultralytics line. A key given twice
+    keeps the last value, as Ultralytics does.
+    """
+    positionals: list[str] = []
+    values: dict[str, object] = {}
+    notes: list[str] = []
+    for word in words:
+        key, eq, raw = word.partition("=")
+        key = key.strip()
+        if not eq:
+            if yolo_line and word.lower() in YOLO_WORDS:
+                continue
+            positionals.append(word)
+            continue
+        if not key or raw.strip() == "":
+            example = f"{key}=..." if key in table else "batch=16"
+            raise UserError(f"malformed argument {word!r}; expected key=value, e.g. {example}")
+        if key in table:
+            values.pop(key, None)  # keep the given order of the last occurrence
+            values[key] = table[key].parse(raw)
+        elif ignored is not None and key in ignored():
+            notes.append(f"{key}={raw} does not change GPU memory; ignored")
+        else:
+            raise unknown_key(key, table)
+    return Words(tuple(positionals), values, tuple(notes), tuple(values))
+
+
+class UnknownKey(UserError):
+    """A key the command does not take. The message lists the valid keys; the CLI, which has ``--help``
+    for that, says ``short`` instead and adds which command takes the key."""
+
+    def __init__(self, key: str, valid: Iterable[str]):
+        valid = sorted(valid)
+        close = nearest(key, valid)
+        self.key = key
+        self.short = f"unknown key {key!r}" + (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else "")
+        super().__init__(f"{self.short}; valid: {', '.join(valid)}")
+
+
+def unknown_key(key: str, table: KeyTable) -> UnknownKey:
+    return UnknownKey(key, table.names)
+
+
+def _layers(name: str, text: str) -> tuple[int, ...]:
+    """``freeze=10`` freezes layers 0-9 (Ultralytics); ``freeze=[0,1,2]`` lists them."""
+    body = text.strip().strip("[]() ")
+    try:
+        if text.strip().startswith(("[", "(")):
+            return tuple(int(x) for x in body.split(",") if x.strip())
+        count = int(body or 0)
+    except ValueError:
+        raise UserError(f"{name}={text!r} must be a layer count like 10 or a list like [0,1,2]") from None
+    if count < 0:
+        raise UserError(f"{name}={count} must be >= 0")
+    return tuple(range(count))
+
+
+# --- what ``yolomem estimate`` (and every command that estimates) takes --------------------------------
+
+OPTIMIZERS = ("auto", "SGD", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop", "MuSGD")
+STEPS = ("train", "fwd_bwd")
+FRAMEWORKS = ("ultralytics", "yolov5")  # yolov5: the yolov5 repo's loop (yolomem.loops.yolov5)
+PRECISIONS = {"true": "fp16", "fp16": "fp16", "false": "fp32", "fp32": "fp32", "bf16": "bf16"}
+DEFAULT_INSTANCES = 8.0
+# Far above any real mean (SKU-110K, among the densest, averages ~147 objects per image). Without a bound,
+# instances=1e9 drew 1.6e10 real boxes (23 GB of host memory) and 1e6-1e7 gave figures that fell as it grew.
+MAX_INSTANCES = 1000.0
+
+ESTIMATE_KEYS = KeyTable((
+    Key("model", TEXT, "yolov8n.yaml", "a shipped YAML name (yolomem models lists them), a local .yaml or .pt, "
+        "or a darknet .cfg"),
+    Key("imgsz", INT, 640, "training image size (rounded up to the model's stride)", low=1),
+    Key("batch", INT, 16, "images per step, over all GPUs (DDP splits it)", low=1, autobatch=True),
+    Key("amp", CHOICE, "fp16", "mixed precision: true (fp16), false (fp32) or bf16", choices=("fp16", "fp32", "bf16"),
+        aliases={"true": "fp16", "false": "fp32"}),
+    Key("optimizer", CHOICE, "auto", "Ultralytics' optimizer (auto: its own choice)", choices=OPTIMIZERS),
+    Key("nbs", INT, 64, "nominal batch size (gradient accumulation and weight decay)", low=1),
+    Key("freeze", LAYERS, (), "layers to freeze: N (layers 0..N-1) or a list [0,1,2]", low=0),
+    Key("multi_scale", FLOAT, 0.0, "Ultralytics' multi-scale range, a fraction in [0, 1)", low=0.0, high=1.0, high_open=True),
+    Key("instances", FLOAT, DEFAULT_INSTANCES, "mean labelled objects per image", low=0.0, high=MAX_INSTANCES,
+        bound="objects per image; the densest public detection sets average about 150"),
+    Key("step", CHOICE, "train", "train: full training iterations; fwd_bwd: AutoBatch's probe", choices=STEPS),
+    Key("iterations", INT, 2, "training iterations to trace", low=1),
+    Key("alloc_conf", TEXT, None, "PYTORCH_CUDA_ALLOC_CONF to simulate, e.g. expandable_segments:True", nullable=True),
+    Key("gpu", TEXT, None, "a GPU to fit on, e.g. T4, RTX-3090, A100-80GB", nullable=True),
+    Key("gpu_mem", FLOAT, None, "the GPU's memory in GiB (a card not in the catalog, or a share of one)",
+        nullable=True, low=0.0, low_open=True),
+    Key("framework", CHOICE, "ultralytics", "training loop: ultralytics or yolov5 (the yolov5 repo's train.py)",
+        choices=FRAMEWORKS),
+    Key("seed", INT, 0, "seed of the synthetic batches", low=0),
+    Key("nc", INT, None, "number of classes (default: the model's)", nullable=True, low=1),
+    Key("data", TEXT, None, "an Ultralytics dataset YAML: objects per image, image sizes, whole epochs", nullable=True),
+    Key("world_size", INT, 1, "DDP ranks; the batch is split across them", low=1),
+    Key("checkpoint", BOOL, False, "activation checkpointing"),
+    Key("epochs", INT, None, ">= 2 simulates epochs with the val pass", nullable=True, low=1),
+    Key("cache", CHOICE, None, "Ultralytics' image cache: ram or disk (host memory)", choices=("ram", "disk"),
+        aliases={"true": "ram", "false": None, "none": None}, nullable=True),
+    Key("workers", INT, 8, "dataloader workers (host memory)", low=0),
+    # Ultralytics keys with a meaning here that is not a setting of its own (EstimateConfig.from_values)
+    Key("device", TEXT, None, "device=0,1: DDP over 2 GPUs (sets world_size)", nullable=True),
+    Key("task", TEXT, None, "ignored: the task comes from the model", nullable=True),
+    Key("overlap_mask", BOOL, True, "ignored: Ultralytics' default is used"),
+    Key("mask_ratio", INT, 4, "ignored: Ultralytics' default is used", low=1),
+))
+
+
+# --- keys more than one command shares --------------------------------------------------------------
+
+DEFAULT_MARGIN = 0.10
+MAX_CURVE_POINTS = 12  # each point of a plotted curve is a full traced estimate
+MARGIN = Key("margin", FLOAT, DEFAULT_MARGIN, "share of the card after the CUDA context held back for what the "
+             "trace does not see (0.1 or 10%)", low=0.0, high=0.9, high_open=True)
