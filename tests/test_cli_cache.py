@@ -6,7 +6,7 @@ import pytest
 
 from yolomem.cli.main import main
 from yolomem.result import runs
-from yolomem.trace.store import CACHE_ENV
+from yolomem.trace.store import CACHE_ENV, OFF_ENV
 
 ESTIMATE = ["estimate", "yolov8n.yaml", "imgsz=64", "batch=2", "iterations=1", "--json"]
 
@@ -16,6 +16,7 @@ def cache_dir(tmp_path, monkeypatch):
     """The process's run source on a temporary folder (rebuilt from the environment, as in a new process)."""
     previous = runs._SOURCE
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(OFF_ENV, "")  # restored after the test: --no-cache sets it for worker processes
     runs._SOURCE = None
     yield tmp_path / "cache"
     runs._SOURCE = previous

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from yolomem.cli.registry import command
+from yolomem.cli.registry import JSON, command
 from yolomem.errors import UserError, unknown
 
 ACTIONS = ("clear",)

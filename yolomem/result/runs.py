@@ -99,7 +99,7 @@ def family_key(config: EstimateConfig, resolved: ResolvedModel) -> dict:
         "yolomem": __version__, "source": source_digest(), "torch": torch.__version__,
         "ultralytics": ultralytics.__version__, "ultralytics_path": str(Path(ultralytics.__file__).parent),
         "numpy": installed("numpy"), "python": platform.python_version(), "model": model,
-        "config": {k: v for k, v in config.as_dict().items() if k not in _NOT_TRACED},
+        "config": {k: v for k, v in config.to_json().items() if k not in _NOT_TRACED},
     }  # fmt: skip
 
 
