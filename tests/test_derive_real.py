@@ -31,7 +31,7 @@ CASES = [
 
 
 def _facts(result) -> RunFacts:
-    return RunFacts(result.trace, result.params, result.config["imgsz"], result.config["optimizer"], result.notes, ())
+    return RunFacts(result.trace, result.params, result.config.imgsz, result.config.optimizer, result.notes, ())
 
 
 @pytest.mark.parametrize(("model", "settings"), CASES)

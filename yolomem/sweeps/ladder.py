@@ -15,8 +15,9 @@ CUDA context and the safety margin). Each step is applied alone to the config as
 - DDP over 2 GPUs: per-rank memory, with DDP's gradient buckets (``yolomem.loops.ddp``).
 
 "The largest batch" of a step is ``yolomem fit``'s answer for the config with that change: the same
-search, budget and prober (so ``fit amp=false`` gives the FP32 row's figure), confirmed by traces (the
-answer fits, one more does not). "Fits" is the verdict at the asked batch under the same budget, so a
+search, budget and prober (so ``fit amp=false`` gives the FP32 row's figure), confirmed (the answer
+fits, one more does not) on runs traced or derived from traced ones (``yolomem.result.runs``). The runs
+every rung is sure to need are traced side by side first (``_prefetch``). "Fits" is the verdict at the asked batch under the same budget, so a
 step that fits never shows a largest batch below the asked one.
 """
 

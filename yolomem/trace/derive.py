@@ -261,15 +261,26 @@ class _SequenceFamily:
         return tokens, np.concatenate(numbers) if numbers else np.zeros(0, dtype=np.int64)
 
 
-def _chunk_values(sequence: _Sequence, layout: _Layout, number: int, chunks: int, batch: int, what: str):
-    """(base, step) of insert ``number``'s numbers in a run: value = base + step * j for chunk j."""
-    inside = layout.insert == number
-    values = sequence.numbers[inside].reshape(chunks, -1)
+def _chunk_values(sequence: _Sequence, layout: _Layout, number: int, chunks: int):
+    """(base, step) of insert ``number``'s numbers in a run, value = base + step * j for chunk j; None
+    when they do not step evenly."""
+    values = sequence.numbers[layout.insert == number].reshape(chunks, -1)
     base = values[0]
     step = values[1] - values[0] if chunks > 1 else np.zeros_like(base)
     if not (values == base[None, :] + step[None, :] * np.arange(chunks)[:, None]).all():
-        raise NotDerivable(f"{what}: the numbers of the block repeated at batch {batch} do not step evenly per image")
+        return None
     return base, step
+
+
+def _rotations(insert: _Insert, template: list) -> list[_Insert]:
+    """The same block placed earlier inside its run: k tokens before, its chunk rotated by k. Tokens
+    alone cannot tell where a loop's repeats begin when what follows the loop looks like its body."""
+    found, size = [insert], len(insert.chunk)
+    for k in range(1, size):
+        if insert.at - k < 0 or template[insert.at - k] != insert.chunk[size - k]:
+            break
+        found.append(_Insert(insert.at - k, insert.chunk[size - k :] + insert.chunk[: size - k]))
+    return found
 
 
 def _fit_sequences(what: str, sequences: dict[int, _Sequence]) -> _SequenceFamily:
@@ -278,27 +289,39 @@ def _fit_sequences(what: str, sequences: dict[int, _Sequence]) -> _SequenceFamil
     template = sequences[low]
     # the largest run has the most chunks per block, so its blocks are the least ambiguous
     inserts = _align(template.tokens, sequences[high].tokens, high - low, what)
-    layouts = {}
+    with_chunks = [b for b in batches[1:-1] if b - low >= 1]
+    if inserts and not with_chunks:
+        raise NotDerivable(f"{what} repeat a block per image: a line through its numbers needs runs at three batch sizes")
+    other = with_chunks[-1] if with_chunks else None
+
+    def layouts_for(candidate: list[_Insert]) -> dict[int, _Layout]:
+        return {b: _layout(len(template.tokens), candidate, b - low) for b in batches[1:]}
+
+    chunk_lines = []
+    for number in range(len(inserts)):  # where a block's numbers step evenly, per image, is where it goes
+        for placed in _rotations(inserts[number], template.tokens):
+            candidate = inserts[:number] + [placed] + inserts[number + 1 :]
+            layouts = layouts_for(candidate)
+            high_values = _chunk_values(sequences[high], layouts[high], number, high - low)
+            other_values = _chunk_values(sequences[other], layouts[other], number, other - low)
+            if high_values is not None and other_values is not None:
+                inserts = candidate
+                (base_b, step_b), (base_a, step_a) = high_values, other_values
+                if other - low == 1:  # one chunk shows no step: take the largest run's
+                    step_a = step_b
+                chunk_lines.append((other, base_a, step_a, high, base_b, step_b))
+                break
+        else:
+            raise NotDerivable(f"{what}: the numbers of the block repeated at token {inserts[number].at} do not "
+                               "step evenly per image")  # fmt: skip
+    layouts = layouts_for(inserts)
     for batch in batches[1:]:
-        layouts[batch] = layout = _layout(len(template.tokens), inserts, batch - low)
+        layout = layouts[batch]
         expected = [template.tokens[t] if t >= 0 else inserts[n].chunk[o]
                     for t, n, o in zip(layout.template_index.tolist(), layout.insert.tolist(), layout.offset.tolist())]  # fmt: skip
         if expected != sequences[batch].tokens:
             raise NotDerivable(f"{what}: the blocks repeated at batch {high} do not make the run at batch {batch}")
-    mask_high = layouts[high].template_index >= 0
-    at_high = sequences[high].numbers[mask_high]
-    chunk_lines = []
-    if inserts:  # a second run with chunks gives each chunk number its line
-        with_chunks = [b for b in batches[1:-1] if b - low >= 1]
-        if not with_chunks:
-            raise NotDerivable(f"{what} repeat a block per image: a line through its numbers needs runs at three batch sizes")
-        other = with_chunks[-1]
-        for number in range(len(inserts)):
-            base_b, step_b = _chunk_values(sequences[high], layouts[high], number, high - low, high, what)
-            base_a, step_a = _chunk_values(sequences[other], layouts[other], number, other - low, other, what)
-            if other - low == 1:  # one chunk shows no step: take the largest run's
-                step_a = step_b
-            chunk_lines.append((other, base_a, step_a, high, base_b, step_b))
+    at_high = sequences[high].numbers[layouts[high].template_index >= 0]
     return _SequenceFamily(what, low, template.tokens, inserts, high, template.numbers, at_high, tuple(chunk_lines))
 
 
