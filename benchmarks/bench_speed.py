@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -31,12 +32,18 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("estimate", "fit", "explain", "pick", "table", "cached", "inprocess")
 
 
+CPU = {}  # command -> CPU seconds of it and its worker processes (steadier than wall time on a busy machine)
+
+
 def _run(args: list[str], env: dict | None = None) -> tuple[float, str]:
     """Wall seconds of a fresh python process, and its stderr (the --verbose lines)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, *args], cwd=ROOT, env={**os.environ, **(env or {})},
                           capture_output=True, text=True)  # fmt: skip
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU[" ".join(args)] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode not in (0,):
         raise SystemExit(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return seconds, done.stderr
@@ -65,13 +72,18 @@ def main(argv: list[str]) -> int:
     cli = ["-m", "yolomem"]
     rows = []
 
-    one, err = _run([*cli, "estimate", model, batch, imgsz, "--json", "--no-cache", "-v"])
-    print(f"one estimate process ({model} {batch} {imgsz}): {one:.1f} s ({_work(err)})", flush=True)
+    args = [*cli, "estimate", model, batch, imgsz, "--json", "--no-cache", "-v"]
+    one, err = _run(args)
+    one_cpu = CPU[" ".join(args)]
+    print(f"one estimate process ({model} {batch} {imgsz}): {one:.1f} s, {one_cpu:.1f} s CPU ({_work(err)})", flush=True)
+    print(f"{'':<32}{'wall':>10}{'ratio':>8}   {'CPU':>7}{'ratio':>8}", flush=True)
 
     def ratio(name: str, args: list[str], target: float, env: dict | None = None) -> None:
         seconds, err = _run(args, env)
+        cpu = CPU[" ".join(args)]
         rows.append((name, seconds, seconds / one, target, _work(err)))
-        print(f"{name:<32}{seconds:>8.1f} s{seconds / one:>8.2f} x   target <= {target:g} x   ({_work(err)})", flush=True)
+        print(f"{name:<32}{seconds:>8.1f} s{seconds / one:>8.2f}   {cpu:>5.1f} s{cpu / one_cpu:>8.2f}   target <= {target:g} x"
+              f"   ({_work(err)})", flush=True)  # fmt: skip
 
     if "fit" in wanted:
         ratio("fit", [*cli, "fit", model, "gpu=RTX-3090", imgsz, "--json", "--no-cache", "-v"], 1.5)

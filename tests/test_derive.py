@@ -55,13 +55,17 @@ def _run(batch: int, *, per_image_loop: bool = False, square: bool = False, extr
         act = program.alloc(batch * batch * 16 if square else 1000 * batch + 32)
         mask = program.alloc(real_bytes * batch, "loss", "loss", real=True)
         positives = min(84 * batch, 10 * objects)
-        answers.append(OracleAnswer(f"nonzero(bool[{batch}, 84])", str(positives), "loss", (84 * batch, 10 * objects)))
+        answers.append(OracleAnswer(f"nonzero(bool[{batch}, 84])", str(positives), "loss", (84 * batch, 10 * objects),
+                                    len(program.events)))  # fmt: skip
         fg = program.alloc(16 * positives, "loss", "loss")
         if extra_at == batch:
             program.free(program.alloc(8, "loss", "loss"))
         outputs = []
         if per_image_loop:
-            for _image in range(2 * batch):  # e.g. NMS over a validation batch of 2 x batch images
+            for image in range(2 * batch):  # e.g. NMS over a validation batch of 2 x batch images
+                targets_here = 13 if image == 0 else 8  # the densest image first
+                answers.append(OracleAnswer(f"nonzero(bool[{targets_here}, 300])", "0", "val_metrics",
+                                            (targets_here * 300, 0), len(program.events)))  # fmt: skip
                 tmp = program.alloc(756, "val_nms", "other", real=True)
                 big = program.alloc(64 * batch, "val_nms", "other")
                 program.free(tmp, "val_nms")
@@ -138,3 +142,22 @@ def test_compare_runs_names_the_first_difference():
     a, b = _run(3), _run(4)
     assert "event" in compare_runs(a, b)
     assert compare_runs(a, _run(3)) is None
+
+
+def test_answers_asked_once_per_image_repeat_with_the_images():
+    derived = _family((2, 3, 5), per_image_loop=True).run_at(8)
+    per_image = [a for a in derived.trace.oracle_answers if a.phase == "val_metrics"]
+    assert len(per_image) == 2 * 2 * 8  # two iterations, 2 x batch images each
+    assert compare_runs(derived, _run(8, per_image_loop=True)) is None
+
+
+def test_answers_without_a_place_are_derived_as_texts():
+    def unplaced(batch):
+        run = _run(batch)
+        answers = [OracleAnswer(a.question, a.answer, a.phase, a.bounds) for a in run.trace.oracle_answers]
+        trace = Trace(run.trace.events, answers, run.trace.iteration_bounds, run.trace.unaccounted, run.trace.real_ids,
+                      run.trace.real_bytes_cap)  # fmt: skip
+        return RunFacts(trace, run.params, run.imgsz, run.optimizer, run.notes, run.probe_failures)
+
+    family = derive_family({b: unplaced(b) for b in (2, 3, 5)})
+    assert compare_runs(family.run_at(9), unplaced(9)) is None

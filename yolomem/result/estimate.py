@@ -187,11 +187,21 @@ def estimate(model: str | EstimateConfig = "yolov8n.yaml", **settings) -> Estima
     return estimate_config(config)
 
 
-def estimate_config(config: EstimateConfig) -> Estimate:
-    from yolomem.loops import get_loop, resolve_model
+@dataclass(frozen=True)
+class Prepared:
+    """A config made ready to trace: its model resolved, the loop that trains it, whole epochs asked for."""
 
-    started = time.perf_counter()
-    gpu = find_gpu(config.gpu, config.gpu_mem) if (config.gpu or config.gpu_mem) else None
+    config: EstimateConfig
+    resolved: object  # yolomem.config.models.ResolvedModel
+    request: object | None  # yolomem.result.epochs.EpochRequest, when data= or epochs>=2
+    notes: tuple[str, ...]
+
+
+def prepare(config: EstimateConfig) -> Prepared:
+    """What ``estimate_config`` does before it needs a traced run (``yolomem.result.runs`` asks it too)."""
+    from yolomem.loops import resolve_model
+    from yolomem.result.epochs import epoch_request
+
     resolved = resolve_model(config.model, config.framework)
     if resolved.framework != config.framework:  # e.g. a bare yolov4 selects the yolov5 loop (see resolved.note)
         config = config.with_changes(framework=resolved.framework)
@@ -202,14 +212,21 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         notes.append(f"data={config.data} is not a local file (Ultralytics would download it); "
                      f"objects per image from instances={config.instances:g} instead")  # fmt: skip
         config = config.with_changes(data=None)
-    from yolomem.result.epochs import epoch_request
-
-    from yolomem.result.runs import obtain_run
-
     request = epoch_request(config, resolved)  # None unless data= or epochs>=2
     if request is not None:
         config = request.config
         notes.extend(request.notes)
+    return Prepared(config, resolved, request, tuple(notes))
+
+
+def estimate_config(config: EstimateConfig) -> Estimate:
+    from yolomem.loops import get_loop
+    from yolomem.result.runs import obtain_run
+
+    started = time.perf_counter()
+    gpu = find_gpu(config.gpu, config.gpu_mem) if (config.gpu or config.gpu_mem) else None
+    prepared = prepare(config)
+    config, resolved, request, notes = prepared.config, prepared.resolved, prepared.request, list(prepared.notes)
     run = obtain_run(config, resolved, request)  # cached, derived from other batches, or traced
     notes.extend(run.notes)
     context = gpu.context_bytes if gpu else CUDA_CONTEXT_BYTES

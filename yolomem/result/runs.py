@@ -129,41 +129,58 @@ class RunSource:
 
     def obtain(self, config: EstimateConfig, resolved: ResolvedModel, request=None) -> TracedRun:
         """The traced run of ``config`` (``request``: its whole-epoch request, whose ``hook.plan`` is set)."""
-        from yolomem.loops import get_loop, trace_run
+        from yolomem.loops import trace_run
 
-        loop = get_loop(resolved.framework)
-        key = family_key(config, resolved)
-        digest = key_digest(key)
-        batch = rank_batch(config)
-        steps = loop.optimizer_steps(config.iterations, batch, config.nbs) if config.step == "train" else ()
-        plan, shape = None, None
-        if request is not None:
-            known = self._any_member(key, digest)
-            if known is not None and known.stride is not None:  # the plan needs the model's stride
-                plan = request.hook.plan_for(resolved.task, batch, known.imgsz, known.stride)
-                shape = _plan_shape(plan)
-        label = f"{config.model} batch={config.batch} imgsz={config.imgsz}"
-        if request is None or plan is not None:
-            name = _name(batch, steps, shape)
-            stored = self._load(key, digest, name)
-            if stored is not None:
-                log.info("%s: traced run from the cache (%s)", label, self.store.root / digest)
-                return self._use(stored.facts(), request, plan, stored.stride)
-            derived = self._derive(key, digest, name.rsplit("-b", 1)[0], batch, label) if self.derive else None
-            if derived is not None:
-                return self._use(derived, request, plan, self._any_member(key, digest).stride)
+        found = self.lookup(config, resolved, request)
+        if found is not None:
+            return found
+        label = _label(config)
         _tell(f"tracing {label}")
         run = trace_run(config, resolved, after_iterations=request.hook if request is not None else None)
+        key = family_key(config, resolved)
+        digest = key_digest(key)
         stride = request.hook.stride if request is not None else None
         shape = _plan_shape(request.hook.plan) if request is not None else None
         stored = StoredRun(pack(run.trace), run.params, run.imgsz, run.optimizer, run.notes, run.probe_failures, stride)
-        name = _name(batch, steps, shape)
+        name = _name(rank_batch(config), _steps(config, resolved), shape)
         self._memory[(digest, name)] = stored
         self.store.save(key, name, stored)
         if self.recording is not None:
             self.recording.append((digest, name, stored))
         log.info("%s: traced", label)
         return run
+
+    def lookup(self, config: EstimateConfig, resolved: ResolvedModel, request=None, *, say: bool = True) -> TracedRun | None:
+        """The run from the cache or derived from traced ones; None when it has to be traced. ``say``:
+        log where it came from (and tell the watchers)."""
+        key = family_key(config, resolved)
+        digest = key_digest(key)
+        batch = rank_batch(config)
+        plan, shape = None, None
+        if request is not None:
+            known = self._any_member(key, digest)
+            if known is None or known.stride is None:  # the plan needs the model's stride: trace
+                return None
+            plan = request.hook.plan_for(resolved.task, batch, known.imgsz, known.stride)
+            shape = _plan_shape(plan)
+        label = _label(config)
+        name = _name(batch, _steps(config, resolved), shape)
+        stored = self._load(key, digest, name)
+        if stored is not None:
+            if say:
+                log.info("%s: traced run from the cache (%s)", label, self.store.root / digest)
+            return self._use(stored.facts(), request, plan, stored.stride)
+        derived = self._derive(key, digest, name.rsplit("-b", 1)[0], batch, label, say) if self.derive else None
+        if derived is None:
+            return None
+        return self._use(derived, request, plan, self._any_member(key, digest).stride)
+
+    def known(self, config: EstimateConfig) -> bool:
+        """Whether ``config``'s run needs no trace (it is in the cache, or derives)."""
+        from yolomem.result.estimate import prepare
+
+        prepared = prepare(config)
+        return self.lookup(prepared.config, prepared.resolved, prepared.request, say=False) is not None
 
     # -- pieces ----------------------------------------------------------------------------------
     def _load(self, key: dict, digest: str, name: str) -> StoredRun | None:
@@ -190,7 +207,7 @@ class RunSource:
         names = {n for (family, n) in self._memory if family == digest} | set(self.store.names(key))
         return sorted(int(n.rsplit("-b", 1)[1]) for n in names if n.rsplit("-b", 1)[0] == prefix)
 
-    def _derive(self, key: dict, digest: str, prefix: str, batch: int, label: str) -> RunFacts | None:
+    def _derive(self, key: dict, digest: str, prefix: str, batch: int, label: str, say: bool) -> RunFacts | None:
         batches = self._members(key, digest, prefix)
         reasons = []
         for chosen in _candidates(batches, batch):
@@ -204,10 +221,11 @@ class RunSource:
             except NotDerivable as error:
                 reasons.append(f"not from batches {', '.join(map(str, chosen))} ({error})")
                 continue
-            log.info("%s: derived from traced batches %s", label, ", ".join(map(str, chosen)))
-            _tell(f"derived {label}")
+            if say:
+                log.info("%s: derived from traced batches %s", label, ", ".join(map(str, chosen)))
+                _tell(f"derived {label}")
             return derived
-        if reasons:
+        if reasons and say:
             log.info("%s: %s; tracing it", label, "; ".join(reasons))
         return None
 
@@ -234,6 +252,19 @@ class RunSource:
         if request is not None:
             request.hook.plan, request.hook.stride = plan, stride
         return TracedRun(facts.trace, facts.params, facts.imgsz, facts.optimizer, facts.notes, facts.probe_failures)
+
+
+def _label(config: EstimateConfig) -> str:
+    return f"{config.model} batch={config.batch} imgsz={config.imgsz}"
+
+
+def _steps(config: EstimateConfig, resolved: ResolvedModel) -> tuple[bool, ...]:
+    """Which traced iterations step the optimizer (what gradient accumulation switches with the batch)."""
+    from yolomem.loops import get_loop
+
+    if config.step != "train":
+        return ()
+    return get_loop(resolved.framework).optimizer_steps(config.iterations, rank_batch(config), config.nbs)
 
 
 def _plan_shape(plan) -> tuple:
@@ -275,6 +306,10 @@ def prefetch(configs, jobs: int | None = None) -> None:
     from multiprocessing import get_context
 
     source = default_source()
+    with contextlib.suppress(Exception):  # a config that fails is the sweep's to report
+        pending = [c for c in pending if not source.known(c)]
+    if len(pending) < 2:
+        return
     mine, theirs = pending[::jobs], [c for i, c in enumerate(pending) if i % jobs]
     _tell(f"tracing {len(pending)} runs in {jobs} processes")
     with ProcessPoolExecutor(max_workers=jobs - 1, mp_context=get_context("spawn")) as pool:

@@ -69,13 +69,41 @@ class _Sequence:
     numbers: np.ndarray  # int64, one per token
 
 
+def _inline(trace: Trace) -> bool:
+    """Whether the trace says where each oracle answer was asked: then answers ride in the event stream
+    (an answer asked once per image repeats with its image's block)."""
+    return all(answer.at >= 0 for answer in trace.oracle_answers)
+
+
+def _answer_text(answer: OracleAnswer) -> str:
+    return f"oracle\x00{answer.question}\x00{answer.answer}\x00{answer.phase}\x00{','.join(map(str, answer.bounds))}"
+
+
+def _text_tokens(text: str, kind: str) -> tuple[list, list[int]]:
+    """One token per number in ``text`` (its template and the number's place), or one without."""
+    template = _NUMBER.sub("#", text)
+    found = [int(n) for n in _NUMBER.findall(text)]
+    return [(kind, template, k) for k in range(len(found))] or [(kind, template, -1)], found or [0]
+
+
 def _event_sequence(trace: Trace) -> _Sequence:
     """Events as tokens; a free's number is how many allocations back its storage was allocated."""
     ordinal: dict[int, int] = {}
     signature: dict[int, tuple] = {}
     tokens, numbers = [], []
     expected_id = None
-    for event in trace.events:
+    answers: dict[int, list[OracleAnswer]] = {}
+    if _inline(trace):
+        for answer in trace.oracle_answers:
+            answers.setdefault(answer.at, []).append(answer)
+    for index in range(len(trace.events) + 1):
+        for answer in answers.get(index, ()):
+            more_tokens, more_numbers = _text_tokens(_answer_text(answer), "oracle")
+            tokens += more_tokens
+            numbers += more_numbers
+        if index == len(trace.events):
+            break
+        event = trace.events[index]
         sig = (event.dtype, event.category, event.module, event.phase, event.iteration)
         if event.op == "alloc":
             if expected_id is not None and event.storage_id != expected_id:
@@ -94,8 +122,7 @@ def _event_sequence(trace: Trace) -> _Sequence:
 
 def _texts(facts: RunFacts) -> list[str]:
     trace = facts.trace
-    texts = [f"oracle\x00{a.question}\x00{a.answer}\x00{a.phase}\x00{','.join(map(str, a.bounds))}"
-             for a in trace.oracle_answers]  # fmt: skip
+    texts = [] if _inline(trace) else [_answer_text(a) for a in trace.oracle_answers]
     texts += [f"unaccounted\x00{u}" for u in trace.unaccounted]
     texts += [f"note\x00{n}" for n in facts.notes]
     texts += [f"probe\x00{p}" for p in facts.probe_failures]
@@ -104,13 +131,11 @@ def _texts(facts: RunFacts) -> list[str]:
 
 
 def _text_sequence(facts: RunFacts) -> _Sequence:
-    """Each text is one token per number in it (its template and the number's place), or one without."""
     tokens, numbers = [], []
     for text in _texts(facts):
-        template = _NUMBER.sub("#", text)
-        found = [int(n) for n in _NUMBER.findall(text)]
-        tokens += [(template, k) for k in range(len(found))] or [(template, -1)]
-        numbers += found or [0]
+        more_tokens, more_numbers = _text_tokens(text, "text")
+        tokens += more_tokens
+        numbers += more_numbers
     return _Sequence(tokens, np.asarray(numbers, dtype=np.int64))
 
 
@@ -118,12 +143,17 @@ def _untext(tokens: list, numbers: list[int]) -> list[str]:
     """The texts back from their tokens (templates) and numbers."""
     texts, index = [], 0
     while index < len(tokens):
-        template, place = tokens[index]
+        _kind, template, place = tokens[index]
         count = template.count("#") if place >= 0 else 0
         values = iter(numbers[index : index + max(count, 1)])
         texts.append(re.sub("#", lambda _match: str(next(values)), template) if count else template)
         index += max(count, 1)
     return texts
+
+
+def _answer(text: str, at: int) -> OracleAnswer:
+    _, question, answer, phase, limits = text.split("\x00")
+    return OracleAnswer(question, answer, phase, tuple(int(x) for x in limits.split(",") if x), at)
 
 
 # -- aligning the template with a run at a larger batch ---------------------------------------------
@@ -171,7 +201,7 @@ def _describe(token) -> str:
     if token[0] is False:
         dtype, category, module, phase, iteration = token[1]
         return f"free in {phase} of a {token[2][0]} {token[2][1]} storage"
-    return repr(token[0])[:80]
+    return f"{token[0]} {token[1]!r}"[:120]
 
 
 # -- the numbers ---------------------------------------------------------------------------------------
@@ -335,27 +365,22 @@ class StreamFamily:
     _events: _SequenceFamily
     _texts: _SequenceFamily
     _first_id: int
+    _bound_tokens: tuple[int, ...]  # the template's iteration bounds, as token indices
 
     def run_at(self, batch: int) -> RunFacts:
         """The run at ``batch``, derived; raises NotDerivable where it cannot be."""
         event_tokens, event_numbers = self._events.at(batch)
         text_tokens, text_numbers = self._texts.at(batch)
         texts = _untext(text_tokens, text_numbers.tolist())
-        events, real_ids = self._rebuild_events(event_tokens, event_numbers.tolist())
-        bounds = [self._events.position(b, batch) for b in self.template.trace.iteration_bounds]
+        events, answers, real_ids = self._rebuild_events(event_tokens, event_numbers.tolist())
+        answers += [_answer(text, -1) for text in texts if text.startswith("oracle\x00")]
+        for answer in answers:  # one that is one of its bounds must stay the least of them (the oracle takes the least)
+            if answer.bounds and answer.answer.isdigit() and int(answer.answer) in answer.bounds \
+                    and int(answer.answer) != min(answer.bounds):  # fmt: skip
+                raise NotDerivable(f"at batch {batch} the oracle's answer to {answer.question} would be another of "
+                                   f"its bounds {answer.bounds} than at the traced batches")  # fmt: skip
         template = self.template
-        answers = []
-        for text in texts:
-            if not text.startswith("oracle\x00"):
-                break
-            _, question, answer, phase, limits = text.split("\x00")
-            bound = tuple(int(x) for x in limits.split(",") if x)
-            # an answer that is one of its bounds must stay the least of them (the oracle takes the least)
-            if bound and answer.isdigit() and int(answer) in bound and int(answer) != min(bound):
-                raise NotDerivable(f"at batch {batch} the oracle's answer to {question} would be another of its "
-                                   f"bounds {bound} than at the traced batches")  # fmt: skip
-            answers.append(OracleAnswer(question, answer, phase, bound))
-        rest = iter(texts[len(answers) :])
+        rest = iter(text for text in texts if not text.startswith("oracle\x00"))
         unaccounted = [next(rest).split("\x00", 1)[1] for _ in template.trace.unaccounted]
         notes = tuple(next(rest).split("\x00", 1)[1] for _ in template.notes)
         failures = tuple(next(rest).split("\x00", 1)[1] for _ in template.probe_failures)
@@ -366,17 +391,31 @@ class StreamFamily:
             if largest > cap_bytes:
                 raise NotDerivable(f"at batch {batch} a storage the tracer keeps real grows to {largest} bytes, past "
                                    f"its {cap_bytes}-byte cap: the trace would keep it fake")  # fmt: skip
+        # an iteration starts before the answers asked at its first event: at the template's token there
+        positions = [self._events.position(token, batch) for token in self._bound_tokens]
+        bounds = [p - sum(1 for t in event_tokens[:p] if t[0] == "oracle") for p in positions]
         trace = Trace(events=events, oracle_answers=answers, iteration_bounds=bounds, unaccounted=unaccounted,
                       real_ids=real_ids, real_bytes_cap=cap_bytes)  # fmt: skip
         return RunFacts(trace, int(params), int(imgsz), optimizer, notes, failures)
 
     def _rebuild_events(self, tokens: list, numbers: list[int]):
-        """Events from tokens: allocations get sequential storage ids, as the tracer numbers them."""
+        """Events (allocations get sequential storage ids, as the tracer numbers them) and the oracle
+        answers among them, each at its place in the stream."""
         events: list[AllocationEvent] = []
+        answers: list[OracleAnswer] = []
         ids: list[int] = []  # storage id per allocation ordinal
         size: dict[int, int] = {}
         real_ids = set()
-        for token, number in zip(tokens, numbers):
+        index = 0
+        while index < len(tokens):
+            token, number = tokens[index], numbers[index]
+            if token[0] == "oracle":
+                count = max(token[1].count("#") if token[2] >= 0 else 0, 1)
+                text = _untext(tokens[index : index + count], numbers[index : index + count])[0]
+                answers.append(_answer(text, len(events)))
+                index += count
+                continue
+            index += 1
             dtype, category, module, phase, iteration = token[1][:5]
             if token[0]:
                 storage = self._first_id + len(ids)
@@ -391,7 +430,7 @@ class StreamFamily:
                 if storage not in size:
                     raise NotDerivable("a derived free points at no live allocation")
                 events.append(AllocationEvent("free", storage, size.pop(storage), dtype, category, module, phase, iteration))
-        return events, frozenset(real_ids)
+        return events, answers, frozenset(real_ids)
 
 
 def derive_family(runs: dict[int, RunFacts]) -> StreamFamily:
@@ -406,7 +445,10 @@ def derive_family(runs: dict[int, RunFacts]) -> StreamFamily:
     events = _fit_sequences("events", {b: _event_sequence(runs[b].trace) for b in batches})
     texts = _fit_sequences("notes and oracle answers", {b: _text_sequence(runs[b]) for b in batches})
     first = next((e.storage_id for e in runs[low].trace.events if e.op == "alloc"), 1)
-    family = StreamFamily(tuple(batches), runs[low], events, texts, first)
+    template = runs[low].trace
+    asked = [(a.at, len(_text_tokens(_answer_text(a), "oracle")[0])) for a in template.oracle_answers] if _inline(template) else []
+    bound_tokens = tuple(b + sum(count for at, count in asked if at < b) for b in template.iteration_bounds)
+    family = StreamFamily(tuple(batches), runs[low], events, texts, first, bound_tokens)
     for batch in batches[1:]:
         mismatch = compare_runs(family.run_at(batch), runs[batch])
         if mismatch:

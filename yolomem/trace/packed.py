@@ -22,7 +22,7 @@ class PackedTrace:
     iteration: np.ndarray  # int64
     labels: np.ndarray  # int32 (n, 4): indices into tables for dtype, category, module, phase
     tables: tuple[tuple[str, ...], ...]
-    oracle_answers: tuple[tuple[str, str, str, tuple[int, ...]], ...]
+    oracle_answers: tuple[tuple[str, str, str, tuple[int, ...], int], ...]
     iteration_bounds: tuple[int, ...]
     unaccounted: tuple[str, ...]
     real_ids: tuple[int, ...]
@@ -44,7 +44,7 @@ def pack(trace: Trace) -> PackedTrace:
         iteration=np.fromiter((e.iteration for e in events), dtype=np.int64, count=len(events)),
         labels=labels,
         tables=tuple(tuple(table) for table in tables),
-        oracle_answers=tuple((a.question, a.answer, a.phase, tuple(a.bounds)) for a in trace.oracle_answers),
+        oracle_answers=tuple((a.question, a.answer, a.phase, tuple(a.bounds), a.at) for a in trace.oracle_answers),
         iteration_bounds=tuple(trace.iteration_bounds),
         unaccounted=tuple(trace.unaccounted),
         real_ids=tuple(sorted(trace.real_ids)),
@@ -63,7 +63,7 @@ def unpack(packed: PackedTrace) -> Trace:
     ]  # fmt: skip
     return Trace(
         events=events,
-        oracle_answers=[OracleAnswer(q, a, p, b) for q, a, p, b in packed.oracle_answers],
+        oracle_answers=[OracleAnswer(*answer) for answer in packed.oracle_answers],
         iteration_bounds=list(packed.iteration_bounds),
         unaccounted=list(packed.unaccounted),
         real_ids=frozenset(packed.real_ids),

@@ -82,6 +82,7 @@ class OracleAnswer:
     # the oracle's answer is the least of these (a count: the tensor's elements, the assumed positives);
     # yolomem.trace.derive checks that the same one stays the least at a derived batch
     bounds: tuple[int, ...] = ()
+    at: int = -1  # events recorded before it was asked (where in the stream; -1: not known)
 
 
 @dataclass
@@ -379,7 +380,7 @@ class Tracer(TorchDispatchMode):
             value = bool(value)
         elif not tensor.dtype.is_floating_point:
             value = int(value)
-        self.oracle_answers.append(OracleAnswer(f"item({_describe(tensor)})", repr(value), self.phase_name))
+        self.oracle_answers.append(OracleAnswer(f"item({_describe(tensor)})", repr(value), self.phase_name, (), len(self._log)))
         return value
 
     def _answer_data_dependent(self, func, args, kwargs):
@@ -402,7 +403,8 @@ class Tracer(TorchDispatchMode):
         else:  # unique: every element distinct, the most it can return
             count = tensor.numel()
             shape = (count,)
-        self.oracle_answers.append(OracleAnswer(f"{name}({_describe(tensor)})", str(count), self.phase_name, tuple(bounds)))
+        self.oracle_answers.append(OracleAnswer(f"{name}({_describe(tensor)})", str(count), self.phase_name, tuple(bounds),
+                                                len(self._log)))  # fmt: skip
         with self.fake_mode:
             if func is aten.nonzero.default:
                 return torch.empty(shape, dtype=torch.int64)
