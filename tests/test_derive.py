@@ -27,19 +27,20 @@ class _Program:
         self.iteration = iteration
         self.bounds.append(len(self.events))
 
-    def alloc(self, nbytes: int, phase: str = "forward", category: str = "activation", real: bool = False) -> int:
+    def alloc(self, nbytes: int, phase: str = "forward", category: str = "activation", real: bool = False,
+              upper: int | None = None) -> int:  # fmt: skip
         sid = self.next_id
         self.next_id += 1
         self.sizes[sid] = nbytes
         if real:
             self.real.add(sid)
-        self.events.append(AllocationEvent("alloc", sid, nbytes, "float16", category, "model.1", phase, self.iteration))
+        self.events.append(AllocationEvent("alloc", sid, nbytes, "float16", category, "model.1", phase, self.iteration, upper))
         return sid
 
     def free(self, sid: int, phase: str = "forward") -> None:
         alloc = next(e for e in self.events if e.storage_id == sid and e.op == "alloc")
         self.events.append(AllocationEvent("free", sid, self.sizes[sid], alloc.dtype, alloc.category, alloc.module,
-                                           alloc.phase, alloc.iteration))  # fmt: skip
+                                           alloc.phase, alloc.iteration, alloc.upper_nbytes))  # fmt: skip
 
 
 def _run(batch: int, *, per_image_loop: bool = False, square: bool = False, extra_at: int | None = None,
@@ -53,6 +54,7 @@ def _run(batch: int, *, per_image_loop: bool = False, square: bool = False, extr
         objects = 13 + 8 * (batch - 1)  # the densest image, then typical ones
         targets = program.alloc(24 * objects, "preprocess", "input", real=True)
         act = program.alloc(batch * batch * 16 if square else 1000 * batch + 32)
+        program.free(program.alloc(0, category="cudnn_workspace", upper=4096 * batch))  # a kernel's scratch block
         mask = program.alloc(real_bytes * batch, "loss", "loss", real=True)
         positives = min(84 * batch, 10 * objects)
         answers.append(OracleAnswer(f"nonzero(bool[{batch}, 84])", str(positives), "loss", (84 * batch, 10 * objects),
@@ -77,7 +79,7 @@ def _run(batch: int, *, per_image_loop: bool = False, square: bool = False, extr
             program.free(sid, "backward")
         program.alloc(4096, "optimizer", "optimizer_state") if iteration == 0 else None
     del weights
-    trace = Trace(program.events, answers, program.bounds, ["cuDNN workspaces: not traced"], frozenset(program.real), cap)
+    trace = Trace(program.events, answers, program.bounds, frozenset(program.real), cap)
     return RunFacts(trace, 3_000_000, 64, "AdamW", (f"per-rank batch {batch}", "imgsz=64 rounded: 0.05 s"), ())
 
 
@@ -155,8 +157,7 @@ def test_answers_without_a_place_are_derived_as_texts():
     def unplaced(batch):
         run = _run(batch)
         answers = [OracleAnswer(a.question, a.answer, a.phase, a.bounds) for a in run.trace.oracle_answers]
-        trace = Trace(run.trace.events, answers, run.trace.iteration_bounds, run.trace.unaccounted, run.trace.real_ids,
-                      run.trace.real_bytes_cap)  # fmt: skip
+        trace = Trace(run.trace.events, answers, run.trace.iteration_bounds, run.trace.real_ids, run.trace.real_bytes_cap)
         return RunFacts(trace, run.params, run.imgsz, run.optimizer, run.notes, run.probe_failures)
 
     family = derive_family({b: unplaced(b) for b in (2, 3, 5)})

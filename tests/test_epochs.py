@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from yolomem.loops.density import Augmentation
 from yolomem.result.epochs import plan_epochs, rect_val_shapes, simulate_epochs
 
 
@@ -30,8 +31,10 @@ def test_square_images_letterbox_to_imgsz_plus_half_stride_pad():
 
 def test_plan_is_deterministic_and_covers_the_densest_image():
     counts = [1] * 500 + [40]  # one crowded image
+    whole_images = [Augmentation(mosaic=0.0, scale=0.0, translate=0.0)] * 3  # no mosaic, no crop: images as labelled
     kwargs = dict(batch=4, val_batch=8, imgsz=640, stride=32, seeds=(0, 1, 2), train_counts=counts,
-                  val_sizes=[(480, 640)] * 20 + [(640, 480)] * 4, val_counts=[2] * 24)  # fmt: skip
+                  val_sizes=[(480, 640)] * 20 + [(640, 480)] * 4, val_counts=[2] * 24,
+                  augmentations=whole_images)  # fmt: skip
     a, b = plan_epochs(**kwargs), plan_epochs(**kwargs)
     assert a == b
     assert max(a.levels) == 40  # the densest image lands in some batch of every epoch
@@ -43,6 +46,14 @@ def test_plan_is_deterministic_and_covers_the_densest_image():
     assert {(s.height, s.width) for s in a.val_shapes} == {(512, 672), (672, 672)}
     assert a.val_sequence == (0, 0, 1)
     assert plan_epochs(**{**kwargs, "seeds": (5, 6, 7)}).sequences != a.sequences
+
+
+def test_plan_with_mosaics_packs_more_than_the_densest_image():
+    """With Ultralytics' default mosaic, a training sample holds parts of 4 images: the densest sample
+    of 3 epochs of COCO-like images (Poisson-lognormal around 7.3) is far above a Poisson batch's 12-13."""
+    plan = plan_epochs(batch=16, val_batch=32, imgsz=640, stride=32, seeds=(0, 1, 2), instances=7.3)
+    assert max(plan.levels) > 3 * 13
+    assert plan.batches_per_epoch == 125  # the density model's default 2000 images
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +94,35 @@ def test_replay_is_deterministic(tiny_epochs):
     assert again.to_json() == sim.to_json()
 
 
+def test_cache_clears_follow_the_trainer(tiny_epochs):
+    """Up to ultralytics 8.3.86 the cache is emptied after every epoch whatever the card; 8.3.87 on only
+    above a share of the card, which an unknown card is assumed not to reach; the yolov5 repo never."""
+    from yolomem.loops.base import CacheClears
+
+    trace, plan = tiny_epochs.trace, tiny_epochs.epochs.plan
+    never = simulate_epochs(trace, 1, plan, clears=CacheClears())
+    always = simulate_epochs(trace, 1, plan, clears=CacheClears(after_epoch=0.0))
+    above_90 = simulate_epochs(trace, 1, plan, clears=CacheClears(after_epoch=0.9))
+    assert always.emptied_cache and not never.emptied_cache and not above_90.emptied_cache
+    # what validation left in the cache is gone when epoch 2 starts
+    assert always.steady_reserved.median < never.steady_reserved.median
+    assert above_90.to_json() | {"assumptions": None} == never.to_json() | {"assumptions": None}
+    assert any("after each epoch: always" in a for a in always.assumptions)
+    assert any("card unknown" in a for a in above_90.assumptions)
+    unknown = simulate_epochs(trace, 1, plan, clears=None)
+    assert not unknown.emptied_cache and any("could not be read" in a for a in unknown.assumptions)
+
+
+def test_cache_clear_thresholds():
+    from yolomem.loops.base import CacheClears
+
+    clears = CacheClears(before_val=0.5, after_epoch=0.0)
+    assert clears.empties(0.0, 1, None) and clears.empties(0.0, 1, 100)
+    assert not clears.empties(0.5, 60, None)  # the card is unknown: kept
+    assert clears.empties(0.5, 60, 100) and not clears.empties(0.5, 50, 100)
+    assert not clears.empties(None, 99, 100)
+
+
 def _carry_trace():
     """setup: weights; iteration 0: activations, then predictions it keeps; iteration 1 (the level
     template): activations, new predictions, then the previous ones freed; iteration 2: validation."""
@@ -110,9 +150,11 @@ def _carry_plan():
 def test_carried_loop_variables_stay_alive_into_the_next_template():
     """yolov5's train.py: the previous ``pred`` is alive while the next forward runs (20 + 8 + 20 MiB
     with the 2 MiB of weights); without carrying, each template's leftovers die at its end."""
+    from yolomem.loops.base import CacheClears
+
     mb = 1 << 20
-    carried = simulate_epochs(_carry_trace(), 1, _carry_plan(), clears_cache=False, carry=True)
-    dropped = simulate_epochs(_carry_trace(), 1, _carry_plan(), clears_cache=False, carry=False)
+    carried = simulate_epochs(_carry_trace(), 1, _carry_plan(), clears=CacheClears(), carry=True)
+    dropped = simulate_epochs(_carry_trace(), 1, _carry_plan(), clears=CacheClears(), carry=False)
     assert carried.peak_allocated.median == 50 * mb
     assert dropped.peak_allocated.median == 30 * mb
     assert any("stay alive until the next iteration" in a for a in carried.assumptions)

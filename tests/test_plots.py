@@ -10,7 +10,7 @@ from yolomem.cli.main import main
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.result.estimate import estimate_config
-from yolomem.config.gpus import CUDA_CONTEXT_BYTES, Gpu, find_gpu
+from yolomem.config.gpus import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_UPPER_BYTES, Gpu, find_gpu
 from yolomem.sweeps.figure_data import (
     Curve,
     CurvePoint,
@@ -18,6 +18,7 @@ from yolomem.sweeps.figure_data import (
     breakdown_figure,
     curve_figure,
 )
+from yolomem.result.fits import Budget
 from yolomem.result.timeline import estimate_timeline
 
 pytest.importorskip("matplotlib")
@@ -86,7 +87,7 @@ def test_fits_and_crossings(curve):
 
 def test_crossing_stops_at_first_sample_that_does_not_fit():
     def point(x, fits):
-        return CurvePoint(x, 0, 0, 0, (fits,))
+        return CurvePoint(x, 0, 0, 0, (fits,), 0)
 
     curve = Curve("m", "fp16", (point(1, True), point(2, True), point(4, False), point(8, True)))
     crossing = _crossing(0, 0, curve)
@@ -115,9 +116,10 @@ def test_timeline_matches_the_estimate(tiny_estimate):
     assert timeline.peak_reserved_bytes == tiny_estimate.peak_reserved_bytes
     assert timeline.peak_phase == tiny_estimate.peak_phase
     assert timeline.allocated_bytes[timeline.peak_offset] == max(timeline.allocated_bytes)
-    bounds = tiny_estimate.trace.iteration_bounds
-    assert timeline.first_event == bounds[-1]
-    assert timeline.steps == len(tiny_estimate.trace.events) - bounds[-1]
+    bounds = tiny_estimate.trace.iteration_bounds + [len(tiny_estimate.trace.events)]
+    last = tiny_estimate.config.iterations - 1  # the upper figure's iteration follows it in the trace
+    assert timeline.first_event == bounds[last]
+    assert timeline.steps == bounds[last + 1] - bounds[last]
     assert all(a <= r for a, r in zip(timeline.allocated_bytes, timeline.reserved_bytes))
     for spans in (timeline.phases, timeline.shading):
         assert spans[0].start == 0 and spans[-1].stop == timeline.steps
@@ -143,7 +145,7 @@ def test_drawn_curve_carries_the_data(curve, tmp_path):
     assert list(drawn.get_xdata()) == [1, 2]
     assert list(drawn.get_ydata()) == [p.peak_reserved_bytes / GiB for p in data.curves[0].points]
     labels = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert "yolov8n.yaml AMP" in labels and f"T4: {find_gpu('T4').usable_bytes / GiB:.3g} GiB usable (above the plot)" in labels
+    assert "yolov8n.yaml AMP" in labels and f"T4: {Budget(find_gpu('T4')).capacity_bytes / GiB:.3g} GiB after a 10% margin (above the plot)" in labels
     assert "GPU_mem" in plots.curve_caption(data)
     png = plots.save(figure, tmp_path / "curve.png")
     svg = plots.save(figure, tmp_path / "curve.svg")
@@ -159,7 +161,9 @@ def test_device_total_caption_and_lines(curve):
 
     total = replace(data, measure="device_total")
     assert "nvidia-smi" in plots.curve_caption(total)
-    assert total.threshold(total.gpu_lines[1]) == find_gpu("T4").total_bytes
+    t4 = Budget(find_gpu("T4"))  # the lines are the one "fits" (yolomem.result.fits), seen from each measure
+    assert total.threshold(total.gpu_lines[1]) == t4.capacity_bytes + t4.gpu.context_bytes
+    assert data.threshold(data.gpu_lines[1]) == t4.capacity_bytes
     assert total.value(total.curves[0].points[0]) == total.curves[0].points[0].device_total_bytes
 
 
@@ -222,11 +226,11 @@ def _synthetic_figure(unit="GiB"):
     from yolomem.sweeps.figure_data import CurveFigure, GpuLine
 
     card = find_gpu("RTX-3060-12GB")
-    line = GpuLine(card.name, card.total_bytes, card.usable_bytes)
+    line = GpuLine(Budget(card))
 
     def points(scale):
         return tuple(CurvePoint(x, 0, int(scale * x * GiB), int(scale * x * GiB) + CUDA_CONTEXT_BYTES,
-                                (scale * x * GiB <= card.usable_bytes,)) for x in (2, 4, 8, 16))  # fmt: skip
+                                (scale * x * GiB <= line.capacity_bytes,), int(scale * x * GiB)) for x in (2, 4, 8, 16))  # fmt: skip
 
     curves = (Curve("yolov8s.yaml", "fp16", points(0.5)), Curve("yolov8s.yaml", "fp32", points(1.0)))
     crossings = tuple(_crossing(i, 0, curve) for i, curve in enumerate(curves))
@@ -252,15 +256,15 @@ def test_legend_and_caption_show_the_styles_drawn():
     (card_line,) = [line for line in ax.lines if line.get_label().startswith("RTX-3060")]
     assert card_line.get_linestyle() not in curve_styles  # a card's line never looks like a curve
     text = plots.curve_caption(data)
-    assert f"{plots.STYLE_NAMES[card_line.get_linestyle()]} lines: each card's usable memory".lower() in text.lower()
+    assert f"{plots.STYLE_NAMES[card_line.get_linestyle()]} lines: what each card gives a run".lower() in text.lower()
     assert "dashed: FP32" in text and "solid: AMP" in text and "dashed lines" not in text
     assert card_line.get_label().startswith("RTX-3060: ") and "12GB" not in text + card_line.get_label()
 
 
 def test_default_batches_reach_every_cards_crossing():
-    # yolov8n at imgsz 64: batches 2-16 reserve ~76-90 MiB in FP32, batch 64 ~172 MiB; a card with
-    # 120 MiB usable is crossed only beyond the old default range (2, 4, 8, 16)
-    card = Gpu("small", CUDA_CONTEXT_BYTES + 120 * MiB)
+    # yolov8n at imgsz 64 in FP32, upper figure (the verdicts'): batches 2-16 reserve ~125-150 MiB, batch
+    # 32 ~200 MiB; a card with 180 MiB after the upper context is crossed only beyond (2, 4, 8, 16)
+    card = Gpu("small", CUDA_CONTEXT_UPPER_BYTES + 180 * MiB)
     cache = {}
 
     def cached(config):
@@ -276,7 +280,8 @@ def test_default_batches_reach_every_cards_crossing():
     points = data.curves[0].points
     index = xs.index(crossing.largest_x)
     assert points[index].fits == (True,) and points[index + 1].fits == (False,)
-    assert points[index + 1].peak_reserved_bytes > card.usable_bytes >= points[index].peak_reserved_bytes
+    capacity = card.total_bytes - CUDA_CONTEXT_UPPER_BYTES
+    assert points[index + 1].peak_reserved_upper_bytes > capacity >= points[index].peak_reserved_upper_bytes
     figure = plots.draw_curves(data)
     labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
     assert not any("above the plot" in label for label in labels)

@@ -12,7 +12,7 @@ import pytest
 from yolomem.cli.main import main, parse_command_line
 from yolomem.config.settings import EstimateConfig, parse_estimate_words
 from yolomem.result.estimate import estimate_config
-from yolomem.config.gpus import CUDA_CONTEXT_BYTES, Gpu, find_gpu
+from yolomem.config.gpus import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_UPPER_BYTES, Gpu, find_gpu
 from yolomem.sweeps.figure_data import report_data
 from yolomem.render.report_html import command_lines, render_report
 
@@ -186,7 +186,8 @@ def test_largest_batch_is_fits_search_not_the_largest_sample():
     not to), not the largest batch the curve happened to sample."""
     from yolomem.sweeps.fit import largest_batch
 
-    card = Gpu("small", CUDA_CONTEXT_BYTES + (134 << 20))  # ~120 MiB after the 10 % margin
+    # 150 MiB after the upper figure's context (verdicts use it), ~125 MiB after the 10 % margin
+    card = Gpu("small", CUDA_CONTEXT_UPPER_BYTES + (150 << 20))
     report = report_data(TINY, [card], words=WORDS)
     (fit,) = report.fits
     sampled = [p.x for p in report.curve.curves[0].points]

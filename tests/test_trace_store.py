@@ -90,8 +90,8 @@ def test_a_packed_trace_unpacks_to_the_same_trace():
         AllocationEvent("alloc", 6, 96, "int64", "loss", "", "loss", 0),
         AllocationEvent("free", 5, 512, "float16", "activation", "model.0.conv", "forward", 0),
     ]
-    trace = Trace(events, [OracleAnswer("nonzero(bool[2, 84])", "168", "loss", (168, 210))], [0], ["x"],
-                  frozenset({6}), 1 << 26)  # fmt: skip
+    events.append(AllocationEvent("alloc", 7, 0, "uint8", "cudnn_workspace", "model.0.conv", "forward", 0, 4096))
+    trace = Trace(events, [OracleAnswer("nonzero(bool[2, 84])", "168", "loss", (168, 210), 1)], [0], frozenset({6}), 1 << 26)
     back = unpack(pack(trace))
     assert back == trace
 

@@ -91,7 +91,7 @@ def test_fit_pick_and_ladder_views_name_cards_in_gib(tiny):
     text = "\n".join(_record(render_fit, fit) + _record(render_pick, pick) + _record(render_ladder, (step,), capacity))
     assert "12GB" not in text and not _gb(text)
     assert "RTX-3060: 12.00 GiB - CUDA context" in text and "RTX-3060 (12 GiB): " in text
-    assert f"Ultralytics GPU_mem {tiny.gpu_mem_printed}, GiB" in text
+    assert f"Ultralytics GPU_mem {tiny.gpu_mem_printed} / {tiny.gpu_mem_upper_printed}, GiB" in text  # expected / upper
 
 
 def test_report_page_names_cards_in_gib(tiny):

@@ -13,13 +13,18 @@ from yolomem.loops import resolve_model, trace_run
 from yolomem.loops.yolov5.runner import trace_yolov5_run
 
 
+def _tensor_events(trace):
+    """Kernel workspaces (yolomem.trace.workspaces) exist only on the fake (CUDA) side: compare tensors."""
+    return [e for e in trace.events if not e.category.endswith("_workspace")]
+
+
 def _stream(trace):
-    return [(e.op, e.nbytes) for e in trace.events]
+    return [(e.op, e.nbytes) for e in _tensor_events(trace)]
 
 
 def _peak(trace) -> int:
     live, peak = 0, 0
-    for e in trace.events:
+    for e in _tensor_events(trace):
         live += e.nbytes if e.op == "alloc" else -e.nbytes
         peak = max(peak, live)
     return peak

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Estimate", "EstimateConfig", "UserError", "estimate", "__version__"]
+__all__ = ["Deployment", "Estimate", "EstimateConfig", "UserError", "deploy", "estimate", "__version__"]
 
 
 def __getattr__(name: str):
@@ -12,6 +12,10 @@ def __getattr__(name: str):
         from yolomem.result import estimate as estimate_module
 
         return getattr(estimate_module, name)
+    if name in {"Deployment", "deploy"}:
+        from yolomem.deployment import estimate as deploy_module
+
+        return getattr(deploy_module, name)
     if name == "EstimateConfig":
         from yolomem.config.settings import EstimateConfig
 

@@ -17,18 +17,16 @@ import contextlib
 from collections.abc import Iterator
 
 from yolomem.cli.registry import JSON, Flag, command
-from yolomem.config.keys import BOOL, CHOICE, ESTIMATE_KEYS, MARGIN, TEXT, TEXTS, Key
+from yolomem.config.keys import BOOL, CHOICE, ESTIMATE_KEYS, TEXT, TEXTS, Key
 from yolomem.errors import UserError
 
 SOLVES = ("batch", "imgsz")
 TASKS = ("detect", "segment", "pose", "obb", "classify")
-FIT_KEYS = ESTIMATE_KEYS.plus(
-    MARGIN,
+FIT_KEYS = ESTIMATE_KEYS.plus(  # margin= is an estimate key: every verdict uses it (yolomem.result.fits)
     Key("solve", CHOICE, "batch", "what to solve for: the largest batch, or the largest imgsz at batch=", choices=SOLVES),
     Key("explain", BOOL, False, "list what each memory-saving step buys (same as --explain)"),
 )
 PICK_KEYS = ESTIMATE_KEYS.without("model").plus(
-    MARGIN,
     Key("task", CHOICE, "detect", "the task of the default candidates", choices=TASKS),
     Key("family", TEXT, None, "the family to rank, e.g. yolov8 or yolo26 (default: yolo11)", nullable=True),
     Key("models", TEXTS, None, "the candidates instead of a family, e.g. yolov8n,yolo11s", nullable=True),
@@ -59,7 +57,7 @@ def _fit(options: argparse.Namespace) -> int:
     parsed = parse_estimate_words(options.words, FIT_KEYS)
     config = EstimateConfig.from_parsed(parsed)
     solve = parsed.values.get("solve", "batch")
-    margin = parsed.values.get("margin", MARGIN.default)
+    margin = config.margin
     explain = options.explain or parsed.values.get("explain", False)
     batch_given = "batch" in parsed.values
     if not (config.gpu or config.gpu_mem):
@@ -136,7 +134,7 @@ def _pick(options: argparse.Namespace) -> int:
     with _progress("pick", options.json) as progress:
         result = pick_models(
             config.gpu, config.imgsz, config.batch, values.get("task", "detect"), gpu_mem=config.gpu_mem,
-            models=values.get("models"), family=values.get("family"), margin=values.get("margin", MARGIN.default),
+            models=values.get("models"), family=values.get("family"), margin=config.margin,
             progress=progress, config=config,
         )  # fmt: skip
     if options.json:

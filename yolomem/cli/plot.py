@@ -45,8 +45,10 @@ REPORT_KEYS = ESTIMATE_KEYS.plus(
     _CARDS.but(help=f"cards of the fits table (default: {','.join(DEFAULT_REPORT_GPUS)})"),
     _AMPS.but(help="the precision: true (fp16), false (fp32) or bf16"), _BATCHES,
     MARGIN.but(help="report: share of the card after the CUDA context held back when judging fits, as for yolomem fit"),
+    Key("deploy", CHOICE, None, "add a deployment section (yolomem deploy): torch, onnx or engine, FP16 "
+        "(onnx: FP32), batch 1, on the first card", choices=("torch", "onnx", "engine"), nullable=True),
 )  # fmt: skip
-_OWN = ("gpu", "amp", "kind", "x", "batches", "sizes", "measure", "margin")
+_OWN = ("gpu", "amp", "kind", "x", "batches", "sizes", "measure", "margin", "deploy")
 
 
 def _parse(words: list[str], table) -> tuple[Words, tuple[str, ...]]:
@@ -192,6 +194,15 @@ def _report(options: argparse.Namespace) -> int:
         data = plots_data.report_data(
             config, gpus, batches=own.get("batches"), words=words, margin=margin, progress=progress,
         )  # fmt: skip
+    if own.get("deploy"):
+        import dataclasses
+
+        from yolomem.deployment.estimate import deploy
+
+        fmt = own["deploy"]
+        data = dataclasses.replace(data, deployment=deploy(config.model, format=fmt, imgsz=config.imgsz,
+                                                           precision="fp32" if fmt == "onnx" else "fp16",
+                                                           device=gpus[0].name))  # fmt: skip
     path.write_text(render_report(data), encoding="utf-8")
     print(path)
     return 0

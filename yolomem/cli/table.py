@@ -12,16 +12,22 @@ import os
 from dataclasses import dataclass
 
 from yolomem.cli.registry import JSON, Flag, command
-from yolomem.config.keys import CHOICE, ESTIMATE_KEYS, INT, TEXTS, Key, KeyTable, parse_words
+from yolomem.config.keys import CHOICE, ESTIMATE_KEYS, INT, MARGIN, TEXT, TEXTS, Key, KeyTable, parse_words
 from yolomem.sweeps.table import DEFAULT_GPUS, METHODS
 
 TABLE_KEYS = KeyTable((
     ESTIMATE_KEYS["imgsz"].but(default=None, nullable=True, help="every row at this imgsz (default: each row's own; 640)"),
     ESTIMATE_KEYS["batch"].but(default=None, nullable=True, help="every row at this batch (default: each row's own; 16)"),
     Key("gpus", TEXTS, DEFAULT_GPUS, "the cards of the fits and max-batch columns"),
+    MARGIN,
     Key("method", CHOICE, "breakdown", "max batch from one trace (breakdown) or two (two-point)", choices=METHODS),
     Key("iterations", INT, 1, "training iterations to trace per row", low=1),
     Key("jobs", INT, min(os.cpu_count() or 1, 2), "processes tracing rows in parallel", low=1),
+    # the deployment view (yolomem.deployment.table): deploy=FORMAT switches the table to it
+    Key("deploy", CHOICE, None, "deployment view: torch, onnx or engine (batch 1 unless given)",
+        choices=("torch", "onnx", "engine"), nullable=True),
+    Key("precision", CHOICE, "fp32", "deployment view: fp32, fp16 or int8", choices=("fp32", "fp16", "int8")),
+    Key("device", TEXT, None, "deployment view: a card or Jetson module, e.g. Jetson-Orin-Nano-8GB", nullable=True),
 ))  # fmt: skip
 CSV = Flag(("--csv",), "print CSV", machine=True)
 MARKDOWN = Flag(("--markdown",), "print a Markdown table", machine=True)
@@ -36,13 +42,14 @@ class TableOptions:
     method: str
     iterations: int
     jobs: int
+    margin: float
 
 
 def parse_table_words(words: list[str]) -> TableOptions:
     parsed = parse_words(words, TABLE_KEYS)
     get = lambda name: parsed.values.get(name, TABLE_KEYS.default(name))  # noqa: E731
     return TableOptions(parsed.positionals, get("imgsz"), get("batch"), get("gpus"), get("method"),
-                        get("iterations"), get("jobs"))  # fmt: skip
+                        get("iterations"), get("jobs"), get("margin"))  # fmt: skip
 
 
 def rows_for(options: TableOptions):
@@ -64,12 +71,14 @@ def _table(options: argparse.Namespace) -> int:
     from yolomem.render import table_formats
     from yolomem.sweeps.table import PRECISIONS, compute_table
 
+    if any(word.startswith("deploy=") for word in options.words):
+        return _deploy_table(options)
     parsed = parse_table_words(options.words)
     rows = rows_for(parsed)
     traces = len(rows) * len(PRECISIONS) * (2 if parsed.method == "two-point" else 1)
     with progress_display("table", quiet=options.json, total=traces) as display:  # stderr: stdout stays the table
         table = compute_table(rows, parsed.gpus, method=parsed.method, iterations=parsed.iterations,
-                              jobs=parsed.jobs, progress=display.advance)  # fmt: skip
+                              jobs=parsed.jobs, margin=parsed.margin, progress=display.advance)  # fmt: skip
     if options.json:
         print(table_formats.to_json(table), file=options.stdout)
     elif options.csv:
@@ -78,6 +87,30 @@ def _table(options: argparse.Namespace) -> int:
         print(table_formats.to_markdown(table), end="", file=options.stdout)
     else:
         table_formats.render_rich(table)
+    return 0
+
+
+def _deploy_table(options: argparse.Namespace) -> int:
+    """``yolomem table deploy=...``: the deployment view (yolomem.deployment.table)."""
+    from yolomem.cli.progress import progress_display
+    from yolomem.deployment.config import DeployConfig
+    from yolomem.deployment.table import deploy_table
+    from yolomem.render.deploy_output import render_deploy_table
+    from yolomem.sweeps.table import BLOG_ROWS
+
+    parsed = parse_words(options.words, TABLE_KEYS)
+    values = parsed.values
+    base = DeployConfig(format=values["deploy"] or "torch", precision=values.get("precision", "fp32"),
+                        batch=values.get("batch"), imgsz=values.get("imgsz") or 640, device=values.get("device"))  # fmt: skip
+    models = parsed.positionals or tuple(name for _, name, _, _ in BLOG_ROWS)
+    with progress_display("sizing", quiet=options.json, total=len(models)) as display:
+        table = deploy_table(models, base, progress=display.advance)
+    if options.json:
+        from yolomem.render.json_output import dumps
+
+        print(dumps(table.to_json()), file=options.stdout)
+    else:
+        render_deploy_table(table)
     return 0
 
 

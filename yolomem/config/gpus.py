@@ -4,6 +4,13 @@ Total memory is the card's specification (``total_memory`` as torch reports it i
 nvidia-smi's "Total" is the figure here). The CUDA context (driver state, loaded kernels, cuDNN and
 cuBLAS handles) is outside ``torch.cuda.memory_reserved()`` but shows in nvidia-smi.
 
+Jetson modules (``shared_memory=True``): one DRAM serves the CPU and the GPU, so ``total_bytes`` is the
+memory CUDA reports on the module (``totalGlobalMem``: DRAM less the firmware carve-outs), and what a
+deployment leaves of it is the RAM for the OS and the application. Where a log of a real unit printed
+that total it is used (sources next to each entry, collected in ``deployment_memory.md`` section 5);
+for modules without such a log the total is the nominal DRAM scaled by the ratio seen on the closest
+module with one, and the entry says "assumed".
+
 CUDA_CONTEXT_BYTES: no GPU measurement of this project backs it yet (see validation/). Until one does,
 it is the commonly reported size of a PyTorch CUDA context with lazy module loading (CUDA >= 11.7,
 the default): about 300-600 MiB on Ampere/Hopper cards, e.g. the PyTorch forum thread "CUDA context
@@ -18,6 +25,7 @@ from yolomem.errors import UserError, unknown
 
 GiB = 1 << 30
 CUDA_CONTEXT_BYTES = 500 << 20  # cited public figure, see module docstring
+CUDA_CONTEXT_UPPER_BYTES = 600 << 20  # the top of the same cited 300-600 MiB range: the upper figure's context
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,8 @@ class Gpu:
     total_bytes: int
     context_bytes: int = CUDA_CONTEXT_BYTES
     shared_memory: bool = False  # Jetson: the GPU shares system RAM
+    dram_bytes: int | None = None  # Jetson: the module's nominal DRAM (data sheet)
+    source: str = ""  # where total_bytes comes from, when it is not the card's specification
 
     @property
     def usable_bytes(self) -> int:
@@ -40,6 +50,29 @@ def _gib(x: float) -> int:
 def _mib(x: int) -> int:
     return x << 20
 
+
+def _jetson(name: str, dram_gib: int, total_mib: int, source: str) -> Gpu:
+    return Gpu(name, _mib(total_mib), shared_memory=True, dram_bytes=_gib(dram_gib), source=source)
+
+
+# CUDA totals seen on real units (deployment_memory.md section 5); the ratio total/DRAM of the nearest
+# logged module stands in for modules without a log.
+_ORIN_8GB_MIB = 7620  # "Orin, 7620MiB", 8 GB Orin module, JetPack 6.2.1 (EdgeFirst validator-on-Jetson doc)
+_ORIN_16GB_MIB = 15536  # trtexec "Device Global Memory: 15536 MiB", Orin NX 16GB (OE4T/meta-tegra PR 2243)
+_AGX_64GB_MIB = 62841  # "Orin, 62841MiB", AGX Orin 64GB (ultralytics issue 22271)
+_AGX_32GB_MIB = _AGX_64GB_MIB // 2  # assumed: half the 64 GB module's total
+JETSONS = (
+    _jetson("Jetson-Orin-Nano-4GB", 4, 3425, "log: CUDA:0 (Orin, 3425MiB), ultralytics issue 19614"),
+    _jetson("Jetson-Orin-Nano-8GB", 8, _ORIN_8GB_MIB, "log: Orin, 7620MiB on an 8 GB Orin (EdgeFirst doc)"),
+    _jetson("Jetson-Orin-NX-8GB", 8, _ORIN_8GB_MIB, "assumed: as the logged 8 GB Orin"),
+    _jetson("Jetson-Orin-NX-16GB", 16, _ORIN_16GB_MIB, "log: trtexec Device Global Memory 15536 MiB (meta-tegra PR 2243)"),
+    _jetson("Jetson-AGX-Orin-32GB", 32, _AGX_32GB_MIB, "assumed: half the logged AGX Orin 64GB"),
+    _jetson("Jetson-AGX-Orin-64GB", 64, _AGX_64GB_MIB, "log: Orin, 62841MiB (ultralytics issue 22271)"),
+    _jetson("Jetson-Xavier-NX-8GB", 8, _ORIN_8GB_MIB, "assumed: as the logged 8 GB Orin"),
+    _jetson("Jetson-Xavier-NX-16GB", 16, _ORIN_16GB_MIB, "assumed: as the logged Orin NX 16GB"),
+    _jetson("Jetson-AGX-Xavier-32GB", 32, _AGX_32GB_MIB, "assumed: as the AGX Orin 32GB"),
+    _jetson("Jetson-AGX-Xavier-64GB", 64, _AGX_64GB_MIB, "assumed: as the logged AGX Orin 64GB"),
+)
 
 CATALOG: dict[str, Gpu] = {
     gpu.name: gpu
@@ -67,8 +100,7 @@ CATALOG: dict[str, Gpu] = {
         Gpu("L40S", _mib(46068)),  # 48 GB card; nvidia-smi Total 46068 MiB (ECC on)
         Gpu("H100-80GB", _mib(81559)),  # H100 SXM/PCIe 80GB: nvidia-smi Total 81559 MiB
         Gpu("H200", _mib(143771)),  # "141 GB" is decimal; nvidia-smi Total 143771 MiB (~140.4 GiB)
-        Gpu("Jetson-Orin-32GB", _gib(32), shared_memory=True),
-        Gpu("Jetson-Orin-64GB", _gib(64), shared_memory=True),
+        *JETSONS,
     ]
 }
 
@@ -80,7 +112,13 @@ def _key(name: str) -> str:
 _ALIASES = {_key(name): name for name in CATALOG}
 _ALIASES.update({_key("3060"): "RTX-3060-12GB", _key("3090"): "RTX-3090", _key("4090"): "RTX-4090",
                  _key("A100"): "A100-40GB", _key("H100"): "H100-80GB", _key("V100"): "V100-16GB",
-                 _key("1060"): "GTX-1060-6GB", _key("Tesla T4"): "T4"})  # fmt: skip
+                 _key("1060"): "GTX-1060-6GB", _key("Tesla T4"): "T4",
+                 # short Jetson names: the module's default (smaller or only) memory size
+                 _key("Jetson-Orin-Nano"): "Jetson-Orin-Nano-8GB",
+                 _key("Jetson-Orin-NX"): "Jetson-Orin-NX-16GB", _key("Jetson-AGX-Orin"): "Jetson-AGX-Orin-64GB",
+                 _key("Jetson-Xavier-NX"): "Jetson-Xavier-NX-8GB", _key("Jetson-AGX-Xavier"): "Jetson-AGX-Xavier-32GB",
+                 _key("Jetson-Orin-32GB"): "Jetson-AGX-Orin-32GB", _key("Jetson-Orin-64GB"): "Jetson-AGX-Orin-64GB"})  # fmt: skip
+_ALIASES.update({key.removeprefix("jetson"): name for key, name in list(_ALIASES.items()) if key.startswith("jetson")})
 
 
 def find_gpu(name: str, gpu_mem_gib: float | None = None) -> Gpu:

@@ -27,19 +27,50 @@ class TracedRun:
     optimizer: str
     notes: tuple[str, ...]
     probe_failures: tuple[str, ...]
+    density: Any = None  # yolomem.loops.density.DensityPlan of the traced batches (None: no labels)
+    upper_iteration: int | None = None  # the iteration traced at the upper figure's density, after the configured ones
+
+
+@dataclass(frozen=True)
+class CacheClears:
+    """Where a trainer empties the CUDA cache (``torch.cuda.empty_cache``) around its validation pass.
+
+    Each point is None (no call there) or a threshold: the cache is emptied when ``memory_reserved() /
+    total_memory`` exceeds it (Ultralytics' ``_clear_memory(threshold)``); 0.0 empties it always."""
+
+    before_val: float | None = None
+    after_epoch: float | None = None  # after validation, before the next epoch's training
+
+    def empties(self, threshold: float | None, reserved: int, card_bytes: int | None) -> bool:
+        """Whether a clear with ``threshold`` empties the cache; an unknown card keeps it (the higher figure)."""
+        if threshold is None:
+            return False
+        if threshold == 0.0:
+            return True
+        return card_bytes is not None and reserved / card_bytes > threshold
+
+    def describe(self) -> str:
+        def point(threshold: float | None) -> str:
+            if threshold is None:
+                return "nothing"
+            return "always" if threshold == 0.0 else f"when more than {threshold:.0%} of the card is reserved"
+
+        return f"cache emptied before validation: {point(self.before_val)}; after each epoch: {point(self.after_epoch)}"
 
 
 class TrainingLoop(Protocol):
     """Everything yolomem asks of a training loop."""
 
     name: str  # the ``framework=`` value that selects it
-    clears_cache_between_epochs: bool  # the trainer empties the CUDA cache after each epoch
     # the trainer's loop variables (images, predictions, losses) outlive their iteration until the next
     # one rebinds them, and through validation; the epoch composer then keeps them alive between templates
     carries_loop_variables: bool
     # the validation pass is traced as one template over the pass's batches (its locals carry from batch
     # to batch), rather than one template per batch shape
     traces_whole_val_pass: bool
+
+    def cache_clears(self) -> CacheClears | None:
+        """Where the trainer empties the CUDA cache around validation (None: unknown, assumed never)."""
 
     def owns(self, spec: str) -> bool:
         """True for model names only this loop builds (they select it without ``framework=``)."""
@@ -56,8 +87,10 @@ class TrainingLoop(Protocol):
     def count_params(self, resolved: ResolvedModel, nc: int | None = None) -> int: ...
 
     def trace(self, config: EstimateConfig, resolved: ResolvedModel, *, fake: bool, oracle,
-              after_iterations: Callable[[Any], None] | None) -> TracedRun:
-        """Build the model on fake (or real) tensors and trace ``config.iterations`` training iterations."""
+              after_iterations: Callable[[Any], None] | None, density=None, upper: bool = True) -> TracedRun:
+        """Build the model on fake (or real) tensors and trace ``config.iterations`` training iterations,
+        with the objects per sample of ``density`` (``traced_batches``); ``upper``: one more iteration at the
+        upper figure's density (an estimate needs it; an event-by-event comparison with a reference run not)."""
 
     def optimizer_steps(self, iterations: int, batch: int, nbs: int) -> tuple[bool, ...]:
         """Which traced iterations step the optimizer at this (per-rank) batch: the one part of the
@@ -66,7 +99,7 @@ class TrainingLoop(Protocol):
     def gpu_mem_unit(self) -> str:
         """The unit the trainer prints ``GPU_mem`` in: "GiB" or "GB" (10^9 bytes)."""
 
-    def epochs_supported(self, task: str, world_size: int) -> bool:
+    def epochs_supported(self, resolved: ResolvedModel, world_size: int) -> bool:
         """Whether whole epochs (val pass, epoch 2+) can be simulated for this task."""
 
     def val_batch_size(self, task: str, train_batch: int) -> int: ...
@@ -132,7 +165,14 @@ def tracing(config: EstimateConfig, *, fake: bool, oracle) -> Iterator[tuple[Any
     from yolomem.trace.autocast import CudaAutocastPolicy
     from yolomem.trace.tracer import Tracer
 
-    tracer = Tracer(fake=fake, oracle=oracle)
+    workspaces = None
+    if fake:  # kernel workspaces belong to CUDA kernels; a real CPU run (the tests' ground truth) has none
+        import torch
+
+        from yolomem.trace.workspaces import KernelWorkspaces, rules_for
+
+        workspaces = KernelWorkspaces(rules_for(torch.__version__))
+    tracer = Tracer(fake=fake, oracle=oracle, workspaces=workspaces)
     with contextlib.ExitStack() as stack:
         stack.enter_context(tracer)
         stack.enter_context(cuda_foreach_types())
@@ -158,3 +198,17 @@ def cuda_foreach_types() -> Iterator[None]:
     finally:
         for lst in added:
             lst.remove(FakeTensor)
+
+
+def traced_batches(config: EstimateConfig, task: str, batch: int, density=None, upper: bool = True):
+    """(plan, objects per sample of each traced iteration, upper iteration index or None).
+
+    Training with labels: typical batches, the last configured iteration at epoch 1's densest batch,
+    then one more at the upper figure's densest (``yolomem.loops.density``). AutoBatch probes
+    (``step=fwd_bwd``) and classification have no labels: plain draws, no extra iteration."""
+    from yolomem.loops.density import iteration_counts, plan_for
+
+    if config.step != "train" or task == "classify":
+        return None, [None] * config.iterations, None
+    plan = density or plan_for(config, batch)
+    return plan, iteration_counts(plan, config.iterations, upper=upper), config.iterations if upper else None

@@ -3,20 +3,19 @@
 Images are created inside the trace (fake there: no memory); the targets are small, so they are real
 tensors, and the loss and its assigner see real object counts and real box geometry.
 
-Objects per image. ``instances`` is the mean number of labelled objects per image. A batch is one
-densest image and ``batch - 1`` typical images:
-- the densest image sets the assigner's ``n_max_boxes`` (every (batch, n_max, anchors) tensor): it
-  holds the most objects among ``DENSEST_OF`` Poisson draws with mean ``instances`` (seeded): for a
-  mean of 8, typically 13-14, what the densest of 16 images holds;
-- a typical image holds ``round(instances)`` objects (at most as many as the densest), and all typical
-  images of a batch hold the same objects. Totals (targets, foreground anchors, anchor-box pairs) then
-  grow by the same amount with each image, and the densest image does not depend on the batch size,
-  so every size in a training step is exactly affine in the batch: ``yolomem.trace.derive`` derives
-  the stream at any batch from traces at a few (memory depends on the densest image and on totals,
-  not on how objects spread over the other images).
-Box width and height are fractions of the image drawn log-uniformly from [0.02, 0.6], centres
-uniformly, which keeps the anchors-inside-box counts in a COCO-like range. Images with the same
-number of objects hold the same boxes (``SyntheticBatch.as_dict``).
+Objects per image. ``instances`` is the mean number of labelled objects per image. The estimator picks
+the objects of each traced batch with ``yolomem.loops.density`` (a typical batch, the epoch's densest):
+one densest sample, which sets the assigner's ``n_max_boxes`` (every (batch, n_max, anchors) tensor),
+and ``batch - 1`` typical samples that hold the same objects (``dense_counts``). Memory depends on
+the densest sample and on totals, not on how objects spread over the other samples; so batches of
+this form make every size in a training step exactly affine in the batch, and ``yolomem.trace.derive``
+derives the stream at any batch from traces at a few. ``draw`` without counts (no density plan:
+classification, AutoBatch probes) takes the densest of ``DENSEST_OF`` Poisson draws, then typical
+images of ``round(instances)``.
+Box width and height are fractions of the image drawn log-uniformly from [0.02, min(0.6, 1/sqrt(objects
+in the image))], centres uniformly: a COCO-like range of anchors inside each box, and in a dense image
+(hundreds of objects) small boxes that tile it, as real dense data has. Images with the same number of
+objects hold the same boxes (``SyntheticBatch.as_dict``).
 """
 
 from __future__ import annotations
@@ -29,6 +28,14 @@ import torch
 
 
 BOX_SIDE_RANGE = (0.02, 0.6)  # fraction of the image side, log-uniform
+
+
+def box_side_limit(counts) -> np.ndarray:
+    """The largest box side (fraction of the image) drawn for an image holding ``counts`` objects."""
+    low, high = BOX_SIDE_RANGE
+    return np.clip(1 / np.sqrt(np.maximum(np.asarray(counts, dtype=np.float64), 1)), low * 1.0001, high)
+
+
 MASK_RATIO = 4  # Ultralytics' default mask_ratio: masks are imgsz / 4
 DENSEST_OF = 16  # the densest image holds the most objects among this many draws (Ultralytics' default batch)
 
@@ -63,9 +70,12 @@ class SyntheticBatch:
 
     @staticmethod
     def draw(task: str, batch: int, imgsz: int, instances: float, seed: int, nc: int = 80,
-             kpt_shape: tuple[int, int] = (17, 3), channels: int = 3) -> SyntheticBatch:
-        densest = densest_count(instances, seed)
-        counts = dense_counts(batch, densest, typical_count(instances, densest))
+             kpt_shape: tuple[int, int] = (17, 3), channels: int = 3, counts: tuple[int, ...] | None = None) -> SyntheticBatch:
+        """A batch with the given objects per image, or the densest of ``DENSEST_OF`` Poisson draws and
+        typical images when ``counts`` is None."""
+        if counts is None:
+            densest = densest_count(instances, seed)
+            counts = dense_counts(batch, densest, typical_count(instances, densest))
         return SyntheticBatch(task, batch, imgsz, counts, seed, nc, tuple(kpt_shape), channels)
 
     @property
@@ -79,8 +89,9 @@ class SyntheticBatch:
     def float_images(self) -> torch.Tensor:
         return torch.empty(self.batch, self.channels, self.imgsz, self.imgsz)
 
-    def as_dict(self) -> dict:
-        """The batch dict Ultralytics' collate_fn produces for this task."""
+    def as_dict(self, overlap_mask: bool = True) -> dict:
+        """The batch dict Ultralytics' collate_fn produces for this task; segmentation masks as one index
+        map per image (``overlap_mask=True``, Ultralytics' default) or one mask per object."""
         rng = np.random.default_rng(self.seed + 1)
         if self.task == "classify":  # ClassificationDataset yields normalised float32 images
             images = torch.zeros((self.batch, self.channels, self.imgsz, self.imgsz), dtype=torch.float32)
@@ -109,12 +120,17 @@ class SyntheticBatch:
             data["keypoints"] = torch.tensor(joined("kpts"))
         if self.task == "segment":
             side_px = self.imgsz // MASK_RATIO
-            data["masks"] = torch.tensor(self._overlap_masks(rng, boxes, side_px))
+            masks = self._overlap_masks(rng, boxes, side_px)
+            if not overlap_mask:  # one mask per object, in label order
+                per_object = [masks[i] == k + 1 for i, count in enumerate(self.counts) for k in range(count)]
+                masks = np.stack(per_object) if per_object else np.zeros((0, side_px, side_px), bool)
+            data["masks"] = torch.tensor(masks.astype(np.uint8))
         return data
 
     def _objects(self, rng, count: int) -> dict[str, np.ndarray]:
         """Boxes (cx, cy, w, h), classes, angles and keypoints of one image's ``count`` objects."""
-        side = np.exp(rng.uniform(*np.log(BOX_SIDE_RANGE), size=(count, 2)))
+        low, high = BOX_SIDE_RANGE[0], float(box_side_limit(count))
+        side = np.exp(np.log(low) + rng.uniform(size=(count, 2)) * (np.log(high) - np.log(low)))
         centre = rng.uniform(side / 2, 1 - side / 2)
         kpts = rng.uniform(0, 1, (count, *self.kpt_shape)).astype(np.float32)
         if self.kpt_shape[1] == 3:

@@ -5,10 +5,11 @@
   ``smart_inference_mode()`` (``torch.inference_mode``);
 - ``args.quantize = 16`` when the trainer uses AMP: the image batch is ``.half() / 255`` and the
   forward, the loss and the NMS run under ``autocast(True)`` (fp16, also for ``amp=bf16``); the
-  weights stay fp32. Older releases validated a ``.half()`` copy of the EMA: the installed code wins;
+  weights stay fp32. Up to 8.4.61 the EMA itself was converted with ``.half()`` and run without
+  autocast (``UltralyticsLoop.trace_val_pass`` follows the installed release);
 - ``model.loss(batch, preds)``: the training loss, with its assigner, on the validation batch;
-- ``postprocess``: ``ultralytics.utils.nms.non_max_suppression`` (conf 0.001, iou 0.7, max_det 300,
-  multi_label) on the predictions.
+- ``postprocess``: ``non_max_suppression`` (conf 0.001, iou 0.7, max_det 300, multi_label) on the
+  predictions, from ``ultralytics.utils.nms`` (``utils.ops`` before 8.3.190).
 The validation batch is 2x the training batch (not for obb), and each batch has its own rect shape
 (``BaseDataset.set_rectangle``), so each distinct shape is traced once and reused.
 
@@ -27,6 +28,7 @@ traced.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -112,12 +114,14 @@ def trace_validation_batch(
             with tracer.phase("val_nms"):
                 preds = _real_predictions(preds, tracer, nc, NMS_CANDIDATES_PER_IMAGE)
                 with _cuda_nms_allocations(tracer), quiet_ultralytics():
-                    from ultralytics.utils.nms import non_max_suppression
+                    from yolomem.loops.ultralytics.release import nms_function
 
+                    non_max_suppression = nms_function()  # utils.nms from 8.3.190, utils.ops before
+                    kwargs = dict(conf_thres=VAL_CONF, iou_thres=VAL_IOU, multi_label=True, max_det=VAL_MAX_DET)
                     # no time limit: NMS quits after 2 s + 0.05 s per image, which a GPU never takes but
                     # this CPU trace may, and the trace would then depend on how busy the machine is
-                    kwargs = dict(conf_thres=VAL_CONF, iou_thres=VAL_IOU, multi_label=True, max_det=VAL_MAX_DET,
-                                  max_time_img=NMS_TIME_PER_IMAGE)  # fmt: skip
+                    if "max_time_img" in inspect.signature(non_max_suppression).parameters:
+                        kwargs["max_time_img"] = NMS_TIME_PER_IMAGE
                     kwargs.update(nms_kwargs or {})
                     outputs = non_max_suppression(preds, **kwargs)
             del preds, outputs
@@ -138,7 +142,7 @@ def _real_predictions(preds, tracer: Tracer, nc: int, candidates: int) -> torch.
         real[:, 0:2] = 100.0  # box centres (pixels)
         real[:, 2:4] = 20.0  # box sides
         scores = real[:, 4 : 4 + nc]  # (B, nc, anchors): the first `candidates` pairs pass
-        flat = scores.reshape(shape[0], -1)
+        flat = scores.reshape(shape[0], -1).clone()  # a copy: for one image reshape returns a view
         flat[:, :candidates] = 0.5
         scores.copy_(flat.view_as(scores))
     tracer.track_existing([real], "activation")

@@ -13,7 +13,7 @@ from yolomem.sweeps.pick import PickResult
 
 def margin_line(gpu: str, total: int, context: int, margin: float, capacity: int) -> str:
     return (
-        f"{card_name(gpu)}: {_gib(total)} - CUDA context {_gib(context)} - margin {margin:.0%} "
+        f"{card_name(gpu)}: {_gib(total)} - CUDA context {_gib(context)} (upper) - margin {margin:.0%} "
         f"(cuDNN workspaces, validation, later epochs; set with margin=) = {_gib(capacity)} for the caching allocator"
     )
 
@@ -31,12 +31,13 @@ def render_fit(result: FitResult, console: Console | None = None) -> None:
     console.print(headline)
     trainer = "yolov5 train.py" if estimate.config.framework == "yolov5" else "Ultralytics"
     console.print(
-        f"  peak reserved {_gib(estimate.peak_reserved_bytes)} ({trainer} GPU_mem {estimate.gpu_mem_printed}, "
-        f"{gpu_mem_unit_label(estimate.gpu_mem_unit)}), "
-        f"nvidia-smi ~{_gib(estimate.device_total_bytes)}; line through two traces predicted {result.predicted}, "
-        f"confirmed with {len(result.probes)} traces"
+        f"  peak reserved {_gib(estimate.peak_reserved_bytes)} expected, {_gib(estimate.peak_reserved_upper_bytes)} upper "
+        f"({trainer} GPU_mem {estimate.gpu_mem_printed} / {estimate.gpu_mem_upper_printed}, "
+        f"{gpu_mem_unit_label(estimate.gpu_mem_unit)}), nvidia-smi ~{_gib(estimate.device_total_bytes)} / "
+        f"{_gib(estimate.device_total_upper_bytes)}; verdicts use the upper figure; line through two traces "
+        f"predicted {result.predicted}, confirmed with {len(result.probes)} traces"
     )
-    if estimate.peak_reserved_bytes > result.capacity_bytes:
+    if estimate.peak_reserved_upper_bytes > result.capacity_bytes:
         console.print(
             "  (reserved memory exceeds the budget without a cap; under it, the caching allocator frees its "
             "cache and retries before it would run out, and the step still fits: this is what the simulation decides)"
@@ -44,7 +45,7 @@ def render_fit(result: FitResult, console: Console | None = None) -> None:
     table = Table(title="traced configs", title_justify="left")
     table.add_column("batch", justify="right")
     table.add_column("imgsz", justify="right")
-    table.add_column("peak reserved", justify="right")
+    table.add_column("peak reserved (upper)", justify="right")
     table.add_column("fits")
     for probe in sorted(result.probes, key=lambda p: (p.imgsz, p.batch)):
         table.add_row(str(probe.batch), str(probe.imgsz), _gib(probe.peak_reserved_bytes), "yes" if probe.fits else "[red]no[/red]")

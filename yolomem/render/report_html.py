@@ -71,6 +71,7 @@ def render_report(data: ReportData) -> str:
         _figures(data),
         _breakdown_table(data),
         _top_layers(data),
+        _deployment(data),
         _caveats(data),
         _commands(data),
         f'<p class="dim">yolomem {_esc(est.yolomem_version)} · torch {_esc(est.torch_version)} · '
@@ -91,6 +92,10 @@ def _summary(data: ReportData) -> str:
         ("device_total_bytes", "nvidia-smi total (reserved + CUDA context)",
          _size_cells("device_total_bytes", est.device_total_bytes)),
         ("peak_reserved_bytes", "peak reserved", _size_cells("peak_reserved_bytes", est.peak_reserved_bytes)),
+        ("peak_reserved_upper_bytes", "peak reserved, upper figure (9 runs in 10 stay under; verdicts use it)",
+         _size_cells("peak_reserved_upper_bytes", est.peak_reserved_upper_bytes)),
+        ("device_total_upper_bytes", "nvidia-smi total, upper figure",
+         _size_cells("device_total_upper_bytes", est.device_total_upper_bytes)),
         ("peak_allocated_bytes", "peak allocated", _size_cells("peak_allocated_bytes", est.peak_allocated_bytes)),
         ("context_bytes", "CUDA context (assumed)", _size_cells("context_bytes", est.context_bytes)),
         ("peak_phase", "peak happens in",
@@ -111,14 +116,16 @@ def _fits(data: ReportData) -> str:
             f'<tr data-gpu="{_esc(fit.gpu.name)}"><th>{_esc(card_label(fit.gpu.name, fit.gpu.total_bytes))}</th>'
             f'<td class="num" data-key="card_total_bytes" data-bytes="{fit.gpu.total_bytes}">{_gib(fit.gpu.total_bytes)}</td>'
             f'<td class="num" data-key="card_usable_bytes" data-bytes="{fit.gpu.usable_bytes}">{_gib(fit.gpu.usable_bytes)}</td>'
+            f'<td class="num" data-key="card_capacity_bytes" data-bytes="{fit.gpu.capacity_bytes}">{_gib(fit.gpu.capacity_bytes)}</td>'
             f'<td data-key="card_fits" data-value="{str(fit.fits).lower()}">{verdict}</td>'
             f'<td class="num" data-key="largest_batch" data-value="{largest}">{largest}</td>'
             f'<td class="dim">{_esc(fit.method)}</td></tr>'
         )
     batch = data.estimate.config.batch
     head = ("<tr><th>GPU</th><th>total</th><th>usable (minus context)</th>"
-            f"<th>batch {batch}</th><th>largest batch</th><th>how</th></tr>")  # fmt: skip
-    note = (f'<p class="dim">Judged as <code>yolomem fit</code> judges it: usable memory minus a {data.margin:.0%} '
+            f"<th>for training (minus the {data.margin:.0%} margin)</th><th>batch {batch}</th><th>largest batch</th>"
+            "<th>how</th></tr>")  # fmt: skip
+    note = (f'<p class="dim">Judged as every verdict of yolomem is: usable memory minus a {data.margin:.0%} '
             "margin for what the trace does not see (cuDNN workspaces, validation, later epochs); the largest "
             "batch is traced and fits, one more is traced and does not.</p>")  # fmt: skip
     return f'<h2>Fit on the chosen GPUs</h2><table id="fits">{head}{"".join(rows)}</table>{note}'
@@ -167,6 +174,29 @@ def _top_layers(data: ReportData) -> str:
         for layer in layers
     )
     return f'<h2>Layers holding the most activation memory at the peak</h2><table id="top-layers">{rows}</table>'
+
+
+def _deployment(data: ReportData) -> str:
+    """``report deploy=FORMAT``: the trained model's deployment (yolomem.deployment), term by term."""
+    deployment = data.deployment
+    if deployment is None:
+        return ""
+    from yolomem.render.deploy_output import title
+
+    rows = []
+    for group, terms in (("run time", deployment.runtime), ("build", deployment.build),
+                         ("INT8 calibration", deployment.calibration), ("host RAM", deployment.host)):  # fmt: skip
+        for term in terms:
+            span = "" if term.low == term.high else f"{_gib(term.low)} - {_gib(term.high)}"
+            rows.append(f"<tr><td>{_esc(group)}</td><th>{_esc(term.label)}</th>{_size_cells('deploy.' + term.key, term.bytes)}"
+                        f'<td class="num">{span}</td><td>{_esc(term.basis)}</td></tr>')  # fmt: skip
+    rows.append(f"<tr><td></td><th>on the device while running</th>{_size_cells('deploy.runtime_bytes', deployment.runtime_bytes)}"
+                "<td></td><td></td></tr>")  # fmt: skip
+    if deployment.ram_left_bytes is not None:
+        rows.append(f"<tr><td></td><th>RAM left for the OS and the application</th>"
+                    f"{_size_cells('deploy.ram_left_bytes', deployment.ram_left_bytes)}<td></td><td></td></tr>")  # fmt: skip
+    return (f'<h2>Deployment</h2><p class="sub">{_esc(title(deployment))}</p>'
+            f'<table id="deployment">{"".join(rows)}</table>')
 
 
 def _caveats(data: ReportData) -> str:

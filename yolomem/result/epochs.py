@@ -4,14 +4,15 @@ Why: the caching allocator keeps the largest blocks anyone asked for, so ``GPU_m
 later carries what validation (2x batch, rect shapes, NMS) and the densest training batch left.
 
 How (tracing is the expensive part, so each distinct piece is traced once):
-1. Plan: draw the epoch's batches (objects per image from the dataset's label files, or, without
-   one, each batch's densest image as ``yolomem.loops.batches`` draws it: the most of ``DENSEST_OF``
-   Poisson draws with mean ``instances``) for several seeds. A batch is characterised by its densest
-   image (the assigner's ``n_max_boxes``); the levels traced are the median, the 90th percentile and
-   the maximum of that over all draws. With a dataset the densest image of the dataset lies in some
-   batch of every epoch, so the maximum is the dataset's maximum. Each traced batch is that densest
-   image and typical images (``dense_counts``), so without a dataset the traced batches do not
-   depend on the batch size and the whole stream derives exactly (``yolomem.trace.derive``).
+1. Plan: draw the epoch's batches for several seeds with ``yolomem.loops.density`` (objects per image
+   from the dataset's label files or drawn around ``instances``; mosaics of 4 images while the mosaic
+   is open). A batch is characterised by its densest training sample (the assigner's
+   ``n_max_boxes``); the levels traced are the median and the 90th percentile of that over all draws
+   for batches of ``REFERENCE_BATCH`` samples, and the densest sample of all. Each level's traced
+   batch is that densest sample and typical ones (the median sample, ``dense_counts``). The samples
+   of an epoch do not depend on the batch size (only how they are cut into batches does), so neither
+   do the levels: without a dataset the traced run derives exactly at any batch
+   (``yolomem.trace.derive``); with one, validation's rect shapes change with the batch.
 2. Trace, with the model, optimizer and EMA of ``runner.trace_run``: one training iteration per
    level, and one validation batch per distinct val shape (``yolomem.loops.val_pass``; for the
    yolov5 repo's loop ``yolomem.loops.yolov5.val_pass``: val.py's fp16 EMA, its NMS).
@@ -19,18 +20,21 @@ How (tracing is the expensive part, so each distinct piece is traced once):
    freed at its end, and its frees of older storages are dropped, so templates are self-contained
    and can be concatenated (storage ids renumbered per copy). The model, optimizer state and EMA
    (allocated before and in the first iteration) stay alive throughout.
-4. Replay through ``CachingAllocator``: epoch 1 (first iteration, then ``SIM_ITERATIONS`` training
-   batches in order, the densest among them), ``_clear_memory(0.5)``, validation, ``_clear_memory``,
-   epoch 2, validation, epoch 3 (the yolov5 repo's train.py has no ``_clear_memory``). Repeated for
-   each seed: the figures are a median and a high percentile.
+4. Replay (``yolomem.allocator.replay``): epoch 1 (first iteration, then ``SIM_ITERATIONS`` training
+   batches in order, the densest among them), a cache clear, validation, a cache clear, epoch 2,
+   validation, epoch 3. Where the trainer empties the cache is the loop's ``cache_clears()``: read
+   from the installed Ultralytics (after each epoch always up to 8.3.86; above a share of the card,
+   and also before validation, in later releases); the yolov5 repo's train.py never does. Repeated
+   for each seed: the figures are a median and a high percentile.
 
 Assumptions (also returned in ``EpochSimulation.assumptions``):
 - An epoch is shortened to ``SIM_ITERATIONS`` training batches, sampled in order and always with the
   densest one: the allocator reaches its steady state within a few repeats of each pattern.
 - Every simulated iteration steps the optimizer (as in warmup). With ``accumulate > 1`` gradients
   also stay alive during the forward of non-stepping iterations: not modelled.
-- ``_clear_memory(0.5)`` empties the cache only when reserved memory exceeds half the card; without
-  ``gpu=`` the card is unknown and the cache is assumed kept (the higher, cautious figure).
+- ``_clear_memory(threshold)`` empties the cache only when reserved memory exceeds that share of the
+  card; without ``gpu=`` the card is unknown and the cache is assumed kept (the higher, cautious
+  figure). An unconditional clear empties it whatever the card.
 - Consecutive validation batches of one shape are replayed at most ``MAX_REPEATS`` times.
 """
 
@@ -42,9 +46,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from yolomem.allocator.caching import CachingAllocator, SimulatedOOM, parse_alloc_conf
-from yolomem.loops.batches import DENSEST_OF, dense_counts, typical_count
+from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
+from yolomem.allocator.replay import Copy, Mark, OomPoint, ReplayEvent, replay
+from yolomem.loops.batches import dense_counts
+from yolomem.loops.density import DEFAULT_SIGMA, DEFAULT_TRAIN_IMAGES, REFERENCE_BATCH, Augmentation, epoch_batches, image_counts
 from yolomem.trace.tracer import AllocationEvent, Trace
+from yolomem.loops.base import CacheClears
 from yolomem.loops.val_pass import ValBatchShape
 
 SIM_ITERATIONS = 12  # training batches replayed per simulated epoch
@@ -54,7 +61,8 @@ HIGH_PERCENTILE = 90
 MAX_REPEATS = 2
 MAX_VAL_SHAPES = 3  # distinct validation shapes traced; other batches use the next larger traced one
 VAL_PAD = 0.5  # build_yolo_dataset: pad = 0.0 if mode == "train" else 0.5
-CLEAR_THRESHOLD = 0.5  # BaseTrainer._clear_memory(0.5) before validation and after each epoch
+# Ultralytics 8.3.152+: _clear_memory(0.5) before validation and after each epoch (older: loops/ultralytics/release.py)
+LATEST_ULTRALYTICS = CacheClears(before_val=0.5, after_epoch=0.5)
 NO_DATA_VAL_BATCHES = 10  # val batches drawn to pick the densest when there is no dataset
 
 
@@ -80,12 +88,13 @@ class EpochPlan:
     """What to trace and in which order to replay it, before any tracing."""
 
     levels: tuple[int, ...]  # densest image of a training batch, one traced iteration per level
-    level_counts: tuple[tuple[int, ...], ...]  # objects per image of the batch traced for each level
+    level_counts: tuple[tuple[int, ...], ...]  # objects per sample of the batch traced for each level
     sequences: tuple[tuple[tuple[int, ...], ...], ...]  # per seed, per epoch: level index of each batch
     val_shapes: tuple[ValBatchShape, ...]  # traced validation batches
     val_sequence: tuple[int, ...]  # traced shape index for each validation batch, in order
-    batches_per_epoch: int | None  # real training batches per epoch (None without a dataset)
+    batches_per_epoch: int  # real training batches per epoch (the dataset's, or the density model's default)
     seeds: tuple[int, ...]
+    first_level_iteration: int | None = None  # iteration index of the first level's trace (set when traced)
     # one traced validation template: the whole pass over the (compressed) val sequence, in order
     whole_val_pass: bool = False
 
@@ -93,8 +102,10 @@ class EpochPlan:
 def plan_shape(plan: EpochPlan) -> tuple:
     """What of a plan the trace depends on (levels, validation shapes and their densest images); the
     seeds' orders of batches only matter to the replay."""
-    return (plan.levels, tuple((s.height, s.width, s.counts[0] if s.counts else 0, s.counts[1] if len(s.counts) > 1 else None)
-                               for s in plan.val_shapes))  # fmt: skip
+    return (plan.levels, tuple(plan.level_counts[i][:2] for i in range(len(plan.levels))),
+            tuple((s.height, s.width, s.counts[0] if s.counts else 0, s.counts[1] if len(s.counts) > 1 else None)
+                  for s in plan.val_shapes), plan.first_level_iteration,
+            tuple(_compress(plan.val_sequence)) if plan.whole_val_pass else ())  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -105,8 +116,8 @@ class EpochSimulation:
     peak_allocated: Distribution
     peak_phase: str  # the phase whose allocation first reached the peak reserved (median seed)
     plan: EpochPlan
-    emptied_cache: bool  # whether any simulated _clear_memory(0.5) emptied the cache
-    oom: str | None
+    emptied_cache: bool  # whether any simulated cache clear emptied the cache
+    oom: OomPoint | None  # the first seed's simulated OOM, when replayed with a capacity
     assumptions: tuple[str, ...]
 
     def to_json(self) -> dict:
@@ -123,7 +134,7 @@ class EpochSimulation:
             "simulated_batches_per_epoch": SIM_ITERATIONS,
             "seeds": list(self.plan.seeds),
             "emptied_cache": self.emptied_cache,
-            "oom": self.oom,
+            "oom": self.oom.to_json() if self.oom else None,
             "assumptions": list(self.assumptions),
         }
 
@@ -159,47 +170,52 @@ def plan_epochs(
     *, batch: int, val_batch: int, imgsz: int, stride: int, seeds: Sequence[int],
     train_counts: Sequence[int] | None = None, instances: float = 8.0,
     val_sizes: Sequence[tuple[int, int]] | None = None, val_counts: Sequence[int] | None = None,
+    max_instances: int | None = None, augmentations: Sequence[Augmentation] | None = None,
 ) -> EpochPlan:  # fmt: skip
-    """Draw the batches of every simulated epoch and pick what to trace (see the module docstring)."""
-    epoch_batches: list[list[list[tuple[int, ...]]]] = []  # seed -> epoch -> batches (counts)
+    """Draw the batches of every simulated epoch and pick what to trace (see the module docstring).
+    ``augmentations``: one per simulated epoch (mosaic on or closed); default mosaics throughout."""
+    augmentations = tuple(augmentations or [Augmentation()] * SIM_EPOCHS)
+    drawn: list[list[list[tuple[int, ...]]]] = []  # seed -> epoch -> batches (objects per sample)
+    samples: list[int] = []  # every sample drawn: they do not depend on the batch size
+    reference: list[int] = []  # the densest sample of each REFERENCE_BATCH samples
+    images = len(train_counts) if train_counts is not None else DEFAULT_TRAIN_IMAGES
     for seed in seeds:
         rng = np.random.default_rng(seed)
+        if train_counts is not None:
+            per_image = np.asarray(train_counts, dtype=np.int64)
+        else:
+            per_image = image_counts(rng, instances, DEFAULT_SIGMA, images, max_instances)
         per_seed = []
-        for _epoch in range(SIM_EPOCHS):
-            if train_counts is not None:
-                order = rng.permutation(len(train_counts))
-                counts = np.asarray(train_counts)[order]
-                batches = [tuple(int(c) for c in counts[i : i + batch]) for i in range(0, len(counts), batch)]
-                per_seed.append(_sample_in_order(batches, rng))
-            else:
-                per_seed.append([_densest_batch(rng, instances, batch) for _ in range(SIM_ITERATIONS)])
-        epoch_batches.append(per_seed)
-    maxima = np.array([max(b, default=0) for s in epoch_batches for e in s for b in e])
-    top = int(maxima.max()) if train_counts is None else int(max(train_counts, default=0))
-    levels = sorted({int(np.median(maxima)), int(np.percentile(maxima, 90)), top})
-    level_counts = [dense_counts(batch, level, typical_count(instances, level)) for level in levels]
+        for e in range(SIM_EPOCHS):
+            batches = epoch_batches(rng, per_image, batch, augmentations[e])
+            epoch = [c for b in batches for c in b]
+            samples += epoch
+            reference += [max(epoch[i : i + REFERENCE_BATCH]) for i in range(0, len(epoch), REFERENCE_BATCH)]
+            # its own generator: how many batches an epoch has must not change the next epoch's draws
+            per_seed.append(_sample_in_order(batches, np.random.default_rng((seed, e))))
+        drawn.append(per_seed)
+    top = max(samples, default=0)
+    levels = sorted({int(np.median(reference)), int(np.percentile(reference, 90)), top} if reference else {0})
+    typical = int(np.median(samples)) if samples else 0
+    level_counts = [dense_counts(batch, level, min(typical, level)) for level in levels]
     sequences = tuple(
-        tuple(tuple(_level_of(max(b, default=0), levels) for b in epoch) for epoch in per_seed) for per_seed in epoch_batches
+        tuple(tuple(_level_of(max(b, default=0), levels) for b in epoch) for epoch in per_seed) for per_seed in drawn
     )
     if val_sizes:
         batches = _val_batches(val_sizes, list(val_counts or [0] * len(val_sizes)), val_batch, imgsz, stride)
     else:  # no dataset: square images, letterboxed as set_rectangle does for aspect ratio 1
         side = int(math.ceil(imgsz / stride + VAL_PAD)) * stride
         rng = np.random.default_rng(seeds[0] if seeds else 0)
-        batches = [((side, side), _densest_batch(rng, instances, val_batch)) for _ in range(NO_DATA_VAL_BATCHES)]
-    val_shapes, val_sequence = _pick_val_shapes(batches, val_batch, instances)
+        # images of REFERENCE_BATCH-sized batches: the densest of them does not depend on the batch size
+        batches = [((side, side), tuple(int(c) for c in image_counts(rng, instances, DEFAULT_SIGMA, 2 * REFERENCE_BATCH,
+                                                                     max_instances)))
+                   for _ in range(NO_DATA_VAL_BATCHES)]  # fmt: skip
+    val_shapes, val_sequence = _pick_val_shapes(batches, val_batch)
     return EpochPlan(
         levels=tuple(levels), level_counts=tuple(level_counts), sequences=sequences,
         val_shapes=val_shapes, val_sequence=val_sequence,
-        batches_per_epoch=math.ceil(len(train_counts) / batch) if train_counts is not None else None,
-        seeds=tuple(seeds),
+        batches_per_epoch=math.ceil(images / batch), seeds=tuple(seeds),
     )  # fmt: skip
-
-
-def _densest_batch(rng, instances: float, batch: int) -> tuple[int, ...]:
-    """A batch without a dataset: its densest image as ``SyntheticBatch.draw`` makes it, then typical ones."""
-    densest = int(rng.poisson(instances, DENSEST_OF).max()) if instances > 0 else 0
-    return dense_counts(batch, densest, typical_count(instances, densest))
 
 
 def _sample_in_order(batches: list[tuple[int, ...]], rng) -> list[tuple[int, ...]]:
@@ -220,7 +236,7 @@ def _level_of(value: int, levels: Sequence[int]) -> int:
     return len(levels) - 1
 
 
-def _pick_val_shapes(batches, val_batch: int, instances: float) -> tuple[tuple[ValBatchShape, ...], tuple[int, ...]]:
+def _pick_val_shapes(batches, val_batch: int) -> tuple[tuple[ValBatchShape, ...], tuple[int, ...]]:
     by_shape: dict[tuple[int, int], list[tuple[int, ...]]] = {}
     for shape, counts in batches:
         by_shape.setdefault(shape, []).append(counts)
@@ -237,21 +253,23 @@ def _pick_val_shapes(batches, val_batch: int, instances: float) -> tuple[tuple[V
     for index, (h, w) in enumerate(chosen):
         mapped = [c for (shape, c), t in zip(batches, sequence) if t == index]
         most = max(max(c, default=0) for c in mapped)  # the densest image of the shape's batches
-        shapes.append(ValBatchShape(val_batch, h, w, dense_counts(val_batch, most, typical_count(instances, most))))
+        typical = int(np.median([x for c in mapped for x in c])) if any(mapped) else 0
+        shapes.append(ValBatchShape(val_batch, h, w, dense_counts(val_batch, most, min(typical, most))))
     return tuple(shapes), sequence
 
 
 # -- composing and replaying ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Template:
-    """A traced segment made self-contained: (is_alloc, local id, bytes, phase) per event.
+    """A traced segment made self-contained: its events (``op``, ``storage_id``, ``nbytes``, ``phase``,
+    and the upper figure's size, ``size(upper=True)``).
 
     With carried loop variables: ``carried_in`` holds (position, bytes) of the segment's frees of what
-    an earlier iteration left alive (no op at that position), ``carried_out`` the (local id, bytes) it
-    leaves alive itself (not freed in ``ops``): the replay frees those when the next training template
+    an earlier iteration left alive (no event at that position), ``carried_out`` the (local id, bytes) it
+    leaves alive itself (not freed in ``events``): the replay frees those when the next training template
     frees a carried storage of the same size."""
 
-    ops: tuple[tuple[bool, int, int, str], ...]
+    events: tuple
     carried_in: tuple[tuple[int, int], ...] = ()
     carried_out: tuple[tuple[int, int], ...] = ()
 
@@ -264,38 +282,36 @@ def _split(trace: Trace) -> list[list[AllocationEvent]]:
 def _persistent(events: list[AllocationEvent], freed_later: set[int], carry: bool = False) -> _Template:
     """Setup and the first iteration: kept as traced; what a later segment frees is freed at the end,
     or with ``carry`` left alive for the next training template to free."""
-    ops, live = [], {}
+    live = {}
     for event in events:
-        ops.append((event.op == "alloc", event.storage_id, event.nbytes, event.phase))
         if event.op == "alloc":
             live[event.storage_id] = event
         else:
             live.pop(event.storage_id, None)
     later = [(sid, e) for sid, e in live.items() if sid in freed_later]
     if carry:
-        return _Template(tuple(ops), carried_out=tuple((sid, e.nbytes) for sid, e in later))
-    ops += [(False, sid, e.nbytes, e.phase) for sid, e in later]
-    return _Template(tuple(ops))
+        return _Template(tuple(events), carried_out=tuple((sid, e.nbytes) for sid, e in later))
+    return _Template(tuple(events) + tuple(ReplayEvent("free", sid, e.nbytes, e.phase) for sid, e in later))
 
 
 def _self_contained(events: list[AllocationEvent], rename: dict[str, str] | None = None, carry: bool = False) -> _Template:
     """What the segment allocates and frees; its frees of older storages are dropped, and what it
     leaves alive is freed at its end (or, with ``carry``, both are kept as carried)."""
-    ops, live, carried_in = [], {}, []
+    out, live, carried_in = [], {}, []
     for event in events:
         phase = (rename or {}).get(event.phase, event.phase)
         if event.op == "alloc":
             live[event.storage_id] = (phase, event.nbytes)
-            ops.append((True, event.storage_id, event.nbytes, phase))
+            out.append(ReplayEvent("alloc", event.storage_id, event.nbytes, phase, event.upper_nbytes))
         elif event.storage_id in live:
             del live[event.storage_id]
-            ops.append((False, event.storage_id, event.nbytes, phase))
+            out.append(ReplayEvent("free", event.storage_id, event.nbytes, phase))
         elif carry:
-            carried_in.append((len(ops), event.nbytes))
+            carried_in.append((len(out), event.nbytes))
     if carry:
-        return _Template(tuple(ops), tuple(carried_in), tuple((sid, n) for sid, (_, n) in live.items()))
-    ops += [(False, sid, 0, phase) for sid, (phase, _) in live.items()]
-    return _Template(tuple(ops))
+        return _Template(tuple(out), tuple(carried_in), tuple((sid, n) for sid, (_, n) in live.items()))
+    out += [ReplayEvent("free", sid, 0, phase) for sid, (phase, _) in live.items()]
+    return _Template(tuple(out))
 
 
 _VAL_RENAME = {"loss": "val_loss", "preprocess": "val_preprocess", "forward": "val_forward"}
@@ -303,32 +319,38 @@ _VAL_RENAME = {"loss": "val_loss", "preprocess": "val_preprocess", "forward": "v
 
 def simulate_epochs(
     trace: Trace, first_iteration: int, plan: EpochPlan, *, alloc_conf: str | None = None,
-    card_bytes: int | None = None, capacity_bytes: int | None = None, clears_cache: bool = True,
-    carry: bool = False,
+    card_bytes: int | None = None, capacity_bytes: int | None = None, clears: CacheClears | None = LATEST_ULTRALYTICS,
+    carry: bool = False, upper: tuple[int, int] | None = None,
 ) -> EpochSimulation:  # fmt: skip
     """Replay the planned epochs for each seed. ``trace`` holds, after ``first_iteration`` training
     iterations (the first one being the optimizer's first step), one iteration per level and one
-    validation batch per val shape, in ``plan`` order. ``clears_cache``: the loop calls
-    ``_clear_memory(0.5)`` around validation (Ultralytics); the yolov5 repo's train.py never does.
-    ``carry``: the loop's variables outlive their iteration (``TrainingLoop.carries_loop_variables``)."""
+    validation batch per val shape, in ``plan`` order (from ``plan.first_level_iteration`` when set).
+    ``clears``: where the trainer empties the cache around validation (the loop's ``cache_clears()``;
+    None: unknown, assumed never). ``carry``: the loop's variables outlive their iteration
+    (``TrainingLoop.carries_loop_variables``). ``upper`` = (iteration, n_max) of the iteration traced at
+    the upper figure's density: the upper figure replays it in place of the top level, with kernel
+    workspaces at their upper sizes."""
     segments = _split(trace)
     setup, first = segments[0], segments[1]
-    extra = segments[1 + first_iteration :]
+    start_level = plan.first_level_iteration if plan.first_level_iteration is not None else first_iteration
+    extra = segments[1 + start_level :]
     val_templates = 1 if plan.whole_val_pass else len(plan.val_shapes)
     if len(extra) != len(plan.levels) + val_templates:
         raise ValueError(f"trace has {len(extra)} extra segments, plan needs {len(plan.levels) + val_templates}")
     # training segments only: val.py's model.half() frees the fp32 EMA, which model.float() remakes
     # at the end of validation; the EMA stays alive for training (see EpochSimulation.assumptions)
-    training = segments[2 : 1 + first_iteration + len(plan.levels)]
+    training = segments[2 : 1 + start_level + len(plan.levels)]
     later_frees = {e.storage_id for seg in training for e in seg if e.op == "free"}
     start = _persistent(setup + first, later_frees, carry)
     train = [_self_contained(seg, carry=carry) for seg in extra[: len(plan.levels)]]
+    if upper is not None and upper[1] >= plan.levels[-1]:
+        train[-1] = _self_contained(segments[1 + upper[0]], carry=carry)
     val = [_self_contained(seg, _VAL_RENAME) for seg in extra[len(plan.levels) :]]
     id_stride = max((e.storage_id for e in trace.events), default=0) + 1
     val_order = [0] if plan.whole_val_pass else _compress(plan.val_sequence)
     runs = [
         _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf,
-                     card_bytes if clears_cache else None, capacity_bytes)  # fmt: skip
+                     clears or CacheClears(), card_bytes, capacity_bytes, upper is not None)  # fmt: skip
         for sequence in plan.sequences
     ]
     peaks = [r["peak_reserved"] for r in runs]
@@ -341,12 +363,17 @@ def simulate_epochs(
     if carry:
         assumptions.append("the loop's variables (images, predictions, losses) stay alive until the next "
                            "iteration replaces them, and through validation")
-    if not clears_cache:
-        assumptions.append("the yolov5 loop empties no cache between epochs: what validation reserved stays reserved")
-        assumptions.append("val.py's model.half()/model.float() of the EMA: the fp32 EMA is kept in place, so "
+    if clears is None:
+        assumptions.append("where the trainer empties the cache could not be read from its code: assumed never (the higher figure)")
+    else:
+        assumptions.append(f"{clears.describe()} (read from the trainer's code)")
+        conditional = [t for t in (clears.before_val, clears.after_epoch) if t]
+        if conditional and card_bytes is None:
+            assumptions.append(f"card unknown (no gpu=): the cache is assumed kept by the clears that need more than "
+                               f"{min(conditional):.0%} of it reserved")  # fmt: skip
+    if any(e.phase == "val_model_half" for e in trace.events):
+        assumptions.append("validation's model.half()/model.float() of the EMA: the fp32 EMA is kept in place, so "
                            "validation holds it next to its fp16 copy (real: freed to the cache, then reallocated)")
-    elif card_bytes is None:
-        assumptions.append("_clear_memory(0.5): card unknown (no gpu=), the cache is assumed kept (reserved <= 50 %)")
     return EpochSimulation(
         epoch1_reserved=Distribution.of([r["epoch1"] for r in runs]),
         steady_reserved=Distribution.of([r["steady"] for r in runs]),
@@ -369,79 +396,77 @@ def _compress(sequence: Sequence[int]) -> list[int]:
     return out
 
 
-def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, card_bytes, capacity_bytes) -> dict:
-    """One seed's epochs; ``card_bytes`` None: ``_clear_memory`` never empties the cache."""
-    allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
-    handles: dict[int, int] = {}
-    state = {"copy": 0, "peak_reserved": 0, "peak_phase": "", "oom": None, "emptied": False}
+def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, clears, card_bytes, capacity_bytes,
+                 upper: bool = False) -> dict:  # fmt: skip
+    """One seed's epochs; ``clears`` says when the cache is emptied (``card_bytes`` None: the card is
+    unknown); ``upper``: kernel workspaces at their upper-figure sizes."""
+    state = {"epoch1": 0, "steady": 0, "emptied": False, "copy": 0}
     carried: list[tuple[int, int]] = []  # (bytes, key) the last training template left alive, oldest first
 
-    def free_carried(nbytes: int) -> None:
-        match = next((i for i, (size, _) in enumerate(carried) if size == nbytes), None)
-        if match is not None:
-            handle = handles.pop(carried.pop(match)[1], None)
-            if handle is not None:
-                allocator.free(handle)
+    def note_steady(allocator) -> None:
+        state["steady"] = max(state["steady"], allocator.reserved_bytes)
 
-    def play(template: _Template, fresh: bool) -> None:
+    def note_epoch1(allocator) -> None:
+        state["epoch1"] = allocator.reserved_bytes
+
+    def clear_memory(threshold: float | None) -> Mark:  # BaseTrainer._clear_memory(threshold)
+        def clear(allocator) -> None:
+            if clears.empties(threshold, allocator.reserved_bytes, card_bytes):
+                allocator.empty_cache()
+                state["emptied"] = True
+
+        return Mark(clear)
+
+    def free_carried(nbytes: int) -> list[ReplayEvent]:
+        match = next((i for i, (size, _) in enumerate(carried) if size == nbytes), None)
+        return [] if match is None else [ReplayEvent("free", carried.pop(match)[1], nbytes)]
+
+    def play(template: _Template, fresh: bool):
+        """The template's events (a fresh copy gets its own storage ids), with the frees of carried storages."""
         offset = 0
         if fresh:
             state["copy"] += 1
             offset = state["copy"] * id_stride
+        if not (template.carried_in or template.carried_out):
+            yield Copy(template.events, offset)
+            return
         frees_at: dict[int, list[int]] = {}
         for position, nbytes in template.carried_in:
             frees_at.setdefault(position, []).append(nbytes)
-        for position, (is_alloc, sid, nbytes, phase) in enumerate(template.ops):
-            for size in frees_at.pop(position, ()):
-                free_carried(size)
-            key = sid + offset
-            if is_alloc:
-                handle = allocator.malloc(nbytes)
-                if handle is not None:
-                    handles[key] = handle
-                if allocator.reserved_bytes > state["peak_reserved"]:
-                    state["peak_reserved"], state["peak_phase"] = allocator.reserved_bytes, phase
-            else:
-                handle = handles.pop(key, None)
-                if handle is not None:
-                    allocator.free(handle)
-        for sizes in frees_at.values():  # frees after the template's last op
-            for size in sizes:
-                free_carried(size)
+        start = 0
+        for position in sorted(frees_at):
+            yield Copy(template.events[start:position], offset)
+            yield [free for size in frees_at[position] for free in free_carried(size)]
+            start = position
+        yield Copy(template.events[start:], offset)
         if template.carried_out:  # what this template leaves alive replaces what is still carried
-            for size, _key in list(carried):
-                free_carried(size)
+            yield [free for size, _key in list(carried) for free in free_carried(size)]
             carried.extend((nbytes, sid + offset) for sid, nbytes in template.carried_out)
 
-    def clear_memory() -> None:  # BaseTrainer._clear_memory(0.5)
-        if card_bytes and allocator.reserved_bytes / card_bytes > CLEAR_THRESHOLD:
-            allocator.empty_cache()
-            state["emptied"] = True
-
-    epoch1, steady = 0, 0
-    try:
-        play(start, fresh=False)
+    def stream():
+        yield from play(start, fresh=False)
         for epoch, levels in enumerate(sequence):
             batches = levels[1:] if epoch == 0 else levels  # the traced first iteration is epoch 1's first batch
             for level in batches:
-                play(train[level], fresh=True)
+                yield from play(train[level], fresh=True)
                 if epoch > 0:
-                    steady = max(steady, allocator.reserved_bytes)
+                    yield Mark(note_steady)
             if epoch == 0:
-                epoch1 = allocator.reserved_bytes
+                yield Mark(note_epoch1)
             if epoch == len(sequence) - 1:
                 break
-            clear_memory()
+            yield clear_memory(clears.before_val)
             for index in val_order:
-                play(val[index], fresh=True)
-            clear_memory()
-    except SimulatedOOM as error:
-        state["oom"] = str(error)
-    stats = allocator.stats()
+                yield from play(val[index], fresh=True)
+            yield clear_memory(clears.after_epoch)
+
+    allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
+    run = replay(stream(), allocator, upper=upper)
+    peak_event = run.peak_reserved_event
     return {
-        "epoch1": epoch1, "steady": steady or epoch1, "peak_reserved": stats.peak_reserved_bytes,
-        "peak_allocated": stats.peak_allocated_bytes, "peak_phase": state["peak_phase"],
-        "oom": state["oom"], "emptied": state["emptied"],
+        "epoch1": state["epoch1"], "steady": state["steady"] or state["epoch1"],
+        "peak_reserved": run.stats.peak_reserved_bytes, "peak_allocated": run.stats.peak_allocated_bytes,
+        "peak_phase": peak_event.phase if peak_event is not None else "", "oom": run.oom, "emptied": state["emptied"],
     }  # fmt: skip
 
 
@@ -452,31 +477,35 @@ class EpochTracing:
     validation of the run's loop (Ultralytics' ``BaseValidator`` or the yolov5 repo's ``val.py``)."""
 
     def __init__(self, loop, *, seeds: Sequence[int], instances: float, train_counts=None, val_sizes=None,
-                 val_counts=None, kpt_shape=(17, 3), channels: int = 3):  # fmt: skip
+                 val_counts=None, kpt_shape=(17, 3), channels: int = 3, max_instances: int | None = None,
+                 augmentations: Sequence[Augmentation] | None = None):  # fmt: skip
         self.loop = loop  # the TrainingLoop being traced (yolomem.loops)
         self.seeds, self.instances = tuple(seeds), instances
+        self.max_instances, self.augmentations = max_instances, augmentations
         self.train_counts, self.val_sizes, self.val_counts = train_counts, val_sizes, val_counts
         self.kpt_shape, self.channels = tuple(kpt_shape), channels
         self.plan: EpochPlan | None = None
         self.stride: int | None = None  # the model's, once traced
 
-    def plan_for(self, task: str, batch: int, imgsz: int, stride: int) -> EpochPlan:
-        """The plan at a (per-rank) batch; ``yolomem.result.runs`` asks it for derived runs too."""
-        return plan_epochs(
+    def plan_for(self, task: str, batch: int, imgsz: int, stride: int, first_level_iteration: int) -> EpochPlan:
+        """The plan at a (per-rank) batch, as traced; ``yolomem.result.runs`` asks it for derived runs too."""
+        plan = plan_epochs(
             batch=batch, val_batch=self.loop.val_batch_size(task, batch), imgsz=imgsz,
             stride=stride, seeds=self.seeds, train_counts=self.train_counts, instances=self.instances,
-            val_sizes=self.val_sizes, val_counts=self.val_counts,
+            val_sizes=self.val_sizes, val_counts=self.val_counts, max_instances=self.max_instances,
+            augmentations=self.augmentations,
         )  # fmt: skip
+        return replace(plan, first_level_iteration=first_level_iteration, whole_val_pass=self.loop.traces_whole_val_pass)
 
     def __call__(self, run) -> None:
         from yolomem.loops.batches import SyntheticBatch
 
         settings = run.settings
         task = getattr(settings, "task", "detect")  # the yolov5 loop's settings trace detection designs only
-        self.stride = run.stride
-        self.plan = plan = self.plan_for(task, settings.batch, settings.imgsz, run.stride)
         nc = int(getattr(run.model, "nc", 80))
-        iteration = run.tracer.iteration + 1  # after the configured iterations
+        iteration = run.tracer.iteration + 1  # after the configured iterations (and the upper-density one)
+        self.stride = run.stride
+        self.plan = plan = self.plan_for(task, settings.batch, settings.imgsz, run.stride, iteration)
         seed = self.seeds[0] if self.seeds else 0
         for counts in plan.level_counts:
             batch = SyntheticBatch(task, settings.batch, settings.imgsz, counts, seed + iteration, nc,
@@ -488,7 +517,6 @@ class EpochTracing:
             run.tracer.start_iteration(iteration)
             shapes = tuple(plan.val_shapes[i] for i in _compress(plan.val_sequence))
             self.loop.trace_val_pass(run, shapes, seed + iteration, nc, self.kpt_shape, self.channels)
-            self.plan = replace(plan, whole_val_pass=True)
             return
         for shape in plan.val_shapes:
             run.tracer.start_iteration(iteration)
@@ -505,32 +533,23 @@ class EpochRequest:
     dataset: object | None  # yolomem.config.dataset.DatasetSummary
     notes: tuple[str, ...]
 
-    def base_trace(self, trace: Trace) -> Trace:
-        """The trace of the configured iterations only (what the plain estimate replays)."""
-        iterations = self.config.iterations
-        bounds = list(trace.iteration_bounds)
-        end = bounds[iterations] if len(bounds) > iterations else len(trace.events)
-        return Trace(events=trace.events[:end], oracle_answers=trace.oracle_answers,
-                     iteration_bounds=bounds[:iterations], unaccounted=list(trace.unaccounted),
-                     real_ids=trace.real_ids, real_bytes_cap=trace.real_bytes_cap)  # fmt: skip
-
-    def simulate(self, trace: Trace, alloc_conf, card_bytes, capacity_bytes) -> EpochSimulation:
+    def simulate(self, trace: Trace, alloc_conf, card_bytes, capacity_bytes,
+                 upper: tuple[int, int] | None = None) -> EpochSimulation:  # fmt: skip
+        """The epochs' figures; ``upper`` = (iteration, n_max) of the upper-density iteration for the upper figure."""
         return simulate_epochs(trace, self.config.iterations, self.hook.plan, alloc_conf=alloc_conf,
                                card_bytes=card_bytes, capacity_bytes=capacity_bytes,
-                               clears_cache=self.hook.loop.clears_cache_between_epochs,
-                               carry=self.hook.loop.carries_loop_variables)  # fmt: skip
+                               clears=self.hook.loop.cache_clears(),
+                               carry=self.hook.loop.carries_loop_variables, upper=upper)  # fmt: skip
 
 
 def epoch_request(config, resolved) -> EpochRequest | None:
     """None unless epochs are asked for: ``data=`` given or ``epochs >= 2``, for the Ultralytics loop
     (not classification) or the yolov5 repo's (detection designs; not with world_size > 1)."""
-    from yolomem.errors import UserError
-
     from yolomem.loops import get_loop
 
     wanted = bool(config.data) or (config.epochs or 0) >= 2
     loop = get_loop(resolved.framework)
-    if not wanted or config.step != "train" or not loop.epochs_supported(resolved.task, config.world_size):
+    if not wanted or config.step != "train" or not loop.epochs_supported(resolved, config.world_size):
         return None
     notes, dataset = [], None
     train_counts = val_sizes = val_counts = None
@@ -545,11 +564,14 @@ def epoch_request(config, resolved) -> EpochRequest | None:
         notes.append(f"data={config.data}: {dataset.train.images} train images, {dataset.train.mean_objects:.2f} objects/image "
                      f"(max {dataset.train.max_objects}); objects per image drawn from the labels, instances= ignored")  # fmt: skip
         config = config.with_changes(instances=round(dataset.train.mean_objects, 3))
-        if dataset.train.max_objects > 2000:
-            raise UserError(f"{dataset.train.max_objects} objects in one image of data={config.data}; "
-                            "Ultralytics' assigner would need one (batch, objects, anchors) tensor that large: check the labels")  # fmt: skip
+        if dataset.train.max_objects > 2000:  # xView has 7,618: legitimate, but worth a look at the labels
+            notes.append(f"{dataset.train.max_objects} objects in one image of data={config.data}: the loss pads every "
+                         "batch holding it to that many targets (batch x objects x anchors assigner tensors)")  # fmt: skip
     seeds = tuple(config.seed + k for k in range(DEFAULT_SEEDS))
     kpt_shape = tuple(resolved.cfg.get("kpt_shape", (17, 3)))
+    closes = config.close_mosaic if loop.name != "yolov5" else 0  # the yolov5 repo's train.py keeps the mosaic
+    augmentations = [Augmentation.for_epoch(e, config.epochs, config.mosaic, closes) for e in range(SIM_EPOCHS)]
     hook = EpochTracing(loop, seeds=seeds, instances=config.instances, train_counts=train_counts, val_sizes=val_sizes,
-                        val_counts=val_counts, kpt_shape=kpt_shape, channels=int(resolved.cfg.get("channels", 3)))  # fmt: skip
+                        val_counts=val_counts, kpt_shape=kpt_shape, channels=int(resolved.cfg.get("channels", 3)),
+                        max_instances=config.max_instances, augmentations=augmentations)  # fmt: skip
     return EpochRequest(config, hook, dataset, tuple(notes))

@@ -5,8 +5,6 @@ How the number is made:
    (preprocess, forward, loss with its assigner, scaled backward, unscale + clip, optimizer step,
    EMA update) on fake tensors, under CUDA's autocast policy (``yolomem.trace.autocast``). Every storage
    allocation and free is recorded (``yolomem.trace.tracer``).
-   The run comes from ``yolomem.result.runs``: the trace cache, a stream derived from runs traced at
-   other batch sizes (identical to a trace, event for event), or a new trace.
 2. That event stream is replayed through a model of PyTorch's CUDA caching allocator
    (``yolomem.allocator.caching``): 512-byte rounding, small/large pools, segment sizes, best fit,
    splitting, merging, cache, free-and-retry.
@@ -16,6 +14,17 @@ What the figures mean:
 - ``peak_reserved_bytes``: ``torch.cuda.max_memory_reserved()``; this is what Ultralytics prints as
   ``GPU_mem`` during epoch 1 (it prints ``memory_reserved()``, which only grows while training).
 - ``device_total_bytes``: peak reserved plus the CUDA context: what nvidia-smi shows.
+- ``peak_reserved_upper_bytes`` / ``device_total_upper_bytes`` / ``steady_reserved_upper_bytes``: the
+  same with each stated uncertainty at its high end (``yolomem.result.upper``); fit verdicts use them.
+- With ``gpu=``: ``fits`` (``yolomem.result.fits``: the upper figure within the card minus the CUDA
+  context minus ``margin``), and ``oom``, where a typical run on the card would run out of memory (the
+  replay with the card's usable memory as capacity, free-and-retry included). The card never changes
+  the figures above: they are the full requirement.
+
+Object density (``yolomem.loops.density``): the traced batches are a typical one and the densest batch
+of epoch 1 (mosaics of 4 images, objects per image with a heavy tail around ``instances=``, or the
+dataset's labels). Kernel workspaces (``yolomem.trace.workspaces``): cuBLAS buffers per thread, cuDNN
+per conv call, each its own breakdown line with where its size comes from.
 
 Whole epochs (``data=`` or ``epochs>=2``, ``yolomem.result.epochs``): training batches of varying density,
 the validation pass after each epoch, and training again, replayed for several seeds.
@@ -23,9 +32,8 @@ the validation pass after each epoch, and training again, replayed for several s
 ``peak_reserved_bytes`` then covers validation too; ``host``: RAM for ``cache=ram`` and workers.
 Without them ``steady_reserved_bytes`` is None.
 
-Not modelled (listed in ``Estimate.unaccounted``): cuDNN/cuBLAS workspaces (transient, requested
-from the caching allocator by kernels the trace cannot see), NCCL buffers, and other processes on
-the GPU.
+Not modelled (listed in ``Estimate.unaccounted``, each with how large it could be): NCCL buffers,
+other processes on the GPU, and the assumptions of the epoch simulation.
 """
 
 from __future__ import annotations
@@ -34,13 +42,16 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from yolomem.allocator.replay import Replay, replay_trace
-from yolomem.config.settings import EstimateConfig
+from yolomem.allocator.replay import OomPoint, Replay, replay_trace
 from yolomem.config.dataset import DatasetSummary
-from yolomem.result.epochs import EpochSimulation
-from yolomem.result.host_memory import HostMemory
+from yolomem.config.gpus import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_UPPER_BYTES, GiB, find_gpu
+from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
-from yolomem.config.gpus import CUDA_CONTEXT_BYTES, GiB, find_gpu
+from yolomem.loops.density import DensityPlan
+from yolomem.result.epochs import EpochSimulation
+from yolomem.result.fits import Budget, fits
+from yolomem.result.host_memory import HostMemory
+from yolomem.result.upper import DensitySensitivity, UpperFigure, allowance_for, density_sensitivity
 from yolomem.trace.tracer import Trace
 
 TOP_LAYERS = 10
@@ -77,7 +88,10 @@ class Estimate:
     seconds: float
     gpu: str | None = None
     gpu_total_bytes: int | None = None
-    fits: bool | None = None
+    fits: bool | None = None  # yolomem.result.fits: the upper figure within the card minus context and margin
+    margin: float | None = None  # the safety margin of ``fits`` (with a GPU)
+    capacity_bytes: int | None = None  # what the card gives the run: its memory minus context and margin
+    oom: OomPoint | None = None  # where a typical run on the card would run out of memory (None: it would not)
     num_alloc_retries: int = 0
     trace: Trace | None = field(default=None, repr=False, compare=False)
     # whole epochs (yolomem.result.epochs), when data= or epochs>=2 is given
@@ -85,12 +99,39 @@ class Estimate:
     epochs: EpochSimulation | None = None
     dataset: DatasetSummary | None = None
     host: HostMemory | None = None
+    upper: UpperFigure | None = None  # yolomem.result.upper
+    density: DensityPlan | None = None  # the traced batches' objects per sample (None: no labels)
+    density_sensitivity: DensitySensitivity | None = None
+    breakdown_sources: dict[str, str] = field(default_factory=dict)  # breakdown line -> where its size comes from
+
+    @property
+    def peak_reserved_upper_bytes(self) -> int:
+        return self.upper.peak_reserved_bytes if self.upper else self.peak_reserved_bytes
+
+    @property
+    def device_total_upper_bytes(self) -> int:
+        return self.upper.device_total_bytes if self.upper else self.device_total_bytes
+
+    @property
+    def steady_reserved_upper_bytes(self) -> int | None:
+        return self.upper.steady_reserved_bytes if self.upper else self.steady_reserved_bytes
+
+    @property
+    def epoch1_reserved_upper_bytes(self) -> int | None:
+        return self.upper.epoch1_reserved_bytes if self.upper else self.epoch1_reserved_bytes
 
     @property
     def gpu_mem_printed(self) -> str:
         """What the Ultralytics progress bar will show in the GPU_mem column, e.g. '2.31G'."""
+        return self._printed(self.peak_reserved_bytes)
+
+    @property
+    def gpu_mem_upper_printed(self) -> str:
+        return self._printed(self.peak_reserved_upper_bytes)
+
+    def _printed(self, nbytes: int) -> str:
         divisor = GiB if self.gpu_mem_unit == "GiB" else 1e9
-        return f"{self.peak_reserved_bytes / divisor:.3g}G"
+        return f"{nbytes / divisor:.3g}G"
 
     def to_json(self) -> dict:
         return {
@@ -106,14 +147,25 @@ class Estimate:
             "context_bytes": self.context_bytes,
             "device_total_bytes": self.device_total_bytes,
             "gpu_mem_printed": self.gpu_mem_printed,
+            "gpu_mem_upper_printed": self.gpu_mem_upper_printed,
             "gpu_mem_unit": self.gpu_mem_unit,
+            "peak_reserved_upper_bytes": self.peak_reserved_upper_bytes,
+            "device_total_upper_bytes": self.device_total_upper_bytes,
+            "steady_reserved_upper_bytes": self.steady_reserved_upper_bytes,
+            "upper": self.upper.to_json() if self.upper else None,
+            "density": self.density.to_json() if self.density else None,
+            "density_sensitivity": self.density_sensitivity.to_json() if self.density_sensitivity else None,
             "breakdown": dict(self.breakdown),
+            "breakdown_sources": dict(self.breakdown_sources),
             "top_layers": [{"module": layer.module, "bytes": layer.bytes} for layer in self.top_layers],
             "reserved_per_iteration": list(self.reserved_per_iteration),
             "peak_phase": self.peak_phase,
             "gpu": self.gpu,
             "gpu_total_bytes": self.gpu_total_bytes,
             "fits": self.fits,
+            "margin": self.margin,
+            "capacity_bytes": self.capacity_bytes,
+            "oom": self.oom.to_json() if self.oom else None,
             "num_alloc_retries": self.num_alloc_retries,
             "unaccounted": list(self.unaccounted),
             "notes": list(self.notes),
@@ -133,18 +185,23 @@ def _needs_download(data: str) -> bool:
     return not path.exists() and len(path.parts) == 1
 
 
-def _breakdown(replay: Replay, context_bytes: int, peak_reserved_bytes: int | None = None) -> dict[str, int]:
+def _breakdown(replay: Replay, context_bytes: int, peak_reserved_bytes: int | None = None,
+               cudnn_bytes: int = 0) -> dict[str, int]:
     """Bytes by category at the training iteration's peak; allocator rounding, cache and context make up
     the rest. When validation or later epochs raise the peak (``yolomem.result.epochs``), the growth of the
-    allocator's cache they cause is its own entry, so the parts add up to ``device_total_bytes``."""
+    allocator's cache they cause is its own entry, so the parts add up to ``device_total_bytes``.
+    ``cudnn_bytes``: what cuDNN's transient workspaces add to the peak reserved (they are seldom alive
+    at the peak, so their cost is cache they made the allocator grow); taken out of the cache line."""
     from yolomem.trace.tracer import CATEGORIES
 
     by_category = dict.fromkeys(CATEGORIES, 0)
     for event in replay.live_at_peak:
         by_category[event.category] += event.nbytes
     traced = sum(by_category.values())
+    cache = replay.peak_reserved_bytes - max(replay.peak_allocated_bytes, traced)
+    by_category["cudnn_workspace"] += max(min(cudnn_bytes, cache), 0)
     by_category["allocator_rounding"] = max(replay.peak_allocated_bytes - traced, 0)
-    by_category["cache_fragmentation"] = replay.peak_reserved_bytes - max(replay.peak_allocated_bytes, traced)
+    by_category["cache_fragmentation"] = cache - max(min(cudnn_bytes, cache), 0)
     by_category["validation_epochs_growth"] = max((peak_reserved_bytes or 0) - replay.peak_reserved_bytes, 0)
     by_category["cuda_context"] = context_bytes
     return by_category
@@ -189,17 +246,21 @@ def estimate(model: str | EstimateConfig = "yolov8n.yaml", **settings) -> Estima
 
 @dataclass(frozen=True)
 class Prepared:
-    """A config made ready to trace: its model resolved, the loop that trains it, whole epochs asked for."""
+    """A config made ready to trace: its model resolved (and the loop that trains it), whole epochs asked
+    for, and the density plan of a dataset's labels."""
 
     config: EstimateConfig
     resolved: object  # yolomem.config.models.ResolvedModel
     request: object | None  # yolomem.result.epochs.EpochRequest, when data= or epochs>=2
+    density: object | None  # yolomem.loops.density.DensityPlan from the labels (None: the loop plans)
     notes: tuple[str, ...]
 
 
 def prepare(config: EstimateConfig) -> Prepared:
     """What ``estimate_config`` does before it needs a traced run (``yolomem.result.runs`` asks it too)."""
     from yolomem.loops import resolve_model
+    from yolomem.loops.base import rank_batch
+    from yolomem.loops.density import plan_for
     from yolomem.result.epochs import epoch_request
 
     resolved = resolve_model(config.model, config.framework)
@@ -213,10 +274,13 @@ def prepare(config: EstimateConfig) -> Prepared:
                      f"objects per image from instances={config.instances:g} instead")  # fmt: skip
         config = config.with_changes(data=None)
     request = epoch_request(config, resolved)  # None unless data= or epochs>=2
+    density = None
     if request is not None:
         config = request.config
         notes.extend(request.notes)
-    return Prepared(config, resolved, request, tuple(notes))
+        if request.dataset is not None:  # the traced batches come from the labels too
+            density = plan_for(config, rank_batch(config), request.dataset.train.counts)
+    return Prepared(config, resolved, request, density, tuple(notes))
 
 
 def estimate_config(config: EstimateConfig) -> Estimate:
@@ -227,17 +291,24 @@ def estimate_config(config: EstimateConfig) -> Estimate:
     gpu = find_gpu(config.gpu, config.gpu_mem) if (config.gpu or config.gpu_mem) else None
     prepared = prepare(config)
     config, resolved, request, notes = prepared.config, prepared.resolved, prepared.request, list(prepared.notes)
-    run = obtain_run(config, resolved, request)  # cached, derived from other batches, or traced
+    run = obtain_run(config, resolved, request, prepared.density)  # cached, derived from other batches, or traced
     notes.extend(run.notes)
     context = gpu.context_bytes if gpu else CUDA_CONTEXT_BYTES
-    base_trace = request.base_trace(run.trace) if request else run.trace
-    replay = replay_trace(base_trace, config.alloc_conf, capacity_bytes=gpu.usable_bytes if gpu else None)
-    simulation = None
+    base_trace = _first_iterations(run.trace, config.iterations)
+    dense_trace = _first_iterations(run.trace, config.iterations + 1) if run.upper_iteration is not None else base_trace
+    # The figures are replayed without a capacity: the card never shrinks them. In whole epochs the card
+    # enters only through _clear_memory(0.5), which empties the cache above half of it, as the trainer does.
+    replay = replay_trace(base_trace, config.alloc_conf)
+    replay_upper = replay_trace(dense_trace, config.alloc_conf, upper=True)
+    without_cudnn = replay_trace(base_trace, config.alloc_conf, without=frozenset({"cudnn_workspace"}))
+    allowance = allowance_for(config.amp, config.step)
+    simulation = simulation_upper = None
+    upper_level = (run.upper_iteration, run.density.n_max_upper) if run.upper_iteration is not None else None
     if request is not None:
-        simulation = request.simulate(run.trace, config.alloc_conf, gpu.total_bytes if gpu else None,
-                                      gpu.usable_bytes if gpu else None)  # fmt: skip
-        if simulation.oom and not replay.oom:
-            notes.append(f"does not fit {gpu.name} in epoch 2+ or validation: {simulation.oom}")
+        card = gpu.total_bytes if gpu else None
+        simulation = request.simulate(run.trace, config.alloc_conf, card, None)
+        simulation_upper = request.simulate(run.trace, config.alloc_conf, card, None,
+                                            upper=upper_level or (config.iterations - 1, 0))  # fmt: skip
     host = None
     if request is not None and request.dataset is not None:
         from yolomem.result.host_memory import host_memory
@@ -245,23 +316,28 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         host = host_memory(request.dataset, run.imgsz, config.batch, config.workers, config.cache)
     elif config.cache:
         notes.append(f"cache={config.cache}: host RAM needs the image sizes; pass data=path/to/data.yaml")
-    if replay.oom:
-        notes.append(f"does not fit {gpu.name}: {replay.oom}")
     yolomem_version, torch_version, ultralytics_version = _versions()
-    unaccounted = [
-        "cuDNN/cuBLAS workspaces: transient buffers kernels take from the caching allocator; not traced",
-    ]
-    if simulation is None:
-        unaccounted.append("validation pass and epochs 2+: not simulated (pass data=... or epochs=2; steady_reserved_bytes is null)")
-    else:
-        unaccounted += [f"epochs: {a}" for a in simulation.assumptions]
-    unaccounted += [f"assumed {a.question} = {a.answer} ({a.phase})" for a in _distinct(run.trace.oracle_answers)]
-    unaccounted += [f"autocast probe failed for {op}; its arguments were left uncast" for op in sorted(run.probe_failures)]
     peak_event = base_trace.events[replay.peak_index] if base_trace.events else None
     peak_reserved, peak_phase = replay.peak_reserved_bytes, peak_event.phase if peak_event else ""
     if simulation is not None and simulation.peak_reserved.median > peak_reserved:
         peak_reserved, peak_phase = simulation.peak_reserved.median, simulation.peak_phase
-    resolved_config = config.with_changes(model=resolved.name, imgsz=run.imgsz, optimizer=run.optimizer)
+    upper = _upper_figure(peak_reserved, replay_upper, simulation_upper, run.density, allowance)
+    budget = Budget(gpu, config.margin) if gpu else None
+    # the verdict uses the upper figure: a run 9 in 10 stay under must fit, not just the typical one
+    fits_card = fits(upper.peak_reserved_bytes, budget) if budget else None
+    on_card = _on_the_card(budget, peak_reserved, replay, base_trace, request, run.trace, config.alloc_conf) if budget else None
+    if budget and not fits_card:
+        notes.append(_does_not_fit(budget, upper.peak_reserved_bytes, peak_reserved, on_card))
+    sensitivity = None
+    if run.density is not None and run.upper_iteration is not None:
+        dense_only = replay_trace(dense_trace, config.alloc_conf)  # expected workspaces, upper density
+        sensitivity = density_sensitivity(run.density.n_max, run.density.n_max_upper, replay.peak_reserved_bytes,
+                                          dense_only.peak_reserved_bytes)  # fmt: skip
+    cudnn_bytes = max(replay.peak_reserved_bytes - without_cudnn.peak_reserved_bytes, 0)
+    unaccounted = _unaccounted(run, simulation, request, config, base_trace, cudnn_bytes)
+    # an AutoBatch probe (step=fwd_bwd) builds no optimizer: the config keeps the one asked for
+    optimizer = run.optimizer if config.step == "train" else config.optimizer
+    resolved_config = config.with_changes(model=resolved.name, imgsz=run.imgsz, optimizer=optimizer)
     return Estimate(
         yolomem_version=yolomem_version,
         torch_version=torch_version,
@@ -274,7 +350,7 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         steady_reserved_bytes=simulation.steady_reserved.median if simulation else None,
         context_bytes=context,
         device_total_bytes=peak_reserved + context,
-        breakdown=_breakdown(replay, context, peak_reserved),
+        breakdown=_breakdown(replay, context, peak_reserved, cudnn_bytes),
         top_layers=_top_layers(replay),
         reserved_per_iteration=replay.reserved_per_iteration,
         peak_phase=peak_phase,
@@ -284,14 +360,141 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         seconds=time.perf_counter() - started,
         gpu=gpu.name if gpu else None,
         gpu_total_bytes=gpu.total_bytes if gpu else None,
-        fits=(replay.oom is None and not (simulation and simulation.oom)) if gpu else None,
-        num_alloc_retries=replay.num_alloc_retries,
+        fits=fits_card,
+        margin=config.margin if budget else None,
+        capacity_bytes=budget.capacity_bytes if budget else None,
+        oom=on_card.oom if on_card else None,
+        num_alloc_retries=on_card.num_alloc_retries if on_card else replay.num_alloc_retries,
         trace=run.trace,
         epoch1_reserved_bytes=simulation.epoch1_reserved.median if simulation else None,
         epochs=simulation,
         dataset=request.dataset if request else None,
         host=host,
+        upper=upper,
+        density=run.density,
+        density_sensitivity=sensitivity,
+        breakdown_sources=_breakdown_sources(run, base_trace, cudnn_bytes),
     )
+
+
+def _first_iterations(trace: Trace, iterations: int) -> Trace:
+    """The trace of its first ``iterations`` iterations (and the setup before them)."""
+    bounds = list(trace.iteration_bounds)
+    end = bounds[iterations] if len(bounds) > iterations else len(trace.events)
+    return Trace(events=trace.events[:end], oracle_answers=trace.oracle_answers, iteration_bounds=bounds[:iterations])
+
+
+@dataclass(frozen=True)
+class _OnTheCard:
+    """The typical run replayed with the card's usable memory as the allocator's capacity."""
+
+    oom: OomPoint | None  # where it would run out of memory; None: it runs (possibly after freeing cache)
+    num_alloc_retries: int
+
+
+def _on_the_card(budget: Budget, peak_reserved: int, replay: Replay, base_trace: Trace, request, trace: Trace,
+                 alloc_conf: str | None) -> _OnTheCard:  # fmt: skip
+    """Where a run on the card would stop. Below the usable memory the card changes nothing (no replay
+    needed); above it, the allocator frees its cache and retries before it gives up."""
+    usable = budget.usable_bytes
+    if peak_reserved <= usable:
+        return _OnTheCard(None, replay.num_alloc_retries)
+    capped = replay_trace(base_trace, alloc_conf, capacity_bytes=usable)
+    if capped.oom is not None or request is None:
+        return _OnTheCard(capped.oom, capped.num_alloc_retries)
+    simulation = request.simulate(trace, alloc_conf, budget.gpu.total_bytes, usable)
+    return _OnTheCard(simulation.oom, capped.num_alloc_retries)
+
+
+def _does_not_fit(budget: Budget, required: int, expected: int, on_card: _OnTheCard) -> str:
+    text = (f"does not fit {budget.gpu.name}: the upper figure needs {required / GiB:.2f} GiB reserved, "
+            f"{budget.capacity_bytes / GiB:.2f} GiB available after the CUDA context ({budget.context_bytes >> 20} MiB) "
+            f"and margin={budget.margin:g}")  # fmt: skip
+    if fits(expected, budget):
+        return f"{text}; the expected figure ({expected / GiB:.2f} GiB) fits"
+    if on_card.oom is not None:
+        where = on_card.oom.phase + (f" of iteration {on_card.oom.iteration}" if on_card.oom.iteration is not None else "")
+        return f"{text}; on the card a typical run runs out of memory in {where} (oom: {on_card.oom.message})"
+    if expected > budget.usable_bytes:
+        return f"{text}; on the card the allocator would free its cache and retry, and the step completes with no room left"
+    return text
+
+
+def _upper_figure(peak_reserved: int, replay_upper: Replay, simulation_upper, density, allowance) -> UpperFigure:
+    terms = ["kernel workspaces at their upper rule (cuDNN im2col per conv call)",
+             f"CUDA context {CUDA_CONTEXT_UPPER_BYTES >> 20} MiB (top of the cited range)"]  # fmt: skip
+    if density is not None:
+        terms.insert(0, f"densest batch at the upper density: n_max {density.n_max_upper} (expected {density.n_max})")
+    peak = max(peak_reserved, replay_upper.peak_reserved_bytes)
+    steady = epoch1 = None
+    if simulation_upper is not None:
+        peak = max(peak, simulation_upper.peak_reserved.high)
+        steady = simulation_upper.steady_reserved.high
+        epoch1 = max(simulation_upper.epoch1_reserved.high, replay_upper.peak_reserved_bytes)
+        terms.append("epochs: 90th percentile over seeds")
+    extra = allowance.bytes_for(peak) if allowance else 0
+    if allowance is not None:
+        peak, steady, epoch1 = (None if x is None else x + allowance.bytes_for(x) for x in (peak, steady, epoch1))
+        terms.append(f"+{extra / 2**30:.2f} GiB allowance ({allowance.source})")
+    return UpperFigure(peak, steady, CUDA_CONTEXT_UPPER_BYTES, tuple(terms), epoch1, extra)
+
+
+def _breakdown_sources(run, trace: Trace, cudnn_bytes: int) -> dict[str, str]:
+    """Where the kernel-workspace lines' sizes come from, with the largest cuDNN block of the trace."""
+    import torch
+
+    from yolomem.trace.workspaces import rules_for
+
+    sources = rules_for(torch.__version__).describe()
+    blocks = [e for e in trace.events if e.op == "alloc" and e.category == "cudnn_workspace"]
+    if blocks:
+        largest = max(blocks, key=lambda e: e.nbytes)
+        largest_upper = max(blocks, key=lambda e: e.size(upper=True))
+        sources["cudnn_workspace"] += (f"; {len(blocks)} calls, largest {largest.nbytes / 2**20:.1f} MiB "
+                                       f"({largest.module or largest.phase}), upper rule {largest_upper.size(upper=True) / 2**20:.1f} MiB")  # fmt: skip
+    if not any(e.category == "cublas_workspace" for e in trace.events):
+        sources["cublas_workspace"] = "0: no op of this model reaches cuBLAS (no matmul, linear or einsum)"
+    return sources
+
+
+def _unaccounted(run, simulation, request, config, trace: Trace, cudnn_bytes: int) -> list[str]:
+    """What the figures leave out or assume, each with how large it could be."""
+    unaccounted = [
+        f"cuDNN workspace sizes: a stated rule, not cuDNN's choice (expected adds {cudnn_bytes / 2**20:.0f} MiB to "
+        "the peak; the upper figure uses the larger im2col rule); elastic on a GPU: PyTorch picks another plan "
+        "rather than fail, so it raises GPU_mem where there is room, never causes an OOM by itself",
+    ]
+    if simulation is None and config.step == "train":
+        unaccounted.append("validation pass and epochs 2+: not simulated (pass data=... or epochs=2; steady_reserved_bytes "
+                           "is null); the cache validation leaves often lifts GPU_mem of epoch 2+ by 20-60 %")  # fmt: skip
+    elif simulation is not None:
+        grads = sum(e.nbytes for e in trace.events if e.op == "alloc" and e.category == "parameter")
+        for assumption in simulation.assumptions:
+            if assumption.startswith("every simulated iteration steps"):
+                assumption += f" (at most one gradient copy alive: {grads / 2**20:.0f} MiB)"
+            unaccounted.append(f"epochs: {assumption}")
+    for answer in _distinct(run.trace.oracle_answers):
+        bound = _oracle_bound(answer)
+        unaccounted.append(f"assumed {answer.question} = {answer.answer} ({answer.phase}){bound}")
+    unaccounted += [f"autocast probe failed for {op}; its arguments were left uncast (at most a copy of them in "
+                    "the other dtype)" for op in sorted(run.probe_failures)]  # fmt: skip
+    if run.density is not None and run.density.n_max_upper > 2 * run.density.n_max:
+        unaccounted.append(f"object density: the densest batch of epoch 1 has {run.density.n_max} objects in one sample "
+                           f"(upper {run.density.n_max_upper}); pass data= or max_instances= if you know it")  # fmt: skip
+    return unaccounted
+
+
+def _oracle_bound(answer) -> str:
+    """A data-dependent size the trace had to assume: the most it could be is every element."""
+    import re
+
+    shape = re.search(r"\[([0-9, ]*)\]", answer.question)
+    if not shape or not answer.answer.isdigit():
+        return ""
+    numel = 1
+    for size in (int(x) for x in shape.group(1).split(",") if x.strip()):
+        numel *= size
+    return f"; at most {numel} (every element)"
 
 
 def _distinct(answers):

@@ -71,6 +71,7 @@ class StoredRun:
     notes: tuple[str, ...]
     probe_failures: tuple[str, ...]
     stride: int | None  # the model's largest stride (plans for whole epochs need it)
+    first_level_iteration: int | None = None  # where whole epochs' level iterations start
 
     def facts(self) -> RunFacts:
         return RunFacts(unpack(self.trace), self.params, self.imgsz, self.optimizer, self.notes, self.probe_failures)
@@ -111,10 +112,9 @@ def _file_digest(path: str) -> str:
         return "-"
 
 
-def _name(batch: int, steps: tuple[bool, ...], shape: tuple | None) -> str:
-    """A run's file name in its family: its batch, then what keeps runs apart."""
-    apart = hashlib.sha256(canonical({"steps": steps, "plan": shape}).encode()).hexdigest()[:12]
-    return f"{apart}-b{batch}"
+def _name(batch: int, apart: dict) -> str:
+    """A run's file name in its family: what keeps runs apart (``RunSource._apart``), then its batch."""
+    return f"{hashlib.sha256(canonical(apart).encode()).hexdigest()[:12]}-b{batch}"
 
 
 class RunSource:
@@ -127,22 +127,24 @@ class RunSource:
         self._memory: dict[tuple[str, str], StoredRun] = {}
         self._families: dict[tuple, StreamFamily | str] = {}  # a family, or why it was refused
 
-    def obtain(self, config: EstimateConfig, resolved: ResolvedModel, request=None) -> TracedRun:
-        """The traced run of ``config`` (``request``: its whole-epoch request, whose ``hook.plan`` is set)."""
+    def obtain(self, config: EstimateConfig, resolved: ResolvedModel, request=None, density=None) -> TracedRun:
+        """The traced run of ``config``. ``request``: its whole-epoch request (its ``hook.plan`` is set);
+        ``density``: the density plan of a dataset's labels (``yolomem.loops.density``)."""
         from yolomem.loops import trace_run
 
-        found = self.lookup(config, resolved, request)
+        found = self.lookup(config, resolved, request, density)
         if found is not None:
             return found
         label = _label(config)
         _tell(f"tracing {label}")
-        run = trace_run(config, resolved, after_iterations=request.hook if request is not None else None)
+        run = trace_run(config, resolved, after_iterations=request.hook if request is not None else None,
+                        density=density)  # fmt: skip
         key = family_key(config, resolved)
         digest = key_digest(key)
-        stride = request.hook.stride if request is not None else None
-        shape = _plan_shape(request.hook.plan) if request is not None else None
-        stored = StoredRun(pack(run.trace), run.params, run.imgsz, run.optimizer, run.notes, run.probe_failures, stride)
-        name = _name(rank_batch(config), _steps(config, resolved), shape)
+        first_level = request.hook.plan.first_level_iteration if request is not None else None
+        stored = StoredRun(pack(run.trace), run.params, run.imgsz, run.optimizer, run.notes, run.probe_failures,
+                           request.hook.stride if request is not None else None, first_level)  # fmt: skip
+        name = _name(rank_batch(config), self._apart(config, resolved, density, request.hook.plan if request else None))
         self._memory[(digest, name)] = stored
         self.store.save(key, name, stored)
         if self.recording is not None:
@@ -150,37 +152,48 @@ class RunSource:
         log.info("%s: traced", label)
         return run
 
-    def lookup(self, config: EstimateConfig, resolved: ResolvedModel, request=None, *, say: bool = True) -> TracedRun | None:
+    def lookup(self, config: EstimateConfig, resolved: ResolvedModel, request=None, density=None, *,
+               say: bool = True) -> TracedRun | None:  # fmt: skip
         """The run from the cache or derived from traced ones; None when it has to be traced. ``say``:
         log where it came from (and tell the watchers)."""
         key = family_key(config, resolved)
         digest = key_digest(key)
         batch = rank_batch(config)
-        plan, shape = None, None
+        known = self._any_member(key, digest)
+        plan = None
         if request is not None:
-            known = self._any_member(key, digest)
             if known is None or known.stride is None:  # the plan needs the model's stride: trace
                 return None
-            plan = request.hook.plan_for(resolved.task, batch, known.imgsz, known.stride)
-            shape = _plan_shape(plan)
+            plan = request.hook.plan_for(resolved.task, batch, known.imgsz, known.stride, known.first_level_iteration)
         label = _label(config)
-        name = _name(batch, _steps(config, resolved), shape)
+        name = _name(batch, self._apart(config, resolved, density, plan))
         stored = self._load(key, digest, name)
         if stored is not None:
             if say:
                 log.info("%s: traced run from the cache (%s)", label, self.store.root / digest)
-            return self._use(stored.facts(), request, plan, stored.stride)
+            return self._use(stored.facts(), config, resolved, density, request, plan, stored.stride)
         derived = self._derive(key, digest, name.rsplit("-b", 1)[0], batch, label, say) if self.derive else None
         if derived is None:
             return None
-        return self._use(derived, request, plan, self._any_member(key, digest).stride)
+        return self._use(derived, config, resolved, density, request, plan, known.stride if known else None)
 
     def known(self, config: EstimateConfig) -> bool:
         """Whether ``config``'s run needs no trace (it is in the cache, or derives)."""
         from yolomem.result.estimate import prepare
 
         prepared = prepare(config)
-        return self.lookup(prepared.config, prepared.resolved, prepared.request, say=False) is not None
+        return self.lookup(prepared.config, prepared.resolved, prepared.request, prepared.density, say=False) is not None
+
+    @staticmethod
+    def _apart(config: EstimateConfig, resolved: ResolvedModel, density, plan) -> dict:
+        """What keeps runs of one family apart, besides their batch: which traced iterations step the
+        optimizer, what each traced batch holds (its densest and typical samples), the epoch plan."""
+        from yolomem.loops.base import traced_batches
+
+        _, counts, upper = traced_batches(config, resolved.task, rank_batch(config), density, True)
+        held = [c[:2] if c is not None else None for c in counts]
+        return {"steps": _steps(config, resolved, len(counts)), "batches": held, "upper": upper,
+                "plan": _plan_shape(plan) if plan is not None else None}  # fmt: skip
 
     # -- pieces ----------------------------------------------------------------------------------
     def _load(self, key: dict, digest: str, name: str) -> StoredRun | None:
@@ -248,23 +261,29 @@ class RunSource:
         return self._families[memo]
 
     @staticmethod
-    def _use(facts: RunFacts, request, plan, stride) -> TracedRun:
+    def _use(facts: RunFacts, config, resolved, density, request, plan, stride) -> TracedRun:
+        """The run as the loop's trace would return it (its density plan and upper iteration are
+        computed, as the loop computes them: they do not come from the trace)."""
+        from yolomem.loops.base import traced_batches
+
         if request is not None:
             request.hook.plan, request.hook.stride = plan, stride
-        return TracedRun(facts.trace, facts.params, facts.imgsz, facts.optimizer, facts.notes, facts.probe_failures)
+        plan_of_batches, _, upper = traced_batches(config, resolved.task, rank_batch(config), density, True)
+        return TracedRun(facts.trace, facts.params, facts.imgsz, facts.optimizer, facts.notes, facts.probe_failures,
+                         plan_of_batches, upper)  # fmt: skip
 
 
 def _label(config: EstimateConfig) -> str:
     return f"{config.model} batch={config.batch} imgsz={config.imgsz}"
 
 
-def _steps(config: EstimateConfig, resolved: ResolvedModel) -> tuple[bool, ...]:
+def _steps(config: EstimateConfig, resolved: ResolvedModel, iterations: int) -> tuple[bool, ...]:
     """Which traced iterations step the optimizer (what gradient accumulation switches with the batch)."""
     from yolomem.loops import get_loop
 
     if config.step != "train":
         return ()
-    return get_loop(resolved.framework).optimizer_steps(config.iterations, rank_batch(config), config.nbs)
+    return get_loop(resolved.framework).optimizer_steps(iterations, rank_batch(config), config.nbs)
 
 
 def _plan_shape(plan) -> tuple:
@@ -360,5 +379,5 @@ def configure(*, cache: bool | None = None, root: Path | None = None, derive: bo
     return _SOURCE
 
 
-def obtain_run(config: EstimateConfig, resolved: ResolvedModel, request=None) -> TracedRun:
-    return default_source().obtain(config, resolved, request)
+def obtain_run(config: EstimateConfig, resolved: ResolvedModel, request=None, density=None) -> TracedRun:
+    return default_source().obtain(config, resolved, request, density)

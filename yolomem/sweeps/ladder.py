@@ -1,8 +1,8 @@
 """The strategy ladder: what each memory-saving step buys for one config on one GPU.
 
 Every figure here comes from tracing the training step with that one change (never from a rule of
-thumb), judged as ``yolomem.sweeps.fit`` judges it (caching-allocator replay against the card minus the
-CUDA context and the safety margin). Each step is applied alone to the config as asked:
+thumb), judged as every verdict is (``yolomem.result.fits``: the peak reserved memory against the card
+minus the CUDA context and the safety margin). Each step is applied alone to the config as asked:
 
 - precision: AMP fp16 vs FP32 vs bf16 (``amp=``);
 - a smaller batch with gradient accumulation: the largest batch, at most the asked one, that fits and
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from yolomem.config.settings import EstimateConfig
 from yolomem.result.estimate import Estimate
-from yolomem.sweeps.fit import BATCH_BRACKET, DEFAULT_MARGIN, NothingFits, Progress, Prober, largest_batch, make_budget, model_stride, resolve_config, yolo_train_command
+from yolomem.sweeps.fit import BATCH_BRACKET, NothingFits, Progress, Prober, largest_batch, make_budget, model_stride, resolve_config, yolo_train_command
 
 EXPANDABLE = "expandable_segments:True"
 FREEZE_BACKBONE = 10  # the YOLOv8/YOLO11 detection backbone is layers 0-9
@@ -63,7 +63,7 @@ def strategy_ladder(
     gpu: str | None = None,
     *,
     gpu_mem: float | None = None,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = None,
     progress: Progress | None = None,
     **settings,
 ) -> tuple[Strategy, ...]:

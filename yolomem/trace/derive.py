@@ -36,7 +36,7 @@ the tracer kept real must stay within its real-tensor cap (a larger one would ha
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -114,6 +114,9 @@ def _event_sequence(trace: Trace) -> _Sequence:
             signature[event.storage_id] = sig
             tokens.append((True, sig))
             numbers.append(event.nbytes)
+            if event.upper_nbytes is not None:  # a kernel workspace's upper-figure size: its own token
+                tokens.append(("upper",))
+                numbers.append(event.upper_nbytes)
         else:
             tokens.append((False, sig, signature[event.storage_id]))
             numbers.append(len(ordinal) - ordinal[event.storage_id])
@@ -123,7 +126,6 @@ def _event_sequence(trace: Trace) -> _Sequence:
 def _texts(facts: RunFacts) -> list[str]:
     trace = facts.trace
     texts = [] if _inline(trace) else [_answer_text(a) for a in trace.oracle_answers]
-    texts += [f"unaccounted\x00{u}" for u in trace.unaccounted]
     texts += [f"note\x00{n}" for n in facts.notes]
     texts += [f"probe\x00{p}" for p in facts.probe_failures]
     texts.append(f"facts\x00{facts.params}\x00{facts.imgsz}\x00{facts.optimizer}\x00{trace.real_bytes_cap}")
@@ -201,7 +203,7 @@ def _describe(token) -> str:
     if token[0] is False:
         dtype, category, module, phase, iteration = token[1]
         return f"free in {phase} of a {token[2][0]} {token[2][1]} storage"
-    return f"{token[0]} {token[1]!r}"[:120]
+    return f"{token[0]} {token[1:]!r}"[:120]
 
 
 # -- the numbers ---------------------------------------------------------------------------------------
@@ -381,7 +383,6 @@ class StreamFamily:
                                    f"its bounds {answer.bounds} than at the traced batches")  # fmt: skip
         template = self.template
         rest = iter(text for text in texts if not text.startswith("oracle\x00"))
-        unaccounted = [next(rest).split("\x00", 1)[1] for _ in template.trace.unaccounted]
         notes = tuple(next(rest).split("\x00", 1)[1] for _ in template.notes)
         failures = tuple(next(rest).split("\x00", 1)[1] for _ in template.probe_failures)
         _, params, imgsz, optimizer, cap = next(rest).split("\x00")
@@ -394,8 +395,8 @@ class StreamFamily:
         # an iteration starts before the answers asked at its first event: at the template's token there
         positions = [self._events.position(token, batch) for token in self._bound_tokens]
         bounds = [p - sum(1 for t in event_tokens[:p] if t[0] == "oracle") for p in positions]
-        trace = Trace(events=events, oracle_answers=answers, iteration_bounds=bounds, unaccounted=unaccounted,
-                      real_ids=real_ids, real_bytes_cap=cap_bytes)  # fmt: skip
+        trace = Trace(events=events, oracle_answers=answers, iteration_bounds=bounds, real_ids=real_ids,
+                      real_bytes_cap=cap_bytes)  # fmt: skip
         return RunFacts(trace, int(params), int(imgsz), optimizer, notes, failures)
 
     def _rebuild_events(self, tokens: list, numbers: list[int]):
@@ -405,6 +406,7 @@ class StreamFamily:
         answers: list[OracleAnswer] = []
         ids: list[int] = []  # storage id per allocation ordinal
         size: dict[int, int] = {}
+        upper: dict[int, int] = {}
         real_ids = set()
         index = 0
         while index < len(tokens):
@@ -414,6 +416,11 @@ class StreamFamily:
                 text = _untext(tokens[index : index + count], numbers[index : index + count])[0]
                 answers.append(_answer(text, len(events)))
                 index += count
+                continue
+            if token[0] == "upper":  # the allocation just before it, under the upper figure's rule
+                index += 1
+                events[-1] = replace(events[-1], upper_nbytes=number)
+                upper[events[-1].storage_id] = number
                 continue
             index += 1
             dtype, category, module, phase, iteration = token[1][:5]
@@ -429,7 +436,8 @@ class StreamFamily:
                 storage = ids[ordinal] if 0 <= ordinal < len(ids) else None
                 if storage not in size:
                     raise NotDerivable("a derived free points at no live allocation")
-                events.append(AllocationEvent("free", storage, size.pop(storage), dtype, category, module, phase, iteration))
+                events.append(AllocationEvent("free", storage, size.pop(storage), dtype, category, module, phase, iteration,
+                                              upper.pop(storage, None)))  # fmt: skip
         return events, answers, frozenset(real_ids)
 
 
@@ -464,7 +472,7 @@ def compare_runs(derived: RunFacts, traced: RunFacts) -> str | None:
     for index, (x, y) in enumerate(zip(a.events, b.events)):
         if x != y:
             return f"event {index}: {x} vs {y}"
-    for name in ("oracle_answers", "iteration_bounds", "unaccounted", "real_ids", "real_bytes_cap"):
+    for name in ("oracle_answers", "iteration_bounds", "real_ids", "real_bytes_cap"):
         if getattr(a, name) != getattr(b, name):
             return f"{name}: {getattr(a, name)!r:.200} vs {getattr(b, name)!r:.200}"
     for name in ("params", "imgsz", "optimizer", "notes", "probe_failures"):

@@ -19,12 +19,12 @@ class PackedTrace:
     alloc: np.ndarray  # bool
     storage_id: np.ndarray  # int64
     nbytes: np.ndarray  # int64
+    upper_nbytes: np.ndarray  # int64, -1 where an event has none (yolomem.trace.workspaces)
     iteration: np.ndarray  # int64
     labels: np.ndarray  # int32 (n, 4): indices into tables for dtype, category, module, phase
     tables: tuple[tuple[str, ...], ...]
     oracle_answers: tuple[tuple[str, str, str, tuple[int, ...], int], ...]
     iteration_bounds: tuple[int, ...]
-    unaccounted: tuple[str, ...]
     real_ids: tuple[int, ...]
     real_bytes_cap: int | None
 
@@ -41,12 +41,13 @@ def pack(trace: Trace) -> PackedTrace:
         alloc=np.fromiter((e.op == "alloc" for e in events), dtype=bool, count=len(events)),
         storage_id=np.fromiter((e.storage_id for e in events), dtype=np.int64, count=len(events)),
         nbytes=np.fromiter((e.nbytes for e in events), dtype=np.int64, count=len(events)),
+        upper_nbytes=np.fromiter((-1 if e.upper_nbytes is None else e.upper_nbytes for e in events), dtype=np.int64,
+                                 count=len(events)),  # fmt: skip
         iteration=np.fromiter((e.iteration for e in events), dtype=np.int64, count=len(events)),
         labels=labels,
         tables=tuple(tuple(table) for table in tables),
         oracle_answers=tuple((a.question, a.answer, a.phase, tuple(a.bounds), a.at) for a in trace.oracle_answers),
         iteration_bounds=tuple(trace.iteration_bounds),
-        unaccounted=tuple(trace.unaccounted),
         real_ids=tuple(sorted(trace.real_ids)),
         real_bytes_cap=trace.real_bytes_cap,
     )
@@ -55,17 +56,17 @@ def pack(trace: Trace) -> PackedTrace:
 def unpack(packed: PackedTrace) -> Trace:
     dtypes, categories, modules, phases = packed.tables
     events = [
-        AllocationEvent("alloc" if alloc else "free", sid, nbytes, dtypes[d], categories[c], modules[m], phases[p], iteration)
-        for alloc, sid, nbytes, iteration, (d, c, m, p) in zip(
-            packed.alloc.tolist(), packed.storage_id.tolist(), packed.nbytes.tolist(), packed.iteration.tolist(),
-            packed.labels.tolist(),
+        AllocationEvent("alloc" if alloc else "free", sid, nbytes, dtypes[d], categories[c], modules[m], phases[p], iteration,
+                        None if upper < 0 else upper)
+        for alloc, sid, nbytes, upper, iteration, (d, c, m, p) in zip(
+            packed.alloc.tolist(), packed.storage_id.tolist(), packed.nbytes.tolist(), packed.upper_nbytes.tolist(),
+            packed.iteration.tolist(), packed.labels.tolist(),
         )
     ]  # fmt: skip
     return Trace(
         events=events,
         oracle_answers=[OracleAnswer(*answer) for answer in packed.oracle_answers],
         iteration_bounds=list(packed.iteration_bounds),
-        unaccounted=list(packed.unaccounted),
         real_ids=frozenset(packed.real_ids),
         real_bytes_cap=packed.real_bytes_cap,
     )

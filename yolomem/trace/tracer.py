@@ -38,7 +38,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 from yolomem.trace.fake_cache import FakeDispatchCache, run_on_meta
 
 REAL_BYTES_CAP = 64 << 20  # loss-phase factories and all-real ops stay real up to this output size
-CATEGORIES = ("parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other")
+CATEGORIES = ("parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other",
+              "cublas_workspace", "cublaslt_workspace", "cudnn_workspace")  # the last three: yolomem.trace.workspaces
 
 aten = torch.ops.aten
 
@@ -72,6 +73,11 @@ class AllocationEvent:
     module: str  # module path of the layer running when the storage was allocated, or ""
     phase: str  # preprocess | forward | loss | backward | optimizer | ema | setup
     iteration: int
+    upper_nbytes: int | None = None  # a kernel workspace's size under the upper figure's rule (else as nbytes)
+
+    def size(self, upper: bool = False) -> int:
+        """Bytes of this allocation for the expected figure, or for the upper figure."""
+        return self.upper_nbytes if upper and self.upper_nbytes is not None else self.nbytes
 
 
 @dataclass(frozen=True)
@@ -91,11 +97,16 @@ class DataOracle:
 
     ``positives`` is the number of nonzero entries assumed for a fake tensor, such as the foreground
     anchors the assigner selects; the training step sets it from the batch (assigner top-k x objects).
-    A scalar read returns ``scalar`` (0: no inf/NaN found, no early exit taken).
+    A scalar read returns ``scalar_for(tensor)``: ``scalar`` by default (0: no inf/NaN found, no early
+    exit taken); a training loop may answer by dtype instead.
     """
 
     positives: int = 0
     scalar: float = 0.0
+
+    def scalar_for(self, tensor: torch.Tensor) -> float:
+        """The value a ``.item()`` or ``bool()`` of the fake ``tensor`` reads."""
+        return self.scalar
 
     def nonzero_count(self, shape: torch.Size) -> int:
         return min(self.nonzero_bounds(shape))
@@ -117,7 +128,8 @@ class _Record:
     module: str
     phase: str
     iteration: int
-    real: bool  # the output of an op the tracer ran for real (small, from targets and shapes)
+    upper_nbytes: int | None = None
+    real: bool = False  # the output of an op the tracer ran for real (small, from targets and shapes)
 
 
 @dataclass
@@ -127,7 +139,6 @@ class Trace:
     events: list[AllocationEvent]
     oracle_answers: list[OracleAnswer]
     iteration_bounds: list[int] = field(default_factory=list)  # event index where each iteration starts
-    unaccounted: list[str] = field(default_factory=list)
     # storages the tracer made by running an op for real, and the output size up to which it does: a
     # larger one would have been fake (yolomem.trace.derive checks that a derived batch stays below it)
     real_ids: frozenset[int] = frozenset()
@@ -137,9 +148,13 @@ class Trace:
 class Tracer(TorchDispatchMode):
     """Context manager that records allocations of every op run inside it."""
 
-    def __init__(self, *, fake: bool, oracle: DataOracle | None = None, real_bytes_cap: int = REAL_BYTES_CAP):
+    def __init__(self, *, fake: bool, oracle: DataOracle | None = None, real_bytes_cap: int = REAL_BYTES_CAP,
+                 workspaces=None):
+        """``workspaces``: a ``yolomem.trace.workspaces.KernelWorkspaces`` that names the scratch blocks
+        the CUDA kernels of each op would take; recorded after the op's outputs."""
         super().__init__()
         self.fake = fake
+        self.workspaces = workspaces
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
         self._fake_cache = FakeDispatchCache(self.fake_mode) if fake else None
         self.oracle = oracle or DataOracle()
@@ -236,6 +251,8 @@ class Tracer(TorchDispatchMode):
         self._twins.clear()
         self._orphans.clear()
         self._tainted.clear()
+        if self.workspaces is not None:
+            self.workspaces.reset()
 
     # -- registration of tensors that exist before the step -----------------------------------
     def track_existing(self, tensors, category: str, module: str = "") -> None:
@@ -268,7 +285,22 @@ class Tracer(TorchDispatchMode):
         elif isinstance(out, (tuple, list)):
             for tensor in _tensors_in(out):
                 self._see(tensor)
+        if self.workspaces is not None:
+            for block in self.workspaces.after(func, args, out, self.phase_name):
+                self._workspace(block)
         return out
+
+    def _workspace(self, block) -> None:
+        """A kernel's scratch block: allocated (and, when transient, freed) right after the op's outputs."""
+        if block.nbytes <= 0 and block.upper_nbytes <= 0:
+            return
+        self._next_id += 1
+        record = _Record(self._next_id, block.nbytes, "uint8", block.category,
+                         self.module_stack[-1] if self.module_stack else "", self.phase_name, self.iteration,
+                         block.upper_nbytes if block.upper_nbytes != block.nbytes else None)  # fmt: skip
+        self._log.append(("alloc", record))
+        if block.transient:
+            self._log.append(("free", record))
 
     def _dispatch_fake(self, func, args, kwargs):
         if func in _MASK_INDEXED:
@@ -302,23 +334,31 @@ class Tracer(TorchDispatchMode):
         return self._fake_cache.call(func, args, kwargs)
 
     def _mask_indices_to_positions(self, args):
-        """``x[mask]`` with a real boolean ``mask`` and a fake ``x``: the mask's positions are known, so
-        index with them (what the kernel does itself, ATen's ``expandTensors``: a k-dim mask becomes k
-        integer index tensors, from a ``nonzero`` no dispatch tracer sees, on the GPU as here)."""
+        """``x[mask]`` / ``x[mask] = v`` with a fake ``x``, ``v`` or ``mask``: index with the mask's
+        positions instead (what the kernel does itself, ATen's ``expandTensors``: a k-dim mask becomes
+        k integer index tensors, from a ``nonzero`` no dispatch tracer sees, on the GPU as here); a
+        fake mode cannot size a boolean index. A real mask's positions are computed; a fake mask's
+        count is the oracle's ``nonzero`` answer, listed with the trace's assumptions (Ultralytics'
+        assigner and loss up to 8.4.133: ``pd_scores[...][mask_gt]``, ``pred_dist[fg_mask]``)."""
         target, indices = args[0], args[1]
         values = args[2] if len(args) > 2 and isinstance(args[2], torch.Tensor) else None
-        if not (self._is_fake_like(target) or (values is not None and self._is_fake_like(values))):
-            return args
         masks = [i for i in indices if isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)]
-        if not masks or any(self._is_fake_like(m) for m in masks):
+        if not masks:
             return args
+        fake_masks = any(self._is_fake_like(m) for m in masks)
+        if not (fake_masks or self._is_fake_like(target) or (values is not None and self._is_fake_like(values))):
+            return args  # all real: runs for real, mask and all
         expanded = []
-        with _disable_current_modes():
-            for index in indices:
-                if isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8):
+        for index in indices:
+            if not (isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8)):
+                expanded.append(index)
+            elif self._is_fake_like(index):
+                found = self._answer_data_dependent(aten.nonzero.default, (self._to_fake(index),), {})
+                with self.fake_mode:
+                    expanded.extend(found.unbind(1))
+            else:
+                with _disable_current_modes():
                     expanded.extend(index.nonzero().unbind(1))
-                else:
-                    expanded.append(index)
         return (target, expanded, *args[2:])
 
     # -- real/fake policy -----------------------------------------------------------------------
@@ -375,7 +415,7 @@ class Tracer(TorchDispatchMode):
 
     # -- oracle -----------------------------------------------------------------------------------
     def _answer_scalar(self, tensor: torch.Tensor):
-        value: Any = self.oracle.scalar
+        value: Any = self.oracle.scalar_for(tensor)
         if tensor.dtype == torch.bool:
             value = bool(value)
         elif not tensor.dtype.is_floating_point:
@@ -490,6 +530,7 @@ class Tracer(TorchDispatchMode):
                     module=record.module,
                     phase=record.phase,
                     iteration=record.iteration,
+                    upper_nbytes=record.upper_nbytes,
                 )
             )
         real_ids = frozenset(record.storage_id for op, record in self._log if op == "alloc" and record.real)

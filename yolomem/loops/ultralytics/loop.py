@@ -6,15 +6,13 @@ import contextlib
 import re
 
 from yolomem.config.models import ResolvedModel
-from yolomem.loops.base import TracedRun, max_stride
-
-# Ultralytics switched GPU_mem from bytes/1e9 to bytes/2**30 in 8.3.76 (reference notes).
-GPU_MEM_GIB_SINCE = (8, 3, 76)
+from yolomem.loops.base import CacheClears, TracedRun, max_stride
 
 
 class UltralyticsLoop:
+    """Release differences are read from the installed code in one place: ``release.py``."""
+
     name = "ultralytics"
-    clears_cache_between_epochs = True  # BaseTrainer._clear_memory after each epoch
     carries_loop_variables = False  # not modelled yet for this loop (its batch dict and losses do carry)
     traces_whole_val_pass = False  # one template per validation batch shape
 
@@ -23,8 +21,17 @@ class UltralyticsLoop:
 
     def resolve(self, spec: str, requested: str) -> ResolvedModel:
         from yolomem.loops.ultralytics.models import resolve_ultralytics
+        from yolomem.loops.ultralytics.release import check_release, warn_once
 
+        warning = check_release()  # a release known not to work stops here, in one line
+        if warning:
+            warn_once(warning)
         return resolve_ultralytics(spec)
+
+    def cache_clears(self) -> CacheClears | None:
+        from yolomem.loops.ultralytics.release import release
+
+        return release().cache_clears
 
     def model_names(self) -> tuple[str, ...]:
         from yolomem.loops.ultralytics.models import shipped_model_names
@@ -33,15 +40,17 @@ class UltralyticsLoop:
 
     def model_entries(self):
         """(name, family, params or None, task) for every shipped YAML name; params from the YAML's summary line."""
-        from yolomem.loops.ultralytics.models import yaml_summary
+        from yolomem.loops.ultralytics.models import unsupported_task, yaml_summary
         from yolomem.loops.yolov5.names import is_original_only
 
         for yaml_name in self.model_names():
+            if unsupported_task(yaml_name):
+                continue  # refused with a reason when named; not offered in the list
             stem = yaml_name[:-5]
             task = next((t for t in ("seg", "pose", "obb", "cls") if f"-{t}" in stem), "detect")
             task = {"seg": "segment", "cls": "classify"}.get(task, task)
-            match = re.match(r"^(yolo(?:v)?\d+|yoloe)", stem)
-            family = match.group(1).upper().replace("YOLOV", "YOLOv") if match else "YOLO"
+            match = re.match(r"^(yolo(?:v)?\d+|yoloe|rtdetr)", stem)
+            family = match.group(1).upper().replace("YOLOV", "YOLOv").replace("RTDETR", "RT-DETR") if match else "YOLO"
             summary = yaml_summary(stem)
             if is_original_only(yaml_name):  # yolov5s.yaml means the original; Ultralytics' is yolov5su.yaml
                 yaml_name = re.sub(r"^yolov5([nsmlx])", r"yolov5\1u", yaml_name)
@@ -63,10 +72,12 @@ class UltralyticsLoop:
 
         return ultralytics_gflops(model, imgsz)
 
-    def trace(self, config, resolved, *, fake: bool = True, oracle=None, after_iterations=None) -> TracedRun:
+    def trace(self, config, resolved, *, fake: bool = True, oracle=None, after_iterations=None, density=None,
+              upper: bool = True) -> TracedRun:
         from yolomem.loops.ultralytics.runner import trace_ultralytics_run
 
-        return trace_ultralytics_run(config, resolved, fake=fake, oracle=oracle, after_iterations=after_iterations)
+        return trace_ultralytics_run(config, resolved, fake=fake, oracle=oracle, after_iterations=after_iterations,
+                                     density=density, upper=upper)  # fmt: skip
 
     def optimizer_steps(self, iterations: int, batch: int, nbs: int) -> tuple[bool, ...]:
         from yolomem.loops.base import optimizer_steps
@@ -75,13 +86,14 @@ class UltralyticsLoop:
         return optimizer_steps(accumulate_at, iterations, batch, nbs)
 
     def gpu_mem_unit(self) -> str:
-        import ultralytics
+        from yolomem.loops.ultralytics.release import release
 
-        parts = tuple(int(p) for p in ultralytics.__version__.split(".")[:3] if p.isdigit())
-        return "GiB" if parts >= GPU_MEM_GIB_SINCE else "GB"
+        return release().gpu_mem_unit
 
-    def epochs_supported(self, task: str, world_size: int) -> bool:
-        return task != "classify"
+    def epochs_supported(self, resolved: ResolvedModel, world_size: int) -> bool:
+        from yolomem.loops.ultralytics.families import family_of
+
+        return resolved.task != "classify" and family_of(resolved.cfg).simulates_epochs
 
     def val_batch_size(self, task: str, train_batch: int) -> int:
         from yolomem.loops.val_pass import val_batch_size
@@ -89,21 +101,58 @@ class UltralyticsLoop:
         return val_batch_size(task, train_batch)
 
     def trace_val_pass(self, run, shapes, seed: int, nc: int, kpt_shape, channels: int) -> None:
+        """``BaseValidator.__call__`` with a trainer, as the installed release runs it (``release.validation``):
+        up to 8.4.61 the EMA itself is converted to fp16 (``model.half()``, and ``model.float()`` after),
+        with no autocast; from 8.4.62 it stays fp32 and the forward and loss run under autocast."""
         import torch
 
+        from yolomem.loops.ultralytics.release import release
         from yolomem.loops.val_pass import trace_validation_batch, val_batch_dict
 
         settings, tracer = run.settings, run.tracer
         ema = run.ema.ema  # BaseValidator.get_model: trainer.ema.ema
+        style = release().validation
+        half = settings.precision != "fp32" or style.half_without_amp  # fp16 also for amp=bf16
 
         def autocast():  # validator: autocast(trainer.amp) is fp16 whatever the training dtype
-            return run.policy.region(torch.float16) if run.policy is not None else contextlib.nullcontext()
+            if style.autocast and run.policy is not None:
+                return run.policy.region(torch.float16)
+            return contextlib.nullcontext()
 
         nms = {"nc": 0 if settings.task == "detect" else nc, "rotated": settings.task == "obb"}
         (shape,) = shapes  # one batch per template
+        converts = style.ema_half_in_place and half
+        with tracer.phase("val_model_half"):
+            if converts:
+                _convert_floats(ema, torch.float16)  # model = trainer.ema.ema.half()
+            tracer.label(list(ema.parameters()) + list(ema.buffers()), "ema")
         with tracer.phase("val_preprocess"):
             data = val_batch_dict(settings.task, shape, seed, nc, kpt_shape, channels)
-        trace_validation_batch(
-            ema, tracer, data, autocast=autocast, half_inputs=settings.precision != "fp32",
-            loss_fn=lambda d, p: ema.loss(d, p), nc=nc, nms_kwargs=nms,
-        )  # fmt: skip
+            data["resized_shape"] = [(shape.height, shape.width)] * shape.batch  # the collate's per-image shapes
+        trace_validation_batch(ema, tracer, data, autocast=autocast, half_inputs=half,
+                               loss_fn=lambda d, p: ema.loss(d, p), nc=nc, nms_kwargs=nms)  # fmt: skip
+        with tracer.phase("val_model_float"):
+            if converts:
+                _convert_floats(ema, torch.float32)  # model.float() at the end of the validator's call
+            tracer.label(list(ema.parameters()) + list(ema.buffers()), "ema")
+
+
+def _convert_floats(model, dtype) -> None:
+    """``model.half()`` / ``model.float()`` as ``nn.Module._apply`` does them: children first, each
+    floating parameter's ``.data`` replaced, then each floating buffer; the old storage is freed as it
+    is replaced. (``BaseModel._apply`` also converts the head's anchors and strides: a few kB, and the
+    eval-mode head remakes them in the input's dtype.) Written out: ``_apply`` swaps in tensor
+    subclasses, which the tracer's fake tensors refuse."""
+    import torch
+
+    def convert(tensor):
+        return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+    for module in model.modules():
+        for param in module._parameters.values():
+            if param is not None:
+                with torch.no_grad():
+                    param.data = convert(param)
+        for key, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[key] = convert(buffer)

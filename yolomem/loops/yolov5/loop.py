@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from yolomem.config.models import ResolvedModel
-from yolomem.loops.base import TracedRun, max_stride
+from yolomem.loops.base import CacheClears, TracedRun, max_stride
 
 
 class Yolov5Loop:
     name = "yolov5"
-    clears_cache_between_epochs = False  # train.py has no _clear_memory
     carries_loop_variables = True  # imgs, pred, loss, loss_items, mloss: train.py's loop variables
     traces_whole_val_pass = True  # val.run's preds/train_out and per-image locals carry from batch to batch
+
+    def cache_clears(self) -> CacheClears:
+        return CacheClears()  # train.py never empties the cache
 
     def owns(self, spec: str) -> bool:
         from yolomem.loops.yolov5.names import is_original_only
@@ -55,10 +57,12 @@ class Yolov5Loop:
 
         return count_gflops(find_original(model), imgsz), "counted"
 
-    def trace(self, config, resolved, *, fake: bool = True, oracle=None, after_iterations=None) -> TracedRun:
+    def trace(self, config, resolved, *, fake: bool = True, oracle=None, after_iterations=None, density=None,
+              upper: bool = True) -> TracedRun:
         from yolomem.loops.yolov5.runner import trace_yolov5_run
 
-        return trace_yolov5_run(config, resolved, fake=fake, oracle=oracle, after_iterations=after_iterations)
+        return trace_yolov5_run(config, resolved, fake=fake, oracle=oracle, after_iterations=after_iterations,
+                                density=density, upper=upper)  # fmt: skip
 
     def optimizer_steps(self, iterations: int, batch: int, nbs: int) -> tuple[bool, ...]:
         from yolomem.loops.base import optimizer_steps
@@ -69,8 +73,8 @@ class Yolov5Loop:
     def gpu_mem_unit(self) -> str:
         return "GB"  # train.py prints torch.cuda.memory_reserved() / 1E9
 
-    def epochs_supported(self, task: str, world_size: int) -> bool:
-        return task in {"detect", "segment"} and world_size == 1
+    def epochs_supported(self, resolved, world_size: int) -> bool:
+        return resolved.task in {"detect", "segment"} and world_size == 1
 
     def val_batch_size(self, task: str, train_batch: int) -> int:
         return 2 * train_batch  # train.py: val_loader at batch_size // WORLD_SIZE * 2

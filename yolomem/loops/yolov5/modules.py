@@ -416,3 +416,33 @@ def initialize_weights(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.eps, m.momentum = BN_EPS, BN_MOMENTUM
+
+
+def convert_floats(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """``model.half()`` / ``model.float()``: ``nn.Module._apply`` (children first, then each floating
+    parameter, whose ``.data`` is replaced, then each floating buffer), then yolov5's
+    ``BaseModel._apply``, which converts Detect's ``stride``, ``grid`` and ``anchor_grid`` too."""
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        return t.to(dtype) if t.is_floating_point() else t
+
+    def apply(module: torch.nn.Module) -> None:
+        for child in module.children():
+            apply(child)
+        for param in module._parameters.values():
+            if param is not None:
+                with torch.no_grad():
+                    param.data = fn(param)
+        for key, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[key] = fn(buffer)
+
+    apply(model)
+    head = model._head_layer() if hasattr(model, "_head_layer") else None
+    if head is not None:
+        head.stride = fn(head.stride)
+        head.grid = list(map(fn, head.grid))
+        head.anchor_grid = list(map(fn, head.anchor_grid))
+
+
+# -- the pass -----------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from yolomem.loops.batches import SyntheticBatch
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.config.models import ResolvedModel
-from yolomem.loops.base import TracedRun, max_stride, rank_batch, round_imgsz, tracing
+from yolomem.loops.base import TracedRun, max_stride, rank_batch, round_imgsz, traced_batches, tracing
 from yolomem.trace.tracer import module_scopes
 from yolomem.loops.yolov5.modules import ClassifierModel, LayerModel, build_yolov5, initialize_weights
 from yolomem.loops.yolov5.names import OriginalModel
@@ -61,7 +61,8 @@ def darknet_notes(original: OriginalModel, config: EstimateConfig) -> list[str]:
 
 
 def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: bool = True, oracle=None,
-                     after_iterations: Callable[[Yolov5Run], None] | None = None):
+                     after_iterations: Callable[[Yolov5Run], None] | None = None, density=None,
+                     upper: bool = True):  # fmt: skip
     """Build the original design under the tracer and trace ``config.iterations`` iterations.
 
     ``after_iterations(run)`` gets the ``Yolov5Run`` (model, loss, EMA) to trace more with the same
@@ -111,17 +112,19 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
         if not classify:
             run.finish_setup()
         del tensors  # the loop variable would keep the EMA's fp32 tensors alive through val.py's model.half()
+        plan, counts, upper_iteration = traced_batches(config, original.task, per_rank, density, upper)
         with module_scopes(model, tracer):
-            for iteration in range(config.iterations):
+            for iteration, objects in enumerate(counts):
                 batch = SyntheticBatch.draw(original.task, per_rank, imgsz, config.instances,
-                                            seed=config.seed + iteration, nc=model.nc)  # fmt: skip
+                                            seed=config.seed + iteration, nc=model.nc, counts=objects)  # fmt: skip
                 run.train_iteration(iteration, batch)
             if after_iterations is not None:
                 after_iterations(run)
         trace = tracer.result()
         tracer.detach_finalizers()
     failures = tuple(sorted(policy.probe_failures)) if policy else ()
-    return TracedRun(trace, params, imgsz, optimizer if config.step == "train" else "none", tuple(notes), failures)
+    return TracedRun(trace, params, imgsz, optimizer if config.step == "train" else "none", tuple(notes), failures,
+                     plan, upper_iteration)  # fmt: skip
 
 
 def _classify_notes(config: EstimateConfig) -> list[str]:

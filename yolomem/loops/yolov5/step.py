@@ -39,7 +39,7 @@ from yolomem.loops.batches import SyntheticBatch
 from yolomem.trace.tracer import Tracer
 from yolomem.loops.ultralytics.step import _CloneOnDeepcopy, autocast_region, persistent_tensors
 from yolomem.loops.yolov5.loss import AnchorLoss, LossHyp
-from yolomem.loops.yolov5.modules import LayerModel
+from yolomem.loops.yolov5.modules import LayerModel, convert_floats
 
 LR0, MOMENTUM, WEIGHT_DECAY = 0.01, 0.937, 0.0005  # hyp.scratch-low.yaml
 WARMUP_EPOCHS, WARMUP_MIN_ITERATIONS = 3.0, 100  # train.py: nw = max(round(warmup_epochs * nb), 100)
@@ -167,8 +167,6 @@ class Yolov5Run:
         precision": every tensor copied to fp16 and back, each old storage freed), ``model.class_weights
         = labels_to_class_weights(...).to(device) * nc``, then ``ComputeLoss(model)`` puts its two BCE
         ``pos_weight`` tensors on the GPU."""
-        from yolomem.loops.yolov5.val_pass import convert_floats
-
         with self.tracer.phase("setup"):
             convert_floats(self.model, torch.float16)
             convert_floats(self.model, torch.float32)
@@ -232,8 +230,6 @@ class Yolov5Run:
         """train.py after validation: ``ckpt = {'model': deepcopy(de_parallel(model)).half(), 'ema':
         deepcopy(ema.ema).half(), ...}``, saved, then ``del ckpt``. Each deep copy is an fp32 device
         copy that ``.half()`` replaces tensor by tensor."""
-        from yolomem.loops.yolov5.val_pass import convert_floats
-
         if self.ema is None:
             return
         with self.tracer.phase("checkpoint"):

@@ -40,6 +40,7 @@ from yolomem.loops.val_pass import (
     VAL_MAX_DET, ValBatchShape, _cuda_nms_allocations, _head_makes_real_factories, val_batch_dict,
 )  # fmt: skip
 from yolomem.loops.yolov5.loss import crop_mask, xywh2xyxy
+from yolomem.loops.yolov5.modules import convert_floats
 from yolomem.loops.yolov5.step import Yolov5Run, to_device
 
 VAL_CONF = 0.001  # val.run(conf_thres=0.001)
@@ -169,34 +170,6 @@ def process_batch(detections, labels, iouv, pred_masks=None, gt_masks=None, over
 
 
 # -- model.half() / model.float() ----------------------------------------------------------------------
-def convert_floats(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """``model.half()`` / ``model.float()``: ``nn.Module._apply`` (children first, then each floating
-    parameter, whose ``.data`` is replaced, then each floating buffer), then yolov5's
-    ``BaseModel._apply``, which converts Detect's ``stride``, ``grid`` and ``anchor_grid`` too."""
-
-    def fn(t: torch.Tensor) -> torch.Tensor:
-        return t.to(dtype) if t.is_floating_point() else t
-
-    def apply(module: torch.nn.Module) -> None:
-        for child in module.children():
-            apply(child)
-        for param in module._parameters.values():
-            if param is not None:
-                with torch.no_grad():
-                    param.data = fn(param)
-        for key, buffer in module._buffers.items():
-            if buffer is not None:
-                module._buffers[key] = fn(buffer)
-
-    apply(model)
-    head = model._head_layer() if hasattr(model, "_head_layer") else None
-    if head is not None:
-        head.stride = fn(head.stride)
-        head.grid = list(map(fn, head.grid))
-        head.anchor_grid = list(map(fn, head.anchor_grid))
-
-
-# -- the pass -----------------------------------------------------------------------------------------
 def _host_val_batch(shape: ValBatchShape, seed: int, nc: int, channels: int, segment: bool):
     """What the val loader yields on the host: uint8 images, (nt, 6) targets, shapes, [masks]."""
     with _disable_current_modes():

@@ -1,0 +1,106 @@
+"""``yolomem deploy``: the issue's example prints every figure it asks for, and ``--json`` carries them under stable keys."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from yolomem.cli.main import main
+from yolomem.config.gpus import find_gpu
+
+EXAMPLE = ["deploy", "yolov8s.yaml", "format=engine", "precision=int8", "batch=2", "imgsz=128",
+           "device=Jetson-AGX-Orin-32GB"]  # fmt: skip
+JSON_KEYS = {"config", "task", "params", "device", "device_total_bytes", "unified_memory", "runtime_bytes",
+             "runtime_low_bytes", "runtime_high_bytes", "weights_bytes", "activations_bytes", "context_bytes",
+             "calibration_peak_bytes", "build_peak_bytes", "workspace_limit_bytes", "host_bytes", "ram_left_bytes",
+             "fits", "runtime", "build", "calibration", "host", "remaining_tensors", "assumptions", "notes"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def example_json(capsys_module=None):
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([*EXAMPLE, "--json"]) == 0
+    return json.loads(out.getvalue())
+
+
+def test_json_has_the_stable_keys(example_json):
+    assert JSON_KEYS <= set(example_json)
+    term_keys = {t["key"] for t in example_json["runtime"]}
+    assert {"weights", "activations", "io_buffers", "cuda_context", "trt_libraries", "pipeline"} <= term_keys
+    assert {t["key"] for t in example_json["calibration"]} >= {"calibration_activations", "calibration_input"}
+    for group in ("runtime", "build", "calibration", "host"):
+        for term in example_json[group]:
+            assert term["low"] <= term["bytes"] <= term["high"]
+
+
+def test_json_figures_add_up(example_json):
+    runtime = sum(t["bytes"] for t in example_json["runtime"])
+    host = sum(t["bytes"] for t in example_json["host"])
+    assert example_json["runtime_bytes"] == runtime
+    assert example_json["context_bytes"] == example_json["activations_bytes"]  # kSTATIC: the context's block
+    assert example_json["calibration_peak_bytes"] == sum(t["bytes"] for t in example_json["calibration"])
+    total = find_gpu("Jetson-AGX-Orin-32GB").total_bytes
+    assert example_json["device_total_bytes"] == total and example_json["unified_memory"] is True
+    assert example_json["ram_left_bytes"] == total - runtime - host
+    assert example_json["config"]["batch"] == 2 and example_json["config"]["precision"] == "int8"
+
+
+def test_int8_weights_range_from_int8_to_fp16(example_json):
+    weights = next(t for t in example_json["runtime"] if t["key"] == "weights")
+    assert weights["high"] == pytest.approx(2 * weights["low"], rel=0.1)  # biases stay fp32 in both
+
+
+def test_text_names_every_figure_the_issue_asks_for(capsys):
+    assert main(EXAMPLE) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for phrase in ("weights", "activations = execution context", "INT8 calibration peak",
+                   "builder workspace limit", "RAM left for the OS and the application"):  # fmt: skip
+        assert phrase in text, phrase
+
+
+def test_bad_device_is_one_line_exit_2(capsys):
+    assert main(["deploy", "yolov8n.yaml", "device=Jetson-Orin-Nan-8GB"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean" in err and err.count("\n") == 1
+
+
+def test_table_deployment_view(capsys):
+    assert main(["table", "yolov8n.yaml", "yolov5s", "deploy=engine", "precision=fp16", "imgsz=64",
+                 "device=Jetson-Orin-Nano-8GB", "--json"]) == 0  # fmt: skip
+    table = json.loads(capsys.readouterr().out)
+    assert table["config"] == {"format": "engine", "precision": "fp16", "batch": 1, "imgsz": 64,
+                               "device": "Jetson-Orin-Nano-8GB"}  # fmt: skip
+    (row,) = table["rows"]
+    assert row["model"] == "yolov8n" and row["fits"] is True
+    assert row["activations_low_bytes"] <= row["activations_bytes"] < row["runtime_bytes"]
+    assert row["ram_left_bytes"] == find_gpu("Jetson-Orin-Nano-8GB").total_bytes - row["runtime_bytes"] - row["host_bytes"]
+    assert len(table["skipped"]) == 1 and table["skipped"][0].startswith("yolov5s")  # another training loop
+
+
+def test_report_deployment_section():
+    from types import SimpleNamespace
+
+    from yolomem.deployment.estimate import deploy
+    from yolomem.render.report_html import _deployment
+
+    result = deploy("yolov8n.yaml", format="engine", precision="fp16", imgsz=64, device="Jetson-Orin-Nano-8GB")
+    page = _deployment(SimpleNamespace(deployment=result))
+    assert page.startswith("<h2>Deployment</h2>") and 'id="deployment"' in page
+    for term in (*result.runtime, *result.build, *result.host):
+        assert f'data-key="deploy.{term.key}" data-bytes="{term.bytes}"' in page
+    assert f'data-key="deploy.ram_left_bytes" data-bytes="{result.ram_left_bytes}"' in page
+    assert _deployment(SimpleNamespace(deployment=None)) == ""  # no section unless asked (report deploy=...)
+
+
+def test_python_api_is_the_function():
+    import yolomem
+    import yolomem.deployment.estimate  # noqa: F401 - the subpackage must not shadow the function
+
+    assert callable(yolomem.deploy) and yolomem.deploy.__name__ == "deploy"
+    with pytest.raises(yolomem.UserError):
+        yolomem.deploy("yolov8n.yaml", format="torch", precision="int8")

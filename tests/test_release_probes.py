@@ -1,0 +1,124 @@
+"""The probes of the installed Ultralytics (``yolomem.loops.ultralytics.release``) read what its code does.
+
+Expected behaviour per release comes from reading the Ultralytics sources at each boundary (the
+diff between the two releases named in each comment); it is written here independently of the
+probes, which never look at version numbers. These tests run on whatever release is installed; CI's
+matrix (``.ci/ultralytics_matrix.py``) runs them against each release it installs.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from yolomem.errors import UserError
+from yolomem.loops.base import CacheClears
+from yolomem.loops.ultralytics import release as rel
+
+
+def _installed() -> tuple[int, ...]:
+    return rel.version_tuple(rel.installed_version())
+
+
+def _expected_clears(v: tuple[int, ...]) -> CacheClears:
+    if v < (8, 3, 87):  # 8.1.0: torch.cuda.empty_cache() inline; 8.2.94: self._clear_memory(), both unconditional
+        return CacheClears(after_epoch=0.0)
+    if v < (8, 3, 109):  # 8.3.86 -> 8.3.87: `if self._get_memory(fraction=True) > 0.9: self._clear_memory()`
+        return CacheClears(after_epoch=0.9)
+    if v < (8, 3, 152):  # 8.3.108 -> 8.3.109: 0.9 -> 0.5
+        return CacheClears(after_epoch=0.5)
+    return CacheClears(before_val=0.5, after_epoch=0.5)  # 8.3.151 -> 8.3.152: _clear_memory(threshold=0.5) before validate()
+
+
+def test_cache_clears_are_read_from_the_epoch_loop():
+    assert rel.cache_clears() == _expected_clears(_installed())
+
+
+def test_gpu_mem_unit():
+    # 8.3.75 -> 8.3.76: _get_memory returns memory / (2**30) instead of memory / 1e9
+    assert rel.gpu_mem_unit() == ("GiB" if _installed() >= (8, 3, 76) else "GB")
+
+
+def test_validation_precision():
+    v = _installed()
+    style = rel.validation_precision()
+    # 8.4.61 -> 8.4.62: `model = model.half() if self.args.half else model.float()` -> `model.float()` + autocast
+    assert style.ema_half_in_place == (v < (8, 4, 62))
+    assert style.autocast == (v >= (8, 4, 62))
+    # 8.2.95 -> 8.2.96: `self.args.half = self.device.type != "cpu"` gains `and trainer.amp`
+    assert style.half_without_amp == (v < (8, 2, 96))
+
+
+def test_optimizer_choices():
+    v = _installed()
+    installed = rel.release()
+    # 8.4.153 -> 8.4.154: build_optimizer passes fused=True for Adam/AdamW on CUDA
+    assert installed.fused_adam == (v >= (8, 4, 154))
+    # optimizer=auto, <= 10k iterations: AdamW; 8.4.0-8.4.7 MuSGD. Beyond: SGD up to 8.4.0, MuSGD after
+    assert installed.auto_short == ("MuSGD" if (8, 4, 0) <= v < (8, 4, 8) else "AdamW")
+    assert installed.auto_long == ("SGD" if v <= (8, 4, 0) else "MuSGD")
+    assert ("MuSGD" in installed.optimizers) == (v >= (8, 4, 0))
+    assert installed.optimizer_name("rmsprop") in {"RMSprop", "RMSProp"}
+    assert installed.optimizer_name("adamw") == "AdamW"
+
+
+def test_nms_is_ultralytics_own():
+    module = rel.nms_function().__module__
+    # 8.3.189 -> 8.3.190: non_max_suppression moves from utils/ops.py to utils/nms.py
+    assert module == ("ultralytics.utils.nms" if _installed() >= (8, 3, 190) else "ultralytics.utils.ops")
+
+
+def test_an_optimizer_the_release_lacks_is_one_line():
+    installed = rel.release()
+    missing = "MuSGD" if "MuSGD" not in installed.optimizers else "Lion"
+    with pytest.raises(UserError, match=f"optimizer={missing} is not in the installed ultralytics"):
+        installed.optimizer_name(missing)
+
+
+def test_pyproject_keeps_the_installed_release():
+    """``pip install yolomem`` leaves the user's Ultralytics as it is: its requirement admits it."""
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    requirement = next(Requirement(d) for d in project["dependencies"] if d.startswith("ultralytics"))
+    assert requirement.specifier.contains(rel.installed_version())
+
+
+def test_version_tuple():
+    assert rel.version_tuple("8.3.74") == (8, 3, 74)
+    assert rel.version_tuple("8.4.0rc1") == (8, 4, 0)
+    assert rel.version_tuple("8.4.190.dev0") == (8, 4, 190)
+
+
+def test_release_range():
+    with pytest.raises(UserError, match="older than 8.1.0"):
+        rel.check_release("8.0.239")
+    warning = rel.check_release("8.5.2")
+    assert warning and "8.1.0 to 8.4.190" in warning and "8.5.2" in warning
+    assert rel.check_release("8.1.0") is None
+    assert rel.check_release("8.4.190") is None
+
+
+def test_cli_refuses_an_old_release_in_one_line(monkeypatch, capsys):
+    from yolomem.cli.main import main
+
+    monkeypatch.setattr(rel, "installed_version", lambda: "8.0.239")
+    assert main(["estimate", "yolov8n.yaml"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ultralytics 8.0.239 is older than 8.1.0" in err[0]
+
+
+def test_cli_warns_once_about_a_newer_release(monkeypatch, capsys):
+    from yolomem.cli.main import main
+
+    monkeypatch.setattr(rel, "installed_version", lambda: "8.5.2")
+    rel.warn_once.cache_clear()
+    assert main(["estimate", "yolov8n.yaml", "imgsz=64", "batch=1", "iterations=1", "--json"]) == 0
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if line.startswith("yolomem: warning:")]
+    assert len(warnings) == 1 and "newer than the releases yolomem is tested with (8.1.0 to 8.4.190)" in warnings[0]
+    import json
+
+    assert "newer than the releases" in " ".join(json.loads(out)["notes"])

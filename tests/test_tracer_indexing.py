@@ -1,0 +1,55 @@
+"""Boolean-mask indexing of fake tensors, as Ultralytics' assigner and loss do before 8.4.134
+(``bbox_scores[mask_gt] = pd_scores[...][mask_gt]``), traces like a real run.
+
+Ground truth: the same function on real tensors under a ``Tracer(fake=False)``. Before the tracer
+turned boolean indices into integer ones, the fake run raised ``DynamicOutputShapeException``
+(``aten.nonzero``): the fake mode cannot size a boolean index, not even a real mask it was handed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from yolomem.trace.tracer import DataOracle, Tracer
+
+
+def _assigner_like_step(tracer: Tracer) -> None:
+    scores = torch.ones(2, 50, 3)  # model output: fake in the fake trace
+    with tracer.phase("loss"):  # targets and masks: small, made real by the tracer
+        mask = torch.zeros(2, 50, dtype=torch.bool)
+        mask[0, :7] = True
+        mask[1, 10:30] = True
+        picked = scores[mask]  # fake[real mask]: (27, 3)
+        dense = torch.zeros(2, 50, 3)  # real; a fake value written into it taints it
+        dense[mask] = picked * 2
+        positive = scores[..., 0] > 0  # a fake mask: the oracle says how many are True
+        chosen = scores[positive]  # (100, 3) with the oracle's answer below
+        total = picked.sum() + dense.sum() + chosen.sum()
+        del picked, dense, chosen, total
+
+
+def _sizes(tracer: Tracer) -> list[tuple[str, int]]:
+    return [(event.op, event.nbytes) for event in tracer.result().events]
+
+
+def test_boolean_masks_index_fake_tensors_like_real_ones():
+    with Tracer(fake=False) as real:
+        _assigner_like_step(real)
+    with Tracer(fake=True, oracle=DataOracle(positives=100)) as fake:
+        _assigner_like_step(fake)
+    assert len(_sizes(real)) > 8
+    assert _sizes(fake) == _sizes(real)
+    # the fake mask's count is an assumption, and is listed as one
+    assert [a.question for a in fake.oracle_answers] == ["nonzero(bool[2, 50])"]
+
+
+def test_scalar_reads_go_through_the_oracle_by_tensor():
+    class ByDtype(DataOracle):
+        def scalar_for(self, tensor):
+            return {torch.bool: True, torch.int64: 7}.get(tensor.dtype, 0.0)
+
+    with Tracer(fake=True, oracle=ByDtype()) as fake:
+        values = torch.ones(4, 5)
+        with fake.phase("loss"):
+            read = (bool(values.max() > 1), int((values > 0).sum()), float(values.sum()))
+    assert read == (True, 7, 0.0)

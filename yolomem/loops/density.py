@@ -1,0 +1,276 @@
+"""Objects per training sample, and the densest batch of an epoch.
+
+Why it matters: the detection losses pad a batch's targets to (batch, n_max, ...), n_max being the most
+objects in any one training sample of the batch, and Ultralytics' TaskAlignedAssigner builds
+(batch, n_max, anchors) tensors from them. ``memory_reserved()`` only grows within an epoch, so epoch
+1's GPU_mem is set by the densest batch of the epoch, not by a typical one.
+
+1. Objects per image. ``data=`` gives them (the label files). Otherwise they are drawn from a
+   Poisson distribution whose rate is lognormal: mean ``instances=``, log-sd ``sigma``. That family fits
+   the published per-image tables of the named datasets below (quantiles p25-p99.9 to a log-rms error of
+   at most 0.14; a negative binomial misses their tails by 2-4x). ``sigma`` is fitted per dataset;
+   without ``data=`` the default is the median over them (``DEFAULT_SIGMA``). ``max_instances=`` caps the
+   count of an image and puts one image at the cap.
+2. Training samples. Ultralytics' training pipeline (``ultralytics.data.augment.v8_transforms``; the
+   yolov5 repo's ``load_mosaic`` is the same geometry) puts 4 images in a 2s x 2s mosaic (``Mosaic(n=4)``,
+   probability ``hyp.mosaic=1.0``, switched off for the last ``close_mosaic=10`` epochs), then
+   ``RandomPerspective(scale=0.5, translate=0.1)`` zooms by U(0.5, 1.5) about the canvas centre, shifts
+   by U(0.4, 0.6) s and crops s x s. Without mosaic the single image goes through the same affine.
+   Modelled: an object of image i survives with the share of image i inside the crop window (objects as
+   points, images square). Checked against Ultralytics' own transforms in ``tests/test_density.py``; the
+   real ``box_candidates`` also keeps boxes with >= 10 % in view and drops sides < 2 px, which moves the
+   mean by about +10 %, the tail less.
+3. An epoch. Every image starts one sample and its 3 mosaic partners are random (Ultralytics picks them
+   from a buffer of recent images); the samples are shuffled into ceil(images / batch) batches. Without
+   ``data=`` the dataset has ``DEFAULT_TRAIN_IMAGES`` images.
+
+Sources (per-image statistics; shared/reference/dataset_object_density.md, copied with their origin in
+``tests/data/dataset_object_density.csv``): Dataset Ninja per-image tables (github.com/dataset-ninja,
+``stats/classes_per_image.json`` at the commits listed there) for SKU-110K, GWHD 2021, KITTI, Cityscapes,
+PASCAL VOC 2012, VisDrone2019-DET, CrowdHuman, xView, WIDER FACE and DOTA v2.0; COCO 2017 from its mean
+(7.27, Liu et al. IJCV 2020 Table 3), median 4 and "99 % of images between 1 and 33 instances"
+(Lextal/SotA-CV coco_detection.md) and a maximum between 90 and 128 (YOLOX issue 499,
+pytorch_simple_CenterNet_45 issue 10).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from yolomem.loops.batches import BOX_SIDE_RANGE, box_side_limit
+
+
+@dataclass(frozen=True)
+class CountShape:
+    """The tail of a dataset's objects-per-image distribution: log-sd of a Poisson-lognormal."""
+
+    dataset: str
+    sigma: float
+    mean: float  # the dataset's own mean (for reference; estimates scale to instances=)
+    source: str
+
+
+# sigma: least squares on log(1 + quantile) over the published p25..p99.9 (tests check the fit)
+NAMED_SHAPES: dict[str, CountShape] = {
+    shape.dataset: shape
+    for shape in (
+        CountShape("SKU-110K", 0.35, 147.0, "Dataset Ninja sku110k, train"),
+        CountShape("GWHD-2021", 0.45, 42.3, "Dataset Ninja gwhd, all"),
+        CountShape("KITTI", 0.45, 5.42, "Dataset Ninja kitti-object-detection, train, no DontCare"),
+        CountShape("Cityscapes", 0.60, 17.7, "Dataset Ninja cityscapes, train, 10 thing classes"),
+        CountShape("VOC", 0.70, 2.38, "Dataset Ninja pascal-voc-2012, seg. trainval"),
+        CountShape("VisDrone", 0.70, 53.3, "Dataset Ninja vis-drone-2019-det, train"),
+        CountShape("COCO", 0.65, 7.27, "mean 7.27, p99 ~33, max 90-128 (see module docstring); its median 4 comes out 6"),
+        CountShape("CrowdHuman", 0.85, 29.2, "Dataset Ninja crowdhuman, train, full-body boxes"),
+        CountShape("xView", 1.55, 711.3, "Dataset Ninja xview, train"),
+        CountShape("WIDER-FACE", 1.70, 12.4, "Dataset Ninja wider-face, train"),
+        CountShape("DOTA-v2", 1.90, 146.7, "Dataset Ninja dota, train (full-size images)"),
+    )
+}
+DEFAULT_SIGMA = statistics.median(s.sigma for s in NAMED_SHAPES.values())  # 0.70
+# The upper figure's tail: the heaviest among datasets of ground-level photos. Aerial images and faces
+# (xView, DOTA, WIDER FACE) have far heavier tails; for those, pass data= or max_instances=.
+UPPER_SHAPE = NAMED_SHAPES["CrowdHuman"]
+
+DEFAULT_TRAIN_IMAGES = 2000  # dataset size without data=: between coco128/brain-tumor and VisDrone/SKU-110K
+UPPER_TRAIN_IMAGES = 10000  # the upper figure's dataset size (the densest batch grows with the epoch)
+REFERENCE_BATCH = 16  # a typical batch's densest sample is taken over this many samples (Ultralytics' default batch)
+SEEDS = 11  # epochs drawn per figure: the expected figure takes their median, the upper their 90th percentile
+UPPER_PERCENTILE = 90
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The label geometry of Ultralytics' training augmentation (``cfg/default.yaml``)."""
+
+    mosaic: float = 1.0  # probability of a 4-image mosaic
+    scale: float = 0.5  # zoom U(1 - scale, 1 + scale)
+    translate: float = 0.1  # shift U(0.5 - translate, 0.5 + translate) * imgsz
+
+    @staticmethod
+    def for_epoch(epoch: int, epochs: int | None, mosaic: float = 1.0, close_mosaic: int = 10) -> Augmentation:
+        """BaseTrainer closes the mosaic at ``epoch == epochs - close_mosaic`` (0-based)."""
+        total = epochs if epochs is not None else 100  # Ultralytics' default epochs
+        closed = close_mosaic > 0 and epoch >= total - close_mosaic
+        return Augmentation(mosaic=0.0 if closed else mosaic)
+
+
+def image_counts(rng: np.random.Generator, mean: float, sigma: float, n: int, cap: int | None = None) -> np.ndarray:
+    """Objects in ``n`` images: Poisson with a lognormal rate of the given mean and log-sd. ``cap``:
+    no image holds more, and one holds exactly that many (``max_instances=``)."""
+    if mean <= 0 or n == 0:
+        counts = np.zeros(n, dtype=np.int64)
+    else:
+        rate = np.exp(math.log(mean) - sigma * sigma / 2 + sigma * rng.standard_normal(n))
+        counts = rng.poisson(rate).astype(np.int64)
+    if cap is not None and n:
+        counts = np.minimum(counts, cap)
+        counts[int(np.argmax(counts))] = cap
+    return counts
+
+
+KEEP_VISIBLE = 0.10  # RandomPerspective.box_candidates: area_thr=0.10, kept when >= 10 % of a box is in view
+
+
+def _mean_side(counts: np.ndarray) -> np.ndarray:
+    """Mean object side (image units) in an image of ``counts`` objects, as ``SyntheticBatch`` draws
+    them: log-uniform between 0.02 and ``box_side_limit(count)``."""
+    low, high = BOX_SIDE_RANGE[0], box_side_limit(counts)
+    return (high - low) / np.log(high / low)
+
+
+def _window_shares(rng: np.random.Generator, mosaic: np.ndarray, margin: np.ndarray, aug: Augmentation) -> np.ndarray:
+    """(m, 4) share of each image of a sample that lies inside the crop window (image side = 1).
+
+    Mosaic (``Mosaic`` n=4, then ``RandomPerspective``): centre (xc, yc) ~ U(0.5, 1.5) of a 2 x 2
+    canvas; image 0 ends at the centre (top-left), 1 top-right, 2 bottom-left, 3 bottom-right. The
+    canvas centre goes to the origin, is zoomed by z and shifted by t, so the window is
+    [1 - t/z, 1 + (1 - t)/z] per axis. A single image: its centre (0.5) instead of the canvas's; columns
+    1-3 are 0. ``margin`` (m, 4) widens the window per image: a box whose centre lies up to
+    (0.5 - KEEP_VISIBLE) of its side outside still shows >= 10 % of itself and is kept."""
+    m = len(mosaic)
+    z = rng.uniform(1 - aug.scale, 1 + aug.scale, m)[:, None]
+    t = rng.uniform(0.5 - aug.translate, 0.5 + aug.translate, (m, 2))
+    centre = rng.uniform(0.5, 1.5, (m, 2))
+    origin = np.where(mosaic, 1.0, 0.5)[:, None]
+    window_lo, window_hi = origin - t / z, origin + (1 - t) / z  # (m, 2)
+    shares = np.zeros((m, 4))
+    for q in range(4):
+        corner = np.stack([centre[:, 0] - (q % 2 == 0), centre[:, 1] - (q < 2)], axis=1)  # image's top-left
+        start = np.where(mosaic[:, None], corner, 0.0)
+        lo = np.maximum(np.maximum(start, 0.0), window_lo - margin[:, q : q + 1])  # the canvas cuts images too
+        hi = np.minimum(np.minimum(start + 1, 1.0 + mosaic[:, None]), window_hi + margin[:, q : q + 1])
+        seen = np.clip(hi - lo, 0.0, None)
+        shares[:, q] = np.where(mosaic | (q == 0), seen[:, 0] * seen[:, 1], 0.0)
+    return np.clip(shares, 0.0, 1.0)
+
+
+def sample_counts(rng: np.random.Generator, per_image: np.ndarray, first: np.ndarray, aug: Augmentation) -> np.ndarray:
+    """Objects in the training samples that start with images ``first`` (indices into ``per_image``)."""
+    per_image = np.asarray(per_image, dtype=np.int64)
+    m = len(first)
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    mosaic = rng.uniform(size=m) < aug.mosaic
+    partners = rng.integers(0, len(per_image), size=(m, 3))
+    images = np.concatenate([per_image[first][:, None], per_image[partners]], axis=1)  # (m, 4) objects
+    margin = (0.5 - KEEP_VISIBLE) * _mean_side(images)
+    return rng.binomial(images, _window_shares(rng, mosaic, margin, aug)).sum(axis=1)
+
+
+def epoch_batches(rng: np.random.Generator, per_image: Sequence[int], batch: int, aug: Augmentation) -> list[tuple[int, ...]]:
+    """One epoch: objects per sample, in ceil(len(per_image) / batch) shuffled batches."""
+    counts = np.asarray(per_image, dtype=np.int64)
+    samples = sample_counts(rng, counts, rng.permutation(len(counts)), aug)
+    return [tuple(int(c) for c in samples[i : i + batch]) for i in range(0, len(samples), batch)]
+
+
+@dataclass(frozen=True)
+class DensityPlan:
+    """The batches a traced run uses: a typical one, epoch 1's densest, and the upper figure's densest."""
+
+    typical: tuple[int, ...]  # objects per sample of a median batch
+    densest: tuple[int, ...]  # the densest batch of epoch 1 (the seed with the median maximum)
+    densest_upper: tuple[int, ...]  # the upper figure's densest batch (90th percentile over seeds)
+    batches_per_epoch: int
+    images: int
+    source: str  # where the objects per image come from, in words
+    mosaic: bool  # whether epoch 1 trains on mosaics
+    # what the traced batches hold (``iteration_counts``); neither depends on the batch size:
+    typical_sample: int = 0  # the median sample of epoch 1
+    typical_densest: int = 0  # a typical batch's densest sample: the median over REFERENCE_BATCH-sample cuts
+
+    @property
+    def n_max(self) -> int:
+        return max(self.densest, default=0)
+
+    @property
+    def n_max_upper(self) -> int:
+        return max(self.densest_upper, default=0)
+
+    def to_json(self) -> dict:
+        return {
+            "n_max": self.n_max, "n_max_upper": self.n_max_upper, "typical_n_max": self.typical_densest,
+            "batches_per_epoch": self.batches_per_epoch, "images": self.images, "source": self.source,
+            "mosaic": self.mosaic,
+        }  # fmt: skip
+
+
+def plan_density(
+    *, batch: int, instances: float, seed: int = 0, train_counts: Sequence[int] | None = None,
+    max_instances: int | None = None, aug: Augmentation = Augmentation(), images: int | None = None,
+) -> DensityPlan:  # fmt: skip
+    """Draw epoch 1 ``SEEDS`` times and pick the batches to trace (see the module docstring)."""
+    typical_batches, densest, upper, samples = [], [], [], []
+    for k in range(SEEDS):
+        rng = np.random.default_rng(seed + 1000 * k)
+        if train_counts is not None:
+            per_image = np.asarray(train_counts, dtype=np.int64)
+            upper_images = per_image
+        else:
+            n = images or DEFAULT_TRAIN_IMAGES
+            per_image = image_counts(rng, instances, DEFAULT_SIGMA, n, max_instances)
+            upper_images = image_counts(rng, instances, UPPER_SHAPE.sigma, max(n, UPPER_TRAIN_IMAGES), max_instances)
+        batches = epoch_batches(rng, per_image, batch, aug)
+        samples.append([c for b in batches for c in b])
+        densest.append(max(batches, key=lambda b: (max(b, default=0), sum(b))))
+        typical_batches.append(sorted(batches, key=lambda b: max(b, default=0))[len(batches) // 2])
+        upper_batches = batches if upper_images is per_image else epoch_batches(rng, upper_images, batch, aug)
+        upper.append(max(upper_batches, key=lambda b: (max(b, default=0), sum(b))))
+    typical_batches = [_full(b, batch, b) for b in typical_batches]
+    densest = [_full(b, batch, typical_batches[k]) for k, b in enumerate(densest)]  # a short last batch, filled
+    upper = [_full(b, batch, typical_batches[k]) for k, b in enumerate(upper)]
+    order = np.argsort([max(b, default=0) for b in densest], kind="stable")
+    chosen = int(order[len(order) // 2])
+    upper_maxima = [max(b, default=0) for b in upper]
+    target = np.percentile(upper_maxima, UPPER_PERCENTILE, method="inverted_cdf")
+    upper_pick = next(b for b in upper if max(b, default=0) == target)
+    if max(upper_pick, default=0) < max(densest[chosen], default=0):
+        upper_pick = densest[chosen]
+    epoch = samples[chosen]
+    cuts = [max(epoch[i : i + REFERENCE_BATCH]) for i in range(0, len(epoch), REFERENCE_BATCH)]
+    n_images = len(train_counts) if train_counts is not None else (images or DEFAULT_TRAIN_IMAGES)
+    if train_counts is not None:
+        source = f"the dataset's labels ({n_images} images, densest image {int(max(train_counts, default=0))})"
+    elif max_instances is not None:
+        source = f"instances={instances:g}, at most max_instances={max_instances} in one image, {n_images} images"
+    else:
+        source = (f"instances={instances:g} per image, tail of a Poisson-lognormal (sigma {DEFAULT_SIGMA:.2f}, median "
+                  f"of {len(NAMED_SHAPES)} named datasets), {n_images} images")  # fmt: skip
+    return DensityPlan(
+        typical=tuple(typical_batches[chosen]), densest=tuple(densest[chosen]), densest_upper=tuple(upper_pick),
+        batches_per_epoch=math.ceil(n_images / batch), images=n_images, source=source, mosaic=aug.mosaic > 0,
+        typical_sample=int(np.median(epoch)) if epoch else 0, typical_densest=int(np.median(cuts)) if cuts else 0,
+    )  # fmt: skip
+
+
+def _full(counts: tuple[int, ...], batch: int, filler: tuple[int, ...]) -> tuple[int, ...]:
+    """``counts`` topped up to ``batch`` samples from ``filler`` (the traced step always has a full batch)."""
+    missing = batch - len(counts)
+    return counts if missing <= 0 else counts + tuple((filler * (missing // max(len(filler), 1) + 1))[:missing])
+
+
+def plan_for(config, batch: int, train_counts: Sequence[int] | None = None) -> DensityPlan:
+    """The density plan of a config (``yolomem.config.settings.EstimateConfig``) at ``batch`` images per
+    GPU. The yolov5 repo's train.py has no ``close_mosaic``: its mosaic stays on."""
+    closes = config.framework != "yolov5"
+    aug = Augmentation.for_epoch(0, config.epochs, config.mosaic, config.close_mosaic if closes else 0)
+    return plan_density(batch=batch, instances=config.instances, seed=config.seed, train_counts=train_counts,
+                        max_instances=config.max_instances, aug=aug)  # fmt: skip
+
+
+def iteration_counts(plan: DensityPlan, iterations: int, upper: bool) -> list[tuple[int, ...]]:
+    """Objects per sample of each traced iteration: typical batches, the last of the configured ones
+    epoch 1's densest; with ``upper``, one more: the upper figure's densest. Each is its densest sample
+    and typical ones (``yolomem.loops.batches.dense_counts``): the assigner's padding is the densest
+    sample's, the totals a typical batch's, and none of it depends on the batch size."""
+    from yolomem.loops.batches import dense_counts
+
+    batch = len(plan.typical)
+    levels = [plan.typical_densest] * (iterations - 1) + [plan.n_max] + ([plan.n_max_upper] if upper else [])
+    return [dense_counts(batch, level, min(plan.typical_sample, level)) for level in levels]

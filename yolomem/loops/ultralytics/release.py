@@ -1,0 +1,313 @@
+"""What the installed Ultralytics release does where releases differ in memory: read from its code.
+
+yolomem traces the installed trainer, loss, assigner and validator, so most release differences
+need nothing here. What the trace does not run, or runs through yolomem's own stand-ins, is probed
+once per process from the installed code (behaviour where it can be called, its source otherwise),
+never looked up by version number:
+
+- ``gpu_mem_unit``: what the progress bar's ``GPU_mem`` divides by: ``BaseTrainer._get_memory`` is
+  called with a stand-in reporting 2**30 bytes reserved (GB = 10^9 before 8.3.76, GiB since);
+  before ``_get_memory`` existed (up to 8.2.93) the divisor is read in ``_do_train``;
+- ``cache_clears``: where ``_do_train``'s epoch loop empties the CUDA cache around validation, and
+  under which threshold (its syntax tree): after each epoch always (up to 8.3.86), when more than
+  90 % / 50 % of the card is reserved (8.3.87 / 8.3.109), and also before validation (8.3.152);
+- ``validation``: whether ``BaseValidator.__call__`` converts the EMA to fp16 in place
+  (``model.half()``, up to 8.4.61) or runs it in fp32 under autocast (8.4.62), and whether it does
+  so without AMP too (up to 8.2.95);
+- ``nms``: ``non_max_suppression`` from ``ultralytics.utils.nms`` (8.3.190) or ``utils.ops``;
+- ``optimizers`` / ``auto_optimizer``: ``BaseTrainer.build_optimizer`` called on a two-layer model:
+  the names it accepts (``RMSProp`` or ``RMSprop``, ``MuSGD`` from 8.4.0) and what ``auto`` picks;
+- ``fused_adam``: whether ``build_optimizer`` asks for fused Adam/AdamW on CUDA (8.4.154) or
+  leaves torch's default, the foreach kernels.
+
+``check_release`` refuses releases known not to work (one line, exit 2) and warns about releases
+newer than the newest one tested. README, "Ultralytics releases", lists what differs and where.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import functools
+import inspect
+import re
+import sys
+import textwrap
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from yolomem.errors import UserError
+from yolomem.loops.base import CacheClears
+
+OLDEST_SUPPORTED = (8, 1, 0)
+NEWEST_TESTED = (8, 4, 190)
+TESTED_RANGE = "8.1.0 to 8.4.190"
+# Releases inside the range that are known not to trace, with the reason (none found so far: the CI
+# matrix, .ci/ultralytics_matrix.py, is where a new entry would come from).
+KNOWN_BROKEN: dict[tuple[int, int, int], str] = {}
+# optimizer=auto: Ultralytics switches by the run's iterations (epochs x batches); without the
+# dataset size yolomem assumes a short run, and says what a long one would get.
+SHORT_RUN_ITERATIONS = 10_000
+LONG_RUN_ITERATIONS = 100_000
+
+
+class ReleaseProbeError(RuntimeError):
+    """The installed code does not look like any release the probe knows how to read."""
+
+
+@dataclass(frozen=True)
+class ValidationPrecision:
+    """How ``BaseValidator.__call__`` runs the EMA during training."""
+
+    ema_half_in_place: bool  # model.half() on trainer.ema.ema, model.float() at the end
+    half_without_amp: bool  # fp16 whenever on a GPU, even when training in fp32
+    autocast: bool  # forward and loss under autocast(amp), weights left fp32
+
+
+@dataclass(frozen=True)
+class Release:
+    """The installed Ultralytics, as far as memory is concerned (see the module docstring)."""
+
+    version: str
+    gpu_mem_unit: str  # "GiB" or "GB"
+    cache_clears: CacheClears | None  # None: the epoch loop could not be read
+    validation: ValidationPrecision
+    fused_adam: bool
+    optimizers: tuple[str, ...]  # names build_optimizer accepts, as it spells them
+    auto_short: str  # optimizer=auto for runs of at most SHORT_RUN_ITERATIONS
+    auto_long: str  # ... and for longer runs
+
+    def optimizer_name(self, requested: str) -> str:
+        """The installed spelling of ``requested`` (``RMSprop`` vs ``RMSProp``), or a one-line error."""
+        for name in self.optimizers:
+            if name.lower() == requested.lower():
+                return name
+        raise UserError(f"optimizer={requested} is not in the installed ultralytics {self.version}; "
+                        f"it accepts {', '.join(self.optimizers)}")  # fmt: skip
+
+    @property
+    def nms(self):
+        return nms_function()
+
+    def auto_note(self) -> str:
+        if self.auto_short == self.auto_long:
+            return f"optimizer=auto: ultralytics {self.version} picks {self.auto_short}"
+        return (f"optimizer=auto: assumed a run of <= 10k iterations, for which ultralytics {self.version} picks "
+                f"{self.auto_short}; pass optimizer={self.auto_long} for longer runs")  # fmt: skip
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'8.3.74' -> (8, 3, 74); local or pre-release suffixes are dropped ('8.4.0rc1' -> (8, 4, 0))."""
+    parts = [re.match(r"\d*", part).group() for part in version.split(".")[:3]]
+    return tuple(int(part) if part else 0 for part in parts)
+
+
+def installed_version() -> str:
+    import_quietly()
+    import ultralytics
+
+    return ultralytics.__version__
+
+
+def import_quietly() -> None:
+    """Import Ultralytics with its stdout sent to stderr. Its logger binds to the stream it sees at import,
+    so its messages (e.g. "settings reset", printed when another release wrote the settings file) go to
+    stderr for good and ``--json`` output stays clean."""
+    if "ultralytics" in sys.modules:
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        import ultralytics  # noqa: F401
+
+
+def check_release(version: str | None = None) -> str | None:
+    """Raise ``UserError`` for a release known not to work; return a warning for an untested newer one."""
+    version = version or installed_version()
+    parts = version_tuple(version)
+    if parts < OLDEST_SUPPORTED:
+        raise UserError(f"ultralytics {version} is older than 8.1.0, the oldest release yolomem traces "
+                        f"(tested: {TESTED_RANGE}); pip install 'ultralytics>=8.1'")  # fmt: skip
+    if parts in KNOWN_BROKEN:
+        raise UserError(f"ultralytics {version} is known not to work with yolomem: {KNOWN_BROKEN[parts]}")
+    if parts > NEWEST_TESTED:
+        return (f"ultralytics {version} is newer than the releases yolomem is tested with ({TESTED_RANGE}); "
+                "the figures trace its code, but a change in its trainer may not be followed")  # fmt: skip
+    return None
+
+
+@functools.cache
+def warn_once(message: str) -> None:
+    print(f"yolomem: warning: {message}", file=sys.stderr)
+
+
+@functools.cache
+def release() -> Release:
+    """Probe the installed release (once per process; call it outside a tracer)."""
+    version = installed_version()
+    short, long = auto_optimizer(SHORT_RUN_ITERATIONS), auto_optimizer(LONG_RUN_ITERATIONS)
+    try:
+        clears = cache_clears()
+    except ReleaseProbeError:
+        clears = None
+    return Release(version, gpu_mem_unit(), clears, validation_precision(), fused_adam(), optimizers(), short, long)
+
+
+# -- probes -------------------------------------------------------------------------------------------
+def _function_tree(function) -> ast.FunctionDef:
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    return next(node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+
+def gpu_mem_unit() -> str:
+    """What ``GPU_mem`` is printed in: "GiB" (bytes / 2**30) or "GB" (bytes / 1e9)."""
+    from unittest import mock
+
+    import torch
+    from ultralytics.engine.trainer import BaseTrainer
+
+    get_memory = getattr(BaseTrainer, "_get_memory", None)
+    if get_memory is None:  # up to 8.2.93 the progress bar divides inline in _do_train
+        source = inspect.getsource(BaseTrainer._do_train)
+        if "memory_reserved() / 1E9" in source or "memory_reserved() / 1e9" in source:
+            return "GB"
+        raise ReleaseProbeError("no _get_memory and no memory_reserved() / 1e9 in _do_train")
+    reserved = float(2**30)
+    stand_in = SimpleNamespace(
+        device=SimpleNamespace(type="cuda"),
+        accelerator=SimpleNamespace(memory_reserved=lambda *a, **k: reserved),  # 8.4.x: self.accelerator
+    )  # fmt: skip
+    with mock.patch.object(torch.cuda, "memory_reserved", lambda *a, **k: reserved):
+        value = get_memory(stand_in)
+    if abs(value - 1.0) < 1e-9:
+        return "GiB"
+    if abs(value - reserved / 1e9) < 1e-9:
+        return "GB"
+    raise ReleaseProbeError(f"_get_memory turned 2**30 bytes into {value}")
+
+
+def cache_clears() -> CacheClears:
+    """The ``_clear_memory`` / ``empty_cache`` calls of ``_do_train``'s epoch loop, before and after
+    ``self.validate()``, with their thresholds. Calls inside the batch loop (8.4's OOM retry) or an
+    ``except`` are not epoch-boundary clears."""
+    from ultralytics.engine.trainer import BaseTrainer
+
+    function = _function_tree(BaseTrainer._do_train)
+    epoch_loop = next((node for node in function.body if isinstance(node, (ast.For, ast.While)) and _calls(node, "validate")), None)
+    if epoch_loop is None:
+        raise ReleaseProbeError("no epoch loop calling self.validate() in BaseTrainer._do_train")
+    validate_line = min(call.lineno for call in _calls(epoch_loop, "validate"))
+    before = after = None
+    for call, guards in _clear_calls(epoch_loop.body, ()):
+        threshold = _threshold(call, guards)
+        if call.lineno < validate_line:
+            before = threshold if before is None else min(before, threshold)
+        else:
+            after = threshold if after is None else min(after, threshold)
+    return CacheClears(before_val=before, after_epoch=after)
+
+
+def _calls(node: ast.AST, attribute: str) -> list[ast.Call]:
+    return [n for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == attribute]
+
+
+def _clear_calls(statements, guards):
+    """(call, enclosing if-tests) for each cache clear, not descending into loops or except handlers."""
+    for statement in statements:
+        if isinstance(statement, (ast.For, ast.While, ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue  # the batch loop, helper closures
+        if isinstance(statement, ast.If):
+            yield from _clear_calls(statement.body, (*guards, statement.test))
+            yield from _clear_calls(statement.orelse, guards)
+            continue
+        if isinstance(statement, ast.Try):
+            yield from _clear_calls(statement.body + statement.orelse + statement.finalbody, guards)
+            continue
+        if isinstance(statement, ast.With):
+            yield from _clear_calls(statement.body, guards)
+            continue
+        for call in _calls(statement, "_clear_memory") + _calls(statement, "empty_cache"):
+            yield call, guards
+
+
+def _threshold(call: ast.Call, guards) -> float:
+    """0.0 for an unconditional clear, else the fraction of the card reserved above which it empties."""
+    argument = call.args[0] if call.args else next((k.value for k in call.keywords if k.arg == "threshold"), None)
+    if isinstance(argument, ast.IfExp):  # 8.4: `None if self.device.type == "mps" else 0.5`; a GPU is not mps
+        argument = argument.orelse if "mps" in ast.unparse(argument.test) else argument.body
+    if argument is not None:
+        if not isinstance(argument, ast.Constant):
+            raise ReleaseProbeError(f"threshold {ast.unparse(argument)!r} is not a constant")
+        return float(argument.value or 0.0)  # _clear_memory(None) / (0): unconditional
+    for test in guards:  # 8.3.87: `if self._get_memory(fraction=True) > 0.9: self._clear_memory()`
+        if isinstance(test, ast.Compare) and "_get_memory" in ast.unparse(test.left) and isinstance(test.comparators[0], ast.Constant):
+            return float(test.comparators[0].value)
+    return 0.0
+
+
+def validation_precision() -> ValidationPrecision:
+    from ultralytics.engine.validator import BaseValidator
+
+    function = _function_tree(BaseValidator.__call__)
+    source = ast.unparse(function)
+    halves = any(isinstance(call.func.value, ast.Name) and call.func.value.id == "model" for call in _calls(function, "half"))
+    autocast = any(
+        isinstance(item.context_expr, ast.Call) and "autocast" in ast.unparse(item.context_expr.func)
+        for node in ast.walk(function) if isinstance(node, ast.With) for item in node.items
+    )  # fmt: skip
+    # 8.1.0 .. 8.2.95: `self.args.half = self.device.type != "cpu"`; later `... and trainer.amp`
+    return ValidationPrecision(ema_half_in_place=halves, half_without_amp="trainer.amp" not in source, autocast=autocast)
+
+
+def nms_function():
+    """Ultralytics' ``non_max_suppression`` (moved from ``utils.ops`` to ``utils.nms`` in 8.3.190)."""
+    try:
+        from ultralytics.utils.nms import non_max_suppression
+    except ImportError:
+        from ultralytics.utils.ops import non_max_suppression
+    return non_max_suppression
+
+
+def fused_adam() -> bool:
+    """``build_optimizer`` passes ``fused=True`` to Adam/AdamW for CUDA parameters (8.4.154+)."""
+    from ultralytics.engine.trainer import BaseTrainer
+
+    return "fused" in inspect.getsource(BaseTrainer.build_optimizer)
+
+
+def _probe_build(name: str, iterations: int = SHORT_RUN_ITERATIONS):
+    """``build_optimizer(name)`` on a two-layer model (a conv with bias, a batch norm): all three groups."""
+    import torch
+    from ultralytics.cfg import get_cfg
+    from ultralytics.engine.trainer import BaseTrainer
+
+    from ultralytics.utils import LOGGER
+
+    model = torch.nn.Module()  # shaped like a YOLO model: layers in .model, the head last (MuSGD looks at it)
+    model.model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    stand_in = SimpleNamespace(args=get_cfg(), data={"nc": 80})
+    level = LOGGER.level
+    LOGGER.setLevel("ERROR")  # build_optimizer logs its choice
+    try:
+        return BaseTrainer.build_optimizer(stand_in, model=model, name=name, iterations=iterations)
+    finally:
+        LOGGER.setLevel(level)
+
+
+def optimizers() -> tuple[str, ...]:
+    """The optimizer names the installed ``build_optimizer`` accepts."""
+    from yolomem.config.settings import OPTIMIZERS
+
+    accepted: dict[str, str] = {}  # lower-case -> the first spelling it accepts (8.3.x+ ignores case)
+    for name in (*OPTIMIZERS, "RMSProp"):
+        if name.lower() in accepted:
+            continue
+        try:
+            _probe_build(name)
+        except NotImplementedError:
+            continue
+        accepted[name.lower()] = name
+    return tuple(accepted.values())
+
+
+def auto_optimizer(iterations: int) -> str:
+    """What ``optimizer=auto`` builds for a run of ``iterations`` iterations."""
+    return type(_probe_build("auto", iterations)).__name__
