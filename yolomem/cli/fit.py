@@ -35,15 +35,12 @@ EXPLAIN = Flag(("--explain",), "list what each memory-saving step buys")
 
 
 @contextlib.contextmanager
-def _progress(quiet: bool) -> Iterator:
-    """A rich status line on stderr that the computing code updates through a callback."""
-    if quiet:
-        yield None
-        return
-    from rich.console import Console
+def _progress(label: str, quiet: bool) -> Iterator:
+    """The shared progress display (``yolomem.cli.progress``), as the ``progress(text)`` callback."""
+    from yolomem.cli.progress import progress_display
 
-    with Console(stderr=True).status("tracing...") as status:
-        yield lambda message: status.update(message)
+    with progress_display(label, quiet=quiet) as display:
+        yield display.message
 
 
 @command(
@@ -69,7 +66,7 @@ def _fit(options: argparse.Namespace) -> int:
         return _explain(config, margin, options)
     from yolomem.sweeps.fit import NothingFits, largest_batch, largest_imgsz
 
-    with _progress(options.json) as progress:
+    with _progress("fit", options.json) as progress:
         solver = largest_batch if solve == "batch" else largest_imgsz
         try:
             result = solver(config, margin=margin, progress=progress)
@@ -94,7 +91,7 @@ def _explain(config, margin: float, options: argparse.Namespace, fit=None) -> in
     from yolomem.sweeps.ladder import strategy_ladder
     from yolomem.sweeps.fit import make_budget
 
-    with _progress(options.json) as progress:
+    with _progress("fit --explain", options.json) as progress:
         ladder = strategy_ladder(config, margin=margin, progress=progress)
     budget = make_budget(config, margin)
     if options.json:
@@ -134,7 +131,7 @@ def _pick(options: argparse.Namespace) -> int:
     if "family" in values and "models" in values:
         raise UserError("family= and models= both choose the candidates; give one")
     config = EstimateConfig.from_parsed(parsed, skip=("task",))
-    with _progress(options.json) as progress:
+    with _progress("pick", options.json) as progress:
         result = pick_models(
             config.gpu, config.imgsz, config.batch, values.get("task", "detect"), gpu_mem=config.gpu_mem,
             models=values.get("models"), family=values.get("family"), margin=config.margin,

@@ -67,9 +67,7 @@ def rows_for(options: TableOptions):
               "yolomem table yolov5s yolov8n.yaml imgsz=640 batch=16 gpus=T4,RTX-4090 --markdown"),
 )  # fmt: skip
 def _table(options: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import Progress
-
+    from yolomem.cli.progress import progress_display
     from yolomem.render import table_formats
     from yolomem.sweeps.table import PRECISIONS, compute_table
 
@@ -78,10 +76,9 @@ def _table(options: argparse.Namespace) -> int:
     parsed = parse_table_words(options.words)
     rows = rows_for(parsed)
     traces = len(rows) * len(PRECISIONS) * (2 if parsed.method == "two-point" else 1)
-    with Progress(console=Console(stderr=True), transient=True) as bar:  # stderr: stdout stays the table
-        task = bar.add_task("tracing", total=traces)
+    with progress_display("table", quiet=options.json, total=traces) as display:  # stderr: stdout stays the table
         table = compute_table(rows, parsed.gpus, method=parsed.method, iterations=parsed.iterations,
-                              jobs=parsed.jobs, margin=parsed.margin, progress=lambda label: bar.update(task, advance=1, description=label))  # fmt: skip
+                              jobs=parsed.jobs, margin=parsed.margin, progress=display.advance)  # fmt: skip
     if options.json:
         print(table_formats.to_json(table), file=options.stdout)
     elif options.csv:
@@ -95,9 +92,7 @@ def _table(options: argparse.Namespace) -> int:
 
 def _deploy_table(options: argparse.Namespace) -> int:
     """``yolomem table deploy=...``: the deployment view (yolomem.deployment.table)."""
-    from rich.console import Console
-    from rich.progress import Progress
-
+    from yolomem.cli.progress import progress_display
     from yolomem.deployment.config import DeployConfig
     from yolomem.deployment.table import deploy_table
     from yolomem.render.deploy_output import render_deploy_table
@@ -108,9 +103,8 @@ def _deploy_table(options: argparse.Namespace) -> int:
     base = DeployConfig(format=values["deploy"] or "torch", precision=values.get("precision", "fp32"),
                         batch=values.get("batch"), imgsz=values.get("imgsz") or 640, device=values.get("device"))  # fmt: skip
     models = parsed.positionals or tuple(name for _, name, _, _ in BLOG_ROWS)
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("sizing", total=len(models))
-        table = deploy_table(models, base, progress=lambda m: bar.update(task, advance=1, description=m))
+    with progress_display("sizing", quiet=options.json, total=len(models)) as display:
+        table = deploy_table(models, base, progress=display.advance)
     if options.json:
         from yolomem.render.json_output import dumps
 
@@ -120,7 +114,8 @@ def _deploy_table(options: argparse.Namespace) -> int:
     return 0
 
 
-@command("models", "list every model name yolomem builds, with family, framework, parameters and task", flags=(JSON,))
+@command("models", "list every model name yolomem builds, with family, framework, parameters and task", flags=(JSON,),
+         traces=False)  # fmt: skip
 def _models(options: argparse.Namespace) -> int:
     from yolomem.sweeps.model_list import list_models
 

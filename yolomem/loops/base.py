@@ -92,6 +92,10 @@ class TrainingLoop(Protocol):
         with the objects per sample of ``density`` (``traced_batches``); ``upper``: one more iteration at the
         upper figure's density (an estimate needs it; an event-by-event comparison with a reference run not)."""
 
+    def optimizer_steps(self, iterations: int, batch: int, nbs: int) -> tuple[bool, ...]:
+        """Which traced iterations step the optimizer at this (per-rank) batch: the one part of the
+        traced step that the batch size turns on or off (``yolomem.result.runs`` keeps them apart)."""
+
     def gpu_mem_unit(self) -> str:
         """The unit the trainer prints ``GPU_mem`` in: "GiB" or "GB" (10^9 bytes)."""
 
@@ -127,6 +131,14 @@ def round_imgsz(imgsz: int, stride: int) -> int:
     return max(math.ceil(imgsz / stride) * stride, stride)
 
 
+def optimizer_steps(accumulate_at: Callable[[int, int, int], int], iterations: int, batch: int, nbs: int) -> tuple[bool, ...]:
+    """Both trainers step when ``iteration - last_step >= accumulate_at(iteration, batch, nbs)``."""
+    steps, last = [], -1
+    for iteration in range(iterations):
+        step = iteration - last >= accumulate_at(iteration, batch, nbs)
+        last = iteration if step else last
+        steps.append(step)
+    return tuple(steps)
 def check_trainable(model: Any, freeze: tuple[int, ...]) -> None:
     """After freezing: refuse a ``freeze=`` that leaves no weight to train (both trainers' backward would
     fail with "element 0 of tensors does not require grad")."""

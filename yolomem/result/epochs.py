@@ -7,8 +7,12 @@ How (tracing is the expensive part, so each distinct piece is traced once):
 1. Plan: draw the epoch's batches for several seeds with ``yolomem.loops.density`` (objects per image
    from the dataset's label files or drawn around ``instances``; mosaics of 4 images while the mosaic
    is open). A batch is characterised by its densest training sample (the assigner's
-   ``n_max_boxes``); the levels traced are the median, the 90th percentile and the maximum of that
-   over all draws.
+   ``n_max_boxes``); the levels traced are the median and the 90th percentile of that over all draws
+   for batches of ``REFERENCE_BATCH`` samples, and the densest sample of all. Each level's traced
+   batch is that densest sample and typical ones (the median sample, ``dense_counts``). The samples
+   of an epoch do not depend on the batch size (only how they are cut into batches does), so neither
+   do the levels: without a dataset the traced run derives exactly at any batch
+   (``yolomem.trace.derive``); with one, validation's rect shapes change with the batch.
 2. Trace, with the model, optimizer and EMA of ``runner.trace_run``: one training iteration per
    level, and one validation batch per distinct val shape (``yolomem.loops.val_pass``; for the
    yolov5 repo's loop ``yolomem.loops.yolov5.val_pass``: val.py's fp16 EMA, its NMS).
@@ -44,7 +48,8 @@ import numpy as np
 
 from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
 from yolomem.allocator.replay import Copy, Mark, OomPoint, ReplayEvent, replay
-from yolomem.loops.density import DEFAULT_SIGMA, DEFAULT_TRAIN_IMAGES, Augmentation, epoch_batches, image_counts
+from yolomem.loops.batches import dense_counts
+from yolomem.loops.density import DEFAULT_SIGMA, DEFAULT_TRAIN_IMAGES, REFERENCE_BATCH, Augmentation, epoch_batches, image_counts
 from yolomem.trace.tracer import AllocationEvent, Trace
 from yolomem.loops.base import CacheClears
 from yolomem.loops.val_pass import ValBatchShape
@@ -83,7 +88,7 @@ class EpochPlan:
     """What to trace and in which order to replay it, before any tracing."""
 
     levels: tuple[int, ...]  # densest image of a training batch, one traced iteration per level
-    level_counts: tuple[tuple[int, ...], ...]  # a real batch (objects per image) for each level
+    level_counts: tuple[tuple[int, ...], ...]  # objects per sample of the batch traced for each level
     sequences: tuple[tuple[tuple[int, ...], ...], ...]  # per seed, per epoch: level index of each batch
     val_shapes: tuple[ValBatchShape, ...]  # traced validation batches
     val_sequence: tuple[int, ...]  # traced shape index for each validation batch, in order
@@ -92,6 +97,15 @@ class EpochPlan:
     first_level_iteration: int | None = None  # iteration index of the first level's trace (set when traced)
     # one traced validation template: the whole pass over the (compressed) val sequence, in order
     whole_val_pass: bool = False
+
+
+def plan_shape(plan: EpochPlan) -> tuple:
+    """What of a plan the trace depends on (levels, validation shapes and their densest images); the
+    seeds' orders of batches only matter to the replay."""
+    return (plan.levels, tuple(plan.level_counts[i][:2] for i in range(len(plan.levels))),
+            tuple((s.height, s.width, s.counts[0] if s.counts else 0, s.counts[1] if len(s.counts) > 1 else None)
+                  for s in plan.val_shapes), plan.first_level_iteration,
+            tuple(_compress(plan.val_sequence)) if plan.whole_val_pass else ())  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -162,6 +176,8 @@ def plan_epochs(
     ``augmentations``: one per simulated epoch (mosaic on or closed); default mosaics throughout."""
     augmentations = tuple(augmentations or [Augmentation()] * SIM_EPOCHS)
     drawn: list[list[list[tuple[int, ...]]]] = []  # seed -> epoch -> batches (objects per sample)
+    samples: list[int] = []  # every sample drawn: they do not depend on the batch size
+    reference: list[int] = []  # the densest sample of each REFERENCE_BATCH samples
     images = len(train_counts) if train_counts is not None else DEFAULT_TRAIN_IMAGES
     for seed in seeds:
         rng = np.random.default_rng(seed)
@@ -169,13 +185,19 @@ def plan_epochs(
             per_image = np.asarray(train_counts, dtype=np.int64)
         else:
             per_image = image_counts(rng, instances, DEFAULT_SIGMA, images, max_instances)
-        drawn.append([_sample_in_order(epoch_batches(rng, per_image, batch, augmentations[e]), rng) for e in range(SIM_EPOCHS)])
-    maxima = np.array([max(b, default=0) for s in drawn for e in s for b in e])
-    levels = sorted({int(np.median(maxima)), int(np.percentile(maxima, 90)), int(maxima.max())})
-    level_counts = []
-    for level in levels:
-        example = next((b for s in drawn for e in s for b in e if max(b, default=0) == level and len(b) == batch), None)
-        level_counts.append(example if example is not None else tuple([level] + [0] * (batch - 1)))
+        per_seed = []
+        for e in range(SIM_EPOCHS):
+            batches = epoch_batches(rng, per_image, batch, augmentations[e])
+            epoch = [c for b in batches for c in b]
+            samples += epoch
+            reference += [max(epoch[i : i + REFERENCE_BATCH]) for i in range(0, len(epoch), REFERENCE_BATCH)]
+            # its own generator: how many batches an epoch has must not change the next epoch's draws
+            per_seed.append(_sample_in_order(batches, np.random.default_rng((seed, e))))
+        drawn.append(per_seed)
+    top = max(samples, default=0)
+    levels = sorted({int(np.median(reference)), int(np.percentile(reference, 90)), top} if reference else {0})
+    typical = int(np.median(samples)) if samples else 0
+    level_counts = [dense_counts(batch, level, min(typical, level)) for level in levels]
     sequences = tuple(
         tuple(tuple(_level_of(max(b, default=0), levels) for b in epoch) for epoch in per_seed) for per_seed in drawn
     )
@@ -184,7 +206,9 @@ def plan_epochs(
     else:  # no dataset: square images, letterboxed as set_rectangle does for aspect ratio 1
         side = int(math.ceil(imgsz / stride + VAL_PAD)) * stride
         rng = np.random.default_rng(seeds[0] if seeds else 0)
-        batches = [((side, side), tuple(int(c) for c in image_counts(rng, instances, DEFAULT_SIGMA, val_batch, max_instances)))
+        # images of REFERENCE_BATCH-sized batches: the densest of them does not depend on the batch size
+        batches = [((side, side), tuple(int(c) for c in image_counts(rng, instances, DEFAULT_SIGMA, 2 * REFERENCE_BATCH,
+                                                                     max_instances)))
                    for _ in range(NO_DATA_VAL_BATCHES)]  # fmt: skip
     val_shapes, val_sequence = _pick_val_shapes(batches, val_batch)
     return EpochPlan(
@@ -228,9 +252,9 @@ def _pick_val_shapes(batches, val_batch: int) -> tuple[tuple[ValBatchShape, ...]
     shapes = []
     for index, (h, w) in enumerate(chosen):
         mapped = [c for (shape, c), t in zip(batches, sequence) if t == index]
-        densest = max(mapped, key=lambda c: (max(c, default=0), sum(c)))
-        densest = tuple(densest) + (0,) * (val_batch - len(densest))  # the last batch may be short
-        shapes.append(ValBatchShape(val_batch, h, w, densest))
+        most = max(max(c, default=0) for c in mapped)  # the densest image of the shape's batches
+        typical = int(np.median([x for c in mapped for x in c])) if any(mapped) else 0
+        shapes.append(ValBatchShape(val_batch, h, w, dense_counts(val_batch, most, min(typical, most))))
     return tuple(shapes), sequence
 
 
@@ -461,22 +485,27 @@ class EpochTracing:
         self.train_counts, self.val_sizes, self.val_counts = train_counts, val_sizes, val_counts
         self.kpt_shape, self.channels = tuple(kpt_shape), channels
         self.plan: EpochPlan | None = None
+        self.stride: int | None = None  # the model's, once traced
+
+    def plan_for(self, task: str, batch: int, imgsz: int, stride: int, first_level_iteration: int) -> EpochPlan:
+        """The plan at a (per-rank) batch, as traced; ``yolomem.result.runs`` asks it for derived runs too."""
+        plan = plan_epochs(
+            batch=batch, val_batch=self.loop.val_batch_size(task, batch), imgsz=imgsz,
+            stride=stride, seeds=self.seeds, train_counts=self.train_counts, instances=self.instances,
+            val_sizes=self.val_sizes, val_counts=self.val_counts, max_instances=self.max_instances,
+            augmentations=self.augmentations,
+        )  # fmt: skip
+        return replace(plan, first_level_iteration=first_level_iteration, whole_val_pass=self.loop.traces_whole_val_pass)
 
     def __call__(self, run) -> None:
         from yolomem.loops.batches import SyntheticBatch
 
         settings = run.settings
         task = getattr(settings, "task", "detect")  # the yolov5 loop's settings trace detection designs only
-        val_batch = self.loop.val_batch_size(task, settings.batch)
-        self.plan = plan = plan_epochs(
-            batch=settings.batch, val_batch=val_batch, imgsz=settings.imgsz,
-            stride=run.stride, seeds=self.seeds, train_counts=self.train_counts, instances=self.instances,
-            val_sizes=self.val_sizes, val_counts=self.val_counts, max_instances=self.max_instances,
-            augmentations=self.augmentations,
-        )  # fmt: skip
         nc = int(getattr(run.model, "nc", 80))
         iteration = run.tracer.iteration + 1  # after the configured iterations (and the upper-density one)
-        self.plan = plan = replace(plan, first_level_iteration=iteration)
+        self.stride = run.stride
+        self.plan = plan = self.plan_for(task, settings.batch, settings.imgsz, run.stride, iteration)
         seed = self.seeds[0] if self.seeds else 0
         for counts in plan.level_counts:
             batch = SyntheticBatch(task, settings.batch, settings.imgsz, counts, seed + iteration, nc,
@@ -488,7 +517,6 @@ class EpochTracing:
             run.tracer.start_iteration(iteration)
             shapes = tuple(plan.val_shapes[i] for i in _compress(plan.val_sequence))
             self.loop.trace_val_pass(run, shapes, seed + iteration, nc, self.kpt_shape, self.channels)
-            self.plan = replace(plan, whole_val_pass=True)
             return
         for shape in plan.val_shapes:
             run.tracer.start_iteration(iteration)

@@ -244,13 +244,25 @@ def estimate(model: str | EstimateConfig = "yolov8n.yaml", **settings) -> Estima
     return estimate_config(config)
 
 
-def estimate_config(config: EstimateConfig) -> Estimate:
-    from yolomem.loops import get_loop, resolve_model, trace_run
+@dataclass(frozen=True)
+class Prepared:
+    """A config made ready to trace: its model resolved (and the loop that trains it), whole epochs asked
+    for, and the density plan of a dataset's labels."""
+
+    config: EstimateConfig
+    resolved: object  # yolomem.config.models.ResolvedModel
+    request: object | None  # yolomem.result.epochs.EpochRequest, when data= or epochs>=2
+    density: object | None  # yolomem.loops.density.DensityPlan from the labels (None: the loop plans)
+    notes: tuple[str, ...]
+
+
+def prepare(config: EstimateConfig) -> Prepared:
+    """What ``estimate_config`` does before it needs a traced run (``yolomem.result.runs`` asks it too)."""
+    from yolomem.loops import resolve_model
     from yolomem.loops.base import rank_batch
     from yolomem.loops.density import plan_for
+    from yolomem.result.epochs import epoch_request
 
-    started = time.perf_counter()
-    gpu = find_gpu(config.gpu, config.gpu_mem) if (config.gpu or config.gpu_mem) else None
     resolved = resolve_model(config.model, config.framework)
     if resolved.framework != config.framework:  # e.g. a bare yolov4 selects the yolov5 loop (see resolved.note)
         config = config.with_changes(framework=resolved.framework)
@@ -261,8 +273,6 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         notes.append(f"data={config.data} is not a local file (Ultralytics would download it); "
                      f"objects per image from instances={config.instances:g} instead")  # fmt: skip
         config = config.with_changes(data=None)
-    from yolomem.result.epochs import epoch_request
-
     request = epoch_request(config, resolved)  # None unless data= or epochs>=2
     density = None
     if request is not None:
@@ -270,9 +280,18 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         notes.extend(request.notes)
         if request.dataset is not None:  # the traced batches come from the labels too
             density = plan_for(config, rank_batch(config), request.dataset.train.counts)
-        run = trace_run(config, resolved, after_iterations=request.hook, density=density)
-    else:
-        run = trace_run(config, resolved)
+    return Prepared(config, resolved, request, density, tuple(notes))
+
+
+def estimate_config(config: EstimateConfig) -> Estimate:
+    from yolomem.loops import get_loop
+    from yolomem.result.runs import obtain_run
+
+    started = time.perf_counter()
+    gpu = find_gpu(config.gpu, config.gpu_mem) if (config.gpu or config.gpu_mem) else None
+    prepared = prepare(config)
+    config, resolved, request, notes = prepared.config, prepared.resolved, prepared.request, list(prepared.notes)
+    run = obtain_run(config, resolved, request, prepared.density)  # cached, derived from other batches, or traced
     notes.extend(run.notes)
     context = gpu.context_bytes if gpu else CUDA_CONTEXT_BYTES
     base_trace = _first_iterations(run.trace, config.iterations)

@@ -12,11 +12,13 @@ usable memory.
 
 The search. Peak memory is close to linear in the batch (activations, assigner temporaries and input
 grow with it; weights, gradients, optimizer state and the EMA do not), and close to linear in
-imgsz**2. Two traces give that line and a predicted answer; real traces then confirm it: stepping
-from the prediction until the fit flips, then bisecting, so the answer ``N`` is checked to fit and
-``N + 1`` (one more stride for imgsz) checked not to, under the same simulation. Typically 4-6
-traces; up to ~10 when the answer is in the hundreds (the step from the prediction grows with it).
-Allocator rounding makes memory a staircase, not a line, so the confirmation is what decides.
+imgsz**2. Two runs give that line and a predicted answer; runs then confirm it: stepping from the
+prediction until the fit flips, then bisecting, so the answer ``N`` is checked to fit and ``N + 1``
+(one more stride for imgsz) checked not to, under the same simulation. Allocator rounding makes
+memory a staircase, not a line, so the confirmation is what decides. For the batch, the first three
+runs are traced (the two of the line and the prediction) and every later one is derived from them
+(``yolomem.result.runs``): the same event stream a trace gives, checked as such, in a fraction of
+the time; from the cache, none is traced. Each imgsz is traced (sizes there are not affine).
 """
 
 from __future__ import annotations

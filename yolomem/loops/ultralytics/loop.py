@@ -79,6 +79,12 @@ class UltralyticsLoop:
         return trace_ultralytics_run(config, resolved, fake=fake, oracle=oracle, after_iterations=after_iterations,
                                      density=density, upper=upper)  # fmt: skip
 
+    def optimizer_steps(self, iterations: int, batch: int, nbs: int) -> tuple[bool, ...]:
+        from yolomem.loops.base import optimizer_steps
+        from yolomem.loops.ultralytics.step import accumulate_at
+
+        return optimizer_steps(accumulate_at, iterations, batch, nbs)
+
     def gpu_mem_unit(self) -> str:
         from yolomem.loops.ultralytics.release import release
 

@@ -64,6 +64,12 @@ class Yolov5Loop:
         return trace_yolov5_run(config, resolved, fake=fake, oracle=oracle, after_iterations=after_iterations,
                                 density=density, upper=upper)  # fmt: skip
 
+    def optimizer_steps(self, iterations: int, batch: int, nbs: int) -> tuple[bool, ...]:
+        from yolomem.loops.base import optimizer_steps
+        from yolomem.loops.yolov5.step import accumulate_at
+
+        return optimizer_steps(accumulate_at, iterations, batch, nbs)
+
     def gpu_mem_unit(self) -> str:
         return "GB"  # train.py prints torch.cuda.memory_reserved() / 1E9
 
