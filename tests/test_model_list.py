@@ -68,7 +68,7 @@ def test_models_of_tasks_not_modelled_are_refused_in_one_line(name, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
-@pytest.mark.slow  # every listed name, traced at 64 x 2: about 10-15 min on 2 shared cores
+@pytest.mark.exhaustive  # every listed name, traced at 64 x 2: about 10-15 min on 2 shared cores
 def test_every_listed_name_estimates_or_is_refused_in_one_line():
     failures = []
     for name in _listed():

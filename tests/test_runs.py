@@ -9,6 +9,7 @@ import pytest
 import yolomem.loops
 from yolomem.config.settings import EstimateConfig
 from yolomem.result import runs
+from yolomem.sweeps import prefetch
 from yolomem.result.estimate import estimate
 from yolomem.trace.store import TraceStore
 
@@ -111,9 +112,9 @@ def test_watchers_hear_what_is_traced(source):
 def test_prefetch_traces_side_by_side_and_hands_the_runs_back(source):
     _, traced = source
     a, b = (EstimateConfig(model="yolov8n.yaml", batch=n, **SMALL) for n in (2, 3))
-    runs.prefetch([a, b, a], jobs=2)  # this process takes a, a worker process b (a twice is once)
+    prefetch.prefetch([a, b, a], jobs=2)  # this process takes a, a worker process b (a twice is once)
     assert traced == [2]
     estimate("yolov8n.yaml", batch=3, **SMALL)
     assert traced == [2]  # b came back from the worker
-    runs.prefetch([a, b], jobs=2)  # both known now: no worker is started, nothing traced
+    prefetch.prefetch([a, b], jobs=2)  # both known now: no worker is started, nothing traced
     assert traced == [2]

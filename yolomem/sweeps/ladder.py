@@ -122,11 +122,11 @@ def _smaller_imgsz(imgsz: int, stride: int) -> int:
 
 
 def _prefetch(config: EstimateConfig, stride: int) -> None:
-    """Trace side by side (``yolomem.result.runs.prefetch``) the runs every rung is sure to ask for:
+    """Trace side by side (``yolomem.sweeps.prefetch``) the runs every rung is sure to ask for:
     its config, and the two batches that start fit's search (the rest of each search follows from
     them, derived). Expandable segments replays the asked config's runs."""
     from yolomem.loops.base import round_imgsz
-    from yolomem.result.runs import prefetch
+    from yolomem.sweeps.prefetch import prefetch
 
     changes: list[dict] = [{}]
     changes += [{"amp": amp} for amp in ("fp16", "bf16", "fp32") if amp != config.amp]

@@ -122,7 +122,7 @@ def pick_models(
     if not models:
         family = family or DEFAULT_FAMILY
     names = models or default_models(task, family)
-    from yolomem.result.runs import prefetch
+    from yolomem.sweeps.prefetch import prefetch
 
     prefetch([base.with_changes(model=name) for name in names])  # side by side on a multi-core machine
     for index, name in enumerate(names, 1):
