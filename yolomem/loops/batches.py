@@ -143,8 +143,11 @@ class SyntheticBatch:
         }
 
     def _overlap_masks(self, rng, boxes: np.ndarray, side: int) -> np.ndarray:
-        """Overlap-style masks (overlap_mask=True): one (side, side) index map per image."""
-        masks = np.zeros((self.batch, side, side), dtype=np.uint8)
+        """Overlap-style masks (overlap_mask=True): one (side, side) index map per image. Ultralytics'
+        ``polygons2masks_overlap`` makes an image's map int32 when it holds more than 255 objects (uint8
+        otherwise), and ``collate_fn``'s ``torch.cat`` promotes the whole batch to it."""
+        dense = max(self.counts, default=0) > 255
+        masks = np.zeros((self.batch, side, side), dtype=np.int32 if dense else np.uint8)
         start = 0
         for image, count in enumerate(self.counts):
             for k in range(count):
