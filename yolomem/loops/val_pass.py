@@ -134,7 +134,9 @@ def _real_predictions(preds, tracer: Tracer, nc: int, candidates: int) -> torch.
     same dtype, so the same allocation: the fake output is released first)."""
     from torch.utils._python_dispatch import _disable_current_modes
 
-    fake = preds[0] if isinstance(preds, (list, tuple)) else preds  # (B, 4 + nc + extra, anchors)
+    fake = preds
+    while isinstance(fake, (list, tuple)):  # segment (8.4): ((y, proto), raw); detect/pose: (y, raw)
+        fake = fake[0]  # y: (B, 4 + nc + extra, anchors), what the validator hands to NMS
     shape, dtype = tuple(fake.shape), fake.dtype
     del fake, preds  # the raw head outputs die here on the GPU too unless the caller keeps them
     with _disable_current_modes():
