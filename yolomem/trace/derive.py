@@ -305,13 +305,15 @@ def _chunk_values(sequence: _Sequence, layout: _Layout, number: int, chunks: int
 
 
 def _rotations(insert: _Insert, template: list) -> list[_Insert]:
-    """The same block placed earlier inside its run: k tokens before, its chunk rotated by k. Tokens
-    alone cannot tell where a loop's repeats begin when what follows the loop looks like its body."""
+    """The same block placed earlier inside its run: k tokens before (k up to the run's start), its
+    chunk rotated by k. Tokens alone cannot tell where a loop's repeats begin when what follows the loop
+    looks like its body, or when a run of alike frees (a backward pass over images) grows."""
     found, size = [insert], len(insert.chunk)
-    for k in range(1, size):
-        if insert.at - k < 0 or template[insert.at - k] != insert.chunk[size - k]:
-            break
-        found.append(_Insert(insert.at - k, insert.chunk[size - k :] + insert.chunk[: size - k]))
+    k = 1
+    while insert.at - k >= 0 and template[insert.at - k] == insert.chunk[(size - k) % size]:
+        turn = k % size
+        found.append(_Insert(insert.at - k, insert.chunk[size - turn :] + insert.chunk[: size - turn]))
+        k += 1
     return found
 
 
