@@ -162,7 +162,7 @@ def test_device_total_caption_and_lines(curve):
     total = replace(data, measure="device_total")
     assert "nvidia-smi" in plots.curve_caption(total)
     t4 = Budget(find_gpu("T4"))  # the lines are the one "fits" (yolomem.result.fits), seen from each measure
-    assert total.threshold(total.gpu_lines[1]) == t4.capacity_bytes + t4.gpu.context_bytes
+    assert total.threshold(total.gpu_lines[1]) == t4.capacity_bytes + t4.context_bytes  # the budget's (upper) CUDA context
     assert data.threshold(data.gpu_lines[1]) == t4.capacity_bytes
     assert total.value(total.curves[0].points[0]) == total.curves[0].points[0].device_total_bytes
 
