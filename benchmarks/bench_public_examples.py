@@ -77,7 +77,7 @@ def without_density():
     import yolomem.loops.yolov5.runner as yolov5_runner
     import yolomem.result.epochs as epochs
 
-    def poisson_batches(config, task, batch, density=None):
+    def poisson_batches(config, task, batch, density=None, upper=True):
         return None, [None] * config.iterations, None  # SyntheticBatch.draw falls back to Poisson(instances)
 
     def raw_batches(rng, per_image, batch, aug):

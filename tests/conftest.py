@@ -2,3 +2,14 @@ import os
 
 # Ultralytics must never reach the network in tests (no fonts, weights, datasets, update checks).
 os.environ.setdefault("YOLO_OFFLINE", "1")
+
+# The trace cache (yolomem.trace.store) of a test session lives in a temporary folder, never in the
+# user's cache; tests that look at the cache itself give each test its own folder.
+if "YOLOMEM_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache = tempfile.mkdtemp(prefix="yolomem-test-cache-")
+    os.environ["YOLOMEM_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)

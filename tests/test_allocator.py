@@ -14,14 +14,13 @@ from yolomem.allocator.caching import (
     AllocConfError,
     AllocatorConfig,
     CachingAllocator,
-    ReplayEvent,
     SimulatedOOM,
     _roundup_power2_next_division,
     allocation_size,
     parse_alloc_conf,
-    replay,
     round_size,
 )
+from yolomem.allocator.replay import Mark, ReplayEvent, replay
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -445,17 +444,38 @@ def test_replay_maps_ids_and_calls_on_step() -> None:
         ReplayEvent("free", 1, 5 * MiB),
     ]
     seen: list[tuple[int, int]] = []
-    stats = replay(events, CachingAllocator(), lambda i, al: seen.append((i, al.allocated_bytes)))
+    run = replay([events], CachingAllocator(), on_event=lambda i, al: seen.append((i, al.allocated_bytes)))
+    stats = run.stats
     assert [i for i, _ in seen] == list(range(6))
     assert [b // MiB for _, b in seen] == [5, 5, 5, 5, 17, 12]
     assert (stats.allocated_bytes, stats.peak_allocated_bytes, stats.reserved_bytes) == (
         12 * MiB, 17 * MiB, 20 * MiB,
     )
+    assert (run.events, run.peak_allocated_index, run.oom) == (6, 4, None)
 
 
-def test_replay_rejects_unknown_op() -> None:
+def test_replay_rejects_unknown_op_and_double_alloc() -> None:
     with pytest.raises(ValueError, match="op"):
-        replay([ReplayEvent("resize", 1, 10)], CachingAllocator())
+        replay([[ReplayEvent("resize", 1, 10)]], CachingAllocator())
+    with pytest.raises(ValueError, match="twice"):
+        replay([[ReplayEvent("alloc", 1, 10), ReplayEvent("alloc", 1, 10)]], CachingAllocator())
+
+
+def test_replay_runs_marks_between_chunks_and_stops_at_oom() -> None:
+    """Marks act on the allocator where they stand (here: empty_cache, as _clear_memory does); an OOM ends
+    the replay and says which event failed."""
+    seen: list[int] = []
+    stream = [
+        [ReplayEvent("alloc", 1, 12 * MiB, "forward"), ReplayEvent("free", 1, 0, "forward")],
+        Mark(lambda a: seen.append(a.reserved_bytes)),
+        Mark(lambda a: a.empty_cache()),
+        Mark(lambda a: seen.append(a.reserved_bytes)),
+        [ReplayEvent("alloc", 2, 30 * MiB, "backward"), ReplayEvent("alloc", 3, 30 * MiB, "optimizer")],
+    ]
+    run = replay(stream, CachingAllocator(capacity_bytes=40 * MiB))
+    assert seen == [12 * MiB, 0]
+    assert run.oom is not None and (run.oom.index, run.oom.phase, run.oom.requested_bytes) == (3, "optimizer", 30 * MiB)
+    assert run.events == 4 and run.peak_reserved_event.phase == "backward"
 
 
 # ---------------------------------------------------------------- parse_alloc_conf

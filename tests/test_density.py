@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from yolomem.loops.batches import BOX_SIDE_RANGE, box_side_limit
 from yolomem.loops.density import (
@@ -171,3 +172,13 @@ def test_close_mosaic_turns_mosaic_off_for_short_runs():
     assert Augmentation.for_epoch(0, epochs=10).mosaic == 0.0  # epochs <= close_mosaic: closed from epoch 1
     assert Augmentation.for_epoch(0, epochs=None).mosaic == 1.0  # Ultralytics' default 100 epochs
     assert Augmentation.for_epoch(0, epochs=50, close_mosaic=0).mosaic == 1.0
+
+
+def test_segment_masks_widen_past_255_objects():
+    """polygons2masks_overlap: int32 index maps above 255 objects in an image, uint8 otherwise; the
+    batch is cat-promoted to int32 when any image is that dense (4x the mask bytes)."""
+    from yolomem.loops.batches import SyntheticBatch
+
+    sparse = SyntheticBatch("segment", 2, 64, (255, 3)).as_dict()["masks"]
+    dense = SyntheticBatch("segment", 2, 64, (256, 3)).as_dict()["masks"]
+    assert sparse.dtype == torch.uint8 and dense.dtype == torch.int32

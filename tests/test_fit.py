@@ -24,8 +24,8 @@ def test_largest_batch_fits_and_one_more_does_not():
     result = largest_batch("yolov8n.yaml", gpu_mem=TINY_GPU_GIB, margin=0, bracket=(2, 8), **TINY)
     n = result.max_batch
     assert 2 <= n < 8
-    assert result.estimate_at_max.fits is True  # the estimator's own replay at the card's capacity
-    over = estimate("yolov8n.yaml", batch=n + 1, gpu_mem=TINY_GPU_GIB, **TINY)  # traced afresh
+    assert result.estimate_at_max.fits is True  # the one "fits", with the search's margin
+    over = estimate("yolov8n.yaml", batch=n + 1, gpu_mem=TINY_GPU_GIB, margin=0, **TINY)  # traced afresh
     assert over.fits is False
     assert len(result.probes) <= 6  # the line brackets it; only the last steps are searched
     assert result.accumulate == max(round(64 / n), 1)
@@ -36,8 +36,8 @@ def test_largest_batch_fits_and_one_more_does_not():
 
 
 def test_margin_shrinks_the_capacity_the_simulation_gets():
-    from yolomem.sweeps.fit import Budget
     from yolomem.config.gpus import find_gpu
+    from yolomem.result.fits import Budget
 
     card = find_gpu("RTX-3090")
     upper_context = 600 * MiB  # verdicts use the upper figure, with the CUDA context at its cited top

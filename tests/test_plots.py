@@ -18,6 +18,7 @@ from yolomem.sweeps.figure_data import (
     breakdown_figure,
     curve_figure,
 )
+from yolomem.result.fits import Budget
 from yolomem.result.timeline import estimate_timeline
 
 pytest.importorskip("matplotlib")
@@ -144,7 +145,7 @@ def test_drawn_curve_carries_the_data(curve, tmp_path):
     assert list(drawn.get_xdata()) == [1, 2]
     assert list(drawn.get_ydata()) == [p.peak_reserved_bytes / GiB for p in data.curves[0].points]
     labels = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert "yolov8n.yaml AMP" in labels and f"T4: {find_gpu('T4').usable_bytes / GiB:.3g} GiB usable (above the plot)" in labels
+    assert "yolov8n.yaml AMP" in labels and f"T4: {Budget(find_gpu('T4')).capacity_bytes / GiB:.3g} GiB after a 10% margin (above the plot)" in labels
     assert "GPU_mem" in plots.curve_caption(data)
     png = plots.save(figure, tmp_path / "curve.png")
     svg = plots.save(figure, tmp_path / "curve.svg")
@@ -160,7 +161,9 @@ def test_device_total_caption_and_lines(curve):
 
     total = replace(data, measure="device_total")
     assert "nvidia-smi" in plots.curve_caption(total)
-    assert total.threshold(total.gpu_lines[1]) == find_gpu("T4").total_bytes
+    t4 = Budget(find_gpu("T4"))  # the lines are the one "fits" (yolomem.result.fits), seen from each measure
+    assert total.threshold(total.gpu_lines[1]) == t4.capacity_bytes + t4.context_bytes  # the budget's (upper) CUDA context
+    assert data.threshold(data.gpu_lines[1]) == t4.capacity_bytes
     assert total.value(total.curves[0].points[0]) == total.curves[0].points[0].device_total_bytes
 
 
@@ -223,11 +226,11 @@ def _synthetic_figure(unit="GiB"):
     from yolomem.sweeps.figure_data import CurveFigure, GpuLine
 
     card = find_gpu("RTX-3060-12GB")
-    line = GpuLine(card.name, card.total_bytes, card.usable_bytes)
+    line = GpuLine(Budget(card))
 
     def points(scale):
         return tuple(CurvePoint(x, 0, int(scale * x * GiB), int(scale * x * GiB) + CUDA_CONTEXT_BYTES,
-                                (scale * x * GiB <= card.usable_bytes,), int(scale * x * GiB)) for x in (2, 4, 8, 16))  # fmt: skip
+                                (scale * x * GiB <= line.capacity_bytes,), int(scale * x * GiB)) for x in (2, 4, 8, 16))  # fmt: skip
 
     curves = (Curve("yolov8s.yaml", "fp16", points(0.5)), Curve("yolov8s.yaml", "fp32", points(1.0)))
     crossings = tuple(_crossing(i, 0, curve) for i, curve in enumerate(curves))
@@ -253,7 +256,7 @@ def test_legend_and_caption_show_the_styles_drawn():
     (card_line,) = [line for line in ax.lines if line.get_label().startswith("RTX-3060")]
     assert card_line.get_linestyle() not in curve_styles  # a card's line never looks like a curve
     text = plots.curve_caption(data)
-    assert f"{plots.STYLE_NAMES[card_line.get_linestyle()]} lines: each card's usable memory".lower() in text.lower()
+    assert f"{plots.STYLE_NAMES[card_line.get_linestyle()]} lines: what each card gives a run".lower() in text.lower()
     assert "dashed: FP32" in text and "solid: AMP" in text and "dashed lines" not in text
     assert card_line.get_label().startswith("RTX-3060: ") and "12GB" not in text + card_line.get_label()
 

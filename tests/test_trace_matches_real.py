@@ -145,7 +145,7 @@ def test_estimate_oracle_takes_the_branches_a_batch_with_objects_takes():
     # so batch 2 fails there, in real training too
     config = EstimateConfig(model="yolov8n-seg.yaml", batch=3, imgsz=128, amp="fp32", iterations=1, instances=12)
     real, fake = _streams(config, decide=True)
-    allocs = lambda trace: sorted(n for op, n in _sizes(trace) if op == "alloc")  # noqa: E731
+    allocs = lambda trace: sorted(n for op, n in _sizes(trace) if op == "alloc")  # noqa: E731 - tensors, no workspaces
     assert len(real.events) > 1000
     assert allocs(fake) == allocs(real)
     assert abs(_peak_live(fake) - _peak_live(real)) <= 64

@@ -333,7 +333,8 @@ def package_trace(model_yaml: Path, *, nc: int, batch: int, imgsz: int, iteratio
 
     import yaml
 
-    from yolomem.loops.base import cuda_foreach_types
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.loops.base import cuda_foreach_types, traced_batches
     from yolomem.loops.batches import SyntheticBatch
     from yolomem.loops.yolov5.val_pass import _host_val_batch
     from yolomem.trace.tracer import Tracer
@@ -343,8 +344,13 @@ def package_trace(model_yaml: Path, *, nc: int, batch: int, imgsz: int, iteratio
     run = PackageRun(cfg, nc, batch, imgsz)
     task = "segment" if run.segment else "detect"
     batches = []
+    # objects per sample as yolomem's loop draws them (yolomem.loops.density: a typical batch, then the densest)
+    config = EstimateConfig(model=model_yaml.stem, framework="yolov5", batch=batch, imgsz=imgsz, instances=instances,
+                            seed=seed, iterations=iterations)  # fmt: skip
+    _, counts, _ = traced_batches(config, task, batch, upper=False)
     for iteration in range(iterations):
-        data = SyntheticBatch.draw(task, batch, imgsz, instances, seed=seed + iteration, nc=nc).as_dict()
+        data = SyntheticBatch.draw(task, batch, imgsz, instances, seed=seed + iteration, nc=nc,
+                                   counts=counts[iteration]).as_dict()  # fmt: skip
         targets = torch.cat((data["batch_idx"][:, None], data["cls"], data["bboxes"]), 1)
         batches.append((data["img"], targets, data["masks"]) if run.segment else (data["img"], targets))
     val_batches = []

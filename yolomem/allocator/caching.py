@@ -42,18 +42,15 @@ from __future__ import annotations
 import bisect
 import difflib
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
 
 __all__ = [
     "AllocConfError",
     "AllocatorConfig",
     "AllocatorStats",
     "CachingAllocator",
-    "ReplayEvent",
     "SimulatedOOM",
     "allocation_size",
     "parse_alloc_conf",
-    "replay",
     "round_size",
 ]
 
@@ -920,49 +917,3 @@ class CachingAllocator:
         self._insert_unmapped(pool, block)
         self._reserved -= end - start
         self._device_free += 1
-
-
-# --------------------------------------------------------------------------- replay
-
-
-class _Event(Protocol):
-    op: str
-    storage_id: int
-    nbytes: int
-
-
-@dataclass(frozen=True)
-class ReplayEvent:
-    """The least an event needs for ``replay``; the tracer's events carry more."""
-
-    op: str  # "alloc" or "free"
-    storage_id: int  # unique among live allocations
-    nbytes: int
-
-
-def replay(
-    events: Iterable[_Event],
-    allocator: CachingAllocator,
-    on_step: Callable[[int, CachingAllocator], None] | None = None,
-) -> AllocatorStats:
-    """Feed alloc/free events to the allocator; frees of unknown ids are ignored.
-
-    SimulatedOOM propagates. ``on_step(index, allocator)`` runs after each event.
-    """
-    handles: dict[int, int] = {}
-    for index, event in enumerate(events):
-        if event.op == "alloc":
-            if event.storage_id in handles:
-                raise ValueError(f"event {index}: storage {event.storage_id} allocated twice")
-            handle = allocator.malloc(event.nbytes)
-            if handle is not None:  # zero-byte storages get no block
-                handles[event.storage_id] = handle
-        elif event.op == "free":
-            handle = handles.pop(event.storage_id, None)
-            if handle is not None:
-                allocator.free(handle)
-        else:
-            raise ValueError(f"event {index}: op must be 'alloc' or 'free', got {event.op!r}")
-        if on_step is not None:
-            on_step(index, allocator)
-    return allocator.stats()

@@ -10,7 +10,7 @@ from yolomem.deployment.config import DEPLOY_KEYS
 
 @command(
     "deploy", "memory of predict/val in PyTorch, ONNX Runtime or a TensorRT engine, e.g. on a Jetson",
-    keys=DEPLOY_KEYS, words="[MODEL]", flags=(JSON,),
+    keys=DEPLOY_KEYS, words="[MODEL]", flags=(JSON,), traces=False,
     examples=("yolomem deploy yolov8s.yaml format=engine precision=int8 batch=8 device=Jetson-AGX-Orin-32GB",
               "yolomem deploy yolov8m-seg.yaml format=engine precision=fp16 device=Jetson-Orin-Nano-8GB",
               "yolomem deploy yolo11n.pt mode=val batch=32 precision=fp16 device=T4 --json"),

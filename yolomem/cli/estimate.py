@@ -19,8 +19,11 @@ def estimate_command(options: argparse.Namespace) -> int:
     from yolomem.config.settings import EstimateConfig
     from yolomem.result.estimate import estimate_config
 
+    from yolomem.cli.progress import progress_display
+
     config = EstimateConfig.from_words(options.words)  # no model given: the model key's default
-    result = estimate_config(config)
+    with progress_display("estimate", quiet=options.json):
+        result = estimate_config(config)
     if options.json:
         from yolomem.render.json_output import dumps
 

@@ -17,18 +17,16 @@ import contextlib
 from collections.abc import Iterator
 
 from yolomem.cli.registry import JSON, Flag, command
-from yolomem.config.keys import BOOL, CHOICE, ESTIMATE_KEYS, MARGIN, TEXT, TEXTS, Key
+from yolomem.config.keys import BOOL, CHOICE, ESTIMATE_KEYS, TEXT, TEXTS, Key
 from yolomem.errors import UserError
 
 SOLVES = ("batch", "imgsz")
 TASKS = ("detect", "segment", "pose", "obb", "classify")
-FIT_KEYS = ESTIMATE_KEYS.plus(
-    MARGIN,
+FIT_KEYS = ESTIMATE_KEYS.plus(  # margin= is an estimate key: every verdict uses it (yolomem.result.fits)
     Key("solve", CHOICE, "batch", "what to solve for: the largest batch, or the largest imgsz at batch=", choices=SOLVES),
     Key("explain", BOOL, False, "list what each memory-saving step buys (same as --explain)"),
 )
 PICK_KEYS = ESTIMATE_KEYS.without("model").plus(
-    MARGIN,
     Key("task", CHOICE, "detect", "the task of the default candidates", choices=TASKS),
     Key("family", TEXT, None, "the family to rank, e.g. yolov8 or yolo26 (default: yolo11)", nullable=True),
     Key("models", TEXTS, None, "the candidates instead of a family, e.g. yolov8n,yolo11s", nullable=True),
@@ -37,15 +35,12 @@ EXPLAIN = Flag(("--explain",), "list what each memory-saving step buys")
 
 
 @contextlib.contextmanager
-def _progress(quiet: bool) -> Iterator:
-    """A rich status line on stderr that the computing code updates through a callback."""
-    if quiet:
-        yield None
-        return
-    from rich.console import Console
+def _progress(label: str, quiet: bool) -> Iterator:
+    """The shared progress display (``yolomem.cli.progress``), as the ``progress(text)`` callback."""
+    from yolomem.cli.progress import progress_display
 
-    with Console(stderr=True).status("tracing...") as status:
-        yield lambda message: status.update(message)
+    with progress_display(label, quiet=quiet) as display:
+        yield display.message
 
 
 @command(
@@ -62,7 +57,7 @@ def _fit(options: argparse.Namespace) -> int:
     parsed = parse_estimate_words(options.words, FIT_KEYS)
     config = EstimateConfig.from_parsed(parsed)
     solve = parsed.values.get("solve", "batch")
-    margin = parsed.values.get("margin", MARGIN.default)
+    margin = config.margin
     explain = options.explain or parsed.values.get("explain", False)
     batch_given = "batch" in parsed.values
     if not (config.gpu or config.gpu_mem):
@@ -71,7 +66,7 @@ def _fit(options: argparse.Namespace) -> int:
         return _explain(config, margin, options)
     from yolomem.sweeps.fit import NothingFits, largest_batch, largest_imgsz
 
-    with _progress(options.json) as progress:
+    with _progress("fit", options.json) as progress:
         solver = largest_batch if solve == "batch" else largest_imgsz
         try:
             result = solver(config, margin=margin, progress=progress)
@@ -96,7 +91,7 @@ def _explain(config, margin: float, options: argparse.Namespace, fit=None) -> in
     from yolomem.sweeps.ladder import strategy_ladder
     from yolomem.sweeps.fit import make_budget
 
-    with _progress(options.json) as progress:
+    with _progress("fit --explain", options.json) as progress:
         ladder = strategy_ladder(config, margin=margin, progress=progress)
     budget = make_budget(config, margin)
     if options.json:
@@ -136,10 +131,10 @@ def _pick(options: argparse.Namespace) -> int:
     if "family" in values and "models" in values:
         raise UserError("family= and models= both choose the candidates; give one")
     config = EstimateConfig.from_parsed(parsed, skip=("task",))
-    with _progress(options.json) as progress:
+    with _progress("pick", options.json) as progress:
         result = pick_models(
             config.gpu, config.imgsz, config.batch, values.get("task", "detect"), gpu_mem=config.gpu_mem,
-            models=values.get("models"), family=values.get("family"), margin=values.get("margin", MARGIN.default),
+            models=values.get("models"), family=values.get("family"), margin=config.margin,
             progress=progress, config=config,
         )  # fmt: skip
     if options.json:

@@ -12,13 +12,14 @@ import argparse
 import contextlib
 import difflib
 import importlib
+import logging
 import sys
 
 from yolomem.cli.registry import COMMANDS, Command
 from yolomem.errors import UserError
 
 # Each module registers its subcommands on import; this list is the whole CLI, in help order.
-COMMAND_MODULES = ("estimate", "fit", "table", "plot", "measure", "deploy")
+COMMAND_MODULES = ("estimate", "fit", "table", "plot", "measure", "deploy", "cache")
 DEFAULT_COMMAND = "estimate"
 
 
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = COMMANDS[name]
         options = _parse(spec, args)
         options.stdout = stdout
+        _setup(options)
         machine = any(flag.machine and getattr(options, flag.dest, False) for flag in spec.flags)
         # under --json (or --csv, ...) everything but the result goes to stderr: Ultralytics prints its
         # settings banner on stdout the first time it runs on a machine
@@ -147,3 +149,29 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as done:  # --help, --version
         return done.code if isinstance(done.code, int) else 0
+
+
+def _setup(options: argparse.Namespace) -> None:
+    """``--no-cache`` and ``--verbose``: for the whole command."""
+    if getattr(options, "no_cache", False):
+        import os
+
+        from yolomem.result.runs import configure
+        from yolomem.trace.store import OFF_ENV
+
+        os.environ[OFF_ENV] = "1"  # worker processes (the table's, prefetch's) start from the environment
+        configure(cache=False)
+    if getattr(options, "verbose", False):
+        logger = logging.getLogger("yolomem")
+        if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+            handler = _StderrHandler()
+            handler.setFormatter(logging.Formatter("yolomem: %(message)s"))
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is when a line is logged (the progress bar's console does too)."""
+
+    def emit(self, record) -> None:
+        print(self.format(record), file=sys.stderr)

@@ -12,7 +12,7 @@ from yolomem.measure.run import MEASURE_KEYS
 
 @command(
     "measure", "measure real training memory on a CUDA GPU and append it to a results file",
-    keys=MEASURE_KEYS, words="MODEL", flags=(JSON,),
+    keys=MEASURE_KEYS, words="MODEL", flags=(JSON,), traces=False,
     examples=("yolomem measure yolov8n.yaml batch=16 results=runs.jsonl",),
 )  # fmt: skip
 def _measure(options: argparse.Namespace) -> int:

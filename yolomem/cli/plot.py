@@ -93,21 +93,11 @@ def _output(options: argparse.Namespace, default: str, suffixes: tuple[str, ...]
 
 @contextlib.contextmanager
 def _progress(label: str) -> Iterator:
-    """A rich progress bar on stderr, fed by the data functions' (done, total, what) callback."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """The shared progress display (``yolomem.cli.progress``), as the figures' (done, total, what) callback."""
+    from yolomem.cli.progress import progress_display
 
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
-    ) as bar:  # fmt: skip
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int, what: str) -> None:
-            bar.update(task, completed=done, total=total, description=f"{label}: {what}")
-
-        yield update
+    with progress_display(label) as display:
+        yield display.step
 
 
 def _base_config(parsed: Words, model: str):

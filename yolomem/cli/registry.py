@@ -35,6 +35,8 @@ class Flag:
 
 JSON = Flag(("--json",), "print JSON instead of a table (stdout holds only the JSON)", machine=True)
 OUTPUT = Flag(("-o", "--output"), "the file to write", metavar="FILE")
+NO_CACHE = Flag(("--no-cache",), "neither read nor write the trace cache (yolomem cache shows where it is)")
+VERBOSE = Flag(("-v", "--verbose"), "say where each traced run came from: traced, the cache, or derived (and why not)")
 
 
 @dataclass(frozen=True)
@@ -53,15 +55,17 @@ COMMANDS: dict[str, Command] = {}
 
 
 def command(name: str, help_text: str, *, keys: KeyTable = NO_KEYS, words: str = "", flags: tuple[Flag, ...] = (JSON,),
-            examples: tuple[str, ...] = (), more: str = ""):
+            examples: tuple[str, ...] = (), more: str = "", traces: bool = True):
     """Register a subcommand handler; each handler takes the parsed namespace and returns an exit code.
 
     The namespace holds ``words`` (the bare and ``key=value`` words, in order), one attribute per flag,
     and ``stdout``: where the command's result goes (under a machine-readable flag, ``sys.stdout`` itself
     points at stderr while the command runs, so that nothing else lands in the result)."""
 
+    every = (NO_CACHE, VERBOSE) if traces else ()  # commands that estimate: the trace cache's switches
+
     def register(handler: Handler) -> Handler:
-        COMMANDS[name] = Command(name, help_text, handler, keys, words, flags, examples, more)
+        COMMANDS[name] = Command(name, help_text, handler, keys, words, (*flags, *every), examples, more)
         return handler
 
     return register

@@ -12,13 +12,14 @@ import os
 from dataclasses import dataclass
 
 from yolomem.cli.registry import JSON, Flag, command
-from yolomem.config.keys import CHOICE, ESTIMATE_KEYS, INT, TEXT, TEXTS, Key, KeyTable, parse_words
+from yolomem.config.keys import CHOICE, ESTIMATE_KEYS, INT, MARGIN, TEXT, TEXTS, Key, KeyTable, parse_words
 from yolomem.sweeps.table import DEFAULT_GPUS, METHODS
 
 TABLE_KEYS = KeyTable((
     ESTIMATE_KEYS["imgsz"].but(default=None, nullable=True, help="every row at this imgsz (default: each row's own; 640)"),
     ESTIMATE_KEYS["batch"].but(default=None, nullable=True, help="every row at this batch (default: each row's own; 16)"),
     Key("gpus", TEXTS, DEFAULT_GPUS, "the cards of the fits and max-batch columns"),
+    MARGIN,
     Key("method", CHOICE, "breakdown", "max batch from one trace (breakdown) or two (two-point)", choices=METHODS),
     Key("iterations", INT, 1, "training iterations to trace per row", low=1),
     Key("jobs", INT, min(os.cpu_count() or 1, 2), "processes tracing rows in parallel", low=1),
@@ -41,13 +42,14 @@ class TableOptions:
     method: str
     iterations: int
     jobs: int
+    margin: float
 
 
 def parse_table_words(words: list[str]) -> TableOptions:
     parsed = parse_words(words, TABLE_KEYS)
     get = lambda name: parsed.values.get(name, TABLE_KEYS.default(name))  # noqa: E731
     return TableOptions(parsed.positionals, get("imgsz"), get("batch"), get("gpus"), get("method"),
-                        get("iterations"), get("jobs"))  # fmt: skip
+                        get("iterations"), get("jobs"), get("margin"))  # fmt: skip
 
 
 def rows_for(options: TableOptions):
@@ -65,9 +67,7 @@ def rows_for(options: TableOptions):
               "yolomem table yolov5s yolov8n.yaml imgsz=640 batch=16 gpus=T4,RTX-4090 --markdown"),
 )  # fmt: skip
 def _table(options: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import Progress
-
+    from yolomem.cli.progress import progress_display
     from yolomem.render import table_formats
     from yolomem.sweeps.table import PRECISIONS, compute_table
 
@@ -76,10 +76,9 @@ def _table(options: argparse.Namespace) -> int:
     parsed = parse_table_words(options.words)
     rows = rows_for(parsed)
     traces = len(rows) * len(PRECISIONS) * (2 if parsed.method == "two-point" else 1)
-    with Progress(console=Console(stderr=True), transient=True) as bar:  # stderr: stdout stays the table
-        task = bar.add_task("tracing", total=traces)
+    with progress_display("table", quiet=options.json, total=traces) as display:  # stderr: stdout stays the table
         table = compute_table(rows, parsed.gpus, method=parsed.method, iterations=parsed.iterations,
-                              jobs=parsed.jobs, progress=lambda label: bar.update(task, advance=1, description=label))  # fmt: skip
+                              jobs=parsed.jobs, margin=parsed.margin, progress=display.advance)  # fmt: skip
     if options.json:
         print(table_formats.to_json(table), file=options.stdout)
     elif options.csv:
@@ -93,9 +92,7 @@ def _table(options: argparse.Namespace) -> int:
 
 def _deploy_table(options: argparse.Namespace) -> int:
     """``yolomem table deploy=...``: the deployment view (yolomem.deployment.table)."""
-    from rich.console import Console
-    from rich.progress import Progress
-
+    from yolomem.cli.progress import progress_display
     from yolomem.deployment.config import DeployConfig
     from yolomem.deployment.table import deploy_table
     from yolomem.render.deploy_output import render_deploy_table
@@ -106,9 +103,8 @@ def _deploy_table(options: argparse.Namespace) -> int:
     base = DeployConfig(format=values["deploy"] or "torch", precision=values.get("precision", "fp32"),
                         batch=values.get("batch"), imgsz=values.get("imgsz") or 640, device=values.get("device"))  # fmt: skip
     models = parsed.positionals or tuple(name for _, name, _, _ in BLOG_ROWS)
-    with Progress(console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("sizing", total=len(models))
-        table = deploy_table(models, base, progress=lambda m: bar.update(task, advance=1, description=m))
+    with progress_display("sizing", quiet=options.json, total=len(models)) as display:
+        table = deploy_table(models, base, progress=display.advance)
     if options.json:
         from yolomem.render.json_output import dumps
 
@@ -118,7 +114,8 @@ def _deploy_table(options: argparse.Namespace) -> int:
     return 0
 
 
-@command("models", "list every model name yolomem builds, with family, framework, parameters and task", flags=(JSON,))
+@command("models", "list every model name yolomem builds, with family, framework, parameters and task", flags=(JSON,),
+         traces=False)  # fmt: skip
 def _models(options: argparse.Namespace) -> int:
     from yolomem.sweeps.model_list import list_models
 

@@ -342,6 +342,11 @@ DEFAULT_INSTANCES = 8.0
 # instances=1e9 drew 1.6e10 real boxes (23 GB of host memory) and 1e6-1e7 gave figures that fell as it grew.
 MAX_INSTANCES = 1000.0
 
+# The one "fits" (yolomem.result.fits) holds back this share of a card's memory after the CUDA context.
+DEFAULT_MARGIN = 0.10
+MARGIN = Key("margin", FLOAT, DEFAULT_MARGIN, "share of the card after the CUDA context held back for what the "
+             "trace does not see, in every fits verdict (0.1 or 10%)", low=0.0, high=0.9, high_open=True)
+
 ESTIMATE_KEYS = KeyTable((
     Key("model", TEXT, "yolov8n.yaml", "a shipped YAML name (yolomem models lists them), a local .yaml or .pt, "
         "or a darknet .cfg"),
@@ -361,6 +366,7 @@ ESTIMATE_KEYS = KeyTable((
     Key("gpu", TEXT, None, "a GPU to fit on, e.g. T4, RTX-3090, A100-80GB", nullable=True),
     Key("gpu_mem", FLOAT, None, "the GPU's memory in GiB (a card not in the catalog, or a share of one)",
         nullable=True, low=0.0, low_open=True),
+    MARGIN,
     Key("framework", CHOICE, "ultralytics", "training loop: ultralytics or yolov5 (the yolov5 repo's train.py)",
         choices=FRAMEWORKS),
     Key("seed", INT, 0, "seed of the synthetic batches", low=0),
@@ -386,7 +392,4 @@ ESTIMATE_KEYS = KeyTable((
 
 # --- keys more than one command shares --------------------------------------------------------------
 
-DEFAULT_MARGIN = 0.10
 MAX_CURVE_POINTS = 12  # each point of a plotted curve is a full traced estimate
-MARGIN = Key("margin", FLOAT, DEFAULT_MARGIN, "share of the card after the CUDA context held back for what the "
-             "trace does not see (0.1 or 10%)", low=0.0, high=0.9, high_open=True)

@@ -2,7 +2,7 @@
 
 Keys keep Ultralytics' names and defaults where they exist (``imgsz``, ``batch``, ``amp``,
 ``optimizer``, ``nbs``, ``freeze``, ``multi_scale``). yolomem adds its own (``instances``, ``step``,
-``iterations``, ``alloc_conf``, ``gpu``, ``gpu_mem``, ``framework``, ``seed``). ``data``, ``epochs``,
+``iterations``, ``alloc_conf``, ``gpu``, ``gpu_mem``, ``margin``, ``framework``, ``seed``). ``data``, ``epochs``,
 ``cache`` and ``workers`` keep Ultralytics' meaning: ``data=`` or ``epochs>=2`` simulates whole epochs
 with the val pass (``yolomem.result.epochs``), ``cache``/``workers`` size host memory. A pasted
 ``yolo train model=... data=... epochs=...`` line works: the words ``yolo``/``train``/task names are
@@ -49,6 +49,7 @@ class EstimateConfig:
     alloc_conf: str | None = _default("alloc_conf")
     gpu: str | None = _default("gpu")
     gpu_mem: float | None = _default("gpu_mem")
+    margin: float = _default("margin")  # the safety margin of every "fits" (yolomem.result.fits)
     framework: str = _default("framework")
     seed: int = _default("seed")
     nc: int | None = _default("nc")

@@ -40,7 +40,9 @@ def resolve_model(spec: str, framework: str = "ultralytics"):
     return get_loop(framework).resolve(spec, framework)
 
 
-def trace_run(config, resolved, *, fake: bool = True, oracle=None, after_iterations=None, density=None):
-    """Trace ``config.iterations`` training iterations with the loop that trains ``resolved``."""
+def trace_run(config, resolved, *, fake: bool = True, oracle=None, after_iterations=None, density=None,
+              upper: bool = True):  # fmt: skip
+    """Trace ``config.iterations`` training iterations with the loop that trains ``resolved`` (and, with
+    ``upper``, one more at the upper figure's density: ``yolomem.loops.base.traced_batches``)."""
     return get_loop(resolved.framework).trace(config, resolved, fake=fake, oracle=oracle,
-                                              after_iterations=after_iterations, density=density)  # fmt: skip
+                                              after_iterations=after_iterations, density=density, upper=upper)  # fmt: skip

@@ -87,14 +87,19 @@ class TrainingLoop(Protocol):
     def count_params(self, resolved: ResolvedModel, nc: int | None = None) -> int: ...
 
     def trace(self, config: EstimateConfig, resolved: ResolvedModel, *, fake: bool, oracle,
-              after_iterations: Callable[[Any], None] | None, density=None) -> TracedRun:
+              after_iterations: Callable[[Any], None] | None, density=None, upper: bool = True) -> TracedRun:
         """Build the model on fake (or real) tensors and trace ``config.iterations`` training iterations,
-        with the objects per sample of ``density`` (``yolomem.loops.density.traced_batches``)."""
+        with the objects per sample of ``density`` (``traced_batches``); ``upper``: one more iteration at the
+        upper figure's density (an estimate needs it; an event-by-event comparison with a reference run not)."""
+
+    def optimizer_steps(self, iterations: int, batch: int, nbs: int) -> tuple[bool, ...]:
+        """Which traced iterations step the optimizer at this (per-rank) batch: the one part of the
+        traced step that the batch size turns on or off (``yolomem.result.runs`` keeps them apart)."""
 
     def gpu_mem_unit(self) -> str:
         """The unit the trainer prints ``GPU_mem`` in: "GiB" or "GB" (10^9 bytes)."""
 
-    def epochs_supported(self, task: str, world_size: int) -> bool:
+    def epochs_supported(self, resolved: ResolvedModel, world_size: int) -> bool:
         """Whether whole epochs (val pass, epoch 2+) can be simulated for this task."""
 
     def val_batch_size(self, task: str, train_batch: int) -> int: ...
@@ -126,6 +131,14 @@ def round_imgsz(imgsz: int, stride: int) -> int:
     return max(math.ceil(imgsz / stride) * stride, stride)
 
 
+def optimizer_steps(accumulate_at: Callable[[int, int, int], int], iterations: int, batch: int, nbs: int) -> tuple[bool, ...]:
+    """Both trainers step when ``iteration - last_step >= accumulate_at(iteration, batch, nbs)``."""
+    steps, last = [], -1
+    for iteration in range(iterations):
+        step = iteration - last >= accumulate_at(iteration, batch, nbs)
+        last = iteration if step else last
+        steps.append(step)
+    return tuple(steps)
 def check_trainable(model: Any, freeze: tuple[int, ...]) -> None:
     """After freezing: refuse a ``freeze=`` that leaves no weight to train (both trainers' backward would
     fail with "element 0 of tensors does not require grad")."""
@@ -187,7 +200,7 @@ def cuda_foreach_types() -> Iterator[None]:
             lst.remove(FakeTensor)
 
 
-def traced_batches(config: EstimateConfig, task: str, batch: int, density=None):
+def traced_batches(config: EstimateConfig, task: str, batch: int, density=None, upper: bool = True):
     """(plan, objects per sample of each traced iteration, upper iteration index or None).
 
     Training with labels: typical batches, the last configured iteration at epoch 1's densest batch,
@@ -198,4 +211,4 @@ def traced_batches(config: EstimateConfig, task: str, batch: int, density=None):
     if config.step != "train" or task == "classify":
         return None, [None] * config.iterations, None
     plan = density or plan_for(config, batch)
-    return plan, iteration_counts(plan, config.iterations, upper=True), config.iterations
+    return plan, iteration_counts(plan, config.iterations, upper=upper), config.iterations if upper else None

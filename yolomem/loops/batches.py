@@ -3,18 +3,24 @@
 Images are created inside the trace (fake there: no memory); the targets are small, so they are real
 tensors, and the loss and its assigner see real object counts and real box geometry.
 
-Objects per image. ``instances`` is the mean number of labelled objects per image. Per-image counts
-are drawn from a Poisson distribution with that mean, with a seeded generator, so the densest image of
-a batch (which sets the assigner's ``n_max_boxes``) is realistic: for 16 images at a mean of 8, the
-maximum is typically 13-14. Box width and height are fractions of the image drawn log-uniformly from
-[0.02, min(0.6, 1/sqrt(objects in the image))], centres uniformly: a COCO-like range of anchors inside
-each box, and in a dense image (hundreds of objects) small boxes that tile it, as real dense data has.
-The estimator picks the counts of each traced batch with ``yolomem.loops.density`` (a typical batch, the
-epoch's densest); ``draw`` is the plain Poisson draw used where no density plan applies.
+Objects per image. ``instances`` is the mean number of labelled objects per image. The estimator picks
+the objects of each traced batch with ``yolomem.loops.density`` (a typical batch, the epoch's densest):
+one densest sample, which sets the assigner's ``n_max_boxes`` (every (batch, n_max, anchors) tensor),
+and ``batch - 1`` typical samples that hold the same objects (``dense_counts``). Memory depends on
+the densest sample and on totals, not on how objects spread over the other samples; so batches of
+this form make every size in a training step exactly affine in the batch, and ``yolomem.trace.derive``
+derives the stream at any batch from traces at a few. ``draw`` without counts (no density plan:
+classification, AutoBatch probes) takes the densest of ``DENSEST_OF`` Poisson draws, then typical
+images of ``round(instances)``.
+Box width and height are fractions of the image drawn log-uniformly from [0.02, min(0.6, 1/sqrt(objects
+in the image))], centres uniformly: a COCO-like range of anchors inside each box, and in a dense image
+(hundreds of objects) small boxes that tile it, as real dense data has. Images with the same number of
+objects hold the same boxes (``SyntheticBatch.as_dict``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +34,27 @@ def box_side_limit(counts) -> np.ndarray:
     """The largest box side (fraction of the image) drawn for an image holding ``counts`` objects."""
     low, high = BOX_SIDE_RANGE
     return np.clip(1 / np.sqrt(np.maximum(np.asarray(counts, dtype=np.float64), 1)), low * 1.0001, high)
+
+
 MASK_RATIO = 4  # Ultralytics' default mask_ratio: masks are imgsz / 4
+DENSEST_OF = 16  # the densest image holds the most objects among this many draws (Ultralytics' default batch)
+
+
+def densest_count(instances: float, seed: int) -> int:
+    """Objects in the densest image: the most among ``DENSEST_OF`` Poisson draws (seeded)."""
+    if instances <= 0:
+        return 0
+    return int(np.random.default_rng(seed).poisson(instances, size=DENSEST_OF).max())
+
+
+def typical_count(instances: float, densest: int) -> int:
+    """Objects in every other image: the mean, rounded, and never more than the densest image."""
+    return min(math.floor(instances + 0.5), densest)  # halves round up (round() would go to even)
+
+
+def dense_counts(batch: int, densest: int, typical: int) -> tuple[int, ...]:
+    """Objects per image of a batch: the densest image first, then ``batch - 1`` typical ones."""
+    return (densest,) + (typical,) * (batch - 1)
 
 
 @dataclass(frozen=True)
@@ -45,9 +71,11 @@ class SyntheticBatch:
     @staticmethod
     def draw(task: str, batch: int, imgsz: int, instances: float, seed: int, nc: int = 80,
              kpt_shape: tuple[int, int] = (17, 3), channels: int = 3, counts: tuple[int, ...] | None = None) -> SyntheticBatch:
-        """A batch with the given objects per image, or Poisson(instances) draws when ``counts`` is None."""
+        """A batch with the given objects per image, or the densest of ``DENSEST_OF`` Poisson draws and
+        typical images when ``counts`` is None."""
         if counts is None:
-            counts = tuple(int(c) for c in np.random.default_rng(seed).poisson(instances, size=batch))
+            densest = densest_count(instances, seed)
+            counts = dense_counts(batch, densest, typical_count(instances, densest))
         return SyntheticBatch(task, batch, imgsz, counts, seed, nc, tuple(kpt_shape), channels)
 
     @property
@@ -61,44 +89,65 @@ class SyntheticBatch:
     def float_images(self) -> torch.Tensor:
         return torch.empty(self.batch, self.channels, self.imgsz, self.imgsz)
 
-    def as_dict(self) -> dict:
-        """The batch dict Ultralytics' collate_fn produces for this task."""
+    def as_dict(self, overlap_mask: bool = True) -> dict:
+        """The batch dict Ultralytics' collate_fn produces for this task; segmentation masks as one index
+        map per image (``overlap_mask=True``, Ultralytics' default) or one mask per object."""
         rng = np.random.default_rng(self.seed + 1)
         if self.task == "classify":  # ClassificationDataset yields normalised float32 images
             images = torch.zeros((self.batch, self.channels, self.imgsz, self.imgsz), dtype=torch.float32)
             return {"img": images, "cls": torch.tensor(rng.integers(0, self.nc, self.batch), dtype=torch.int64)}
         images = torch.zeros((self.batch, self.channels, self.imgsz, self.imgsz), dtype=torch.uint8)
-        n = self.total_objects
         batch_idx = np.repeat(np.arange(self.batch), self.counts).astype(np.float32)
-        high = np.repeat(box_side_limit(self.counts), self.counts)[:, None]  # (n, 1) per object
-        low = BOX_SIDE_RANGE[0]
-        side = np.exp(np.log(low) + rng.uniform(size=(n, 2)) * (np.log(high) - np.log(low)))
-        centre = rng.uniform(side / 2, 1 - side / 2)
-        boxes = np.concatenate([centre, side], axis=1).astype(np.float32)
+        # one draw per distinct count, in order of first appearance: images with equal counts share objects
+        drawn: dict[int, dict[str, np.ndarray]] = {}
+        for count in self.counts:
+            if count not in drawn:
+                drawn[count] = self._objects(rng, count)
+
+        def joined(key: str) -> np.ndarray:
+            return np.concatenate([drawn[count][key] for count in self.counts])
+
+        boxes = joined("boxes")
         data = {
             "img": images,
             "batch_idx": torch.tensor(batch_idx),
-            "cls": torch.tensor(rng.integers(0, self.nc, (n, 1)).astype(np.float32)),
+            "cls": torch.tensor(joined("cls")),
             "bboxes": torch.tensor(boxes),
         }
         if self.task == "obb":
-            angle = rng.uniform(-np.pi / 4, np.pi / 4, (n, 1)).astype(np.float32)
-            data["bboxes"] = torch.tensor(np.concatenate([boxes, angle], axis=1))
+            data["bboxes"] = torch.tensor(np.concatenate([boxes, joined("angle")], axis=1))
         if self.task == "pose":
-            kpts = rng.uniform(0, 1, (n, *self.kpt_shape)).astype(np.float32)
-            if self.kpt_shape[1] == 3:
-                kpts[..., 2] = 2.0  # visible
-            data["keypoints"] = torch.tensor(kpts)
+            data["keypoints"] = torch.tensor(joined("kpts"))
         if self.task == "segment":
             side_px = self.imgsz // MASK_RATIO
-            data["masks"] = torch.tensor(self._overlap_masks(rng, boxes, side_px))
+            masks = self._overlap_masks(rng, boxes, side_px)
+            if not overlap_mask:  # one mask per object, in label order
+                per_object = [masks[i] == k + 1 for i, count in enumerate(self.counts) for k in range(count)]
+                masks = np.stack(per_object) if per_object else np.zeros((0, side_px, side_px), bool)
+            data["masks"] = torch.tensor(masks.astype(np.uint8))
         return data
 
+    def _objects(self, rng, count: int) -> dict[str, np.ndarray]:
+        """Boxes (cx, cy, w, h), classes, angles and keypoints of one image's ``count`` objects."""
+        low, high = BOX_SIDE_RANGE[0], float(box_side_limit(count))
+        side = np.exp(np.log(low) + rng.uniform(size=(count, 2)) * (np.log(high) - np.log(low)))
+        centre = rng.uniform(side / 2, 1 - side / 2)
+        kpts = rng.uniform(0, 1, (count, *self.kpt_shape)).astype(np.float32)
+        if self.kpt_shape[1] == 3:
+            kpts[..., 2] = 2.0  # visible
+        return {
+            "boxes": np.concatenate([centre, side], axis=1).astype(np.float32),
+            "cls": rng.integers(0, self.nc, (count, 1)).astype(np.float32),
+            "angle": rng.uniform(-np.pi / 4, np.pi / 4, (count, 1)).astype(np.float32),
+            "kpts": kpts,
+        }
+
     def _overlap_masks(self, rng, boxes: np.ndarray, side: int) -> np.ndarray:
-        """Overlap-style masks (overlap_mask=True): one (side, side) index map per image."""
-        # polygons2masks_overlap: uint8 index maps, int32 for an image of more than 255 objects (the
-        # collate's stack then promotes the whole batch)
-        masks = np.zeros((self.batch, side, side), dtype=np.int32 if max(self.counts, default=0) > 255 else np.uint8)
+        """Overlap-style masks (overlap_mask=True): one (side, side) index map per image. Ultralytics'
+        ``polygons2masks_overlap`` makes an image's map int32 when it holds more than 255 objects (uint8
+        otherwise), and ``collate_fn``'s ``torch.cat`` promotes the whole batch to it."""
+        dense = max(self.counts, default=0) > 255
+        masks = np.zeros((self.batch, side, side), dtype=np.int32 if dense else np.uint8)
         start = 0
         for image, count in enumerate(self.counts):
             for k in range(count):

@@ -79,6 +79,7 @@ UPPER_SHAPE = NAMED_SHAPES["CrowdHuman"]
 
 DEFAULT_TRAIN_IMAGES = 2000  # dataset size without data=: between coco128/brain-tumor and VisDrone/SKU-110K
 UPPER_TRAIN_IMAGES = 10000  # the upper figure's dataset size (the densest batch grows with the epoch)
+REFERENCE_BATCH = 16  # a typical batch's densest sample is taken over this many samples (Ultralytics' default batch)
 SEEDS = 11  # epochs drawn per figure: the expected figure takes their median, the upper their 90th percentile
 UPPER_PERCENTILE = 90
 
@@ -180,6 +181,9 @@ class DensityPlan:
     images: int
     source: str  # where the objects per image come from, in words
     mosaic: bool  # whether epoch 1 trains on mosaics
+    # what the traced batches hold (``iteration_counts``); neither depends on the batch size:
+    typical_sample: int = 0  # the median sample of epoch 1
+    typical_densest: int = 0  # a typical batch's densest sample: the median over REFERENCE_BATCH-sample cuts
 
     @property
     def n_max(self) -> int:
@@ -191,7 +195,7 @@ class DensityPlan:
 
     def to_json(self) -> dict:
         return {
-            "n_max": self.n_max, "n_max_upper": self.n_max_upper, "typical_n_max": max(self.typical, default=0),
+            "n_max": self.n_max, "n_max_upper": self.n_max_upper, "typical_n_max": self.typical_densest,
             "batches_per_epoch": self.batches_per_epoch, "images": self.images, "source": self.source,
             "mosaic": self.mosaic,
         }  # fmt: skip
@@ -202,7 +206,7 @@ def plan_density(
     max_instances: int | None = None, aug: Augmentation = Augmentation(), images: int | None = None,
 ) -> DensityPlan:  # fmt: skip
     """Draw epoch 1 ``SEEDS`` times and pick the batches to trace (see the module docstring)."""
-    typical_batches, densest, upper = [], [], []
+    typical_batches, densest, upper, samples = [], [], [], []
     for k in range(SEEDS):
         rng = np.random.default_rng(seed + 1000 * k)
         if train_counts is not None:
@@ -213,6 +217,7 @@ def plan_density(
             per_image = image_counts(rng, instances, DEFAULT_SIGMA, n, max_instances)
             upper_images = image_counts(rng, instances, UPPER_SHAPE.sigma, max(n, UPPER_TRAIN_IMAGES), max_instances)
         batches = epoch_batches(rng, per_image, batch, aug)
+        samples.append([c for b in batches for c in b])
         densest.append(max(batches, key=lambda b: (max(b, default=0), sum(b))))
         typical_batches.append(sorted(batches, key=lambda b: max(b, default=0))[len(batches) // 2])
         upper_batches = batches if upper_images is per_image else epoch_batches(rng, upper_images, batch, aug)
@@ -227,6 +232,8 @@ def plan_density(
     upper_pick = next(b for b in upper if max(b, default=0) == target)
     if max(upper_pick, default=0) < max(densest[chosen], default=0):
         upper_pick = densest[chosen]
+    epoch = samples[chosen]
+    cuts = [max(epoch[i : i + REFERENCE_BATCH]) for i in range(0, len(epoch), REFERENCE_BATCH)]
     n_images = len(train_counts) if train_counts is not None else (images or DEFAULT_TRAIN_IMAGES)
     if train_counts is not None:
         source = f"the dataset's labels ({n_images} images, densest image {int(max(train_counts, default=0))})"
@@ -238,6 +245,7 @@ def plan_density(
     return DensityPlan(
         typical=tuple(typical_batches[chosen]), densest=tuple(densest[chosen]), densest_upper=tuple(upper_pick),
         batches_per_epoch=math.ceil(n_images / batch), images=n_images, source=source, mosaic=aug.mosaic > 0,
+        typical_sample=int(np.median(epoch)) if epoch else 0, typical_densest=int(np.median(cuts)) if cuts else 0,
     )  # fmt: skip
 
 
@@ -258,6 +266,11 @@ def plan_for(config, batch: int, train_counts: Sequence[int] | None = None) -> D
 
 def iteration_counts(plan: DensityPlan, iterations: int, upper: bool) -> list[tuple[int, ...]]:
     """Objects per sample of each traced iteration: typical batches, the last of the configured ones
-    epoch 1's densest; with ``upper``, one more: the upper figure's densest."""
-    counts = [plan.typical] * (iterations - 1) + [plan.densest]
-    return counts + [plan.densest_upper] if upper else counts
+    epoch 1's densest; with ``upper``, one more: the upper figure's densest. Each is its densest sample
+    and typical ones (``yolomem.loops.batches.dense_counts``): the assigner's padding is the densest
+    sample's, the totals a typical batch's, and none of it depends on the batch size."""
+    from yolomem.loops.batches import dense_counts
+
+    batch = len(plan.typical)
+    levels = [plan.typical_densest] * (iterations - 1) + [plan.n_max] + ([plan.n_max_upper] if upper else [])
+    return [dense_counts(batch, level, min(plan.typical_sample, level)) for level in levels]

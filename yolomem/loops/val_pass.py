@@ -28,6 +28,7 @@ traced.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ VAL_MAX_DET = 300  # default.yaml max_det
 # An early-training model scores most anchors above conf=0.001 in some class; NMS caps at max_nms.
 # We assume the cap for each image: the largest candidate set NMS will ever hold (utils/nms.py).
 NMS_CANDIDATES_PER_IMAGE = 30000
+NMS_TIME_PER_IMAGE = 1e9  # seconds: NMS's time limit, lifted (see trace_validation_batch)
 NMS_BLOCK = 64  # threadsPerBlock in torchvision's nms_kernel.cu: one int64 of mask bits per 64 boxes
 VAL_PHASES = ("val_preprocess", "val_forward", "val_loss", "val_nms")
 
@@ -116,6 +118,10 @@ def trace_validation_batch(
 
                     non_max_suppression = nms_function()  # utils.nms from 8.3.190, utils.ops before
                     kwargs = dict(conf_thres=VAL_CONF, iou_thres=VAL_IOU, multi_label=True, max_det=VAL_MAX_DET)
+                    # no time limit: NMS quits after 2 s + 0.05 s per image, which a GPU never takes but
+                    # this CPU trace may, and the trace would then depend on how busy the machine is
+                    if "max_time_img" in inspect.signature(non_max_suppression).parameters:
+                        kwargs["max_time_img"] = NMS_TIME_PER_IMAGE
                     kwargs.update(nms_kwargs or {})
                     outputs = non_max_suppression(preds, **kwargs)
             del preds, outputs
@@ -128,7 +134,9 @@ def _real_predictions(preds, tracer: Tracer, nc: int, candidates: int) -> torch.
     same dtype, so the same allocation: the fake output is released first)."""
     from torch.utils._python_dispatch import _disable_current_modes
 
-    fake = preds[0] if isinstance(preds, (list, tuple)) else preds  # (B, 4 + nc + extra, anchors)
+    fake = preds
+    while isinstance(fake, (list, tuple)):  # segment (8.4): ((y, proto), raw); detect/pose: (y, raw)
+        fake = fake[0]  # y: (B, 4 + nc + extra, anchors), what the validator hands to NMS
     shape, dtype = tuple(fake.shape), fake.dtype
     del fake, preds  # the raw head outputs die here on the GPU too unless the caller keeps them
     with _disable_current_modes():

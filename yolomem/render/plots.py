@@ -93,10 +93,10 @@ def curve_caption(data: CurveFigure) -> str:
         trainer = (f"the GPU_mem column the trainer prints, there in {gpu_mem_unit_label(data.gpu_mem_unit)}"
                    if data.gpu_mem_unit != "GiB" else "the GPU_mem column the trainer prints")  # fmt: skip
         what = f"Peak reserved memory in GiB ({trainer}), without the CUDA context"
-        lines = f"{STYLE_NAMES[CARD_STYLE]} lines: each card's usable memory (total minus CUDA context)"
+        lines = f"{STYLE_NAMES[CARD_STYLE]} lines: what each card gives a run (total minus CUDA context minus the margin)"
     else:
         what = "Device total in GiB: peak reserved plus the CUDA context, what nvidia-smi shows"
-        lines = f"{STYLE_NAMES[CARD_STYLE]} lines: each card's total memory"
+        lines = f"{STYLE_NAMES[CARD_STYLE]} lines: each card's total memory minus the margin"
     fixed = ", ".join(f"{k} {v}" for k, v in data.fixed)
     amps = list(dict.fromkeys(curve.amp for curve in data.curves))
     styles = ", ".join(f"{STYLE_NAMES[PRECISION_STYLES[amp]]}: {_PRECISION_NAMES[amp]}" for amp in amps)
@@ -134,7 +134,7 @@ def draw_curves(data: CurveFigure, *, caption: bool = True) -> Figure:
         gpu_colours = matplotlib.colormaps["Dark2"]
         for gi, line in enumerate(data.gpu_lines):
             y = gib(data.threshold(line))
-            kind = "usable" if data.measure == "gpu_mem" else "total"
+            kind = f"after a {line.budget.margin:.0%} margin"
             every = all(c.all_fit for c in data.crossings if c.gpu == gi)
             label = f"{card_name(line.name)}: {y:.3g} GiB {kind}"
             if line in shown:

@@ -116,14 +116,16 @@ def _fits(data: ReportData) -> str:
             f'<tr data-gpu="{_esc(fit.gpu.name)}"><th>{_esc(card_label(fit.gpu.name, fit.gpu.total_bytes))}</th>'
             f'<td class="num" data-key="card_total_bytes" data-bytes="{fit.gpu.total_bytes}">{_gib(fit.gpu.total_bytes)}</td>'
             f'<td class="num" data-key="card_usable_bytes" data-bytes="{fit.gpu.usable_bytes}">{_gib(fit.gpu.usable_bytes)}</td>'
+            f'<td class="num" data-key="card_capacity_bytes" data-bytes="{fit.gpu.capacity_bytes}">{_gib(fit.gpu.capacity_bytes)}</td>'
             f'<td data-key="card_fits" data-value="{str(fit.fits).lower()}">{verdict}</td>'
             f'<td class="num" data-key="largest_batch" data-value="{largest}">{largest}</td>'
             f'<td class="dim">{_esc(fit.method)}</td></tr>'
         )
     batch = data.estimate.config.batch
     head = ("<tr><th>GPU</th><th>total</th><th>usable (minus context)</th>"
-            f"<th>batch {batch}</th><th>largest batch</th><th>how</th></tr>")  # fmt: skip
-    note = (f'<p class="dim">Judged as <code>yolomem fit</code> judges it: usable memory minus a {data.margin:.0%} '
+            f"<th>for training (minus the {data.margin:.0%} margin)</th><th>batch {batch}</th><th>largest batch</th>"
+            "<th>how</th></tr>")  # fmt: skip
+    note = (f'<p class="dim">Judged as every verdict of yolomem is: usable memory minus a {data.margin:.0%} '
             "margin for what the trace does not see (cuDNN workspaces, validation, later epochs); the largest "
             "batch is traced and fits, one more is traced and does not.</p>")  # fmt: skip
     return f'<h2>Fit on the chosen GPUs</h2><table id="fits">{head}{"".join(rows)}</table>{note}'

@@ -51,7 +51,7 @@ def footer(table: Table) -> list[str]:
     return [
         "nvidia-smi = peak reserved + CUDA context; GPU_mem = torch.cuda.memory_reserved() as the trainer prints it "
         "(Ultralytics 8.4 in GiB, the yolov5 repo in GB = 10^9 bytes).",
-        "✅ fits (< 90 % of the card), ⚠️ within 10 % of capacity, ❌ does not fit.",
+        f"✅ fits (the card minus the CUDA context and a {table.margin:.0%} margin), ⚠️ only inside the margin, ❌ does not fit.",
         table.method_note() + ".",
         "Training iterations only: the validation pass and later epochs are not in these peaks.",
         f"computed in {table.seconds:.0f} s.",

@@ -7,8 +7,12 @@ How (tracing is the expensive part, so each distinct piece is traced once):
 1. Plan: draw the epoch's batches for several seeds with ``yolomem.loops.density`` (objects per image
    from the dataset's label files or drawn around ``instances``; mosaics of 4 images while the mosaic
    is open). A batch is characterised by its densest training sample (the assigner's
-   ``n_max_boxes``); the levels traced are the median, the 90th percentile and the maximum of that
-   over all draws.
+   ``n_max_boxes``); the levels traced are the median and the 90th percentile of that over all draws
+   for batches of ``REFERENCE_BATCH`` samples, and the densest sample of all. Each level's traced
+   batch is that densest sample and typical ones (the median sample, ``dense_counts``). The samples
+   of an epoch do not depend on the batch size (only how they are cut into batches does), so neither
+   do the levels: without a dataset the traced run derives exactly at any batch
+   (``yolomem.trace.derive``); with one, validation's rect shapes change with the batch.
 2. Trace, with the model, optimizer and EMA of ``runner.trace_run``: one training iteration per
    level, and one validation batch per distinct val shape (``yolomem.loops.val_pass``; for the
    yolov5 repo's loop ``yolomem.loops.yolov5.val_pass``: val.py's fp16 EMA, its NMS).
@@ -16,7 +20,7 @@ How (tracing is the expensive part, so each distinct piece is traced once):
    freed at its end, and its frees of older storages are dropped, so templates are self-contained
    and can be concatenated (storage ids renumbered per copy). The model, optimizer state and EMA
    (allocated before and in the first iteration) stay alive throughout.
-4. Replay through ``CachingAllocator``: epoch 1 (first iteration, then ``SIM_ITERATIONS`` training
+4. Replay (``yolomem.allocator.replay``): epoch 1 (first iteration, then ``SIM_ITERATIONS`` training
    batches in order, the densest among them), a cache clear, validation, a cache clear, epoch 2,
    validation, epoch 3. Where the trainer empties the cache is the loop's ``cache_clears()``: read
    from the installed Ultralytics (after each epoch always up to 8.3.86; above a share of the card,
@@ -42,8 +46,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from yolomem.allocator.caching import CachingAllocator, SimulatedOOM, parse_alloc_conf
-from yolomem.loops.density import DEFAULT_SIGMA, DEFAULT_TRAIN_IMAGES, Augmentation, epoch_batches, image_counts
+from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
+from yolomem.allocator.replay import Copy, Mark, OomPoint, ReplayEvent, replay
+from yolomem.loops.batches import dense_counts
+from yolomem.loops.density import DEFAULT_SIGMA, DEFAULT_TRAIN_IMAGES, REFERENCE_BATCH, Augmentation, epoch_batches, image_counts
 from yolomem.trace.tracer import AllocationEvent, Trace
 from yolomem.loops.base import CacheClears
 from yolomem.loops.val_pass import ValBatchShape
@@ -82,7 +88,7 @@ class EpochPlan:
     """What to trace and in which order to replay it, before any tracing."""
 
     levels: tuple[int, ...]  # densest image of a training batch, one traced iteration per level
-    level_counts: tuple[tuple[int, ...], ...]  # a real batch (objects per image) for each level
+    level_counts: tuple[tuple[int, ...], ...]  # objects per sample of the batch traced for each level
     sequences: tuple[tuple[tuple[int, ...], ...], ...]  # per seed, per epoch: level index of each batch
     val_shapes: tuple[ValBatchShape, ...]  # traced validation batches
     val_sequence: tuple[int, ...]  # traced shape index for each validation batch, in order
@@ -91,6 +97,15 @@ class EpochPlan:
     first_level_iteration: int | None = None  # iteration index of the first level's trace (set when traced)
     # one traced validation template: the whole pass over the (compressed) val sequence, in order
     whole_val_pass: bool = False
+
+
+def plan_shape(plan: EpochPlan) -> tuple:
+    """What of a plan the trace depends on (levels, validation shapes and their densest images); the
+    seeds' orders of batches only matter to the replay."""
+    return (plan.levels, tuple(plan.level_counts[i][:2] for i in range(len(plan.levels))),
+            tuple((s.height, s.width, s.counts[0] if s.counts else 0, s.counts[1] if len(s.counts) > 1 else None)
+                  for s in plan.val_shapes), plan.first_level_iteration,
+            tuple(_compress(plan.val_sequence)) if plan.whole_val_pass else ())  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -102,7 +117,7 @@ class EpochSimulation:
     peak_phase: str  # the phase whose allocation first reached the peak reserved (median seed)
     plan: EpochPlan
     emptied_cache: bool  # whether any simulated cache clear emptied the cache
-    oom: str | None
+    oom: OomPoint | None  # the first seed's simulated OOM, when replayed with a capacity
     assumptions: tuple[str, ...]
 
     def to_json(self) -> dict:
@@ -119,7 +134,7 @@ class EpochSimulation:
             "simulated_batches_per_epoch": SIM_ITERATIONS,
             "seeds": list(self.plan.seeds),
             "emptied_cache": self.emptied_cache,
-            "oom": self.oom,
+            "oom": self.oom.to_json() if self.oom else None,
             "assumptions": list(self.assumptions),
         }
 
@@ -161,6 +176,8 @@ def plan_epochs(
     ``augmentations``: one per simulated epoch (mosaic on or closed); default mosaics throughout."""
     augmentations = tuple(augmentations or [Augmentation()] * SIM_EPOCHS)
     drawn: list[list[list[tuple[int, ...]]]] = []  # seed -> epoch -> batches (objects per sample)
+    samples: list[int] = []  # every sample drawn: they do not depend on the batch size
+    reference: list[int] = []  # the densest sample of each REFERENCE_BATCH samples
     images = len(train_counts) if train_counts is not None else DEFAULT_TRAIN_IMAGES
     for seed in seeds:
         rng = np.random.default_rng(seed)
@@ -168,13 +185,19 @@ def plan_epochs(
             per_image = np.asarray(train_counts, dtype=np.int64)
         else:
             per_image = image_counts(rng, instances, DEFAULT_SIGMA, images, max_instances)
-        drawn.append([_sample_in_order(epoch_batches(rng, per_image, batch, augmentations[e]), rng) for e in range(SIM_EPOCHS)])
-    maxima = np.array([max(b, default=0) for s in drawn for e in s for b in e])
-    levels = sorted({int(np.median(maxima)), int(np.percentile(maxima, 90)), int(maxima.max())})
-    level_counts = []
-    for level in levels:
-        example = next((b for s in drawn for e in s for b in e if max(b, default=0) == level and len(b) == batch), None)
-        level_counts.append(example if example is not None else tuple([level] + [0] * (batch - 1)))
+        per_seed = []
+        for e in range(SIM_EPOCHS):
+            batches = epoch_batches(rng, per_image, batch, augmentations[e])
+            epoch = [c for b in batches for c in b]
+            samples += epoch
+            reference += [max(epoch[i : i + REFERENCE_BATCH]) for i in range(0, len(epoch), REFERENCE_BATCH)]
+            # its own generator: how many batches an epoch has must not change the next epoch's draws
+            per_seed.append(_sample_in_order(batches, np.random.default_rng((seed, e))))
+        drawn.append(per_seed)
+    top = max(samples, default=0)
+    levels = sorted({int(np.median(reference)), int(np.percentile(reference, 90)), top} if reference else {0})
+    typical = int(np.median(samples)) if samples else 0
+    level_counts = [dense_counts(batch, level, min(typical, level)) for level in levels]
     sequences = tuple(
         tuple(tuple(_level_of(max(b, default=0), levels) for b in epoch) for epoch in per_seed) for per_seed in drawn
     )
@@ -183,7 +206,9 @@ def plan_epochs(
     else:  # no dataset: square images, letterboxed as set_rectangle does for aspect ratio 1
         side = int(math.ceil(imgsz / stride + VAL_PAD)) * stride
         rng = np.random.default_rng(seeds[0] if seeds else 0)
-        batches = [((side, side), tuple(int(c) for c in image_counts(rng, instances, DEFAULT_SIGMA, val_batch, max_instances)))
+        # images of REFERENCE_BATCH-sized batches: the densest of them does not depend on the batch size
+        batches = [((side, side), tuple(int(c) for c in image_counts(rng, instances, DEFAULT_SIGMA, 2 * REFERENCE_BATCH,
+                                                                     max_instances)))
                    for _ in range(NO_DATA_VAL_BATCHES)]  # fmt: skip
     val_shapes, val_sequence = _pick_val_shapes(batches, val_batch)
     return EpochPlan(
@@ -227,23 +252,24 @@ def _pick_val_shapes(batches, val_batch: int) -> tuple[tuple[ValBatchShape, ...]
     shapes = []
     for index, (h, w) in enumerate(chosen):
         mapped = [c for (shape, c), t in zip(batches, sequence) if t == index]
-        densest = max(mapped, key=lambda c: (max(c, default=0), sum(c)))
-        densest = tuple(densest) + (0,) * (val_batch - len(densest))  # the last batch may be short
-        shapes.append(ValBatchShape(val_batch, h, w, densest))
+        most = max(max(c, default=0) for c in mapped)  # the densest image of the shape's batches
+        typical = int(np.median([x for c in mapped for x in c])) if any(mapped) else 0
+        shapes.append(ValBatchShape(val_batch, h, w, dense_counts(val_batch, most, min(typical, most))))
     return tuple(shapes), sequence
 
 
 # -- composing and replaying ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Template:
-    """A traced segment made self-contained: (is_alloc, local id, bytes, upper-figure bytes, phase) per event.
+    """A traced segment made self-contained: its events (``op``, ``storage_id``, ``nbytes``, ``phase``,
+    and the upper figure's size, ``size(upper=True)``).
 
     With carried loop variables: ``carried_in`` holds (position, bytes) of the segment's frees of what
-    an earlier iteration left alive (no op at that position), ``carried_out`` the (local id, bytes) it
-    leaves alive itself (not freed in ``ops``): the replay frees those when the next training template
+    an earlier iteration left alive (no event at that position), ``carried_out`` the (local id, bytes) it
+    leaves alive itself (not freed in ``events``): the replay frees those when the next training template
     frees a carried storage of the same size."""
 
-    ops: tuple[tuple[bool, int, int, int, str], ...]
+    events: tuple
     carried_in: tuple[tuple[int, int], ...] = ()
     carried_out: tuple[tuple[int, int], ...] = ()
 
@@ -256,38 +282,36 @@ def _split(trace: Trace) -> list[list[AllocationEvent]]:
 def _persistent(events: list[AllocationEvent], freed_later: set[int], carry: bool = False) -> _Template:
     """Setup and the first iteration: kept as traced; what a later segment frees is freed at the end,
     or with ``carry`` left alive for the next training template to free."""
-    ops, live = [], {}
+    live = {}
     for event in events:
-        ops.append((event.op == "alloc", event.storage_id, event.nbytes, event.size(upper=True), event.phase))
         if event.op == "alloc":
             live[event.storage_id] = event
         else:
             live.pop(event.storage_id, None)
     later = [(sid, e) for sid, e in live.items() if sid in freed_later]
     if carry:
-        return _Template(tuple(ops), carried_out=tuple((sid, e.nbytes) for sid, e in later))
-    ops += [(False, sid, e.nbytes, e.size(upper=True), e.phase) for sid, e in later]
-    return _Template(tuple(ops))
+        return _Template(tuple(events), carried_out=tuple((sid, e.nbytes) for sid, e in later))
+    return _Template(tuple(events) + tuple(ReplayEvent("free", sid, e.nbytes, e.phase) for sid, e in later))
 
 
 def _self_contained(events: list[AllocationEvent], rename: dict[str, str] | None = None, carry: bool = False) -> _Template:
     """What the segment allocates and frees; its frees of older storages are dropped, and what it
     leaves alive is freed at its end (or, with ``carry``, both are kept as carried)."""
-    ops, live, carried_in = [], {}, []
+    out, live, carried_in = [], {}, []
     for event in events:
         phase = (rename or {}).get(event.phase, event.phase)
         if event.op == "alloc":
             live[event.storage_id] = (phase, event.nbytes)
-            ops.append((True, event.storage_id, event.nbytes, event.size(upper=True), phase))
+            out.append(ReplayEvent("alloc", event.storage_id, event.nbytes, phase, event.upper_nbytes))
         elif event.storage_id in live:
             del live[event.storage_id]
-            ops.append((False, event.storage_id, event.nbytes, event.size(upper=True), phase))
+            out.append(ReplayEvent("free", event.storage_id, event.nbytes, phase))
         elif carry:
-            carried_in.append((len(ops), event.nbytes))
+            carried_in.append((len(out), event.nbytes))
     if carry:
-        return _Template(tuple(ops), tuple(carried_in), tuple((sid, n) for sid, (_, n) in live.items()))
-    ops += [(False, sid, 0, 0, phase) for sid, (phase, _) in live.items()]
-    return _Template(tuple(ops))
+        return _Template(tuple(out), tuple(carried_in), tuple((sid, n) for sid, (_, n) in live.items()))
+    out += [ReplayEvent("free", sid, 0, phase) for sid, (phase, _) in live.items()]
+    return _Template(tuple(out))
 
 
 _VAL_RENAME = {"loss": "val_loss", "preprocess": "val_preprocess", "forward": "val_forward"}
@@ -376,77 +400,73 @@ def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, 
                  upper: bool = False) -> dict:  # fmt: skip
     """One seed's epochs; ``clears`` says when the cache is emptied (``card_bytes`` None: the card is
     unknown); ``upper``: kernel workspaces at their upper-figure sizes."""
-    allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
-    handles: dict[int, int] = {}
-    state = {"copy": 0, "peak_reserved": 0, "peak_phase": "", "oom": None, "emptied": False}
+    state = {"epoch1": 0, "steady": 0, "emptied": False, "copy": 0}
     carried: list[tuple[int, int]] = []  # (bytes, key) the last training template left alive, oldest first
 
-    def free_carried(nbytes: int) -> None:
-        match = next((i for i, (size, _) in enumerate(carried) if size == nbytes), None)
-        if match is not None:
-            handle = handles.pop(carried.pop(match)[1], None)
-            if handle is not None:
-                allocator.free(handle)
+    def note_steady(allocator) -> None:
+        state["steady"] = max(state["steady"], allocator.reserved_bytes)
 
-    def play(template: _Template, fresh: bool) -> None:
+    def note_epoch1(allocator) -> None:
+        state["epoch1"] = allocator.reserved_bytes
+
+    def clear_memory(threshold: float | None) -> Mark:  # BaseTrainer._clear_memory(threshold)
+        def clear(allocator) -> None:
+            if clears.empties(threshold, allocator.reserved_bytes, card_bytes):
+                allocator.empty_cache()
+                state["emptied"] = True
+
+        return Mark(clear)
+
+    def free_carried(nbytes: int) -> list[ReplayEvent]:
+        match = next((i for i, (size, _) in enumerate(carried) if size == nbytes), None)
+        return [] if match is None else [ReplayEvent("free", carried.pop(match)[1], nbytes)]
+
+    def play(template: _Template, fresh: bool):
+        """The template's events (a fresh copy gets its own storage ids), with the frees of carried storages."""
         offset = 0
         if fresh:
             state["copy"] += 1
             offset = state["copy"] * id_stride
+        if not (template.carried_in or template.carried_out):
+            yield Copy(template.events, offset)
+            return
         frees_at: dict[int, list[int]] = {}
         for position, nbytes in template.carried_in:
             frees_at.setdefault(position, []).append(nbytes)
-        for position, (is_alloc, sid, nbytes, upper_nbytes, phase) in enumerate(template.ops):
-            for size in frees_at.pop(position, ()):
-                free_carried(size)
-            key = sid + offset
-            if is_alloc:
-                handle = allocator.malloc(upper_nbytes if upper else nbytes)
-                if handle is not None:
-                    handles[key] = handle
-                if allocator.reserved_bytes > state["peak_reserved"]:
-                    state["peak_reserved"], state["peak_phase"] = allocator.reserved_bytes, phase
-            else:
-                handle = handles.pop(key, None)
-                if handle is not None:
-                    allocator.free(handle)
-        for sizes in frees_at.values():  # frees after the template's last op
-            for size in sizes:
-                free_carried(size)
+        start = 0
+        for position in sorted(frees_at):
+            yield Copy(template.events[start:position], offset)
+            yield [free for size in frees_at[position] for free in free_carried(size)]
+            start = position
+        yield Copy(template.events[start:], offset)
         if template.carried_out:  # what this template leaves alive replaces what is still carried
-            for size, _key in list(carried):
-                free_carried(size)
+            yield [free for size, _key in list(carried) for free in free_carried(size)]
             carried.extend((nbytes, sid + offset) for sid, nbytes in template.carried_out)
 
-    def clear_memory(threshold: float | None) -> None:  # BaseTrainer._clear_memory(threshold)
-        if clears.empties(threshold, allocator.reserved_bytes, card_bytes):
-            allocator.empty_cache()
-            state["emptied"] = True
-
-    epoch1, steady = 0, 0
-    try:
-        play(start, fresh=False)
+    def stream():
+        yield from play(start, fresh=False)
         for epoch, levels in enumerate(sequence):
             batches = levels[1:] if epoch == 0 else levels  # the traced first iteration is epoch 1's first batch
             for level in batches:
-                play(train[level], fresh=True)
+                yield from play(train[level], fresh=True)
                 if epoch > 0:
-                    steady = max(steady, allocator.reserved_bytes)
+                    yield Mark(note_steady)
             if epoch == 0:
-                epoch1 = allocator.reserved_bytes
+                yield Mark(note_epoch1)
             if epoch == len(sequence) - 1:
                 break
-            clear_memory(clears.before_val)
+            yield clear_memory(clears.before_val)
             for index in val_order:
-                play(val[index], fresh=True)
-            clear_memory(clears.after_epoch)
-    except SimulatedOOM as error:
-        state["oom"] = str(error)
-    stats = allocator.stats()
+                yield from play(val[index], fresh=True)
+            yield clear_memory(clears.after_epoch)
+
+    allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
+    run = replay(stream(), allocator, upper=upper)
+    peak_event = run.peak_reserved_event
     return {
-        "epoch1": epoch1, "steady": steady or epoch1, "peak_reserved": stats.peak_reserved_bytes,
-        "peak_allocated": stats.peak_allocated_bytes, "peak_phase": state["peak_phase"],
-        "oom": state["oom"], "emptied": state["emptied"],
+        "epoch1": state["epoch1"], "steady": state["steady"] or state["epoch1"],
+        "peak_reserved": run.stats.peak_reserved_bytes, "peak_allocated": run.stats.peak_allocated_bytes,
+        "peak_phase": peak_event.phase if peak_event is not None else "", "oom": run.oom, "emptied": state["emptied"],
     }  # fmt: skip
 
 
@@ -465,22 +485,27 @@ class EpochTracing:
         self.train_counts, self.val_sizes, self.val_counts = train_counts, val_sizes, val_counts
         self.kpt_shape, self.channels = tuple(kpt_shape), channels
         self.plan: EpochPlan | None = None
+        self.stride: int | None = None  # the model's, once traced
+
+    def plan_for(self, task: str, batch: int, imgsz: int, stride: int, first_level_iteration: int) -> EpochPlan:
+        """The plan at a (per-rank) batch, as traced; ``yolomem.result.runs`` asks it for derived runs too."""
+        plan = plan_epochs(
+            batch=batch, val_batch=self.loop.val_batch_size(task, batch), imgsz=imgsz,
+            stride=stride, seeds=self.seeds, train_counts=self.train_counts, instances=self.instances,
+            val_sizes=self.val_sizes, val_counts=self.val_counts, max_instances=self.max_instances,
+            augmentations=self.augmentations,
+        )  # fmt: skip
+        return replace(plan, first_level_iteration=first_level_iteration, whole_val_pass=self.loop.traces_whole_val_pass)
 
     def __call__(self, run) -> None:
         from yolomem.loops.batches import SyntheticBatch
 
         settings = run.settings
         task = getattr(settings, "task", "detect")  # the yolov5 loop's settings trace detection designs only
-        val_batch = self.loop.val_batch_size(task, settings.batch)
-        self.plan = plan = plan_epochs(
-            batch=settings.batch, val_batch=val_batch, imgsz=settings.imgsz,
-            stride=run.stride, seeds=self.seeds, train_counts=self.train_counts, instances=self.instances,
-            val_sizes=self.val_sizes, val_counts=self.val_counts, max_instances=self.max_instances,
-            augmentations=self.augmentations,
-        )  # fmt: skip
         nc = int(getattr(run.model, "nc", 80))
         iteration = run.tracer.iteration + 1  # after the configured iterations (and the upper-density one)
-        self.plan = plan = replace(plan, first_level_iteration=iteration)
+        self.stride = run.stride
+        self.plan = plan = self.plan_for(task, settings.batch, settings.imgsz, run.stride, iteration)
         seed = self.seeds[0] if self.seeds else 0
         for counts in plan.level_counts:
             batch = SyntheticBatch(task, settings.batch, settings.imgsz, counts, seed + iteration, nc,
@@ -492,7 +517,6 @@ class EpochTracing:
             run.tracer.start_iteration(iteration)
             shapes = tuple(plan.val_shapes[i] for i in _compress(plan.val_sequence))
             self.loop.trace_val_pass(run, shapes, seed + iteration, nc, self.kpt_shape, self.channels)
-            self.plan = replace(plan, whole_val_pass=True)
             return
         for shape in plan.val_shapes:
             run.tracer.start_iteration(iteration)
@@ -525,7 +549,7 @@ def epoch_request(config, resolved) -> EpochRequest | None:
 
     wanted = bool(config.data) or (config.epochs or 0) >= 2
     loop = get_loop(resolved.framework)
-    if not wanted or config.step != "train" or not loop.epochs_supported(resolved.task, config.world_size):
+    if not wanted or config.step != "train" or not loop.epochs_supported(resolved, config.world_size):
         return None
     notes, dataset = [], None
     train_counts = val_sizes = val_counts = None

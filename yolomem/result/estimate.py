@@ -16,6 +16,10 @@ What the figures mean:
 - ``device_total_bytes``: peak reserved plus the CUDA context: what nvidia-smi shows.
 - ``peak_reserved_upper_bytes`` / ``device_total_upper_bytes`` / ``steady_reserved_upper_bytes``: the
   same with each stated uncertainty at its high end (``yolomem.result.upper``); fit verdicts use them.
+- With ``gpu=``: ``fits`` (``yolomem.result.fits``: the upper figure within the card minus the CUDA
+  context minus ``margin``), and ``oom``, where a typical run on the card would run out of memory (the
+  replay with the card's usable memory as capacity, free-and-retry included). The card never changes
+  the figures above: they are the full requirement.
 
 Object density (``yolomem.loops.density``): the traced batches are a typical one and the densest batch
 of epoch 1 (mosaics of 4 images, objects per image with a heavy tail around ``instances=``, or the
@@ -38,13 +42,14 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from yolomem.allocator.replay import Replay, replay_trace
+from yolomem.allocator.replay import OomPoint, Replay, replay_trace
 from yolomem.config.dataset import DatasetSummary
 from yolomem.config.gpus import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_UPPER_BYTES, GiB, find_gpu
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.loops.density import DensityPlan
 from yolomem.result.epochs import EpochSimulation
+from yolomem.result.fits import Budget, fits
 from yolomem.result.host_memory import HostMemory
 from yolomem.result.upper import DensitySensitivity, UpperFigure, allowance_for, density_sensitivity
 from yolomem.trace.tracer import Trace
@@ -83,7 +88,10 @@ class Estimate:
     seconds: float
     gpu: str | None = None
     gpu_total_bytes: int | None = None
-    fits: bool | None = None
+    fits: bool | None = None  # yolomem.result.fits: the upper figure within the card minus context and margin
+    margin: float | None = None  # the safety margin of ``fits`` (with a GPU)
+    capacity_bytes: int | None = None  # what the card gives the run: its memory minus context and margin
+    oom: OomPoint | None = None  # where a typical run on the card would run out of memory (None: it would not)
     num_alloc_retries: int = 0
     trace: Trace | None = field(default=None, repr=False, compare=False)
     # whole epochs (yolomem.result.epochs), when data= or epochs>=2 is given
@@ -155,6 +163,9 @@ class Estimate:
             "gpu": self.gpu,
             "gpu_total_bytes": self.gpu_total_bytes,
             "fits": self.fits,
+            "margin": self.margin,
+            "capacity_bytes": self.capacity_bytes,
+            "oom": self.oom.to_json() if self.oom else None,
             "num_alloc_retries": self.num_alloc_retries,
             "unaccounted": list(self.unaccounted),
             "notes": list(self.notes),
@@ -164,14 +175,6 @@ class Estimate:
             "dataset": self.dataset.to_json() if self.dataset else None,
             "host": self.host.to_json() if self.host else None,
         }
-
-
-def _needs_download(data: str) -> bool:
-    """A bare dataset name such as ``coco8.yaml`` that is not on disk: Ultralytics downloads those."""
-    from pathlib import Path
-
-    path = Path(data).expanduser()
-    return not path.exists() and len(path.parts) == 1
 
 
 def _breakdown(replay: Replay, context_bytes: int, peak_reserved_bytes: int | None = None,
@@ -234,54 +237,32 @@ def estimate(model: str | EstimateConfig = "yolov8n.yaml", **settings) -> Estima
 
 
 def estimate_config(config: EstimateConfig) -> Estimate:
-    from yolomem.loops import get_loop, resolve_model, trace_run
-    from yolomem.loops.base import rank_batch
-    from yolomem.loops.density import plan_for
+    from yolomem.loops import get_loop
+    from yolomem.result.prepare import prepare
+    from yolomem.result.runs import obtain_run
 
     started = time.perf_counter()
     gpu = find_gpu(config.gpu, config.gpu_mem) if (config.gpu or config.gpu_mem) else None
-    resolved = resolve_model(config.model, config.framework)
-    if resolved.framework != config.framework:  # e.g. a bare yolov4 selects the yolov5 loop (see resolved.note)
-        config = config.with_changes(framework=resolved.framework)
-    notes = list(config.notes)
-    if resolved.note:
-        notes.append(resolved.note)
-    if config.data and _needs_download(config.data):
-        notes.append(f"data={config.data} is not a local file (Ultralytics would download it); "
-                     f"objects per image from instances={config.instances:g} instead")  # fmt: skip
-        config = config.with_changes(data=None)
-    from yolomem.result.epochs import epoch_request
-
-    request = epoch_request(config, resolved)  # None unless data= or epochs>=2
-    density = None
-    if request is not None:
-        config = request.config
-        notes.extend(request.notes)
-        if request.dataset is not None:  # the traced batches come from the labels too
-            density = plan_for(config, rank_batch(config), request.dataset.train.counts)
-        run = trace_run(config, resolved, after_iterations=request.hook, density=density)
-    else:
-        run = trace_run(config, resolved)
+    prepared = prepare(config)
+    config, resolved, request, notes = prepared.config, prepared.resolved, prepared.request, list(prepared.notes)
+    run = obtain_run(config, resolved, request, prepared.density)  # cached, derived from other batches, or traced
     notes.extend(run.notes)
     context = gpu.context_bytes if gpu else CUDA_CONTEXT_BYTES
     base_trace = _first_iterations(run.trace, config.iterations)
     dense_trace = _first_iterations(run.trace, config.iterations + 1) if run.upper_iteration is not None else base_trace
-    replay = replay_trace(base_trace, config.alloc_conf, capacity_bytes=gpu.usable_bytes if gpu else None)
+    # The figures are replayed without a capacity: the card never shrinks them. In whole epochs the card
+    # enters only through _clear_memory(0.5), which empties the cache above half of it, as the trainer does.
+    replay = replay_trace(base_trace, config.alloc_conf)
     replay_upper = replay_trace(dense_trace, config.alloc_conf, upper=True)
     without_cudnn = replay_trace(base_trace, config.alloc_conf, without=frozenset({"cudnn_workspace"}))
     allowance = allowance_for(config.amp, config.step)
-    allowance_bytes = allowance.bytes_for(replay_upper.peak_reserved_bytes) if allowance else 0
-    upper_capacity = gpu.total_bytes - CUDA_CONTEXT_UPPER_BYTES - allowance_bytes if gpu else None
-    upper_oom = replay_trace(dense_trace, config.alloc_conf, capacity_bytes=upper_capacity, upper=True).oom if gpu else None
     simulation = simulation_upper = None
     upper_level = (run.upper_iteration, run.density.n_max_upper) if run.upper_iteration is not None else None
     if request is not None:
-        card, usable = (gpu.total_bytes, gpu.usable_bytes) if gpu else (None, None)
-        simulation = request.simulate(run.trace, config.alloc_conf, card, usable)
-        simulation_upper = request.simulate(run.trace, config.alloc_conf, card, upper_capacity,
+        card = gpu.total_bytes if gpu else None
+        simulation = request.simulate(run.trace, config.alloc_conf, card, None)
+        simulation_upper = request.simulate(run.trace, config.alloc_conf, card, None,
                                             upper=upper_level or (config.iterations - 1, 0))  # fmt: skip
-        if simulation.oom and not replay.oom:
-            notes.append(f"does not fit {gpu.name} in epoch 2+ or validation: {simulation.oom}")
     host = None
     if request is not None and request.dataset is not None:
         from yolomem.result.host_memory import host_memory
@@ -289,17 +270,18 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         host = host_memory(request.dataset, run.imgsz, config.batch, config.workers, config.cache)
     elif config.cache:
         notes.append(f"cache={config.cache}: host RAM needs the image sizes; pass data=path/to/data.yaml")
-    if replay.oom:
-        notes.append(f"does not fit {gpu.name}: {replay.oom}")
-    elif gpu and (upper_oom or (simulation_upper and simulation_upper.oom)):
-        notes.append(f"the expected figure fits {gpu.name}, the upper figure does not: "
-                     f"{upper_oom or simulation_upper.oom}")  # fmt: skip
     yolomem_version, torch_version, ultralytics_version = _versions()
     peak_event = base_trace.events[replay.peak_index] if base_trace.events else None
     peak_reserved, peak_phase = replay.peak_reserved_bytes, peak_event.phase if peak_event else ""
     if simulation is not None and simulation.peak_reserved.median > peak_reserved:
         peak_reserved, peak_phase = simulation.peak_reserved.median, simulation.peak_phase
     upper = _upper_figure(peak_reserved, replay_upper, simulation_upper, run.density, allowance)
+    budget = Budget(gpu, config.margin) if gpu else None
+    # the verdict uses the upper figure: a run 9 in 10 stay under must fit, not just the typical one
+    fits_card = fits(upper.peak_reserved_bytes, budget) if budget else None
+    on_card = _on_the_card(budget, peak_reserved, replay, base_trace, request, run.trace, config.alloc_conf) if budget else None
+    if budget and not fits_card:
+        notes.append(_does_not_fit(budget, upper.peak_reserved_bytes, peak_reserved, on_card))
     sensitivity = None
     if run.density is not None and run.upper_iteration is not None:
         dense_only = replay_trace(dense_trace, config.alloc_conf)  # expected workspaces, upper density
@@ -332,9 +314,11 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         seconds=time.perf_counter() - started,
         gpu=gpu.name if gpu else None,
         gpu_total_bytes=gpu.total_bytes if gpu else None,
-        # the verdict uses the upper figure: a run 9 in 10 stay under must fit, not just the typical one
-        fits=(not replay.oom and not upper_oom and not (simulation_upper and simulation_upper.oom)) if gpu else None,
-        num_alloc_retries=replay.num_alloc_retries,
+        fits=fits_card,
+        margin=config.margin if budget else None,
+        capacity_bytes=budget.capacity_bytes if budget else None,
+        oom=on_card.oom if on_card else None,
+        num_alloc_retries=on_card.num_alloc_retries if on_card else replay.num_alloc_retries,
         trace=run.trace,
         epoch1_reserved_bytes=simulation.epoch1_reserved.median if simulation else None,
         epochs=simulation,
@@ -351,8 +335,43 @@ def _first_iterations(trace: Trace, iterations: int) -> Trace:
     """The trace of its first ``iterations`` iterations (and the setup before them)."""
     bounds = list(trace.iteration_bounds)
     end = bounds[iterations] if len(bounds) > iterations else len(trace.events)
-    return Trace(events=trace.events[:end], oracle_answers=trace.oracle_answers,
-                 iteration_bounds=bounds[:iterations], unaccounted=list(trace.unaccounted))  # fmt: skip
+    return Trace(events=trace.events[:end], oracle_answers=trace.oracle_answers, iteration_bounds=bounds[:iterations])
+
+
+@dataclass(frozen=True)
+class _OnTheCard:
+    """The typical run replayed with the card's usable memory as the allocator's capacity."""
+
+    oom: OomPoint | None  # where it would run out of memory; None: it runs (possibly after freeing cache)
+    num_alloc_retries: int
+
+
+def _on_the_card(budget: Budget, peak_reserved: int, replay: Replay, base_trace: Trace, request, trace: Trace,
+                 alloc_conf: str | None) -> _OnTheCard:  # fmt: skip
+    """Where a run on the card would stop. Below the usable memory the card changes nothing (no replay
+    needed); above it, the allocator frees its cache and retries before it gives up."""
+    usable = budget.usable_bytes
+    if peak_reserved <= usable:
+        return _OnTheCard(None, replay.num_alloc_retries)
+    capped = replay_trace(base_trace, alloc_conf, capacity_bytes=usable)
+    if capped.oom is not None or request is None:
+        return _OnTheCard(capped.oom, capped.num_alloc_retries)
+    simulation = request.simulate(trace, alloc_conf, budget.gpu.total_bytes, usable)
+    return _OnTheCard(simulation.oom, capped.num_alloc_retries)
+
+
+def _does_not_fit(budget: Budget, required: int, expected: int, on_card: _OnTheCard) -> str:
+    text = (f"does not fit {budget.gpu.name}: the upper figure needs {required / GiB:.2f} GiB reserved, "
+            f"{budget.capacity_bytes / GiB:.2f} GiB available after the CUDA context ({budget.context_bytes >> 20} MiB) "
+            f"and margin={budget.margin:g}")  # fmt: skip
+    if fits(expected, budget):
+        return f"{text}; the expected figure ({expected / GiB:.2f} GiB) fits"
+    if on_card.oom is not None:
+        where = on_card.oom.phase + (f" of iteration {on_card.oom.iteration}" if on_card.oom.iteration is not None else "")
+        return f"{text}; on the card a typical run runs out of memory in {where} (oom: {on_card.oom.message})"
+    if expected > budget.usable_bytes:
+        return f"{text}; on the card the allocator would free its cache and retry, and the step completes with no room left"
+    return text
 
 
 def _upper_figure(peak_reserved: int, replay_upper: Replay, simulation_upper, density, allowance) -> UpperFigure:

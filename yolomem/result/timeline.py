@@ -1,23 +1,24 @@
 """The memory timeline of one training iteration: allocated and reserved bytes after every event.
 
 The trace is replayed from its first event (the model, optimizer state and EMA that setup leaves on
-the device) through the chosen iteration with the same caching-allocator model, allocator settings and
-device capacity as ``estimate()``, so the curves end where the estimate's numbers come from. The x
+the device) through the chosen iteration with the same caching-allocator model and allocator settings
+as ``estimate()`` and, like it, without a capacity: the curves reach the estimate's numbers. The x
 axis is the event sequence (one storage allocated or freed), not time: a cheap op and a long kernel
 take one step each.
 
-Known limits: the same as the estimate's (no cuDNN/cuBLAS workspaces, no validation pass). When the
-simulated device runs out of memory, the timeline stops at that event and says so in ``oom``.
+Known limits: the same as the estimate's (no cuDNN/cuBLAS workspaces, no validation pass). Given a
+``capacity_bytes``, a simulated device that runs out of memory stops the timeline at that event, and
+``oom`` says so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from yolomem.allocator.caching import CachingAllocator, SimulatedOOM, parse_alloc_conf, replay
+from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
+from yolomem.allocator.replay import replay
 from yolomem.result.estimate import Estimate, _layer_of
 from yolomem.errors import UserError
-from yolomem.config.gpus import find_gpu
 from yolomem.trace.tracer import Trace
 
 # Inside backward, autograd runs a few ops that carry the forward/loss tag of the module they belong to
@@ -83,11 +84,8 @@ def iteration_timeline(
             reserved.append(allocator.reserved_bytes)
 
     allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
-    oom = None
-    try:
-        replay(trace.events[:stop], allocator, on_step=record)
-    except SimulatedOOM as error:
-        oom = str(error)
+    run = replay([trace.events[:stop]], allocator, on_event=record)
+    oom = run.oom.message if run.oom else None
     events = trace.events[first : first + len(allocated)]
     if not events:
         raise UserError(f"the simulated device ran out of memory before iteration {index} started: {oom}")
@@ -111,21 +109,16 @@ def iteration_timeline(
 
 
 def estimate_timeline(estimate: Estimate, iteration: int = -1) -> Timeline:
-    """The timeline of an estimate's own trace, under the estimate's allocator settings and GPU. The
-    default is the last configured iteration (epoch 1's densest batch); the upper figure's iteration
-    and the epoch levels traced after it are reachable by index."""
+    """The timeline of an estimate's own trace, under the estimate's allocator settings. Like the
+    estimate's figures it is the full requirement: the card (``gpu=``) does not cut it short. The default
+    is the last configured iteration (epoch 1's densest batch); the upper figure's iteration and the
+    epoch levels traced after it are reachable by index."""
     if estimate.trace is None:
         raise UserError("this estimate carries no trace (it was loaded from JSON?); run estimate() again")
     config = estimate.config
     if iteration == -1:
         iteration = config.iterations - 1
-    gpu = find_gpu(config.gpu, config.gpu_mem) if (config.gpu or config.gpu_mem) else None
-    return iteration_timeline(
-        estimate.trace,
-        iteration=iteration,
-        alloc_conf=config.alloc_conf,
-        capacity_bytes=gpu.usable_bytes if gpu else None,
-    )
+    return iteration_timeline(estimate.trace, iteration=iteration, alloc_conf=config.alloc_conf)
 
 
 def _phase_spans(phases: list[str]) -> tuple[PhaseSpan, ...]:

@@ -9,8 +9,8 @@
 - ``breakdown_figure``: the estimate's breakdown at the peak, category by category.
 - ``report_data``: everything ``yolomem report`` shows, for one configuration.
 
-"Fits" is decided as ``estimate(..., gpu=...).fits`` decides it: the trace is replayed through the
-allocator model with the card's usable memory as its capacity, free-and-retry included.
+"Fits" is ``yolomem.result.fits``, as everywhere: a point's peak reserved memory within the card minus
+the CUDA context minus the margin (``margin=`` of the base config).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from yolomem.config.settings import PRECISIONS, EstimateConfig
 from yolomem.errors import UserError, unknown
 from yolomem.result.estimate import Estimate, estimate_config
-from yolomem.result.upper import upper_capacity
+from yolomem.result.fits import Budget, fits
 from yolomem.config.gpus import GiB, Gpu
 from yolomem.config.keys import MAX_CURVE_POINTS as MAX_POINTS
 from yolomem.result.timeline import Timeline, estimate_timeline
@@ -63,9 +63,25 @@ class Curve:
 
 @dataclass(frozen=True)
 class GpuLine:
-    name: str
-    total_bytes: int
-    usable_bytes: int  # total minus the CUDA context: what the caching allocator can reserve
+    budget: Budget  # the card and the margin its verdicts use
+
+    @property
+    def name(self) -> str:
+        return self.budget.gpu.name
+
+    @property
+    def total_bytes(self) -> int:
+        return self.budget.gpu.total_bytes
+
+    @property
+    def usable_bytes(self) -> int:
+        """Total minus the CUDA context: what the caching allocator can reserve."""
+        return self.budget.usable_bytes
+
+    @property
+    def capacity_bytes(self) -> int:
+        """Usable minus the margin: what a run may reserve and still fit."""
+        return self.budget.capacity_bytes
 
 
 @dataclass(frozen=True)
@@ -79,7 +95,7 @@ class Crossing:
 @dataclass(frozen=True)
 class CurveFigure:
     x_name: str  # "batch" | "imgsz"
-    measure: str  # "gpu_mem" (peak reserved, lines at usable memory) | "device_total" (lines at card total)
+    measure: str  # "gpu_mem" (peak reserved, lines at capacity) | "device_total" (lines at capacity + context)
     fixed: tuple[tuple[str, str], ...]  # the settings held fixed, e.g. (("imgsz", "640"),)
     curves: tuple[Curve, ...]
     gpu_lines: tuple[GpuLine, ...]
@@ -92,7 +108,7 @@ class CurveFigure:
 
     def threshold(self, line: GpuLine) -> int:
         """The plotted y of a GPU line, in bytes: the same budget seen from the measure's side."""
-        return line.usable_bytes if self.measure == "gpu_mem" else line.total_bytes
+        return line.capacity_bytes if self.measure == "gpu_mem" else line.capacity_bytes + line.budget.context_bytes
 
 
 @dataclass(frozen=True)
@@ -119,7 +135,7 @@ class BreakdownFigure:
 @dataclass(frozen=True)
 class GpuFit:
     gpu: GpuLine
-    fits: bool  # this configuration on this card, judged as yolomem fit judges it (with the margin)
+    fits: bool  # this configuration on this card (yolomem.result.fits, with the margin)
     largest_batch: int | None  # None: not even the smallest batch fits
     method: str  # how largest_batch was found, said on the page
 
@@ -131,23 +147,18 @@ class ReportData:
     breakdown: BreakdownFigure
     curve: CurveFigure
     fits: tuple[GpuFit, ...]
-    margin: float  # the share of usable memory held back when judging fits (yolomem.sweeps.fit)
+    margin: float  # the share of usable memory held back when judging fits (yolomem.result.fits)
     words: tuple[str, ...]  # the settings as key=value words, for the command lines
     deployment: object | None = None  # yolomem.deployment.Deployment of the trained model (report deploy=FORMAT)
 
 
-def gpu_line(gpu: Gpu) -> GpuLine:
-    return GpuLine(gpu.name, gpu.total_bytes, gpu.usable_bytes)
+def gpu_line(gpu: Gpu, margin: float = DEFAULT_MARGIN) -> GpuLine:
+    return GpuLine(Budget(gpu, margin))
 
 
 def fits_on(estimate: Estimate, line: GpuLine) -> bool:
-    """``estimate(..., gpu=card).fits``, from the estimate's trace: the upper figure's replay with the
-    card's capacity (``yolomem.result.upper.fits_card``)."""
-    from yolomem.result.upper import fits_card
-
-    if estimate.trace is None:
-        raise UserError("this estimate carries no trace; run estimate() again")
-    return fits_card(estimate, line.total_bytes)
+    """``estimate(..., gpu=card).fits`` for the line's card (``yolomem.result.fits``): the upper figure."""
+    return fits(estimate.peak_reserved_upper_bytes, line.budget)
 
 
 def curve_figure(
@@ -172,7 +183,7 @@ def curve_figure(
     base = base or EstimateConfig()
     chosen = tuple(xs) if xs else None
     xs = chosen or (DEFAULT_BATCHES if x_name == "batch" else DEFAULT_IMGSZ)
-    lines = tuple(gpu_line(gpu) for gpu in gpus)
+    lines = tuple(gpu_line(gpu, base.margin) for gpu in gpus)
     cells = [(model, amp) for model in models for amp in amps]
     estimated: dict[tuple[str, str, int], CurvePoint] = {}
     unit = "GiB"
@@ -226,7 +237,7 @@ def _batches_to_cross(curves, lines, crossings, xs: tuple[int, ...]) -> tuple[in
         if len(points) >= 2:  # verdicts are the upper figure's: extrapolate it to the upper capacity
             (x1, m1), (x2, m2) = ((p.x, p.peak_reserved_upper_bytes) for p in points[-2:])
             if m2 > m1:  # the line through the last two samples meets the card's capacity at x
-                capacity = upper_capacity(line.total_bytes)
+                capacity = line.capacity_bytes
                 target = max(target, int(x2 + (capacity - m2) * (x2 - x1) / (m2 - m1)) + 1)
         batch = xs[-1]
         while batch < min(target, MAX_BATCH):
@@ -258,21 +269,21 @@ def breakdown_figure(estimates: Sequence[tuple[str, Estimate]]) -> BreakdownFigu
 
 def card_fit(config: EstimateConfig, line: GpuLine, margin: float, progress: Callable[[str], None] | None = None) -> GpuFit:
     """Whether ``config`` fits ``line``'s card, and the largest batch that does, both decided as
-    ``yolomem fit`` decides them: ``yolomem.sweeps.fit``'s budget (usable memory minus the margin) and its
+    ``yolomem fit`` decides them: the one "fits" (usable memory minus the margin) and ``yolomem fit``'s
     search (the answer N is traced and fits, N + 1 is traced and does not)."""
     from yolomem.sweeps.fit import NothingFits, Prober, largest_batch, make_budget
 
     card = config.with_changes(gpu=line.name, gpu_mem=line.total_bytes / GiB)  # also a custom card, exactly
     prober = Prober(make_budget(card, margin), progress)
-    fits = prober.run(card)[1].fits
+    chosen_fits = prober.run(card)[1].fits
     how = f"yolomem fit's search, {margin:.0%} margin"
     try:
         result = largest_batch(card, prober=prober)
     except NothingFits:
-        return GpuFit(line, fits, None, f"{how}: not even batch {config.world_size} fits")
+        return GpuFit(line, chosen_fits, None, f"{how}: not even batch {config.world_size} fits")
     if result.at_search_cap:
         how += f"; the search stops at {result.max_batch}: more fits"
-    return GpuFit(line, fits, result.max_batch, how)
+    return GpuFit(line, chosen_fits, result.max_batch, how)
 
 
 def report_data(
@@ -281,7 +292,7 @@ def report_data(
     *,
     batches: Sequence[int] | None = None,
     words: Sequence[str] = (),
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = None,
     progress: Progress | None = None,
     estimator: Estimator = estimate_config,
 ) -> ReportData:
@@ -298,7 +309,9 @@ def report_data(
             cache[c] = estimator(c)
         return cache[c]
 
-    config = config.with_changes(gpu=None, gpu_mem=None)  # the cards are judged one by one below
+    margin = config.margin if margin is None else margin
+    # the cards are judged one by one below, all with one margin: the curve's lines and the fits table
+    config = config.with_changes(gpu=None, gpu_mem=None, margin=margin)
     main = cached(config)
     chosen = config.batch
     xs = tuple(batches) if batches else tuple(sorted({max(chosen // 4, 1), max(chosen // 2, 1), chosen, chosen * 2}))

@@ -1,23 +1,24 @@
 """The largest batch (or image size) that trains on a given GPU.
 
-"Fits" is decided the way the GPU decides it: the traced training iterations are replayed through the
-caching-allocator model (``yolomem.allocator.caching``) with a capacity of the card's memory minus the CUDA
-context, minus the safety margin. Running out of capacity takes the allocator's own way out first
-(free the cached blocks, retry), so a config fits when that replay finishes without an OOM; it is not a
-comparison of peak reserved bytes with the card.
+"Fits" is ``yolomem.result.fits``, as everywhere: the config's upper figure (the full requirement with
+each stated uncertainty at its high end, ``Estimate.peak_reserved_upper_bytes``) within the card's memory
+minus the CUDA context, minus the safety margin.
 
 The safety margin (``margin=``, a fraction of the card's memory after the CUDA context; default 0.10)
 holds back room for what the trace does not see: cuDNN/cuBLAS workspaces, the validation pass (batch
 2x the training batch), cache growth in epochs 2+ (the reference notes report GPU_mem 20-60% above
-epoch 1 for some runs), and other processes on the card. ``margin=0`` asks for the plain simulation.
+epoch 1 for some runs), and other processes on the card. ``margin=0`` asks for the card's whole
+usable memory.
 
 The search. Peak memory is close to linear in the batch (activations, assigner temporaries and input
 grow with it; weights, gradients, optimizer state and the EMA do not), and close to linear in
-imgsz**2. Two traces give that line and a predicted answer; real traces then confirm it: stepping
-from the prediction until the fit flips, then bisecting, so the answer ``N`` is checked to fit and
-``N + 1`` (one more stride for imgsz) checked not to, under the same simulation. Typically 4-6
-traces; up to ~10 when the answer is in the hundreds (the step from the prediction grows with it).
-Allocator rounding makes memory a staircase, not a line, so the confirmation is what decides.
+imgsz**2. Two runs give that line and a predicted answer; runs then confirm it: stepping from the
+prediction until the fit flips, then bisecting, so the answer ``N`` is checked to fit and ``N + 1``
+(one more stride for imgsz) checked not to, under the same simulation. Allocator rounding makes
+memory a staircase, not a line, so the confirmation is what decides. For the batch, the first three
+runs are traced (the two of the line and the prediction) and every later one is derived from them
+(``yolomem.result.runs``): the same event stream a trace gives, checked as such, in a fraction of
+the time; from the cache, none is traced. Each imgsz is traced (sizes there are not affine).
 """
 
 from __future__ import annotations
@@ -31,9 +32,8 @@ from yolomem.config.keys import DEFAULT_MARGIN
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.result.estimate import Estimate, estimate_config
-from yolomem.result.upper import fits_card, upper_capacity
-from yolomem.config.gpus import GiB, Gpu, find_gpu
-
+from yolomem.result.fits import Budget, fits
+from yolomem.config.gpus import GiB, find_gpu
 MAX_BATCH = 1024  # the search stops here; a larger batch is rarely useful and never needed to fit a card
 MAX_IMGSZ = 4096
 BATCH_BRACKET = (2, 16)  # the two batches whose traces draw the line
@@ -42,7 +42,7 @@ IMGSZ_BRACKET = (320, 640)
 DATA_PLACEHOLDER = "path/to/data.yaml"  # the yolo train line's data= when the user gave none: never a dataset we chose
 Progress = Callable[[str], None]
 
-__all__ = ["DEFAULT_MARGIN", "FitResult", "NothingFits", "Probe", "largest_batch", "largest_imgsz", "Prober"]
+__all__ = ["DEFAULT_MARGIN", "Budget", "FitResult", "NothingFits", "Probe", "largest_batch", "largest_imgsz", "Prober"]
 
 
 class NothingFits(UserError):
@@ -58,33 +58,6 @@ class Probe:
     peak_reserved_bytes: int  # the upper figure's peak (yolomem.result.upper), also when the card would run out
     fits: bool
     seconds: float
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What the allocator simulation may reserve on the card, and how that number is made."""
-
-    gpu: Gpu
-    margin: float
-
-    @property
-    def usable_bytes(self) -> int:
-        return self.gpu.usable_bytes
-
-    @property
-    def margin_bytes(self) -> int:
-        return int(self.gpu.usable_bytes * self.margin)
-
-    @property
-    def context_bytes(self) -> int:
-        """The CUDA context the verdicts assume: the upper figure's (``yolomem.result.upper``)."""
-        return self.gpu.total_bytes - self.margin_bytes - self.capacity_bytes
-
-    @property
-    def capacity_bytes(self) -> int:
-        """What the upper figure's replay may reserve (verdicts use the upper figure): the card minus the
-        upper CUDA context (``yolomem.result.upper``), minus the margin."""
-        return upper_capacity(self.gpu.total_bytes, self.margin_bytes)
 
 
 @dataclass(frozen=True)
@@ -168,7 +141,7 @@ def yolo_train_command(config: EstimateConfig, model: str | None = None) -> str:
 
 
 class Prober:
-    """Traces configs on demand, remembers them, and judges each against a budget.
+    """Traces configs on demand, remembers them, and judges each against a budget (``yolomem.result.fits``).
 
     Share one ``Prober`` between searches (the strategy ladder does) so that no config is traced twice.
     """
@@ -185,12 +158,10 @@ class Prober:
         if self.progress:
             self.progress(f"tracing {config.model} batch={config.batch} imgsz={config.imgsz}")
         started = time.perf_counter()
-        result = estimate_config(config)
+        result = estimate_config(config.with_changes(margin=self.budget.margin))
         # verdicts and peaks are the upper figure's (yolomem.result.upper): 9 runs in 10 stay under it
         peak = result.peak_reserved_upper_bytes
-        fits = bool(result.fits) and (self.budget.margin_bytes == 0
-                                      or fits_card(result, self.budget.gpu.total_bytes, self.budget.margin_bytes))
-        probe = Probe(config.batch, result.config.imgsz, peak, fits, time.perf_counter() - started)
+        probe = Probe(config.batch, result.config.imgsz, peak, fits(peak, self.budget), time.perf_counter() - started)
         self._cache[key] = (result, probe)
         return result, probe
 
@@ -211,10 +182,9 @@ def resolve_config(config_or_model, gpu: str | None, gpu_mem: float | None, sett
     return config
 
 
-def make_budget(config: EstimateConfig, margin: float) -> Budget:
-    if not (isinstance(margin, (int, float)) and 0.0 <= margin < 0.9):
-        raise UserError(f"margin={margin!r} must be a fraction in [0, 0.9), e.g. margin=0.1 for 10%")
-    return Budget(find_gpu(config.gpu, config.gpu_mem), float(margin))
+def make_budget(config: EstimateConfig, margin: float | None = None) -> Budget:
+    """The card of ``config`` with ``margin`` (the config's own margin when None)."""
+    return Budget(find_gpu(config.gpu, config.gpu_mem), float(config.margin if margin is None else margin))
 
 
 def model_stride(config: EstimateConfig) -> int:
@@ -230,7 +200,7 @@ def largest_batch(
     gpu: str | None = None,
     *,
     gpu_mem: float | None = None,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = None,
     progress: Progress | None = None,
     prober: Prober | None = None,
     bracket: tuple[int, int] = BATCH_BRACKET,
@@ -266,7 +236,7 @@ def largest_imgsz(
     gpu: str | None = None,
     *,
     gpu_mem: float | None = None,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = None,
     progress: Progress | None = None,
     prober: Prober | None = None,
     bracket: tuple[int, int] = IMGSZ_BRACKET,

@@ -1,8 +1,8 @@
 """The strategy ladder: what each memory-saving step buys for one config on one GPU.
 
 Every figure here comes from tracing the training step with that one change (never from a rule of
-thumb), judged as ``yolomem.sweeps.fit`` judges it (caching-allocator replay against the card minus the
-CUDA context and the safety margin). Each step is applied alone to the config as asked:
+thumb), judged as every verdict is (``yolomem.result.fits``: the peak reserved memory against the card
+minus the CUDA context and the safety margin). Each step is applied alone to the config as asked:
 
 - precision: AMP fp16 vs FP32 vs bf16 (``amp=``);
 - a smaller batch with gradient accumulation: the largest batch, at most the asked one, that fits and
@@ -15,8 +15,9 @@ CUDA context and the safety margin). Each step is applied alone to the config as
 - DDP over 2 GPUs: per-rank memory, with DDP's gradient buckets (``yolomem.loops.ddp``).
 
 "The largest batch" of a step is ``yolomem fit``'s answer for the config with that change: the same
-search, budget and prober (so ``fit amp=false`` gives the FP32 row's figure), confirmed by traces (the
-answer fits, one more does not). "Fits" is the verdict at the asked batch under the same budget, so a
+search, budget and prober (so ``fit amp=false`` gives the FP32 row's figure), confirmed (the answer
+fits, one more does not) on runs traced or derived from traced ones (``yolomem.result.runs``). The runs
+every rung is sure to need are traced side by side first (``_prefetch``). "Fits" is the verdict at the asked batch under the same budget, so a
 step that fits never shows a largest batch below the asked one.
 """
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 
 from yolomem.config.settings import EstimateConfig
 from yolomem.result.estimate import Estimate
-from yolomem.sweeps.fit import DEFAULT_MARGIN, NothingFits, Progress, Prober, largest_batch, make_budget, model_stride, resolve_config, yolo_train_command
+from yolomem.sweeps.fit import BATCH_BRACKET, NothingFits, Progress, Prober, largest_batch, make_budget, model_stride, resolve_config, yolo_train_command
 
 EXPANDABLE = "expandable_segments:True"
 FREEZE_BACKBONE = 10  # the YOLOv8/YOLO11 detection backbone is layers 0-9
@@ -62,13 +63,15 @@ def strategy_ladder(
     gpu: str | None = None,
     *,
     gpu_mem: float | None = None,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = None,
     progress: Progress | None = None,
     **settings,
 ) -> tuple[Strategy, ...]:
     """The baseline (as asked) first, then one ``Strategy`` per memory-saving step."""
     config = resolve_config(config_or_model, gpu, gpu_mem, settings)
     prober = Prober(make_budget(config, margin), progress)
+    stride = model_stride(config)
+    _prefetch(config, stride)
     _, base_probe = prober.run(config)
     baseline_peak = base_probe.peak_reserved_bytes
 
@@ -95,8 +98,7 @@ def strategy_ladder(
             f"freeze the backbone (freeze={FREEZE_BACKBONE})", {"freeze": frozen},
             yolo_train_command(config.with_changes(freeze=frozen)), "fine-tuning only: the backbone's weights stop learning",
         ))  # fmt: skip
-    stride = model_stride(config)
-    smaller = max(int(base_probe.imgsz * IMGSZ_FACTOR) // stride * stride, stride)
+    smaller = _smaller_imgsz(base_probe.imgsz, stride)
     if smaller < base_probe.imgsz:
         ladder.append(rung(f"smaller imgsz ({smaller})", {"imgsz": smaller}, yolo_train_command(config.with_changes(imgsz=smaller)),
                            "small objects get harder to detect"))  # fmt: skip
@@ -112,6 +114,37 @@ def strategy_ladder(
             f"batch {config.batch} is split {DDP_RANKS} ways; each rank also holds DDP's gradient buckets",
         ))  # fmt: skip
     return tuple(ladder)
+
+
+def _smaller_imgsz(imgsz: int, stride: int) -> int:
+    """3/4 of the (rounded) imgsz, down to a multiple of the stride."""
+    return max(int(imgsz * IMGSZ_FACTOR) // stride * stride, stride)
+
+
+def _prefetch(config: EstimateConfig, stride: int) -> None:
+    """Trace side by side (``yolomem.sweeps.prefetch``) the runs every rung is sure to ask for:
+    its config, and the two batches that start fit's search (the rest of each search follows from
+    them, derived). Expandable segments replays the asked config's runs."""
+    from yolomem.loops.base import round_imgsz
+    from yolomem.sweeps.prefetch import prefetch
+
+    changes: list[dict] = [{}]
+    changes += [{"amp": amp} for amp in ("fp16", "bf16", "fp32") if amp != config.amp]
+    if not config.checkpoint:
+        changes.append({"checkpoint": True})
+    if len(config.freeze) < FREEZE_BACKBONE:
+        changes.append({"freeze": tuple(range(FREEZE_BACKBONE))})
+    imgsz = round_imgsz(config.imgsz, stride)
+    if _smaller_imgsz(imgsz, stride) < imgsz:
+        changes.append({"imgsz": _smaller_imgsz(imgsz, stride)})
+    if config.world_size == 1:
+        changes.append({"world_size": DDP_RANKS})
+    configs = []
+    for change in changes:
+        changed = config.with_changes(**change)
+        ranks = changed.world_size
+        configs += [changed] + [changed.with_changes(batch=max(1, b // ranks) * ranks) for b in BATCH_BRACKET]
+    prefetch(configs)
 
 
 def _largest(prober: Prober, config: EstimateConfig) -> tuple[int | None, bool]:

@@ -1,10 +1,10 @@
 """Which YOLO models train on a GPU at a given batch and image size, smallest first, with headroom.
 
-Each model is traced at the requested settings and judged as ``yolomem.sweeps.fit`` judges a config: the
-trace replayed through the caching-allocator model with the card's memory minus the CUDA context
-minus the safety margin. Headroom is that capacity minus the model's peak reserved memory (negative:
-short by that much). The candidates are one family in every size it ships (yolo11 unless ``family=``
-says otherwise), because each model costs one trace (seconds to a minute); or ``models=``.
+Each model is traced at the requested settings and judged as every verdict is (``yolomem.result.fits``):
+its peak reserved memory against the card's memory minus the CUDA context minus the safety margin.
+Headroom is that capacity minus the model's peak reserved memory (negative: short by that much). The
+candidates are one family in every size it ships (yolo11 unless ``family=`` says otherwise), because each
+model costs one trace (seconds to a minute); or ``models=``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError, unknown
 from yolomem.result.estimate import Estimate
-from yolomem.config.keys import DEFAULT_MARGIN
 from yolomem.sweeps.fit import Progress, Prober, make_budget
 
 DEFAULT_FAMILY = "yolo11"
@@ -98,7 +97,7 @@ def pick_models(
     gpu_mem: float | None = None,
     models: tuple[str, ...] | None = None,
     family: str | None = None,
-    margin: float = DEFAULT_MARGIN,
+    margin: float | None = None,
     progress: Progress | None = None,
     config: EstimateConfig | None = None,
     **settings,
@@ -123,6 +122,9 @@ def pick_models(
     if not models:
         family = family or DEFAULT_FAMILY
     names = models or default_models(task, family)
+    from yolomem.sweeps.prefetch import prefetch
+
+    prefetch([base.with_changes(model=name) for name in names])  # side by side on a multi-core machine
     for index, name in enumerate(names, 1):
         if progress:
             progress(f"[{index}/{len(names)}] {name}")

@@ -9,9 +9,10 @@ What the columns are:
 - ``peak_reserved_bytes``: ``torch.cuda.max_memory_reserved()``, what the trainers print as GPU_mem.
 - ``device_total_bytes``: that plus the CUDA context: what nvidia-smi shows.
 - ``peak_reserved_upper_bytes`` / ``device_total_upper_bytes``: the upper figures (``yolomem.result.upper``).
-- ``fits``: from the upper nvidia-smi figure: "yes" below 90 % of the card, "near" within the last
-  10 %, "no" above the card.
-- ``max_batch``: the largest batch whose upper reserved memory fits the card (minus the upper context).
+- ``fits``: ``yolomem.result.fits.verdict`` of the upper figure: "yes" within the card minus the CUDA
+  context minus the margin (``margin=``, default 0.10), "near" only by eating into the margin, "no"
+  above the card.
+- ``max_batch``: the largest batch whose upper reserved memory fits, by the same definition.
   It is NOT traced at every batch: memory is taken as linear in batch. ``method="breakdown"`` (default,
   one trace per row and precision) splits the traced peak into its batch-independent part (weights,
   gradients, optimizer state and EMA live at the peak) and the rest, proportional to batch.
@@ -31,11 +32,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 
+from yolomem.config.keys import DEFAULT_MARGIN
 from yolomem.errors import UserError
 from yolomem.loops import get_loop
+from yolomem.result.fits import Budget, verdict
 
 DEFAULT_GPUS = ("RTX-3060-12GB", "RTX-3090", "A100-40GB", "H100-80GB")
-NEAR_FRACTION = 0.90  # "near" = within 10 % of the card's capacity
 PRECISIONS = ("fp32", "fp16")
 METHODS = ("breakdown", "two-point")
 _FIXED_CATEGORIES = ("parameter", "gradient", "optimizer_state", "ema")  # do not grow with batch
@@ -134,12 +136,14 @@ class Table:
     iterations: int
     seconds: float
     gpu_mem_unit: str  # the rows' GPU_mem units, "/"-joined where trainers differ
+    margin: float = DEFAULT_MARGIN  # of every "fits" and max batch (yolomem.result.fits)
 
     def method_note(self) -> str:
         how = ("one trace per row and precision, batch-independent part from the trace's breakdown"
                if self.method == "breakdown" else "two traced batch sizes per row and precision")  # fmt: skip
         return (f"max batch: linear-in-batch model ({how}); peaks from {self.iterations} traced iteration(s); "
-                f"'near' = within {100 - round(NEAR_FRACTION * 100)} % of the card")  # fmt: skip
+                f"fits: within the card minus the CUDA context and a {self.margin:.0%} margin, "
+                f"'near': only inside the margin")  # fmt: skip
 
     def to_json(self) -> list[dict]:
         return [row.to_json() for row in self.rows]
@@ -183,7 +187,7 @@ def _trace_one(model: str, imgsz: int, batch: int, precision: str, iterations: i
                    result.device_total_upper_bytes - result.peak_reserved_upper_bytes)  # fmt: skip
 
 
-def _precision_result(precision: str, main: _Traced, second: _Traced | None, gpus) -> PrecisionResult:
+def _precision_result(precision: str, main: _Traced, second: _Traced | None, budgets) -> PrecisionResult:
     # verdicts and the largest batch from the upper figure (yolomem.result.upper)
     if second is not None and second.batch != main.batch:
         slope = (main.peak_reserved_upper_bytes - second.peak_reserved_upper_bytes) / (main.batch - second.batch)
@@ -192,12 +196,10 @@ def _precision_result(precision: str, main: _Traced, second: _Traced | None, gpu
         fixed = min(main.fixed_bytes, main.peak_reserved_upper_bytes)
         slope = (main.peak_reserved_upper_bytes - fixed) / main.batch
     fits = []
-    for gpu in gpus:
-        total = main.device_total_upper_bytes
-        verdict = "yes" if total <= NEAR_FRACTION * gpu.total_bytes else "near" if total <= gpu.total_bytes else "no"
-        room = gpu.total_bytes - main.context_upper_bytes - fixed
+    for budget in budgets:
+        room = budget.capacity_bytes - fixed
         max_batch = max(int(math.floor(room / slope)), 0) if slope > 0 else 0
-        fits.append(GpuFit(gpu.name, gpu.total_bytes, verdict, max_batch))
+        fits.append(GpuFit(budget.gpu.name, budget.gpu.total_bytes, verdict(main.peak_reserved_upper_bytes, budget), max_batch))
     return PrecisionResult(precision, main.peak_reserved_bytes, main.device_total_bytes, main.gpu_mem_printed,
                            main.gpu_mem_unit, int(fixed), slope, tuple(fits), main.peak_reserved_upper_bytes,
                            main.device_total_upper_bytes)  # fmt: skip
@@ -211,6 +213,7 @@ def compute_table(
     iterations: int = 1,
     jobs: int = 1,
     progress: Callable[[str], None] | None = None,
+    margin: float = DEFAULT_MARGIN,
 ) -> Table:
     """Estimate every row in FP32 and AMP. ``progress(label)`` is called after each trace (for a bar).
 
@@ -223,7 +226,7 @@ def compute_table(
     rows = tuple(rows) if rows is not None else blog_rows()
     if not rows:
         raise UserError("no rows to compute")
-    cards = [find_gpu(name) for name in gpus]
+    cards = [Budget(find_gpu(name), margin) for name in gpus]
     groups = []  # one per row: its traces run in one process, so the second reuses the first's cache
     for row in rows:
         batches = (row.batch, max(row.batch // 2, 1)) if method == "two-point" else (row.batch,)
@@ -243,7 +246,8 @@ def compute_table(
         table_rows.append(TableRow(main.model, main.framework, main.task, main.params, gflops, source, main.imgsz,
                                    row.batch, per_precision["fp32"], per_precision["fp16"], notes))  # fmt: skip
     unit = "/".join(sorted({row.fp32.gpu_mem_unit for row in table_rows}, reverse=True))  # "GiB", "GB" or "GiB/GB"
-    return Table(tuple(table_rows), tuple(c.name for c in cards), method, iterations, time.perf_counter() - started, unit)
+    return Table(tuple(table_rows), tuple(c.gpu.name for c in cards), method, iterations, time.perf_counter() - started,
+                 unit, margin)  # fmt: skip
 
 
 def _gflops_key(model: str, imgsz: int) -> tuple:

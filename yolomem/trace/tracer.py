@@ -37,6 +37,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from yolomem.trace.fake_cache import FakeDispatchCache, run_on_meta
 
+REAL_BYTES_CAP = 64 << 20  # loss-phase factories and all-real ops stay real up to this output size
 CATEGORIES = ("parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other",
               "cublas_workspace", "cublaslt_workspace", "cudnn_workspace")  # the last three: yolomem.trace.workspaces
 
@@ -84,6 +85,10 @@ class OracleAnswer:
     question: str  # e.g. "nonzero(bool[16, 8400])"
     answer: str
     phase: str
+    # the oracle's answer is the least of these (a count: the tensor's elements, the assumed positives);
+    # yolomem.trace.derive checks that the same one stays the least at a derived batch
+    bounds: tuple[int, ...] = ()
+    at: int = -1  # events recorded before it was asked (where in the stream; -1: not known)
 
 
 @dataclass
@@ -104,10 +109,14 @@ class DataOracle:
         return self.scalar
 
     def nonzero_count(self, shape: torch.Size) -> int:
+        return min(self.nonzero_bounds(shape))
+
+    def nonzero_bounds(self, shape: torch.Size) -> tuple[int, int]:
+        """What the count is the least of: the tensor's elements, and the assumed positives."""
         numel = 1
         for size in shape:
             numel *= size
-        return min(numel, self.positives)
+        return numel, self.positives
 
 
 @dataclass
@@ -120,6 +129,7 @@ class _Record:
     phase: str
     iteration: int
     upper_nbytes: int | None = None
+    real: bool = False  # the output of an op the tracer ran for real (small, from targets and shapes)
 
 
 @dataclass
@@ -129,13 +139,16 @@ class Trace:
     events: list[AllocationEvent]
     oracle_answers: list[OracleAnswer]
     iteration_bounds: list[int] = field(default_factory=list)  # event index where each iteration starts
-    unaccounted: list[str] = field(default_factory=list)
+    # storages the tracer made by running an op for real, and the output size up to which it does: a
+    # larger one would have been fake (yolomem.trace.derive checks that a derived batch stays below it)
+    real_ids: frozenset[int] = frozenset()
+    real_bytes_cap: int | None = None
 
 
 class Tracer(TorchDispatchMode):
     """Context manager that records allocations of every op run inside it."""
 
-    def __init__(self, *, fake: bool, oracle: DataOracle | None = None, real_bytes_cap: int = 64 << 20,
+    def __init__(self, *, fake: bool, oracle: DataOracle | None = None, real_bytes_cap: int = REAL_BYTES_CAP,
                  workspaces=None):
         """``workspaces``: a ``yolomem.trace.workspaces.KernelWorkspaces`` that names the scratch blocks
         the CUDA kernels of each op would take; recorded after the op's outputs."""
@@ -407,18 +420,21 @@ class Tracer(TorchDispatchMode):
             value = bool(value)
         elif not tensor.dtype.is_floating_point:
             value = int(value)
-        self.oracle_answers.append(OracleAnswer(f"item({_describe(tensor)})", repr(value), self.phase_name))
+        self.oracle_answers.append(OracleAnswer(f"item({_describe(tensor)})", repr(value), self.phase_name, (), len(self._log)))
         return value
 
     def _answer_data_dependent(self, func, args, kwargs):
         """Sizes for ops whose output size depends on fake values."""
         tensor = args[0]
         name = func.__name__.split(".")[0]
+        bounds: tuple[int, ...] = ()
         if func is aten.nonzero.default:
             count = self.oracle.nonzero_count(tensor.shape)
+            bounds = self.oracle.nonzero_bounds(tensor.shape)
             shape = (count, tensor.dim())
         elif func is aten.masked_select.default:
             count = self.oracle.nonzero_count(args[1].shape)
+            bounds = self.oracle.nonzero_bounds(args[1].shape)
             shape = (count,)
         elif func is aten.bincount.default:  # one bin per element at most, or minlength
             minlength = args[2] if len(args) > 2 else kwargs.get("minlength", 0)
@@ -427,7 +443,8 @@ class Tracer(TorchDispatchMode):
         else:  # unique: every element distinct, the most it can return
             count = tensor.numel()
             shape = (count,)
-        self.oracle_answers.append(OracleAnswer(f"{name}({_describe(tensor)})", str(count), self.phase_name))
+        self.oracle_answers.append(OracleAnswer(f"{name}({_describe(tensor)})", str(count), self.phase_name, tuple(bounds),
+                                                len(self._log)))  # fmt: skip
         with self.fake_mode:
             if func is aten.nonzero.default:
                 return torch.empty(shape, dtype=torch.int64)
@@ -460,6 +477,7 @@ class Tracer(TorchDispatchMode):
             module=self.module_stack[-1] if module is None and self.module_stack else (module or ""),
             phase=self.phase_name,
             iteration=self.iteration,
+            real=category_hint is None and not isinstance(tensor, FakeTensor),  # an op the tracer ran for real
         )
         self._records[key] = record
         self._log.append(("alloc", record))
@@ -515,7 +533,9 @@ class Tracer(TorchDispatchMode):
                     upper_nbytes=record.upper_nbytes,
                 )
             )
-        return Trace(events=events, oracle_answers=list(self.oracle_answers), iteration_bounds=list(self._iteration_bounds))
+        real_ids = frozenset(record.storage_id for op, record in self._log if op == "alloc" and record.real)
+        return Trace(events=events, oracle_answers=list(self.oracle_answers), iteration_bounds=list(self._iteration_bounds),
+                     real_ids=real_ids, real_bytes_cap=self.real_bytes_cap)  # fmt: skip
 
     def detach_finalizers(self) -> None:
         """Stop listening for frees (call after ``result``, before the traced objects are dropped)."""

@@ -40,15 +40,17 @@ class UltralyticsLoop:
 
     def model_entries(self):
         """(name, family, params or None, task) for every shipped YAML name; params from the YAML's summary line."""
-        from yolomem.loops.ultralytics.models import yaml_summary
+        from yolomem.loops.ultralytics.models import unsupported_task, yaml_summary
         from yolomem.loops.yolov5.names import is_original_only
 
         for yaml_name in self.model_names():
+            if unsupported_task(yaml_name):
+                continue  # refused with a reason when named; not offered in the list
             stem = yaml_name[:-5]
             task = next((t for t in ("seg", "pose", "obb", "cls") if f"-{t}" in stem), "detect")
             task = {"seg": "segment", "cls": "classify"}.get(task, task)
-            match = re.match(r"^(yolo(?:v)?\d+|yoloe)", stem)
-            family = match.group(1).upper().replace("YOLOV", "YOLOv") if match else "YOLO"
+            match = re.match(r"^(yolo(?:v)?\d+|yoloe|rtdetr)", stem)
+            family = match.group(1).upper().replace("YOLOV", "YOLOv").replace("RTDETR", "RT-DETR") if match else "YOLO"
             summary = yaml_summary(stem)
             if is_original_only(yaml_name):  # yolov5s.yaml means the original; Ultralytics' is yolov5su.yaml
                 yaml_name = re.sub(r"^yolov5([nsmlx])", r"yolov5\1u", yaml_name)
@@ -70,19 +72,28 @@ class UltralyticsLoop:
 
         return ultralytics_gflops(model, imgsz)
 
-    def trace(self, config, resolved, *, fake: bool = True, oracle=None, after_iterations=None, density=None) -> TracedRun:
+    def trace(self, config, resolved, *, fake: bool = True, oracle=None, after_iterations=None, density=None,
+              upper: bool = True) -> TracedRun:
         from yolomem.loops.ultralytics.runner import trace_ultralytics_run
 
         return trace_ultralytics_run(config, resolved, fake=fake, oracle=oracle, after_iterations=after_iterations,
-                                     density=density)  # fmt: skip
+                                     density=density, upper=upper)  # fmt: skip
+
+    def optimizer_steps(self, iterations: int, batch: int, nbs: int) -> tuple[bool, ...]:
+        from yolomem.loops.base import optimizer_steps
+        from yolomem.loops.ultralytics.step import accumulate_at
+
+        return optimizer_steps(accumulate_at, iterations, batch, nbs)
 
     def gpu_mem_unit(self) -> str:
         from yolomem.loops.ultralytics.release import release
 
         return release().gpu_mem_unit
 
-    def epochs_supported(self, task: str, world_size: int) -> bool:
-        return task != "classify"
+    def epochs_supported(self, resolved: ResolvedModel, world_size: int) -> bool:
+        from yolomem.loops.ultralytics.families import family_of
+
+        return resolved.task != "classify" and family_of(resolved.cfg).simulates_epochs
 
     def val_batch_size(self, task: str, train_batch: int) -> int:
         from yolomem.loops.val_pass import val_batch_size

@@ -1,9 +1,13 @@
 """Which model the user means, resolved without any download.
 
-Accepted: a model YAML name shipped in Ultralytics (``yolov8s.yaml``, ``yolo11n-seg.yaml``; the
-``.yaml`` may be left out), a local ``.yaml`` file, or a local ``.pt`` checkpoint. A ``.pt`` name that
-is not on disk would need a download, so it is mapped to the YAML of the same name, and the
-resolution says so.
+Accepted: a model YAML name shipped in Ultralytics (``yolov8s.yaml``, ``yolo11n-seg.yaml``,
+``rtdetr-l.yaml``, ``yolov8s-worldv2.yaml``, ``yoloe-11s-seg.yaml``; the ``.yaml`` may be left out), a
+local ``.yaml`` file, or a local ``.pt`` checkpoint. A ``.pt`` name that is not on disk would need a
+download, so it is mapped to the YAML of the same name, and the resolution says so.
+
+Refused in one line: the tasks whose trainers yolomem does not trace (depth estimation, semantic
+segmentation). A torchvision backbone (``TorchVision`` layer, e.g. ``yolo11-cls-resnet18.yaml``) is
+built without its pretrained weights, which Ultralytics would download: same shapes, same memory.
 """
 
 from __future__ import annotations
@@ -21,29 +25,37 @@ def _models_dir() -> Path:
     return Path(ultralytics.__file__).parent / "cfg" / "models"
 
 
+# Tasks Ultralytics trains whose step yolomem does not trace, by the suffix their YAMLs carry.
+UNSUPPORTED_TASKS = {"depth": "depth estimation (DepthTrainer)", "semantic": "semantic segmentation (SemanticSegmentationTrainer)"}
+_UNSUPPORTED_SUFFIXES = {"-depth": "depth", "-sem": "semantic"}
+
+
 @functools.cache
 def shipped_model_names() -> tuple[str, ...]:
     """Every YAML name Ultralytics can build, with scales expanded (yolov8.yaml -> yolov8n..x.yaml)."""
     names = set()
     for path in _models_dir().rglob("*.yaml"):
         stem = path.stem
-        if not stem.startswith("yolo"):
-            continue  # RT-DETR and friends are not YOLO training runs
+        if not stem.startswith(("yolo", "rtdetr")):
+            continue  # SAM, FastSAM and friends are not trained by ``yolo train`` with a detection loss
         scales = _scales_of(path.read_text())
-        if not scales:
+        if len(scales) <= 1:  # rtdetr-l.yaml, rtdetr-resnet50.yaml, yolov10x.yaml: the file names its one scale
             names.add(f"{stem}.yaml")
             continue
         # scale letters go right after the version digits: yolov8-seg -> yolov8n-seg, yolo11 -> yolo11n
         match = re.match(r"^(.*?\d+)(.*)$", stem)
-        if match and len(scales) == 1 and match.group(2)[:1] in scales:
-            names.add(f"{stem}.yaml")  # yolov10x.yaml holds its one scale already: not yolov10xx
-            continue
         for scale in scales:
             if match:
                 names.add(f"{match.group(1)}{scale}{match.group(2)}.yaml")
             if stem == "yolov5":  # Ultralytics' anchor-free YOLOv5u by its own name (yolov5s.yaml is the original)
                 names.add(f"yolov5{scale}u.yaml")
     return tuple(sorted(names))
+
+
+def unsupported_task(name: str) -> str | None:
+    """The task of a shipped name that yolomem does not trace (by its suffix), or None."""
+    stem = name[:-5] if name.endswith(".yaml") else name
+    return next((task for suffix, task in _UNSUPPORTED_SUFFIXES.items() if stem.endswith(suffix)), None)
 
 
 _SCALE_LINE = re.compile(r"^\s+([a-z]):\s*\[")
@@ -69,7 +81,7 @@ def _scales_of(text: str) -> list[str]:
 
 
 def resolve_ultralytics(spec: str) -> ResolvedModel:
-    from ultralytics.nn.tasks import guess_model_task, yaml_model_load
+    from ultralytics.nn.tasks import yaml_model_load
 
     if not spec or not str(spec).strip():
         raise UserError("no model given; try e.g. 'yolov8n.yaml'")
@@ -87,8 +99,8 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
         note = f"{spec} is not on disk and would need a download; using {yaml_name} (same architecture, random weights)"
         spec, path = yaml_name, Path(yaml_name)
     elif path.suffix in {".yaml", ".yml"} and path.is_file():
-        cfg = _local_yaml(path)
-        return ResolvedModel(path.stem, "local-yaml", guess_model_task(cfg), cfg, None)
+        cfg, weights_note = _without_downloads(_local_yaml(path))
+        return ResolvedModel(path.stem, "local-yaml", _task(cfg, spec), cfg, None, weights_note)
     elif path.suffix == "":
         spec, path = f"{spec}.yaml", Path(f"{spec}.yaml")
     if path.suffix not in {".yaml", ".yml"}:
@@ -98,7 +110,43 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
             raise UserError(f"model file {spec!r} does not exist")
         raise unknown("model", spec, shipped_model_names())
     cfg = yaml_model_load(spec)
-    return ResolvedModel(path.stem, "yaml", guess_model_task(cfg), cfg, None, note)
+    cfg, weights_note = _without_downloads(cfg)
+    return ResolvedModel(path.stem, "yaml", _task(cfg, spec), cfg, None, "; ".join(n for n in (note, weights_note) if n))
+
+
+def _task(cfg: dict, spec: str) -> str:
+    """The task ``yolo train`` trains this model for; a task yolomem does not trace is refused."""
+    from ultralytics.nn.tasks import guess_model_task
+
+    from yolomem.loops.ultralytics.families import RTDETR, family_of
+
+    if family_of(cfg) is RTDETR:
+        return "detect"  # RTDETR's only task; its head is not one guess_model_task knows
+    task = guess_model_task(cfg)
+    if task in UNSUPPORTED_TASKS:
+        raise UserError(f"{spec}: {UNSUPPORTED_TASKS[task]} is not modelled; yolomem estimates detect, segment, pose, "
+                        "obb and classify models, RT-DETR, YOLO-World and YOLOE")  # fmt: skip
+    return task
+
+
+def _without_downloads(cfg: dict) -> tuple[dict, str]:
+    """The config with every ``TorchVision`` layer built without pretrained weights (a download)."""
+    changed = []
+    layers = []
+    for layer in [*cfg.get("backbone", []), *cfg.get("head", [])]:
+        if len(layer) > 3 and layer[2] == "TorchVision" and len(layer[3]) > 2 and layer[3][2]:
+            args = list(layer[3])
+            changed.append(str(args[1]))
+            args[2] = None  # TorchVision(model, weights=None): torchvision's random init, no download
+            layer = [*layer[:3], args, *layer[4:]]
+        layers.append(layer)
+    if not changed:
+        return cfg, ""
+    cfg = dict(cfg)
+    count = len(cfg.get("backbone", []))
+    cfg["backbone"], cfg["head"] = layers[:count], layers[count:]
+    names = ", ".join(changed)
+    return cfg, f"{names}: built without the pretrained weights Ultralytics would download (same shapes, same memory)"
 
 
 def _local_yaml(path: Path) -> dict:

@@ -9,6 +9,8 @@ from yolomem.config.models import ResolvedModel
 from yolomem.config.settings import EstimateConfig
 from yolomem.loops.base import TracedRun, max_stride, rank_batch, round_imgsz, traced_batches, tracing
 from yolomem.loops.batches import SyntheticBatch
+from yolomem.loops.ultralytics import families
+from yolomem.loops.ultralytics.families import Family, family_of
 from yolomem.loops.ultralytics.step import StepSettings, UltralyticsOracle, UltralyticsRun, build_model
 from yolomem.trace.tracer import DataOracle, module_scopes
 
@@ -27,7 +29,7 @@ def resolve_optimizer(name: str) -> tuple[str, str | None]:
 
 def trace_ultralytics_run(
     config: EstimateConfig, resolved: ResolvedModel, *, fake: bool = True, oracle: DataOracle | None = None,
-    after_iterations: Callable[[UltralyticsRun], None] | None = None, density=None,
+    after_iterations: Callable[[UltralyticsRun], None] | None = None, density=None, upper: bool = True,
 ) -> TracedRun:
     """Build the model on fake tensors, then trace ``config.iterations`` training iterations.
 
@@ -50,6 +52,7 @@ def trace_ultralytics_run(
         notes.append(f"world_size={config.world_size}: per-rank batch {per_rank}; includes DDP's gradient buckets (yolomem.loops.ddp)")
     if config.checkpoint:
         notes.append("checkpoint=true: layers wrapped with yolomem.loops.checkpointing (add checkpoint_callback to your run)")
+    notes += family_notes(family_of(resolved.cfg), config)
     nc = config.nc or resolved.nc
     with tracing(config, fake=fake, oracle=oracle) as (tracer, policy):
         model = build_model(resolved.cfg, resolved.task, nc)
@@ -59,8 +62,7 @@ def trace_ultralytics_run(
             notes.append(f"imgsz={config.imgsz} is not a multiple of stride {stride}; rounded up to {imgsz} as Ultralytics does")
         settings = StepSettings(
             task=resolved.task, batch=per_rank, imgsz=imgsz, precision=config.amp, optimizer=optimizer,
-            nbs=config.nbs, freeze=config.freeze, multi_scale=config.multi_scale,
-            iterations=config.iterations, step=config.step,
+            nbs=config.nbs, freeze=config.freeze, multi_scale=config.multi_scale, step=config.step,
         )  # fmt: skip
         run = UltralyticsRun(model, settings, tracer, policy)
         if config.checkpoint:  # where the user's on_pretrain_routine_end callback wraps: after the EMA copy
@@ -78,7 +80,7 @@ def trace_ultralytics_run(
             ddp_buckets = allocate_ddp_state(model, tracer)  # alive for the whole run, like the Reducer's
         kpt_shape = tuple(resolved.cfg.get("kpt_shape", (17, 3)))
         channels = int(resolved.cfg.get("channels", 3))
-        plan, counts, upper_iteration = traced_batches(config, resolved.task, per_rank, density)
+        plan, counts, upper_iteration = traced_batches(config, resolved.task, per_rank, density, upper)
         with module_scopes(model, tracer):
             for iteration, objects in enumerate(counts):
                 batch = SyntheticBatch.draw(
@@ -91,12 +93,36 @@ def trace_ultralytics_run(
                     run.fwd_bwd_iteration(iteration, batch)
             if after_iterations is not None:
                 after_iterations(run)
+        if config.multi_scale and config.step == "train":
+            notes.append(_multi_scale_note(config.multi_scale, imgsz, stride, run.trained_size))
         trace = tracer.result()
         tracer.detach_finalizers()
         del ddp_buckets
     failures = tuple(sorted(policy.probe_failures)) if policy else ()
     return TracedRun(trace, params, imgsz, optimizer if config.step == "train" else "none", tuple(notes), failures,
                      plan, upper_iteration)  # fmt: skip
+
+
+def family_notes(family: Family, config: EstimateConfig) -> list[str]:
+    """What differs for RT-DETR, YOLO-World and YOLOE (``yolomem.loops.ultralytics.families``)."""
+    if family is families.YOLO:
+        return []
+    notes = []
+    if family.text_embeddings:
+        notes.append(f"{family.name}: class-name text embeddings as WorldTrainer caches them, on the device; the CLIP model a "
+                     "first run on a new dataset loads to make that cache is not modelled")  # fmt: skip
+    if family.text_classes and config.nc and config.nc > families.MAX_TEXT_CLASSES:
+        notes.append(f"nc={config.nc}: {family.name}'s trainer builds the model with nc={families.MAX_TEXT_CLASSES}")
+    if not family.simulates_epochs and (config.data or (config.epochs or 0) >= 2):
+        notes.append(f"{family.name}: its validator is not modelled; the validation pass and epochs 2+ are not simulated")
+    return notes
+
+
+def _multi_scale_note(multi_scale: float, imgsz: int, stride: int, trained: int | None) -> str:
+    if trained is None:
+        return f"multi_scale={multi_scale:g}: this trainer does not rescale its batches; traced at imgsz={imgsz}"
+    return (f"multi_scale={multi_scale:g}: the trainer draws each batch's size up to {trained} (imgsz {imgsz} x "
+            f"{1 + multi_scale:g}, rounded to stride {stride}); traced at that largest size")
 
 
 def _recompute_context(policy, amp_dtype):

@@ -30,6 +30,8 @@ import torch
 from yolomem.loops.base import amp_dtype, check_trainable, max_stride
 from yolomem.trace.autocast import CudaAutocastPolicy
 from yolomem.loops.batches import SyntheticBatch
+from yolomem.loops.ultralytics import families
+from yolomem.loops.ultralytics.families import family_of, model_nc, task_classes
 from yolomem.trace.tracer import DataOracle, Tracer
 
 WARMUP_MIN_ITERATIONS = 100  # BaseTrainer._get_warmup_iterations: max(round(warmup_epochs * nb), 100)
@@ -46,10 +48,8 @@ class StepSettings:
     optimizer: str  # resolved name, e.g. "AdamW"
     nbs: int
     freeze: tuple[int, ...]
-    multi_scale: float
-    iterations: int
+    multi_scale: float  # the trainer's multi-scale range; traced at the largest size it draws
     step: str  # "train" | "fwd_bwd"
-    overrides: tuple[tuple[str, object], ...] = ()  # other Ultralytics args (loss gains...)
 
 
 def accumulate_at(iteration: int, batch: int, nbs: int) -> int:
@@ -61,17 +61,13 @@ def accumulate_at(iteration: int, batch: int, nbs: int) -> int:
     return nominal
 
 
-def _task_classes(task: str):
-    from ultralytics.models.yolo.model import YOLO
-
-    entry = YOLO.task_map.fget(YOLO.__new__(YOLO))[task]  # task_map is a property on the instance
-    return entry["model"], entry["trainer"]
-
-
 def build_model(model_cfg: dict, task: str, nc: int | None, verbose: bool = False) -> torch.nn.Module:
-    """Build the task's model class from a YAML dict, as Trainer.get_model does (no weights)."""
-    model_class, _ = _task_classes(task)
+    """Build the task's model class from a YAML dict, as Trainer.get_model does (no weights); the class is
+    the one ``yolo train`` picks for the YAML's family (``yolomem.loops.ultralytics.families``)."""
+    family = family_of(model_cfg)
+    model_class, _ = task_classes(family, task)
     kwargs = {"verbose": verbose}
+    nc = model_nc(family, nc if nc is not None else model_cfg.get("nc"))
     if nc is not None:
         kwargs["nc"] = nc
     # heads such as YOLOv10's one-to-one branch deep-copy layers; "Overriding nc" is logged, not needed
@@ -80,12 +76,41 @@ def build_model(model_cfg: dict, task: str, nc: int | None, verbose: bool = Fals
 
 
 def ultralytics_args(settings: StepSettings, model_nc: int):
-    """Ultralytics' default hyperparameters with the user's overrides (``get_cfg``)."""
-    from ultralytics.cfg import get_cfg
+    """Ultralytics' default hyperparameters with the user's settings (``get_cfg``)."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT, get_cfg
 
-    overrides = dict(settings.overrides)
-    overrides.update(task=settings.task, batch=settings.batch, imgsz=settings.imgsz, nbs=settings.nbs)
+    overrides = {"task": settings.task, "batch": settings.batch, "imgsz": settings.imgsz, "nbs": settings.nbs}
+    if settings.multi_scale:
+        # releases before the fraction took a bool (sizes 0.5x-1.5x imgsz): multi_scale > 0 turns it on
+        flag = isinstance(DEFAULT_CFG_DICT.get("multi_scale"), bool)
+        overrides["multi_scale"] = True if flag else settings.multi_scale
     return get_cfg(overrides=overrides)
+
+
+@contextlib.contextmanager
+def largest_draw() -> Iterator[list[int]]:
+    """``random.randrange`` returns the largest value it could draw, for as long as this lasts; the
+    values it returned are collected in the list yielded.
+
+    The trainer's multi-scale resize draws the batch's size with ``random.randrange(low, high) // stride
+    * stride``; the memory a run needs is set by the largest size it can draw, so that is the one traced.
+    """
+    import random
+
+    original = random.randrange
+    draws: list[int] = []
+
+    def largest(start, stop=None, step=1):
+        if stop is None:
+            start, stop = 0, start
+        draws.append(start + (stop - 1 - start) // step * step)
+        return draws[-1]
+
+    random.randrange = largest
+    try:
+        yield draws
+    finally:
+        random.randrange = original
 
 
 def freeze_parameters(model: torch.nn.Module, freeze: tuple[int, ...]) -> None:
@@ -225,7 +250,12 @@ class UltralyticsRun:
         model.names = getattr(model, "names", None) or {i: str(i) for i in range(nc)}
         freeze_parameters(model, settings.freeze)
         check_trainable(model, settings.freeze)
-        _, self.trainer_class = _task_classes(settings.task)
+        self.family = family_of(model.yaml)
+        _, self.trainer_class = task_classes(self.family, settings.task)
+        if self.family.instance_masks:
+            self.args.overlap_mask = False  # YOLOETrainer.__init__
+        # WorldTrainer.set_text_embeddings: one embedding per class name, on the device for the whole run
+        self.text_embeddings = families.text_embeddings(model, nc) if self.family.text_embeddings else {}
         self.stride = max_stride(model)
         self.amp_dtype = amp_dtype(settings.precision)
         self.scaler = torch.amp.GradScaler("cpu", enabled=settings.precision == "fp16")
@@ -236,6 +266,7 @@ class UltralyticsRun:
         else:
             self.optimizer = self.ema = None
         self._last_opt_step = -1
+        self.trained_size: int | None = None  # the side multi_scale resized the batch to (None: not resized)
         self._shim = SimpleNamespace(
             args=self.args,
             device=torch.device("cpu"),
@@ -245,10 +276,18 @@ class UltralyticsRun:
             scaler=self.scaler,
             ema=_PhasedEMA(self.ema, tracer) if self.ema is not None else None,
             data={"nc": nc},
+            text_embeddings=self.text_embeddings,
         )
 
     def persistent_tensors(self) -> dict[str, list[torch.Tensor]]:
-        return persistent_tensors(self.model, self.ema)
+        tensors = persistent_tensors(self.model, self.ema)
+        if self.text_embeddings:
+            tensors["input"] = list(self.text_embeddings.values())
+        return tensors
+
+    def _family_step(self):
+        """What the family's loss needs around forward and loss (RT-DETR: matching on the host)."""
+        return families.host_matching(self.tracer) if self.family.host_matching else contextlib.nullcontext()
 
     def _autocast(self):
         return autocast_region(self.policy, self.amp_dtype)
@@ -261,13 +300,15 @@ class UltralyticsRun:
         tracer.start_iteration(iteration)
         self.model.train()
         with self._autocast():
-            with tracer.phase("preprocess"):
-                data = batch.as_dict()
-                data["resized_shape"] = [(batch.imgsz, batch.imgsz)] * batch.batch  # the collate's; 8.4.0-8.4.6 obb loss reads it
+            with tracer.phase("preprocess"), (largest_draw() if self.settings.multi_scale else contextlib.nullcontext([])) as draws:
+                data = families.complete_batch(self.family, batch.as_dict(self.args.overlap_mask), self.model.nc, batch.batch)
+                data.setdefault("resized_shape", [(batch.imgsz, batch.imgsz)] * batch.batch)  # the collate's; 8.4.0-8.4.6 obb loss reads it
                 tracer.track_existing(data.values(), "input")
                 data = self.trainer_class.preprocess_batch(self._shim, data)
+                if draws:  # the trainer rescaled the batch (multi_scale)
+                    self.trained_size = int(data["img"].shape[-1])
             tracer.oracle.positives = batch.expected_positives(self._assigner_topk())
-            with _head_switches_phase(self.model, tracer), tracer.phase("forward"):
+            with _head_switches_phase(self.model, tracer), tracer.phase("forward"), self._family_step():
                 loss, _items = self.model(data)
                 loss = loss.sum()
         del data

@@ -57,17 +57,24 @@ class Yolov5Loop:
 
         return count_gflops(find_original(model), imgsz), "counted"
 
-    def trace(self, config, resolved, *, fake: bool = True, oracle=None, after_iterations=None, density=None) -> TracedRun:
+    def trace(self, config, resolved, *, fake: bool = True, oracle=None, after_iterations=None, density=None,
+              upper: bool = True) -> TracedRun:
         from yolomem.loops.yolov5.runner import trace_yolov5_run
 
         return trace_yolov5_run(config, resolved, fake=fake, oracle=oracle, after_iterations=after_iterations,
-                                density=density)  # fmt: skip
+                                density=density, upper=upper)  # fmt: skip
+
+    def optimizer_steps(self, iterations: int, batch: int, nbs: int) -> tuple[bool, ...]:
+        from yolomem.loops.base import optimizer_steps
+        from yolomem.loops.yolov5.step import accumulate_at
+
+        return optimizer_steps(accumulate_at, iterations, batch, nbs)
 
     def gpu_mem_unit(self) -> str:
         return "GB"  # train.py prints torch.cuda.memory_reserved() / 1E9
 
-    def epochs_supported(self, task: str, world_size: int) -> bool:
-        return task in {"detect", "segment"} and world_size == 1
+    def epochs_supported(self, resolved, world_size: int) -> bool:
+        return resolved.task in {"detect", "segment"} and world_size == 1
 
     def val_batch_size(self, task: str, train_batch: int) -> int:
         return 2 * train_batch  # train.py: val_loader at batch_size // WORLD_SIZE * 2

@@ -61,7 +61,8 @@ def darknet_notes(original: OriginalModel, config: EstimateConfig) -> list[str]:
 
 
 def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: bool = True, oracle=None,
-                     after_iterations: Callable[[Yolov5Run], None] | None = None, density=None):
+                     after_iterations: Callable[[Yolov5Run], None] | None = None, density=None,
+                     upper: bool = True):  # fmt: skip
     """Build the original design under the tracer and trace ``config.iterations`` iterations.
 
     ``after_iterations(run)`` gets the ``Yolov5Run`` (model, loss, EMA) to trace more with the same
@@ -111,7 +112,7 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
         if not classify:
             run.finish_setup()
         del tensors  # the loop variable would keep the EMA's fp32 tensors alive through val.py's model.half()
-        plan, counts, upper_iteration = traced_batches(config, original.task, per_rank, density)
+        plan, counts, upper_iteration = traced_batches(config, original.task, per_rank, density, upper)
         with module_scopes(model, tracer):
             for iteration, objects in enumerate(counts):
                 batch = SyntheticBatch.draw(original.task, per_rank, imgsz, config.instances,

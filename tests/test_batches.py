@@ -1,0 +1,35 @@
+"""Synthetic batches (yolomem.loops.batches): one densest image and identical typical images, so every
+data-dependent size is affine in the batch (what yolomem.trace.derive needs)."""
+
+from __future__ import annotations
+
+import torch
+
+from yolomem.loops.batches import DENSEST_OF, SyntheticBatch, densest_count
+
+
+def test_the_densest_image_does_not_depend_on_the_batch():
+    draws = [SyntheticBatch.draw("detect", batch, 640, 8.0, seed=3) for batch in (1, 2, 16, 200)]
+    assert len({b.counts[0] for b in draws}) == 1
+    assert draws[2].counts == (draws[2].counts[0],) + (8,) * 15
+    assert all(b.counts[0] == max(b.counts) for b in draws)
+
+
+def test_the_densest_image_is_the_most_of_sixteen_draws():
+    counts = [densest_count(8.0, seed) for seed in range(200)]
+    assert DENSEST_OF == 16 and 12 <= sorted(counts)[100] <= 15  # the median of max(16 x Poisson(8))
+    assert densest_count(0.0, 1) == 0
+
+
+def test_typical_images_hold_the_same_objects():
+    data = SyntheticBatch.draw("pose", 4, 640, 3.0, seed=1).as_dict()
+    idx = data["batch_idx"]
+    boxes = [data["bboxes"][idx == i] for i in range(4)]
+    assert torch.equal(boxes[1], boxes[2]) and torch.equal(boxes[2], boxes[3])
+    assert len(boxes[1]) == 3 and len(boxes[0]) == densest_count(3.0, 1) > 3
+    assert data["keypoints"].shape[0] == len(idx)
+
+
+def test_targets_grow_by_the_same_amount_with_each_image():
+    sizes = [SyntheticBatch.draw("segment", b, 160, 4.5, seed=0).as_dict()["bboxes"].shape[0] for b in (2, 3, 4, 9)]
+    assert [b - a for a, b in zip(sizes, sizes[1:])] == [5, 5, 25]  # 4.5 objects: 5 per typical image

@@ -1,0 +1,64 @@
+"""A derived run equals a real trace, event for event, at a batch that was not traced.
+
+Every task, both training loops, AMP and FP32, whole epochs (validation's per-image NMS loop
+included): traced at batches 3, 4 and 6 (imgsz 128: seconds each), derived at 7, and traced at 7 to
+compare. The estimates built on them must be the same too.
+
+Why imgsz 128 and one object per image: the oracle assumes top-k foreground anchors per object, at
+most the anchors of the tensor asked about. On a tiny grid (84 anchors per image at imgsz 64) that cap
+switches on or off between batch 3 and 7, and a run past the switch is refused as underivable (the
+guard ``tests/test_derive.py`` checks); at 128, with one object per image, no traced batch is near it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import yolomem.loops
+from yolomem.result import runs
+from yolomem.result.estimate import estimate
+from yolomem.trace.derive import compare_runs, RunFacts
+from yolomem.trace.store import TraceStore
+
+TRACED = (3, 4, 6)
+DERIVED = 7
+SIZE = {"imgsz": 128, "instances": 1}
+CASES = [
+    pytest.param("yolov8n.yaml", {"epochs": 2}, id="detect-amp-epochs"),
+    pytest.param("yolov8n-seg.yaml", {"amp": "fp32"}, id="segment-fp32"),
+    pytest.param("yolov8n-pose.yaml", {}, id="pose-amp"),
+    pytest.param("yolov8n-obb.yaml", {"amp": "fp32", "epochs": 2}, id="obb-fp32-epochs"),
+    pytest.param("yolov8n-cls.yaml", {"amp": "fp32"}, id="classify-fp32"),
+    pytest.param("yolov5n", {"amp": "fp32", "epochs": 2}, id="yolov5-loop-fp32-epochs"),
+    pytest.param("yolov5n", {}, id="yolov5-loop-amp"),
+]
+
+
+def _facts(result) -> RunFacts:
+    return RunFacts(result.trace, result.params, result.config.imgsz, result.config.optimizer, result.notes, ())
+
+
+@pytest.mark.parametrize(("model", "settings"), CASES)
+def test_a_derived_run_equals_the_trace(model, settings, tmp_path, monkeypatch, caplog):
+    previous = runs._SOURCE
+    traced = []
+    real_trace_run = yolomem.loops.trace_run
+    monkeypatch.setattr(yolomem.loops, "trace_run", lambda c, r, **k: traced.append(c.batch) or real_trace_run(c, r, **k))
+    try:
+        runs._SOURCE = runs.RunSource(TraceStore(tmp_path))
+        for batch in TRACED:
+            estimate(model, batch=batch, **SIZE, **settings)
+        with caplog.at_level(logging.INFO, logger="yolomem.runs"):
+            derived = estimate(model, batch=DERIVED, **SIZE, **settings)
+        assert traced == list(TRACED), caplog.text
+        runs._SOURCE = runs.RunSource(TraceStore(None, enabled=False), derive=False)
+        real = estimate(model, batch=DERIVED, **SIZE, **settings)
+    finally:
+        runs._SOURCE = previous
+    assert traced == [*TRACED, DERIVED]
+    assert compare_runs(_facts(derived), _facts(real)) is None
+    left, right = derived.to_json(), real.to_json()
+    left.pop("seconds"), right.pop("seconds")
+    assert left == right

@@ -1,0 +1,82 @@
+"""Issue 11, item 4: every name ``yolomem models`` lists estimates, or is refused in one line; never a
+traceback, never a download. RT-DETR, YOLO-World and YOLOE are estimated with their own trainers'
+steps (``yolomem.loops.ultralytics.families``); depth and semantic models leave the list and are refused."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from yolomem.cli.main import main
+from yolomem.errors import UserError
+from yolomem.result.estimate import estimate
+from yolomem.sweeps.model_list import list_models
+
+TINY = {"imgsz": 64, "batch": 2, "iterations": 1}
+# one of each kind the list holds: the families with their own trainers, both of their tasks, the
+# torchvision backbone that used to download its weights, and the plain YOLO tasks
+SAMPLE = ("rtdetr-l.yaml", "rtdetr-resnet50.yaml", "yolov8n-rtdetr.yaml", "yolov8n-world.yaml", "yolov8s-worldv2.yaml",
+          "yoloe-11n.yaml", "yoloe-v8s-seg.yaml", "yoloe-26n-seg.yaml", "yolo11-cls-resnet18.yaml",
+          "yolov8n-cls-resnet50.yaml", "yolo26n-obb.yaml", "yolov5nu.yaml")  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """A download attempt fails loudly instead of reaching the network."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tried to reach the network (a download)")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def _listed() -> list[str]:
+    return [entry.name for entry in list_models()]
+
+
+def test_the_list_offers_rtdetr_world_and_yoloe_and_no_depth_or_semantic_models():
+    names = _listed()
+    assert set(SAMPLE) <= set(names)
+    assert not [n for n in names if n.endswith(("-depth.yaml", "-sem.yaml"))]
+
+
+@pytest.mark.parametrize("name", SAMPLE)
+def test_a_sample_of_the_list_estimates(name):
+    result = estimate(name, **TINY)
+    assert result.peak_reserved_bytes > 0
+
+
+def test_family_steps_follow_their_trainers():
+    world = estimate("yolov8n-world.yaml", **TINY)
+    assert any("text embeddings" in note for note in world.notes)
+    assert world.breakdown["input"] > 0
+    detr = estimate("rtdetr-l.yaml", epochs=2, **TINY)
+    assert any("linear_sum_assignment" in item for item in detr.unaccounted)  # the matching it assumed
+    assert detr.epochs is None and any("validator is not modelled" in note for note in detr.notes)
+    resnet = estimate("yolo11-cls-resnet18.yaml", **TINY)
+    assert any("pretrained weights" in note for note in resnet.notes)
+
+
+@pytest.mark.parametrize("name", ["yolo26n-depth.yaml", "yolo26s-sem.yaml"])
+def test_models_of_tasks_not_modelled_are_refused_in_one_line(name, capsys):
+    with pytest.raises(UserError, match="not modelled"):
+        estimate(name, **TINY)
+    assert main(["estimate", name, "imgsz=64", "batch=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.exhaustive  # every listed name, traced at 64 x 2: about 10-15 min on 2 shared cores
+def test_every_listed_name_estimates_or_is_refused_in_one_line():
+    failures = []
+    for name in _listed():
+        try:
+            estimate(name, **TINY)
+        except UserError as error:
+            if "\n" in str(error):
+                failures.append(f"{name}: refusal spans lines")
+        except Exception as error:  # noqa: BLE001 - any other exception is the bug this test is for
+            failures.append(f"{name}: {type(error).__name__}: {error}")
+    assert not failures, failures

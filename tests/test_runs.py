@@ -1,0 +1,120 @@
+"""Where estimates get their traced runs (yolomem.result.runs): the cache, derived streams, new traces."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import yolomem.loops
+from yolomem.config.settings import EstimateConfig
+from yolomem.result import runs
+from yolomem.sweeps import prefetch
+from yolomem.result.estimate import estimate
+from yolomem.trace.store import TraceStore
+
+SMALL = {"imgsz": 64, "iterations": 1}
+
+
+@pytest.fixture
+def source(tmp_path, monkeypatch):
+    """A run source on a temporary cache folder, and a count of the traces it makes."""
+    previous = runs._SOURCE
+    runs._SOURCE = runs.RunSource(TraceStore(tmp_path))
+    traced = []
+    real_trace_run = yolomem.loops.trace_run
+
+    def counting(config, resolved, **kwargs):
+        traced.append(config.batch)
+        return real_trace_run(config, resolved, **kwargs)
+
+    monkeypatch.setattr(yolomem.loops, "trace_run", counting)
+    yield runs._SOURCE, traced
+    runs._SOURCE = previous
+
+
+def _same(a, b) -> bool:
+    left, right = a.to_json(), b.to_json()
+    left.pop("seconds"), right.pop("seconds")
+    return left == right
+
+
+def test_a_repeated_estimate_is_read_from_the_cache(source, tmp_path):
+    _, traced = source
+    first = estimate("yolov8n.yaml", batch=2, **SMALL)
+    again = estimate("yolov8n.yaml", batch=2, **SMALL)
+    runs._SOURCE = runs.RunSource(TraceStore(tmp_path))  # a new process: only the disk is left
+    third = estimate("yolov8n.yaml", batch=2, **SMALL)
+    assert traced == [2]
+    assert _same(first, again) and _same(first, third)
+
+
+def test_a_run_is_derived_once_three_batches_are_traced_and_equals_its_trace(source, caplog):
+    _, traced = source
+    for batch in (2, 3, 5):
+        estimate("yolov8n.yaml", batch=batch, **SMALL)
+    with caplog.at_level(logging.INFO, logger="yolomem.runs"):
+        derived = estimate("yolov8n.yaml", batch=7, **SMALL)
+    assert traced == [2, 3, 5]
+    assert "derived from traced batches 2, 3, 5" in caplog.text
+    runs._SOURCE = runs.RunSource(TraceStore(None, enabled=False), derive=False)
+    assert _same(derived, estimate("yolov8n.yaml", batch=7, **SMALL))
+    assert traced == [2, 3, 5, 7]
+
+
+def test_settings_that_change_the_trace_are_other_families(source):
+    _, traced = source
+    for batch in (2, 3, 5):
+        estimate("yolov8n.yaml", batch=batch, **SMALL)
+    estimate("yolov8n.yaml", batch=4, amp=False, **SMALL)
+    estimate("yolov8n.yaml", batch=4, imgsz=96, iterations=1)
+    estimate("yolov8n.yaml", batch=4, gpu="T4", alloc_conf="expandable_segments:True", **SMALL)  # replay only
+    assert traced == [2, 3, 5, 4, 4]
+
+
+def test_a_family_that_does_not_derive_is_traced_and_says_why(source, caplog, monkeypatch):
+    _, traced = source
+
+    def refuse(found):
+        raise runs.NotDerivable("event 7 differs")
+
+    monkeypatch.setattr(runs, "derive_family", refuse)
+    for batch in (2, 3, 5):
+        estimate("yolov8n.yaml", batch=batch, **SMALL)
+    with caplog.at_level(logging.INFO, logger="yolomem.runs"):
+        estimate("yolov8n.yaml", batch=7, **SMALL)
+    assert traced == [2, 3, 5, 7]
+    assert "not from batches 2, 3, 5 (event 7 differs); tracing it" in caplog.text
+
+
+def test_runs_that_step_the_optimizer_differently_stay_apart(source):
+    """At batch 1 Ultralytics' warmup accumulates two iterations: the second does not step."""
+    _, traced = source
+    for batch in (2, 3, 5):
+        estimate("yolov8n.yaml", batch=batch, imgsz=64)
+    estimate("yolov8n.yaml", batch=1, imgsz=64)
+    assert traced == [2, 3, 5, 1]
+
+
+def test_no_cache_writes_nothing(tmp_path, source):
+    runs._SOURCE = runs.RunSource(TraceStore(tmp_path / "off", enabled=False))
+    estimate("yolov8n.yaml", batch=2, **SMALL)
+    assert not (tmp_path / "off").exists()
+
+
+def test_watchers_hear_what_is_traced(source):
+    heard = []
+    with runs.watching(heard.append):
+        estimate("yolov8n.yaml", batch=2, **SMALL)
+    assert heard == ["tracing yolov8n.yaml batch=2 imgsz=64"]
+
+
+def test_prefetch_traces_side_by_side_and_hands_the_runs_back(source):
+    _, traced = source
+    a, b = (EstimateConfig(model="yolov8n.yaml", batch=n, **SMALL) for n in (2, 3))
+    prefetch.prefetch([a, b, a], jobs=2)  # this process takes a, a worker process b (a twice is once)
+    assert traced == [2]
+    estimate("yolov8n.yaml", batch=3, **SMALL)
+    assert traced == [2]  # b came back from the worker
+    prefetch.prefetch([a, b], jobs=2)  # both known now: no worker is started, nothing traced
+    assert traced == [2]

@@ -1,0 +1,71 @@
+"""The one definition of "fits": the bytes a run needs against what a card gives it.
+
+A card gives a training run its memory minus the CUDA context, minus a safety margin: a share of the
+usable memory (``Gpu.usable_bytes``) held back for what the trace does not see (other processes on the
+card, allocations no kernel rule covers) and for the spread between runs. The margin is a setting,
+``margin=`` (default ``DEFAULT_MARGIN``), and every verdict prints it. The context a verdict assumes is
+the upper figure's (``CUDA_CONTEXT_UPPER_BYTES``, the top of the cited range), as the requirement it is
+compared with is the upper figure.
+
+A run fits when its requirement is at most that capacity. The requirement is what the caller passes:
+the upper figure's peak reserved memory (``Estimate.peak_reserved_upper_bytes``: the full requirement,
+replayed without a capacity, with each stated uncertainty at its high end), so a run 9 in 10 stay under
+must fit, not only the typical one.
+
+Every verdict goes through here: ``estimate``, ``fit``, ``pick``, the strategy ladder, the table, the
+plots and the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from yolomem.config.gpus import CUDA_CONTEXT_UPPER_BYTES, Gpu
+from yolomem.config.keys import DEFAULT_MARGIN, MARGIN
+
+__all__ = ["DEFAULT_MARGIN", "Budget", "fits", "verdict"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a card gives a training run, and how that number is made."""
+
+    gpu: Gpu
+    margin: float = DEFAULT_MARGIN  # share of the usable memory held back
+
+    def __post_init__(self) -> None:
+        MARGIN.check(self.margin)
+
+    @property
+    def usable_bytes(self) -> int:
+        return self.gpu.usable_bytes
+
+    @property
+    def margin_bytes(self) -> int:
+        return int(self.gpu.usable_bytes * self.margin)
+
+    @property
+    def context_bytes(self) -> int:
+        """The CUDA context the verdicts assume: the upper figure's."""
+        return CUDA_CONTEXT_UPPER_BYTES
+
+    @property
+    def capacity_bytes(self) -> int:
+        """What a run may reserve and still fit: the card minus the context minus the margin."""
+        return self.gpu.total_bytes - self.context_bytes - self.margin_bytes
+
+    def to_json(self) -> dict:
+        return {"gpu": self.gpu.name, "gpu_total_bytes": self.gpu.total_bytes, "context_bytes": self.context_bytes,
+                "margin": self.margin, "capacity_bytes": self.capacity_bytes}  # fmt: skip
+
+
+def fits(required_bytes: int, budget: Budget) -> bool:
+    """True when a run that needs ``required_bytes`` (reserved) fits the budget's card."""
+    return required_bytes <= budget.capacity_bytes
+
+
+def verdict(required_bytes: int, budget: Budget) -> str:
+    """"yes": fits with the margin; "near": fits the card only by eating into the margin; "no": does not."""
+    if fits(required_bytes, budget):
+        return "yes"
+    return "near" if fits(required_bytes, Budget(budget.gpu, 0.0)) else "no"

@@ -1,0 +1,56 @@
+"""What an estimate settles before it needs a traced run: the model and its loop, the epoch request,
+the density plan from the labels. ``estimate_config`` and the run source (``yolomem.result.runs``) both ask."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from yolomem.config.models import ResolvedModel
+from yolomem.config.settings import EstimateConfig
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A config made ready to trace: its model resolved (and the loop that trains it), whole epochs asked
+    for, and the density plan of a dataset's labels."""
+
+    config: EstimateConfig
+    resolved: object  # yolomem.config.models.ResolvedModel
+    request: object | None  # yolomem.result.epochs.EpochRequest, when data= or epochs>=2
+    density: object | None  # yolomem.loops.density.DensityPlan from the labels (None: the loop plans)
+    notes: tuple[str, ...]
+
+
+def prepare(config: EstimateConfig) -> Prepared:
+    """What ``estimate_config`` does before it needs a traced run."""
+    from yolomem.loops import resolve_model
+    from yolomem.loops.base import rank_batch
+    from yolomem.loops.density import plan_for
+    from yolomem.result.epochs import epoch_request
+
+    resolved = resolve_model(config.model, config.framework)
+    if resolved.framework != config.framework:  # e.g. a bare yolov4 selects the yolov5 loop (see resolved.note)
+        config = config.with_changes(framework=resolved.framework)
+    notes = list(config.notes)
+    if resolved.note:
+        notes.append(resolved.note)
+    if config.data and _needs_download(config.data):
+        notes.append(f"data={config.data} is not a local file (Ultralytics would download it); "
+                     f"objects per image from instances={config.instances:g} instead")  # fmt: skip
+        config = config.with_changes(data=None)
+    request = epoch_request(config, resolved)  # None unless data= or epochs>=2
+    density = None
+    if request is not None:
+        config = request.config
+        notes.extend(request.notes)
+        if request.dataset is not None:  # the traced batches come from the labels too
+            density = plan_for(config, rank_batch(config), request.dataset.train.counts)
+    return Prepared(config, resolved, request, density, tuple(notes))
+
+
+def _needs_download(data: str) -> bool:
+    """A bare dataset name such as ``coco8.yaml`` that is not on disk: Ultralytics downloads those."""
+    from pathlib import Path
+
+    path = Path(data).expanduser()
+    return not path.exists() and len(path.parts) == 1

@@ -1,0 +1,341 @@
+"""Where an estimate's traced run comes from: the trace cache, a stream derived from runs at other
+batch sizes, or a new trace.
+
+1. The cache (``yolomem.trace.store``): the same configuration traced before, in this process or on
+   this machine, at this batch.
+2. A derived stream (``yolomem.trace.derive``): the same configuration traced at ``MIN_TRACED`` or
+   more other batches (a family; its runs wait in the cache). ``derive_family`` checks the traced
+   runs against each other, event for event, before any run is derived from them; at batches past
+   the traced ones it also refuses where the tracer or its oracle would decide differently. A family
+   it refuses is not asked again in this process.
+3. Otherwise the run is traced, and stored for 1 and 2.
+Runs that differ in more than their sizes are kept apart: which iterations step the optimizer
+(gradient accumulation switches with the batch), and, for whole epochs, what the plan traces (its
+levels and validation shapes, ``yolomem.result.epochs.plan_shape``).
+
+Where each run came from is logged (``logging`` name ``yolomem.runs``; ``--verbose`` shows it); the
+estimate itself does not depend on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import platform
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from yolomem.config.models import ResolvedModel
+from yolomem.config.settings import EstimateConfig
+from yolomem.loops.base import TracedRun, rank_batch
+from yolomem.trace.derive import NotDerivable, RunFacts, StreamFamily, derive_family
+from yolomem.trace.packed import PackedTrace, pack, unpack
+from yolomem.trace.store import TraceStore, canonical, key_digest, source_digest
+
+MIN_TRACED = 3  # traced runs before any is derived: two draw the line, the third checks it
+MAX_MEMBERS = 5  # traced runs a family is built from, the nearest to the batch asked for
+# settings that change only the replay, the host figures or nothing traced: not part of a family
+_NOT_TRACED = frozenset({"batch", "gpu", "gpu_mem", "alloc_conf", "cache", "workers"})
+
+log = logging.getLogger("yolomem.runs")
+_watchers: ContextVar[tuple[Callable[[str], None], ...]] = ContextVar("yolomem_run_watchers", default=())
+
+
+@contextlib.contextmanager
+def watching(callback: Callable[[str], None]) -> Iterator[None]:
+    """Call ``callback(text)`` whenever a run is traced or derived inside the block (progress displays)."""
+    token = _watchers.set(_watchers.get() + (callback,))
+    try:
+        yield
+    finally:
+        _watchers.reset(token)
+
+
+def _tell(text: str) -> None:
+    for callback in _watchers.get():
+        callback(text)
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """A traced run as the cache keeps it."""
+
+    trace: PackedTrace
+    params: int
+    imgsz: int
+    optimizer: str
+    notes: tuple[str, ...]
+    probe_failures: tuple[str, ...]
+    stride: int | None  # the model's largest stride (plans for whole epochs need it)
+    first_level_iteration: int | None = None  # where whole epochs' level iterations start
+
+    def facts(self) -> RunFacts:
+        return RunFacts(unpack(self.trace), self.params, self.imgsz, self.optimizer, self.notes, self.probe_failures)
+
+
+def family_key(config: EstimateConfig, resolved: ResolvedModel) -> dict:
+    """Everything a trace depends on but the batch: versions, the model, and the traced settings."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from yolomem import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "-"
+
+    import torch
+    import ultralytics
+
+    model = asdict(resolved) | {"note": None}
+    original = resolved.cfg.get("original") if isinstance(resolved.cfg, dict) else None
+    if isinstance(original, dict) and original.get("path"):
+        model["file"] = _file_digest(str(original["path"]))
+    return {
+        "yolomem": __version__, "source": source_digest(), "torch": torch.__version__,
+        "ultralytics": ultralytics.__version__, "ultralytics_path": str(Path(ultralytics.__file__).parent),
+        "numpy": installed("numpy"), "python": platform.python_version(), "model": model,
+        "config": {k: v for k, v in config.to_json().items() if k not in _NOT_TRACED},
+    }  # fmt: skip
+
+
+@functools.cache
+def _file_digest(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return "-"
+
+
+def _name(batch: int, apart: dict) -> str:
+    """A run's file name in its family: what keeps runs apart (``RunSource._apart``), then its batch."""
+    return f"{hashlib.sha256(canonical(apart).encode()).hexdigest()[:12]}-b{batch}"
+
+
+class RunSource:
+    """Traced runs for estimates: from ``store`` (and this process's memory), derived, or traced."""
+
+    def __init__(self, store: TraceStore, derive: bool = True):
+        self.store = store
+        self.derive = derive  # False: trace every batch not in the cache (to compare with derived runs)
+        self.recording: list | None = None  # set by prefetch workers: every run traced, to hand back
+        self._memory: dict[tuple[str, str], StoredRun] = {}
+        self._families: dict[tuple, StreamFamily | str] = {}  # a family, or why it was refused
+
+    def obtain(self, config: EstimateConfig, resolved: ResolvedModel, request=None, density=None) -> TracedRun:
+        """The traced run of ``config``. ``request``: its whole-epoch request (its ``hook.plan`` is set);
+        ``density``: the density plan of a dataset's labels (``yolomem.loops.density``)."""
+        from yolomem.loops import trace_run
+
+        found = self.lookup(config, resolved, request, density)
+        if found is not None:
+            return found
+        label = _label(config)
+        _tell(f"tracing {label}")
+        run = trace_run(config, resolved, after_iterations=request.hook if request is not None else None,
+                        density=density)  # fmt: skip
+        key = family_key(config, resolved)
+        digest = key_digest(key)
+        first_level = request.hook.plan.first_level_iteration if request is not None else None
+        stored = StoredRun(pack(run.trace), run.params, run.imgsz, run.optimizer, run.notes, run.probe_failures,
+                           request.hook.stride if request is not None else None, first_level)  # fmt: skip
+        name = _name(rank_batch(config), self._apart(config, resolved, density, request.hook.plan if request else None))
+        self._memory[(digest, name)] = stored
+        self.store.save(key, name, stored)
+        if self.recording is not None:
+            self.recording.append((digest, name, stored))
+        log.info("%s: traced", label)
+        return run
+
+    def lookup(self, config: EstimateConfig, resolved: ResolvedModel, request=None, density=None, *,
+               say: bool = True) -> TracedRun | None:  # fmt: skip
+        """The run from the cache or derived from traced ones; None when it has to be traced. ``say``:
+        log where it came from (and tell the watchers)."""
+        key = family_key(config, resolved)
+        digest = key_digest(key)
+        batch = rank_batch(config)
+        known = self._any_member(key, digest)
+        plan = None
+        if request is not None:
+            if known is None or known.stride is None:  # the plan needs the model's stride: trace
+                return None
+            plan = request.hook.plan_for(resolved.task, batch, known.imgsz, known.stride, known.first_level_iteration)
+        label = _label(config)
+        name = _name(batch, self._apart(config, resolved, density, plan))
+        stored = self._load(key, digest, name)
+        if stored is not None:
+            if say:
+                log.info("%s: traced run from the cache (%s)", label, self.store.root / digest)
+            return self._use(stored.facts(), config, resolved, density, request, plan, stored.stride)
+        derived = self._derive(key, digest, name.rsplit("-b", 1)[0], batch, label, say) if self.derive else None
+        if derived is None:
+            return None
+        return self._use(derived, config, resolved, density, request, plan, known.stride if known else None)
+
+    def known(self, config: EstimateConfig) -> bool:
+        """Whether ``config``'s run needs no trace (it is in the cache, or derives)."""
+        from yolomem.result.prepare import prepare
+
+        prepared = prepare(config)
+        return self.lookup(prepared.config, prepared.resolved, prepared.request, prepared.density, say=False) is not None
+
+    @staticmethod
+    def _apart(config: EstimateConfig, resolved: ResolvedModel, density, plan) -> dict:
+        """What keeps runs of one family apart, besides their batch: which traced iterations step the
+        optimizer, what each traced batch holds (its densest and typical samples), the epoch plan."""
+        from yolomem.loops.base import traced_batches
+
+        _, counts, upper = traced_batches(config, resolved.task, rank_batch(config), density, True)
+        held = [c[:2] if c is not None else None for c in counts]
+        return {"steps": _steps(config, resolved, len(counts)), "batches": held, "upper": upper,
+                "plan": _plan_shape(plan) if plan is not None else None}  # fmt: skip
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def _load(self, key: dict, digest: str, name: str) -> StoredRun | None:
+        stored = self._memory.get((digest, name))
+        if stored is None:
+            stored = self.store.load(key, name)
+            if isinstance(stored, StoredRun):
+                self._memory[(digest, name)] = stored
+            else:
+                stored = None
+        return stored
+
+    def _any_member(self, key: dict, digest: str) -> StoredRun | None:
+        for (family, _name_), stored in self._memory.items():
+            if family == digest:
+                return stored
+        for name in self.store.names(key):
+            stored = self._load(key, digest, name)
+            if stored is not None:
+                return stored
+        return None
+
+    def _members(self, key: dict, digest: str, prefix: str) -> list[int]:
+        names = {n for (family, n) in self._memory if family == digest} | set(self.store.names(key))
+        return sorted(int(n.rsplit("-b", 1)[1]) for n in names if n.rsplit("-b", 1)[0] == prefix)
+
+    def _derive(self, key: dict, digest: str, prefix: str, batch: int, label: str, say: bool) -> RunFacts | None:
+        batches = self._members(key, digest, prefix)
+        reasons = []
+        for chosen in _candidates(batches, batch):
+            family = self._family(key, digest, prefix, chosen)
+            if family is None:
+                return None
+            try:
+                if isinstance(family, str):
+                    raise NotDerivable(family)
+                derived = family.run_at(batch)
+            except NotDerivable as error:
+                reasons.append(f"not from batches {', '.join(map(str, chosen))} ({error})")
+                continue
+            if say:
+                log.info("%s: derived from traced batches %s", label, ", ".join(map(str, chosen)))
+                _tell(f"derived {label}")
+            return derived
+        if reasons and say:
+            log.info("%s: %s; tracing it", label, "; ".join(reasons))
+        return None
+
+    def _family(self, key: dict, digest: str, prefix: str, chosen: tuple[int, ...]) -> StreamFamily | str | None:
+        """The family of these traced runs (or why it is none), built once per process; None when a
+        run listed has vanished from the cache since."""
+        memo = (digest, prefix, chosen)
+        if memo not in self._families:
+            runs = {}
+            for member in chosen:
+                stored = self._load(key, digest, f"{prefix}-b{member}")
+                if stored is None:
+                    return None
+                runs[member] = stored.facts()
+            _tell(f"checking traced batches {', '.join(map(str, chosen))}")
+            try:
+                self._families[memo] = derive_family(runs)
+            except NotDerivable as error:
+                self._families[memo] = str(error)
+        return self._families[memo]
+
+    @staticmethod
+    def _use(facts: RunFacts, config, resolved, density, request, plan, stride) -> TracedRun:
+        """The run as the loop's trace would return it (its density plan and upper iteration are
+        computed, as the loop computes them: they do not come from the trace)."""
+        from yolomem.loops.base import traced_batches
+
+        if request is not None:
+            request.hook.plan, request.hook.stride = plan, stride
+        plan_of_batches, _, upper = traced_batches(config, resolved.task, rank_batch(config), density, True)
+        return TracedRun(facts.trace, facts.params, facts.imgsz, facts.optimizer, facts.notes, facts.probe_failures,
+                         plan_of_batches, upper)  # fmt: skip
+
+
+def _label(config: EstimateConfig) -> str:
+    return f"{config.model} batch={config.batch} imgsz={config.imgsz}"
+
+
+def _steps(config: EstimateConfig, resolved: ResolvedModel, iterations: int) -> tuple[bool, ...]:
+    """Which traced iterations step the optimizer (what gradient accumulation switches with the batch)."""
+    from yolomem.loops import get_loop
+
+    if config.step != "train":
+        return ()
+    return get_loop(resolved.framework).optimizer_steps(iterations, rank_batch(config), config.nbs)
+
+
+def _plan_shape(plan) -> tuple:
+    from yolomem.result.epochs import plan_shape
+
+    return plan_shape(plan)
+
+
+def _candidates(batches: list[int], target: int) -> list[tuple[int, ...]]:
+    """Sets of traced runs to derive ``target`` from, nearest first: up to ``MAX_MEMBERS``, then the
+    nearest ``MIN_TRACED`` alone (past some batch the tracer decides otherwise, e.g. a target tensor
+    grows past its real-tensor cap: runs on either side of it are two families)."""
+    if len(batches) < MIN_TRACED:
+        return []
+    nearest = sorted(batches, key=lambda b: (abs(b - target), -b))
+    sets = [tuple(sorted(nearest[:MAX_MEMBERS])), tuple(sorted(nearest[:MIN_TRACED]))]
+    return list(dict.fromkeys(sets))
+
+
+def default_jobs() -> int:
+    """Processes that trace side by side: the machine's cores, at most 2 (each holds a model's trace)."""
+    import os
+
+    return max(1, min(os.cpu_count() or 1, 2))
+
+
+_SOURCE: RunSource | None = None
+
+
+def default_source() -> RunSource:
+    """The process's run source: the user cache folder unless ``configure(cache=False)`` or
+    ``YOLOMEM_NO_CACHE=1``."""
+    global _SOURCE
+    if _SOURCE is None:
+        import os
+
+        from yolomem.trace.store import OFF_ENV
+
+        _SOURCE = RunSource(TraceStore(enabled=os.environ.get(OFF_ENV, "") in ("", "0")))
+    return _SOURCE
+
+
+def configure(*, cache: bool | None = None, root: Path | None = None, derive: bool | None = None) -> RunSource:
+    """Replace the process's run source (the CLI's ``--no-cache``; tests point ``root`` at a temp
+    folder; ``derive=False`` traces every batch, to compare)."""
+    global _SOURCE
+    current = default_source()
+    store = TraceStore(root if root is not None else current.store.root,
+                       enabled=current.store.enabled if cache is None else cache)  # fmt: skip
+    _SOURCE = RunSource(store, derive=current.derive if derive is None else derive)
+    return _SOURCE
+
+
+def obtain_run(config: EstimateConfig, resolved: ResolvedModel, request=None, density=None) -> TracedRun:
+    return default_source().obtain(config, resolved, request, density)
