@@ -33,3 +33,15 @@ def test_typical_images_hold_the_same_objects():
 def test_targets_grow_by_the_same_amount_with_each_image():
     sizes = [SyntheticBatch.draw("segment", b, 160, 4.5, seed=0).as_dict()["bboxes"].shape[0] for b in (2, 3, 4, 9)]
     assert [b - a for a, b in zip(sizes, sizes[1:])] == [5, 5, 25]  # 4.5 objects: 5 per typical image
+
+
+def test_overlap_masks_of_a_dense_image_stay_int32():
+    """polygons2masks_overlap: an image of more than 255 objects gets an int32 index map (uint8 would wrap)."""
+    import torch
+
+    from yolomem.loops.batches import SyntheticBatch
+
+    dense = SyntheticBatch("segment", 2, 128, (300, 3), seed=0).as_dict()["masks"]
+    assert dense.dtype == torch.int32 and int(dense.max()) > 255
+    assert SyntheticBatch("segment", 2, 128, (30, 3), seed=0).as_dict()["masks"].dtype == torch.uint8
+    assert SyntheticBatch("segment", 2, 128, (300, 3), seed=0).as_dict(overlap_mask=False)["masks"].dtype == torch.uint8

@@ -124,7 +124,8 @@ class SyntheticBatch:
             if not overlap_mask:  # one mask per object, in label order
                 per_object = [masks[i] == k + 1 for i, count in enumerate(self.counts) for k in range(count)]
                 masks = np.stack(per_object) if per_object else np.zeros((0, side_px, side_px), bool)
-            data["masks"] = torch.tensor(masks.astype(np.uint8))
+            # overlap maps keep their dtype (int32 past 255 objects); per-object masks are uint8 (polygons2masks)
+            data["masks"] = torch.tensor(masks if overlap_mask else masks.astype(np.uint8))
         return data
 
     def _objects(self, rng, count: int) -> dict[str, np.ndarray]:
