@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from yolomem.config.gpus import CUDA_CONTEXT_BYTES, Gpu
+from yolomem.config.gpus import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_UPPER_BYTES, Gpu
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.result.estimate import estimate_config
@@ -24,14 +24,15 @@ TINY = EstimateConfig(model="yolov8n.yaml", imgsz=64, batch=2, iterations=1)
 
 @pytest.fixture(scope="module")
 def edge():
-    """A card whose usable memory holds the run, but not with the 10 % margin."""
-    peak = estimate_config(TINY).peak_reserved_bytes
-    usable = int(peak / (1 - DEFAULT_MARGIN / 2))  # the peak sits in the middle of the margin
-    return peak, Gpu("edge", CUDA_CONTEXT_BYTES + usable)
+    """A card whose memory after the (upper) context holds the run's upper figure, but not with the 10 % margin."""
+    estimated = estimate_config(TINY)
+    upper = estimated.peak_reserved_upper_bytes
+    usable = int(upper / (1 - DEFAULT_MARGIN / 2))  # the upper figure sits in the middle of the margin
+    return estimated.peak_reserved_bytes, upper, Gpu("edge", CUDA_CONTEXT_UPPER_BYTES + usable)
 
 
 def test_the_function_and_its_margin():
-    card = Gpu("card", CUDA_CONTEXT_BYTES + 1000)
+    card = Gpu("card", CUDA_CONTEXT_UPPER_BYTES + 1000)  # verdicts assume the upper figure's context
     assert Budget(card).capacity_bytes == 900 and Budget(card, 0.0).capacity_bytes == 1000
     assert fits(900, Budget(card)) and not fits(901, Budget(card))
     assert [verdict(b, Budget(card)) for b in (900, 950, 1001)] == ["yes", "near", "no"]
@@ -41,7 +42,7 @@ def test_the_function_and_its_margin():
 
 
 def test_every_caller_gives_the_same_verdict_at_the_edge(edge):
-    peak, card = edge
+    peak, upper, card = edge
     gpu_mem = card.total_bytes / GiB
     config = TINY.with_changes(gpu_mem=gpu_mem)
     estimated = estimate_config(config)
@@ -55,7 +56,7 @@ def test_every_caller_gives_the_same_verdict_at_the_edge(edge):
     curve = curve_figure(["yolov8n.yaml"], base=TINY, xs=(2,), amps=("fp16",), gpus=[card])
     assert curve.curves[0].points[0].fits == (False,)
     traced = _Traced("yolov8n", "ultralytics", "detect", 1, 64, 2, peak, peak + CUDA_CONTEXT_BYTES, CUDA_CONTEXT_BYTES,
-                     0, "", "GiB", ())  # fmt: skip
+                     0, "", "GiB", (), upper, upper + CUDA_CONTEXT_UPPER_BYTES, CUDA_CONTEXT_UPPER_BYTES)  # fmt: skip
     assert _precision_result("fp16", traced, None, [Budget(card)]).gpus[0].fits == "near"
 
 
@@ -63,7 +64,7 @@ def test_the_text_output_shows_the_margin(edge, capsys, monkeypatch):
     from yolomem.cli.main import main
 
     monkeypatch.setenv("COLUMNS", "200")  # one line per row
-    _, card = edge
+    _, _, card = edge
     assert main(["estimate", "yolov8n.yaml", "imgsz=64", "batch=2", "iterations=1", f"gpu_mem={card.total_bytes / GiB}",
                  "margin=0.2"]) == 0  # fmt: skip
     out = capsys.readouterr().out

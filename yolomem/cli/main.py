@@ -136,11 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = COMMANDS[name]
         options = _parse(spec, args)
         options.stdout = stdout
-        _setup(options)
         machine = any(flag.machine and getattr(options, flag.dest, False) for flag in spec.flags)
         # under --json (or --csv, ...) everything but the result goes to stderr: Ultralytics prints its
         # settings banner on stdout the first time it runs on a machine
-        with contextlib.redirect_stdout(sys.stderr) if machine else contextlib.nullcontext():
+        with _command_scope(options), contextlib.redirect_stdout(sys.stderr) if machine else contextlib.nullcontext():
             return spec.handler(options)
     except UserError as error:
         print(f"yolomem: error: {_message(error, argv)}", file=sys.stderr)
@@ -151,23 +150,29 @@ def main(argv: list[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else 0
 
 
-def _setup(options: argparse.Namespace) -> None:
-    """``--no-cache`` and ``--verbose``: for the whole command."""
-    if getattr(options, "no_cache", False):
-        import os
-
-        from yolomem.result.runs import configure
-        from yolomem.trace.store import OFF_ENV
-
-        os.environ[OFF_ENV] = "1"  # worker processes (the table's, prefetch's) start from the environment
-        configure(cache=False)
+@contextlib.contextmanager
+def _command_scope(options: argparse.Namespace):
+    """``--no-cache`` and ``--verbose``, for the whole command and no longer: ``main`` may be called
+    again in the same process (tests, notebooks), and the next command starts as a fresh one would."""
+    logger = logging.getLogger("yolomem")
+    saved_level, handler = logger.level, None
     if getattr(options, "verbose", False):
-        logger = logging.getLogger("yolomem")
-        if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-            handler = _StderrHandler()
-            handler.setFormatter(logging.Formatter("yolomem: %(message)s"))
-            logger.addHandler(handler)
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("yolomem: %(message)s"))
+        logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    cache = contextlib.nullcontext()
+    if getattr(options, "no_cache", False):
+        from yolomem.result.runs import cache_off
+
+        cache = cache_off()
+    try:
+        with cache:
+            yield
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+            logger.setLevel(saved_level)
 
 
 class _StderrHandler(logging.Handler):

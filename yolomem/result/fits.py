@@ -1,11 +1,12 @@
 """The one definition of "fits": the bytes a run needs against what a card gives it.
 
-A card gives a training run its memory minus the CUDA context, minus a safety margin: a share of the
-usable memory (``Gpu.usable_bytes``) held back for what the trace does not see (other processes on the
-card, allocations no kernel rule covers) and for the spread between runs. The margin is a setting,
-``margin=`` (default ``DEFAULT_MARGIN``), and every verdict prints it. The context a verdict assumes is
-the upper figure's (``CUDA_CONTEXT_UPPER_BYTES``, the top of the cited range), as the requirement it is
-compared with is the upper figure.
+A card gives a training run its memory minus the CUDA context, minus a safety margin: a share of what
+is left held back for what the trace does not see (other processes on the card, allocations no kernel
+rule covers) and for the spread between runs. The margin is a setting, ``margin=`` (default
+``DEFAULT_MARGIN``), and every verdict prints it. The context a verdict assumes is the upper figure's
+(``CUDA_CONTEXT_UPPER_BYTES``, the top of the cited range), as the requirement it is compared with is
+the upper figure; ``usable_bytes`` stays the typical run's (``Gpu.usable_bytes``), for where a typical
+run would stop on the card.
 
 A run fits when its requirement is at most that capacity. The requirement is what the caller passes:
 the upper figure's peak reserved memory (``Estimate.peak_reserved_upper_bytes``: the full requirement,
@@ -38,11 +39,13 @@ class Budget:
 
     @property
     def usable_bytes(self) -> int:
+        """What a typical run's allocator can get: the card minus the typical context."""
         return self.gpu.usable_bytes
 
     @property
     def margin_bytes(self) -> int:
-        return int(self.gpu.usable_bytes * self.margin)
+        """The share of the card (after the verdict's context) held back."""
+        return int((self.gpu.total_bytes - self.context_bytes) * self.margin)
 
     @property
     def context_bytes(self) -> int:

@@ -337,5 +337,27 @@ def configure(*, cache: bool | None = None, root: Path | None = None, derive: bo
     return _SOURCE
 
 
+@contextlib.contextmanager
+def cache_off():
+    """The CLI's ``--no-cache`` for one command: no cache reads or writes, here or in the worker processes
+    (the table's, prefetch's), which start from the environment. The source before is restored after."""
+    import os
+
+    from yolomem.trace.store import OFF_ENV
+
+    global _SOURCE
+    saved_source, saved_env = default_source(), os.environ.get(OFF_ENV)
+    os.environ[OFF_ENV] = "1"
+    configure(cache=False)
+    try:
+        yield
+    finally:
+        _SOURCE = saved_source
+        if saved_env is None:
+            os.environ.pop(OFF_ENV, None)
+        else:
+            os.environ[OFF_ENV] = saved_env
+
+
 def obtain_run(config: EstimateConfig, resolved: ResolvedModel, request=None, density=None) -> TracedRun:
     return default_source().obtain(config, resolved, request, density)
