@@ -65,7 +65,9 @@ def _pip(*args: str) -> None:
 
 
 def _env(site: Path, deps: Path, config_dir: Path) -> dict[str, str]:
-    env = dict(os.environ, YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(config_dir), OMP_NUM_THREADS="1")
+    # its own trace cache too: every release's figures are traced here, not read back from another run
+    env = dict(os.environ, YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(config_dir), OMP_NUM_THREADS="1",
+               YOLOMEM_CACHE_DIR=str(config_dir.parent / "trace-cache"))
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(deps), str(REPO)])
     return env
 

@@ -126,9 +126,9 @@ def find_gpu(name: str, gpu_mem_gib: float | None = None) -> Gpu:
     if gpu_mem_gib is not None:
         if gpu_mem_gib <= 0:
             raise UserError(f"gpu_mem={gpu_mem_gib} must be a positive number of GiB")
-        if _gib(gpu_mem_gib) <= CUDA_CONTEXT_UPPER_BYTES:  # the context the verdicts assume (result.fits)
+        if _gib(gpu_mem_gib) <= CUDA_CONTEXT_BYTES:
             raise UserError(f"gpu_mem={gpu_mem_gib:g} GiB leaves nothing after the CUDA context "
-                            f"({CUDA_CONTEXT_UPPER_BYTES / GiB:.2f} GiB); give the card's whole memory in GiB")  # fmt: skip
+                            f"({CUDA_CONTEXT_BYTES / GiB:.2f} GiB); give the card's whole memory in GiB")  # fmt: skip
         base = CATALOG.get(_ALIASES.get(_key(name), ""), None) if name else None
         return Gpu(base.name if base else (name or "custom"), _gib(gpu_mem_gib))
     canonical = _ALIASES.get(_key(name))

@@ -337,6 +337,24 @@ def configure(*, cache: bool | None = None, root: Path | None = None, derive: bo
     return _SOURCE
 
 
+@dataclass(frozen=True)
+class SourceSetting:
+    """A run source's settings, for worker processes to use the same cache (they start from the defaults)."""
+
+    root: Path
+    cache: bool
+    derive: bool
+
+    @classmethod
+    def current(cls) -> SourceSetting:
+        source = default_source()
+        return cls(source.store.root, source.store.enabled, source.derive)
+
+    def adopt(self) -> RunSource:
+        """In a worker process: use this setting's source."""
+        return configure(cache=self.cache, root=self.root, derive=self.derive)
+
+
 @contextlib.contextmanager
 def cache_off():
     """The CLI's ``--no-cache`` for one command: no cache reads or writes, here or in the worker processes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from yolomem.result.runs import _tell, default_jobs, default_source
+from yolomem.result.runs import SourceSetting, _tell, default_jobs, default_source
 
 
 def prefetch(configs, jobs: int | None = None) -> None:
@@ -29,7 +29,9 @@ def prefetch(configs, jobs: int | None = None) -> None:
     mine, theirs = pending[::jobs], [c for i, c in enumerate(pending) if i % jobs]
     _tell(f"tracing {len(pending)} runs in {jobs} processes")
     with ProcessPoolExecutor(max_workers=jobs - 1, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_trace_elsewhere, config) for config in theirs]
+        # the workers use this process's cache folder and settings (configure()'s, not the defaults)
+        setting = SourceSetting.current()
+        futures = [pool.submit(_trace_elsewhere, config, setting) for config in theirs]
         for config in mine:
             with contextlib.suppress(Exception):
                 estimate_config(config)
@@ -39,11 +41,11 @@ def prefetch(configs, jobs: int | None = None) -> None:
                     source._memory.setdefault((digest, name), stored)
 
 
-def _trace_elsewhere(config) -> list:
+def _trace_elsewhere(config, setting: SourceSetting) -> list:
     """In a worker process: the runs traced for ``config``'s estimate."""
     from yolomem.result.estimate import estimate_config
 
-    source = default_source()
+    source = setting.adopt()
     source.recording = []
     estimate_config(config)
     return source.recording

@@ -36,6 +36,7 @@ from yolomem.config.keys import DEFAULT_MARGIN
 from yolomem.errors import UserError
 from yolomem.loops import get_loop
 from yolomem.result.fits import Budget, verdict
+from yolomem.result.runs import SourceSetting
 
 DEFAULT_GPUS = ("RTX-3060-12GB", "RTX-3090", "A100-40GB", "H100-80GB")
 PRECISIONS = ("fp32", "fp16")
@@ -254,8 +255,10 @@ def _gflops_key(model: str, imgsz: int) -> tuple:
     return ("gflops", model, imgsz)
 
 
-def _trace_group(tasks) -> list:
+def _trace_group(tasks, setting: SourceSetting | None = None) -> list:
     """One row's traces, then its GFLOPs (counting builds the model: done here, in the worker)."""
+    if setting is not None:  # a worker process: the parent's cache folder and settings
+        setting.adopt()
     traced = [_trace_one(*task) for task in tasks]
     return [*traced, get_loop(traced[0].framework).gflops(tasks[0][0], traced[0].imgsz)]
 
@@ -280,7 +283,8 @@ def _run(groups, jobs: int, progress) -> dict:
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         # Last rows first: tables list generations oldest first, and the newest (deeper heads, YOLOv10's
         # two) trace slowest; starting them first keeps one worker from finishing alone at the end.
-        futures = {pool.submit(_trace_group, tasks): tasks for tasks in reversed(groups)}
+        setting = SourceSetting.current()
+        futures = {pool.submit(_trace_group, tasks, setting): tasks for tasks in reversed(groups)}
         for future in as_completed(futures):
             collect(futures[future], future.result())
     return results
