@@ -19,7 +19,7 @@ from yolomem.cli.registry import COMMANDS, Command
 from yolomem.errors import UserError
 
 # Each module registers its subcommands on import; this list is the whole CLI, in help order.
-COMMAND_MODULES = ("estimate", "fit", "table", "plot", "measure", "deploy", "cache")
+COMMAND_MODULES = ("estimate", "fit", "table", "plot", "measure", "deploy", "site", "cache")
 DEFAULT_COMMAND = "estimate"
 
 

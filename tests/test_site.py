@@ -1,0 +1,152 @@
+"""Issue 16: the calculator page (``yolomem site``). A small site is built as a user would build it, then
+opened in headless Chromium with settings chosen in its address: the figures the page shows must be the
+ones ``yolomem estimate`` prints for the same settings, at traced and at derived batches, and the page
+must load nothing from anywhere."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import pytest
+
+from yolomem.cli.main import main
+from yolomem.render.site_html import page_data
+from yolomem.result import runs
+from yolomem.trace.store import TraceStore
+
+from chromium import blocked_loads, needs_chromium, run_chromium
+
+GiB = 1 << 30
+BATCHES = (1, 2, 3, 4, 5, 6)  # 1-4 traced, 5 and 6 derived from them (yolomem.result.runs)
+WORDS = ["models=yolov8n.yaml", "imgsz=64", f"batches={','.join(map(str, BATCHES))}", "amp=true,false",
+         "iterations=1", "jobs=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Built on an empty trace cache, so its points are traced or derived here (the log says which); the
+    CLI figures it is compared with come from the tests' shared cache."""
+    folder = tmp_path_factory.mktemp("site")
+    heard: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: heard.append(record.getMessage())
+    logger = logging.getLogger("yolomem.runs")
+    previous_level, previous_source = logger.level, runs._SOURCE
+    logger.addHandler(handler), logger.setLevel(logging.INFO)
+    runs._SOURCE = runs.RunSource(TraceStore(tmp_path_factory.mktemp("empty-cache")))
+    try:
+        assert main(["site", *WORDS, "-o", str(folder)]) == 0
+    finally:
+        logger.removeHandler(handler), logger.setLevel(previous_level)
+        runs._SOURCE = previous_source
+    page = folder / "index.html"
+    return folder, page, page.read_text(encoding="utf-8"), heard
+
+
+def test_points_past_the_traced_batches_are_derived(site):
+    heard = site[3]
+    derived = {int(m.group(1)) for m in (re.search(r"batch=(\d+) imgsz=64: derived", line) for line in heard) if m}
+    assert {5, 6} <= derived
+
+
+def _cli(capsys, *words: str) -> dict:
+    capsys.readouterr()
+    assert main(["estimate", "yolov8n.yaml", "imgsz=64", "iterations=1", *words, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_every_point_is_the_estimate_the_cli_prints(site, capsys):
+    page = site[2]
+    data = page_data(page)
+    assert data["batches"] == list(BATCHES)
+    assert {(s["model"], s["amp"]) for s in data["series"]} == {("yolov8n.yaml", "fp16"), ("yolov8n.yaml", "fp32")}
+    assert data["versions"]["ultralytics"] and data["versions"]["torch"]
+    for series in data["series"]:
+        points = series["points"]
+        for index, batch in enumerate(BATCHES):
+            cli = _cli(capsys, f"batch={batch}", f"amp={series['amp']}")
+            for key in ("gpu_mem_printed", "gpu_mem_upper_printed", "peak_reserved_bytes", "device_total_bytes",
+                        "peak_reserved_upper_bytes", "device_total_upper_bytes"):  # fmt: skip
+                assert points[key][index] == cli[key], (series["amp"], batch, key)
+            assert {part: values[index] for part, values in points["breakdown"].items()} == cli["breakdown"]
+        assert series["gpu_mem_unit"] == cli["gpu_mem_unit"] and series["optimizer_used"] == cli["config"]["optimizer"]
+
+
+def test_the_page_is_one_file_that_loads_nothing(site):
+    folder, page = site[0], site[2]
+    assert [p.name for p in folder.iterdir()] == ["index.html"]
+    policy = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page).group(1)
+    assert "default-src &#x27;none&#x27;" in policy and "unsafe-inline" not in policy
+    assert not re.search(r"\s(src|href)=", page)  # no script, style, image or font from anywhere
+    assert len(page.encode()) < 5 * 2**20
+
+
+def _open(folder, page, address: str, *extra: str):
+    return run_chromium(folder, "--virtual-time-budget=3000", *extra, page.as_uri() + address)
+
+
+def _shown(dom: str, key: str) -> str:
+    match = re.search(rf'<(td|span|pre)[^>]*data-key="{key}"[^>]*>(.*?)</\1>', dom)
+    assert match, f"the page shows no {key}"
+    return re.sub(r"<[^>]+>", "", match.group(2))
+
+
+@needs_chromium
+@pytest.mark.parametrize("batch", [2, 5])  # traced, derived
+def test_chromium_shows_what_the_cli_prints(site, capsys, batch):
+    folder, page = site[0], site[1]
+    run = _open(folder, page, f"#model=yolov8n.yaml&imgsz=64&batch={batch}&amp=fp16&gpu=T4", "--dump-dom")
+    dom = run.stdout
+    cli = _cli(capsys, f"batch={batch}", "gpu=T4")
+    assert _shown(dom, "gpu_mem_printed") == cli["gpu_mem_printed"]
+    assert _shown(dom, "gpu_mem_upper_printed") == cli["gpu_mem_upper_printed"]
+    assert _shown(dom, "device_total_bytes") == f"{cli['device_total_bytes'] / GiB:.3f} GiB"
+    assert _shown(dom, "device_total_upper_bytes") == f"{cli['device_total_upper_bytes'] / GiB:.3f} GiB"
+    verdict = re.search(r'data-key="verdict" data-fits="(true|false)"', dom).group(1)
+    assert verdict == str(cli["fits"]).lower() == "true"
+    assert f"{cli['capacity_bytes'] / GiB:.2f} GiB after the CUDA context" in _shown(dom, "verdict")
+    assert _shown(dom, "train_command") == f"yolo train model=yolov8n.yaml data=YOUR_DATA.yaml imgsz=64 batch={batch}"
+    assert _shown(dom, "cli") == f"yolomem estimate yolov8n.yaml imgsz=64 batch={batch} iterations=1 gpu=T4"
+    blocked = blocked_loads(run.stderr)
+    assert not blocked, f"the page tried to load something: {blocked}"
+
+
+@needs_chromium
+def test_chromium_custom_card_verdict_and_largest_batch(site, capsys):
+    """A card too small for the run: the page's verdict and largest batch are the CLI's."""
+    folder, page = site[0], site[1]
+    run = _open(folder, page, "#model=yolov8n.yaml&imgsz=64&batch=4&amp=fp32&gpu=custom&gpu_mem=0.65", "--dump-dom")
+    cli = _cli(capsys, "batch=4", "amp=false", "gpu_mem=0.65")
+    assert cli["fits"] is False
+    assert re.search(r'data-key="verdict" data-fits="false"', run.stdout)
+    assert f"{cli['capacity_bytes'] / GiB:.2f} GiB after the CUDA context" in _shown(run.stdout, "verdict")
+    # every catalog card: the page's largest batch is the largest of its batches that `estimate gpu=` says fits
+    data = page_data(page.read_text())
+    upper = next(s for s in data["series"] if s["amp"] == "fp32")["points"]["peak_reserved_upper_bytes"]
+    for name in ("T4", "RTX-3060-12GB"):
+        shown = re.search(rf'data-card="{name}" data-max-batch="(\d*)"', run.stdout).group(1)
+        assert shown == str(BATCHES[-1])  # yolov8n at imgsz 64 fits every card at every batch here
+        assert _cli(capsys, f"batch={BATCHES[-1]}", "amp=false", f"gpu={name}")["fits"] is True
+    assert max(upper) < 1 * GiB
+
+
+@needs_chromium
+def test_chromium_screenshot(site):
+    folder, page = site[0], site[1]
+    shot = folder / "site.png"
+    _open(folder, page, "#model=yolov8n.yaml&batch=4&gpu=T4", f"--screenshot={shot}", "--window-size=1200,1400",
+          "--hide-scrollbars")  # fmt: skip
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+@pytest.mark.parametrize(("word", "says"), [
+    ("amp=fp17", "fp16"), ("batches=0", "batches"), ("tasks=detekt", "detect"), ("cards=T5", "T4"),
+    ("optimizer=adamw2", "AdamW"),
+])  # fmt: skip
+def test_bad_input_is_one_line(capsys, word, says, tmp_path):
+    assert main(["site", "models=yolov8n.yaml", word, "-o", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("yolomem: error:") and says in err
+    assert not (tmp_path / "s").exists()

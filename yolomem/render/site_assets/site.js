@@ -1,0 +1,267 @@
+// yolomem site: looks figures up in the page's data block and draws them. Every figure is a full
+// `yolomem estimate` computed when the page was built; the one rule repeated here is the verdict of
+// yolomem.result.fits (the upper figure against the card minus the upper CUDA context and the margin).
+"use strict";
+(function () {
+  const DATA = JSON.parse(document.getElementById("site-data").textContent);
+  const GiB = 1073741824;
+  const SVG = "http://www.w3.org/2000/svg";
+  const COLORS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+                  "#9c755f", "#bab0ac", "#86bcb6", "#d4a6c8", "#8cd17d", "#499894", "#79706e"];
+  const KEYS = ["task", "model", "imgsz", "batch", "amp", "optimizer", "instances", "gpu", "gpu_mem"];
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, attrs, text) => {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  };
+  const svg = (tag, attrs, text) => {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  };
+  const gib = (bytes, digits) => (bytes / GiB).toFixed(digits === undefined ? 3 : digits) + " GiB";
+  const short = (x) => (Number.isInteger(x) ? String(x) : String(Math.round(x * 10) / 10));
+  const cardName = (name) => name.replace(/-\d+GB$/, "");
+  const cardLabel = (name, total) => `${cardName(name)} (${short(total / GiB)} GiB)`;
+  const AMP_LABEL = { fp16: "AMP (fp16)", fp32: "FP32", bf16: "AMP (bf16)" };
+
+  // yolomem.result.fits.Budget.capacity_bytes
+  function capacity(total) {
+    const afterContext = total - DATA.context_upper_bytes;
+    return afterContext - Math.trunc(afterContext * DATA.margin);
+  }
+
+  function fill(select, values, label, keep) {
+    const previous = keep !== undefined ? keep : select.value;
+    select.replaceChildren(...values.map((v) => el("option", { value: String(v) }, label ? label(v) : String(v))));
+    if (values.map(String).includes(String(previous))) select.value = String(previous);
+    return select.value;
+  }
+  const unique = (values) => [...new Set(values)];
+
+  function matching(keys) {
+    return DATA.series.filter((s) => keys.every(([k, v]) => String(s[k]) === String(v)));
+  }
+
+  function setupControls(wanted) {
+    const tasks = unique(DATA.series.map((s) => s.task));
+    fill($("task"), ["all", ...tasks], null, wanted.task || "all");
+    refreshModels(wanted);
+    const cards = DATA.cards.map((c) => c[0]);
+    fill($("gpu"), [...cards, "custom"], (name) => (name === "custom" ? "custom size…" : cardLabel(name, cardTotal(name))),
+         wanted.gpu_mem ? "custom" : wanted.gpu || "RTX-3060-12GB");
+    if (wanted.gpu_mem) $("gpu_mem").value = wanted.gpu_mem;
+    $("margin").textContent = `${Math.round(DATA.margin * 100)}%`;
+  }
+
+  function refreshModels(wanted) {
+    const task = $("task").value;
+    const models = unique(DATA.series.filter((s) => task === "all" || s.task === task).map((s) => s.model));
+    fill($("model"), models, (m) => m.replace(/\.yaml$/, ""), wanted.model);
+    refreshSettings(wanted);
+  }
+
+  function refreshSettings(wanted) {
+    const model = $("model").value;
+    let chosen = [["model", model]];
+    for (const key of ["imgsz", "amp", "optimizer", "instances"]) {
+      const values = unique(matching(chosen).map((s) => s[key]));
+      const label = key === "amp" ? (v) => AMP_LABEL[v] || v : null;
+      chosen = [...chosen, [key, fill($(key), values, label, wanted[key])]];
+    }
+    fill($("batch"), DATA.batches, null, wanted.batch || 16);
+  }
+
+  function cardTotal(name) {
+    const card = DATA.cards.find((c) => c[0] === name);
+    return card ? card[1] : null;
+  }
+
+  function current() {
+    const wanted = Object.fromEntries(KEYS.map((k) => [k, $(k).value]));
+    const series = matching([["model", wanted.model], ["imgsz", wanted.imgsz], ["amp", wanted.amp],
+                             ["optimizer", wanted.optimizer], ["instances", wanted.instances]])[0];
+    const custom = wanted.gpu === "custom";
+    const total = custom ? Math.trunc(parseFloat(wanted.gpu_mem) * GiB) : cardTotal(wanted.gpu);
+    return { wanted, series, custom, total, index: series ? series.points.batch.indexOf(parseInt(wanted.batch, 10)) : -1 };
+  }
+
+  function writeAddress(state) {
+    const words = new URLSearchParams();
+    for (const key of KEYS) {
+      if (key === "gpu_mem" && !state.custom) continue;
+      if (key === "task" && state.wanted.task === "all") continue;
+      words.set(key, state.wanted[key]);
+    }
+    try { history.replaceState(null, "", "#" + words.toString()); } catch (error) { /* file:// in some browsers */ }
+  }
+
+  function render() {
+    const state = current();
+    const out = $("result");
+    out.replaceChildren();
+    $("custom-label").hidden = !state.custom;
+    writeAddress(state);
+    if (!state.series || state.index < 0) {
+      out.append(el("p", { class: "note" }, "No figures for these settings in this page."));
+      return;
+    }
+    const s = state.series, p = s.points, i = state.index;
+    const at = (name) => p[name][i];
+    const figures = el("table", { class: "figures" });
+    const row = (label, value, key, attrs) => {
+      const tr = el("tr");
+      tr.append(el("td", {}, label));
+      const td = el("td", Object.assign({ class: "num", "data-key": key }, attrs || {}), value);
+      tr.append(td);
+      figures.append(tr);
+      return td;
+    };
+    out.append(el("h2", {}, `${s.shown} (${s.task}) · batch ${at("batch")} · imgsz ${s.imgsz} · ${s.amp} · ${s.optimizer_used} · ` +
+                  `${(s.params / 1e6).toFixed(2)} M params`));
+    const gpuMem = row(`Ultralytics GPU_mem column (${s.gpu_mem_unit})`, "", "gpu_mem");
+    gpuMem.append(el("span", { class: "big", "data-key": "gpu_mem_printed" }, at("gpu_mem_printed")),
+                  document.createTextNode(" expected, "),
+                  el("span", { "data-key": "gpu_mem_upper_printed" }, at("gpu_mem_upper_printed")),
+                  document.createTextNode(" upper"));
+    row("nvidia-smi total (reserved + CUDA context)", gib(at("device_total_bytes")), "device_total_bytes",
+        { "data-bytes": at("device_total_bytes") });
+    row("nvidia-smi total, upper (9 runs in 10 stay under)", gib(at("device_total_upper_bytes")), "device_total_upper_bytes",
+        { "data-bytes": at("device_total_upper_bytes") });
+    row("peak reserved", gib(at("peak_reserved_bytes")), "peak_reserved_bytes", { "data-bytes": at("peak_reserved_bytes") });
+    row("peak reserved, upper", gib(at("peak_reserved_upper_bytes")), "peak_reserved_upper_bytes",
+        { "data-bytes": at("peak_reserved_upper_bytes") });
+    if (state.total) {
+      const cap = capacity(state.total);
+      const fits = at("peak_reserved_upper_bytes") <= cap;
+      const name = state.custom ? "custom" : state.wanted.gpu;
+      const td = row(`on ${cardLabel(name, state.total)}, upper figure`, "", "verdict", { "data-fits": String(fits) });
+      td.append(el("span", { class: fits ? "fits" : "nofit" }, fits ? "fits" : "does not fit"),
+                document.createTextNode(` (${gib(cap, 2)} after the CUDA context and a ${Math.round(DATA.margin * 100)}% margin)`));
+    }
+    const grid = el("div", { class: "grid" });
+    const left = el("div"), right = el("div");
+    grid.append(left, right);
+    left.append(figures);
+    left.append(el("h2", {}, "Where it goes (at the peak)"), breakdown(s, i));
+    right.append(el("h2", {}, "Memory against batch"), chart(s, state));
+    out.append(grid);
+    out.append(el("h2", {}, "Largest batch of this page that fits each card"), largest(s, state));
+    const train = s.train_command + at("batch");
+    out.append(el("h2", {}, "Train it"), el("pre", { "data-key": "train_command" }, train));
+    const words = [`yolomem estimate ${s.model}`, `imgsz=${s.imgsz}`, `batch=${at("batch")}`];
+    if (s.amp !== "fp16") words.push(`amp=${s.amp}`);
+    if (s.optimizer !== "auto") words.push(`optimizer=${s.optimizer}`);
+    if (s.instances !== 8) words.push(`instances=${s.instances}`);
+    words.push(...DATA.estimate_words);
+    words.push(state.custom ? `gpu_mem=${state.wanted.gpu_mem}` : `gpu=${state.wanted.gpu}`);
+    out.append(el("h2", {}, "The same figures from the command line"), el("pre", { "data-key": "cli" }, words.join(" ")));
+    if (s.notes.length) {
+      const notes = el("ul", { class: "note" });
+      s.notes.forEach((n) => notes.append(el("li", {}, n)));
+      out.append(notes);
+    }
+  }
+
+  function breakdown(s, i) {
+    const parts = Object.entries(s.points.breakdown).map(([k, v]) => [k, v[i]]).filter(([, v]) => v > 0);
+    const total = parts.reduce((a, [, v]) => a + v, 0) || 1;
+    const width = 480;
+    const bar = svg("svg", { width: width, height: 26, viewBox: `0 0 ${width} 26`, role: "img", "aria-label": "breakdown" });
+    const legend = el("div", { class: "legend" });
+    let x = 0;
+    parts.forEach(([key, bytes], n) => {
+      const w = (bytes / total) * width;
+      const color = COLORS[n % COLORS.length];
+      bar.append(svg("rect", { x: x, y: 0, width: Math.max(w, 0.5), height: 26, fill: color }, undefined));
+      x += w;
+      const item = el("span", { "data-part": key, "data-bytes": bytes });
+      const swatch = svg("svg", { width: 11, height: 11 });
+      swatch.append(svg("rect", { width: 11, height: 11, fill: color }));
+      item.append(swatch, document.createTextNode(` ${DATA.part_labels[key] || key} ${gib(bytes)}`));
+      legend.append(item);
+    });
+    const box = el("div");
+    box.append(bar, legend);
+    return box;
+  }
+
+  function chart(s, state) {
+    const W = 480, H = 300, L = 48, R = 110, T = 10, B = 34;
+    const xs = s.points.batch, upper = s.points.peak_reserved_upper_bytes, expected = s.points.peak_reserved_bytes;
+    const names = unique([...DATA.chart_cards, ...(state.custom ? [] : [state.wanted.gpu])]);
+    const lines = names.map((n) => [n, cardTotal(n)]).filter(([, t]) => t);
+    if (state.custom && state.total) lines.push(["custom", state.total]);
+    const top = Math.max(...upper, ...lines.map(([, t]) => Math.min(capacity(t), Math.max(...upper) * 1.6))) * 1.05;
+    const X = (b) => L + ((b - xs[0]) / Math.max(xs[xs.length - 1] - xs[0], 1)) * (W - L - R);
+    const Y = (bytes) => T + (1 - bytes / top) * (H - T - B);
+    const box = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "memory against batch" });
+    for (let k = 0; k <= 4; k++) {
+      const v = (top * k) / 4;
+      box.append(svg("line", { x1: L, x2: W - R, y1: Y(v), y2: Y(v), stroke: "#e6e9ec" }));
+      box.append(svg("text", { x: L - 6, y: Y(v) + 4, "text-anchor": "end" }, (v / GiB).toFixed(top < 2 * GiB ? 2 : 1)));
+    }
+    box.append(svg("text", { x: 4, y: T + 8 }, "GiB"));
+    xs.forEach((b) => box.append(svg("text", { x: X(b), y: H - B + 16, "text-anchor": "middle" }, xs.length > 10 && b % 8 && b > 8 ? "" : String(b))));
+    box.append(svg("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" }, "batch"));
+    lines.forEach(([name, total]) => {
+      const cap = capacity(total);
+      if (cap > top) return;
+      const selected = state.custom ? name === "custom" : name === state.wanted.gpu;
+      box.append(svg("line", { x1: L, x2: W - R, y1: Y(cap), y2: Y(cap), stroke: selected ? "#b42318" : "#8a96a3",
+                               "stroke-dasharray": "5 4", "stroke-width": selected ? 1.6 : 1 }));
+      box.append(svg("text", { x: W - R + 4, y: Y(cap) + 4 }, cardName(name)));
+    });
+    const path = (values, color, dash) => svg("polyline", {
+      points: xs.map((b, k) => `${X(b).toFixed(1)},${Y(values[k]).toFixed(1)}`).join(" "),
+      fill: "none", stroke: color, "stroke-width": 2, "stroke-dasharray": dash || "none" });
+    box.append(path(expected, "#4e79a7", "3 3"), path(upper, "#4e79a7"));
+    xs.forEach((b, k) => box.append(svg("circle", { cx: X(b), cy: Y(upper[k]), r: k === state.index ? 5 : 2.5,
+                                                     fill: k === state.index ? "#e15759" : "#4e79a7" })));
+    const wrap = el("div");
+    wrap.append(box, el("p", { class: "note" }, "Solid: reserved memory, upper figure; dotted: expected. " +
+      "Dashed lines: what each card gives a run (its memory minus the CUDA context and the margin)."));
+    return wrap;
+  }
+
+  function largest(s, state) {
+    const table = el("table");
+    const head = el("tr");
+    ["card", "memory", "largest batch"].forEach((h, k) => head.append(el("th", k ? { class: "num" } : {}, h)));
+    table.append(head);
+    const upper = s.points.peak_reserved_upper_bytes, xs = s.points.batch;
+    const cards = DATA.cards.slice();
+    if (state.custom && state.total) cards.push(["custom", state.total]);
+    cards.forEach(([name, total]) => {
+      const cap = capacity(total);
+      let best = null, k = 0;
+      while (k < xs.length && upper[k] <= cap) best = xs[k++];
+      const text = best === null ? `none (batch ${xs[0]} needs ${gib(upper[0], 2)})`
+        : k === xs.length ? `${best} or more` : `${best} (${xs[k]} does not fit)`;
+      const selected = state.custom ? name === "custom" : name === state.wanted.gpu;
+      const tr = el("tr", selected ? { class: "selected" } : {});
+      tr.append(el("td", {}, name), el("td", { class: "num" }, gib(total, 1)),
+                el("td", { class: "num", "data-card": name, "data-max-batch": best === null ? "" : best }, text));
+      table.append(tr);
+    });
+    return table;
+  }
+
+  function start() {
+    const wanted = Object.fromEntries(new URLSearchParams(location.hash.slice(1)));
+    setupControls(wanted);
+    $("task").addEventListener("change", () => { refreshModels({}); render(); });
+    $("model").addEventListener("change", () => { refreshSettings({}); render(); });
+    for (const key of ["imgsz", "batch", "amp", "optimizer", "instances", "gpu", "gpu_mem"]) {
+      $(key).addEventListener("change", render);
+      $(key).addEventListener("input", render);
+    }
+    render();
+    // for benchmarks/bench_site.py: milliseconds from navigation to the first figures on screen
+    document.documentElement.setAttribute("data-first-render-ms", performance.now().toFixed(0));
+  }
+  start();
+})();

@@ -1,0 +1,222 @@
+"""The calculator page's data (``yolomem site``): full estimates on a grid of settings, nothing in between.
+
+Every point is ``estimate_config`` at that model, imgsz, precision, optimizer, objects per image and
+batch: the same call, and so the same figures, as ``yolomem estimate``. Batches past the first traced
+ones come from streams derived from them (``yolomem.result.runs``: exact, checked event for event),
+each replayed through the allocator model, so a grid of many batches costs a few traces per series.
+The page offers only the grid's batches: between two of them it would have to interpolate, which no
+trace justifies.
+
+What the page computes itself is only what the CLI computes from these figures and a card: the verdict
+and the largest batch (``yolomem.result.fits``: the upper figure against the card minus the upper CUDA
+context and the margin), for catalog cards and a custom size.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from yolomem.config.gpus import CATALOG, CUDA_CONTEXT_UPPER_BYTES
+from yolomem.config.keys import DEFAULT_MARGIN
+from yolomem.config.settings import EstimateConfig
+
+DEFAULT_BATCHES = (1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128)
+DEFAULT_IMGSZ = (640,)
+DEFAULT_AMPS = ("fp16", "fp32", "bf16")
+DEFAULT_CARDS = ("T4", "RTX-3060-12GB", "RTX-4090", "A100-80GB")  # the chart's lines (the selected card is added)
+TASKS = ("detect", "segment", "pose", "obb", "classify")
+
+
+@dataclass(frozen=True)
+class SitePoint:
+    """One full estimate: what the page shows for one batch."""
+
+    batch: int
+    gpu_mem_printed: str  # as the trainer prints it, e.g. "3.21G"
+    gpu_mem_upper_printed: str
+    peak_reserved_bytes: int
+    device_total_bytes: int  # nvidia-smi: reserved + CUDA context
+    peak_reserved_upper_bytes: int  # what the verdicts use
+    device_total_upper_bytes: int
+    breakdown: dict[str, int]  # at the peak, as ``estimate`` prints it (CUDA context included)
+
+
+@dataclass(frozen=True)
+class SiteSeries:
+    """One model at one setting, over the grid's batches."""
+
+    model: str  # the name the user types, e.g. "yolov8m.yaml"
+    shown: str  # the resolved name, e.g. "yolov8m"
+    family: str
+    task: str
+    params: int
+    imgsz: int
+    amp: str
+    optimizer: str  # as asked (e.g. "auto")
+    optimizer_used: str  # what the trainer picks
+    instances: float
+    gpu_mem_unit: str
+    train_command: str  # without batch=: the page appends the batch chosen
+    notes: tuple[str, ...]
+    points: tuple[SitePoint, ...]
+
+
+@dataclass(frozen=True)
+class SiteRequest:
+    """What to compute: every combination of these, each over ``batches``."""
+
+    models: tuple[str, ...]
+    imgsz: tuple[int, ...] = DEFAULT_IMGSZ
+    batches: tuple[int, ...] = DEFAULT_BATCHES
+    amps: tuple[str, ...] = DEFAULT_AMPS
+    optimizers: tuple[str, ...] = ("auto",)
+    instances: tuple[float, ...] = (8.0,)
+    iterations: int = 2  # estimate's default: the page equals `yolomem estimate`
+    cards: tuple[str, ...] = DEFAULT_CARDS
+
+    def series_configs(self) -> list[EstimateConfig]:
+        """One config per series (at its first batch)."""
+        return [EstimateConfig(model=model, imgsz=imgsz, batch=self.batches[0], amp=amp, optimizer=optimizer,
+                               instances=instances, iterations=self.iterations)
+                for model in self.models for imgsz in self.imgsz for amp in self.amps
+                for optimizer in self.optimizers for instances in self.instances]  # fmt: skip
+
+    def estimate_words(self) -> tuple[str, ...]:
+        """The estimate keys every point shares that are not a control, for the page's CLI line."""
+        return () if self.iterations == 2 else (f"iterations={self.iterations}",)
+
+
+@dataclass(frozen=True)
+class SiteFailure:
+    model: str
+    setting: str
+    error: str
+
+
+@dataclass(frozen=True)
+class SiteData:
+    versions: dict[str, str]  # yolomem, torch, ultralytics: the code that computed every figure
+    margin: float
+    context_upper_bytes: int
+    cards: tuple[tuple[str, int], ...]  # (name, total bytes): the catalog
+    chart_cards: tuple[str, ...]
+    batches: tuple[int, ...]
+    estimate_words: tuple[str, ...]
+    series: tuple[SiteSeries, ...]
+    failures: tuple[SiteFailure, ...] = ()
+    seconds: float = 0.0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict:
+        """Compact: a series' points as columns (one list per figure), the breakdown per part."""
+        return {
+            "versions": self.versions, "margin": self.margin, "context_upper_bytes": self.context_upper_bytes,
+            "cards": [list(card) for card in self.cards], "chart_cards": list(self.chart_cards),
+            "batches": list(self.batches), "estimate_words": list(self.estimate_words),
+            "series": [_series_json(s) for s in self.series],
+            "failures": [vars(f) for f in self.failures], "notes": list(self.notes),
+        }  # fmt: skip
+
+
+_COLUMNS = ("batch", "gpu_mem_printed", "gpu_mem_upper_printed", "peak_reserved_bytes", "device_total_bytes",
+            "peak_reserved_upper_bytes", "device_total_upper_bytes")  # fmt: skip
+
+
+def _series_json(series: SiteSeries) -> dict:
+    head = {k: v for k, v in vars(series).items() if k != "points"}
+    head["notes"] = list(series.notes)
+    columns = {name: [getattr(p, name) for p in series.points] for name in _COLUMNS}
+    parts = dict.fromkeys(part for p in series.points for part in p.breakdown)
+    columns["breakdown"] = {part: [p.breakdown.get(part, 0) for p in series.points] for part in parts}
+    return head | {"points": columns}
+
+
+def train_command(config: EstimateConfig, framework: str) -> str:
+    """The training command of this setting, without the batch (the page appends it)."""
+    if framework == "yolov5":  # the yolov5 repo's train.py
+        words = ["python", "train.py", "--cfg", config.model, "--img", str(config.imgsz)]
+        return shlex.join(words) + " --batch-size"
+    words = ["yolo", "train", f"model={config.model}", "data=YOUR_DATA.yaml", f"imgsz={config.imgsz}"]
+    if config.amp == "fp32":
+        words.append("amp=False")
+    if config.optimizer != "auto":
+        words.append(f"optimizer={config.optimizer}")
+    return shlex.join(words) + " batch="
+
+
+def compute_series(config: EstimateConfig, batches: Sequence[int]) -> SiteSeries:
+    """One series: ``estimate_config`` at every batch (the first few traced, the rest derived)."""
+    from yolomem.loops import resolve_model
+    from yolomem.result.estimate import estimate_config
+
+    points, first = [], None
+    for batch in batches:
+        estimated = estimate_config(config.with_changes(batch=batch))
+        first = first or estimated
+        points.append(SitePoint(batch, estimated.gpu_mem_printed, estimated.gpu_mem_upper_printed,
+                                estimated.peak_reserved_bytes, estimated.device_total_bytes,
+                                estimated.peak_reserved_upper_bytes, estimated.device_total_upper_bytes,
+                                dict(estimated.breakdown)))  # fmt: skip
+    resolved = resolve_model(config.model, config.framework)
+    notes = tuple(dict.fromkeys(note for note in first.notes))
+    return SiteSeries(config.model, first.config.model, _family(first.config.model), first.task, first.params,
+                      first.config.imgsz, config.amp, config.optimizer, first.config.optimizer, config.instances,
+                      first.gpu_mem_unit, train_command(config, resolved.framework), notes, tuple(points))  # fmt: skip
+
+
+def _family(name: str) -> str:
+    import re
+
+    match = re.match(r"^(yolov?\d+)", name)
+    return match.group(1).replace("yolov", "YOLOv").replace("yolo", "YOLO") if match else name
+
+
+def _compute_or_fail(config: EstimateConfig, batches: Sequence[int], setting=None) -> SiteSeries | SiteFailure:
+    """In this process or a worker: a series, or why it failed (the rest of the site goes on)."""
+    from yolomem.errors import UserError
+
+    if setting is not None:  # a worker process: the parent's trace cache
+        setting.adopt()
+    try:
+        return compute_series(config, batches)
+    except (UserError, RuntimeError, ValueError) as error:
+        label = f"imgsz={config.imgsz} amp={config.amp} optimizer={config.optimizer} instances={config.instances:g}"
+        return SiteFailure(config.model, label, str(error).splitlines()[0] if str(error) else type(error).__name__)
+
+
+def compute_site(request: SiteRequest, *, jobs: int = 1, progress: Callable[[str], None] | None = None) -> SiteData:
+    """Every series of ``request``; ``jobs > 1`` computes series in that many worker processes."""
+    from yolomem.result.estimate import _versions
+    from yolomem.result.runs import SourceSetting
+
+    started = time.perf_counter()
+    configs = request.series_configs()
+    results: list[SiteSeries | SiteFailure | None] = [None] * len(configs)
+
+    def done(index: int, result) -> None:
+        results[index] = result
+        if progress:
+            progress(f"{configs[index].model} {configs[index].amp}")
+
+    if jobs <= 1 or len(configs) < 2:
+        for index, config in enumerate(configs):
+            done(index, _compute_or_fail(config, request.batches))
+    else:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
+
+        setting = SourceSetting.current()
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_compute_or_fail, c, request.batches, setting): i for i, c in enumerate(configs)}
+            for future in as_completed(futures):
+                done(futures[future], future.result())
+    yolomem_version, torch_version, ultralytics_version = _versions()
+    series = tuple(r for r in results if isinstance(r, SiteSeries))
+    failures = tuple(r for r in results if isinstance(r, SiteFailure))
+    cards = tuple((name, gpu.total_bytes) for name, gpu in CATALOG.items() if not gpu.shared_memory)
+    return SiteData({"yolomem": yolomem_version, "torch": torch_version, "ultralytics": ultralytics_version},
+                    DEFAULT_MARGIN, CUDA_CONTEXT_UPPER_BYTES, cards, request.cards, request.batches,
+                    request.estimate_words(), series, failures, time.perf_counter() - started)  # fmt: skip
