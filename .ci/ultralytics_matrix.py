@@ -15,6 +15,7 @@ behaviour (see loops/ultralytics/release.py and the README's "Ultralytics releas
 
     python .ci/ultralytics_matrix.py              # the whole matrix, os.cpu_count() processes
     python .ci/ultralytics_matrix.py -j 2 8.3.74  # one release
+    python .ci/ultralytics_matrix.py --beside PID # one at a time while PID runs, then os.cpu_count()
 """
 
 from __future__ import annotations
@@ -145,11 +146,22 @@ def _line(result: dict) -> str:
             f"          {smoke.get('clears')}{detail}")  # fmt: skip
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("releases", nargs="*", default=list(RELEASES))
     parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--workdir", help="where releases are installed (default: a temporary folder)")
+    parser.add_argument("--beside", type=int, help="a process ID: run one release at a time while it lives")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smoke:
@@ -159,12 +171,17 @@ def main() -> int:
         workdir = Path(args.workdir or tmp)
         deps = workdir / "old-release-deps"
         _pip("--target", str(deps), *OLD_RELEASE_DEPS)
-        results = []
+        results, waiting, running = [], list(args.releases), set()
         with concurrent.futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(run_release, r, workdir, deps) for r in args.releases]
-            for future in concurrent.futures.as_completed(futures):
-                results.append(future.result())
-                print(_line(results[-1]), flush=True)
+            while waiting or running:
+                # beside another job (CI's test run), one release at a time until it ends, then all jobs
+                allowed = 1 if args.beside and _alive(args.beside) else args.jobs
+                while waiting and len(running) < allowed:
+                    running.add(pool.submit(run_release, waiting.pop(0), workdir, deps))
+                done, running = concurrent.futures.wait(running, timeout=5, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    results.append(future.result())
+                    print(_line(results[-1]), flush=True)
     failed = [r["release"] for r in results if not r["ok"]]
     print(f"\n{len(results) - len(failed)} of {len(results)} releases passed" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

@@ -122,7 +122,7 @@ def test_a_key_of_another_command_says_which(capsys):
 
 def test_help_imports_neither_torch_nor_ultralytics():
     code = ("import sys; from yolomem.cli.main import main\n"
-            "for argv in (['--help'], ['estimate', '--help'], ['fit', '--help'], ['table', '--help'], ['measure', '--help']):\n"
+            "for argv in (['--help'], ['estimate', '--help'], ['fit', '--help'], ['table', '--help'], ['measure', '--help'], ['site', '--help']):\n"
             "    assert main(argv) == 0\n"
             "assert 'torch' not in sys.modules and 'ultralytics' not in sys.modules, 'heavy import'")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

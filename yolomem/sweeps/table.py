@@ -36,7 +36,6 @@ from yolomem.config.keys import DEFAULT_MARGIN
 from yolomem.errors import UserError
 from yolomem.loops import get_loop
 from yolomem.result.fits import Budget, verdict
-from yolomem.result.runs import SourceSetting
 
 DEFAULT_GPUS = ("RTX-3060-12GB", "RTX-3090", "A100-40GB", "H100-80GB")
 PRECISIONS = ("fp32", "fp16")
@@ -255,7 +254,7 @@ def _gflops_key(model: str, imgsz: int) -> tuple:
     return ("gflops", model, imgsz)
 
 
-def _trace_group(tasks, setting: SourceSetting | None = None) -> list:
+def _trace_group(tasks, setting=None) -> list:
     """One row's traces, then its GFLOPs (counting builds the model: done here, in the worker)."""
     if setting is not None:  # a worker process: the parent's cache folder and settings
         setting.adopt()
@@ -283,6 +282,8 @@ def _run(groups, jobs: int, progress) -> dict:
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         # Last rows first: tables list generations oldest first, and the newest (deeper heads, YOLOv10's
         # two) trace slowest; starting them first keeps one worker from finishing alone at the end.
+        from yolomem.result.runs import SourceSetting  # runs imports torch: not at import (yolomem --help)
+
         setting = SourceSetting.current()
         futures = {pool.submit(_trace_group, tasks, setting): tasks for tasks in reversed(groups)}
         for future in as_completed(futures):

@@ -199,21 +199,30 @@
     const X = (b) => L + ((b - xs[0]) / Math.max(xs[xs.length - 1] - xs[0], 1)) * (W - L - R);
     const Y = (bytes) => T + (1 - bytes / top) * (H - T - B);
     const box = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "memory against batch" });
-    for (let k = 0; k <= 4; k++) {
-      const v = (top * k) / 4;
-      box.append(svg("line", { x1: L, x2: W - R, y1: Y(v), y2: Y(v), stroke: "#e6e9ec" }));
-      box.append(svg("text", { x: L - 6, y: Y(v) + 4, "text-anchor": "end" }, (v / GiB).toFixed(top < 2 * GiB ? 2 : 1)));
+    const step = niceStep(top / GiB / 5);
+    for (let v = 0; v <= top / GiB; v += step) {
+      box.append(svg("line", { x1: L, x2: W - R, y1: Y(v * GiB), y2: Y(v * GiB), stroke: "#e6e9ec" }));
+      box.append(svg("text", { x: L - 6, y: Y(v * GiB) + 4, "text-anchor": "end" }, String(+v.toFixed(3))));
     }
     box.append(svg("text", { x: 4, y: T + 8 }, "GiB"));
-    xs.forEach((b) => box.append(svg("text", { x: X(b), y: H - B + 16, "text-anchor": "middle" }, xs.length > 10 && b % 8 && b > 8 ? "" : String(b))));
+    let lastX = -Infinity;  // a batch label only where it does not run into the previous one
+    xs.forEach((b) => {
+      if (X(b) - lastX < 22) return;
+      lastX = X(b);
+      box.append(svg("text", { x: X(b), y: H - B + 16, "text-anchor": "middle" }, String(b)));
+    });
     box.append(svg("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" }, "batch"));
-    lines.forEach(([name, total]) => {
+    let lastY = Infinity;  // card labels from the bottom up, none on top of another
+    lines.sort((a, b) => a[1] - b[1]).forEach(([name, total]) => {
       const cap = capacity(total);
       if (cap > top) return;
       const selected = state.custom ? name === "custom" : name === state.wanted.gpu;
       box.append(svg("line", { x1: L, x2: W - R, y1: Y(cap), y2: Y(cap), stroke: selected ? "#b42318" : "#8a96a3",
                                "stroke-dasharray": "5 4", "stroke-width": selected ? 1.6 : 1 }));
-      box.append(svg("text", { x: W - R + 4, y: Y(cap) + 4 }, cardName(name)));
+      if (lastY - Y(cap) >= 12) {
+        box.append(svg("text", { x: W - R + 4, y: Y(cap) + 4 }, cardName(name)));
+        lastY = Y(cap);
+      }
     });
     const path = (values, color, dash) => svg("polyline", {
       points: xs.map((b, k) => `${X(b).toFixed(1)},${Y(values[k]).toFixed(1)}`).join(" "),
@@ -225,6 +234,11 @@
     wrap.append(box, el("p", { class: "note" }, "Solid: reserved memory, upper figure; dotted: expected. " +
       "Dashed lines: what each card gives a run (its memory minus the CUDA context and the margin)."));
     return wrap;
+  }
+
+  function niceStep(rough) {
+    const power = Math.pow(10, Math.floor(Math.log10(rough)));
+    return [1, 2, 5, 10].map((m) => m * power).find((candidate) => candidate >= rough);
   }
 
   function largest(s, state) {
