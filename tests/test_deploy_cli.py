@@ -104,3 +104,14 @@ def test_python_api_is_the_function():
     assert callable(yolomem.deploy) and yolomem.deploy.__name__ == "deploy"
     with pytest.raises(yolomem.UserError):
         yolomem.deploy("yolov8n.yaml", format="torch", precision="int8")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_onnx_on_a_small_graph_keeps_its_range(precision):
+    """At imgsz 64 the cuDNN workspace's own arena region left less growth than the arena without it, and
+    the growth term's low end came out above its figure (a ValueError traceback, found by the site build)."""
+    from yolomem.deployment.estimate import deploy
+
+    deployed = deploy("yolov8n.yaml", format="onnx", precision=precision, batch=2, imgsz=64)
+    growth = deployed.term("arena_growth")
+    assert growth.low <= growth.bytes <= growth.high and deployed.runtime_bytes > 0

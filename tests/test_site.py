@@ -20,8 +20,9 @@ from chromium import blocked_loads, needs_chromium, run_chromium
 
 GiB = 1 << 30
 BATCHES = (1, 2, 3, 4, 5, 6)  # 1-4 traced, 5 and 6 derived from them (yolomem.result.runs)
+DEPLOY_BATCHES = (1, 3)
 WORDS = ["models=yolov8n.yaml", "imgsz=64", f"batches={','.join(map(str, BATCHES))}", "amp=true,false",
-         "iterations=1", "jobs=1"]  # fmt: skip
+         "iterations=1", "deploy=torch,engine", f"deploy_batches={','.join(map(str, DEPLOY_BATCHES))}", "jobs=1"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,27 @@ def test_every_point_is_the_estimate_the_cli_prints(site, capsys):
                 assert points[key][index] == cli[key], (series["amp"], batch, key)
             assert {part: values[index] for part, values in points["breakdown"].items()} == cli["breakdown"]
         assert series["gpu_mem_unit"] == cli["gpu_mem_unit"] and series["optimizer_used"] == cli["config"]["optimizer"]
+
+
+def _deploy_cli(capsys, *words: str) -> dict:
+    capsys.readouterr()
+    assert main(["deploy", "yolov8n.yaml", "imgsz=64", *words, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_every_deployment_point_is_what_deploy_prints(site, capsys):
+    data = page_data(site[2])
+    assert data["deploy_batches"] == list(DEPLOY_BATCHES)
+    assert {(s["format"], s["precision"]) for s in data["deploy_series"]} == {
+        ("torch", "fp32"), ("torch", "fp16"), ("engine", "fp32"), ("engine", "fp16"), ("engine", "int8")}
+    for series in data["deploy_series"]:
+        points = series["points"]
+        for index, batch in enumerate(DEPLOY_BATCHES):
+            cli = _deploy_cli(capsys, f"format={series['format']}", f"precision={series['precision']}", f"batch={batch}",
+                              "device=T4")  # fmt: skip
+            for key in ("runtime_bytes", "runtime_low_bytes", "build_peak_bytes", "calibration_peak_bytes", "host_bytes"):
+                assert points[key][index] == cli[key], (series["format"], series["precision"], batch, key)
+            assert {key: values[index] for key, values in points["terms"].items()} == {t["key"]: t["bytes"] for t in cli["runtime"]}
 
 
 def test_the_page_is_one_file_that_loads_nothing(site):
@@ -130,6 +152,19 @@ def test_chromium_custom_card_verdict_and_largest_batch(site, capsys):
         assert shown == str(BATCHES[-1])  # yolov8n at imgsz 64 fits every card at every batch here
         assert _cli(capsys, f"batch={BATCHES[-1]}", "amp=false", f"gpu={name}")["fits"] is True
     assert max(upper) < 1 * GiB
+
+
+@needs_chromium
+def test_chromium_deployment_view_shows_what_deploy_prints(site, capsys):
+    folder, page = site[0], site[1]
+    run = run_chromium(folder, "--virtual-time-budget=3000", "--dump-dom", page.as_uri() +
+                       "#mode=deploy&model=yolov8n.yaml&imgsz=64&format=engine&precision=int8&batch=3&gpu=T4")  # fmt: skip
+    cli = _deploy_cli(capsys, "format=engine", "precision=int8", "batch=3", "device=T4")
+    for key in ("runtime_bytes", "build_peak_bytes", "calibration_peak_bytes", "host_bytes"):
+        assert re.search(rf'data-key="{key}" data-bytes="{cli[key]}">{cli[key] / GiB:.3f} GiB<', run.stdout), key
+    assert re.search(rf'data-key="verdict" data-fits="{str(cli["fits"]).lower()}"', run.stdout)
+    assert _shown(run.stdout, "cli") == "yolomem deploy yolov8n.yaml format=engine precision=int8 batch=3 imgsz=64 device=T4"
+    assert not blocked_loads(run.stderr)
 
 
 @needs_chromium

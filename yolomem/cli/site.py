@@ -1,7 +1,7 @@
 """``yolomem site``: the calculator page, one self-contained HTML file built from full estimates.
 
     yolomem site -o site/                                   # every model, 640, fp16/fp32/bf16 (hours; cached)
-    yolomem site models=yolov8n.yaml,yolov8m.yaml amp=true -o site/   # a small page in minutes
+    yolomem site models=yolov8n.yaml,yolov8m.yaml amp=true deploy=none -o site/   # a small page in minutes
 
 The data: ``yolomem.sweeps.site_data``; the page: ``yolomem.render.site_html``.
 """
@@ -14,7 +14,8 @@ from pathlib import Path
 from yolomem.cli.registry import OUTPUT, command
 from yolomem.config.keys import CHOICE, ESTIMATE_KEYS, INT, INTS, TEXTS, Key, KeyTable, parse_words
 from yolomem.errors import UserError
-from yolomem.sweeps.site_data import DEFAULT_AMPS, DEFAULT_BATCHES, DEFAULT_CARDS, DEFAULT_IMGSZ, TASKS, SiteRequest
+from yolomem.sweeps.site_data import (DEFAULT_AMPS, DEFAULT_BATCHES, DEFAULT_CARDS, DEFAULT_DEPLOY_BATCHES,
+                                      DEFAULT_IMGSZ, DEPLOY_FORMATS, TASKS, SiteRequest)
 
 MAX_BATCHES = 40  # each is a full estimate per series
 SITE_KEYS = KeyTable((
@@ -28,6 +29,9 @@ SITE_KEYS = KeyTable((
     Key("optimizer", TEXTS, ("auto",), "optimizers (auto: Ultralytics' own choice)"),
     Key("instances", TEXTS, ("8",), "mean labelled objects per image, one series each, e.g. 2,8,30"),
     ESTIMATE_KEYS["iterations"],
+    Key("deploy", TEXTS, DEPLOY_FORMATS, "deployment view: formats (torch, onnx, engine), each at its precisions; "
+        "none: training only"),
+    Key("deploy_batches", INTS, DEFAULT_DEPLOY_BATCHES, "the batches of the deployment view", low=1, max_items=MAX_BATCHES),
     Key("cards", TEXTS, DEFAULT_CARDS, "cards drawn as lines on the chart (every catalog card is in the GPU list)"),
     Key("jobs", INT, 2, "processes computing series side by side", low=1),
 ))  # fmt: skip
@@ -38,10 +42,11 @@ _OTHER_TRAINERS = ("-world", "-rtdetr")  # YOLO-World and RT-DETR YAMLs train wi
 @command(
     "site", "write the calculator page: one HTML file, every figure a full estimate, works offline",
     keys=SITE_KEYS, flags=(OUTPUT.but("the folder to write index.html into (default: site)"),),
-    examples=("yolomem site models=yolov8n.yaml,yolov8m.yaml amp=true -o site/   # a small page, minutes",
+    examples=("yolomem site models=yolov8n.yaml,yolov8m.yaml amp=true deploy=none -o site/  # a small page, minutes",
               "yolomem site -o site/                                            # every model (hours; cached)"),
     more="Each series (model x imgsz x precision x optimizer x objects) is estimated at every batch of batches=; "
-         "the first few are traced, the rest derived from them. Open site/index.html, or publish the folder.",
+         "the first few are traced, the rest derived from them. The deployment view is yolomem deploy at every "
+         "format, precision and deploy_batches=. Open site/index.html, or publish the folder.",
 )  # fmt: skip
 def _site(options: argparse.Namespace) -> int:
     from yolomem.cli.progress import progress_display
@@ -52,8 +57,8 @@ def _site(options: argparse.Namespace) -> int:
     folder = Path(getattr(options, "output", None) or "site")
     if folder.exists() and not folder.is_dir():
         raise UserError(f"-o {str(folder)!r} is a file; site writes a folder (index.html inside)")
-    series = len(request.series_configs())
-    with progress_display("site", total=series) as display:
+    units = len(request.series_configs()) + len(request.deploy_configs())
+    with progress_display("site", total=units) as display:
         data = compute_site(request, jobs=jobs, progress=display.advance)
     if not data.series:
         first = data.failures[0] if data.failures else None
@@ -62,8 +67,8 @@ def _site(options: argparse.Namespace) -> int:
     page = folder / "index.html"
     page.write_text(render_site(data), encoding="utf-8")
     size = page.stat().st_size
-    print(f"wrote {page} ({size / 2**20:.2f} MiB): {len(data.series)} series x {len(request.batches)} batches "
-          f"in {data.seconds:.0f} s")  # fmt: skip
+    print(f"wrote {page} ({size / 2**20:.2f} MiB): {len(data.series)} training series x {len(request.batches)} batches, "
+          f"{len(data.deploy_series)} deployment series x {len(request.deploy_batches)} batches in {data.seconds:.0f} s")  # fmt: skip
     for failure in data.failures:
         print(f"left out: {failure.model} {failure.setting}: {failure.error}")
     print(f"open {page.resolve().as_uri()}")
@@ -81,7 +86,8 @@ def parse_site_words(words: list[str]) -> tuple[SiteRequest, int]:
         models=tuple(models), imgsz=tuple(get("imgsz")), batches=tuple(sorted(set(get("batches")))),
         amps=_each(get("amp"), ESTIMATE_KEYS["amp"]), optimizers=_each(get("optimizer"), ESTIMATE_KEYS["optimizer"]),
         instances=_each(get("instances"), ESTIMATE_KEYS["instances"]), iterations=get("iterations"),
-        cards=_cards(get("cards")),
+        cards=_cards(get("cards")), deploy_formats=_formats(get("deploy")),
+        deploy_batches=tuple(sorted(set(get("deploy_batches")))),
     )  # fmt: skip
     return request, get("jobs")
 
@@ -89,6 +95,12 @@ def parse_site_words(words: list[str]) -> tuple[SiteRequest, int]:
 def _each(words, key: Key) -> tuple:
     """Each word of a list parsed and checked as one value of ``key`` (aliases, ranges, nearest-name hints)."""
     return tuple(dict.fromkeys(key.parse(str(word)) for word in words))
+
+
+def _formats(words) -> tuple[str, ...]:
+    if tuple(words) == ("none",):
+        return ()
+    return _each(words, Key("deploy", CHOICE, None, "", choices=DEPLOY_FORMATS))
 
 
 def _cards(names) -> tuple[str, ...]:

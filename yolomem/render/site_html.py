@@ -7,8 +7,9 @@ page loads nothing from anywhere: it works from ``file://`` and any static host.
 ``yolomem.result.fits`` (upper figure against the card minus the upper CUDA context and the margin).
 
 Settings can be set from the address: ``index.html#model=yolov8m.yaml&batch=24&gpu=RTX-3060-12GB``
-(also ``imgsz``, ``amp``, ``optimizer``, ``instances``, ``gpu_mem`` for a custom card); the page keeps
-the address in step with the controls, so a link shares a result.
+(also ``imgsz``, ``amp``, ``optimizer``, ``instances``, ``gpu=custom&gpu_mem=10``; the deployment view:
+``mode=deploy&format=engine&precision=int8``); the page keeps the address in step with the controls,
+so a link shares a result.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from importlib import resources
 from yolomem.render.plots import PART_LABELS
 from yolomem.sweeps.site_data import SiteData
 
-TITLE = "YOLO training memory calculator"
+TITLE = "YOLO GPU memory calculator"
 
 
 def _asset(name: str) -> str:
@@ -53,17 +54,21 @@ def render_site(data: SiteData) -> str:
 <h1>{TITLE}</h1>
 <p class="lead">GPU memory of a YOLO training run, before you train: every figure is a full
 <code>yolomem estimate</code> (the real training step traced on fake tensors, replayed through a model of
-PyTorch's CUDA caching allocator), computed by {html.escape(versions)}.</p>
+PyTorch's CUDA caching allocator), computed by {html.escape(versions)}. The deployment view is
+<code>yolomem deploy</code>: PyTorch, ONNX Runtime and TensorRT.</p>
 </header>
 <main>
 <form id="controls" autocomplete="off">
+<label>view <select id="mode"></select></label>
 <label>task <select id="task"></select></label>
 <label>model <select id="model"></select></label>
 <label>imgsz <select id="imgsz"></select></label>
 <label>batch <select id="batch"></select></label>
-<label>precision <select id="amp"></select></label>
-<label>optimizer <select id="optimizer"></select></label>
-<label>objects / image <select id="instances"></select></label>
+<label class="train-only">precision <select id="amp"></select></label>
+<label class="train-only">optimizer <select id="optimizer"></select></label>
+<label class="train-only">objects / image <select id="instances"></select></label>
+<label class="deploy-only" hidden>format <select id="format"></select></label>
+<label class="deploy-only" hidden>precision <select id="precision"></select></label>
 <label>GPU <select id="gpu"></select></label>
 <label id="custom-label" hidden>GiB <input id="gpu_mem" type="number" min="0.7" step="0.5" value="8"></label>
 </form>

@@ -14,10 +14,11 @@ context and the margin), for catalog cards and a custom size.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from yolomem.config.gpus import CATALOG, CUDA_CONTEXT_UPPER_BYTES
 from yolomem.config.keys import DEFAULT_MARGIN
@@ -27,6 +28,9 @@ DEFAULT_BATCHES = (1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128)
 DEFAULT_IMGSZ = (640,)
 DEFAULT_AMPS = ("fp16", "fp32", "bf16")
 DEFAULT_CARDS = ("T4", "RTX-3060-12GB", "RTX-4090", "A100-80GB")  # the chart's lines (the selected card is added)
+DEPLOY_FORMATS = ("torch", "onnx", "engine")
+DEPLOY_PRECISIONS = {"torch": ("fp32", "fp16"), "onnx": ("fp32", "fp16"), "engine": ("fp32", "fp16", "int8")}
+DEFAULT_DEPLOY_BATCHES = (1, 2, 4, 8, 16, 32)
 TASKS = ("detect", "segment", "pose", "obb", "classify")
 
 
@@ -65,6 +69,33 @@ class SiteSeries:
 
 
 @dataclass(frozen=True)
+class DeployPoint:
+    """One ``yolomem deploy`` at one batch: what inference holds on the device, by term."""
+
+    batch: int
+    runtime_bytes: int  # on the device while running (the high end of every term, as deploy's total)
+    runtime_low_bytes: int
+    build_peak_bytes: int | None  # TensorRT engine build
+    calibration_peak_bytes: int | None  # INT8 calibration
+    host_bytes: int
+    terms: dict[str, int]
+
+
+@dataclass(frozen=True)
+class DeploySeries:
+    model: str
+    shown: str
+    task: str
+    params: int
+    imgsz: int
+    format: str
+    precision: str
+    labels: dict[str, str]  # term key -> label, as deploy prints it
+    notes: tuple[str, ...]
+    points: tuple[DeployPoint, ...]
+
+
+@dataclass(frozen=True)
 class SiteRequest:
     """What to compute: every combination of these, each over ``batches``."""
 
@@ -76,6 +107,20 @@ class SiteRequest:
     instances: tuple[float, ...] = (8.0,)
     iterations: int = 2  # estimate's default: the page equals `yolomem estimate`
     cards: tuple[str, ...] = DEFAULT_CARDS
+    deploy_formats: tuple[str, ...] = DEPLOY_FORMATS  # () : no deployment view
+    deploy_batches: tuple[int, ...] = DEFAULT_DEPLOY_BATCHES
+
+    def deploy_configs(self) -> list:
+        """One deployment config per series (at its first batch). ``yolomem deploy`` sizes Ultralytics
+        models: the yolov5 repo's own designs (v3, v4, v5 originals) have training figures only."""
+        from yolomem.deployment.config import DeployConfig
+        from yolomem.loops import LOOP_NAMES, get_loop
+
+        others = [get_loop(name) for name in LOOP_NAMES if name != "ultralytics"]
+        models = [m for m in self.models if not any(loop.owns(m) for loop in others)]
+        return [DeployConfig(model=model, format=fmt, precision=precision, batch=self.deploy_batches[0], imgsz=imgsz)
+                for model in models for imgsz in self.imgsz for fmt in self.deploy_formats
+                for precision in DEPLOY_PRECISIONS[fmt]]  # fmt: skip
 
     def series_configs(self) -> list[EstimateConfig]:
         """One config per series (at its first batch)."""
@@ -107,8 +152,9 @@ class SiteData:
     estimate_words: tuple[str, ...]
     series: tuple[SiteSeries, ...]
     failures: tuple[SiteFailure, ...] = ()
+    deploy_batches: tuple[int, ...] = ()
+    deploy_series: tuple[DeploySeries, ...] = ()
     seconds: float = 0.0
-    notes: tuple[str, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict:
         """Compact: a series' points as columns (one list per figure), the breakdown per part."""
@@ -117,7 +163,8 @@ class SiteData:
             "cards": [list(card) for card in self.cards], "chart_cards": list(self.chart_cards),
             "batches": list(self.batches), "estimate_words": list(self.estimate_words),
             "series": [_series_json(s) for s in self.series],
-            "failures": [vars(f) for f in self.failures], "notes": list(self.notes),
+            "deploy_batches": list(self.deploy_batches), "deploy_series": [_deploy_json(s) for s in self.deploy_series],
+            "failures": [vars(f) for f in self.failures],
         }  # fmt: skip
 
 
@@ -131,6 +178,16 @@ def _series_json(series: SiteSeries) -> dict:
     columns = {name: [getattr(p, name) for p in series.points] for name in _COLUMNS}
     parts = dict.fromkeys(part for p in series.points for part in p.breakdown)
     columns["breakdown"] = {part: [p.breakdown.get(part, 0) for p in series.points] for part in parts}
+    return head | {"points": columns}
+
+
+def _deploy_json(series: DeploySeries) -> dict:
+    head = {k: v for k, v in vars(series).items() if k != "points"}
+    head["notes"] = list(series.notes)
+    names = ("batch", "runtime_bytes", "runtime_low_bytes", "build_peak_bytes", "calibration_peak_bytes", "host_bytes")
+    columns = {name: [getattr(p, name) for p in series.points] for name in names}
+    keys = dict.fromkeys(key for p in series.points for key in p.terms)
+    columns["terms"] = {key: [p.terms.get(key, 0) for p in series.points] for key in keys}
     return head | {"points": columns}
 
 
@@ -167,6 +224,23 @@ def compute_series(config: EstimateConfig, batches: Sequence[int]) -> SiteSeries
                       first.gpu_mem_unit, train_command(config, resolved.framework), notes, tuple(points))  # fmt: skip
 
 
+def compute_deploy_series(config, batches: Sequence[int]) -> DeploySeries:
+    """One deployment series: ``deploy_config`` at every batch, with no device (a discrete card's terms do
+    not depend on which card; the page compares the total with the card)."""
+    from yolomem.deployment.estimate import deploy_config
+
+    points, first = [], None
+    for batch in batches:
+        deployed = deploy_config(dataclasses.replace(config, batch=batch))
+        first = first or deployed
+        points.append(DeployPoint(batch, deployed.runtime_bytes, deployed.to_json()["runtime_low_bytes"],
+                                  deployed.build_bytes, deployed.calibration_bytes, deployed.host_bytes,
+                                  {t.key: t.bytes for t in deployed.runtime}))  # fmt: skip
+    labels = {t.key: t.label for t in first.runtime}
+    return DeploySeries(config.model, first.config["model"], first.task, first.params, first.config["imgsz"],
+                        config.format, config.precision, labels, tuple(dict.fromkeys(first.notes)), tuple(points))  # fmt: skip
+
+
 def _family(name: str) -> str:
     import re
 
@@ -174,16 +248,20 @@ def _family(name: str) -> str:
     return match.group(1).replace("yolov", "YOLOv").replace("yolo", "YOLO") if match else name
 
 
-def _compute_or_fail(config: EstimateConfig, batches: Sequence[int], setting=None) -> SiteSeries | SiteFailure:
-    """In this process or a worker: a series, or why it failed (the rest of the site goes on)."""
+def _compute_or_fail(kind: str, config, batches: Sequence[int], setting=None):
+    """In this process or a worker: a training (``kind="train"``) or deployment series, or why it failed
+    (the rest of the site goes on)."""
     from yolomem.errors import UserError
 
     if setting is not None:  # a worker process: the parent's trace cache
         setting.adopt()
     try:
-        return compute_series(config, batches)
+        return compute_series(config, batches) if kind == "train" else compute_deploy_series(config, batches)
     except (UserError, RuntimeError, ValueError) as error:
-        label = f"imgsz={config.imgsz} amp={config.amp} optimizer={config.optimizer} instances={config.instances:g}"
+        if kind == "train":
+            label = f"imgsz={config.imgsz} amp={config.amp} optimizer={config.optimizer} instances={config.instances:g}"
+        else:
+            label = f"deploy imgsz={config.imgsz} format={config.format} precision={config.precision}"
         return SiteFailure(config.model, label, str(error).splitlines()[0] if str(error) else type(error).__name__)
 
 
@@ -193,30 +271,34 @@ def compute_site(request: SiteRequest, *, jobs: int = 1, progress: Callable[[str
     from yolomem.result.runs import SourceSetting
 
     started = time.perf_counter()
-    configs = request.series_configs()
-    results: list[SiteSeries | SiteFailure | None] = [None] * len(configs)
+    units = [("train", c, request.batches) for c in request.series_configs()]
+    units += [("deploy", c, request.deploy_batches) for c in request.deploy_configs()]
+    results: list = [None] * len(units)
 
     def done(index: int, result) -> None:
         results[index] = result
         if progress:
-            progress(f"{configs[index].model} {configs[index].amp}")
+            kind, config, _ = units[index]
+            progress(f"{config.model} {config.amp if kind == 'train' else config.format + ' ' + config.precision}")
 
-    if jobs <= 1 or len(configs) < 2:
-        for index, config in enumerate(configs):
-            done(index, _compute_or_fail(config, request.batches))
+    if jobs <= 1 or len(units) < 2:
+        for index, unit in enumerate(units):
+            done(index, _compute_or_fail(*unit))
     else:
         from concurrent.futures import ProcessPoolExecutor, as_completed
         from multiprocessing import get_context
 
         setting = SourceSetting.current()
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_compute_or_fail, c, request.batches, setting): i for i, c in enumerate(configs)}
+            futures = {pool.submit(_compute_or_fail, *unit, setting): i for i, unit in enumerate(units)}
             for future in as_completed(futures):
                 done(futures[future], future.result())
     yolomem_version, torch_version, ultralytics_version = _versions()
     series = tuple(r for r in results if isinstance(r, SiteSeries))
+    deploy_series = tuple(r for r in results if isinstance(r, DeploySeries))
     failures = tuple(r for r in results if isinstance(r, SiteFailure))
     cards = tuple((name, gpu.total_bytes) for name, gpu in CATALOG.items() if not gpu.shared_memory)
     return SiteData({"yolomem": yolomem_version, "torch": torch_version, "ultralytics": ultralytics_version},
                     DEFAULT_MARGIN, CUDA_CONTEXT_UPPER_BYTES, cards, request.cards, request.batches,
-                    request.estimate_words(), series, failures, time.perf_counter() - started)  # fmt: skip
+                    request.estimate_words(), series, failures, request.deploy_batches, deploy_series,
+                    time.perf_counter() - started)  # fmt: skip

@@ -8,7 +8,8 @@
   const SVG = "http://www.w3.org/2000/svg";
   const COLORS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
                   "#9c755f", "#bab0ac", "#86bcb6", "#d4a6c8", "#8cd17d", "#499894", "#79706e"];
-  const KEYS = ["task", "model", "imgsz", "batch", "amp", "optimizer", "instances", "gpu", "gpu_mem"];
+  const KEYS = ["mode", "task", "model", "imgsz", "batch", "amp", "optimizer", "instances", "format", "precision", "gpu", "gpu_mem"];
+  const SETTINGS = { train: ["imgsz", "amp", "optimizer", "instances"], deploy: ["imgsz", "format", "precision"] };
   const $ = (id) => document.getElementById(id);
   const el = (tag, attrs, text) => {
     const node = document.createElement(tag);
@@ -42,14 +43,18 @@
   }
   const unique = (values) => [...new Set(values)];
 
+  const mode = () => $("mode").value;
+  const allSeries = () => (mode() === "deploy" ? DATA.deploy_series : DATA.series);
+  const batchesOf = () => (mode() === "deploy" ? DATA.deploy_batches : DATA.batches);
+
   function matching(keys) {
-    return DATA.series.filter((s) => keys.every(([k, v]) => String(s[k]) === String(v)));
+    return allSeries().filter((s) => keys.every(([k, v]) => String(s[k]) === String(v)));
   }
 
   function setupControls(wanted) {
-    const tasks = unique(DATA.series.map((s) => s.task));
-    fill($("task"), ["all", ...tasks], null, wanted.task || "all");
-    refreshModels(wanted);
+    const modes = DATA.deploy_series.length ? ["train", "deploy"] : ["train"];
+    fill($("mode"), modes, (m) => (m === "train" ? "training" : "deployment"), wanted.mode || "train");
+    refreshTasks(wanted);
     const cards = DATA.cards.map((c) => c[0]);
     fill($("gpu"), [...cards, "custom"], (name) => (name === "custom" ? "custom size…" : cardLabel(name, cardTotal(name))),
          wanted.gpu_mem ? "custom" : wanted.gpu || "RTX-3060-12GB");
@@ -57,22 +62,28 @@
     $("margin").textContent = `${Math.round(DATA.margin * 100)}%`;
   }
 
+  function refreshTasks(wanted) {
+    document.querySelectorAll(".train-only").forEach((node) => { node.hidden = mode() !== "train"; });
+    document.querySelectorAll(".deploy-only").forEach((node) => { node.hidden = mode() !== "deploy"; });
+    fill($("task"), ["all", ...unique(allSeries().map((s) => s.task))], null, wanted.task);
+    refreshModels(wanted);
+  }
+
   function refreshModels(wanted) {
     const task = $("task").value;
-    const models = unique(DATA.series.filter((s) => task === "all" || s.task === task).map((s) => s.model));
+    const models = unique(allSeries().filter((s) => task === "all" || s.task === task).map((s) => s.model));
     fill($("model"), models, (m) => m.replace(/\.yaml$/, ""), wanted.model);
     refreshSettings(wanted);
   }
 
   function refreshSettings(wanted) {
-    const model = $("model").value;
-    let chosen = [["model", model]];
-    for (const key of ["imgsz", "amp", "optimizer", "instances"]) {
+    let chosen = [["model", $("model").value]];
+    for (const key of SETTINGS[mode()]) {
       const values = unique(matching(chosen).map((s) => s[key]));
       const label = key === "amp" ? (v) => AMP_LABEL[v] || v : null;
       chosen = [...chosen, [key, fill($(key), values, label, wanted[key])]];
     }
-    fill($("batch"), DATA.batches, null, wanted.batch || 16);
+    fill($("batch"), batchesOf(), null, wanted.batch || $("batch").value || 16);
   }
 
   function cardTotal(name) {
@@ -82,8 +93,7 @@
 
   function current() {
     const wanted = Object.fromEntries(KEYS.map((k) => [k, $(k).value]));
-    const series = matching([["model", wanted.model], ["imgsz", wanted.imgsz], ["amp", wanted.amp],
-                             ["optimizer", wanted.optimizer], ["instances", wanted.instances]])[0];
+    const series = matching([["model", wanted.model], ...SETTINGS[wanted.mode].map((k) => [k, wanted[k]])])[0];
     const custom = wanted.gpu === "custom";
     const total = custom ? Math.trunc(parseFloat(wanted.gpu_mem) * GiB) : cardTotal(wanted.gpu);
     return { wanted, series, custom, total, index: series ? series.points.batch.indexOf(parseInt(wanted.batch, 10)) : -1 };
@@ -91,9 +101,11 @@
 
   function writeAddress(state) {
     const words = new URLSearchParams();
-    for (const key of KEYS) {
+    const own = ["mode", "task", "model", "batch", "gpu", "gpu_mem", ...SETTINGS[state.wanted.mode]];
+    for (const key of own) {
       if (key === "gpu_mem" && !state.custom) continue;
       if (key === "task" && state.wanted.task === "all") continue;
+      if (key === "mode" && state.wanted.mode === "train") continue;
       words.set(key, state.wanted[key]);
     }
     try { history.replaceState(null, "", "#" + words.toString()); } catch (error) { /* file:// in some browsers */ }
@@ -109,65 +121,110 @@
       out.append(el("p", { class: "note" }, "No figures for these settings in this page."));
       return;
     }
-    const s = state.series, p = s.points, i = state.index;
-    const at = (name) => p[name][i];
-    const figures = el("table", { class: "figures" });
-    const row = (label, value, key, attrs) => {
-      const tr = el("tr");
-      tr.append(el("td", {}, label));
-      const td = el("td", Object.assign({ class: "num", "data-key": key }, attrs || {}), value);
-      tr.append(td);
-      figures.append(tr);
-      return td;
-    };
-    out.append(el("h2", {}, `${s.shown} (${s.task}) · batch ${at("batch")} · imgsz ${s.imgsz} · ${s.amp} · ${s.optimizer_used} · ` +
-                  `${(s.params / 1e6).toFixed(2)} M params`));
-    const gpuMem = row(`Ultralytics GPU_mem column (${s.gpu_mem_unit})`, "", "gpu_mem");
-    gpuMem.append(el("span", { class: "big", "data-key": "gpu_mem_printed" }, at("gpu_mem_printed")),
-                  document.createTextNode(" expected, "),
-                  el("span", { "data-key": "gpu_mem_upper_printed" }, at("gpu_mem_upper_printed")),
-                  document.createTextNode(" upper"));
-    row("nvidia-smi total (reserved + CUDA context)", gib(at("device_total_bytes")), "device_total_bytes",
-        { "data-bytes": at("device_total_bytes") });
-    row("nvidia-smi total, upper (9 runs in 10 stay under)", gib(at("device_total_upper_bytes")), "device_total_upper_bytes",
-        { "data-bytes": at("device_total_upper_bytes") });
-    row("peak reserved", gib(at("peak_reserved_bytes")), "peak_reserved_bytes", { "data-bytes": at("peak_reserved_bytes") });
-    row("peak reserved, upper", gib(at("peak_reserved_upper_bytes")), "peak_reserved_upper_bytes",
-        { "data-bytes": at("peak_reserved_upper_bytes") });
-    if (state.total) {
-      const cap = capacity(state.total);
-      const fits = at("peak_reserved_upper_bytes") <= cap;
-      const name = state.custom ? "custom" : state.wanted.gpu;
-      const td = row(`on ${cardLabel(name, state.total)}, upper figure`, "", "verdict", { "data-fits": String(fits) });
-      td.append(el("span", { class: fits ? "fits" : "nofit" }, fits ? "fits" : "does not fit"),
-                document.createTextNode(` (${gib(cap, 2)} after the CUDA context and a ${Math.round(DATA.margin * 100)}% margin)`));
-    }
-    const grid = el("div", { class: "grid" });
-    const left = el("div"), right = el("div");
-    grid.append(left, right);
-    left.append(figures);
-    left.append(el("h2", {}, "Where it goes (at the peak)"), breakdown(s, i));
-    right.append(el("h2", {}, "Memory against batch"), chart(s, state));
-    out.append(grid);
-    out.append(el("h2", {}, "Largest batch of this page that fits each card"), largest(s, state));
-    const train = s.train_command + at("batch");
-    out.append(el("h2", {}, "Train it"), el("pre", { "data-key": "train_command" }, train));
-    const words = [`yolomem estimate ${s.model}`, `imgsz=${s.imgsz}`, `batch=${at("batch")}`];
-    if (s.amp !== "fp16") words.push(`amp=${s.amp}`);
-    if (s.optimizer !== "auto") words.push(`optimizer=${s.optimizer}`);
-    if (s.instances !== 8) words.push(`instances=${s.instances}`);
-    words.push(...DATA.estimate_words);
-    words.push(state.custom ? `gpu_mem=${state.wanted.gpu_mem}` : `gpu=${state.wanted.gpu}`);
-    out.append(el("h2", {}, "The same figures from the command line"), el("pre", { "data-key": "cli" }, words.join(" ")));
-    if (s.notes.length) {
+    (state.wanted.mode === "deploy" ? renderDeploy : renderTraining)(state, out);
+    if (state.series.notes.length) {
       const notes = el("ul", { class: "note" });
-      s.notes.forEach((n) => notes.append(el("li", {}, n)));
+      state.series.notes.forEach((n) => notes.append(el("li", {}, n)));
       out.append(notes);
     }
   }
 
-  function breakdown(s, i) {
-    const parts = Object.entries(s.points.breakdown).map(([k, v]) => [k, v[i]]).filter(([, v]) => v > 0);
+  function figureTable() {
+    const table = el("table", { class: "figures" });
+    table.row = (label, value, key, attrs) => {
+      const tr = el("tr");
+      tr.append(el("td", {}, label));
+      const td = el("td", Object.assign({ class: "num", "data-key": key }, attrs || {}), value);
+      tr.append(td);
+      table.append(tr);
+      return td;
+    };
+    table.bytes = (label, key, bytes) => table.row(label, gib(bytes), key, { "data-bytes": bytes });
+    return table;
+  }
+
+  function cardWords(state) {
+    return state.custom ? `gpu_mem=${state.wanted.gpu_mem}` : `${state.wanted.mode === "deploy" ? "device" : "gpu"}=${state.wanted.gpu}`;
+  }
+
+  function layout(out, figures, partsTitle, parts, chartBox, largestTable) {
+    const grid = el("div", { class: "grid" });
+    const left = el("div"), right = el("div");
+    grid.append(left, right);
+    left.append(figures, el("h2", {}, partsTitle), parts);
+    right.append(el("h2", {}, "Memory against batch"), chartBox);
+    out.append(grid, el("h2", {}, "Largest batch of this page that fits each card"), largestTable);
+  }
+
+  function renderTraining(state, out) {
+    const s = state.series, i = state.index;
+    const at = (name) => s.points[name][i];
+    const figures = figureTable();
+    out.append(el("h2", {}, `${s.shown} (${s.task}) · batch ${at("batch")} · imgsz ${s.imgsz} · ${s.amp} · ${s.optimizer_used} · ` +
+                  `${(s.params / 1e6).toFixed(2)} M params`));
+    const gpuMem = figures.row(`Ultralytics GPU_mem column (${s.gpu_mem_unit})`, "", "gpu_mem");
+    gpuMem.append(el("span", { class: "big", "data-key": "gpu_mem_printed" }, at("gpu_mem_printed")),
+                  document.createTextNode(" expected, "),
+                  el("span", { "data-key": "gpu_mem_upper_printed" }, at("gpu_mem_upper_printed")),
+                  document.createTextNode(" upper"));
+    figures.bytes("nvidia-smi total (reserved + CUDA context)", "device_total_bytes", at("device_total_bytes"));
+    figures.bytes("nvidia-smi total, upper (9 runs in 10 stay under)", "device_total_upper_bytes", at("device_total_upper_bytes"));
+    figures.bytes("peak reserved", "peak_reserved_bytes", at("peak_reserved_bytes"));
+    figures.bytes("peak reserved, upper", "peak_reserved_upper_bytes", at("peak_reserved_upper_bytes"));
+    if (state.total) {
+      const cap = capacity(state.total);
+      const fits = at("peak_reserved_upper_bytes") <= cap;
+      const name = state.custom ? "custom" : state.wanted.gpu;
+      const td = figures.row(`on ${cardLabel(name, state.total)}, upper figure`, "", "verdict", { "data-fits": String(fits) });
+      td.append(el("span", { class: fits ? "fits" : "nofit" }, fits ? "fits" : "does not fit"),
+                document.createTextNode(` (${gib(cap, 2)} after the CUDA context and a ${Math.round(DATA.margin * 100)}% margin)`));
+    }
+    const chartBox = chart(s.points.batch, s.points.peak_reserved_upper_bytes, s.points.peak_reserved_bytes, state, capacity,
+      "Solid: reserved memory, upper figure; dotted: expected. Dashed lines: what each card gives a run " +
+      "(its memory minus the CUDA context and the margin).");
+    layout(out, figures, "Where it goes (at the peak)", breakdown(s.points.breakdown, i, DATA.part_labels), chartBox,
+           largest(s.points.batch, s.points.peak_reserved_upper_bytes, state, capacity));
+    out.append(el("h2", {}, "Train it"), el("pre", { "data-key": "train_command" }, s.train_command + at("batch")));
+    const words = [`yolomem estimate ${s.model}`, `imgsz=${s.imgsz}`, `batch=${at("batch")}`];
+    if (s.amp !== "fp16") words.push(`amp=${s.amp}`);
+    if (s.optimizer !== "auto") words.push(`optimizer=${s.optimizer}`);
+    if (s.instances !== 8) words.push(`instances=${s.instances}`);
+    words.push(...DATA.estimate_words, cardWords(state));
+    out.append(el("h2", {}, "The same figures from the command line"), el("pre", { "data-key": "cli" }, words.join(" ")));
+  }
+
+  function renderDeploy(state, out) {
+    const s = state.series, i = state.index;
+    const at = (name) => s.points[name][i];
+    const figures = figureTable();
+    out.append(el("h2", {}, `${s.shown} (${s.task}) · ${s.format} ${s.precision} · batch ${at("batch")} · imgsz ${s.imgsz} · ` +
+                  `${(s.params / 1e6).toFixed(2)} M params`));
+    const device = figures.bytes("on the device while running", "runtime_bytes", at("runtime_bytes"));
+    device.classList.add("big");
+    figures.row("range (every fusion happens .. none does)", `${gib(at("runtime_low_bytes"))} – ${gib(at("runtime_bytes"))}`,
+                "runtime_range");
+    if (at("build_peak_bytes") !== null) figures.bytes("engine build (yolo export) needs at least", "build_peak_bytes", at("build_peak_bytes"));
+    if (at("calibration_peak_bytes") !== null) figures.bytes("INT8 calibration peak", "calibration_peak_bytes", at("calibration_peak_bytes"));
+    figures.bytes("host RAM of the process", "host_bytes", at("host_bytes"));
+    if (state.total) {  // yolomem.deployment.estimate.Deployment.fits (a discrete card)
+      const fits = at("runtime_bytes") <= state.total;
+      const name = state.custom ? "custom" : state.wanted.gpu;
+      const td = figures.row(`on ${cardLabel(name, state.total)}`, "", "verdict", { "data-fits": String(fits) });
+      td.append(el("span", { class: fits ? "fits" : "nofit" }, fits ? "fits" : "does not fit"));
+    }
+    const chartBox = chart(s.points.batch, s.points.runtime_bytes, s.points.runtime_low_bytes, state, (total) => total,
+      "Solid: on the device while running; dotted: the low end. Dashed lines: each card's memory.");
+    layout(out, figures, "On the device", breakdown(s.points.terms, i, s.labels), chartBox,
+           largest(s.points.batch, s.points.runtime_bytes, state, (total) => total));
+    const words = [`yolomem deploy ${s.model}`, `format=${s.format}`, `precision=${s.precision}`, `batch=${at("batch")}`,
+                   `imgsz=${s.imgsz}`, cardWords(state)];
+    out.append(el("h2", {}, "The same figures from the command line"), el("pre", { "data-key": "cli" }, words.join(" ")));
+    out.append(el("p", { class: "note" }, "Jetson modules share memory with the OS: yolomem deploy device=Jetson-Orin-Nano-8GB " +
+                  "counts the host RAM too."));
+  }
+
+  function breakdown(columns, i, labels) {
+    const parts = Object.entries(columns).map(([k, v]) => [k, v[i]]).filter(([, v]) => v > 0);
     const total = parts.reduce((a, [, v]) => a + v, 0) || 1;
     const width = 480;
     const bar = svg("svg", { width: width, height: 26, viewBox: `0 0 ${width} 26`, role: "img", "aria-label": "breakdown" });
@@ -181,7 +238,7 @@
       const item = el("span", { "data-part": key, "data-bytes": bytes });
       const swatch = svg("svg", { width: 11, height: 11 });
       swatch.append(svg("rect", { width: 11, height: 11, fill: color }));
-      item.append(swatch, document.createTextNode(` ${DATA.part_labels[key] || key} ${gib(bytes)}`));
+      item.append(swatch, document.createTextNode(` ${labels[key] || key} ${gib(bytes)}`));
       legend.append(item);
     });
     const box = el("div");
@@ -189,13 +246,12 @@
     return box;
   }
 
-  function chart(s, state) {
+  function chart(xs, upper, expected, state, limitOf, caption) {
     const W = 480, H = 300, L = 48, R = 110, T = 10, B = 34;
-    const xs = s.points.batch, upper = s.points.peak_reserved_upper_bytes, expected = s.points.peak_reserved_bytes;
     const names = unique([...DATA.chart_cards, ...(state.custom ? [] : [state.wanted.gpu])]);
     const lines = names.map((n) => [n, cardTotal(n)]).filter(([, t]) => t);
     if (state.custom && state.total) lines.push(["custom", state.total]);
-    const top = Math.max(...upper, ...lines.map(([, t]) => Math.min(capacity(t), Math.max(...upper) * 1.6))) * 1.05;
+    const top = Math.max(...upper, ...lines.map(([, t]) => Math.min(limitOf(t), Math.max(...upper) * 1.6))) * 1.05;
     const X = (b) => L + ((b - xs[0]) / Math.max(xs[xs.length - 1] - xs[0], 1)) * (W - L - R);
     const Y = (bytes) => T + (1 - bytes / top) * (H - T - B);
     const box = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "memory against batch" });
@@ -214,7 +270,7 @@
     box.append(svg("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" }, "batch"));
     let lastY = Infinity;  // card labels from the bottom up, none on top of another
     lines.sort((a, b) => a[1] - b[1]).forEach(([name, total]) => {
-      const cap = capacity(total);
+      const cap = limitOf(total);
       if (cap > top) return;
       const selected = state.custom ? name === "custom" : name === state.wanted.gpu;
       box.append(svg("line", { x1: L, x2: W - R, y1: Y(cap), y2: Y(cap), stroke: selected ? "#b42318" : "#8a96a3",
@@ -231,8 +287,7 @@
     xs.forEach((b, k) => box.append(svg("circle", { cx: X(b), cy: Y(upper[k]), r: k === state.index ? 5 : 2.5,
                                                      fill: k === state.index ? "#e15759" : "#4e79a7" })));
     const wrap = el("div");
-    wrap.append(box, el("p", { class: "note" }, "Solid: reserved memory, upper figure; dotted: expected. " +
-      "Dashed lines: what each card gives a run (its memory minus the CUDA context and the margin)."));
+    wrap.append(box, el("p", { class: "note" }, caption));
     return wrap;
   }
 
@@ -241,16 +296,15 @@
     return [1, 2, 5, 10].map((m) => m * power).find((candidate) => candidate >= rough);
   }
 
-  function largest(s, state) {
+  function largest(xs, upper, state, limitOf) {
     const table = el("table");
     const head = el("tr");
     ["card", "memory", "largest batch"].forEach((h, k) => head.append(el("th", k ? { class: "num" } : {}, h)));
     table.append(head);
-    const upper = s.points.peak_reserved_upper_bytes, xs = s.points.batch;
     const cards = DATA.cards.slice();
     if (state.custom && state.total) cards.push(["custom", state.total]);
     cards.forEach(([name, total]) => {
-      const cap = capacity(total);
+      const cap = limitOf(total);
       let best = null, k = 0;
       while (k < xs.length && upper[k] <= cap) best = xs[k++];
       const text = best === null ? `none (batch ${xs[0]} needs ${gib(upper[0], 2)})`
@@ -267,9 +321,10 @@
   function start() {
     const wanted = Object.fromEntries(new URLSearchParams(location.hash.slice(1)));
     setupControls(wanted);
+    $("mode").addEventListener("change", () => { refreshTasks({}); render(); });
     $("task").addEventListener("change", () => { refreshModels({}); render(); });
     $("model").addEventListener("change", () => { refreshSettings({}); render(); });
-    for (const key of ["imgsz", "batch", "amp", "optimizer", "instances", "gpu", "gpu_mem"]) {
+    for (const key of ["imgsz", "batch", "amp", "optimizer", "instances", "format", "precision", "gpu", "gpu_mem"]) {
       $(key).addEventListener("change", render);
       $(key).addEventListener("input", render);
     }
