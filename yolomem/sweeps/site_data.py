@@ -54,7 +54,6 @@ class SiteSeries:
 
     model: str  # the name the user types, e.g. "yolov8m.yaml"
     shown: str  # the resolved name, e.g. "yolov8m"
-    family: str
     task: str
     params: int
     imgsz: int
@@ -218,8 +217,11 @@ def compute_series(config: EstimateConfig, batches: Sequence[int]) -> SiteSeries
                                 estimated.peak_reserved_upper_bytes, estimated.device_total_upper_bytes,
                                 dict(estimated.breakdown)))  # fmt: skip
     resolved = resolve_model(config.model, config.framework)
-    notes = tuple(dict.fromkeys(note for note in first.notes))
-    return SiteSeries(config.model, first.config.model, _family(first.config.model), first.task, first.params,
+    notes = tuple(dict.fromkeys(first.notes))
+    if config.amp == "bf16":
+        notes += ("amp=bf16: yolo train has no bf16 switch (amp=True is fp16); these figures are for "
+                  "torch.autocast(dtype=torch.bfloat16) in a loop of your own",)  # fmt: skip
+    return SiteSeries(config.model, first.config.model, first.task, first.params,
                       first.config.imgsz, config.amp, config.optimizer, first.config.optimizer, config.instances,
                       first.gpu_mem_unit, train_command(config, resolved.framework), notes, tuple(points))  # fmt: skip
 
@@ -228,24 +230,18 @@ def compute_deploy_series(config, batches: Sequence[int]) -> DeploySeries:
     """One deployment series: ``deploy_config`` at every batch, with no device (a discrete card's terms do
     not depend on which card; the page compares the total with the card)."""
     from yolomem.deployment.estimate import deploy_config
+    from yolomem.deployment.terms import total
 
     points, first = [], None
     for batch in batches:
         deployed = deploy_config(dataclasses.replace(config, batch=batch))
         first = first or deployed
-        points.append(DeployPoint(batch, deployed.runtime_bytes, deployed.to_json()["runtime_low_bytes"],
+        points.append(DeployPoint(batch, deployed.runtime_bytes, total(deployed.runtime)[1],
                                   deployed.build_bytes, deployed.calibration_bytes, deployed.host_bytes,
                                   {t.key: t.bytes for t in deployed.runtime}))  # fmt: skip
     labels = {t.key: t.label for t in first.runtime}
     return DeploySeries(config.model, first.config["model"], first.task, first.params, first.config["imgsz"],
                         config.format, config.precision, labels, tuple(dict.fromkeys(first.notes)), tuple(points))  # fmt: skip
-
-
-def _family(name: str) -> str:
-    import re
-
-    match = re.match(r"^(yolov?\d+)", name)
-    return match.group(1).replace("yolov", "YOLOv").replace("yolo", "YOLO") if match else name
 
 
 def _compute_or_fail(kind: str, config, batches: Sequence[int], setting=None):
