@@ -178,10 +178,11 @@ def test_chromium_screenshot(site):
 
 @pytest.mark.parametrize(("word", "says"), [
     ("amp=fp17", "fp16"), ("batches=0", "batches"), ("tasks=detekt", "detect"), ("cards=T5", "T4"),
-    ("optimizer=adamw2", "AdamW"),
+    ("optimizer=adamw2", "AdamW"), ("models=yolov8m.yaml,yolov8q.yaml", "yolov8"),
 ])  # fmt: skip
 def test_bad_input_is_one_line(capsys, word, says, tmp_path):
-    assert main(["site", "models=yolov8n.yaml", word, "-o", str(tmp_path / "s")]) == 2
+    words = [word] if word.startswith("models=") else ["models=yolov8n.yaml", word]
+    assert main(["site", *words, "-o", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("yolomem: error:") and says in err
     assert not (tmp_path / "s").exists()

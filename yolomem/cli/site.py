@@ -82,6 +82,11 @@ def parse_site_words(words: list[str]) -> tuple[SiteRequest, int]:
     get = lambda name: parsed.values.get(name, SITE_KEYS.default(name))  # noqa: E731
     tasks = tuple(_each(get("tasks"), Key("tasks", CHOICE, None, "", choices=TASKS)))
     models = get("models") or default_models(tasks)
+    if get("models"):  # a misspelt name: one line with the nearest names now, not after the others are computed
+        from yolomem.loops import resolve_model
+
+        for model in models:
+            resolve_model(model)
     request = SiteRequest(
         models=tuple(models), imgsz=tuple(get("imgsz")), batches=tuple(sorted(set(get("batches")))),
         amps=_each(get("amp"), ESTIMATE_KEYS["amp"]), optimizers=_each(get("optimizer"), ESTIMATE_KEYS["optimizer"]),
