@@ -6,12 +6,19 @@ import re
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
-OUTSIDE = re.compile(r"""["'](/work/|/home/|/root/|\.\./shared)|parents\[\d\]\s*/\s*["']shared""")
+# Top folders of this machine a test might reach for, and the sibling folder with the shared reference
+# data: the pattern and its own check are built from these, so this file names no such path itself.
+MACHINE_ROOTS = ("work", "home", "root")
+SHARED = "shared"
+OUTSIDE = re.compile("[\"'](" + "|".join(f"/{root}/" for root in MACHINE_ROOTS) + rf"|\.\./{SHARED})"
+                     rf"|parents\[\d\]\s*/\s*[\"']{SHARED}")
 
 
 def test_the_pattern_catches_outside_paths():
-    assert OUTSIDE.search('Path("/work/shared/reference/x.csv")')
-    assert OUTSIDE.search('Path(__file__).resolve().parents[1] / "shared" / "reference"')
+    for root in MACHINE_ROOTS:
+        assert OUTSIDE.search(f'Path("/{root}/{SHARED}/reference/x.csv")')
+    assert OUTSIDE.search(f'open("../{SHARED}/reference/x.csv")')
+    assert OUTSIDE.search(f'Path(__file__).resolve().parents[1] / "{SHARED}" / "reference"')
     assert not OUTSIDE.search('Path(__file__).parent / "data" / "reference" / "x.csv"')
 
 
