@@ -1,6 +1,6 @@
 """``yolomem site``: the calculator page, one self-contained HTML file built from full estimates.
 
-    yolomem site -o site/                                   # every model, 640, fp16/fp32/bf16 (hours; cached)
+    yolomem site -o site/                                   # every model, 640, fp16/fp32/bf16: a long job (cached)
     yolomem site models=yolov8n.yaml,yolov8m.yaml amp=true deploy=none -o site/   # a small page in minutes
 
 The data: ``yolomem.sweeps.site_data``; the page: ``yolomem.render.site_html``.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from yolomem.cli.registry import OUTPUT, command
+from yolomem.cli.registry import OUTPUT, Flag, command
 from yolomem.config.keys import CHOICE, ESTIMATE_KEYS, INT, INTS, TEXTS, Key, KeyTable, parse_words
 from yolomem.errors import UserError
 from yolomem.sweeps.site_data import (DEFAULT_AMPS, DEFAULT_BATCHES, DEFAULT_CARDS, DEFAULT_DEPLOY_BATCHES,
@@ -41,9 +41,9 @@ _OTHER_TRAINERS = ("-world", "-rtdetr")  # YOLO-World and RT-DETR YAMLs train wi
 
 @command(
     "site", "write the calculator page: one HTML file, every figure a full estimate, works offline",
-    keys=SITE_KEYS, flags=(OUTPUT.but("the folder to write index.html into (default: site)"),),
+    keys=SITE_KEYS, flags=(Flag(OUTPUT.names, "the folder to write index.html into (default: site)", metavar="DIR"),),
     examples=("yolomem site models=yolov8n.yaml,yolov8m.yaml amp=true deploy=none -o site/  # a small page, minutes",
-              "yolomem site -o site/                                            # every model (hours; cached)"),
+              "yolomem site -o site/                                            # every model: a long job, resumed from the cache"),
     more="Each series (model x imgsz x precision x optimizer x objects) is estimated at every batch of batches=; "
          "the first few are traced, the rest derived from them. The deployment view is yolomem deploy at every "
          "format, precision and deploy_batches=. Open site/index.html, or publish the folder.",
