@@ -16,7 +16,7 @@ def cache_dir(tmp_path, monkeypatch):
     """The process's run source on a temporary folder (rebuilt from the environment, as in a new process)."""
     previous = runs._SOURCE
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(OFF_ENV, "")  # restored after the test: --no-cache sets it for worker processes
+    monkeypatch.setenv(OFF_ENV, "")  # a YOLOMEM_NO_CACHE in the environment would turn the cache off
     runs._SOURCE = None
     yield tmp_path / "cache"
     runs._SOURCE = previous

@@ -79,7 +79,7 @@ def _gpus(cards: tuple[str, ...] | None, gpu_mem: float | None):
 def _amps(given: tuple[str, ...] | None, default: tuple[str, ...]) -> tuple[str, ...]:
     if not given:
         return default
-    return tuple(dict.fromkeys(ESTIMATE_KEYS["amp"].parse(a) for a in given))
+    return ESTIMATE_KEYS["amp"].parse_each(given)
 
 
 def _output(options: argparse.Namespace, default: str, suffixes: tuple[str, ...]) -> Path:

@@ -80,7 +80,7 @@ def parse_site_words(words: list[str]) -> tuple[SiteRequest, int]:
     if parsed.positionals:
         raise UserError(f"site takes models=a,b,... not bare words: {' '.join(parsed.positionals)}")
     get = lambda name: parsed.values.get(name, SITE_KEYS.default(name))  # noqa: E731
-    tasks = tuple(_each(get("tasks"), Key("tasks", CHOICE, None, "", choices=TASKS)))
+    tasks = Key("tasks", CHOICE, None, "", choices=TASKS).parse_each(get("tasks"))
     models = get("models") or default_models(tasks)
     if get("models"):  # a misspelt name: one line with the nearest names now, not after the others are computed
         from yolomem.loops import resolve_model
@@ -89,23 +89,18 @@ def parse_site_words(words: list[str]) -> tuple[SiteRequest, int]:
             resolve_model(model)
     request = SiteRequest(
         models=tuple(models), imgsz=tuple(get("imgsz")), batches=tuple(sorted(set(get("batches")))),
-        amps=_each(get("amp"), ESTIMATE_KEYS["amp"]), optimizers=_each(get("optimizer"), ESTIMATE_KEYS["optimizer"]),
-        instances=_each(get("instances"), ESTIMATE_KEYS["instances"]), iterations=get("iterations"),
+        amps=ESTIMATE_KEYS["amp"].parse_each(get("amp")), optimizers=ESTIMATE_KEYS["optimizer"].parse_each(get("optimizer")),
+        instances=ESTIMATE_KEYS["instances"].parse_each(get("instances")), iterations=get("iterations"),
         cards=_cards(get("cards")), deploy_formats=_formats(get("deploy")),
         deploy_batches=tuple(sorted(set(get("deploy_batches")))),
     )  # fmt: skip
     return request, get("jobs")
 
 
-def _each(words, key: Key) -> tuple:
-    """Each word of a list parsed and checked as one value of ``key`` (aliases, ranges, nearest-name hints)."""
-    return tuple(dict.fromkeys(key.parse(str(word)) for word in words))
-
-
 def _formats(words) -> tuple[str, ...]:
     if tuple(words) == ("none",):
         return ()
-    return _each(words, Key("deploy", CHOICE, None, "", choices=DEPLOY_FORMATS))
+    return Key("deploy", CHOICE, None, "", choices=DEPLOY_FORMATS).parse_each(words)
 
 
 def _cards(names) -> tuple[str, ...]:

@@ -77,6 +77,11 @@ class Key:
             return self.check(_layers(self.name, text))
         return self.check(text)
 
+    def parse_each(self, words: Iterable[str]) -> tuple:
+        """Each word of a list parsed and checked as one value of this key (aliases, ranges, nearest-name
+        hints), repeats dropped: ``amp=true,bf16`` for a command that takes several precisions."""
+        return tuple(dict.fromkeys(self.parse(str(word)) for word in words))
+
     def convert(self, value: object) -> object:
         """A value from Python or JSON (``amp=True``, ``freeze=[0, 1]``): text is parsed, the rest checked."""
         if isinstance(value, str):

@@ -338,43 +338,40 @@ def configure(*, cache: bool | None = None, root: Path | None = None, derive: bo
 
 
 @dataclass(frozen=True)
-class SourceSetting:
-    """A run source's settings, for worker processes to use the same cache (they start from the defaults)."""
+class _SourceSetting:
+    """A run source's settings, handed to worker processes (they start from the defaults)."""
 
     root: Path
     cache: bool
     derive: bool
 
-    @classmethod
-    def current(cls) -> SourceSetting:
-        source = default_source()
-        return cls(source.store.root, source.store.enabled, source.derive)
+    def adopt(self) -> None:
+        configure(cache=self.cache, root=self.root, derive=self.derive)
 
-    def adopt(self) -> RunSource:
-        """In a worker process: use this setting's source."""
-        return configure(cache=self.cache, root=self.root, derive=self.derive)
+
+def worker_pool(jobs: int):
+    """Worker processes (spawned: each pays its imports once) whose run source is this process's: its
+    cache folder, ``--no-cache`` and ``derive`` (a test's or ``configure()``'s, not the defaults).
+    Sweeps that trace side by side (the table, prefetch, the calculator page) all start theirs here."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    source = default_source()
+    setting = _SourceSetting(source.store.root, source.store.enabled, source.derive)
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=setting.adopt)
 
 
 @contextlib.contextmanager
 def cache_off():
-    """The CLI's ``--no-cache`` for one command: no cache reads or writes, here or in the worker processes
-    (the table's, prefetch's), which start from the environment. The source before is restored after."""
-    import os
-
-    from yolomem.trace.store import OFF_ENV
-
+    """The CLI's ``--no-cache`` for one command: no cache reads or writes, here or in worker processes
+    (``worker_pool`` hands them this source's settings). The source before is restored after."""
     global _SOURCE
-    saved_source, saved_env = default_source(), os.environ.get(OFF_ENV)
-    os.environ[OFF_ENV] = "1"
+    saved = default_source()
     configure(cache=False)
     try:
         yield
     finally:
-        _SOURCE = saved_source
-        if saved_env is None:
-            os.environ.pop(OFF_ENV, None)
-        else:
-            os.environ[OFF_ENV] = saved_env
+        _SOURCE = saved
 
 
 def obtain_run(config: EstimateConfig, resolved: ResolvedModel, request=None, density=None) -> TracedRun:

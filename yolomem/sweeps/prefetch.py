@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from yolomem.result.runs import SourceSetting, _tell, default_jobs, default_source
+from yolomem.result.runs import _tell, default_jobs, default_source, worker_pool
 
 
 def prefetch(configs, jobs: int | None = None) -> None:
@@ -18,9 +18,6 @@ def prefetch(configs, jobs: int | None = None) -> None:
     jobs = default_jobs() if jobs is None else jobs
     if jobs <= 1 or len(pending) < 2:
         return
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
     source = default_source()
     with contextlib.suppress(Exception):  # a config that fails is the sweep's to report
         pending = [c for c in pending if not source.known(c)]
@@ -28,10 +25,8 @@ def prefetch(configs, jobs: int | None = None) -> None:
         return
     mine, theirs = pending[::jobs], [c for i, c in enumerate(pending) if i % jobs]
     _tell(f"tracing {len(pending)} runs in {jobs} processes")
-    with ProcessPoolExecutor(max_workers=jobs - 1, mp_context=get_context("spawn")) as pool:
-        # the workers use this process's cache folder and settings (configure()'s, not the defaults)
-        setting = SourceSetting.current()
-        futures = [pool.submit(_trace_elsewhere, config, setting) for config in theirs]
+    with worker_pool(jobs - 1) as pool:
+        futures = [pool.submit(_trace_elsewhere, config) for config in theirs]
         for config in mine:
             with contextlib.suppress(Exception):
                 estimate_config(config)
@@ -41,11 +36,11 @@ def prefetch(configs, jobs: int | None = None) -> None:
                     source._memory.setdefault((digest, name), stored)
 
 
-def _trace_elsewhere(config, setting: SourceSetting) -> list:
+def _trace_elsewhere(config) -> list:
     """In a worker process: the runs traced for ``config``'s estimate."""
     from yolomem.result.estimate import estimate_config
 
-    source = setting.adopt()
+    source = default_source()
     source.recording = []
     estimate_config(config)
     return source.recording

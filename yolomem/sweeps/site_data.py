@@ -244,13 +244,11 @@ def compute_deploy_series(config, batches: Sequence[int]) -> DeploySeries:
                         config.format, config.precision, labels, tuple(dict.fromkeys(first.notes)), tuple(points))  # fmt: skip
 
 
-def _compute_or_fail(kind: str, config, batches: Sequence[int], setting=None):
+def _compute_or_fail(kind: str, config, batches: Sequence[int]):
     """In this process or a worker: a training (``kind="train"``) or deployment series, or why it failed
     (the rest of the site goes on)."""
     from yolomem.errors import UserError
 
-    if setting is not None:  # a worker process: the parent's trace cache
-        setting.adopt()
     try:
         return compute_series(config, batches) if kind == "train" else compute_deploy_series(config, batches)
     except (UserError, RuntimeError, ValueError) as error:
@@ -264,7 +262,7 @@ def _compute_or_fail(kind: str, config, batches: Sequence[int], setting=None):
 def compute_site(request: SiteRequest, *, jobs: int = 1, progress: Callable[[str], None] | None = None) -> SiteData:
     """Every series of ``request``; ``jobs > 1`` computes series in that many worker processes."""
     from yolomem.result.estimate import _versions
-    from yolomem.result.runs import SourceSetting
+    from yolomem.result.runs import worker_pool
 
     started = time.perf_counter()
     units = [("train", c, request.batches) for c in request.series_configs()]
@@ -281,12 +279,10 @@ def compute_site(request: SiteRequest, *, jobs: int = 1, progress: Callable[[str
         for index, unit in enumerate(units):
             done(index, _compute_or_fail(*unit))
     else:
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        from multiprocessing import get_context
+        from concurrent.futures import as_completed
 
-        setting = SourceSetting.current()
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_compute_or_fail, *unit, setting): i for i, unit in enumerate(units)}
+        with worker_pool(jobs) as pool:
+            futures = {pool.submit(_compute_or_fail, *unit): i for i, unit in enumerate(units)}
             for future in as_completed(futures):
                 done(futures[future], future.result())
     yolomem_version, torch_version, ultralytics_version = _versions()

@@ -28,9 +28,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 
 from yolomem.config.keys import DEFAULT_MARGIN
 from yolomem.errors import UserError
@@ -254,10 +252,8 @@ def _gflops_key(model: str, imgsz: int) -> tuple:
     return ("gflops", model, imgsz)
 
 
-def _trace_group(tasks, setting=None) -> list:
+def _trace_group(tasks) -> list:
     """One row's traces, then its GFLOPs (counting builds the model: done here, in the worker)."""
-    if setting is not None:  # a worker process: the parent's cache folder and settings
-        setting.adopt()
     traced = [_trace_one(*task) for task in tasks]
     return [*traced, get_loop(traced[0].framework).gflops(tasks[0][0], traced[0].imgsz)]
 
@@ -279,13 +275,12 @@ def _run(groups, jobs: int, progress) -> dict:
         return results
     from concurrent.futures import as_completed
 
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+    from yolomem.result.runs import worker_pool  # runs imports torch: not at import (yolomem --help)
+
+    with worker_pool(jobs) as pool:
         # Last rows first: tables list generations oldest first, and the newest (deeper heads, YOLOv10's
         # two) trace slowest; starting them first keeps one worker from finishing alone at the end.
-        from yolomem.result.runs import SourceSetting  # runs imports torch: not at import (yolomem --help)
-
-        setting = SourceSetting.current()
-        futures = {pool.submit(_trace_group, tasks, setting): tasks for tasks in reversed(groups)}
+        futures = {pool.submit(_trace_group, tasks): tasks for tasks in reversed(groups)}
         for future in as_completed(futures):
             collect(futures[future], future.result())
     return results
