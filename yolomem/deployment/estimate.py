@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from yolomem.config.gpus import CUDA_CONTEXT_BYTES, Gpu, find_gpu
+from yolomem.config.versions import traced_versions
 from yolomem.deployment.config import DeployConfig
 from yolomem.deployment.terms import Term, total
 
@@ -205,7 +206,7 @@ def deploy_config(config: DeployConfig) -> Deployment:
     if gpu is not None and gpu.shared_memory:
         notes.append(f"{gpu.name}: unified memory ({gpu.source}); the OS takes about 0.3-0.5 GB headless, "
                      "about 1.5 GB with a desktop (user reports, deployment_memory.md section 5)")  # fmt: skip
-    yolomem_version, torch_version, ultralytics_version = _versions()
+    yolomem_version, torch_version, ultralytics_version = traced_versions()
     return Deployment(
         yolomem_version=yolomem_version,
         torch_version=torch_version,
@@ -291,10 +292,3 @@ def _params(resolved, nc: int | None) -> int:
     return get_loop("ultralytics").count_params(resolved, nc)
 
 
-def _versions() -> tuple[str, str, str]:
-    import torch
-    import ultralytics
-
-    from yolomem import __version__
-
-    return __version__, torch.__version__.split("+")[0], ultralytics.__version__

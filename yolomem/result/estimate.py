@@ -46,6 +46,7 @@ from yolomem.allocator.replay import OomPoint, Replay, replay_trace
 from yolomem.config.dataset import DatasetSummary
 from yolomem.config.gpus import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_UPPER_BYTES, GiB, find_gpu
 from yolomem.config.settings import EstimateConfig
+from yolomem.config.versions import traced_versions
 from yolomem.errors import UserError
 from yolomem.loops.density import DensityPlan
 from yolomem.result.epochs import EpochSimulation
@@ -214,15 +215,6 @@ def _layer_of(module_path: str) -> str:
     return ".".join(parts[:2]) if parts[0] == "model" and len(parts) > 1 else module_path
 
 
-def _versions() -> tuple[str, str, str]:
-    import torch
-    import ultralytics
-
-    from yolomem import __version__
-
-    return __version__, torch.__version__.split("+")[0], ultralytics.__version__
-
-
 def estimate(model: str | EstimateConfig = "yolov8n.yaml", **settings) -> Estimate:
     """Estimate the GPU memory of training ``model`` with the given settings.
 
@@ -270,7 +262,7 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         host = host_memory(request.dataset, run.imgsz, config.batch, config.workers, config.cache)
     elif config.cache:
         notes.append(f"cache={config.cache}: host RAM needs the image sizes; pass data=path/to/data.yaml")
-    yolomem_version, torch_version, ultralytics_version = _versions()
+    yolomem_version, torch_version, ultralytics_version = traced_versions()
     peak_event = base_trace.events[replay.peak_index] if base_trace.events else None
     peak_reserved, peak_phase = replay.peak_reserved_bytes, peak_event.phase if peak_event else ""
     if simulation is not None and simulation.peak_reserved.median > peak_reserved:

@@ -261,7 +261,7 @@ def _compute_or_fail(kind: str, config, batches: Sequence[int]):
 
 def compute_site(request: SiteRequest, *, jobs: int = 1, progress: Callable[[str], None] | None = None) -> SiteData:
     """Every series of ``request``; ``jobs > 1`` computes series in that many worker processes."""
-    from yolomem.result.estimate import _versions
+    from yolomem.config.versions import traced_versions
     from yolomem.result.runs import worker_pool
 
     started = time.perf_counter()
@@ -285,7 +285,7 @@ def compute_site(request: SiteRequest, *, jobs: int = 1, progress: Callable[[str
             futures = {pool.submit(_compute_or_fail, *unit): i for i, unit in enumerate(units)}
             for future in as_completed(futures):
                 done(futures[future], future.result())
-    yolomem_version, torch_version, ultralytics_version = _versions()
+    yolomem_version, torch_version, ultralytics_version = traced_versions()
     series = tuple(r for r in results if isinstance(r, SiteSeries))
     deploy_series = tuple(r for r in results if isinstance(r, DeploySeries))
     failures = tuple(r for r in results if isinstance(r, SiteFailure))
