@@ -63,6 +63,30 @@ def tiny_epochs():
     return estimate("yolov8n.yaml", imgsz=64, batch=2, iterations=1, epochs=2, instances=3)
 
 
+@pytest.mark.parametrize("model", ["yolov8n-pose.yaml", "yolov8n-seg.yaml", "yolov8n-obb.yaml"])
+def test_every_task_validates_with_the_class_count_its_model_has(model):
+    """Pose YAMLs have nc=1: validation's NMS was given 80 classes and asked for a (0, -22) tensor
+    (issue #12: "a pose run at 800 with epochs=2: negative dimension -22")."""
+    from yolomem.result.estimate import estimate
+
+    result = estimate(model, imgsz=64, batch=2, iterations=1, epochs=2, instances=3)
+    assert result.epochs is not None and result.steady_reserved_bytes >= result.epoch1_reserved_bytes
+    assert any(event.phase == "val_nms" for event in result.trace.events)
+
+
+def test_rotated_nms_takes_the_fitted_candidates_and_says_what_the_cap_would_cost():
+    """obb validation's NMS builds (n, n) float32 matrices (batch_probiou): at NMS's cap of 30000 pairs
+    per image the estimate said 23 GiB for a run that printed 2.8 G (issue #12)."""
+    from yolomem.loops.val_pass import ROTATED_NMS_CANDIDATES_PER_IMAGE as n
+    from yolomem.result.estimate import estimate
+
+    result = estimate("yolov8n-obb.yaml", imgsz=64, batch=2, iterations=1, epochs=2, instances=3)
+    nms = [e.nbytes for e in result.trace.events if e.op == "alloc" and e.phase == "val_nms"]
+    assert max(nms) == 4 * n * n  # the largest is one of the IoU matrices, no bigger
+    assert any(f"rotated NMS (its n x n float32 matrices: {4 * n * n / 2**20:.0f} MiB each, 3.4 GiB at NMS's cap "
+               f"of 30000) = {n}" in line for line in result.unaccounted)  # fmt: skip
+
+
 def test_epoch_figures_are_ordered(tiny_epochs):
     sim = tiny_epochs.epochs
     assert sim is not None

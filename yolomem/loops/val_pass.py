@@ -18,8 +18,9 @@ val.py differs in most steps and has its own pass (``yolomem.loops.yolov5.val_pa
 batch shapes, ``val_batch_dict``, the NMS stand-in and the head's real factories from here.
 
 Data-dependent steps of NMS (how many boxes pass ``conf=0.001``) are answered by the tracer's
-``DataOracle``: ``NMS_CANDIDATES_PER_IMAGE`` (box, class) pairs per image, the cap NMS applies; they
-are listed in the trace's oracle answers. ``torchvision.ops.nms`` is replaced, while tracing only, by
+``DataOracle``: ``NMS_CANDIDATES_PER_IMAGE`` (box, class) pairs per image, the cap NMS applies (for
+rotated NMS, whose memory is quadratic in them, ``ROTATED_NMS_CANDIDATES_PER_IMAGE``); they are listed
+in the trace's oracle answers. ``torchvision.ops.nms`` is replaced, while tracing only, by
 a stand-in that makes the allocations of its CUDA kernel (see ``_cuda_nms_allocations``).
 ``update_metrics`` (per-image IoU of at most 300 predictions against the targets: kilobytes) is not
 traced.
@@ -44,6 +45,13 @@ VAL_MAX_DET = 300  # default.yaml max_det
 # An early-training model scores most anchors above conf=0.001 in some class; NMS caps at max_nms.
 # We assume the cap for each image: the largest candidate set NMS will ever hold (utils/nms.py).
 NMS_CANDIDATES_PER_IMAGE = 30000
+# Rotated NMS (obb: ``TorchNMS.fast_nms`` with ``batch_probiou``) builds several (n, n) float32 matrices,
+# so its memory grows with the square of the candidates: 3.4 GiB per matrix at the 30000 cap, which no
+# card that trains obb at 1024 could hold. Fitted to the one public obb run we have (issue #12):
+# yolov8n-obb, imgsz 1024, batch 8 printed 2.8 G GPU_mem through its validations. The simulated epochs
+# give 2.80 GiB for epoch 1 and, after validation, 2.92 GiB at 3000 candidates per image, 3.73 at 6000
+# and 23.0 at 30000; so 3000 is assumed, and the estimate lists it with what the cap would cost.
+ROTATED_NMS_CANDIDATES_PER_IMAGE = 3000
 NMS_TIME_PER_IMAGE = 1e9  # seconds: NMS's time limit, lifted (see trace_validation_batch)
 NMS_BLOCK = 64  # threadsPerBlock in torchvision's nms_kernel.cu: one int64 of mask bits per 64 boxes
 VAL_PHASES = ("val_preprocess", "val_forward", "val_loss", "val_nms")
@@ -112,7 +120,8 @@ def trace_validation_batch(
                 with tracer.phase("loss"):
                     loss_fn(data, preds)
             with tracer.phase("val_nms"):
-                preds = _real_predictions(preds, tracer, nc, NMS_CANDIDATES_PER_IMAGE)
+                candidates = _assume_candidates(tracer, rotated=bool((nms_kwargs or {}).get("rotated")))
+                preds = _real_predictions(preds, tracer, nc, candidates)
                 with _cuda_nms_allocations(tracer), quiet_ultralytics():
                     from yolomem.loops.ultralytics.release import nms_function
 
@@ -126,6 +135,20 @@ def trace_validation_batch(
                     outputs = non_max_suppression(preds, **kwargs)
             del preds, outputs
     del data
+
+
+def _assume_candidates(tracer: Tracer, *, rotated: bool) -> int:
+    """How many (box, class) pairs per image pass ``conf``: NMS's cap, or for rotated NMS the fitted count
+    (``ROTATED_NMS_CANDIDATES_PER_IMAGE``); listed with the trace's other assumed sizes."""
+    from yolomem.trace.tracer import OracleAnswer
+
+    if not rotated:
+        return NMS_CANDIDATES_PER_IMAGE
+    n, cap = ROTATED_NMS_CANDIDATES_PER_IMAGE, NMS_CANDIDATES_PER_IMAGE
+    question = (f"(box, class) pairs per image above conf={VAL_CONF} in rotated NMS (its n x n float32 matrices: "
+                f"{4 * n * n / 2**20:.0f} MiB each, {4 * cap * cap / 2**30:.1f} GiB at NMS's cap of {cap})")
+    tracer.oracle_answers.append(OracleAnswer(question, str(n), tracer.phase_name))
+    return n
 
 
 def _real_predictions(preds, tracer: Tracer, nc: int, candidates: int) -> torch.Tensor:

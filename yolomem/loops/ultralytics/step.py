@@ -243,7 +243,8 @@ class UltralyticsRun:
         from ultralytics.utils.torch_utils import ModelEMA
 
         self.model, self.settings, self.tracer, self.policy = model, settings, tracer, policy
-        nc = int(getattr(model, "nc", 80) or 80)
+        # the trainer sets model.nc from the data; the model was built with the YAML's nc or the user's
+        nc = int(getattr(model, "nc", None) or model.yaml.get("nc") or 80)
         self.args = ultralytics_args(settings, nc)
         model.args = self.args
         model.nc = nc
