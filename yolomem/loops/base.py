@@ -163,7 +163,7 @@ def rank_batch(config: EstimateConfig) -> int:
 def tracing(config: EstimateConfig, *, fake: bool, oracle) -> Iterator[tuple[Any, Any]]:
     """The tracer, the foreach kernels CUDA would pick, and CUDA's autocast policy, for one trace."""
     from yolomem.trace.autocast import CudaAutocastPolicy
-    from yolomem.trace.tracer import Tracer
+    from yolomem.trace.tracer import Tracer, real_bytes_cap_for
 
     workspaces = None
     if fake:  # kernel workspaces belong to CUDA kernels; a real CPU run (the tests' ground truth) has none
@@ -172,7 +172,7 @@ def tracing(config: EstimateConfig, *, fake: bool, oracle) -> Iterator[tuple[Any
         from yolomem.trace.workspaces import KernelWorkspaces, rules_for
 
         workspaces = KernelWorkspaces(rules_for(torch.__version__))
-    tracer = Tracer(fake=fake, oracle=oracle, workspaces=workspaces)
+    tracer = Tracer(fake=fake, oracle=oracle, workspaces=workspaces, real_bytes_cap=real_bytes_cap_for(rank_batch(config)))
     with contextlib.ExitStack() as stack:
         stack.enter_context(tracer)
         stack.enter_context(cuda_foreach_types())

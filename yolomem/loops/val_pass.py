@@ -140,14 +140,12 @@ def trace_validation_batch(
 def _assume_candidates(tracer: Tracer, *, rotated: bool) -> int:
     """How many (box, class) pairs per image pass ``conf``: NMS's cap, or for rotated NMS the fitted count
     (``ROTATED_NMS_CANDIDATES_PER_IMAGE``); listed with the trace's other assumed sizes."""
-    from yolomem.trace.tracer import OracleAnswer
-
     if not rotated:
         return NMS_CANDIDATES_PER_IMAGE
     n, cap = ROTATED_NMS_CANDIDATES_PER_IMAGE, NMS_CANDIDATES_PER_IMAGE
     question = (f"(box, class) pairs per image above conf={VAL_CONF} in rotated NMS (its n x n float32 matrices: "
                 f"{4 * n * n / 2**20:.0f} MiB each, {4 * cap * cap / 2**30:.1f} GiB at NMS's cap of {cap})")
-    tracer.oracle_answers.append(OracleAnswer(question, str(n), tracer.phase_name))
+    tracer.assume(question, str(n))
     return n
 
 

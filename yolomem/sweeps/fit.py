@@ -36,7 +36,10 @@ from yolomem.result.fits import Budget, fits
 from yolomem.config.gpus import GiB, find_gpu
 MAX_BATCH = 1024  # the search stops here; a larger batch is rarely useful and never needed to fit a card
 MAX_IMGSZ = 4096
-BATCH_BRACKET = (2, 16)  # the two batches whose traces draw the line
+# the two batches whose traces draw the line; from batch 3 on, the traced iterations step the optimizer
+# alike (nbs=64 accumulates up to 21 batches), so these two and the prediction are one family of runs
+# and every later probe is derived from them (yolomem.result.runs)
+BATCH_BRACKET = (4, 16)
 IMGSZ_BRACKET = (320, 640)
 
 DATA_PLACEHOLDER = "path/to/data.yaml"  # the yolo train line's data= when the user gave none: never a dataset we chose

@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from yolomem.trace.tracer import AllocationEvent, OracleAnswer, Trace
+from yolomem.trace.tracer import AllocationEvent, OracleAnswer, Trace, real_bytes_cap_for
 
 # whole numbers without a leading zero ("0.05" keeps its "05" as text, so it prints back the same)
 _NUMBER = re.compile(r"(?<!\d)(?:0|[1-9]\d*)(?!\d)")
@@ -390,6 +390,10 @@ class StreamFamily:
         _, params, imgsz, optimizer, cap = next(rest).split("\x00")
         cap_bytes = None if cap == "None" else int(cap)
         if cap_bytes is not None:
+            rule = real_bytes_cap_for(batch)  # a training trace's cap: it stops growing at REAL_BYTES_MAX
+            if template.trace.real_bytes_cap == real_bytes_cap_for(self.batches[0]) and cap_bytes != rule:
+                raise NotDerivable(f"at batch {batch} the tracer's real-tensor cap is {rule} bytes, not the "
+                                   f"{cap_bytes} on the traced batches' line")  # fmt: skip
             largest = max((e.nbytes for e in events if e.op == "alloc" and e.storage_id in real_ids), default=0)
             if largest > cap_bytes:
                 raise NotDerivable(f"at batch {batch} a storage the tracer keeps real grows to {largest} bytes, past "

@@ -38,6 +38,17 @@ from torch.utils._pytree import tree_flatten, tree_map
 from yolomem.trace.fake_cache import FakeDispatchCache, run_on_meta
 
 REAL_BYTES_CAP = 64 << 20  # loss-phase factories and all-real ops stay real up to this output size
+# Training traces scale the cap with the batch, so that a tensor of the loss (the assigner's
+# (B, objects, anchors) masks) is real or fake alike at every batch: runs at different batches then stay
+# one family (``yolomem.trace.derive``). 4 MiB per image is the fixed cap at batch 16; no cap passes
+# REAL_BYTES_MAX, so a huge batch never computes (or holds) more on the host than that per tensor.
+REAL_BYTES_PER_IMAGE = REAL_BYTES_CAP // 16
+REAL_BYTES_MAX = 256 << 20
+
+
+def real_bytes_cap_for(batch: int) -> int:
+    """The real-tensor cap of a training trace at ``batch`` images per GPU."""
+    return min(REAL_BYTES_PER_IMAGE * max(batch, 1), REAL_BYTES_MAX)
 CATEGORIES = ("parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other",
               "cublas_workspace", "cublaslt_workspace", "cudnn_workspace")  # the last three: yolomem.trace.workspaces
 
@@ -253,6 +264,11 @@ class Tracer(TorchDispatchMode):
         self._tainted.clear()
         if self.workspaces is not None:
             self.workspaces.reset()
+
+    def assume(self, question: str, answer: str) -> None:
+        """List an assumption a stand-in made for data the trace does not have (where in the stream it
+        was made, as the oracle's own answers are)."""
+        self.oracle_answers.append(OracleAnswer(question, answer, self.phase_name, (), len(self._log)))
 
     # -- registration of tensors that exist before the step -----------------------------------
     def track_existing(self, tensors, category: str, module: str = "") -> None:

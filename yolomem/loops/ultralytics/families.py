@@ -104,15 +104,12 @@ def host_matching(tracer) -> Iterator[None]:
     import numpy as np
     from ultralytics.models.utils import ops
 
-    from yolomem.trace.tracer import OracleAnswer
-
     original = ops.linear_sum_assignment
 
     def in_order(cost):
         rows, cols = cost.shape[0], cost.shape[1]
         count = min(rows, cols)
-        tracer.oracle_answers.append(OracleAnswer(f"linear_sum_assignment(cost[{rows}, {cols}])",
-                                                  "the first queries take the boxes in order", tracer.phase_name))  # fmt: skip
+        tracer.assume(f"linear_sum_assignment(cost[{rows}, {cols}])", "the first queries take the boxes in order")
         return np.arange(count), np.arange(count)
 
     ops.linear_sum_assignment = in_order
