@@ -123,3 +123,23 @@ def test_cli_warns_once_about_a_newer_release(monkeypatch, capsys):
     import json
 
     assert "newer than the releases" in " ".join(json.loads(out)["notes"])
+
+
+def test_the_probe_is_kept_in_the_cache_and_read_back(tmp_path, monkeypatch):
+    """A second process reads the release's probe from the trace cache instead of probing again (the
+    probes build optimizers, which imports torch._dynamo: over a second of a cached estimate)."""
+    from yolomem.trace import store as store_module
+
+    store = store_module.TraceStore(tmp_path)
+    monkeypatch.setattr(store_module, "_ACTIVE", store)
+    probed = rel.release.__wrapped__()  # a new process: probes, then keeps what it found
+    assert store.info().files == 0 and store.info().bytes > 0  # not counted as a traced run
+
+    def no_probe():
+        raise AssertionError("probed again")
+
+    monkeypatch.setattr(rel, "_probe_release", no_probe)
+    assert rel.release.__wrapped__() == probed
+    monkeypatch.setattr(store_module, "_ACTIVE", store_module.TraceStore(tmp_path, enabled=False))  # --no-cache
+    with pytest.raises(AssertionError, match="probed again"):
+        rel.release.__wrapped__()

@@ -34,7 +34,7 @@ from yolomem.config.settings import EstimateConfig
 from yolomem.loops.base import TracedRun, rank_batch
 from yolomem.trace.derive import NotDerivable, RunFacts, StreamFamily, derive_family
 from yolomem.trace.packed import PackedTrace, pack, unpack
-from yolomem.trace.store import TraceStore, canonical, key_digest, source_digest
+from yolomem.trace.store import TraceStore, activate, canonical, key_digest, source_digest
 
 MIN_TRACED = 3  # traced runs before any is derived: two draw the line, the third checks it
 MAX_MEMBERS = 5  # traced runs a family is built from, the nearest to the batch asked for
@@ -323,6 +323,7 @@ def default_source() -> RunSource:
         from yolomem.trace.store import OFF_ENV
 
         _SOURCE = RunSource(TraceStore(enabled=os.environ.get(OFF_ENV, "") in ("", "0")))
+    activate(_SOURCE.store)  # what else the process keeps (yolomem.loops.ultralytics.release) goes there too
     return _SOURCE
 
 
@@ -334,6 +335,7 @@ def configure(*, cache: bool | None = None, root: Path | None = None, derive: bo
     store = TraceStore(root if root is not None else current.store.root,
                        enabled=current.store.enabled if cache is None else cache)  # fmt: skip
     _SOURCE = RunSource(store, derive=current.derive if derive is None else derive)
+    activate(store)
     return _SOURCE
 
 
@@ -372,6 +374,7 @@ def cache_off():
         yield
     finally:
         _SOURCE = saved
+        activate(saved.store)
 
 
 def obtain_run(config: EstimateConfig, resolved: ResolvedModel, request=None, density=None) -> TracedRun:

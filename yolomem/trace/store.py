@@ -61,6 +61,9 @@ def canonical(key: dict) -> str:
     return json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
 
 
+PROBES = "probes"  # the file (in its own key's folder) of what was read from the installed packages' code
+
+
 class TraceStore:
     """Files of traced runs under ``root``; ``enabled=False`` reads and writes nothing."""
 
@@ -109,17 +112,26 @@ class TraceStore:
                 with contextlib.suppress(OSError):
                     os.unlink(temporary)
 
+    def load_probe(self, key: dict) -> Any | None:
+        """What ``save_probe`` stored under ``key`` (e.g. how the installed Ultralytics trains); None when
+        absent, corrupt or stale."""
+        return self.load(key, PROBES) if self.enabled else None
+
+    def save_probe(self, key: dict, value: Any) -> None:
+        self.save(key, PROBES, value)
+
     def info(self) -> CacheInfo:
+        """Traced runs: probes are counted in the bytes only."""
         families = files = size = 0
         if self.root.is_dir():
             for folder in self.root.iterdir():
                 if not folder.is_dir():
                     continue
-                families += 1
-                for path in folder.iterdir():
-                    if path.is_file():
-                        files += 1
-                        size += path.stat().st_size
+                runs = [path for path in folder.iterdir() if path.is_file()]
+                size += sum(path.stat().st_size for path in runs)
+                runs = [path for path in runs if path.name != f"{PROBES}{_SUFFIX}"]
+                families += bool(runs)
+                files += len(runs)
         return CacheInfo(self.root, families, files, size)
 
     def clear(self) -> CacheInfo:
@@ -133,6 +145,23 @@ class TraceStore:
                     with contextlib.suppress(OSError):
                         folder.unlink()
         return before
+
+
+_ACTIVE: TraceStore | None = None
+
+
+def active_store() -> TraceStore:
+    """The store this process reads and writes: the run source's (``yolomem.result.runs.configure``,
+    ``--no-cache``), else the one the environment names."""
+    global _ACTIVE
+    if _ACTIVE is None:
+        _ACTIVE = TraceStore(enabled=os.environ.get(OFF_ENV, "") in ("", "0"))
+    return _ACTIVE
+
+
+def activate(store: TraceStore) -> None:
+    global _ACTIVE
+    _ACTIVE = store
 
 
 def _encode(value: Any, key: str, name: str) -> bytes:

@@ -34,6 +34,7 @@ import re
 import sys
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 from yolomem.errors import UserError
@@ -141,7 +142,29 @@ def warn_once(message: str) -> None:
 
 @functools.cache
 def release() -> Release:
-    """Probe the installed release (once per process; call it outside a tracer)."""
+    """Probe the installed release (once per process; call it outside a tracer), or read back what a
+    probe of the same release found: the probes build optimizers, which imports ``torch._dynamo``
+    (over a second), and an estimate from the trace cache needs nothing else of it."""
+    import platform
+
+    import torch
+    import ultralytics
+
+    from yolomem.trace.store import active_store, source_digest
+
+    key = {"probe": "ultralytics release", "ultralytics": installed_version(), "torch": torch.__version__,
+           "path": str(Path(ultralytics.__file__).parent), "source": source_digest(),
+           "python": platform.python_version()}  # fmt: skip
+    store = active_store()
+    found = store.load_probe(key)
+    if isinstance(found, Release):
+        return found
+    probed = _probe_release()
+    store.save_probe(key, probed)
+    return probed
+
+
+def _probe_release() -> Release:
     version = installed_version()
     short, long = auto_optimizer(SHORT_RUN_ITERATIONS), auto_optimizer(LONG_RUN_ITERATIONS)
     try:
