@@ -1,31 +1,42 @@
 """One validation batch as the installed Ultralytics runs it inside training, under a ``Tracer``.
 
 ``BaseValidator.__call__`` (ultralytics 8.4.x, ``engine/validator.py``) with ``trainer`` given:
-- the model is ``trainer.ema.ema`` itself (no copy), ``.float()`` and ``.eval()``; the whole call is
-  ``smart_inference_mode()`` (``torch.inference_mode``);
+- the model is ``trainer.ema.ema`` itself (no copy), ``.float()`` and ``.eval()``, with
+  ``model.end2end = args.nms is False`` (False by default: NMS-free heads validate with NMS); the whole
+  call is ``smart_inference_mode()`` (``torch.inference_mode``);
 - ``args.quantize = 16`` when the trainer uses AMP: the image batch is ``.half() / 255`` and the
-  forward, the loss and the NMS run under ``autocast(True)`` (fp16, also for ``amp=bf16``); the
-  weights stay fp32. Up to 8.4.61 the EMA itself was converted with ``.half()`` and run without
-  autocast (``UltralyticsLoop.trace_val_pass`` follows the installed release);
-- ``model.loss(batch, preds)``: the training loss, with its assigner, on the validation batch;
-- ``postprocess``: ``non_max_suppression`` (conf 0.001, iou 0.7, max_det 300, multi_label) on the
-  predictions, from ``ultralytics.utils.nms`` (``utils.ops`` before 8.3.190).
+  forward and the loss run under ``autocast(True)`` (fp16, also for ``amp=bf16``); the weights stay
+  fp32. Up to 8.4.61 the EMA itself was converted with ``.half()`` and run without autocast
+  (``UltralyticsLoop.trace_val_pass`` follows the installed release);
+- the task validator's ``preprocess`` (segmentation: masks ``.float()``; pose: keypoints ``.float()``);
+- ``model.loss(batch, preds)``: the training loss, with its assigner, on the validation batch; the
+  loop variable keeps the last loss item (a view of the loss vector) alive;
+- the task validator's ``postprocess``, outside autocast, while the raw outputs stay alive
+  (``preds = self.postprocess(preds)``): ``non_max_suppression`` (from ``ultralytics.utils.nms``,
+  ``utils.ops`` before 8.3.190) with the validator's arguments (conf 0.001, 0.01 for obb; iou 0.7;
+  max_det 300; multi_label; ``nc``; ``rotated`` for obb), then per task: segmentation assembles each
+  image's masks from the prototypes (``process_mask``: (n, H/4, W/4) float32, binarized to uint8),
+  obb joins the angles to the boxes. ``UltralyticsLoop.trace_val_pass`` calls the validator's own
+  ``preprocess`` and ``postprocess`` (``training_validator``); ``tests/test_val_pass_matches_real.py``
+  checks the pass against the validator's ``__call__``, event for event.
 The validation batch is 2x the training batch (not for obb), and each batch has its own rect shape
 (``BaseDataset.set_rectangle``), so each distinct shape is traced once and reused.
 
-``trace_validation_batch(model, tracer, ...)`` takes the model and the loss function; the yolov5 repo's
-val.py differs in most steps and has its own pass (``yolomem.loops.yolov5.val_pass``), which shares the
-batch shapes, ``val_batch_dict``, the NMS stand-in and the head's real factories from here.
+``trace_validation_batch(model, tracer, ...)`` takes the model, the validator's steps and the loss
+function; the yolov5 repo's val.py differs in most steps and has its own pass
+(``yolomem.loops.yolov5.val_pass``), which shares the batch shapes, ``val_batch_dict``, the NMS
+stand-in and the head's real factories from here.
 
-Data-dependent steps of NMS (how many boxes pass ``conf=0.001``) are answered by the tracer's
-``DataOracle``: ``NMS_CANDIDATES_PER_IMAGE`` (box, class) pairs per image, the cap NMS applies (for
-rotated NMS, whose memory is quadratic in them, ``ROTATED_NMS_CANDIDATES_PER_IMAGE``); they are listed
-in the trace's oracle answers. ``torchvision.ops.nms`` is replaced, while tracing only, by
-a stand-in that makes the allocations of its CUDA kernel (see ``_cuda_nms_allocations``).
-``update_metrics`` (per-image IoU of at most 300 predictions against the targets: kilobytes) is not
-traced.
+Data-dependent steps of NMS (how many boxes pass ``conf``) are answered by giving NMS real predictions
+(``synthetic_predictions``, taking over the fake output's allocation): ``NMS_CANDIDATES_PER_IMAGE``
+(box, class) pairs per image, the cap NMS applies (for rotated NMS, whose memory is quadratic in them,
+``ROTATED_NMS_CANDIDATES_PER_IMAGE``); they are listed in the trace's oracle answers.
+``torchvision.ops.nms`` is replaced, while tracing only, by a stand-in that makes the allocations of its
+CUDA kernel (see ``_cuda_nms_allocations``). ``update_metrics`` (per-image IoU of at most 300
+predictions against the targets: kilobytes) is not traced. Not modelled: the postprocessed predictions
+(segmentation: each image's masks, (300, H/4, W/4) uint8) stay alive in the validator's loop until the
+next batch's forward has returned; each traced batch frees them at its end.
 """
-
 from __future__ import annotations
 
 import contextlib
@@ -89,16 +100,20 @@ def trace_validation_batch(
     data: dict,
     *,
     autocast: Callable[[], contextlib.AbstractContextManager],
-    half_inputs: bool,
+    preprocess: Callable[[dict], dict],
     loss_fn: Callable[[dict, object], object] | None,
+    postprocess: Callable[[object], object],
     nc: int,
-    nms_kwargs: dict | None = None,
+    rotated: bool = False,
 ) -> None:
-    """Trace one validation batch: preprocess, forward, loss, NMS. Framework-neutral.
+    """Trace one validation batch as the loop body of ``BaseValidator.__call__`` runs it.
 
     ``data``: the collated batch (``img`` uint8 (B, C, H, W) plus targets), made inside the tracer.
-    ``autocast()``: a context manager for the validation autocast region (a null context for fp32).
-    ``loss_fn(data, preds)``: the validation loss, or None to skip it.
+    ``preprocess(data)`` and ``postprocess(preds)``: the validator's own (``postprocess`` is NMS and what the
+    task does after it: segmentation assembles each image's masks from the prototypes there).
+    ``autocast()``: the validator's autocast region around forward and loss (a null context for fp32);
+    ``postprocess`` runs outside it, as in the validator. ``loss_fn(data, preds)``: the validation loss, or
+    None to skip it. ``rotated``: the task's NMS is rotated (obb), for the candidates assumed.
     """
     model.eval()
     # Ultralytics runs this under torch.inference_mode(); no_grad() keeps the same allocations (no
@@ -107,34 +122,55 @@ def trace_validation_batch(
     with torch.no_grad():
         with tracer.phase("val_preprocess"):
             tracer.track_existing(data.values(), "input")
-            image = data.pop("img")
-            data["img"] = (image.half() if half_inputs else image.float()) / 255  # (B, C, H, W)
-            del image
+            data = preprocess(data)
         with autocast():
             with tracer.phase("val_forward"), _head_makes_real_factories(model, tracer):
                 preds = model(data["img"])
+            losses = None
             if loss_fn is not None:
                 tracer.oracle.positives = 10 * int(data["cls"].shape[0]) if "cls" in data else 0
                 # "loss": the tracer keeps small target tensors real in this phase only; the epoch
                 # composer renames the validation pass's phases to val_* (VAL_PHASES)
                 with tracer.phase("loss"):
-                    loss_fn(data, preds)
-            with tracer.phase("val_nms"):
-                candidates = _assume_candidates(tracer, rotated=bool((nms_kwargs or {}).get("rotated")))
-                preds = _real_predictions(preds, tracer, nc, candidates)
-                with _cuda_nms_allocations(tracer), quiet_ultralytics():
-                    from yolomem.loops.ultralytics.release import nms_function
-
-                    non_max_suppression = nms_function()  # utils.nms from 8.3.190, utils.ops before
-                    kwargs = dict(conf_thres=VAL_CONF, iou_thres=VAL_IOU, multi_label=True, max_det=VAL_MAX_DET)
-                    # no time limit: NMS quits after 2 s + 0.05 s per image, which a GPU never takes but
-                    # this CPU trace may, and the trace would then depend on how busy the machine is
-                    if "max_time_img" in inspect.signature(non_max_suppression).parameters:
-                        kwargs["max_time_img"] = NMS_TIME_PER_IMAGE
-                    kwargs.update(nms_kwargs or {})
-                    outputs = non_max_suppression(preds, **kwargs)
+                    # the loss items are kept, the rest dies at once: the validator's loop variable ``v``
+                    # holds the last item, a view of the criterion's loss vector (``self.loss[k] += v``)
+                    losses = loss_fn(data, preds)[1]
+        with tracer.phase("val_nms"):
+            candidates = _assume_candidates(tracer, rotated=rotated)
+            preds = _with_synthetic_scores(preds, tracer, nc, candidates)
+            with nms_stand_ins(tracer), quiet_ultralytics():
+                # the raw outputs stay alive through postprocess: ``preds = self.postprocess(preds)``
+                outputs = postprocess(preds)
             del preds, outputs
-    del data
+    del data, losses
+
+
+@contextlib.contextmanager
+def nms_stand_ins(tracer: Tracer) -> Iterator[None]:
+    """What NMS needs to run under a tracer as on the GPU: ``torchvision.ops.nms`` makes the CUDA kernel's
+    allocations (``_cuda_nms_allocations``), and Ultralytics' ``non_max_suppression`` has no time limit.
+    It quits after 2 s + 0.05 s per image, which a GPU never takes but a CPU trace may, and the trace would
+    then depend on how busy the machine is. The validators call it through its module
+    (``nms.non_max_suppression``; ``ops.`` before 8.3.190), where it is replaced for the duration."""
+    import sys
+
+    from yolomem.loops.ultralytics.release import nms_function
+
+    function = nms_function()
+    module, name = sys.modules[function.__module__], function.__name__
+    unlimited = "max_time_img" in inspect.signature(function).parameters
+
+    def non_max_suppression(*args, **kwargs):
+        if unlimited:
+            kwargs["max_time_img"] = NMS_TIME_PER_IMAGE
+        return function(*args, **kwargs)
+
+    setattr(module, name, non_max_suppression)
+    try:
+        with _cuda_nms_allocations(tracer):
+            yield
+    finally:
+        setattr(module, name, function)
 
 
 def _assume_candidates(tracer: Tracer, *, rotated: bool) -> int:
@@ -149,6 +185,36 @@ def _assume_candidates(tracer: Tracer, *, rotated: bool) -> int:
     return n
 
 
+def synthetic_predictions(shape: tuple[int, ...], dtype: torch.dtype, nc: int, candidates: int) -> torch.Tensor:
+    """Real predictions (B, 4 + nc + extra, anchors) with which ``candidates`` (box, class) pairs pass
+    ``conf`` in every image (all of them, where there are fewer): NMS's work depends on these values only.
+    Call it outside the tracer's modes (``_disable_current_modes``): the values are made on the host."""
+    real = torch.zeros(shape, dtype=dtype)
+    real[:, 0:2] = 100.0  # box centres (pixels)
+    real[:, 2:4] = 20.0  # box sides
+    scores = real[:, 4 : 4 + nc]  # (B, nc, anchors): the first `candidates` pairs pass
+    flat = scores.reshape(shape[0], -1).clone()  # a copy: for one image reshape returns a view
+    flat[:, :candidates] = 0.5
+    scores.copy_(flat.view_as(scores))
+    return real
+
+
+def _with_synthetic_scores(preds, tracer: Tracer, nc: int, candidates: int):
+    """``preds`` with the tensor NMS reads (the first leaf: ``y`` of ``(y, raw)``, ``((y, proto), raw)`` for
+    segmentation) given real synthetic values; the real tensor takes over the fake one's allocation
+    (``Tracer.substitute``: no event), as on the GPU they are one tensor."""
+    from torch.utils._python_dispatch import _disable_current_modes
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+
+    leaves, spec = tree_flatten(preds)
+    fake = leaves[0]
+    with _disable_current_modes():
+        real = synthetic_predictions(tuple(fake.shape), fake.dtype, nc, candidates)
+    tracer.substitute(fake, real)
+    leaves[0] = real
+    return tree_unflatten(leaves, spec)
+
+
 def _real_predictions(preds, tracer: Tracer, nc: int, candidates: int) -> torch.Tensor:
     """NMS decides by value (which scores pass ``conf``): give it real predictions that make
     ``candidates`` (box, class) pairs pass in every image, in place of the fake ones (same shape,
@@ -161,13 +227,7 @@ def _real_predictions(preds, tracer: Tracer, nc: int, candidates: int) -> torch.
     shape, dtype = tuple(fake.shape), fake.dtype
     del fake, preds  # the raw head outputs die here on the GPU too unless the caller keeps them
     with _disable_current_modes():
-        real = torch.zeros(shape, dtype=dtype)
-        real[:, 0:2] = 100.0  # box centres (pixels)
-        real[:, 2:4] = 20.0  # box sides
-        scores = real[:, 4 : 4 + nc]  # (B, nc, anchors): the first `candidates` pairs pass
-        flat = scores.reshape(shape[0], -1).clone()  # a copy: for one image reshape returns a view
-        flat[:, :candidates] = 0.5
-        scores.copy_(flat.view_as(scores))
+        real = synthetic_predictions(shape, dtype, nc, candidates)
     tracer.track_existing([real], "activation")
     return real
 

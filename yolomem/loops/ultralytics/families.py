@@ -73,6 +73,14 @@ def task_classes(family: Family, task: str):
     return entry["model"], entry["trainer"]
 
 
+def task_validator(family: Family, task: str):
+    """The validator class the family's trainer validates ``task`` with."""
+    import ultralytics
+
+    wrapper = getattr(ultralytics, family.wrapper)
+    return wrapper.task_map.fget(wrapper.__new__(wrapper))[task]["validator"]
+
+
 def model_nc(family: Family, nc: int | None) -> int | None:
     """The class count the family's trainer builds the model with."""
     if family.text_classes and nc is not None:

@@ -103,7 +103,8 @@ class UltralyticsLoop:
     def trace_val_pass(self, run, shapes, seed: int, nc: int, kpt_shape, channels: int) -> None:
         """``BaseValidator.__call__`` with a trainer, as the installed release runs it (``release.validation``):
         up to 8.4.61 the EMA itself is converted to fp16 (``model.half()``, and ``model.float()`` after),
-        with no autocast; from 8.4.62 it stays fp32 and the forward and loss run under autocast."""
+        with no autocast; from 8.4.62 it stays fp32 and the forward and loss run under autocast. The task's
+        validator does its own ``preprocess`` and ``postprocess`` (``training_validator``)."""
         import torch
 
         from yolomem.loops.ultralytics.release import release
@@ -113,13 +114,13 @@ class UltralyticsLoop:
         ema = run.ema.ema  # BaseValidator.get_model: trainer.ema.ema
         style = release().validation
         half = settings.precision != "fp32" or style.half_without_amp  # fp16 also for amp=bf16
+        validator = training_validator(run, ema, half, nc, kpt_shape, channels)
 
         def autocast():  # validator: autocast(trainer.amp) is fp16 whatever the training dtype
             if style.autocast and run.policy is not None:
                 return run.policy.region(torch.float16)
             return contextlib.nullcontext()
 
-        nms = {"nc": 0 if settings.task == "detect" else nc, "rotated": settings.task == "obb"}
         (shape,) = shapes  # one batch per template
         converts = style.ema_half_in_place and half
         with tracer.phase("val_model_half"):
@@ -129,12 +130,44 @@ class UltralyticsLoop:
         with tracer.phase("val_preprocess"):
             data = val_batch_dict(settings.task, shape, seed, nc, kpt_shape, channels)
             data["resized_shape"] = [(shape.height, shape.width)] * shape.batch  # the collate's per-image shapes
-        trace_validation_batch(ema, tracer, data, autocast=autocast, half_inputs=half,
-                               loss_fn=lambda d, p: ema.loss(d, p), nc=nc, nms_kwargs=nms)  # fmt: skip
+        trace_validation_batch(ema, tracer, data, autocast=autocast, preprocess=validator.preprocess,
+                               loss_fn=lambda d, p: ema.loss(d, p), postprocess=validator.postprocess, nc=nc,
+                               rotated=settings.task == "obb")  # fmt: skip
         with tracer.phase("val_model_float"):
             if converts:
                 _convert_floats(ema, torch.float32)  # model.float() at the end of the validator's call
             tracer.label(list(ema.parameters()) + list(ema.buffers()), "ema")
+
+
+def training_validator(run, ema, half: bool, nc: int, kpt_shape, channels: int):
+    """The task's validator as ``BaseTrainer.get_validator`` makes it (the training args) and
+    ``BaseValidator.__call__(trainer=...)`` sets it up before its loop: trainer's data and device, the
+    precision of its inputs, ``init_metrics`` (class count, ``end2end``, the mask function, the keypoint
+    shape), and ``model.end2end = args.nms is False`` (False by default: training validates with NMS).
+    Made on the host, outside the tracer: its few tensors (IoU thresholds) are not on the device.
+    ``save_dir`` is the temporary folder, which exists: nothing is written."""
+    import copy
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    from yolomem.loops.ultralytics.families import task_validator
+    from yolomem.loops.ultralytics.step import quiet_ultralytics
+
+    cls = task_validator(run.family, run.settings.task)
+    with _disable_current_modes(), quiet_ultralytics():
+        validator = cls(None, save_dir=Path(tempfile.gettempdir()), args=copy.copy(run.args))
+        validator.training = True
+        validator.device = torch.device("cpu")
+        validator.data = {"names": ema.names, "nc": nc, "kpt_shape": list(kpt_shape), "channels": channels}
+        validator.args.quantize = 16 if half else None  # 8.4.62+: the inputs' precision
+        validator.args.half = half  # before 8.4.62
+        if hasattr(ema, "end2end"):
+            ema.end2end = validator.args.nms is False
+        validator.init_metrics(ema)
+    return validator
 
 
 def _convert_floats(model, dtype) -> None:

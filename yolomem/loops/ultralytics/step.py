@@ -229,6 +229,14 @@ def persistent_tensors(model: torch.nn.Module, ema, extra: tuple[torch.Tensor, .
     return tensors
 
 
+def _head_attributes(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+    """The last layer's plain tensor attributes (not parameters or buffers): ``stride``, ``anchors``, ``strides``."""
+    layers = getattr(model, "model", None)
+    if not isinstance(layers, torch.nn.Sequential) or len(layers) == 0:
+        return ()
+    return tuple(v for v in vars(layers[-1]).values() if isinstance(v, torch.Tensor))
+
+
 def autocast_region(policy: CudaAutocastPolicy | None, amp_dtype: torch.dtype | None):
     """The training autocast (CUDA's policy on the CPU trace), or nothing in FP32."""
     if amp_dtype is None or policy is None:
@@ -281,7 +289,12 @@ class UltralyticsRun:
         )
 
     def persistent_tensors(self) -> dict[str, list[torch.Tensor]]:
-        tensors = persistent_tensors(self.model, self.ema)
+        """Also the head's tensor attributes (``Detect.stride``), which ``BaseModel._apply`` moves to the
+        device with the weights: otherwise the tracer would first see them, as new, wherever an op
+        returns them (the eval head's ``make_anchors``, the validator's ``model.float()``)."""
+        tensors = persistent_tensors(self.model, self.ema, extra=_head_attributes(self.model))
+        if self.ema is not None:
+            tensors["ema"] += _head_attributes(self.ema.ema)
         if self.text_embeddings:
             tensors["input"] = list(self.text_embeddings.values())
         return tensors
