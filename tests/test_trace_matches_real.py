@@ -67,7 +67,7 @@ class _ReplayOracle(UltralyticsOracle):
         self._scalars = list(scalars)
         self._decide = decide
 
-    def nonzero_count(self, shape):
+    def nonzero_count(self, shape, image=None):
         for index, (recorded_shape, count) in enumerate(self._counts):
             if recorded_shape == tuple(shape):
                 del self._counts[index]

@@ -86,6 +86,9 @@ class SyntheticBatch:
         """Foreground anchors the assigner picks: at most top-k per object."""
         return topk * self.total_objects
 
+    def expected_positives_per_image(self, topk: int) -> tuple[int, ...]:
+        return tuple(topk * count for count in self.counts)
+
     def float_images(self) -> torch.Tensor:
         return torch.empty(self.batch, self.channels, self.imgsz, self.imgsz)
 

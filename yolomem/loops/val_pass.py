@@ -128,7 +128,8 @@ def trace_validation_batch(
                 preds = model(data["img"])
             losses = None
             if loss_fn is not None:
-                tracer.oracle.positives = 10 * int(data["cls"].shape[0]) if "cls" in data else 0
+                counts = _objects_per_image(data)  # the assigner's top-k (10) foreground anchors per object
+                tracer.oracle.positives, tracer.oracle.per_image = 10 * sum(counts), tuple(10 * c for c in counts)
                 # "loss": the tracer keeps small target tensors real in this phase only; the epoch
                 # composer renames the validation pass's phases to val_* (VAL_PHASES)
                 with tracer.phase("loss"):
@@ -143,6 +144,16 @@ def trace_validation_batch(
                 outputs = postprocess(preds)
             del preds, outputs
     del data, losses
+
+
+def _objects_per_image(data: dict) -> tuple[int, ...]:
+    """Objects in each image of a collated batch (its real ``batch_idx``), read on the host."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    if "batch_idx" not in data:
+        return ()
+    with _disable_current_modes():
+        return tuple(int(c) for c in torch.bincount(data["batch_idx"].long(), minlength=int(data["img"].shape[0])))
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ REAL_BYTES_CAP = 64 << 20  # loss-phase factories and all-real ops stay real up 
 # (B, objects, anchors) masks) is real or fake alike at every batch: runs at different batches then stay
 # one family (``yolomem.trace.derive``). 4 MiB per image is the fixed cap at batch 16; no cap passes
 # REAL_BYTES_MAX, so a huge batch never computes (or holds) more on the host than that per tensor.
-REAL_BYTES_PER_IMAGE = REAL_BYTES_CAP // 16
+REAL_BYTES_PER_IMAGE = 1 << 20
 REAL_BYTES_MAX = 256 << 20
 
 
@@ -114,19 +114,25 @@ class DataOracle:
 
     positives: int = 0
     scalar: float = 0.0
+    # the positives of each image, where a question is about one image's row of a (B, n) tensor (the
+    # segmentation loss's loop over the images of ``fg_mask``)
+    per_image: tuple[int, ...] = ()
 
     def scalar_for(self, tensor: torch.Tensor) -> float:
         """The value a ``.item()`` or ``bool()`` of the fake ``tensor`` reads."""
         return self.scalar
 
-    def nonzero_count(self, shape: torch.Size) -> int:
-        return min(self.nonzero_bounds(shape))
+    def nonzero_count(self, shape: torch.Size, image: int | None = None) -> int:
+        return min(self.nonzero_bounds(shape, image))
 
-    def nonzero_bounds(self, shape: torch.Size) -> tuple[int, int]:
-        """What the count is the least of: the tensor's elements, and the assumed positives."""
+    def nonzero_bounds(self, shape: torch.Size, image: int | None = None) -> tuple[int, int]:
+        """What the count is the least of: the tensor's elements, and the assumed positives (of the whole
+        batch, or of ``image`` when the tensor is that image's row)."""
         numel = 1
         for size in shape:
             numel *= size
+        if image is not None and image < len(self.per_image):
+            return numel, self.per_image[image]
         return numel, self.positives
 
 
@@ -439,18 +445,29 @@ class Tracer(TorchDispatchMode):
         self.oracle_answers.append(OracleAnswer(f"item({_describe(tensor)})", repr(value), self.phase_name, (), len(self._log)))
         return value
 
+    def _image_of(self, tensor: torch.Tensor) -> int | None:
+        """Which image ``tensor`` is the row of, when it is one row of a (B, n) tensor of the batch (a loop
+        over the images, ``for fg_mask_i in fg_mask``): found from where it lies in its storage."""
+        images = len(self.oracle.per_image)
+        if not images or tensor.dim() != 1 or tensor.numel() == 0 or tensor.stride(0) != 1:
+            return None
+        row, offset = tensor.numel(), tensor.storage_offset()
+        if tensor.untyped_storage().nbytes() != row * images * tensor.element_size() or offset % row:
+            return None
+        return offset // row
+
     def _answer_data_dependent(self, func, args, kwargs):
         """Sizes for ops whose output size depends on fake values."""
         tensor = args[0]
         name = func.__name__.split(".")[0]
         bounds: tuple[int, ...] = ()
         if func is aten.nonzero.default:
-            count = self.oracle.nonzero_count(tensor.shape)
-            bounds = self.oracle.nonzero_bounds(tensor.shape)
+            count = self.oracle.nonzero_count(tensor.shape, self._image_of(tensor))
+            bounds = self.oracle.nonzero_bounds(tensor.shape, self._image_of(tensor))
             shape = (count, tensor.dim())
         elif func is aten.masked_select.default:
-            count = self.oracle.nonzero_count(args[1].shape)
-            bounds = self.oracle.nonzero_bounds(args[1].shape)
+            count = self.oracle.nonzero_count(args[1].shape, self._image_of(args[1]))
+            bounds = self.oracle.nonzero_bounds(args[1].shape, self._image_of(args[1]))
             shape = (count,)
         elif func is aten.bincount.default:  # one bin per element at most, or minlength
             minlength = args[2] if len(args) > 2 else kwargs.get("minlength", 0)

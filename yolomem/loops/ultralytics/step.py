@@ -322,6 +322,7 @@ class UltralyticsRun:
                 if draws:  # the trainer rescaled the batch (multi_scale)
                     self.trained_size = int(data["img"].shape[-1])
             tracer.oracle.positives = batch.expected_positives(self._assigner_topk())
+            tracer.oracle.per_image = batch.expected_positives_per_image(self._assigner_topk())
             with _head_switches_phase(self.model, tracer), tracer.phase("forward"), self._family_step():
                 loss, _items = self.model(data)
                 loss = loss.sum()
