@@ -195,3 +195,19 @@ def test_explain_ladder_agrees_with_fit_and_keeps_the_effective_batch():
     assert batch < config.batch and smaller.fits and smaller.max_batch == batch
     assert batch * accumulate(batch, nbs) == config.batch * accumulate(config.batch, config.nbs) == 16
     assert f"batch={batch} " in smaller.how and f"nbs={nbs}" in smaller.how
+
+
+@pytest.mark.parametrize("amp, written", [("fp16", None), ("fp32", False), ("bf16", None)])
+def test_the_train_line_sets_amp_as_ultralytics_reads_it(amp, written):
+    """Ultralytics' ``amp`` is a bool (``self.amp = bool(self.args.amp)``): ``amp=bf16`` would train fp16
+    under a bf16 label, so a bf16 config gets no ``amp=`` and a note instead."""
+    from ultralytics.cfg import parse_key_value_pair
+
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.sweeps.fit import yolo_train_command
+
+    line = yolo_train_command(EstimateConfig.from_mapping({"model": "yolov8n.yaml", "amp": amp}))
+    command, _, note = line.partition("#")
+    overrides = dict(parse_key_value_pair(word) for word in command.split()[2:])
+    assert overrides.get("amp") is written
+    assert ("no switch" in note) == (amp == "bf16")

@@ -124,8 +124,8 @@ def yolo_train_command(config: EstimateConfig, model: str | None = None) -> str:
     an environment variable (allocator) or a note (checkpointing needs a callback)."""
     words = ["yolo", "train", f"model={model or config.model}", f"data={config.data or DATA_PLACEHOLDER}",
              f"batch={config.batch}", f"imgsz={config.imgsz}"]  # fmt: skip
-    if config.amp != "fp16":
-        words.append("amp=False" if config.amp == "fp32" else "amp=bf16")
+    if config.amp == "fp32":
+        words.append("amp=False")
     if config.optimizer != "auto":
         words.append(f"optimizer={config.optimizer}")
     if config.nbs != 64:
@@ -140,6 +140,8 @@ def yolo_train_command(config: EstimateConfig, model: str | None = None) -> str:
         line = f"PYTORCH_CUDA_ALLOC_CONF={config.alloc_conf} {line}"
     if config.checkpoint:
         line += "  # plus model.add_callback('on_pretrain_routine_end', yolomem.loops.checkpointing.checkpoint_callback) in Python"
+    if config.amp == "bf16":  # Ultralytics' amp is a bool: amp=bf16 would be refused
+        line += "  # bf16: yolo train has no switch for it (amp=True trains fp16); autocast to bfloat16 in a loop of your own"
     return line
 
 
