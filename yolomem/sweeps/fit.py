@@ -140,7 +140,7 @@ def yolo_train_command(config: EstimateConfig, model: str | None = None) -> str:
         line = f"PYTORCH_CUDA_ALLOC_CONF={config.alloc_conf} {line}"
     if config.checkpoint:
         line += "  # plus model.add_callback('on_pretrain_routine_end', yolomem.loops.checkpointing.checkpoint_callback) in Python"
-    if config.amp == "bf16":  # Ultralytics' amp is a bool: amp=bf16 would be refused
+    if config.amp == "bf16":  # Ultralytics reads amp as a bool: amp=bf16 would train fp16 under a bf16 label
         line += "  # bf16: yolo train has no switch for it (amp=True trains fp16); autocast to bfloat16 in a loop of your own"
     return line
 

@@ -52,6 +52,7 @@ def real_bytes_cap_for(batch: int) -> int:
     """The real-tensor cap of a training trace at ``batch`` images per GPU."""
     return min(REAL_BYTES_PER_IMAGE * max(batch, 1), REAL_BYTES_MAX)
 
+
 CATEGORIES = ("parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other",
               "cublas_workspace", "cublaslt_workspace", "cudnn_workspace")  # the last three: yolomem.trace.workspaces
 
@@ -465,12 +466,14 @@ class Tracer(TorchDispatchMode):
         name = func.__name__.split(".")[0]
         bounds: tuple[int, ...] = ()
         if func is aten.nonzero.default:
-            count = self.oracle.nonzero_count(tensor.shape, self._image_of(tensor))
-            bounds = self.oracle.nonzero_bounds(tensor.shape, self._image_of(tensor))
+            image = self._image_of(tensor)
+            count = self.oracle.nonzero_count(tensor.shape, image)
+            bounds = self.oracle.nonzero_bounds(tensor.shape, image)
             shape = (count, tensor.dim())
         elif func is aten.masked_select.default:
-            count = self.oracle.nonzero_count(args[1].shape, self._image_of(args[1]))
-            bounds = self.oracle.nonzero_bounds(args[1].shape, self._image_of(args[1]))
+            image = self._image_of(args[1])
+            count = self.oracle.nonzero_count(args[1].shape, image)
+            bounds = self.oracle.nonzero_bounds(args[1].shape, image)
             shape = (count,)
         elif func is aten.bincount.default:  # one bin per element at most, or minlength
             minlength = args[2] if len(args) > 2 else kwargs.get("minlength", 0)
