@@ -164,10 +164,21 @@ def training_validator(run, ema, half: bool, nc: int, kpt_shape, channels: int):
         validator.data = {"names": ema.names, "nc": nc, "kpt_shape": list(kpt_shape), "channels": channels}
         validator.args.quantize = 16 if half else None  # 8.4.62+: the inputs' precision
         validator.args.half = half  # before 8.4.62
-        if hasattr(ema, "end2end"):
+        if hasattr(ema, "end2end") and _validator_sets_end2end():
             ema.end2end = validator.args.nms is False
         validator.init_metrics(ema)
     return validator
+
+
+def _validator_sets_end2end() -> bool:
+    """Whether the installed ``BaseValidator.__call__`` sets ``model.end2end = self.args.nms is False`` when
+    training (recent 8.4 releases); before, ``end2end`` is the head's own (a read-only property in 8.4.0),
+    and setting it would switch the loss to the end-to-end one."""
+    import inspect
+
+    from ultralytics.engine.validator import BaseValidator
+
+    return "model.end2end = " in inspect.getsource(BaseValidator.__call__)
 
 
 def _convert_floats(model, dtype) -> None:
