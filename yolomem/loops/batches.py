@@ -52,6 +52,11 @@ def typical_count(instances: float, densest: int) -> int:
     return min(math.floor(instances + 0.5), densest)  # halves round up (round() would go to even)
 
 
+def foreground_per_image(counts, topk: int) -> tuple[int, ...]:
+    """Foreground anchors the assigner picks in each image: at most top-k per object."""
+    return tuple(topk * count for count in counts)
+
+
 def dense_counts(batch: int, densest: int, typical: int) -> tuple[int, ...]:
     """Objects per image of a batch: the densest image first, then ``batch - 1`` typical ones."""
     return (densest,) + (typical,) * (batch - 1)
@@ -78,16 +83,8 @@ class SyntheticBatch:
             counts = dense_counts(batch, densest, typical_count(instances, densest))
         return SyntheticBatch(task, batch, imgsz, counts, seed, nc, tuple(kpt_shape), channels)
 
-    @property
-    def total_objects(self) -> int:
-        return sum(self.counts)
-
-    def expected_positives(self, topk: int) -> int:
-        """Foreground anchors the assigner picks: at most top-k per object."""
-        return topk * self.total_objects
-
     def expected_positives_per_image(self, topk: int) -> tuple[int, ...]:
-        return tuple(topk * count for count in self.counts)
+        return foreground_per_image(self.counts, topk)
 
     def float_images(self) -> torch.Tensor:
         return torch.empty(self.batch, self.channels, self.imgsz, self.imgsz)

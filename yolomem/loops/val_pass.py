@@ -104,6 +104,7 @@ def trace_validation_batch(
     loss_fn: Callable[[dict, object], object] | None,
     postprocess: Callable[[object], object],
     nc: int,
+    foreground: tuple[int, ...] = (),
     rotated: bool = False,
 ) -> None:
     """Trace one validation batch as the loop body of ``BaseValidator.__call__`` runs it.
@@ -113,7 +114,9 @@ def trace_validation_batch(
     task does after it: segmentation assembles each image's masks from the prototypes there).
     ``autocast()``: the validator's autocast region around forward and loss (a null context for fp32);
     ``postprocess`` runs outside it, as in the validator. ``loss_fn(data, preds)``: the validation loss, or
-    None to skip it. ``rotated``: the task's NMS is rotated (obb), for the candidates assumed.
+    None to skip it. ``foreground``: each image's assumed foreground anchors, for the loss's assigner
+    (``yolomem.loops.batches.foreground_per_image``). ``rotated``: the task's NMS is rotated (obb), for
+    the candidates assumed.
     """
     model.eval()
     # Ultralytics runs this under torch.inference_mode(); no_grad() keeps the same allocations (no
@@ -128,8 +131,7 @@ def trace_validation_batch(
                 preds = model(data["img"])
             losses = None
             if loss_fn is not None:
-                counts = _objects_per_image(data)  # the assigner's top-k (10) foreground anchors per object
-                tracer.oracle.positives, tracer.oracle.per_image = 10 * sum(counts), tuple(10 * c for c in counts)
+                tracer.oracle.expect_foreground(foreground)
                 # "loss": the tracer keeps small target tensors real in this phase only; the epoch
                 # composer renames the validation pass's phases to val_* (VAL_PHASES)
                 with tracer.phase("loss"):
@@ -144,16 +146,6 @@ def trace_validation_batch(
                 outputs = postprocess(preds)
             del preds, outputs
     del data, losses
-
-
-def _objects_per_image(data: dict) -> tuple[int, ...]:
-    """Objects in each image of a collated batch (its real ``batch_idx``), read on the host."""
-    from torch.utils._python_dispatch import _disable_current_modes
-
-    if "batch_idx" not in data:
-        return ()
-    with _disable_current_modes():
-        return tuple(int(c) for c in torch.bincount(data["batch_idx"].long(), minlength=int(data["img"].shape[0])))
 
 
 @contextlib.contextmanager

@@ -23,7 +23,6 @@ import contextlib
 import functools
 import hashlib
 import logging
-import platform
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
@@ -34,7 +33,7 @@ from yolomem.config.settings import EstimateConfig
 from yolomem.loops.base import TracedRun, rank_batch
 from yolomem.trace.derive import NotDerivable, RunFacts, StreamFamily, derive_family
 from yolomem.trace.packed import PackedTrace, pack, unpack
-from yolomem.trace.store import TraceStore, activate, canonical, key_digest, source_digest
+from yolomem.trace.store import TraceStore, activate, canonical, code_key, key_digest
 
 MIN_TRACED = 3  # traced runs before any is derived: two draw the line, the third checks it
 MAX_MEMBERS = 5  # traced runs a family is built from, the nearest to the batch asked for
@@ -78,30 +77,12 @@ class StoredRun:
 
 
 def family_key(config: EstimateConfig, resolved: ResolvedModel) -> dict:
-    """Everything a trace depends on but the batch: versions, the model, and the traced settings."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from yolomem import __version__
-
-    def installed(name: str) -> str:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "-"
-
-    import torch
-    import ultralytics
-
+    """Everything a trace depends on but the batch: the code, the model, and the traced settings."""
     model = asdict(resolved) | {"note": None}
     original = resolved.cfg.get("original") if isinstance(resolved.cfg, dict) else None
     if isinstance(original, dict) and original.get("path"):
         model["file"] = _file_digest(str(original["path"]))
-    return {
-        "yolomem": __version__, "source": source_digest(), "torch": torch.__version__,
-        "ultralytics": ultralytics.__version__, "ultralytics_path": str(Path(ultralytics.__file__).parent),
-        "numpy": installed("numpy"), "python": platform.python_version(), "model": model,
-        "config": {k: v for k, v in config.to_json().items() if k not in _NOT_TRACED},
-    }  # fmt: skip
+    return code_key() | {"model": model, "config": {k: v for k, v in config.to_json().items() if k not in _NOT_TRACED}}
 
 
 @functools.cache

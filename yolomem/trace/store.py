@@ -184,6 +184,28 @@ def _decode(blob: bytes, key: str, name: str) -> Any | None:
     return value
 
 
+def code_key() -> dict:
+    """The code a stored value was computed by: yolomem (its version and a digest of its source), torch,
+    Ultralytics (and where it is installed), numpy and Python. Part of every key in the store."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+    import ultralytics
+
+    from yolomem import __version__
+
+    try:
+        numpy = version("numpy")
+    except PackageNotFoundError:
+        numpy = "-"
+    return {
+        "yolomem": __version__, "source": source_digest(), "torch": torch.__version__,
+        "ultralytics": ultralytics.__version__, "ultralytics_path": str(Path(ultralytics.__file__).parent),
+        "numpy": numpy, "python": platform.python_version(),
+    }  # fmt: skip
+
+
 @functools.cache
 def source_digest() -> str:
     """A digest of yolomem's own source files: traces from edited code are never read back."""

@@ -126,6 +126,11 @@ class DataOracle:
         """The value a ``.item()`` or ``bool()`` of the fake ``tensor`` reads."""
         return self.scalar
 
+    def expect_foreground(self, per_image) -> None:
+        """The foreground each image of the batch is assumed to have (``per_image``); the batch's is their sum."""
+        self.per_image = tuple(int(n) for n in per_image)
+        self.positives = sum(self.per_image)
+
     def nonzero_count(self, shape: torch.Size, image: int | None = None) -> int:
         return min(self.nonzero_bounds(shape, image))
 

@@ -64,21 +64,23 @@ def family_of(cfg: dict) -> Family:
     return YOLO
 
 
-def task_classes(family: Family, task: str):
-    """(model class, trainer class) for ``task``, from the family's Ultralytics wrapper."""
+def _task_entry(family: Family, task: str) -> dict:
+    """The family's Ultralytics wrapper's ``task_map`` entry for ``task`` (model, trainer, validator...)."""
     import ultralytics
 
     wrapper = getattr(ultralytics, family.wrapper)
-    entry = wrapper.task_map.fget(wrapper.__new__(wrapper))[task]  # task_map is a property on the instance
+    return wrapper.task_map.fget(wrapper.__new__(wrapper))[task]  # task_map is a property on the instance
+
+
+def task_classes(family: Family, task: str):
+    """(model class, trainer class) for ``task``, from the family's Ultralytics wrapper."""
+    entry = _task_entry(family, task)
     return entry["model"], entry["trainer"]
 
 
 def task_validator(family: Family, task: str):
     """The validator class the family's trainer validates ``task`` with."""
-    import ultralytics
-
-    wrapper = getattr(ultralytics, family.wrapper)
-    return wrapper.task_map.fget(wrapper.__new__(wrapper))[task]["validator"]
+    return _task_entry(family, task)["validator"]
 
 
 def model_nc(family: Family, nc: int | None) -> int | None:

@@ -108,6 +108,7 @@ class UltralyticsLoop:
         import torch
 
         from yolomem.loops.ultralytics.release import release
+        from yolomem.loops.batches import foreground_per_image
         from yolomem.loops.val_pass import trace_validation_batch, val_batch_dict
 
         settings, tracer = run.settings, run.tracer
@@ -132,6 +133,7 @@ class UltralyticsLoop:
             data["resized_shape"] = [(shape.height, shape.width)] * shape.batch  # the collate's per-image shapes
         trace_validation_batch(ema, tracer, data, autocast=autocast, preprocess=validator.preprocess,
                                loss_fn=lambda d, p: ema.loss(d, p), postprocess=validator.postprocess, nc=nc,
+                               foreground=foreground_per_image(shape.counts, run.assigner_topk()),
                                rotated=settings.task == "obb")  # fmt: skip
         with tracer.phase("val_model_float"):
             if converts:
@@ -143,7 +145,8 @@ def training_validator(run, ema, half: bool, nc: int, kpt_shape, channels: int):
     """The task's validator as ``BaseTrainer.get_validator`` makes it (the training args) and
     ``BaseValidator.__call__(trainer=...)`` sets it up before its loop: trainer's data and device, the
     precision of its inputs, ``init_metrics`` (class count, ``end2end``, the mask function, the keypoint
-    shape), and ``model.end2end = args.nms is False`` (False by default: training validates with NMS).
+    shape), and ``model.end2end = args.nms is False`` where the installed release does it (False by default:
+    training validates with NMS; ``release.validation.sets_end2end``).
     Made on the host, outside the tracer: its few tensors (IoU thresholds) are not on the device.
     ``save_dir`` is the temporary folder, which exists: nothing is written."""
     import copy
@@ -154,6 +157,7 @@ def training_validator(run, ema, half: bool, nc: int, kpt_shape, channels: int):
     from torch.utils._python_dispatch import _disable_current_modes
 
     from yolomem.loops.ultralytics.families import task_validator
+    from yolomem.loops.ultralytics.release import release
     from yolomem.loops.ultralytics.step import quiet_ultralytics
 
     cls = task_validator(run.family, run.settings.task)
@@ -164,21 +168,10 @@ def training_validator(run, ema, half: bool, nc: int, kpt_shape, channels: int):
         validator.data = {"names": ema.names, "nc": nc, "kpt_shape": list(kpt_shape), "channels": channels}
         validator.args.quantize = 16 if half else None  # 8.4.62+: the inputs' precision
         validator.args.half = half  # before 8.4.62
-        if hasattr(ema, "end2end") and _validator_sets_end2end():
+        if hasattr(ema, "end2end") and release().validation.sets_end2end:
             ema.end2end = validator.args.nms is False
         validator.init_metrics(ema)
     return validator
-
-
-def _validator_sets_end2end() -> bool:
-    """Whether the installed ``BaseValidator.__call__`` sets ``model.end2end = self.args.nms is False`` when
-    training (recent 8.4 releases); before, ``end2end`` is the head's own (a read-only property in 8.4.0),
-    and setting it would switch the loss to the end-to-end one."""
-    import inspect
-
-    from ultralytics.engine.validator import BaseValidator
-
-    return "model.end2end = " in inspect.getsource(BaseValidator.__call__)
 
 
 def _convert_floats(model, dtype) -> None:

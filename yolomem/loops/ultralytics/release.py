@@ -34,7 +34,6 @@ import re
 import sys
 import textwrap
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 
 from yolomem.errors import UserError
@@ -63,6 +62,7 @@ class ValidationPrecision:
     ema_half_in_place: bool  # model.half() on trainer.ema.ema, model.float() at the end
     half_without_amp: bool  # fp16 whenever on a GPU, even when training in fp32
     autocast: bool  # forward and loss under autocast(amp), weights left fp32
+    sets_end2end: bool = False  # model.end2end = self.args.nms is False (before, end2end is the head's own)
 
 
 @dataclass(frozen=True)
@@ -145,16 +145,10 @@ def release() -> Release:
     """Probe the installed release (once per process; call it outside a tracer), or read back what a
     probe of the same release found: the probes build optimizers, which imports ``torch._dynamo``
     (over a second), and an estimate from the trace cache needs nothing else of it."""
-    import platform
+    from yolomem.trace.store import active_store, code_key
 
-    import torch
-    import ultralytics
-
-    from yolomem.trace.store import active_store, source_digest
-
-    key = {"probe": "ultralytics release", "ultralytics": installed_version(), "torch": torch.__version__,
-           "path": str(Path(ultralytics.__file__).parent), "source": source_digest(),
-           "python": platform.python_version()}  # fmt: skip
+    import_quietly()  # before code_key imports it
+    key = code_key() | {"probe": "ultralytics release"}
     store = active_store()
     found = store.load_probe(key)
     if isinstance(found, Release):
@@ -277,7 +271,8 @@ def validation_precision() -> ValidationPrecision:
         for node in ast.walk(function) if isinstance(node, ast.With) for item in node.items
     )  # fmt: skip
     # 8.1.0 .. 8.2.95: `self.args.half = self.device.type != "cpu"`; later `... and trainer.amp`
-    return ValidationPrecision(ema_half_in_place=halves, half_without_amp="trainer.amp" not in source, autocast=autocast)
+    return ValidationPrecision(ema_half_in_place=halves, half_without_amp="trainer.amp" not in source, autocast=autocast,
+                               sets_end2end="model.end2end = " in source)  # fmt: skip
 
 
 def nms_function():

@@ -321,8 +321,7 @@ class UltralyticsRun:
                 data = self.trainer_class.preprocess_batch(self._shim, data)
                 if draws:  # the trainer rescaled the batch (multi_scale)
                     self.trained_size = int(data["img"].shape[-1])
-            tracer.oracle.positives = batch.expected_positives(self._assigner_topk())
-            tracer.oracle.per_image = batch.expected_positives_per_image(self._assigner_topk())
+            tracer.oracle.expect_foreground(batch.expected_positives_per_image(self.assigner_topk()))
             with _head_switches_phase(self.model, tracer), tracer.phase("forward"), self._family_step():
                 loss, _items = self.model(data)
                 loss = loss.sum()
@@ -356,7 +355,7 @@ class UltralyticsRun:
         tracer.label([p.grad for p in self.model.parameters() if p.grad is not None], "gradient")
         del outputs, images
 
-    def _assigner_topk(self) -> int:
+    def assigner_topk(self) -> int:
         criterion = getattr(self.model, "criterion", None)
         assigner = getattr(criterion, "assigner", None)
         if assigner is None and criterion is not None:
