@@ -24,7 +24,7 @@ def main(argv: list[str]) -> None:
     print(f"config: {' '.join(words)}")
     print(f"max_batch={result.max_batch} predicted_by_line={result.predicted} traces={len(result.probes)} seconds={seconds:.1f}")
     print(f"seconds per trace: {sum(p.seconds for p in result.probes) / len(result.probes):.1f}")
-    print(f"command: {result.yolo_train_command}")
+    print(f"command: {result.train_command}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Every task, both training loops, AMP and FP32, whole epochs (validation's per-image NMS loop
 included): traced at batches 3, 4 and 6 (imgsz 128: seconds each), derived at 7, and traced at 7 to
-compare. The estimates built on them must be the same too.
+compare. The estimates built on them must be the same too. Then families of two traced runs, the
+least ``yolomem.result.runs`` derives from, derived far past them.
 
 Why imgsz 128 and one object per image: the oracle assumes top-k foreground anchors per object, at
 most the anchors of the tensor asked about. On a tiny grid (84 anchors per image at imgsz 64) that cap
@@ -47,9 +48,10 @@ def test_a_derived_run_equals_the_trace(model, settings, tmp_path, monkeypatch, 
     real_trace_run = yolomem.loops.trace_run
     monkeypatch.setattr(yolomem.loops, "trace_run", lambda c, r, **k: traced.append(c.batch) or real_trace_run(c, r, **k))
     try:
-        runs._SOURCE = runs.RunSource(TraceStore(tmp_path))
+        runs._SOURCE = runs.RunSource(TraceStore(tmp_path), derive=False)  # each member traced, not derived
         for batch in TRACED:
             estimate(model, batch=batch, **SIZE, **settings)
+        runs._SOURCE = runs.RunSource(TraceStore(tmp_path))
         with caplog.at_level(logging.INFO, logger="yolomem.runs"):
             derived = estimate(model, batch=DERIVED, **SIZE, **settings)
         assert traced == list(TRACED), caplog.text
@@ -58,6 +60,46 @@ def test_a_derived_run_equals_the_trace(model, settings, tmp_path, monkeypatch, 
     finally:
         runs._SOURCE = previous
     assert traced == [*TRACED, DERIVED]
+    assert compare_runs(_facts(derived), _facts(real)) is None
+    left, right = derived.to_json(), real.to_json()
+    left.pop("seconds"), right.pop("seconds")
+    assert left == right
+
+
+TWO = (3, 6)
+FAR = 13  # past twice the larger traced batch: the line is extrapolated, not interpolated
+TWO_CASES = [
+    pytest.param("yolov8n.yaml", {}, True, id="detect-amp"),
+    pytest.param("yolo11n.yaml", {"amp": "fp32"}, True, id="yolo11-attention-fp32"),
+    pytest.param("yolov8n-pose.yaml", {}, True, id="pose-amp"),
+    pytest.param("yolov8n-obb.yaml", {"amp": "fp32"}, True, id="obb-fp32"),
+    pytest.param("yolov8n-cls.yaml", {}, True, id="classify-amp"),
+    pytest.param("yolov5n", {}, True, id="yolov5-loop-amp"),
+    pytest.param("yolov8n-seg.yaml", {}, False, id="segment-per-image-mask-loss"),
+    pytest.param("yolov8n.yaml", {"epochs": 2}, False, id="detect-epochs-per-image-nms"),
+]
+
+
+@pytest.mark.parametrize(("model", "settings", "two_suffice"), TWO_CASES)
+def test_two_traced_runs_derive_unless_a_block_repeats_per_image(model, settings, two_suffice, tmp_path, monkeypatch):
+    """``MIN_TRACED`` is 2: a run derived from two traced batches equals its trace far past them. Where
+    the stream repeats a block per image, two runs cannot place the blocks' numbers: the run is traced."""
+    previous = runs._SOURCE
+    traced = []
+    real_trace_run = yolomem.loops.trace_run
+    monkeypatch.setattr(yolomem.loops, "trace_run", lambda c, r, **k: traced.append(c.batch) or real_trace_run(c, r, **k))
+    try:
+        runs._SOURCE = runs.RunSource(TraceStore(tmp_path))
+        for batch in TWO:
+            estimate(model, batch=batch, **SIZE, **settings)
+        derived = estimate(model, batch=FAR, **SIZE, **settings)
+        assert traced == (list(TWO) if two_suffice else [*TWO, FAR])
+        if not two_suffice:
+            return
+        runs._SOURCE = runs.RunSource(TraceStore(None, enabled=False), derive=False)
+        real = estimate(model, batch=FAR, **SIZE, **settings)
+    finally:
+        runs._SOURCE = previous
     assert compare_runs(_facts(derived), _facts(real)) is None
     left, right = derived.to_json(), real.to_json()
     left.pop("seconds"), right.pop("seconds")

@@ -29,9 +29,9 @@ def test_largest_batch_fits_and_one_more_does_not():
     assert over.fits is False
     assert len(result.probes) <= 6  # the line brackets it; only the last steps are searched
     assert result.accumulate == max(round(64 / n), 1)
-    assert f"batch={n} " in result.yolo_train_command and "imgsz=160" in result.yolo_train_command
+    assert f"batch={n} " in result.train_command and "imgsz=160" in result.train_command
     payload = result.to_json()
-    assert {"gpu", "gpu_total_bytes", "max_batch", "estimate_at_max", "yolo_train_command"} <= payload.keys()
+    assert {"gpu", "gpu_total_bytes", "max_batch", "estimate_at_max", "train_command"} <= payload.keys()
     assert payload["estimate_at_max"]["config"]["batch"] == n
 
 
@@ -211,3 +211,68 @@ def test_the_train_line_sets_amp_as_ultralytics_reads_it(amp, written):
     overrides = dict(parse_key_value_pair(word) for word in command.split()[2:])
     assert overrides.get("amp") is written
     assert ("no switch" in note) == (amp == "bf16")
+
+
+@pytest.mark.parametrize("changes", [{}, {"amp": False}, {"epochs": 2}], ids=["amp", "fp32-allowance", "epochs"])
+def test_a_probes_verdict_is_the_whole_estimates(changes):
+    """Searches judge their probes by the upper figure alone (``Prober.probe``, no breakdown or other
+    replays): its peak and verdict must be the full estimate's, also where an allowance or the epoch
+    simulation sets the upper figure."""
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.result.estimate import estimate_config
+    from yolomem.sweeps.fit import Prober, make_budget
+
+    config = EstimateConfig.from_mapping({"model": "yolov8n.yaml", "batch": 4, "gpu_mem": 0.9, "margin": 0, **TINY, **changes})
+    prober = Prober(make_budget(config))
+    probe = prober.probe(config)
+    whole = estimate_config(config)
+    assert probe.peak_reserved_bytes == whole.peak_reserved_upper_bytes
+    assert probe.fits is whole.fits
+    assert probe.imgsz == whole.config.imgsz == 160
+    assert prober.run(config)[1] is probe  # the estimate of a probed config keeps its probe
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"optimizer": "AdamW", "freeze": tuple(range(10))},
+    {"world_size": 2, "batch": 32, "freeze": (0, 2, 5), "alloc_conf": "expandable_segments:True"},
+    {"amp": "fp32", "nbs": 32},
+], ids=["default", "adamw-freeze10", "ddp-freeze-list-allocator", "fp32-nbs"])  # fmt: skip
+def test_the_yolov5_repo_line_is_what_its_train_py_reads(changes, monkeypatch):
+    """A model the yolov5 repo's loop trains gets ``python train.py`` (not ``yolo train``), and the
+    repo's own argument parser (``yolov5.train.parse_opt``, outside truth) reads back the config."""
+    import shlex
+    import sys
+    import types
+
+    from yolov5_reference import yolov5_or_reason
+
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.sweeps.fit import train_command
+
+    if yolov5_or_reason()[0] is None:
+        pytest.skip(yolov5_or_reason()[1])
+    connector = types.ModuleType("yolov5.utils.roboflow")  # train.py imports its Roboflow dataset helper,
+    connector.RoboflowConnector = object  # which needs the roboflow package; the argument parser does not
+    monkeypatch.setitem(sys.modules, "yolov5.utils.roboflow", connector)
+    from yolov5 import train as yolov5_train
+
+    config = EstimateConfig.from_mapping({"model": "yolov5s", "batch": 16, "imgsz": 512, **changes})
+    line = train_command(config)
+    command, _, note = line.partition("  #")
+    words = shlex.split(command)
+    if config.alloc_conf:
+        assert words.pop(0) == f"PYTORCH_CUDA_ALLOC_CONF={config.alloc_conf}"
+    assert words[0] == "python"
+    if config.world_size > 1:
+        assert words[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        words = words[4:]
+    assert words[1] == "train.py"
+    monkeypatch.setattr(sys, "argv", words[1:])
+    opt = yolov5_train.parse_opt()
+    assert (opt.cfg, opt.weights, opt.batch_size, opt.imgsz) == ("yolov5s.yaml", "", config.batch, 512)
+    assert opt.optimizer == (config.optimizer if config.optimizer != "auto" else "SGD")
+    frozen = opt.freeze if len(opt.freeze) > 1 else list(range(opt.freeze[0]))  # train.py's own rule
+    assert tuple(frozen) == config.freeze
+    assert opt.device == ("0,1" if config.world_size == 2 else "")
+    assert ("no switch" in note) == (config.amp != "fp16") and ("nbs" in note) == (config.nbs != 64)

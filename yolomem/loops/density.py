@@ -35,6 +35,7 @@ pytorch_simple_CenterNet_45 issue 10).
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Sequence
@@ -166,8 +167,8 @@ def sample_counts(rng: np.random.Generator, per_image: np.ndarray, first: np.nda
 def epoch_batches(rng: np.random.Generator, per_image: Sequence[int], batch: int, aug: Augmentation) -> list[tuple[int, ...]]:
     """One epoch: objects per sample, in ceil(len(per_image) / batch) shuffled batches."""
     counts = np.asarray(per_image, dtype=np.int64)
-    samples = sample_counts(rng, counts, rng.permutation(len(counts)), aug)
-    return [tuple(int(c) for c in samples[i : i + batch]) for i in range(0, len(samples), batch)]
+    samples = sample_counts(rng, counts, rng.permutation(len(counts)), aug).tolist()
+    return [tuple(samples[i : i + batch]) for i in range(0, len(samples), batch)]
 
 
 @dataclass(frozen=True)
@@ -260,8 +261,17 @@ def plan_for(config, batch: int, train_counts: Sequence[int] | None = None) -> D
     GPU. The yolov5 repo's train.py has no ``close_mosaic``: its mosaic stays on."""
     closes = config.framework != "yolov5"
     aug = Augmentation.for_epoch(0, config.epochs, config.mosaic, config.close_mosaic if closes else 0)
-    return plan_density(batch=batch, instances=config.instances, seed=config.seed, train_counts=train_counts,
-                        max_instances=config.max_instances, aug=aug)  # fmt: skip
+    counts = None if train_counts is None else tuple(int(c) for c in train_counts)
+    return _plan_once(batch, config.instances, config.seed, counts, config.max_instances, aug)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_once(batch: int, instances: float, seed: int, train_counts: tuple[int, ...] | None,
+               max_instances: int | None, aug: Augmentation) -> DensityPlan:  # fmt: skip
+    """``plan_density``, drawn once per process for each setting: an estimate asks for its plan more
+    than once, and a sweep asks again for every config that shares the batch."""
+    return plan_density(batch=batch, instances=instances, seed=seed, train_counts=train_counts,
+                        max_instances=max_instances, aug=aug)  # fmt: skip
 
 
 def iteration_counts(plan: DensityPlan, iterations: int, upper: bool) -> list[tuple[int, ...]]:

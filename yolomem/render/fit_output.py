@@ -50,10 +50,10 @@ def render_fit(result: FitResult, console: Console | None = None) -> None:
     for probe in sorted(result.probes, key=lambda p: (p.imgsz, p.batch)):
         table.add_row(str(probe.batch), str(probe.imgsz), _gib(probe.peak_reserved_bytes), "yes" if probe.fits else "[red]no[/red]")
     console.print(table)
-    console.print(f"run:  [bold]{result.yolo_train_command}[/bold]")
+    console.print(f"run:  [bold]{result.train_command}[/bold]")
     if result.max_batch < result.nbs:
         console.print(
-            f"Ultralytics accumulates gradients over max(round(nbs / batch), 1) = {result.accumulate} batches "
+            f"{_trainer(result)} accumulates gradients over max(round(nbs / batch), 1) = {result.accumulate} batches "
             f"(nbs={result.nbs}), so each optimizer step sees ~{result.accumulate * result.max_batch} images."
         )
     for note in estimate.notes:
@@ -115,3 +115,8 @@ def render_ladder(strategies: tuple[Strategy, ...], capacity_bytes: int, console
     if over_budget:
         console.print("[dim]* reserved without a cap exceeds the budget; under it the caching allocator frees its "
                       "cache and retries, and the step still fits[/dim]")  # fmt: skip
+
+
+def _trainer(result: FitResult) -> str:
+    """Who trains the answer: the yolov5 repo's train.py for its models, Ultralytics for the rest."""
+    return "the yolov5 repo's train.py" if result.estimate_at_max.config.framework == "yolov5" else "Ultralytics"

@@ -41,6 +41,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from yolomem.allocator.replay import OomPoint, Replay, replay_trace
 from yolomem.config.dataset import DatasetSummary
@@ -49,11 +50,16 @@ from yolomem.config.settings import EstimateConfig
 from yolomem.config.versions import traced_versions
 from yolomem.errors import UserError
 from yolomem.loops.density import DensityPlan
-from yolomem.result.epochs import EpochSimulation
+from yolomem.result.epochs import EpochRequest, EpochSimulation
 from yolomem.result.fits import Budget, fits
 from yolomem.result.host_memory import HostMemory
 from yolomem.result.upper import DensitySensitivity, UpperFigure, allowance_for, density_sensitivity
 from yolomem.trace.tracer import Trace
+
+if TYPE_CHECKING:
+    from yolomem.config.gpus import Gpu
+    from yolomem.config.models import ResolvedModel
+    from yolomem.loops.base import TracedRun
 
 TOP_LAYERS = 10
 
@@ -228,8 +234,28 @@ def estimate(model: str | EstimateConfig = "yolov8n.yaml", **settings) -> Estima
     return estimate_config(config)
 
 
-def estimate_config(config: EstimateConfig) -> Estimate:
-    from yolomem.loops import get_loop
+@dataclass
+class EstimateFigures:
+    """What every figure of an estimate starts from: the run, its replays, and the upper figure."""
+
+    config: EstimateConfig
+    resolved: ResolvedModel
+    request: EpochRequest | None
+    notes: list[str]
+    gpu: Gpu | None
+    run: TracedRun
+    base_trace: Trace
+    dense_trace: Trace
+    replay: Replay
+    replay_dense: Replay | None  # the upper density with the expected workspaces (None: no upper iteration)
+    simulation: EpochSimulation | None
+    peak_reserved: int
+    peak_phase: str
+    upper: UpperFigure
+    seconds: float  # what they took
+
+
+def _figures(config: EstimateConfig) -> EstimateFigures:
     from yolomem.result.prepare import prepare
     from yolomem.result.runs import obtain_run
 
@@ -239,15 +265,18 @@ def estimate_config(config: EstimateConfig) -> Estimate:
     config, resolved, request, notes = prepared.config, prepared.resolved, prepared.request, list(prepared.notes)
     run = obtain_run(config, resolved, request, prepared.density)  # cached, derived from other batches, or traced
     notes.extend(run.notes)
-    context = gpu.context_bytes if gpu else CUDA_CONTEXT_BYTES
     base_trace = _first_iterations(run.trace, config.iterations)
     dense_trace = _first_iterations(run.trace, config.iterations + 1) if run.upper_iteration is not None else base_trace
     # The figures are replayed without a capacity: the card never shrinks them. In whole epochs the card
     # enters only through _clear_memory(0.5), which empties the cache above half of it, as the trainer does.
     replay = replay_trace(base_trace, config.alloc_conf)
-    replay_upper = replay_trace(dense_trace, config.alloc_conf, upper=True)
-    without_cudnn = replay_trace(base_trace, config.alloc_conf, without=frozenset({"cudnn_workspace"}))
-    allowance = allowance_for(config.amp, config.step)
+    upper_replays, replay_dense = [replay_trace(dense_trace, config.alloc_conf, upper=True)], None
+    if run.upper_iteration is not None:
+        # each term alone too (the upper density with the expected workspaces, the upper workspaces at
+        # the expected density): the allocator is not monotone (larger transient blocks can lay out the
+        # segments so that a later peak is lower), so the upper figure is the highest of the three
+        replay_dense = replay_trace(dense_trace, config.alloc_conf)
+        upper_replays += [replay_dense, replay_trace(base_trace, config.alloc_conf, upper=True)]
     simulation = simulation_upper = None
     upper_level = (run.upper_iteration, run.density.n_max_upper) if run.upper_iteration is not None else None
     if request is not None:
@@ -255,6 +284,36 @@ def estimate_config(config: EstimateConfig) -> Estimate:
         simulation = request.simulate(run.trace, config.alloc_conf, card, None)
         simulation_upper = request.simulate(run.trace, config.alloc_conf, card, None,
                                             upper=upper_level or (config.iterations - 1, 0))  # fmt: skip
+    peak_event = base_trace.events[replay.peak_index] if base_trace.events else None
+    peak_reserved, peak_phase = replay.peak_reserved_bytes, peak_event.phase if peak_event else ""
+    if simulation is not None and simulation.peak_reserved.median > peak_reserved:
+        peak_reserved, peak_phase = simulation.peak_reserved.median, simulation.peak_phase
+    upper = _upper_figure(peak_reserved, upper_replays, simulation_upper, run.density, allowance_for(config.amp, config.step))
+    return EstimateFigures(config, resolved, request, notes, gpu, run, base_trace, dense_trace, replay, replay_dense,
+                           simulation, peak_reserved, peak_phase, upper, time.perf_counter() - started)  # fmt: skip
+
+
+def upper_figure(config: EstimateConfig) -> tuple[UpperFigure, int, EstimateFigures]:
+    """The upper figure of ``config``'s estimate and the imgsz it trains at, all a fit verdict needs
+    (``estimate_config(config).upper`` and ``.config.imgsz``, without the breakdown and the other
+    replays), and what they came from, for ``estimate_config`` to finish. Searches judge their
+    probes with it."""
+    figures = _figures(config)
+    return figures.upper, figures.run.imgsz, figures
+
+
+def estimate_config(config: EstimateConfig, figures: EstimateFigures | None = None) -> Estimate:
+    """The estimate of ``config``; ``figures``: ``upper_figure``'s for the same config, if it was judged."""
+    from yolomem.loops import get_loop
+
+    figures = figures or _figures(config)
+    started = time.perf_counter() - figures.seconds
+    config, resolved, request, notes, gpu, run = (figures.config, figures.resolved, figures.request, figures.notes,
+                                                  figures.gpu, figures.run)  # fmt: skip
+    base_trace, dense_trace, replay, simulation = figures.base_trace, figures.dense_trace, figures.replay, figures.simulation
+    peak_reserved, peak_phase, upper = figures.peak_reserved, figures.peak_phase, figures.upper
+    context = gpu.context_bytes if gpu else CUDA_CONTEXT_BYTES
+    without_cudnn = replay_trace(base_trace, config.alloc_conf, without=frozenset({"cudnn_workspace"}))
     host = None
     if request is not None and request.dataset is not None:
         from yolomem.result.host_memory import host_memory
@@ -263,11 +322,6 @@ def estimate_config(config: EstimateConfig) -> Estimate:
     elif config.cache:
         notes.append(f"cache={config.cache}: host RAM needs the image sizes; pass data=path/to/data.yaml")
     yolomem_version, torch_version, ultralytics_version = traced_versions()
-    peak_event = base_trace.events[replay.peak_index] if base_trace.events else None
-    peak_reserved, peak_phase = replay.peak_reserved_bytes, peak_event.phase if peak_event else ""
-    if simulation is not None and simulation.peak_reserved.median > peak_reserved:
-        peak_reserved, peak_phase = simulation.peak_reserved.median, simulation.peak_phase
-    upper = _upper_figure(peak_reserved, replay_upper, simulation_upper, run.density, allowance)
     budget = Budget(gpu, config.margin) if gpu else None
     # the verdict uses the upper figure: a run 9 in 10 stay under must fit, not just the typical one
     fits_card = fits(upper.peak_reserved_bytes, budget) if budget else None
@@ -275,10 +329,9 @@ def estimate_config(config: EstimateConfig) -> Estimate:
     if budget and not fits_card:
         notes.append(_does_not_fit(budget, upper.peak_reserved_bytes, peak_reserved, on_card))
     sensitivity = None
-    if run.density is not None and run.upper_iteration is not None:
-        dense_only = replay_trace(dense_trace, config.alloc_conf)  # expected workspaces, upper density
+    if run.density is not None and figures.replay_dense is not None:
         sensitivity = density_sensitivity(run.density.n_max, run.density.n_max_upper, replay.peak_reserved_bytes,
-                                          dense_only.peak_reserved_bytes)  # fmt: skip
+                                          figures.replay_dense.peak_reserved_bytes)  # fmt: skip
     cudnn_bytes = max(replay.peak_reserved_bytes - without_cudnn.peak_reserved_bytes, 0)
     unaccounted = _unaccounted(run, simulation, request, config, base_trace, cudnn_bytes)
     # an AutoBatch probe (step=fwd_bwd) builds no optimizer: the config keeps the one asked for
@@ -366,17 +419,20 @@ def _does_not_fit(budget: Budget, required: int, expected: int, on_card: _OnTheC
     return text
 
 
-def _upper_figure(peak_reserved: int, replay_upper: Replay, simulation_upper, density, allowance) -> UpperFigure:
+def _upper_figure(peak_reserved: int, upper_replays: list[Replay], simulation_upper, density, allowance) -> UpperFigure:
+    """The upper figure: the highest of the expected peak and the upper replays (every term high, and
+    each alone), then the epoch simulation's and the allowance."""
     terms = ["kernel workspaces at their upper rule (cuDNN im2col per conv call)",
              f"CUDA context {CUDA_CONTEXT_UPPER_BYTES >> 20} MiB (top of the cited range)"]  # fmt: skip
     if density is not None:
         terms.insert(0, f"densest batch at the upper density: n_max {density.n_max_upper} (expected {density.n_max})")
-    peak = max(peak_reserved, replay_upper.peak_reserved_bytes)
+    replayed = max(r.peak_reserved_bytes for r in upper_replays)
+    peak = max(peak_reserved, replayed)
     steady = epoch1 = None
     if simulation_upper is not None:
         peak = max(peak, simulation_upper.peak_reserved.high)
         steady = simulation_upper.steady_reserved.high
-        epoch1 = max(simulation_upper.epoch1_reserved.high, replay_upper.peak_reserved_bytes)
+        epoch1 = max(simulation_upper.epoch1_reserved.high, replayed)
         terms.append("epochs: 90th percentile over seeds")
     extra = allowance.bytes_for(peak) if allowance else 0
     if allowance is not None:

@@ -54,8 +54,9 @@ class Budget:
 
     @property
     def capacity_bytes(self) -> int:
-        """What a run may reserve and still fit: the card minus the context minus the margin."""
-        return self.gpu.total_bytes - self.context_bytes - self.margin_bytes
+        """What a run may reserve and still fit: the card minus the context minus the margin (none on a
+        card the context alone fills)."""
+        return max(self.gpu.total_bytes - self.context_bytes - self.margin_bytes, 0)
 
     def to_json(self) -> dict:
         return {"gpu": self.gpu.name, "gpu_total_bytes": self.gpu.total_bytes, "context_bytes": self.context_bytes,

@@ -3,11 +3,11 @@ batch sizes, or a new trace.
 
 1. The cache (``yolomem.trace.store``): the same configuration traced before, in this process or on
    this machine, at this batch.
-2. A derived stream (``yolomem.trace.derive``): the same configuration traced at ``MIN_TRACED`` or
-   more other batches (a family; its runs wait in the cache). ``derive_family`` checks the traced
-   runs against each other, event for event, before any run is derived from them; at batches past
-   the traced ones it also refuses where the tracer or its oracle would decide differently. A family
-   it refuses is not asked again in this process.
+2. A derived stream (``yolomem.trace.derive``): the same configuration traced at ``MIN_TRACED`` (2)
+   or more other batches, 3 where the stream repeats a block per image (a family; its runs wait in
+   the cache). ``derive_family`` checks the traced runs against each other, event for event, before
+   any run is derived from them; at batches past the traced ones it also refuses where the tracer or
+   its oracle would decide differently. A family it refuses is not asked again in this process.
 3. Otherwise the run is traced, and stored for 1 and 2.
 Runs that differ in more than their sizes are kept apart: which iterations step the optimizer
 (gradient accumulation switches with the batch), and, for whole epochs, what the plan traces (its
@@ -35,7 +35,14 @@ from yolomem.trace.derive import NotDerivable, RunFacts, StreamFamily, derive_fa
 from yolomem.trace.packed import PackedTrace, pack, unpack
 from yolomem.trace.store import TraceStore, activate, canonical, code_key, key_digest
 
-MIN_TRACED = 3  # traced runs before any is derived: two draw the line, the third checks it
+# traced runs before any is derived: two draw the line. ``derive_family`` asks for a third where the
+# stream repeats a block per image (segmentation's mask loss, validation's NMS, RT-DETR's matcher), whose
+# numbers need three points; a family with more members is checked against all of them. Two suffice
+# elsewhere: each size is one batch-sized dimension times fixed ones, so a line through two runs holds
+# at every batch (tests/test_derive_real.py: two-run families of every task and both loops, derived
+# past the traced batches, equal their traces event for event)
+MIN_TRACED = 2
+RECENT_DERIVED = 16  # derived runs kept in memory: a sweep's check that a run derives, then its estimate
 MAX_MEMBERS = 5  # traced runs a family is built from, the nearest to the batch asked for
 # settings that change only the replay, the host figures or nothing traced: not part of a family
 _NOT_TRACED = frozenset({"batch", "gpu", "gpu_mem", "alloc_conf", "cache", "workers"})
@@ -107,6 +114,8 @@ class RunSource:
         self.recording: list | None = None  # set by prefetch workers: every run traced, to hand back
         self._memory: dict[tuple[str, str], StoredRun] = {}
         self._families: dict[tuple, StreamFamily | str] = {}  # a family, or why it was refused
+        self._traced_here: set[tuple[str, str]] = set()  # runs traced by this process or its workers
+        self._derived: dict[tuple[str, str], RunFacts] = {}  # the last runs derived (a sweep asks for each twice)
 
     def obtain(self, config: EstimateConfig, resolved: ResolvedModel, request=None, density=None) -> TracedRun:
         """The traced run of ``config``. ``request``: its whole-epoch request (its ``hook.plan`` is set);
@@ -127,11 +136,17 @@ class RunSource:
                            request.hook.stride if request is not None else None, first_level)  # fmt: skip
         name = _name(rank_batch(config), self._apart(config, resolved, density, request.hook.plan if request else None))
         self._memory[(digest, name)] = stored
+        self._traced_here.add((digest, name))
         self.store.save(key, name, stored)
         if self.recording is not None:
             self.recording.append((digest, name, stored))
         log.info("%s: traced", label)
         return run
+
+    def adopt(self, digest: str, name: str, stored: StoredRun) -> None:
+        """A run a worker process traced for this one (``yolomem.sweeps.prefetch``)."""
+        self._memory.setdefault((digest, name), stored)
+        self._traced_here.add((digest, name))
 
     def lookup(self, config: EstimateConfig, resolved: ResolvedModel, request=None, density=None, *,
                say: bool = True) -> TracedRun | None:  # fmt: skip
@@ -150,10 +165,20 @@ class RunSource:
         name = _name(batch, self._apart(config, resolved, density, plan))
         stored = self._load(key, digest, name)
         if stored is not None:
-            if say:
+            if say and (digest, name) in self._traced_here:
+                log.info("%s: traced earlier, kept in memory", label)
+            elif say:
                 log.info("%s: traced run from the cache (%s)", label, self.store.root / digest)
             return self._use(stored.facts(), config, resolved, density, request, plan, stored.stride)
-        derived = self._derive(key, digest, name.rsplit("-b", 1)[0], batch, label, say) if self.derive else None
+        derived = self._derived.get((digest, name))
+        if derived is None and self.derive:
+            derived = self._derive(key, digest, name.rsplit("-b", 1)[0], batch, label, say)
+            if derived is not None:
+                self._derived[(digest, name)] = derived
+                while len(self._derived) > RECENT_DERIVED:
+                    del self._derived[next(iter(self._derived))]
+        elif derived is not None and say:
+            log.info("%s: derived earlier, kept in memory", label)
         if derived is None:
             return None
         return self._use(derived, config, resolved, density, request, plan, known.stride if known else None)

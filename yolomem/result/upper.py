@@ -98,22 +98,3 @@ class UpperFigure:
             "context_upper_bytes": self.context_bytes, "allowance_bytes": self.allowance_bytes,
             "terms": list(self.terms),
         }  # fmt: skip
-
-
-def upper_capacity(total_bytes: int, margin_bytes: int = 0) -> int:
-    """What the upper figure's replay may reserve on a card: its memory minus the upper CUDA context."""
-    from yolomem.config.gpus import CUDA_CONTEXT_UPPER_BYTES
-
-    return total_bytes - CUDA_CONTEXT_UPPER_BYTES - margin_bytes
-
-
-def fits_card(estimate, total_bytes: int, margin_bytes: int = 0) -> bool:
-    """The verdict every command gives (estimate gpu=, fit, pick, table, plots, report): the upper
-    figure's replay of the estimate's trace, plus its allowance, fits ``upper_capacity`` of the card."""
-    from yolomem.allocator.replay import replay_trace
-
-    if estimate.trace is None:
-        raise ValueError("this estimate carries no trace")
-    allowance = estimate.upper.allowance_bytes if estimate.upper else 0
-    capacity = upper_capacity(total_bytes, margin_bytes) - allowance
-    return replay_trace(estimate.trace, estimate.config.alloc_conf, capacity_bytes=capacity, upper=True).oom is None

@@ -275,7 +275,7 @@ def card_fit(config: EstimateConfig, line: GpuLine, margin: float, progress: Cal
 
     card = config.with_changes(gpu=line.name, gpu_mem=line.total_bytes / GiB)  # also a custom card, exactly
     prober = Prober(make_budget(card, margin), progress)
-    chosen_fits = prober.run(card)[1].fits
+    chosen_fits = prober.probe(card).fits
     how = f"yolomem fit's search, {margin:.0%} margin"
     try:
         result = largest_batch(card, prober=prober)

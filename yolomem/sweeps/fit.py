@@ -15,10 +15,11 @@ grow with it; weights, gradients, optimizer state and the EMA do not), and close
 imgsz**2. Two runs give that line and a predicted answer; runs then confirm it: stepping from the
 prediction until the fit flips, then bisecting, so the answer ``N`` is checked to fit and ``N + 1``
 (one more stride for imgsz) checked not to, under the same simulation. Allocator rounding makes
-memory a staircase, not a line, so the confirmation is what decides. For the batch, the first three
-runs are traced (the two of the line and the prediction) and every later one is derived from them
-(``yolomem.result.runs``): the same event stream a trace gives, checked as such, in a fraction of
-the time; from the cache, none is traced. Each imgsz is traced (sizes there are not affine).
+memory a staircase, not a line, so the confirmation is what decides. For the batch, the two runs of
+the line are traced and every later one is derived from them (``yolomem.result.runs``): the same
+event stream a trace gives, in a fraction of the time. Where the stream repeats a block per image
+(segmentation's mask loss, whole epochs' validation) the prediction is traced too, and the rest
+derive from the three. From the cache, none is traced. Each imgsz is traced (sizes there are not affine).
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from dataclasses import dataclass, field
 from yolomem.config.keys import DEFAULT_MARGIN
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
-from yolomem.result.estimate import Estimate, estimate_config
+from yolomem.result.estimate import Estimate, EstimateFigures, estimate_config, upper_figure
 from yolomem.result.fits import Budget, fits
 from yolomem.config.gpus import GiB, find_gpu
 MAX_BATCH = 1024  # the search stops here; a larger batch is rarely useful and never needed to fit a card
 MAX_IMGSZ = 4096
+RECENT_FIGURES = 8  # probes whose traces and replays a Prober keeps for their estimates (a search ends near its last probes)
 # the two batches whose traces draw the line; from batch 3 on, the traced iterations step the optimizer
 # alike (nbs=64 accumulates up to 21 batches), so these two and the prediction are one family of runs
 # and every later probe is derived from them (yolomem.result.runs)
@@ -90,8 +92,9 @@ class FitResult:
         return max(round(self.nbs / self.max_batch), 1)
 
     @property
-    def yolo_train_command(self) -> str:
-        return yolo_train_command(self.config, self.model)
+    def train_command(self) -> str:
+        """The command that trains the answer: ``yolo train``, or the yolov5 repo's ``train.py``."""
+        return train_command(self.config, self.model)
 
     def to_json(self) -> dict:
         return {
@@ -114,7 +117,8 @@ class FitResult:
                 {"batch": p.batch, "imgsz": p.imgsz, "peak_reserved_bytes": p.peak_reserved_bytes, "fits": p.fits}
                 for p in self.probes
             ],
-            "yolo_train_command": self.yolo_train_command,
+            "train_command": self.train_command,
+            "yolo_train_command": self.train_command,  # the name before yolov5-repo models had their own line
             "estimate_at_max": self.estimate_at_max.to_json(),
         }
 
@@ -142,37 +146,93 @@ def yolo_train_command(config: EstimateConfig, model: str | None = None) -> str:
         line += "  # plus model.add_callback('on_pretrain_routine_end', yolomem.loops.checkpointing.checkpoint_callback) in Python"
     if config.amp == "bf16":  # Ultralytics reads amp as a bool: amp=bf16 would train fp16 under a bf16 label
         line += "  # bf16: yolo train has no switch for it (amp=True trains fp16); autocast to bfloat16 in a loop of your own"
+    if config.world_size > 1:  # yolo train starts the DDP processes itself
+        line += f"   # or: torchrun --nproc_per_node {config.world_size} train.py"
     return line
 
 
-class Prober:
-    """Traces configs on demand, remembers them, and judges each against a budget (``yolomem.result.fits``).
+def train_command(config: EstimateConfig, model: str | None = None) -> str:
+    """The command that trains ``config``: the yolov5 repo's ``train.py`` for the models its loop trains
+    (``framework=yolov5``), ``yolo train`` for the rest."""
+    from yolomem.loops import resolve_model
 
-    Share one ``Prober`` between searches (the strategy ladder does) so that no config is traced twice.
+    if resolve_model(config.model, config.framework).framework == "yolov5":
+        return yolov5_train_command(config, model)
+    return yolo_train_command(config, model)
+
+
+YOLOV5_OPTIMIZERS = {"SGD", "Adam", "AdamW"}  # train.py's --optimizer choices
+
+
+def yolov5_train_command(config: EstimateConfig, model: str | None = None) -> str:
+    """The yolov5 repo's ``python train.py`` line for ``config``; what train.py has no flag for becomes
+    a note (it trains with AMP whenever its AMP check passes, and fixes nbs at 64)."""
+    name = model or config.model
+    cfg = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
+    words = ["train.py", "--cfg", cfg, "--weights", "''", "--data", config.data or DATA_PLACEHOLDER,
+             "--img", str(config.imgsz), "--batch-size", str(config.batch)]  # fmt: skip
+    if config.optimizer in YOLOV5_OPTIMIZERS:
+        words += ["--optimizer", config.optimizer]
+    if config.freeze:
+        contiguous = config.freeze == tuple(range(len(config.freeze)))
+        words += ["--freeze", *([str(len(config.freeze))] if contiguous else map(str, config.freeze))]
+    if config.world_size > 1:
+        words = ["-m", "torch.distributed.run", "--nproc_per_node", str(config.world_size), *words,
+                 "--device", ",".join(str(i) for i in range(config.world_size))]  # fmt: skip
+    line = " ".join(["python", *words])
+    if config.alloc_conf:
+        line = f"PYTORCH_CUDA_ALLOC_CONF={config.alloc_conf} {line}"
+    notes = []
+    if config.amp != "fp16":
+        notes.append(f"{'FP32' if config.amp == 'fp32' else 'bf16'}: train.py has no switch for it (it trains with "
+                     "fp16 AMP whenever its AMP check passes); change its autocast in a copy of train.py")  # fmt: skip
+    if config.nbs != 64:
+        notes.append(f"nbs={config.nbs}: train.py fixes nbs = 64; edit that line")
+    if config.checkpoint:
+        notes.append("checkpointing: wrap the model's layers in torch.utils.checkpoint in a copy of train.py")
+    return line + "".join(f"  # {note}" for note in notes)
+
+
+class Prober:
+    """Judges configs against a budget (``yolomem.result.fits``), tracing them on demand, and remembers them.
+
+    ``probe`` gives a config's verdict alone (the upper figure, ``yolomem.result.estimate.upper_figure``);
+    ``run`` its whole estimate too. Share one ``Prober`` between searches (the strategy ladder does) so
+    that no config is traced or judged twice.
     """
 
     def __init__(self, budget: Budget, progress: Progress | None = None):
         self.budget = budget
         self.progress = progress
-        self._cache: dict[EstimateConfig, tuple[Estimate, Probe]] = {}
+        self._probes: dict[EstimateConfig, Probe] = {}
+        self._estimates: dict[EstimateConfig, Estimate] = {}
+        self._recent: dict[EstimateConfig, EstimateFigures] = {}  # the last probes' figures, for ``run`` to finish
+
+    def probe(self, config: EstimateConfig) -> Probe:
+        key = config.with_changes(notes=())
+        if key not in self._probes:
+            if self.progress:
+                self.progress(f"tracing {config.model} batch={config.batch} imgsz={config.imgsz}")
+            started = time.perf_counter()
+            upper, imgsz, figures = upper_figure(config.with_changes(margin=self.budget.margin))
+            # verdicts and peaks are the upper figure's (yolomem.result.upper): 9 runs in 10 stay under it
+            peak = upper.peak_reserved_bytes
+            self._probes[key] = Probe(config.batch, imgsz, peak, fits(peak, self.budget), time.perf_counter() - started)
+            self._recent[key] = figures
+            while len(self._recent) > RECENT_FIGURES:
+                del self._recent[next(iter(self._recent))]
+        return self._probes[key]
 
     def run(self, config: EstimateConfig) -> tuple[Estimate, Probe]:
         key = config.with_changes(notes=())
-        if key in self._cache:
-            return self._cache[key]
-        if self.progress:
-            self.progress(f"tracing {config.model} batch={config.batch} imgsz={config.imgsz}")
-        started = time.perf_counter()
-        result = estimate_config(config.with_changes(margin=self.budget.margin))
-        # verdicts and peaks are the upper figure's (yolomem.result.upper): 9 runs in 10 stay under it
-        peak = result.peak_reserved_upper_bytes
-        probe = Probe(config.batch, result.config.imgsz, peak, fits(peak, self.budget), time.perf_counter() - started)
-        self._cache[key] = (result, probe)
-        return result, probe
+        probe = self.probe(config)
+        if key not in self._estimates:
+            self._estimates[key] = estimate_config(config.with_changes(margin=self.budget.margin), self._recent.pop(key, None))
+        return self._estimates[key], probe
 
     @property
     def probes(self) -> tuple[Probe, ...]:
-        return tuple(probe for _, probe in self._cache.values())
+        return tuple(self._probes.values())
 
 
 def resolve_config(config_or_model, gpu: str | None, gpu_mem: float | None, settings: dict) -> EstimateConfig:
@@ -217,23 +277,30 @@ def largest_batch(
     """
     config = resolve_config(config_or_model, gpu, gpu_mem, settings)
     prober = prober or Prober(make_budget(config, margin), progress)
-    ranks = config.world_size
-
-    def probe(unit: int) -> Probe:
-        return prober.run(config.with_changes(batch=unit * ranks))[1]
-
-    answer, predicted, at_cap = _solve(
-        prober, probe, _LINEAR, [max(1, b // ranks) for b in bracket], MAX_BATCH // ranks,
-        lambda one: f"{config.model} at imgsz={one.imgsz} does not fit {_card(prober.budget)} even at batch {ranks}",
-        "add --explain to see what each memory-saving step buys",
-    )  # fmt: skip
-    final = config.with_changes(batch=answer * ranks)
+    answer, predicted, at_cap = search_batch(config, prober, bracket)
+    final = config.with_changes(batch=answer)
     estimate, best = prober.run(final)
     return FitResult(
         solve="batch", model=config.model, **_budget_fields(prober.budget), max_batch=final.batch, imgsz=best.imgsz,
         stride=None, nbs=config.nbs, config=final.with_changes(imgsz=best.imgsz), estimate_at_max=estimate,
-        predicted=predicted * ranks, probes=_for(prober, config, "batch"), at_search_cap=at_cap,
+        predicted=predicted, probes=_for(prober, config, "batch"), at_search_cap=at_cap,
     )  # fmt: skip
+
+
+def search_batch(config: EstimateConfig, prober: Prober, bracket: tuple[int, int] = BATCH_BRACKET) -> tuple[int, int, bool]:
+    """``largest_batch``'s search alone, on probes (no estimate of the answer): (the largest total batch
+    that fits, the line's prediction, whether the answer is the search's cap). Raises ``NothingFits``."""
+    ranks = config.world_size
+
+    def probe(unit: int) -> Probe:
+        return prober.probe(config.with_changes(batch=unit * ranks))
+
+    answer, predicted, at_cap = _solve(
+        prober, probe, _LINEAR, batch_units(bracket, ranks), MAX_BATCH // ranks,
+        lambda one: f"{config.model} at imgsz={one.imgsz} does not fit {_card(prober.budget)} even at batch {ranks}",
+        "add --explain to see what each memory-saving step buys",
+    )  # fmt: skip
+    return answer * ranks, predicted * ranks, at_cap
 
 
 def largest_imgsz(
@@ -253,7 +320,7 @@ def largest_imgsz(
     stride = model_stride(config)
 
     def probe(unit: int) -> Probe:
-        return prober.run(config.with_changes(imgsz=unit * stride))[1]
+        return prober.probe(config.with_changes(imgsz=unit * stride))
 
     answer, predicted, at_cap = _solve(
         prober, probe, _SQUARE, [max(1, size // stride) for size in bracket], MAX_IMGSZ // stride,
@@ -269,11 +336,36 @@ def largest_imgsz(
     )  # fmt: skip
 
 
+def batch_units(bracket: tuple[int, int], ranks: int) -> list[int]:
+    """The bracket's batches per rank: the units ``largest_batch`` searches in. Under DDP each rank
+    traces its own share, so a share is kept at the bracket's smallest batch or more (a rank's batch of
+    2 steps its optimizer differently and could not join the family of the others)."""
+    return [max(min(bracket), b // ranks) for b in bracket]
+
+
+def batch_search_start(config: EstimateConfig, prober: Prober, bracket: tuple[int, int] = BATCH_BRACKET) -> EstimateConfig | None:
+    """The config of ``largest_batch``'s third run, the line's prediction, from its first two (which
+    ``prober`` runs); None when the search goes elsewhere (the first batch does not fit). Sweeps
+    that search several configs trace these side by side before searching."""
+    ranks = config.world_size
+    cap = MAX_BATCH // ranks
+    first, second = _first_units(*batch_units(bracket, ranks), cap)
+    p1 = prober.probe(config.with_changes(batch=first * ranks))
+    if not p1.fits:
+        return None
+    p2 = prober.probe(config.with_changes(batch=second * ranks))
+    return config.with_changes(batch=_predict(_LINEAR, first, p1, second, p2, cap, prober.budget.capacity_bytes) * ranks)
+
+
 def _solve(prober, probe, shape, bracket_units, cap_units, what_does_not_fit, hint):
     """Search the largest fitting unit (batch per rank, or imgsz / stride); raise NothingFits with the
     figures of unit 1 when even that does not fit."""
-    lo_unit, hi_unit = bracket_units
-    answer, predicted, at_cap = _search(probe, shape, lo_unit, max(hi_unit, lo_unit + 1), cap_units, prober.budget.capacity_bytes)
+    budget = prober.budget
+    if budget.capacity_bytes <= 0:  # nothing to search: the upper figure's CUDA context alone fills the card
+        raise NothingFits(f"{_card(budget)} leaves nothing for training after the CUDA context "
+                          f"({budget.context_bytes / GiB:.2f} GiB at the top of its cited range, the figure verdicts "
+                          f"use); give the card's whole memory, or pick a larger card")  # fmt: skip
+    answer, predicted, at_cap = _search(probe, shape, *bracket_units, cap_units, prober.budget.capacity_bytes)
     if answer is None:
         smallest = probe(1)
         raise NothingFits(
@@ -300,7 +392,7 @@ def _card(budget: Budget) -> str:
 def _for(prober: Prober, config: EstimateConfig, solve: str) -> tuple[Probe, ...]:
     """The probes of this search, in the order they ran."""
     return tuple(
-        probe for key, (_, probe) in prober._cache.items()
+        probe for key, probe in prober._probes.items()
         if key.with_changes(batch=config.batch, imgsz=config.imgsz) == config.with_changes(notes=())
     )  # fmt: skip
 
@@ -327,19 +419,29 @@ _LINEAR = _Scale(lambda u: float(u), lambda x: x)  # batch
 _SQUARE = _Scale(lambda u: float(u * u), lambda x: math.sqrt(max(x, 0.0)))  # imgsz / stride
 
 
+def _first_units(first: int, second: int, cap: int) -> tuple[int, int]:
+    """The two units that draw the search's line: distinct, within the cap."""
+    return min(first, cap), min(max(second, first + 1), cap)
+
+
+def _predict(scale: _Scale, first: int, p1: Probe, second: int, p2: Probe, cap: int, capacity: int) -> int:
+    """The unit where the line through the first two probes meets the capacity, within [1, cap]."""
+    x_pred = line_prediction(scale.grow(first), p1.peak_reserved_bytes, scale.grow(second), p2.peak_reserved_bytes, capacity)
+    return cap if x_pred is None else min(max(int(math.floor(scale.unit_at(x_pred))), 1), cap)
+
+
 def _search(probe: Callable[[int], Probe], scale: _Scale, first: int, second: int, cap: int, capacity: int) -> tuple[int | None, int, bool]:
     """Largest unit u in [1, cap] with probe(u).fits, assuming memory ~ a + b * scale.grow(u).
 
     Returns (answer or None, the line's prediction, whether the answer is the cap). The answer is
     confirmed: probe(answer) fits and probe(answer + 1) does not (unless answer == cap).
     """
-    first, second = min(first, cap), min(second, cap)
+    first, second = _first_units(first, second, cap)
     p1 = probe(first)
     if not p1.fits and (first == 1 or not probe(1).fits):
         return None, 1, False  # the smallest unit does not fit: no line needed
     p2 = probe(second)
-    x_pred = line_prediction(scale.grow(first), p1.peak_reserved_bytes, scale.grow(second), p2.peak_reserved_bytes, capacity)
-    predicted = cap if x_pred is None else min(max(int(math.floor(scale.unit_at(x_pred))), 1), cap)
+    predicted = _predict(scale, first, p1, second, p2, cap, capacity)
     fits: dict[int, bool] = {first: p1.fits, second: p2.fits}
 
     def check(unit: int) -> bool:

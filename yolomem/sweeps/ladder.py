@@ -17,17 +17,22 @@ minus the CUDA context and the safety margin). Each step is applied alone to the
 "The largest batch" of a step is ``yolomem fit``'s answer for the config with that change: the same
 search, budget and prober (so ``fit amp=false`` gives the FP32 row's figure), confirmed (the answer
 fits, one more does not) on runs traced or derived from traced ones (``yolomem.result.runs``). The runs
-every rung is sure to need are traced side by side first (``_prefetch``). "Fits" is the verdict at the asked batch under the same budget, so a
-step that fits never shows a largest batch below the asked one.
+every rung is sure to need are traced side by side first (``_prefetch``), then each search's third
+run, the line's prediction, where it does not derive from the first two. "Fits" is the verdict at the
+asked batch under the same budget, so a step that fits never shows a largest batch below the asked one.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from yolomem.config.settings import EstimateConfig
 from yolomem.result.estimate import Estimate
-from yolomem.sweeps.fit import BATCH_BRACKET, NothingFits, Progress, Prober, largest_batch, make_budget, model_stride, resolve_config, yolo_train_command
+from yolomem.sweeps.fit import (
+    BATCH_BRACKET, NothingFits, Progress, Prober, batch_search_start, batch_units, make_budget, model_stride,
+    resolve_config, search_batch, train_command,
+)  # fmt: skip
 
 EXPANDABLE = "expandable_segments:True"
 FREEZE_BACKBONE = 10  # the YOLOv8/YOLO11 detection backbone is layers 0-9
@@ -71,7 +76,7 @@ def strategy_ladder(
     config = resolve_config(config_or_model, gpu, gpu_mem, settings)
     prober = Prober(make_budget(config, margin), progress)
     stride = model_stride(config)
-    _prefetch(config, stride)
+    _prefetch(config, stride, prober)
     _, base_probe = prober.run(config)
     baseline_peak = base_probe.peak_reserved_bytes
 
@@ -82,35 +87,35 @@ def strategy_ladder(
         return Strategy(name, changes, how, probe.peak_reserved_bytes, baseline_peak - probe.peak_reserved_bytes,
                         probe.fits, allows, at_cap, note, estimate)  # fmt: skip
 
-    ladder = [rung("as asked", {}, yolo_train_command(config))]
+    ladder = [rung("as asked", {}, train_command(config))]
     for amp, label in (("fp16", "AMP fp16 (amp=True)"), ("bf16", "AMP bf16 (amp=bf16)"), ("fp32", "FP32 (amp=False)")):
         if config.amp != amp:
-            ladder.append(rung(label, {"amp": amp}, yolo_train_command(config.with_changes(amp=amp))))
+            ladder.append(rung(label, {"amp": amp}, train_command(config.with_changes(amp=amp))))
     ladder.append(_accumulation(config, prober, baseline_peak))
     if not config.checkpoint:
         ladder.append(rung(
-            "activation checkpointing", {"checkpoint": True}, yolo_train_command(config.with_changes(checkpoint=True)),
+            "activation checkpointing", {"checkpoint": True}, train_command(config.with_changes(checkpoint=True)),
             "recomputes each layer in backward: about one extra forward pass per step",
         ))  # fmt: skip
     if len(config.freeze) < FREEZE_BACKBONE:
         frozen = tuple(range(FREEZE_BACKBONE))
         ladder.append(rung(
             f"freeze the backbone (freeze={FREEZE_BACKBONE})", {"freeze": frozen},
-            yolo_train_command(config.with_changes(freeze=frozen)), "fine-tuning only: the backbone's weights stop learning",
+            train_command(config.with_changes(freeze=frozen)), "fine-tuning only: the backbone's weights stop learning",
         ))  # fmt: skip
     smaller = _smaller_imgsz(base_probe.imgsz, stride)
     if smaller < base_probe.imgsz:
-        ladder.append(rung(f"smaller imgsz ({smaller})", {"imgsz": smaller}, yolo_train_command(config.with_changes(imgsz=smaller)),
+        ladder.append(rung(f"smaller imgsz ({smaller})", {"imgsz": smaller}, train_command(config.with_changes(imgsz=smaller)),
                            "small objects get harder to detect"))  # fmt: skip
     if config.alloc_conf != EXPANDABLE:
         ladder.append(rung("expandable segments", {"alloc_conf": EXPANDABLE},
-                           yolo_train_command(config.with_changes(alloc_conf=EXPANDABLE)),
+                           train_command(config.with_changes(alloc_conf=EXPANDABLE)),
                            "less fragmentation: segments grow in place instead of new cudaMalloc blocks"))  # fmt: skip
     if config.world_size == 1:
         ddp = config.with_changes(world_size=DDP_RANKS)
         ladder.append(rung(
             f"DDP over {DDP_RANKS} GPUs (per rank)", {"world_size": DDP_RANKS},
-            yolo_train_command(ddp) + f"   # or: torchrun --nproc_per_node {DDP_RANKS} train.py",
+            train_command(ddp),
             f"batch {config.batch} is split {DDP_RANKS} ways; each rank also holds DDP's gradient buckets",
         ))  # fmt: skip
     return tuple(ladder)
@@ -121,10 +126,11 @@ def _smaller_imgsz(imgsz: int, stride: int) -> int:
     return max(int(imgsz * IMGSZ_FACTOR) // stride * stride, stride)
 
 
-def _prefetch(config: EstimateConfig, stride: int) -> None:
-    """Trace side by side (``yolomem.sweeps.prefetch``) the runs every rung is sure to ask for:
-    its config, and the two batches that start fit's search (the rest of each search follows from
-    them, derived). Expandable segments replays the asked config's runs."""
+def _prefetch(config: EstimateConfig, stride: int, prober: Prober) -> None:
+    """Trace side by side (``yolomem.sweeps.prefetch``) the runs every rung is sure to ask for: first
+    its config and the two batches that start fit's search, then the third run of each search, the
+    line's prediction, where it does not derive from the first two (the rest of each search derives
+    from these). Expandable segments replays the asked config's runs."""
     from yolomem.loops.base import round_imgsz
     from yolomem.sweeps.prefetch import prefetch
 
@@ -139,21 +145,23 @@ def _prefetch(config: EstimateConfig, stride: int) -> None:
         changes.append({"imgsz": _smaller_imgsz(imgsz, stride)})
     if config.world_size == 1:
         changes.append({"world_size": DDP_RANKS})
-    configs = []
-    for change in changes:
-        changed = config.with_changes(**change)
-        ranks = changed.world_size
-        configs += [changed] + [changed.with_changes(batch=max(1, b // ranks) * ranks) for b in BATCH_BRACKET]
-    prefetch(configs)
+    rungs = [config.with_changes(**change) for change in changes]
+    prefetch([c for rung in rungs for c in [rung] + [rung.with_changes(batch=u * rung.world_size)
+                                                     for u in batch_units(BATCH_BRACKET, rung.world_size)]])  # fmt: skip
+    starts = []
+    for rung in rungs:
+        with contextlib.suppress(Exception):  # a rung that fails is the ladder's to report
+            starts.append(batch_search_start(rung, prober))
+    prefetch([start for start in starts if start is not None])
 
 
 def _largest(prober: Prober, config: EstimateConfig) -> tuple[int | None, bool]:
     """``yolomem fit``'s answer for ``config`` (its search, on the shared prober): (batch, at the cap)."""
     try:
-        result = largest_batch(config, prober=prober)
+        max_batch, _, at_cap = search_batch(config, prober)
     except NothingFits:
         return None, False
-    return result.max_batch, result.at_search_cap
+    return max_batch, at_cap
 
 
 def accumulate(batch: int, nbs: int) -> int:
@@ -171,11 +179,12 @@ def _accumulation(config: EstimateConfig, prober: Prober, baseline_peak: int) ->
             continue  # accumulation cannot make up the asked effective batch from this one
         nbs = config.nbs if batch * accumulate(batch, config.nbs) == effective else effective
         changes = {key: value for key, value in (("batch", batch), ("nbs", nbs)) if value != getattr(config, key)}
-        estimate, probe = prober.run(config.with_changes(**changes))
+        probe = prober.probe(config.with_changes(**changes))
         if probe.fits:
+            estimate, _ = prober.run(config.with_changes(**changes))
             break
     else:
-        _, one = prober.run(config.with_changes(batch=ranks))
+        one = prober.probe(config.with_changes(batch=ranks))
         return Strategy(name, {"batch": ranks}, "", one.peak_reserved_bytes, baseline_peak - one.peak_reserved_bytes,
                         False, None, note=f"not even batch {ranks} fits")  # fmt: skip
     steps = effective // batch
@@ -187,5 +196,5 @@ def _accumulation(config: EstimateConfig, prober: Prober, baseline_peak: int) ->
         note += (f"; nbs={nbs} makes it accumulate {steps}, and weight decay is scaled by batch x accumulate / nbs: "
                  f"multiply weight_decay by {effective / config.nbs:g} to keep it")  # fmt: skip
     peak = probe.peak_reserved_bytes
-    how = yolo_train_command(config.with_changes(**changes))
+    how = train_command(config.with_changes(**changes))
     return Strategy(name, changes, how, peak, baseline_peak - peak, True, batch, note=note, estimate=estimate)

@@ -33,7 +33,7 @@ def prefetch(configs, jobs: int | None = None) -> None:
         for future in futures:
             with contextlib.suppress(Exception):
                 for digest, name, stored in future.result():
-                    source._memory.setdefault((digest, name), stored)
+                    source.adopt(digest, name, stored)
 
 
 def _trace_elsewhere(config) -> list:
