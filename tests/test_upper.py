@@ -38,6 +38,18 @@ def test_the_upper_figure_covers_each_of_its_terms_alone(tiny):
     assert tiny.peak_reserved_upper_bytes >= workspaces_alone
 
 
+@pytest.mark.parametrize("upper", [False, True])
+def test_one_pass_gives_the_first_iterations_and_the_whole_trace(tiny, upper):
+    """``replay_trace_and_prefix``: the estimate replays the trace with its upper iteration once and reads
+    the expected iterations' figures at their end; they must be those of replaying them alone."""
+    from yolomem.allocator.replay import replay_trace_and_prefix
+
+    prefix, whole = replay_trace_and_prefix(tiny.trace, 1, upper=upper)
+    assert prefix == replay_trace(_first(tiny.trace, 1), upper=upper)
+    assert whole == replay_trace(tiny.trace, upper=upper)
+    assert replay_trace_and_prefix(tiny.trace, 5)[0] is None  # no such bound: nothing to note
+
+
 def test_the_densest_batch_is_traced_and_the_upper_density_after_it(tiny):
     plan = tiny.density
     assert plan is not None and plan.n_max_upper >= plan.n_max > max(plan.typical)

@@ -27,7 +27,8 @@ from typing import Any, Protocol
 from yolomem.allocator.caching import AllocatorStats, CachingAllocator, SimulatedOOM, parse_alloc_conf
 from yolomem.trace.tracer import AllocationEvent, Trace
 
-__all__ = ["Copy", "Mark", "OomPoint", "Replay", "ReplayEvent", "ReplayRun", "replay", "replay_trace"]
+__all__ = ["Checkpoint", "Copy", "Mark", "OomPoint", "Replay", "ReplayEvent", "ReplayRun", "replay", "replay_trace",
+           "replay_trace_and_prefix"]
 
 
 class Event(Protocol):
@@ -55,6 +56,14 @@ class Mark:
     """An action on the allocator between two events (record a figure, ``empty_cache``)."""
 
     action: Callable[[CachingAllocator], None]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A point in the stream where ``replay`` notes what it has seen so far (``runs`` gets a ``ReplayRun``):
+    one pass answers for the stream up to here and for all of it."""
+
+    runs: list
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,9 @@ def replay(
             if isinstance(chunk, Mark):
                 chunk.action(allocator)
                 continue
+            if isinstance(chunk, Checkpoint):
+                chunk.runs.append(ReplayRun(allocator.stats(), index + 1, peak_allocated_index, peak_reserved_event))
+                continue
             offset = 0
             if isinstance(chunk, Copy):
                 chunk, offset = chunk.events, chunk.offset
@@ -175,11 +187,30 @@ def replay_trace(trace: Trace, alloc_conf: str | None = None, capacity_bytes: in
                  upper: bool = False, without: frozenset[str] = frozenset()) -> Replay:
     """Replay the trace's events; reserved bytes are noted at each iteration bound and at the end.
     ``upper`` and ``without`` as for ``replay``."""
+    return replay_trace_and_prefix(trace, None, alloc_conf, capacity_bytes, upper=upper, without=without)[1]
+
+
+def replay_trace_and_prefix(trace: Trace, prefix_iterations: int | None, alloc_conf: str | None = None,
+                            capacity_bytes: int | None = None, *, upper: bool = False,
+                            without: frozenset[str] = frozenset()) -> tuple[Replay | None, Replay]:  # fmt: skip
+    """One pass for two figures: ``replay_trace`` of the trace's first ``prefix_iterations`` iterations
+    (None: not asked, or the replay ran out before their end) and of the whole trace."""
     allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
     reserved_per_iteration: list[int] = []
     note = Mark(lambda a: reserved_per_iteration.append(a.reserved_bytes))
-    run = replay(_chunks(trace.events, trace.iteration_bounds[1:], note), allocator, upper=upper, without=without)
+    bounds = list(trace.iteration_bounds)
+    prefix_end = bounds[prefix_iterations] if prefix_iterations is not None and len(bounds) > prefix_iterations else None
+    checkpoint = Checkpoint([])
+    chunks = _chunks(trace.events, bounds[1:], note, prefix_end, checkpoint)
+    run = replay(chunks, allocator, upper=upper, without=without)
     reserved_per_iteration.append(allocator.reserved_bytes)
+    prefix = None
+    if checkpoint.runs:  # at the prefix's end the bound's note gave its final reserved bytes
+        prefix = _replay_of(trace, checkpoint.runs[0], reserved_per_iteration[:prefix_iterations])
+    return prefix, _replay_of(trace, run, reserved_per_iteration)
+
+
+def _replay_of(trace: Trace, run: ReplayRun, reserved_per_iteration: list[int]) -> Replay:
     return Replay(
         peak_allocated_bytes=run.stats.peak_allocated_bytes,
         peak_reserved_bytes=run.stats.peak_reserved_bytes,
@@ -191,12 +222,16 @@ def replay_trace(trace: Trace, alloc_conf: str | None = None, capacity_bytes: in
     )
 
 
-def _chunks(events: list, bounds: Sequence[int], mark: Mark) -> Iterable[Sequence[Event] | Mark]:
-    """``events`` cut at each bound, with ``mark`` before the events from that bound on."""
+def _chunks(events: list, bounds: Sequence[int], mark: Mark, checkpoint_at: int | None = None,
+            checkpoint: Checkpoint | None = None) -> Iterable[Sequence[Event] | Mark | Checkpoint]:  # fmt: skip
+    """``events`` cut at each bound, with ``mark`` before the events from that bound on, and
+    ``checkpoint`` after the mark at ``checkpoint_at`` (a bound)."""
     start = 0
     for bound in sorted({b for b in bounds if 0 <= b < len(events)}):
         yield events[start:bound]
         yield mark
+        if bound == checkpoint_at:
+            yield checkpoint
         start = bound
     yield events[start:]
 

@@ -43,7 +43,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from yolomem.allocator.replay import OomPoint, Replay, replay_trace
+from yolomem.allocator.replay import OomPoint, Replay, replay_trace, replay_trace_and_prefix
 from yolomem.config.dataset import DatasetSummary
 from yolomem.config.gpus import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_UPPER_BYTES, GiB, find_gpu
 from yolomem.config.settings import EstimateConfig
@@ -269,14 +269,17 @@ def _figures(config: EstimateConfig) -> EstimateFigures:
     dense_trace = _first_iterations(run.trace, config.iterations + 1) if run.upper_iteration is not None else base_trace
     # The figures are replayed without a capacity: the card never shrinks them. In whole epochs the card
     # enters only through _clear_memory(0.5), which empties the cache above half of it, as the trainer does.
-    replay = replay_trace(base_trace, config.alloc_conf)
-    upper_replays, replay_dense = [replay_trace(dense_trace, config.alloc_conf, upper=True)], None
-    if run.upper_iteration is not None:
-        # each term alone too (the upper density with the expected workspaces, the upper workspaces at
-        # the expected density): the allocator is not monotone (larger transient blocks can lay out the
-        # segments so that a later peak is lower), so the upper figure is the highest of the three
-        replay_dense = replay_trace(dense_trace, config.alloc_conf)
-        upper_replays += [replay_dense, replay_trace(base_trace, config.alloc_conf, upper=True)]
+    replay_dense = None
+    if run.upper_iteration is None:
+        replay = replay_trace(base_trace, config.alloc_conf)
+        upper_replays = [replay_trace(base_trace, config.alloc_conf, upper=True)]
+    else:
+        # the upper figure takes each term alone too (the upper density with the expected workspaces,
+        # the upper workspaces at the expected density): the allocator is not monotone (larger transient
+        # blocks can lay out the segments so that a later peak is lower). The base trace is the dense
+        # one's first iterations: one pass gives both.
+        replay, replay_dense = replay_trace_and_prefix(dense_trace, config.iterations, config.alloc_conf)
+        upper_replays = [*replay_trace_and_prefix(dense_trace, config.iterations, config.alloc_conf, upper=True), replay_dense]
     simulation = simulation_upper = None
     upper_level = (run.upper_iteration, run.density.n_max_upper) if run.upper_iteration is not None else None
     if request is not None:
