@@ -291,7 +291,7 @@ def _figures(config: EstimateConfig) -> EstimateFigures:
     peak_reserved, peak_phase = replay.peak_reserved_bytes, peak_event.phase if peak_event else ""
     if simulation is not None and simulation.peak_reserved.median > peak_reserved:
         peak_reserved, peak_phase = simulation.peak_reserved.median, simulation.peak_phase
-    upper = _upper_figure(peak_reserved, upper_replays, simulation_upper, run.density, allowance_for(config.amp, config.step))
+    upper = _upper_figure(peak_reserved, upper_replays, simulation_upper, run.density, allowance_for(config.amp, config.step, config.framework))
     return EstimateFigures(config, resolved, request, notes, gpu, run, base_trace, dense_trace, replay, replay_dense,
                            simulation, peak_reserved, peak_phase, upper, time.perf_counter() - started)  # fmt: skip
 

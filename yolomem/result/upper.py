@@ -7,12 +7,17 @@ expected rule. The upper figure replays the same run with each uncertain term at
 - kernel workspaces at their upper rule (``yolomem.trace.workspaces``: cuDNN's explicit-GEMM im2col);
 - epochs 2+ (when simulated): the 90th percentile over seeds, with both of the above;
 - the CUDA context at the top of its cited range (``yolomem.config.gpus``);
-- two gaps the model cannot explain yet, as named allowances sized from the only evidence there is,
-  issue 12's benchmark of about 170 published runs (``ALLOWANCES``): FP32 runs came out a median 14 %
-  below the measured GPU_mem (no TF32 or cuDNN workspace rule tried here explains it: see
-  research/upper.md), and AutoBatch probes (``step=fwd_bwd``) 0.1-0.6 GiB below (the probing process's
-  own state: the trainer's model next to AutoBatch's copy, the AMP check's cache, thop's forward).
-  Replace them with mechanisms once a GPU measures the cause.
+- three gaps the model cannot explain yet, as named allowances sized from the only evidence there is
+  (``ALLOWANCES``): in issue 12's benchmark of about 170 published runs, FP32 runs came out a median
+  14 % below the measured GPU_mem (no TF32 or cuDNN workspace rule tried here explains it), and
+  AutoBatch probes (``step=fwd_bwd``) 0.1-0.6 GiB below (the probing process's own state: the
+  trainer's model next to AutoBatch's copy, the AMP check's cache, thop's forward); the yolov5 repo's
+  loop is 8-11 % below both public measurements of it (``tests/data/reference/measured_public_examples.csv``:
+  the yolov5 tutorial on a T4, epoch 0 and epochs 1+) with every modelled term in, and nearly half of
+  the issue's yolov5 runs were more than 10 % below (train.py sets ``deterministic=True``, so cuDNN
+  may only pick deterministic algorithms, whose workspaces are larger; ``check_amp`` runs two
+  inferences on the GPU before training). Where several apply, the largest counts: they may share a
+  cause. Replace them with mechanisms once a GPU measures the cause.
 Fit verdicts compare the upper figure with the card.
 """
 
@@ -27,7 +32,7 @@ DENSITY_FACTORS = (2, 10)  # the output says what the peak would be at these mul
 class Allowance:
     """An unexplained gap the upper figure covers: a share of the peak plus a fixed amount, with its source."""
 
-    applies_to: str  # "fp32" (amp=false training) | "fwd_bwd" (AutoBatch probes)
+    applies_to: str  # "fp32" (amp=false training) | "fwd_bwd" (AutoBatch probes) | "yolov5" (the yolov5 repo's loop)
     fraction: float
     fixed_bytes: int
     source: str
@@ -39,12 +44,20 @@ class Allowance:
 ALLOWANCES = (
     Allowance("fp32", 0.14, 0, "issue 12: FP32 runs a median 14 % below the measured GPU_mem; cause not found"),
     Allowance("fwd_bwd", 0.0, int(0.6 * 2**30), "issue 12: AutoBatch probes 0.1-0.6 GiB below the measured figure"),
+    # 3.910 GB measured / 3.477 GB expected at epoch 0 (the larger of the two public gaps) = 1.125
+    Allowance("yolov5", 0.125, 0, "the yolov5 repo's loop 8-11 % below both public measurements of it; cause not measured"),
 )
 
 
-def allowance_for(amp: str, step: str) -> Allowance | None:
-    kind = "fwd_bwd" if step == "fwd_bwd" else "fp32" if amp == "fp32" else None
-    return next((a for a in ALLOWANCES if a.applies_to == kind), None)
+def allowance_for(amp: str, step: str, framework: str = "ultralytics") -> Allowance | None:
+    """The allowance the upper figure adds: AutoBatch probes have their own; a training run takes the
+    largest of FP32's and the yolov5 loop's that apply (they may be one cause)."""
+    if step == "fwd_bwd":
+        kinds = {"fwd_bwd"}
+    else:
+        kinds = {kind for kind, applies in (("fp32", amp == "fp32"), ("yolov5", framework == "yolov5")) if applies}
+    found = [a for a in ALLOWANCES if a.applies_to in kinds]
+    return max(found, key=lambda a: (a.fraction, a.fixed_bytes), default=None)
 
 
 @dataclass(frozen=True)
