@@ -425,10 +425,12 @@ def _does_not_fit(budget: Budget, required: int, expected: int, on_card: _OnTheC
 def _upper_figure(peak_reserved: int, upper_replays: list[Replay], simulation_upper, density, allowance) -> UpperFigure:
     """The upper figure: the highest of the expected peak and the upper replays (every term high, and
     each alone), then the epoch simulation's and the allowance."""
-    terms = ["kernel workspaces at their upper rule (cuDNN im2col per conv call)",
-             f"CUDA context {CUDA_CONTEXT_UPPER_BYTES >> 20} MiB (top of the cited range)"]  # fmt: skip
+    terms = ["kernel workspaces at their upper rule (cuDNN im2col per conv call)"]
     if density is not None:
         terms.insert(0, f"densest batch at the upper density: n_max {density.n_max_upper} (expected {density.n_max})")
+    if len(upper_replays) > 1:
+        terms.append("whichever replays highest: both together or each alone (the caching allocator is not monotone)")
+    terms.append(f"CUDA context {CUDA_CONTEXT_UPPER_BYTES >> 20} MiB (top of the cited range)")
     replayed = max(r.peak_reserved_bytes for r in upper_replays)
     peak = max(peak_reserved, replayed)
     steady = epoch1 = None
