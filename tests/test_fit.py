@@ -276,3 +276,19 @@ def test_the_yolov5_repo_line_is_what_its_train_py_reads(changes, monkeypatch):
     assert tuple(frozen) == config.freeze
     assert opt.device == ("0,1" if config.world_size == 2 else "")
     assert ("no switch" in note) == (config.amp != "fp16") and ("nbs" in note) == (config.nbs != 64)
+
+
+@pytest.mark.parametrize(("model", "cfg", "darknet"), [("yolov5s", "yolov5s.yaml", False), ("yolov4", "yolov4.cfg", True),
+                                                       ("yolov3-tiny", "yolov3-tiny.cfg", True)])  # fmt: skip
+def test_darknet_designs_get_their_cfg_file_and_say_who_reads_it(model, cfg, darknet):
+    """YOLOv3/v4 are built from darknet .cfg files, which the yolov5 repo's train.py cannot read: the
+    line names the .cfg and a note says so; the calculator page writes the same --cfg."""
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.loops import resolve_model
+    from yolomem.sweeps.fit import train_command
+    from yolomem.sweeps.site_data import train_command as page_command
+
+    config = EstimateConfig.from_mapping({"model": model, "framework": "yolov5"})  # yolov3-tiny alone: Ultralytics' own
+    line = train_command(config)
+    assert f"--cfg {cfg} " in line and f"--cfg {cfg} " in page_command(config, resolve_model(model, config.framework))
+    assert ("reads YAMLs only" in line) == darknet

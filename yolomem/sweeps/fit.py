@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from yolomem.config.keys import DEFAULT_MARGIN
+from yolomem.config.models import ResolvedModel
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.result.estimate import Estimate, EstimateFigures, estimate_config, upper_figure
@@ -156,19 +157,35 @@ def train_command(config: EstimateConfig, model: str | None = None) -> str:
     (``framework=yolov5``), ``yolo train`` for the rest."""
     from yolomem.loops import resolve_model
 
-    if resolve_model(config.model, config.framework).framework == "yolov5":
-        return yolov5_train_command(config, model)
+    resolved = resolve_model(config.model, config.framework)
+    if resolved.framework == "yolov5":
+        return yolov5_train_command(config, model, darknet=is_darknet(resolved))
     return yolo_train_command(config, model)
+
+
+def is_darknet(resolved: ResolvedModel) -> bool:
+    """Whether an original design is built from a darknet ``.cfg`` (YOLOv3/v4), not a yolov5 YAML."""
+    return resolved.cfg.get("original", {}).get("kind") == "darknet"
+
+
+def yolov5_cfg(name: str, darknet: bool) -> tuple[str, str]:
+    """train.py's ``--cfg`` for an original design, and a note where the yolov5 repo cannot take it."""
+    stem = name.removesuffix(".yaml").removesuffix(".yml").removesuffix(".cfg")
+    if darknet:
+        return f"{stem}.cfg", (f"{stem} is a darknet .cfg design: the yolov5 repo's train.py reads YAMLs only; a "
+                               f"yolov5-style trainer that reads .cfg files (e.g. WongKinYiu/PyTorch_YOLOv4) takes "
+                               f"--cfg {stem}.cfg, with flags of its own")  # fmt: skip
+    return f"{stem}.yaml", ""
 
 
 YOLOV5_OPTIMIZERS = {"SGD", "Adam", "AdamW"}  # train.py's --optimizer choices
 
 
-def yolov5_train_command(config: EstimateConfig, model: str | None = None) -> str:
+def yolov5_train_command(config: EstimateConfig, model: str | None = None, darknet: bool = False) -> str:
     """The yolov5 repo's ``python train.py`` line for ``config``; what train.py has no flag for becomes
-    a note (it trains with AMP whenever its AMP check passes, and fixes nbs at 64)."""
-    name = model or config.model
-    cfg = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
+    a note (it trains with AMP whenever its AMP check passes, and fixes nbs at 64). ``darknet``: a
+    YOLOv3/v4 design from a darknet ``.cfg`` (``is_darknet``)."""
+    cfg, cfg_note = yolov5_cfg(model or config.model, darknet)
     words = ["train.py", "--cfg", cfg, "--weights", "''", "--data", config.data or DATA_PLACEHOLDER,
              "--img", str(config.imgsz), "--batch-size", str(config.batch)]  # fmt: skip
     if config.optimizer in YOLOV5_OPTIMIZERS:
@@ -182,7 +199,7 @@ def yolov5_train_command(config: EstimateConfig, model: str | None = None) -> st
     line = " ".join(["python", *words])
     if config.alloc_conf:
         line = f"PYTORCH_CUDA_ALLOC_CONF={config.alloc_conf} {line}"
-    notes = []
+    notes = [cfg_note] if cfg_note else []
     if config.amp != "fp16":
         notes.append(f"{'FP32' if config.amp == 'fp32' else 'bf16'}: train.py has no switch for it (it trains with "
                      "fp16 AMP whenever its AMP check passes); change its autocast in a copy of train.py")  # fmt: skip

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from yolomem.config.gpus import CATALOG, CUDA_CONTEXT_UPPER_BYTES
 from yolomem.config.keys import DEFAULT_MARGIN
+from yolomem.config.models import ResolvedModel
 from yolomem.config.settings import EstimateConfig
 
 DEFAULT_BATCHES = (1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64, 96, 128)
@@ -190,10 +191,12 @@ def _deploy_json(series: DeploySeries) -> dict:
     return head | {"points": columns}
 
 
-def train_command(config: EstimateConfig, framework: str) -> str:
+def train_command(config: EstimateConfig, resolved: ResolvedModel) -> str:
     """The training command of this setting, without the batch (the page appends it)."""
-    if framework == "yolov5":  # the yolov5 repo's train.py
-        words = ["python", "train.py", "--cfg", config.model, "--img", str(config.imgsz)]
+    from yolomem.sweeps.fit import is_darknet, yolov5_cfg
+
+    if resolved.framework == "yolov5":  # the yolov5 repo's train.py (a .cfg trainer for the darknet designs)
+        words = ["python", "train.py", "--cfg", yolov5_cfg(config.model, is_darknet(resolved))[0], "--img", str(config.imgsz)]
         return shlex.join(words) + " --batch-size"
     words = ["yolo", "train", f"model={config.model}", "data=YOUR_DATA.yaml", f"imgsz={config.imgsz}"]
     if config.amp == "fp32":
@@ -223,7 +226,7 @@ def compute_series(config: EstimateConfig, batches: Sequence[int]) -> SiteSeries
                   "torch.autocast(dtype=torch.bfloat16) in a loop of your own",)  # fmt: skip
     return SiteSeries(config.model, first.config.model, first.task, first.params,
                       first.config.imgsz, config.amp, config.optimizer, first.config.optimizer, config.instances,
-                      first.gpu_mem_unit, train_command(config, resolved.framework), notes, tuple(points))  # fmt: skip
+                      first.gpu_mem_unit, train_command(config, resolved), notes, tuple(points))  # fmt: skip
 
 
 def compute_deploy_series(config, batches: Sequence[int]) -> DeploySeries:
