@@ -292,3 +292,16 @@ def test_darknet_designs_get_their_cfg_file_and_say_who_reads_it(model, cfg, dar
     line = train_command(config)
     assert f"--cfg {cfg} " in line and f"--cfg {cfg} " in page_command(config, resolve_model(model, config.framework))
     assert ("reads YAMLs only" in line) == darknet
+
+
+def test_pick_writes_the_command_of_the_loop_that_trains_its_answer():
+    """pick's "largest that fits" line is fit's: the yolov5 repo's train.py for an original design (``yolo
+    train model=yolov5n.yaml`` would train Ultralytics' anchor-free YOLOv5nu), and optimizer=auto stays
+    auto, not what it resolved to."""
+    settings = dict(gpu_mem=8, imgsz=64, batch=2, margin=0, iterations=1)
+    original = pick_models(models=("yolov5n",), **settings)
+    assert original.train_command.startswith("python train.py --cfg yolov5n.yaml ")
+    assert "--optimizer" not in original.train_command
+    ultralytics = pick_models(models=("yolov8n",), **settings)
+    assert ultralytics.train_command.startswith("yolo train model=yolov8n.yaml ") and "optimizer=" not in ultralytics.train_command
+    assert ultralytics.to_json()["train_command"] == ultralytics.train_command

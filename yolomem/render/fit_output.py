@@ -83,7 +83,7 @@ def render_pick(result: PickResult, console: Console | None = None) -> None:
     console.print(table)
     best = result.best
     if best:
-        console.print(f"largest that fits: [bold]{best.model}[/bold]  ->  yolo train model={best.model}.yaml batch={result.batch} imgsz={result.imgsz}")
+        console.print(f"largest that fits: [bold]{best.model}[/bold]  ->  {result.train_command}")
     else:
         console.print("none fits; try a smaller batch or imgsz, or `yolomem fit MODEL gpu=... --explain`")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError, unknown
 from yolomem.result.estimate import Estimate
-from yolomem.sweeps.fit import Progress, Prober, make_budget
+from yolomem.sweeps.fit import Progress, Prober, make_budget, train_command
 
 DEFAULT_FAMILY = "yolo11"
 TASK_SUFFIX = {"detect": "", "segment": "-seg", "pose": "-pose", "obb": "-obb", "classify": "-cls"}
@@ -45,6 +45,7 @@ class PickResult:
     task: str
     rows: tuple[PickRow, ...]  # smallest model first
     family: str | None = None  # the family ranked; None when the models were listed
+    optimizer: str = "auto"  # as asked (each estimate's config holds what auto resolved to)
 
     @property
     def best(self) -> PickRow | None:
@@ -52,11 +53,21 @@ class PickResult:
         fitting = [row for row in self.rows if row.fits]
         return fitting[-1] if fitting else None
 
+    @property
+    def train_command(self) -> str | None:
+        """The command that trains the largest model that fits, as ``yolomem fit`` writes it: ``yolo
+        train``, or the yolov5 repo's ``train.py`` for the original designs."""
+        best = self.best
+        if best is None:
+            return None
+        name = best.model if best.model.endswith((".yaml", ".yml", ".pt")) else f"{best.model}.yaml"
+        return train_command(best.estimate.config.with_changes(optimizer=self.optimizer), name)
+
     def to_json(self) -> dict:
         return {
             "gpu": self.gpu, "gpu_total_bytes": self.gpu_total_bytes, "capacity_bytes": self.capacity_bytes,
             "margin": self.margin, "batch": self.batch, "imgsz": self.imgsz, "task": self.task, "family": self.family,
-            "best": self.best.model if self.best else None,
+            "best": self.best.model if self.best else None, "train_command": self.train_command,
             "rows": [
                 {"model": r.model, "params": r.params, "peak_reserved_bytes": r.peak_reserved_bytes,
                  "device_total_bytes": r.device_total_bytes, "fits": r.fits, "headroom_bytes": r.headroom_bytes}
@@ -139,5 +150,5 @@ def pick_models(
     return PickResult(
         gpu=budget.gpu.name, gpu_total_bytes=budget.gpu.total_bytes, capacity_bytes=budget.capacity_bytes,
         margin=budget.margin, batch=base.batch, imgsz=rows[0].estimate.config.imgsz if rows else base.imgsz,
-        task=task, rows=tuple(rows), family=None if models else family,
+        task=task, rows=tuple(rows), family=None if models else family, optimizer=base.optimizer,
     )  # fmt: skip
