@@ -255,7 +255,10 @@ class EstimateFigures:
     seconds: float  # what they took
 
 
-def _figures(config: EstimateConfig) -> EstimateFigures:
+def estimate_figures(config: EstimateConfig) -> EstimateFigures:
+    """The run of ``config``, its replays and its upper figure: all a fit verdict needs (searches judge
+    their probes with it, without the breakdown and the other replays); ``estimate_config`` finishes
+    an estimate from them."""
     from yolomem.result.prepare import prepare
     from yolomem.result.runs import obtain_run
 
@@ -296,20 +299,11 @@ def _figures(config: EstimateConfig) -> EstimateFigures:
                            simulation, peak_reserved, peak_phase, upper, time.perf_counter() - started)  # fmt: skip
 
 
-def upper_figure(config: EstimateConfig) -> tuple[UpperFigure, int, EstimateFigures]:
-    """The upper figure of ``config``'s estimate and the imgsz it trains at, all a fit verdict needs
-    (``estimate_config(config).upper`` and ``.config.imgsz``, without the breakdown and the other
-    replays), and what they came from, for ``estimate_config`` to finish. Searches judge their
-    probes with it."""
-    figures = _figures(config)
-    return figures.upper, figures.run.imgsz, figures
-
-
 def estimate_config(config: EstimateConfig, figures: EstimateFigures | None = None) -> Estimate:
-    """The estimate of ``config``; ``figures``: ``upper_figure``'s for the same config, if it was judged."""
+    """The estimate of ``config``; ``figures``: ``estimate_figures`` of the same config, if it was judged."""
     from yolomem.loops import get_loop
 
-    figures = figures or _figures(config)
+    figures = figures or estimate_figures(config)
     started = time.perf_counter() - figures.seconds
     config, resolved, request, notes, gpu, run = (figures.config, figures.resolved, figures.request, figures.notes,
                                                   figures.gpu, figures.run)  # fmt: skip

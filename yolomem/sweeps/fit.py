@@ -33,7 +33,7 @@ from yolomem.config.keys import DEFAULT_MARGIN
 from yolomem.config.models import ResolvedModel
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
-from yolomem.result.estimate import Estimate, EstimateFigures, estimate_config, upper_figure
+from yolomem.result.estimate import Estimate, EstimateFigures, estimate_config, estimate_figures
 from yolomem.result.fits import Budget, fits
 from yolomem.config.gpus import GiB, find_gpu
 MAX_BATCH = 1024  # the search stops here; a larger batch is rarely useful and never needed to fit a card
@@ -136,13 +136,11 @@ def yolo_train_command(config: EstimateConfig, model: str | None = None) -> str:
     if config.nbs != 64:
         words.append(f"nbs={config.nbs}")
     if config.freeze:
-        contiguous = config.freeze == tuple(range(len(config.freeze)))
-        words.append(f"freeze={len(config.freeze)}" if contiguous else f"freeze=[{','.join(map(str, config.freeze))}]")
+        first = _first_layers(config.freeze)
+        words.append(f"freeze={first}" if first is not None else f"freeze=[{','.join(map(str, config.freeze))}]")
     if config.world_size > 1:
-        words.append("device=" + ",".join(str(i) for i in range(config.world_size)))
-    line = " ".join(words)
-    if config.alloc_conf:
-        line = f"PYTORCH_CUDA_ALLOC_CONF={config.alloc_conf} {line}"
+        words.append(f"device={_devices(config.world_size)}")
+    line = _with_allocator(config, " ".join(words))
     if config.checkpoint:
         line += "  # plus model.add_callback('on_pretrain_routine_end', yolomem.loops.checkpointing.checkpoint_callback) in Python"
     if config.amp == "bf16":  # Ultralytics reads amp as a bool: amp=bf16 would train fp16 under a bf16 label
@@ -150,6 +148,20 @@ def yolo_train_command(config: EstimateConfig, model: str | None = None) -> str:
     if config.world_size > 1:  # yolo train starts the DDP processes itself
         line += f"   # or: torchrun --nproc_per_node {config.world_size} train.py"
     return line
+
+
+def _first_layers(freeze: tuple[int, ...]) -> int | None:
+    """N when ``freeze`` is layers 0..N-1 (both trainers' ``freeze=N``), else None (a list of layers)."""
+    return len(freeze) if freeze == tuple(range(len(freeze))) else None
+
+
+def _devices(world_size: int) -> str:
+    return ",".join(str(i) for i in range(world_size))
+
+
+def _with_allocator(config: EstimateConfig, line: str) -> str:
+    """``line`` run with the config's allocator settings (``PYTORCH_CUDA_ALLOC_CONF``), if any."""
+    return f"PYTORCH_CUDA_ALLOC_CONF={config.alloc_conf} {line}" if config.alloc_conf else line
 
 
 def train_command(config: EstimateConfig, model: str | None = None) -> str:
@@ -165,7 +177,9 @@ def train_command(config: EstimateConfig, model: str | None = None) -> str:
 
 def is_darknet(resolved: ResolvedModel) -> bool:
     """Whether an original design is built from a darknet ``.cfg`` (YOLOv3/v4), not a yolov5 YAML."""
-    return resolved.cfg.get("original", {}).get("kind") == "darknet"
+    from yolomem.loops.yolov5.runner import original_of
+
+    return original_of(resolved).kind == "darknet"
 
 
 def yolov5_cfg(name: str, darknet: bool) -> tuple[str, str]:
@@ -191,14 +205,12 @@ def yolov5_train_command(config: EstimateConfig, model: str | None = None, darkn
     if config.optimizer in YOLOV5_OPTIMIZERS:
         words += ["--optimizer", config.optimizer]
     if config.freeze:
-        contiguous = config.freeze == tuple(range(len(config.freeze)))
-        words += ["--freeze", *([str(len(config.freeze))] if contiguous else map(str, config.freeze))]
+        first = _first_layers(config.freeze)
+        words += ["--freeze", *([str(first)] if first is not None else map(str, config.freeze))]
     if config.world_size > 1:
         words = ["-m", "torch.distributed.run", "--nproc_per_node", str(config.world_size), *words,
-                 "--device", ",".join(str(i) for i in range(config.world_size))]  # fmt: skip
-    line = " ".join(["python", *words])
-    if config.alloc_conf:
-        line = f"PYTORCH_CUDA_ALLOC_CONF={config.alloc_conf} {line}"
+                 "--device", _devices(config.world_size)]  # fmt: skip
+    line = _with_allocator(config, " ".join(["python", *words]))
     notes = [cfg_note] if cfg_note else []
     if config.amp != "fp16":
         notes.append(f"{'FP32' if config.amp == 'fp32' else 'bf16'}: train.py has no switch for it (it trains with "
@@ -213,7 +225,7 @@ def yolov5_train_command(config: EstimateConfig, model: str | None = None, darkn
 class Prober:
     """Judges configs against a budget (``yolomem.result.fits``), tracing them on demand, and remembers them.
 
-    ``probe`` gives a config's verdict alone (the upper figure, ``yolomem.result.estimate.upper_figure``);
+    ``probe`` gives a config's verdict alone (the upper figure, ``yolomem.result.estimate.estimate_figures``);
     ``run`` its whole estimate too. Share one ``Prober`` between searches (the strategy ladder does) so
     that no config is traced or judged twice.
     """
@@ -231,10 +243,11 @@ class Prober:
             if self.progress:
                 self.progress(f"tracing {config.model} batch={config.batch} imgsz={config.imgsz}")
             started = time.perf_counter()
-            upper, imgsz, figures = upper_figure(config.with_changes(margin=self.budget.margin))
+            figures = estimate_figures(config.with_changes(margin=self.budget.margin))
             # verdicts and peaks are the upper figure's (yolomem.result.upper): 9 runs in 10 stay under it
-            peak = upper.peak_reserved_bytes
-            self._probes[key] = Probe(config.batch, imgsz, peak, fits(peak, self.budget), time.perf_counter() - started)
+            peak = figures.upper.peak_reserved_bytes
+            self._probes[key] = Probe(config.batch, figures.run.imgsz, peak, fits(peak, self.budget),
+                                      time.perf_counter() - started)  # fmt: skip
             self._recent[key] = figures
             while len(self._recent) > RECENT_FIGURES:
                 del self._recent[next(iter(self._recent))]
