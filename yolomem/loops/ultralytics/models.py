@@ -41,6 +41,8 @@ def shipped_model_names() -> tuple[str, ...]:
         scales = _scales_of(path.read_text())
         if len(scales) <= 1:  # rtdetr-l.yaml, rtdetr-resnet50.yaml, yolov10x.yaml: the file names its one scale
             names.add(f"{stem}.yaml")
+            if stem.startswith("yolov3"):  # the names of its weights (yolov3u.pt); check_yolov5u_filename drops the u
+                names.add(f"{stem}u.yaml")
             continue
         # scale letters go right after the version digits: yolov8-seg -> yolov8n-seg, yolo11 -> yolo11n
         match = re.match(r"^(.*?\d+)(.*)$", stem)
@@ -49,7 +51,18 @@ def shipped_model_names() -> tuple[str, ...]:
                 names.add(f"{match.group(1)}{scale}{match.group(2)}.yaml")
             if stem == "yolov5":  # Ultralytics' anchor-free YOLOv5u by its own name (yolov5s.yaml is the original)
                 names.add(f"yolov5{scale}u.yaml")
+            if stem == "yolov8-p6":  # yaml_model_load still takes the old name, yolov8s6.yaml
+                names.add(f"yolov8{scale}6.yaml")
     return tuple(sorted(names))
+
+
+# Ultralytics publishes YOLOv5u P6 weights as yolov5s6u.pt, built from yolov5-p6.yaml; its own
+# yaml_model_load cannot resolve that name (it looks for yolov56.yaml). yolov5s6 is the yolov5 repo's original.
+_V5U_P6 = re.compile(r"^yolov5([nsmlx])6u\.yaml$")
+
+
+def _weights_alias(yaml_name: str) -> str:
+    return _V5U_P6.sub(r"yolov5\1-p6.yaml", yaml_name)
 
 
 def unsupported_task(name: str) -> str | None:
@@ -93,7 +106,7 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
             return _from_checkpoint(path)
         if path.parent != Path(".") or spec.startswith(("/", ".")):
             raise UserError(f"checkpoint {spec!r} does not exist")
-        yaml_name = f"{path.stem}.yaml"
+        yaml_name = _weights_alias(f"{path.stem}.yaml")
         if yaml_name not in shipped_model_names():
             raise unknown("model", spec, [n[:-5] + ".pt" for n in shipped_model_names()])
         note = f"{spec} is not on disk and would need a download; using {yaml_name} (same architecture, random weights)"
@@ -103,6 +116,9 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
         return ResolvedModel(path.stem, "local-yaml", _task(cfg, spec), cfg, None, weights_note)
     elif path.suffix == "":
         spec, path = f"{spec}.yaml", Path(f"{spec}.yaml")
+    if _V5U_P6.match(spec):
+        note = f"{spec} is Ultralytics' {_weights_alias(spec)}"
+        spec, path = _weights_alias(spec), Path(_weights_alias(spec))
     if path.suffix not in {".yaml", ".yml"}:
         raise UserError(f"model {spec!r} must be a .yaml name or file, or a .pt checkpoint")
     if spec not in shipped_model_names():
