@@ -125,6 +125,10 @@ def smoke() -> None:
         out[big] = {"gpu_mem": est.gpu_mem_printed, "peak_reserved_bytes": est.peak_reserved_bytes, "optimizer": est.config.optimizer}
     except Exception as error:  # noqa: BLE001
         failures.append(f"{big}: {type(error).__name__}: {error}")
+    try:  # RT-DETR: 8.3's loss builds its items with torch.as_tensor of a list of tensors
+        out["rtdetr"] = estimate("rtdetr-l.yaml", imgsz=320, batch=2, iterations=1).gpu_mem_printed
+    except Exception as error:  # noqa: BLE001
+        failures.append(f"rtdetr-l.yaml: {type(error).__name__}: {error}")
     if failures:
         out["error"] = failures
     print(json.dumps(out))

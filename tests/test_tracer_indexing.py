@@ -53,3 +53,25 @@ def test_scalar_reads_go_through_the_oracle_by_tensor():
         with fake.phase("loss"):
             read = (bool(values.max() > 1), int((values > 0).sum()), float(values.sum()))
     assert read == (True, 7, 0.0)
+
+
+def _loss_items(tracer: Tracer) -> torch.Tensor:
+    """Ultralytics 8.3's RT-DETR loss: ``torch.as_tensor([loss[k].detach() for k in ...], device=...)``."""
+    losses = torch.ones(8, 4).sum(1)  # fake in the fake trace
+    items = [losses[i].detach() for i in range(3)]
+    return torch.as_tensor(items, device=losses.device)
+
+
+def test_a_tensor_from_fake_scalars_is_one_allocation_like_a_real_one():
+    """``torch.as_tensor`` reads each value from its data, which a fake tensor lacks ("its data is not
+    allocated yet"): RT-DETR failed on Ultralytics 8.3. Under ``tensors_from_fake_scalars`` it makes
+    the same tensor through the tracer, and the trace equals a real run's."""
+    from yolomem.loops.base import tensors_from_fake_scalars
+
+    with Tracer(fake=False) as real:
+        real_items = _loss_items(real)
+    with Tracer(fake=True) as fake, tensors_from_fake_scalars():
+        fake_items = _loss_items(fake)
+    assert (fake_items.shape, fake_items.dtype, fake_items.requires_grad) == (real_items.shape, real_items.dtype, False)
+    assert _sizes(fake) == _sizes(real)
+    assert torch.as_tensor([1.0, 2.0]).tolist() == [1.0, 2.0]  # restored on exit

@@ -176,6 +176,7 @@ def tracing(config: EstimateConfig, *, fake: bool, oracle) -> Iterator[tuple[Any
     with contextlib.ExitStack() as stack:
         stack.enter_context(tracer)
         stack.enter_context(cuda_foreach_types())
+        stack.enter_context(tensors_from_fake_scalars())
         policy = None
         if config.amp != "fp32":
             policy = stack.enter_context(CudaAutocastPolicy(tracer.fake_cuda_like, tracer.paused))
@@ -198,6 +199,36 @@ def cuda_foreach_types() -> Iterator[None]:
     finally:
         for lst in added:
             lst.remove(FakeTensor)
+
+
+@contextlib.contextmanager
+def tensors_from_fake_scalars() -> Iterator[None]:
+    """Let ``torch.as_tensor``/``torch.tensor`` take a list of fake 0-dim tensors, as they take CUDA ones
+    (Ultralytics 8.3's RT-DETR loss returns ``torch.as_tensor([loss[k].detach() for k in ...])``). They
+    read each value from its data, which a fake tensor lacks, so nothing dispatches; here they make the
+    new tensor through the tracer instead, as the GPU does: one allocation of n values. Restored on exit."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    originals = {name: getattr(torch, name) for name in ("as_tensor", "tensor")}
+
+    def from_scalars(original):
+        def wrapper(data, *args, **kwargs):
+            if isinstance(data, (list, tuple)) and data and all(isinstance(x, FakeTensor) and x.dim() == 0 for x in data):
+                dtype = kwargs.get("dtype") or torch.promote_types(data[0].dtype, data[-1].dtype)
+                with torch.no_grad():  # a new leaf, as theirs
+                    return torch.stack([x.to(dtype) for x in data]).to(kwargs.get("device") or data[0].device)
+            return original(data, *args, **kwargs)
+
+        return wrapper
+
+    for name, original in originals.items():
+        setattr(torch, name, from_scalars(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch, name, original)
 
 
 def traced_batches(config: EstimateConfig, task: str, batch: int, density=None, upper: bool = True):
