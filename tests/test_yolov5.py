@@ -59,6 +59,28 @@ def test_names_select_the_framework():
         resolve_model("yolov8n", "yolov5")
 
 
+@pytest.mark.parametrize("name", ["yolov3", "yolov3-tiny", "yolov3-spp"])
+def test_yolov3u_names_are_ultralytics_v3_yamls(name):
+    """Ultralytics publishes YOLOv3u as yolov3u.pt, yolov3-tinyu.pt and yolov3-sppu.pt, built from its v3
+    YAMLs (its check_yolov5u_filename drops the u); those names were unknown models."""
+    plain = resolve_model(name)
+    for spec in (f"{name}u", f"{name}u.yaml", f"{name}u.pt"):
+        resolved = resolve_model(spec)
+        assert resolved.framework == "ultralytics" and resolved.task == "detect"
+        assert (resolved.cfg["backbone"], resolved.cfg["head"]) == (plain.cfg["backbone"], plain.cfg["head"])
+
+
+@pytest.mark.parametrize(("name", "same_as"), [("yolov5s6u.pt", "yolov5s-p6"), ("yolov5x6u", "yolov5x-p6"),
+                                               ("yolov8m6.yaml", "yolov8m-p6")])
+def test_p6_weight_names_are_ultralytics_p6_yamls(name, same_as):
+    """yolov5s6u.pt is how Ultralytics publishes YOLOv5su-P6 (its yaml_model_load cannot resolve the
+    name: it looks for yolov56.yaml); yolov8m6.yaml is the old name yaml_model_load still maps."""
+    resolved, expected = resolve_model(name), resolve_model(same_as)
+    assert resolved.framework == "ultralytics"
+    assert (resolved.cfg["backbone"], resolved.cfg["head"], resolved.cfg["scale"]) == (
+        expected.cfg["backbone"], expected.cfg["head"], expected.cfg["scale"])
+
+
 def test_targets_match_anchor_ratio_and_neighbour_cells():
     """build_targets: a box matches anchors within ratio 4 and is copied to its 2 nearer neighbours."""
     from yolomem.loops.yolov5.loss import AnchorLoss, LossHyp
