@@ -39,7 +39,7 @@ been set (``fraction_limit_bytes``), as in torch. Ultralytics never sets a fract
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left, insort
 import difflib
 from dataclasses import dataclass
 
@@ -476,6 +476,7 @@ class CachingAllocator:
         self._device_alloc = 0
         self._device_free = 0
         self._inactive_split = 0
+        self._sizes: dict[int, tuple[int, int]] = {}  # request -> (rounded, segment): replays repeat sizes
 
     # ---- public API
 
@@ -493,13 +494,16 @@ class CachingAllocator:
         A zero-byte request returns None and changes nothing, as torch returns a null
         pointer (rules §11). Raises SimulatedOOM when the miss path fails.
         """
-        if nbytes < 0:
-            raise ValueError(f"cannot allocate a negative size ({nbytes} bytes)")
-        if nbytes == 0:
-            return None
-        rounded = round_size(nbytes, self._config)
+        sizes = self._sizes.get(nbytes)
+        if sizes is None:
+            if nbytes < 0:
+                raise ValueError(f"cannot allocate a negative size ({nbytes} bytes)")
+            if nbytes == 0:
+                return None
+            rounded = round_size(nbytes, self._config)
+            sizes = self._sizes[nbytes] = (rounded, allocation_size(rounded, self._config))
+        rounded, alloc_size = sizes
         pool = self._small if rounded <= K_SMALL_SIZE else self._large
-        alloc_size = allocation_size(rounded, self._config)
         block = self._get_free_block(pool, stream, rounded)
         if block is None:
             if self._gc_on:
@@ -561,18 +565,18 @@ class CachingAllocator:
     # ---- sorted-set helpers (std::set in C++; bisect on sorted lists here)
 
     def _insert_free(self, pool: _Pool, block: _Block) -> None:
-        bisect.insort(pool.free, (block.stream, block.size, block.addr))
+        insort(pool.free, (block.stream, block.size, block.addr))
         block.gc_base = pool.gc_calls  # insert_into_blocks restarts the block's GC age
 
     def _remove_free(self, pool: _Pool, block: _Block) -> None:
-        i = bisect.bisect_left(pool.free, (block.stream, block.size, block.addr))
+        i = bisect_left(pool.free, (block.stream, block.size, block.addr))
         del pool.free[i]
 
     def _insert_unmapped(self, pool: _Pool, block: _Block) -> None:
-        bisect.insort(pool.unmapped, (block.stream, block.addr))
+        insort(pool.unmapped, (block.stream, block.addr))
 
     def _remove_unmapped(self, pool: _Pool, block: _Block) -> None:
-        i = bisect.bisect_left(pool.unmapped, (block.stream, block.addr))
+        i = bisect_left(pool.unmapped, (block.stream, block.addr))
         del pool.unmapped[i]
 
     def _new_range(self, size: int) -> int:
@@ -599,7 +603,7 @@ class CachingAllocator:
         if self._gc_on:
             pool.gc_calls += 1
         free = pool.free
-        i = bisect.bisect_left(free, (stream, rounded, -1))
+        i = bisect_left(free, (stream, rounded, -1))
         if i == len(free) or free[i][0] != stream:
             return None
         block = self._blocks[free[i][2]]
@@ -637,7 +641,7 @@ class CachingAllocator:
         self, pool: _Pool, block: _Block, rounded: int, nbytes: int, split: bool
     ) -> int:
         """alloc_found_block: hand out the front, keep the remainder free (rules §5)."""
-        already_split = block.is_split()
+        already_split = block.prev is not None or block.next is not None
         if split:
             rest = _Block(
                 block.addr + rounded, block.size - rounded, block.stream, block.small,
@@ -659,7 +663,8 @@ class CachingAllocator:
         block.allocated = True
         block.requested = nbytes
         self._allocated += block.size
-        self._peak_allocated = max(self._peak_allocated, self._allocated)
+        if self._allocated > self._peak_allocated:
+            self._peak_allocated = self._allocated
         self._active += block.size
         self._requested += nbytes
         return block.addr
@@ -671,10 +676,12 @@ class CachingAllocator:
         pool = self._small if block.small else self._large
         size_before = block.size
         split_delta = 0
-        for neighbour in (block.prev, block.next):
-            split_delta -= self._try_merge_blocks(pool, block, neighbour)
+        if block.prev is not None:
+            split_delta -= self._try_merge_blocks(pool, block, block.prev)
+        if block.next is not None:
+            split_delta -= self._try_merge_blocks(pool, block, block.next)
         self._insert_free(pool, block)
-        if block.is_split():
+        if block.prev is not None or block.next is not None:  # still split
             split_delta += block.size
         if not block.expandable:
             self._inactive_split += split_delta
@@ -744,7 +751,7 @@ class CachingAllocator:
             return False
         key = max(rounded, self._max_split)
         free = pool.free
-        i = bisect.bisect_left(free, (stream, key, -1))
+        i = bisect_left(free, (stream, key, -1))
         if i < len(free) and free[i][0] == stream:
             block = self._blocks[free[i][2]]
             if not block.expandable and not block.is_split():
@@ -837,7 +844,7 @@ class CachingAllocator:
     def _find_expandable_block(self, pool: _Pool, stream: int, size: int) -> _Block:
         """find_expandable_block: lowest unmapped range (with a free block before it) that fits."""
         unmapped = pool.unmapped
-        i = bisect.bisect_left(unmapped, (stream, -1))
+        i = bisect_left(unmapped, (stream, -1))
         while i < len(unmapped) and unmapped[i][0] == stream:
             candidate = self._blocks[unmapped[i][1]]
             if candidate.prev is not None and not candidate.prev.allocated:

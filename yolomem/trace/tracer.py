@@ -191,7 +191,10 @@ class Tracer(TorchDispatchMode):
         self._records: dict[int, _Record] = {}  # live storage id -> record
         self._log: list[tuple[str, _Record]] = []
         self._category_override: dict[int, str] = {}  # storage id -> category, set after the fact
-        self._finalizers: dict[int, weakref.finalize] = {}
+        # storage key -> weak reference whose callback records the free (a plain weakref: weakref.finalize
+        # costs ~10 us each, and a step makes ~10k storages); dropping the reference detaches it
+        self._finalizers: dict[int, weakref.ref] = {}
+        self._twin_refs: dict[int, weakref.ref] = {}
         self._aliases: dict[int, _Record] = {}  # fake twin storage -> the real allocation it stands for
         self._twins: dict[int, set[int]] = {}  # allocation id -> storage keys of its live fake twins
         self._orphans: dict[int, _Record] = {}  # allocation id -> record whose real storage died first
@@ -258,12 +261,10 @@ class Tracer(TorchDispatchMode):
         if record is None:  # not traced (made outside the tracer): the real one is new
             self._see(real)
             return
-        finalizer = self._finalizers.pop(key, None)
-        if finalizer is not None:
-            finalizer.detach()
+        self._finalizers.pop(key, None)
         new = self._storage_key(real)
         self._records[new] = record
-        self._finalizers[new] = weakref.finalize(real.untyped_storage(), self._on_free, new)
+        self._watch(real.untyped_storage(), new)
 
     def forget(self) -> None:
         """Drop everything recorded so far (e.g. while the model was being built on the host)."""
@@ -430,7 +431,7 @@ class Tracer(TorchDispatchMode):
             if record is not None and twin not in self._aliases:
                 self._aliases[twin] = record
                 self._twins.setdefault(record.storage_id, set()).add(twin)
-                weakref.finalize(fake.untyped_storage(), self._on_twin_free, twin)
+                self._twin_refs[twin] = weakref.ref(fake.untyped_storage(), lambda _, twin=twin: self._on_twin_free(twin))
             return fake
         return value
 
@@ -525,9 +526,13 @@ class Tracer(TorchDispatchMode):
         )
         self._records[key] = record
         self._log.append(("alloc", record))
-        self._finalizers[key] = weakref.finalize(storage, self._on_free, key)
+        self._watch(storage, key)
+
+    def _watch(self, storage, key: int) -> None:
+        self._finalizers[key] = weakref.ref(storage, lambda _, key=key: self._on_free(key))
 
     def _on_twin_free(self, twin: int) -> None:
+        self._twin_refs.pop(twin, None)
         record = self._aliases.pop(twin, None)  # storage addresses are reused: forget the twin
         if record is None:
             return
@@ -583,9 +588,7 @@ class Tracer(TorchDispatchMode):
 
     def detach_finalizers(self) -> None:
         """Stop listening for frees (call after ``result``, before the traced objects are dropped)."""
-        for finalizer in self._finalizers.values():
-            finalizer.detach()
-        self._finalizers.clear()
+        self._finalizers.clear()  # the references die with the dict: no callback runs
 
 
 _FUSED_IN_PLACE: dict = {}
