@@ -320,7 +320,7 @@ _VAL_RENAME = {"loss": "val_loss", "preprocess": "val_preprocess", "forward": "v
 def simulate_epochs(
     trace: Trace, first_iteration: int, plan: EpochPlan, *, alloc_conf: str | None = None,
     card_bytes: int | None = None, capacity_bytes: int | None = None, clears: CacheClears | None = LATEST_ULTRALYTICS,
-    carry: bool = False, upper: tuple[int, int] | None = None,
+    carry: bool = False, upper: tuple[int, int] | None = None, upper_workspaces: bool = False,
 ) -> EpochSimulation:  # fmt: skip
     """Replay the planned epochs for each seed. ``trace`` holds, after ``first_iteration`` training
     iterations (the first one being the optimizer's first step), one iteration per level and one
@@ -328,8 +328,8 @@ def simulate_epochs(
     ``clears``: where the trainer empties the cache around validation (the loop's ``cache_clears()``;
     None: unknown, assumed never). ``carry``: the loop's variables outlive their iteration
     (``TrainingLoop.carries_loop_variables``). ``upper`` = (iteration, n_max) of the iteration traced at
-    the upper figure's density: the upper figure replays it in place of the top level, with kernel
-    workspaces at their upper sizes."""
+    the upper figure's density: it is replayed in place of the top level. ``upper_workspaces``: kernel
+    workspaces at their upper sizes. The upper figure takes both together and the density alone."""
     segments = _split(trace)
     setup, first = segments[0], segments[1]
     start_level = plan.first_level_iteration if plan.first_level_iteration is not None else first_iteration
@@ -350,7 +350,7 @@ def simulate_epochs(
     val_order = [0] if plan.whole_val_pass else _compress(plan.val_sequence)
     runs = [
         _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf,
-                     clears or CacheClears(), card_bytes, capacity_bytes, upper is not None)  # fmt: skip
+                     clears or CacheClears(), card_bytes, capacity_bytes, upper_workspaces)  # fmt: skip
         for sequence in plan.sequences
     ]
     peaks = [r["peak_reserved"] for r in runs]
@@ -534,12 +534,14 @@ class EpochRequest:
     notes: tuple[str, ...]
 
     def simulate(self, trace: Trace, alloc_conf, card_bytes, capacity_bytes,
-                 upper: tuple[int, int] | None = None) -> EpochSimulation:  # fmt: skip
-        """The epochs' figures; ``upper`` = (iteration, n_max) of the upper-density iteration for the upper figure."""
+                 upper: tuple[int, int] | None = None, upper_workspaces: bool = False) -> EpochSimulation:  # fmt: skip
+        """The epochs' figures; ``upper`` = (iteration, n_max) of the upper-density iteration and
+        ``upper_workspaces`` the workspaces' upper sizes, for the upper figure."""
         return simulate_epochs(trace, self.config.iterations, self.hook.plan, alloc_conf=alloc_conf,
                                card_bytes=card_bytes, capacity_bytes=capacity_bytes,
                                clears=self.hook.loop.cache_clears(),
-                               carry=self.hook.loop.carries_loop_variables, upper=upper)  # fmt: skip
+                               carry=self.hook.loop.carries_loop_variables, upper=upper,
+                               upper_workspaces=upper_workspaces)  # fmt: skip
 
 
 def epoch_request(config, resolved) -> EpochRequest | None:

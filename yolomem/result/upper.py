@@ -5,7 +5,8 @@ expected rule. The upper figure replays the same run with each uncertain term at
 - object density: one more traced iteration at the upper plan's densest batch (``yolomem.loops.density``:
   the 90th percentile over seeds of a heavier tail, CrowdHuman's, on a 5x larger epoch);
 - kernel workspaces at their upper rule (``yolomem.trace.workspaces``: cuDNN's explicit-GEMM im2col);
-- epochs 2+ (when simulated): the 90th percentile over seeds, with both of the above;
+- epochs 2+ (when simulated): the 90th percentile over seeds, the highest of three simulations: both
+  of the above, the upper density alone, and the expected one;
 - the CUDA context at the top of its cited range (``yolomem.config.gpus``);
 - three gaps the model cannot explain yet, as named allowances sized from the only evidence there is
   (``ALLOWANCES``): in issue 12's benchmark of about 170 published runs, FP32 runs came out a median
