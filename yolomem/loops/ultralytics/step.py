@@ -176,6 +176,15 @@ class UltralyticsOracle(DataOracle):
         return 0.0
 
 
+def _trainer_shim(trainer_class, **attributes):
+    """What the trainer's own methods run on: an instance of its class built without ``__init__`` (which
+    makes datasets, callbacks and a save dir), holding only what those methods read. An instance, so
+    that their ``super()`` calls work (``RTDETRTrainer.preprocess_batch`` up to 8.2)."""
+    shim = trainer_class.__new__(trainer_class)
+    vars(shim).update(attributes)
+    return shim
+
+
 class _CloneOnDeepcopy(torch.overrides.TorchFunctionMode):
     """ModelEMA deep-copies the model. Tensor.__deepcopy__ on a fake tensor builds it in a fresh fake
     mode (with new storages for every view), and on a real tensor it cannot run under the fake mode at
@@ -276,7 +285,8 @@ class UltralyticsRun:
             self.optimizer = self.ema = None
         self._last_opt_step = -1
         self.trained_size: int | None = None  # the side multi_scale resized the batch to (None: not resized)
-        self._shim = SimpleNamespace(
+        self._shim = _trainer_shim(
+            self.trainer_class,
             args=self.args,
             device=torch.device("cpu"),
             stride=self.stride,
