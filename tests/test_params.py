@@ -76,3 +76,15 @@ def test_yolov5_names_are_unambiguous():
     assert resolve_model("yolov5s").framework == "yolov5"
     assert resolve_model("yolov5su.yaml").framework == "ultralytics"
     assert count_params(find_original("yolov5s")) == 7_235_389  # yolov5 v7.0 README, unfused
+
+
+@pytest.mark.parametrize(("name", "published_millions"), [("yolov5n6", 3.2), ("yolov5s6", 12.6), ("yolov5m6", 35.7),
+                                                          ("yolov5l6", 76.8), ("yolov5x6", 140.7)])
+def test_yolov5_p6_designs_have_the_published_size(name, published_millions):
+    """The yolov5 repo's P6 models (four Detect levels, trained at 1280), as its v7.0 README lists them
+    (fused, rounded to 0.1 M; unfused counts are about 0.1 M more for x6). Their allocation stream is
+    checked against the repo itself in test_yolov5_matches_repo.py (yolov5n6)."""
+    from yolomem.loops import resolve_model
+
+    assert resolve_model(name).framework == "yolov5"
+    assert abs(count_params(find_original(name)) / 1e6 - published_millions) < 0.11

@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from yolov5_reference import yolov5_or_reason
@@ -26,14 +27,15 @@ METRICS = "val_metrics"
 BIG = 4096  # bytes: val.py's per-image matching allocates below this; masks and concatenations above
 
 
-def _val_shapes():
+def _val_shapes(stride: int):
     from yolomem.loops.val_pass import ValBatchShape
 
-    # 2 x batch, rect: 64 -> ceil(64 / 32 + 0.5) * 32 = 96 square, and a landscape batch
-    return [ValBatchShape(2 * BATCH, 96, 96, (3, 1, 2, 0)), ValBatchShape(2 * BATCH, 64, 96, (2, 2, 1, 1))]
+    # 2 x batch, rect: 64 -> ceil(64 / 32 + 0.5) * 32 = 96 square (128 at stride 64), and a landscape batch
+    side = int(np.ceil(IMGSZ / stride + 0.5)) * stride
+    return [ValBatchShape(2 * BATCH, side, side, (3, 1, 2, 0)), ValBatchShape(2 * BATCH, IMGSZ, side, (2, 2, 1, 1))]
 
 
-def _ours(model: str):
+def _ours(model: str, stride: int):
     from yolomem.config.settings import EstimateConfig
     from yolomem.loops import resolve_model, trace_run
     from yolomem.loops.yolov5.val_pass import trace_val_pass
@@ -43,26 +45,27 @@ def _ours(model: str):
 
     def validate(run) -> None:
         run.tracer.start_iteration(ITERATIONS)
-        trace_val_pass(run, _val_shapes(), VAL_SEED, candidates=None)  # every (anchor, class) passes, as below
+        trace_val_pass(run, _val_shapes(stride), VAL_SEED, candidates=None)  # every (anchor, class) passes, as below
 
     # upper=False: no extra iteration at the upper figure's density, which train.py has no counterpart of
     return trace_run(config, resolve_model(model, "yolov5"), fake=True, after_iterations=validate, upper=False).trace
 
 
-def _repo(yaml_name: str):
+def _repo(yaml_name: str, stride: int):
     from yolov5_reference import package_trace
 
     path = Path(yolov5.__file__).parent / "models" / yaml_name
     return package_trace(path, nc=NC, batch=BATCH, imgsz=IMGSZ, iterations=ITERATIONS, instances=INSTANCES,
-                         seed=SEED, val_shapes=_val_shapes(), val_seed=VAL_SEED)  # fmt: skip
+                         seed=SEED, val_shapes=_val_shapes(stride), val_seed=VAL_SEED)  # fmt: skip
 
 
-@pytest.fixture(scope="module", params=[("yolov5n", "yolov5n.yaml"), ("yolov5n-seg", "segment/yolov5n-seg.yaml")],
-                ids=["detect", "segment"])  # fmt: skip
+@pytest.fixture(scope="module", params=[("yolov5n", "yolov5n.yaml", 32), ("yolov5n-seg", "segment/yolov5n-seg.yaml", 32),
+                                        ("yolov5n6", "hub/yolov5n6.yaml", 64)],
+                ids=["detect", "segment", "detect-p6"])  # fmt: skip
 def traces(request):
     warnings.filterwarnings("ignore")
-    ours, yaml_name = request.param
-    return _ours(ours), _repo(yaml_name)
+    ours, yaml_name, stride = request.param
+    return _ours(ours, stride), _repo(yaml_name, stride)
 
 
 def _tensor(event) -> bool:

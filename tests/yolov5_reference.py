@@ -190,9 +190,15 @@ class PackageRun:
 
 def all_pass_head(model) -> None:
     """Biases that make every objectness and class score of the head near 1: NMS keeps every anchor and
-    every (anchor, class) pair, as the fake trace's stand-in predictions do (``_real_predictions``)."""
+    every (anchor, class) pair, as the fake trace's stand-in predictions do (``_real_predictions``).
+    Non-finite weights become 0 first: two SGD steps of a fresh P6 model (yolov5n6) on the synthetic
+    64-px batches leave its EMA NaN, and NaN scores pass no threshold. Values change no allocation
+    but NMS's."""
     detect = model.model[-1]
     with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point():
+                tensor.nan_to_num_(0.0, posinf=0.0, neginf=0.0)
         for conv in detect.m:
             conv.weight.zero_()
             conv.bias.fill_(20.0)

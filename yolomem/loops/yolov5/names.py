@@ -1,8 +1,8 @@
 """Which model names mean an original anchor-based design, and where its config lives.
 
 Original designs (trained by the yolov5 repo's loop, ``framework=yolov5``):
-``yolov3-tiny``, ``yolov3``, ``yolov4-tiny``, ``yolov4`` (darknet cfgs), ``yolov5n/s/m/l/x`` and
-``yolov5n/s/m/l/x-seg`` (v7.0 YAMLs), the classifiers ``yolov5n/s/m/l/x-cls`` (classify/train.py; cut
+``yolov3-tiny``, ``yolov3``, ``yolov4-tiny``, ``yolov4`` (darknet cfgs), ``yolov5n/s/m/l/x``,
+``yolov5n/s/m/l/x6`` (P6, four levels) and ``yolov5n/s/m/l/x-seg`` (v7.0 YAMLs), the classifiers ``yolov5n/s/m/l/x-cls`` (classify/train.py; cut
 from the detection YAML, ``ClassifierModel``), and any darknet ``.cfg`` file.
 
 Ultralytics' names stay Ultralytics': ``yolov5su.yaml`` is the anchor-free YOLOv5u, and
@@ -21,8 +21,9 @@ from yolomem.errors import UserError, unknown
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 _DARKNET = ("yolov3-tiny", "yolov3", "yolov4-tiny", "yolov4")
-_V5 = re.compile(r"^yolov5([nsmlx])(-seg|-cls)?$")
-_V5_TASKS = {None: "detect", "-seg": "segment", "-cls": "classify"}
+_V5 = re.compile(r"^yolov5([nsmlx])(6|-seg|-cls)?$")
+_V5_TASKS = {None: "detect", "6": "detect", "-seg": "segment", "-cls": "classify"}
+_V5_FILES = {"6": "yolov5-p6.yaml", "-seg": "yolov5-seg.yaml"}  # the others: yolov5.yaml
 FAMILY = {"yolov3-tiny": "YOLOv3", "yolov3": "YOLOv3", "yolov4-tiny": "YOLOv4", "yolov4": "YOLOv4"}
 
 
@@ -42,7 +43,7 @@ class OriginalModel:
 
 
 def original_names() -> tuple[str, ...]:
-    v5 = [f"yolov5{s}{t}" for t in ("", "-seg", "-cls") for s in "nsmlx"]
+    v5 = [f"yolov5{s}{t}" for t in ("", "6", "-seg", "-cls") for s in "nsmlx"]
     return (*_DARKNET, *v5)
 
 
@@ -55,7 +56,7 @@ def _strip(spec: str) -> str:
 
 
 def is_original_only(spec: str) -> bool:
-    """True for names Ultralytics does not build as such: yolov4*, yolov5n..x(-seg), .cfg files."""
+    """True for names Ultralytics does not build as such: yolov4*, yolov5n..x(6, -seg), .cfg files."""
     spec = str(spec).strip()
     if spec.endswith(".cfg"):
         return True
@@ -84,7 +85,7 @@ def find_original(spec: str) -> OriginalModel:
     if match:
         task = _V5_TASKS[match.group(2)]
         # the classifiers are cut from the detection YAML (ClassifierModel)
-        file = CONFIGS / "yolov5" / ("yolov5-seg.yaml" if task == "segment" else "yolov5.yaml")
+        file = CONFIGS / "yolov5" / _V5_FILES.get(match.group(2), "yolov5.yaml")
         return OriginalModel(name, "yolov5-yaml", str(file), match.group(1), task)
     raise unknown("model for framework=yolov5", spec, original_names())
 
@@ -108,7 +109,7 @@ def resolve_original(spec: str, framework: str = "ultralytics"):
             note = (f"{spec} is the yolov5 repo's classifier (classify/train.py), trained with the yolov5 repo's "
                     "loop (framework=yolov5)")
         elif original.name.startswith("yolov5"):
-            seg = "-seg" if original.task == "segment" else ""
-            note += f"; Ultralytics' anchor-free YOLOv5u is yolov5{original.scale}u{seg}.yaml"
+            twin = {"detect": "u", "segment": "u-seg"}[original.task] if not original.name.endswith("6") else "-p6"
+            note += f"; Ultralytics' anchor-free YOLOv5u is yolov5{original.scale}{twin}.yaml"
     return ResolvedModel(original.name, original.kind, original.task, {"original": asdict(original)}, None, note,
                          framework="yolov5")  # fmt: skip
