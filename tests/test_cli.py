@@ -24,6 +24,7 @@ JSON_KEYS = {
     ("words", "fragment"),
     [
         (["yolov8q.yaml"], "did you mean"),
+        (["yolo99n.yaml"], "in the installed ultralytics"),  # names come with releases: say which one looked
         (["yolov8n.yaml", "batch16"], "missing '=' sign"),
         (["yolov8n.yaml", "batch="], "malformed argument"),
         (["yolov8n.yaml", "batch=0"], "batch=0"),

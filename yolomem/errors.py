@@ -14,10 +14,11 @@ def nearest(value: str, valid: Iterable[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(str(value), list(valid), n=n, cutoff=0.5)
 
 
-def unknown(kind: str, value: object, valid: Iterable[str], show: int = 12) -> UserError:
-    """``unknown model 'yolov8q.yaml'; did you mean 'yolov8s.yaml'? valid: ...``"""
+def unknown(kind: str, value: object, valid: Iterable[str], show: int = 12, where: str = "") -> UserError:
+    """``unknown model 'yolov8q.yaml'; did you mean 'yolov8s.yaml'? valid: ...`` (``where``: e.g.
+    "in ultralytics 8.1.0", after the value)."""
     valid = sorted(set(valid))
     close = nearest(str(value), valid)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     listed = ", ".join(valid[:show]) + (f", ... ({len(valid)} in all)" if len(valid) > show else "")
-    return UserError(f"unknown {kind} {value!r}{hint} valid: {listed}")
+    return UserError(f"unknown {kind} {value!r}{' ' + where if where else ''}{hint} valid: {listed}")

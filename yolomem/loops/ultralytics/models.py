@@ -65,6 +65,13 @@ def _weights_alias(yaml_name: str) -> str:
     return _V5U_P6.sub(r"yolov5\1-p6.yaml", yaml_name)
 
 
+def _installed() -> str:
+    """Names come and go with releases (yolov9 arrived in 8.1.x, yolo11 in 8.3.0): say which one looked."""
+    import ultralytics
+
+    return f"in the installed ultralytics {ultralytics.__version__}"
+
+
 def unsupported_task(name: str) -> str | None:
     """The task of a shipped name that yolomem does not trace (by its suffix), or None."""
     stem = name[:-5] if name.endswith(".yaml") else name
@@ -108,7 +115,7 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
             raise UserError(f"checkpoint {spec!r} does not exist")
         yaml_name = _weights_alias(f"{path.stem}.yaml")
         if yaml_name not in shipped_model_names():
-            raise unknown("model", spec, [n[:-5] + ".pt" for n in shipped_model_names()])
+            raise unknown("model", spec, [n[:-5] + ".pt" for n in shipped_model_names()], where=_installed())
         note = f"{spec} is not on disk and would need a download; using {yaml_name} (same architecture, random weights)"
         spec, path = yaml_name, Path(yaml_name)
     elif path.suffix in {".yaml", ".yml"} and path.is_file():
@@ -124,7 +131,7 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
     if spec not in shipped_model_names():
         if spec.startswith(("/", ".")) or len(path.parts) > 1:
             raise UserError(f"model file {spec!r} does not exist")
-        raise unknown("model", spec, shipped_model_names())
+        raise unknown("model", spec, shipped_model_names(), where=_installed())
     cfg = yaml_model_load(spec)
     cfg, weights_note = _without_downloads(cfg)
     return ResolvedModel(path.stem, "yaml", _task(cfg, spec), cfg, None, "; ".join(n for n in (note, weights_note) if n))
