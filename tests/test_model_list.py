@@ -80,3 +80,23 @@ def test_every_listed_name_estimates_or_is_refused_in_one_line():
         except Exception as error:  # noqa: BLE001 - any other exception is the bug this test is for
             failures.append(f"{name}: {type(error).__name__}: {error}")
     assert not failures, failures
+
+
+def test_a_world_trainer_without_cached_embeddings_is_refused_in_one_line(monkeypatch):
+    """WorldTrainer before ``set_text_embeddings`` (8.2 up to at least 8.3.74) runs CLIP's text model on
+    the GPU for every batch; yolomem does not model that and says so, in one line (it used to fail with
+    ``'WorldTrainer' object has no attribute 'clip'``)."""
+    from yolomem.errors import UserError
+    from yolomem.loops.ultralytics import families
+
+    families.check_modelled(families.WORLD, "detect")  # the installed release caches them: modelled
+    entry = families.task_classes(families.WORLD, "detect")
+
+    class OlderWorldTrainer:  # the installed trainer without the method
+        preprocess_batch = entry[1].preprocess_batch
+
+    monkeypatch.setattr(families, "task_classes", lambda family, task: (entry[0], OlderWorldTrainer))
+    with pytest.raises(UserError, match="CLIP text model on the GPU for every batch") as error:
+        families.check_modelled(families.WORLD, "detect")
+    assert "\n" not in str(error.value)
+    families.check_modelled(families.YOLO, "detect")  # the others: untouched

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from yolomem.errors import UserError
+
 MAX_TEXT_CLASSES = 80  # WorldTrainer/YOLOETrainer.get_model: nc=min(nc, 80); RandomLoadText(max_samples=min(nc, 80))
 
 
@@ -76,6 +78,18 @@ def task_classes(family: Family, task: str):
     """(model class, trainer class) for ``task``, from the family's Ultralytics wrapper."""
     entry = _task_entry(family, task)
     return entry["model"], entry["trainer"]
+
+
+def check_modelled(family: Family, task: str) -> None:
+    """Refuse, in one line, a family whose installed trainer takes a path yolomem does not trace:
+    WorldTrainer before ``set_text_embeddings`` (8.2 to at least 8.3.74) runs the CLIP text model on
+    the device for every batch (its weights and activations are not modelled)."""
+    if family.text_embeddings and not hasattr(task_classes(family, task)[1], "set_text_embeddings"):
+        import ultralytics
+
+        raise UserError(f"{family.name} on ultralytics {ultralytics.__version__}: its WorldTrainer runs the CLIP text "
+                        "model on the GPU for every batch, which yolomem does not model; releases with "
+                        "WorldTrainer.set_text_embeddings (cached embeddings, e.g. 8.3.253) are modelled")  # fmt: skip
 
 
 def task_validator(family: Family, task: str):

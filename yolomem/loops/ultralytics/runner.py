@@ -52,6 +52,7 @@ def trace_ultralytics_run(
         notes.append(f"world_size={config.world_size}: per-rank batch {per_rank}; includes DDP's gradient buckets (yolomem.loops.ddp)")
     if config.checkpoint:
         notes.append("checkpoint=true: layers wrapped with yolomem.loops.checkpointing (add checkpoint_callback to your run)")
+    families.check_modelled(family_of(resolved.cfg), resolved.task)
     notes += family_notes(family_of(resolved.cfg), config)
     nc = config.nc or resolved.nc
     with tracing(config, fake=fake, oracle=oracle) as (tracer, policy):
