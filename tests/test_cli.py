@@ -205,3 +205,12 @@ def test_the_estimate_carries_its_typed_config():
     payload = result.to_json()["config"]
     assert list(payload) == [*result.config.to_json(), "task"] and payload["task"] == "detect"
     assert EstimateConfig.from_json(payload) == result.config
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """``yolomem models | head -1``: the pipe closes before yolomem is done writing. A shell's 141
+    (128 + SIGPIPE), nothing on stderr, instead of Python's BrokenPipeError traceback."""
+    process = subprocess.Popen([sys.executable, "-m", "yolomem", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the first line arrives
+    err = process.stderr.read().decode()
+    assert process.wait() == 141 and "Traceback" not in err, err

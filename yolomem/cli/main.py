@@ -13,6 +13,7 @@ import contextlib
 import difflib
 import importlib
 import logging
+import os
 import sys
 
 from yolomem.cli.registry import COMMANDS, Command
@@ -146,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `yolomem ... --json | head`: the reader left; Python would print a traceback
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and again at exit, flushing
+        return 141  # 128 + SIGPIPE, as a shell reports it
     except SystemExit as done:  # --help, --version
         return done.code if isinstance(done.code, int) else 0
 
