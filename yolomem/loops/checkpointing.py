@@ -63,9 +63,11 @@ class _CheckpointedForward:
 
 
 def _layers(model: nn.Module) -> nn.Sequential:
-    from ultralytics.utils.torch_utils import unwrap_model
+    from ultralytics.utils import torch_utils
 
-    inner = unwrap_model(model)
+    # unwrap_model (compiled and DDP models) came in 8.3.x; de_parallel (DDP) is what older releases have
+    unwrap = getattr(torch_utils, "unwrap_model", None) or torch_utils.de_parallel
+    inner = unwrap(model)
     layers = getattr(inner, "model", None)
     if not isinstance(layers, nn.Sequential):
         raise TypeError(f"{type(inner).__name__} has no Ultralytics layer list (model.model)")
