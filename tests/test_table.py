@@ -10,7 +10,8 @@ import pytest
 
 from yolomem.render import table_formats
 from yolomem.sweeps.table import (
-    BLOG_ROWS, GpuFit, PrecisionResult, Table, TableRow, _precision_result, _Traced, blog_rows, compute_table,
+    BLOG_ROWS, GpuFit, PrecisionResult, RowRequest, Table, TableRow, _precision_result, _Traced, blog_rows,
+    compute_table,
 )  # fmt: skip
 
 SEED = Path(__file__).resolve().parent / "data" / "reference" / "seed_table.csv"  # see SOURCES.md there
@@ -126,6 +127,15 @@ def test_one_row_end_to_end():
     row = table.rows[0]
     assert (row.model, row.framework, row.params) == ("yolov4-tiny", "yolov5", 6_056_606)
     assert row.fp32.gpus[0].fits == "yes" and row.fp32.gpus[0].max_batch > 2
+
+
+def test_rows_traced_side_by_side_equal_rows_traced_here():
+    """``jobs=2``: this process takes rows from the front while a worker takes them from the back (each
+    row once, whichever starts it first); the table is the one a single process makes."""
+    rows = [RowRequest(m, 64, 2) for m in ("yolov8n", "yolov5n", "yolov4-tiny", "yolo11n")]
+    side_by_side, here = compute_table(rows, jobs=2), compute_table(rows, jobs=1)
+    assert [r.model for r in side_by_side.rows] == ["yolov8n", "yolov5n", "yolov4-tiny", "yolo11n"]
+    assert [r.to_json() for r in side_by_side.rows] == [r.to_json() for r in here.rows]
 
 
 def _blog_like_table() -> Table:

@@ -215,7 +215,8 @@ def compute_table(
 ) -> Table:
     """Estimate every row in FP32 and AMP. ``progress(label)`` is called after each trace (for a bar).
 
-    ``jobs > 1`` runs the traces in that many worker processes (each trace is single-threaded Python)."""
+    ``jobs > 1`` runs the traces in that many processes, this one and ``jobs - 1`` workers (each trace
+    is single-threaded Python)."""
     from yolomem.config.gpus import find_gpu
 
     started = time.perf_counter()
@@ -273,16 +274,21 @@ def _run(groups, jobs: int, progress) -> dict:
         for tasks in groups:
             collect(tasks, _trace_group(tasks))
         return results
-    from concurrent.futures import as_completed
-
     from yolomem.result.runs import worker_pool  # runs imports torch: not at import (yolomem --help)
 
-    with worker_pool(jobs) as pool:
-        # Last rows first: tables list generations oldest first, and the newest (deeper heads, YOLOv10's
-        # two) trace slowest; starting them first keeps one worker from finishing alone at the end.
-        futures = {pool.submit(_trace_group, tasks): tasks for tasks in reversed(groups)}
-        for future in as_completed(futures):
-            collect(futures[future], future.result())
+    with worker_pool(jobs - 1) as pool:
+        # The workers take the last rows first: tables list generations oldest first, and the newest
+        # (deeper heads, YOLOv10's two) trace slowest. This process, already imported, takes the first
+        # rows meanwhile (a worker pays its imports first, ~3 s): each row a worker has not started yet.
+        pending = {tasks: pool.submit(_trace_group, tasks) for tasks in reversed(groups)}
+        for tasks in groups:
+            if tasks in pending and pending[tasks].cancel():
+                del pending[tasks]
+                collect(tasks, _trace_group(tasks))
+            for done in [t for t, future in pending.items() if future.done()]:  # the progress bar moves
+                collect(done, pending.pop(done).result())
+        for tasks, future in pending.items():
+            collect(tasks, future.result())
     return results
 
 
