@@ -30,6 +30,7 @@ JSON_KEYS = {
         (["yolov8n.yaml", "batch=0"], "batch=0"),
         (["yolov8n.yaml", "batch=-4"], "batch"),
         (["yolov8n.yaml", "batch=sixteen"], "batch='sixteen' is not a number"),
+        (["yolov8n.yaml", "imgsz=640,480"], "Ultralytics trains at the larger: imgsz=640"),
         (["yolov8n.yaml", "imgsz=-640"], "imgsz=-640"),
         (["yolov8n.yaml", "optimizer=adamm"], "did you mean 'Adam'"),
         (["/tmp/definitely-missing.pt"], "does not exist"),

@@ -150,6 +150,11 @@ class Key:
         try:
             number = float(text)
         except ValueError:
+            parts = [part.strip() for part in text.strip("[]() ").split(",")]
+            if len(parts) > 1 and all(part.lstrip("-").isdigit() for part in parts):
+                largest = max(int(part) for part in parts)  # imgsz=640,480: Ultralytics trains at the larger side
+                raise UserError(f"{self.name}={text!r} is a list; training takes one {self.name}, and Ultralytics "
+                                f"trains at the larger: {self.name}={largest}") from None  # fmt: skip
             raise UserError(f"{self.name}={text!r} is not a number") from None
         if self.autobatch and (number == -1 or 0 < number < 1):
             raise self._autobatch(text)
