@@ -182,3 +182,43 @@ def test_segment_masks_widen_past_255_objects():
     sparse = SyntheticBatch("segment", 2, 64, (255, 3)).as_dict()["masks"]
     dense = SyntheticBatch("segment", 2, 64, (256, 3)).as_dict()["masks"]
     assert sparse.dtype == torch.uint8 and dense.dtype == torch.int32
+
+
+# Ultralytics' dataset YAML -> the reference row (dataset, split, annotation prefix) its mean comes from
+NAMED_ROWS = {
+    "coco.yaml": ("COCO 2017", "train2017", "boxes incl"),
+    "VOC.yaml": ("PASCAL VOC 07+12 (Ultralytics VOC.yaml train)", "07 trainval + 12 trainval", "boxes"),
+    "VisDrone.yaml": ("VisDrone2019-DET", "train", "boxes, 10 classes"),
+    "SKU-110K.yaml": ("SKU-110K", "train", "boxes"),
+    "kitti.yaml": ("KITTI 2D object", "train", "boxes, 8 classes"),
+    "GlobalWheat2020.yaml": ("Global Wheat Head 2020", "all", "wheat"),
+    "Argoverse.yaml": ("Argoverse-HD", "train+val", ""),
+    "lvis.yaml": ("LVIS v1", "train", ""),
+    "open-images-v7.yaml": ("Open Images V7", "all boxed", ""),
+}
+
+
+def test_named_datasets_are_shipped_yamls_with_their_published_means():
+    """``data=VisDrone.yaml`` without the dataset on disk: its published mean stands in for its labels.
+    Every name is a dataset YAML of the installed Ultralytics, and every mean is its reference row's."""
+    import ultralytics
+
+    from yolomem.loops.density import NAMED_DATASETS
+
+    shipped = {p.name.lower() for p in (Path(ultralytics.__file__).parent / "cfg" / "datasets").glob("*.yaml")}
+    assert set(NAMED_DATASETS) <= shipped, set(NAMED_DATASETS) - shipped
+    for name, row in NAMED_ROWS.items():
+        assert NAMED_DATASETS[name.lower()].mean == pytest.approx(float(_row(*row)["mean_per_image"]), abs=0.01), name
+
+
+def test_a_named_dataset_not_on_disk_sets_the_objects_per_image():
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.result.prepare import prepare
+
+    named = prepare(EstimateConfig(model="yolov8n.yaml", data="VisDrone.yaml"))
+    assert named.config.instances == 53.27 and named.config.data is None
+    assert any("published mean, instances=53.27 (VisDrone2019-DET" in note for note in named.notes)
+    asked = prepare(EstimateConfig(model="yolov8n.yaml", data="VisDrone.yaml", instances=20))
+    assert asked.config.instances == 20  # the user's figure wins
+    unknown = prepare(EstimateConfig(model="yolov8n.yaml", data="my-data.yaml"))
+    assert unknown.config.instances == 8 and any("from instances=8 instead" in note for note in unknown.notes)

@@ -78,6 +78,41 @@ DEFAULT_SIGMA = statistics.median(s.sigma for s in NAMED_SHAPES.values())  # 0.7
 # (xView, DOTA, WIDER FACE) have far heavier tails; for those, pass data= or max_instances=.
 UPPER_SHAPE = NAMED_SHAPES["CrowdHuman"]
 
+
+
+@dataclass(frozen=True)
+class NamedDataset:
+    """A dataset Ultralytics ships a YAML for (``data=VisDrone.yaml``), by its published mean objects per
+    image: the stand-in for its labels when they are not on disk."""
+
+    name: str
+    mean: float
+    source: str  # the row of shared/reference/dataset_object_density.md
+
+
+# Train splits as the YAMLs train on them; means from the reference table (d: instances / images).
+NAMED_DATASETS: dict[str, NamedDataset] = {
+    d.name.lower(): d
+    for d in (
+        NamedDataset("coco.yaml", 7.27, "COCO 2017 train2017, 860,001 boxes on 118,287 images"),
+        NamedDataset("coco128.yaml", 7.26, "coco128: 929 boxes on 128 images"),
+        NamedDataset("VOC.yaml", 2.42, "PASCAL VOC 07+12 trainval, 40,058 boxes on 16,551 images"),
+        NamedDataset("VisDrone.yaml", 53.27, "VisDrone2019-DET train, Dataset Ninja: median 42, p99 212, max 902"),
+        NamedDataset("SKU-110K.yaml", 147.0, "SKU-110K train, Dataset Ninja: median 138, p99 302, max 576"),
+        NamedDataset("kitti.yaml", 5.42, "KITTI 2D object train without DontCare, Dataset Ninja: max 22"),
+        NamedDataset("GlobalWheat2020.yaml", 41.2, "Global Wheat Head 2020, 193,634 boxes on 4,700 images"),
+        NamedDataset("Argoverse.yaml", 18.8, "Argoverse-HD train+val, 1,025,715 boxes on 54,446 images"),
+        NamedDataset("Objects365.yaml", 15.0, "Objects365 v2, about 30M boxes on about 2M images (upstream totals)"),
+        NamedDataset("lvis.yaml", 12.68, "LVIS v1 train, 1,270,141 instances on 100,170 images"),
+        NamedDataset("open-images-v7.yaml", 8.3, "Open Images V7 boxed subset, about 16M boxes on 1.9M images"),
+    )
+}
+
+
+def named_dataset(data: str) -> NamedDataset | None:
+    return NAMED_DATASETS.get(str(data).strip().lower())
+
+
 DEFAULT_TRAIN_IMAGES = 2000  # dataset size without data=: between coco128/brain-tumor and VisDrone/SKU-110K
 UPPER_TRAIN_IMAGES = 10000  # the upper figure's dataset size (the densest batch grows with the epoch)
 REFERENCE_BATCH = 16  # a typical batch's densest sample is taken over this many samples (Ultralytics' default batch)

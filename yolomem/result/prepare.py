@@ -35,9 +35,8 @@ def prepare(config: EstimateConfig) -> Prepared:
     if resolved.note:
         notes.append(resolved.note)
     if config.data and _needs_download(config.data):
-        notes.append(f"data={config.data} is not a local file (Ultralytics would download it); "
-                     f"objects per image from instances={config.instances:g} instead")  # fmt: skip
-        config = config.with_changes(data=None)
+        config, note = _without_labels(config)
+        notes.append(note)
     request = epoch_request(config, resolved)  # None unless data= or epochs>=2
     density = None
     if request is not None:
@@ -46,6 +45,21 @@ def prepare(config: EstimateConfig) -> Prepared:
         if request.dataset is not None:  # the traced batches come from the labels too
             density = plan_for(config, rank_batch(config), request.dataset.train.counts)
     return Prepared(config, resolved, request, density, tuple(notes))
+
+
+def _without_labels(config: EstimateConfig) -> tuple[EstimateConfig, str]:
+    """``data=`` names a dataset Ultralytics would download: its published mean objects per image stands
+    in for its labels (``yolomem.loops.density.NAMED_DATASETS``), unless ``instances=`` was given; the
+    tail and the epoch are the defaults'."""
+    from yolomem.config.keys import DEFAULT_INSTANCES
+    from yolomem.loops.density import named_dataset
+
+    known = named_dataset(config.data)
+    head = f"data={config.data} is not a local file (Ultralytics would download it)"
+    if known is None or config.instances != DEFAULT_INSTANCES:
+        return config.with_changes(data=None), f"{head}; objects per image from instances={config.instances:g} instead"
+    return (config.with_changes(data=None, instances=known.mean),
+            f"{head}; objects per image from its published mean, instances={known.mean:g} ({known.source})")
 
 
 def _needs_download(data: str) -> bool:
