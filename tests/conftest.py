@@ -13,3 +13,18 @@ if "YOLOMEM_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="yolomem-test-cache-")
     os.environ["YOLOMEM_CACHE_DIR"] = _cache
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+
+
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_figures():
+    """Every test computes its figures afresh: ``estimate_figures`` keeps the last ones by config, and a
+    test may change behaviour (a monkeypatch) that an earlier test's figures did not see."""
+    module = sys.modules.get("yolomem.result.estimate")  # not imported: nothing kept (and no torch import here)
+    if module is not None:
+        module.forget_recent_figures()
+    yield

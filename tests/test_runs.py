@@ -118,3 +118,25 @@ def test_prefetch_traces_side_by_side_and_hands_the_runs_back(source):
     assert traced == [2]  # b came back from the worker
     prefetch.prefetch([a, b], jobs=2)  # both known now: no worker is started, nothing traced
     assert traced == [2]
+
+
+def test_figures_asked_for_again_are_kept(source):
+    """A sweep asks again for a config it probed before: its figures are kept (the last
+    ``RECENT_FIGURES``) and replayed no more; an estimate from them equals a fresh one."""
+    from yolomem.allocator import replay as replay_module
+    from yolomem.result.estimate import estimate_config, estimate_figures, forget_recent_figures
+
+    config = EstimateConfig.from_mapping({"model": "yolov8n.yaml", "batch": 2, "cache": "ram", **SMALL})  # cache: a note
+    first = estimate_figures(config)
+    passes = []
+    original = replay_module.replay
+    replay_module.replay = lambda *a, **k: passes.append(1) or original(*a, **k)
+    try:
+        again = estimate_figures(config)
+    finally:
+        replay_module.replay = original
+    assert passes == [] and again.upper == first.upper and again.seconds == 0.0
+    estimate_config(config)
+    kept = estimate_config(config)  # finished twice from the same figures: no note twice
+    forget_recent_figures()
+    assert _same(kept, estimate_config(config))
