@@ -150,6 +150,18 @@ def test_pick_ranks_a_family_it_names(monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out)["family"] == "yolov9" and asked[0] == "yolov9t.yaml"
 
 
+def test_pick_ranks_yolov8_where_the_release_predates_yolo11(monkeypatch):
+    """On Ultralytics 8.1 and 8.2 there is no yolo11: pick's default was an unknown family there."""
+    from yolomem.sweeps import pick
+
+    asked = []
+    _fake_prober(monkeypatch, asked)
+    names = {n for n in pick._model_names() if not n.startswith("yolo11")}
+    monkeypatch.setattr(pick, "_model_names", lambda: names)
+    result = pick_models("T4")
+    assert result.family == "yolov8" and asked == [f"yolov8{s}.yaml" for s in "nsmlx"]
+
+
 @pytest.mark.parametrize(
     ("words", "fragment"),
     [(["family=yolov7"], "did you mean"), (["family=yolov8", "models=yolov8n"], "give one"),

@@ -3,8 +3,8 @@
 Each model is traced at the requested settings and judged as every verdict is (``yolomem.result.fits``):
 its peak reserved memory against the card's memory minus the CUDA context minus the safety margin.
 Headroom is that capacity minus the model's peak reserved memory (negative: short by that much). The
-candidates are one family in every size it ships (yolo11 unless ``family=`` says otherwise), because each
-model costs one trace (seconds to a minute); or ``models=``.
+candidates are one family in every size it ships (yolo11, or yolov8 on releases before it, unless
+``family=`` says otherwise), because each model costs one trace (seconds to a minute); or ``models=``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from yolomem.result.estimate import Estimate
 from yolomem.sweeps.fit import Progress, Prober, make_budget, train_command
 
 DEFAULT_FAMILY = "yolo11"
+OLDER_DEFAULT = "yolov8"  # before yolo11 (Ultralytics 8.3.0) the family Ultralytics recommended
 TASK_SUFFIX = {"detect": "", "segment": "-seg", "pose": "-pose", "obb": "-obb", "classify": "-cls"}
 SCALES = "ntsmbclxe"  # the size letters of the shipped families: n, s, m, l, x; yolov10 adds b; yolov9 t, c, e
 
@@ -87,6 +88,12 @@ def default_models(task: str = "detect", family: str = DEFAULT_FAMILY) -> tuple[
     return found
 
 
+def default_family(task: str = "detect") -> str:
+    """``DEFAULT_FAMILY``, or yolov8 where the installed Ultralytics predates it (8.1, 8.2)."""
+    shipped = families(task) if task in TASK_SUFFIX else ()
+    return DEFAULT_FAMILY if DEFAULT_FAMILY in shipped or OLDER_DEFAULT not in shipped else OLDER_DEFAULT
+
+
 def families(task: str = "detect") -> tuple[str, ...]:
     """The families with at least one size for ``task``: yolov5, yolov8, yolo11, ..."""
     pattern = re.compile(rf"^(yolo(?:v)?\d+)[{SCALES}]{re.escape(TASK_SUFFIX[task])}\.yaml$")
@@ -131,7 +138,7 @@ def pick_models(
     if models and family:
         raise UserError("family= and models= both choose the candidates; give one")
     if not models:
-        family = family or DEFAULT_FAMILY
+        family = family or default_family(task)
     names = models or default_models(task, family)
     from yolomem.sweeps.prefetch import prefetch
 
