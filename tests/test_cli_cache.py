@@ -50,8 +50,8 @@ def test_no_cache_neither_reads_nor_writes(cache_dir, capsys):
 def test_verbose_says_where_the_run_came_from(cache_dir, capsys):
     assert main([*ESTIMATE, "-v"]) == 0
     assert "yolov8n.yaml batch=2 imgsz=64: traced" in capsys.readouterr().err
-    assert main([*ESTIMATE, "-v"]) == 0  # the same process: its run is still in memory
-    assert "yolov8n.yaml batch=2 imgsz=64: traced earlier, kept in memory" in capsys.readouterr().err
+    assert main([*ESTIMATE, "-v"]) == 0  # the same process: its figures are still in memory
+    assert "yolov8n.yaml batch=2 imgsz=64: estimated earlier, its figures kept in memory" in capsys.readouterr().err
     runs._SOURCE = None  # a new process
     assert main([*ESTIMATE, "--verbose"]) == 0
     assert "traced run from the cache" in capsys.readouterr().err

@@ -272,7 +272,7 @@ def estimate_figures(config: EstimateConfig) -> EstimateFigures:
     """The run of ``config``, its replays and its upper figure: all a fit verdict needs (searches judge
     their probes with it, without the breakdown and the other replays); ``estimate_config`` finishes
     an estimate from them."""
-    from yolomem.result.runs import default_source
+    from yolomem.result.runs import default_source, log, run_label
 
     if _recent_source[0] is not default_source():  # --no-cache, configure(): runs come from elsewhere now
         _recent_figures.clear()
@@ -280,6 +280,7 @@ def estimate_figures(config: EstimateConfig) -> EstimateFigures:
     known = _recent_figures.get(config)
     if known is not None:
         _recent_figures.move_to_end(config)
+        log.info("%s: estimated earlier, its figures kept in memory", run_label(config))
         return replace(known, seconds=0.0)  # they took no time this time
     figures = _estimate_figures(config)
     _recent_figures[config] = figures

@@ -125,7 +125,7 @@ class RunSource:
         found = self.lookup(config, resolved, request, density)
         if found is not None:
             return found
-        label = _label(config)
+        label = run_label(config)
         _tell(f"tracing {label}")
         run = trace_run(config, resolved, after_iterations=request.hook if request is not None else None,
                         density=density)  # fmt: skip
@@ -161,7 +161,7 @@ class RunSource:
             if known is None or known.stride is None:  # the plan needs the model's stride: trace
                 return None
             plan = request.hook.plan_for(resolved.task, batch, known.imgsz, known.stride, known.first_level_iteration)
-        label = _label(config)
+        label = run_label(config)
         name = _name(batch, self._apart(config, resolved, density, plan))
         stored = self._load(key, digest, name)
         if stored is not None:
@@ -279,7 +279,7 @@ class RunSource:
                          plan_of_batches, upper)  # fmt: skip
 
 
-def _label(config: EstimateConfig) -> str:
+def run_label(config: EstimateConfig) -> str:
     return f"{config.model} batch={config.batch} imgsz={config.imgsz}"
 
 
