@@ -79,7 +79,6 @@ DEFAULT_SIGMA = statistics.median(s.sigma for s in NAMED_SHAPES.values())  # 0.7
 UPPER_SHAPE = NAMED_SHAPES["CrowdHuman"]
 
 
-
 @dataclass(frozen=True)
 class NamedDataset:
     """A dataset Ultralytics ships a YAML for (``data=VisDrone.yaml``), by its published mean objects per

@@ -2,8 +2,9 @@
 
 Original designs (trained by the yolov5 repo's loop, ``framework=yolov5``):
 ``yolov3-tiny``, ``yolov3``, ``yolov4-tiny``, ``yolov4`` (darknet cfgs), ``yolov5n/s/m/l/x``,
-``yolov5n/s/m/l/x6`` (P6, four levels) and ``yolov5n/s/m/l/x-seg`` (v7.0 YAMLs), the classifiers ``yolov5n/s/m/l/x-cls`` (classify/train.py; cut
-from the detection YAML, ``ClassifierModel``), and any darknet ``.cfg`` file.
+``yolov5n/s/m/l/x6`` (P6, four levels) and ``yolov5n/s/m/l/x-seg`` (v7.0 YAMLs), the classifiers
+``yolov5n/s/m/l/x-cls`` (classify/train.py; cut from the detection YAML, ``ClassifierModel``), and any
+darknet ``.cfg`` file.
 
 Ultralytics' names stay Ultralytics': ``yolov5su.yaml`` is the anchor-free YOLOv5u, and
 ``yolov3.yaml``/``yolov3-tiny.yaml`` are YOLOv3u unless ``framework=yolov5`` is asked for. Names that
@@ -109,7 +110,7 @@ def resolve_original(spec: str, framework: str = "ultralytics"):
             note = (f"{spec} is the yolov5 repo's classifier (classify/train.py), trained with the yolov5 repo's "
                     "loop (framework=yolov5)")
         elif original.name.startswith("yolov5"):
-            twin = {"detect": "u", "segment": "u-seg"}[original.task] if not original.name.endswith("6") else "-p6"
+            twin = "-p6" if original.name.endswith("6") else {"detect": "u", "segment": "u-seg"}[original.task]
             note += f"; Ultralytics' anchor-free YOLOv5u is yolov5{original.scale}{twin}.yaml"
     return ResolvedModel(original.name, original.kind, original.task, {"original": asdict(original)}, None, note,
                          framework="yolov5")  # fmt: skip
