@@ -53,7 +53,7 @@ def _work(stderr: str) -> str:
     traced = stderr.count(": traced\n")
     derived = stderr.count(": derived from traced batches")
     cached = stderr.count(": traced run from the cache")
-    again = stderr.count(", kept in memory")  # traced or derived earlier in the command
+    again = stderr.count("kept in memory")  # traced, derived or estimated earlier in the command
     return f"{traced} traced, {derived} derived, {cached} from the cache, {again} reused"
 
 

@@ -33,12 +33,11 @@ from yolomem.config.keys import DEFAULT_MARGIN
 from yolomem.config.models import ResolvedModel
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
-from yolomem.result.estimate import Estimate, EstimateFigures, estimate_config, estimate_figures
+from yolomem.result.estimate import Estimate, estimate_config, estimate_figures
 from yolomem.result.fits import Budget, fits
 from yolomem.config.gpus import GiB, find_gpu
 MAX_BATCH = 1024  # the search stops here; a larger batch is rarely useful and never needed to fit a card
 MAX_IMGSZ = 4096
-RECENT_FIGURES = 8  # probes whose traces and replays a Prober keeps for their estimates (a search ends near its last probes)
 # the two batches whose traces draw the line; from batch 3 on, the traced iterations step the optimizer
 # alike (nbs=64 accumulates up to 21 batches), so these two and the prediction are one family of runs
 # and every later probe is derived from them (yolomem.result.runs)
@@ -235,7 +234,6 @@ class Prober:
         self.progress = progress
         self._probes: dict[EstimateConfig, Probe] = {}
         self._estimates: dict[EstimateConfig, Estimate] = {}
-        self._recent: dict[EstimateConfig, EstimateFigures] = {}  # the last probes' figures, for ``run`` to finish
 
     def probe(self, config: EstimateConfig) -> Probe:
         key = config.with_changes(notes=())
@@ -248,16 +246,14 @@ class Prober:
             peak = figures.upper.peak_reserved_bytes
             self._probes[key] = Probe(config.batch, figures.run.imgsz, peak, fits(peak, self.budget),
                                       time.perf_counter() - started)  # fmt: skip
-            self._recent[key] = figures
-            while len(self._recent) > RECENT_FIGURES:
-                del self._recent[next(iter(self._recent))]
         return self._probes[key]
 
     def run(self, config: EstimateConfig) -> tuple[Estimate, Probe]:
         key = config.with_changes(notes=())
         probe = self.probe(config)
         if key not in self._estimates:
-            self._estimates[key] = estimate_config(config.with_changes(margin=self.budget.margin), self._recent.pop(key, None))
+            # from the probe's figures: estimate_figures keeps the last ones (yolomem.result.estimate)
+            self._estimates[key] = estimate_config(config.with_changes(margin=self.budget.margin))
         return self._estimates[key], probe
 
     @property
