@@ -140,3 +140,11 @@ def test_figures_asked_for_again_are_kept(source):
     kept = estimate_config(config)  # finished twice from the same figures: no note twice
     forget_recent_figures()
     assert _same(kept, estimate_config(config))
+
+
+def test_the_nearest_three_traced_batches_are_tried_before_two():
+    """A block repeated per image needs three traced batches; the nearest three may make a family where
+    all five (a far one on the other side of a real-tensor cap) do not."""
+    assert runs._candidates([4, 16, 46, 47], 49) == [(4, 16, 46, 47), (16, 46, 47), (46, 47)]
+    assert runs._candidates([8, 16], 30) == [(8, 16)]
+    assert runs._candidates([8], 30) == []

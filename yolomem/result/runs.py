@@ -300,12 +300,13 @@ def _plan_shape(plan) -> tuple:
 
 def _candidates(batches: list[int], target: int) -> list[tuple[int, ...]]:
     """Sets of traced runs to derive ``target`` from, nearest first: up to ``MAX_MEMBERS``, then the
-    nearest ``MIN_TRACED`` alone (past some batch the tracer decides otherwise, e.g. a target tensor
-    grows past its real-tensor cap: runs on either side of it are two families)."""
+    nearest three (what a block repeated per image needs), then the nearest ``MIN_TRACED`` alone (past
+    some batch the tracer decides otherwise, e.g. a target tensor grows past its real-tensor cap: runs on
+    either side of it are two families)."""
     if len(batches) < MIN_TRACED:
         return []
     nearest = sorted(batches, key=lambda b: (abs(b - target), -b))
-    sets = [tuple(sorted(nearest[:MAX_MEMBERS])), tuple(sorted(nearest[:MIN_TRACED]))]
+    sets = [tuple(sorted(nearest[:size])) for size in (MAX_MEMBERS, MIN_TRACED + 1, MIN_TRACED)]
     return list(dict.fromkeys(sets))
 
 

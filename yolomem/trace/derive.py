@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from yolomem.trace.tracer import AllocationEvent, OracleAnswer, Trace, real_bytes_cap_for
+from yolomem.trace.tracer import AllocationEvent, OracleAnswer, Trace, real_bytes_cap_for, real_cap_in
 
 # whole numbers without a leading zero ("0.05" keeps its "05" as text, so it prints back the same)
 _NUMBER = re.compile(r"(?<!\d)(?:0|[1-9]\d*)(?!\d)")
@@ -394,10 +394,11 @@ class StreamFamily:
             if template.trace.real_bytes_cap == real_bytes_cap_for(self.batches[0]) and cap_bytes != rule:
                 raise NotDerivable(f"at batch {batch} the tracer's real-tensor cap is {rule} bytes, not the "
                                    f"{cap_bytes} on the traced batches' line")  # fmt: skip
-            largest = max((e.nbytes for e in events if e.op == "alloc" and e.storage_id in real_ids), default=0)
-            if largest > cap_bytes:
-                raise NotDerivable(f"at batch {batch} a storage the tracer keeps real grows to {largest} bytes, past "
-                                   f"its {cap_bytes}-byte cap: the trace would keep it fake")  # fmt: skip
+            for e in events:
+                if e.op == "alloc" and e.storage_id in real_ids and e.nbytes > real_cap_in(e.phase, cap_bytes):
+                    raise NotDerivable(f"at batch {batch} a storage the tracer keeps real grows to {e.nbytes} bytes, "
+                                       f"past its {real_cap_in(e.phase, cap_bytes)}-byte cap: the trace would keep it "
+                                       "fake")  # fmt: skip
         # an iteration starts before the answers asked at its first event: at the template's token there
         positions = [self._events.position(token, batch) for token in self._bound_tokens]
         bounds = [p - sum(1 for t in event_tokens[:p] if t[0] == "oracle") for p in positions]

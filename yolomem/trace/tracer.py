@@ -46,6 +46,15 @@ REAL_BYTES_CAP = 64 << 20  # loss-phase factories and all-real ops stay real up 
 # batch 8, 16, 32 and 48, with less computed for real (traces up to 15 % faster).
 REAL_BYTES_PER_IMAGE = 1 << 20
 REAL_BYTES_MAX = 256 << 20
+# NMS works image by image on real predictions (yolomem.loops.val_pass): its tensors are one image's
+# candidates (30000 x 38 float32 = 4.6 MB for segmentation), the same at every batch. Under the per-image
+# cap they were fake below batch 5 and real above, so a traced batch 4 made no family with batch 16.
+FIXED_CAP_PHASES = frozenset({"val_nms"})
+
+
+def real_cap_in(phase: str, cap: int) -> int:
+    """The real-tensor cap of a training trace with cap ``cap`` in ``phase``."""
+    return REAL_BYTES_MAX if phase in FIXED_CAP_PHASES else cap
 
 
 def real_bytes_cap_for(batch: int) -> int:
@@ -399,15 +408,16 @@ class Tracer(TorchDispatchMode):
 
     def _runs_real(self, func, args, kwargs, tensors, any_fake: bool) -> bool:
         factory = not tensors or (func in _LIKE_FACTORIES and self.phase_name == "loss")
+        cap = real_cap_in(self.phase_name, self.real_bytes_cap)
         if factory:
             # real only in the loss (anchor grids, padded targets), and only when small
             wanted = self.phase_name == "loss" or self._real_factories
-            return bool(wanted) and self._output_bytes(func, args, kwargs) <= self.real_bytes_cap
+            return bool(wanted) and self._output_bytes(func, args, kwargs) <= cap
         if any_fake:
             return False
         if func in _DATA_DEPENDENT_SHAPE or _has_mask_index(func, args):
             return True  # a fake mode cannot size it: run it, the real inputs (already in memory) bound it
-        return self._output_bytes(func, args, kwargs) <= self.real_bytes_cap
+        return self._output_bytes(func, args, kwargs) <= cap
 
     def _output_bytes(self, func, args, kwargs) -> int:
         """Bytes the op would return, found on meta or fake copies of its inputs (nothing is computed)."""
