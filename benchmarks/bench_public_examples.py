@@ -80,17 +80,18 @@ def without_density():
     def poisson_batches(config, task, batch, density=None, upper=True):
         return None, [None] * config.iterations, None  # SyntheticBatch.draw falls back to Poisson(instances)
 
-    def raw_batches(rng, per_image, batch, aug):
-        counts = np.asarray(per_image)[rng.permutation(len(per_image))]
-        return [tuple(int(c) for c in counts[i : i + batch]) for i in range(0, len(counts), batch)]
+    def raw_samples(rng, per_image, first, aug):
+        return np.asarray(per_image)[first]  # each sample one raw image
 
-    saved = (ultralytics_runner.traced_batches, yolov5_runner.traced_batches, epochs.DEFAULT_SIGMA, epochs.epoch_batches)
+    saved = (ultralytics_runner.traced_batches, yolov5_runner.traced_batches, epochs.DEFAULT_SIGMA, epochs.sample_counts)
     ultralytics_runner.traced_batches = yolov5_runner.traced_batches = poisson_batches
-    epochs.DEFAULT_SIGMA, epochs.epoch_batches = 0.0, raw_batches
+    epochs.DEFAULT_SIGMA, epochs.sample_counts = 0.0, raw_samples
+    epochs._drawn_epochs.cache_clear()  # draws kept from the model in use
     try:
         yield
     finally:
-        ultralytics_runner.traced_batches, yolov5_runner.traced_batches, epochs.DEFAULT_SIGMA, epochs.epoch_batches = saved
+        ultralytics_runner.traced_batches, yolov5_runner.traced_batches, epochs.DEFAULT_SIGMA, epochs.sample_counts = saved
+        epochs._drawn_epochs.cache_clear()
 
 
 @contextlib.contextmanager

@@ -217,8 +217,60 @@ def test_a_named_dataset_not_on_disk_sets_the_objects_per_image():
 
     named = prepare(EstimateConfig(model="yolov8n.yaml", data="VisDrone.yaml"))
     assert named.config.instances == 53.27 and named.config.data is None
-    assert any("published mean, instances=53.27 (VisDrone2019-DET" in note for note in named.notes)
-    asked = prepare(EstimateConfig(model="yolov8n.yaml", data="VisDrone.yaml", instances=20))
-    assert asked.config.instances == 20  # the user's figure wins
+    assert (named.config.max_instances, named.config.images, named.config.tail) == (902, 6471, "VisDrone")
+    assert any("published statistics stand in: instances=53.27, max_instances=902, images=6471, tail=VisDrone "
+               "(VisDrone2019-DET" in note for note in named.notes)
+    asked = prepare(EstimateConfig(model="yolov8n.yaml", data="VisDrone.yaml", instances=20, images=500))
+    assert (asked.config.instances, asked.config.images, asked.config.max_instances) == (20, 500, 902)  # the user's win
     unknown = prepare(EstimateConfig(model="yolov8n.yaml", data="my-data.yaml"))
     assert unknown.config.instances == 8 and any("from instances=8 instead" in note for note in unknown.notes)
+
+
+# Ultralytics' dataset YAML -> (train images, densest image) of its reference row, where the table has them
+NAMED_SIZES = {
+    "VisDrone.yaml": ("VisDrone2019-DET", "train", "boxes, 10 classes"),
+    "SKU-110K.yaml": ("SKU-110K", "train", "boxes"),
+}
+
+
+def test_named_datasets_take_their_images_densest_image_and_spread_from_the_reference():
+    from yolomem.loops.density import NAMED_DATASETS
+
+    for name, row in NAMED_SIZES.items():
+        known, published = NAMED_DATASETS[name.lower()], _row(*row)
+        assert (known.images, known.densest) == (int(published["images"]), int(published["max"])), name
+    assert NAMED_DATASETS["kitti.yaml"].densest == int(_row("KITTI 2D object", "train", "boxes, 8 classes")["max"])
+    assert {d.tail for d in NAMED_DATASETS.values()} - {None} <= set(NAMED_SHAPES)
+
+
+def test_the_tail_key_names_every_fitted_shape():
+    from yolomem.config.keys import TAILS
+
+    assert TAILS == tuple(NAMED_SHAPES)
+
+
+def test_a_named_tail_and_a_known_epoch_hold_for_the_upper_figure():
+    """tail=WIDER-FACE (faces: a long tail) is far denser than the default spread at the same mean; an epoch
+    of known length is not lengthened for the upper figure, as an unknown one is."""
+    default = plan_density(batch=16, instances=12.4)
+    faces = plan_density(batch=16, instances=12.4, tail="wider-face")
+    assert faces.n_max > 2 * default.n_max and faces.n_max_upper > default.n_max_upper
+    assert "spread as WIDER-FACE (sigma 1.70)" in faces.source
+    known = plan_density(batch=16, instances=12.4, images=2000)
+    assert known.n_max_upper < default.n_max_upper  # the default's upper epoch has UPPER_TRAIN_IMAGES images
+
+
+def test_a_longer_epoch_than_is_drawn_says_so():
+    from yolomem.loops.density import MAX_DRAWN_IMAGES
+
+    plan = plan_density(batch=64, instances=3.0, images=3 * MAX_DRAWN_IMAGES)
+    assert plan.images == 3 * MAX_DRAWN_IMAGES and plan.batches_per_epoch == -(-3 * MAX_DRAWN_IMAGES // 64)
+    assert f"of {MAX_DRAWN_IMAGES:,} of them" in plan.source
+
+
+def test_plans_at_other_batches_reuse_the_draws_and_equal_fresh_ones():
+    from yolomem.loops import density
+
+    warm = [plan_density(batch=b, instances=6.0, images=3000) for b in (8, 16, 32)]
+    density._drawn_samples.cache_clear()
+    assert plan_density(batch=16, instances=6.0, images=3000) == warm[1]

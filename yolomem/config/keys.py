@@ -348,6 +348,10 @@ STEPS = ("train", "fwd_bwd")
 FRAMEWORKS = ("ultralytics", "yolov5")  # yolov5: the yolov5 repo's loop (yolomem.loops.yolov5)
 PRECISIONS = {"true": "fp16", "fp16": "fp16", "false": "fp32", "fp32": "fp32", "bf16": "bf16"}
 DEFAULT_INSTANCES = 8.0
+# the datasets whose published per-image tables give a tail shape (yolomem.loops.density.NAMED_SHAPES;
+# a test keeps the two lists equal), from the lightest tail to the heaviest
+TAILS = ("SKU-110K", "GWHD-2021", "KITTI", "Cityscapes", "VOC", "VisDrone", "COCO", "CrowdHuman", "xView",
+         "WIDER-FACE", "DOTA-v2")
 # Far above any real mean (SKU-110K, among the densest, averages ~147 objects per image). Without a bound,
 # instances=1e9 drew 1.6e10 real boxes (23 GB of host memory) and 1e6-1e7 gave figures that fell as it grew.
 MAX_INSTANCES = 1000.0
@@ -390,6 +394,12 @@ ESTIMATE_KEYS = KeyTable((
     Key("workers", INT, 8, "dataloader workers (host memory)", low=0),
     Key("max_instances", INT, None, "the most labelled objects in any one image, if you know it (sets the densest "
         "batch)", nullable=True, low=1, high=100_000, bound="objects in one image; xView's densest holds 7,618"),
+    Key("images", INT, None, "training images per epoch, if you know it (batches per epoch; a longer epoch meets a "
+        "denser batch) [without data=: 2000]", nullable=True, low=1, high=100_000_000,
+        bound="images per epoch; Objects365 trains on 1.7 million"),
+    Key("tail", CHOICE, None, "objects per image spread like a published dataset's, e.g. WIDER-FACE for faces, "
+        "DOTA-v2 for aerial images [without data=: the median spread; the upper figure: CrowdHuman's]",
+        choices=TAILS, nullable=True),
     Key("mosaic", FLOAT, 1.0, "Ultralytics' mosaic probability: 4 images per training sample", low=0.0, high=1.0),
     Key("close_mosaic", INT, 10, "Ultralytics: no mosaic in the last N epochs (all of them when epochs <= N)", low=0),
     # Ultralytics keys with a meaning here that is not a setting of its own (EstimateConfig.from_values)

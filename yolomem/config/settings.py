@@ -60,6 +60,8 @@ class EstimateConfig:
     cache: str | None = _default("cache")  # "ram" | "disk" | None (host memory, yolomem.result.host_memory)
     workers: int = _default("workers")  # dataloader workers (host memory)
     max_instances: int | None = _default("max_instances")  # the densest image's objects (yolomem.loops.density)
+    images: int | None = _default("images")  # training images per epoch (yolomem.loops.density)
+    tail: str | None = _default("tail")  # a named dataset's spread of objects per image (yolomem.loops.density)
     mosaic: float = _default("mosaic")  # mosaic probability: 4 images per training sample (yolomem.loops.density)
     close_mosaic: int = _default("close_mosaic")  # no mosaic in the last N epochs
     notes: tuple[str, ...] = field(default=(), compare=False)

@@ -8,9 +8,11 @@ objects in any one training sample of the batch, and Ultralytics' TaskAlignedAss
 1. Objects per image. ``data=`` gives them (the label files). Otherwise they are drawn from a
    Poisson distribution whose rate is lognormal: mean ``instances=``, log-sd ``sigma``. That family fits
    the published per-image tables of the named datasets below (quantiles p25-p99.9 to a log-rms error of
-   at most 0.14; a negative binomial misses their tails by 2-4x). ``sigma`` is fitted per dataset;
-   without ``data=`` the default is the median over them (``DEFAULT_SIGMA``). ``max_instances=`` caps the
-   count of an image and puts one image at the cap.
+   at most 0.14; a negative binomial misses their tails by 2-4x). ``sigma`` is fitted per dataset
+   (``NAMED_SHAPES``); ``tail=`` picks one, otherwise the default is the median over them
+   (``DEFAULT_SIGMA``) and the upper figure takes CrowdHuman's (``UPPER_SHAPE``). ``max_instances=`` caps
+   the count of an image and puts one image at the cap. ``data=`` naming a dataset Ultralytics ships a
+   YAML for, not on disk, sets these from its published statistics (``NAMED_DATASETS``).
 2. Training samples. Ultralytics' training pipeline (``ultralytics.data.augment.v8_transforms``; the
    yolov5 repo's ``load_mosaic`` is the same geometry) puts 4 images in a 2s x 2s mosaic (``Mosaic(n=4)``,
    probability ``hyp.mosaic=1.0``, switched off for the last ``close_mosaic=10`` epochs), then
@@ -22,7 +24,8 @@ objects in any one training sample of the batch, and Ultralytics' TaskAlignedAss
    mean by about +10 %, the tail less.
 3. An epoch. Every image starts one sample and its 3 mosaic partners are random (Ultralytics picks them
    from a buffer of recent images); the samples are shuffled into ceil(images / batch) batches. Without
-   ``data=`` the dataset has ``DEFAULT_TRAIN_IMAGES`` images.
+   ``data=`` the dataset has ``images=`` images: ``DEFAULT_TRAIN_IMAGES`` when not given, and then
+   ``UPPER_TRAIN_IMAGES`` for the upper figure (the densest batch grows with the epoch).
 
 Sources (per-image statistics; shared/reference/dataset_object_density.md, copied with their origin in
 ``tests/data/dataset_object_density.csv``): Dataset Ninja per-image tables (github.com/dataset-ninja,
@@ -81,28 +84,37 @@ UPPER_SHAPE = NAMED_SHAPES["CrowdHuman"]
 
 @dataclass(frozen=True)
 class NamedDataset:
-    """A dataset Ultralytics ships a YAML for (``data=VisDrone.yaml``), by its published mean objects per
-    image: the stand-in for its labels when they are not on disk."""
+    """A dataset Ultralytics ships a YAML for (``data=VisDrone.yaml``), by its published statistics: the
+    stand-in for its labels when they are not on disk."""
 
     name: str
-    mean: float
+    mean: float  # objects per image
     source: str  # the row of shared/reference/dataset_object_density.md
+    images: int | None = None  # train images, as the YAML trains on them
+    densest: int | None = None  # the most objects in one image of the train split, where published
+    tail: str | None = None  # the NAMED_SHAPES entry of its per-image spread, where one was fitted
 
 
-# Train splits as the YAMLs train on them; means from the reference table (d: instances / images).
+# Train splits as the YAMLs train on them; means, densest images and tails from the reference table
+# (d: instances / images); image counts from the reference rows or, where marked, the YAML's own comment.
 NAMED_DATASETS: dict[str, NamedDataset] = {
     d.name.lower(): d
     for d in (
-        NamedDataset("coco.yaml", 7.27, "COCO 2017 train2017, 860,001 boxes on 118,287 images"),
-        NamedDataset("coco128.yaml", 7.26, "coco128: 929 boxes on 128 images"),
-        NamedDataset("VOC.yaml", 2.42, "PASCAL VOC 07+12 trainval, 40,058 boxes on 16,551 images"),
-        NamedDataset("VisDrone.yaml", 53.27, "VisDrone2019-DET train, Dataset Ninja: median 42, p99 212, max 902"),
-        NamedDataset("SKU-110K.yaml", 147.0, "SKU-110K train, Dataset Ninja: median 138, p99 302, max 576"),
-        NamedDataset("kitti.yaml", 5.42, "KITTI 2D object train without DontCare, Dataset Ninja: max 22"),
-        NamedDataset("GlobalWheat2020.yaml", 41.2, "Global Wheat Head 2020, 193,634 boxes on 4,700 images"),
+        NamedDataset("coco.yaml", 7.27, "COCO 2017 train2017, 860,001 boxes on 118,287 images", 118_287, tail="COCO"),
+        NamedDataset("coco128.yaml", 7.26, "coco128: 929 boxes on 128 images", 128, tail="COCO"),
+        NamedDataset("VOC.yaml", 2.42, "PASCAL VOC 07+12 trainval, 40,058 boxes on 16,551 images", 16_551, tail="VOC"),
+        NamedDataset("VisDrone.yaml", 53.27, "VisDrone2019-DET train, Dataset Ninja: median 42, p99 212, max 902",
+                     6_471, 902, "VisDrone"),
+        NamedDataset("SKU-110K.yaml", 147.0, "SKU-110K train, Dataset Ninja: median 138, p99 302, max 576",
+                     8_185, 576, "SKU-110K"),
+        NamedDataset("kitti.yaml", 5.42, "KITTI 2D object train without DontCare, Dataset Ninja: max 22; kitti.yaml "
+                     "trains on 5,985 of its 7,481 images", 5_985, 22, "KITTI"),
+        NamedDataset("GlobalWheat2020.yaml", 41.2, "Global Wheat Head 2020, 193,634 boxes on 4,700 images; the YAML "
+                     "trains on 3,422, spread as GWHD 2021", 3_422, tail="GWHD-2021"),
         NamedDataset("Argoverse.yaml", 18.8, "Argoverse-HD train+val, 1,025,715 boxes on 54,446 images"),
-        NamedDataset("Objects365.yaml", 15.0, "Objects365 v2, about 30M boxes on about 2M images (upstream totals)"),
-        NamedDataset("lvis.yaml", 12.68, "LVIS v1 train, 1,270,141 instances on 100,170 images"),
+        NamedDataset("Objects365.yaml", 15.0, "Objects365 v2, about 30M boxes on about 2M images (upstream totals); "
+                     "1,742,289 train images", 1_742_289),
+        NamedDataset("lvis.yaml", 12.68, "LVIS v1 train, 1,270,141 instances on 100,170 images", 100_170),
         NamedDataset("open-images-v7.yaml", 8.3, "Open Images V7 boxed subset, about 16M boxes on 1.9M images"),
     )
 }
@@ -113,10 +125,25 @@ def named_dataset(data: str) -> NamedDataset | None:
 
 
 DEFAULT_TRAIN_IMAGES = 2000  # dataset size without data=: between coco128/brain-tumor and VisDrone/SKU-110K
-UPPER_TRAIN_IMAGES = 10000  # the upper figure's dataset size (the densest batch grows with the epoch)
+UPPER_TRAIN_IMAGES = 10000  # the upper figure's dataset size when not known (the densest batch grows with the epoch)
+# The most images an epoch is drawn with: 11 seeds of 100,000 (and as many for the upper figure) take
+# 1.4 s on one core. A longer epoch is drawn at this length, and the plan's source says so.
+MAX_DRAWN_IMAGES = 100_000
 REFERENCE_BATCH = 16  # a typical batch's densest sample is taken over this many samples (Ultralytics' default batch)
 SEEDS = 11  # epochs drawn per figure: the expected figure takes their median, the upper their 90th percentile
 UPPER_PERCENTILE = 90
+
+
+def named_shape(tail: str | None) -> CountShape | None:
+    """The named dataset's spread that ``tail=`` names, matched without case; None when not given."""
+    if tail is None:
+        return None
+    return next(shape for name, shape in NAMED_SHAPES.items() if name.lower() == tail.lower())
+
+
+def tail_sigma(tail: str | None) -> float | None:
+    shape = named_shape(tail)
+    return None if shape is None else shape.sigma
 
 
 @dataclass(frozen=True)
@@ -198,13 +225,6 @@ def sample_counts(rng: np.random.Generator, per_image: np.ndarray, first: np.nda
     return rng.binomial(images, _window_shares(rng, mosaic, margin, aug)).sum(axis=1)
 
 
-def epoch_batches(rng: np.random.Generator, per_image: Sequence[int], batch: int, aug: Augmentation) -> list[tuple[int, ...]]:
-    """One epoch: objects per sample, in ceil(len(per_image) / batch) shuffled batches."""
-    counts = np.asarray(per_image, dtype=np.int64)
-    samples = sample_counts(rng, counts, rng.permutation(len(counts)), aug).tolist()
-    return [tuple(samples[i : i + batch]) for i in range(0, len(samples), batch)]
-
-
 @dataclass(frozen=True)
 class DensityPlan:
     """The batches a traced run uses: a typical one, epoch 1's densest, and the upper figure's densest."""
@@ -239,24 +259,20 @@ class DensityPlan:
 def plan_density(
     *, batch: int, instances: float, seed: int = 0, train_counts: Sequence[int] | None = None,
     max_instances: int | None = None, aug: Augmentation = Augmentation(), images: int | None = None,
+    tail: str | None = None,
 ) -> DensityPlan:  # fmt: skip
-    """Draw epoch 1 ``SEEDS`` times and pick the batches to trace (see the module docstring)."""
-    typical_batches, densest, upper, samples = [], [], [], []
-    for k in range(SEEDS):
-        rng = np.random.default_rng(seed + 1000 * k)
-        if train_counts is not None:
-            per_image = np.asarray(train_counts, dtype=np.int64)
-            upper_images = per_image
-        else:
-            n = images or DEFAULT_TRAIN_IMAGES
-            per_image = image_counts(rng, instances, DEFAULT_SIGMA, n, max_instances)
-            upper_images = image_counts(rng, instances, UPPER_SHAPE.sigma, max(n, UPPER_TRAIN_IMAGES), max_instances)
-        batches = epoch_batches(rng, per_image, batch, aug)
-        samples.append([c for b in batches for c in b])
-        densest.append(max(batches, key=lambda b: (max(b, default=0), sum(b))))
-        typical_batches.append(sorted(batches, key=lambda b: max(b, default=0))[len(batches) // 2])
-        upper_batches = batches if upper_images is per_image else epoch_batches(rng, upper_images, batch, aug)
-        upper.append(max(upper_batches, key=lambda b: (max(b, default=0), sum(b))))
+    """Draw epoch 1 ``SEEDS`` times and pick the batches to trace (see the module docstring). ``images``
+    and ``tail`` (a named dataset's spread), when known, hold for the upper figure too."""
+    counts = None if train_counts is None else tuple(int(c) for c in train_counts)
+    shape = named_shape(tail)
+    drawn = _drawn_samples(instances, seed, counts, max_instances, aug, tail_sigma(tail), images)
+    typical_batches, densest, upper = [], [], []
+    for samples, upper_samples in drawn:
+        maxima, sums = _batch_maxima_and_sums(samples, batch)
+        densest.append(_batch(samples, batch, _densest_index(maxima, sums)))
+        typical_batches.append(_batch(samples, batch, int(np.argsort(maxima, kind="stable")[len(maxima) // 2])))
+        upper_maxima, upper_sums = _batch_maxima_and_sums(upper_samples, batch)
+        upper.append(_batch(upper_samples, batch, _densest_index(upper_maxima, upper_sums)))
     typical_batches = [_full(b, batch, b) for b in typical_batches]
     densest = [_full(b, batch, typical_batches[k]) for k, b in enumerate(densest)]  # a short last batch, filled
     upper = [_full(b, batch, typical_batches[k]) for k, b in enumerate(upper)]
@@ -267,21 +283,66 @@ def plan_density(
     upper_pick = next(b for b in upper if max(b, default=0) == target)
     if max(upper_pick, default=0) < max(densest[chosen], default=0):
         upper_pick = densest[chosen]
-    epoch = samples[chosen]
-    cuts = [max(epoch[i : i + REFERENCE_BATCH]) for i in range(0, len(epoch), REFERENCE_BATCH)]
-    n_images = len(train_counts) if train_counts is not None else (images or DEFAULT_TRAIN_IMAGES)
-    if train_counts is not None:
-        source = f"the dataset's labels ({n_images} images, densest image {int(max(train_counts, default=0))})"
-    elif max_instances is not None:
-        source = f"instances={instances:g}, at most max_instances={max_instances} in one image, {n_images} images"
+    epoch = drawn[chosen][0]
+    cuts = _batch_maxima_and_sums(epoch, REFERENCE_BATCH)[0]
+    n_images = len(counts) if counts is not None else (images or DEFAULT_TRAIN_IMAGES)
+    drawn_note = f" (its densest batch: of {MAX_DRAWN_IMAGES:,} of them)" if n_images > MAX_DRAWN_IMAGES else ""
+    if counts is not None:
+        source = f"the dataset's labels ({n_images} images, densest image {max(counts, default=0)})"
     else:
-        source = (f"instances={instances:g} per image, tail of a Poisson-lognormal (sigma {DEFAULT_SIGMA:.2f}, median "
-                  f"of {len(NAMED_SHAPES)} named datasets), {n_images} images")  # fmt: skip
+        spread = (f"spread as {shape.dataset} (sigma {shape.sigma:.2f})" if shape is not None else
+                  f"tail of a Poisson-lognormal (sigma {DEFAULT_SIGMA:.2f}, median of {len(NAMED_SHAPES)} named datasets)")
+        cap = f", at most max_instances={max_instances} in one image" if max_instances is not None else ""
+        source = f"instances={instances:g} per image{cap}, {spread}, {n_images} images{drawn_note}"
     return DensityPlan(
         typical=tuple(typical_batches[chosen]), densest=tuple(densest[chosen]), densest_upper=tuple(upper_pick),
         batches_per_epoch=math.ceil(n_images / batch), images=n_images, source=source, mosaic=aug.mosaic > 0,
-        typical_sample=int(np.median(epoch)) if epoch else 0, typical_densest=int(np.median(cuts)) if cuts else 0,
+        typical_sample=int(np.median(epoch)) if len(epoch) else 0,
+        typical_densest=int(np.median(cuts)) if len(cuts) else 0,
     )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=16)
+def _drawn_samples(instances: float, seed: int, train_counts: tuple[int, ...] | None, max_instances: int | None,
+                   aug: Augmentation, sigma: float | None, images: int | None) -> tuple[tuple[np.ndarray, np.ndarray], ...]:  # fmt: skip
+    """Objects per sample of epoch 1 in each seed's order, and of the upper figure's epoch: neither
+    depends on the batch size, so a sweep over batches draws them once."""
+    drawn = []
+    for k in range(SEEDS):
+        rng = np.random.default_rng(seed + 1000 * k)
+        if train_counts is not None:
+            per_image = np.asarray(train_counts, dtype=np.int64)
+            upper_images = per_image
+        else:
+            n = min(images or DEFAULT_TRAIN_IMAGES, MAX_DRAWN_IMAGES)
+            upper_n = n if images is not None else max(n, UPPER_TRAIN_IMAGES)  # a known epoch length holds
+            per_image = image_counts(rng, instances, DEFAULT_SIGMA if sigma is None else sigma, n, max_instances)
+            upper_images = image_counts(rng, instances, UPPER_SHAPE.sigma if sigma is None else sigma, upper_n, max_instances)
+        samples = sample_counts(rng, per_image, rng.permutation(len(per_image)), aug)
+        upper = samples if upper_images is per_image else sample_counts(rng, upper_images, rng.permutation(len(upper_images)), aug)
+        samples.flags.writeable = upper.flags.writeable = False  # kept for later calls
+        drawn.append((samples, upper))
+    return tuple(drawn)
+
+
+def _batch_maxima_and_sums(samples: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The most objects in one sample, and all of them, of each batch of consecutive samples (the last
+    batch may be short)."""
+    size = -(-len(samples) // batch) * batch
+    padded = np.full(size, -1, dtype=np.int64)
+    padded[: len(samples)] = samples
+    rows = padded.reshape(-1, batch)
+    return rows.max(axis=1), np.where(rows < 0, 0, rows).sum(axis=1)
+
+
+def _densest_index(maxima: np.ndarray, sums: np.ndarray) -> int:
+    """The first batch with the densest sample, the most objects among those."""
+    tied = np.flatnonzero(maxima == maxima.max())
+    return int(tied[np.argmax(sums[tied])])
+
+
+def _batch(samples: np.ndarray, batch: int, index: int) -> tuple[int, ...]:
+    return tuple(int(c) for c in samples[index * batch : (index + 1) * batch])
 
 
 def _full(counts: tuple[int, ...], batch: int, filler: tuple[int, ...]) -> tuple[int, ...]:
@@ -296,16 +357,17 @@ def plan_for(config, batch: int, train_counts: Sequence[int] | None = None) -> D
     closes = config.framework != "yolov5"
     aug = Augmentation.for_epoch(0, config.epochs, config.mosaic, config.close_mosaic if closes else 0)
     counts = None if train_counts is None else tuple(int(c) for c in train_counts)
-    return _plan_once(batch, config.instances, config.seed, counts, config.max_instances, aug)
+    return _plan_once(batch, config.instances, config.seed, counts, config.max_instances, aug, config.images,
+                      config.tail)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=256)
 def _plan_once(batch: int, instances: float, seed: int, train_counts: tuple[int, ...] | None,
-               max_instances: int | None, aug: Augmentation) -> DensityPlan:  # fmt: skip
-    """``plan_density``, drawn once per process for each setting: an estimate asks for its plan more
-    than once, and a sweep asks again for every config that shares the batch."""
+               max_instances: int | None, aug: Augmentation, images: int | None, tail: str | None) -> DensityPlan:  # fmt: skip
+    """``plan_density``, once per process for each setting: an estimate asks for its plan more than
+    once, and a sweep asks again for every config that shares the batch."""
     return plan_density(batch=batch, instances=instances, seed=seed, train_counts=train_counts,
-                        max_instances=max_instances, aug=aug)  # fmt: skip
+                        max_instances=max_instances, aug=aug, images=images, tail=tail)  # fmt: skip
 
 
 def iteration_counts(plan: DensityPlan, iterations: int, upper: bool) -> list[tuple[int, ...]]:

@@ -40,6 +40,7 @@ Assumptions (also returned in ``EpochSimulation.assumptions``):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -49,7 +50,10 @@ import numpy as np
 from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
 from yolomem.allocator.replay import Copy, Mark, OomPoint, ReplayEvent, replay
 from yolomem.loops.batches import dense_counts
-from yolomem.loops.density import DEFAULT_SIGMA, DEFAULT_TRAIN_IMAGES, REFERENCE_BATCH, Augmentation, epoch_batches, image_counts
+from yolomem.loops.density import (
+    DEFAULT_SIGMA, DEFAULT_TRAIN_IMAGES, MAX_DRAWN_IMAGES, REFERENCE_BATCH, Augmentation, _batch_maxima_and_sums,
+    image_counts, sample_counts, tail_sigma,
+)  # fmt: skip
 from yolomem.trace.tracer import AllocationEvent, Trace
 from yolomem.loops.base import CacheClears
 from yolomem.loops.val_pass import ValBatchShape
@@ -171,32 +175,30 @@ def plan_epochs(
     train_counts: Sequence[int] | None = None, instances: float = 8.0,
     val_sizes: Sequence[tuple[int, int]] | None = None, val_counts: Sequence[int] | None = None,
     max_instances: int | None = None, augmentations: Sequence[Augmentation] | None = None,
+    images: int | None = None, sigma: float | None = None,
 ) -> EpochPlan:  # fmt: skip
     """Draw the batches of every simulated epoch and pick what to trace (see the module docstring).
-    ``augmentations``: one per simulated epoch (mosaic on or closed); default mosaics throughout."""
+    ``augmentations``: one per simulated epoch (mosaic on or closed); default mosaics throughout.
+    Without ``train_counts``: ``images`` per epoch (default ``DEFAULT_TRAIN_IMAGES``), spread with log-sd
+    ``sigma`` (default ``DEFAULT_SIGMA``)."""
     augmentations = tuple(augmentations or [Augmentation()] * SIM_EPOCHS)
+    counts = None if train_counts is None else tuple(int(c) for c in train_counts)
     drawn: list[list[list[tuple[int, ...]]]] = []  # seed -> epoch -> batches (objects per sample)
-    samples: list[int] = []  # every sample drawn: they do not depend on the batch size
-    reference: list[int] = []  # the densest sample of each REFERENCE_BATCH samples
-    images = len(train_counts) if train_counts is not None else DEFAULT_TRAIN_IMAGES
+    samples: list[np.ndarray] = []  # every sample drawn: they do not depend on the batch size
+    reference: list[np.ndarray] = []  # the densest sample of each REFERENCE_BATCH samples
+    n_images = len(counts) if counts is not None else (images or DEFAULT_TRAIN_IMAGES)
     for seed in seeds:
-        rng = np.random.default_rng(seed)
-        if train_counts is not None:
-            per_image = np.asarray(train_counts, dtype=np.int64)
-        else:
-            per_image = image_counts(rng, instances, DEFAULT_SIGMA, images, max_instances)
         per_seed = []
-        for e in range(SIM_EPOCHS):
-            batches = epoch_batches(rng, per_image, batch, augmentations[e])
-            epoch = [c for b in batches for c in b]
-            samples += epoch
-            reference += [max(epoch[i : i + REFERENCE_BATCH]) for i in range(0, len(epoch), REFERENCE_BATCH)]
+        for e, epoch in enumerate(_drawn_epochs(seed, counts, instances, max_instances, augmentations, images, sigma)):
+            samples.append(epoch)
+            reference.append(_batch_maxima_and_sums(epoch, REFERENCE_BATCH)[0])
             # its own generator: how many batches an epoch has must not change the next epoch's draws
-            per_seed.append(_sample_in_order(batches, np.random.default_rng((seed, e))))
+            per_seed.append(_sample_in_order(epoch, batch, np.random.default_rng((seed, e))))
         drawn.append(per_seed)
-    top = max(samples, default=0)
-    levels = sorted({int(np.median(reference)), int(np.percentile(reference, 90)), top} if reference else {0})
-    typical = int(np.median(samples)) if samples else 0
+    every, cuts = np.concatenate(samples) if samples else np.zeros(0), np.concatenate(reference) if reference else []
+    top = int(every.max()) if len(every) else 0
+    levels = sorted({int(np.median(cuts)), int(np.percentile(cuts, 90)), top} if len(cuts) else {0})
+    typical = int(np.median(every)) if len(every) else 0
     level_counts = [dense_counts(batch, level, min(typical, level)) for level in levels]
     sequences = tuple(
         tuple(tuple(_level_of(max(b, default=0), levels) for b in epoch) for epoch in per_seed) for per_seed in drawn
@@ -207,25 +209,47 @@ def plan_epochs(
         side = int(math.ceil(imgsz / stride + VAL_PAD)) * stride
         rng = np.random.default_rng(seeds[0] if seeds else 0)
         # images of REFERENCE_BATCH-sized batches: the densest of them does not depend on the batch size
-        batches = [((side, side), tuple(int(c) for c in image_counts(rng, instances, DEFAULT_SIGMA, 2 * REFERENCE_BATCH,
+        spread = DEFAULT_SIGMA if sigma is None else sigma
+        batches = [((side, side), tuple(int(c) for c in image_counts(rng, instances, spread, 2 * REFERENCE_BATCH,
                                                                      max_instances)))
                    for _ in range(NO_DATA_VAL_BATCHES)]  # fmt: skip
     val_shapes, val_sequence = _pick_val_shapes(batches, val_batch)
     return EpochPlan(
         levels=tuple(levels), level_counts=tuple(level_counts), sequences=sequences,
         val_shapes=val_shapes, val_sequence=val_sequence,
-        batches_per_epoch=math.ceil(images / batch), seeds=tuple(seeds),
+        batches_per_epoch=math.ceil(n_images / batch), seeds=tuple(seeds),
     )  # fmt: skip
 
 
-def _sample_in_order(batches: list[tuple[int, ...]], rng) -> list[tuple[int, ...]]:
+@functools.lru_cache(maxsize=64)
+def _drawn_epochs(seed: int, train_counts: tuple[int, ...] | None, instances: float, max_instances: int | None,
+                  augmentations: tuple[Augmentation, ...], images: int | None, sigma: float | None) -> tuple[np.ndarray, ...]:  # fmt: skip
+    """Objects per sample of each simulated epoch of one seed, in the epoch's order: they do not depend
+    on the batch size, so a sweep over batches draws them once."""
+    rng = np.random.default_rng(seed)
+    if train_counts is not None:
+        per_image = np.asarray(train_counts, dtype=np.int64)
+    else:
+        n = min(images or DEFAULT_TRAIN_IMAGES, MAX_DRAWN_IMAGES)
+        per_image = image_counts(rng, instances, DEFAULT_SIGMA if sigma is None else sigma, n, max_instances)
+    epochs = []
+    for aug in augmentations:
+        epoch = sample_counts(rng, per_image, rng.permutation(len(per_image)), aug)
+        epoch.flags.writeable = False  # kept for later calls
+        epochs.append(epoch)
+    return tuple(epochs)
+
+
+def _sample_in_order(samples: np.ndarray, batch: int, rng) -> list[tuple[int, ...]]:
     """SIM_ITERATIONS of the epoch's batches, in order, always including the densest."""
-    if len(batches) <= SIM_ITERATIONS:
-        return batches
-    densest = int(np.argmax([max(b, default=0) for b in batches]))
-    others = [i for i in range(len(batches)) if i != densest]
-    picked = sorted([densest, *rng.choice(others, SIM_ITERATIONS - 1, replace=False).tolist()])
-    return [batches[i] for i in picked]
+    maxima = _batch_maxima_and_sums(samples, batch)[0]
+    if len(maxima) <= SIM_ITERATIONS:
+        picked = range(len(maxima))
+    else:
+        densest = int(np.argmax(maxima))
+        others = [i for i in range(len(maxima)) if i != densest]
+        picked = sorted([densest, *rng.choice(others, SIM_ITERATIONS - 1, replace=False).tolist()])
+    return [tuple(int(c) for c in samples[i * batch : (i + 1) * batch]) for i in picked]
 
 
 def _level_of(value: int, levels: Sequence[int]) -> int:
@@ -478,10 +502,12 @@ class EpochTracing:
 
     def __init__(self, loop, *, seeds: Sequence[int], instances: float, train_counts=None, val_sizes=None,
                  val_counts=None, kpt_shape=(17, 3), channels: int = 3, max_instances: int | None = None,
-                 augmentations: Sequence[Augmentation] | None = None):  # fmt: skip
+                 augmentations: Sequence[Augmentation] | None = None, images: int | None = None,
+                 sigma: float | None = None):  # fmt: skip
         self.loop = loop  # the TrainingLoop being traced (yolomem.loops)
         self.seeds, self.instances = tuple(seeds), instances
         self.max_instances, self.augmentations = max_instances, augmentations
+        self.images, self.sigma = images, sigma  # without labels: the epoch's length and spread
         self.train_counts, self.val_sizes, self.val_counts = train_counts, val_sizes, val_counts
         self.kpt_shape, self.channels = tuple(kpt_shape), channels
         self.plan: EpochPlan | None = None
@@ -493,7 +519,7 @@ class EpochTracing:
             batch=batch, val_batch=self.loop.val_batch_size(task, batch), imgsz=imgsz,
             stride=stride, seeds=self.seeds, train_counts=self.train_counts, instances=self.instances,
             val_sizes=self.val_sizes, val_counts=self.val_counts, max_instances=self.max_instances,
-            augmentations=self.augmentations,
+            augmentations=self.augmentations, images=self.images, sigma=self.sigma,
         )  # fmt: skip
         return replace(plan, first_level_iteration=first_level_iteration, whole_val_pass=self.loop.traces_whole_val_pass)
 
@@ -565,6 +591,9 @@ def epoch_request(config, resolved) -> EpochRequest | None:
             val_counts = [dataset.val.counts[i] for i in dataset.val.sized_indices]
         notes.append(f"data={config.data}: {dataset.train.images} train images, {dataset.train.mean_objects:.2f} objects/image "
                      f"(max {dataset.train.max_objects}); objects per image drawn from the labels, instances= ignored")  # fmt: skip
+        given = [f"{key}=" for key in ("images", "tail") if getattr(config, key) is not None]
+        if given:
+            notes.append(f"{' and '.join(given)} ignored: the labels of data={config.data} give them")
         config = config.with_changes(instances=round(dataset.train.mean_objects, 3))
         if dataset.train.max_objects > 2000:  # xView has 7,618: legitimate, but worth a look at the labels
             notes.append(f"{dataset.train.max_objects} objects in one image of data={config.data}: the loss pads every "
@@ -575,5 +604,6 @@ def epoch_request(config, resolved) -> EpochRequest | None:
     augmentations = [Augmentation.for_epoch(e, config.epochs, config.mosaic, closes) for e in range(SIM_EPOCHS)]
     hook = EpochTracing(loop, seeds=seeds, instances=config.instances, train_counts=train_counts, val_sizes=val_sizes,
                         val_counts=val_counts, kpt_shape=kpt_shape, channels=int(resolved.cfg.get("channels", 3)),
-                        max_instances=config.max_instances, augmentations=augmentations)  # fmt: skip
+                        max_instances=config.max_instances, augmentations=augmentations, images=config.images,
+                        sigma=tail_sigma(config.tail))  # fmt: skip
     return EpochRequest(config, hook, dataset, tuple(notes))

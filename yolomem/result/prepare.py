@@ -48,18 +48,24 @@ def prepare(config: EstimateConfig) -> Prepared:
 
 
 def _without_labels(config: EstimateConfig) -> tuple[EstimateConfig, str]:
-    """``data=`` names a dataset Ultralytics would download: its published mean objects per image stands
-    in for its labels (``yolomem.loops.density.NAMED_DATASETS``), unless ``instances=`` was given; the
-    tail and the epoch are the defaults'."""
+    """``data=`` names a dataset Ultralytics would download: its published statistics stand in for its
+    labels (``yolomem.loops.density.NAMED_DATASETS``): the mean objects per image, the densest image, the
+    train images and the spread, each unless given (``instances=``, ``max_instances=``, ``images=``,
+    ``tail=``)."""
     from yolomem.config.keys import DEFAULT_INSTANCES
     from yolomem.loops.density import named_dataset
 
     known = named_dataset(config.data)
     head = f"data={config.data} is not a local file (Ultralytics would download it)"
-    if known is None or config.instances != DEFAULT_INSTANCES:
+    if known is None:
         return config.with_changes(data=None), f"{head}; objects per image from instances={config.instances:g} instead"
-    return (config.with_changes(data=None, instances=known.mean),
-            f"{head}; objects per image from its published mean, instances={known.mean:g} ({known.source})")
+    published = {"instances": known.mean, "max_instances": known.densest, "images": known.images, "tail": known.tail}
+    taken = {key: value for key, value in published.items() if value is not None
+             and getattr(config, key) == (DEFAULT_INSTANCES if key == "instances" else None)}  # fmt: skip
+    if not taken:
+        return config.with_changes(data=None), f"{head}; objects per image from instances={config.instances:g} instead"
+    words = ", ".join(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}" for key, value in taken.items())
+    return config.with_changes(data=None, **taken), f"{head}; its published statistics stand in: {words} ({known.source})"
 
 
 def _needs_download(data: str) -> bool:
