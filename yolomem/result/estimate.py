@@ -523,7 +523,8 @@ def _unaccounted(run, simulation, request, config, trace: Trace, cudnn_bytes: in
                     "the other dtype)" for op in sorted(run.probe_failures)]  # fmt: skip
     if run.density is not None and run.density.n_max_upper > 2 * run.density.n_max:
         unaccounted.append(f"object density: the densest batch of epoch 1 has {run.density.n_max} objects in one sample "
-                           f"(upper {run.density.n_max_upper}); pass data= or max_instances= if you know it")  # fmt: skip
+                           f"(upper {run.density.n_max_upper}); pass data=, or max_instances=, images= or tail= "
+                           "if you know them")  # fmt: skip
     return unaccounted
 
 
