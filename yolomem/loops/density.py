@@ -268,10 +268,10 @@ def plan_density(
     drawn = _drawn_samples(instances, seed, counts, max_instances, aug, tail_sigma(tail), images)
     typical_batches, densest, upper = [], [], []
     for samples, upper_samples in drawn:
-        maxima, sums = _batch_maxima_and_sums(samples, batch)
+        maxima, sums = batch_maxima_and_sums(samples, batch)
         densest.append(_batch(samples, batch, _densest_index(maxima, sums)))
         typical_batches.append(_batch(samples, batch, int(np.argsort(maxima, kind="stable")[len(maxima) // 2])))
-        upper_maxima, upper_sums = _batch_maxima_and_sums(upper_samples, batch)
+        upper_maxima, upper_sums = batch_maxima_and_sums(upper_samples, batch)
         upper.append(_batch(upper_samples, batch, _densest_index(upper_maxima, upper_sums)))
     typical_batches = [_full(b, batch, b) for b in typical_batches]
     densest = [_full(b, batch, typical_batches[k]) for k, b in enumerate(densest)]  # a short last batch, filled
@@ -284,7 +284,7 @@ def plan_density(
     if max(upper_pick, default=0) < max(densest[chosen], default=0):
         upper_pick = densest[chosen]
     epoch = drawn[chosen][0]
-    cuts = _batch_maxima_and_sums(epoch, REFERENCE_BATCH)[0]
+    cuts = batch_maxima_and_sums(epoch, REFERENCE_BATCH)[0]
     n_images = len(counts) if counts is not None else (images or DEFAULT_TRAIN_IMAGES)
     drawn_note = f" (its densest batch: of {MAX_DRAWN_IMAGES:,} of them)" if n_images > MAX_DRAWN_IMAGES else ""
     if counts is not None:
@@ -316,16 +316,19 @@ def _drawn_samples(instances: float, seed: int, train_counts: tuple[int, ...] | 
         else:
             n = min(images or DEFAULT_TRAIN_IMAGES, MAX_DRAWN_IMAGES)
             upper_n = n if images is not None else max(n, UPPER_TRAIN_IMAGES)  # a known epoch length holds
-            per_image = image_counts(rng, instances, DEFAULT_SIGMA if sigma is None else sigma, n, max_instances)
-            upper_images = image_counts(rng, instances, UPPER_SHAPE.sigma if sigma is None else sigma, upper_n, max_instances)
+            expected_sigma, upper_sigma = (DEFAULT_SIGMA, UPPER_SHAPE.sigma) if sigma is None else (sigma, sigma)
+            per_image = image_counts(rng, instances, expected_sigma, n, max_instances)
+            upper_images = image_counts(rng, instances, upper_sigma, upper_n, max_instances)
         samples = sample_counts(rng, per_image, rng.permutation(len(per_image)), aug)
-        upper = samples if upper_images is per_image else sample_counts(rng, upper_images, rng.permutation(len(upper_images)), aug)
+        upper = samples
+        if upper_images is not per_image:
+            upper = sample_counts(rng, upper_images, rng.permutation(len(upper_images)), aug)
         samples.flags.writeable = upper.flags.writeable = False  # kept for later calls
         drawn.append((samples, upper))
     return tuple(drawn)
 
 
-def _batch_maxima_and_sums(samples: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+def batch_maxima_and_sums(samples: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """The most objects in one sample, and all of them, of each batch of consecutive samples (the last
     batch may be short)."""
     size = -(-len(samples) // batch) * batch

@@ -51,7 +51,7 @@ from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
 from yolomem.allocator.replay import Copy, Mark, OomPoint, ReplayEvent, replay
 from yolomem.loops.batches import dense_counts
 from yolomem.loops.density import (
-    DEFAULT_SIGMA, DEFAULT_TRAIN_IMAGES, MAX_DRAWN_IMAGES, REFERENCE_BATCH, Augmentation, _batch_maxima_and_sums,
+    DEFAULT_SIGMA, DEFAULT_TRAIN_IMAGES, MAX_DRAWN_IMAGES, REFERENCE_BATCH, Augmentation, batch_maxima_and_sums,
     image_counts, sample_counts, tail_sigma,
 )  # fmt: skip
 from yolomem.trace.tracer import AllocationEvent, Trace
@@ -191,7 +191,7 @@ def plan_epochs(
         per_seed = []
         for e, epoch in enumerate(_drawn_epochs(seed, counts, instances, max_instances, augmentations, images, sigma)):
             samples.append(epoch)
-            reference.append(_batch_maxima_and_sums(epoch, REFERENCE_BATCH)[0])
+            reference.append(batch_maxima_and_sums(epoch, REFERENCE_BATCH)[0])
             # its own generator: how many batches an epoch has must not change the next epoch's draws
             per_seed.append(_sample_in_order(epoch, batch, np.random.default_rng((seed, e))))
         drawn.append(per_seed)
@@ -242,7 +242,7 @@ def _drawn_epochs(seed: int, train_counts: tuple[int, ...] | None, instances: fl
 
 def _sample_in_order(samples: np.ndarray, batch: int, rng) -> list[tuple[int, ...]]:
     """SIM_ITERATIONS of the epoch's batches, in order, always including the densest."""
-    maxima = _batch_maxima_and_sums(samples, batch)[0]
+    maxima = batch_maxima_and_sums(samples, batch)[0]
     if len(maxima) <= SIM_ITERATIONS:
         picked = range(len(maxima))
     else:
