@@ -528,3 +528,112 @@ def test_parse_errors_teach(conf: str, fragment: str) -> None:
 def test_unknown_key_lists_valid_keys() -> None:
     with pytest.raises(AllocConfError, match="Valid keys: .*expandable_segments"):
         parse_alloc_conf("colour:blue")
+
+
+# -- replay's memo of repeated self-contained copies --------------------------------------------------
+def _iteration_templates(rng, count: int) -> list[list[ReplayEvent]]:
+    """Self-contained iterations: random sizes from a few MiB to a few hundred, freed out of order."""
+    templates = []
+    for t in range(count):
+        events, live = [], []
+        for sid in range(40):
+            size = int(rng.choice([rng.integers(1, 4096), rng.integers(1, 64) * MiB, rng.integers(64, 400) * MiB]))
+            events.append(ReplayEvent("alloc", sid, size, phase=f"t{t}"))
+            live.append(sid)
+            if rng.uniform() < 0.5:
+                victim = live.pop(int(rng.integers(len(live))))
+                events.append(ReplayEvent("free", victim, 0))
+        events += [ReplayEvent("free", sid, 0) for sid in rng.permutation(live).tolist()]
+        templates.append(events)
+    return templates
+
+
+def _memo_stream(templates, order, persistent, marks, yielded: list):
+    from yolomem.allocator.replay import Copy, Mark
+
+    yield persistent
+    for n, which in enumerate(order):
+        yielded.append(n)
+        yield Copy(templates[which], 1000 * (n + 1), self_contained=True)
+        if n in marks:
+            yield Mark(lambda allocator: allocator.empty_cache())
+
+
+@pytest.mark.parametrize(
+    ("settings", "capacity", "fraction", "reused"),
+    [("", None, None, True), ("expandable_segments:True", None, None, True),
+     ("max_split_size_mb:128,roundup_power2_divisions:4", None, None, True),
+     ("", 4250 * MiB, None, True),  # free-and-retry 6 times, no OOM
+     ("", 4200 * MiB, None, True),  # an OOM after copies taken from the memo
+     ("garbage_collection_threshold:0.6", None, 6000 * MiB, False)],  # GC ages are state: no state comes back
+    ids=["default", "expandable", "split-roundup", "retries", "oom", "gc"],
+)  # fmt: skip
+def test_a_memoized_replay_equals_the_plain_one(settings, capacity, fraction, reused):
+    """Copies of a few iterations, repeated in a random order with empty_cache marks between: taken from
+    the memo they give the same figures, peak positions, counters and OOM point as replayed event by event."""
+    import numpy as np
+
+    from yolomem.allocator.replay import replay
+
+    rng = np.random.default_rng(7)
+    templates = _iteration_templates(rng, 3)
+    persistent = [ReplayEvent("alloc", 10**6 + k, int(rng.integers(1, 200)) * MiB) for k in range(5)]
+    order = rng.integers(0, 3, 60).tolist()
+    marks = set(rng.choice(60, 4, replace=False).tolist())
+
+    copies: list = []
+
+    def run(memo):
+        allocator = CachingAllocator(parse_alloc_conf(settings or None), capacity_bytes=capacity,
+                                     fraction_limit_bytes=fraction)  # fmt: skip
+        copies.clear()
+        result = replay(_memo_stream(templates, order, persistent, marks, copies), allocator, memo=memo)
+        return result, allocator.snapshot()
+
+    memo: dict = {}
+    (plain, plain_state), (memoized, memo_state) = run(None), run(memo)
+    assert memoized.stats == plain.stats and memoized.oom == plain.oom and memo_state == plain_state
+    assert (memoized.events, memoized.peak_allocated_index) == (plain.events, plain.peak_allocated_index)
+    assert memoized.peak_reserved_event is plain.peak_reserved_event
+    assert (plain.oom is not None) == (capacity == 4200 * MiB)
+    if reused:  # states came back: copies were taken from the memo
+        assert len(memo) < len(copies) // 2
+    else:
+        assert len(memo) == len(copies)
+
+
+def _random_ops(allocator: CachingAllocator, rng, live: dict, count: int) -> None:
+    for _ in range(count):
+        if live and rng.uniform() < 0.45:
+            allocator.free(live.pop(int(rng.choice(list(live)))))
+        else:
+            size = int(rng.choice([rng.integers(1, 4096), rng.integers(1, 30) * MiB, rng.integers(30, 90) * MiB]))
+            live[len(live) + 10**6 * int(rng.integers(1 << 20))] = allocator.malloc(size)
+
+
+@pytest.mark.parametrize("settings", ["", "expandable_segments:True", "max_split_size_mb:40"])
+def test_a_change_between_snapshots_rebuilds_a_linked_state(settings):
+    """``apply_change`` takes an allocator from one snapshot's state to another's: the same snapshot, every
+    block linked to the neighbour objects it holds, and the same behaviour from there on."""
+    import numpy as np
+
+    def linked(allocator) -> bool:
+        blocks = allocator._blocks
+        return all((b.prev is None or (blocks[b.prev.addr] is b.prev and b.prev.next is b))
+                   and (b.next is None or (blocks[b.next.addr] is b.next and b.next.prev is b)) for b in blocks.values())  # fmt: skip
+
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    source, target = CachingAllocator(parse_alloc_conf(settings or None)), CachingAllocator(parse_alloc_conf(settings or None))
+    live_a, live_b = {}, {}
+    _random_ops(source, rng_a, live_a, 300)
+    _random_ops(target, rng_b, live_b, 300)
+    before = source.snapshot()
+    _random_ops(source, rng_a, live_a, 20)
+    after = source.snapshot()
+    change = CachingAllocator.change_between(before, after)
+    assert 0 < len(change[1]) < len(after[0])  # some blocks changed, not all
+    target.apply_change(change)
+    assert target.snapshot() == after and linked(target)
+    _random_ops(source, np.random.default_rng(4), dict(live_a), 400)
+    _random_ops(target, np.random.default_rng(4), dict(live_a), 400)
+    assert target.snapshot() == source.snapshot() and linked(target)

@@ -422,6 +422,10 @@ class _Block:
         return self.prev is not None or self.next is not None
 
 
+def _block_address(block: _Block) -> int:
+    return block.addr
+
+
 class _Pool:
     """BlockPool: free mapped blocks ordered by (stream, size, addr), unmapped by (stream, addr)."""
 
@@ -538,6 +542,63 @@ class CachingAllocator:
     def reset_peak_stats(self) -> None:
         self._peak_allocated = self._allocated
         self._peak_reserved = self._reserved
+
+    # ---- whole state (yolomem.allocator.replay's memo of repeated iterations)
+
+    _STATE_COUNTERS = ("_next_addr", "_allocated", "_reserved", "_active", "_requested", "_segments", "_inactive_split")
+    CUMULATIVE_COUNTERS = ("_retries", "_ooms", "_device_alloc", "_device_free")
+
+    def snapshot(self) -> tuple:
+        """Everything the allocator's next steps depend on, as one hashable value: equal snapshots with
+        equal capacity and config behave alike from here on. Peaks and the cumulative counters
+        (``CUMULATIVE_COUNTERS``) are not in it, nor the blocks' GC ages unless garbage collection is on
+        (they count every search, so they would tell apart states that behave alike)."""
+        gc = self._gc_on
+        blocks = tuple(
+            (b.addr, b.size, b.stream, b.small, b.allocated, b.mapped, b.expandable, b.seg_base,
+             None if b.prev is None else b.prev.addr, None if b.next is None else b.next.addr, b.requested,
+             b.gc_base if gc else 0)
+            for b in sorted(self._blocks.values(), key=_block_address)  # nothing walks the dict: its order is not state
+        )  # fmt: skip
+        pools = tuple((tuple(p.free), tuple(p.unmapped), p.gc_calls if gc else 0) for p in (self._large, self._small))
+        return blocks, pools, tuple(getattr(self, name) for name in self._STATE_COUNTERS)
+
+    @staticmethod
+    def change_between(before: tuple, after: tuple) -> tuple:
+        """What turns the state of snapshot ``before`` into that of ``after`` (``apply_change``): the blocks
+        to drop, the blocks to make, and the pools and counters of ``after``. An iteration that ends as it
+        began changes few blocks."""
+        old, new = set(before[0]), set(after[0])
+        removed = tuple(block[0] for block in before[0] if block not in new)
+        added = tuple(block for block in after[0] if block not in old)
+        return removed, added, after[1], after[2]
+
+    def apply_change(self, change: tuple) -> None:
+        """From the state of a snapshot to a later one (``change_between``); peaks and cumulative counters
+        stay as they are."""
+        removed, added, pools, counters = change
+        blocks = self._blocks
+        for addr in removed:
+            del blocks[addr]
+        made = []
+        for addr, size, stream, small, allocated, mapped, expandable, seg_base, _, _, requested, gc_base in added:
+            block = _Block(addr, size, stream, small, expandable, seg_base, mapped)
+            block.allocated, block.requested, block.gc_base = allocated, requested, gc_base
+            blocks[addr] = block
+            made.append(block)
+        for block, (*_, prev, nxt, _, _) in zip(made, added):  # link both ways: neighbours may be kept blocks
+            block.prev = None if prev is None else blocks[prev]
+            block.next = None if nxt is None else blocks[nxt]
+            if block.prev is not None:
+                block.prev.next = block
+            if block.next is not None:
+                block.next.prev = block
+        for pool, (free, unmapped, gc_calls) in zip((self._large, self._small), pools):
+            pool.free, pool.unmapped = list(free), list(unmapped)
+            if self._gc_on:
+                pool.gc_calls = gc_calls
+        for name, value in zip(self._STATE_COUNTERS, counters):
+            setattr(self, name, value)
 
     def block_size(self, handle: int) -> int:
         """Bytes counted as allocated for this handle (the whole block when unsplit)."""

@@ -68,10 +68,29 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class Copy:
-    """``events`` once more, each storage id plus ``offset`` (so the copy's storages are its own)."""
+    """``events`` once more, each storage id plus ``offset`` (so the copy's storages are its own).
+    ``self_contained``: every storage the events allocate they also free, and they free no other; such
+    a copy replayed from an allocator state seen before is taken from ``replay``'s memo."""
 
     events: Sequence
     offset: int
+    self_contained: bool = False
+
+
+@dataclass(frozen=True)
+class _Played:
+    """What a self-contained copy did from one allocator state: the state after it, the most allocated
+    and reserved bytes within it (with the first event reaching each) and its cumulative counters."""
+
+    after: tuple  # the allocator's snapshot after it
+    change: tuple  # CachingAllocator.change_between the states before and after
+    events: int
+    max_allocated: int
+    max_allocated_at: int  # events into the copy
+    max_reserved: int
+    max_reserved_event: Any
+    allocator_peaks: tuple[int, int]  # the allocator's own peaks within it (allocated, reserved)
+    counters: tuple[int, ...]  # increments of CachingAllocator.CUMULATIVE_COUNTERS
 
 
 @dataclass(frozen=True)
@@ -114,26 +133,63 @@ def replay(
     on_event: Callable[[int, CachingAllocator], None] | None = None,
     upper: bool = False,
     without: frozenset[str] = frozenset(),
+    memo: dict | None = None,
 ) -> ReplayRun:
-    """Feed the stream's events to ``allocator``, running its marks in order (see the module docstring)."""
-    handles: dict[int, int] = {}
-    malloc, free = allocator.malloc, allocator.free
-    index = -1
-    peak_allocated, peak_allocated_index = -1, 0
-    peak_reserved, peak_reserved_event = 0, None
-    event = None
-    oom = None
+    """Feed the stream's events to ``allocator``, running its marks in order (see the module docstring).
+
+    ``memo``: a dict kept by the caller across replays of the same templates (same allocator config,
+    capacity and ``upper``): a self-contained ``Copy`` (whole epochs repeat a few iterations many times)
+    met again at an allocator state seen before is not replayed; the allocator takes the state it
+    reached then, and the peaks and counters what it saw then. The figures are the same, event for event."""
+    feed = _Feed(allocator, on_event, upper, without)
     try:
         for chunk in stream:
             if isinstance(chunk, Mark):
                 chunk.action(allocator)
-                continue
-            if isinstance(chunk, Checkpoint):
-                chunk.runs.append(ReplayRun(allocator.stats(), index + 1, peak_allocated_index, peak_reserved_event))
-                continue
-            offset = 0
-            if isinstance(chunk, Copy):
-                chunk, offset = chunk.events, chunk.offset
+                feed.known = None
+            elif isinstance(chunk, Checkpoint):
+                chunk.runs.append(ReplayRun(allocator.stats(), feed.index + 1, feed.peak_allocated_index,
+                                            feed.peak_reserved_event))  # fmt: skip
+            elif isinstance(chunk, Copy):
+                if memo is not None and chunk.self_contained and on_event is None and not without:
+                    feed.memoized(chunk, memo)
+                else:
+                    feed.events(chunk.events, chunk.offset)
+            else:
+                feed.events(chunk, 0)
+    except SimulatedOOM as error:
+        event = feed.event
+        feed.oom = OomPoint(
+            index=feed.index, phase=getattr(event, "phase", ""), iteration=getattr(event, "iteration", None),
+            requested_bytes=error.requested_bytes, segment_bytes=error.segment_bytes,
+            allocated_bytes=error.allocated_bytes, reserved_bytes=error.reserved_bytes,
+            capacity_bytes=error.capacity_bytes, message=str(error),
+        )  # fmt: skip
+    return ReplayRun(allocator.stats(), feed.index + 1, feed.peak_allocated_index, feed.peak_reserved_event, feed.oom)
+
+
+class _Feed:
+    """``replay``'s state: the handles of live storages, the stream position and the peaks seen."""
+
+    def __init__(self, allocator: CachingAllocator, on_event, upper: bool, without: frozenset[str]) -> None:
+        self.allocator, self.on_event, self.upper, self.without = allocator, on_event, upper, without
+        self.handles: dict[int, int] = {}
+        self.index = -1
+        self.peak_allocated, self.peak_allocated_index = -1, 0
+        self.peak_reserved, self.peak_reserved_event = 0, None
+        self.event = None
+        self.oom: OomPoint | None = None
+        self.known: tuple | None = None  # the allocator's snapshot, while nothing has changed it since
+
+    def events(self, chunk: Sequence[Event], offset: int) -> None:
+        allocator, handles, on_event, upper, without = self.allocator, self.handles, self.on_event, self.upper, self.without
+        malloc, free = allocator.malloc, allocator.free
+        self.known = None
+        index = self.index
+        peak_allocated, peak_allocated_index = self.peak_allocated, self.peak_allocated_index
+        peak_reserved, peak_reserved_event = self.peak_reserved, self.peak_reserved_event
+        event = None
+        try:
             for event in chunk:
                 index += 1
                 op = event.op
@@ -159,14 +215,69 @@ def replay(
                     raise ValueError(f"event {index}: op must be 'alloc' or 'free', got {op!r}")
                 if on_event is not None:
                     on_event(index, allocator)
-    except SimulatedOOM as error:
-        oom = OomPoint(
-            index=index, phase=getattr(event, "phase", ""), iteration=getattr(event, "iteration", None),
-            requested_bytes=error.requested_bytes, segment_bytes=error.segment_bytes,
-            allocated_bytes=error.allocated_bytes, reserved_bytes=error.reserved_bytes,
-            capacity_bytes=error.capacity_bytes, message=str(error),
+        finally:
+            self.index, self.event = index, event
+            self.peak_allocated, self.peak_allocated_index = peak_allocated, peak_allocated_index
+            self.peak_reserved, self.peak_reserved_event = peak_reserved, peak_reserved_event
+
+    def memoized(self, chunk: Copy, memo: dict) -> None:
+        """A self-contained copy, from the memo when its events already ran from this allocator state."""
+        allocator = self.allocator
+        before = self.known if self.known is not None else allocator.snapshot()
+        key = (id(chunk.events), before)
+        played = memo.get(key)
+        if played is None:
+            memo[key] = played = self._record(chunk, before)
+            self.known = played.after
+            return
+        allocator.apply_change(played.change)
+        self.known = played.after
+        for name, increment in zip(allocator.CUMULATIVE_COUNTERS, played.counters):
+            setattr(allocator, name, getattr(allocator, name) + increment)
+        start = self.index + 1
+        self.index += played.events
+        if played.events:
+            self.event = chunk.events[-1]
+        self._merge(played.max_allocated, start + played.max_allocated_at, played.max_reserved,
+                    played.max_reserved_event, played.allocator_peaks)  # fmt: skip
+
+    def _record(self, chunk: Copy, before: tuple) -> _Played:
+        """Replay the copy with its peaks counted from its start, and keep what it did."""
+        allocator = self.allocator
+        counters = [getattr(allocator, name) for name in allocator.CUMULATIVE_COUNTERS]
+        kept = (self.peak_allocated, self.peak_allocated_index, self.peak_reserved, self.peak_reserved_event,
+                (allocator._peak_allocated, allocator._peak_reserved))  # fmt: skip
+        start = self.index + 1
+        self.peak_allocated, self.peak_reserved = -1, -1
+        allocator.reset_peak_stats()
+        try:
+            self.events(chunk.events, chunk.offset)  # a SimulatedOOM leaves nothing in the memo
+        finally:
+            local = (self.peak_allocated, self.peak_allocated_index, self.peak_reserved, self.peak_reserved_event,
+                     (allocator._peak_allocated, allocator._peak_reserved))  # fmt: skip
+            self.peak_allocated, self.peak_allocated_index, self.peak_reserved, self.peak_reserved_event = kept[:4]
+            allocator._peak_allocated, allocator._peak_reserved = kept[4]
+            self._merge(*local)
+        after = allocator.snapshot()
+        return _Played(
+            after=after, change=allocator.change_between(before, after), events=self.index + 1 - start,
+            max_allocated=local[0],
+            max_allocated_at=local[1] - start, max_reserved=local[2], max_reserved_event=local[3],
+            allocator_peaks=local[4],
+            counters=tuple(getattr(allocator, name) - before for name, before in zip(allocator.CUMULATIVE_COUNTERS, counters)),
         )  # fmt: skip
-    return ReplayRun(allocator.stats(), index + 1, peak_allocated_index, peak_reserved_event, oom)
+
+    def _merge(self, max_allocated: int, max_allocated_index: int, max_reserved: int, max_reserved_event,
+               allocator_peaks: tuple[int, int]) -> None:  # fmt: skip
+        """Peaks seen within a copy, after those before it: the last new running maximum within the copy
+        is the first event that reached its maximum."""
+        if max_allocated > self.peak_allocated:
+            self.peak_allocated, self.peak_allocated_index = max_allocated, max_allocated_index
+        if max_reserved > self.peak_reserved:
+            self.peak_reserved, self.peak_reserved_event = max_reserved, max_reserved_event
+        allocator = self.allocator
+        allocator._peak_allocated = max(allocator._peak_allocated, allocator_peaks[0])
+        allocator._peak_reserved = max(allocator._peak_reserved, allocator_peaks[1])
 
 
 # -- a trace's training iterations ----------------------------------------------------------------

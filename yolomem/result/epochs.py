@@ -372,9 +372,10 @@ def simulate_epochs(
     val = [_self_contained(seg, _VAL_RENAME) for seg in extra[len(plan.levels) :]]
     id_stride = max((e.storage_id for e in trace.events), default=0) + 1
     val_order = [0] if plan.whole_val_pass else _compress(plan.val_sequence)
+    memo: dict = {}  # the seeds replay the same templates, mostly from allocator states met before
     runs = [
         _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf,
-                     clears or CacheClears(), card_bytes, capacity_bytes, upper_workspaces)  # fmt: skip
+                     clears or CacheClears(), card_bytes, capacity_bytes, upper_workspaces, memo)  # fmt: skip
         for sequence in plan.sequences
     ]
     peaks = [r["peak_reserved"] for r in runs]
@@ -421,9 +422,10 @@ def _compress(sequence: Sequence[int]) -> list[int]:
 
 
 def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, clears, card_bytes, capacity_bytes,
-                 upper: bool = False) -> dict:  # fmt: skip
+                 upper: bool = False, memo: dict | None = None) -> dict:  # fmt: skip
     """One seed's epochs; ``clears`` says when the cache is emptied (``card_bytes`` None: the card is
-    unknown); ``upper``: kernel workspaces at their upper-figure sizes."""
+    unknown); ``upper``: kernel workspaces at their upper-figure sizes; ``memo``: ``replay``'s, shared by
+    the seeds of one simulation."""
     state = {"epoch1": 0, "steady": 0, "emptied": False, "copy": 0}
     carried: list[tuple[int, int]] = []  # (bytes, key) the last training template left alive, oldest first
 
@@ -452,7 +454,7 @@ def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, 
             state["copy"] += 1
             offset = state["copy"] * id_stride
         if not (template.carried_in or template.carried_out):
-            yield Copy(template.events, offset)
+            yield Copy(template.events, offset, self_contained=fresh)
             return
         frees_at: dict[int, list[int]] = {}
         for position, nbytes in template.carried_in:
@@ -485,7 +487,7 @@ def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, 
             yield clear_memory(clears.after_epoch)
 
     allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
-    run = replay(stream(), allocator, upper=upper)
+    run = replay(stream(), allocator, upper=upper, memo=memo)
     peak_event = run.peak_reserved_event
     return {
         "epoch1": state["epoch1"], "steady": state["steady"] or state["epoch1"],
