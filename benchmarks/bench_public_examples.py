@@ -108,6 +108,7 @@ def without_workspaces():
 
 def main(ablate: bool) -> None:
     from yolomem.result.estimate import estimate
+    from yolomem.result.runs import cache_off
 
     measured = measured_bytes()
     cache: dict = {}
@@ -116,7 +117,8 @@ def main(ablate: bool) -> None:
         key = (case.config, variant)
         if key not in cache:
             context = {"full": contextlib.nullcontext, "no_density": without_density, "no_workspaces": without_workspaces}[variant]
-            with context():
+            # a fresh run source: no trace, derived run or figures kept from another variant
+            with cache_off(), context():
                 cache[key] = estimate(**dict(case.config))
         return figures(cache[key], case.figure)
 
