@@ -259,12 +259,11 @@ class _Feed:
             allocator._peak_allocated, allocator._peak_reserved = kept[4]
             self._merge(*local)
         after = allocator.snapshot()
+        increments = tuple(getattr(allocator, name) - at_start for name, at_start in zip(allocator.CUMULATIVE_COUNTERS, counters))
         return _Played(
             after=after, change=allocator.change_between(before, after), events=self.index + 1 - start,
-            max_allocated=local[0],
-            max_allocated_at=local[1] - start, max_reserved=local[2], max_reserved_event=local[3],
-            allocator_peaks=local[4],
-            counters=tuple(getattr(allocator, name) - before for name, before in zip(allocator.CUMULATIVE_COUNTERS, counters)),
+            max_allocated=local[0], max_allocated_at=local[1] - start, max_reserved=local[2],
+            max_reserved_event=local[3], allocator_peaks=local[4], counters=increments,
         )  # fmt: skip
 
     def _merge(self, max_allocated: int, max_allocated_index: int, max_reserved: int, max_reserved_event,
