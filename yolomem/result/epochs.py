@@ -456,8 +456,8 @@ def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, 
         if not (template.carried_in or template.carried_out):
             yield Copy(template.events, offset, self_contained=fresh)
             return
-        # carried storages land at other addresses each time, so allocator states seldom repeat (yolov5
-        # yolov5s 640/16: 50 of 555 iterations did): these templates are replayed, not memoized
+        # carried storages land at other addresses each time, so allocator states seldom repeat (the
+        # yolov5 loop, yolov5s 640/16: 50 of 555 iterations did): these templates are replayed, not memoized
         frees_at: dict[int, list[int]] = {}
         for position, nbytes in template.carried_in:
             frees_at.setdefault(position, []).append(nbytes)
