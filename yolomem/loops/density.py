@@ -302,7 +302,7 @@ def plan_density(
     )  # fmt: skip
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)  # up to 11 seeds x 2 x MAX_DRAWN_IMAGES int64 (18 MB) each
 def _drawn_samples(instances: float, seed: int, train_counts: tuple[int, ...] | None, max_instances: int | None,
                    aug: Augmentation, sigma: float | None, images: int | None) -> tuple[tuple[np.ndarray, np.ndarray], ...]:  # fmt: skip
     """Objects per sample of epoch 1 in each seed's order, and of the upper figure's epoch: neither

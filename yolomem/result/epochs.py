@@ -221,7 +221,7 @@ def plan_epochs(
     )  # fmt: skip
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=16)  # a setting's 5 seeds, each up to 3 x MAX_DRAWN_IMAGES int64 (2.4 MB)
 def _drawn_epochs(seed: int, train_counts: tuple[int, ...] | None, instances: float, max_instances: int | None,
                   augmentations: tuple[Augmentation, ...], images: int | None, sigma: float | None) -> tuple[np.ndarray, ...]:  # fmt: skip
     """Objects per sample of each simulated epoch of one seed, in the epoch's order: they do not depend
