@@ -42,6 +42,7 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 import difflib
 from dataclasses import dataclass
+from operator import attrgetter
 
 __all__ = [
     "AllocConfError",
@@ -422,10 +423,6 @@ class _Block:
         return self.prev is not None or self.next is not None
 
 
-def _block_address(block: _Block) -> int:
-    return block.addr
-
-
 class _Pool:
     """BlockPool: free mapped blocks ordered by (stream, size, addr), unmapped by (stream, addr)."""
 
@@ -558,7 +555,7 @@ class CachingAllocator:
             (b.addr, b.size, b.stream, b.small, b.allocated, b.mapped, b.expandable, b.seg_base,
              None if b.prev is None else b.prev.addr, None if b.next is None else b.next.addr, b.requested,
              b.gc_base if gc else 0)
-            for b in sorted(self._blocks.values(), key=_block_address)  # nothing walks the dict: its order is not state
+            for b in sorted(self._blocks.values(), key=attrgetter("addr"))  # nothing walks the dict: its order is not state
         )  # fmt: skip
         pools = tuple((tuple(p.free), tuple(p.unmapped), p.gc_calls if gc else 0) for p in (self._large, self._small))
         return blocks, pools, tuple(getattr(self, name) for name in self._STATE_COUNTERS)
