@@ -20,7 +20,7 @@ from yolomem.allocator.caching import (
     parse_alloc_conf,
     round_size,
 )
-from yolomem.allocator.replay import Mark, ReplayEvent, replay
+from yolomem.allocator.replay import Copy, Mark, ReplayEvent, replay
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -549,8 +549,6 @@ def _iteration_templates(rng, count: int) -> list[list[ReplayEvent]]:
 
 
 def _memo_stream(templates, order, persistent, marks, yielded: list):
-    from yolomem.allocator.replay import Copy, Mark
-
     yield persistent
     for n, which in enumerate(order):
         yielded.append(n)
@@ -573,8 +571,6 @@ def test_a_memoized_replay_equals_the_plain_one(settings, capacity, fraction, re
     the memo they give the same figures, peak positions, counters and OOM point as replayed event by event."""
     import numpy as np
 
-    from yolomem.allocator.replay import replay
-
     rng = np.random.default_rng(7)
     templates = _iteration_templates(rng, 3)
     persistent = [ReplayEvent("alloc", 10**6 + k, int(rng.integers(1, 200)) * MiB) for k in range(5)]
@@ -596,6 +592,7 @@ def test_a_memoized_replay_equals_the_plain_one(settings, capacity, fraction, re
     assert (memoized.events, memoized.peak_allocated_index) == (plain.events, plain.peak_allocated_index)
     assert memoized.peak_reserved_event is plain.peak_reserved_event
     assert (plain.oom is not None) == (capacity == 4200 * MiB)
+    assert (plain.stats.num_alloc_retries > 0) == (capacity is not None)  # the capacity was reached
     if reused:  # states came back: copies were taken from the memo
         assert len(memo) < len(copies) // 2
     else:
