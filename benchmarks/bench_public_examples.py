@@ -73,6 +73,7 @@ def without_density():
     """The previous model: Poisson objects per image, batches of raw images (no mosaic), no upper level."""
     import numpy as np
 
+    import yolomem.loops.density as density
     import yolomem.loops.ultralytics.runner as ultralytics_runner
     import yolomem.loops.yolov5.runner as yolov5_runner
     import yolomem.result.epochs as epochs
@@ -83,14 +84,17 @@ def without_density():
     def raw_samples(rng, per_image, first, aug):
         return np.asarray(per_image)[first]  # each sample one raw image
 
-    saved = (ultralytics_runner.traced_batches, yolov5_runner.traced_batches, epochs.DEFAULT_SIGMA, epochs.sample_counts)
+    saved = (ultralytics_runner.traced_batches, yolov5_runner.traced_batches, epochs.DEFAULT_SIGMA, density.DEFAULT_SIGMA,
+             epochs.sample_counts)  # fmt: skip
     ultralytics_runner.traced_batches = yolov5_runner.traced_batches = poisson_batches
-    epochs.DEFAULT_SIGMA, epochs.sample_counts = 0.0, raw_samples
+    epochs.DEFAULT_SIGMA = density.DEFAULT_SIGMA = 0.0  # validation's images, and the epochs' (epoch_images)
+    epochs.sample_counts = raw_samples
     epochs._drawn_epochs.cache_clear()  # draws kept from the model in use
     try:
         yield
     finally:
-        ultralytics_runner.traced_batches, yolov5_runner.traced_batches, epochs.DEFAULT_SIGMA, epochs.sample_counts = saved
+        (ultralytics_runner.traced_batches, yolov5_runner.traced_batches, epochs.DEFAULT_SIGMA, density.DEFAULT_SIGMA,
+         epochs.sample_counts) = saved  # fmt: skip
         epochs._drawn_epochs.cache_clear()
 
 

@@ -226,18 +226,11 @@ def test_a_named_dataset_not_on_disk_sets_the_objects_per_image():
     assert unknown.config.instances == 8 and any("from instances=8 instead" in note for note in unknown.notes)
 
 
-# Ultralytics' dataset YAML -> (train images, densest image) of its reference row, where the table has them
-NAMED_SIZES = {
-    "VisDrone.yaml": ("VisDrone2019-DET", "train", "boxes, 10 classes"),
-    "SKU-110K.yaml": ("SKU-110K", "train", "boxes"),
-}
-
-
 def test_named_datasets_take_their_images_densest_image_and_spread_from_the_reference():
     from yolomem.loops.density import NAMED_DATASETS
 
-    for name, row in NAMED_SIZES.items():
-        known, published = NAMED_DATASETS[name.lower()], _row(*row)
+    for name in ("VisDrone.yaml", "SKU-110K.yaml"):  # the rows with both train images and the densest image
+        known, published = NAMED_DATASETS[name.lower()], _row(*NAMED_ROWS[name])
         assert (known.images, known.densest) == (int(published["images"]), int(published["max"])), name
     assert NAMED_DATASETS["kitti.yaml"].densest == int(_row("KITTI 2D object", "train", "boxes, 8 classes")["max"])
     assert {d.tail for d in NAMED_DATASETS.values()} - {None} <= set(NAMED_SHAPES)

@@ -146,6 +146,14 @@ def tail_sigma(tail: str | None) -> float | None:
     return None if shape is None else shape.sigma
 
 
+def epoch_images(rng: np.random.Generator, instances: float, sigma: float | None, images: int | None,
+                 cap: int | None) -> np.ndarray:  # fmt: skip
+    """Objects in each image of an epoch without labels: ``images`` of them (``DEFAULT_TRAIN_IMAGES``;
+    at most ``MAX_DRAWN_IMAGES`` drawn), spread with ``sigma`` (``DEFAULT_SIGMA``)."""
+    n = min(images or DEFAULT_TRAIN_IMAGES, MAX_DRAWN_IMAGES)
+    return image_counts(rng, instances, DEFAULT_SIGMA if sigma is None else sigma, n, cap)
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """The label geometry of Ultralytics' training augmentation (``cfg/default.yaml``)."""
@@ -265,7 +273,7 @@ def plan_density(
     and ``tail`` (a named dataset's spread), when known, hold for the upper figure too."""
     counts = None if train_counts is None else tuple(int(c) for c in train_counts)
     shape = named_shape(tail)
-    drawn = _drawn_samples(instances, seed, counts, max_instances, aug, tail_sigma(tail), images)
+    drawn = _drawn_samples(instances, seed, counts, max_instances, aug, None if shape is None else shape.sigma, images)
     typical_batches, densest, upper = [], [], []
     for samples, upper_samples in drawn:
         maxima, sums = batch_maxima_and_sums(samples, batch)
@@ -314,10 +322,10 @@ def _drawn_samples(instances: float, seed: int, train_counts: tuple[int, ...] | 
             per_image = np.asarray(train_counts, dtype=np.int64)
             upper_images = per_image
         else:
-            n = min(images or DEFAULT_TRAIN_IMAGES, MAX_DRAWN_IMAGES)
-            upper_n = n if images is not None else max(n, UPPER_TRAIN_IMAGES)  # a known epoch length holds
-            expected_sigma, upper_sigma = (DEFAULT_SIGMA, UPPER_SHAPE.sigma) if sigma is None else (sigma, sigma)
-            per_image = image_counts(rng, instances, expected_sigma, n, max_instances)
+            per_image = epoch_images(rng, instances, sigma, images, max_instances)
+            # a known epoch length and spread hold for the upper figure too
+            upper_n = len(per_image) if images is not None else max(len(per_image), UPPER_TRAIN_IMAGES)
+            upper_sigma = UPPER_SHAPE.sigma if sigma is None else sigma
             upper_images = image_counts(rng, instances, upper_sigma, upper_n, max_instances)
         samples = sample_counts(rng, per_image, rng.permutation(len(per_image)), aug)
         upper = samples

@@ -51,7 +51,7 @@ from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
 from yolomem.allocator.replay import Copy, Mark, OomPoint, ReplayEvent, replay
 from yolomem.loops.batches import dense_counts
 from yolomem.loops.density import (
-    DEFAULT_SIGMA, DEFAULT_TRAIN_IMAGES, MAX_DRAWN_IMAGES, REFERENCE_BATCH, Augmentation, batch_maxima_and_sums,
+    DEFAULT_SIGMA, DEFAULT_TRAIN_IMAGES, REFERENCE_BATCH, Augmentation, batch_maxima_and_sums, epoch_images,
     image_counts, sample_counts, tail_sigma,
 )  # fmt: skip
 from yolomem.trace.tracer import AllocationEvent, Trace
@@ -230,8 +230,7 @@ def _drawn_epochs(seed: int, train_counts: tuple[int, ...] | None, instances: fl
     if train_counts is not None:
         per_image = np.asarray(train_counts, dtype=np.int64)
     else:
-        n = min(images or DEFAULT_TRAIN_IMAGES, MAX_DRAWN_IMAGES)
-        per_image = image_counts(rng, instances, DEFAULT_SIGMA if sigma is None else sigma, n, max_instances)
+        per_image = epoch_images(rng, instances, sigma, images, max_instances)
     epochs = []
     for aug in augmentations:
         epoch = sample_counts(rng, per_image, rng.permutation(len(per_image)), aug)
