@@ -11,16 +11,20 @@ CI runs this file against every Ultralytics release of its matrix (``.ci/ultraly
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import traceback
+from collections.abc import Iterator
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from yolomem.config.settings import EstimateConfig
 from yolomem.loops import resolve_model
 from yolomem.loops import trace_run
+from yolomem.loops.ultralytics.models import shipped_model_names
 from yolomem.loops.ultralytics.step import UltralyticsOracle
 
 _BOOLEAN_INDEXING = (torch.ops.aten.index.Tensor, torch.ops.aten.index_put_.default, torch.ops.aten.index_put.default)
@@ -33,18 +37,22 @@ def _site():
 
 
 class _Recorder(TorchDispatchMode):
-    """Records, in a real run, the size of every nonzero() result (also the one a boolean index
-    stands for) and every scalar read with the line that read it."""
+    """Records, in a real run, the size of every nonzero() and unique() result (also the nonzero a
+    boolean index stands for) and every scalar read with the line that read it (``tolist`` reads each
+    element of a fake tensor, but a real one's without dispatching: ``_ListReads`` sees those)."""
 
     def __init__(self):
         super().__init__()
         self.counts: list[tuple[tuple[int, ...], int]] = []
+        self.uniques: list[tuple[tuple[int, ...], int]] = []
         self.scalars: list[tuple[object, object]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if func is torch.ops.aten.nonzero.default:
             self.counts.append((tuple(args[0].shape), out.shape[0]))
+        elif func is torch.ops.aten._unique2.default:
+            self.uniques.append((tuple(args[0].shape), out[0].shape[0]))
         elif func in _BOOLEAN_INDEXING:
             for index in args[1]:
                 if isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8):
@@ -52,6 +60,38 @@ class _Recorder(TorchDispatchMode):
         elif func is torch.ops.aten._local_scalar_dense.default:
             self.scalars.append((_site(), out))
         return out
+
+    def oracle(self, decide: bool = False) -> _ReplayOracle:
+        """The fake run's oracle: this real run's answers, replayed."""
+        return _ReplayOracle(self.counts, self.scalars, decide=decide, uniques=self.uniques)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[_Recorder]:
+    """Record a real run's data-dependent answers (``recorder.oracle()`` replays them)."""
+    recorder = _Recorder()
+    with _ListReads(recorder), recorder:
+        yield recorder
+
+
+class _ListReads(TorchFunctionMode):
+    """``Tensor.tolist()`` in the real run: each element, as the scalar read a fake tensor makes of it."""
+
+    def __init__(self, recorder: _Recorder):
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.Tensor.tolist:
+            site = _site()
+            self.recorder.scalars.extend((site, value) for value in _flat(out))
+        return out
+
+
+def _flat(values) -> list:
+    """A ``tolist()`` result's elements in order (no tensor: the tracer would see it)."""
+    return [x for v in values for x in _flat(v)] if isinstance(values, list) else [values]
 
 
 class _ReplayOracle(UltralyticsOracle):
@@ -61,11 +101,19 @@ class _ReplayOracle(UltralyticsOracle):
     true or false as the real ones (the real value is used: a count must agree with the replayed
     nonzero counts)."""
 
-    def __init__(self, counts, scalars, decide: bool = False):
+    def __init__(self, counts, scalars, decide: bool = False, uniques=()):
         super().__init__()
         self._counts = list(counts)
+        self._uniques = list(uniques)
         self._scalars = list(scalars)
         self._decide = decide
+
+    def unique_count(self, shape):
+        for index, (recorded_shape, count) in enumerate(self._uniques):
+            if recorded_shape == tuple(shape):
+                del self._uniques[index]
+                return count
+        raise AssertionError(f"the fake trace asked about unique{tuple(shape)}, which the real run never computed")
 
     def nonzero_count(self, shape, image=None):
         for index, (recorded_shape, count) in enumerate(self._counts):
@@ -97,11 +145,9 @@ class _ReplayOracle(UltralyticsOracle):
 def _streams(config: EstimateConfig, *, decide: bool = False):
     torch.manual_seed(0)
     resolved = resolve_model(config.model)
-    recorder = _Recorder()
-    with recorder:
+    with recording() as recorder:
         real = trace_run(config, resolved, fake=False).trace
-    oracle = _ReplayOracle(recorder.counts, recorder.scalars, decide=decide)
-    fake = trace_run(config, resolved, fake=True, oracle=oracle).trace
+    fake = trace_run(config, resolved, fake=True, oracle=recorder.oracle(decide)).trace
     return real, fake
 
 
@@ -132,6 +178,20 @@ def test_fp32_training_step_allocates_like_a_real_run(imgsz):
     assert len(real.events) > 1000  # a whole iteration was traced, not a stub
     assert _sizes(fake) == _sizes(real)
     assert _peak_live(fake) == _peak_live(real)
+    assert _categories(fake) == _categories(real)
+
+
+@pytest.mark.parametrize("model", ["yolo26n.yaml", "yolo26n-seg.yaml"])
+def test_yolo26_training_step_allocates_like_a_real_run(model):
+    """YOLO26 (8.4.0+): an end-to-end head with two losses; for segmentation, the batch's semantic masks,
+    a semantic-mask loss, and an assigner that decodes each candidate anchor's mask, sized by
+    ``unique``, ``bincount`` and a ``tolist()`` of counts (all data-dependent)."""
+    if model not in shipped_model_names():
+        pytest.skip(f"{model} is newer than the installed ultralytics")
+    config = EstimateConfig(model=model, batch=2, imgsz=128, amp="fp32", iterations=2, instances=3)
+    real, fake = _streams(config)
+    assert len(real.events) > 1000
+    assert _sizes(fake) == _sizes(real)
     assert _categories(fake) == _categories(real)
 
 

@@ -75,3 +75,34 @@ def test_a_tensor_from_fake_scalars_is_one_allocation_like_a_real_one():
     assert (fake_items.shape, fake_items.dtype, fake_items.requires_grad) == (real_items.shape, real_items.dtype, False)
     assert _sizes(fake) == _sizes(real)
     assert torch.as_tensor([1.0, 2.0]).tolist() == [1.0, 2.0]  # restored on exit
+
+
+class _DistinctAsReal(DataOracle):
+    """The real run's distinct counts, so that only the shapes of what the unique ops return are compared."""
+
+    def __init__(self, counts):
+        super().__init__()
+        self.counts = list(counts)
+
+    def unique_count(self, shape):
+        return self.counts.pop(0)
+
+
+def _unique_calls(tracer: Tracer) -> None:
+    values = torch.ones(6, 2)  # fake in the fake trace: the distinct count is the oracle's
+    with tracer.phase("loss"):
+        keys = values[:, 0].long() * 3
+        kept = [torch.unique(keys), torch.unique(keys, return_inverse=True),  # YOLO26-seg's assigner
+                torch.unique(keys, return_counts=True), torch.unique(keys, return_inverse=True, return_counts=True)]
+        del kept
+
+
+def test_unique_returns_inverse_and_counts_only_when_asked_for():
+    """``torch.unique(x)`` (``aten._unique2``) allocates an empty inverse and counts; a fake trace that
+    sized them as full tensors differed from a real run at the first call."""
+    with Tracer(fake=False) as real:
+        _unique_calls(real)
+    with Tracer(fake=True, oracle=_DistinctAsReal([1] * 4)) as fake:
+        _unique_calls(fake)
+    assert sum(op == "alloc" and n == 0 for op, n in _sizes(real)) == 4  # the empty ones are there, to compare
+    assert _sizes(fake) == _sizes(real)

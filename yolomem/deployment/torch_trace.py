@@ -278,13 +278,14 @@ def _synthetic_val_batches(resolved: ResolvedModel, settings: InferenceSettings,
                            nc: int) -> Iterator[dict]:
     """Collated val batches as ``YOLODataset`` + ``collate_fn`` give them for square images."""
     from yolomem.loops.batches import SyntheticBatch
+    from yolomem.loops.ultralytics.release import semantic_masks
 
     side = val_side(imgsz, stride)
     pad = (side - imgsz) / 2
     for index in range(settings.batches):
         synthetic = SyntheticBatch.draw(resolved.task, settings.batch, side, settings.instances,
                                         seed=settings.seed + index, nc=nc)  # fmt: skip
-        data = synthetic.as_dict()
+        data = synthetic.as_dict(semantic_masks=semantic_masks())
         data["im_file"] = tuple(f"synthetic_{index}_{i}.jpg" for i in range(settings.batch))
         data["ori_shape"] = tuple((imgsz, imgsz) for _ in range(settings.batch))
         data["resized_shape"] = tuple((side, side) for _ in range(settings.batch))

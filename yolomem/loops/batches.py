@@ -89,9 +89,12 @@ class SyntheticBatch:
     def float_images(self) -> torch.Tensor:
         return torch.empty(self.batch, self.channels, self.imgsz, self.imgsz)
 
-    def as_dict(self, overlap_mask: bool = True) -> dict:
+    def as_dict(self, overlap_mask: bool = True, semantic_masks: bool = False) -> dict:
         """The batch dict Ultralytics' collate_fn produces for this task; segmentation masks as one index
-        map per image (``overlap_mask=True``, Ultralytics' default) or one mask per object."""
+        map per image (``overlap_mask=True``, Ultralytics' default) or one mask per object.
+        ``semantic_masks``: segmentation batches also carry ``sem_masks``, each pixel the class of the object
+        that covers it, float32 (B, H/4, W/4), as ``Format`` makes them from 8.4.0 on (YOLO26-seg's loss
+        reads them; the trainer moves them to the GPU for every segmentation model)."""
         rng = np.random.default_rng(self.seed + 1)
         if self.task == "classify":  # ClassificationDataset yields normalised float32 images
             images = torch.zeros((self.batch, self.channels, self.imgsz, self.imgsz), dtype=torch.float32)
@@ -121,6 +124,8 @@ class SyntheticBatch:
         if self.task == "segment":
             side_px = self.imgsz // MASK_RATIO
             masks = self._overlap_masks(rng, boxes, side_px)
+            if semantic_masks:
+                data["sem_masks"] = torch.tensor(self._semantic_masks(masks, joined("cls")))
             if not overlap_mask:  # one mask per object, in label order
                 per_object = [masks[i] == k + 1 for i, count in enumerate(self.counts) for k in range(count)]
                 masks = np.stack(per_object) if per_object else np.zeros((0, side_px, side_px), bool)
@@ -142,6 +147,16 @@ class SyntheticBatch:
             "angle": rng.uniform(-np.pi / 4, np.pi / 4, (count, 1)).astype(np.float32),
             "kpts": kpts,
         }
+
+    def _semantic_masks(self, overlap: np.ndarray, cls: np.ndarray) -> np.ndarray:
+        """``Format``'s ``sem_masks``: the class of the object each pixel's overlap index names, 0 where none."""
+        semantic = np.zeros(overlap.shape, dtype=np.float32)
+        start = 0
+        for image, count in enumerate(self.counts):
+            classes = np.concatenate([[0.0], cls[start : start + count, 0]]).astype(np.float32)
+            semantic[image] = classes[overlap[image]]
+            start += count
+        return semantic
 
     def _overlap_masks(self, rng, boxes: np.ndarray, side: int) -> np.ndarray:
         """Overlap-style masks (overlap_mask=True): one (side, side) index map per image. Ultralytics'

@@ -83,14 +83,17 @@ def val_batch_size(task: str, train_batch: int) -> int:
     return train_batch if task in {"obb", "semantic", "depth"} else train_batch * 2
 
 
-def val_batch_dict(task: str, shape: ValBatchShape, seed: int, nc: int, kpt_shape=(17, 3), channels: int = 3) -> dict:
-    """A collated validation batch of (B, C, H, W) uint8 images and real targets."""
+def val_batch_dict(task: str, shape: ValBatchShape, seed: int, nc: int, kpt_shape=(17, 3), channels: int = 3,
+                   semantic_masks: bool = False) -> dict:
+    """A collated validation batch of (B, C, H, W) uint8 images and real targets (``semantic_masks``: see
+    ``SyntheticBatch.as_dict``)."""
     side = max(shape.height, shape.width)
     synthetic = SyntheticBatch(task, shape.batch, side, shape.counts, seed, nc, tuple(kpt_shape), channels)
-    data = synthetic.as_dict()
+    data = synthetic.as_dict(semantic_masks=semantic_masks)
     data["img"] = torch.zeros((shape.batch, channels, shape.height, shape.width), dtype=torch.uint8)
-    if "masks" in data:  # overlap masks are (B, H/4, W/4) for a rect batch
-        data["masks"] = data["masks"][:, : shape.height // 4, : shape.width // 4].contiguous()
+    for key in ("masks", "sem_masks"):  # overlap and semantic masks are (B, H/4, W/4) for a rect batch
+        if key in data:
+            data[key] = data[key][:, : shape.height // 4, : shape.width // 4].contiguous()
     return data
 
 

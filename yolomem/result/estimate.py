@@ -534,6 +534,8 @@ def _oracle_bound(answer) -> str:
 
     if answer.question.startswith("item("):
         return ""  # a value read from a tensor (a sum, a flag), not a count of its elements
+    if answer.question.startswith("bincount("):
+        return "; bins: the call's minlength (one per image), else one per element"
     shape = re.search(r"\[([0-9, ]*)\]", answer.question)
     if not shape or not answer.answer.isdigit():
         return ""

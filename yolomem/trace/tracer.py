@@ -143,12 +143,14 @@ class DataOracle:
     def nonzero_count(self, shape: torch.Size, image: int | None = None) -> int:
         return min(self.nonzero_bounds(shape, image))
 
+    def unique_count(self, shape: torch.Size) -> int:
+        """Distinct values of a fake tensor: every element distinct, the most there can be."""
+        return _numel(shape)
+
     def nonzero_bounds(self, shape: torch.Size, image: int | None = None) -> tuple[int, int]:
         """What the count is the least of: the tensor's elements, and the assumed positives (of the whole
         batch, or of ``image`` when the tensor is that image's row)."""
-        numel = 1
-        for size in shape:
-            numel *= size
+        numel = _numel(shape)
         if image is not None and image < len(self.per_image):
             return numel, self.per_image[image]
         return numel, self.positives
@@ -491,12 +493,15 @@ class Tracer(TorchDispatchMode):
             count = self.oracle.nonzero_count(args[1].shape, image)
             bounds = self.oracle.nonzero_bounds(args[1].shape, image)
             shape = (count,)
-        elif func is aten.bincount.default:  # one bin per element at most, or minlength
-            minlength = args[2] if len(args) > 2 else kwargs.get("minlength", 0)
-            count = max(int(minlength or 0), tensor.numel())
+        elif func is aten.bincount.default:
+            # max(minlength, largest value + 1) bins. Where the loss passes minlength, it counts image
+            # indices of the batch (``bincount(b, minlength=bs)``, YOLO26-seg's assigner): minlength bins.
+            # Without it, one bin per element is the most the values can need.
+            minlength = int((args[2] if len(args) > 2 else kwargs.get("minlength", 0)) or 0)
+            count = minlength or tensor.numel()
             shape = (count,)
-        else:  # unique: every element distinct, the most it can return
-            count = tensor.numel()
+        else:  # unique
+            count = self.oracle.unique_count(tensor.shape)
             shape = (count,)
         self.oracle_answers.append(OracleAnswer(f"{name}({_describe(tensor)})", str(count), self.phase_name, tuple(bounds),
                                                 len(self._log)))  # fmt: skip
@@ -508,10 +513,7 @@ class Tracer(TorchDispatchMode):
             if func is aten.bincount.default:
                 weights = args[1] if len(args) > 1 else kwargs.get("weights")
                 return torch.empty(shape, dtype=torch.float64 if weights is not None else torch.int64)
-            values = torch.empty(shape, dtype=tensor.dtype)
-            inverse = torch.empty(tensor.shape, dtype=torch.int64)
-            counts = torch.empty(shape, dtype=torch.int64)
-            return values, inverse, counts
+            return _unique_outputs(func, args, kwargs, count)
 
     # -- bookkeeping --------------------------------------------------------------------------------
     @staticmethod
@@ -644,6 +646,27 @@ def _real_stand_in(func, tensor: torch.Tensor) -> torch.Tensor:
         if func.__name__.startswith("new_"):  # new_* read only dtype and device from self
             return torch.empty(0, dtype=tensor.dtype)
         return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype)
+
+
+def _unique_outputs(func, args, kwargs, count: int):
+    """Fake (values, inverse, counts) of a unique op with ``count`` distinct values (rows along ``dim``
+    for ``unique_dim``). The inverse and the counts are empty unless asked for, as ``aten._unique2``
+    (``torch.unique`` without ``dim``, what the YOLO losses call) returns them."""
+    tensor = args[0]
+    named = dict(zip((a.name for a in func._schema.arguments), args)) | dict(kwargs)
+    dim = named.get("dim")
+    values_shape = [count] if dim is None else [count if d == dim % tensor.dim() else n for d, n in enumerate(tensor.shape)]
+    inverse_shape = (tensor.shape if dim is None else (tensor.shape[dim],)) if named.get("return_inverse") else (0,)
+    counts_shape = (count,) if named.get("return_counts") else (0,)
+    return (torch.empty(values_shape, dtype=tensor.dtype), torch.empty(inverse_shape, dtype=torch.int64),
+            torch.empty(counts_shape, dtype=torch.int64))
+
+
+def _numel(shape) -> int:
+    numel = 1
+    for size in shape:
+        numel *= size
+    return numel
 
 
 def _describe(tensor: torch.Tensor) -> str:

@@ -107,7 +107,7 @@ class UltralyticsLoop:
         validator does its own ``preprocess`` and ``postprocess`` (``training_validator``)."""
         import torch
 
-        from yolomem.loops.ultralytics.release import release
+        from yolomem.loops.ultralytics.release import release, semantic_masks
         from yolomem.loops.batches import foreground_per_image
         from yolomem.loops.val_pass import trace_validation_batch, val_batch_dict
 
@@ -129,7 +129,7 @@ class UltralyticsLoop:
                 _convert_floats(ema, torch.float16)  # model = trainer.ema.ema.half()
             tracer.label(list(ema.parameters()) + list(ema.buffers()), "ema")
         with tracer.phase("val_preprocess"):
-            data = val_batch_dict(settings.task, shape, seed, nc, kpt_shape, channels)
+            data = val_batch_dict(settings.task, shape, seed, nc, kpt_shape, channels, semantic_masks())
             data["resized_shape"] = [(shape.height, shape.width)] * shape.batch  # the collate's per-image shapes
         trace_validation_batch(ema, tracer, data, autocast=autocast, preprocess=validator.preprocess,
                                loss_fn=lambda d, p: ema.loss(d, p), postprocess=validator.postprocess, nc=nc,

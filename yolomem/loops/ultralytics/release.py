@@ -18,7 +18,9 @@ never looked up by version number:
 - ``optimizers`` / ``auto_optimizer``: ``BaseTrainer.build_optimizer`` called on a two-layer model:
   the names it accepts (``RMSProp`` or ``RMSprop``, ``MuSGD`` from 8.4.0) and what ``auto`` picks;
 - ``fused_adam``: whether ``build_optimizer`` asks for fused Adam/AdamW on CUDA (8.4.154) or
-  leaves torch's default, the foreach kernels.
+  leaves torch's default, the foreach kernels;
+- ``semantic_masks``: whether the data pipeline's ``Format`` adds ``sem_masks`` to segmentation batches
+  (8.4.0), which the trainer and the validator move to the GPU and YOLO26-seg's loss reads.
 
 ``check_release`` refuses releases known not to work (one line, exit 2) and warns about releases
 newer than the newest one tested. README, "Ultralytics releases", lists what differs and where.
@@ -289,6 +291,15 @@ def fused_adam() -> bool:
     from ultralytics.engine.trainer import BaseTrainer
 
     return "fused" in inspect.getsource(BaseTrainer.build_optimizer)
+
+
+@functools.cache
+def semantic_masks() -> bool:
+    """``Format`` makes a ``sem_masks`` map per segmentation image (8.4.0+): read in its source, since
+    calling it needs an ``Instances`` whose signature changed across releases."""
+    from ultralytics.data.augment import Format
+
+    return "sem_masks" in inspect.getsource(Format)
 
 
 def _probe_build(name: str, iterations: int = SHORT_RUN_ITERATIONS):

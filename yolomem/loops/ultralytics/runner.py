@@ -96,12 +96,21 @@ def trace_ultralytics_run(
                 after_iterations(run)
         if config.multi_scale and config.step == "train":
             notes.append(_multi_scale_note(config.multi_scale, imgsz, stride, run.trained_size))
+        if type(run.assigner()).__name__ == "SegTaskAlignedAssigner":
+            notes.append(MASK_IOU_ASSIGNER_NOTE)
         trace = tracer.result()
         tracer.detach_finalizers()
         del ddp_buckets
     failures = tuple(sorted(policy.probe_failures)) if policy else ()
     return TracedRun(trace, params, imgsz, optimizer if config.step == "train" else "none", tuple(notes), failures,
                      plan, upper_iteration)  # fmt: skip
+
+
+# SegTaskAlignedAssigner (YOLO26-seg, 8.4.190) picks fp16 for its mask-IoU blocks when the prototypes are
+# on CUDA (``torch.half if proto.device.type == "cuda" else torch.float``); the trace's tensors are CPU ones.
+MASK_IOU_ASSIGNER_NOTE = ("YOLO26-seg's mask-IoU assigner is traced on its CPU branch: its decoded-mask blocks (about "
+                          "2^27 pixels a chunk) are float32 here and fp16 on a GPU, so they count up to twice: the "
+                          "figure errs high there")  # fmt: skip
 
 
 def family_notes(family: Family, config: EstimateConfig) -> list[str]:

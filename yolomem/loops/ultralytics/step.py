@@ -32,6 +32,7 @@ from yolomem.trace.autocast import CudaAutocastPolicy
 from yolomem.loops.batches import SyntheticBatch
 from yolomem.loops.ultralytics import families
 from yolomem.loops.ultralytics.families import family_of, model_nc, task_classes
+from yolomem.loops.ultralytics.release import semantic_masks
 from yolomem.trace.tracer import DataOracle, Tracer
 
 WARMUP_MIN_ITERATIONS = 100  # BaseTrainer._get_warmup_iterations: max(round(warmup_epochs * nb), 100)
@@ -325,7 +326,8 @@ class UltralyticsRun:
         self.model.train()
         with self._autocast():
             with tracer.phase("preprocess"), (largest_draw() if self.settings.multi_scale else contextlib.nullcontext([])) as draws:
-                data = families.complete_batch(self.family, batch.as_dict(self.args.overlap_mask), self.model.nc, batch.batch)
+                collated = batch.as_dict(self.args.overlap_mask, semantic_masks=semantic_masks())
+                data = families.complete_batch(self.family, collated, self.model.nc, batch.batch)
                 data.setdefault("resized_shape", [(batch.imgsz, batch.imgsz)] * batch.batch)  # the collate's; 8.4.0-8.4.6 obb loss reads it
                 tracer.track_existing(data.values(), "input")
                 data = self.trainer_class.preprocess_batch(self._shim, data)
@@ -365,12 +367,16 @@ class UltralyticsRun:
         tracer.label([p.grad for p in self.model.parameters() if p.grad is not None], "gradient")
         del outputs, images
 
-    def assigner_topk(self) -> int:
+    def assigner(self):
+        """The loss's assigner (the one-to-many branch's, for end-to-end heads); None before the first loss."""
         criterion = getattr(self.model, "criterion", None)
         assigner = getattr(criterion, "assigner", None)
         if assigner is None and criterion is not None:
             assigner = getattr(getattr(criterion, "one2many", None), "assigner", None)
-        return int(getattr(assigner, "topk", 10))
+        return assigner
+
+    def assigner_topk(self) -> int:
+        return int(getattr(self.assigner(), "topk", 10))
 
     def _label_state(self) -> None:
         """Optimizer state and gradients made during the step get their categories."""
