@@ -92,6 +92,8 @@ CATALOG: dict[str, Gpu] = {
         Gpu("T4", _mib(15360)),  # 16 GB card, 15360 MiB usable per nvidia-smi (ECC on)
         Gpu("L4", _gib(22.5)),
         Gpu("A10", _gib(22.5)),
+        Gpu("A10G", _mib(23028)),  # AWS g5: 24 GB card, nvidia-smi Total 23028 MiB (ECC on)
+        Gpu("P100-16GB", _gib(16)),  # Kaggle and older clouds' Tesla P100 PCIe 16GB
         Gpu("V100-16GB", _gib(16)),
         Gpu("V100-32GB", _gib(32)),
         Gpu("A100-40GB", _gib(40)),
@@ -106,13 +108,14 @@ CATALOG: dict[str, Gpu] = {
 
 
 def _key(name: str) -> str:
-    return "".join(ch for ch in name.lower() if ch.isalnum()).replace("geforce", "").replace("nvidia", "")
+    # "NVIDIA GeForce RTX 3090", "Tesla T4": the names torch and nvidia-smi print
+    return "".join(ch for ch in name.lower() if ch.isalnum()).replace("geforce", "").replace("nvidia", "").replace("tesla", "")
 
 
 _ALIASES = {_key(name): name for name in CATALOG}
 _ALIASES.update({_key("3060"): "RTX-3060-12GB", _key("3090"): "RTX-3090", _key("4090"): "RTX-4090",
                  _key("A100"): "A100-40GB", _key("H100"): "H100-80GB", _key("V100"): "V100-16GB",
-                 _key("1060"): "GTX-1060-6GB", _key("Tesla T4"): "T4",
+                 _key("1060"): "GTX-1060-6GB", _key("P100"): "P100-16GB",
                  # short Jetson names: the module's default (smaller or only) memory size
                  _key("Jetson-Orin-Nano"): "Jetson-Orin-Nano-8GB",
                  _key("Jetson-Orin-NX"): "Jetson-Orin-NX-16GB", _key("Jetson-AGX-Orin"): "Jetson-AGX-Orin-64GB",
