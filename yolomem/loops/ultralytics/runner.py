@@ -11,6 +11,7 @@ from yolomem.loops.base import TracedRun, max_stride, rank_batch, round_imgsz, t
 from yolomem.loops.batches import SyntheticBatch
 from yolomem.loops.ultralytics import families
 from yolomem.loops.ultralytics.families import Family, family_of
+from yolomem.loops.ultralytics.gpu_branches import gpu_branches
 from yolomem.loops.ultralytics.step import StepSettings, UltralyticsOracle, UltralyticsRun, build_model
 from yolomem.trace.tracer import DataOracle, module_scopes
 
@@ -55,7 +56,7 @@ def trace_ultralytics_run(
     families.check_modelled(family_of(resolved.cfg), resolved.task)
     notes += family_notes(family_of(resolved.cfg), config)
     nc = config.nc or resolved.nc
-    with tracing(config, fake=fake, oracle=oracle) as (tracer, policy):
+    with tracing(config, fake=fake, oracle=oracle) as (tracer, policy), gpu_branches():
         model = build_model(resolved.cfg, resolved.task, nc)
         stride = max_stride(model)
         imgsz = round_imgsz(config.imgsz, stride)
@@ -96,21 +97,13 @@ def trace_ultralytics_run(
                 after_iterations(run)
         if config.multi_scale and config.step == "train":
             notes.append(_multi_scale_note(config.multi_scale, imgsz, stride, run.trained_size))
-        if type(run.assigner()).__name__ == "SegTaskAlignedAssigner":
-            notes.append(MASK_IOU_ASSIGNER_NOTE)
+
         trace = tracer.result()
         tracer.detach_finalizers()
         del ddp_buckets
     failures = tuple(sorted(policy.probe_failures)) if policy else ()
     return TracedRun(trace, params, imgsz, optimizer if config.step == "train" else "none", tuple(notes), failures,
                      plan, upper_iteration)  # fmt: skip
-
-
-# SegTaskAlignedAssigner (YOLO26-seg, 8.4.190) picks fp16 for its mask-IoU blocks when the prototypes are
-# on CUDA (``torch.half if proto.device.type == "cuda" else torch.float``); the trace's tensors are CPU ones.
-MASK_IOU_ASSIGNER_NOTE = ("YOLO26-seg's mask-IoU assigner is traced on its CPU branch: its decoded-mask blocks (about "
-                          "2^27 pixels a chunk) are float32 here and fp16 on a GPU, so they count up to twice: the "
-                          "figure errs high there")  # fmt: skip
 
 
 def family_notes(family: Family, config: EstimateConfig) -> list[str]:

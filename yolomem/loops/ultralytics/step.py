@@ -367,16 +367,12 @@ class UltralyticsRun:
         tracer.label([p.grad for p in self.model.parameters() if p.grad is not None], "gradient")
         del outputs, images
 
-    def assigner(self):
-        """The loss's assigner (the one-to-many branch's, for end-to-end heads); None before the first loss."""
+    def assigner_topk(self) -> int:
         criterion = getattr(self.model, "criterion", None)
         assigner = getattr(criterion, "assigner", None)
         if assigner is None and criterion is not None:
             assigner = getattr(getattr(criterion, "one2many", None), "assigner", None)
-        return assigner
-
-    def assigner_topk(self) -> int:
-        return int(getattr(self.assigner(), "topk", 10))
+        return int(getattr(assigner, "topk", 10))
 
     def _label_state(self) -> None:
         """Optimizer state and gradients made during the step get their categories."""
