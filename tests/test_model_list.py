@@ -100,3 +100,16 @@ def test_a_world_trainer_without_cached_embeddings_is_refused_in_one_line(monkey
         families.check_modelled(families.WORLD, "detect")
     assert "\n" not in str(error.value)
     families.check_modelled(families.YOLO, "detect")  # the others: untouched
+
+
+def test_a_generation_newer_than_the_release_says_a_newer_release_may_ship_it(monkeypatch, capsys):
+    """On 8.3 (newest generation YOLO12) a user asking for yolo26n-seg hears why it is unknown there."""
+    from yolomem.loops.ultralytics import models
+
+    older = tuple(n for n in models.shipped_model_names() if not n.startswith(("yolo26", "yoloe-26")))
+    monkeypatch.setattr(models, "shipped_model_names", lambda: older)
+    assert main(["estimate", "yolo26n-seg.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "a newer release may ship YOLO26: pip install -U ultralytics" in err and err.count("\n") == 1
+    assert main(["estimate", "yolov8q.yaml"]) == 2  # a typo in a shipped generation: no such hint
+    assert "newer release" not in capsys.readouterr().err

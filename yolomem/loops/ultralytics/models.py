@@ -65,11 +65,21 @@ def _weights_alias(yaml_name: str) -> str:
     return _V5U_P6.sub(r"yolov5\1-p6.yaml", yaml_name)
 
 
-def _installed() -> str:
-    """Names come and go with releases (yolov9 arrived in 8.1.x, yolo11 in 8.3.0): say which one looked."""
+_GENERATION = re.compile(r"^yolov?(\d+)")
+
+
+def _installed(spec: str = "") -> str:
+    """Names come and go with releases (yolov9 arrived in 8.1.x, yolo11 in 8.3.0): say which one looked,
+    and, for a YOLO generation newer than any it ships, that a newer release may have it."""
     import ultralytics
 
-    return f"in the installed ultralytics {ultralytics.__version__}"
+    where = f"in the installed ultralytics {ultralytics.__version__}"
+    asked = _GENERATION.match(Path(spec).name)
+    shipped = [int(m.group(1)) for m in map(_GENERATION.match, shipped_model_names()) if m]
+    if asked and shipped and int(asked.group(1)) > max(shipped):
+        where += (f" (its newest generation is YOLO{max(shipped)}; a newer release may ship "
+                  f"YOLO{asked.group(1)}: pip install -U ultralytics)")  # fmt: skip
+    return where
 
 
 def unsupported_task(name: str) -> str | None:
@@ -115,7 +125,7 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
             raise UserError(f"checkpoint {spec!r} does not exist")
         yaml_name = _weights_alias(f"{path.stem}.yaml")
         if yaml_name not in shipped_model_names():
-            raise unknown("model", spec, [n[:-5] + ".pt" for n in shipped_model_names()], where=_installed())
+            raise unknown("model", spec, [n[:-5] + ".pt" for n in shipped_model_names()], where=_installed(spec))
         note = f"{spec} is not on disk and would need a download; using {yaml_name} (same architecture, random weights)"
         spec, path = yaml_name, Path(yaml_name)
     elif path.suffix in {".yaml", ".yml"} and path.is_file():
@@ -131,7 +141,7 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
     if spec not in shipped_model_names():
         if spec.startswith(("/", ".")) or len(path.parts) > 1:
             raise UserError(f"model file {spec!r} does not exist")
-        raise unknown("model", spec, shipped_model_names(), where=_installed())
+        raise unknown("model", spec, shipped_model_names(), where=_installed(spec))
     cfg = yaml_model_load(spec)
     cfg, weights_note = _without_downloads(cfg)
     return ResolvedModel(path.stem, "yaml", _task(cfg, spec), cfg, None, "; ".join(n for n in (note, weights_note) if n))
