@@ -8,7 +8,7 @@ from its own source with the test replaced by ``True`` for the duration of a tra
   "cuda" else torch.float`` for its decoded-mask blocks, chunks of about 2^27 pixels that float32 would
   count twice.
 
-A release whose source does not hold the test is left as it is (``rewritten`` says what was changed).
+A release whose source does not hold the test is left as it is.
 """
 
 from __future__ import annotations
@@ -34,11 +34,9 @@ DEVICE_TESTS = (DeviceTest("ultralytics.utils.tal", "SegTaskAlignedAssigner", "p
 
 
 @contextlib.contextmanager
-def gpu_branches() -> Iterator[list[str]]:
-    """Inside, each method of ``DEVICE_TESTS`` found in the installed release takes its GPU branch; yields
-    the ``Class.method`` names rewritten."""
+def gpu_branches() -> Iterator[None]:
+    """Inside, each method of ``DEVICE_TESTS`` found in the installed release takes its GPU branch."""
     restore: list[tuple[type, str, object]] = []
-    rewritten: list[str] = []
     try:
         for device_test in DEVICE_TESTS:
             owner = getattr(_module(device_test.module), device_test.owner, None)
@@ -47,8 +45,7 @@ def gpu_branches() -> Iterator[list[str]]:
             if replacement is not None:
                 restore.append((owner, device_test.method, function))
                 setattr(owner, device_test.method, replacement)
-                rewritten.append(f"{device_test.owner}.{device_test.method}")
-        yield rewritten
+        yield
     finally:
         for owner, name, function in reversed(restore):
             setattr(owner, name, function)

@@ -97,7 +97,6 @@ def trace_ultralytics_run(
                 after_iterations(run)
         if config.multi_scale and config.step == "train":
             notes.append(_multi_scale_note(config.multi_scale, imgsz, stride, run.trained_size))
-
         trace = tracer.result()
         tracer.detach_finalizers()
         del ddp_buckets
