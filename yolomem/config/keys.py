@@ -384,7 +384,8 @@ ESTIMATE_KEYS = KeyTable((
     Key("framework", CHOICE, "ultralytics", "training loop: ultralytics or yolov5 (the yolov5 repo's train.py)",
         choices=FRAMEWORKS),
     Key("seed", INT, 0, "seed of the synthetic batches", low=0),
-    Key("nc", INT, None, "number of classes (default: the model's)", nullable=True, low=1),
+    Key("nc", INT, None, "number of classes (default: data='s, else those of Ultralytics' default data for the "
+        "task: 1 for pose, 15 for obb; classify: the model's)", nullable=True, low=1),
     Key("data", TEXT, None, "an Ultralytics dataset YAML: objects per image, image sizes, whole epochs", nullable=True),
     Key("world_size", INT, 1, "DDP ranks; the batch is split across them", low=1),
     Key("checkpoint", BOOL, False, "activation checkpointing"),

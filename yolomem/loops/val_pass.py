@@ -61,7 +61,8 @@ NMS_CANDIDATES_PER_IMAGE = 30000
 # card that trains obb at 1024 could hold. Fitted to the one public obb run we have (issue #12):
 # yolov8n-obb, imgsz 1024, batch 8 printed 2.8 G GPU_mem through its validations. The simulated epochs
 # give 2.80 GiB for epoch 1 and, after validation, 2.92 GiB at 3000 candidates per image, 3.73 at 6000
-# and 23.0 at 30000; so 3000 is assumed, and the estimate lists it with what the cap would cost.
+# and 23.0 at 30000; so 3000 is assumed, and the estimate lists it with what the cap would cost. (That fit
+# built the model with the YAML's 80 classes; with dota8's 15, the default since, it gives 2.55 and 2.79.)
 ROTATED_NMS_CANDIDATES_PER_IMAGE = 3000
 NMS_TIME_PER_IMAGE = 1e9  # seconds: NMS's time limit, lifted (see trace_validation_batch)
 NMS_BLOCK = 64  # threadsPerBlock in torchvision's nms_kernel.cu: one int64 of mask bits per 64 boxes

@@ -34,6 +34,9 @@ def prepare(config: EstimateConfig) -> Prepared:
     notes = list(config.notes)
     if resolved.note:
         notes.append(resolved.note)
+    config, note = _class_count(config, resolved)
+    if note:
+        notes.append(note)
     if config.data and _needs_download(config.data):
         config, note = _without_labels(config)
         notes.append(note)
@@ -74,3 +77,53 @@ def _needs_download(data: str) -> bool:
 
     path = Path(data).expanduser()
     return not path.exists() and len(path.parts) == 1
+
+
+def _class_count(config: EstimateConfig, resolved: ResolvedModel) -> tuple[EstimateConfig, str | None]:
+    """The trainer builds the model with the dataset's classes, not the model YAML's: ``nc=`` where given,
+    else the class names of ``data=`` (a local YAML, or the one Ultralytics ships under that name), else
+    those of the dataset Ultralytics trains the task on by default (``TASK2DATA``: coco8-pose.yaml for pose,
+    1 class, where yolo11-pose.yaml says 80; dota8.yaml for obb, 15). Classification keeps the model's own
+    (ImageNet's 1000, the published head): its default data is a folder, imagenet10."""
+    if config.nc is not None or resolved.task == "classify" or resolved.source == "checkpoint":  # its own nc
+        return config, None
+    data, where = config.data, f"data={config.data}"
+    if not data and resolved.framework == "ultralytics":
+        from ultralytics.cfg import TASK2DATA
+
+        data = TASK2DATA.get(resolved.task)
+        where = f"{data}, Ultralytics' default data for {resolved.task}"
+    classes = _dataset_classes(data) if data else None
+    model_nc = resolved.cfg.get("nc")
+    if classes is None or classes == model_nc:
+        return config, None
+    says = f"; {resolved.name}.yaml says {model_nc}" if model_nc is not None else ""
+    note = f"nc={classes}: the classes of {where} (the trainer builds the model with them{says})"
+    if not config.data:
+        note += "; pass nc= or data= for yours"
+    return config.with_changes(nc=classes), note
+
+
+def _dataset_classes(data: str) -> int | None:
+    """How many classes a dataset YAML names (``names`` or ``nc``): the file, else Ultralytics' copy of
+    it; None where there is neither (a classification folder, a URL) or it names none."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(data).expanduser()
+    if not path.is_file():
+        import ultralytics
+
+        path = Path(ultralytics.__file__).parent / "cfg" / "datasets" / Path(data).name
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None  # read_dataset says what is wrong with it, with its own error
+    if not isinstance(content, dict):
+        return None
+    names = content.get("names")
+    if isinstance(names, (list, dict)) and names:
+        return len(names)
+    nc = content.get("nc")
+    return nc if isinstance(nc, int) and nc > 0 else None

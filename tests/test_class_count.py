@@ -1,0 +1,48 @@
+"""The model is built with the dataset's classes, as the trainer builds it: ``nc=``, else ``data=``'s
+class names, else those of Ultralytics' default data for the task (``TASK2DATA``), read from the
+dataset YAMLs the installed Ultralytics ships. Ground truth: those YAMLs and Ultralytics' own mapping."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from yolomem.config.settings import EstimateConfig
+from yolomem.result.prepare import prepare
+
+
+def _shipped_classes(name: str) -> int:
+    from pathlib import Path
+
+    import ultralytics
+
+    return len(yaml.safe_load((Path(ultralytics.__file__).parent / "cfg" / "datasets" / name).read_text())["names"])
+
+
+@pytest.mark.parametrize(("model", "task"), [("yolo11n-pose.yaml", "pose"), ("yolov8n-obb.yaml", "obb")])
+def test_without_data_the_task_default_datasets_classes_build_the_model(model, task):
+    from ultralytics.cfg import TASK2DATA
+
+    prepared = prepare(EstimateConfig(model=model))
+    assert prepared.config.nc == _shipped_classes(TASK2DATA[task]) != prepared.resolved.cfg["nc"]  # 1 and 15, not 80
+    assert any(note.startswith(f"nc={prepared.config.nc}: the classes of {TASK2DATA[task]}") for note in prepared.notes)
+
+
+def test_detection_keeps_its_80_and_nc_given_wins():
+    assert prepare(EstimateConfig(model="yolov8n.yaml")).config.nc is None  # coco8's 80 = the YAML's: nothing to say
+    assert prepare(EstimateConfig(model="yolo11n-pose.yaml", nc=5)).config.nc == 5
+    assert prepare(EstimateConfig(model="yolo11n-cls.yaml")).config.nc is None  # ImageNet's head, as published
+
+
+def test_data_names_set_the_classes(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.new("RGB", (64, 48)).save(tmp_path / "images" / "a.jpg")
+    (tmp_path / "labels" / "a.txt").write_text("2 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "three.yaml").write_text(f"path: {tmp_path}\ntrain: images\nval: images\nnames: [a, b, c]\n")
+    local = prepare(EstimateConfig(model="yolov8n.yaml", data=str(tmp_path / "three.yaml")))
+    assert local.config.nc == 3
+    shipped = prepare(EstimateConfig(model="yolov8n.yaml", data="VisDrone.yaml"))  # not on disk: Ultralytics' copy
+    assert shipped.config.nc == _shipped_classes("VisDrone.yaml") == 10
