@@ -61,7 +61,7 @@ from yolomem.loops.val_pass import (
 MODELS = {"detect": "yolov8n.yaml", "segment": "yolov8n-seg.yaml", "pose": "yolov8n-pose.yaml", "obb": "yolov8n-obb.yaml"}
 # YOLO26-seg (8.4.0+): semantic masks in the batch and a mask-IoU assigner in the validation loss
 NEWER = {"segment": "yolo26n-seg.yaml"}
-CASES = [(task, model) for task, model in MODELS.items()] + [(task, model) for task, model in NEWER.items()]
+CASES = list(MODELS.items()) + list(NEWER.items())
 TRAIN_BATCH = 2
 IMGSZ = 64
 HEIGHT, WIDTH = 64, 32  # a rect validation batch (BaseDataset.set_rectangle), smaller than imgsz one way

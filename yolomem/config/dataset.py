@@ -1,4 +1,5 @@
-"""Read an Ultralytics dataset YAML: objects per image and image sizes, without loading any image.
+"""Read an Ultralytics dataset YAML: objects per image and image sizes, without loading any image; and
+how many classes it names (``dataset_classes``, for YAMLs Ultralytics ships too).
 
 What is read, for ``train`` and ``val``:
 - the image list, as Ultralytics builds it (``BaseDataset.get_img_files``): a directory (searched
@@ -98,6 +99,29 @@ def read_dataset(yaml_path: str | os.PathLike, *, seed: int = 0, train_header_sa
     if data.get("val"):
         val = read_split("val", _image_files(root, data["val"], "val"), header_sample=None, seed=seed)
     return DatasetSummary(str(path), train, val)
+
+
+def dataset_classes(data: str) -> int | None:
+    """How many classes a dataset YAML names (``names`` or ``nc``): the file, else Ultralytics' copy of
+    it; None where there is neither (a classification folder, a URL) or it names none."""
+    import yaml
+
+    path = Path(data).expanduser()
+    if not path.is_file():
+        import ultralytics
+
+        path = Path(ultralytics.__file__).parent / "cfg" / "datasets" / Path(data).name
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None  # read_dataset says what is wrong with it, with its own error
+    if not isinstance(content, dict):
+        return None
+    names = content.get("names")
+    if isinstance(names, (list, dict)) and names:
+        return len(names)
+    nc = content.get("nc")
+    return nc if isinstance(nc, int) and nc > 0 else None
 
 
 def read_split(name: str, images: list[str], *, header_sample: int | None, seed: int = 0) -> SplitSummary:

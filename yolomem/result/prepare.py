@@ -85,6 +85,8 @@ def _class_count(config: EstimateConfig, resolved: ResolvedModel) -> tuple[Estim
     those of the dataset Ultralytics trains the task on by default (``TASK2DATA``: coco8-pose.yaml for pose,
     1 class, where yolo11-pose.yaml says 80; dota8.yaml for obb, 15). Classification keeps the model's own
     (ImageNet's 1000, the published head): its default data is a folder, imagenet10."""
+    from yolomem.config.dataset import dataset_classes
+
     if config.nc is not None or resolved.task == "classify" or resolved.source == "checkpoint":  # its own nc
         return config, None
     data, where = config.data, f"data={config.data}"
@@ -93,7 +95,7 @@ def _class_count(config: EstimateConfig, resolved: ResolvedModel) -> tuple[Estim
 
         data = TASK2DATA.get(resolved.task)
         where = f"{data}, Ultralytics' default data for {resolved.task}"
-    classes = _dataset_classes(data) if data else None
+    classes = dataset_classes(data) if data else None
     model_nc = resolved.cfg.get("nc")
     if classes is None or classes == model_nc:
         return config, None
@@ -102,28 +104,3 @@ def _class_count(config: EstimateConfig, resolved: ResolvedModel) -> tuple[Estim
     if not config.data:
         note += "; pass nc= or data= for yours"
     return config.with_changes(nc=classes), note
-
-
-def _dataset_classes(data: str) -> int | None:
-    """How many classes a dataset YAML names (``names`` or ``nc``): the file, else Ultralytics' copy of
-    it; None where there is neither (a classification folder, a URL) or it names none."""
-    from pathlib import Path
-
-    import yaml
-
-    path = Path(data).expanduser()
-    if not path.is_file():
-        import ultralytics
-
-        path = Path(ultralytics.__file__).parent / "cfg" / "datasets" / Path(data).name
-    try:
-        content = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, yaml.YAMLError):
-        return None  # read_dataset says what is wrong with it, with its own error
-    if not isinstance(content, dict):
-        return None
-    names = content.get("names")
-    if isinstance(names, (list, dict)) and names:
-        return len(names)
-    nc = content.get("nc")
-    return nc if isinstance(nc, int) and nc > 0 else None
