@@ -143,3 +143,26 @@ def test_the_probe_is_kept_in_the_cache_and_read_back(tmp_path, monkeypatch):
     monkeypatch.setattr(store_module, "_ACTIVE", store_module.TraceStore(tmp_path, enabled=False))  # --no-cache
     with pytest.raises(AssertionError, match="probed again"):
         rel.release.__wrapped__()
+
+
+def test_cli_refuses_an_old_release_that_fails_its_own_import(tmp_path):
+    """8.0.x imports pkg_resources, which this Python lacks: its import raises before any version check
+    could run. The version then comes from its package metadata, and the user sees the same one line."""
+    import os
+    import subprocess
+    import sys
+
+    package = tmp_path / "ultralytics"
+    package.mkdir()
+    (package / "__init__.py").write_text("__version__ = '8.0.50'\nimport pkg_resources_gone_in_this_python\n")
+    info = tmp_path / "ultralytics-8.0.50.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ultralytics\nVersion: 8.0.50\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "yolomem", "estimate", "yolov8n.yaml"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "yolomem: error: ultralytics 8.0.50 is older than 8.1.0, the oldest release yolomem traces "
+        f"(tested: {rel.TESTED_RANGE}); pip install 'ultralytics>=8.1'"
+    ]

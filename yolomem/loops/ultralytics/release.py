@@ -106,10 +106,27 @@ def version_tuple(version: str) -> tuple[int, ...]:
 
 
 def installed_version() -> str:
-    import_quietly()
+    try:
+        import_quietly()
+    except Exception:
+        # A release too old for this Python fails in its own import (8.0.x: pkg_resources): say so in
+        # one line, from the version its package metadata records, rather than show its traceback.
+        recorded = _recorded_version()
+        if recorded:
+            check_release(recorded)
+        raise
     import ultralytics
 
     return ultralytics.__version__
+
+
+def _recorded_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ultralytics")
+    except PackageNotFoundError:
+        return None
 
 
 def import_quietly() -> None:
