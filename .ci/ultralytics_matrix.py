@@ -127,11 +127,13 @@ def smoke() -> None:
         failures.append(f"{big}: {type(error).__name__}: {error}")
     # RT-DETR: 8.3's loss builds its items with torch.as_tensor of a list of tensors, 8.1-8.2's trainer
     # calls super() in preprocess_batch; checkpointing: unwrap_model is 8.3.x and later; the newest
-    # generation's segmentation (YOLO26, 8.4.0+: semantic masks; 8.4.190: a mask-IoU assigner) with epochs
+    # generation's segmentation (YOLO26, 8.4.0+: semantic masks; 8.4.190: a mask-IoU assigner) with epochs;
+    # classification's validation pass (the EMA halved in place up to 8.4.61, autocast after)
     newest_seg = next(m for m in ("yolo26n-seg.yaml", "yolo11n-seg.yaml", "yolov8n-seg.yaml") if m in get_loop("ultralytics").model_names())
     for key, model, extra in (("rtdetr", "rtdetr-l.yaml", {"imgsz": 320, "batch": 2}),
                               ("checkpoint", "yolov8n.yaml", {"imgsz": 128, "batch": 3, "checkpoint": True}),
-                              (newest_seg[:-5], newest_seg, {"imgsz": 128, "batch": 3, "epochs": 2})):  # fmt: skip
+                              (newest_seg[:-5], newest_seg, {"imgsz": 128, "batch": 3, "epochs": 2}),
+                              ("classify-epochs", "yolov8n-cls.yaml", {"imgsz": 64, "batch": 3, "epochs": 2})):  # fmt: skip
         try:
             out[key] = estimate(model, iterations=1, **extra).gpu_mem_printed
         except Exception as error:  # noqa: BLE001

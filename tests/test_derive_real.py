@@ -33,7 +33,7 @@ CASES = [
     pytest.param("yolov8n-seg.yaml", {"epochs": 2}, id="segment-amp-epochs"),
     pytest.param("yolov8n-pose.yaml", {}, id="pose-amp"),
     pytest.param("yolov8n-obb.yaml", {"amp": "fp32", "epochs": 2}, id="obb-fp32-epochs"),
-    pytest.param("yolov8n-cls.yaml", {"amp": "fp32"}, id="classify-fp32"),
+    pytest.param("yolov8n-cls.yaml", {"amp": "fp32", "epochs": 2}, id="classify-fp32-epochs"),
     pytest.param("yolov5n", {"amp": "fp32", "epochs": 2}, id="yolov5-loop-fp32-epochs"),
     pytest.param("yolov5n", {}, id="yolov5-loop-amp"),
 ]

@@ -183,3 +183,66 @@ def test_carried_loop_variables_stay_alive_into_the_next_template():
     assert carried.peak_allocated.median == 50 * mb
     assert dropped.peak_allocated.median == 30 * mb
     assert any("stay alive until the next iteration" in a for a in carried.assumptions)
+
+
+def _classify_folder(root, classes: int = 3, train_per_class: int = 4, val_per_class: int = 2):
+    """train/ and val/ with one folder of tiny PNGs per class, as Ultralytics' classification datasets are."""
+    from PIL import Image
+
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (40, 30)).save(folder / f"{i}.png")
+    return root
+
+
+def test_classification_validates_square_crops_at_twice_the_batch():
+    """ClassificationValidator: classify_transforms center-crops every image to imgsz, and the loader
+    takes 2x the training batch; no objects, so one training template and no NMS."""
+    from yolomem.result.estimate import estimate
+
+    result = estimate("yolov8n-cls.yaml", imgsz=64, batch=2, iterations=1, epochs=2)
+    sim = result.epochs
+    assert sim is not None and result.steady_reserved_bytes >= result.epoch1_reserved_bytes
+    assert result.to_json()["epochs"]["val_shapes"] == [[4, 64, 64]]
+    assert sim.plan.levels == (0,)
+    val_pass = result.trace.events[result.trace.iteration_bounds[-1] :]
+    first = next(e for e in val_pass if e.op == "alloc")
+    assert first.phase == "val_preprocess" and first.nbytes == 4 * 3 * 64 * 64 * 4  # float32 (4, 3, 64, 64) images
+    assert not any("NMS" in line for line in result.unaccounted)
+    assert not any(line.startswith("validation pass and epochs 2+") for line in result.unaccounted)
+
+
+def test_a_classification_folder_gives_the_classes_and_the_epoch(tmp_path):
+    from yolomem.result.estimate import estimate
+
+    data = _classify_folder(tmp_path / "flowers")
+    result = estimate("yolov8n-cls.yaml", imgsz=64, batch=4, iterations=1, data=str(data))
+    assert result.config.nc == 3  # the head is built for the folder's classes, not ImageNet's 1000
+    assert result.epochs is not None and result.epochs.plan.batches_per_epoch == 3  # 12 train images / 4
+    assert any("12 train and 6 val images in 3 classes" in note for note in result.notes)
+
+
+def test_a_folder_given_to_a_detector_is_refused_in_one_line(tmp_path):
+    from yolomem.errors import UserError
+    from yolomem.result.estimate import estimate
+
+    data = _classify_folder(tmp_path / "flowers")
+    with pytest.raises(UserError, match="is a folder, the dataset of a classification model"):
+        estimate("yolov8n.yaml", imgsz=64, batch=2, data=str(data))
+    with pytest.raises(UserError, match="has no train/ folder"):
+        estimate("yolov8n-cls.yaml", imgsz=64, batch=2, data=str(tmp_path))
+
+
+def test_epochs_asked_where_they_are_not_simulated_says_so():
+    """The yolov5 repo's classifiers have no simulated validation: the output must not tell the user to
+    pass the epochs=2 they passed."""
+    from yolomem.result.estimate import estimate
+
+    result = estimate("yolov5n-cls.yaml", imgsz=64, batch=2, iterations=1, epochs=2)
+    assert result.epochs is None
+    line = next(line for line in result.unaccounted if line.startswith("validation pass and epochs 2+"))
+    assert "pass data=" not in line and "not simulated for this model and loop" in line
+    assert any("not simulated for the yolov5 repo's classifiers" in note for note in result.notes)

@@ -1,7 +1,7 @@
 """The traced validation pass allocates what Ultralytics' own validator allocates for the same batch.
 
 Ground truth: ``BaseValidator.__call__(trainer=...)`` itself, with the task's validator class (detect,
-segment, pose, obb) on the training run's EMA model, on real CPU tensors, recorded by the same ``Tracer``
+segment, pose, obb, classify) on the training run's EMA model, on real CPU tensors, recorded by the same ``Tracer``
 with ``fake=False`` after one real training iteration. Its loader yields one collated batch made by
 ``val_batch_dict``, as the traced pass makes it. The traced pass is ``UltralyticsLoop.trace_val_pass`` on
 fake tensors after one fake training iteration, as the epoch simulation runs it. Both are compared event
@@ -25,9 +25,8 @@ before its loop (``iouv``, ``self.loss = zeros_like(...)``: bytes) and ``update_
 
 FP32 (``amp=fp32``): a CPU run takes no CUDA autocast, so both sides take the validator's fp32 path.
 
-Classification is not compared: its validation pass is not simulated in training (``epochs_supported``
-is false for it: ``ClassificationValidator`` runs a softmax over (batch, classes), nothing that moves the
-peak), so there is no traced pass to check.
+Classification (``ClassificationValidator``) has no NMS: its ``postprocess`` takes the softmax of the
+head's ``(softmax, logits)``, and its batches are ``imgsz`` square float32 images (``classify_transforms``).
 """
 from __future__ import annotations
 
@@ -58,7 +57,8 @@ from yolomem.loops.val_pass import (
     val_batch_size,
 )
 
-MODELS = {"detect": "yolov8n.yaml", "segment": "yolov8n-seg.yaml", "pose": "yolov8n-pose.yaml", "obb": "yolov8n-obb.yaml"}
+MODELS = {"detect": "yolov8n.yaml", "segment": "yolov8n-seg.yaml", "pose": "yolov8n-pose.yaml", "obb": "yolov8n-obb.yaml",
+          "classify": "yolov8n-cls.yaml"}  # fmt: skip
 # YOLO26-seg (8.4.0+): semantic masks in the batch and a mask-IoU assigner in the validation loss
 NEWER = {"segment": "yolo26n-seg.yaml"}
 CASES = list(MODELS.items()) + list(NEWER.items())
@@ -76,6 +76,8 @@ def _config(model: str) -> EstimateConfig:
 
 def _shape(task: str) -> ValBatchShape:
     batch = val_batch_size(task, TRAIN_BATCH)
+    if task == "classify":  # center-cropped squares
+        return ValBatchShape(batch, IMGSZ, IMGSZ, (0,) * batch)
     return ValBatchShape(batch, HEIGHT, WIDTH, COUNTS[:batch])
 
 
@@ -109,7 +111,10 @@ def _trainer(run, resolved):
     model = run.model
     with run.tracer.paused():  # only for the names of the loss items: the trainer has them from training
         criterion = model.init_criterion()
-        names = getattr(criterion, "loss_names", None) or criterion.one2many.loss_names  # E2ELoss (YOLO26) wraps two
+        if run.settings.task == "classify":  # ClassificationTrainer.loss_names
+            names = ["loss"]
+        else:  # E2ELoss (YOLO26) wraps two
+            names = getattr(criterion, "loss_names", None) or criterion.one2many.loss_names
     data = {"names": model.names, "nc": int(model.nc), "channels": 3, "kpt_shape": list(_kpt_shape(resolved)), "val": ""}
     return SimpleNamespace(
         ema=SimpleNamespace(ema=run.ema.ema), device=torch.device("cpu"), amp=False, data=data,
@@ -123,7 +128,8 @@ def _validator(task: str, run, loader):
     from ultralytics.models import yolo
 
     classes = {"detect": yolo.detect.DetectionValidator, "segment": yolo.segment.SegmentationValidator,
-               "pose": yolo.pose.PoseValidator, "obb": yolo.obb.OBBValidator}  # fmt: skip
+               "pose": yolo.pose.PoseValidator, "obb": yolo.obb.OBBValidator,
+               "classify": yolo.classify.ClassificationValidator}  # fmt: skip
     return classes[task](loader, save_dir=Path(tempfile.gettempdir()), args=copy.copy(run.args))
 
 
@@ -138,10 +144,11 @@ def _instrument(validator, tracer, bounds: dict) -> None:
         return preprocess(batch)
 
     def marked_postprocess(preds):
-        candidates = _assume_candidates(tracer, rotated=validator.args.task == "obb")
-        prediction = tree_flatten(preds)[0][0]  # (B, 4 + nc + extra, anchors)
-        with _disable_current_modes():
-            prediction.copy_(synthetic_predictions(tuple(prediction.shape), prediction.dtype, validator.nc, candidates))
+        if validator.args.task != "classify":  # classification has no NMS
+            candidates = _assume_candidates(tracer, rotated=validator.args.task == "obb")
+            prediction = tree_flatten(preds)[0][0]  # (B, 4 + nc + extra, anchors)
+            with _disable_current_modes():
+                prediction.copy_(synthetic_predictions(tuple(prediction.shape), prediction.dtype, validator.nc, candidates))
         out = postprocess(preds)
         bounds["postprocess"] = _mark(tracer)
         return out

@@ -85,6 +85,9 @@ def read_dataset(yaml_path: str | os.PathLike, *, seed: int = 0, train_header_sa
     import yaml
 
     path = Path(yaml_path).expanduser()
+    if path.is_dir():
+        raise UserError(f"data={str(yaml_path)!r} is a folder, the dataset of a classification model; detect, segment, "
+                        "pose and obb models take an Ultralytics dataset YAML")  # fmt: skip
     if not path.is_file():
         raise UserError(f"data={str(yaml_path)!r} does not exist; pass an Ultralytics dataset YAML")
     try:
@@ -99,6 +102,34 @@ def read_dataset(yaml_path: str | os.PathLike, *, seed: int = 0, train_header_sa
     if data.get("val"):
         val = read_split("val", _image_files(root, data["val"], "val"), header_sample=None, seed=seed)
     return DatasetSummary(str(path), train, val)
+
+
+@dataclass(frozen=True)
+class ClassifyFolder:
+    """A classification dataset as Ultralytics reads it (``check_cls_dataset``): ``train/`` with one
+    subfolder per class, and ``val/`` (else ``test/``) beside it."""
+
+    path: str
+    classes: int
+    train_images: int
+    val_images: int
+
+
+def read_classify_folder(folder: str | os.PathLike) -> ClassifyFolder:
+    """Count the classes (subfolders of ``train/``) and the images of each split; no image is opened."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    root = Path(folder).expanduser()
+    train = root / "train"
+    if not train.is_dir():
+        raise UserError(f"data={str(folder)!r} has no train/ folder; a classification dataset is train/ and val/, "
+                        "one subfolder per class in each")  # fmt: skip
+    val = next((root / split for split in ("val", "test") if (root / split).is_dir()), None)
+    classes = sum(1 for entry in train.iterdir() if entry.is_dir())
+    train_images = len(_walk_images(train, IMG_FORMATS))
+    if not classes or not train_images:
+        raise UserError(f"data={str(folder)!r}: no class subfolders with images in {str(train)!r}")
+    return ClassifyFolder(str(root), classes, train_images, len(_walk_images(val, IMG_FORMATS)) if val else 0)
 
 
 def dataset_classes(data: str) -> int | None:

@@ -91,6 +91,8 @@ def val_batch_dict(task: str, shape: ValBatchShape, seed: int, nc: int, kpt_shap
     side = max(shape.height, shape.width)
     synthetic = SyntheticBatch(task, shape.batch, side, shape.counts, seed, nc, tuple(kpt_shape), channels)
     data = synthetic.as_dict(semantic_masks=semantic_masks)
+    if task == "classify":  # ClassificationDataset's normalised float32 images, center-cropped square
+        return data
     data["img"] = torch.zeros((shape.batch, channels, shape.height, shape.width), dtype=torch.uint8)
     for key in ("masks", "sem_masks"):  # overlap and semantic masks are (B, H/4, W/4) for a rect batch
         if key in data:
@@ -110,6 +112,7 @@ def trace_validation_batch(
     nc: int,
     foreground: tuple[int, ...] = (),
     rotated: bool = False,
+    nms: bool = True,
 ) -> None:
     """Trace one validation batch as the loop body of ``BaseValidator.__call__`` runs it.
 
@@ -120,7 +123,8 @@ def trace_validation_batch(
     ``postprocess`` runs outside it, as in the validator. ``loss_fn(data, preds)``: the validation loss, or
     None to skip it. ``foreground``: each image's assumed foreground anchors, for the loss's assigner
     (``yolomem.loops.batches.foreground_per_image``). ``rotated``: the task's NMS is rotated (obb), for
-    the candidates assumed.
+    the candidates assumed. ``nms``: ``postprocess`` runs NMS (not for classification, whose ``postprocess``
+    takes the softmax output of ``(softmax, logits)``).
     """
     model.eval()
     # Ultralytics runs this under torch.inference_mode(); no_grad() keeps the same allocations (no
@@ -143,9 +147,9 @@ def trace_validation_batch(
                     # holds the last item, a view of the criterion's loss vector (``self.loss[k] += v``)
                     losses = loss_fn(data, preds)[1]
         with tracer.phase("val_nms"):
-            candidates = _assume_candidates(tracer, rotated=rotated)
-            preds = _with_synthetic_scores(preds, tracer, nc, candidates)
-            with nms_stand_ins(tracer), quiet_ultralytics():
+            if nms:
+                preds = _with_synthetic_scores(preds, tracer, nc, _assume_candidates(tracer, rotated=rotated))
+            with nms_stand_ins(tracer) if nms else contextlib.nullcontext(), quiet_ultralytics():
                 # the raw outputs stay alive through postprocess: ``preds = self.postprocess(preds)``
                 outputs = postprocess(preds)
             del preds, outputs

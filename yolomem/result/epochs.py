@@ -175,12 +175,13 @@ def plan_epochs(
     train_counts: Sequence[int] | None = None, instances: float = 8.0,
     val_sizes: Sequence[tuple[int, int]] | None = None, val_counts: Sequence[int] | None = None,
     max_instances: int | None = None, augmentations: Sequence[Augmentation] | None = None,
-    images: int | None = None, sigma: float | None = None,
+    images: int | None = None, sigma: float | None = None, square_val: bool = False,
 ) -> EpochPlan:  # fmt: skip
     """Draw the batches of every simulated epoch and pick what to trace (see the module docstring).
     ``augmentations``: one per simulated epoch (mosaic on or closed); default mosaics throughout.
     Without ``train_counts``: ``images`` per epoch (default ``DEFAULT_TRAIN_IMAGES``), spread with log-sd
-    ``sigma`` (default ``DEFAULT_SIGMA``)."""
+    ``sigma`` (default ``DEFAULT_SIGMA``). ``square_val``: every validation image is ``imgsz`` square
+    (classification: ``classify_transforms`` center-crops), not a letterboxed rect shape."""
     augmentations = tuple(augmentations or [Augmentation()] * SIM_EPOCHS)
     counts = None if train_counts is None else tuple(int(c) for c in train_counts)
     drawn: list[list[list[tuple[int, ...]]]] = []  # seed -> epoch -> batches (objects per sample)
@@ -203,7 +204,9 @@ def plan_epochs(
     sequences = tuple(
         tuple(tuple(_level_of(max(b, default=0), levels) for b in epoch) for epoch in per_seed) for per_seed in drawn
     )
-    if val_sizes:
+    if square_val:
+        batches = [((imgsz, imgsz), (0,) * val_batch)]
+    elif val_sizes:
         batches = _val_batches(val_sizes, list(val_counts or [0] * len(val_sizes)), val_batch, imgsz, stride)
     else:  # no dataset: square images, letterboxed as set_rectangle does for aspect ratio 1
         side = int(math.ceil(imgsz / stride + VAL_PAD)) * stride
@@ -517,12 +520,17 @@ class EpochTracing:
         self.stride: int | None = None  # the model's, once traced
 
     def plan_for(self, task: str, batch: int, imgsz: int, stride: int, first_level_iteration: int) -> EpochPlan:
-        """The plan at a (per-rank) batch, as traced; ``yolomem.result.runs`` asks it for derived runs too."""
+        """The plan at a (per-rank) batch, as traced; ``yolomem.result.runs`` asks it for derived runs too.
+        Classification has no objects: every batch is alike (one level, nothing drawn), and validation
+        images are ``imgsz`` square."""
+        train_counts = self.train_counts
+        if task == "classify":
+            train_counts = tuple(train_counts or ()) or (0,) * (self.images or DEFAULT_TRAIN_IMAGES)
         plan = plan_epochs(
             batch=batch, val_batch=self.loop.val_batch_size(task, batch), imgsz=imgsz,
-            stride=stride, seeds=self.seeds, train_counts=self.train_counts, instances=self.instances,
+            stride=stride, seeds=self.seeds, train_counts=train_counts, instances=self.instances,
             val_sizes=self.val_sizes, val_counts=self.val_counts, max_instances=self.max_instances,
-            augmentations=self.augmentations, images=self.images, sigma=self.sigma,
+            augmentations=self.augmentations, images=self.images, sigma=self.sigma, square_val=task == "classify",
         )  # fmt: skip
         return replace(plan, first_level_iteration=first_level_iteration, whole_val_pass=self.loop.traces_whole_val_pass)
 
@@ -575,7 +583,7 @@ class EpochRequest:
 
 def epoch_request(config, resolved) -> EpochRequest | None:
     """None unless epochs are asked for: ``data=`` given or ``epochs >= 2``, for the Ultralytics loop
-    (not classification) or the yolov5 repo's (detection designs; not with world_size > 1)."""
+    (every task; not RT-DETR, YOLO-World or YOLOE) or the yolov5 repo's (detection designs; not with world_size > 1)."""
     from yolomem.loops import get_loop
 
     wanted = bool(config.data) or (config.epochs or 0) >= 2
@@ -584,7 +592,14 @@ def epoch_request(config, resolved) -> EpochRequest | None:
         return None
     notes, dataset = [], None
     train_counts = val_sizes = val_counts = None
-    if config.data:
+    if config.data and resolved.task == "classify":  # a folder: images to count, no labels to read
+        from yolomem.config.dataset import read_classify_folder
+
+        folder = read_classify_folder(config.data)
+        train_counts = (0,) * folder.train_images
+        notes.append(f"data={config.data}: {folder.train_images} train and {folder.val_images} val images in "
+                     f"{folder.classes} classes (a classification folder)")  # fmt: skip
+    elif config.data:
         from yolomem.config.dataset import read_dataset
 
         dataset = read_dataset(config.data, seed=config.seed)

@@ -508,8 +508,12 @@ def _unaccounted(run, simulation, request, config, trace: Trace, cudnn_bytes: in
         "rather than fail, so it raises GPU_mem where there is room, never causes an OOM by itself",
     ]
     if simulation is None and config.step == "train":
-        unaccounted.append("validation pass and epochs 2+: not simulated (pass data=... or epochs=2; steady_reserved_bytes "
-                           "is null); the cache validation leaves often lifts GPU_mem of epoch 2+ by 20-60 %")  # fmt: skip
+        if config.data or (config.epochs or 0) >= 2:  # asked for, but this model's loop has no simulated validator
+            why = "not simulated for this model and loop (see the notes); steady_reserved_bytes is null"
+        else:
+            why = "not simulated (pass data=... or epochs=2; steady_reserved_bytes is null)"
+        unaccounted.append(f"validation pass and epochs 2+: {why}; the cache validation leaves often lifts GPU_mem "
+                           "of epoch 2+ by 20-60 %")  # fmt: skip
     elif simulation is not None:
         grads = sum(e.nbytes for e in trace.events if e.op == "alloc" and e.category == "parameter")
         for assumption in simulation.assumptions:

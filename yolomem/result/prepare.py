@@ -4,6 +4,7 @@ the density plan from the labels. ``estimate_config`` and the run source (``yolo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from yolomem.config.models import ResolvedModel
 from yolomem.config.settings import EstimateConfig
@@ -38,7 +39,7 @@ def prepare(config: EstimateConfig) -> Prepared:
     if note:
         notes.append(note)
     if config.data and _needs_download(config.data):
-        config, note = _without_labels(config)
+        config, note = _without_labels(config) if resolved.task != "classify" else _without_folder(config)
         notes.append(note)
     request = epoch_request(config, resolved)  # None unless data= or epochs>=2
     density = None
@@ -71,6 +72,12 @@ def _without_labels(config: EstimateConfig) -> tuple[EstimateConfig, str]:
     return config.with_changes(data=None, **taken), f"{head}; its published statistics stand in: {words} ({known.source})"
 
 
+def _without_folder(config: EstimateConfig) -> tuple[EstimateConfig, str]:
+    """A classification dataset Ultralytics would download (``imagenet10``, ``cifar10``): nothing to read."""
+    return config.with_changes(data=None), (f"data={config.data} is not a local folder (Ultralytics would download "
+                                            "it); the model's classes and images= stand in for it")  # fmt: skip
+
+
 def _needs_download(data: str) -> bool:
     """A bare dataset name such as ``coco8.yaml`` that is not on disk: Ultralytics downloads those."""
     from pathlib import Path
@@ -85,8 +92,13 @@ def _class_count(config: EstimateConfig, resolved: ResolvedModel) -> tuple[Estim
     those of the dataset Ultralytics trains the task on by default (``TASK2DATA``: coco8-pose.yaml for pose,
     1 class, where yolo11-pose.yaml says 80; dota8.yaml for obb, 15). Classification keeps the model's own
     (ImageNet's 1000, the published head): its default data is a folder, imagenet10."""
-    from yolomem.config.dataset import dataset_classes
+    from yolomem.config.dataset import dataset_classes, read_classify_folder
 
+    if config.nc is None and resolved.task == "classify" and config.data and Path(config.data).expanduser().is_dir():
+        # ClassificationTrainer builds (or reshapes) the head for the folder's classes
+        classes = read_classify_folder(config.data).classes
+        note = f"nc={classes}: the classes of data={config.data} (its train/ subfolders; the trainer builds the head with them)"
+        return config.with_changes(nc=classes), note
     if config.nc is not None or resolved.task == "classify" or resolved.source == "checkpoint":  # its own nc
         return config, None
     data, where = config.data, f"data={config.data}"

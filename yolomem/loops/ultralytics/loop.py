@@ -93,7 +93,7 @@ class UltralyticsLoop:
     def epochs_supported(self, resolved: ResolvedModel, world_size: int) -> bool:
         from yolomem.loops.ultralytics.families import family_of
 
-        return resolved.task != "classify" and family_of(resolved.cfg).simulates_epochs
+        return family_of(resolved.cfg).simulates_epochs
 
     def val_batch_size(self, task: str, train_batch: int) -> int:
         from yolomem.loops.val_pass import val_batch_size
@@ -134,7 +134,7 @@ class UltralyticsLoop:
         trace_validation_batch(ema, tracer, data, autocast=autocast, preprocess=validator.preprocess,
                                loss_fn=lambda d, p: ema.loss(d, p), postprocess=validator.postprocess, nc=nc,
                                foreground=foreground_per_image(shape.counts, run.assigner_topk()),
-                               rotated=settings.task == "obb")  # fmt: skip
+                               rotated=settings.task == "obb", nms=settings.task != "classify")  # fmt: skip
         with tracer.phase("val_model_float"):
             if converts:
                 _convert_floats(ema, torch.float32)  # model.float() at the end of the validator's call

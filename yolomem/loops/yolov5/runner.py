@@ -131,6 +131,8 @@ def _classify_notes(config: EstimateConfig) -> list[str]:
     """What classify/train.py fixes, next to what was asked."""
     notes = ["validation (classify/val.py at 2x batch) runs inside the last iteration of each epoch; not part "
              "of these training iterations"]
+    if (config.epochs or 0) >= 2 or config.data:
+        notes[0] += "; it and epochs 2+ are not simulated for the yolov5 repo's classifiers"
     if config.amp != CLASSIFY_PRECISION:
         notes.append(f"amp={config.amp}: classify/train.py trains with AMP whenever CUDA is there "
                      "(autocast(enabled=cuda)); estimated with fp16")
