@@ -80,8 +80,6 @@ def _without_folder(config: EstimateConfig) -> tuple[EstimateConfig, str]:
 
 def _needs_download(data: str) -> bool:
     """A bare dataset name such as ``coco8.yaml`` that is not on disk: Ultralytics downloads those."""
-    from pathlib import Path
-
     path = Path(data).expanduser()
     return not path.exists() and len(path.parts) == 1
 
@@ -90,8 +88,9 @@ def _class_count(config: EstimateConfig, resolved: ResolvedModel) -> tuple[Estim
     """The trainer builds the model with the dataset's classes, not the model YAML's: ``nc=`` where given,
     else the class names of ``data=`` (a local YAML, or the one Ultralytics ships under that name), else
     those of the dataset Ultralytics trains the task on by default (``TASK2DATA``: coco8-pose.yaml for pose,
-    1 class, where yolo11-pose.yaml says 80; dota8.yaml for obb, 15). Classification keeps the model's own
-    (ImageNet's 1000, the published head): its default data is a folder, imagenet10."""
+    1 class, where yolo11-pose.yaml says 80; dota8.yaml for obb, 15). Classification takes the class
+    subfolders of a ``data=`` folder, else keeps the model's own (ImageNet's 1000, the published head): its
+    default data is a folder to download, imagenet10."""
     from yolomem.config.dataset import dataset_classes, read_classify_folder
 
     if config.nc is None and resolved.task == "classify" and config.data and Path(config.data).expanduser().is_dir():
