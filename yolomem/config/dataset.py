@@ -19,6 +19,7 @@ What is read, for ``train`` and ``val``:
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
@@ -115,6 +116,7 @@ class ClassifyFolder:
     val_images: int
 
 
+@functools.lru_cache(maxsize=4)  # asked for the classes, then for the epoch: ImageNet's train/ is 1.28 M files
 def read_classify_folder(folder: str | os.PathLike) -> ClassifyFolder:
     """Count the classes (subfolders of ``train/``) and the images of each split; no image is opened."""
     from ultralytics.data.utils import IMG_FORMATS

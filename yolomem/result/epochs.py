@@ -521,14 +521,10 @@ class EpochTracing:
 
     def plan_for(self, task: str, batch: int, imgsz: int, stride: int, first_level_iteration: int) -> EpochPlan:
         """The plan at a (per-rank) batch, as traced; ``yolomem.result.runs`` asks it for derived runs too.
-        Classification has no objects: every batch is alike (one level, nothing drawn), and validation
-        images are ``imgsz`` square."""
-        train_counts = self.train_counts
-        if task == "classify":
-            train_counts = tuple(train_counts or ()) or (0,) * (self.images or DEFAULT_TRAIN_IMAGES)
+        Classification validates ``imgsz`` squares (its images without objects come from ``epoch_request``)."""
         plan = plan_epochs(
             batch=batch, val_batch=self.loop.val_batch_size(task, batch), imgsz=imgsz,
-            stride=stride, seeds=self.seeds, train_counts=train_counts, instances=self.instances,
+            stride=stride, seeds=self.seeds, train_counts=self.train_counts, instances=self.instances,
             val_sizes=self.val_sizes, val_counts=self.val_counts, max_instances=self.max_instances,
             augmentations=self.augmentations, images=self.images, sigma=self.sigma, square_val=task == "classify",
         )  # fmt: skip
@@ -592,13 +588,16 @@ def epoch_request(config, resolved) -> EpochRequest | None:
         return None
     notes, dataset = [], None
     train_counts = val_sizes = val_counts = None
-    if config.data and resolved.task == "classify":  # a folder: images to count, no labels to read
-        from yolomem.config.dataset import read_classify_folder
+    if resolved.task == "classify":  # no objects: every batch alike (one level, nothing drawn)
+        images = config.images or DEFAULT_TRAIN_IMAGES
+        if config.data:  # a folder: its images counted, no labels to read
+            from yolomem.config.dataset import read_classify_folder
 
-        folder = read_classify_folder(config.data)
-        train_counts = (0,) * folder.train_images
-        notes.append(f"data={config.data}: {folder.train_images} train and {folder.val_images} val images in "
-                     f"{folder.classes} classes (a classification folder)")  # fmt: skip
+            folder = read_classify_folder(config.data)
+            images = folder.train_images
+            notes.append(f"data={config.data}: {folder.train_images} train and {folder.val_images} val images in "
+                         f"{folder.classes} classes (a classification folder)")  # fmt: skip
+        train_counts = (0,) * images
     elif config.data:
         from yolomem.config.dataset import read_dataset
 
