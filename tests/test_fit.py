@@ -9,14 +9,15 @@ import pytest
 
 from yolomem.cli.main import main
 from yolomem.result.estimate import estimate
+from yolomem.config.gpus import CUDA_CONTEXT_UPPER_BYTES
 from yolomem.sweeps.fit import Probe, _LINEAR, _search, largest_batch
 from yolomem.sweeps.pick import pick_models
 
 GiB = 1 << 30
 MiB = 1 << 20
-# a custom card of 740 MiB: verdicts use the upper figure (600 MiB context, yolomem.result.upper), which
-# leaves 140 MiB; yolov8n at imgsz 160 (upper: batch 2 120 MiB reserved, batch 8 168 MiB) fits a handful
-TINY_GPU_GIB = 740 / 1024
+# a custom card 140 MiB larger than the upper figure's CUDA context (yolomem.config.gpus): verdicts use the
+# upper figure, so yolov8n at imgsz 160 (upper: batch 2 about 127 MiB reserved, batch 8 178 MiB) fits a handful
+TINY_GPU_GIB = (CUDA_CONTEXT_UPPER_BYTES + 140 * MiB) / GiB
 TINY = {"imgsz": 160, "iterations": 1}
 
 
@@ -40,7 +41,7 @@ def test_margin_shrinks_the_capacity_the_simulation_gets():
     from yolomem.result.fits import Budget
 
     card = find_gpu("RTX-3090")
-    upper_context = 600 * MiB  # verdicts use the upper figure, with the CUDA context at its cited top
+    upper_context = CUDA_CONTEXT_UPPER_BYTES  # verdicts use the upper figure, with the CUDA context at the most measured
     assert Budget(card, 0.0).capacity_bytes == 24 * GiB - upper_context
     assert Budget(card, 0.25).capacity_bytes == pytest.approx(0.75 * (24 * GiB - upper_context), abs=1)
 
@@ -81,7 +82,7 @@ def test_a_card_no_bigger_than_the_cuda_context_is_refused(capsys):
 
 
 def test_cli_nothing_fits_is_one_line(capsys):
-    assert main(["fit", "yolov8n.yaml", "gpu_mem=0.65", "imgsz=64", "iterations=1"]) == 2
+    assert main(["fit", "yolov8n.yaml", "gpu_mem=0.75", "imgsz=64", "iterations=1"]) == 2  # 6 MiB after the context
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "does not fit" in err and "batch 1" in err
 

@@ -14,7 +14,7 @@ from yolomem.result.estimate import estimate
 GiB = 1 << 30
 MiB = 1 << 20
 SMALL = {"imgsz": 64, "batch": 2, "iterations": 1}
-# a card that gives the allocator 20 MiB after the 500 MiB context: yolov8n at 64 x 2 needs ~80 MiB
+# a card that gives the allocator 20 MiB after the CUDA context: yolov8n at 64 x 2 needs ~80 MiB
 TOO_SMALL_GIB = (CUDA_CONTEXT_BYTES + 20 * MiB) / GiB
 
 

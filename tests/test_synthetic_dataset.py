@@ -53,9 +53,19 @@ def test_other_tasks_write_their_label_format(tmp_path, task, columns):
         assert yaml.safe_load(dataset.data_yaml.read_text())["kpt_shape"] == [17, 3]
 
 
+def test_classification_writes_a_folder_of_class_folders(tmp_path):
+    """What ``yolo classify train data=FOLDER`` reads: train/ and val/, one folder per class."""
+    dataset = write_synthetic_dataset(tmp_path / "cls", SyntheticDatasetSpec(task="classify", imgsz=32, train_images=6,
+                                                                             val_images=3, nc=3))  # fmt: skip
+    assert dataset.data_yaml == dataset.root
+    assert sorted(p.name for p in (dataset.root / "train").iterdir()) == ["class0", "class1", "class2"]
+    assert len(list((dataset.root / "train").glob("*/*.jpg"))) == 6
+    assert len(list((dataset.root / "val").glob("*/*.jpg"))) == 3
+
+
 def test_bad_specs_are_user_errors(tmp_path):
-    with pytest.raises(UserError, match="classify"):
-        SyntheticDatasetSpec(task="classify")
+    with pytest.raises(UserError, match="did you mean 'classify'"):
+        SyntheticDatasetSpec(task="clasify")
     with pytest.raises(UserError, match="did you mean 'fixed'"):
         SyntheticDatasetSpec(distribution="fixd")
     (tmp_path / "busy").mkdir()

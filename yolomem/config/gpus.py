@@ -11,10 +11,14 @@ that total it is used (sources next to each entry, collected in ``deployment_mem
 for modules without such a log the total is the nominal DRAM scaled by the ratio seen on the closest
 module with one, and the entry says "assumed".
 
-CUDA_CONTEXT_BYTES: no GPU measurement of this project backs it yet (see validation/). Until one does,
-it is the commonly reported size of a PyTorch CUDA context with lazy module loading (CUDA >= 11.7,
-the default): about 300-600 MiB on Ampere/Hopper cards, e.g. the PyTorch forum thread "CUDA context
-memory usage" and the CUDA C++ Programming Guide section on lazy loading. We take the middle, 500 MiB.
+CUDA_CONTEXT_BYTES: measured. ``validation/results/h200-2026-12-04.jsonl`` holds 145 runs on one H200
+(driver 580.159, CUDA 13.0, torch 2.11.0+cu130, cuDNN 9.19, lazy module loading), each its own process:
+NVML's memory for the process minus ``memory_reserved()`` at the end of the training phase, with cuDNN
+and cuBLAS loaded. Training runs: 666-702 MiB over 113 runs (8.4.190 and 8.3.253), median 668 MiB, the
+expected figure. The upper figure's context is the most any of the 132 runs with the figure showed,
+762 MiB (an AutoBatch probe of yolo11s). Public reports put the context at 300-600 MiB on older CUDA
+and smaller cards (the PyTorch forum thread "CUDA context memory usage"), so both are on the safe side
+there.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from dataclasses import dataclass
 from yolomem.errors import UserError, unknown
 
 GiB = 1 << 30
-CUDA_CONTEXT_BYTES = 500 << 20  # cited public figure, see module docstring
-CUDA_CONTEXT_UPPER_BYTES = 600 << 20  # the top of the same cited 300-600 MiB range: the upper figure's context
+CUDA_CONTEXT_BYTES = 668 << 20  # median of 113 measured training runs on an H200, see module docstring
+CUDA_CONTEXT_UPPER_BYTES = 762 << 20  # the most any of the 132 measured runs showed: the upper figure's context
 
 
 @dataclass(frozen=True)

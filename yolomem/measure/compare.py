@@ -7,6 +7,15 @@ median signed error (the bias). A record is compared only on the figures it meas
 the estimate simulates epochs with the val pass; such figures are listed as not estimated, not counted
 as errors). Rows are numbered by their line in the file.
 
+The upper figure (``peak_reserved_upper_bytes``, what fit verdicts use) is compared with the measured
+peak reserved too, as its own line; each summary also gives the share of records more than 10 % below
+the measurement (issue 12's bar for the upper figure: at most 1 in 10).
+
+Errata: a record whose config does not say what ran (a measuring bug found after the fact) is not
+rewritten, since results files are append-only; ``RESULTS.errata.json`` beside the file lists
+``{"line": N, "config": {key: value}, "why": "..."}`` entries, and the comparison uses the config with
+those keys replaced, with the reason as a note.
+
 Records that are skipped, with the reason shown: failed runs (status "oom"/"error"), runs where
 the trainer halved the batch after an OOM, configs the estimator rejects, and unreadable lines of the
 file. Config keys that are not estimator settings are ignored with a note, as the CLI ignores
@@ -16,6 +25,7 @@ Ultralytics' other keys. A binary file, or one without a single JSON record, is 
 from __future__ import annotations
 
 import itertools
+import json
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,9 +34,12 @@ from pathlib import Path
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.measure.log import NotJsonLines, SkippedLine, read_records
-from yolomem.measure.run import MeasurementRecord
+from yolomem.measure.run import EXACT_AUGMENT, MeasurementRecord
 
 METRICS = ("peak_reserved_bytes", "peak_allocated_bytes", "steady_reserved_bytes", "context_bytes")
+# estimate field -> the measured figure it is compared with, for the estimate's upper figures
+UPPER_METRICS = {"peak_reserved_upper_bytes": "peak_reserved_bytes"}
+FAR_BELOW = -0.10  # an error below this is "more than 10 % below the measurement"
 
 EstimateFn = Callable[[EstimateConfig], object]  # returns an Estimate (or anything with the METRICS attributes)
 
@@ -58,6 +71,7 @@ class ErrorSummary:
     median_abs_error: float
     max_abs_error: float
     median_error: float  # signed: the bias
+    share_far_below: float = 0.0  # share of errors below FAR_BELOW
 
 
 @dataclass(frozen=True)
@@ -84,7 +98,8 @@ class ValidationReport:
             ],
             "summary": [
                 {"metric": s.metric, "count": s.count, "median_abs_error": s.median_abs_error,
-                 "max_abs_error": s.max_abs_error, "median_error": s.median_error}
+                 "max_abs_error": s.max_abs_error, "median_error": s.median_error,
+                 "share_far_below": s.share_far_below}
                 for s in self.summaries
             ],
             "unreadable_lines": [{"line": s.line_number, "reason": s.reason} for s in self.unreadable],
@@ -103,13 +118,20 @@ def summarize(metric: str, errors: Iterable[float]) -> ErrorSummary | None:
     if not errors:
         return None
     absolute = [abs(e) for e in errors]
-    return ErrorSummary(metric, len(errors), statistics.median(absolute), max(absolute), statistics.median(errors))
+    far_below = sum(1 for e in errors if e < FAR_BELOW) / len(errors)
+    return ErrorSummary(metric, len(errors), statistics.median(absolute), max(absolute), statistics.median(errors),
+                        far_below)  # fmt: skip
 
 
 def config_of(record: MeasurementRecord) -> EstimateConfig:
     """The record's config as the estimator takes it; keys that are not estimator settings are ignored
-    with a note (as the CLI ignores Ultralytics' other keys), a bad value is a UserError."""
-    return EstimateConfig.from_json(record.config)
+    with a note (as the CLI ignores Ultralytics' other keys), a bad value is a UserError. A run measured
+    with ``augment="exact"`` trained without mosaic (``yolomem.measure.run.EXACT_AUGMENT``), which its
+    config does not say: the estimate is made without it too."""
+    config = dict(record.config)
+    if record.settings.get("augment") == "exact":
+        config["mosaic"] = EXACT_AUGMENT["mosaic"]
+    return EstimateConfig.from_json(config)
 
 
 def label_of(config: dict) -> str:
@@ -120,8 +142,10 @@ def label_of(config: dict) -> str:
 
 
 def validate_records(records: Iterable[dict], estimate_fn: EstimateFn | None = None, path: str = "",
-                     unreadable: tuple[SkippedLine, ...] = (), lines: Iterable[int] | None = None) -> ValidationReport:
-    """Compare each record; ``lines`` are their file lines (default 1, 2, ...)."""
+                     unreadable: tuple[SkippedLine, ...] = (), lines: Iterable[int] | None = None,
+                     errata: dict[int, dict] | None = None) -> ValidationReport:
+    """Compare each record; ``lines`` are their file lines (default 1, 2, ...); ``errata`` maps a line to
+    its erratum (see the module docstring)."""
     if estimate_fn is None:
         from yolomem.result.estimate import estimate_config
 
@@ -129,13 +153,13 @@ def validate_records(records: Iterable[dict], estimate_fn: EstimateFn | None = N
     cache: dict[EstimateConfig, object] = {}
     rows: list[ValidationRow] = []
     for line, raw in zip(itertools.count(1) if lines is None else lines, records):
-        rows.append(_compare(line, raw, estimate_fn, cache))
-    errors: dict[str, list[float]] = {m: [] for m in METRICS}
+        rows.append(_compare(line, _corrected(raw, (errata or {}).get(line)), estimate_fn, cache))
+    errors: dict[str, list[float]] = {m: [] for m in (*METRICS, *UPPER_METRICS)}
     for row in rows:
         for comparison in row.comparisons:
             if comparison.error is not None:
                 errors[comparison.metric].append(comparison.error)
-    summaries = tuple(s for m in METRICS if (s := summarize(m, errors[m])) is not None)
+    summaries = tuple(s for m in (*METRICS, *UPPER_METRICS) if (s := summarize(m, errors[m])) is not None)
     return ValidationReport(path, tuple(rows), summaries, unreadable)
 
 
@@ -153,7 +177,30 @@ def validate(path: Path | str, estimate_fn: EstimateFn | None = None) -> Validat
     if contents.skipped and not contents.records:
         raise UserError(f"results file {str(path)!r} holds no JSON record ({len(contents.skipped)} unreadable lines, "
                         f"the first: {contents.skipped[0].reason}); a results file is JSON Lines")  # fmt: skip
-    return validate_records(contents.records, estimate_fn, str(path), contents.skipped, contents.line_numbers)
+    return validate_records(contents.records, estimate_fn, str(path), contents.skipped, contents.line_numbers,
+                            read_errata(path))
+
+
+def errata_path(results: Path) -> Path:
+    return results.with_name(results.name.removesuffix(".jsonl") + ".errata.json")
+
+
+def read_errata(results: Path) -> dict[int, dict]:
+    """The errata beside a results file (module docstring), by line; none when there is no such file."""
+    path = errata_path(results)
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text())
+        return {int(e["line"]): {"config": dict(e["config"]), "why": str(e["why"])} for e in entries}
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"errata file {str(path)!r} is not a list of {{line, config, why}} entries ({error})") from None
+
+
+def _corrected(raw: dict, erratum: dict | None) -> dict:
+    if erratum is None:
+        return raw
+    return {**raw, "config": {**raw.get("config", {}), **erratum["config"]}, "erratum": erratum["why"]}
 
 
 def _compare(index: int, raw: dict, estimate_fn: EstimateFn, cache: dict) -> ValidationRow:
@@ -176,12 +223,13 @@ def _compare(index: int, raw: dict, estimate_fn: EstimateFn, cache: dict) -> Val
         estimate = cache[config]
     except UserError as error:
         return ValidationRow(**base, comparisons=(), skipped=f"cannot estimate: {error}")
-    base["notes"] = config.notes
+    base["notes"] = config.notes + ((f"erratum: {raw['erratum']}",) if raw.get("erratum") else ())
     comparisons = []
-    for metric in METRICS:
-        if metric not in record.measured:
+    pairs = [(m, m) for m in METRICS] + [(upper, measured) for upper, measured in UPPER_METRICS.items()]
+    for metric, measured_as in pairs:
+        if measured_as not in record.measured:
             continue
-        measured = record.measured[metric]
+        measured = record.measured[measured_as]
         estimated = getattr(estimate, metric, None)
         error = relative_error(estimated, measured) if (estimated is not None and measured > 0) else None
         comparisons.append(Comparison(metric, measured, estimated, error))

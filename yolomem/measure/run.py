@@ -161,6 +161,8 @@ class MeasureSettings:
     iterations_given: bool = False  # False: DEFAULT_ITERATIONS replaces the estimator's default
     timeout_s: float = DEFAULT_TIMEOUT_S
     label: str | None = None  # free text kept in the record, e.g. "matrix serial"
+    history: str | None = None  # write the GPU's allocation history here (yolomem.measure.history)
+    history_iterations: int = 2  # ... up to the end of this training iteration
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENT_MODES:
@@ -179,6 +181,8 @@ class MeasureSettings:
             "config": self.config.to_json(),
             "iterations": self.iterations,
             "augment": self.augment,
+            "history": self.history,
+            "history_iterations": self.history_iterations,
         }
 
 

@@ -19,6 +19,11 @@ Label lines per task (coordinates normalised to [0, 1]):
     segment  ``cls x1 y1 x2 y2 ...`` (an 8-point polygon inside the box)
     pose     ``cls cx cy w h kx ky v ...`` (``kpt_shape`` keypoints inside the box)
     obb      ``cls x1 y1 x2 y2 x3 y3 x4 y4`` (the box corners)
+
+Classification has no labels or YAML: Ultralytics reads a folder of class folders, so ``data=`` is the
+root itself, and image ``i`` of a split is drawn for class ``i % nc`` (objects play no part)::
+
+    root/{train,val}/class{c}/000000.jpg
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import numpy as np
 from yolomem.loops.batches import BOX_SIDE_RANGE
 from yolomem.errors import UserError, unknown
 
-TASKS = ("detect", "segment", "pose", "obb")
+TASKS = ("detect", "segment", "pose", "obb", "classify")
 DISTRIBUTIONS = ("poisson", "fixed")
 POLYGON_POINTS = 8
 BACKGROUND = 114  # Ultralytics' letterbox grey
@@ -74,7 +79,7 @@ class SyntheticDatasetSpec:
 @dataclass(frozen=True)
 class SyntheticDataset:
     root: Path
-    data_yaml: Path
+    data_yaml: Path  # classification: the root folder, which is what data= takes there
     spec: SyntheticDatasetSpec
 
 
@@ -86,6 +91,8 @@ def write_synthetic_dataset(root: Path | str, spec: SyntheticDatasetSpec) -> Syn
     root = Path(root)
     if root.exists() and any(root.iterdir()):
         raise UserError(f"{root} is not empty; a synthetic dataset needs a fresh folder")
+    if spec.task == "classify":
+        return _write_class_folders(root, spec)
     for split in ("train", "val"):
         images, labels = root / "images" / split, root / "labels" / split
         images.mkdir(parents=True)
@@ -114,6 +121,19 @@ def write_synthetic_dataset(root: Path | str, spec: SyntheticDatasetSpec) -> Syn
     data_yaml = root / "data.yaml"
     data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
     return SyntheticDataset(root, data_yaml, spec)
+
+
+def _write_class_folders(root: Path, spec: SyntheticDatasetSpec) -> SyntheticDataset:
+    import cv2
+
+    for split in ("train", "val"):
+        size = spec.train_images if split == "train" else spec.val_images
+        for index in range(size):
+            folder = root / split / f"class{index % spec.nc}"
+            folder.mkdir(parents=True, exist_ok=True)
+            image = np.full((spec.imgsz, spec.imgsz, 3), BACKGROUND + index % 100, dtype=np.uint8)
+            cv2.imwrite(str(folder / f"{index:06d}.jpg"), image)
+    return SyntheticDataset(root, root, spec)
 
 
 def read_label_counts(root: Path | str, split: str) -> tuple[int, ...]:

@@ -237,11 +237,15 @@ def offline_ultralytics():
 
 def train_arguments(config: EstimateConfig, data_yaml: str, augment: str, device: str, project: str) -> dict:
     """The keyword arguments of ``YOLO.train`` for a measurement (no plots, one epoch, no workers)."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
     amp = {"fp16": True, "fp32": False, "bf16": "bf16"}[config.amp]
+    # releases before 8.4 take multi_scale as a bool (and reject a float)
+    multi_scale = bool(config.multi_scale) if isinstance(DEFAULT_CFG_DICT.get("multi_scale"), bool) else config.multi_scale
     arguments = {
         "data": data_yaml, "epochs": 1, "batch": config.batch, "imgsz": config.imgsz, "amp": amp,
         "optimizer": config.optimizer, "nbs": config.nbs, "freeze": list(config.freeze) or None,
-        "multi_scale": config.multi_scale, "seed": config.seed, "workers": 0, "plots": False, "val": True,
+        "multi_scale": multi_scale, "seed": config.seed, "workers": 0, "plots": False, "val": True,
         "device": device, "project": project, "name": "run", "exist_ok": True, "verbose": False,
     }  # fmt: skip
     if augment == "exact":
@@ -262,14 +266,17 @@ def run_rank(request: dict, rank: int, workdir: Path, source_factory, device: st
     status, error = "ok", None
     try:
         _init_device(device, local_rank, source)
+        history = HistoryWindow(request.get("history"), int(request.get("history_iterations", 2)), notes)
+        history.start()
         environment = source.environment()
         recorder.mark("setup")
         with offline_ultralytics():
             if config.step == "fwd_bwd":
                 notes.append(_run_fwd_bwd(config, recorder, device or f"cuda:{local_rank}"))
+                history.write()
                 batch_used = config.batch
             else:
-                batch_used = _run_train(config, request, recorder, workdir / f"rank{rank}", device, notes)
+                batch_used = _run_train(config, request, recorder, workdir / f"rank{rank}", device, notes, history)
     except Exception as caught:  # noqa: BLE001 - every failure becomes a recorded result
         status = "oom" if _is_oom(caught) else "error"
         error = f"{type(caught).__name__}: {str(caught).splitlines()[0] if str(caught) else ''}"[:500]
@@ -284,6 +291,44 @@ def run_rank(request: dict, rank: int, workdir: Path, source_factory, device: st
     )  # fmt: skip
 
 
+class HistoryWindow:
+    """The GPU's allocation history (``yolomem.measure.history``) from CUDA's start to the end of training
+    iteration ``iterations`` (or of the AutoBatch probe), when the request names a file for it."""
+
+    def __init__(self, path: str | None, iterations: int, notes: list[str]):
+        self.path, self.iterations, self.notes = path, iterations, notes
+        self.seen = 0
+        self.recording = False
+
+    def start(self) -> None:
+        if not self.path:
+            return
+        from yolomem.measure.history import start_recording
+
+        try:
+            start_recording()
+            self.recording = True
+        except Exception as error:  # noqa: BLE001 - as in write(): no history, the measurement goes on
+            self.notes.append(f"allocation history not recorded ({type(error).__name__}: {error})")
+
+    def iteration_end(self) -> None:
+        self.seen += 1
+        if self.seen == self.iterations:
+            self.write()
+
+    def write(self) -> None:
+        if not self.recording:
+            return
+        from yolomem.measure.history import backend_settings, write_history
+
+        self.recording = False
+        try:
+            count = write_history(self.path, {"iterations": self.seen, "backends": backend_settings()})
+            self.notes.append(f"allocation history: {count} events to {Path(self.path).name}")
+        except Exception as error:  # noqa: BLE001 - the history is extra: the measurement goes on without it
+            self.notes.append(f"allocation history not written ({type(error).__name__}: {error})")
+
+
 def _init_device(device: str | None, local_rank: int, source) -> None:
     if device == "cpu":
         return
@@ -296,7 +341,7 @@ def _init_device(device: str | None, local_rank: int, source) -> None:
 
 
 def _run_train(config: EstimateConfig, request: dict, recorder: PhaseRecorder, workdir: Path,
-               device: str | None, notes: list[str]) -> int | None:
+               device: str | None, notes: list[str], history: HistoryWindow | None = None) -> int | None:
     from ultralytics import YOLO
 
     from yolomem.loops import resolve_model
@@ -310,15 +355,23 @@ def _run_train(config: EstimateConfig, request: dict, recorder: PhaseRecorder, w
     else:
         spec = SyntheticDatasetSpec(
             task=resolved.task, imgsz=config.imgsz, train_images=iterations * config.batch,
-            val_images=2 * config.batch, instances=config.instances, nc=config.nc or resolved.nc or 80,
+            val_images=2 * config.batch, instances=config.instances, nc=config.nc or resolved.nc or int(resolved.cfg.get("nc") or 80),
             seed=config.seed, kpt_shape=tuple(resolved.cfg.get("kpt_shape", (17, 3))),
+            # a densest image no denser than the mean: every image holds exactly that many objects
+            distribution="fixed" if config.max_instances == round(config.instances) else "poisson",
         )  # fmt: skip
         data_yaml = str(write_synthetic_dataset(workdir / "data", spec).data_yaml)
     phases = UltralyticsPhases(recorder)
     model = YOLO(_model_source(resolved, config), task=resolved.task)
     phases.attach(model)
+    if history is not None:
+        model.add_callback("on_train_batch_end", lambda trainer: history.iteration_end())
     ddp_devices = ",".join(str(i) for i in range(config.world_size))
     model.train(**train_arguments(config, data_yaml, request["augment"], device or ddp_devices, str(workdir / "runs")))
+    if device != "cpu":
+        from yolomem.measure.history import backend_settings
+
+        notes.append(f"backends after training: {backend_settings()}")
     if len(recorder.reserved_per_iteration) != iterations and not config.data:
         notes.append(f"ran {len(recorder.reserved_per_iteration)} iterations, not {iterations}")
     trainer = phases.trainer

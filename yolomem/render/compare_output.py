@@ -14,6 +14,7 @@ _SHORT = {
     "peak_allocated_bytes": "allocated",
     "steady_reserved_bytes": "steady reserved",
     "context_bytes": "CUDA context",
+    "peak_reserved_upper_bytes": "reserved, upper figure",
 }
 
 
@@ -47,11 +48,11 @@ def render_validation(report: ValidationReport, console: Console | None = None) 
         for note in row.notes:
             console.print(f"[yellow]note:[/yellow] #{row.line} {row.label}: {note}")
     summary = Table(title="Error = (estimated - measured) / measured", title_justify="left")
-    for name in ("figure", "n", "median |error|", "max |error|", "median error (bias)"):
+    for name in ("figure", "n", "median |error|", "max |error|", "median error (bias)", "more than 10 % below"):
         summary.add_column(name, justify="left" if name == "figure" else "right")
     for s in report.summaries:
         summary.add_row(_SHORT.get(s.metric, s.metric), str(s.count), f"{100 * s.median_abs_error:.1f} %",
-                        f"{100 * s.max_abs_error:.1f} %", _percent(s.median_error))  # fmt: skip
+                        f"{100 * s.max_abs_error:.1f} %", _percent(s.median_error), f"{100 * s.share_far_below:.0f} %")  # fmt: skip
     if report.summaries:
         console.print(summary)
     else:

@@ -466,7 +466,7 @@ def _upper_figure(peak_reserved: int, upper_replays: list[Replay], simulations_u
         terms.insert(0, f"densest batch at the upper density: n_max {density.n_max_upper} (expected {density.n_max})")
     if len(upper_replays) > 1:
         terms.append("whichever replays highest: both together or each alone (the caching allocator is not monotone)")
-    terms.append(f"CUDA context {CUDA_CONTEXT_UPPER_BYTES >> 20} MiB (top of the cited range)")
+    terms.append(f"CUDA context {CUDA_CONTEXT_UPPER_BYTES >> 20} MiB (the most measured, yolomem.config.gpus)")
     replayed = max(r.peak_reserved_bytes for r in upper_replays)
     peak = max(peak_reserved, replayed)
     steady = epoch1 = None

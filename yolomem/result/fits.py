@@ -4,7 +4,7 @@ A card gives a training run its memory minus the CUDA context, minus a safety ma
 is left held back for what the trace does not see (other processes on the card, allocations no kernel
 rule covers) and for the spread between runs. The margin is a setting, ``margin=`` (default
 ``DEFAULT_MARGIN``), and every verdict prints it. The context a verdict assumes is the upper figure's
-(``CUDA_CONTEXT_UPPER_BYTES``, the top of the cited range), as the requirement it is compared with is
+(``CUDA_CONTEXT_UPPER_BYTES``, the most measured), as the requirement it is compared with is
 the upper figure; ``usable_bytes`` stays the typical run's (``Gpu.usable_bytes``), for where a typical
 run would stop on the card.
 

@@ -7,10 +7,11 @@ expected rule. The upper figure replays the same run with each uncertain term at
 - kernel workspaces at their upper rule (``yolomem.trace.workspaces``: cuDNN's explicit-GEMM im2col);
 - epochs 2+ (when simulated): the 90th percentile over seeds, the highest of three simulations: both
   of the above, the upper density alone, and the expected one;
-- the CUDA context at the top of its cited range (``yolomem.config.gpus``);
-- three gaps the model cannot explain yet, as named allowances sized from the only evidence there is
-  (``ALLOWANCES``): in issue 12's benchmark of about 170 published runs, FP32 runs came out a median
-  14 % below the measured GPU_mem (no TF32 or cuDNN workspace rule tried here explains it), and
+- the CUDA context at the most measured (``yolomem.config.gpus``);
+- gaps the model cannot explain yet, as named allowances sized from the evidence there is
+  (``ALLOWANCES``): on the H200 matrix (``validation/results/h200-2026-12-04.jsonl``) 9 of 10 AMP training
+  runs were within 6 % above the expected figure and FP32 runs within 14 %; in issue 12's benchmark of
+  about 170 published runs, FP32 runs came out a median 14 % below the measured GPU_mem, and
   AutoBatch probes (``step=fwd_bwd``) 0.1-0.6 GiB below (the probing process's own state: the
   trainer's model next to AutoBatch's copy, the AMP check's cache, thop's forward); the yolov5 repo's
   loop is 8-11 % below both public measurements of it (``tests/data/reference/measured_public_examples.csv``:
@@ -46,7 +47,12 @@ class Allowance:
 
 
 ALLOWANCES = (
-    Allowance("fp32", 0.14, 0, "issue 12: FP32 runs a median 14 % below the measured GPU_mem; cause not found"),
+    # validation/results/h200-2026-12-04.jsonl: over the 88 AMP training runs of Ultralytics 8.3.253 and 8.4.190
+    # the measured peak reserved was at most 6.0 % above the expected figure in 9 of 10 (p90; the rest up to
+    # 28 %: 400 objects in every image, where the real allocator fragments more than the replay)
+    Allowance("train", 0.06, 0, "H200 matrix: 9 of 10 AMP training runs within 6 % above the expected figure"),
+    # the same matrix's 25 FP32 runs: p90 13.6 %, at most 15.1 % above; issue 12's public FP32 runs a median 14 %
+    Allowance("fp32", 0.14, 0, "FP32 runs up to 14 % above the expected figure (H200 matrix p90, issue 12's median)"),
     Allowance("fwd_bwd", 0.0, int(0.6 * 2**30), "issue 12: AutoBatch probes 0.1-0.6 GiB below the measured figure"),
     # 3.910 GB measured / 3.477 GB expected at epoch 0 (the larger of the two public gaps) = 1.125
     Allowance("yolov5", 0.125, 0, "the yolov5 repo's loop 8-11 % below both public measurements of it; cause not measured"),
@@ -59,7 +65,8 @@ def allowance_for(amp: str, step: str, framework: str = "ultralytics") -> Allowa
     if step == "fwd_bwd":
         kinds = {"fwd_bwd"}
     else:
-        kinds = {kind for kind, applies in (("fp32", amp == "fp32"), ("yolov5", framework == "yolov5")) if applies}
+        kinds = {kind for kind, applies in (("train", True), ("fp32", amp == "fp32"), ("yolov5", framework == "yolov5"))
+                 if applies}  # fmt: skip
     found = [a for a in ALLOWANCES if a.applies_to in kinds]
     return max(found, key=lambda a: (a.fraction, a.fixed_bytes), default=None)
 

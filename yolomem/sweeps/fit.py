@@ -389,7 +389,7 @@ def _solve(prober, probe, shape, bracket_units, cap_units, what_does_not_fit, hi
     budget = prober.budget
     if budget.capacity_bytes <= 0:  # nothing to search: the upper figure's CUDA context alone fills the card
         raise NothingFits(f"{_card(budget)} leaves nothing for training after the CUDA context "
-                          f"({budget.context_bytes / GiB:.2f} GiB at the top of its cited range, the figure verdicts "
+                          f"({budget.context_bytes / GiB:.2f} GiB, the most measured, the figure verdicts "
                           f"use); give the card's whole memory, or pick a larger card")  # fmt: skip
     answer, predicted, at_cap = _search(probe, shape, *bracket_units, cap_units, prober.budget.capacity_bytes)
     if answer is None:

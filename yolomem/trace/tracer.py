@@ -80,6 +80,15 @@ _SCALAR_READ = {aten._local_scalar_dense.default}
 # Indexing ops whose boolean-mask indices the kernel turns into integer indices (ATen's expandTensors)
 _MASK_INDEXED = {aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default}
 _DEVICE_QUERY = torch.ops.prim.device.default
+# Ops with no CUDA kernel whose composite (CompositeExplicitAutograd) kernel makes temporaries: the fake
+# mode's meta kernel gives only the output, so they run by their composite with this mode re-entered
+# and the temporaries are traced as the GPU makes them. Found by the H200 allocation history of
+# 2026-12-04 (validation/results/): binary_cross_entropy_with_logits (ATen Loss.cpp) holds log_sigmoid's
+# output, the input's size in float32, beside its own; the peak of the YOLOv8 loss is there.
+_TRACED_COMPOSITES = frozenset({aten.binary_cross_entropy_with_logits.default})
+# Outputs a CUDA kernel returns empty where the CPU kernel fills them (a real CPU run must not count them):
+# log_sigmoid_forward's buffer (ATen LogSigmoid: the CUDA kernel recomputes it in the backward).
+_EMPTY_ON_CUDA = {aten.log_sigmoid_forward.default: 1}
 # Queries that allocate nothing (device, sizes, strides): answered without bookkeeping.
 _METADATA_QUERIES = frozenset({_DEVICE_QUERY, aten.size.default, aten.stride.default,
                                aten.storage_offset.default, aten.sym_size.int, aten.sym_stride.int})  # fmt: skip
@@ -319,6 +328,13 @@ class Tracer(TorchDispatchMode):
         kwargs = kwargs or {}
         if self._paused or func in _METADATA_QUERIES:
             return func(*args, **kwargs)
+        if func in _TRACED_COMPOSITES:
+            # the composite's own ops come back through this mode: push it again, without __enter__'s setup
+            TorchDispatchMode.__enter__(self)
+            try:
+                return func._op_dk(torch._C.DispatchKey.CompositeExplicitAutograd, *args, **kwargs)
+            finally:
+                TorchDispatchMode.__exit__(self, None, None, None)
         if not self.fake:
             out = func(*args, **kwargs)
         else:
@@ -326,7 +342,9 @@ class Tracer(TorchDispatchMode):
         if isinstance(out, torch.Tensor):
             self._see(out)
         elif isinstance(out, (tuple, list)):
-            for tensor in _tensors_in(out):
+            if func in _EMPTY_ON_CUDA:
+                out_seen = [t for i, t in enumerate(out) if i != _EMPTY_ON_CUDA[func]]
+            for tensor in _tensors_in(out_seen if func in _EMPTY_ON_CUDA else out):
                 self._see(tensor)
         if self.workspaces is not None:
             for block in self.workspaces.after(func, args, out, self.phase_name):

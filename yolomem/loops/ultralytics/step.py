@@ -285,6 +285,7 @@ class UltralyticsRun:
         else:
             self.optimizer = self.ema = None
         self._last_opt_step = -1
+        self.held_batch: dict | None = None  # the previous iteration's batch, still referenced (train_iteration)
         self.trained_size: int | None = None  # the side multi_scale resized the batch to (None: not resized)
         self._shim = _trainer_shim(
             self.trainer_class,
@@ -337,7 +338,6 @@ class UltralyticsRun:
             with _head_switches_phase(self.model, tracer), tracer.phase("forward"), self._family_step():
                 loss, _items = self.model(data)
                 loss = loss.sum()
-        del data
         with tracer.phase("backward"):
             self.scaler.scale(loss).backward()
         del loss
@@ -347,6 +347,14 @@ class UltralyticsRun:
                 BaseTrainer.optimizer_step(self._shim)
             self._last_opt_step = iteration
             self._label_state()
+        # The trainer's ``batch`` (preprocess_batch fills the loader's dict in place with device tensors)
+        # stays bound through backward and the optimizer step, into the next iteration. And the one before
+        # it lives through this whole iteration: ``enumerate`` keeps its last result tuple to reuse it, and
+        # the progress bar's generator still holds that tuple when it asks for the next, so every other
+        # batch outlives its successor's iteration (the H200 allocation history of 2026-12-04,
+        # validation/results/; the previous image batch is live at the loss's peak). The last one stays
+        # bound through the epoch's validation.
+        self.held_batch = data
 
     def fwd_bwd_iteration(self, iteration: int, batch: SyntheticBatch) -> None:
         """Ultralytics' AutoBatch probe (torch_utils.profile_ops): a float32 ``torch.empty`` batch

@@ -1,0 +1,116 @@
+"""What the H200's own allocation stream (validation/results/h200-2026-12-04/, ``yolomem.measure.history``)
+says about two things a CPU trace cannot see for itself, and that the tracer now models:
+
+- ``binary_cross_entropy_with_logits`` has no CUDA kernel: its composite kernel holds log_sigmoid's
+  output beside its own, so the loss's peak has one more input-sized float32 tensor than the op's output;
+- Ultralytics' trainer keeps the previous iteration's batch alive through the next iteration
+  (``enumerate``'s reused result tuple), so the image batch is live twice at the loss's peak.
+
+Each test reads the GPU's record, then checks the trace of the same config against it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from yolomem.config.settings import EstimateConfig
+from yolomem.loops import resolve_model, trace_run
+from yolomem.measure.history import compact, read_history
+from yolomem.trace.tracer import Tracer
+
+RESULTS = Path(__file__).resolve().parents[1] / "validation" / "results" / "h200-2026-12-04"
+BCE_FRAME = "binary_cross_entropy_with_logits"
+PREPROCESS_FRAME = "preprocess_batch"
+
+
+def _gpu_history(name: str):
+    return read_history(RESULTS / f"{name}.json.gz")
+
+
+def _forward_allocations_per_iteration(history, nbytes: int) -> float:
+    """Allocations of ``nbytes`` made on the Python thread (forward and loss; the autograd thread's have no
+    Python frame), per recorded iteration."""
+    count = sum(1 for e in history.events if e.action == "alloc" and e.size == nbytes and e.where)
+    return count / history.notes["iterations"]
+
+
+def test_history_file_round_trips_a_snapshot(tmp_path):
+    """``compact`` keeps the action, address, size, stream and innermost frames of torch's snapshot format."""
+    frames = [{"filename": "/x/loss.py", "line": 7, "name": "forward"}, {"filename": "/x/tasks.py", "line": 3, "name": "loss"}]
+    snapshot = {
+        "device_traces": [[
+            {"action": "segment_alloc", "addr": 4096, "size": 2097152, "stream": 0, "frames": frames},
+            {"action": "alloc", "addr": 4096, "size": 1000, "stream": 0, "frames": frames},
+            {"action": "free_completed", "addr": 4096, "size": 1000, "stream": 0, "frames": []},
+        ]],
+        "segments": [{"total_size": 2097152, "allocated_size": 0, "stream": 0, "segment_type": "small"}],
+    }  # fmt: skip
+    path = tmp_path / "h.json.gz"
+    with gzip.open(path, "wt") as handle:
+        json.dump(compact(snapshot, {"iterations": 1}), handle)
+    history = read_history(path)
+    assert [(e.action, e.addr, e.size) for e in history.events] == [
+        ("segment_alloc", 4096, 2097152), ("alloc", 4096, 1000), ("free_completed", 4096, 1000)]
+    assert history.events[1].where == "loss.py:7:forward < tasks.py:3:loss"
+    assert history.events[2].where == ""
+    assert history.segments == ((2097152, 0, 0, "small"),)
+
+
+def test_bce_with_logits_traces_the_composite_temporary():
+    """The fake trace of the op alone: its output and log_sigmoid's, the latter freed before it returns."""
+    tracer = Tracer(fake=True)
+    with tracer:
+        logits, target = torch.empty(4, 100, 8), torch.empty(4, 100, 8)
+        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        del loss
+    sizes = [(e.op, e.nbytes) for e in tracer.result().events]
+    nbytes = 4 * 100 * 8 * 4
+    assert sizes == [("alloc", nbytes), ("alloc", nbytes), ("alloc", nbytes), ("alloc", nbytes), ("free", nbytes),
+                     ("free", nbytes)], sizes  # fmt: skip
+
+
+def test_loss_peak_tensors_match_the_h200_history():
+    """yolov8n, batch 16, 640, AMP: the forward and loss allocate as many class-score-sized (16 x 8400 x 80
+    float32) tensors per iteration in the trace as on the GPU, and the trace keeps the previous iteration's
+    image batch live while it makes the next, as the GPU did."""
+    history = _gpu_history("yolov8n-b16-fp16")
+    scores = 16 * 8400 * 80 * 4
+    gpu = _forward_allocations_per_iteration(history, scores)
+    in_bce = sum(1 for e in history.events if e.action == "alloc" and e.size == scores and BCE_FRAME in e.where.split(" < ")[0])
+    assert (gpu, in_bce / 2) == (5, 4)  # the assigner's target scores; in BCE the fp32 casts, log_sigmoid, the loss
+
+    config = EstimateConfig(model="yolov8n.yaml", batch=16, imgsz=640, iterations=2, instances=8, max_instances=8)
+    trace = trace_run(config, resolve_model(config.model), upper=False).trace
+    traced = [e for e in trace.events if e.iteration == 1 and e.op == "alloc" and e.nbytes == scores]
+    assert sum(1 for e in traced if e.phase in ("preprocess", "forward", "loss")) == gpu
+
+    image = 16 * 3 * 640 * 640 * 4
+    gpu_live = _most_live(history.events, image, lambda e: e.action == "alloc", lambda e: e.action == "free_completed",
+                          lambda e: PREPROCESS_FRAME in e.where.split(" < ")[0])  # fmt: skip
+    traced_live = _most_live(trace.events, image, lambda e: e.op == "alloc", lambda e: e.op == "free",
+                             lambda e: e.category == "input")  # fmt: skip
+    # the previous iteration's batch, and this one's ``.float()`` beside its ``/ 255``
+    assert (gpu_live, traced_live) == (3, 3)
+
+
+def _most_live(events, nbytes: int, is_alloc, is_free, selected) -> int:
+    """The most allocations of exactly ``nbytes`` (chosen by ``selected`` when made) live at once."""
+    live, most, chosen = 0, 0, set()
+    for event in events:
+        key = getattr(event, "addr", None) or getattr(event, "storage_id", None)
+        size = getattr(event, "size", None) if hasattr(event, "addr") else event.nbytes
+        if size != nbytes:
+            continue
+        if is_alloc(event) and selected(event):
+            chosen.add(key)
+            live += 1
+            most = max(most, live)
+        elif is_free(event) and key in chosen:
+            chosen.discard(key)
+            live -= 1
+    return most
