@@ -355,7 +355,8 @@ def _run_train(config: EstimateConfig, request: dict, recorder: PhaseRecorder, w
     else:
         spec = SyntheticDatasetSpec(
             task=resolved.task, imgsz=config.imgsz, train_images=iterations * config.batch,
-            val_images=2 * config.batch, instances=config.instances, nc=config.nc or resolved.nc or int(resolved.cfg.get("nc") or 80),
+            val_images=2 * config.batch, instances=config.instances,
+            nc=config.nc or resolved.nc or int(resolved.cfg.get("nc") or 80),  # the YAML's classes, as the estimate
             seed=config.seed, kpt_shape=tuple(resolved.cfg.get("kpt_shape", (17, 3))),
             # a densest image no denser than the mean: every image holds exactly that many objects
             distribution="fixed" if config.max_instances == round(config.instances) else "poisson",

@@ -342,9 +342,10 @@ class Tracer(TorchDispatchMode):
         if isinstance(out, torch.Tensor):
             self._see(out)
         elif isinstance(out, (tuple, list)):
+            seen = out
             if func in _EMPTY_ON_CUDA:
-                out_seen = [t for i, t in enumerate(out) if i != _EMPTY_ON_CUDA[func]]
-            for tensor in _tensors_in(out_seen if func in _EMPTY_ON_CUDA else out):
+                seen = [t for i, t in enumerate(out) if i != _EMPTY_ON_CUDA[func]]
+            for tensor in _tensors_in(seen):
                 self._see(tensor)
         if self.workspaces is not None:
             for block in self.workspaces.after(func, args, out, self.phase_name):
