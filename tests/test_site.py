@@ -139,8 +139,8 @@ def test_chromium_shows_what_the_cli_prints(site, capsys, batch):
 def test_chromium_custom_card_verdict_and_largest_batch(site, capsys):
     """A card too small for the run: the page's verdict and largest batch are the CLI's."""
     folder, page = site[0], site[1]
-    run = _open(folder, page, "#model=yolov8n.yaml&imgsz=64&batch=4&amp=fp32&gpu=custom&gpu_mem=0.65", "--dump-dom")
-    cli = _cli(capsys, "batch=4", "amp=false", "gpu_mem=0.65")
+    run = _open(folder, page, "#model=yolov8n.yaml&imgsz=64&batch=4&amp=fp32&gpu=custom&gpu_mem=0.75", "--dump-dom")
+    cli = _cli(capsys, "batch=4", "amp=false", "gpu_mem=0.75")  # 6 MiB after the upper context
     assert cli["fits"] is False
     assert re.search(r'data-key="verdict" data-fits="false"', run.stdout)
     assert f"{cli['capacity_bytes'] / GiB:.2f} GiB after the CUDA context" in _shown(run.stdout, "verdict")
