@@ -11,8 +11,6 @@ Each test reads the GPU's record, then checks the trace of the same config again
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import torch
@@ -20,7 +18,7 @@ import torch.nn.functional as F
 
 from yolomem.config.settings import EstimateConfig
 from yolomem.loops import resolve_model, trace_run
-from yolomem.measure.history import compact, read_history
+from yolomem.measure.history import compact, read_history, save_history
 from yolomem.trace.tracer import Tracer
 
 RESULTS = Path(__file__).resolve().parents[1] / "validation" / "results" / "h200-2026-12-04"
@@ -51,8 +49,7 @@ def test_history_file_round_trips_a_snapshot(tmp_path):
         "segments": [{"total_size": 2097152, "allocated_size": 0, "stream": 0, "segment_type": "small"}],
     }  # fmt: skip
     path = tmp_path / "h.json.gz"
-    with gzip.open(path, "wt") as handle:
-        json.dump(compact(snapshot, {"iterations": 1}), handle)
+    save_history(path, compact(snapshot, {"iterations": 1}))
     history = read_history(path)
     assert [(e.action, e.addr, e.size) for e in history.events] == [
         ("segment_alloc", 4096, 2097152), ("alloc", 4096, 1000), ("free_completed", 4096, 1000)]
@@ -90,27 +87,25 @@ def test_loss_peak_tensors_match_the_h200_history():
     assert sum(1 for e in traced if e.phase in ("preprocess", "forward", "loss")) == gpu
 
     image = 16 * 3 * 640 * 640 * 4
-    gpu_live = _most_live(history.events, image, lambda e: e.action == "alloc", lambda e: e.action == "free_completed",
-                          lambda e: PREPROCESS_FRAME in e.where.split(" < ")[0])  # fmt: skip
-    traced_live = _most_live(trace.events, image, lambda e: e.op == "alloc", lambda e: e.op == "free",
-                             lambda e: e.category == "input")  # fmt: skip
+    gpu_live = _most_live((e.action, e.addr, e.size, PREPROCESS_FRAME in e.where.split(" < ")[0])
+                          for e in history.events if e.action in ("alloc", "free_completed")), image)  # fmt: skip
+    traced_live = _most_live(((e.op, e.storage_id, e.nbytes, e.category == "input") for e in trace.events), image)
     # the previous iteration's batch, and this one's ``.float()`` beside its ``/ 255``
     assert (gpu_live, traced_live) == (3, 3)
 
 
-def _most_live(events, nbytes: int, is_alloc, is_free, selected) -> int:
-    """The most allocations of exactly ``nbytes`` (chosen by ``selected`` when made) live at once."""
+def _most_live(events, nbytes: int) -> int:
+    """The most allocations of exactly ``nbytes`` live at once, of those chosen when made. ``events``:
+    (action "alloc" or a free, key, size, chosen) in order."""
     live, most, chosen = 0, 0, set()
-    for event in events:
-        key = getattr(event, "addr", None) or getattr(event, "storage_id", None)
-        size = getattr(event, "size", None) if hasattr(event, "addr") else event.nbytes
+    for action, key, size, selected in events:
         if size != nbytes:
             continue
-        if is_alloc(event) and selected(event):
+        if action == "alloc" and selected:
             chosen.add(key)
             live += 1
             most = max(most, live)
-        elif is_free(event) and key in chosen:
+        elif action != "alloc" and key in chosen:
             chosen.discard(key)
             live -= 1
     return most

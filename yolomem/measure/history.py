@@ -59,9 +59,14 @@ def write_history(path: Path | str, notes: dict) -> int:
     snapshot = torch.cuda.memory._snapshot()
     torch.cuda.memory._record_memory_history(enabled=None)
     body = compact(snapshot, notes)
+    save_history(path, body)
+    return len(body["events"])
+
+
+def save_history(path: Path | str, body: dict) -> None:
+    """Write a ``compact`` body as the history file."""
     with gzip.open(path, "wt") as handle:
         json.dump(body, handle)
-    return len(body["events"])
 
 
 def compact(snapshot: dict, notes: dict) -> dict:
