@@ -87,9 +87,9 @@ def test_loss_peak_tensors_match_the_h200_history():
     assert sum(1 for e in traced if e.phase in ("preprocess", "forward", "loss")) == gpu
 
     image = 16 * 3 * 640 * 640 * 4
-    gpu_live = _most_live((e.action, e.addr, e.size, PREPROCESS_FRAME in e.where.split(" < ")[0])
-                          for e in history.events if e.action in ("alloc", "free_completed")), image)  # fmt: skip
-    traced_live = _most_live(((e.op, e.storage_id, e.nbytes, e.category == "input") for e in trace.events), image)
+    gpu_live = _most_live([(e.action, e.addr, e.size, PREPROCESS_FRAME in e.where.split(" < ")[0])
+                           for e in history.events if e.action in ("alloc", "free_completed")], image)  # fmt: skip
+    traced_live = _most_live([(e.op, e.storage_id, e.nbytes, e.category == "input") for e in trace.events], image)
     # the previous iteration's batch, and this one's ``.float()`` beside its ``/ 255``
     assert (gpu_live, traced_live) == (3, 3)
 
