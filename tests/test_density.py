@@ -90,8 +90,16 @@ def test_max_instances_caps_and_pins_the_densest_image():
     assert counts.max() == 40 and (counts == 40).sum() >= 1
 
 
+def test_a_cap_at_the_mean_puts_that_many_in_every_image():
+    """``instances=50 max_instances=50``: a capped spread would have a mean below 50; only 50 in every
+    image says both."""
+    counts = image_counts(np.random.default_rng(1), 50.0, DEFAULT_SIGMA, 2000, cap=50)
+    assert set(counts.tolist()) == {50}
+
+
 # -- training samples against Ultralytics' own transforms --------------------------------------------
-def _ultralytics_samples(per_image: np.ndarray, mosaic: float, samples: int, imgsz: int = 160) -> np.ndarray:
+def _ultralytics_samples(per_image: np.ndarray, mosaic: float, samples: int, imgsz: int = 160, scale: float = 0.5,
+                         translate: float = 0.1) -> np.ndarray:  # fmt: skip
     from ultralytics.data.augment import Compose, Mosaic, RandomPerspective
     from ultralytics.utils.instance import Instances
 
@@ -116,20 +124,26 @@ def _ultralytics_samples(per_image: np.ndarray, mosaic: float, samples: int, img
 
     images = Images()
     pipeline = Compose([Mosaic(images, imgsz=imgsz, p=mosaic, n=4),
-                        RandomPerspective(translate=0.1, scale=0.5, size=(imgsz, imgsz))])  # fmt: skip
+                        RandomPerspective(translate=translate, scale=scale, size=(imgsz, imgsz))])  # fmt: skip
     random.seed(0)
     return np.array([len(pipeline(images.get_image_and_label(random.randrange(len(per_image))))["cls"])
                      for _ in range(samples)])  # fmt: skip
 
 
-@pytest.mark.parametrize("mean, mosaic", [(8.0, 1.0), (60.0, 1.0), (8.0, 0.0)])
-def test_sample_counts_match_ultralytics_mosaic_and_affine(mean, mosaic):
+@pytest.mark.parametrize("mean, mosaic, scale, translate, imgsz", [
+    (8.0, 1.0, 0.5, 0.1, 160), (60.0, 1.0, 0.5, 0.1, 160), (8.0, 0.0, 0.5, 0.1, 160),  # Ultralytics' defaults
+    # the zoom of Ultralytics' recipes for the large models, at a training size: zoomed out 10x at 160 px,
+    # RandomPerspective also drops boxes under 2 px a side, which the model leaves out
+    (60.0, 1.0, 0.9, 0.1, 640),
+    (60.0, 0.0, 0.0, 0.0, 160),  # every augmentation off: each sample is its image
+])  # fmt: skip
+def test_sample_counts_match_ultralytics_mosaic_and_affine(mean, mosaic, scale, translate, imgsz):
     """Objects per training sample: the model's mean and p90 within 15 % of Ultralytics' transforms
-    (Mosaic n=4 and RandomPerspective with the default hyperparameters) on the same images."""
+    (Mosaic n=4 and RandomPerspective) with the same hyperparameters on the same images."""
     per_image = image_counts(np.random.default_rng(2), mean, DEFAULT_SIGMA, 300)
-    real = _ultralytics_samples(per_image, mosaic, 600)
+    real = _ultralytics_samples(per_image, mosaic, 600, imgsz, scale, translate)
     rng = np.random.default_rng(3)
-    model = sample_counts(rng, per_image, rng.integers(0, len(per_image), 20_000), Augmentation(mosaic=mosaic))
+    model = sample_counts(rng, per_image, rng.integers(0, len(per_image), 20_000), Augmentation(mosaic, scale, translate))
     assert model.mean() == pytest.approx(real.mean(), rel=0.15)
     assert np.percentile(model, 90) == pytest.approx(np.percentile(real, 90), rel=0.15)
 

@@ -15,7 +15,7 @@ from yolomem.measure.run import (
     DEFAULT_ITERATIONS, Environment, LaunchResult, MeasurementRecord, MeasureSettings, measure, parse_measure_words,
     rank_output_path, worker_command, worker_environment,
 )  # fmt: skip
-from yolomem.measure.worker import Reading, offline_ultralytics, run_rank
+from yolomem.measure.worker import Reading, offline_ultralytics, run_rank, train_arguments
 
 GiB = 1 << 30
 
@@ -59,6 +59,20 @@ def test_worker_command_single_process_and_ddp(tmp_path):
     ddp = worker_command(tmp_path / "req.json", tmp_path / "out", 4, python="py")
     assert ddp[:3] == ["py", "-m", "torch.distributed.run"] and "--nproc_per_node=4" in ddp
     assert ddp[-6:] == single[1:]
+
+
+def test_train_arguments_carry_the_augmentation_the_estimate_assumed():
+    """Every augmentation key the density model reads is one of Ultralytics' train arguments; the run
+    trains with the config's values, or with all of them off under ``augment="exact"``."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    config = EstimateConfig(model="yolov8n.yaml", mosaic=0.5, close_mosaic=3, scale=0.9, translate=0.2)
+    keys = ("mosaic", "close_mosaic", "scale", "translate")
+    given = train_arguments(config, "d.yaml", "ultralytics", "0", "runs")
+    assert {k: given[k] for k in keys} == {"mosaic": 0.5, "close_mosaic": 3, "scale": 0.9, "translate": 0.2}
+    assert set(keys) <= set(DEFAULT_CFG_DICT)
+    exact = train_arguments(config, "d.yaml", "exact", "0", "runs")
+    assert (exact["mosaic"], exact["scale"], exact["translate"]) == (0.0, 0.0, 0.0)
 
 
 def test_worker_environment_is_offline_and_sets_only_the_asked_allocator_config():

@@ -403,6 +403,10 @@ ESTIMATE_KEYS = KeyTable((
         choices=TAILS, nullable=True),
     Key("mosaic", FLOAT, 1.0, "Ultralytics' mosaic probability: 4 images per training sample", low=0.0, high=1.0),
     Key("close_mosaic", INT, 10, "Ultralytics: no mosaic in the last N epochs (all of them when epochs <= N)", low=0),
+    Key("scale", FLOAT, 0.5, "Ultralytics' random zoom, U(1 - scale, 1 + scale): how many objects a sample shows",
+        low=0.0, high=0.99),
+    Key("translate", FLOAT, 0.1, "Ultralytics' random shift, a fraction of imgsz: how many objects a sample shows",
+        low=0.0, high=1.0),
     # Ultralytics keys with a meaning here that is not a setting of its own (EstimateConfig.from_values)
     Key("device", TEXT, None, "device=0,1: DDP over 2 GPUs (sets world_size)", nullable=True),
     Key("task", TEXT, None, "ignored: the task comes from the model", nullable=True),

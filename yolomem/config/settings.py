@@ -64,6 +64,8 @@ class EstimateConfig:
     tail: str | None = _default("tail")  # a named dataset's spread of objects per image (yolomem.loops.density)
     mosaic: float = _default("mosaic")  # mosaic probability: 4 images per training sample (yolomem.loops.density)
     close_mosaic: int = _default("close_mosaic")  # no mosaic in the last N epochs
+    scale: float = _default("scale")  # random zoom U(1 - scale, 1 + scale) (yolomem.loops.density)
+    translate: float = _default("translate")  # random shift, a fraction of imgsz (yolomem.loops.density)
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:

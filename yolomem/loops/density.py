@@ -156,23 +156,30 @@ def epoch_images(rng: np.random.Generator, instances: float, sigma: float | None
 
 @dataclass(frozen=True)
 class Augmentation:
-    """The label geometry of Ultralytics' training augmentation (``cfg/default.yaml``)."""
+    """The label geometry of Ultralytics' training augmentation (``cfg/default.yaml``). Left out:
+    ``RandomPerspective`` also drops boxes under 2 px a side, which no box drawn here becomes at 640 px
+    and the default zoom (the smallest is 0.02 x 640 x 0.5 = 6.4 px)."""
 
     mosaic: float = 1.0  # probability of a 4-image mosaic
     scale: float = 0.5  # zoom U(1 - scale, 1 + scale)
     translate: float = 0.1  # shift U(0.5 - translate, 0.5 + translate) * imgsz
 
     @staticmethod
-    def for_epoch(epoch: int, epochs: int | None, mosaic: float = 1.0, close_mosaic: int = 10) -> Augmentation:
+    def for_epoch(epoch: int, epochs: int | None, mosaic: float = 1.0, close_mosaic: int = 10, scale: float = 0.5,
+                  translate: float = 0.1) -> Augmentation:  # fmt: skip
         """BaseTrainer closes the mosaic at ``epoch == epochs - close_mosaic`` (0-based)."""
         total = epochs if epochs is not None else 100  # Ultralytics' default epochs
         closed = close_mosaic > 0 and epoch >= total - close_mosaic
-        return Augmentation(mosaic=0.0 if closed else mosaic)
+        return Augmentation(0.0 if closed else mosaic, scale, translate)
 
 
 def image_counts(rng: np.random.Generator, mean: float, sigma: float, n: int, cap: int | None = None) -> np.ndarray:
     """Objects in ``n`` images: Poisson with a lognormal rate of the given mean and log-sd. ``cap``:
-    no image holds more, and one holds exactly that many (``max_instances=``)."""
+    no image holds more, and one holds exactly that many (``max_instances=``). A cap at or below the mean
+    leaves no room for a spread: every image holds the cap (``instances=50 max_instances=50``: 50 in each;
+    capping the draw would lower its mean below what the user said)."""
+    if cap is not None and 0 < mean and cap <= mean:
+        return np.full(n, cap, dtype=np.int64)
     if mean <= 0 or n == 0:
         counts = np.zeros(n, dtype=np.int64)
     else:
@@ -366,7 +373,8 @@ def plan_for(config, batch: int, train_counts: Sequence[int] | None = None) -> D
     """The density plan of a config (``yolomem.config.settings.EstimateConfig``) at ``batch`` images per
     GPU. The yolov5 repo's train.py has no ``close_mosaic``: its mosaic stays on."""
     closes = config.framework != "yolov5"
-    aug = Augmentation.for_epoch(0, config.epochs, config.mosaic, config.close_mosaic if closes else 0)
+    aug = Augmentation.for_epoch(0, config.epochs, config.mosaic, config.close_mosaic if closes else 0, config.scale,
+                                 config.translate)  # fmt: skip
     counts = None if train_counts is None else tuple(int(c) for c in train_counts)
     return _plan_once(batch, config.instances, config.seed, counts, config.max_instances, aug, config.images,
                       config.tail)  # fmt: skip

@@ -126,11 +126,11 @@ def summarize(metric: str, errors: Iterable[float]) -> ErrorSummary | None:
 def config_of(record: MeasurementRecord) -> EstimateConfig:
     """The record's config as the estimator takes it; keys that are not estimator settings are ignored
     with a note (as the CLI ignores Ultralytics' other keys), a bad value is a UserError. A run measured
-    with ``augment="exact"`` trained without mosaic (``yolomem.measure.run.EXACT_AUGMENT``), which its
-    config does not say: the estimate is made without it too."""
+    with ``augment="exact"`` trained without mosaic, zoom and shift (``yolomem.measure.run.EXACT_AUGMENT``),
+    which its config does not say: the estimate is made without them too."""
     config = dict(record.config)
     if record.settings.get("augment") == "exact":
-        config["mosaic"] = EXACT_AUGMENT["mosaic"]
+        config.update(EXACT_AUGMENT)
     return EstimateConfig.from_json(config)
 
 

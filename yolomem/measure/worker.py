@@ -247,6 +247,8 @@ def train_arguments(config: EstimateConfig, data_yaml: str, augment: str, device
         "optimizer": config.optimizer, "nbs": config.nbs, "freeze": list(config.freeze) or None,
         "multi_scale": multi_scale, "seed": config.seed, "workers": 0, "plots": False, "val": True,
         "device": device, "project": project, "name": "run", "exist_ok": True, "verbose": False,
+        "mosaic": config.mosaic, "close_mosaic": config.close_mosaic, "scale": config.scale,
+        "translate": config.translate,
     }  # fmt: skip
     if augment == "exact":
         arguments.update(EXACT_AUGMENT)

@@ -18,8 +18,10 @@ from then on, so stale values never steer a decision. What is left, questions ab
 many anchors the assigner picked as foreground, whether an inf was found), goes to a ``DataOracle``,
 and every such answer is listed in ``Trace.oracle_answers`` so the estimate can say what it assumed.
 
-Not seen: memory a kernel takes internally without returning it as a tensor (cuDNN/cuBLAS workspace),
-the CUDA context, and NCCL buffers; the estimator accounts for those with named terms.
+Not seen: memory a kernel takes internally without returning it as a tensor (cuDNN/cuBLAS workspace,
+a reduction's converted copy of its input), the CUDA context, and NCCL buffers. The tracer adds the
+kernels' blocks after each op's outputs (``yolomem.trace.workspaces``, ``yolomem.trace.kernel_temporaries``);
+the estimator accounts for the rest with named terms.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from torch.utils._pytree import tree_flatten, tree_map
 
 from yolomem.trace.fake_cache import FakeDispatchCache, run_on_meta
+from yolomem.trace.kernel_temporaries import temporaries
 
 REAL_BYTES_CAP = 64 << 20  # loss-phase factories and all-real ops stay real up to this output size
 # Training traces scale the cap with the batch, so that a tensor of the loss (the assigner's
@@ -347,21 +350,23 @@ class Tracer(TorchDispatchMode):
                 seen = [t for i, t in enumerate(out) if i != _EMPTY_ON_CUDA[func]]
             for tensor in _tensors_in(seen):
                 self._see(tensor)
+        for nbytes in temporaries(func, args, out):
+            self._kernel_block(nbytes, str(out.dtype).replace("torch.", ""), self._category_for_phase())
         if self.workspaces is not None:
             for block in self.workspaces.after(func, args, out, self.phase_name):
-                self._workspace(block)
+                if block.nbytes > 0 or block.upper_nbytes > 0:
+                    self._kernel_block(block.nbytes, "uint8", block.category, block.upper_nbytes, block.transient)
         return out
 
-    def _workspace(self, block) -> None:
-        """A kernel's scratch block: allocated (and, when transient, freed) right after the op's outputs."""
-        if block.nbytes <= 0 and block.upper_nbytes <= 0:
-            return
+    def _kernel_block(self, nbytes: int, dtype: str, category: str, upper_nbytes: int | None = None,
+                      transient: bool = True) -> None:
+        """Memory a kernel takes besides its outputs (a scratch block, a converted copy of an input):
+        allocated (and, when transient, freed) right after the op's outputs."""
         self._next_id += 1
-        record = _Record(self._next_id, block.nbytes, "uint8", block.category,
-                         self.module_stack[-1] if self.module_stack else "", self.phase_name, self.iteration,
-                         block.upper_nbytes if block.upper_nbytes != block.nbytes else None)  # fmt: skip
+        record = _Record(self._next_id, nbytes, dtype, category, self.module_stack[-1] if self.module_stack else "",
+                         self.phase_name, self.iteration, upper_nbytes if upper_nbytes != nbytes else None)  # fmt: skip
         self._log.append(("alloc", record))
-        if block.transient:
+        if transient:
             self._log.append(("free", record))
 
     def _dispatch_fake(self, func, args, kwargs):
