@@ -348,6 +348,7 @@ def _run_train(config: EstimateConfig, request: dict, recorder: PhaseRecorder, w
 
     from yolomem.loops import resolve_model
     from yolomem.measure.synthetic_dataset import SyntheticDatasetSpec, write_synthetic_dataset
+    from yolomem.result.prepare import class_count
 
     resolved = resolve_model(config.model)
     iterations = int(request["iterations"])
@@ -358,7 +359,8 @@ def _run_train(config: EstimateConfig, request: dict, recorder: PhaseRecorder, w
         spec = SyntheticDatasetSpec(
             task=resolved.task, imgsz=config.imgsz, train_images=iterations * config.batch,
             val_images=2 * config.batch, instances=config.instances,
-            nc=config.nc or resolved.nc or int(resolved.cfg.get("nc") or 80),  # the YAML's classes, as the estimate
+            # the classes the estimate builds the model with (the task's default data where none is given)
+            nc=class_count(config, resolved)[0].nc or resolved.nc or int(resolved.cfg.get("nc") or 80),
             seed=config.seed, kpt_shape=tuple(resolved.cfg.get("kpt_shape", (17, 3))),
             # a densest image no denser than the mean: every image holds exactly that many objects
             distribution="fixed" if config.max_instances == round(config.instances) else "poisson",

@@ -35,7 +35,7 @@ def prepare(config: EstimateConfig) -> Prepared:
     notes = list(config.notes)
     if resolved.note:
         notes.append(resolved.note)
-    config, note = _class_count(config, resolved)
+    config, note = class_count(config, resolved)
     if note:
         notes.append(note)
     if config.data and _needs_download(config.data):
@@ -84,7 +84,7 @@ def _needs_download(data: str) -> bool:
     return not path.exists() and len(path.parts) == 1
 
 
-def _class_count(config: EstimateConfig, resolved: ResolvedModel) -> tuple[EstimateConfig, str | None]:
+def class_count(config: EstimateConfig, resolved: ResolvedModel) -> tuple[EstimateConfig, str | None]:
     """The trainer builds the model with the dataset's classes, not the model YAML's: ``nc=`` where given,
     else the class names of ``data=`` (a local YAML, or the one Ultralytics ships under that name), else
     those of the dataset Ultralytics trains the task on by default (``TASK2DATA``: coco8-pose.yaml for pose,
