@@ -18,6 +18,7 @@ import logging
 import pytest
 
 import yolomem.loops
+from yolomem.loops import val_pass
 from yolomem.result import runs
 from yolomem.result.estimate import estimate
 from yolomem.trace.derive import compare_runs, RunFacts
@@ -45,6 +46,9 @@ def _facts(result) -> RunFacts:
 
 @pytest.mark.parametrize(("model", "settings"), CASES)
 def test_a_derived_run_equals_the_trace(model, settings, tmp_path, monkeypatch, caplog):
+    # obb's rotated NMS computes its (n, n) matrices for real, image by image: 300 candidates an image
+    # keep the code path at a hundredth of the work of the estimate's 3000 (most of this file's minutes)
+    monkeypatch.setattr(val_pass, "ROTATED_NMS_CANDIDATES_PER_IMAGE", 300)
     previous = runs._SOURCE
     traced = []
     real_trace_run = yolomem.loops.trace_run

@@ -51,6 +51,7 @@ def test_half_reduced_into_float32_is_not_copied_on_cuda():
     x = torch.zeros(4, 50, 300, dtype=torch.float16)
     out = torch.empty(4, 300, dtype=torch.float32)
     assert converted_input_bytes(aten.sum.dim_IntList, (x,), out) == 0
+    assert _copied_by_kernel(lambda t: t.sum(-2, dtype=torch.float32), x) == x.numel() * 4  # the CPU's copy
     assert converted_input_bytes(aten.cumsum.default, (x,), out) == x.numel() * 4  # scans always copy
 
 

@@ -111,7 +111,10 @@ def test_cli_flags_exist():
     assert spec.name == "table" and options.markdown and not options.csv and options.words == ["yolov5n", "imgsz=64"]
 
 
-@pytest.mark.slow  # 32 traces in one process: about 1 min on 2 shared cores
+# 32 traces in one process, 2 min on CI's 2 shared cores: with ``-m exhaustive``, as every listed name is
+# (test_model_list.py); by default one row end to end and four side by side below, and the darknet and
+# yolov5-loop models in test_darknet.py and test_yolov5.py
+@pytest.mark.exhaustive
 def test_every_blog_row_estimates_in_both_precisions():
     table = compute_table(blog_rows(imgsz=64, batch=2))
     assert len(table.rows) == 16
