@@ -172,6 +172,12 @@ class Augmentation:
         closed = close_mosaic > 0 and epoch >= total - close_mosaic
         return Augmentation(0.0 if closed else mosaic, scale, translate)
 
+    @staticmethod
+    def of_config(config, epoch: int, close_mosaic: int) -> Augmentation:
+        """Epoch ``epoch``'s augmentation under ``config`` (an ``EstimateConfig``), the mosaic closed for the
+        last ``close_mosaic`` epochs (0: the yolov5 repo's train.py, which never closes it)."""
+        return Augmentation.for_epoch(epoch, config.epochs, config.mosaic, close_mosaic, config.scale, config.translate)
+
 
 def image_counts(rng: np.random.Generator, mean: float, sigma: float, n: int, cap: int | None = None) -> np.ndarray:
     """Objects in ``n`` images: Poisson with a lognormal rate of the given mean and log-sd. ``cap``:
@@ -373,8 +379,7 @@ def plan_for(config, batch: int, train_counts: Sequence[int] | None = None) -> D
     """The density plan of a config (``yolomem.config.settings.EstimateConfig``) at ``batch`` images per
     GPU. The yolov5 repo's train.py has no ``close_mosaic``: its mosaic stays on."""
     closes = config.framework != "yolov5"
-    aug = Augmentation.for_epoch(0, config.epochs, config.mosaic, config.close_mosaic if closes else 0, config.scale,
-                                 config.translate)  # fmt: skip
+    aug = Augmentation.of_config(config, 0, config.close_mosaic if closes else 0)
     counts = None if train_counts is None else tuple(int(c) for c in train_counts)
     return _plan_once(batch, config.instances, config.seed, counts, config.max_instances, aug, config.images,
                       config.tail)  # fmt: skip

@@ -618,8 +618,7 @@ def epoch_request(config, resolved) -> EpochRequest | None:
     seeds = tuple(config.seed + k for k in range(DEFAULT_SEEDS))
     kpt_shape = tuple(resolved.cfg.get("kpt_shape", (17, 3)))
     closes = config.close_mosaic if loop.name != "yolov5" else 0  # the yolov5 repo's train.py keeps the mosaic
-    augmentations = [Augmentation.for_epoch(e, config.epochs, config.mosaic, closes, config.scale, config.translate)
-                     for e in range(SIM_EPOCHS)]  # fmt: skip
+    augmentations = [Augmentation.of_config(config, e, closes) for e in range(SIM_EPOCHS)]
     hook = EpochTracing(loop, seeds=seeds, instances=config.instances, train_counts=train_counts, val_sizes=val_sizes,
                         val_counts=val_counts, kpt_shape=kpt_shape, channels=int(resolved.cfg.get("channels", 3)),
                         max_instances=config.max_instances, augmentations=augmentations, images=config.images,
