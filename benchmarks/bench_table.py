@@ -1,6 +1,6 @@
 """Time the full blog table (16 rows, FP32 and AMP) and print the figure.
 
-    python benchmarks/bench_table.py [jobs=2] [iterations=1] [method=breakdown]
+    python benchmarks/bench_table.py [jobs=2] [iterations=2] [method=breakdown]
 
 Target (issue #3): under 60 s on a 2-core machine.
 """

@@ -161,12 +161,13 @@ def test_fragmentation_forces_new_segment() -> None:
 def test_best_fit_prefers_smallest_then_lowest_address() -> None:
     a = CachingAllocator()
     big = a.malloc(12 * MiB)  # 12 MiB segment, unsplit
-    small1 = a.malloc(10 * MiB)  # 10 MiB segment
-    small2 = a.malloc(10 * MiB)  # another 10 MiB segment, higher address
-    for h in (big, small2, small1):
+    first = a.malloc(10 * MiB)  # 10 MiB segment
+    second = a.malloc(10 * MiB)  # another 10 MiB segment, below the first (large-pool segments descend)
+    assert second < first
+    for h in (big, first, second):
         a.free(h)
-    assert a.malloc(10 * MiB) == small1  # smallest fit, lowest address among equals
-    assert a.malloc(10 * MiB) == small2
+    assert a.malloc(10 * MiB) == second  # smallest fit, lowest address among equals
+    assert a.malloc(10 * MiB) == first
     assert a.malloc(10 * MiB) == big  # 12 MiB block, 2 MiB left > 1 MiB: split
     assert a.allocated_bytes == 30 * MiB
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from yolomem.trace import fake_cache, tracer as trace
 from yolomem.config.settings import EstimateConfig
@@ -94,3 +94,38 @@ def test_fused_in_place_ops_are_those_returning_nothing():
     assert trace._is_fused_in_place(aten._fused_adamw_.default)
     assert not trace._is_fused_in_place(aten._foreach_norm.Scalar)  # returns new tensors
     assert not trace._is_fused_in_place(aten.add_.Tensor)
+
+
+def _fake_facts(tensor):
+    return (type(tensor), torch._C._dispatch_keys(tensor), tensor.device, tensor.dtype, tuple(tensor.shape),
+            tensor.stride(), tensor.storage_offset(), tensor.requires_grad,
+            {k: (id(v) if k == "fake_mode" else v) for k, v in tensor.__dict__.items()})  # fmt: skip
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_new_fake_makes_what_the_fake_tensor_constructor_makes(device, requires_grad):
+    """``new_fake`` against ``FakeTensor(mode, elem, device)``: the same attributes, dispatch keys and
+    metadata, and ops on either give the same answer. On this torch the fast path is the one taken."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        reference_device = torch.empty(1, device=device).fake_device  # normalized as the fake mode does it
+    elem = torch.empty_strided((4, 3, 8), (24, 1, 3), dtype=torch.float16, device="meta", requires_grad=requires_grad)
+    ours = fake_cache.new_fake(mode, elem, reference_device)
+    theirs = FakeTensor(mode, elem, reference_device)
+    assert fake_cache._TEMPLATES[(id(mode), reference_device)] is not False  # the fast path, not the constructor
+    assert _fake_facts(ours) == _fake_facts(theirs)
+    with mode:
+        assert _fake_facts((ours * 2).sum(1)) == _fake_facts((theirs * 2).sum(1))
+
+
+def test_new_fake_falls_back_to_the_constructor_where_the_fast_path_differs(monkeypatch):
+    """Another torch whose FakeTensor the fast path does not reproduce: every tensor takes the constructor."""
+    monkeypatch.setattr(fake_cache, "_FAST_PATH_OK", {})
+    monkeypatch.setattr(fake_cache, "_fast_path_agrees", lambda *args: False)
+    made = []
+    monkeypatch.setattr(fake_cache, "FakeTensor", lambda *args: made.append(args) or FakeTensor(*args))
+    mode = FakeTensorMode()
+    fake = fake_cache.new_fake(mode, torch.empty(2, device="meta"), torch.device("cpu"))
+    assert fake_cache._TEMPLATES[(id(mode), torch.device("cpu"))] is False
+    assert len(made) == 2 and isinstance(fake, FakeTensor)  # the template's reference, then this tensor

@@ -318,3 +318,20 @@ def test_pick_writes_the_command_of_the_loop_that_trains_its_answer():
     ultralytics = pick_models(models=("yolov8n",), **settings)
     assert ultralytics.train_command.startswith("yolo train model=yolov8n.yaml ") and "optimizer=" not in ultralytics.train_command
     assert ultralytics.to_json()["train_command"] == ultralytics.train_command
+
+
+def test_bf16_traces_fp16s_stream_but_gradscalers_scalars():
+    """Why ``fit --explain`` has one AMP rung (``ladder.precision_rungs``): bf16 and fp16 autocast make the
+    same allocations, event for event, except the GradScaler's scale, growth tracker and found-inf scalars
+    (4 or 8 bytes each), which only fp16 has."""
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.loops import resolve_model, trace_run
+
+    streams = {}
+    for amp in ("fp16", "bf16"):
+        config = EstimateConfig(model="yolov8n.yaml", imgsz=64, batch=2, amp=amp)
+        streams[amp] = [(e.op, e.nbytes, e.category, e.phase) for e in trace_run(config, resolve_model(config.model)).trace.events]
+    fp16, bf16 = streams["fp16"], streams["bf16"]
+    scalars = lambda events: [e for e in events if e[1] > 8]  # noqa: E731
+    assert scalars(fp16) == scalars(bf16)
+    assert len(fp16) > len(bf16) > 1000  # fp16 has the scaler's scalars on top

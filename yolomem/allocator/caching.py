@@ -25,9 +25,11 @@ What is not modelled:
   event is ever pending.
 - CUDA graphs and private memory pools (``use_mem_pool``).
 - The ``cudaMallocAsync`` backend, and IPC free-memory callbacks.
-- Where cudaMalloc really places a segment. New segments get deterministic,
-  increasing addresses. Addresses only break ties between equal-size free blocks
-  and decide which blocks are neighbours.
+- Where cudaMalloc really places a segment. Addresses only break ties between
+  equal-size free blocks (best fit takes the lowest address) and decide which
+  blocks are neighbours. New segments get deterministic addresses in the order the
+  H200's driver gave them (``_new_range``): large-pool segments each below the last,
+  small-pool segments each above the last.
 - When cudaMalloc really fails. ``capacity_bytes`` stands in for "card total minus
   context and other processes", and is checked against reserved bytes only.
 - cudaMalloc's own 2 MiB granularity, and the address-space limit of an
@@ -83,6 +85,7 @@ _MIN_SPLIT_SIZE_MB = K_LARGE_BUFFER // MiB
 # cudaMalloc's 2 MiB granularity. An expandable segment reserves a huge virtual range
 # (ExpandableSegment reserves about 1.125 x device memory; we never run out).
 _ADDRESS_ALIGN = 2 * MiB
+_HIGH_ADDRESS = 1 << 62  # large-pool segments count down from here, small-pool ones up from _ADDRESS_ALIGN
 _EXPANDABLE_VA_PAGES = 1 << 22
 
 
@@ -465,6 +468,7 @@ class CachingAllocator:
         self._small = _Pool(small=True)
         self._blocks: dict[int, _Block] = {}  # every block, free or not, by address
         self._next_addr = _ADDRESS_ALIGN  # nonzero, so (stream, size, -1) sorts first
+        self._next_high_addr = _HIGH_ADDRESS
         self._allocated = 0
         self._reserved = 0
         self._active = 0
@@ -542,7 +546,7 @@ class CachingAllocator:
 
     # ---- whole state (yolomem.allocator.replay's memo of repeated iterations)
 
-    _STATE_COUNTERS = ("_next_addr", "_allocated", "_reserved", "_active", "_requested", "_segments", "_inactive_split")
+    _STATE_COUNTERS = ("_next_addr", "_next_high_addr", "_allocated", "_reserved", "_active", "_requested", "_segments", "_inactive_split")
     CUMULATIVE_COUNTERS = ("_retries", "_ooms", "_device_alloc", "_device_free")
 
     def snapshot(self) -> tuple:
@@ -637,9 +641,23 @@ class CachingAllocator:
         i = bisect_left(pool.unmapped, (block.stream, block.addr))
         del pool.unmapped[i]
 
-    def _new_range(self, size: int) -> int:
+    def _new_range(self, size: int, descending: bool = False) -> int:
+        """Where a new segment starts: past the last one, or (``descending``) below the last one.
+
+        Why both: best fit breaks ties between equal-size free blocks by address, so the order of the
+        segments' addresses decides which of two equal blocks a request reuses, and from there which
+        later requests still find a block. The H200's driver (validation/results/h200-2026-12-04, 16
+        allocation histories) placed new large-pool segments below the earlier ones and 2 MiB
+        small-pool segments above. Replayed with the GPU's own segment addresses, all 62,803 of the
+        histories' allocations land at the GPU's addresses; with this order every history ends with
+        the GPU's reserved bytes (tests/test_gpu_history.py). With increasing addresses for both
+        pools, 5 of the 16 ended between -34 and +200 MiB off."""
+        span = -(-size // _ADDRESS_ALIGN) * _ADDRESS_ALIGN + _ADDRESS_ALIGN
+        if descending:
+            self._next_high_addr -= span
+            return self._next_high_addr
         base = self._next_addr
-        self._next_addr += -(-size // _ADDRESS_ALIGN) * _ADDRESS_ALIGN + _ADDRESS_ALIGN
+        self._next_addr += span
         return base
 
     def _fits(self, nbytes: int) -> bool:
@@ -788,7 +806,7 @@ class CachingAllocator:
             return self._try_allocate_expandable_block(pool, stream, rounded)
         if not self._fits(alloc_size):
             return None
-        base = self._new_range(alloc_size)
+        base = self._new_range(alloc_size, descending=not pool.small)
         block = _Block(base, alloc_size, stream, pool.small, expandable=False, seg_base=base)
         self._blocks[base] = block
         self._segments += 1

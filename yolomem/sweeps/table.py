@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from yolomem.config.keys import DEFAULT_MARGIN
+from yolomem.config.keys import DEFAULT_MARGIN, ESTIMATE_KEYS
 from yolomem.errors import UserError
 from yolomem.loops import get_loop
 from yolomem.result.fits import Budget, verdict
@@ -208,7 +208,7 @@ def compute_table(
     gpus: Sequence[str] = DEFAULT_GPUS,
     *,
     method: str = "breakdown",
-    iterations: int = 1,
+    iterations: int = ESTIMATE_KEYS.default("iterations"),
     jobs: int = 1,
     progress: Callable[[str], None] | None = None,
     margin: float = DEFAULT_MARGIN,
