@@ -122,6 +122,7 @@ def test_new_fake_makes_what_the_fake_tensor_constructor_makes(device, requires_
 def test_new_fake_falls_back_to_the_constructor_where_the_fast_path_differs(monkeypatch):
     """Another torch whose FakeTensor the fast path does not reproduce: every tensor takes the constructor."""
     monkeypatch.setattr(fake_cache, "_FAST_PATH_OK", {})
+    monkeypatch.setattr(fake_cache, "_TEMPLATES", {})
     monkeypatch.setattr(fake_cache, "_fast_path_agrees", lambda *args: False)
     made = []
     monkeypatch.setattr(fake_cache, "FakeTensor", lambda *args: made.append(args) or FakeTensor(*args))

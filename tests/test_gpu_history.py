@@ -6,7 +6,9 @@ says about two things a CPU trace cannot see for itself, and that the tracer now
 - Ultralytics' trainer keeps the previous iteration's batch alive through the next iteration
   (``enumerate``'s reused result tuple), so the image batch is live twice at the loss's peak.
 
-Each test reads the GPU's record, then checks the trace of the same config against it.
+Each of those tests reads the GPU's record, then checks the trace of the same config against it. The
+others check the allocator simulation itself against the GPU's caching allocator: fed a history's own
+allocations and frees, it must end where the GPU did, and put each block where the GPU put it.
 """
 
 from __future__ import annotations
