@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 
-from yolomem.loops.ddp import BUCKET_MODULE, plan_buckets
+from yolomem.config.settings import EstimateConfig
+from yolomem.loops.ddp import BROADCAST_MODULE, BUCKET_MODULE, plan_buckets
 from yolomem.result.estimate import estimate
-from yolomem.loops import resolve_model
+from yolomem.loops import resolve_model, trace_run
 from yolomem.loops.ultralytics.step import build_model, freeze_parameters
 
 
@@ -43,3 +45,25 @@ def test_ddp_trace_holds_buckets_as_a_second_copy_of_the_gradients():
     assert all(e.category == "gradient" for e in buckets)
     assert not any("not modelled" in note for note in two.notes)
     assert two.breakdown["gradient"] >= grad_bytes
+
+
+@pytest.mark.parametrize(("model", "framework"), [("yolov8n.yaml", "ultralytics"), ("yolov5n", "yolov5"),
+                                                  ("yolov5n-cls", "yolov5")])  # fmt: skip
+def test_a_ddp_rank_runs_the_single_gpu_step_at_its_share_plus_ddps_state(model, framework):
+    """Each trainer splits the batch over the ranks and wraps the model in DDP before the first batch: a
+    rank's stream is the one-GPU stream at the per-rank batch, event for event, plus DDP's broadcast flats
+    (made and freed at construction) and its buckets (a second copy of the trainable gradients, never
+    freed). The yolov5 repo's smart_DDP included (train.py and classify/train.py)."""
+    streams = {}
+    for world_size in (1, 2):
+        config = EstimateConfig(model=model, imgsz=64, batch=2 * world_size, iterations=1, world_size=world_size,
+                                framework=framework)  # fmt: skip
+        streams[world_size] = trace_run(config, resolve_model(config.model, framework), upper=False).trace.events
+    ddp = [e for e in streams[2] if e.module in (BUCKET_MODULE, BROADCAST_MODULE)]
+    rank = [(e.op, e.nbytes, e.category, e.phase) for e in streams[2] if e not in ddp]
+    assert rank == [(e.op, e.nbytes, e.category, e.phase) for e in streams[1]]
+    buckets = [e for e in ddp if e.module == BUCKET_MODULE]
+    freed = {e.storage_id for e in ddp if e.op == "free"}
+    gradients = sum(e.nbytes for e in streams[1] if e.op == "alloc" and e.category == "gradient" and e.iteration == 0)
+    assert buckets and all(e.op == "alloc" and e.category == "gradient" and e.storage_id not in freed for e in buckets)
+    assert sum(e.nbytes for e in buckets) == gradients  # one bucket byte for each gradient byte

@@ -85,13 +85,14 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
         notes.append("optimizer=auto: the yolov5 loop's default, SGD (momentum 0.937, nesterov)")
     # with epochs simulated, data= gives the objects per image (yolomem.result.epochs)
     data = config.data if after_iterations is None else None
-    for key, value in (("data", data), ("checkpoint", config.checkpoint), ("multi_scale", config.multi_scale),
-                       ("world_size", config.world_size > 1 and config.world_size)):
+    for key, value in (("data", data), ("checkpoint", config.checkpoint), ("multi_scale", config.multi_scale)):
         if value:
             notes.append(f"{key}={value}: not modelled for framework=yolov5; ignored")
     per_rank = rank_batch(config)  # train.py: batch_size // WORLD_SIZE
     if config.world_size > 1:
-        notes.append(f"world_size={config.world_size}: per-rank batch {per_rank}")
+        notes.append(f"world_size={config.world_size}: per-rank batch {per_rank}; includes DDP's gradient buckets "
+                     f"(yolomem.loops.ddp; smart_DDP's static_graph rebuilds them once after the first iteration, "
+                     f"the same bytes in other groups: not modelled)")  # fmt: skip
     nc = config.nc or resolved.nc
     with tracing(config, fake=fake, oracle=oracle) as (tracer, policy):
         model = build_original(original, nc)
@@ -109,8 +110,13 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
         tracer.forget()  # built on the host; the GPU sees the finished tensors
         for category, tensors in run.persistent_tensors().items():
             tracer.track_existing(tensors, category)
+        ddp_buckets = []
         if not classify:
-            run.finish_setup()
+            run.finish_setup(config.world_size)
+        elif config.world_size > 1:  # classify/train.py: smart_DDP(model) right after the EMA
+            from yolomem.loops.ddp import allocate_ddp_state
+
+            ddp_buckets = allocate_ddp_state(model, tracer)  # alive for the whole run, like the Reducer's
         del tensors  # the loop variable would keep the EMA's fp32 tensors alive through val.py's model.half()
         plan, counts, upper_iteration = traced_batches(config, original.task, per_rank, density, upper)
         with module_scopes(model, tracer):
@@ -122,6 +128,7 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
                 after_iterations(run)
         trace = tracer.result()
         tracer.detach_finalizers()
+        del ddp_buckets
     failures = tuple(sorted(policy.probe_failures)) if policy else ()
     return TracedRun(trace, params, imgsz, optimizer if config.step == "train" else "none", tuple(notes), failures,
                      plan, upper_iteration)  # fmt: skip

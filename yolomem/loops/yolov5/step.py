@@ -162,14 +162,19 @@ class Yolov5Run:
             tensors["ema"] += self.ema.ema.device_tensors()
         return tensors
 
-    def finish_setup(self) -> None:
+    def finish_setup(self, world_size: int = 1) -> None:
         """train.py after the EMA, before the first batch: ``model.half().float()`` ("pre-reduce anchor
-        precision": every tensor copied to fp16 and back, each old storage freed), ``model.class_weights
-        = labels_to_class_weights(...).to(device) * nc``, then ``ComputeLoss(model)`` puts its two BCE
+        precision": every tensor copied to fp16 and back, each old storage freed), with several GPUs
+        ``smart_DDP(model)`` (DDP's buckets, ``yolomem.loops.ddp``), ``model.class_weights =
+        labels_to_class_weights(...).to(device) * nc``, then ``ComputeLoss(model)`` puts its two BCE
         ``pos_weight`` tensors on the GPU."""
         with self.tracer.phase("setup"):
             convert_floats(self.model, torch.float16)
             convert_floats(self.model, torch.float32)
+            if world_size > 1:
+                from yolomem.loops.ddp import allocate_ddp_state
+
+                self.ddp_buckets = allocate_ddp_state(self.model, self.tracer)  # the Reducer's, for the whole run
             self.class_weights = to_device(torch.ones(self.model.nc)) * self.model.nc  # (nc,)
             self.tracer.track_existing([self.class_weights], "parameter")
             self.tracer.track_existing(self.loss.device_tensors(), "parameter")
