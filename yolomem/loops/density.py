@@ -173,9 +173,11 @@ class Augmentation:
         return Augmentation(0.0 if closed else mosaic, scale, translate)
 
     @staticmethod
-    def of_config(config, epoch: int, close_mosaic: int) -> Augmentation:
-        """Epoch ``epoch``'s augmentation under ``config`` (an ``EstimateConfig``), the mosaic closed for the
-        last ``close_mosaic`` epochs (0: the yolov5 repo's train.py, which never closes it)."""
+    def of_config(config, epoch: int) -> Augmentation:
+        """Epoch ``epoch``'s augmentation under ``config`` (an ``EstimateConfig`` whose framework is resolved):
+        the mosaic closed for the last ``close_mosaic`` epochs, except in the yolov5 repo's train.py, which
+        has no ``close_mosaic`` and keeps it on."""
+        close_mosaic = config.close_mosaic if config.framework != "yolov5" else 0
         return Augmentation.for_epoch(epoch, config.epochs, config.mosaic, close_mosaic, config.scale, config.translate)
 
 
@@ -378,8 +380,7 @@ def _full(counts: tuple[int, ...], batch: int, filler: tuple[int, ...]) -> tuple
 def plan_for(config, batch: int, train_counts: Sequence[int] | None = None) -> DensityPlan:
     """The density plan of a config (``yolomem.config.settings.EstimateConfig``) at ``batch`` images per
     GPU. The yolov5 repo's train.py has no ``close_mosaic``: its mosaic stays on."""
-    closes = config.framework != "yolov5"
-    aug = Augmentation.of_config(config, 0, config.close_mosaic if closes else 0)
+    aug = Augmentation.of_config(config, 0)
     counts = None if train_counts is None else tuple(int(c) for c in train_counts)
     return _plan_once(batch, config.instances, config.seed, counts, config.max_instances, aug, config.images,
                       config.tail)  # fmt: skip

@@ -617,8 +617,7 @@ def epoch_request(config, resolved) -> EpochRequest | None:
                          "batch holding it to that many targets (batch x objects x anchors assigner tensors)")  # fmt: skip
     seeds = tuple(config.seed + k for k in range(DEFAULT_SEEDS))
     kpt_shape = tuple(resolved.cfg.get("kpt_shape", (17, 3)))
-    closes = config.close_mosaic if loop.name != "yolov5" else 0  # the yolov5 repo's train.py keeps the mosaic
-    augmentations = [Augmentation.of_config(config, e, closes) for e in range(SIM_EPOCHS)]
+    augmentations = [Augmentation.of_config(config, e) for e in range(SIM_EPOCHS)]
     hook = EpochTracing(loop, seeds=seeds, instances=config.instances, train_counts=train_counts, val_sizes=val_sizes,
                         val_counts=val_counts, kpt_shape=kpt_shape, channels=int(resolved.cfg.get("channels", 3)),
                         max_instances=config.max_instances, augmentations=augmentations, images=config.images,
