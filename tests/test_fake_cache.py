@@ -84,6 +84,7 @@ def test_a_mismatch_is_reported():
 def test_ops_the_fake_mode_treats_specially_are_not_sent_to_meta():
     assert fake_cache._meta_routable(aten.silu_backward.default)
     assert fake_cache._meta_routable(aten.add.Tensor)
+    assert fake_cache._meta_routable(aten._foreach_norm.Scalar)  # the fake mode's foreach rule is the meta kernel's
     for func in (aten.convolution.default, aten.index.Tensor, aten.nonzero.default, aten.view.default,
                  aten.add_.Tensor, aten._to_copy.default, aten.native_batch_norm.default, aten.rand_like.default):  # fmt: skip
         assert not fake_cache._meta_routable(func), func
