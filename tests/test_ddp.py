@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 
 from yolomem.config.settings import EstimateConfig
-from yolomem.loops.ddp import BROADCAST_MODULE, BUCKET_MODULE, plan_buckets
+from yolomem.loops.ddp import BROADCAST_MODULE, BUCKET_MODULE, plan_buckets, rank_trace
 from yolomem.result.estimate import estimate
 from yolomem.loops import resolve_model, trace_run
 from yolomem.loops.ultralytics.step import build_model, freeze_parameters
@@ -54,11 +54,12 @@ def test_a_ddp_rank_runs_the_single_gpu_step_at_its_share_plus_ddps_state(model,
     rank's stream is the one-GPU stream at the per-rank batch, event for event, plus DDP's broadcast flats
     (made and freed at construction) and its buckets (a second copy of the trainable gradients, never
     freed). The yolov5 repo's smart_DDP included (train.py and classify/train.py)."""
-    streams = {}
+    traces = {}
     for world_size in (1, 2):
         config = EstimateConfig(model=model, imgsz=64, batch=2 * world_size, iterations=1, world_size=world_size,
                                 framework=framework)  # fmt: skip
-        streams[world_size] = trace_run(config, resolve_model(config.model, framework), upper=False).trace.events
+        traces[world_size] = trace_run(config, resolve_model(config.model, framework), upper=False).trace
+    streams = {world_size: trace.events for world_size, trace in traces.items()}
     ddp = [e for e in streams[2] if e.module in (BUCKET_MODULE, BROADCAST_MODULE)]
     rank = [(e.op, e.nbytes, e.category, e.phase) for e in streams[2] if e not in ddp]
     assert rank == [(e.op, e.nbytes, e.category, e.phase) for e in streams[1]]
@@ -67,3 +68,17 @@ def test_a_ddp_rank_runs_the_single_gpu_step_at_its_share_plus_ddps_state(model,
     gradients = sum(e.nbytes for e in streams[1] if e.op == "alloc" and e.category == "gradient" and e.iteration == 0)
     assert buckets and all(e.op == "alloc" and e.category == "gradient" and e.storage_id not in freed for e in buckets)
     assert sum(e.nbytes for e in buckets) == gradients  # one bucket byte for each gradient byte
+
+    # so the run source makes a rank's run from the one-GPU run at its share, without tracing it
+    made = rank_trace(traces[1])
+    assert _numbered(made.events) == _numbered(streams[2])
+    assert made.iteration_bounds == traces[2].iteration_bounds
+    assert [(a.question, a.answer, a.at) for a in made.oracle_answers] == \
+        [(a.question, a.answer, a.at) for a in traces[2].oracle_answers]  # fmt: skip
+
+
+def _numbered(events) -> list[tuple]:
+    """Events with storages numbered by first appearance (a made trace numbers DDP's blocks after the rest)."""
+    ids: dict[int, int] = {}
+    return [(e.op, ids.setdefault(e.storage_id, len(ids)), e.nbytes, e.dtype, e.category, e.module, e.phase,
+             e.iteration, e.upper_nbytes) for e in events]  # fmt: skip

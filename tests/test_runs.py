@@ -62,6 +62,23 @@ def test_a_run_is_derived_once_two_batches_are_traced_and_equals_its_trace(sourc
     assert traced == [2, 3, 7]
 
 
+def test_a_ddp_ranks_run_is_the_one_gpu_family_at_its_share_and_equals_its_trace(source, caplog):
+    """world_size=2 at batch 14: the one-GPU run at batch 7, derived from batches 2 and 3, with DDP's blocks
+    where the trainer wraps the model. The same estimate, figures and notes, as tracing the rank itself."""
+    _, traced = source
+    for batch in (2, 3):
+        estimate("yolov8n.yaml", batch=batch, **SMALL)
+    with caplog.at_level(logging.INFO, logger="yolomem.runs"):
+        rank = estimate("yolov8n.yaml", batch=14, world_size=2, **SMALL)
+    assert traced == [2, 3]
+    assert "batch=7 imgsz=64: derived from traced batches 2, 3" in caplog.text
+    assert "batch=14 imgsz=64: the one-GPU run at batch 7, plus DDP's state" in caplog.text
+    runs._SOURCE = runs.RunSource(TraceStore(None, enabled=False), derive=False)
+    assert _same(rank, estimate("yolov8n.yaml", batch=14, world_size=2, **SMALL))
+    assert traced == [2, 3, 14]
+    assert rank.notes[-1].startswith("world_size=2: per-rank batch 7")
+
+
 def test_settings_that_change_the_trace_are_other_families(source):
     _, traced = source
     for batch in (2, 3):

@@ -97,6 +97,9 @@ class TrainingLoop(Protocol):
         """Which traced iterations step the optimizer at this (per-rank) batch: the one part of the
         traced step that the batch size turns on or off (``yolomem.result.runs`` keeps them apart)."""
 
+    def ddp_note(self, world_size: int, per_rank: int) -> str:
+        """The note a DDP rank's traced run ends with (a rank's run made from the one-GPU run adds it)."""
+
     def gpu_mem_unit(self) -> str:
         """The unit the trainer prints ``GPU_mem`` in: "GiB" or "GB" (10^9 bytes)."""
 

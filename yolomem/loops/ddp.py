@@ -84,30 +84,87 @@ def plan_buckets(model: torch.nn.Module, bucket_cap_bytes: int = BUCKET_CAP_BYTE
     return BucketPlan(tuple(sizes), tuple(dtypes))
 
 
-def allocate_ddp_state(model: torch.nn.Module, tracer, bucket_cap_bytes: int = BUCKET_CAP_BYTES) -> list[torch.Tensor]:
-    """Make DDP's allocations inside ``tracer`` (which must be active), in the order DDP makes them.
+@dataclass(frozen=True)
+class DdpBlock:
+    """One allocation DDP makes at construction: a broadcast flat (freed at once) or a gradient bucket
+    (kept for the whole run)."""
 
-    Returns the bucket tensors: keep them alive for as long as the traced run, as the Reducer does.
-    The broadcast flats are made and dropped here (allocation + free in the trace, phase ``setup``).
-    """
-    tracer.module_stack.append(BROADCAST_MODULE)
-    try:
-        for group_bytes, dtype in _broadcast_groups(model):
-            flat = torch.empty(group_bytes // dtype.itemsize, dtype=dtype)
-            del flat  # freed once the group is broadcast and copied back
-    finally:
-        tracer.module_stack.pop()
+    module: str  # BROADCAST_MODULE | BUCKET_MODULE
+    nbytes: int
+    dtype: str  # as the trace names dtypes ("float32")
+
+    @property
+    def kept(self) -> bool:
+        return self.module == BUCKET_MODULE
+
+
+def ddp_blocks(model: torch.nn.Module, bucket_cap_bytes: int = BUCKET_CAP_BYTES) -> tuple[DdpBlock, ...]:
+    """What ``DistributedDataParallel(model)`` allocates on each rank, in order: the broadcast flats of
+    ``_sync_module_states``, then the Reducer's buckets. From sizes alone: no op runs."""
+    flats = [DdpBlock(BROADCAST_MODULE, nbytes, _dtype_name(dtype)) for nbytes, dtype in _broadcast_groups(model)]
+    plan = plan_buckets(model, bucket_cap_bytes)
+    buckets = [DdpBlock(BUCKET_MODULE, nbytes, _dtype_name(dtype)) for nbytes, dtype in zip(plan.bucket_bytes, plan.dtypes)]
+    return (*flats, *buckets)
+
+
+def wrap_in_ddp(model: torch.nn.Module, tracer, world_size: int) -> list[torch.Tensor]:
+    """Where a trainer wraps its model in DDP (``tracer`` active). The trace marks the point and what DDP
+    would allocate there, at any world size: a rank's run is the one-GPU run at its share plus those
+    blocks (``rank_trace``). With several GPUs they are also made here, in DDP's order, and the buckets
+    returned: keep them alive for as long as the traced run, as the Reducer does."""
     with tracer.paused():  # planning makes meta stand-ins; they are not GPU memory
-        plan = plan_buckets(model, bucket_cap_bytes)
+        blocks = ddp_blocks(model)
+    tracer.mark_ddp_point(blocks)
+    if world_size <= 1:
+        return []
     buckets = []
-    tracer.module_stack.append(BUCKET_MODULE)
-    try:
-        for nbytes, dtype in zip(plan.bucket_bytes, plan.dtypes):
-            buckets.append(torch.empty(nbytes // dtype.itemsize, dtype=dtype))
-    finally:
-        tracer.module_stack.pop()
+    for block in blocks:
+        tracer.module_stack.append(block.module)
+        try:
+            tensor = torch.empty(block.nbytes // _dtype(block.dtype).itemsize, dtype=_dtype(block.dtype))
+        finally:
+            tracer.module_stack.pop()
+        if block.kept:
+            buckets.append(tensor)
+        del tensor  # a broadcast flat is freed once its group is broadcast and copied back
     tracer.label(buckets, "gradient")  # a second copy of the gradients
     return buckets
+
+
+def rank_trace(trace):
+    """A DDP rank's trace made from the one-GPU trace at its per-rank batch: DDP's blocks inserted where
+    the trainer wraps the model, as ``wrap_in_ddp`` makes them with several GPUs (tests/test_ddp.py: equal
+    to the rank's own trace, event for event). None where the trace has no mark (a release's loop that
+    does not record it)."""
+    from dataclasses import replace
+
+    from yolomem.trace.tracer import AllocationEvent
+
+    at = trace.ddp_at
+    if at is None:
+        return None
+    next_id = max((e.storage_id for e in trace.events), default=0) + 1
+    iteration = trace.events[at - 1].iteration if at else 0
+    inserted = []
+    for offset, block in enumerate(trace.ddp_blocks):
+        category = "gradient" if block.kept else "other"
+        alloc = AllocationEvent("alloc", next_id + offset, block.nbytes, block.dtype, category, block.module, "setup", iteration)
+        inserted.append(alloc)
+        if not block.kept:
+            inserted.append(replace(alloc, op="free"))
+    shift = len(inserted)
+    answers = [replace(a, at=a.at + shift) if a.at >= at else a for a in trace.oracle_answers]
+    bounds = [b + shift if b >= at else b for b in trace.iteration_bounds]
+    return replace(trace, events=[*trace.events[:at], *inserted, *trace.events[at:]], oracle_answers=answers,
+                   iteration_bounds=bounds, ddp_at=None, ddp_blocks=())  # fmt: skip
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
 
 
 def _broadcast_groups(model: torch.nn.Module) -> list[tuple[int, torch.dtype]]:
@@ -116,7 +173,7 @@ def _broadcast_groups(model: torch.nn.Module) -> list[tuple[int, torch.dtype]]:
     Ultralytics passes ``broadcast_buffers=False`` (``forward_sync_buffers``) for the per-iteration
     sync, but the construction-time sync always includes buffers (``_sync_module_states``).
     """
-    states = [p.detach() for p in model.parameters()] + [b.detach() for b in model.buffers()]
+    states = [*model.parameters(), *model.buffers()]
     open_groups: dict[torch.dtype, int] = {}
     groups: list[tuple[int, torch.dtype]] = []
     for tensor in states:

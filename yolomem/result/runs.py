@@ -125,6 +125,11 @@ class RunSource:
         found = self.lookup(config, resolved, request, density)
         if found is not None:
             return found
+        share = self._one_gpu_share(config, request)
+        if share is not None:  # trace the one-GPU run at the rank's share: it joins that family
+            rank = self._as_rank(self.obtain(share, resolved, None, density), config, resolved, say=True)
+            if rank is not None:
+                return rank
         label = run_label(config)
         _tell(f"tracing {label}")
         run = trace_run(config, resolved, after_iterations=request.hook if request is not None else None,
@@ -180,7 +185,9 @@ class RunSource:
         elif derived is not None and say:
             log.info("%s: derived earlier, kept in memory", label)
         if derived is None:
-            return None
+            share = self._one_gpu_share(config, request)
+            single = self.lookup(share, resolved, None, density, say=say) if share is not None else None
+            return self._as_rank(single, config, resolved, say) if single is not None else None
         return self._use(derived, config, resolved, density, request, plan, known.stride if known else None)
 
     def known(self, config: EstimateConfig) -> bool:
@@ -189,6 +196,26 @@ class RunSource:
 
         prepared = prepare(config)
         return self.lookup(prepared.config, prepared.resolved, prepared.request, prepared.density, say=False) is not None
+
+    def _one_gpu_share(self, config: EstimateConfig, request) -> EstimateConfig | None:
+        """The one-GPU config a DDP rank's run is made from (``one_gpu_share``); None where it is traced."""
+        return one_gpu_share(config) if self.derive and request is None else None
+
+    @staticmethod
+    def _as_rank(single: TracedRun, config: EstimateConfig, resolved: ResolvedModel, say: bool) -> TracedRun | None:
+        """The DDP rank's run: the one-GPU run at its share with DDP's blocks inserted (``rank_trace``)."""
+        from dataclasses import replace
+
+        from yolomem.loops import get_loop
+        from yolomem.loops.ddp import rank_trace
+
+        trace = rank_trace(single.trace)
+        if trace is None:
+            return None
+        if say:
+            log.info("%s: the one-GPU run at batch %d, plus DDP's state", run_label(config), rank_batch(config))
+        note = get_loop(resolved.framework).ddp_note(config.world_size, rank_batch(config))
+        return replace(single, trace=trace, notes=(*single.notes, note))
 
     @staticmethod
     def _apart(config: EstimateConfig, resolved: ResolvedModel, density, plan) -> dict:
@@ -277,6 +304,16 @@ class RunSource:
         plan_of_batches, _, upper = traced_batches(config, resolved.task, rank_batch(config), density, True)
         return TracedRun(facts.trace, facts.params, facts.imgsz, facts.optimizer, facts.notes, facts.probe_failures,
                          plan_of_batches, upper)  # fmt: skip
+
+
+def one_gpu_share(config: EstimateConfig) -> EstimateConfig | None:
+    """The one-GPU config whose run a DDP rank's run is made from: the same training step at the per-rank
+    batch, plus DDP's allocations where the trainer wraps the model (``yolomem.loops.ddp.rank_trace``;
+    tests/test_ddp.py: equal to the rank's own trace). None for one GPU, and where the rank is traced
+    itself: AutoBatch probes, and whole epochs (validation runs on rank 0 only)."""
+    if config.world_size <= 1 or config.step != "train" or (config.epochs or 0) >= 2 or config.data:
+        return None
+    return config.with_changes(world_size=1, batch=rank_batch(config))
 
 
 def run_label(config: EstimateConfig) -> str:

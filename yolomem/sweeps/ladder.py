@@ -144,6 +144,7 @@ def _prefetch(config: EstimateConfig, stride: int, prober: Prober) -> None:
     line's prediction, where it does not derive from the first two (the rest of each search derives
     from these). Expandable segments replays the asked config's runs."""
     from yolomem.loops.base import round_imgsz
+    from yolomem.result.runs import one_gpu_share
     from yolomem.sweeps.prefetch import prefetch
 
     changes: list[dict] = [{}]
@@ -155,8 +156,8 @@ def _prefetch(config: EstimateConfig, stride: int, prober: Prober) -> None:
     imgsz = round_imgsz(config.imgsz, stride)
     if _smaller_imgsz(imgsz, stride) < imgsz:
         changes.append({"imgsz": _smaller_imgsz(imgsz, stride)})
-    if config.world_size == 1:
-        changes.append({"world_size": DDP_RANKS})
+    if config.world_size == 1 and one_gpu_share(config.with_changes(world_size=DDP_RANKS)) is None:
+        changes.append({"world_size": DDP_RANKS})  # else its runs are the one-GPU runs at the rank's share
     rungs = [config.with_changes(**change) for change in changes]
     prefetch([c for rung in rungs for c in [rung] + [rung.with_changes(batch=u * rung.world_size)
                                                      for u in batch_units(BATCH_BRACKET, rung.world_size)]])  # fmt: skip

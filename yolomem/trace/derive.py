@@ -370,6 +370,7 @@ class StreamFamily:
     _texts: _SequenceFamily
     _first_id: int
     _bound_tokens: tuple[int, ...]  # the template's iteration bounds, as token indices
+    _ddp_token: int | None  # the template's DDP point (``Trace.ddp_at``), as a token index
 
     def run_at(self, batch: int) -> RunFacts:
         """The run at ``batch``, derived; raises NotDerivable where it cannot be."""
@@ -400,10 +401,12 @@ class StreamFamily:
                                        f"past its {real_cap_in(e.phase, cap_bytes)}-byte cap: the trace would keep it "
                                        "fake")  # fmt: skip
         # an iteration starts before the answers asked at its first event: at the template's token there
-        positions = [self._events.position(token, batch) for token in self._bound_tokens]
-        bounds = [p - sum(1 for t in event_tokens[:p] if t[0] == "oracle") for p in positions]
+        positions = [self._events.position(token, batch) for token in (*self._bound_tokens, self._ddp_token)
+                     if token is not None]  # fmt: skip
+        marks = [p - sum(1 for t in event_tokens[:p] if t[0] == "oracle") for p in positions]
+        bounds, ddp_at = marks[: len(self._bound_tokens)], (marks[-1] if self._ddp_token is not None else None)
         trace = Trace(events=events, oracle_answers=answers, iteration_bounds=bounds, real_ids=real_ids,
-                      real_bytes_cap=cap_bytes)  # fmt: skip
+                      real_bytes_cap=cap_bytes, ddp_at=ddp_at, ddp_blocks=template.trace.ddp_blocks)  # fmt: skip
         return RunFacts(trace, int(params), int(imgsz), optimizer, notes, failures)
 
     def _rebuild_events(self, tokens: list, numbers: list[int]):
@@ -462,8 +465,12 @@ def derive_family(runs: dict[int, RunFacts]) -> StreamFamily:
     first = next((e.storage_id for e in runs[low].trace.events if e.op == "alloc"), 1)
     template = runs[low].trace
     asked = [(a.at, len(_text_tokens(_answer_text(a), "oracle")[0])) for a in template.oracle_answers] if _inline(template) else []
-    bound_tokens = tuple(b + sum(count for at, count in asked if at < b) for b in template.iteration_bounds)
-    family = StreamFamily(tuple(batches), runs[low], events, texts, first, bound_tokens)
+    def token_of(event_index: int) -> int:
+        return event_index + sum(count for at, count in asked if at < event_index)
+
+    bound_tokens = tuple(token_of(b) for b in template.iteration_bounds)
+    ddp_token = None if template.ddp_at is None else token_of(template.ddp_at)
+    family = StreamFamily(tuple(batches), runs[low], events, texts, first, bound_tokens, ddp_token)
     for batch in batches[1:]:
         mismatch = compare_runs(family.run_at(batch), runs[batch])
         if mismatch:
@@ -479,7 +486,7 @@ def compare_runs(derived: RunFacts, traced: RunFacts) -> str | None:
     for index, (x, y) in enumerate(zip(a.events, b.events)):
         if x != y:
             return f"event {index}: {x} vs {y}"
-    for name in ("oracle_answers", "iteration_bounds", "real_ids", "real_bytes_cap"):
+    for name in ("oracle_answers", "iteration_bounds", "real_ids", "real_bytes_cap", "ddp_at", "ddp_blocks"):
         if getattr(a, name) != getattr(b, name):
             return f"{name}: {getattr(a, name)!r:.200} vs {getattr(b, name)!r:.200}"
     for name in ("params", "imgsz", "optimizer", "notes", "probe_failures"):

@@ -27,6 +27,8 @@ class PackedTrace:
     iteration_bounds: tuple[int, ...]
     real_ids: tuple[int, ...]
     real_bytes_cap: int | None
+    ddp_at: int | None = None
+    ddp_blocks: tuple = ()
 
 
 def pack(trace: Trace) -> PackedTrace:
@@ -50,6 +52,8 @@ def pack(trace: Trace) -> PackedTrace:
         iteration_bounds=tuple(trace.iteration_bounds),
         real_ids=tuple(sorted(trace.real_ids)),
         real_bytes_cap=trace.real_bytes_cap,
+        ddp_at=trace.ddp_at,
+        ddp_blocks=tuple(trace.ddp_blocks),
     )
 
 
@@ -69,4 +73,6 @@ def unpack(packed: PackedTrace) -> Trace:
         iteration_bounds=list(packed.iteration_bounds),
         real_ids=frozenset(packed.real_ids),
         real_bytes_cap=packed.real_bytes_cap,
+        ddp_at=packed.ddp_at,
+        ddp_blocks=packed.ddp_blocks,
     )

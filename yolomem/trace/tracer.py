@@ -192,6 +192,10 @@ class Trace:
     # larger one would have been fake (yolomem.trace.derive checks that a derived batch stays below it)
     real_ids: frozenset[int] = frozenset()
     real_bytes_cap: int | None = None
+    # where the trainer wraps the model in DDP (an event index) and what DDP allocates there
+    # (``yolomem.loops.ddp``): a rank's trace is this one-GPU trace with those blocks inserted
+    ddp_at: int | None = None
+    ddp_blocks: tuple = ()
 
 
 class Tracer(TorchDispatchMode):
@@ -226,6 +230,7 @@ class Tracer(TorchDispatchMode):
         self._real_factories = 0
         self._next_id = 0
         self._iteration_bounds: list[int] = []
+        self._ddp: tuple[int | None, tuple] = (None, ())
         self.oracle_answers: list[OracleAnswer] = []
         self._stack = contextlib.ExitStack()
 
@@ -250,6 +255,10 @@ class Tracer(TorchDispatchMode):
     def start_iteration(self, iteration: int) -> None:
         self.iteration = iteration
         self._iteration_bounds.append(len(self._log))
+
+    def mark_ddp_point(self, blocks: tuple) -> None:
+        """Here the trainer wraps its model in DDP, which allocates ``blocks`` (``yolomem.loops.ddp``)."""
+        self._ddp = (len(self._log), tuple(blocks))
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -296,6 +305,7 @@ class Tracer(TorchDispatchMode):
         self._log.clear()
         self._category_override.clear()
         self._iteration_bounds.clear()
+        self._ddp = (None, ())
         self.oracle_answers.clear()
         self._aliases.clear()
         self._twins.clear()
@@ -620,7 +630,8 @@ class Tracer(TorchDispatchMode):
             )
         real_ids = frozenset(record.storage_id for op, record in self._log if op == "alloc" and record.real)
         return Trace(events=events, oracle_answers=list(self.oracle_answers), iteration_bounds=list(self._iteration_bounds),
-                     real_ids=real_ids, real_bytes_cap=self.real_bytes_cap)  # fmt: skip
+                     real_ids=real_ids, real_bytes_cap=self.real_bytes_cap, ddp_at=self._ddp[0],
+                     ddp_blocks=self._ddp[1])  # fmt: skip
 
     def detach_finalizers(self) -> None:
         """Stop listening for frees (call after ``result``, before the traced objects are dropped)."""

@@ -85,6 +85,11 @@ class UltralyticsLoop:
 
         return optimizer_steps(accumulate_at, iterations, batch, nbs)
 
+    def ddp_note(self, world_size: int, per_rank: int) -> str:
+        from yolomem.loops.ultralytics.runner import ddp_note
+
+        return ddp_note(world_size, per_rank)
+
     def gpu_mem_unit(self) -> str:
         from yolomem.loops.ultralytics.release import release
 

@@ -9,6 +9,7 @@ from yolomem.config.models import ResolvedModel
 from yolomem.config.settings import EstimateConfig
 from yolomem.loops.base import TracedRun, max_stride, rank_batch, round_imgsz, traced_batches, tracing
 from yolomem.loops.batches import SyntheticBatch
+from yolomem.loops.ddp import wrap_in_ddp
 from yolomem.loops.ultralytics import families
 from yolomem.loops.ultralytics.families import Family, family_of
 from yolomem.loops.ultralytics.gpu_branches import gpu_branches
@@ -49,8 +50,6 @@ def trace_ultralytics_run(
     if note:
         notes.append(note)
     per_rank = rank_batch(config)  # BaseTrainer: batch_size // world_size
-    if config.world_size > 1:
-        notes.append(f"world_size={config.world_size}: per-rank batch {per_rank}; includes DDP's gradient buckets (yolomem.loops.ddp)")
     if config.checkpoint:
         notes.append("checkpoint=true: layers wrapped with yolomem.loops.checkpointing (add checkpoint_callback to your run)")
     families.check_modelled(family_of(resolved.cfg), resolved.task)
@@ -75,11 +74,7 @@ def trace_ultralytics_run(
         tracer.forget()  # building happened on the host; the GPU sees the finished tensors
         for category, tensors in run.persistent_tensors().items():
             tracer.track_existing(tensors, category)
-        ddp_buckets = []
-        if config.world_size > 1:
-            from yolomem.loops.ddp import allocate_ddp_state
-
-            ddp_buckets = allocate_ddp_state(model, tracer)  # alive for the whole run, like the Reducer's
+        ddp_buckets = wrap_in_ddp(model, tracer, config.world_size)  # BaseTrainer._setup_train, after the EMA
         kpt_shape = tuple(resolved.cfg.get("kpt_shape", (17, 3)))
         channels = int(resolved.cfg.get("channels", 3))
         plan, counts, upper_iteration = traced_batches(config, resolved.task, per_rank, density, upper)
@@ -101,8 +96,15 @@ def trace_ultralytics_run(
         tracer.detach_finalizers()
         del ddp_buckets
     failures = tuple(sorted(policy.probe_failures)) if policy else ()
+    if config.world_size > 1:
+        notes.append(ddp_note(config.world_size, per_rank))
     return TracedRun(trace, params, imgsz, optimizer if config.step == "train" else "none", tuple(notes), failures,
                      plan, upper_iteration)  # fmt: skip
+
+
+def ddp_note(world_size: int, per_rank: int) -> str:
+    """What a DDP rank's run says of DDP: the last of its notes (a rank's run made from the one-GPU run adds it)."""
+    return f"world_size={world_size}: per-rank batch {per_rank}; includes DDP's gradient buckets (yolomem.loops.ddp)"
 
 
 def family_notes(family: Family, config: EstimateConfig) -> list[str]:

@@ -70,6 +70,11 @@ class Yolov5Loop:
 
         return optimizer_steps(accumulate_at, iterations, batch, nbs)
 
+    def ddp_note(self, world_size: int, per_rank: int) -> str:
+        from yolomem.loops.yolov5.runner import ddp_note
+
+        return ddp_note(world_size, per_rank)
+
     def gpu_mem_unit(self) -> str:
         return "GB"  # train.py prints torch.cuda.memory_reserved() / 1E9
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from yolomem.loops.batches import SyntheticBatch
+from yolomem.loops.ddp import wrap_in_ddp
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.config.models import ResolvedModel
@@ -89,10 +90,6 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
         if value:
             notes.append(f"{key}={value}: not modelled for framework=yolov5; ignored")
     per_rank = rank_batch(config)  # train.py: batch_size // WORLD_SIZE
-    if config.world_size > 1:
-        notes.append(f"world_size={config.world_size}: per-rank batch {per_rank}; includes DDP's gradient buckets "
-                     f"(yolomem.loops.ddp; smart_DDP's static_graph rebuilds them once after the first iteration, "
-                     f"the same bytes in other groups: not modelled)")  # fmt: skip
     nc = config.nc or resolved.nc
     with tracing(config, fake=fake, oracle=oracle) as (tracer, policy):
         model = build_original(original, nc)
@@ -113,10 +110,8 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
         ddp_buckets = []
         if not classify:
             run.finish_setup(config.world_size)
-        elif config.world_size > 1:  # classify/train.py: smart_DDP(model) right after the EMA
-            from yolomem.loops.ddp import allocate_ddp_state
-
-            ddp_buckets = allocate_ddp_state(model, tracer)  # alive for the whole run, like the Reducer's
+        else:  # classify/train.py: smart_DDP(model) right after the EMA
+            ddp_buckets = wrap_in_ddp(model, tracer, config.world_size)
         del tensors  # the loop variable would keep the EMA's fp32 tensors alive through val.py's model.half()
         plan, counts, upper_iteration = traced_batches(config, original.task, per_rank, density, upper)
         with module_scopes(model, tracer):
@@ -130,8 +125,17 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
         tracer.detach_finalizers()
         del ddp_buckets
     failures = tuple(sorted(policy.probe_failures)) if policy else ()
+    if config.world_size > 1:
+        notes.append(ddp_note(config.world_size, per_rank))
     return TracedRun(trace, params, imgsz, optimizer if config.step == "train" else "none", tuple(notes), failures,
                      plan, upper_iteration)  # fmt: skip
+
+
+def ddp_note(world_size: int, per_rank: int) -> str:
+    """What a DDP rank's run says of DDP: the last of its notes (a rank's run made from the one-GPU run adds it)."""
+    return (f"world_size={world_size}: per-rank batch {per_rank}; includes DDP's gradient buckets (yolomem.loops.ddp; "
+            "smart_DDP's static_graph rebuilds them once after the first iteration, the same bytes in other groups: "
+            "not modelled)")  # fmt: skip
 
 
 def _classify_notes(config: EstimateConfig) -> list[str]:

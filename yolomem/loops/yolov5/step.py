@@ -36,6 +36,7 @@ from torch import nn
 from yolomem.loops.base import amp_dtype, check_trainable, max_stride
 from yolomem.trace.autocast import CudaAutocastPolicy
 from yolomem.loops.batches import SyntheticBatch
+from yolomem.loops.ddp import wrap_in_ddp
 from yolomem.trace.tracer import Tracer
 from yolomem.loops.ultralytics.step import _CloneOnDeepcopy, autocast_region, persistent_tensors
 from yolomem.loops.yolov5.loss import AnchorLoss, LossHyp
@@ -171,10 +172,7 @@ class Yolov5Run:
         with self.tracer.phase("setup"):
             convert_floats(self.model, torch.float16)
             convert_floats(self.model, torch.float32)
-            if world_size > 1:
-                from yolomem.loops.ddp import allocate_ddp_state
-
-                self.ddp_buckets = allocate_ddp_state(self.model, self.tracer)  # the Reducer's, for the whole run
+            self.ddp_buckets = wrap_in_ddp(self.model, self.tracer, world_size)  # the Reducer's, for the whole run
             self.class_weights = to_device(torch.ones(self.model.nc)) * self.model.nc  # (nc,)
             self.tracer.track_existing([self.class_weights], "parameter")
             self.tracer.track_existing(self.loss.device_tensors(), "parameter")
