@@ -22,6 +22,10 @@ per rank:
    to 250 MiB into one tensor each (``broadcast_coalesced`` in torch/csrc/distributed/c10d/comm.cpp).
    The flat tensor is freed after each group, but the caching allocator keeps its segment.
 
+Nothing else in the rank's step differs from one GPU at the per-rank batch (tests/test_ddp.py, both loops,
+event for event), so every trace marks where its trainer wraps the model and what DDP would allocate
+there (``wrap_in_ddp``), and a rank's run is made from the one-GPU run (``rank_trace``) instead of traced.
+
 Not modelled: NCCL's own buffers (outside the caching allocator, like the CUDA context), and the
 small per-parameter ``local_used_map`` of ``find_unused_parameters`` (4 bytes per parameter tensor).
 """
@@ -134,8 +138,7 @@ def wrap_in_ddp(model: torch.nn.Module, tracer, world_size: int) -> list[torch.T
 def rank_trace(trace):
     """A DDP rank's trace made from the one-GPU trace at its per-rank batch: DDP's blocks inserted where
     the trainer wraps the model, as ``wrap_in_ddp`` makes them with several GPUs (tests/test_ddp.py: equal
-    to the rank's own trace, event for event). None where the trace has no mark (a release's loop that
-    does not record it)."""
+    to the rank's own trace, event for event). None where the loop did not mark the point."""
     from dataclasses import replace
 
     from yolomem.trace.tracer import AllocationEvent
@@ -147,7 +150,7 @@ def rank_trace(trace):
     iteration = trace.events[at - 1].iteration if at else 0
     inserted = []
     for offset, block in enumerate(trace.ddp_blocks):
-        category = "gradient" if block.kept else "other"
+        category = "gradient" if block.kept else "other"  # as the tracer labels them: buckets, and a setup flat
         alloc = AllocationEvent("alloc", next_id + offset, block.nbytes, block.dtype, category, block.module, "setup", iteration)
         inserted.append(alloc)
         if not block.kept:

@@ -8,7 +8,9 @@ batch sizes, or a new trace.
    the cache). ``derive_family`` checks the traced runs against each other, event for event, before
    any run is derived from them; at batches past the traced ones it also refuses where the tracer or
    its oracle would decide differently. A family it refuses is not asked again in this process.
-3. Otherwise the run is traced, and stored for 1 and 2.
+3. A DDP rank's run (``world_size`` > 1): the one-GPU run at the rank's share from 1, 2 or 4, with DDP's
+   allocations inserted where the trainer wraps the model (``yolomem.loops.ddp.rank_trace``).
+4. Otherwise the run is traced, and stored for 1 and 2.
 Runs that differ in more than their sizes are kept apart: which iterations step the optimizer
 (gradient accumulation switches with the batch), and, for whole epochs, what the plan traces (its
 levels and validation shapes, ``yolomem.result.epochs.plan_shape``).
