@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from yolomem.allocator.caching import AllocatorStats, CachingAllocator, SimulatedOOM, parse_alloc_conf
+from yolomem.collector import cyclic_gc_paused
 from yolomem.trace.tracer import AllocationEvent, Trace
 
 __all__ = ["Checkpoint", "Copy", "Mark", "OomPoint", "Replay", "ReplayEvent", "ReplayRun", "replay", "replay_trace",
@@ -126,6 +127,7 @@ class ReplayRun:
     oom: OomPoint | None = None
 
 
+@cyclic_gc_paused()  # a block object per allocation (yolomem.collector)
 def replay(
     stream: Iterable[Sequence[Event] | Copy | Mark],
     allocator: CachingAllocator,

@@ -8,13 +8,13 @@ ask the registry (``yolomem.loops.get_loop``) and call the protocol.
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from yolomem.config.models import ResolvedModel
+from yolomem.collector import cyclic_gc_paused
 from yolomem.config.settings import EstimateConfig
 
 
@@ -187,24 +187,6 @@ def tracing(config: EstimateConfig, *, fake: bool, oracle) -> Iterator[tuple[Any
         if config.amp != "fp32":
             policy = stack.enter_context(CudaAutocastPolicy(tracer.fake_cuda_like, tracer.paused))
         yield tracer, policy
-
-
-@contextlib.contextmanager
-def cyclic_gc_paused() -> Iterator[None]:
-    """Python's cycle collector off for a fake trace, as it was on exit.
-
-    Why: a trace makes ~10k short-lived fake tensors an iteration, each a few tracked objects, so the
-    collector runs often and walks the whole heap (torch, Ultralytics): ~10 % of a trace. Reference
-    counting still frees every tensor the step drops, and that is what the trace records. A tensor
-    only a cycle held would now be freed at the trace's end, later than a GPU run might: a higher
-    figure, never a lower one. The real CPU runs the tests compare traces with keep the collector on."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 @contextlib.contextmanager

@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from yolomem.collector import cyclic_gc_paused
 from yolomem.trace.tracer import AllocationEvent, OracleAnswer, Trace, real_bytes_cap_for, real_cap_in
 
 # whole numbers without a leading zero ("0.05" keeps its "05" as text, so it prints back the same)
@@ -372,6 +373,7 @@ class StreamFamily:
     _bound_tokens: tuple[int, ...]  # the template's iteration bounds, as token indices
     _ddp_token: int | None  # the template's DDP point (``Trace.ddp_at``), as a token index
 
+    @cyclic_gc_paused()  # one object per event (yolomem.collector)
     def run_at(self, batch: int) -> RunFacts:
         """The run at ``batch``, derived; raises NotDerivable where it cannot be."""
         event_tokens, event_numbers = self._events.at(batch)
@@ -451,6 +453,7 @@ class StreamFamily:
         return events, answers, frozenset(real_ids)
 
 
+@cyclic_gc_paused()
 def derive_family(runs: dict[int, RunFacts]) -> StreamFamily:
     """Check that ``runs`` (batch -> traced run, at least two batches) are one family.
 

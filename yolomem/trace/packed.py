@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from yolomem.collector import cyclic_gc_paused
 from yolomem.trace.tracer import AllocationEvent, OracleAnswer, Trace
 
 
@@ -57,6 +58,7 @@ def pack(trace: Trace) -> PackedTrace:
     )
 
 
+@cyclic_gc_paused()  # one object per event (yolomem.collector)
 def unpack(packed: PackedTrace) -> Trace:
     dtypes, categories, modules, phases = packed.tables
     events = [

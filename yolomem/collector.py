@@ -1,0 +1,28 @@
+"""Python's cycle collector, paused while yolomem builds many short-lived objects at once.
+
+Why: a trace makes ~10k fake tensors an iteration; unpacking, deriving or replaying a run makes or
+touches one object per event (~25k for yolov8x). Each burst sets off the collector over and over, and
+its full passes walk the whole heap (torch, Ultralytics): about a tenth of a trace, half of an unpack
+(``benchmarks/bench_speed.py``). None of these bursts makes reference cycles that matter: reference
+counting frees every object they drop, and with it every tensor a traced step drops, which is what a
+trace records. A tensor that only a cycle held would be freed at the trace's end, later than on a GPU:
+a higher figure, never a lower one. The real CPU runs the tests compare traces with keep the collector on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """The collector off inside (also as a decorator), as it was on exit."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
