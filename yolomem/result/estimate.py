@@ -350,7 +350,6 @@ def estimate_config(config: EstimateConfig, figures: EstimateFigures | None = No
     base_trace, dense_trace, replay, simulation = figures.base_trace, figures.dense_trace, figures.replay, figures.simulation
     peak_reserved, peak_phase, upper = figures.peak_reserved, figures.peak_phase, figures.upper
     context = gpu.context_bytes if gpu else CUDA_CONTEXT_BYTES
-    without_cudnn = replay_trace(base_trace, config.alloc_conf, without=frozenset({"cudnn_workspace"}))
     host = None
     if request is not None and request.dataset is not None:
         from yolomem.result.host_memory import host_memory
@@ -369,7 +368,10 @@ def estimate_config(config: EstimateConfig, figures: EstimateFigures | None = No
     if run.density is not None and figures.replay_dense is not None:
         sensitivity = density_sensitivity(run.density.n_max, run.density.n_max_upper, replay.peak_reserved_bytes,
                                           figures.replay_dense.peak_reserved_bytes)  # fmt: skip
-    cudnn_bytes = max(replay.peak_reserved_bytes - without_cudnn.peak_reserved_bytes, 0)
+    cudnn_bytes = 0  # what cuDNN's workspaces add to the peak: nothing to replay without where all are 0 bytes
+    if any(e.nbytes and e.category == "cudnn_workspace" for e in base_trace.events):
+        without_cudnn = replay_trace(base_trace, config.alloc_conf, without=frozenset({"cudnn_workspace"}))
+        cudnn_bytes = max(replay.peak_reserved_bytes - without_cudnn.peak_reserved_bytes, 0)
     unaccounted = _unaccounted(run, simulation, request, config, base_trace, cudnn_bytes)
     # an AutoBatch probe (step=fwd_bwd) builds no optimizer: the config keeps the one asked for
     optimizer = run.optimizer if config.step == "train" else config.optimizer
