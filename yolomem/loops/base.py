@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from yolomem.config.models import ResolvedModel
 from yolomem.collector import cyclic_gc_paused
+from yolomem.config.models import ResolvedModel
 from yolomem.config.settings import EstimateConfig
 
 
