@@ -35,14 +35,15 @@ def render_fit(result: FitResult, console: Console | None = None) -> None:
         f"({trainer} GPU_mem {estimate.gpu_mem_printed} / {estimate.gpu_mem_upper_printed}, "
         f"{gpu_mem_unit_label(estimate.gpu_mem_unit)}), nvidia-smi ~{_gib(estimate.device_total_bytes)} / "
         f"{_gib(estimate.device_total_upper_bytes)}; verdicts use the upper figure; line through two traces "
-        f"predicted {result.predicted}, confirmed with {len(result.probes)} traces"
+        f"predicted {result.predicted}, confirmed with {len(result.probes)} estimates (each a full event stream, "
+        f"traced or derived from traced ones: -v says which)"
     )
     if estimate.peak_reserved_upper_bytes > result.capacity_bytes:
         console.print(
             "  (reserved memory exceeds the budget without a cap; under it, the caching allocator frees its "
             "cache and retries before it would run out, and the step still fits: this is what the simulation decides)"
         )
-    table = Table(title="traced configs", title_justify="left")
+    table = Table(title="estimated configs", title_justify="left")
     table.add_column("batch", justify="right")
     table.add_column("imgsz", justify="right")
     table.add_column("peak reserved (upper)", justify="right")
