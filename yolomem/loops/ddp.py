@@ -32,9 +32,11 @@ small per-parameter ``local_used_map`` of ``find_unused_parameters`` (4 bytes pe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+
+from yolomem.trace.tracer import AllocationEvent, category_for_phase, dtype_name
 
 BUCKET_CAP_BYTES = 25 << 20  # DistributedDataParallel(bucket_cap_mb=None) -> 25 MiB (distributed.py)
 BROADCAST_BUCKET_BYTES = 250 << 20  # DistributedDataParallel.broadcast_bucket_size (distributed.py)
@@ -105,9 +107,9 @@ class DdpBlock:
 def ddp_blocks(model: torch.nn.Module, bucket_cap_bytes: int = BUCKET_CAP_BYTES) -> tuple[DdpBlock, ...]:
     """What ``DistributedDataParallel(model)`` allocates on each rank, in order: the broadcast flats of
     ``_sync_module_states``, then the Reducer's buckets. From sizes alone: no op runs."""
-    flats = [DdpBlock(BROADCAST_MODULE, nbytes, _dtype_name(dtype)) for nbytes, dtype in _broadcast_groups(model)]
+    flats = [DdpBlock(BROADCAST_MODULE, nbytes, dtype_name(dtype)) for nbytes, dtype in _broadcast_groups(model)]
     plan = plan_buckets(model, bucket_cap_bytes)
-    buckets = [DdpBlock(BUCKET_MODULE, nbytes, _dtype_name(dtype)) for nbytes, dtype in zip(plan.bucket_bytes, plan.dtypes)]
+    buckets = [DdpBlock(BUCKET_MODULE, nbytes, dtype_name(dtype)) for nbytes, dtype in zip(plan.bucket_bytes, plan.dtypes)]
     return (*flats, *buckets)
 
 
@@ -139,10 +141,6 @@ def rank_trace(trace):
     """A DDP rank's trace made from the one-GPU trace at its per-rank batch: DDP's blocks inserted where
     the trainer wraps the model, as ``wrap_in_ddp`` makes them with several GPUs (tests/test_ddp.py: equal
     to the rank's own trace, event for event). None where the loop did not mark the point."""
-    from dataclasses import replace
-
-    from yolomem.trace.tracer import AllocationEvent
-
     at = trace.ddp_at
     if at is None:
         return None
@@ -150,7 +148,7 @@ def rank_trace(trace):
     iteration = trace.events[at - 1].iteration if at else 0
     inserted = []
     for offset, block in enumerate(trace.ddp_blocks):
-        category = "gradient" if block.kept else "other"  # as the tracer labels them: buckets, and a setup flat
+        category = "gradient" if block.kept else category_for_phase("setup")  # as wrap_in_ddp's tensors are labelled
         alloc = AllocationEvent("alloc", next_id + offset, block.nbytes, block.dtype, category, block.module, "setup", iteration)
         inserted.append(alloc)
         if not block.kept:
@@ -160,10 +158,6 @@ def rank_trace(trace):
     bounds = [b + shift if b >= at else b for b in trace.iteration_bounds]
     return replace(trace, events=[*trace.events[:at], *inserted, *trace.events[at:]], oracle_answers=answers,
                    iteration_bounds=bounds, ddp_at=None, ddp_blocks=())  # fmt: skip
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
 
 
 def _dtype(name: str) -> torch.dtype:

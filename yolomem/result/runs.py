@@ -127,7 +127,7 @@ class RunSource:
         found = self.lookup(config, resolved, request, density)
         if found is not None:
             return found
-        share = self._one_gpu_share(config, request)
+        share = self._one_gpu_share(config)
         if share is not None:  # trace the one-GPU run at the rank's share: it joins that family
             rank = self._as_rank(self.obtain(share, resolved, None, density), config, resolved, say=True)
             if rank is not None:
@@ -187,7 +187,7 @@ class RunSource:
         elif derived is not None and say:
             log.info("%s: derived earlier, kept in memory", label)
         if derived is None:
-            share = self._one_gpu_share(config, request)
+            share = self._one_gpu_share(config)
             single = self.lookup(share, resolved, None, density, say=say) if share is not None else None
             return self._as_rank(single, config, resolved, say) if single is not None else None
         return self._use(derived, config, resolved, density, request, plan, known.stride if known else None)
@@ -199,9 +199,10 @@ class RunSource:
         prepared = prepare(config)
         return self.lookup(prepared.config, prepared.resolved, prepared.request, prepared.density, say=False) is not None
 
-    def _one_gpu_share(self, config: EstimateConfig, request) -> EstimateConfig | None:
-        """The one-GPU config a DDP rank's run is made from (``one_gpu_share``); None where it is traced."""
-        return one_gpu_share(config) if self.derive and request is None else None
+    def _one_gpu_share(self, config: EstimateConfig) -> EstimateConfig | None:
+        """The one-GPU config a DDP rank's run is made from (``one_gpu_share``, which also leaves whole
+        epochs to a trace); None where it is traced."""
+        return one_gpu_share(config) if self.derive else None
 
     @staticmethod
     def _as_rank(single: TracedRun, config: EstimateConfig, resolved: ResolvedModel, say: bool) -> TracedRun | None:

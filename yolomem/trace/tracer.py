@@ -65,6 +65,16 @@ def real_bytes_cap_for(batch: int) -> int:
     return min(REAL_BYTES_PER_IMAGE * max(batch, 1), REAL_BYTES_MAX)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A dtype as traces name it ("float32")."""
+    return str(dtype).replace("torch.", "")
+
+
+def category_for_phase(phase: str) -> str:
+    """The category of a new storage that nothing labelled, by the phase it was made in."""
+    return {"preprocess": "input", "forward": "activation", "backward": "activation", "loss": "loss"}.get(phase, "other")
+
+
 CATEGORIES = ("parameter", "gradient", "optimizer_state", "ema", "activation", "loss", "input", "other",
               "cublas_workspace", "cublaslt_workspace", "cudnn_workspace")  # the last three: yolomem.trace.workspaces
 
@@ -361,7 +371,7 @@ class Tracer(TorchDispatchMode):
             for tensor in _tensors_in(seen):
                 self._see(tensor)
         for nbytes in temporaries(func, args, out):
-            self._kernel_block(nbytes, str(out.dtype).replace("torch.", ""), self._category_for_phase())
+            self._kernel_block(nbytes, dtype_name(out.dtype), self._category_for_phase())
         if self.workspaces is not None:
             for block in self.workspaces.after(func, args, out, self.phase_name):
                 if block.nbytes > 0 or block.upper_nbytes > 0:
@@ -563,7 +573,7 @@ class Tracer(TorchDispatchMode):
         record = _Record(
             storage_id=self._next_id,
             nbytes=storage.nbytes(),
-            dtype=str(tensor.dtype).replace("torch.", ""),
+            dtype=dtype_name(tensor.dtype),
             category=category_hint or self._category_for_phase(),
             module=self.module_stack[-1] if module is None and self.module_stack else (module or ""),
             phase=self.phase_name,
@@ -602,12 +612,7 @@ class Tracer(TorchDispatchMode):
         self._log.append(("free", record))
 
     def _category_for_phase(self) -> str:
-        return {
-            "preprocess": "input",
-            "forward": "activation",
-            "backward": "activation",
-            "loss": "loss",
-        }.get(self.phase_name, "other")
+        return category_for_phase(self.phase_name)
 
     # -- result -----------------------------------------------------------------------------------
     def result(self) -> Trace:
