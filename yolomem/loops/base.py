@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from yolomem.collector import cyclic_gc_paused
+from yolomem.collector import cyclic_gc_paused, freeze_imported_objects
 from yolomem.config.models import ResolvedModel
 from yolomem.config.settings import EstimateConfig
 
@@ -179,6 +179,7 @@ def tracing(config: EstimateConfig, *, fake: bool, oracle) -> Iterator[tuple[Any
     tracer = Tracer(fake=fake, oracle=oracle, workspaces=workspaces, real_bytes_cap=real_bytes_cap_for(rank_batch(config)))
     with contextlib.ExitStack() as stack:
         if fake:
+            freeze_imported_objects()  # the tracer's fake mode has imported torch._dynamo: all is imported now
             stack.enter_context(cyclic_gc_paused())
         stack.enter_context(tracer)
         stack.enter_context(cuda_foreach_types())

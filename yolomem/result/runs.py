@@ -45,6 +45,7 @@ from yolomem.trace.store import TraceStore, activate, canonical, code_key, key_d
 # past the traced batches, equal their traces event for event)
 MIN_TRACED = 2
 RECENT_DERIVED = 16  # derived runs kept in memory: a sweep's check that a run derives, then its estimate
+RECENT_UNPACKED = 12  # stored runs kept read back: an explain ladder's 5 families of 2 traced runs each
 MAX_MEMBERS = 5  # traced runs a family is built from, the nearest to the batch asked for
 # settings that change only the replay, the host figures or nothing traced: not part of a family
 _NOT_TRACED = frozenset({"batch", "gpu", "gpu_mem", "alloc_conf", "cache", "workers"})
@@ -118,6 +119,7 @@ class RunSource:
         self._families: dict[tuple, StreamFamily | str] = {}  # a family, or why it was refused
         self._traced_here: set[tuple[str, str]] = set()  # runs traced by this process or its workers
         self._derived: dict[tuple[str, str], RunFacts] = {}  # the last runs derived (a sweep asks for each twice)
+        self._unpacked: dict[tuple[str, str], RunFacts] = {}  # the last stored runs read back (a sweep reads each often)
 
     def obtain(self, config: EstimateConfig, resolved: ResolvedModel, request=None, density=None) -> TracedRun:
         """The traced run of ``config``. ``request``: its whole-epoch request (its ``hook.plan`` is set);
@@ -176,7 +178,7 @@ class RunSource:
                 log.info("%s: traced earlier, kept in memory", label)
             elif say:
                 log.info("%s: traced run from the cache (%s)", label, self.store.root / digest)
-            return self._use(stored.facts(), config, resolved, density, request, plan, stored.stride)
+            return self._use(self._facts(digest, name, stored), config, resolved, density, request, plan, stored.stride)
         derived = self._derived.get((digest, name))
         if derived is None and self.derive:
             derived = self._derive(key, digest, name.rsplit("-b", 1)[0], batch, label, say)
@@ -242,6 +244,17 @@ class RunSource:
                 stored = None
         return stored
 
+    def _facts(self, digest: str, name: str, stored: StoredRun) -> RunFacts:
+        """``stored.facts()``, unpacked once while it is among the last few read: an explain ladder reads
+        its traced runs back for every probe and family check (~35 ms each for yolov8x)."""
+        facts = self._unpacked.pop((digest, name), None)
+        if facts is None:
+            facts = stored.facts()
+        self._unpacked[(digest, name)] = facts  # the newest last
+        while len(self._unpacked) > RECENT_UNPACKED:
+            del self._unpacked[next(iter(self._unpacked))]
+        return facts
+
     def _any_member(self, key: dict, digest: str) -> StoredRun | None:
         for (family, _name_), stored in self._memory.items():
             if family == digest:
@@ -285,10 +298,11 @@ class RunSource:
         if memo not in self._families:
             runs = {}
             for member in chosen:
-                stored = self._load(key, digest, f"{prefix}-b{member}")
+                name = f"{prefix}-b{member}"
+                stored = self._load(key, digest, name)
                 if stored is None:
                     return None
-                runs[member] = stored.facts()
+                runs[member] = self._facts(digest, name, stored)
             _tell(f"checking traced batches {', '.join(map(str, chosen))}")
             try:
                 self._families[memo] = derive_family(runs)
