@@ -172,6 +172,18 @@ def test_best_fit_prefers_smallest_then_lowest_address() -> None:
     assert a.allocated_bytes == 30 * MiB
 
 
+def test_large_segments_in_the_other_address_order_make_best_fit_reuse_the_other_block() -> None:
+    """``large_segments_descending=False``: each new large segment above the last (the order the upper
+    figure also replays); the same requests then reuse the other of two equal blocks first."""
+    a = CachingAllocator(large_segments_descending=False)
+    first = a.malloc(10 * MiB)
+    second = a.malloc(10 * MiB)
+    assert second > first
+    for h in (first, second):
+        a.free(h)
+    assert a.malloc(10 * MiB) == first  # lowest address among equals: now the first segment
+
+
 def test_small_and_large_pools_do_not_share() -> None:
     a = CachingAllocator()
     a.free(a.malloc(5 * MiB))  # 20 MiB cached in the large pool

@@ -38,6 +38,13 @@ def test_the_upper_figure_covers_each_of_its_terms_alone(tiny):
     assert tiny.peak_reserved_upper_bytes >= workspaces_alone
 
 
+def test_the_upper_figure_covers_large_segments_in_either_address_order(tiny):
+    """The order of new segments' addresses is the driver's; the upper figure replays both."""
+    upward = replay_trace(tiny.trace, upper=True, large_segments_descending=False).peak_reserved_bytes
+    assert tiny.peak_reserved_upper_bytes >= upward
+    assert any("either address order" in term for term in tiny.upper.terms)
+
+
 @pytest.mark.parametrize("upper", [False, True])
 def test_one_pass_gives_the_first_iterations_and_the_whole_trace(tiny, upper):
     """``replay_trace_and_prefix``: the estimate replays the trace with its upper iteration once and reads
@@ -81,23 +88,26 @@ def test_density_sensitivity_reports_2x_and_10x(tiny):
 
 
 def test_epochs_give_a_steady_upper(monkeypatch):
-    """Whole epochs take the upper density and workspaces together, the upper density alone, and the
-    expected simulation's own 90th percentile (with ``epochs=2``, yolo11s at 640/16 had both-together's
-    steady figure 5.13 GiB, below the expected 5.59 and the density alone's 5.92)."""
+    """Whole epochs take the upper density and workspaces together, the upper density alone, both
+    together with the large segments in the other address order, and the expected simulation's own 90th
+    percentile (with ``epochs=2``, yolo11s at 640/16 had both-together's steady figure 5.13 GiB, below
+    the expected 5.59 and the density alone's 5.92)."""
     from yolomem.result import epochs
 
     simulated = []
 
     def recording(*args, **kwargs):
-        simulated.append((kwargs.get("upper"), kwargs.get("upper_workspaces"), original(*args, **kwargs)))
-        return simulated[-1][2]
+        order = kwargs.get("large_segments_descending", True)
+        simulated.append((kwargs.get("upper"), kwargs.get("upper_workspaces"), order, original(*args, **kwargs)))
+        return simulated[-1][3]
 
     original = epochs.simulate_epochs
     monkeypatch.setattr(epochs, "simulate_epochs", recording)
     result = estimate("yolov8n.yaml", **TINY, epochs=2, seed=7)  # a seed of its own: traced, not from memory
     level = (result.config.iterations, result.density.n_max_upper)
-    assert [(u, w) for u, w, _ in simulated] == [(None, False), (level, True), (level, False)]
-    for _, _, simulation in simulated:
+    assert [(u, w, d) for u, w, d, _ in simulated] == [(None, False, True), (level, True, True), (level, False, True),
+                                                       (level, True, False)]  # fmt: skip
+    for *_, simulation in simulated:
         assert result.steady_reserved_upper_bytes >= simulation.steady_reserved.high
         assert result.epoch1_reserved_upper_bytes >= simulation.epoch1_reserved.high
         assert result.peak_reserved_upper_bytes >= simulation.peak_reserved.high

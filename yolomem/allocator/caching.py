@@ -458,8 +458,12 @@ class CachingAllocator:
         capacity_bytes: int | None = None,
         *,
         fraction_limit_bytes: int | None = None,
+        large_segments_descending: bool = True,
     ) -> None:
+        """``large_segments_descending``: new large-pool segments below the earlier ones, as the H200's
+        driver placed them (``_new_range``); False: above them, the order another driver may take."""
         self._config = config
+        self._large_descending = large_segments_descending
         self._capacity = capacity_bytes
         self._limit = fraction_limit_bytes
         self._max_split = _SIZE_MAX if config.max_split_size is None else config.max_split_size
@@ -806,7 +810,7 @@ class CachingAllocator:
             return self._try_allocate_expandable_block(pool, stream, rounded)
         if not self._fits(alloc_size):
             return None
-        base = self._new_range(alloc_size, descending=not pool.small)
+        base = self._new_range(alloc_size, descending=not pool.small and self._large_descending)
         block = _Block(base, alloc_size, stream, pool.small, expandable=False, seg_base=base)
         self._blocks[base] = block
         self._segments += 1

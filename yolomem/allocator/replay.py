@@ -296,18 +296,21 @@ class Replay:
 
 
 def replay_trace(trace: Trace, alloc_conf: str | None = None, capacity_bytes: int | None = None, *,
-                 upper: bool = False, without: frozenset[str] = frozenset()) -> Replay:
+                 upper: bool = False, without: frozenset[str] = frozenset(), large_segments_descending: bool = True) -> Replay:
     """Replay the trace's events; reserved bytes are noted at each iteration bound and at the end.
-    ``upper`` and ``without`` as for ``replay``."""
-    return replay_trace_and_prefix(trace, None, alloc_conf, capacity_bytes, upper=upper, without=without)[1]
+    ``upper`` and ``without`` as for ``replay``; ``large_segments_descending`` as for ``CachingAllocator``."""
+    return replay_trace_and_prefix(trace, None, alloc_conf, capacity_bytes, upper=upper, without=without,
+                                   large_segments_descending=large_segments_descending)[1]  # fmt: skip
 
 
 def replay_trace_and_prefix(trace: Trace, prefix_iterations: int | None, alloc_conf: str | None = None,
                             capacity_bytes: int | None = None, *, upper: bool = False,
-                            without: frozenset[str] = frozenset()) -> tuple[Replay | None, Replay]:  # fmt: skip
+                            without: frozenset[str] = frozenset(), large_segments_descending: bool = True,
+                            ) -> tuple[Replay | None, Replay]:  # fmt: skip
     """One pass for two figures: ``replay_trace`` of the trace's first ``prefix_iterations`` iterations
     (None: not asked, or the replay ran out before their end) and of the whole trace."""
-    allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
+    allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes,
+                                 large_segments_descending=large_segments_descending)  # fmt: skip
     reserved_per_iteration: list[int] = []
     note = Mark(lambda a: reserved_per_iteration.append(a.reserved_bytes))
     bounds = list(trace.iteration_bounds)

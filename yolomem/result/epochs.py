@@ -347,6 +347,7 @@ def simulate_epochs(
     trace: Trace, first_iteration: int, plan: EpochPlan, *, alloc_conf: str | None = None,
     card_bytes: int | None = None, capacity_bytes: int | None = None, clears: CacheClears | None = LATEST_ULTRALYTICS,
     carry: bool = False, upper: tuple[int, int] | None = None, upper_workspaces: bool = False,
+    large_segments_descending: bool = True,
 ) -> EpochSimulation:  # fmt: skip
     """Replay the planned epochs for each seed. ``trace`` holds, after ``first_iteration`` training
     iterations (the first one being the optimizer's first step), one iteration per level and one
@@ -355,7 +356,8 @@ def simulate_epochs(
     None: unknown, assumed never). ``carry``: the loop's variables outlive their iteration
     (``TrainingLoop.carries_loop_variables``). ``upper`` = (iteration, n_max) of the iteration traced at
     the upper figure's density: it is replayed in place of the top level. ``upper_workspaces``: kernel
-    workspaces at their upper sizes. The upper figure takes both together and the density alone."""
+    workspaces at their upper sizes. The upper figure takes both together and the density alone.
+    ``large_segments_descending`` as for ``yolomem.allocator.caching.CachingAllocator``."""
     segments = _split(trace)
     setup, first = segments[0], segments[1]
     start_level = plan.first_level_iteration if plan.first_level_iteration is not None else first_iteration
@@ -377,7 +379,8 @@ def simulate_epochs(
     memo: dict = {}  # the seeds replay the same templates, mostly from allocator states met before
     runs = [
         _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf,
-                     clears or CacheClears(), card_bytes, capacity_bytes, upper_workspaces, memo)  # fmt: skip
+                     clears or CacheClears(), card_bytes, capacity_bytes, upper_workspaces, memo,
+                     large_segments_descending)  # fmt: skip
         for sequence in plan.sequences
     ]
     peaks = [r["peak_reserved"] for r in runs]
@@ -424,7 +427,7 @@ def _compress(sequence: Sequence[int]) -> list[int]:
 
 
 def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, clears, card_bytes, capacity_bytes,
-                 upper: bool = False, memo: dict | None = None) -> dict:  # fmt: skip
+                 upper: bool = False, memo: dict | None = None, large_segments_descending: bool = True) -> dict:  # fmt: skip
     """One seed's epochs; ``clears`` says when the cache is emptied (``card_bytes`` None: the card is
     unknown); ``upper``: kernel workspaces at their upper-figure sizes; ``memo``: ``replay``'s, shared by
     the seeds of one simulation."""
@@ -490,7 +493,8 @@ def _replay_seed(start, train, val, sequence, val_order, id_stride, alloc_conf, 
                 yield from play(val[index], fresh=True)
             yield clear_memory(clears.after_epoch)
 
-    allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes)
+    allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=capacity_bytes,
+                                 large_segments_descending=large_segments_descending)  # fmt: skip
     run = replay(stream(), allocator, upper=upper, memo=memo)
     peak_event = run.peak_reserved_event
     return {
@@ -567,14 +571,16 @@ class EpochRequest:
     notes: tuple[str, ...]
 
     def simulate(self, trace: Trace, alloc_conf, card_bytes, capacity_bytes,
-                 upper: tuple[int, int] | None = None, upper_workspaces: bool = False) -> EpochSimulation:  # fmt: skip
-        """The epochs' figures; ``upper`` = (iteration, n_max) of the upper-density iteration and
-        ``upper_workspaces`` the workspaces' upper sizes, for the upper figure."""
+                 upper: tuple[int, int] | None = None, upper_workspaces: bool = False,
+                 large_segments_descending: bool = True) -> EpochSimulation:  # fmt: skip
+        """The epochs' figures; ``upper`` = (iteration, n_max) of the upper-density iteration,
+        ``upper_workspaces`` the workspaces' upper sizes, and ``large_segments_descending`` False for
+        the other segment address order, for the upper figure."""
         return simulate_epochs(trace, self.config.iterations, self.hook.plan, alloc_conf=alloc_conf,
                                card_bytes=card_bytes, capacity_bytes=capacity_bytes,
                                clears=self.hook.loop.cache_clears(),
                                carry=self.hook.loop.carries_loop_variables, upper=upper,
-                               upper_workspaces=upper_workspaces)  # fmt: skip
+                               upper_workspaces=upper_workspaces, large_segments_descending=large_segments_descending)  # fmt: skip
 
 
 def epoch_request(config, resolved) -> EpochRequest | None:

@@ -5,6 +5,8 @@ expected rule. The upper figure replays the same run with each uncertain term at
 - object density: one more traced iteration at the upper plan's densest batch (``yolomem.loops.density``:
   the 90th percentile over seeds of a heavier tail, CrowdHuman's, on a 5x larger epoch);
 - kernel workspaces at their upper rule (``yolomem.trace.workspaces``: cuDNN's explicit-GEMM im2col);
+- new large segments in either address order (the H200's driver placed each below the last; another
+  driver may not, and best fit breaks ties between equal free blocks by address);
 - epochs 2+ (when simulated): the 90th percentile over seeds, the highest of three simulations: both
   of the above, the upper density alone, and the expected one;
 - the CUDA context at the most measured (``yolomem.config.gpus``);
