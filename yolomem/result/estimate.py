@@ -331,7 +331,7 @@ def _estimate_figures(config: EstimateConfig) -> EstimateFigures:
         # yolo11n-seg at 48, yolo11s, yolov10n, yolo11n FP32, yolov5s), the density alone gave the highest
         # steady figure in 2 (yolo11s 640/16: 5.92 GiB; both together 5.13, expected 5.59) and epoch 1's
         # in 4; the expected simulation tied it in 1 (yolov8l 640/8). The workspaces alone never did, and
-        # would cost a fourth simulation (about 0.7 s).
+        # would cost one more simulation (about 0.7 s there).
         # Both high once more with the large segments in the other address order, as for one step: the T4
         # yolov5s example's epochs 2+ from +1.2 to +6.2 % (about 2.5 s more for yolov5s with epochs=3).
         variants = [(upper_level, True, True), (upper_level, False, True)] if upper_level else [(None, True, True)]
@@ -471,9 +471,10 @@ def _does_not_fit(budget: Budget, required: int, expected: int, on_card: _OnTheC
 
 def _upper_figure(peak_reserved: int, upper_replays: list[Replay], simulations_upper: list, density,
                   allowance) -> UpperFigure:  # fmt: skip
-    """The upper figure: the highest of the expected peak and the upper replays (every term high, and
-    each alone), then of the epoch simulations' 90th percentiles (both high, the density alone, and the
-    expected simulation), then the allowance."""
+    """The upper figure: the highest of the expected peak and the upper replays (every term high, each
+    alone, and every term high in the other segment order), then of the epoch simulations' 90th
+    percentiles (both high in either order, the density alone, and the expected simulation), then the
+    allowance."""
     terms = ["kernel workspaces at their upper rule (cuDNN im2col per conv call)"]
     if density is not None:
         terms.insert(0, f"densest batch at the upper density: n_max {density.n_max_upper} (expected {density.n_max})")

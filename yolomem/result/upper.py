@@ -7,8 +7,9 @@ expected rule. The upper figure replays the same run with each uncertain term at
 - kernel workspaces at their upper rule (``yolomem.trace.workspaces``: cuDNN's explicit-GEMM im2col);
 - new large segments in either address order (the H200's driver placed each below the last; another
   driver may not, and best fit breaks ties between equal free blocks by address);
-- epochs 2+ (when simulated): the 90th percentile over seeds, the highest of three simulations: both
-  of the above, the upper density alone, and the expected one;
+- epochs 2+ (when simulated): the 90th percentile over seeds, the highest of four simulations: both
+  of the above (in the driver's segment order and in the other), the upper density alone, and the
+  expected one;
 - the CUDA context at the most measured (``yolomem.config.gpus``);
 - gaps the model cannot explain yet, as named allowances sized from the evidence there is
   (``ALLOWANCES``): on the H200 matrix (``validation/results/h200-2026-12-04.jsonl``) 9 of 10 AMP training
