@@ -39,7 +39,7 @@ other processes on the GPU, and the assumptions of the epoch simulation.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -50,6 +50,7 @@ from yolomem.config.settings import EstimateConfig
 from yolomem.config.versions import traced_versions
 from yolomem.errors import UserError
 from yolomem.loops.density import DensityPlan
+from yolomem.recent import Recent
 from yolomem.result.epochs import EpochRequest, EpochSimulation
 from yolomem.result.fits import Budget, fits
 from yolomem.result.host_memory import HostMemory
@@ -259,7 +260,7 @@ class EstimateFigures:
 # what it probed before (fit --explain's rungs share answers and brackets: 14 of its 58 asks were
 # repeats, about 2 s of replays).
 RECENT_FIGURES = 16
-_recent_figures: OrderedDict[EstimateConfig, EstimateFigures] = OrderedDict()
+_recent_figures: Recent = Recent(RECENT_FIGURES)  # EstimateConfig -> EstimateFigures
 _recent_source: list = [None]  # the run source they came from (yolomem.result.runs.default_source)
 
 
@@ -279,13 +280,10 @@ def estimate_figures(config: EstimateConfig) -> EstimateFigures:
         _recent_source[0] = default_source()
     known = _recent_figures.get(config)
     if known is not None:
-        _recent_figures.move_to_end(config)
         log.info("%s: estimated earlier, its figures kept in memory", run_label(config))
         return replace(known, seconds=0.0)  # they took no time this time
     figures = _estimate_figures(config)
     _recent_figures[config] = figures
-    while len(_recent_figures) > RECENT_FIGURES:
-        _recent_figures.popitem(last=False)
     return figures
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from yolomem.config.models import ResolvedModel
 from yolomem.config.settings import EstimateConfig
 from yolomem.loops.base import TracedRun, rank_batch
+from yolomem.recent import Recent
 from yolomem.trace.derive import NotDerivable, RunFacts, StreamFamily, derive_family
 from yolomem.trace.packed import PackedTrace, pack, unpack
 from yolomem.trace.store import TraceStore, activate, canonical, code_key, key_digest
@@ -118,8 +119,8 @@ class RunSource:
         self._memory: dict[tuple[str, str], StoredRun] = {}
         self._families: dict[tuple, StreamFamily | str] = {}  # a family, or why it was refused
         self._traced_here: set[tuple[str, str]] = set()  # runs traced by this process or its workers
-        self._derived: dict[tuple[str, str], RunFacts] = {}  # the last runs derived (a sweep asks for each twice)
-        self._unpacked: dict[tuple[str, str], RunFacts] = {}  # the last stored runs read back (a sweep reads each often)
+        self._derived: Recent = Recent(RECENT_DERIVED)  # the last runs derived (a sweep asks for each twice)
+        self._unpacked: Recent = Recent(RECENT_UNPACKED)  # the last stored runs read back (a sweep reads each often)
 
     def obtain(self, config: EstimateConfig, resolved: ResolvedModel, request=None, density=None) -> TracedRun:
         """The traced run of ``config``. ``request``: its whole-epoch request (its ``hook.plan`` is set);
@@ -184,8 +185,6 @@ class RunSource:
             derived = self._derive(key, digest, name.rsplit("-b", 1)[0], batch, label, say)
             if derived is not None:
                 self._derived[(digest, name)] = derived
-                while len(self._derived) > RECENT_DERIVED:
-                    del self._derived[next(iter(self._derived))]
         elif derived is not None and say:
             log.info("%s: derived earlier, kept in memory", label)
         if derived is None:
@@ -247,12 +246,9 @@ class RunSource:
     def _facts(self, digest: str, name: str, stored: StoredRun) -> RunFacts:
         """``stored.facts()``, unpacked once while it is among the last few read: an explain ladder reads
         its traced runs back for every probe and family check (~35 ms each for yolov8x)."""
-        facts = self._unpacked.pop((digest, name), None)
+        facts = self._unpacked.get((digest, name))
         if facts is None:
-            facts = stored.facts()
-        self._unpacked[(digest, name)] = facts  # the newest last
-        while len(self._unpacked) > RECENT_UNPACKED:
-            del self._unpacked[next(iter(self._unpacked))]
+            facts = self._unpacked[(digest, name)] = stored.facts()
         return facts
 
     def _any_member(self, key: dict, digest: str) -> StoredRun | None:
