@@ -50,6 +50,7 @@ def _progress(label: str, quiet: bool) -> Iterator:
               "yolomem fit yolov8x.yaml gpu=RTX-3090 batch=16 solve=imgsz  # largest imgsz at batch 16",
               "yolomem fit yolov8x.yaml gpu_mem=24 batch=32 --explain      # what each memory-saving step buys"),
     more="fit needs gpu= or gpu_mem=. When batch= is given and does not fit, fit shows the ladder on its own.",
+    sweeps=True,
 )  # fmt: skip
 def _fit(options: argparse.Namespace) -> int:
     from yolomem.config.settings import EstimateConfig, parse_estimate_words
@@ -119,6 +120,7 @@ def _explain(config, margin: float, options: argparse.Namespace, fit=None) -> in
               "yolomem pick gpu=T4 family=yolov8 task=segment",
               "yolomem pick gpu=T4 models=yolov8n,yolo11s,yolo26m"),
     more="pick ranks one family (yolo11, yolov8 before Ultralytics 8.3, unless family= says otherwise) in every size it ships, or models=.",
+    sweeps=True,
 )  # fmt: skip
 def _pick(options: argparse.Namespace) -> int:
     from yolomem.config.settings import EstimateConfig, parse_estimate_words

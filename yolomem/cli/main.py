@@ -18,6 +18,7 @@ import sys
 
 from yolomem.cli.registry import COMMANDS, Command
 from yolomem.errors import UserError
+from yolomem.workers import warm_workers
 
 # Each module registers its subcommands on import; this list is the whole CLI, in help order.
 COMMAND_MODULES = ("estimate", "fit", "table", "plot", "measure", "deploy", "site", "cache")
@@ -140,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         machine = any(flag.machine and getattr(options, flag.dest, False) for flag in spec.flags)
         # under --json (or --csv, ...) everything but the result goes to stderr: Ultralytics prints its
         # settings banner on stdout the first time it runs on a machine
-        with _command_scope(options), contextlib.redirect_stdout(sys.stderr) if machine else contextlib.nullcontext():
+        # workers first: they import torch while this process does (its --no-cache import, its handler's)
+        with warm_workers(spec.sweeps), _command_scope(options), \
+                contextlib.redirect_stdout(sys.stderr) if machine else contextlib.nullcontext():  # fmt: skip
             return spec.handler(options)
     except UserError as error:
         print(f"yolomem: error: {_message(error, argv)}", file=sys.stderr)

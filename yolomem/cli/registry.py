@@ -49,13 +49,14 @@ class Command:
     flags: tuple[Flag, ...]
     examples: tuple[str, ...]
     more: str = ""  # a paragraph after the examples
+    sweeps: bool = False  # traces side by side in worker processes: they start with the command (yolomem.workers)
 
 
 COMMANDS: dict[str, Command] = {}
 
 
 def command(name: str, help_text: str, *, keys: KeyTable = NO_KEYS, words: str = "", flags: tuple[Flag, ...] = (JSON,),
-            examples: tuple[str, ...] = (), more: str = "", traces: bool = True):
+            examples: tuple[str, ...] = (), more: str = "", traces: bool = True, sweeps: bool = False):
     """Register a subcommand handler; each handler takes the parsed namespace and returns an exit code.
 
     The namespace holds ``words`` (the bare and ``key=value`` words, in order), one attribute per flag,
@@ -65,7 +66,7 @@ def command(name: str, help_text: str, *, keys: KeyTable = NO_KEYS, words: str =
     every = (NO_CACHE, VERBOSE) if traces else ()  # commands that estimate: the trace cache's switches
 
     def register(handler: Handler) -> Handler:
-        COMMANDS[name] = Command(name, help_text, handler, keys, words, (*flags, *every), examples, more)
+        COMMANDS[name] = Command(name, help_text, handler, keys, words, (*flags, *every), examples, more, sweeps)
         return handler
 
     return register

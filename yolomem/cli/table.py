@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 
 from yolomem.cli.registry import JSON, Flag, command
 from yolomem.config.keys import CHOICE, ESTIMATE_KEYS, INT, MARGIN, TEXT, TEXTS, Key, KeyTable, parse_words
 from yolomem.sweeps.table import DEFAULT_GPUS, METHODS
+from yolomem.workers import default_jobs
 
 TABLE_KEYS = KeyTable((
     ESTIMATE_KEYS["imgsz"].but(default=None, nullable=True, help="every row at this imgsz (default: each row's own; 640)"),
@@ -24,7 +24,7 @@ TABLE_KEYS = KeyTable((
     # as many as an estimate traces, so that a row's figures are `yolomem estimate`'s (one iteration
     # leaves the optimizer state out of the expected figure: yolov8n 640/64 AMP came out 2 % low)
     ESTIMATE_KEYS["iterations"].but(help="training iterations to trace per row (as estimate)"),
-    Key("jobs", INT, min(os.cpu_count() or 1, 2), "processes tracing rows in parallel", low=1),
+    Key("jobs", INT, default_jobs(), "processes tracing rows in parallel", low=1),
     # the deployment view (yolomem.deployment.table): deploy=FORMAT switches the table to it
     Key("deploy", CHOICE, None, "deployment view: torch, onnx or engine (batch 1 unless given)",
         choices=("torch", "onnx", "engine"), nullable=True),
@@ -67,6 +67,7 @@ def rows_for(options: TableOptions):
     keys=TABLE_KEYS, words="[MODEL ...]", flags=(JSON, CSV, MARKDOWN),
     examples=("yolomem table                      # the blog's 16 rows at their imgsz and batch",
               "yolomem table yolov5s yolov8n.yaml imgsz=640 batch=16 gpus=T4,RTX-4090 --markdown"),
+    sweeps=True,
 )  # fmt: skip
 def _table(options: argparse.Namespace) -> int:
     from yolomem.cli.progress import progress_display

@@ -360,13 +360,6 @@ def _candidates(batches: list[int], target: int) -> list[tuple[int, ...]]:
     return list(dict.fromkeys(sets))
 
 
-def default_jobs() -> int:
-    """Processes that trace side by side: the machine's cores, at most 2 (each holds a model's trace)."""
-    import os
-
-    return max(1, min(os.cpu_count() or 1, 2))
-
-
 _SOURCE: RunSource | None = None
 
 
@@ -405,19 +398,21 @@ class _SourceSetting:
     derive: bool
 
     def adopt(self) -> None:
-        configure(cache=self.cache, root=self.root, derive=self.derive)
+        """This process's run source from now on; kept as it is (with what it holds) when it already is."""
+        current = default_source()
+        if (current.store.root, current.store.enabled, current.derive) != (self.root, self.cache, self.derive):
+            configure(cache=self.cache, root=self.root, derive=self.derive)
 
 
 def worker_pool(jobs: int):
-    """Worker processes (spawned: each pays its imports once) whose run source is this process's: its
-    cache folder, ``--no-cache`` and ``derive`` (a test's or ``configure()``'s, not the defaults).
-    Sweeps that trace side by side (the table, prefetch, the calculator page) all start theirs here."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
+    """Worker processes (``yolomem.workers``: the command's warm ones, or new ones) whose run source is
+    this process's: its cache folder, ``--no-cache`` and ``derive`` (a test's or ``configure()``'s, not
+    the defaults). Sweeps that trace side by side (the table, prefetch, the calculator page) all take
+    theirs here."""
+    from yolomem import workers
 
     source = default_source()
-    setting = _SourceSetting(source.store.root, source.store.enabled, source.derive)
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=setting.adopt)
+    return workers.worker_pool(jobs, _SourceSetting(source.store.root, source.store.enabled, source.derive))
 
 
 @contextlib.contextmanager

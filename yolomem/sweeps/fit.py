@@ -303,6 +303,8 @@ def largest_batch(
     """
     config = resolve_config(config_or_model, gpu, gpu_mem, settings)
     prober = prober or Prober(make_budget(config, margin), progress)
+    ranks = config.world_size
+    _prefetch_line([config.with_changes(batch=u * ranks) for u in _first_units(*batch_units(bracket, ranks), MAX_BATCH // ranks)])
     answer, predicted, at_cap = search_batch(config, prober, bracket)
     final = config.with_changes(batch=answer)
     estimate, best = prober.run(final)
@@ -344,12 +346,14 @@ def largest_imgsz(
     config = resolve_config(config_or_model, gpu, gpu_mem, settings)
     prober = prober or Prober(make_budget(config, margin), progress)
     stride = model_stride(config)
+    units = [max(1, size // stride) for size in bracket]
+    _prefetch_line([config.with_changes(imgsz=u * stride) for u in _first_units(*units, MAX_IMGSZ // stride)])
 
     def probe(unit: int) -> Probe:
         return prober.probe(config.with_changes(imgsz=unit * stride))
 
     answer, predicted, at_cap = _solve(
-        prober, probe, _SQUARE, [max(1, size // stride) for size in bracket], MAX_IMGSZ // stride,
+        prober, probe, _SQUARE, units, MAX_IMGSZ // stride,
         lambda _smallest: f"{config.model} at batch={config.batch} does not fit {_card(prober.budget)} even at imgsz={stride}",
         "try a smaller batch",
     )  # fmt: skip
@@ -360,6 +364,13 @@ def largest_imgsz(
         stride=stride, nbs=config.nbs, config=final, estimate_at_max=estimate, predicted=predicted * stride,
         probes=_for(prober, config, "imgsz"), at_search_cap=at_cap,
     )  # fmt: skip
+
+
+def _prefetch_line(configs: list[EstimateConfig]) -> None:
+    """The two runs that draw a search's line, side by side where the command has warm workers."""
+    from yolomem.sweeps.prefetch import prefetch
+
+    prefetch(configs, cold=False)
 
 
 def batch_units(bracket: tuple[int, int], ranks: int) -> list[int]:

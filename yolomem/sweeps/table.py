@@ -34,6 +34,7 @@ from yolomem.config.keys import DEFAULT_MARGIN, ESTIMATE_KEYS
 from yolomem.errors import UserError
 from yolomem.loops import get_loop
 from yolomem.result.fits import Budget, verdict
+from yolomem.workers import side_by_side
 
 DEFAULT_GPUS = ("RTX-3060-12GB", "RTX-3090", "A100-40GB", "H100-80GB")
 PRECISIONS = ("fp32", "fp16")
@@ -276,19 +277,10 @@ def _run(groups, jobs: int, progress) -> dict:
         return results
     from yolomem.result.runs import worker_pool  # runs imports torch: not at import (yolomem --help)
 
+    # Tables list generations oldest first, and the newest (deeper heads, YOLOv10's two) trace slowest:
+    # the workers start from the last rows while this process, already imported, takes the first.
     with worker_pool(jobs - 1) as pool:
-        # The workers take the last rows first: tables list generations oldest first, and the newest
-        # (deeper heads, YOLOv10's two) trace slowest. This process, already imported, takes the first
-        # rows meanwhile (a worker pays its imports first, ~3 s): each row a worker has not started yet.
-        pending = {tasks: pool.submit(_trace_group, tasks) for tasks in reversed(groups)}
-        for tasks in groups:
-            if tasks in pending and pending[tasks].cancel():
-                del pending[tasks]
-                collect(tasks, _trace_group(tasks))
-            for done in [t for t, future in pending.items() if future.done()]:  # the progress bar moves
-                collect(done, pending.pop(done).result())
-        for tasks, future in pending.items():
-            collect(tasks, future.result())
+        side_by_side(pool, groups, _trace_group, _trace_group, collect)
     return results
 
 

@@ -1,0 +1,83 @@
+"""Worker processes for sweeps (yolomem.workers): sharing items side by side, and a command's warm workers."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from yolomem import workers
+
+
+class _Setting:
+    """What a task carries to its worker: here, a record that it was adopted there."""
+
+    adopted: list[str] = []
+
+    def adopt(self) -> None:
+        self.adopted.append(threading.current_thread().name)
+
+
+def _threads(count: int):
+    """A pool of threads standing in for worker processes (the sharing logic does not care which)."""
+    return workers.Workers(ThreadPoolExecutor(count, thread_name_prefix="worker"), count, _Setting())
+
+
+def test_side_by_side_runs_each_item_once_and_hands_every_result_back():
+    here_started = threading.Event()
+    ran: list[tuple[str, int]] = []
+
+    def here(item: int) -> int:
+        here_started.set()
+        ran.append(("here", item))
+        return item * 10
+
+    def there(item: int) -> int:
+        here_started.wait(5)  # this process has started its first item before the worker runs one
+        ran.append(("there", item))
+        return item * 10
+
+    results = {}
+    workers.side_by_side(_threads(1), list(range(8)), here, there, lambda item, result: results.setdefault(item, result))
+    assert results == {item: item * 10 for item in range(8)}
+    assert sorted(item for _, item in ran) == list(range(8))  # each once, by one side or the other
+    assert ("here", 0) in ran and ("there", 7) in ran  # this process from the front, the worker from the back
+    assert _Setting.adopted and all(name.startswith("worker") for name in _Setting.adopted)
+
+
+def test_side_by_side_raises_a_workers_exception_here():
+    def there(item: int) -> int:
+        raise ValueError(f"item {item}")
+
+    with pytest.raises(ValueError, match="item"):
+        workers.side_by_side(_threads(1), [0, 1, 2], lambda item: item, there, lambda *_: None)
+
+
+def test_side_by_side_on_a_pool_that_cannot_take_work_raises_instead_of_waiting():
+    pool = _threads(1)
+    pool._executor.shutdown()  # submit raises now, as on a broken process pool
+
+    with pytest.raises(RuntimeError):
+        workers.side_by_side(pool, [0, 1, 2], lambda item: item, lambda item: item, lambda *_: None)
+
+
+def test_warm_workers_serve_the_sweeps_inside_and_stop_on_exit(monkeypatch):
+    monkeypatch.setattr(workers, "default_jobs", lambda: 2)
+    monkeypatch.setattr(workers, "WARM_IMPORTS", ())  # the process itself is what is checked here
+    with workers.warm_workers():
+        executor = workers._Warm.executor
+        assert executor is not None and workers.are_warm()
+        with workers.worker_pool(1, _Setting()) as pool:
+            assert pool._executor is executor  # the warm workers, not new ones
+            assert pool.submit(sum, [1, 2]).result() == 3
+        processes = list(executor._processes.values())
+        assert processes and all(process.is_alive() for process in processes)
+    assert not workers.are_warm()
+    assert not any(process.is_alive() for process in processes)
+
+
+def test_no_warm_workers_on_one_core(monkeypatch):
+    monkeypatch.setattr(workers, "default_jobs", lambda: 1)
+    with workers.warm_workers():
+        assert not workers.are_warm()

@@ -1,0 +1,162 @@
+"""Worker processes for sweeps that trace side by side, started as early as a command can start them.
+
+Why early: a spawned worker imports torch, torch._dynamo and Ultralytics (about 3 s here) before its
+first trace. Started by ``yolomem.sweeps.prefetch`` or the table, it imported while this process was
+already tracing, and this process then waited for it (``fit --explain``: about 2.4 s idle, 2026-12-05).
+A command that sweeps (``fit``, ``pick``, ``table``) starts its workers before it imports anything
+itself (``warm_workers``): both processes import at once, on two cores.
+
+Light on purpose: the CLI imports this module before torch. Each task carries the run source's settings
+(``setting.adopt()``, ``yolomem.result.runs``): a warm worker started before ``--no-cache`` was read.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import importlib
+import multiprocessing
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+# What a worker's first trace imports (measured: without these, a first trace took 3.6 s, with them 1.9 s).
+WARM_IMPORTS = (
+    "yolomem.result.estimate", "yolomem.result.prepare", "yolomem.trace.tracer", "yolomem.trace.workspaces",
+    "torch._dynamo", "ultralytics.models", "yolomem.loops.ultralytics.runner", "yolomem.loops.yolov5.loop",
+    "yolomem.sweeps.prefetch", "yolomem.sweeps.table",
+)  # fmt: skip
+
+
+def default_jobs() -> int:
+    """Processes that trace side by side: the machine's cores, at most 2 (each holds a model's trace)."""
+    return max(1, min(os.cpu_count() or 1, 2))
+
+
+class _Warm:
+    executor: ProcessPoolExecutor | None = None
+    size = 0
+
+
+@contextlib.contextmanager
+def warm_workers(enabled: bool = True) -> Iterator[None]:
+    """Start the workers of this command's sweeps now (``default_jobs() - 1`` of them), importing what a
+    trace needs while this process imports its own; every ``worker_pool`` inside takes them. Nothing
+    starts on one core, when not ``enabled``, or inside another such block.
+
+    On exit they are stopped at once: whatever they still run then is their warm-up (a command answered
+    from the cache, or one that failed on its arguments, need not wait for their imports) or work nobody
+    will collect (the command failed); every sweep collects all it gave them before it returns."""
+    workers = default_jobs() - 1
+    if not enabled or workers < 1 or _Warm.executor is not None:
+        yield
+        return
+    before = set(multiprocessing.active_children())
+    _Warm.executor, _Warm.size = _executor(workers), workers
+    for _ in range(workers):
+        _Warm.executor.submit(_import_for_tracing)  # spawns a process per task while there are fewer than ``workers``
+    started = set(multiprocessing.active_children()) - before
+    try:
+        yield
+    finally:
+        executor, _Warm.executor, _Warm.size = _Warm.executor, None, 0
+        executor.shutdown(wait=False, cancel_futures=True)
+        for process in started:
+            process.terminate()
+        for process in started:
+            process.join()
+
+
+def are_warm() -> bool:
+    """Whether this command started its workers (``warm_workers``): a worker's first task runs at once."""
+    return _Warm.executor is not None
+
+
+class Workers:
+    """Worker processes; ``submit`` runs ``fn(*args)`` in one of them under ``setting`` (``setting.adopt()``
+    first: the run source of the process that submits)."""
+
+    def __init__(self, executor: ProcessPoolExecutor, workers: int, setting: Any):
+        self._executor, self.workers, self._setting = executor, workers, setting
+
+    def submit(self, fn: Callable, *args) -> Future:
+        return self._executor.submit(_under, self._setting, fn, *args)
+
+
+@contextlib.contextmanager
+def worker_pool(jobs: int, setting: Any) -> Iterator[Workers]:
+    """``jobs`` worker processes: the warm ones when ``warm_workers`` started enough, else new ones (shut
+    down on exit, after their tasks)."""
+    if _Warm.executor is not None and jobs <= _Warm.size:
+        yield Workers(_Warm.executor, jobs, setting)
+        return
+    executor = _executor(jobs)
+    try:
+        yield Workers(executor, jobs, setting)
+    finally:
+        executor.shutdown(wait=True)
+
+
+def side_by_side(pool: Workers, items: Sequence, here: Callable, there: Callable, done: Callable[[Any, Any], None]) -> None:
+    """Each item once: ``here(item)`` in this process or ``there(item)`` in a worker, and ``done(item,
+    result)`` in this process as each ends (an exception of either is raised here). This process takes
+    items from the front, the workers from the back, each the next one nobody has started: neither waits
+    for a share fixed in advance (a worker still importing, a model that traces slower).
+
+    A worker is handed its next item as it finishes one (a future's callback), never ahead: an executor
+    queues submitted tasks beyond its workers where nobody can take them back."""
+    left = collections.deque(range(len(items)))
+    lock = threading.Lock()
+    finished: queue.SimpleQueue = queue.SimpleQueue()  # (index, future) of the workers' items
+    handed = [0]
+
+    def hand_one(_finished: Future | None = None) -> None:
+        with lock:
+            if not left:
+                return
+            index = left.pop()
+            handed[0] += 1
+        try:
+            future = pool.submit(there, items[index])
+        except Exception as error:  # noqa: BLE001 - a broken pool: raised where the result is collected
+            future = Future()
+            future.set_exception(error)
+        future.add_done_callback(lambda f, index=index: (finished.put((index, f)), hand_one()))
+
+    def collect(block: bool) -> None:
+        while True:
+            with lock:
+                if not handed[0] or not (block or not finished.empty()):
+                    return
+                handed[0] -= 1
+            index, future = finished.get()
+            done(items[index], future.result())
+
+    for _ in range(pool.workers):
+        hand_one()
+    while True:
+        with lock:
+            if not left:
+                break
+            index = left.popleft()
+        done(items[index], here(items[index]))
+        collect(block=False)
+    collect(block=True)
+
+
+def _executor(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))  # spawned: no forked torch state
+
+
+def _import_for_tracing() -> None:
+    for name in WARM_IMPORTS:
+        with contextlib.suppress(ImportError):  # another torch or Ultralytics: that trace imports what it needs
+            importlib.import_module(name)
+
+
+def _under(setting: Any, fn: Callable, *args):
+    setting.adopt()
+    return fn(*args)
