@@ -65,7 +65,10 @@ def test_side_by_side_on_a_pool_that_cannot_take_work_raises_instead_of_waiting(
 def test_warm_workers_serve_the_sweeps_inside_and_stop_on_exit(monkeypatch):
     monkeypatch.setattr(workers, "default_jobs", lambda: 2)
     monkeypatch.setattr(workers, "WARM_IMPORTS", ())  # the process itself is what is checked here
+    monkeypatch.setattr(workers.os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     with workers.warm_workers():
+        assert workers.os.environ["OMP_NUM_THREADS"] == "1"  # a core each for torch's threads, workers too
         executor = workers._Warm.executor
         assert executor is not None and workers.are_warm()
         with workers.worker_pool(1, _Setting()) as pool:
@@ -75,6 +78,16 @@ def test_warm_workers_serve_the_sweeps_inside_and_stop_on_exit(monkeypatch):
         assert processes and all(process.is_alive() for process in processes)
     assert not workers.are_warm()
     assert not any(process.is_alive() for process in processes)
+    assert "OMP_NUM_THREADS" not in workers.os.environ  # as it was
+
+
+def test_warm_workers_keep_the_users_thread_count(monkeypatch):
+    monkeypatch.setattr(workers, "default_jobs", lambda: 2)
+    monkeypatch.setattr(workers, "WARM_IMPORTS", ())
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    with workers.warm_workers():
+        assert workers.os.environ["OMP_NUM_THREADS"] == "3"
+    assert workers.os.environ["OMP_NUM_THREADS"] == "3"
 
 
 def test_no_warm_workers_on_one_core(monkeypatch):

@@ -31,6 +31,9 @@ WARM_IMPORTS = (
 )  # fmt: skip
 
 
+_THREADS = "OMP_NUM_THREADS"  # torch's intra-op threads, read when torch is imported
+
+
 def default_jobs() -> int:
     """Processes that trace side by side: the machine's cores, at most 2 (each holds a model's trace)."""
     return max(1, min(os.cpu_count() or 1, 2))
@@ -54,6 +57,13 @@ def warm_workers(enabled: bool = True) -> Iterator[None]:
     if not enabled or workers < 1 or _Warm.executor is not None:
         yield
         return
+    # Each process its share of the cores for torch's own threads (the real CPU model build, the loss's
+    # small real ops): with two OpenMP threads in each of two processes on two cores, their spinning
+    # slowed this process's model build from 1.5 to 2.4 s while the worker imported (fit --explain,
+    # 2026-12-05). Set before torch is imported here and in the workers; a value the user set stays.
+    threads_before = os.environ.get(_THREADS)
+    if threads_before is None:
+        os.environ[_THREADS] = str(max(1, (os.cpu_count() or 1) // (workers + 1)))
     before = set(multiprocessing.active_children())
     _Warm.executor, _Warm.size = _executor(workers), workers
     for _ in range(workers):
@@ -68,6 +78,8 @@ def warm_workers(enabled: bool = True) -> Iterator[None]:
             process.terminate()
         for process in started:
             process.join()
+        if threads_before is None:
+            os.environ.pop(_THREADS, None)
 
 
 def are_warm() -> bool:
