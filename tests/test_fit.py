@@ -210,6 +210,30 @@ def test_explain_ladder_agrees_with_fit_and_keeps_the_effective_batch():
     assert f"batch={batch} " in smaller.how and f"nbs={nbs}" in smaller.how
 
 
+def test_the_ladders_searches_shared_with_a_worker_answer_as_this_process_alone(monkeypatch):
+    """``fit --explain`` runs its rungs' searches side by side with the command's warm worker. Without
+    the disk cache the worker has only the runs this process hands it: its answer must be this one's."""
+    from yolomem import workers
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.result import runs
+    from yolomem.sweeps import ladder
+    from yolomem.sweeps.fit import Prober, make_budget
+
+    monkeypatch.setattr(workers, "default_jobs", lambda: 2)
+    saved = runs._SOURCE
+    runs.configure(cache=False)
+    try:
+        config = EstimateConfig(model="yolov8n.yaml", batch=16, gpu_mem=TINY_GPU_GIB, margin=0, **TINY)
+        rungs = [ladder._Rung("as asked", {}, ""), ladder._Rung("FP32", {"amp": "fp32"}, "")]
+        prober = Prober(make_budget(config))
+        alone = {config.with_changes(**r.changes): ladder._largest(prober, config.with_changes(**r.changes)) for r in rungs}
+        with workers.warm_workers():
+            shared = ladder._searched_side_by_side(config, rungs, Prober(make_budget(config)))
+    finally:
+        runs._SOURCE = saved
+    assert shared == alone and all(answer[0] for answer in alone.values())  # the worker's answer came back too
+
+
 @pytest.mark.parametrize("amp, written", [("fp16", None), ("fp32", False), ("bf16", None)])
 def test_the_train_line_sets_amp_as_ultralytics_reads_it(amp, written):
     """Ultralytics' ``amp`` is a bool (``self.amp = bool(self.args.amp)``): ``amp=bf16`` would train fp16

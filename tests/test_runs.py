@@ -137,6 +137,18 @@ def test_prefetch_traces_side_by_side_and_hands_the_runs_back(source):
     assert traced == [2]
 
 
+def test_the_runs_handed_to_another_process_derive_there_without_a_trace(source):
+    """``RunSource.stored_runs``: what a worker adopts (``fit --explain``'s shared searches, no cache)."""
+    first, traced = source
+    for batch in (2, 3):
+        estimate("yolov8n.yaml", batch=batch, **SMALL)
+    elsewhere = runs.RunSource(TraceStore(None, enabled=False))
+    for digest, name, stored in first.stored_runs():
+        elsewhere.adopt(digest, name, stored)
+    assert elsewhere.known(EstimateConfig(model="yolov8n.yaml", batch=7, **SMALL))  # derives: nothing to trace
+    assert traced == [2, 3]
+
+
 def test_figures_asked_for_again_are_kept(source):
     """A sweep asks again for a config it probed before: its figures are kept (the last
     ``RECENT_FIGURES``) and replayed no more; an estimate from them equals a fresh one."""

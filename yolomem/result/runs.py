@@ -153,6 +153,11 @@ class RunSource:
         log.info("%s: traced", label)
         return run
 
+    def stored_runs(self) -> list[tuple[str, str, StoredRun]]:
+        """The runs this process or its workers traced, as ``adopt`` takes them (for another worker)."""
+        return [(digest, name, self._memory[digest, name]) for digest, name in sorted(self._traced_here)
+                if (digest, name) in self._memory]  # fmt: skip
+
     def adopt(self, digest: str, name: str, stored: StoredRun) -> None:
         """A run a worker process traced for this one (``yolomem.sweeps.prefetch``)."""
         self._memory.setdefault((digest, name), stored)

@@ -18,13 +18,16 @@ minus the CUDA context and the safety margin). Each step is applied alone to the
 search, budget and prober (so ``fit amp=false`` gives the FP32 row's figure), confirmed (the answer
 fits, one more does not) on runs traced or derived from traced ones (``yolomem.result.runs``). The runs
 every rung is sure to need are traced side by side first (``_prefetch``), then each search's third
-run, the line's prediction, where it does not derive from the first two. "Fits" is the verdict at the
-asked batch under the same budget, so a step that fits never shows a largest batch below the asked one.
+run, the line's prediction, where it does not derive from the first two. With the command's warm worker
+(``yolomem.workers``) the searches themselves run side by side too (``_searched_side_by_side``). "Fits"
+is the verdict at the asked batch under the same budget, so a step that fits never shows a largest batch
+below the asked one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 
 from yolomem.config.settings import EstimateConfig
@@ -63,6 +66,16 @@ class Strategy:
         }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _Rung:
+    """One step before it is estimated: its name, its change to the asked config, its command, its note."""
+
+    name: str
+    changes: dict
+    how: str
+    note: str = ""
+
+
 def strategy_ladder(
     config_or_model: EstimateConfig | str,
     gpu: str | None = None,
@@ -76,48 +89,60 @@ def strategy_ladder(
     config = resolve_config(config_or_model, gpu, gpu_mem, settings)
     prober = Prober(make_budget(config, margin), progress)
     stride = model_stride(config)
-    _prefetch(config, stride, prober)
+    rungs = _rungs(config, stride)
+    _prefetch(config, rungs, prober)
+    largest = _searched_side_by_side(config, rungs, prober)
     _, base_probe = prober.run(config)
     baseline_peak = base_probe.peak_reserved_bytes
 
-    def rung(name: str, changes: dict, how: str, note: str = "") -> Strategy:
-        changed = config.with_changes(**changes)
+    def strategy(rung: _Rung) -> Strategy:
+        changed = config.with_changes(**rung.changes)
         estimate, probe = prober.run(changed)
-        allows, at_cap = _largest(prober, changed)
-        return Strategy(name, changes, how, probe.peak_reserved_bytes, baseline_peak - probe.peak_reserved_bytes,
-                        probe.fits, allows, at_cap, note, estimate)  # fmt: skip
+        allows, at_cap = largest[changed] if changed in largest else _largest(prober, changed)
+        return Strategy(rung.name, rung.changes, rung.how, probe.peak_reserved_bytes,
+                        baseline_peak - probe.peak_reserved_bytes, probe.fits, allows, at_cap, rung.note, estimate)  # fmt: skip
 
-    ladder = [rung("as asked", {}, train_command(config))]
+    ladder = [strategy(rung) for rung in rungs[:1 + len(precision_rungs(config.amp))]]  # as asked, precision
+    ladder.append(_accumulation(config, prober, baseline_peak, largest.get(config)))
+    ladder += [strategy(rung) for rung in rungs[1 + len(precision_rungs(config.amp)):]]
+    return tuple(ladder)
+
+
+def _rungs(config: EstimateConfig, stride: int) -> list[_Rung]:
+    """The ladder's steps in order, as asked first; the accumulation step (searched on the asked config)
+    goes after the precision steps."""
+    from yolomem.loops.base import round_imgsz
+
+    rungs = [_Rung("as asked", {}, train_command(config))]
     for amp, label, note in precision_rungs(config.amp):
-        ladder.append(rung(label, {"amp": amp}, train_command(config.with_changes(amp=amp)), note))
-    ladder.append(_accumulation(config, prober, baseline_peak))
+        rungs.append(_Rung(label, {"amp": amp}, train_command(config.with_changes(amp=amp)), note))
     if not config.checkpoint:
-        ladder.append(rung(
+        rungs.append(_Rung(
             "activation checkpointing", {"checkpoint": True}, train_command(config.with_changes(checkpoint=True)),
             "recomputes each layer in backward: about one extra forward pass per step",
         ))  # fmt: skip
     if len(config.freeze) < FREEZE_BACKBONE:
         frozen = tuple(range(FREEZE_BACKBONE))
-        ladder.append(rung(
+        rungs.append(_Rung(
             f"freeze the backbone (freeze={FREEZE_BACKBONE})", {"freeze": frozen},
             train_command(config.with_changes(freeze=frozen)), "fine-tuning only: the backbone's weights stop learning",
         ))  # fmt: skip
-    smaller = _smaller_imgsz(base_probe.imgsz, stride)
-    if smaller < base_probe.imgsz:
-        ladder.append(rung(f"smaller imgsz ({smaller})", {"imgsz": smaller}, train_command(config.with_changes(imgsz=smaller)),
+    imgsz = round_imgsz(config.imgsz, stride)
+    smaller = _smaller_imgsz(imgsz, stride)
+    if smaller < imgsz:
+        rungs.append(_Rung(f"smaller imgsz ({smaller})", {"imgsz": smaller}, train_command(config.with_changes(imgsz=smaller)),
                            "small objects get harder to detect"))  # fmt: skip
     if config.alloc_conf != EXPANDABLE:
-        ladder.append(rung("expandable segments", {"alloc_conf": EXPANDABLE},
+        rungs.append(_Rung("expandable segments", {"alloc_conf": EXPANDABLE},
                            train_command(config.with_changes(alloc_conf=EXPANDABLE)),
                            "less fragmentation: segments grow in place instead of new cudaMalloc blocks"))  # fmt: skip
     if config.world_size == 1:
         ddp = config.with_changes(world_size=DDP_RANKS)
-        ladder.append(rung(
-            f"DDP over {DDP_RANKS} GPUs (per rank)", {"world_size": DDP_RANKS},
-            train_command(ddp),
+        rungs.append(_Rung(
+            f"DDP over {DDP_RANKS} GPUs (per rank)", {"world_size": DDP_RANKS}, train_command(ddp),
             f"batch {config.batch} is split {DDP_RANKS} ways; each rank also holds DDP's gradient buckets",
         ))  # fmt: skip
-    return tuple(ladder)
+    return rungs
 
 
 def precision_rungs(amp: str) -> tuple[tuple[str, str, str], ...]:
@@ -138,34 +163,71 @@ def _smaller_imgsz(imgsz: int, stride: int) -> int:
     return max(int(imgsz * IMGSZ_FACTOR) // stride * stride, stride)
 
 
-def _prefetch(config: EstimateConfig, stride: int, prober: Prober) -> None:
+def _prefetch(config: EstimateConfig, rungs: list[_Rung], prober: Prober) -> None:
     """Trace side by side (``yolomem.sweeps.prefetch``) the runs every rung is sure to ask for: first
     its config and the two batches that start fit's search, then the third run of each search, the
     line's prediction, where it does not derive from the first two (the rest of each search derives
-    from these). Expandable segments replays the asked config's runs."""
-    from yolomem.loops.base import round_imgsz
+    from these). Expandable segments replays the asked config's runs, and DDP's ranks the one-GPU runs
+    at their share where those derive."""
     from yolomem.result.runs import one_gpu_share
     from yolomem.sweeps.prefetch import prefetch
 
-    changes: list[dict] = [{}]
-    changes += [{"amp": amp} for amp, _, _ in precision_rungs(config.amp)]
-    if not config.checkpoint:
-        changes.append({"checkpoint": True})
-    if len(config.freeze) < FREEZE_BACKBONE:
-        changes.append({"freeze": tuple(range(FREEZE_BACKBONE))})
-    imgsz = round_imgsz(config.imgsz, stride)
-    if _smaller_imgsz(imgsz, stride) < imgsz:
-        changes.append({"imgsz": _smaller_imgsz(imgsz, stride)})
-    if config.world_size == 1 and one_gpu_share(config.with_changes(world_size=DDP_RANKS)) is None:
-        changes.append({"world_size": DDP_RANKS})  # else its runs are the one-GPU runs at the rank's share
-    rungs = [config.with_changes(**change) for change in changes]
-    prefetch([c for rung in rungs for c in [rung] + [rung.with_changes(batch=u * rung.world_size)
-                                                     for u in batch_units(BATCH_BRACKET, rung.world_size)]])  # fmt: skip
+    def traces_its_own(rung: _Rung) -> bool:
+        if "alloc_conf" in rung.changes:
+            return False  # replays the asked config's runs
+        # a DDP rank's runs are the one-GPU runs at its share where those derive
+        return "world_size" not in rung.changes or one_gpu_share(config.with_changes(**rung.changes)) is None
+
+    traced = [config.with_changes(**rung.changes) for rung in rungs if traces_its_own(rung)]
+    prefetch([c for rung in traced for c in [rung] + [rung.with_changes(batch=u * rung.world_size)
+                                                      for u in batch_units(BATCH_BRACKET, rung.world_size)]])  # fmt: skip
     starts = []
-    for rung in rungs:
+    for rung in traced:
         with contextlib.suppress(Exception):  # a rung that fails is the ladder's to report
             starts.append(batch_search_start(rung, prober))
     prefetch([start for start in starts if start is not None])
+
+
+def _searched_side_by_side(config: EstimateConfig, rungs: list[_Rung], prober: Prober) -> dict:
+    """Each rung's largest batch (``_largest``), the searches shared with the command's warm workers
+    (``yolomem.workers``); {} without them. Why: after the traces, ``fit --explain`` spent about 7 s in
+    this process alone on the searches' derived probes (three replays each), the worker idle.
+
+    A worker gets the runs this process traced with its task (under ``--no-cache`` it has only its own);
+    a search that fails there or here is left to the ladder, which meets it as before."""
+    from yolomem.result.runs import default_source, worker_pool
+    from yolomem.workers import are_warm, default_jobs, side_by_side
+
+    configs = [config.with_changes(**rung.changes) for rung in rungs]
+    if not are_warm() or len(configs) < 2:
+        return {}
+    runs = default_source().stored_runs()
+    found: dict = {}
+
+    def here(changed: EstimateConfig):
+        with contextlib.suppress(Exception):
+            return _largest(prober, changed)
+        return None
+
+    def keep(changed: EstimateConfig, answer) -> None:
+        if answer is not None:
+            found[changed] = answer
+
+    with worker_pool(default_jobs() - 1) as pool:
+        side_by_side(pool, configs, here, functools.partial(_largest_elsewhere, prober.budget, runs), keep)
+    return found
+
+
+def _largest_elsewhere(budget, runs: list, changed: EstimateConfig):
+    """In a worker process: ``_largest`` of ``changed`` on a prober of its own, with ``runs`` adopted."""
+    from yolomem.result.runs import default_source
+
+    source = default_source()
+    for digest, name, stored in runs:
+        source.adopt(digest, name, stored)
+    with contextlib.suppress(Exception):
+        return _largest(Prober(budget), changed)
+    return None
 
 
 def _largest(prober: Prober, config: EstimateConfig) -> tuple[int | None, bool]:
@@ -182,11 +244,12 @@ def accumulate(batch: int, nbs: int) -> int:
     return max(round(nbs / batch), 1)
 
 
-def _accumulation(config: EstimateConfig, prober: Prober, baseline_peak: int) -> Strategy:
-    """The largest batch, at most the asked one, that fits and keeps the asked effective batch."""
+def _accumulation(config: EstimateConfig, prober: Prober, baseline_peak: int, searched: tuple | None = None) -> Strategy:
+    """The largest batch, at most the asked one, that fits and keeps the asked effective batch.
+    ``searched``: ``_largest`` of the asked config, when already found."""
     name, ranks = "smaller batch + accumulation", config.world_size
     effective = config.batch * accumulate(config.batch, config.nbs)  # images per optimizer step, as asked
-    largest, _ = _largest(prober, config)
+    largest, _ = searched or _largest(prober, config)
     for batch in range(min(largest or 0, config.batch) // ranks * ranks, 0, -ranks):
         if effective % batch:
             continue  # accumulation cannot make up the asked effective batch from this one
