@@ -64,20 +64,14 @@ def warm_workers(enabled: bool = True) -> Iterator[None]:
     threads_before = os.environ.get(_THREADS)
     if threads_before is None:
         os.environ[_THREADS] = str(max(1, (os.cpu_count() or 1) // (workers + 1)))
-    before = set(multiprocessing.active_children())
     _Warm.executor, _Warm.size = _executor(workers), workers
     for _ in range(workers):
         _Warm.executor.submit(_import_for_tracing)  # spawns a process per task while there are fewer than ``workers``
-    started = set(multiprocessing.active_children()) - before
     try:
         yield
     finally:
         executor, _Warm.executor, _Warm.size = _Warm.executor, None, 0
-        executor.shutdown(wait=False, cancel_futures=True)
-        for process in started:
-            process.terminate()
-        for process in started:
-            process.join()
+        _stop_now(executor)
         if threads_before is None:
             os.environ.pop(_THREADS, None)
 
@@ -157,6 +151,18 @@ def side_by_side(pool: Workers, items: Sequence, here: Callable, there: Callable
         done(items[index], here(items[index]))
         collect(block=False)
     collect(block=True)
+
+
+def _stop_now(executor: ProcessPoolExecutor) -> None:
+    """Shut the pool down and end its processes without waiting for what they run. The processes are
+    the executor's own (``_processes``: the standard library has no public way to them before Python
+    3.14's ``terminate_workers``), taken before ``shutdown`` drops them."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join()
 
 
 def _executor(workers: int) -> ProcessPoolExecutor:
