@@ -143,8 +143,7 @@ def test_the_runs_handed_to_another_process_derive_there_without_a_trace(source)
     for batch in (2, 3):
         estimate("yolov8n.yaml", batch=batch, **SMALL)
     elsewhere = runs.RunSource(TraceStore(None, enabled=False))
-    for digest, name, stored in first.stored_runs():
-        elsewhere.adopt(digest, name, stored)
+    elsewhere.adopt(first.stored_runs())
     assert elsewhere.known(EstimateConfig(model="yolov8n.yaml", batch=7, **SMALL))  # derives: nothing to trace
     assert traced == [2, 3]
 

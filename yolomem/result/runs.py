@@ -158,10 +158,12 @@ class RunSource:
         return [(digest, name, self._memory[digest, name]) for digest, name in sorted(self._traced_here)
                 if (digest, name) in self._memory]  # fmt: skip
 
-    def adopt(self, digest: str, name: str, stored: StoredRun) -> None:
-        """A run a worker process traced for this one (``yolomem.sweeps.prefetch``)."""
-        self._memory.setdefault((digest, name), stored)
-        self._traced_here.add((digest, name))
+    def adopt(self, runs: list[tuple[str, str, StoredRun]]) -> None:
+        """Runs another process traced for this one (a prefetch worker's, or the command's handed to a
+        worker), as ``stored_runs`` and ``recording`` list them."""
+        for digest, name, stored in runs:
+            self._memory.setdefault((digest, name), stored)
+            self._traced_here.add((digest, name))
 
     def lookup(self, config: EstimateConfig, resolved: ResolvedModel, request=None, density=None, *,
                say: bool = True) -> TracedRun | None:  # fmt: skip

@@ -303,8 +303,7 @@ def largest_batch(
     """
     config = resolve_config(config_or_model, gpu, gpu_mem, settings)
     prober = prober or Prober(make_budget(config, margin), progress)
-    ranks = config.world_size
-    _prefetch_line([config.with_changes(batch=u * ranks) for u in _first_units(*batch_units(bracket, ranks), MAX_BATCH // ranks)])
+    _prefetch_line([config.with_changes(batch=u * config.world_size) for u in _first_batch_units(config, bracket)])
     answer, predicted, at_cap = search_batch(config, prober, bracket)
     final = config.with_changes(batch=answer)
     estimate, best = prober.run(final)
@@ -380,13 +379,18 @@ def batch_units(bracket: tuple[int, int], ranks: int) -> list[int]:
     return [max(min(bracket), b // ranks) for b in bracket]
 
 
+def _first_batch_units(config: EstimateConfig, bracket: tuple[int, int]) -> tuple[int, int]:
+    """The batches per rank of the batch search's first two runs, which draw its line."""
+    return _first_units(*batch_units(bracket, config.world_size), MAX_BATCH // config.world_size)
+
+
 def batch_search_start(config: EstimateConfig, prober: Prober, bracket: tuple[int, int] = BATCH_BRACKET) -> EstimateConfig | None:
     """The config of ``largest_batch``'s third run, the line's prediction, from its first two (which
     ``prober`` runs); None when the search goes elsewhere (the first batch does not fit). Sweeps
     that search several configs trace these side by side before searching."""
     ranks = config.world_size
     cap = MAX_BATCH // ranks
-    first, second = _first_units(*batch_units(bracket, ranks), cap)
+    first, second = _first_batch_units(config, bracket)
     p1 = prober.probe(config.with_changes(batch=first * ranks))
     if not p1.fits:
         return None

@@ -102,9 +102,10 @@ def strategy_ladder(
         return Strategy(rung.name, rung.changes, rung.how, probe.peak_reserved_bytes,
                         baseline_peak - probe.peak_reserved_bytes, probe.fits, allows, at_cap, rung.note, estimate)  # fmt: skip
 
-    ladder = [strategy(rung) for rung in rungs[:1 + len(precision_rungs(config.amp))]]  # as asked, precision
+    accumulation_at = 1 + len(precision_rungs(config.amp))  # after "as asked" and the precision step
+    ladder = [strategy(rung) for rung in rungs[:accumulation_at]]
     ladder.append(_accumulation(config, prober, baseline_peak, largest.get(config)))
-    ladder += [strategy(rung) for rung in rungs[1 + len(precision_rungs(config.amp)):]]
+    ladder += [strategy(rung) for rung in rungs[accumulation_at:]]
     return tuple(ladder)
 
 
@@ -222,9 +223,7 @@ def _largest_elsewhere(budget, runs: list, changed: EstimateConfig):
     """In a worker process: ``_largest`` of ``changed`` on a prober of its own, with ``runs`` adopted."""
     from yolomem.result.runs import default_source
 
-    source = default_source()
-    for digest, name, stored in runs:
-        source.adopt(digest, name, stored)
+    default_source().adopt(runs)
     with contextlib.suppress(Exception):
         return _largest(Prober(budget), changed)
     return None

@@ -27,7 +27,7 @@ def prefetch(configs, jobs: int | None = None, *, cold: bool = True) -> None:
         return
     _tell(f"tracing {len(pending)} runs in {jobs} processes")
     with worker_pool(jobs - 1) as pool, contextlib.suppress(Exception):
-        side_by_side(pool, pending, _trace_here, _trace_elsewhere, lambda _config, runs: _adopt(source, runs))
+        side_by_side(pool, pending, _trace_here, _trace_elsewhere, lambda _config, runs: source.adopt(runs))
 
 
 def _trace_here(config) -> list:
@@ -49,7 +49,3 @@ def _trace_elsewhere(config) -> list:
         estimate_config(config)
     return source.recording
 
-
-def _adopt(source, runs: list) -> None:
-    for digest, name, stored in runs:
-        source.adopt(digest, name, stored)
