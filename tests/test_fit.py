@@ -359,3 +359,34 @@ def test_bf16_traces_fp16s_stream_but_gradscalers_scalars():
     scalars = lambda events: [e for e in events if e[1] > 8]  # noqa: E731
     assert scalars(fp16) == scalars(bf16)
     assert len(fp16) > len(bf16) > 1000  # fp16 has the scaler's scalars on top
+
+
+@pytest.mark.parametrize("model, stride", [("yolov8n.yaml", 32), ("yolov8n-p6.yaml", 64)])
+def test_the_model_stride_is_ultralytics_own_and_is_built_once_per_cache(model, stride, tmp_path, monkeypatch):
+    """``fit`` by imgsz and ``--explain`` round sizes to the model's stride. It is found on a fake build (no
+    weights, no computed forward pass) and must equal what Ultralytics' real CPU build computes; a second
+    process (the memo cleared) reads it back from the cache without building anything."""
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.loops import resolve_model
+    from yolomem.loops.base import max_stride
+    from yolomem.loops.ultralytics.loop import UltralyticsLoop
+    from yolomem.loops.ultralytics.step import build_model
+    from yolomem.result import runs
+    from yolomem.sweeps import fit
+    from yolomem.trace import store
+
+    resolved = resolve_model(model, "ultralytics")
+    assert max_stride(build_model(resolved.cfg, resolved.task, resolved.nc)) == stride  # real: Detect's forward
+    monkeypatch.setattr(runs, "_SOURCE", runs._SOURCE)  # both put back after the test
+    monkeypatch.setattr(store, "_ACTIVE", store._ACTIVE)
+    runs.configure(cache=True, root=tmp_path)
+    monkeypatch.setattr(fit, "_STRIDES", {})
+    config = EstimateConfig(model=model)
+    assert fit.model_stride(config) == stride
+    monkeypatch.setattr(fit, "_STRIDES", {})
+    monkeypatch.setattr(UltralyticsLoop, "stride", lambda *_: pytest.fail("built again"))
+    assert fit.model_stride(config) == stride
+    runs.configure(cache=False)  # --no-cache: neither read nor written, so built
+    monkeypatch.setattr(fit, "_STRIDES", {})
+    with pytest.raises(pytest.fail.Exception, match="built again"):
+        fit.model_stride(config)

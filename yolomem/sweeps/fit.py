@@ -278,12 +278,29 @@ def make_budget(config: EstimateConfig, margin: float | None = None) -> Budget:
     return Budget(find_gpu(config.gpu, config.gpu_mem), float(config.margin if margin is None else margin))
 
 
+_STRIDES: dict[str, int] = {}  # canonical key -> stride, for this process
+
+
 def model_stride(config: EstimateConfig) -> int:
-    """The largest stride of the model (imgsz must be a multiple of it); at least 32 as in Ultralytics."""
+    """The largest stride of the model (imgsz must be a multiple of it); at least 32 as in Ultralytics.
+
+    Found by building the model, once per model and ``nc`` in a process, and read back from the trace
+    cache (``yolomem.trace.store``) when an earlier command found it: a build costs about a second
+    (yolov8x), and ``fit --explain`` from the cache needs nothing else of the model."""
     from yolomem.loops import get_loop, resolve_model
+    from yolomem.trace.store import active_store, canonical, code_key
 
     resolved = resolve_model(config.model, config.framework)
-    return get_loop(resolved.framework).stride(resolved, config.nc)
+    key = {"probe": "model stride", "framework": resolved.framework, "cfg": resolved.cfg, "nc": config.nc}
+    memo = canonical(key)
+    if memo not in _STRIDES:
+        store, stored = active_store(), code_key() | key
+        found = store.load_probe(stored)
+        if not isinstance(found, int):
+            found = get_loop(resolved.framework).stride(resolved, config.nc)
+            store.save_probe(stored, found)
+        _STRIDES[memo] = found
+    return _STRIDES[memo]
 
 
 def largest_batch(
