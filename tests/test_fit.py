@@ -203,6 +203,8 @@ def test_explain_ladder_agrees_with_fit_and_keeps_the_effective_batch():
     for step in ladder:  # "fits" at the asked batch and "largest batch" never contradict each other
         asked = step.changes.get("batch", config.batch)
         assert step.fits == (step.max_batch is not None and step.max_batch >= asked), step.name
+        # its whole estimate, made when first asked, is of the config its verdict judged
+        assert step.estimate.peak_reserved_upper_bytes == step.peak_reserved_bytes, step.name
     smaller = steps["smaller batch + accumulation"]
     batch, nbs = smaller.changes["batch"], smaller.changes.get("nbs", config.nbs)
     assert batch < config.batch and smaller.fits and smaller.max_batch == batch

@@ -241,7 +241,7 @@ class Prober:
             if self.progress:
                 self.progress(f"tracing {config.model} batch={config.batch} imgsz={config.imgsz}")
             started = time.perf_counter()
-            figures = estimate_figures(config.with_changes(margin=self.budget.margin))
+            figures = estimate_figures(self.judged(config))
             # verdicts and peaks are the upper figure's (yolomem.result.upper): 9 runs in 10 stay under it
             peak = figures.upper.peak_reserved_bytes
             self._probes[key] = Probe(config.batch, figures.run.imgsz, peak, fits(peak, self.budget),
@@ -253,8 +253,12 @@ class Prober:
         probe = self.probe(config)
         if key not in self._estimates:
             # from the probe's figures: estimate_figures keeps the last ones (yolomem.result.estimate)
-            self._estimates[key] = estimate_config(config.with_changes(margin=self.budget.margin))
+            self._estimates[key] = estimate_config(self.judged(config))
         return self._estimates[key], probe
+
+    def judged(self, config: EstimateConfig) -> EstimateConfig:
+        """``config`` as this prober estimates it: with the budget's margin."""
+        return config.with_changes(margin=self.budget.margin)
 
     @property
     def probes(self) -> tuple[Probe, ...]:

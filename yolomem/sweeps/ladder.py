@@ -17,9 +17,10 @@ minus the CUDA context and the safety margin). Each step is applied alone to the
 "The largest batch" of a step is ``yolomem fit``'s answer for the config with that change: the same
 search, budget and prober (so ``fit amp=false`` gives the FP32 row's figure), confirmed (the answer
 fits, one more does not) on runs traced or derived from traced ones (``yolomem.result.runs``). The runs
-every rung is sure to need are traced side by side first (``_prefetch``), then each search's third
-run, the line's prediction, where it does not derive from the first two. With the command's warm worker
-(``yolomem.workers``) the searches themselves run side by side too (``_searched_side_by_side``). "Fits"
+every rung is sure to need are traced side by side first (``_prefetch``). With the command's warm worker
+(``yolomem.workers``) the searches then run side by side too (``_searched_side_by_side``), each tracing
+its own third run where the line's prediction does not derive from the first two; without it, those
+third runs are traced side by side before the searches. "Fits"
 is the verdict at the asked batch under the same budget, so a step that fits never shows a largest batch
 below the asked one.
 """
@@ -31,7 +32,7 @@ import functools
 from dataclasses import dataclass, field
 
 from yolomem.config.settings import EstimateConfig
-from yolomem.result.estimate import Estimate
+from yolomem.result.estimate import Estimate, estimate_config
 from yolomem.sweeps.fit import (
     BATCH_BRACKET, NothingFits, Progress, Prober, batch_search_start, batch_units, make_budget, model_stride,
     resolve_config, search_batch, train_command,
@@ -56,7 +57,13 @@ class Strategy:
     max_batch: int | None  # yolomem fit's answer with this change (total batch); None: not even one per rank
     at_search_cap: bool = False  # max_batch is fit's search limit: more fits
     note: str = ""
-    estimate: Estimate | None = field(default=None, repr=False, compare=False)
+    config: EstimateConfig | None = field(default=None, repr=False, compare=False)  # as judged (the budget's margin)
+
+    @functools.cached_property
+    def estimate(self) -> Estimate | None:
+        """The step's whole estimate, made when first asked: the ladder's figures are its verdict's alone
+        (``Prober.probe``), and the rest of an estimate (its breakdown) cost ``--explain`` about a second."""
+        return None if self.config is None else estimate_config(self.config)
 
     def to_json(self) -> dict:
         return {
@@ -92,15 +99,15 @@ def strategy_ladder(
     rungs = _rungs(config, stride)
     _prefetch(config, rungs, prober)
     largest = _searched_side_by_side(config, rungs, prober)
-    _, base_probe = prober.run(config)
-    baseline_peak = base_probe.peak_reserved_bytes
+    baseline_peak = prober.probe(config).peak_reserved_bytes
 
     def strategy(rung: _Rung) -> Strategy:
         changed = config.with_changes(**rung.changes)
-        estimate, probe = prober.run(changed)
+        probe = prober.probe(changed)
         allows, at_cap = largest[changed] if changed in largest else _largest(prober, changed)
         return Strategy(rung.name, rung.changes, rung.how, probe.peak_reserved_bytes,
-                        baseline_peak - probe.peak_reserved_bytes, probe.fits, allows, at_cap, rung.note, estimate)  # fmt: skip
+                        baseline_peak - probe.peak_reserved_bytes, probe.fits, allows, at_cap, rung.note,
+                        prober.judged(changed))  # fmt: skip
 
     accumulation_at = 1 + len(precision_rungs(config.amp))  # after "as asked" and the precision step
     ladder = [strategy(rung) for rung in rungs[:accumulation_at]]
@@ -169,9 +176,14 @@ def _prefetch(config: EstimateConfig, rungs: list[_Rung], prober: Prober) -> Non
     its config and the two batches that start fit's search, then the third run of each search, the
     line's prediction, where it does not derive from the first two (the rest of each search derives
     from these). Expandable segments replays the asked config's runs, and DDP's ranks the one-GPU runs
-    at their share where those derive."""
+    at their share where those derive.
+
+    With the command's warm workers the third runs are left to the searches, which then run side by
+    side (``_searched_side_by_side``): finding each prediction here took this process about 2 s alone
+    (two probes per rung, half of them the worker's searches made again)."""
     from yolomem.result.runs import one_gpu_share
     from yolomem.sweeps.prefetch import prefetch
+    from yolomem.workers import are_warm
 
     def traces_its_own(rung: _Rung) -> bool:
         if "alloc_conf" in rung.changes:
@@ -182,6 +194,8 @@ def _prefetch(config: EstimateConfig, rungs: list[_Rung], prober: Prober) -> Non
     traced = [config.with_changes(**rung.changes) for rung in rungs if traces_its_own(rung)]
     prefetch([c for rung in traced for c in [rung] + [rung.with_changes(batch=u * rung.world_size)
                                                       for u in batch_units(BATCH_BRACKET, rung.world_size)]])  # fmt: skip
+    if are_warm():
+        return  # the searches themselves run side by side (_searched_side_by_side), each tracing its third run
     starts = []
     for rung in traced:
         with contextlib.suppress(Exception):  # a rung that fails is the ladder's to report
@@ -256,7 +270,6 @@ def _accumulation(config: EstimateConfig, prober: Prober, baseline_peak: int, se
         changes = {key: value for key, value in (("batch", batch), ("nbs", nbs)) if value != getattr(config, key)}
         probe = prober.probe(config.with_changes(**changes))
         if probe.fits:
-            estimate, _ = prober.run(config.with_changes(**changes))
             break
     else:
         one = prober.probe(config.with_changes(batch=ranks))
@@ -272,4 +285,5 @@ def _accumulation(config: EstimateConfig, prober: Prober, baseline_peak: int, se
                  f"multiply weight_decay by {effective / config.nbs:g} to keep it")  # fmt: skip
     peak = probe.peak_reserved_bytes
     how = train_command(config.with_changes(**changes))
-    return Strategy(name, changes, how, peak, baseline_peak - peak, True, batch, note=note, estimate=estimate)
+    return Strategy(name, changes, how, peak, baseline_peak - peak, True, batch, note=note,
+                    config=prober.judged(config.with_changes(**changes)))  # fmt: skip
