@@ -264,6 +264,15 @@ class Prober:
     def probes(self) -> tuple[Probe, ...]:
         return tuple(self._probes.values())
 
+    def verdicts(self) -> dict[EstimateConfig, Probe]:
+        """Every config judged so far and its verdict, for ``adopt`` (another process's prober)."""
+        return dict(self._probes)
+
+    def adopt(self, verdicts: dict[EstimateConfig, Probe]) -> None:
+        """Take the ``verdicts`` of a prober with the same budget (on the same runs: the same figures)."""
+        for key, probe in verdicts.items():
+            self._probes.setdefault(key, probe)
+
 
 def resolve_config(config_or_model, gpu: str | None, gpu_mem: float | None, settings: dict) -> EstimateConfig:
     if isinstance(config_or_model, EstimateConfig):

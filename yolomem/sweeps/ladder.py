@@ -225,6 +225,9 @@ def _searched_side_by_side(config: EstimateConfig, rungs: list[_Rung], prober: P
         return None
 
     def keep(changed: EstimateConfig, answer) -> None:
+        if isinstance(answer, _Elsewhere):
+            prober.adopt(answer.probes)
+            answer = answer.largest
         if answer is not None:
             found[changed] = answer
 
@@ -233,13 +236,25 @@ def _searched_side_by_side(config: EstimateConfig, rungs: list[_Rung], prober: P
     return found
 
 
-def _largest_elsewhere(budget, runs: list, changed: EstimateConfig):
+@dataclass(frozen=True)
+class _Elsewhere:
+    """A worker's search: its answer, and its prober's verdicts (the asked batch's among them: the
+    ladder's step shows it, and would otherwise derive and replay it again)."""
+
+    largest: tuple[int | None, bool]
+    probes: dict
+
+
+def _largest_elsewhere(budget, runs: list, changed: EstimateConfig) -> _Elsewhere | None:
     """In a worker process: ``_largest`` of ``changed`` on a prober of its own, with ``runs`` adopted."""
     from yolomem.result.runs import default_source
 
     default_source().adopt(runs)
+    prober = Prober(budget)
     with contextlib.suppress(Exception):
-        return _largest(Prober(budget), changed)
+        largest = _largest(prober, changed)
+        prober.probe(changed)
+        return _Elsewhere(largest, prober.verdicts())
     return None
 
 
