@@ -363,30 +363,42 @@ def test_bf16_traces_fp16s_stream_but_gradscalers_scalars():
     assert len(fp16) > len(bf16) > 1000  # fp16 has the scaler's scalars on top
 
 
-@pytest.mark.parametrize("model, stride", [("yolov8n.yaml", 32), ("yolov8n-p6.yaml", 64)])
-def test_the_model_stride_is_ultralytics_own_and_is_built_once_per_cache(model, stride, tmp_path, monkeypatch):
-    """``fit`` by imgsz and ``--explain`` round sizes to the model's stride. It is found on a fake build (no
-    weights, no computed forward pass) and must equal what Ultralytics' real CPU build computes; a second
-    process (the memo cleared) reads it back from the cache without building anything."""
-    from yolomem.config.settings import EstimateConfig
-    from yolomem.loops import resolve_model
-    from yolomem.loops.base import max_stride
-    from yolomem.loops.ultralytics.loop import UltralyticsLoop
+def _real_build(resolved):
+    """The model built for real on the CPU, its stride forward pass computed (what each trainer reads)."""
     from yolomem.loops.ultralytics.step import build_model
+    from yolomem.loops.yolov5.runner import build_original, original_of
+
+    if resolved.framework == "yolov5":
+        return build_original(original_of(resolved), resolved.nc)
+    return build_model(resolved.cfg, resolved.task, resolved.nc)
+
+
+@pytest.mark.parametrize("model, framework, stride", [
+    ("yolov8n.yaml", "ultralytics", 32), ("yolov8n-p6.yaml", "ultralytics", 64),
+    ("yolov5n", "yolov5", 32), ("yolov5n6", "yolov5", 64), ("yolov4-tiny", "yolov5", 32),
+])  # fmt: skip
+def test_the_model_stride_is_the_trainers_own_and_is_built_once_per_cache(model, framework, stride, tmp_path, monkeypatch):
+    """``fit`` by imgsz and ``--explain`` round sizes to the model's stride. It is found on a fake build (no
+    weights, no computed forward pass) and must equal what a real CPU build computes (the yolov5 loop's
+    meta-device build once failed on ``stride.max()``); a second process (the memo cleared) reads it back
+    from the cache without building anything."""
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.loops import get_loop, resolve_model
+    from yolomem.loops.base import max_stride
     from yolomem.result import runs
     from yolomem.sweeps import fit
     from yolomem.trace import store
 
-    resolved = resolve_model(model, "ultralytics")
-    assert max_stride(build_model(resolved.cfg, resolved.task, resolved.nc)) == stride  # real: Detect's forward
+    resolved = resolve_model(model, framework)
+    assert max_stride(_real_build(resolved)) == stride
     monkeypatch.setattr(runs, "_SOURCE", runs._SOURCE)  # both put back after the test
     monkeypatch.setattr(store, "_ACTIVE", store._ACTIVE)
     runs.configure(cache=True, root=tmp_path)
     monkeypatch.setattr(fit, "_STRIDES", {})
-    config = EstimateConfig(model=model)
+    config = EstimateConfig(model=model, framework=framework)
     assert fit.model_stride(config) == stride
     monkeypatch.setattr(fit, "_STRIDES", {})
-    monkeypatch.setattr(UltralyticsLoop, "stride", lambda *_: pytest.fail("built again"))
+    monkeypatch.setattr(type(get_loop(framework)), "stride", lambda *_: pytest.fail("built again"))
     assert fit.model_stride(config) == stride
     runs.configure(cache=False)  # --no-cache: neither read nor written, so built
     monkeypatch.setattr(fit, "_STRIDES", {})

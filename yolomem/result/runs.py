@@ -89,11 +89,18 @@ class StoredRun:
 
 def family_key(config: EstimateConfig, resolved: ResolvedModel) -> dict:
     """Everything a trace depends on but the batch: the code, the model, and the traced settings."""
+    return code_key() | {"model": model_key(resolved),
+                         "config": {k: v for k, v in config.to_json().items() if k not in _NOT_TRACED}}  # fmt: skip
+
+
+def model_key(resolved: ResolvedModel) -> dict:
+    """The model as stored values are keyed by it: its resolved form, and the digest of the darknet
+    .cfg file an original design is read from (its layers are not in the resolved form)."""
     model = asdict(resolved) | {"note": None}
     original = resolved.cfg.get("original") if isinstance(resolved.cfg, dict) else None
     if isinstance(original, dict) and original.get("path"):
         model["file"] = _file_digest(str(original["path"]))
-    return code_key() | {"model": model, "config": {k: v for k, v in config.to_json().items() if k not in _NOT_TRACED}}
+    return model
 
 
 @functools.cache

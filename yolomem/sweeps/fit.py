@@ -301,10 +301,11 @@ def model_stride(config: EstimateConfig) -> int:
     cache (``yolomem.trace.store``) when an earlier command found it: a build costs about a second
     (yolov8x), and ``fit --explain`` from the cache needs nothing else of the model."""
     from yolomem.loops import get_loop, resolve_model
+    from yolomem.result.runs import model_key
     from yolomem.trace.store import active_store, canonical, code_key
 
     resolved = resolve_model(config.model, config.framework)
-    key = {"probe": "model stride", "framework": resolved.framework, "cfg": resolved.cfg, "nc": config.nc}
+    key = {"probe": "model stride", "model": model_key(resolved), "nc": config.nc}
     memo = canonical(key)
     if memo not in _STRIDES:
         store, stored = active_store(), code_key() | key

@@ -6,7 +6,7 @@ import contextlib
 import re
 
 from yolomem.config.models import ResolvedModel
-from yolomem.loops.base import CacheClears, TracedRun, max_stride
+from yolomem.loops.base import CacheClears, TracedRun, max_stride_of_fake_build
 
 
 class UltralyticsLoop:
@@ -62,16 +62,7 @@ class UltralyticsLoop:
         return build_model(resolved.cfg, resolved.task, nc or resolved.nc)
 
     def stride(self, resolved: ResolvedModel, nc: int | None) -> int:
-        """Built on fake tensors under a tracer, as each trace builds it: no weights are initialised and
-        the build's forward pass computes nothing (yolov8x: 1.1 s for a real CPU build). In a command
-        that traces next, the fake machinery this warms up is the trace's (about 1.4 s of its first)."""
-        from yolomem.trace.tracer import Tracer
-
-        tracer = Tracer(fake=True)
-        with tracer:
-            stride = max_stride(self._build(resolved, nc))
-        tracer.detach_finalizers()
-        return stride
+        return max_stride_of_fake_build(lambda: self._build(resolved, nc))
 
     def count_params(self, resolved: ResolvedModel, nc: int | None = None) -> int:
         return sum(p.numel() for p in self._build(resolved, nc).parameters())

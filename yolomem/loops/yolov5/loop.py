@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from yolomem.config.models import ResolvedModel
-from yolomem.loops.base import CacheClears, TracedRun, max_stride
+from yolomem.loops.base import CacheClears, TracedRun, max_stride_of_fake_build
 
 
 class Yolov5Loop:
@@ -38,13 +38,10 @@ class Yolov5Loop:
             yield name, original.family, count_params(original), original.task
 
     def stride(self, resolved: ResolvedModel, nc: int | None) -> int:
-        import torch
-
+        # not on the meta device: the stride is read from the tensor the build's forward pass makes
         from yolomem.loops.yolov5.runner import build_original, original_of
 
-        with torch.device("meta"):
-            model = build_original(original_of(resolved), nc or resolved.nc)
-        return max_stride(model)
+        return max_stride_of_fake_build(lambda: build_original(original_of(resolved), nc or resolved.nc))
 
     def count_params(self, resolved: ResolvedModel, nc: int | None = None) -> int:
         from yolomem.loops.yolov5.runner import count_params, original_of
