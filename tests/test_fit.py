@@ -404,3 +404,35 @@ def test_the_model_stride_is_the_trainers_own_and_is_built_once_per_cache(model,
     monkeypatch.setattr(fit, "_STRIDES", {})
     with pytest.raises(pytest.fail.Exception, match="built again"):
         fit.model_stride(config)
+
+
+def test_a_verdict_asked_again_is_read_back_from_the_cache_as_it_was_found(tmp_path, monkeypatch):
+    """A sweep asked again (``fit --explain`` after ``fit``) reads each verdict's figures back instead of
+    deriving and replaying its run; they are the figures of the estimate. Without the cache, or with a
+    dataset (whose labels the key does not hold), each is found afresh."""
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.result import estimate as estimate_module
+    from yolomem.result import runs
+    from yolomem.sweeps import fit
+    from yolomem.trace import store
+
+    monkeypatch.setattr(runs, "_SOURCE", runs._SOURCE)  # both put back after the test
+    monkeypatch.setattr(store, "_ACTIVE", store._ACTIVE)
+    runs.configure(cache=True, root=tmp_path)
+    config = EstimateConfig(model="yolov8n.yaml", batch=2, **TINY)
+    whole = estimate(config)
+    assert fit.verdict_figures(config) == (whole.config.imgsz, whole.peak_reserved_upper_bytes)
+
+    def not_again(_config):
+        raise AssertionError("estimated again")
+
+    monkeypatch.setattr(fit, "estimate_figures", not_again)
+    estimate_module.forget_recent_figures()
+    assert fit.verdict_figures(config) == (whole.config.imgsz, whole.peak_reserved_upper_bytes)
+    prober = fit.Prober(fit.make_budget(config.with_changes(gpu_mem=TINY_GPU_GIB)))
+    assert prober.probe(config).peak_reserved_bytes == whole.peak_reserved_upper_bytes
+    with pytest.raises(AssertionError, match="estimated again"):
+        fit.verdict_figures(config.with_changes(data=str(tmp_path / "data.yaml")))
+    runs.configure(cache=False)
+    with pytest.raises(AssertionError, match="estimated again"):
+        fit.verdict_figures(config)

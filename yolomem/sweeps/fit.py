@@ -241,11 +241,8 @@ class Prober:
             if self.progress:
                 self.progress(f"tracing {config.model} batch={config.batch} imgsz={config.imgsz}")
             started = time.perf_counter()
-            figures = estimate_figures(self.judged(config))
-            # verdicts and peaks are the upper figure's (yolomem.result.upper): 9 runs in 10 stay under it
-            peak = figures.upper.peak_reserved_bytes
-            self._probes[key] = Probe(config.batch, figures.run.imgsz, peak, fits(peak, self.budget),
-                                      time.perf_counter() - started)  # fmt: skip
+            imgsz, peak = verdict_figures(self.judged(config))
+            self._probes[key] = Probe(config.batch, imgsz, peak, fits(peak, self.budget), time.perf_counter() - started)
         return self._probes[key]
 
     def run(self, config: EstimateConfig) -> tuple[Estimate, Probe]:
@@ -272,6 +269,37 @@ class Prober:
         """Take the ``verdicts`` of a prober with the same budget (on the same runs: the same figures)."""
         for key, probe in verdicts.items():
             self._probes.setdefault(key, probe)
+
+
+def verdict_figures(config: EstimateConfig) -> tuple[int, int]:
+    """What a verdict needs of ``config``'s estimate: its imgsz as trained, and the upper figure's peak
+    reserved bytes (``yolomem.result.upper``: 9 runs in 10 stay under it). Read back from the trace
+    cache when an earlier command found them: a sweep asked again (``fit --explain`` after ``fit``, the
+    same question on another day) derives and replays nothing (yolov8x's ladder from the cache: 9.1 -> 4.6 s)."""
+    from yolomem.trace.store import active_store
+
+    key = _verdict_key(config)
+    stored = active_store().load_probe(key) if key is not None else None
+    if isinstance(stored, tuple) and len(stored) == 2:
+        return stored
+    figures = estimate_figures(config)
+    found = (figures.run.imgsz, figures.upper.peak_reserved_bytes)
+    if key is not None:
+        active_store().save_probe(key, found)
+    return found
+
+
+def _verdict_key(config: EstimateConfig) -> dict | None:
+    """Everything a config's figures depend on: the code, the model and every setting; None where they
+    also depend on files the key does not hold (a dataset's labels, ``data=``)."""
+    from yolomem.loops import resolve_model
+    from yolomem.result.runs import model_key
+    from yolomem.trace.store import code_key
+
+    if config.data:
+        return None
+    resolved = resolve_model(config.model, config.framework)
+    return code_key() | {"probe": "verdict figures", "model": model_key(resolved), "config": config.to_json()}
 
 
 def resolve_config(config_or_model, gpu: str | None, gpu_mem: float | None, settings: dict) -> EstimateConfig:
