@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -62,6 +64,29 @@ def test_side_by_side_on_a_pool_that_cannot_take_work_raises_instead_of_waiting(
         workers.side_by_side(pool, [0, 1, 2], lambda item: item, lambda item: item, lambda *_: None)
 
 
+def test_an_item_its_worker_has_not_started_is_taken_back_and_not_waited_for(monkeypatch):
+    """A worker still importing (or busy with its last item) when this process has run out of items: this
+    process runs the worker's item itself and returns; the worker later finds it taken and runs nothing."""
+    claims = workers._Claims(multiprocessing.get_context("spawn"))
+    monkeypatch.setattr(workers, "_CLAIMS", claims.array)  # what a pool's worker processes get at their start
+    pool = workers.Workers(ThreadPoolExecutor(1, thread_name_prefix="worker"), 1, _Setting(), claims)
+    importing = threading.Event()
+    pool._executor.submit(importing.wait, 30)
+    ran: list[tuple[str, int]] = []
+
+    def run_on(side: str):
+        return lambda item: ran.append((side, item)) or item * 10
+
+    results = {}
+    started = time.perf_counter()
+    workers.side_by_side(pool, [0, 1, 2], run_on("here"), run_on("there"), lambda item, result: results.setdefault(item, result))
+    assert time.perf_counter() - started < 10  # did not wait for the worker
+    importing.set()
+    pool._executor.shutdown(wait=True)
+    assert results == {0: 0, 1: 10, 2: 20}
+    assert ran == [("here", 0), ("here", 1), ("here", 2)]  # the worker found its item taken back
+
+
 def test_warm_workers_serve_the_sweeps_inside_and_stop_on_exit(monkeypatch):
     monkeypatch.setattr(workers, "default_jobs", lambda: 2)
     monkeypatch.setattr(workers, "WARM_IMPORTS", ())  # the process itself is what is checked here
@@ -74,6 +99,12 @@ def test_warm_workers_serve_the_sweeps_inside_and_stop_on_exit(monkeypatch):
         with workers.worker_pool(1, _Setting()) as pool:
             assert pool._executor is executor  # the warm workers, not new ones
             assert pool.submit(sum, [1, 2]).result() == 3
+            # the claim slots reach the worker processes: an item is its worker's, or taken back before it starts
+            assert pool.submit_claimed(pool.claims.new_slot(), sum, [1, 2]).result() == 3
+            slot = pool.claims.new_slot()
+            assert pool.claims.take_back(slot)
+            assert isinstance(pool.submit_claimed(slot, sum, [1, 2]).result(), workers._Taken)
+            assert not pool.claims.take_back(slot)  # taken once only
         processes = list(executor._processes.values())
         assert processes and all(process.is_alive() for process in processes)
     assert not workers.are_warm()

@@ -41,7 +41,42 @@ def default_jobs() -> int:
 
 class _Warm:
     executor: ProcessPoolExecutor | None = None
+    claims: _Claims | None = None
     size = 0
+
+
+_SLOTS = 1024  # claim slots, reused in turn: a slot is handed again only long after its item ended
+
+
+class _Claims:
+    """Who runs each item handed to a worker, decided once: its worker when it starts it (1), or this
+    process taking it back before that (2). An array in memory the pool's processes share (given to each
+    at its start: ``_remember_claims``)."""
+
+    def __init__(self, context) -> None:
+        self.array = context.Array("b", _SLOTS)
+        self._next = 0
+
+    def new_slot(self) -> int:
+        with self.array.get_lock():
+            slot, self._next = self._next, (self._next + 1) % _SLOTS
+            self.array[slot] = 0
+        return slot
+
+    def take_back(self, slot: int) -> bool:
+        """Claim the item of ``slot`` for this process: False when its worker has started it."""
+        with self.array.get_lock():
+            if self.array[slot]:
+                return False
+            self.array[slot] = 2
+            return True
+
+
+class _Taken:
+    """A worker's answer for an item this process took back before the worker started it."""
+
+
+_CLAIMS = None  # in a worker: the claim slots of its pool (``_remember_claims``)
 
 
 @contextlib.contextmanager
@@ -64,13 +99,13 @@ def warm_workers(enabled: bool = True) -> Iterator[None]:
     threads_before = os.environ.get(_THREADS)
     if threads_before is None:
         os.environ[_THREADS] = str(max(1, (os.cpu_count() or 1) // (workers + 1)))
-    _Warm.executor, _Warm.size = _executor(workers), workers
+    (_Warm.executor, _Warm.claims), _Warm.size = _executor(workers), workers
     for _ in range(workers):
         _Warm.executor.submit(_import_for_tracing)  # spawns a process per task while there are fewer than ``workers``
     try:
         yield
     finally:
-        executor, _Warm.executor, _Warm.size = _Warm.executor, None, 0
+        executor, _Warm.executor, _Warm.claims, _Warm.size = _Warm.executor, None, None, 0
         _stop_now(executor)
         if threads_before is None:
             os.environ.pop(_THREADS, None)
@@ -83,13 +118,17 @@ def are_warm() -> bool:
 
 class Workers:
     """Worker processes; ``submit`` runs ``fn(*args)`` in one of them under ``setting`` (``setting.adopt()``
-    first: the run source of the process that submits)."""
+    first: the run source of the process that submits). With ``claims`` (the pool's: ``_executor``),
+    ``submit_claimed`` hands an item this process may take back until a worker starts it."""
 
-    def __init__(self, executor: ProcessPoolExecutor, workers: int, setting: Any):
-        self._executor, self.workers, self._setting = executor, workers, setting
+    def __init__(self, executor: ProcessPoolExecutor, workers: int, setting: Any, claims: _Claims | None = None):
+        self._executor, self.workers, self._setting, self.claims = executor, workers, setting, claims
 
     def submit(self, fn: Callable, *args) -> Future:
         return self._executor.submit(_under, self._setting, fn, *args)
+
+    def submit_claimed(self, slot: int, fn: Callable, *args) -> Future:
+        return self._executor.submit(_claimed_under, slot, self._setting, fn, *args)
 
 
 @contextlib.contextmanager
@@ -97,11 +136,11 @@ def worker_pool(jobs: int, setting: Any) -> Iterator[Workers]:
     """``jobs`` worker processes: the warm ones when ``warm_workers`` started enough, else new ones (shut
     down on exit, after their tasks)."""
     if _Warm.executor is not None and jobs <= _Warm.size:
-        yield Workers(_Warm.executor, jobs, setting)
+        yield Workers(_Warm.executor, jobs, setting, _Warm.claims)
         return
-    executor = _executor(jobs)
+    executor, claims = _executor(jobs)
     try:
-        yield Workers(executor, jobs, setting)
+        yield Workers(executor, jobs, setting, claims)
     finally:
         executor.shutdown(wait=True)
 
@@ -113,41 +152,54 @@ def side_by_side(pool: Workers, items: Sequence, here: Callable, there: Callable
     for a share fixed in advance (a worker still importing, a model that traces slower).
 
     A worker is handed its next item as it finishes one (a future's callback), never ahead: an executor
-    queues submitted tasks beyond its workers where nobody can take them back."""
+    queues submitted tasks beyond its workers where nobody can take them back. An item handed to a
+    worker that has not started it (still importing, or busy with what it was handed before) is taken
+    back once this process has run out of items (``Workers.claims``): ``fit --explain`` from the cache
+    otherwise waited for its worker's imports, about 1.5 s, for items it answers in milliseconds."""
     left = collections.deque(range(len(items)))
     lock = threading.Lock()
     finished: queue.SimpleQueue = queue.SimpleQueue()  # (index, future) of the workers' items
-    handed = [0]
+    handed: dict[int, int | None] = {}  # index -> claim slot, of items a worker still has to answer
 
     def hand_one(_finished: Future | None = None) -> None:
         with lock:
             if not left:
                 return
             index = left.pop()
-            handed[0] += 1
+            handed[index] = slot = pool.claims.new_slot() if pool.claims is not None else None
         try:
-            future = pool.submit(there, items[index])
+            future = pool.submit(there, items[index]) if slot is None else pool.submit_claimed(slot, there, items[index])
         except Exception as error:  # noqa: BLE001 - a broken pool: raised where the result is collected
             future = Future()
             future.set_exception(error)
         future.add_done_callback(lambda f, index=index: (finished.put((index, f)), hand_one()))
 
+    def take_back() -> int | None:
+        with lock:
+            for index, slot in handed.items():
+                if slot is not None and pool.claims.take_back(slot):
+                    del handed[index]  # its worker will answer _Taken, which nobody waits for
+                    return index
+        return None
+
     def collect(block: bool) -> None:
         while True:
             with lock:
-                if not handed[0] or not (block or not finished.empty()):
+                if not handed or not (block or not finished.empty()):
                     return
-                handed[0] -= 1
             index, future = finished.get()
-            done(items[index], future.result())
+            with lock:
+                ours = handed.pop(index, False) is not False
+            if ours:
+                done(items[index], future.result())
 
     for _ in range(pool.workers):
         hand_one()
     while True:
         with lock:
-            if not left:
-                break
-            index = left.popleft()
+            index = left.popleft() if left else None
+        if index is None and (index := take_back()) is None:
+            break
         done(items[index], here(items[index]))
         collect(block=False)
     collect(block=True)
@@ -165,8 +217,17 @@ def _stop_now(executor: ProcessPoolExecutor) -> None:
         process.join()
 
 
-def _executor(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))  # spawned: no forked torch state
+def _executor(workers: int) -> tuple[ProcessPoolExecutor, _Claims]:
+    context = multiprocessing.get_context("spawn")  # spawned: no forked torch state
+    claims = _Claims(context)
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_remember_claims,
+                                   initargs=(claims.array,))  # fmt: skip
+    return executor, claims
+
+
+def _remember_claims(array) -> None:
+    global _CLAIMS
+    _CLAIMS = array
 
 
 def _import_for_tracing() -> None:
@@ -178,3 +239,12 @@ def _import_for_tracing() -> None:
 def _under(setting: Any, fn: Callable, *args):
     setting.adopt()
     return fn(*args)
+
+
+def _claimed_under(slot: int, setting: Any, fn: Callable, *args):
+    """In a worker: ``_under(setting, fn, *args)``, unless the process that handed it took it back first."""
+    with _CLAIMS.get_lock():
+        if _CLAIMS[slot]:
+            return _Taken()
+        _CLAIMS[slot] = 1
+    return _under(setting, fn, *args)
