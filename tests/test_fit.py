@@ -222,6 +222,9 @@ def test_the_ladders_searches_shared_with_a_worker_answer_as_this_process_alone(
     from yolomem.sweeps.fit import Prober, make_budget
 
     monkeypatch.setattr(workers, "default_jobs", lambda: 2)
+    # the worker's answer is what is checked: this process would otherwise take its search back while the
+    # worker still imports (yolomem.workers.side_by_side)
+    monkeypatch.setattr(workers._Claims, "take_back", lambda self, slot: False)
     saved = runs._SOURCE
     runs.configure(cache=False)
     try:
