@@ -278,15 +278,12 @@ def verdict_figures(config: EstimateConfig) -> tuple[int, int]:
     same question on another day) derives and replays nothing (yolov8x's ladder from the cache: 9.1 -> 4.6 s)."""
     from yolomem.trace.store import active_store
 
+    def found() -> tuple[int, int]:
+        figures = estimate_figures(config)
+        return figures.run.imgsz, figures.upper.peak_reserved_bytes
+
     key = _verdict_key(config)
-    stored = active_store().load_probe(key) if key is not None else None
-    if isinstance(stored, tuple) and len(stored) == 2:
-        return stored
-    figures = estimate_figures(config)
-    found = (figures.run.imgsz, figures.upper.peak_reserved_bytes)
-    if key is not None:
-        active_store().save_probe(key, found)
-    return found
+    return found() if key is None else active_store().kept_probe(key, found, tuple)
 
 
 def _verdict_key(config: EstimateConfig) -> dict | None:
@@ -336,12 +333,8 @@ def model_stride(config: EstimateConfig) -> int:
     key = {"probe": "model stride", "model": model_key(resolved), "nc": config.nc}
     memo = canonical(key)
     if memo not in _STRIDES:
-        store, stored = active_store(), code_key() | key
-        found = store.load_probe(stored)
-        if not isinstance(found, int):
-            found = get_loop(resolved.framework).stride(resolved, config.nc)
-            store.save_probe(stored, found)
-        _STRIDES[memo] = found
+        _STRIDES[memo] = active_store().kept_probe(code_key() | key,
+                                                   lambda: get_loop(resolved.framework).stride(resolved, config.nc), int)  # fmt: skip
     return _STRIDES[memo]
 
 

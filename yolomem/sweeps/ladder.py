@@ -20,9 +20,8 @@ fits, one more does not) on runs traced or derived from traced ones (``yolomem.r
 every rung is sure to need are traced side by side first (``_prefetch``). With the command's warm worker
 (``yolomem.workers``) the searches then run side by side too (``_searched_side_by_side``), each tracing
 its own third run where the line's prediction does not derive from the first two; without it, those
-third runs are traced side by side before the searches. "Fits"
-is the verdict at the asked batch under the same budget, so a step that fits never shows a largest batch
-below the asked one.
+third runs are traced side by side before the searches. "Fits" is the verdict at the asked batch under
+the same budget, so a step that fits never shows a largest batch below the asked one.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,15 @@ class TraceStore:
 
     def save_probe(self, key: dict, value: Any) -> None:
         self.save(key, PROBES, value)
+
+    def kept_probe(self, key: dict, compute: Callable[[], Any], kind: type) -> Any:
+        """The ``kind`` value stored under ``key`` (``load_probe``); else ``compute()``, stored there."""
+        found = self.load_probe(key)
+        if isinstance(found, kind):
+            return found
+        found = compute()
+        self.save_probe(key, found)
+        return found
 
     def info(self) -> CacheInfo:
         """Traced runs: probes are counted in the bytes only."""

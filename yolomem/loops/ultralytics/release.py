@@ -167,14 +167,7 @@ def release() -> Release:
     from yolomem.trace.store import active_store, code_key
 
     import_quietly()  # before code_key imports it
-    key = code_key() | {"probe": "ultralytics release"}
-    store = active_store()
-    found = store.load_probe(key)
-    if isinstance(found, Release):
-        return found
-    probed = _probe_release()
-    store.save_probe(key, probed)
-    return probed
+    return active_store().kept_probe(code_key() | {"probe": "ultralytics release"}, _probe_release, Release)
 
 
 def _probe_release() -> Release:
