@@ -45,3 +45,27 @@ def test_overlap_masks_of_a_dense_image_stay_int32():
     assert dense.dtype == torch.int32 and int(dense.max()) > 255
     assert SyntheticBatch("segment", 2, 128, (30, 3), seed=0).as_dict()["masks"].dtype == torch.uint8
     assert SyntheticBatch("segment", 2, 128, (300, 3), seed=0).as_dict(overlap_mask=False)["masks"].dtype == torch.uint8
+
+
+def _label_bytes(data: dict) -> int:
+    return sum(value.numel() * value.element_size() for key, value in data.items() if key != "img")
+
+
+def test_host_bytes_counts_the_arrays_as_dict_makes():
+    """Each label array exists twice while ``as_dict`` runs: numpy's, and the tensor copied from it."""
+    for task in ("detect", "segment", "pose", "obb", "classify"):
+        batch = SyntheticBatch.draw(task, 3, 160, 6.0, seed=2)
+        for semantic in (False, True):
+            assert batch.host_bytes(semantic_masks=semantic) == 2 * _label_bytes(batch.as_dict(semantic_masks=semantic)), task
+    dense = SyntheticBatch("segment", 2, 64, (300, 1))  # more than 255 objects: int32 index maps
+    assert dense.host_bytes() == 2 * _label_bytes(dense.as_dict())
+
+
+def test_a_batch_whose_labels_would_fill_the_host_is_refused_before_anything_is_made():
+    import pytest
+
+    from yolomem.errors import UserError
+
+    huge = SyntheticBatch("segment", 4, 40000, (29, 8, 8, 8))  # 1.6 GB of float32 semantic masks alone
+    with pytest.raises(UserError, match=r"batch=4 at imgsz=40000 .* GiB of host memory .* smaller batch or imgsz"):
+        huge.as_dict(semantic_masks=True)

@@ -183,18 +183,18 @@ class Key:
         below = self.low is not None and (value < self.low or (self.low_open and value == self.low))
         above = self.high is not None and (value > self.high or (self.high_open and value == self.high))
         if below or above:
-            raise UserError(f"{self.name}={value:g} must be {self._range_text()}" + (f" ({self.bound})" if self.bound else ""))
+            raise UserError(f"{self.name}={_as_typed(value)} must be {self._range_text()}" + (f" ({self.bound})" if self.bound else ""))
         return value
 
     def _range_text(self) -> str:
         whole = self.type in (INT, INTS)
-        if whole and self.low == 1 and self.high is None:
-            return "a positive whole number"
+        if whole and self.low == 1 and not self.low_open:
+            return "a positive whole number" + (f" up to {_as_typed(self.high)}" if self.high is not None else "")
         parts = []
         if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+            parts.append(f"{'>' if self.low_open else '>='} {_as_typed(self.low)}")
         if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+            parts.append(f"{'<' if self.high_open else '<='} {_as_typed(self.high)}")
         return ("a whole number " if whole else "") + " and ".join(parts)
 
     def _choice(self, text: str) -> str:
@@ -327,6 +327,11 @@ def unknown_key(key: str, table: KeyTable) -> UnknownKey:
     return UnknownKey(key, table.names)
 
 
+def _as_typed(number: float) -> str:
+    """A bound or value as users write it: whole numbers in full (batch=10000000, not 1e+07)."""
+    return str(number) if isinstance(number, int) else f"{number:g}"
+
+
 def _layers(name: str, text: str) -> tuple[int, ...]:
     """``freeze=10`` freezes layers 0-9 (Ultralytics); ``freeze=[0,1,2]`` lists them."""
     body = text.strip().strip("[]() ")
@@ -355,6 +360,10 @@ TAILS = ("SKU-110K", "GWHD-2021", "KITTI", "Cityscapes", "VOC", "VisDrone", "COC
 # Far above any real mean (SKU-110K, among the densest, averages ~147 objects per image). Without a bound,
 # instances=1e9 drew 1.6e10 real boxes (23 GB of host memory) and 1e6-1e7 gave figures that fell as it grew.
 MAX_INSTANCES = 1000.0
+# 64 GPUs at the most Ultralytics' AutoBatch ever picks for one (it calls more than 1,024 a CUDA anomaly).
+# Without a bound, batch=1e7 ended in a traceback (numel overflow in the assigner) and batch=1e8 drew
+# 8e8 real boxes until the host ran out of memory (24 GB).
+MAX_BATCH_REQUEST = 65_536
 
 # The one "fits" (yolomem.result.fits) holds back this share of a card's memory after the CUDA context.
 DEFAULT_MARGIN = 0.10
@@ -365,7 +374,8 @@ ESTIMATE_KEYS = KeyTable((
     Key("model", TEXT, "yolov8n.yaml", "a shipped YAML name (yolomem models lists them), a local .yaml or .pt, "
         "or a darknet .cfg"),
     Key("imgsz", INT, 640, "training image size (rounded up to the model's stride)", low=1),
-    Key("batch", INT, 16, "images per step, over all GPUs (DDP splits it)", low=1, autobatch=True),
+    Key("batch", INT, 16, "images per step, over all GPUs (DDP splits it)", low=1, high=MAX_BATCH_REQUEST,
+        autobatch=True, bound="64 GPUs at 1,024 images each: Ultralytics calls more on one GPU an anomaly"),
     Key("amp", CHOICE, "fp16", "mixed precision: true (fp16), false (fp32) or bf16", choices=("fp16", "fp32", "bf16"),
         aliases={"true": "fp16", "false": "fp32"}),
     Key("optimizer", CHOICE, "auto", "Ultralytics' optimizer (auto: its own choice)", choices=OPTIMIZERS),

@@ -37,6 +37,10 @@ def box_side_limit(counts) -> np.ndarray:
 
 
 MASK_RATIO = 4  # Ultralytics' default mask_ratio: masks are imgsz / 4
+# The labels and masks of a synthetic batch are real host arrays (the images are fake in a trace). A
+# request that needs more refuses in one line: yolov8n-seg at imgsz 40000, batch 4 held 3 GB of masks,
+# and pose labels grow by 228 bytes an object.
+HOST_LABEL_BYTES_MAX = 2 << 30
 DENSEST_OF = 16  # the densest image holds the most objects among this many draws (Ultralytics' default batch)
 
 
@@ -95,6 +99,7 @@ class SyntheticBatch:
         ``semantic_masks``: segmentation batches also carry ``sem_masks``, each pixel the class of the object
         that covers it, float32 (B, H/4, W/4), as ``Format`` makes them from 8.4.0 on (YOLO26-seg's loss
         reads them; the trainer moves them to the GPU for every segmentation model)."""
+        self._check_host_bytes(overlap_mask, semantic_masks)
         rng = np.random.default_rng(self.seed + 1)
         if self.task == "classify":  # ClassificationDataset yields normalised float32 images
             images = torch.zeros((self.batch, self.channels, self.imgsz, self.imgsz), dtype=torch.float32)
@@ -132,6 +137,36 @@ class SyntheticBatch:
             # overlap maps keep their dtype (int32 past 255 objects); per-object masks are uint8 (polygons2masks)
             data["masks"] = torch.tensor(masks if overlap_mask else masks.astype(np.uint8))
         return data
+
+    def host_bytes(self, overlap_mask: bool = True, semantic_masks: bool = False) -> int:
+        """Host memory of the labels and masks ``as_dict`` makes, counted from their shapes: each numpy
+        array and its tensor copy, alive together until it returns (the images are fake inside a trace)."""
+        if self.task == "classify":
+            return 2 * self.batch * 8  # one int64 class per image
+        objects = sum(self.counts)
+        per_object = 4 + 4 + (20 if self.task == "obb" else 16)  # batch_idx, cls, boxes (with the angle), float32
+        if self.task == "pose":
+            per_object += 4 * math.prod(self.kpt_shape)
+        total = objects * per_object
+        if self.task == "segment":
+            pixels = (self.imgsz // MASK_RATIO) ** 2
+            dense = max(self.counts, default=0) > 255
+            maps = self.batch * pixels * (4 if dense else 1)
+            total += maps + (self.batch * pixels * 4 if semantic_masks else 0)
+            if not overlap_mask:  # one boolean mask per object, then the same as uint8
+                total += 2 * objects * pixels
+        return 2 * total
+
+    def _check_host_bytes(self, overlap_mask: bool, semantic_masks: bool) -> None:
+        from yolomem.errors import UserError
+
+        needed = self.host_bytes(overlap_mask, semantic_masks)
+        if needed > HOST_LABEL_BYTES_MAX:
+            what = "labels and masks" if self.task == "segment" else "labels"
+            raise UserError(f"batch={self.batch} at imgsz={self.imgsz} with {max(self.counts, default=0)} objects in "
+                            f"its densest image needs {needed / (1 << 30):.1f} GiB of host memory for its synthetic "
+                            f"{what}, more than yolomem holds ({HOST_LABEL_BYTES_MAX >> 30} GiB); ask for a smaller "
+                            "batch or imgsz")  # fmt: skip
 
     def _objects(self, rng, count: int) -> dict[str, np.ndarray]:
         """Boxes (cx, cy, w, h), classes, angles and keypoints of one image's ``count`` objects."""
