@@ -82,3 +82,13 @@ def _numbered(events) -> list[tuple]:
     ids: dict[int, int] = {}
     return [(e.op, ids.setdefault(e.storage_id, len(ids)), e.nbytes, e.dtype, e.category, e.module, e.phase,
              e.iteration, e.upper_nbytes) for e in events]  # fmt: skip
+
+
+def test_a_batch_smaller_than_the_gpus_is_refused_in_one_line(capsys):
+    """Ultralytics splits batch // world_size: batch 2 over 4 GPUs leaves each none (its DataLoader refuses
+    batch_size=0). Before, the estimate quietly traced one image per GPU."""
+    from yolomem.cli.main import main
+
+    assert main(["estimate", "yolov8n.yaml", "batch=2", "world_size=4", "imgsz=64"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "batch=2 over world_size=4 leaves each GPU 0 images" in err, err

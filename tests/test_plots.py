@@ -285,3 +285,9 @@ def test_default_batches_reach_every_cards_crossing():
     figure = plots.draw_curves(data)
     labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
     assert not any("above the plot" in label for label in labels)
+
+
+def test_default_batches_under_ddp_are_totals_of_the_same_images_per_gpu():
+    """Under DDP the batch is the total over the GPUs; batch 2 over 2 GPUs would leave each 1, over 4 none."""
+    data = curve_figure(["yolov8n.yaml"], base=TINY.with_changes(world_size=2), amps=("fp16",))
+    assert [p.x for p in data.curves[0].points] == [4, 8, 16, 32]

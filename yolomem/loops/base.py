@@ -173,8 +173,15 @@ def check_trainable(model: Any, freeze: tuple[int, ...]) -> None:
 
 
 def rank_batch(config: EstimateConfig) -> int:
-    """Images per GPU: both trainers split the batch over DDP ranks (``batch_size // world_size``)."""
-    return max(config.batch // config.world_size, 1)
+    """Images per GPU: both trainers split the batch over DDP ranks (``batch_size // world_size``).
+    A batch smaller than the ranks leaves none: Ultralytics' DataLoader refuses ``batch_size=0``."""
+    if config.batch < config.world_size:
+        from yolomem.errors import UserError
+
+        raise UserError(f"batch={config.batch} over world_size={config.world_size} leaves each GPU "
+                        f"{config.batch // config.world_size} images (the trainer's DataLoader refuses batch_size=0); "
+                        f"use batch >= {config.world_size}, the total over all GPUs")  # fmt: skip
+    return config.batch // config.world_size
 
 
 @contextlib.contextmanager

@@ -182,7 +182,8 @@ def curve_figure(
         raise UserError("name at least one model, e.g. yolomem plot yolov8n.yaml yolov8s.yaml")
     base = base or EstimateConfig()
     chosen = tuple(xs) if xs else None
-    xs = chosen or (DEFAULT_BATCHES if x_name == "batch" else DEFAULT_IMGSZ)
+    # under DDP the batch is the total over the GPUs: the same images per GPU as on one
+    xs = chosen or (tuple(b * base.world_size for b in DEFAULT_BATCHES) if x_name == "batch" else DEFAULT_IMGSZ)
     lines = tuple(gpu_line(gpu, base.margin) for gpu in gpus)
     cells = [(model, amp) for model in models for amp in amps]
     estimated: dict[tuple[str, str, int], CurvePoint] = {}
