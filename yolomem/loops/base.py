@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from yolomem.collector import cyclic_gc_paused, freeze_imported_objects
 from yolomem.config.models import ResolvedModel
 from yolomem.config.settings import EstimateConfig
+from yolomem.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -176,11 +177,9 @@ def rank_batch(config: EstimateConfig) -> int:
     """Images per GPU: both trainers split the batch over DDP ranks (``batch_size // world_size``).
     A batch smaller than the ranks leaves none: Ultralytics' DataLoader refuses ``batch_size=0``."""
     if config.batch < config.world_size:
-        from yolomem.errors import UserError
-
-        raise UserError(f"batch={config.batch} over world_size={config.world_size} leaves each GPU "
-                        f"{config.batch // config.world_size} images (the trainer's DataLoader refuses batch_size=0); "
-                        f"use batch >= {config.world_size}, the total over all GPUs")  # fmt: skip
+        raise UserError(f"batch={config.batch} over world_size={config.world_size} leaves each GPU 0 images (the "
+                        f"trainer's DataLoader refuses batch_size=0); use batch >= {config.world_size}, the total over "
+                        "all GPUs")  # fmt: skip
     return config.batch // config.world_size
 
 
