@@ -163,8 +163,6 @@ def check_trainable(model: Any, freeze: tuple[int, ...]) -> None:
     fail with "element 0 of tensors does not require grad")."""
     if any(parameter.requires_grad for parameter in model.parameters()):
         return
-    from yolomem.errors import UserError
-
     parts = (name.split(".") for name, _ in model.named_parameters())
     layers = {int(p[1]) for p in parts if len(p) > 1 and p[0] == "model" and p[1].isdigit()}
     contiguous = freeze == tuple(range(len(freeze)))
