@@ -158,6 +158,8 @@ def optimizer_steps(accumulate_at: Callable[[int, int, int], int], iterations: i
         last = iteration if step else last
         steps.append(step)
     return tuple(steps)
+
+
 def check_trainable(model: Any, freeze: tuple[int, ...]) -> None:
     """After freezing: refuse a ``freeze=`` that leaves no weight to train (both trainers' backward would
     fail with "element 0 of tensors does not require grad")."""
