@@ -215,3 +215,12 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     process.stdout.close()  # before the first line arrives
     err = process.stderr.read().decode()
     assert process.wait() == 141 and "Traceback" not in err, err
+
+
+def test_a_run_torch_would_refuse_to_train_is_one_line_not_a_traceback(capsys):
+    """yolov8n at imgsz 32, batch 1: the last stage is 1 x 1, so a BatchNorm layer gets one value per channel,
+    which torch refuses in training (on the GPU as here). It was a ValueError traceback."""
+    assert main(["estimate", "yolov8n.yaml", "imgsz=32", "batch=1", "iterations=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("yolomem: error: imgsz=32 with one image per GPU cannot train"), err
+    assert "torch.Size([1, 256, 1, 1])" in err

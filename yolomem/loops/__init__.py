@@ -11,7 +11,10 @@ from __future__ import annotations
 import functools
 import importlib
 
-from yolomem.errors import unknown
+from yolomem.errors import UserError, unknown
+
+# torch.nn.functional._verify_batch_size's message: a BatchNorm in training with one value per channel
+_ONE_VALUE_PER_CHANNEL = "Expected more than 1 value per channel when training"
 
 # name -> "module:class"; imported on first use so that choosing a loop does not import every loop
 _LOOPS = {
@@ -44,5 +47,14 @@ def trace_run(config, resolved, *, fake: bool = True, oracle=None, after_iterati
               upper: bool = True):  # fmt: skip
     """Trace ``config.iterations`` training iterations with the loop that trains ``resolved`` (and, with
     ``upper``, one more at the upper figure's density: ``yolomem.loops.base.traced_batches``)."""
-    return get_loop(resolved.framework).trace(config, resolved, fake=fake, oracle=oracle,
-                                              after_iterations=after_iterations, density=density, upper=upper)  # fmt: skip
+    try:
+        return get_loop(resolved.framework).trace(config, resolved, fake=fake, oracle=oracle,
+                                                  after_iterations=after_iterations, density=density, upper=upper)  # fmt: skip
+    except ValueError as error:
+        if _ONE_VALUE_PER_CHANNEL not in str(error):
+            raise
+        # torch's own check, on shapes alone (batch x height x width == 1): the GPU run stops there too
+        shape = str(error).split("input size ")[-1]
+        raise UserError(f"imgsz={config.imgsz} with one image per GPU cannot train: a BatchNorm layer gets one value "
+                        f"per channel (input {shape}), which torch refuses in training; use a larger batch or "
+                        "imgsz") from None
