@@ -115,3 +115,17 @@ def test_onnx_on_a_small_graph_keeps_its_range(precision):
     deployed = deploy("yolov8n.yaml", format="onnx", precision=precision, batch=2, imgsz=64)
     growth = deployed.term("arena_growth")
     assert growth.low <= growth.bytes <= growth.high and deployed.runtime_bytes > 0
+
+
+def test_a_huge_batch_is_one_line_exit_2(capsys):
+    """batch=1e8 made 1e8 real host images (killed at 22 GB); the bound refuses it before anything is made."""
+    assert main(["deploy", "yolov8n.yaml", "batch=100000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "batch=100000000 must be a positive whole number up to 65536" in err, err
+
+
+def test_a_request_the_host_cannot_hold_is_one_line_exit_2(capsys):
+    """imgsz=1000000: the predictor's host-side frame alone is 2.7 TiB; numpy's MemoryError was a traceback."""
+    assert main(["deploy", "yolov8n.yaml", "imgsz=1000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs more host memory than this machine has (Unable to allocate 2.73 TiB" in err, err
