@@ -113,7 +113,8 @@ def _deploy_keys():
             "(TensorRT)", choices=FORMATS, aliases=formats),
         Key("precision", CHOICE, "fp32", "fp32, fp16 or int8 (engine)", choices=PRECISIONS, aliases=precisions),
         Key("batch", INT, None, "images per call (predict), per batch (val), the engine's max batch "
-            "[default: 1; val 16]", nullable=True, low=1, high=MAX_BATCH_REQUEST, bound="the same bound as a training batch"),
+            "[default: 1; val 16]", nullable=True, low=1, high=MAX_BATCH_REQUEST,
+            bound="the same bound as a training batch"),
         Key("imgsz", INT, 640, "input side in pixels (rounded up to the stride)", low=1),
         Key("mode", CHOICE, "predict", "predict or val (format=torch)", choices=MODES),
         Key("device", TEXT, None, "a card or Jetson module, e.g. Jetson-Orin-Nano-8GB, T4", nullable=True),
