@@ -29,7 +29,7 @@ def test_each_key_parses_to_its_type():
     [
         ("batch=16.5", "batch=16.5 must be a whole number"),
         ("batch=-10", "batch=-10 must be a positive whole number"),
-        ("batch=10000000", "batch=10000000 must be a positive whole number up to 65536 (64 GPUs at 1,024"),  # not 1e+07
+        ("batch=10000000", "batch=10000000 must be a positive whole number up to 1000000 (a million images"),  # not 1e+07
         ("batch=-1", "AutoBatch"),
         ("batch=0.7", "AutoBatch"),
         ("nc=0", "nc=0 must be a positive whole number"),

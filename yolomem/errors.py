@@ -27,16 +27,19 @@ def unknown(kind: str, value: object, valid: Iterable[str], show: int = 12, wher
 
 # torch's CPU allocator: "DefaultCPUAllocator: can't allocate memory: you tried to allocate 282240000000 bytes"
 _TORCH_HOST_ALLOCATION = re.compile(r"can't allocate memory: you tried to allocate (\d+) bytes")
+_TORCH_SIZE_OVERFLOW = "integer multiplication overflow"  # a tensor of more than 2^63 elements (c10's numel)
 
 
-def host_memory_error(error: BaseException) -> UserError | None:
-    """The one-line error for a request whose estimate the host's memory cannot hold (numpy's
-    ``MemoryError``, torch's CPU allocator), or None for any other error."""
+def too_large_error(error: BaseException) -> UserError | None:
+    """The one-line error for a request too large to estimate here: more host memory than the machine
+    has (numpy's ``MemoryError``, torch's CPU allocator), or a tensor size past torch's 64-bit element
+    count; None for any other error."""
     if isinstance(error, MemoryError):
-        detail = str(error) or "an allocation failed"
+        what = f"more host memory than this machine has ({str(error) or 'an allocation failed'})"
     elif isinstance(error, RuntimeError) and (match := _TORCH_HOST_ALLOCATION.search(str(error))):
-        detail = f"torch could not allocate {int(match.group(1)) / (1 << 30):.1f} GiB"
+        what = f"more host memory than this machine has (torch could not allocate {int(match.group(1)) / (1 << 30):.1f} GiB)"
+    elif isinstance(error, RuntimeError) and _TORCH_SIZE_OVERFLOW in str(error):
+        what = "a tensor larger than torch can size (more than 2^63 elements)"
     else:
         return None
-    return UserError(f"estimating this needs more host memory than this machine has ({detail}); ask for a smaller "
-                     "batch or imgsz")
+    return UserError(f"estimating this needs {what}; ask for a smaller batch or imgsz")

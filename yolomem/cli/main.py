@@ -17,7 +17,7 @@ import os
 import sys
 
 from yolomem.cli.registry import COMMANDS, Command
-from yolomem.errors import UserError, host_memory_error
+from yolomem.errors import UserError, too_large_error
 from yolomem.workers import warm_workers
 
 # Each module registers its subcommands on import; this list is the whole CLI, in help order.
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"yolomem: error: {_message(error, argv)}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as error:
-        refused = host_memory_error(error)
+        refused = too_large_error(error)
         if refused is None:
             raise
         print(f"yolomem: error: {refused}", file=sys.stderr)

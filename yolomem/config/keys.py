@@ -360,11 +360,10 @@ TAILS = ("SKU-110K", "GWHD-2021", "KITTI", "Cityscapes", "VOC", "VisDrone", "COC
 # Far above any real mean (SKU-110K, among the densest, averages ~147 objects per image). Without a bound,
 # instances=1e9 drew 1.6e10 real boxes (23 GB of host memory) and 1e6-1e7 gave figures that fell as it grew.
 MAX_INSTANCES = 1000.0
-# 64 GPUs at the most Ultralytics' AutoBatch picks for one: 1,024 (up to 8.3, and in the yolov5 repo, more
-# is "CUDA anomaly detected"; 8.4 clamps to it, "the 1024 safe maximum"; utils/autobatch.py).
-# Without a bound, batch=1e7 ended in a traceback (numel overflow in the assigner) and batch=1e8 drew
-# 8e8 real boxes until the host ran out of memory (24 GB).
-MAX_BATCH_REQUEST = 65_536
+# A million images a step: far past any card (an issue's example, batch=100000 at imgsz 1280, needs
+# terabytes), and below where the assigner's sizes overflow: batch=1e7 ended in a traceback (numel
+# overflow), and batch=1e8 drew 8e8 real boxes until the host ran out of memory (24 GB).
+MAX_BATCH_REQUEST = 1_000_000
 
 # The one "fits" (yolomem.result.fits) holds back this share of a card's memory after the CUDA context.
 DEFAULT_MARGIN = 0.10
@@ -376,7 +375,7 @@ ESTIMATE_KEYS = KeyTable((
         "or a darknet .cfg"),
     Key("imgsz", INT, 640, "training image size (rounded up to the model's stride)", low=1),
     Key("batch", INT, 16, "images per step, over all GPUs (DDP splits it)", low=1, high=MAX_BATCH_REQUEST,
-        autobatch=True, bound="64 GPUs at 1,024 images each, the most Ultralytics picks for one GPU"),
+        autobatch=True, bound="a million images a step; ten million overflow the assigner's tensor sizes"),
     Key("amp", CHOICE, "fp16", "mixed precision: true (fp16), false (fp32) or bf16", choices=("fp16", "fp32", "bf16"),
         aliases={"true": "fp16", "false": "fp32"}),
     Key("optimizer", CHOICE, "auto", "Ultralytics' optimizer (auto: its own choice)", choices=OPTIMIZERS),
