@@ -140,7 +140,7 @@ class Key:
             return str(self.default).lower()
         if isinstance(self.default, tuple):
             return ",".join(map(str, self.default)) or "-"
-        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
+        return _as_typed(self.default) if isinstance(self.default, (int, float)) else str(self.default)
 
     def _int(self, text: str) -> int:
         try:

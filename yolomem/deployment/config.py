@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from yolomem.config.keys import MAX_BATCH_REQUEST
 from yolomem.errors import UserError, unknown
 
 FORMATS = ("torch", "onnx", "engine")
@@ -102,7 +101,7 @@ class DeployConfig:
 
 
 def _deploy_keys():
-    from yolomem.config.keys import BOOL, CHOICE, FLOAT, INT, TEXT, Key, KeyTable
+    from yolomem.config.keys import BOOL, CHOICE, FLOAT, INT, MAX_BATCH_REQUEST, TEXT, Key, KeyTable
 
     formats = {"pt": "torch", "pytorch": "torch", "tensorrt": "engine", "trt": "engine", "ort": "onnx",
                "onnxruntime": "onnx"}  # fmt: skip

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from yolomem.errors import UserError
+
 
 BOX_SIDE_RANGE = (0.02, 0.6)  # fraction of the image side, log-uniform
 
@@ -158,8 +160,6 @@ class SyntheticBatch:
         return 2 * total
 
     def _check_host_bytes(self, overlap_mask: bool, semantic_masks: bool) -> None:
-        from yolomem.errors import UserError
-
         needed = self.host_bytes(overlap_mask, semantic_masks)
         if needed > HOST_LABEL_BYTES_MAX:
             what = "labels and masks" if self.task == "segment" else "labels"

@@ -418,7 +418,7 @@ class Tracer(TorchDispatchMode):
             plain = all(isinstance(t, FakeTensor) for t in tensors)
             if plain and _is_fused_in_place(func):
                 return None  # allocates nothing and changes no shape: only values, which fakes lack
-            if plain and not (func in _LIKE_FACTORIES and self._real_likes()):
+            if plain and not (func in _LIKE_FACTORIES and self._loss_makes_real()):
                 return self._fake_cache.call(func, args, kwargs)  # the common case: a model op on fake tensors
         elif func in _SCALAR_READ:  # a real value: read it
             with _disable_current_modes():
@@ -466,11 +466,11 @@ class Tracer(TorchDispatchMode):
         return isinstance(tensor, FakeTensor) or (bool(self._tainted) and self._storage_key(tensor) in self._tainted)
 
     def _runs_real(self, func, args, kwargs, tensors, any_fake: bool) -> bool:
-        factory = not tensors or (func in _LIKE_FACTORIES and self._real_likes())
+        factory = not tensors or (func in _LIKE_FACTORIES and self._loss_makes_real())
         cap = real_cap_in(self.phase_name, self.real_bytes_cap)
         if factory:
-            # real only in the loss (anchor grids, padded targets), and only when small
-            wanted = self.phase_name == "loss" or self._real_factories
+            # real only in the loss's own code (anchor grids, padded targets), and only when small
+            wanted = self._loss_makes_real() or self._real_factories
             return bool(wanted) and self._output_bytes(func, args, kwargs) <= cap
         if any_fake:
             return False
@@ -478,10 +478,10 @@ class Tracer(TorchDispatchMode):
             return True  # a fake mode cannot size it: run it, the real inputs (already in memory) bound it
         return self._output_bytes(func, args, kwargs) <= cap
 
-    def _real_likes(self) -> bool:
-        """Whether ``*_like`` factories may make real tensors: in the loss, where the Python code fills
-        them with label data (padded targets). Not inside a traced composite: its buffers are kernel
-        internals that meet only its own inputs. Why: binary_cross_entropy_with_logits on fake inputs
+    def _loss_makes_real(self) -> bool:
+        """Whether factories may make real tensors: in the loss, where the Python code fills them with
+        label data (padded targets). Not inside a traced composite: its buffers are kernel internals
+        that meet only its own inputs. Why: binary_cross_entropy_with_logits on fake inputs
         made a real buffer of its input's size, and the segmentation loss calls it once per image
         ((n, 160, 160) float32, ~9 MB): batch 256 filled 2.4 GB of host memory an iteration."""
         return self.phase_name == "loss" and not self._in_composite
