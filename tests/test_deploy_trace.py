@@ -192,3 +192,33 @@ def test_half_halves_the_weights_on_the_device():
         return sum(live.values())
 
     assert weights_after_setup(half) * 2 == pytest.approx(weights_after_setup(full), rel=0.01)
+
+
+@pytest.mark.parametrize("model", ["yolov8n-seg.yaml", "yolov8n-pose.yaml"])
+def test_val_of_segment_and_pose_traced_like_a_real_run(model):
+    """Standalone val of the tasks whose metrics read more than boxes: segmentation's mask IoU reads the
+    predicted masks (crop_mask builds its grid with arange), pose's init_metrics reads the keypoint layout.
+    Both ended in a traceback before; the fake trace now equals a real CPU run of the same code."""
+    settings = InferenceSettings(mode="val", batch=2, imgsz=64, half=False, candidates=CANDIDATES, gpu_path=False)
+    resolved = resolve_model(model)
+    torch.manual_seed(0)
+    real = trace_inference(resolved, settings, fake=False, nc=NC).trace
+    fake = trace_inference(resolved, settings, fake=True, nc=NC).trace
+    assert len(fake.events) > 300
+    assert [(e.op, e.nbytes, e.phase) for e in fake.events] == [(e.op, e.nbytes, e.phase) for e in real.events]
+
+
+def test_rotated_nms_takes_the_fitted_candidates_not_the_cap():
+    """obb: rotated NMS keeps (n, n) float32 matrices; at NMS's cap of 30000 that is 3.4 GiB each, per image.
+    Deploy takes the count training's validation takes (fitted to a measured obb run), and says why."""
+    from yolomem.deployment.torch_trace import nms_candidates
+    from yolomem.loops.val_pass import ROTATED_NMS_CANDIDATES_PER_IMAGE
+
+    val = InferenceSettings(mode="val", batch=8, imgsz=1024, half=False)
+    count, basis = nms_candidates(val, "obb", anchors=21504, nc=15)
+    assert count == ROTATED_NMS_CANDIDATES_PER_IMAGE and "3.4 GiB" in basis
+    assert nms_candidates(val, "detect", anchors=21504, nc=15) == (30000, "the most NMS holds")
+    given = InferenceSettings(mode="val", batch=8, imgsz=1024, half=False, candidates=20000)
+    assert nms_candidates(given, "obb", anchors=21504, nc=15) == (20000, "given")
+    small = InferenceSettings(mode="predict", batch=1, imgsz=64, half=False)
+    assert nms_candidates(small, "obb", anchors=84, nc=15)[0] == 84  # fewer anchors than the fitted count

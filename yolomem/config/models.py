@@ -17,3 +17,8 @@ class ResolvedModel:
     nc: int | None  # classes, when a checkpoint says so
     note: str = ""  # e.g. "yolov8s.pt is not on disk; using yolov8s.yaml"
     framework: str = "ultralytics"  # the training loop (yolomem.loops) that trains it
+
+    @property
+    def kpt_shape(self) -> tuple[int, int]:
+        """Keypoints per object and values per keypoint: the YAML's, or COCO's 17 x (x, y, visible)."""
+        return tuple(self.cfg.get("kpt_shape", (17, 3)))

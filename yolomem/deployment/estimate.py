@@ -258,7 +258,7 @@ def _torch_terms(resolved, config: DeployConfig, batch: int, imgsz: int, context
         Term.exact("weights", f"weights (fused, {'FP16' if settings.half else 'FP32'})", weights, "traced"),
         Term.exact("activations", f"{config.mode}: inputs, activations, NMS (peak allocated less weights)",
                    max(allocated - weights, 0), "traced",
-                   f"{traced.candidates} NMS candidates per image assumed (the most NMS holds)"),
+                   f"{traced.candidates} NMS candidates per image assumed ({traced.candidates_basis})"),
         Term.exact("allocator_cache", "caching allocator: rounding and cached blocks", replay.peak_reserved_bytes - allocated,
                    "traced", "torch.cuda.max_memory_reserved() - max_memory_allocated()"),
         Term.exact("cuda_context", "CUDA context", context, "assumed", "see yolomem.config.gpus"),
@@ -268,7 +268,8 @@ def _torch_terms(resolved, config: DeployConfig, batch: int, imgsz: int, context
         notes.append(f"does not fit {gpu.name}: {replay.oom}")
     assumptions = [
         "cuDNN/cuBLAS workspaces are not traced (transient buffers kernels take from the caching allocator)",
-        f"NMS: {traced.candidates} (box, class) candidates per image pass conf; torchvision's CUDA kernel's buffers",
+        f"NMS: {traced.candidates} (box, class) candidates per image pass conf ({traced.candidates_basis}); "
+        + ("rotated NMS's own matrices" if resolved.task == "obb" else "torchvision's CUDA kernel's buffers"),
     ]
     if config.mode == "val":
         assumptions.append("val: square images letterboxed as the installed release does; plots and save_json off")

@@ -23,8 +23,9 @@ Data-dependent values: NMS decides by scores, which a fake forward lacks. The mo
 tensor is replaced (same shape and dtype: the same allocation) by real synthetic scores that make
 ``candidates`` (box, class) pairs per image pass ``conf``; for segmentation the mask prototypes are
 real zeros too. ``torchvision.ops.nms`` makes the allocations of its CUDA kernel
-(``yolomem.loops.val_pass``). Defaults: predict, every anchor passes (one class each, at most
-``max_nms`` = 30000); val, 30000 pairs, NMS's cap. Both are the most NMS can hold: never optimistic.
+(``yolomem.loops.val_pass``). Defaults (``nms_candidates``): predict, every anchor passes (one class
+each, at most ``max_nms`` = 30000); val, 30000 pairs, NMS's cap. Both are the most NMS can hold: never
+optimistic. Rotated NMS (obb), whose memory is quadratic in them, takes training's fitted count.
 
 Not traced: cuDNN/cuBLAS workspaces, the CUDA context, ``torch.inference_mode`` itself (replaced by
 ``no_grad``, which allocates the same here), plots and ``save_json``, and the metric summary after
@@ -71,6 +72,7 @@ class TracedInference:
     params: int
     imgsz: int
     candidates: int
+    candidates_basis: str  # why that many (nms_candidates)
     notes: tuple[str, ...]
 
 
@@ -96,12 +98,7 @@ def trace_inference(resolved: ResolvedModel, settings: InferenceSettings, *, fak
         params = sum(p.numel() for p in model.parameters())
         anchors = sum((imgsz // s) ** 2 for s in (8, 16, 32) if s <= stride)
         nc_model = int(getattr(model, "nc", 80))
-        if settings.candidates is not None:
-            candidates = settings.candidates
-        elif settings.mode == "predict":
-            candidates = min(anchors, MAX_NMS)  # multi_label=False: one class per anchor at most
-        else:
-            candidates = min(anchors * nc_model, MAX_NMS)
+        candidates, candidates_basis = nms_candidates(settings, resolved.task, anchors, nc_model)
         overrides = _known_args(dict(task=resolved.task, imgsz=imgsz, batch=settings.batch, verbose=False, save=False,
                                      plots=False, device="cpu", channels_last=False, half=settings.half,
                                      quantize=16 if settings.half else None, project=tempfile.gettempdir(),
@@ -124,7 +121,23 @@ def trace_inference(resolved: ResolvedModel, settings: InferenceSettings, *, fak
                 _run_val(runner, backend, tracer, settings, batches, imgsz, resolved)
         trace = tracer.result()
         tracer.detach_finalizers()
-    return TracedInference(trace, params, imgsz, candidates, tuple(notes))
+    return TracedInference(trace, params, imgsz, candidates, candidates_basis, tuple(notes))
+
+
+def nms_candidates(settings: InferenceSettings, task: str, anchors: int, nc: int) -> tuple[int, str]:
+    """(box, class) pairs per image that pass ``conf``, and why. The user's count; else the most NMS holds
+    (predict: one class per anchor, ``multi_label=False``; val: every pair), up to ``max_nms``. Rotated NMS
+    (obb) keeps several (n, n) float32 matrices, so at the cap it would need gigabytes an image that no
+    measured obb run used: it takes the count fitted to a measured obb validation, as training's does."""
+    from yolomem.loops.val_pass import ROTATED_NMS_CANDIDATES_PER_IMAGE
+
+    if settings.candidates is not None:
+        return settings.candidates, "given"
+    most = min(anchors if settings.mode == "predict" else anchors * nc, MAX_NMS)
+    if task != "obb":
+        return most, "the most NMS holds"
+    fitted = min(most, ROTATED_NMS_CANDIDATES_PER_IMAGE)
+    return fitted, f"fitted to a measured obb validation; rotated NMS's (n, n) matrices at {most}: {4 * most * most / 2**30:.1f} GiB each"
 
 
 # -- model -------------------------------------------------------------------------------------------
@@ -229,7 +242,9 @@ def _run_val(validator, backend, tracer: Tracer, settings: InferenceSettings, ba
     validator.args.half = backend.fp16
     validator.stride = backend.stride
     validator.names = backend.names
-    validator.data = {"names": backend.names, "nc": len(backend.names), "channels": 3}
+    # what check_det_dataset gives the validator; pose reads its keypoint layout from here
+    validator.data = {"names": backend.names, "nc": len(backend.names), "channels": 3,
+                      "kpt_shape": list(resolved.kpt_shape)}
     # init_metrics reads the dataset's labels (the largest object count, against max_det)
     validator.dataloader = batches if hasattr(batches, "dataset") else SimpleNamespace(dataset=SimpleNamespace(labels=[]))
     backend.eval()
@@ -251,10 +266,11 @@ def _run_val(validator, backend, tracer: Tracer, settings: InferenceSettings, ba
         with autocast(False, device="cpu"):
             with tracer.phase("forward"):
                 preds = backend(batch["img"], augment=False)
-        with tracer.phase("nms"):
+        with tracer.phase("nms"), tracer.real_factories():
+            # real factories in postprocess too: segmentation's crop_mask builds its grid with arange, and
+            # update_metrics reads the predicted masks' values (mask IoU) as it does the per-image targets
             preds = validator.postprocess(preds)
-            with tracer.real_factories():  # per-image target tensors: metrics decide by value
-                validator.update_metrics(preds, batch)
+            validator.update_metrics(preds, batch)
         # batch and preds live on until rebound in the next iteration, as in BaseValidator.__call__
 
 
@@ -284,7 +300,7 @@ def _synthetic_val_batches(resolved: ResolvedModel, settings: InferenceSettings,
     pad = (side - imgsz) / 2
     for index in range(settings.batches):
         synthetic = SyntheticBatch.draw(resolved.task, settings.batch, side, settings.instances,
-                                        seed=settings.seed + index, nc=nc)  # fmt: skip
+                                        seed=settings.seed + index, nc=nc, kpt_shape=resolved.kpt_shape)  # fmt: skip
         data = synthetic.as_dict(semantic_masks=semantic_masks())
         data["im_file"] = tuple(f"synthetic_{index}_{i}.jpg" for i in range(settings.batch))
         data["ori_shape"] = tuple((imgsz, imgsz) for _ in range(settings.batch))
@@ -329,8 +345,10 @@ def synthetic_scores(tracer: Tracer, task: str, nc: int, candidates: int) -> Ite
 def _real_zeros(shape, dtype, tracer: Tracer) -> torch.Tensor:
     from torch.utils._python_dispatch import _disable_current_modes
 
+    from yolomem.trace.lazy_zeros import lazy_zeros
+
     with _disable_current_modes():
-        real = torch.zeros(shape, dtype=dtype)
+        real = lazy_zeros(shape, dtype)  # host pages only where something writes
     tracer.track_existing([real], "activation")
     return real
 

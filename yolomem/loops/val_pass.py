@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 
 from yolomem.loops.batches import SyntheticBatch
+from yolomem.trace.lazy_zeros import lazy_zeros
 from yolomem.trace.tracer import Tracer
 from yolomem.loops.ultralytics.step import quiet_ultralytics
 
@@ -203,14 +204,13 @@ def _assume_candidates(tracer: Tracer, *, rotated: bool) -> int:
 def synthetic_predictions(shape: tuple[int, ...], dtype: torch.dtype, nc: int, candidates: int) -> torch.Tensor:
     """Real predictions (B, 4 + nc + extra, anchors) with which ``candidates`` (box, class) pairs pass
     ``conf`` in every image (all of them, where there are fewer): NMS's work depends on these values only.
-    Call it outside the tracer's modes (``_disable_current_modes``): the values are made on the host."""
-    real = torch.zeros(shape, dtype=dtype)
+    Call it outside the tracer's modes (``_disable_current_modes``): the values are made on the host, and
+    hold host memory only where written (``lazy_zeros``): the box channels and the passing scores."""
+    real = lazy_zeros(shape, dtype)
     real[:, 0:2] = 100.0  # box centres (pixels)
     real[:, 2:4] = 20.0  # box sides
-    scores = real[:, 4 : 4 + nc]  # (B, nc, anchors): the first `candidates` pairs pass
-    flat = scores.reshape(shape[0], -1).clone()  # a copy: for one image reshape returns a view
-    flat[:, :candidates] = 0.5
-    scores.copy_(flat.view_as(scores))
+    # (B, nc, anchors) as (B, nc * anchors), a view: the first `candidates` pairs of each image pass
+    real[:, 4 : 4 + nc].view(shape[0], -1)[:, :candidates] = 0.5
     return real
 
 

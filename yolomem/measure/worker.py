@@ -361,7 +361,7 @@ def _run_train(config: EstimateConfig, request: dict, recorder: PhaseRecorder, w
             val_images=2 * config.batch, instances=config.instances,
             # the classes the estimate builds the model with (the task's default data where none is given)
             nc=class_count(config, resolved)[0].nc or resolved.nc or int(resolved.cfg.get("nc") or 80),
-            seed=config.seed, kpt_shape=tuple(resolved.cfg.get("kpt_shape", (17, 3))),
+            seed=config.seed, kpt_shape=resolved.kpt_shape,
             # a densest image no denser than the mean: every image holds exactly that many objects
             distribution="fixed" if config.max_instances == round(config.instances) else "poisson",
         )  # fmt: skip

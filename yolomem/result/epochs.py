@@ -622,7 +622,7 @@ def epoch_request(config, resolved) -> EpochRequest | None:
             notes.append(f"{dataset.train.max_objects} objects in one image of data={config.data}: the loss pads every "
                          "batch holding it to that many targets (batch x objects x anchors assigner tensors)")  # fmt: skip
     seeds = tuple(config.seed + k for k in range(DEFAULT_SEEDS))
-    kpt_shape = tuple(resolved.cfg.get("kpt_shape", (17, 3)))
+    kpt_shape = resolved.kpt_shape
     augmentations = [Augmentation.of_config(config, e) for e in range(SIM_EPOCHS)]
     hook = EpochTracing(loop, seeds=seeds, instances=config.instances, train_counts=train_counts, val_sizes=val_sizes,
                         val_counts=val_counts, kpt_shape=kpt_shape, channels=int(resolved.cfg.get("channels", 3)),

@@ -75,7 +75,7 @@ def trace_ultralytics_run(
         for category, tensors in run.persistent_tensors().items():
             tracer.track_existing(tensors, category)
         ddp_buckets = wrap_in_ddp(model, tracer, config.world_size)  # BaseTrainer._setup_train, after the EMA
-        kpt_shape = tuple(resolved.cfg.get("kpt_shape", (17, 3)))
+        kpt_shape = resolved.kpt_shape
         channels = int(resolved.cfg.get("channels", 3))
         plan, counts, upper_iteration = traced_batches(config, resolved.task, per_rank, density, upper)
         with module_scopes(model, tracer):

@@ -183,16 +183,18 @@ def _real_predictions(tracer, preds: torch.Tensor, nc: int, candidates: int | No
     """NMS decides by value: real (B, anchors, 5 + nc + nm) predictions that take over the fake
     tensor's allocation (no event: on the GPU it is one tensor). Every anchor's objectness passes
     (0.5) and the first ``candidates`` (anchor, class) pairs of each image score 0.5 x 0.5 (all of
-    them for None)."""
+    them for None). Every image's values are the same, so one image's are made on the host and
+    expanded over the batch (stride 0): the repo's NMS only reads its input."""
     with _disable_current_modes():
-        real = torch.zeros(preds.shape, dtype=preds.dtype)
-        real[..., 0:2] = 100.0  # box centres (pixels)
-        real[..., 2:4] = 20.0  # box sides
-        real[..., 4] = 0.5  # objectness
-        scores = real[..., 5 : 5 + nc]  # (B, anchors, nc)
-        flat = scores.reshape(preds.shape[0], -1)
-        flat[:, : flat.shape[1] if candidates is None else candidates] = 0.5
+        one = torch.zeros((1, *preds.shape[1:]), dtype=preds.dtype)
+        one[..., 0:2] = 100.0  # box centres (pixels)
+        one[..., 2:4] = 20.0  # box sides
+        one[..., 4] = 0.5  # objectness
+        scores = one[0, :, 5 : 5 + nc]  # (anchors, nc)
+        flat = scores.reshape(-1)  # anchor-major pairs, a copy (each row also holds box and objectness)
+        flat[: flat.numel() if candidates is None else candidates] = 0.5
         scores.copy_(flat.view_as(scores))
+        real = one.expand(preds.shape)
     tracer.substitute(preds, real)
     return real
 
