@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -92,3 +94,26 @@ def test_a_batch_smaller_than_the_gpus_is_refused_in_one_line(capsys):
     assert main(["estimate", "yolov8n.yaml", "batch=2", "world_size=4", "imgsz=64"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "batch=2 over world_size=4 leaves each GPU 0 images" in err, err
+
+
+def test_the_yolov5_repo_refuses_a_batch_that_does_not_divide_over_the_gpus(capsys):
+    """train.py (and segment/, classify/) asserts ``batch_size % WORLD_SIZE == 0`` under DDP; Ultralytics floors
+    the split instead. Before, yolomem answered batch 17 over 2 GPUs for yolov5s with a per-rank batch of 8."""
+    from yolomem.cli.main import main
+
+    assert main(["estimate", "yolov5s", "batch=17", "world_size=2", "imgsz=64"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "must be multiple of WORLD_SIZE" in err and "use batch=16 or batch=18" in err, err
+    assert main(["estimate", "yolov8n.yaml", "batch=17", "world_size=2", "imgsz=64", "--json"]) == 0  # floors
+
+
+def test_the_repo_asserts_the_split_that_yolomem_refuses():
+    """Outside truth for the refusal above: the yolov5 repo's three train scripts, as the PyPI package ships them."""
+    from yolov5_reference import yolov5_or_reason
+
+    yolov5, reason = yolov5_or_reason()
+    if yolov5 is None:
+        pytest.skip(reason)
+    root = Path(yolov5.__file__).parent
+    for script in ("train.py", "segment/train.py", "classify/train.py"):
+        assert "assert opt.batch_size % WORLD_SIZE == 0" in (root / script).read_text(), script

@@ -70,6 +70,8 @@ class TrainingLoop(Protocol):
     # the validation pass is traced as one template over the pass's batches (its locals carry from batch
     # to batch), rather than one template per batch shape
     traces_whole_val_pass: bool
+    # DDP needs a batch that divides over the ranks: the trainer refuses the rest (the yolov5 repo asserts it)
+    needs_whole_split: bool
 
     def cache_clears(self) -> CacheClears | None:
         """Where the trainer empties the CUDA cache around validation (None: unknown, assumed never)."""
@@ -175,12 +177,20 @@ def check_trainable(model: Any, freeze: tuple[int, ...]) -> None:
 
 def rank_batch(config: EstimateConfig) -> int:
     """Images per GPU: both trainers split the batch over DDP ranks (``batch_size // world_size``).
-    A batch smaller than the ranks leaves none: Ultralytics' DataLoader refuses ``batch_size=0``."""
-    if config.batch < config.world_size:
-        raise UserError(f"batch={config.batch} over world_size={config.world_size} leaves each GPU 0 images (the "
-                        f"trainer's DataLoader refuses batch_size=0); use batch >= {config.world_size}, the total over "
-                        "all GPUs")  # fmt: skip
-    return config.batch // config.world_size
+    A batch smaller than the ranks leaves none: Ultralytics' DataLoader refuses ``batch_size=0``. The
+    yolov5 repo's train scripts also refuse a remainder (``needs_whole_split``)."""
+    from yolomem.loops import get_loop
+
+    batch, ranks = config.batch, config.world_size
+    if batch < ranks:
+        raise UserError(f"batch={batch} over world_size={ranks} leaves each GPU 0 images (the trainer's DataLoader "
+                        f"refuses batch_size=0); use batch >= {ranks}, the total over all GPUs")  # fmt: skip
+    if batch % ranks and get_loop(config.framework).needs_whole_split:
+        lower, upper = batch - batch % ranks, batch - batch % ranks + ranks
+        raise UserError(f"batch={batch} over world_size={ranks}: the {config.framework} trainer refuses a batch that is "
+                        f"not a multiple of the GPUs (\"--batch-size {batch} must be multiple of WORLD_SIZE\"); use "
+                        f"batch={lower} or batch={upper}")  # fmt: skip
+    return batch // ranks
 
 
 @contextlib.contextmanager

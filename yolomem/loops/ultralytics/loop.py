@@ -15,6 +15,7 @@ class UltralyticsLoop:
     name = "ultralytics"
     carries_loop_variables = False  # not modelled yet for this loop (its batch dict and losses do carry)
     traces_whole_val_pass = False  # one template per validation batch shape
+    needs_whole_split = False  # BaseTrainer floors batch / world_size
 
     def owns(self, spec: str) -> bool:
         return False  # the default loop: it claims no name away from another

@@ -10,6 +10,7 @@ class Yolov5Loop:
     name = "yolov5"
     carries_loop_variables = True  # imgs, pred, loss, loss_items, mloss: train.py's loop variables
     traces_whole_val_pass = True  # val.run's preds/train_out and per-image locals carry from batch to batch
+    needs_whole_split = True  # train.py, segment/ and classify/train.py assert batch_size % WORLD_SIZE == 0
 
     def cache_clears(self) -> CacheClears:
         return CacheClears()  # train.py never empties the cache
