@@ -181,3 +181,12 @@ def test_the_nearest_three_traced_batches_are_tried_before_two():
     assert runs._candidates([4, 16, 46, 47], 49) == [(4, 16, 46, 47), (16, 46, 47), (46, 47)]
     assert runs._candidates([8, 16], 30) == [(8, 16)]
     assert runs._candidates([8], 30) == []
+
+
+def test_traced_batches_across_the_fixed_real_cap_are_not_tried_together():
+    """Above batch 256 the tracer's real-tensor cap stops growing (256 MiB), so runs on either side lie on
+    no one line of caps and never make a family. ``fit yolov8n-seg.yaml gpu=H200`` traced batches 4 and 16,
+    then 725, 703, 659 and 571; batch 648 was tried from sets that held 16 and failed, then traced."""
+    assert runs._candidates([4, 16, 571, 659, 703, 725], 648) == [(571, 659, 703, 725), (659, 703, 725), (659, 703)]
+    assert runs._candidates([4, 16, 725], 703) == []  # one run on its side: trace
+    assert runs._candidates([4, 16, 256, 725], 100) == [(4, 16, 256), (4, 16)]  # 256 MiB at 256: still a share

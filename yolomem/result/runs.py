@@ -37,6 +37,7 @@ from yolomem.recent import Recent
 from yolomem.trace.derive import NotDerivable, RunFacts, StreamFamily, derive_family
 from yolomem.trace.packed import PackedTrace, pack, unpack
 from yolomem.trace.store import TraceStore, activate, canonical, code_key, key_digest
+from yolomem.trace.tracer import real_cap_is_fixed
 
 # traced runs before any is derived: two draw the line. ``derive_family`` asks for a third where the
 # stream repeats a block per image (segmentation's mask loss, validation's NMS, RT-DETR's matcher), whose
@@ -366,7 +367,11 @@ def _candidates(batches: list[int], target: int) -> list[tuple[int, ...]]:
     """Sets of traced runs to derive ``target`` from, nearest first: up to ``MAX_MEMBERS``, then the
     nearest three (what a block repeated per image needs), then the nearest ``MIN_TRACED`` alone (past
     some batch the tracer decides otherwise, e.g. a target tensor grows past its real-tensor cap: runs on
-    either side of it are two families)."""
+    either side of it are two families). Only runs on the target's side of the batch where the tracer's
+    cap stops growing (``real_cap_is_fixed``): a set across it never derives, and with them among the
+    nearest, ``fit yolov8n-seg.yaml gpu=H200`` traced batch 648 beside traced 571, 659, 703 and 725."""
+    fixed = real_cap_is_fixed(target)
+    batches = [b for b in batches if real_cap_is_fixed(b) == fixed]
     if len(batches) < MIN_TRACED:
         return []
     nearest = sorted(batches, key=lambda b: (abs(b - target), -b))

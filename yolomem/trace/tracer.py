@@ -65,6 +65,12 @@ def real_bytes_cap_for(batch: int) -> int:
     return min(REAL_BYTES_PER_IMAGE * max(batch, 1), REAL_BYTES_MAX)
 
 
+def real_cap_is_fixed(batch: int) -> bool:
+    """Whether the cap at ``batch`` is REAL_BYTES_MAX rather than a share per image. Runs on either side of
+    the turn make no family: their caps lie on no one line (``StreamFamily.run_at`` checks it)."""
+    return REAL_BYTES_PER_IMAGE * max(batch, 1) > REAL_BYTES_MAX
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """A dtype as traces name it ("float32")."""
     return str(dtype).replace("torch.", "")
