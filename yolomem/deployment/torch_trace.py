@@ -137,7 +137,8 @@ def nms_candidates(settings: InferenceSettings, task: str, anchors: int, nc: int
     if task != "obb":
         return most, "the most NMS holds"
     fitted = min(most, ROTATED_NMS_CANDIDATES_PER_IMAGE)
-    return fitted, f"fitted to a measured obb validation; rotated NMS's (n, n) matrices at {most}: {4 * most * most / 2**30:.1f} GiB each"
+    at_most = f"rotated NMS's (n, n) matrices at {most}: {4 * most * most / 2**30:.1f} GiB each"
+    return fitted, f"fitted to a measured obb validation; {at_most}"
 
 
 # -- model -------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ SMALL_BYTES = 1 << 20
 
 def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A contiguous CPU tensor of zeros, writable, whose pages are taken on first write."""
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     private = getattr(mmap, "MAP_PRIVATE", None)  # absent on Windows
     if nbytes < SMALL_BYTES or private is None:
         return torch.zeros(shape, dtype=dtype)
