@@ -132,6 +132,7 @@ BAD_YAMLS = {
         (["gpu_mem=nan"], "gpu_mem=nan"),
         (["gpu_mem=inf"], "gpu_mem=inf"),
         (["alloc_conf=garbage"], "unknown key 'garbage'"),
+        (["accumulate=4"], "gradient accumulation is nbs="),  # not "did you mean 'translate'?"
         (["freeze=1000"], "freezes every layer"),
         (["nc=-5"], "nc=-5"),
         (["nc=0"], "nc=0"),

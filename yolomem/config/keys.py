@@ -311,6 +311,14 @@ def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], 
     return Words(tuple(positionals), values, tuple(notes), tuple(values))
 
 
+# Keys users type for a setting the trainers spell otherwise; the nearest spelling would mislead ('translate').
+_SPELLED_OTHERWISE = {
+    name: "gradient accumulation is nbs=: Ultralytics and the yolov5 repo accumulate max(round(nbs / batch), 1) "
+          "batches, so nbs=64 at batch=16 accumulates 4"
+    for name in ("accumulate", "accumulation", "grad_accum", "gradient_accumulation")
+}
+
+
 class UnknownKey(UserError):
     """A key the command does not take. The message lists the valid keys; the CLI, which has ``--help``
     for that, says ``short`` instead and adds which command takes the key."""
@@ -319,7 +327,11 @@ class UnknownKey(UserError):
         valid = sorted(valid)
         close = nearest(key, valid)
         self.key = key
-        self.short = f"unknown key {key!r}" + (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else "")
+        if key in _SPELLED_OTHERWISE and "nbs" in valid:
+            hint = _SPELLED_OTHERWISE[key]
+        else:
+            hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        self.short = f"unknown key {key!r}" + (f" ({hint})" if hint else "")
         super().__init__(f"{self.short}; valid: {', '.join(valid)}")
 
 

@@ -123,7 +123,8 @@ def _deploy_keys():
             nullable=True, low=0.0, low_open=True),
         Key("arena_extend_strategy", CHOICE, "kNextPowerOfTwo", "ONNX Runtime arena growth", choices=ARENA_STRATEGIES,
             aliases={"0": "kNextPowerOfTwo", "1": "kSameAsRequested"}),
-        Key("candidates", INT, None, "NMS candidates per image [default: the most NMS holds]", nullable=True, low=1),
+        Key("candidates", INT, None, "NMS candidates per image [default: the most NMS holds; obb: the count fitted "
+            "to a measured obb validation, as rotated NMS grows with its square]", nullable=True, low=1),
         Key("nc", INT, None, "number of classes (default: the model's)", nullable=True, low=1),
         # Ultralytics' own spellings of the precision: quantize (8.4), half and int8 (older releases)
         Key("quantize", CHOICE, None, "Ultralytics' quantize: 32, 16 or 8 (sets precision)", choices=PRECISIONS,
