@@ -64,6 +64,31 @@ def test_search_on_a_staircase_finds_the_exact_edge_with_few_probes(capacity_mib
     assert len(set(calls)) <= 10  # two for the line, then stepping and bisecting near its answer
 
 
+def test_a_guess_too_high_is_aimed_again_not_stepped_down_from():
+    """Where memory grows faster than the two small probes say, the first guess overshoots. The search aims
+    again through the guess and starts there, instead of stepping down from the guess. Each probe below
+    all the earlier ones past the guess is a trace for segmentation above batch 256 (its per-image block
+    cannot be derived below its smallest traced run). On this curve the search stepped down to 709, 665
+    and 577 before; now it makes one such probe (641). ``fit yolov8n-seg.yaml gpu=H200``: 7 traces and
+    230 s before, 4 and 100 s now, the same answer."""
+    calls = []
+
+    def reserved(batch: int) -> int:
+        return int((900 + 60 * batch + 0.012 * batch * batch) * MiB)
+
+    capacity = reserved(650) + MiB
+
+    def probe(batch: int) -> Probe:
+        calls.append(batch)
+        return Probe(batch, 640, reserved(batch), reserved(batch) <= capacity, 0.0)
+
+    answer, predicted, _ = _search(probe, _LINEAR, 4, 16, 1024, capacity)
+    assert answer == 650 and predicted > 700  # the line through batches 4 and 16 overshoots
+    after_guess = calls[2:]
+    new_lows = [b for i, b in enumerate(after_guess[1:], 1) if b < min(after_guess[:i])]
+    assert len(new_lows) == 1, calls
+
+
 def test_search_reports_nothing_when_one_does_not_fit():
     probe = lambda batch: Probe(batch, 640, 10 * GiB, False, 0.0)  # noqa: E731
     assert _search(probe, _LINEAR, 2, 16, 1024, GiB)[0] is None
