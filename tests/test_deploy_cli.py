@@ -129,3 +129,14 @@ def test_a_request_the_host_cannot_hold_is_one_line_exit_2(capsys):
     assert main(["deploy", "yolov8n.yaml", "imgsz=1000000"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs more host memory than this machine has (Unable to allocate 2.73 TiB" in err, err
+
+
+def test_a_yolov5_repo_model_is_refused_with_ultralytics_own_build_named(capsys):
+    """deploy runs Ultralytics' predictor and validator, which cannot load the repo's models; where Ultralytics
+    ships its own build of the name (yolov5s -> yolov5su.yaml, another head), the one line names it."""
+    assert main(["deploy", "yolov5s"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "trained by the yolov5 loop" in err and "yolov5su.yaml" in err, err
+    assert main(["deploy", "yolov4-tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "yolov4-tinyu" not in err, err

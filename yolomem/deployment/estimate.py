@@ -146,7 +146,8 @@ def deploy_config(config: DeployConfig) -> Deployment:
     if resolved.framework != "ultralytics":
         from yolomem.errors import UserError
 
-        raise UserError(f"deploy sizes Ultralytics models; {config.model!r} is trained by the {resolved.framework} loop")
+        raise UserError(f"deploy sizes the models Ultralytics runs (its predictor, validator and exporter); "
+                        f"{config.model!r} is trained by the {resolved.framework} loop{_ultralytics_twin(config.model)}")
     notes = [*config.notes, *([resolved.note] if resolved.note else [])]
     assumptions: list[str] = []
     context = gpu.context_bytes if gpu else CUDA_CONTEXT_BYTES
@@ -228,6 +229,18 @@ def deploy_config(config: DeployConfig) -> Deployment:
         seconds=time.perf_counter() - started,
         details=details,
     )
+
+
+def _ultralytics_twin(model: str) -> str:
+    """Ultralytics' own build of a yolov5-repo name (yolov5s -> yolov5su.yaml), where it has one."""
+    from pathlib import Path
+
+    from yolomem.loops import get_loop
+
+    twin = f"{Path(model).stem}u.yaml"
+    if twin not in get_loop("ultralytics").model_names():
+        return ""
+    return f"; Ultralytics' {twin} (its anchor-free head, not the repo's model) deploys"
 
 
 def config_dict(config: DeployConfig) -> dict:
