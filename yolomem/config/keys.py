@@ -311,12 +311,11 @@ def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], 
     return Words(tuple(positionals), values, tuple(notes), tuple(values))
 
 
-# Keys users type for a setting the trainers spell otherwise; the nearest spelling would mislead ('translate').
-_SPELLED_OTHERWISE = {
-    name: "gradient accumulation is nbs=: Ultralytics and the yolov5 repo accumulate max(round(nbs / batch), 1) "
-          "batches, so nbs=64 at batch=16 accumulates 4"
-    for name in ("accumulate", "accumulation", "grad_accum", "gradient_accumulation")
-}
+# Keys users type for gradient accumulation, which the trainers set through nbs; the nearest spelling
+# would mislead ('translate').
+_ACCUMULATION_KEYS = frozenset({"accumulate", "accumulation", "grad_accum", "gradient_accumulation"})
+_ACCUMULATION_HINT = ("gradient accumulation is nbs=: Ultralytics and the yolov5 repo accumulate "
+                      "max(round(nbs / batch), 1) batches, so nbs=64 at batch=16 accumulates 4")
 
 
 class UnknownKey(UserError):
@@ -327,8 +326,8 @@ class UnknownKey(UserError):
         valid = sorted(valid)
         close = nearest(key, valid)
         self.key = key
-        if key in _SPELLED_OTHERWISE and "nbs" in valid:
-            hint = _SPELLED_OTHERWISE[key]
+        if key in _ACCUMULATION_KEYS and "nbs" in valid:
+            hint = _ACCUMULATION_HINT
         else:
             hint = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         self.short = f"unknown key {key!r}" + (f" ({hint})" if hint else "")

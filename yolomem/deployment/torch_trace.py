@@ -129,7 +129,7 @@ def nms_candidates(settings: InferenceSettings, task: str, anchors: int, nc: int
     (predict: one class per anchor, ``multi_label=False``; val: every pair), up to ``max_nms``. Rotated NMS
     (obb) keeps several (n, n) float32 matrices, so at the cap it would need gigabytes an image that no
     measured obb run used: it takes the count fitted to a measured obb validation, as training's does."""
-    from yolomem.loops.val_pass import ROTATED_NMS_CANDIDATES_PER_IMAGE
+    from yolomem.loops.val_pass import ROTATED_NMS_CANDIDATES_PER_IMAGE, rotated_nms_matrix_bytes
 
     if settings.candidates is not None:
         return settings.candidates, "given"
@@ -137,7 +137,7 @@ def nms_candidates(settings: InferenceSettings, task: str, anchors: int, nc: int
     if task != "obb":
         return most, "the most NMS holds"
     fitted = min(most, ROTATED_NMS_CANDIDATES_PER_IMAGE)
-    at_most = f"rotated NMS's (n, n) matrices at {most}: {4 * most * most / 2**30:.1f} GiB each"
+    at_most = f"rotated NMS's (n, n) matrices at {most}: {rotated_nms_matrix_bytes(most) / 2**30:.1f} GiB each"
     return fitted, f"fitted to a measured obb validation; {at_most}"
 
 

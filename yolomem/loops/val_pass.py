@@ -195,10 +195,16 @@ def _assume_candidates(tracer: Tracer, *, rotated: bool) -> int:
         return NMS_CANDIDATES_PER_IMAGE
     n, cap = ROTATED_NMS_CANDIDATES_PER_IMAGE, NMS_CANDIDATES_PER_IMAGE
     question = (f"(box, class) pairs per image above conf={VAL_CONF} in rotated NMS (its n x n float32 matrices: "
-                f"{4 * n * n / 2**20:.0f} MiB each, {4 * cap * cap / 2**30:.1f} GiB at NMS's cap of {cap}; "
+                f"{rotated_nms_matrix_bytes(n) / 2**20:.0f} MiB each, {rotated_nms_matrix_bytes(cap) / 2**30:.1f} GiB "
+                f"at NMS's cap of {cap}; "
                 f"the int64 copy of their mask that its sum makes, twice that)")
     tracer.assume(question, str(n))
     return n
+
+
+def rotated_nms_matrix_bytes(candidates: int) -> int:
+    """Bytes of one (n, n) float32 matrix of rotated NMS (``TorchNMS.fast_nms`` with ``batch_probiou``)."""
+    return 4 * candidates * candidates
 
 
 def synthetic_predictions(shape: tuple[int, ...], dtype: torch.dtype, nc: int, candidates: int) -> torch.Tensor:
