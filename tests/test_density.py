@@ -281,3 +281,35 @@ def test_plans_at_other_batches_reuse_the_draws_and_equal_fresh_ones():
     warm = [plan_density(batch=b, instances=6.0, images=3000) for b in (8, 16, 32)]
     density._drawn_samples.cache_clear()
     assert plan_density(batch=16, instances=6.0, images=3000) == warm[1]
+
+
+def test_a_plan_is_read_back_from_the_cache_equal_and_a_corrupt_one_is_drawn_again(tmp_path, monkeypatch):
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.loops import density
+    from yolomem.trace import store
+
+    monkeypatch.setattr(store, "_ACTIVE", store.TraceStore(tmp_path))
+    config = EstimateConfig.from_mapping({"model": "yolov8n.yaml", "instances": 5.0, "images": 2000})
+    density._plan_once.cache_clear()
+    drawn = density.plan_for(config, 16)
+    files = list(tmp_path.rglob("*.run"))
+    assert len(files) == 1
+
+    def no_draws(**_):
+        raise AssertionError("drawn again")
+
+    density._plan_once.cache_clear()
+    monkeypatch.setattr(density, "plan_density", no_draws)
+    assert density.plan_for(config, 16) == drawn  # read back, not drawn
+
+    files[0].write_bytes(files[0].read_bytes()[:-8])  # cut short: not trusted
+    density._plan_once.cache_clear()
+    with pytest.raises(AssertionError, match="drawn again"):
+        density.plan_for(config, 16)
+    monkeypatch.setattr(density, "plan_density", plan_density)
+    density._plan_once.cache_clear()
+    assert density.plan_for(config, 16) == drawn  # drawn again, and stored whole again
+    monkeypatch.setattr(density, "plan_density", no_draws)
+    density._plan_once.cache_clear()
+    assert density.plan_for(config, 16) == drawn
+    density._plan_once.cache_clear()  # later tests draw with the session's cache

@@ -68,6 +68,16 @@ def test_models_of_tasks_not_modelled_are_refused_in_one_line(name, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", ["estimate", "deploy", "fit"])
+def test_a_name_too_long_for_a_file_is_an_unknown_model_in_one_line(command, capsys):
+    # Path.is_file() raises ENAMETOOLONG instead of answering False; it ended in a traceback
+    name = "yolov8n" + "x" * 300 + ".yaml"
+    assert main([command, name, "gpu_mem=8" if command == "fit" else "imgsz=64"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "unknown model 'yolov8nxxx" in err and "(file name too long)" in err and "valid: " in err
+
+
 @pytest.mark.exhaustive  # every listed name, traced at 64 x 2: about 10-15 min on 2 shared cores
 def test_every_listed_name_estimates_or_is_refused_in_one_line():
     failures = []

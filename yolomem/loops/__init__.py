@@ -36,11 +36,15 @@ def get_loop(name: str):
 def resolve_model(spec: str, framework: str = "ultralytics"):
     """The model ``spec`` names, and the loop that trains it: a name only one loop builds (``yolov4``,
     ``yolov5s``, a darknet ``.cfg``) selects that loop, with a note; otherwise ``framework`` decides."""
-    for name in LOOP_NAMES:
-        loop = get_loop(name)
-        if name != framework and loop.owns(spec):
-            return loop.resolve(spec, framework)
-    return get_loop(framework).resolve(spec, framework)
+    try:
+        for name in LOOP_NAMES:
+            loop = get_loop(name)
+            if name != framework and loop.owns(spec):
+                return loop.resolve(spec, framework)
+        return get_loop(framework).resolve(spec, framework)
+    except OSError as error:  # a name the file system refuses to look up (ENAMETOOLONG): no file, and no model
+        shown = spec if len(str(spec)) <= 60 else f"{str(spec)[:57]}..."
+        raise unknown("model", shown, get_loop(framework).model_names(), where=f"({error.strerror.lower()})") from None
 
 
 def trace_run(config, resolved, *, fake: bool = True, oracle=None, after_iterations=None, density=None,
