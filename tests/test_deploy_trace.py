@@ -222,3 +222,36 @@ def test_rotated_nms_takes_the_fitted_candidates_not_the_cap():
     assert nms_candidates(given, "obb", anchors=21504, nc=15) == (20000, "given")
     small = InferenceSettings(mode="predict", batch=1, imgsz=64, half=False)
     assert nms_candidates(small, "obb", anchors=84, nc=15)[0] == 84  # fewer anchors than the fitted count
+
+
+def test_exported_pipeline_is_the_predictor_without_the_models_tensors():
+    """ONNX Runtime and TensorRT run the model; Ultralytics' predictor around it is the same torch code as
+    for a .pt model. ``pipeline_memory`` replays the .pt trace's preprocess, output and NMS allocations:
+    none of the model's weights or activations, and the outputs and the preprocessed batch at their
+    sizes. Segmentation's masks are in it: they were missing from the counted formula it replaces."""
+    from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
+    from yolomem.allocator.replay import replay
+    from yolomem.deployment.torch_trace import OUTPUT_PHASE, PIPELINE_PHASES, pipeline_memory
+
+    settings = InferenceSettings(mode="predict", batch=2, imgsz=64, half=False, candidates=CANDIDATES)
+    peaks = {}
+    for model, nc in (("yolov8n.yaml", NC), ("yolov8n-seg.yaml", NC)):
+        resolved = resolve_model(model)
+        whole = trace_inference(resolved, settings, nc=nc).trace
+        kept = [e for e in whole.events if e.op == "alloc" and e.phase in PIPELINE_PHASES]
+        assert {e.category for e in kept}.isdisjoint({"parameter"})
+        outputs = [e.nbytes for e in kept if e.phase == OUTPUT_PHASE]
+        channels = 4 + nc + (32 if model.endswith("-seg.yaml") else 0)
+        anchors = sum((64 // s) ** 2 for s in (8, 16, 32))
+        assert outputs[0] == 2 * channels * anchors * 4  # (batch, 4 + nc + masks, anchors) float32
+        if model.endswith("-seg.yaml"):
+            assert outputs[1] == 2 * 32 * 16 * 16 * 4  # the mask prototypes, (batch, 32, imgsz/4, imgsz/4)
+        assert any(e.phase == "preprocess" and e.nbytes == 2 * 3 * 64 * 64 for e in kept)  # the uint8 batch on the device
+        memory = pipeline_memory(resolved, settings, nc=nc)
+        full = replay([whole.events], CachingAllocator(parse_alloc_conf(None)))
+        assert 0 < memory.peak_allocated_bytes < full.stats.peak_allocated_bytes
+        assert memory.peak_allocated_bytes >= sum(outputs[:2]) + 2 * 3 * 64 * 64 * 4  # outputs and the float batch
+        assert pipeline_memory(resolved, settings, nc=nc) is memory  # onnx and engine ask again: traced once
+        peaks[model] = memory.peak_allocated_bytes
+    # an image's masks, upsampled to the input (process_mask): one float32 imgsz x imgsz plane per detection kept
+    assert peaks["yolov8n-seg.yaml"] - peaks["yolov8n.yaml"] >= CANDIDATES * 64 * 64 * 4

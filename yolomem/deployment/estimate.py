@@ -6,8 +6,9 @@
 - ``format=engine``: ``yolomem.deployment.tensorrt``: weights, activations (= the execution context's
   memory), I/O bindings, libraries; the build's workspace and tactic limits; INT8 calibration.
 - ``format=onnx``: ``yolomem.deployment.onnxruntime``: weights, activations, cuDNN workspace, arena growth.
-- Exported formats also run Ultralytics' preprocessing and NMS in torch (counted: the uint8 and float
-  batch, one image's NMS buffers), and every format adds the process's host RAM
+- Exported formats also run Ultralytics' preprocessing and postprocess in torch on the device: traced, as
+  the .pt model's predictor without the model's own tensors (``torch_trace.pipeline_memory``: the uint8
+  and float batch, the outputs, NMS, segmentation's masks), and every format adds the process's host RAM
   (``yolomem.deployment.host``). On a Jetson (unified memory) ``ram_left_bytes`` is what the module keeps
   for the OS and the application once the deployment and its host RAM are counted.
 
@@ -23,9 +24,6 @@ from yolomem.config.gpus import CUDA_CONTEXT_BYTES, Gpu, find_gpu
 from yolomem.config.versions import traced_versions
 from yolomem.deployment.config import DeployConfig
 from yolomem.deployment.terms import Term, total
-
-NMS_BLOCK = 64  # torchvision nms_kernel.cu: one int64 of mask bits per 64 boxes
-MAX_NMS = 30000
 
 
 @dataclass(frozen=True)
@@ -175,7 +173,7 @@ def deploy_config(config: DeployConfig) -> Deployment:
         exporter = exporter_reserved_bytes(resolved, batch, imgsz, config.nc)
         memory = engine_memory(resolved, EngineSettings(batch, imgsz, config.precision, config.dynamic, config.workspace),
                                rules, gpu, nc=config.nc, exporter_torch_bytes=exporter)  # fmt: skip
-        runtime = (*memory.runtime, _pipeline_term(resolved, config, batch, imgsz, memory.profile_max_shape))
+        runtime = (*memory.runtime, _pipeline_term(resolved, config, batch, imgsz))
         build, calibration, remaining = memory.build, memory.calibration, memory.remaining
         workspace_limit = memory.workspace_limit_bytes
         params = _params(resolved, config.nc)
@@ -192,7 +190,7 @@ def deploy_config(config: DeployConfig) -> Deployment:
         from yolomem.deployment.onnxruntime import session_memory
 
         memory = session_memory(resolved, batch, imgsz, config.precision, context, config.arena_extend_strategy, nc=config.nc)
-        runtime = (*memory.runtime, _pipeline_term(resolved, config, batch, imgsz, (batch, 3, imgsz, imgsz)))
+        runtime = (*memory.runtime, _pipeline_term(resolved, config, batch, imgsz))
         params = _params(resolved, config.nc)
         notes += memory.notes
         details = {"arena_bytes": dict(memory.arena_bytes)}
@@ -289,15 +287,17 @@ def _torch_terms(resolved, config: DeployConfig, batch: int, imgsz: int, context
     return runtime, traced.params, notes, assumptions
 
 
-def _pipeline_term(resolved, config: DeployConfig, batch: int, imgsz: int, io_shape) -> Term:
-    """Ultralytics' preprocessing and NMS around an exported model, in torch: the uint8 batch and its
-    float copy, and one image's NMS (the candidates, their sort, the (n, n/64) int64 mask)."""
-    anchors = sum((imgsz // s) ** 2 for s in (8, 16, 32))
-    n = config.candidates or min(anchors, MAX_NMS)
-    preprocess = batch * 3 * imgsz * imgsz * (1 + 4)
-    nms = n * -(-n // NMS_BLOCK) * 8 + n * (4 + 8 + 16 + 1)
-    return Term.exact("pipeline", "preprocess and NMS (torch, counted)", preprocess + nms, "counted",
-                      f"uint8 + float batch; NMS mask for {n} candidates")  # fmt: skip
+def _pipeline_term(resolved, config: DeployConfig, batch: int, imgsz: int) -> Term:
+    """Ultralytics' preprocessing, the model's outputs on the device and postprocess around an exported
+    model, traced in torch (``torch_trace.pipeline_memory``)."""
+    from yolomem.deployment.torch_trace import InferenceSettings, pipeline_memory
+
+    settings = InferenceSettings(mode=config.mode, batch=batch, imgsz=imgsz, half=config.precision == "fp16",
+                                 candidates=config.candidates)  # fmt: skip
+    memory = pipeline_memory(resolved, settings, nc=config.nc)
+    return Term.exact("pipeline", "preprocess, outputs and postprocess in torch (NMS, masks)", memory.peak_reserved_bytes,
+                      "traced", f"peak reserved by torch's caching allocator; {memory.candidates} NMS candidates per "
+                      f"image ({memory.candidates_basis})")  # fmt: skip
 
 
 def _params(resolved, nc: int | None) -> int:

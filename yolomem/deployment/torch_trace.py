@@ -51,6 +51,10 @@ from yolomem.trace.tracer import DataOracle, Trace, Tracer, module_scopes
 
 MAX_NMS = 30000  # ultralytics/utils/nms.py non_max_suppression(max_nms=30000)
 MODES = ("predict", "val")
+OUTPUT_PHASE = "output"  # the model's outputs as the predictor receives them
+# What runs in torch around an exported model, whatever runs the model itself: the predictor's (or the
+# validator's) preprocess, the outputs AutoBackend turns into device tensors, and postprocess.
+PIPELINE_PHASES = frozenset({"preprocess", OUTPUT_PHASE, "nms"})
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,43 @@ def trace_inference(resolved: ResolvedModel, settings: InferenceSettings, *, fak
         trace = tracer.result()
         tracer.detach_finalizers()
     return TracedInference(trace, params, imgsz, candidates, candidates_basis, tuple(notes))
+
+
+@dataclass(frozen=True)
+class PipelineMemory:
+    """What torch's caching allocator holds for the pipeline around an exported model (``pipeline_memory``)."""
+
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    candidates: int
+    candidates_basis: str
+
+
+def pipeline_memory(resolved: ResolvedModel, settings: InferenceSettings, nc: int | None = None) -> PipelineMemory:
+    """Ultralytics' predictor (or validator) around an ONNX or TensorRT model: AutoBackend hands the
+    runtime's outputs to torch on the device (``from_numpy(...).to(device)``, or the engine's output
+    bindings), and preprocess and postprocess (NMS; the masks of segmentation) are the same torch code as
+    for a .pt model. So it is the .pt model's trace replayed without the model's own tensors: its
+    weights, activations and warmup."""
+    from dataclasses import asdict
+
+    from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
+    from yolomem.allocator.replay import replay
+    from yolomem.trace.store import canonical
+
+    key = (canonical(asdict(resolved)), settings, nc)
+    if key not in _PIPELINES:
+        traced = trace_inference(resolved, settings, nc=nc)
+        events = [e for e in traced.trace.events if e.op == "free" or e.phase in PIPELINE_PHASES]
+        run = replay([events], CachingAllocator(parse_alloc_conf(None)))
+        _PIPELINES[key] = PipelineMemory(run.stats.peak_allocated_bytes, run.stats.peak_reserved_bytes,
+                                         traced.candidates, traced.candidates_basis)  # fmt: skip
+    return _PIPELINES[key]
+
+
+# ONNX Runtime and TensorRT run the same pipeline, and an INT8 engine's FP32 one: a sweep (the calculator
+# page's deployment series) asks for each once per process
+_PIPELINES: dict[tuple, PipelineMemory] = {}
 
 
 def nms_candidates(settings: InferenceSettings, task: str, anchors: int, nc: int) -> tuple[int, str]:
@@ -329,10 +370,11 @@ def synthetic_scores(tracer: Tracer, task: str, nc: int, candidates: int) -> Ite
             shape, dtype = tuple(leaves[i].shape), leaves[i].dtype
             leaves[i] = None  # the fake output dies first: the real one takes its allocation
             stand_in = torch.empty(shape, dtype=dtype, device="meta")
-            if i == 0:
-                leaves[i] = _real_predictions(stand_in, tracer, nc, candidates)
-            else:
-                leaves[i] = _real_zeros(shape, dtype, tracer)
+            with tracer.phase(OUTPUT_PHASE):  # what an exported model hands back to torch (pipeline_memory)
+                if i == 0:
+                    leaves[i] = _real_predictions(stand_in, tracer, nc, candidates)
+                else:
+                    leaves[i] = _real_zeros(shape, dtype, tracer)
         return tree_unflatten(leaves, spec)
 
     AutoBackend.forward = forward
