@@ -38,13 +38,12 @@ pytorch_simple_CenterNet_45 issue 10).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 
@@ -402,7 +401,7 @@ def _plan_once(batch: int, instances: float, seed: int, train_counts: tuple[int,
 
     counts = None if train_counts is None else _counts_digest(train_counts)  # a dataset's labels: their digest
     key = code_key() | {"probe": "density plan", "batch": batch, "instances": instances, "seed": seed, "counts": counts,
-                        "max_instances": max_instances, "aug": dataclasses.astuple(aug), "images": images, "tail": tail}  # fmt: skip
+                        "max_instances": max_instances, "aug": astuple(aug), "images": images, "tail": tail}  # fmt: skip
     return active_store().kept_probe(key, compute, DensityPlan)
 
 
