@@ -173,7 +173,7 @@ def deploy_config(config: DeployConfig) -> Deployment:
         exporter = exporter_reserved_bytes(resolved, batch, imgsz, config.nc)
         memory = engine_memory(resolved, EngineSettings(batch, imgsz, config.precision, config.dynamic, config.workspace),
                                rules, gpu, nc=config.nc, exporter_torch_bytes=exporter)  # fmt: skip
-        runtime = (*memory.runtime, _pipeline_term(resolved, config, batch, imgsz))
+        runtime = (*memory.runtime, _pipeline_term(resolved, config, batch, imgsz, outputs=False))  # in the bindings
         build, calibration, remaining = memory.build, memory.calibration, memory.remaining
         workspace_limit = memory.workspace_limit_bytes
         params = _params(resolved, config.nc)
@@ -287,15 +287,16 @@ def _torch_terms(resolved, config: DeployConfig, batch: int, imgsz: int, context
     return runtime, traced.params, notes, assumptions
 
 
-def _pipeline_term(resolved, config: DeployConfig, batch: int, imgsz: int) -> Term:
-    """Ultralytics' preprocessing, the model's outputs on the device and postprocess around an exported
-    model, traced in torch (``torch_trace.pipeline_memory``)."""
+def _pipeline_term(resolved, config: DeployConfig, batch: int, imgsz: int, outputs: bool = True) -> Term:
+    """Ultralytics' preprocessing, the model's outputs on the device (``outputs``: unless another term
+    holds them) and postprocess around an exported model, traced in torch (``torch_trace.pipeline_memory``)."""
     from yolomem.deployment.torch_trace import InferenceSettings, pipeline_memory
 
     settings = InferenceSettings(mode=config.mode, batch=batch, imgsz=imgsz, half=config.precision == "fp16",
                                  candidates=config.candidates)  # fmt: skip
-    memory = pipeline_memory(resolved, settings, nc=config.nc)
-    return Term.exact("pipeline", "preprocess, outputs and postprocess in torch (NMS, masks)", memory.peak_reserved_bytes,
+    memory = pipeline_memory(resolved, settings, nc=config.nc, outputs=outputs)
+    label = "preprocess, outputs and postprocess" if outputs else "preprocess and postprocess"
+    return Term.exact("pipeline", f"{label} in torch (NMS, masks)", memory.peak_reserved_bytes,
                       "traced", f"peak reserved by torch's caching allocator; {memory.candidates} NMS candidates per "
                       f"image ({memory.candidates_basis})")  # fmt: skip
 

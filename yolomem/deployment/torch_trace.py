@@ -138,30 +138,33 @@ class PipelineMemory:
     candidates_basis: str
 
 
-def pipeline_memory(resolved: ResolvedModel, settings: InferenceSettings, nc: int | None = None) -> PipelineMemory:
+def pipeline_memory(resolved: ResolvedModel, settings: InferenceSettings, nc: int | None = None, *,
+                    outputs: bool = True) -> PipelineMemory:  # fmt: skip
     """Ultralytics' predictor (or validator) around an ONNX or TensorRT model: AutoBackend hands the
-    runtime's outputs to torch on the device (``from_numpy(...).to(device)``, or the engine's output
-    bindings), and preprocess and postprocess (NMS; the masks of segmentation) are the same torch code as
-    for a .pt model. So it is the .pt model's trace replayed without the model's own tensors: its
-    weights, activations and warmup."""
+    runtime's outputs to torch on the device, and preprocess and postprocess (NMS; the masks of
+    segmentation) are the same torch code as for a .pt model. So it is the .pt model's trace replayed
+    without the model's own tensors: its weights, activations and warmup. ``outputs=False``: the
+    outputs are buffers counted elsewhere (a TensorRT engine's output bindings, allocated at load and
+    handed back as they are); ONNX Runtime's are new device tensors (``from_numpy(...).to(device)``)."""
     from dataclasses import asdict
 
     from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
     from yolomem.allocator.replay import replay
     from yolomem.trace.store import canonical
 
-    key = (canonical(asdict(resolved)), settings, nc)
+    key = (canonical(asdict(resolved)), settings, nc, outputs)
     if key not in _PIPELINES:
         traced = trace_inference(resolved, settings, nc=nc)
-        events = [e for e in traced.trace.events if e.op == "free" or e.phase in PIPELINE_PHASES]
+        phases = PIPELINE_PHASES if outputs else PIPELINE_PHASES - {OUTPUT_PHASE}
+        events = [e for e in traced.trace.events if e.op == "free" or e.phase in phases]
         run = replay([events], CachingAllocator(parse_alloc_conf(None)))
         _PIPELINES[key] = PipelineMemory(run.stats.peak_allocated_bytes, run.stats.peak_reserved_bytes,
                                          traced.candidates, traced.candidates_basis)  # fmt: skip
     return _PIPELINES[key]
 
 
-# ONNX Runtime and TensorRT run the same pipeline, and an INT8 engine's FP32 one: a sweep (the calculator
-# page's deployment series) asks for each once per process
+# An INT8 engine runs an FP32 engine's pipeline: a sweep (the calculator page's deployment series) asks
+# for each once per process
 _PIPELINES: dict[tuple, PipelineMemory] = {}
 
 
