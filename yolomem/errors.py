@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class UserError(ValueError):
@@ -43,3 +44,41 @@ def too_large_error(error: BaseException) -> UserError | None:
     else:
         return None
     return UserError(f"estimating this needs {what}; ask for a smaller batch or imgsz")
+
+
+def missing_dependency_error(error: ModuleNotFoundError) -> UserError | None:
+    """The one-line error for an installed package that cannot import a module it needs (an Ultralytics
+    release installed without its dependencies: 8.2 imports ``tqdm``); None when the import failed in
+    yolomem's own code (a bug, or an optional extra that names its install command itself)."""
+    frames = []  # (module name, file) of each frame, outermost first
+    traceback = error.__traceback__
+    while traceback is not None:
+        frame_globals = traceback.tb_frame.f_globals
+        frames.append((str(frame_globals.get("__name__", "")), frame_globals.get("__file__")))
+        traceback = traceback.tb_next
+    importer, path = next(((name, path) for name, path in reversed(frames)
+                           if name and not name.startswith(("importlib", "<"))), ("", None))  # fmt: skip
+    package = importer.split(".")[0]
+    if not package or package in {"yolomem", "__main__"}:
+        return None
+    version = _version_beside(package, path)
+    installed = f"{package} {version}" if version else package
+    top = str(error.name).split(".")[0]
+    return UserError(f"the installed {installed} needs the module {error.name!r}, which is not installed "
+                     f"(pip install {_DISTRIBUTIONS.get(top, top)})")
+
+
+def _version_beside(package: str, path: str | None) -> str | None:
+    """The version in the ``dist-info`` folder next to the package the file belongs to (the copy that was
+    imported, which need not be the first one importlib.metadata finds)."""
+    if not path:
+        return None
+    root = Path(path).parent
+    while root.name != package and root.parent != root:
+        root = root.parent
+    found = sorted(root.parent.glob(f"{package}-*.dist-info"))
+    return found[0].name[len(package) + 1 : -len(".dist-info")] if found else None
+
+
+# modules whose distribution has another name, among what Ultralytics imports
+_DISTRIBUTIONS = {"cv2": "opencv-python", "yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn"}

@@ -17,7 +17,7 @@ import os
 import sys
 
 from yolomem.cli.registry import COMMANDS, Command
-from yolomem.errors import UserError, too_large_error
+from yolomem.errors import UserError, missing_dependency_error, too_large_error
 from yolomem.workers import warm_workers
 
 # Each module registers its subcommands on import; this list is the whole CLI, in help order.
@@ -150,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (MemoryError, RuntimeError) as error:
         refused = too_large_error(error)
+        if refused is None:
+            raise
+        print(f"yolomem: error: {refused}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        refused = missing_dependency_error(error)
         if refused is None:
             raise
         print(f"yolomem: error: {refused}", file=sys.stderr)
