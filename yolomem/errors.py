@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import traceback
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -50,12 +51,8 @@ def missing_dependency_error(error: ModuleNotFoundError) -> UserError | None:
     """The one-line error for an installed package that cannot import a module it needs (an Ultralytics
     release installed without its dependencies: 8.2 imports ``tqdm``); None when the import failed in
     yolomem's own code (a bug, or an optional extra that names its install command itself)."""
-    frames = []  # (module name, file) of each frame, outermost first
-    traceback = error.__traceback__
-    while traceback is not None:
-        frame_globals = traceback.tb_frame.f_globals
-        frames.append((str(frame_globals.get("__name__", "")), frame_globals.get("__file__")))
-        traceback = traceback.tb_next
+    # the innermost frame outside the import machinery: the module whose import statement failed
+    frames = [(str(f.f_globals.get("__name__", "")), f.f_globals.get("__file__")) for f, _ in traceback.walk_tb(error.__traceback__)]
     importer, path = next(((name, path) for name, path in reversed(frames)
                            if name and not name.startswith(("importlib", "<"))), ("", None))  # fmt: skip
     package = importer.split(".")[0]

@@ -47,6 +47,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from yolomem.config.models import ResolvedModel
+from yolomem.recent import Recent
 from yolomem.trace.tracer import DataOracle, Trace, Tracer, module_scopes
 
 MAX_NMS = 30000  # ultralytics/utils/nms.py non_max_suppression(max_nms=30000)
@@ -153,19 +154,20 @@ def pipeline_memory(resolved: ResolvedModel, settings: InferenceSettings, nc: in
     from yolomem.trace.store import canonical
 
     key = (canonical(asdict(resolved)), settings, nc, outputs)
-    if key not in _PIPELINES:
+    known = _PIPELINES.get(key)
+    if known is None:
         traced = trace_inference(resolved, settings, nc=nc)
         phases = PIPELINE_PHASES if outputs else PIPELINE_PHASES - {OUTPUT_PHASE}
         events = [e for e in traced.trace.events if e.op == "free" or e.phase in phases]
         run = replay([events], CachingAllocator(parse_alloc_conf(None)))
-        _PIPELINES[key] = PipelineMemory(run.stats.peak_allocated_bytes, run.stats.peak_reserved_bytes,
-                                         traced.candidates, traced.candidates_basis)  # fmt: skip
-    return _PIPELINES[key]
+        known = _PIPELINES[key] = PipelineMemory(run.stats.peak_allocated_bytes, run.stats.peak_reserved_bytes,
+                                                 traced.candidates, traced.candidates_basis)  # fmt: skip
+    return known
 
 
 # An INT8 engine runs an FP32 engine's pipeline: a sweep (the calculator page's deployment series) asks
-# for each once per process
-_PIPELINES: dict[tuple, PipelineMemory] = {}
+# for each again at the same batch
+_PIPELINES: Recent = Recent(16)
 
 
 def nms_candidates(settings: InferenceSettings, task: str, anchors: int, nc: int) -> tuple[int, str]:
