@@ -140,3 +140,21 @@ def test_a_yolov5_repo_model_is_refused_with_ultralytics_own_build_named(capsys)
     assert main(["deploy", "yolov4-tiny"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "yolov4-tinyu" not in err, err
+
+
+@pytest.mark.parametrize(("model", "deploy_format", "postprocess"), [
+    ("yolov8n.yaml", "onnx", "(NMS)"), ("yolo11n-cls.yaml", "onnx", "(softmax)"), ("yolo11n-cls.yaml", "pt", "softmax"),
+])  # fmt: skip
+def test_labels_name_the_tasks_own_postprocess(model, deploy_format, postprocess):
+    """A detect model's pipeline has no masks to name; a classifier has no NMS and no candidates."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["deploy", model, f"format={deploy_format}", "imgsz=64", "--json"]) == 0
+    report = json.loads(out.getvalue())
+    labels = " ".join(t["label"] + " " + t["note"] for t in report["runtime"])
+    assert postprocess in labels and "masks" not in labels
+    if "cls" in model:
+        assert "NMS" not in labels + " ".join(report["assumptions"])

@@ -265,11 +265,12 @@ def _torch_terms(resolved, config: DeployConfig, batch: int, imgsz: int, context
             live.pop(event.storage_id, None)
     weights = sum(live.values())
     allocated = replay.peak_allocated_bytes
+    classify = resolved.task == "classify"  # softmax, no NMS
     runtime = (
         Term.exact("weights", f"weights (fused, {'FP16' if settings.half else 'FP32'})", weights, "traced"),
-        Term.exact("activations", f"{config.mode}: inputs, activations, NMS (peak allocated less weights)",
-                   max(allocated - weights, 0), "traced",
-                   f"{traced.candidates} NMS candidates per image assumed ({traced.candidates_basis})"),
+        Term.exact("activations", f"{config.mode}: inputs, activations, {POSTPROCESS[resolved.task]} (peak allocated "
+                   "less weights)", max(allocated - weights, 0), "traced",
+                   "" if classify else f"{traced.candidates} NMS candidates per image assumed ({traced.candidates_basis})"),
         Term.exact("allocator_cache", "caching allocator: rounding and cached blocks", replay.peak_reserved_bytes - allocated,
                    "traced", "torch.cuda.max_memory_reserved() - max_memory_allocated()"),
         Term.exact("cuda_context", "CUDA context", context, "assumed", "see yolomem.config.gpus"),
@@ -277,11 +278,10 @@ def _torch_terms(resolved, config: DeployConfig, batch: int, imgsz: int, context
     notes = list(traced.notes)
     if replay.oom:
         notes.append(f"does not fit {gpu.name}: {replay.oom}")
-    assumptions = [
-        "cuDNN/cuBLAS workspaces are not traced (transient buffers kernels take from the caching allocator)",
-        f"NMS: {traced.candidates} (box, class) candidates per image pass conf ({traced.candidates_basis}); "
-        + ("rotated NMS's own matrices" if resolved.task == "obb" else "torchvision's CUDA kernel's buffers"),
-    ]
+    assumptions = ["cuDNN/cuBLAS workspaces are not traced (transient buffers kernels take from the caching allocator)"]
+    if not classify:
+        assumptions.append(f"NMS: {traced.candidates} (box, class) candidates per image pass conf ({traced.candidates_basis}); "
+                           + ("rotated NMS's own matrices" if resolved.task == "obb" else "torchvision's CUDA kernel's buffers"))  # fmt: skip
     if config.mode == "val":
         assumptions.append("val: square images letterboxed as the installed release does; plots and save_json off")
     return runtime, traced.params, notes, assumptions
@@ -296,9 +296,16 @@ def _pipeline_term(resolved, config: DeployConfig, batch: int, imgsz: int, outpu
                                  candidates=config.candidates)  # fmt: skip
     memory = pipeline_memory(resolved, settings, nc=config.nc, outputs=outputs)
     label = "preprocess, outputs and postprocess" if outputs else "preprocess and postprocess"
-    return Term.exact("pipeline", f"{label} in torch (NMS, masks)", memory.peak_reserved_bytes,
-                      "traced", f"peak reserved by torch's caching allocator; {memory.candidates} NMS candidates per "
-                      f"image ({memory.candidates_basis})")  # fmt: skip
+    basis = "peak reserved by torch's caching allocator"
+    if resolved.task != "classify":
+        basis += f"; {memory.candidates} NMS candidates per image ({memory.candidates_basis})"
+    return Term.exact("pipeline", f"{label} in torch ({POSTPROCESS[resolved.task]})", memory.peak_reserved_bytes,
+                      "traced", basis)  # fmt: skip
+
+
+# What each task's postprocess runs on the device (the predictors' ``postprocess``)
+POSTPROCESS = {"detect": "NMS", "segment": "NMS, masks", "pose": "NMS, keypoints", "obb": "rotated NMS",
+               "classify": "softmax"}  # fmt: skip
 
 
 def _params(resolved, nc: int | None) -> int:
