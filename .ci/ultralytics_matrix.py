@@ -6,7 +6,8 @@ Per release (``pip install --no-deps --target <tmp>/<release>``, first on ``PYTH
 - the trace-equality tests (fake trace == real CPU run) and the release-probe tests;
 - a smoke estimate per task (detect, segment, pose, obb, classify) at a small imgsz, one whole-epochs
   estimate (does the simulated cache clear follow the release?), and the 640/16 AMP figure of
-  yolo11s (yolov8s before 8.3, which has no yolo11).
+  yolo11s (yolov8s before 8.3, which has no yolo11);
+- ``deploy``: predict per task, segmentation's validation and exported pipelines (``_deploy_smoke``).
 Prints one line per release and exits 1 if any release failed.
 
 The matrix: first and last of 8.1, 8.2, 8.3, the newest 8.4, 8.3.74 (the issue's release), and each
@@ -138,10 +139,31 @@ def smoke() -> None:
             out[key] = estimate(model, iterations=1, **extra).gpu_mem_printed
         except Exception as error:  # noqa: BLE001
             failures.append(f"{model} {extra}: {type(error).__name__}: {error}")
+    failures += _deploy_smoke(out)
     if failures:
         out["error"] = failures
     print(json.dumps(out))
     sys.exit(1 if failures else 0)
+
+
+def _deploy_smoke(out: dict) -> list[str]:
+    """``deploy``'s predict of each task, segmentation's validation (mask IoU by value) and its ONNX and
+    TensorRT pipelines: the predictors, validators and AutoBackend differ across releases."""
+    from yolomem.deployment.estimate import deploy
+
+    failures, figures = [], {}
+    calls = [(model, {}) for model in SMOKE_MODELS] + [
+        ("yolov8n-seg.yaml", {"mode": "val"}), ("yolov8n-seg.yaml", {"format": "onnx"}),
+        ("yolov8n-pose.yaml", {"format": "engine", "precision": "int8"}),
+    ]  # fmt: skip
+    for model, extra in calls:
+        label = " ".join([model[:-5], *map(str, extra.values())])
+        try:
+            figures[label] = round(deploy(model, imgsz=128, batch=2, **extra).runtime_bytes / 2**20)
+        except Exception as error:  # noqa: BLE001 - reported per call, the matrix goes on
+            failures.append(f"deploy {label}: {type(error).__name__}: {error}")
+    out["deploy_mib"] = figures
+    return failures
 
 
 def _line(result: dict) -> str:

@@ -181,3 +181,26 @@ def test_bad_deploy_input_is_one_line(words, message):
     with pytest.raises(UserError) as error:
         DeployConfig.from_words(words)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_in_place_activations_are_new_tensors_in_the_exported_graph(monkeypatch):
+    """Ultralytics 8.3 and earlier make every SiLU in-place (``initialize_weights``). ONNX has no in-place
+    ops: the export writes ``silu_`` as Sigmoid and Mul into a new tensor, so the graph and its plan are
+    those of the out-of-place model (the fusion pass failed on an in-place node's missing output)."""
+    import torch
+
+    from yolomem.deployment.graph import capture_graph, export_ready_model
+    from yolomem.loops import resolve_model
+
+    resolved, shape = resolve_model("yolov8n.yaml"), (1, 3, 128, 128)
+    plain = capture_graph(resolved, shape, fmt="onnx")
+    model = export_ready_model(resolved, None, shape[2:], "onnx", False)
+    for module in model.modules():
+        if isinstance(module, torch.nn.SiLU):
+            monkeypatch.setattr(module, "inplace", True)  # undone after the test: Conv shares one SiLU
+    in_place = capture_graph(resolved, shape, fmt="onnx", model=model)
+    assert [(n.op, len(n.creates)) for n in in_place.nodes] == [(n.op, len(n.creates)) for n in plain.nodes]
+    rules, element_bytes = Rules.onnxruntime(), element_bytes_for("fp32", plain.head_prefix)
+    planned = [sorted((t.nbytes, t.first, t.last) for t in materialize(g, rules, element_bytes).tensors)
+               for g in (plain, in_place)]  # fmt: skip
+    assert planned[0] == planned[1]

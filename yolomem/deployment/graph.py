@@ -103,11 +103,15 @@ class _GraphRecorder(TorchDispatchMode):
         self.nodes: list[Node] = []
         self.keep: list[torch.Tensor] = []  # storages stay alive, so their keys are never reused
 
-    def buffer_of(self, tensor: torch.Tensor, constant: bool) -> tuple[int, bool]:
+    def buffer_of(self, tensor: torch.Tensor, constant: bool, rebind: bool = False) -> tuple[int, bool]:
+        """The buffer holding ``tensor``'s storage, and whether it is new. ``rebind``: an in-place op's
+        output is a new buffer all the same (unless constant), since the exported graph has no in-place
+        ops: ``torch.onnx.export`` writes ``x.silu_()`` (Ultralytics 8.3 and earlier make every SiLU
+        in-place) as Sigmoid and Mul into a new tensor, which later readers read instead of ``x``."""
         key = tensor.untyped_storage()._cdata
-        if key in self.keys:
+        if key in self.keys and not (rebind and not constant and not self.buffers[self.keys[key]].constant):
             return self.keys[key], False
-        bid = len(self.keys) + 1
+        bid = len(self.buffers) + 1
         self.keys[key] = bid
         storage = tensor.untyped_storage()
         self.buffers[bid] = Buffer(bid, tuple(tensor.shape), str(tensor.dtype).replace("torch.", ""),
@@ -134,15 +138,15 @@ class _GraphRecorder(TorchDispatchMode):
         name = func.__name__.split(".")[0]
         # factories read a tensor for its dtype/device only; shape-only values are folded by the export
         constant = name in _SHAPE_ONLY or all(self.buffers[b].constant for b in reads)
+        in_place = name.endswith("_") and not name.endswith("__")
         creates = []
         for tensor in tree_flatten(out)[0]:
             if isinstance(tensor, torch.Tensor):
-                bid, new = self.buffer_of(tensor, constant)
+                bid, new = self.buffer_of(tensor, constant, rebind=in_place)
                 if new:
                     creates.append(bid)
-        name = func.__name__.split(".")[0]
-        if name.endswith("_") and not name.endswith("__"):
-            name = name[:-1]  # in-place (silu_, add_): the same layer; it creates no buffer
+        if in_place:
+            name = name[:-1]  # silu_, add_: the same layer as silu, add
         module = self.module_stack[-1] if self.module_stack else ""
         kernel = tuple(args[1].shape) if name == "convolution" and len(args) > 1 else ()
         self.nodes.append(Node(len(self.nodes), name, tuple(reads), tuple(creates), module, kernel))

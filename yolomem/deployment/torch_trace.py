@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import re
 import tempfile
 from collections.abc import Iterator
@@ -100,6 +101,7 @@ def trace_inference(resolved: ResolvedModel, settings: InferenceSettings, *, fak
         imgsz = -(-settings.imgsz // stride) * stride
         if imgsz != settings.imgsz:
             notes.append(f"imgsz={settings.imgsz} rounded up to {imgsz}, a multiple of stride {stride}, as check_imgsz does")
+        _as_trained(model, resolved.task, resolved.kpt_shape, imgsz)
         params = sum(p.numel() for p in model.parameters())
         anchors = sum((imgsz // s) ** 2 for s in (8, 16, 32) if s <= stride)
         nc_model = int(getattr(model, "nc", 80))
@@ -188,6 +190,19 @@ def nms_candidates(settings: InferenceSettings, task: str, anchors: int, nc: int
 
 
 # -- model -------------------------------------------------------------------------------------------
+def _as_trained(model: torch.nn.Module, task: str, kpt_shape: tuple, imgsz: int) -> None:
+    """What a trained checkpoint carries besides its weights and a model built from its YAML lacks: the
+    trainer sets ``kpt_shape`` (pose: ``set_model_attributes``) and ``transforms`` (classify: the val
+    transforms at the training imgsz, ``ClassificationTrainer.get_dataloader``). The predictors of 8.3 and
+    earlier read both from the model; 8.4's read them elsewhere."""
+    if task == "pose" and not hasattr(model, "kpt_shape"):
+        model.kpt_shape = list(kpt_shape)
+    if task == "classify" and not hasattr(model, "transforms"):
+        from ultralytics.data.augment import classify_transforms
+
+        model.transforms = classify_transforms(imgsz)
+
+
 def _known_args(overrides: dict) -> dict:
     """The overrides the installed release knows: ``quantize`` replaced ``half`` in 8.4; ``channels_last``
     is 8.4 too."""
@@ -218,8 +233,11 @@ def _autobackend(model: torch.nn.Module):
     """``BaseValidator.__call__``'s model for a standalone run (fuse=True is AutoBackend's default)."""
     from ultralytics.nn.autobackend import AutoBackend
 
-    # verbose=True (the default): fuse() then runs get_flops, whose forward caches the head's anchors
-    return AutoBackend(model=model, device=torch.device("cpu"), fp16=False, channels_last=False)
+    # verbose=True (the default): fuse() then runs get_flops, whose forward caches the head's anchors.
+    # The model goes first: 8.4 calls it ``model``, earlier releases ``weights``; ``channels_last`` is 8.4's.
+    known = inspect.signature(AutoBackend.__init__).parameters
+    options = {"channels_last": False} if "channels_last" in known else {}
+    return AutoBackend(model, device=torch.device("cpu"), fp16=False, **options)
 
 
 def _on_device(backend, tracer: Tracer, half: bool) -> None:
@@ -261,27 +279,43 @@ def _in_phase(method, tracer: Tracer, phase: str):
 
 
 def _cuda_warmup(tracer: Tracer):
-    """``AutoBackend.warmup`` as it runs on CUDA: one forward of the batch, one NMS on random boxes."""
+    """``AutoBackend.warmup`` as it runs on CUDA: one forward of the batch, then (8.4) one NMS on random boxes."""
+    from yolomem.loops.ultralytics.release import nms_function
+
+    runs_nms = warmup_runs_nms()
 
     def warmup(self, imgsz=(1, 3, 640, 640), im=None) -> None:
-        from ultralytics.utils.nms import non_max_suppression
-
         im = im if im is not None else torch.empty(*imgsz, dtype=torch.half if self.fp16 else torch.float)
         with tracer.phase("warmup"):
             self.forward(im)
-            with tracer.real_factories():  # NMS decides by value: the 16 random boxes are real
-                boxes = torch.rand(1, 84, 16)  # (1, 4 + 80, 16)
-                boxes[:, :4] *= im.shape[-1]
-                non_max_suppression(boxes)
+            if runs_nms:
+                with tracer.real_factories():  # NMS decides by value: the 16 random boxes are real
+                    boxes = torch.rand(1, 84, 16)  # (1, 4 + 80, 16)
+                    boxes[:, :4] *= im.shape[-1]
+                    nms_function()(boxes)
 
     return warmup
+
+
+@functools.cache
+def warmup_runs_nms() -> bool:
+    """Whether the installed ``AutoBackend.warmup`` runs NMS on random boxes after its forward (8.4; read
+    in its source: 8.3 and earlier run the forward alone)."""
+    from ultralytics.nn.autobackend import AutoBackend
+
+    return "non_max_suppression" in inspect.getsource(AutoBackend.warmup)
 
 
 # -- val ---------------------------------------------------------------------------------------------
 def _run_val(validator, backend, tracer: Tracer, settings: InferenceSettings, batches, imgsz: int,
              resolved: ResolvedModel) -> None:
     """The standalone branch of ``BaseValidator.__call__`` (ultralytics 8.4.x, engine/validator.py)."""
-    from ultralytics.utils.torch_utils import autocast, unwrap_model
+    from ultralytics.utils.torch_utils import autocast
+
+    try:
+        from ultralytics.utils.torch_utils import unwrap_model
+    except ImportError:  # its name before 8.4
+        from ultralytics.utils.torch_utils import de_parallel as unwrap_model
 
     validator.training = False
     validator.device = backend.device
@@ -367,11 +401,10 @@ def synthetic_scores(tracer: Tracer, task: str, nc: int, candidates: int) -> Ite
     from yolomem.loops.val_pass import _cuda_nms_allocations, _real_predictions
 
     original = AutoBackend.forward
-    real_leaves = 2 if task == "segment" else 1
 
     def forward(self, im, *args, **kwargs):
         leaves, spec = tree_flatten(original(self, im, *args, **kwargs))
-        for i in range(min(real_leaves, len(leaves))):
+        for i in _exported_outputs(leaves, task):
             shape, dtype = tuple(leaves[i].shape), leaves[i].dtype
             leaves[i] = None  # the fake output dies first: the real one takes its allocation
             stand_in = torch.empty(shape, dtype=dtype, device="meta")
@@ -388,6 +421,18 @@ def synthetic_scores(tracer: Tracer, task: str, nc: int, candidates: int) -> Ite
             yield
     finally:
         AutoBackend.forward = original
+
+
+def _exported_outputs(leaves: list, task: str) -> list[int]:
+    """Which of a model's output leaves an exported model returns, and postprocess reads by value: the
+    predictions (the first leaf) and, for segmentation, the mask prototypes: the 4-D leaf at stride 4,
+    the finest map (8.4's head returns it second; 8.3 and earlier last, after the feature maps)."""
+    outputs = [0] if leaves else []
+    if task == "segment":
+        maps = [i for i, leaf in enumerate(leaves) if i and isinstance(leaf, torch.Tensor) and leaf.dim() == 4]
+        if maps:
+            outputs.append(max(maps, key=lambda i: leaves[i].shape[-2] * leaves[i].shape[-1]))
+    return outputs
 
 
 def _real_zeros(shape, dtype, tracer: Tracer) -> torch.Tensor:
