@@ -31,6 +31,23 @@ def test_measure_without_cuda_prints_one_line_and_exits_2(monkeypatch, capsys):
     assert captured.out == ""
 
 
+@pytest.mark.parametrize("words, error", [
+    (["yolov8nn.yaml"], "unknown model 'yolov8nn.yaml' in the installed ultralytics"),
+    (["yolov8n.yaml", "batch=0"], "batch=0 must be a positive whole number"),
+    (["yolov8n.yaml", "timeout=-1"], "timeout=-1 must be > 0"),
+    (["yolov8n.yaml", "augment=exakt"], "did you mean 'exact'"),
+    (["yolov8n.yaml", "bacth=8"], "did you mean 'batch'"),
+])  # fmt: skip
+def test_measure_checks_its_words_before_cuda(monkeypatch, capsys, words, error):
+    """Without CUDA, bad words get the error estimate gives for them, not only "needs a CUDA GPU"."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["measure", *words]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("yolomem: error:") and err.count("\n") == 1 and error in err and "CUDA" not in err
+
+
 def test_measure_api_without_cuda_raises_before_launching(tmp_path):
     launched = []
     settings = MeasureSettings(EstimateConfig())
@@ -39,6 +56,9 @@ def test_measure_api_without_cuda_raises_before_launching(tmp_path):
     with pytest.raises(UserError, match="world_size=2 needs 2 GPUs"):
         measure(MeasureSettings(EstimateConfig(world_size=2)), tmp_path / "r.jsonl", launch=lambda *a: launched.append(a),
                 device_count=lambda: 1)  # fmt: skip
+    with pytest.raises(UserError, match="unknown model 'yolov8nn.yaml'"):  # the model before CUDA
+        measure(MeasureSettings(EstimateConfig(model="yolov8nn.yaml")), tmp_path / "r.jsonl",
+                launch=lambda *a: launched.append(a), device_count=lambda: 0)  # fmt: skip
     assert launched == [] and not (tmp_path / "r.jsonl").exists()
 
 

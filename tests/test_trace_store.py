@@ -69,6 +69,37 @@ def test_info_and_clear(tmp_path):
     assert store.info().files == 0 and store.load(KEY, "b2") is None
 
 
+def test_clear_removes_only_what_the_store_wrote(tmp_path):
+    """A folder of the user's named as the cache (a mistyped YOLOMEM_CACHE_DIR) keeps its files."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "notes.txt").write_text("important")
+    (tmp_path / "sub" / "a.json").write_text("x")
+    (tmp_path / "sub" / "b.run").write_text("not in a family's folder")
+    store = TraceStore(tmp_path)
+    store.save(KEY, "b2", "x" * 1000)
+    store.save_probe({"probe": 1}, "found")
+    family = _file(store, KEY, "b2").parent
+    (family / ".tmp-abc123.run").write_bytes(b"yolomem-trace\n")  # a writer killed before its os.replace
+    shared = _file(store, {"other": 1}, "b4").parent
+    shared.mkdir()
+    (shared / "mine.txt").write_text("a user's file in a folder named like a family")
+    info = store.info()
+    assert (info.families, info.files) == (1, 1)
+    assert sorted(info.foreign) == sorted(["notes.txt", "sub/", f"{shared.name}/mine.txt"])
+    cleared = store.clear()
+    assert cleared.files == 1 and cleared.foreign == info.foreign
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == sorted(["notes.txt", "sub", "sub/a.json", "sub/b.run", shared.name, f"{shared.name}/mine.txt"])
+    assert store.info() == type(info)(tmp_path, 0, 0, 0, info.foreign)
+
+
+def test_a_file_where_the_folder_should_be_is_a_problem(tmp_path):
+    (tmp_path / "file").write_text("x")
+    assert TraceStore(tmp_path).problem() is None and TraceStore(tmp_path / "new" / "traces").problem() is None
+    assert "is a file, not a folder" in TraceStore(tmp_path / "file").problem()
+    assert f"{tmp_path / 'file'} is a file" in TraceStore(tmp_path / "file" / "traces").problem()
+
+
 def test_a_disabled_store_reads_and_writes_nothing(tmp_path):
     store = TraceStore(tmp_path, enabled=False)
     store.save(KEY, "b2", 1)

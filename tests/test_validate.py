@@ -177,3 +177,41 @@ def test_a_binary_file_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["validate", str(binary)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "binary" in err and "warning" not in err
+
+
+# --- a check built on validate must not pass on nothing --------------------------------------------
+
+
+@pytest.mark.parametrize("text, error", [
+    ("", "holds no JSON record (it is empty)"),
+    ("\n \n", "holds no JSON record (it holds only blank lines)"),
+    ("not json\n[1]\n", "holds no JSON record (2 unreadable lines, the first: line 1, not valid JSON)"),
+])  # fmt: skip
+def test_a_file_without_records_is_one_line_and_exit_2(tmp_path, capsys, text, error):
+    path = tmp_path / "r.jsonl"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and error in captured.err and captured.out == ""
+
+
+@pytest.mark.parametrize("json_flag", [False, True])
+def test_nothing_compared_is_exit_1_with_the_reason_and_the_lines_that_are_not_json(tmp_path, capsys, json_flag):
+    path = tmp_path / "r.jsonl"
+    unversioned = {k: v for k, v in _record({"peak_reserved_bytes": 1000}).items() if k != "schema_version"}
+    path.write_text(json.dumps(unversioned) + "\nnot json\n")
+    assert main(["validate", str(path), *(["--json"] if json_flag else [])]) == 1
+    captured = capsys.readouterr()
+    (error,) = [line for line in captured.err.splitlines() if line.startswith("yolomem: error:")]
+    assert f"no record of {path} could be compared: line 2 is not a JSON record, and 1 record was skipped" in error
+    assert "(the first, line 1: unreadable record: schema_version None" in error
+    if json_flag:
+        assert json.loads(captured.out)["unreadable_lines"] == [{"line": 2, "reason": "not valid JSON"}]
+
+
+def test_one_record_compared_is_enough(tmp_path):
+    records = [_record({"peak_reserved_bytes": 1000}), _record({}) | {"status": "oom", "error": "CUDA out of memory"}]
+    assert validate_records(records, lambda config: FakeEstimate(1100)).nothing_compared() is None
+    failed = validate_records(records[1:], lambda config: pytest.fail("must not estimate"), path="r.jsonl")
+    assert failed.nothing_compared() == ("no record of r.jsonl could be compared: 1 record was skipped "
+                                         "(the first, line 1: run oom: CUDA out of memory)")  # fmt: skip

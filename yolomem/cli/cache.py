@@ -1,7 +1,7 @@
 """``yolomem cache``: where the trace cache is and how big; ``yolomem cache clear`` empties it.
 
     yolomem cache          # folder, families (configurations), files, size
-    yolomem cache clear    # delete every stored run
+    yolomem cache clear    # delete every stored run (and only what yolomem wrote there)
 
 The cache itself: ``yolomem.trace.store``; how estimates use it: ``yolomem.result.runs``.
 """
@@ -31,22 +31,33 @@ def cache_command(options: argparse.Namespace) -> int:
     if words and words[0] not in ACTIONS:
         raise unknown("cache action", words[0], ACTIONS)
     store = default_source().store
+    problem = store.problem()
+    if problem:
+        raise UserError(problem)
     info = store.clear() if words else store.info()
     if options.json:
         from yolomem.render.json_output import dumps
 
         payload = {"path": str(info.path), "families": info.families, "files": info.files, "bytes": info.bytes,
-                   "enabled": store.enabled, "cleared": bool(words)}  # fmt: skip
+                   "enabled": store.enabled, "cleared": bool(words), "foreign": list(info.foreign)}  # fmt: skip
         print(dumps(payload), file=options.stdout)
         return 0
     size = _size(info.bytes)
     if words:
-        print(f"cleared {info.files} traced runs ({size}) from {info.path}")
+        print(f"cleared {info.files} traced runs ({size}) from {info.path}{_foreign(info.foreign, 'left ')}")
     else:
         state = "" if store.enabled else " (off for this command: --no-cache or YOLOMEM_NO_CACHE)"
         print(f"trace cache: {info.path}{state}")
-        print(f"{info.families} configurations, {info.files} traced runs, {size}")
+        print(f"{info.families} configurations, {info.files} traced runs, {size}{_foreign(info.foreign, 'also ')}")
     return 0
+
+
+def _foreign(paths: tuple[str, ...], verb: str, show: int = 3) -> str:
+    """``; left 2 files or folders that are not yolomem's: notes.txt, sub/`` (empty when there are none)."""
+    if not paths:
+        return ""
+    listed = ", ".join(paths[:show]) + (", ..." if len(paths) > show else "")
+    return f"; {verb}{len(paths)} files or folders that are not yolomem's: {listed}"
 
 
 def _size(nbytes: int) -> str:

@@ -186,6 +186,8 @@ def _command_scope(options: argparse.Namespace):
         from yolomem.result.runs import cache_off
 
         cache = cache_off()
+    elif hasattr(options, "no_cache"):  # a command that estimates, with the cache on
+        _warn_of_an_unusable_cache()
     try:
         with cache:
             yield
@@ -193,6 +195,17 @@ def _command_scope(options: argparse.Namespace):
         if handler is not None:
             logger.removeHandler(handler)
             logger.setLevel(saved_level)
+
+
+def _warn_of_an_unusable_cache() -> None:
+    """A file where the cache folder should be: every read and write would fail, and the command runs
+    without the cache. Said once, on stderr (``yolomem cache`` refuses it)."""
+    from yolomem.trace.store import active_store  # not the run source's module: it imports torch
+
+    store = active_store()
+    problem = store.problem() if store.enabled else None
+    if problem:
+        print(f"yolomem: warning: {problem}; running without the trace cache", file=sys.stderr)
 
 
 class _StderrHandler(logging.Handler):

@@ -16,15 +16,11 @@ from yolomem.measure.run import MEASURE_KEYS
     examples=("yolomem measure yolov8n.yaml batch=16 results=runs.jsonl",),
 )  # fmt: skip
 def _measure(options: argparse.Namespace) -> int:
-    from yolomem.measure.run import cuda_device_count, measure, parse_measure_words
+    from yolomem.measure.run import measure, parse_measure_words
 
     if not options.words:
         raise UserError("measure needs a model, e.g. 'yolomem measure yolov8n.yaml batch=16 results=runs.jsonl'")
-    # the decisive requirement first: without CUDA nothing else matters
-    if cuda_device_count() == 0:
-        from yolomem.measure.run import check_cuda
-
-        check_cuda(1, 0)
+    # the words first (keys, values and the model, with estimate's one-line errors), then CUDA (measure())
     settings, results = parse_measure_words(options.words)
     record = measure(settings, results)
     if options.json:
@@ -41,6 +37,8 @@ def _measure(options: argparse.Namespace) -> int:
 @command(
     "validate", "estimate every config of a results file and compare with its measurement",
     words="RESULTS.jsonl", flags=(JSON,), examples=("yolomem validate tests/data/sample_results.jsonl",),
+    more="Exit code 1 when no record could be compared (every one skipped, with the reasons); 2 for a file "
+         "that is not a results file.",
 )  # fmt: skip
 def _validate(options: argparse.Namespace) -> int:
     from yolomem.measure.compare import validate
@@ -58,4 +56,8 @@ def _validate(options: argparse.Namespace) -> int:
         from yolomem.render.compare_output import render_validation
 
         render_validation(report)
+    failed = report.nothing_compared()
+    if failed:  # a check built on validate must not pass on nothing (1: as measure for a run that failed)
+        print(f"yolomem: error: {failed}", file=sys.stderr)
+        return 1
     return 0

@@ -18,8 +18,11 @@ those keys replaced, with the reason as a note.
 
 Records that are skipped, with the reason shown: failed runs (status "oom"/"error"), runs where
 the trainer halved the batch after an OOM, configs the estimator rejects, and unreadable lines of the
-file. Config keys that are not estimator settings are ignored with a note, as the CLI ignores
-Ultralytics' other keys. A binary file, or one without a single JSON record, is refused in one line.
+file (named by their line number). Config keys that are not estimator settings are ignored with a note,
+as the CLI ignores Ultralytics' other keys. A binary file, or one without a single JSON record (an
+empty one too), is refused in one line; a file whose records were all skipped is compared with nothing,
+and ``ValidationReport.nothing_compared`` says why (the CLI exits 1 then, as ``measure`` does for a run
+that failed).
 """
 
 from __future__ import annotations
@@ -80,6 +83,24 @@ class ValidationReport:
     rows: tuple[ValidationRow, ...]
     summaries: tuple[ErrorSummary, ...]
     unreadable: tuple[SkippedLine, ...]
+
+    def nothing_compared(self) -> str | None:
+        """Why not one figure was compared, in one line (the lines that are not JSON records, by number;
+        how many records were skipped, and why the first was); None when one was."""
+        if self.summaries:
+            return None
+        reasons = []
+        if self.unreadable:
+            numbers = ", ".join(str(line.line_number) for line in self.unreadable)
+            reasons.append(f"line {numbers} is not a JSON record" if len(self.unreadable) == 1
+                           else f"lines {numbers} are not JSON records")  # fmt: skip
+        if self.rows:
+            first = self.rows[0]
+            why = first.skipped or "no figure it measured is estimated"
+            reasons.append(f"{len(self.rows)} record{'s were' if len(self.rows) > 1 else ' was'} skipped "
+                           f"(the first, line {first.line}: {why})")  # fmt: skip
+        said = ", and ".join(reasons) or "it holds none"
+        return f"no record of {self.path or 'the results'} could be compared: {said}"
 
     def to_json(self) -> dict:
         return {
@@ -174,9 +195,12 @@ def validate(path: Path | str, estimate_fn: EstimateFn | None = None) -> Validat
         contents = read_records(path)
     except NotJsonLines as error:
         raise UserError(f"results file {error}; a results file is JSON Lines text (yolomem measure writes one)") from None
-    if contents.skipped and not contents.records:
-        raise UserError(f"results file {str(path)!r} holds no JSON record ({len(contents.skipped)} unreadable lines, "
-                        f"the first: {contents.skipped[0].reason}); a results file is JSON Lines")  # fmt: skip
+    if not contents.records:
+        first = contents.skipped[0] if contents.skipped else None
+        why = (f"{len(contents.skipped)} unreadable lines, the first: line {first.line_number}, {first.reason}"
+               if first else "it is empty" if path.stat().st_size == 0 else "it holds only blank lines")  # fmt: skip
+        raise UserError(f"results file {str(path)!r} holds no JSON record ({why}); a results file is JSON Lines "
+                        "(yolomem measure writes one)")  # fmt: skip
     return validate_records(contents.records, estimate_fn, str(path), contents.skipped, contents.line_numbers,
                             read_errata(path))
 

@@ -374,10 +374,14 @@ def check_cuda(world_size: int, count: int) -> None:
 
 def measure(settings: MeasureSettings, results: Path | str, *, launch: Launcher | None = None,
             device_count: Callable[[], int] = cuda_device_count) -> MeasurementRecord:
-    """Run one measurement in a fresh process, append its record to ``results``, and return it."""
-    check_cuda(settings.config.world_size, device_count())
+    """Run one measurement in a fresh process, append its record to ``results``, and return it. The
+    inputs are checked first (the model resolves, as an estimate resolves it), then CUDA, then it runs."""
+    from yolomem.loops import resolve_model
+
     if settings.config.framework != "ultralytics":
         raise UserError(f"framework={settings.config.framework}: measure drives Ultralytics' trainer only")
+    resolve_model(settings.config.model, settings.config.framework)  # an unknown model: estimate's one-line error
+    check_cuda(settings.config.world_size, device_count())
     launch = launch or launch_subprocess
     with tempfile.TemporaryDirectory(prefix="yolomem-measure-") as tmp:
         request_path = Path(tmp) / "request.json"

@@ -1,8 +1,10 @@
 """Traced runs on disk: a configuration is traced once per machine, then read back in milliseconds.
 
 Where: the user cache folder (``platformdirs.user_cache_dir("yolomem")``, under ``traces/``), or
-``$YOLOMEM_CACHE_DIR``. One folder per family (a configuration without its batch size), one file per
-traced batch. ``yolomem cache`` shows the folder and its size, ``yolomem cache clear`` empties it, and
+``$YOLOMEM_CACHE_DIR``. One folder per family (a configuration without its batch size), named by its
+key's digest (32 hex digits), one ``.run`` file per traced batch (and per probe). ``yolomem cache`` shows
+the folder and its size, ``yolomem cache clear`` empties it of those, and only those: anything else in
+the folder (a mistyped ``$YOLOMEM_CACHE_DIR`` naming a folder of the user's) is left, and counted.
 ``--no-cache`` (or ``YOLOMEM_NO_CACHE=1``) turns it off for one command.
 
 Trust: the key of a family holds the versions of yolomem (and a digest of its source files, so an
@@ -21,7 +23,7 @@ import hashlib
 import json
 import os
 import pickle
-import shutil
+import re
 import tempfile
 from dataclasses import dataclass
 from collections.abc import Callable
@@ -33,6 +35,10 @@ CACHE_ENV = "YOLOMEM_CACHE_DIR"
 OFF_ENV = "YOLOMEM_NO_CACHE"
 _MAGIC = b"yolomem-trace\n"
 _SUFFIX = ".run"
+_FAMILY = re.compile(r"[0-9a-f]{32}")  # a family's folder: ``key_digest``
+# what ``save`` writes in a family's folder: ``NAME.run``, and its temporary ``.tmp-XXXXXXXX.run`` until
+# the ``os.replace`` (left behind by a process killed mid-write)
+_TEMPORARY = ".tmp-"
 
 
 def default_root() -> Path:
@@ -51,6 +57,7 @@ class CacheInfo:
     families: int
     files: int
     bytes: int
+    foreign: tuple[str, ...] = ()  # files and folders in it that yolomem did not write (relative paths)
 
 
 def key_digest(key: dict) -> str:
@@ -104,7 +111,7 @@ class TraceStore:
         temporary = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=_SUFFIX)
+            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=_TEMPORARY, suffix=_SUFFIX)
             with os.fdopen(handle, "wb") as stream:
                 stream.write(_encode(value, canonical(family_key), name))
             os.replace(temporary, path)
@@ -130,31 +137,58 @@ class TraceStore:
         self.save_probe(key, found)
         return found
 
+    def problem(self) -> str | None:
+        """Why the folder cannot hold the cache (a file stands at it or above it: every read and write
+        would fail, silently); None when it can."""
+        blocking = next((path for path in (self.root, *self.root.parents) if path.exists()), None)
+        if blocking is None or blocking.is_dir():
+            return None
+        named = f" (${CACHE_ENV})" if os.environ.get(CACHE_ENV) else ""
+        if blocking == self.root:
+            return f"the trace cache folder {self.root}{named} is a file, not a folder"
+        return f"the trace cache folder {self.root}{named} cannot be made: {blocking} is a file"
+
     def info(self) -> CacheInfo:
-        """Traced runs: probes are counted in the bytes only."""
+        """Traced runs: probes and temporary files are counted in the bytes only."""
         families = files = size = 0
-        if self.root.is_dir():
-            for folder in self.root.iterdir():
-                if not folder.is_dir():
-                    continue
-                runs = [path for path in folder.iterdir() if path.is_file()]
-                size += sum(path.stat().st_size for path in runs)
-                runs = [path for path in runs if path.name != f"{PROBES}{_SUFFIX}"]
-                families += bool(runs)
-                files += len(runs)
-        return CacheInfo(self.root, families, files, size)
+        ours, foreign = self._contents()
+        for folder, paths in ours.items():
+            size += sum(path.stat().st_size for path in paths)
+            runs = [p for p in paths if p.name != f"{PROBES}{_SUFFIX}" and not p.name.startswith(_TEMPORARY)]
+            families += bool(runs)
+            files += len(runs)
+        return CacheInfo(self.root, families, files, size, foreign)
 
     def clear(self) -> CacheInfo:
-        """Delete every stored run; returns what there was."""
+        """Delete every stored run, probe and temporary file, and the family folders they leave empty;
+        nothing else. Returns what there was (``foreign``: what is left)."""
         before = self.info()
-        if self.root.is_dir():
-            for folder in self.root.iterdir():
-                if folder.is_dir():
-                    shutil.rmtree(folder, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        folder.unlink()
+        for folder, paths in self._contents()[0].items():
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: it holds no foreign file
         return before
+
+    def _contents(self) -> tuple[dict[Path, list[Path]], tuple[str, ...]]:
+        """The files this store wrote, by family folder, and the paths (relative) of everything else in
+        the folder: another file or folder beside the families, or in one."""
+        ours: dict[Path, list[Path]] = {}
+        foreign: list[str] = []
+        if not self.root.is_dir():
+            return ours, ()
+        for folder in sorted(self.root.iterdir()):
+            if not (_FAMILY.fullmatch(folder.name) and folder.is_dir() and not folder.is_symlink()):
+                foreign.append(folder.name + ("/" if folder.is_dir() else ""))
+                continue
+            ours[folder] = []
+            for path in sorted(folder.iterdir()):
+                if path.name.endswith(_SUFFIX) and path.is_file() and not path.is_symlink():
+                    ours[folder].append(path)
+                else:
+                    foreign.append(f"{folder.name}/{path.name}" + ("/" if path.is_dir() else ""))
+        return ours, tuple(foreign)
 
 
 _ACTIVE: TraceStore | None = None
