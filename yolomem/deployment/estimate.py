@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from yolomem.config.gpus import CUDA_CONTEXT_BYTES, Gpu, find_gpu
 from yolomem.config.versions import traced_versions
 from yolomem.deployment.config import DeployConfig
+from yolomem.deployment.host import check_traced_images
 from yolomem.deployment.terms import Term, total
 
 
@@ -159,6 +160,8 @@ def deploy_config(config: DeployConfig) -> Deployment:
     imgsz = -(-config.imgsz // stride) * stride
     if imgsz != config.imgsz:
         notes.append(f"imgsz={config.imgsz} rounded up to {imgsz}, a multiple of stride {stride}")
+    if config.mode == "predict":  # every format traces the .pt predictor (its pipeline around an export)
+        check_traced_images(batch, imgsz)
     if config.format == "torch":
         runtime, params, torch_notes, torch_assumptions = _torch_terms(resolved, config, batch, imgsz, context, gpu)
         notes += torch_notes

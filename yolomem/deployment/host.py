@@ -26,9 +26,30 @@ TORCH_LIBRARIES = (600 * MiB, 1245 * MiB)  # low: half the logged rise, for buil
 TRT_LIBRARIES = (800 * MiB, 1505 * MiB)  # forum: ~800 MB libraries; +1504 MiB deserialize logged (TRT 5)
 
 
+# The trace runs the predictor on real (zero) images, so it holds them on this machine as the predictor
+# would: batch 64 at imgsz 8192 was killed at 23.6 GB of RSS. Above this it refuses in one line.
+TRACED_IMAGES_BYTES_MAX = 4 << 30
+
+
+def images_bytes(batch: int, imgsz: int) -> int:
+    """One uint8 copy of a batch of square BGR images."""
+    return batch * imgsz * imgsz * 3
+
+
+def check_traced_images(batch: int, imgsz: int) -> None:
+    """Refuse a predict whose images the trace could not hold here (``TRACED_IMAGES_BYTES_MAX``)."""
+    from yolomem.errors import UserError
+
+    needed = 3 * images_bytes(batch, imgsz)
+    if needed > TRACED_IMAGES_BYTES_MAX:
+        raise UserError(f"batch={batch} at imgsz={imgsz}: the predictor's source, letterboxed and stacked images take "
+                        f"{needed / (1 << 30):.1f} GiB of host memory, which tracing it holds here too; more than yolomem "
+                        f"holds ({TRACED_IMAGES_BYTES_MAX >> 30} GiB): ask for a smaller batch or imgsz")  # fmt: skip
+
+
 def host_terms(fmt: str, params: int, batch: int, imgsz: int, engine_file_bytes: int = 0) -> tuple[Term, ...]:
     weights = params * 4
-    images = batch * imgsz * imgsz * 3
+    images = images_bytes(batch, imgsz)
     libraries = TRT_LIBRARIES if fmt == "engine" else TORCH_LIBRARIES
     model = (Term("host_model", "model on the host (checkpoint and setup copy, fp32)", 2 * weights, weights,
                   2 * weights, "counted", "one copy moves to the device; the loaded checkpoint and a copy stay")
