@@ -258,10 +258,13 @@ def _torch_terms(resolved, config: DeployConfig, batch: int, imgsz: int, context
                                  candidates=config.candidates)  # fmt: skip
     traced = trace_inference(resolved, settings, nc=config.nc)
     replay = replay_trace(traced.trace, capacity_bytes=gpu.usable_bytes if gpu else None)
-    weights = 0
+    # the weights: what is live once the model is on the device (fused, fp16 copies made), before the
+    # warmup; the first val batch, collated before the first iteration, is not part of them
     live: dict[int, int] = {}
-    start = traced.trace.iteration_bounds[0] if traced.trace.iteration_bounds else len(traced.trace.events)
-    for event in traced.trace.events[:start]:
+    events = traced.trace.events
+    loaded = next((i for i, event in enumerate(events) if event.phase != "setup"), len(events))
+    start = min(loaded, *traced.trace.iteration_bounds[:1])
+    for event in events[:start]:
         if event.op == "alloc":
             live[event.storage_id] = event.nbytes
         else:
