@@ -146,9 +146,11 @@ def test_a_yolov5_repo_model_is_refused_with_ultralytics_own_build_named(capsys)
 
 @pytest.mark.parametrize(("model", "deploy_format", "postprocess"), [
     ("yolov8n.yaml", "onnx", "(NMS)"), ("yolo11n-cls.yaml", "onnx", "(softmax)"), ("yolo11n-cls.yaml", "pt", "softmax"),
+    ("rtdetr-l.yaml", "pt", "no NMS"), ("rtdetr-l.yaml", "onnx", "(no NMS)"),
 ])  # fmt: skip
 def test_labels_name_the_tasks_own_postprocess(model, deploy_format, postprocess):
-    """A detect model's pipeline has no masks to name; a classifier has no NMS and no candidates."""
+    """A detect model's pipeline has no masks to name; a classifier and RT-DETR run no NMS (the trace
+    counts the postprocess's NMS calls) and assume no NMS candidates."""
     import contextlib
     import io
 
@@ -158,8 +160,10 @@ def test_labels_name_the_tasks_own_postprocess(model, deploy_format, postprocess
     report = json.loads(out.getvalue())
     labels = " ".join(t["label"] + " " + t["note"] for t in report["runtime"])
     assert postprocess in labels and "masks" not in labels
-    if "cls" in model:
+    if "NMS" not in postprocess:
         assert "NMS" not in labels + " ".join(report["assumptions"])
+    elif "no NMS" in postprocess:
+        assert "candidates" not in labels + " ".join(report["assumptions"])
 
 
 def test_weights_are_the_models_in_val_at_any_batch():

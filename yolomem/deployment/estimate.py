@@ -271,12 +271,11 @@ def _torch_terms(resolved, config: DeployConfig, batch: int, imgsz: int, context
             live.pop(event.storage_id, None)
     weights = sum(live.values())
     allocated = replay.peak_allocated_bytes
-    classify = resolved.task == "classify"  # softmax, no NMS
     runtime = (
         Term.exact("weights", f"weights (fused, {'FP16' if settings.half else 'FP32'})", weights, "traced"),
-        Term.exact("activations", f"{config.mode}: inputs, activations, {POSTPROCESS[resolved.task]} (peak allocated "
-                   "less weights)", max(allocated - weights, 0), "traced",
-                   "" if classify else f"{traced.candidates} NMS candidates per image assumed ({traced.candidates_basis})"),
+        Term.exact("activations", f"{config.mode}: inputs, activations, {postprocess_of(resolved.task, traced.runs_nms)} "
+                   "(peak allocated less weights)", max(allocated - weights, 0), "traced",
+                   _candidates_note(traced) if traced.runs_nms else ""),
         Term.exact("allocator_cache", "caching allocator: rounding and cached blocks", replay.peak_reserved_bytes - allocated,
                    "traced", "torch.cuda.max_memory_reserved() - max_memory_allocated()"),
         Term.exact("cuda_context", "CUDA context", context, "assumed", "see yolomem.config.gpus"),
@@ -285,7 +284,7 @@ def _torch_terms(resolved, config: DeployConfig, batch: int, imgsz: int, context
     if replay.oom:
         notes.append(f"does not fit {gpu.name}: {replay.oom}")
     assumptions = ["cuDNN/cuBLAS workspaces are not traced (transient buffers kernels take from the caching allocator)"]
-    if not classify:
+    if traced.runs_nms:
         assumptions.append(f"NMS: {traced.candidates} (box, class) candidates per image pass conf ({traced.candidates_basis}); "
                            + ("rotated NMS's own matrices" if resolved.task == "obb" else "torchvision's CUDA kernel's buffers"))  # fmt: skip
     if config.mode == "val":
@@ -303,15 +302,26 @@ def _pipeline_term(resolved, config: DeployConfig, batch: int, imgsz: int, outpu
     memory = pipeline_memory(resolved, settings, nc=config.nc, outputs=outputs)
     label = "preprocess, outputs and postprocess" if outputs else "preprocess and postprocess"
     basis = "peak reserved by torch's caching allocator"
-    if resolved.task != "classify":
-        basis += f"; {memory.candidates} NMS candidates per image ({memory.candidates_basis})"
-    return Term.exact("pipeline", f"{label} in torch ({POSTPROCESS[resolved.task]})", memory.peak_reserved_bytes,
-                      "traced", basis)  # fmt: skip
+    if memory.runs_nms:
+        basis += f"; {_candidates_note(memory)}"
+    return Term.exact("pipeline", f"{label} in torch ({postprocess_of(resolved.task, memory.runs_nms)})",
+                      memory.peak_reserved_bytes, "traced", basis)  # fmt: skip
 
 
-# What each task's postprocess runs on the device (the predictors' ``postprocess``)
+# What each task's postprocess runs on the device (the predictors' ``postprocess``), with NMS and without
+# (RT-DETR and end-to-end heads: YOLOv10, YOLO26)
 POSTPROCESS = {"detect": "NMS", "segment": "NMS, masks", "pose": "NMS, keypoints", "obb": "rotated NMS",
                "classify": "softmax"}  # fmt: skip
+NMS_FREE = {"detect": "no NMS", "segment": "masks, no NMS", "pose": "keypoints, no NMS", "obb": "no NMS",
+            "classify": "softmax"}  # fmt: skip
+
+
+def postprocess_of(task: str, runs_nms: bool) -> str:
+    return (POSTPROCESS if runs_nms else NMS_FREE)[task]
+
+
+def _candidates_note(traced) -> str:
+    return f"{traced.candidates} NMS candidates per image assumed ({traced.candidates_basis})"
 
 
 def _params(resolved, nc: int | None) -> int:

@@ -80,6 +80,7 @@ class TracedInference:
     candidates: int
     candidates_basis: str  # why that many (nms_candidates)
     notes: tuple[str, ...]
+    runs_nms: bool = True  # False: the postprocess ran no NMS (classification, RT-DETR, end-to-end heads)
 
 
 def trace_inference(resolved: ResolvedModel, settings: InferenceSettings, *, fake: bool = True,
@@ -120,7 +121,9 @@ def trace_inference(resolved: ResolvedModel, settings: InferenceSettings, *, fak
             backend = _autobackend(model)
         del model
         _on_device(backend, tracer, settings.half and settings.gpu_path)
-        with module_scopes(backend.model, tracer), synthetic_scores(tracer, resolved.task, nc_model, candidates):
+        nms_calls: list[int] = []
+        with module_scopes(backend.model, tracer), synthetic_scores(tracer, resolved.task, nc_model, candidates), \
+                _counting_nms(tracer, nms_calls):  # fmt: skip
             if settings.mode == "predict":
                 _run_predict(runner, backend, tracer, settings, imgsz)
             else:
@@ -128,7 +131,37 @@ def trace_inference(resolved: ResolvedModel, settings: InferenceSettings, *, fak
                 _run_val(runner, backend, tracer, settings, batches, imgsz, resolved)
         trace = tracer.result()
         tracer.detach_finalizers()
-    return TracedInference(trace, params, imgsz, candidates, candidates_basis, tuple(notes))
+    runs_nms = _ran_nms(resolved.task, nms_calls, runner, backend)
+    return TracedInference(trace, params, imgsz, candidates, candidates_basis, tuple(notes), runs_nms)
+
+
+@contextlib.contextmanager
+def _counting_nms(tracer: Tracer, calls: list[int]) -> Iterator[None]:
+    """Counts the postprocess's calls of ``torchvision.ops.nms`` (not the warmup's)."""
+    import torchvision
+
+    stand_in = torchvision.ops.nms
+
+    def nms(*args, **kwargs):
+        if tracer.phase_name == "nms":
+            calls.append(1)
+        return stand_in(*args, **kwargs)
+
+    torchvision.ops.nms = nms
+    try:
+        yield
+    finally:
+        torchvision.ops.nms = stand_in
+
+
+def _ran_nms(task: str, calls: list[int], runner, backend) -> bool:
+    """Whether the postprocess ran NMS: none for classification, RT-DETR or a head the run made end-to-end
+    (YOLOv10, YOLO26); rotated NMS (obb) is Ultralytics' own, so there the run's ``end2end`` decides."""
+    if task == "classify":
+        return False
+    if task == "obb":
+        return not getattr(runner, "end2end", getattr(backend, "end2end", False))
+    return bool(calls)
 
 
 @dataclass(frozen=True)
@@ -139,6 +172,7 @@ class PipelineMemory:
     peak_reserved_bytes: int
     candidates: int
     candidates_basis: str
+    runs_nms: bool = True
 
 
 def pipeline_memory(resolved: ResolvedModel, settings: InferenceSettings, nc: int | None = None, *,
@@ -163,7 +197,7 @@ def pipeline_memory(resolved: ResolvedModel, settings: InferenceSettings, nc: in
         events = [e for e in traced.trace.events if e.op == "free" or e.phase in phases]
         run = replay([events], CachingAllocator(parse_alloc_conf(None)))
         known = _PIPELINES[key] = PipelineMemory(run.stats.peak_allocated_bytes, run.stats.peak_reserved_bytes,
-                                                 traced.candidates, traced.candidates_basis)  # fmt: skip
+                                                 traced.candidates, traced.candidates_basis, traced.runs_nms)  # fmt: skip
     return known
 
 
