@@ -168,6 +168,10 @@ def test_deploy_keys_and_ultralytics_spellings():
         ("yolov8s.yaml", "engine", "int8", 8, True)  # fmt: skip
     assert DeployConfig.from_words(["half=true"]).precision == "fp16"
     assert DeployConfig.from_words(["mode=val"]).resolved_batch == 16
+    assert DeployConfig.from_words(["quantize=16", "precision=fp16"]).precision == "fp16"  # agreeing spellings
+    # Ultralytics' exporter: "half=True and int8=True are mutually exclusive, setting half=False"
+    both = DeployConfig.from_words(["half=true", "int8=true", "format=engine"])
+    assert both.precision == "int8" and any("mutually exclusive" in note for note in both.notes)
 
 
 @pytest.mark.parametrize("words, message", [
@@ -175,6 +179,7 @@ def test_deploy_keys_and_ultralytics_spellings():
     (["precison=fp16"], "did you mean 'precision'"),
     (["batch=0"], "batch=0"),
     (["format=torch", "precision=int8"], "format=engine"),
+    (["format=engine", "quantize=8", "precision=fp16"], "quantize=int8 and precision=fp16 ask for different precisions"),
     (["yolov8n.yaml", "extra"], "missing '='"),
 ])  # fmt: skip
 def test_bad_deploy_input_is_one_line(words, message):

@@ -83,6 +83,7 @@ class DeployConfig:
         and ``int8`` set ``precision``."""
         kwargs: dict[str, object] = {}
         notes: list[str] = []
+        said: dict[str, str] = {}  # the precision, by the key that set it
         for key, value in values.items():
             if key not in DEPLOY_KEYS:
                 from yolomem.config.keys import unknown_key
@@ -93,10 +94,18 @@ class DeployConfig:
             if key in _PRECISION_KEYS:
                 precision = _PRECISION_KEYS[key](value)
                 if precision is not None:
-                    kwargs["precision"] = precision
+                    said[f"{key}={value}"] = precision
                 notes.append(f"{key}={value}: precision={precision or 'fp32'}")
                 continue
+            if key == "precision":
+                said[f"precision={value}"] = value
             kwargs[key] = value
+        if "int8=True" in said and said.pop("half=True", None):  # as Ultralytics' exporter: int8 wins, with a warning
+            notes.append("half=True and int8=True are mutually exclusive: int8, as Ultralytics' exporter sets it")
+        if len(set(said.values())) > 1:  # quantize=8 with precision=fp16: one of them would be dropped
+            raise UserError(f"{' and '.join(said)} ask for different precisions: give one")
+        if said:
+            kwargs["precision"] = next(iter(said.values()))
         return cls(**kwargs, notes=tuple(notes))
 
 

@@ -32,7 +32,8 @@ def title(deployment: Deployment) -> str:
         kind = "unified memory" if deployment.unified_memory else "device memory"
         device = f" on {deployment.device} ({size(deployment.device_total_bytes)} {kind})"
     return (f"{cfg['model']} ({deployment.task}) · {what} · {cfg['precision'].upper()} · batch {cfg['batch']} · "
-            f"imgsz {cfg['imgsz']} · {deployment.params / 1e6:.2f} M params{device}")  # fmt: skip
+            f"imgsz {cfg['imgsz']} · {deployment.params / 1e6:.2f} M params{device} · "
+            f"ultralytics {deployment.ultralytics_version} · torch {deployment.torch_version}")  # fmt: skip
 
 
 def _group(name: str, terms: tuple[Term, ...], total_label: str) -> Table:
