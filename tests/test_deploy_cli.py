@@ -85,6 +85,22 @@ def test_table_deployment_view(capsys):
     assert len(table["skipped"]) == 1 and table["skipped"][0].startswith("yolov5s")  # another training loop
 
 
+def test_table_deployment_view_as_markdown_and_csv(capsys):
+    """--markdown and --csv printed the rich view to stderr and nothing on stdout."""
+    words = ["table", "yolov8n.yaml", "deploy=onnx", "imgsz=64"]
+    assert main([*words, "--markdown"]) == 0
+    markdown = capsys.readouterr().out
+    assert markdown.startswith("| model | params | weights |") and "| yolov8n | 3.2M |" in markdown
+    assert main([*words, "--csv"]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split(",")[:3] == ["model", "params", "weights_bytes"] and row.startswith("yolov8n,")
+
+
+def test_deployment_keys_without_deploy_are_refused(capsys):
+    assert main(["table", "yolov8n.yaml", "precision=fp16", "device=T4"]) == 2
+    assert "add deploy=" in capsys.readouterr().err
+
+
 def test_report_deployment_section():
     from types import SimpleNamespace
 

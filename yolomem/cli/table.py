@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from yolomem.cli.registry import JSON, Flag, command
 from yolomem.config.keys import CHOICE, ESTIMATE_KEYS, INT, MARGIN, TEXT, TEXTS, Key, KeyTable, parse_words
+from yolomem.errors import UserError
 from yolomem.sweeps.table import DEFAULT_GPUS, METHODS
 from yolomem.workers import default_jobs
 
@@ -31,6 +32,7 @@ TABLE_KEYS = KeyTable((
     Key("precision", CHOICE, "fp32", "deployment view: fp32, fp16 or int8", choices=("fp32", "fp16", "int8")),
     Key("device", TEXT, None, "deployment view: a card or Jetson module, e.g. Jetson-Orin-Nano-8GB", nullable=True),
 ))  # fmt: skip
+_DEPLOYMENT_ONLY = ("precision", "device")
 CSV = Flag(("--csv",), "print CSV", machine=True)
 MARKDOWN = Flag(("--markdown",), "print a Markdown table", machine=True)
 
@@ -76,6 +78,9 @@ def _table(options: argparse.Namespace) -> int:
 
     if any(word.startswith("deploy=") for word in options.words):
         return _deploy_table(options)
+    deployment_keys = [word.split("=")[0] for word in options.words if word.split("=")[0] in _DEPLOYMENT_ONLY]
+    if deployment_keys:  # the training table has no such column: they would be dropped without a word
+        raise UserError(f"{', '.join(deployment_keys)}: keys of the deployment view; add deploy=torch, onnx or engine")
     parsed = parse_table_words(options.words)
     rows = rows_for(parsed)
     traces = len(rows) * len(PRECISIONS) * (2 if parsed.method == "two-point" else 1)
@@ -98,7 +103,7 @@ def _deploy_table(options: argparse.Namespace) -> int:
     from yolomem.cli.progress import progress_display
     from yolomem.deployment.config import DeployConfig
     from yolomem.deployment.table import deploy_table
-    from yolomem.render.deploy_output import render_deploy_table
+    from yolomem.render.deploy_output import deploy_table_csv, deploy_table_markdown, render_deploy_table
     from yolomem.sweeps.table import BLOG_ROWS
 
     parsed = parse_words(options.words, TABLE_KEYS)
@@ -112,6 +117,10 @@ def _deploy_table(options: argparse.Namespace) -> int:
         from yolomem.render.json_output import dumps
 
         print(dumps(table.to_json()), file=options.stdout)
+    elif options.csv:
+        print(deploy_table_csv(table), end="", file=options.stdout)
+    elif options.markdown:
+        print(deploy_table_markdown(table), end="", file=options.stdout)
     else:
         render_deploy_table(table)
     return 0

@@ -90,14 +90,46 @@ def render_deploy_table(table, console: Console | None = None) -> None:
     where = f" on {cfg['device']}" if cfg["device"] else ""
     view = Table(title=f"deployment: {cfg['format']} {cfg['precision'].upper()} · batch {cfg['batch']} · "
                        f"imgsz {cfg['imgsz']}{where}", title_justify="left")  # fmt: skip
-    for name in ("model", "params", "weights", "activations", "on device", "INT8 calib.", "host RAM", "RAM left", "fits"):
+    for name in DEPLOY_COLUMNS:
         view.add_column(name, justify="left" if name == "model" else "right")
     for row in table.rows:
-        activations = size(row.activations_bytes) if row.activations_low_bytes == row.activations_bytes else \
-            f"{size(row.activations_low_bytes)}-{size(row.activations_bytes)}"  # fmt: skip
-        fits = "-" if row.fits is None else ("yes" if row.fits else "[red]no[/red]")
-        view.add_row(row.model, f"{row.params / 1e6:.1f}M", size(row.weights_bytes), activations, size(row.runtime_bytes),
-                     size(row.calibration_bytes), size(row.host_bytes), size(row.ram_left_bytes), fits)  # fmt: skip
+        view.add_row(*_deploy_cells(row, no="[red]no[/red]"))
     console.print(view)
     for line in table.skipped:
         console.print(f"[dim]skipped {line}[/dim]")
+
+
+DEPLOY_COLUMNS = ("model", "params", "weights", "activations", "on device", "INT8 calib.", "host RAM", "RAM left", "fits")
+
+
+def _deploy_cells(row, no: str = "no") -> list[str]:
+    activations = size(row.activations_bytes) if row.activations_low_bytes == row.activations_bytes else \
+        f"{size(row.activations_low_bytes)}-{size(row.activations_bytes)}"  # fmt: skip
+    fits = "-" if row.fits is None else ("yes" if row.fits else no)
+    return [row.model, f"{row.params / 1e6:.1f}M", size(row.weights_bytes), activations, size(row.runtime_bytes),
+            size(row.calibration_bytes), size(row.host_bytes), size(row.ram_left_bytes), fits]  # fmt: skip
+
+
+def deploy_table_markdown(table) -> str:
+    """``yolomem table deploy=... --markdown``: the rich view's columns."""
+    cfg = table.config
+    lines = ["| " + " | ".join(DEPLOY_COLUMNS) + " |", "|" + "|".join("---" for _ in DEPLOY_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(_deploy_cells(row)) + " |" for row in table.rows]
+    where = f" on {cfg['device']}" if cfg["device"] else ""
+    lines += ["", f"- deployment: {cfg['format']} {cfg['precision'].upper()} · batch {cfg['batch']} · imgsz "
+              f"{cfg['imgsz']}{where}", *(f"- skipped {line}" for line in table.skipped)]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def deploy_table_csv(table) -> str:
+    """``yolomem table deploy=... --csv``: each row's figures in bytes, under the JSON's names."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    fields = list(table.rows[0].to_json()) if table.rows else ["model"]
+    writer.writerow(fields)
+    for row in table.rows:
+        writer.writerow(["" if value is None else value for value in row.to_json().values()])
+    return buffer.getvalue()
