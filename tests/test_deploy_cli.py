@@ -197,3 +197,20 @@ def test_weights_are_the_models_in_val_at_any_batch():
     predict = weights()
     assert weights(mode="val", batch=1) == weights(mode="val", batch=16) == predict
     assert weights(mode="val", batch=16, precision="fp16") == weights(precision="fp16") < predict
+
+
+@pytest.mark.parametrize(("words", "said"), [
+    (["device=Orin"], "did you mean 'Jetson-AGX-Orin-32GB'"),  # the names that contain it
+    (["device=0"], "is a CUDA device index (Ultralytics' device=); name the card"),  # not "did you mean 'A10'"
+    (["device=cuda:0"], "is a CUDA device index"),
+    (["arena_extend_strategy=kSame"], "did you mean 'kSameAsRequested'"),
+])  # fmt: skip
+def test_an_unknown_device_or_choice_suggests_what_a_user_meant(capsys, words, said):
+    assert main(["deploy", "yolov8n.yaml", *words]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said in err, err
+
+
+def test_the_table_takes_deploys_spellings_of_a_format(capsys):
+    assert main(["table", "yolov8n.yaml", "deploy=tensorrt", "imgsz=64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["format"] == "engine"

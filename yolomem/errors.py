@@ -14,7 +14,17 @@ class UserError(ValueError):
 
 
 def nearest(value: str, valid: Iterable[str], n: int = 3) -> list[str]:
-    return difflib.get_close_matches(str(value), list(valid), n=n, cutoff=0.5)
+    """The valid names closest to ``value``: those that contain it (``Orin``, ``kSame``), else the most
+    alike by ``difflib``, ignoring case; none for a value of one character (``0`` is no card's name)."""
+    value, valid = str(value), list(valid)
+    if len(value) < 2:
+        return []
+    lowered = {name.lower(): name for name in valid}
+    if len(value) >= 3:
+        containing = [name for name in valid if value.lower() in name.lower() and name.lower() != value.lower()]
+        if containing:
+            return containing[:n]
+    return [lowered[name] for name in difflib.get_close_matches(value.lower(), list(lowered), n=n, cutoff=0.5)]
 
 
 def unknown(kind: str, value: object, valid: Iterable[str], show: int = 12, where: str = "") -> UserError:
@@ -24,7 +34,7 @@ def unknown(kind: str, value: object, valid: Iterable[str], show: int = 12, wher
     close = nearest(str(value), valid)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     listed = ", ".join(valid[:show]) + (f", ... ({len(valid)} in all)" if len(valid) > show else "")
-    return UserError(f"unknown {kind} {value!r}{' ' + where if where else ''}{hint} valid: {listed}")
+    return UserError(f"unknown {kind} {value!r}{' ' + where if where else ''}{hint or ';'} valid: {listed}")
 
 
 # torch's CPU allocator: "DefaultCPUAllocator: can't allocate memory: you tried to allocate 282240000000 bytes"

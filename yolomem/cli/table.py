@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from yolomem.cli.registry import JSON, Flag, command
 from yolomem.config.keys import CHOICE, ESTIMATE_KEYS, INT, MARGIN, TEXT, TEXTS, Key, KeyTable, parse_words
 from yolomem.errors import UserError
+from yolomem.deployment.config import DEPLOY_KEYS
 from yolomem.sweeps.table import DEFAULT_GPUS, METHODS
 from yolomem.workers import default_jobs
 
@@ -28,7 +29,7 @@ TABLE_KEYS = KeyTable((
     Key("jobs", INT, default_jobs(), "processes tracing rows in parallel", low=1),
     # the deployment view (yolomem.deployment.table): deploy=FORMAT switches the table to it
     Key("deploy", CHOICE, None, "deployment view: torch, onnx or engine (batch 1 unless given)",
-        choices=("torch", "onnx", "engine"), nullable=True),
+        choices=("torch", "onnx", "engine"), nullable=True, aliases=DEPLOY_KEYS["format"].aliases),
     Key("precision", CHOICE, "fp32", "deployment view: fp32, fp16 or int8", choices=("fp32", "fp16", "int8")),
     Key("device", TEXT, None, "deployment view: a card or Jetson module, e.g. Jetson-Orin-Nano-8GB", nullable=True),
 ))  # fmt: skip

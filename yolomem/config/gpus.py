@@ -23,6 +23,8 @@ there.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 from yolomem.errors import UserError, unknown
@@ -139,6 +141,9 @@ def find_gpu(name: str, gpu_mem_gib: float | None = None) -> Gpu:
         base = CATALOG.get(_ALIASES.get(_key(name), ""), None) if name else None
         return Gpu(base.name if base else (name or "custom"), _gib(gpu_mem_gib))
     canonical = _ALIASES.get(_key(name))
+    if canonical is None and re.fullmatch(r"(cuda:?)?[\d,]*", str(name).lower()):  # Ultralytics' device=0, cuda:0
+        raise UserError(f"gpu {name!r} is a CUDA device index (Ultralytics' device=); name the card instead, e.g. "
+                        f"'T4' or 'RTX-3090' (yolomem models the card, not the machine's numbering)")  # fmt: skip
     if canonical is None:
         raise unknown("gpu", name, CATALOG)
     return CATALOG[canonical]
