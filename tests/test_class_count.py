@@ -46,3 +46,32 @@ def test_data_names_set_the_classes(tmp_path):
     assert local.config.nc == 3
     shipped = prepare(EstimateConfig(model="yolov8n.yaml", data="VisDrone.yaml"))  # not on disk: Ultralytics' copy
     assert shipped.config.nc == _shipped_classes("VisDrone.yaml") == 10
+
+
+def _checkpoint(path, nc: int):
+    """A local checkpoint as ``YOLO(...).save`` writes it: the model (with its ``yaml``) under ``model``."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.save({"model": DetectionModel("yolov8n.yaml", nc=nc, verbose=False)}, path)
+    return str(path)
+
+
+def test_a_checkpoint_is_built_with_the_datas_classes_too(tmp_path):
+    # Ultralytics' trainer builds the checkpoint's model.yaml with the data's nc and loads the weights that
+    # match (DetectionTrainer.get_model); without data= it trains on TASK2DATA (coco8, 80), not its own data
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    Image.new("RGB", (64, 48)).save(tmp_path / "images" / "a.jpg")
+    (tmp_path / "labels" / "a.txt").write_text("2 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "three.yaml").write_text(f"path: {tmp_path}\ntrain: images\nval: images\nnames: [a, b, c]\n")
+    coco = _checkpoint(tmp_path / "coco.pt", 80)
+    with_data = prepare(EstimateConfig(model=coco, data=str(tmp_path / "three.yaml")))
+    assert with_data.config.nc == 3
+    says = f"nc=3: the classes of data={tmp_path / 'three.yaml'} (the trainer builds the model with them; coco.pt says 80)"
+    assert says in with_data.notes
+    three = _checkpoint(tmp_path / "three.pt", 3)
+    assert prepare(EstimateConfig(model=three)).config.nc == _shipped_classes("coco8.yaml") == 80
+    assert prepare(EstimateConfig(model=three, nc=3)).config.nc == 3

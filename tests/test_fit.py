@@ -118,7 +118,7 @@ def test_pick_ranks_by_size_with_headroom():
     small, large = result.rows
     assert small.params < large.params
     assert small.fits and not large.fits  # yolov8s: 11 M params x (weights, grads, 2 AdamW states, EMA) > 140 MiB
-    assert small.headroom_bytes == result.capacity_bytes - small.peak_reserved_bytes > 0 > large.headroom_bytes
+    assert small.headroom_bytes == result.capacity_bytes - small.peak_reserved_upper_bytes > 0 > large.headroom_bytes
     assert result.best is small
 
 
@@ -142,8 +142,10 @@ def _fake_prober(monkeypatch, asked: list):
     def run(self, config):
         asked.append(config.model)
         size = "ntsmbclxe".index(config.model.split(".")[0].split("-")[0][-1])
-        estimate = types.SimpleNamespace(config=config.with_changes(model=config.model.split(".")[0]), task="detect",
-                                         params=size * 10**6, context_bytes=0)  # fmt: skip
+        task = "segment" if "-seg" in config.model else "detect"
+        estimate = types.SimpleNamespace(config=config.with_changes(model=config.model.split(".")[0]), task=task,
+                                         params=size * 10**6, context_bytes=0, peak_reserved_bytes=size * GiB // 2,
+                                         device_total_bytes=size * GiB // 2)  # fmt: skip
         return estimate, Probe(config.batch, config.imgsz, size * GiB, size * GiB <= self.budget.capacity_bytes, 0.0)
 
     monkeypatch.setattr(pick.Prober, "run", run)
@@ -174,6 +176,47 @@ def test_pick_ranks_a_family_it_names(monkeypatch, capsys):
     asked.clear()
     assert main(["pick", "gpu=T4", "family=yolov9", "--json"]) == 0  # a family with its own size letters
     assert json.loads(capsys.readouterr().out)["family"] == "yolov9" and asked[0] == "yolov9t.yaml"
+
+
+def test_pick_names_the_tasks_it_ranks(monkeypatch):
+    """``pick gpu=T4 models=yolov8n,yolov8n-seg`` said "· detect" (task='s default) over a segment model."""
+    import io
+
+    from rich.console import Console
+
+    from yolomem.render.fit_output import render_pick
+
+    _fake_prober(monkeypatch, [])
+    listed = pick_models("T4", models=("yolov8n.yaml", "yolov8n-seg.yaml"))
+    family = pick_models("T4", family="yolov8", task="detect")
+    heads = []
+    for result in (listed, family):
+        buffer = io.StringIO()
+        render_pick(result, Console(file=buffer, width=300))
+        heads.append(buffer.getvalue().splitlines()[0])
+    assert heads[0].endswith("imgsz 640 · detect, segment") and heads[1].endswith("imgsz 640 · detect")
+    assert listed.to_json()["tasks"] == ["detect", "segment"] and listed.to_json()["task"] is None
+    assert family.to_json()["tasks"] == ["detect"] and family.to_json()["task"] == "detect"
+
+
+def test_pick_says_upper_and_its_json_keys_mean_what_estimates_do(capsys, monkeypatch):
+    """pick showed the upper figure as "peak reserved", and its JSON put the upper figures under the keys that
+    hold the expected ones in ``estimate --json``. Now: the same keys, the same meanings, and the text says upper."""
+    words = ["gpu=RTX-3060-12GB", "imgsz=64", "batch=2", "iterations=1"]
+    assert main(["estimate", "yolov8n.yaml", *words, "--json"]) == 0
+    estimated = json.loads(capsys.readouterr().out)
+    assert main(["pick", "models=yolov8n", *words, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["rows"]
+    keys = ("peak_reserved_bytes", "peak_reserved_upper_bytes", "device_total_bytes", "device_total_upper_bytes")
+    assert {key: row[key] for key in keys} == {key: estimated[key] for key in keys}
+    assert row["peak_reserved_bytes"] < row["peak_reserved_upper_bytes"]  # two figures, not one twice
+    assert row["headroom_bytes"] == estimated["capacity_bytes"] - row["peak_reserved_upper_bytes"]
+    monkeypatch.setenv("COLUMNS", "200")  # one line per row
+    assert main(["pick", "models=yolov8n", *words]) == 0
+    out = capsys.readouterr().out
+    assert "peak reserved (upper)" in out and "nvidia-smi (upper)" in out
+    upper = f"{row['peak_reserved_upper_bytes'] / GiB:.2f} GiB"
+    assert next(line for line in out.splitlines() if "yolov8n" in line and "GiB" in line).count(upper) == 1
 
 
 def test_pick_ranks_yolov8_where_the_release_predates_yolo11(monkeypatch):

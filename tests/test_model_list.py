@@ -123,3 +123,30 @@ def test_a_generation_newer_than_the_release_says_a_newer_release_may_ship_it(mo
     assert "a newer release may ship YOLO26: pip install -U ultralytics" in err and err.count("\n") == 1
     assert main(["estimate", "yolov8q.yaml"]) == 2  # a typo in a shipped generation: no such hint
     assert "newer release" not in capsys.readouterr().err
+
+
+def test_each_name_is_listed_once_with_its_parameters(monkeypatch):
+    """yolov5nu.yaml was listed twice (Ultralytics' own name, and yolov5n.yaml renamed to it), and the names
+    whose YAML publishes no summary line (yolov9, yolov10, rtdetr-l, the yolov5u family) had no parameters:
+    they are counted on a build, kept in the trace cache. Ground truth: Ultralytics' own class, built on the CPU."""
+    import copy
+
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolomem.loops import resolve_model
+    from yolomem.loops.ultralytics import models, step
+
+    shipped = ("yolov10n.yaml", "yolov5n.yaml", "yolov5nu.yaml", "yolov8n.yaml", "yolov9t.yaml")
+    monkeypatch.setattr(models, "shipped_model_names", lambda: shipped)
+    entries = [entry for entry in list_models() if entry.framework == "ultralytics"]
+    assert [entry.name for entry in entries] == ["yolov10n.yaml", "yolov5nu.yaml", "yolov8n.yaml", "yolov9t.yaml"]
+    assert models.yaml_summary("yolov9t") is None and models.yaml_summary("yolov8n")[0] == 3157200  # published
+    for entry in entries:
+        built = DetectionModel(copy.deepcopy(resolve_model(entry.name).cfg), verbose=False)
+        assert entry.params == sum(p.numel() for p in built.parameters()), entry.name
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("counted again: the trace cache holds the counts")
+
+    monkeypatch.setattr(step, "build_model", no_build)
+    assert [entry for entry in list_models() if entry.framework == "ultralytics"] == entries

@@ -166,3 +166,13 @@ def test_cli_refuses_an_old_release_that_fails_its_own_import(tmp_path):
         "yolomem: error: ultralytics 8.0.50 is older than 8.1.0, the oldest release yolomem traces "
         f"(tested: {rel.TESTED_RANGE}); pip install 'ultralytics>=8.1'"
     ]
+
+
+def test_the_class_bound_of_verify_image_label_is_read_from_the_function():
+    # up to 8.3.40 at least: `assert max_cls <= num_cls` (class nc itself kept); by 8.3.189: `max_cls < num_cls`
+    from yolomem.config.dataset import keeps_class_equal_to_count
+
+    installed = _installed()
+    if (8, 3, 40) < installed < (8, 3, 189):
+        pytest.skip("the bound changed between 8.3.40 and 8.3.189; not pinned down here")
+    assert keeps_class_equal_to_count() == (installed <= (8, 3, 40))

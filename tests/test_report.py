@@ -112,6 +112,30 @@ def test_page_is_complete_and_non_trivial(page):
     assert "GPU_mem" in page and "does not fit" in page
 
 
+def test_each_fit_row_adds_up(data, page):
+    """The T4 row showed "usable (minus context)" with the typical context (15 - 0.652 = 14.348) and then the
+    capacity with the upper one ((15 - 0.744) x 0.9 = 12.830): no reader could redo it. Now the row shows the
+    context the verdict uses and each step after it, and they add up, to the byte and as printed."""
+    cells = parse(page).cells
+
+    def column(key):
+        return [(int(attrs["data-bytes"]), float(text.split()[0])) for name, attrs, text in cells if name == key]
+
+    keys = ("card_total_bytes", "card_context_bytes", "card_after_context_bytes", "card_margin_bytes",
+            "card_capacity_bytes")  # fmt: skip
+    columns = [column(key) for key in keys]
+    assert all(len(values) == len(data.fits) for values in columns)
+    for fit, (total, context, after, margin, capacity) in zip(data.fits, zip(*columns)):
+        assert context[0] == CUDA_CONTEXT_UPPER_BYTES == fit.gpu.budget.context_bytes  # the verdicts' context
+        assert capacity[0] == fit.gpu.capacity_bytes
+        assert total[0] - context[0] == after[0] or after[0] == 0 == capacity[0]  # a card the context fills
+        assert after[0] - margin[0] == capacity[0] and margin[0] == int(after[0] * data.margin)
+        assert total[1] - context[1] == pytest.approx(after[1], abs=0.0015) or after[1] == 0  # as printed, 3 decimals
+        assert after[1] - margin[1] == pytest.approx(capacity[1], abs=0.0015)
+    t4 = next(values for values in zip(*columns) if values[0][0] == find_gpu("T4").total_bytes)
+    assert [printed for _, printed in t4] == [15.0, 0.744, 14.256, 1.426, 12.830]
+
+
 def test_page_loads_nothing_from_anywhere(page):
     # xmlns="http://www.w3.org/2000/svg" names a namespace; it is not a request
     without_ns = re.sub(r'xmlns(:\w+)?="[^"]*"', "", page)

@@ -84,8 +84,9 @@ def test_fit_pick_and_ladder_views_name_cards_in_gib(tiny):
     capacity = int(0.9 * card.usable_bytes)
     fit = FitResult("batch", "yolov8n.yaml", card.name, card.total_bytes, card.context_bytes, 0.1, capacity, 2, 64,
                     None, 64, TINY, tiny, 2, (Probe(2, 64, tiny.peak_reserved_bytes, True, 0.1),), False)  # fmt: skip
-    row = PickRow("yolov8n.yaml", "detect", tiny.params, tiny.peak_reserved_bytes, tiny.device_total_bytes, True,
-                  capacity - tiny.peak_reserved_bytes, tiny)  # fmt: skip
+    row = PickRow("yolov8n.yaml", "detect", tiny.params, tiny.peak_reserved_bytes, tiny.peak_reserved_upper_bytes,
+                  tiny.device_total_bytes, tiny.device_total_upper_bytes, True, capacity - tiny.peak_reserved_upper_bytes,
+                  tiny)  # fmt: skip
     pick = PickResult(card.name, card.total_bytes, capacity, 0.1, 2, 64, "detect", (row,))
     step = Strategy("as asked", {}, "yolo train model=yolov8n.yaml", tiny.peak_reserved_bytes, 0, True, 100)
     text = "\n".join(_record(render_fit, fit) + _record(render_pick, pick) + _record(render_ladder, (step,), capacity))

@@ -75,7 +75,8 @@ def _fit(options: argparse.Namespace) -> int:
             if not batch_given or solve != "batch":
                 raise
             result = None
-    if result is None or (solve == "batch" and batch_given and result.max_batch < config.batch):
+    # a batch past the dataset's size trains at its size (FitResult.whole_dataset): fitting, it needs no ladder
+    if result is None or (solve == "batch" and batch_given and result.max_batch < config.batch and not result.whole_dataset):
         return _explain(config, margin, options, fit=result)
     if options.json:
         from yolomem.render.json_output import dumps

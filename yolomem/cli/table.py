@@ -130,9 +130,12 @@ def _deploy_table(options: argparse.Namespace) -> int:
 @command("models", "list every model name yolomem builds, with family, framework, parameters and task", flags=(JSON,),
          traces=False)  # fmt: skip
 def _models(options: argparse.Namespace) -> int:
+    from yolomem.cli.progress import progress_display
     from yolomem.sweeps.model_list import list_models
 
-    entries = list_models()
+    # the first run builds the models whose YAML publishes no count (about 20 s; then kept in the cache)
+    with progress_display("listing models; counting parameters no YAML publishes", quiet=options.json):
+        entries = list_models()
     if options.json:
         import json
 

@@ -9,12 +9,18 @@ What is read, for ``train`` and ``val``:
 - each image's YOLO label file (``img2label_paths``: the last ``/images/`` becomes ``/labels/``, the
   extension ``.txt``). Objects per image = distinct non-empty lines; a missing file is an image with
   no objects, as in Ultralytics. A line that is not ``class x y w h ...`` (at least 5 numbers, a
-  whole non-negative class) raises ``UserError`` naming ``file:line``;
+  whole non-negative class) raises ``UserError`` naming ``file:line``. The highest class of each
+  image is kept too: Ultralytics' ``verify_image_label`` drops an image whose labels name a class
+  beyond the YAML's (``DatasetSummary.dropping_classes_from``; the training loop says where, per release);
 - image sizes from file headers only (PNG IHDR, JPEG SOF, BMP, GIF, WebP; no pixel is decoded),
   with the JPEG EXIF orientation applied as Ultralytics' ``exif_size`` does. Validation needs
   every val image's aspect ratio (rect batches); the RAM cache needs only the mean image size, so
   at most ``TRAIN_HEADER_SAMPLE`` train headers are read, a seeded random sample, like Ultralytics'
   own ``check_cache_ram`` (which extrapolates from 30 images).
+
+The YAML must name ``train`` and ``val`` (or ``validation``), as ``check_det_dataset`` requires in every
+release from 8.1 to 8.4. A name that is not a file here is looked up as the installed Ultralytics
+looks it up (``shipped_dataset``): its own copy, which the trainer would download the images of.
 """
 
 from __future__ import annotations
@@ -46,6 +52,25 @@ class SplitSummary:
     sizes: tuple[tuple[int, int], ...]  # (height, width) of the images whose headers were read
     sized_indices: tuple[int, ...]  # which images those are (all of them for val)
     unreadable: tuple[str, ...] = ()  # images whose header could not be read
+    classes: tuple[int, ...] = ()  # the highest class id of each image (NO_CLASS: no labels), in image-list order
+    dropped: int = 0  # images left out for a class beyond the dataset's (``dropping_classes_from``)
+
+    @property
+    def highest_class(self) -> int:
+        return max(self.classes, default=NO_CLASS)
+
+    def dropping_classes_from(self, first: int) -> SplitSummary:
+        """The split without its images whose labels name class ``first`` or above."""
+        kept = [i for i, highest in enumerate(self.classes) if highest < first]
+        if len(kept) == len(self.classes):
+            return self
+        position = {index: k for k, index in enumerate(kept)}
+        sized = [(size, position[i]) for size, i in zip(self.sizes, self.sized_indices) if i in position]
+        return SplitSummary(
+            self.name, len(kept), tuple(self.counts[i] for i in kept), self.missing_labels,
+            tuple(size for size, _ in sized), tuple(i for _, i in sized), self.unreadable,
+            tuple(self.classes[i] for i in kept), self.dropped + len(self.classes) - len(kept),
+        )  # fmt: skip
 
     @property
     def max_objects(self) -> int:
@@ -68,7 +93,11 @@ class SplitSummary:
             "missing_labels": self.missing_labels,
             "headers_read": len(self.sizes),
             "unreadable": list(self.unreadable),
+            "dropped": self.dropped,
         }
+
+
+NO_CLASS = -1  # the highest class of an image without labels
 
 
 @dataclass(frozen=True)
@@ -76,6 +105,13 @@ class DatasetSummary:
     yaml_path: str
     train: SplitSummary
     val: SplitSummary | None
+    classes: int | None = None  # what the YAML names (``names``, else ``nc``); None where it names none
+
+    def dropping_classes_from(self, first: int) -> DatasetSummary:
+        """Both splits without the images whose labels name class ``first`` or above: Ultralytics'
+        ``verify_image_label`` marks such an image corrupt, and its dataset leaves it out."""
+        val = self.val.dropping_classes_from(first) if self.val is not None else None
+        return DatasetSummary(self.yaml_path, self.train.dropping_classes_from(first), val, self.classes)
 
     def to_json(self) -> dict:
         return {"yaml": self.yaml_path, "train": self.train.to_json(), "val": self.val.to_json() if self.val else None}
@@ -95,14 +131,39 @@ def read_dataset(yaml_path: str | os.PathLike, *, seed: int = 0, train_header_sa
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         raise UserError(f"data={str(yaml_path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
-    if not isinstance(data, dict) or "train" not in data:
-        raise UserError(f"data={str(yaml_path)!r} has no 'train' key; an Ultralytics dataset YAML names train and val")
+    data = check_split_keys(data, str(yaml_path))
     root = _dataset_root(path, data.get("path"))
     train = read_split("train", _image_files(root, data["train"], "train"), header_sample=train_header_sample, seed=seed)
     val = None
     if data.get("val"):
         val = read_split("val", _image_files(root, data["val"], "val"), header_sample=None, seed=seed)
-    return DatasetSummary(str(path), train, val)
+    return DatasetSummary(str(path), train, val, _named_classes(data))
+
+
+def check_split_keys(data: object, shown: str) -> dict:
+    """The YAML's keys as ``check_det_dataset`` checks them (8.1 to 8.4 alike): ``train`` and ``val`` must
+    both be there, and a ``validation`` key stands for a missing ``val``; anything else is refused, as
+    Ultralytics refuses it ("'val:' key missing ❌"). Returns the mapping with ``val`` in place."""
+    if not isinstance(data, dict):
+        raise UserError(f"data={shown!r} is not a dataset YAML (a mapping with train and val keys)")
+    for key in ("train", "val"):
+        if key in data:
+            continue
+        if key == "val" and "validation" in data:
+            data = {k: v for k, v in data.items() if k != "validation"} | {"val": data["validation"]}
+            continue
+        raise UserError(f"data={shown!r} has no '{key}' key; Ultralytics requires 'train' and 'val' in every dataset "
+                        f"YAML (its check_det_dataset stops: \"'{key}:' key missing\")")  # fmt: skip
+    return data
+
+
+def _named_classes(data: dict) -> int | None:
+    """The classes ``check_det_dataset`` gives the dataset: as many as ``names``, else ``nc``."""
+    names = data.get("names")
+    if isinstance(names, (list, dict)) and names:
+        return len(names)
+    nc = data.get("nc")
+    return nc if isinstance(nc, int) and nc > 0 else None
 
 
 @dataclass(frozen=True)
@@ -141,31 +202,122 @@ def dataset_classes(data: str) -> int | None:
 
     path = Path(data).expanduser()
     if not path.is_file():
-        import ultralytics
-
-        path = Path(ultralytics.__file__).parent / "cfg" / "datasets" / Path(data).name
+        found = shipped_dataset(data)
+        if found is None:
+            return None
+        path = Path(found)
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (OSError, yaml.YAMLError):
         return None  # read_dataset says what is wrong with it, with its own error
     if not isinstance(content, dict):
         return None
-    names = content.get("names")
-    if isinstance(names, (list, dict)) and names:
-        return len(names)
-    nc = content.get("nc")
-    return nc if isinstance(nc, int) and nc > 0 else None
+    return _named_classes(content)
+
+
+class _Found(Exception):
+    """Stops ``check_det_dataset`` at the file it settled on (``shipped_dataset``)."""
+
+    def __init__(self, found: object):
+        super().__init__(found)
+        self.found = found
+
+
+def shipped_dataset(data: str) -> str | None:
+    """The file the installed Ultralytics takes ``data=`` for when it is not a file here: its own copy of
+    a dataset YAML (``ultralytics/cfg/datasets``), whose images its trainer then downloads; None where
+    it finds none (its trainer stops: "'my.yaml' does not exist"). URLs are not looked up (None).
+
+    Asked of ``check_det_dataset`` itself, up to where it has settled on a file: its ``check_file`` is
+    swapped, for the call, for one that only searches (``download=False``) and stops the function with
+    what it found. Releases differ here: 8.1.0 searches ``ultralytics/cfg`` only, later releases the whole
+    package; 8.4 also tries a bare name with ``.yaml`` and ``.yml`` (``coco8`` -> ``coco8.yaml``)."""
+    from unittest import mock
+
+    from ultralytics.data import utils as data_utils
+
+    if "://" in data:
+        return None
+    search = data_utils.check_file
+
+    def search_only(file, *args, hard: bool = True, **kwargs):
+        found = search(file, download=False, hard=False)
+        if hard:  # the call whose answer check_det_dataset reads
+            raise _Found(found)
+        return found
+
+    with mock.patch.object(data_utils, "check_file", search_only):
+        try:
+            data_utils.check_det_dataset(data)
+        except _Found as stop:
+            return str(stop.found) if stop.found else None
+    raise RuntimeError(f"the installed check_det_dataset({data!r}) read a dataset without asking check_file for it")
+
+
+def shipped_dataset_names() -> list[str]:
+    """The dataset YAMLs the installed Ultralytics ships, sorted without case."""
+    import ultralytics
+
+    folder = Path(ultralytics.__file__).parent / "cfg" / "datasets"
+    return sorted((p.name for p in folder.glob("*.y*ml")), key=str.lower)
+
+
+def unknown_dataset(data: str) -> UserError:
+    """``data=`` names neither a file here nor a dataset the installed Ultralytics ships: the nearest
+    shipped name (compared without the suffix and case: ``VisDrone.yml`` -> ``VisDrone.yaml``), and a few."""
+    import difflib
+
+    import ultralytics
+
+    names = shipped_dataset_names()
+    stems = {name.rsplit(".", 1)[0].lower(): name for name in names}
+    stem = data.rsplit(".", 1)[0] if data.lower().endswith((".yaml", ".yml")) else data
+    close = difflib.get_close_matches(stem.lower(), list(stems), n=1, cutoff=NEAREST_CUTOFF)
+    hint = f"; did you mean {stems[close[0]]!r}?" if close else ";"
+    listed = ", ".join(names[:SHOWN_NAMES]) + (f", ... ({len(names)} in all)" if len(names) > SHOWN_NAMES else "")
+    return UserError(f"data={data!r} is not a local file, nor a dataset YAML that ultralytics {ultralytics.__version__} "
+                     f"ships (its trainer would stop: \"'{data}' does not exist\"){hint} shipped: {listed}")  # fmt: skip
+
+
+NEAREST_CUTOFF = 0.6  # difflib ratio of the stems: 'sku110k' finds 'SKU-110K'; 'my_data' finds nothing
+SHOWN_NAMES = 12
+
+
+@functools.cache
+def keeps_class_equal_to_count() -> bool:
+    """Whether the installed ``verify_image_label`` keeps an image labelled with class ``nc`` (one past the
+    last): up to 8.3.40 at least its check reads ``max_cls <= num_cls``, by 8.3.189 ``max_cls < num_cls``.
+    Asked of the function itself: a 32 x 32 image with one label of class 1, in a dataset of 1 class."""
+    import tempfile
+
+    from PIL import Image
+    from ultralytics.data.utils import verify_image_label
+
+    with tempfile.TemporaryDirectory() as folder:
+        image, label = Path(folder) / "a.png", Path(folder) / "a.txt"
+        Image.new("RGB", (32, 32)).save(image)
+        label.write_text("1 0.5 0.5 0.1 0.1\n", encoding="utf-8")
+        # (im_file, lb_file, prefix, keypoint, num_cls, nkpt, ndim), and single_cls from 8.3.x on
+        args = (str(image), str(label), "", False, 1, 0, 0)
+        for extra in ((), (False,)):
+            try:
+                result = verify_image_label(args + extra)
+            except ValueError:  # its first line unpacks the arguments: another count
+                continue
+            return result[0] is not None
+    raise RuntimeError("the installed verify_image_label takes neither 7 nor 8 arguments")
 
 
 def read_split(name: str, images: list[str], *, header_sample: int | None, seed: int = 0) -> SplitSummary:
     """Objects per image for ``images`` and the header sizes of all of them or of a seeded sample."""
-    counts, missing = [], 0
+    counts, classes, missing = [], [], 0
     for label_file in _label_paths(images):
-        count = count_objects(label_file)
-        if count is None:
+        read = read_labels(label_file)
+        if read is None:
             missing += 1
-            count = 0
-        counts.append(count)
+            read = (0, NO_CLASS)
+        counts.append(read[0])
+        classes.append(read[1])
     indices = list(range(len(images)))
     if header_sample is not None and len(images) > header_sample:
         indices = sorted(random.Random(seed).sample(indices, header_sample))
@@ -177,11 +329,19 @@ def read_split(name: str, images: list[str], *, header_sample: int | None, seed:
         else:
             sizes.append(size)
             sized.append(index)
-    return SplitSummary(name, len(images), tuple(counts), missing, tuple(sizes), tuple(sized), tuple(unreadable))
+    return SplitSummary(name, len(images), tuple(counts), missing, tuple(sizes), tuple(sized), tuple(unreadable),
+                        tuple(classes))  # fmt: skip
 
 
 def count_objects(label_file: str) -> int | None:
     """Distinct labelled objects in a YOLO label file; None when the file does not exist."""
+    read = read_labels(label_file)
+    return None if read is None else read[0]
+
+
+def read_labels(label_file: str) -> tuple[int, int] | None:
+    """(distinct labelled objects, the highest class id or NO_CLASS) of a YOLO label file; None when the
+    file does not exist."""
     try:
         with open(label_file, encoding="utf-8") as handle:
             text = handle.read()
@@ -189,14 +349,15 @@ def count_objects(label_file: str) -> int | None:
         return None
     except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"cannot read label file {label_file}: {type(error).__name__}") from None
-    seen = set()
+    seen, highest = set(), NO_CLASS
     for number, line in enumerate(text.splitlines(), start=1):
         row = line.strip()
         if not row or row in seen:
             continue  # Ultralytics drops duplicate rows
         _check_row(row, label_file, number)
         seen.add(row)
-    return len(seen)
+        highest = max(highest, int(float(row.split(None, 1)[0])))
+    return len(seen), highest
 
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"

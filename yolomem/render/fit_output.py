@@ -63,9 +63,10 @@ def render_fit(result: FitResult, console: Console | None = None) -> None:
 
 def render_pick(result: PickResult, console: Console | None = None) -> None:
     console = console or Console()
+    tasks = f" · {', '.join(result.tasks)}" if result.tasks else ""  # the tasks of the models ranked
     console.print(
         f"{card_label(result.gpu, result.gpu_total_bytes)}: {_gib(result.capacity_bytes)} for training after the "
-        f"CUDA context and a {result.margin:.0%} margin · batch {result.batch} · imgsz {result.imgsz} · {result.task}"
+        f"CUDA context and a {result.margin:.0%} margin · batch {result.batch} · imgsz {result.imgsz}{tasks}"
     )
     if result.family:
         console.print(f"ranking the {result.family} family in every size; family= or models= ranks others")
@@ -74,14 +75,17 @@ def render_pick(result: PickResult, console: Console | None = None) -> None:
     table = Table(title_justify="left")
     table.add_column("model")
     table.add_column("params", justify="right")
-    table.add_column("peak reserved", justify="right")
-    table.add_column("nvidia-smi", justify="right")
+    table.add_column("peak reserved (upper)", justify="right")
+    table.add_column("nvidia-smi (upper)", justify="right")
     table.add_column("headroom", justify="right")
     table.add_column("fits")
     for row in result.rows:
-        table.add_row(row.model, f"{row.params / 1e6:.1f} M", _gib(row.peak_reserved_bytes), _gib(row.device_total_bytes),
-                      _signed(row.headroom_bytes), "[green]yes[/green]" if row.fits else "[red]no[/red]")
+        table.add_row(row.model, f"{row.params / 1e6:.1f} M", _gib(row.peak_reserved_upper_bytes),
+                      _gib(row.device_total_upper_bytes), _signed(row.headroom_bytes),
+                      "[green]yes[/green]" if row.fits else "[red]no[/red]")  # fmt: skip
     console.print(table)
+    console.print("[dim]upper: 9 runs in 10 stay under it; verdicts and headroom use it (--json has the expected "
+                  "figures too)[/dim]")  # fmt: skip
     best = result.best
     if best:
         console.print(f"largest that fits: [bold]{best.model}[/bold]  ->  {result.train_command}")

@@ -112,21 +112,24 @@ def _fits(data: ReportData) -> str:
     for fit in data.fits:
         verdict = '<span class="yes">fits</span>' if fit.fits else '<span class="no">does not fit</span>'
         largest = "none" if fit.largest_batch is None else str(fit.largest_batch)
+        # each step of the verdict's arithmetic: total - context = after it; after it - margin = for training
+        sizes = (("card_total_bytes", fit.gpu.total_bytes), ("card_context_bytes", fit.gpu.context_bytes),
+                 ("card_after_context_bytes", fit.gpu.after_context_bytes), ("card_margin_bytes", fit.gpu.margin_bytes),
+                 ("card_capacity_bytes", fit.gpu.capacity_bytes))  # fmt: skip
+        cells = "".join(f'<td class="num" data-key="{key}" data-bytes="{value}">{_gib(value)}</td>' for key, value in sizes)
         rows.append(
-            f'<tr data-gpu="{_esc(fit.gpu.name)}"><th>{_esc(card_label(fit.gpu.name, fit.gpu.total_bytes))}</th>'
-            f'<td class="num" data-key="card_total_bytes" data-bytes="{fit.gpu.total_bytes}">{_gib(fit.gpu.total_bytes)}</td>'
-            f'<td class="num" data-key="card_usable_bytes" data-bytes="{fit.gpu.usable_bytes}">{_gib(fit.gpu.usable_bytes)}</td>'
-            f'<td class="num" data-key="card_capacity_bytes" data-bytes="{fit.gpu.capacity_bytes}">{_gib(fit.gpu.capacity_bytes)}</td>'
+            f'<tr data-gpu="{_esc(fit.gpu.name)}"><th>{_esc(card_label(fit.gpu.name, fit.gpu.total_bytes))}</th>{cells}'
             f'<td data-key="card_fits" data-value="{str(fit.fits).lower()}">{verdict}</td>'
             f'<td class="num" data-key="largest_batch" data-value="{largest}">{largest}</td>'
             f'<td class="dim">{_esc(fit.method)}</td></tr>'
         )
     batch = data.estimate.config.batch
-    head = ("<tr><th>GPU</th><th>total</th><th>usable (minus context)</th>"
-            f"<th>for training (minus the {data.margin:.0%} margin)</th><th>batch {batch}</th><th>largest batch</th>"
-            "<th>how</th></tr>")  # fmt: skip
-    note = (f'<p class="dim">Judged as every verdict of yolomem is: usable memory minus a {data.margin:.0%} '
-            "margin for what the trace does not see (cuDNN workspaces, validation, later epochs); the largest "
+    head = ("<tr><th>GPU</th><th>total</th><th>minus the CUDA context (upper)</th><th>after the context</th>"
+            f"<th>minus the margin ({data.margin:.0%} of that)</th><th>for training</th><th>batch {batch}</th>"
+            "<th>largest batch</th><th>how</th></tr>")  # fmt: skip
+    note = (f'<p class="dim">Judged as every verdict of yolomem is: the card minus the upper figure\'s CUDA context '
+            f"(the most measured; the estimate above shows the typical one), minus a {data.margin:.0%} margin of "
+            "what is left for what the trace does not see (cuDNN workspaces, validation, later epochs); the largest "
             "batch is traced and fits, one more is traced and does not.</p>")  # fmt: skip
     return f'<h2>Fit on the chosen GPUs</h2><table id="fits">{head}{"".join(rows)}</table>{note}'
 

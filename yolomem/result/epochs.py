@@ -513,8 +513,10 @@ class EpochTracing:
     def __init__(self, loop, *, seeds: Sequence[int], instances: float, train_counts=None, val_sizes=None,
                  val_counts=None, kpt_shape=(17, 3), channels: int = 3, max_instances: int | None = None,
                  augmentations: Sequence[Augmentation] | None = None, images: int | None = None,
-                 sigma: float | None = None):  # fmt: skip
+                 sigma: float | None = None, val_batch: int | None = None):  # fmt: skip
         self.loop = loop  # the TrainingLoop being traced (yolomem.loops)
+        # the validation batch where the dataset sets it (``DatasetBatches``); None: the loop's, at the batch
+        self.val_batch = val_batch
         self.seeds, self.instances = tuple(seeds), instances
         self.max_instances, self.augmentations = max_instances, augmentations
         self.images, self.sigma = images, sigma  # without labels: the epoch's length and spread
@@ -526,8 +528,9 @@ class EpochTracing:
     def plan_for(self, task: str, batch: int, imgsz: int, stride: int, first_level_iteration: int) -> EpochPlan:
         """The plan at a (per-rank) batch, as traced; ``yolomem.result.runs`` asks it for derived runs too.
         Classification validates ``imgsz`` squares (its images without objects come from ``epoch_request``)."""
+        val_batch = self.val_batch if self.val_batch is not None else self.loop.val_batch_size(task, batch)
         plan = plan_epochs(
-            batch=batch, val_batch=self.loop.val_batch_size(task, batch), imgsz=imgsz,
+            batch=batch, val_batch=val_batch, imgsz=imgsz,
             stride=stride, seeds=self.seeds, train_counts=self.train_counts, instances=self.instances,
             val_sizes=self.val_sizes, val_counts=self.val_counts, max_instances=self.max_instances,
             augmentations=self.augmentations, images=self.images, sigma=self.sigma, square_val=task == "classify",
@@ -562,6 +565,57 @@ class EpochTracing:
 
 # -- the estimator's entry points -------------------------------------------------------------------
 @dataclass(frozen=True)
+class DatasetBatches:
+    """The batches a dataset of known size lets the trainer make. Ultralytics' ``build_dataloader`` (and
+    the yolov5 repo's ``create_dataloader``) cut ``min(batch, len(dataset))`` images per batch, in every
+    release yolomem traces: a batch larger than the train split trains at the split's size. The
+    validation loader is asked for the loop's validation batch at the batch as asked (2x for detection)
+    and cut the same way from the val split. Under DDP each rank draws ``ceil(len / world_size)`` images
+    an epoch (torch's ``DistributedSampler``), and no batch is larger than that; validation runs on rank 0."""
+
+    asked: int  # the per-rank batch as asked (batch // world_size)
+    train: int  # images per training batch, per rank
+    val: int | None  # images per validation batch (None: no val split read)
+    train_images: int
+    val_images: int | None
+    asked_val: int  # the loop's validation batch at the asked batch
+    world_size: int
+    # the smallest total batch past which no batch changes (a larger one trains the same run): its training
+    # batch holds a rank's whole share of the train split, and its validation batch the whole val split
+    limit: int
+
+    @staticmethod
+    def of(loop, task: str, asked: int, world_size: int, train_images: int, val_images: int | None) -> DatasetBatches:
+        share = math.ceil(train_images / world_size)
+        asked_val = loop.val_batch_size(task, asked)
+        val = min(asked_val, val_images) if val_images else None
+        per_rank = share
+        if val_images:  # validation batches grow by val_batch_size(task, 1) images per image of batch
+            per_rank = max(share, math.ceil(val_images / loop.val_batch_size(task, 1)))
+        return DatasetBatches(asked, min(asked, share), val, train_images, val_images or None, asked_val, world_size,
+                              per_rank * world_size)  # fmt: skip
+
+    def note(self, data: str, batch: int) -> str | None:
+        """What the clamp changed (``batch``: the total batch asked), in one note; None where it changed nothing."""
+        parts = []
+        if self.train < self.asked and self.world_size == 1:
+            parts.append(f"batch={batch} is more than the {self.train_images} train images of data={data}: the "
+                         f"dataloader makes batches of min(batch, len(dataset)) = {self.train} (Ultralytics' "
+                         f"build_dataloader), so the run trains, and is estimated, at batch {self.train}")  # fmt: skip
+        elif self.train < self.asked:
+            share = math.ceil(self.train_images / self.world_size)
+            parts.append(f"batch={batch} is {self.asked} per GPU, more than each GPU's share of the {self.train_images} "
+                         f"train images of data={data} ({share}, torch's DistributedSampler): each GPU trains batches "
+                         f"of {self.train}, estimated at batch {self.train * self.world_size}")  # fmt: skip
+        if self.val is not None and self.val < self.asked_val and parts:
+            parts.append(f"validation batches hold its {self.val} val images, not {self.asked_val}")
+        elif self.val is not None and self.val < self.asked_val:
+            parts.append(f"data={data}: validation batches hold its {self.val} val images, not the {self.asked_val} of "
+                         f"batch={batch} (the dataloader's min(batch, len(dataset)))")  # fmt: skip
+        return "; ".join(parts) or None
+
+
+@dataclass(frozen=True)
 class EpochRequest:
     """What ``estimate_config`` needs to trace and simulate epochs for a config."""
 
@@ -569,6 +623,7 @@ class EpochRequest:
     hook: EpochTracing
     dataset: object | None  # yolomem.config.dataset.DatasetSummary
     notes: tuple[str, ...]
+    batches: DatasetBatches | None = None  # the batches the data's size allows (None: no dataset read)
 
     def simulate(self, trace: Trace, alloc_conf, card_bytes, capacity_bytes,
                  upper: tuple[int, int] | None = None, upper_workspaces: bool = False,
@@ -594,6 +649,7 @@ def epoch_request(config, resolved) -> EpochRequest | None:
         return None
     notes, dataset = [], None
     train_counts = val_sizes = val_counts = None
+    split_sizes = None  # (train images, val images) of the dataset read
     if resolved.task == "classify":  # no objects: every batch alike (one level, nothing drawn)
         images = config.images or DEFAULT_TRAIN_IMAGES
         if config.data:  # a folder: its images counted, no labels to read
@@ -601,13 +657,16 @@ def epoch_request(config, resolved) -> EpochRequest | None:
 
             folder = read_classify_folder(config.data)
             images = folder.train_images
+            split_sizes = (folder.train_images, folder.val_images)
             notes.append(f"data={config.data}: {folder.train_images} train and {folder.val_images} val images in "
                          f"{folder.classes} classes (a classification folder)")  # fmt: skip
         train_counts = (0,) * images
     elif config.data:
         from yolomem.config.dataset import read_dataset
 
-        dataset = read_dataset(config.data, seed=config.seed)
+        dataset = loop.kept_images(read_dataset(config.data, seed=config.seed))
+        notes.extend(_dropped_notes(config.data, dataset))
+        split_sizes = (dataset.train.images, dataset.val.images if dataset.val is not None else None)
         train_counts = dataset.train.counts
         if dataset.val is not None and dataset.val.sizes:
             val_sizes = dataset.val.sizes
@@ -621,11 +680,40 @@ def epoch_request(config, resolved) -> EpochRequest | None:
         if dataset.train.max_objects > 2000:  # xView has 7,618: legitimate, but worth a look at the labels
             notes.append(f"{dataset.train.max_objects} objects in one image of data={config.data}: the loss pads every "
                          "batch holding it to that many targets (batch x objects x anchors assigner tensors)")  # fmt: skip
+    batches = None
+    if split_sizes is not None:
+        from yolomem.loops.base import rank_batch
+
+        batches = DatasetBatches.of(loop, resolved.task, rank_batch(config), config.world_size, *split_sizes)
+        note = batches.note(config.data, config.batch)
+        if note:
+            notes.append(note)
+        if batches.train < batches.asked:
+            config = config.with_changes(batch=batches.train * config.world_size)
     seeds = tuple(config.seed + k for k in range(DEFAULT_SEEDS))
     kpt_shape = resolved.kpt_shape
     augmentations = [Augmentation.of_config(config, e) for e in range(SIM_EPOCHS)]
     hook = EpochTracing(loop, seeds=seeds, instances=config.instances, train_counts=train_counts, val_sizes=val_sizes,
                         val_counts=val_counts, kpt_shape=kpt_shape, channels=int(resolved.cfg.get("channels", 3)),
                         max_instances=config.max_instances, augmentations=augmentations, images=config.images,
-                        sigma=tail_sigma(config.tail))  # fmt: skip
-    return EpochRequest(config, hook, dataset, tuple(notes))
+                        sigma=tail_sigma(config.tail), val_batch=batches.val if batches is not None else None)  # fmt: skip
+    return EpochRequest(config, hook, dataset, tuple(notes), batches)
+
+
+def _dropped_notes(data: str, dataset) -> list[str]:
+    """Say which images the trainer drops for a class beyond the YAML's (``TrainingLoop.kept_images``), and
+    refuse a split it drops whole, as its dataset does ("No valid images found")."""
+    from yolomem.errors import UserError
+
+    splits = [split for split in (dataset.train, dataset.val) if split is not None and split.dropped]
+    if not splits:
+        return []
+    for split in splits:
+        if not split.images:
+            raise UserError(f"data={data}: every {split.name} image has a label of a class beyond the "
+                            f"{dataset.classes} its YAML names, and Ultralytics drops such images (its dataset then "
+                            f"stops: \"No valid images found\"); name every class in 'names'")  # fmt: skip
+    dropped = " and ".join(f"{split.dropped} of {split.images + split.dropped} {split.name}" for split in splits)
+    return [f"data={data}: {dropped} images have a label of a class beyond the {dataset.classes} its YAML names; "
+            f"Ultralytics drops them as corrupt (verify_image_label: \"Label class ... exceeds dataset class count "
+            f"{dataset.classes}\"), so they are not counted"]  # fmt: skip

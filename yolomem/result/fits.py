@@ -43,9 +43,14 @@ class Budget:
         return self.gpu.usable_bytes
 
     @property
+    def after_context_bytes(self) -> int:
+        """The card minus the context the verdicts assume (none left on a card the context alone fills)."""
+        return max(self.gpu.total_bytes - self.context_bytes, 0)
+
+    @property
     def margin_bytes(self) -> int:
         """The share of the card (after the verdict's context) held back."""
-        return int((self.gpu.total_bytes - self.context_bytes) * self.margin)
+        return int(self.after_context_bytes * self.margin)
 
     @property
     def context_bytes(self) -> int:
@@ -56,7 +61,7 @@ class Budget:
     def capacity_bytes(self) -> int:
         """What a run may reserve and still fit: the card minus the context minus the margin (none on a
         card the context alone fills)."""
-        return max(self.gpu.total_bytes - self.context_bytes - self.margin_bytes, 0)
+        return self.after_context_bytes - self.margin_bytes
 
     def to_json(self) -> dict:
         return {"gpu": self.gpu.name, "gpu_total_bytes": self.gpu.total_bytes, "context_bytes": self.context_bytes,

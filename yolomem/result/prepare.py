@@ -38,8 +38,13 @@ def prepare(config: EstimateConfig) -> Prepared:
     config, note = class_count(config, resolved)
     if note:
         notes.append(note)
-    if config.data and _needs_download(config.data):
-        config, note = _without_labels(config) if resolved.task != "classify" else _without_folder(config)
+    if config.data and resolved.task != "classify":
+        shipped = _shipped(config.data)  # None: a file here (or a URL), read as it is
+        if shipped is not None:
+            config, note = _without_labels(config, shipped)
+            notes.append(note)
+    elif config.data and _needs_download(config.data):
+        config, note = _without_folder(config)
         notes.append(note)
     request = epoch_request(config, resolved)  # None unless data= or epochs>=2
     density = None
@@ -51,15 +56,32 @@ def prepare(config: EstimateConfig) -> Prepared:
     return Prepared(config, resolved, request, density, tuple(notes))
 
 
-def _without_labels(config: EstimateConfig) -> tuple[EstimateConfig, str]:
-    """``data=`` names a dataset Ultralytics would download: its published statistics stand in for its
-    labels (``yolomem.loops.density.NAMED_DATASETS``): the mean objects per image, the densest image, the
-    train images and the spread, each unless given (``instances=``, ``max_instances=``, ``images=``,
-    ``tail=``)."""
+def _shipped(data: str) -> str | None:
+    """The installed Ultralytics' own copy of the dataset YAML ``data=`` names, when it is not a file here
+    (``yolomem.config.dataset.shipped_dataset``); None for a file here or a URL. A name it would not find
+    is refused, as its trainer refuses it, and so is a copy without ``train`` and ``val`` keys."""
+    import yaml
+
+    from yolomem.config.dataset import check_split_keys, shipped_dataset, unknown_dataset
+
+    if "://" in data or Path(data).expanduser().exists():
+        return None
+    found = shipped_dataset(data)
+    if found is None:
+        raise unknown_dataset(data)
+    check_split_keys(yaml.safe_load(Path(found).read_text(encoding="utf-8")), data)
+    return found
+
+
+def _without_labels(config: EstimateConfig, shipped: str) -> tuple[EstimateConfig, str]:
+    """``data=`` names a dataset Ultralytics would download (its copy of the YAML is ``shipped``): its
+    published statistics stand in for its labels (``yolomem.loops.density.NAMED_DATASETS``): the mean
+    objects per image, the densest image, the train images and the spread, each unless given
+    (``instances=``, ``max_instances=``, ``images=``, ``tail=``)."""
     from yolomem.config.keys import DEFAULT_INSTANCES
     from yolomem.loops.density import named_dataset
 
-    known = named_dataset(config.data)
+    known = named_dataset(Path(shipped).name)
     head = f"data={config.data} is not a local file (Ultralytics would download it)"
     if known is None:
         return config.with_changes(data=None), f"{head}; objects per image from instances={config.instances:g} instead"
@@ -79,7 +101,8 @@ def _without_folder(config: EstimateConfig) -> tuple[EstimateConfig, str]:
 
 
 def _needs_download(data: str) -> bool:
-    """A bare dataset name such as ``coco8.yaml`` that is not on disk: Ultralytics downloads those."""
+    """A bare classification dataset name such as ``imagenet10`` that is not on disk: Ultralytics'
+    ``check_cls_dataset`` tries to download any such name."""
     path = Path(data).expanduser()
     return not path.exists() and len(path.parts) == 1
 
@@ -90,7 +113,10 @@ def class_count(config: EstimateConfig, resolved: ResolvedModel) -> tuple[Estima
     those of the dataset Ultralytics trains the task on by default (``TASK2DATA``: coco8-pose.yaml for pose,
     1 class, where yolo11-pose.yaml says 80; dota8.yaml for obb, 15). Classification takes the class
     subfolders of a ``data=`` folder, else keeps the model's own (ImageNet's 1000, the published head): its
-    default data is a folder to download, imagenet10."""
+    default data is a folder to download, imagenet10. A local ``.pt`` checkpoint is no different: the trainer
+    builds its ``model.yaml`` with the data's classes and loads the weights that still match
+    (``DetectionTrainer.get_model``), and without ``data=`` it trains on ``TASK2DATA``, not the checkpoint's
+    own data (``Model.train``)."""
     from yolomem.config.dataset import dataset_classes, read_classify_folder
 
     if config.nc is None and resolved.task == "classify" and config.data and Path(config.data).expanduser().is_dir():
@@ -98,7 +124,7 @@ def class_count(config: EstimateConfig, resolved: ResolvedModel) -> tuple[Estima
         classes = read_classify_folder(config.data).classes
         note = f"nc={classes}: the classes of data={config.data} (its train/ subfolders; the trainer builds the head with them)"
         return config.with_changes(nc=classes), note
-    if config.nc is not None or resolved.task == "classify" or resolved.source == "checkpoint":  # its own nc
+    if config.nc is not None or resolved.task == "classify":  # its own nc
         return config, None
     data, where = config.data, f"data={config.data}"
     if not data and resolved.framework == "ultralytics":
@@ -110,7 +136,8 @@ def class_count(config: EstimateConfig, resolved: ResolvedModel) -> tuple[Estima
     model_nc = resolved.cfg.get("nc")
     if classes is None or classes == model_nc:
         return config, None
-    says = f"; {resolved.name}.yaml says {model_nc}" if model_nc is not None else ""
+    suffix = ".pt" if resolved.source == "checkpoint" else ".yaml"
+    says = f"; {resolved.name}{suffix} says {model_nc}" if model_nc is not None else ""
     note = f"nc={classes}: the classes of {where} (the trainer builds the model with them{says})"
     if not config.data:
         note += "; pass nc= or data= for yours"

@@ -74,13 +74,22 @@ class GpuLine:
         return self.budget.gpu.total_bytes
 
     @property
-    def usable_bytes(self) -> int:
-        """Total minus the CUDA context: what the caching allocator can reserve."""
-        return self.budget.usable_bytes
+    def context_bytes(self) -> int:
+        """The CUDA context the verdicts assume: the upper figure's (``Budget.context_bytes``)."""
+        return self.budget.context_bytes
+
+    @property
+    def after_context_bytes(self) -> int:
+        """Total minus that context: what the margin is a share of."""
+        return self.budget.after_context_bytes
+
+    @property
+    def margin_bytes(self) -> int:
+        return self.budget.margin_bytes
 
     @property
     def capacity_bytes(self) -> int:
-        """Usable minus the margin: what a run may reserve and still fit."""
+        """Total minus the context minus the margin: what a run may reserve and still fit."""
         return self.budget.capacity_bytes
 
 
@@ -284,6 +293,8 @@ def card_fit(config: EstimateConfig, line: GpuLine, margin: float, progress: Cal
         return GpuFit(line, chosen_fits, None, f"{how}: not even batch {config.world_size} fits")
     if result.at_search_cap:
         how += f"; the search stops at {result.max_batch}: more fits"
+    if result.whole_dataset:
+        how += f"; a larger batch trains the same run (data= holds no more than batch {result.max_batch})"
     return GpuFit(line, chosen_fits, result.max_batch, how)
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from yolomem.config.keys import DEFAULT_MARGIN
 from yolomem.config.models import ResolvedModel
@@ -85,6 +85,7 @@ class FitResult:
     predicted: int  # the two-trace line's answer (batch, or imgsz)
     probes: tuple[Probe, ...]
     at_search_cap: bool  # the answer is MAX_BATCH / MAX_IMGSZ: more would fit
+    whole_dataset: bool = False  # the answer is data='s limit: every larger batch trains the same run (fits too)
 
     @property
     def accumulate(self) -> int:
@@ -113,6 +114,7 @@ class FitResult:
             "accumulate": self.accumulate,
             "predicted": self.predicted,
             "at_search_cap": self.at_search_cap,
+            "whole_dataset": self.whole_dataset,
             "probes": [
                 {"batch": p.batch, "imgsz": p.imgsz, "peak_reserved_bytes": p.peak_reserved_bytes, "fits": p.fits}
                 for p in self.probes
@@ -355,27 +357,64 @@ def largest_batch(
     """
     config = resolve_config(config_or_model, gpu, gpu_mem, settings)
     prober = prober or Prober(make_budget(config, margin), progress)
-    _prefetch_line([config.with_changes(batch=u * config.world_size) for u in _first_batch_units(config, bracket)])
-    answer, predicted, at_cap = search_batch(config, prober, bracket)
+    batches = dataset_batches(config)
+    cap = _batch_cap(config, batches)
+    _prefetch_line([config.with_changes(batch=u * config.world_size) for u in _first_batch_units(config, bracket, cap)])
+    answer, predicted, at_cap = search_batch(config, prober, bracket, cap)
     final = config.with_changes(batch=answer)
     estimate, best = prober.run(final)
+    whole = batches is not None and answer >= batches.limit
+    if whole:  # said with the estimate's notes, which every view of the answer prints
+        estimate = replace(estimate, notes=(*estimate.notes, _whole_dataset_note(config, answer, batches)))
     return FitResult(
         solve="batch", model=config.model, **_budget_fields(prober.budget), max_batch=final.batch, imgsz=best.imgsz,
         stride=None, nbs=config.nbs, config=final.with_changes(imgsz=best.imgsz), estimate_at_max=estimate,
-        predicted=predicted, probes=_for(prober, config, "batch"), at_search_cap=at_cap,
+        predicted=predicted, probes=_for(prober, config, "batch"), at_search_cap=at_cap and not whole,
+        whole_dataset=whole,
     )  # fmt: skip
 
 
-def search_batch(config: EstimateConfig, prober: Prober, bracket: tuple[int, int] = BATCH_BRACKET) -> tuple[int, int, bool]:
+def dataset_batches(config: EstimateConfig):
+    """The batches ``data=``'s size allows (``yolomem.result.epochs.DatasetBatches``), for a config whose
+    dataset is read; None otherwise. Ultralytics cuts a batch to the dataset's size (``min(batch,
+    len(dataset))``), so past ``limit`` a larger batch changes nothing, and fits alike."""
+    if not config.data:
+        return None
+    from yolomem.result.prepare import prepare
+
+    request = prepare(config).request
+    return request.batches if request is not None else None
+
+
+def _batch_cap(config: EstimateConfig, batches=None) -> int:
+    """The most batch units (per rank) a batch search probes: ``MAX_BATCH``, or fewer where ``data=`` makes
+    every larger batch the same run (``dataset_batches``)."""
+    cap = MAX_BATCH // config.world_size
+    return cap if batches is None else max(min(cap, batches.limit // config.world_size), 1)
+
+
+def _whole_dataset_note(config: EstimateConfig, answer: int, batches) -> str:
+    val = ""
+    if batches.val_images and answer > math.ceil(batches.train_images / batches.world_size) * batches.world_size:
+        val = f" and {batches.val_images} val images (validated in batches of {batches.val_images} from batch={answer} on)"
+    return (f"every batch from {answer} up fits, as the same run: data={config.data} has {batches.train_images} train "
+            f"images{val}, and the dataloader cuts a larger batch to them (min(batch, len(dataset)), Ultralytics' "
+            f"build_dataloader), so batch={answer} already trains the whole dataset in one batch")  # fmt: skip
+
+
+def search_batch(config: EstimateConfig, prober: Prober, bracket: tuple[int, int] = BATCH_BRACKET,
+                 cap: int | None = None) -> tuple[int, int, bool]:  # fmt: skip
     """``largest_batch``'s search alone, on probes (no estimate of the answer): (the largest total batch
-    that fits, the line's prediction, whether the answer is the search's cap). Raises ``NothingFits``."""
+    that fits, the line's prediction, whether the answer is the search's cap: more fits). ``cap``: the
+    most batch units per rank to probe (default ``_batch_cap``). Raises ``NothingFits``."""
     ranks = config.world_size
+    cap = cap if cap is not None else _batch_cap(config, dataset_batches(config))
 
     def probe(unit: int) -> Probe:
         return prober.probe(config.with_changes(batch=unit * ranks))
 
     answer, predicted, at_cap = _solve(
-        prober, probe, _LINEAR, batch_units(bracket, ranks), MAX_BATCH // ranks,
+        prober, probe, _LINEAR, batch_units(bracket, ranks), cap,
         lambda one: f"{config.model} at imgsz={one.imgsz} does not fit {_card(prober.budget)} even at batch {ranks}",
         "add --explain to see what each memory-saving step buys",
     )  # fmt: skip
@@ -431,9 +470,10 @@ def batch_units(bracket: tuple[int, int], ranks: int) -> list[int]:
     return [max(min(bracket), b // ranks) for b in bracket]
 
 
-def _first_batch_units(config: EstimateConfig, bracket: tuple[int, int]) -> tuple[int, int]:
-    """The batches per rank of the batch search's first two runs, which draw its line."""
-    return _first_units(*batch_units(bracket, config.world_size), MAX_BATCH // config.world_size)
+def _first_batch_units(config: EstimateConfig, bracket: tuple[int, int], cap: int | None = None) -> tuple[int, int]:
+    """The batches per rank of the batch search's first two runs, which draw its line (``cap``: ``_batch_cap``)."""
+    cap = cap if cap is not None else _batch_cap(config, dataset_batches(config))
+    return _first_units(*batch_units(bracket, config.world_size), cap)
 
 
 def batch_search_start(config: EstimateConfig, prober: Prober, bracket: tuple[int, int] = BATCH_BRACKET) -> EstimateConfig | None:
@@ -441,8 +481,8 @@ def batch_search_start(config: EstimateConfig, prober: Prober, bracket: tuple[in
     ``prober`` runs); None when the search goes elsewhere (the first batch does not fit). Sweeps
     that search several configs trace these side by side before searching."""
     ranks = config.world_size
-    cap = MAX_BATCH // ranks
-    first, second = _first_batch_units(config, bracket)
+    cap = _batch_cap(config, dataset_batches(config))
+    first, second = _first_batch_units(config, bracket, cap)
     p1 = prober.probe(config.with_changes(batch=first * ranks))
     if not p1.fits:
         return None
@@ -545,14 +585,19 @@ def _search(probe: Callable[[int], Probe], scale: _Scale, first: int, second: in
     p1 = probe(first)
     if not p1.fits and (first == 1 or not probe(1).fits):
         return None, 1, False  # the smallest unit does not fit: no line needed
-    p2 = probe(second)
-    predicted = _predict(scale, first, p1, second, p2, cap, capacity)
-    probed: dict[int, Probe] = {first: p1, second: p2}
+    probed: dict[int, Probe] = {first: p1}
 
     def check(unit: int) -> bool:
         if unit not in probed:
             probed[unit] = probe(unit)
         return probed[unit].fits
+
+    if second == first:  # the cap is at the bracket's first unit (a small dataset's): no line to draw
+        if p1.fits:
+            return first, first, True
+        return _bisect(check, 1, first), first, False  # unit 1 fits (checked above)
+    p2 = probed[second] = probe(second)
+    predicted = _predict(scale, first, p1, second, p2, cap, capacity)
 
     guess = min(max(predicted, 1), cap)
     check(guess)
@@ -578,10 +623,15 @@ def _search(probe: Callable[[int], Probe], scale: _Scale, first: int, second: in
                 lo = nxt
             else:
                 hi, step = nxt, step * 2
-    while hi - lo > 1:  # lo fits, hi does not
+    return _bisect(check, lo, hi), predicted, False
+
+
+def _bisect(check: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The largest unit that fits, between ``lo`` (fits) and ``hi`` (does not)."""
+    while hi - lo > 1:
         mid = (lo + hi) // 2
         if check(mid):
             lo = mid
         else:
             hi = mid
-    return lo, predicted, False
+    return lo

@@ -10,13 +10,14 @@ class ModelEntry:
     name: str
     family: str
     framework: str
-    params: int | None  # None: not published for this name (Ultralytics YAML without a summary line)
+    params: int  # published (an Ultralytics YAML's summary line) or counted on a build: list_models says which
     task: str
 
 
 def list_models() -> tuple[ModelEntry, ...]:
     """The original designs (params counted) first, then Ultralytics' YAML names (params from the
-    YAML's own summary line, the count Ultralytics publishes)."""
+    YAML's own summary line, the count Ultralytics publishes; counted on a build where the YAML has none:
+    ``yolomem.loops.ultralytics.models.counted_params``)."""
     from yolomem.loops import get_loop
 
     entries = []

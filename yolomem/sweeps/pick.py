@@ -28,10 +28,12 @@ class PickRow:
     model: str
     task: str
     params: int
-    peak_reserved_bytes: int
-    device_total_bytes: int  # peak reserved + CUDA context: what nvidia-smi would show
+    peak_reserved_bytes: int  # expected, as the estimate's
+    peak_reserved_upper_bytes: int  # the upper figure's (yolomem.result.upper): what the verdict judges
+    device_total_bytes: int  # expected peak reserved + CUDA context: what nvidia-smi would show
+    device_total_upper_bytes: int  # the upper figure's peak reserved + the upper CUDA context (the budget's)
     fits: bool
-    headroom_bytes: int  # capacity after context and margin, minus peak reserved; < 0 when short
+    headroom_bytes: int  # capacity after context and margin, minus the upper peak reserved; < 0 when short
     estimate: Estimate = field(repr=False, compare=False)
 
 
@@ -43,10 +45,15 @@ class PickResult:
     margin: float
     batch: int
     imgsz: int
-    task: str
+    task: str | None  # the task of the family ranked; None when the models were listed (``tasks`` says theirs)
     rows: tuple[PickRow, ...]  # smallest model first
     family: str | None = None  # the family ranked; None when the models were listed
     optimizer: str = "auto"  # as asked (each estimate's config holds what auto resolved to)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks of the models ranked, each once, in the order of the rows."""
+        return tuple(dict.fromkeys(row.task for row in self.rows))
 
     @property
     def best(self) -> PickRow | None:
@@ -67,11 +74,13 @@ class PickResult:
     def to_json(self) -> dict:
         return {
             "gpu": self.gpu, "gpu_total_bytes": self.gpu_total_bytes, "capacity_bytes": self.capacity_bytes,
-            "margin": self.margin, "batch": self.batch, "imgsz": self.imgsz, "task": self.task, "family": self.family,
-            "best": self.best.model if self.best else None, "train_command": self.train_command,
-            "rows": [
-                {"model": r.model, "params": r.params, "peak_reserved_bytes": r.peak_reserved_bytes,
-                 "device_total_bytes": r.device_total_bytes, "fits": r.fits, "headroom_bytes": r.headroom_bytes}
+            "margin": self.margin, "batch": self.batch, "imgsz": self.imgsz, "task": self.task, "tasks": list(self.tasks),
+            "family": self.family, "best": self.best.model if self.best else None, "train_command": self.train_command,
+            "rows": [  # the keys of estimate --json, with their meanings: expected, and *_upper_bytes
+                {"model": r.model, "task": r.task, "params": r.params, "peak_reserved_bytes": r.peak_reserved_bytes,
+                 "peak_reserved_upper_bytes": r.peak_reserved_upper_bytes, "device_total_bytes": r.device_total_bytes,
+                 "device_total_upper_bytes": r.device_total_upper_bytes, "fits": r.fits,
+                 "headroom_bytes": r.headroom_bytes}
                 for r in self.rows
             ],
         }  # fmt: skip
@@ -147,15 +156,17 @@ def pick_models(
         if progress:
             progress(f"[{index}/{len(names)}] {name}")
         estimate, probe = prober.run(base.with_changes(model=name))
+        # the verdict and the headroom judge the upper figure, as every verdict does
         rows.append(PickRow(
             model=estimate.config.model, task=estimate.task, params=estimate.params,
-            peak_reserved_bytes=probe.peak_reserved_bytes,  # the upper figure's, as every verdict
-            device_total_bytes=probe.peak_reserved_bytes + budget.context_bytes, fits=probe.fits,
+            peak_reserved_bytes=estimate.peak_reserved_bytes, peak_reserved_upper_bytes=probe.peak_reserved_bytes,
+            device_total_bytes=estimate.device_total_bytes,
+            device_total_upper_bytes=probe.peak_reserved_bytes + budget.context_bytes, fits=probe.fits,
             headroom_bytes=budget.capacity_bytes - probe.peak_reserved_bytes, estimate=estimate,
         ))  # fmt: skip
     rows.sort(key=lambda row: row.params)
     return PickResult(
         gpu=budget.gpu.name, gpu_total_bytes=budget.gpu.total_bytes, capacity_bytes=budget.capacity_bytes,
         margin=budget.margin, batch=base.batch, imgsz=rows[0].estimate.config.imgsz if rows else base.imgsz,
-        task=task, rows=tuple(rows), family=None if models else family, optimizer=base.optimizer,
+        task=None if models else task, rows=tuple(rows), family=None if models else family, optimizer=base.optimizer,
     )  # fmt: skip

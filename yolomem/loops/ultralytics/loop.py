@@ -40,22 +40,27 @@ class UltralyticsLoop:
         return shipped_model_names()
 
     def model_entries(self):
-        """(name, family, params or None, task) for every shipped YAML name; params from the YAML's summary line."""
-        from yolomem.loops.ultralytics.models import unsupported_task, yaml_summary
+        """(name, family, params, task) for every shipped YAML name: params from the YAML's summary line
+        (the count Ultralytics publishes), else counted on a fake build (``counted_params``)."""
+        from yolomem.loops.ultralytics.models import counted_params, unsupported_task, yaml_summary
         from yolomem.loops.yolov5.names import is_original_only
 
+        rows = []
         for yaml_name in self.model_names():
             if unsupported_task(yaml_name):
                 continue  # refused with a reason when named; not offered in the list
+            if is_original_only(yaml_name):  # yolov5s.yaml: the yolov5 repo's original, which its loop lists;
+                continue  # Ultralytics' build of it is yolov5su.yaml, a name of its own in the list
             stem = yaml_name[:-5]
             task = next((t for t in ("seg", "pose", "obb", "cls") if f"-{t}" in stem), "detect")
             task = {"seg": "segment", "cls": "classify"}.get(task, task)
             match = re.match(r"^(yolo(?:v)?\d+|yoloe|rtdetr)", stem)
             family = match.group(1).upper().replace("YOLOV", "YOLOv").replace("RTDETR", "RT-DETR") if match else "YOLO"
             summary = yaml_summary(stem)
-            if is_original_only(yaml_name):  # yolov5s.yaml means the original; Ultralytics' is yolov5su.yaml
-                yaml_name = re.sub(r"^yolov5([nsmlx])", r"yolov5\1u", yaml_name)
-            yield yaml_name, family, summary[0] if summary else None, task
+            rows.append((yaml_name, family, summary[0] if summary else None, task))
+        counted = counted_params(tuple(name for name, _, params, _ in rows if params is None))
+        for name, family, params, task in rows:
+            yield name, family, params if params is not None else counted[name], task
 
     def _build(self, resolved: ResolvedModel, nc: int | None):
         from yolomem.loops.ultralytics.step import build_model
@@ -100,6 +105,16 @@ class UltralyticsLoop:
         from yolomem.loops.ultralytics.families import family_of
 
         return family_of(resolved.cfg).simulates_epochs
+
+    def kept_images(self, dataset):
+        """``YOLODataset`` keeps the images ``verify_image_label`` passes: one labelled with a class the YAML
+        does not name is "corrupt" and left out of both splits. The installed release's bound is asked of
+        it (``keeps_class_equal_to_count``: class ``nc`` itself passed up to 8.3.40 at least)."""
+        from yolomem.config.dataset import keeps_class_equal_to_count
+
+        if dataset.classes is None:  # check_det_dataset refuses such a YAML before any label is read
+            return dataset
+        return dataset.dropping_classes_from(dataset.classes + (1 if keeps_class_equal_to_count() else 0))
 
     def val_batch_size(self, task: str, train_batch: int) -> int:
         from yolomem.loops.val_pass import val_batch_size

@@ -254,6 +254,32 @@ def ultralytics_gflops(model: str, imgsz: int) -> tuple[float | None, str]:
     return None, "unknown"
 
 
+def counted_params(names: tuple[str, ...]) -> dict[str, int]:
+    """Parameters of shipped YAML names, counted: each model built as ``build_model`` builds it for a
+    trace (the trainer's class for its family), with the YAML's own ``nc`` as the summary lines count it,
+    on fake tensors (no weights initialised; the meta device cannot build them: the stride forward reads
+    ``.item()``). About 0.25 s a model: the 84 names of 8.4.190 whose YAMLs publish no count took 22 s on
+    this project's 2 shared cores, so the counts are kept in the trace cache, once per release and code."""
+    from yolomem.trace.store import active_store, code_key
+
+    def count() -> dict[str, int]:
+        from yolomem.loops.ultralytics.step import build_model, quiet_ultralytics
+        from yolomem.trace.tracer import Tracer
+
+        counts = {}
+        for name in names:
+            with quiet_ultralytics():  # yaml_model_load's rename warning (yolov8s6.yaml -> yolov8s-p6.yaml)
+                resolved = resolve_ultralytics(name)
+            tracer = Tracer(fake=True)
+            with tracer:
+                counts[name] = sum(p.numel() for p in build_model(resolved.cfg, resolved.task, None).parameters())
+            tracer.detach_finalizers()
+        return counts
+
+    key = code_key() | {"probe": "parameters of shipped models", "names": list(names)}
+    return active_store().kept_probe(key, count, dict) if names else {}
+
+
 # YOLOv10's YAMLs publish no summary line; these are the paper's figures at 640 (Wang et al. 2024,
 # "YOLOv10: Real-Time End-to-End Object Detection", Table 1), also on Ultralytics' YOLOv10 page.
 PUBLISHED_GFLOPS_640 = {"yolov10n": 6.7, "yolov10s": 21.6, "yolov10m": 59.1, "yolov10b": 92.0,

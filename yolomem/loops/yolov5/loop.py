@@ -79,6 +79,18 @@ class Yolov5Loop:
     def epochs_supported(self, resolved, world_size: int) -> bool:
         return resolved.task in {"detect", "segment"} and world_size == 1
 
+    def kept_images(self, dataset):
+        """The repo's ``verify_image_label`` does not look at classes; train.py then stops on the train
+        split's highest one (``assert mlc < nc, f'Label class {mlc} exceeds nc={nc} ...'``)."""
+        from yolomem.errors import UserError
+
+        highest = dataset.train.highest_class
+        if dataset.classes is not None and highest >= dataset.classes:
+            raise UserError(f"data={dataset.yaml_path}: a train label has class {highest}, and the YAML names "
+                            f"{dataset.classes}; the yolov5 repo's train.py stops (\"Label class {highest} exceeds "
+                            f"nc={dataset.classes}\"); name every class in 'names'")  # fmt: skip
+        return dataset
+
     def val_batch_size(self, task: str, train_batch: int) -> int:
         return 2 * train_batch  # train.py: val_loader at batch_size // WORLD_SIZE * 2
 
