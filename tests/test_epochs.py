@@ -105,6 +105,20 @@ def test_epoch_figures_are_ordered(tiny_epochs):
     assert tiny_epochs.to_json()["epochs"]["val_shapes"] == [[4, 96, 96]]  # 64 -> ceil(2 + 0.5) * 32
 
 
+def test_the_gpu_mem_column_is_the_highest_epoch_not_validations_peak():
+    """With a card whose trainer empties the cache after validation (T4: yolov8s 640/32), the column prints
+    epoch 1's and epoch 2+'s reserved memory, never validation's peak: the headline said 8.66G for a run
+    whose every printed GPU_mem is about 6.9G (the peak stays in peak_reserved_bytes)."""
+    from yolomem.result.estimate import estimate
+
+    # a 1.5 GiB card: epoch 1 reserves 0.63 GiB, past the half at which the trainer empties the cache
+    run = estimate("yolov8n.yaml", imgsz=320, batch=16, iterations=1, epochs=2, instances=3, gpu_mem=1.5)
+    assert run.epochs.emptied_cache and run.peak_phase.startswith("val")
+    column = max(run.epoch1_reserved_bytes, run.steady_reserved_bytes)
+    assert run.gpu_mem_printed == f"{column / 2**30:.3g}G" != f"{run.peak_reserved_bytes / 2**30:.3g}G"
+    assert run.to_json()["gpu_mem_printed"] == run.gpu_mem_printed
+
+
 def test_validation_raises_reserved_and_clear_memory_drops_it(tiny_epochs):
     sim = tiny_epochs.epochs
     trace, plan = tiny_epochs.trace, sim.plan

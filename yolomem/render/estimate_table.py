@@ -56,7 +56,7 @@ def render_estimate(estimate: Estimate, console: Console | None = None) -> None:
     summary.add_column("what")
     summary.add_column("value", justify="right")
     trainer = "yolov5 train.py" if cfg.framework == "yolov5" else "Ultralytics"
-    summary.add_row(f"{trainer} GPU_mem column (memory_reserved)",
+    summary.add_row(f"{trainer} GPU_mem column (memory_reserved)" + (", highest epoch" if estimate.epochs else ""),
                     f"[bold]{estimate.gpu_mem_printed}[/bold] expected, [bold]{estimate.gpu_mem_upper_printed}[/bold] "
                     f"upper  ({gpu_mem_unit_label(estimate.gpu_mem_unit)})")  # fmt: skip
     summary.add_row("nvidia-smi total (reserved + CUDA context)", _size(estimate.device_total_bytes))

@@ -130,12 +130,20 @@ class Estimate:
 
     @property
     def gpu_mem_printed(self) -> str:
-        """What the Ultralytics progress bar will show in the GPU_mem column, e.g. '2.31G'."""
-        return self._printed(self.peak_reserved_bytes)
+        """The most the trainer's GPU_mem column will show, e.g. '2.31G': the training peak; with epochs
+        simulated, the highest epoch's (median). Validation's own peak, which the column never prints
+        when the trainer empties the cache after it, is in ``peak_reserved_bytes``."""
+        return self._printed(self._column(self.peak_reserved_bytes, self.epoch1_reserved_bytes, self.steady_reserved_bytes))
 
     @property
     def gpu_mem_upper_printed(self) -> str:
-        return self._printed(self.peak_reserved_upper_bytes)
+        return self._printed(self._column(self.peak_reserved_upper_bytes, self.epoch1_reserved_upper_bytes,
+                                          self.steady_reserved_upper_bytes))  # fmt: skip
+
+    @staticmethod
+    def _column(peak: int, epoch1: int | None, steady: int | None) -> int:
+        printed = [figure for figure in (epoch1, steady) if figure is not None]
+        return max(printed) if printed else peak
 
     def _printed(self, nbytes: int) -> str:
         divisor = GiB if self.gpu_mem_unit == "GiB" else 1e9
