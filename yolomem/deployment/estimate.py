@@ -288,7 +288,9 @@ def _torch_terms(resolved, config: DeployConfig, batch: int, imgsz: int, context
         assumptions.append(f"NMS: {traced.candidates} (box, class) candidates per image pass conf ({traced.candidates_basis}); "
                            + ("rotated NMS's own matrices" if resolved.task == "obb" else "torchvision's CUDA kernel's buffers"))  # fmt: skip
     if config.mode == "val":
-        assumptions.append("val: square images letterboxed as the installed release does; plots and save_json off")
+        shaped = ("resized and centre-cropped (classify_transforms)" if resolved.task == "classify"
+                  else "letterboxed as the installed release does")  # fmt: skip
+        assumptions.append(f"val: square images {shaped}; plots and save_json off")
     return runtime, traced.params, notes, assumptions
 
 

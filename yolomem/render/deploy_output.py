@@ -86,12 +86,16 @@ def render_deployment(deployment: Deployment, console: Console | None = None) ->
 def render_deploy_table(table, console: Console | None = None) -> None:
     """``yolomem table deploy=...``: one row per model (a ``yolomem.deployment.table.DeployTable``)."""
     console = console or Console()
+    if not console.is_terminal:  # piped: rich's 80 columns cut the headers and names of nine columns
+        console.width = max(console.width, 132)
     cfg = table.config
     where = f" on {cfg['device']}" if cfg["device"] else ""
     view = Table(title=f"deployment: {cfg['format']} {cfg['precision'].upper()} · batch {cfg['batch']} · "
                        f"imgsz {cfg['imgsz']}{where}", title_justify="left")  # fmt: skip
-    for name in DEPLOY_COLUMNS:
-        view.add_column(name, justify="left" if name == "model" else "right")
+    longest = max((len(row.model) for row in table.rows), default=5)
+    for name in DEPLOY_COLUMNS:  # the model's name whole at any width (80 columns when piped): the figures wrap
+        view.add_column(name, justify="left" if name == "model" else "right",
+                        min_width=longest if name == "model" else None, no_wrap=name == "model")  # fmt: skip
     for row in table.rows:
         view.add_row(*_deploy_cells(row, no="[red]no[/red]"))
     console.print(view)
