@@ -136,3 +136,16 @@ def test_the_python_api_ignores_ultralytics_keys_as_the_cli_does():
     assert config.notes == ("lr0=0.01 does not change GPU memory; ignored",)
     with pytest.raises(UserError, match="did you mean 'batch'"):
         EstimateConfig.from_mapping({"bacth": 8})
+
+
+def test_keys_that_can_only_lower_memory_are_not_called_without_effect():
+    """rect=True trains smaller, rectangular batches: 'does not change GPU memory' was untrue; the figure
+    is the square batch's, an upper one for it (the same from the CLI's words and the Python API)."""
+    from yolomem.config.keys import ESTIMATE_KEYS, parse_words
+    from yolomem.config.settings import _ultralytics_keys
+
+    words = parse_words(["rect=True", "single_cls=True", "lr0=0.01"], ESTIMATE_KEYS, ignored=_ultralytics_keys)
+    api = EstimateConfig.from_mapping({"rect": True, "single_cls": True, "lr0": 0.01}).notes
+    for notes in (words.notes, api):
+        assert "at most the square batch's memory" in notes[0] and "one class" in notes[1]
+        assert notes[2] == "lr0=0.01 does not change GPU memory; ignored"

@@ -305,10 +305,26 @@ def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], 
             values.pop(key, None)  # keep the given order of the last occurrence
             values[key] = table[key].parse(raw)
         elif ignored is not None and key in ignored():
-            notes.append(f"{key}={raw} does not change GPU memory; ignored")
+            notes.append(ignored_note(key, raw))
         else:
             raise unknown_key(key, table)
     return Words(tuple(positionals), values, tuple(notes), tuple(values))
+
+
+# Ultralytics keys left out of the estimate though they can lower memory: the figure is then an upper one
+_LOWER_ONLY = {
+    "rect": "rectangular batches of non-square images need at most the square batch's memory, which is estimated",
+    "single_cls": "one class: a smaller head and loss than the data's classes, which are estimated",
+    "fraction": "part of the dataset: no denser batch than the whole set's, which is estimated",
+}
+
+
+def ignored_note(key: str, value: object) -> str:
+    """The note for an Ultralytics key the estimate does not take: no effect on GPU memory, or (``_LOWER_ONLY``)
+    an effect that can only lower it."""
+    if key in _LOWER_ONLY:
+        return f"{key}={value}: {_LOWER_ONLY[key]}; not modelled"
+    return f"{key}={value} does not change GPU memory; ignored"
 
 
 # Keys users type for gradient accumulation, which the trainers set through nbs; the nearest spelling

@@ -101,14 +101,14 @@ class EstimateConfig:
         """From Python values (``estimate("yolov8n.yaml", amp=True, freeze=[0, 1])``): each is converted
         by its key; Ultralytics' other settings are ignored with a note, as on the command line; any other
         name is refused with the nearest key."""
-        from yolomem.config.keys import unknown_key
+        from yolomem.config.keys import ignored_note, unknown_key
 
         typed, notes = {}, list(notes)
         for name, value in values.items():
             if name in ESTIMATE_KEYS:
                 typed[name] = ESTIMATE_KEYS[name].convert(value)
             elif name in _ultralytics_keys():
-                notes.append(f"{name}={value} does not change GPU memory; ignored")
+                notes.append(ignored_note(name, value))
             else:
                 raise unknown_key(name, ESTIMATE_KEYS)
         return cls.from_values(typed, notes)
