@@ -291,3 +291,10 @@ def test_default_batches_under_ddp_are_totals_of_the_same_images_per_gpu():
     """Under DDP the batch is the total over the GPUs; batch 2 over 2 GPUs would leave each 1, over 4 none."""
     data = curve_figure(["yolov8n.yaml"], base=TINY.with_changes(world_size=2), amps=("fp16",))
     assert [p.x for p in data.curves[0].points] == [4, 8, 16, 32]
+
+
+def test_an_imgsz_point_is_drawn_where_it_was_estimated():
+    """imgsz=100 is estimated at 128 (the stride): the point was drawn at 100 with 128's figure."""
+    data = curve_figure(["yolov8n.yaml"], base=TINY, x_name="imgsz", xs=(64, 100), amps=("fp16",))
+    (only,) = data.curves
+    assert [p.x for p in only.points] == [64, 128]

@@ -42,7 +42,7 @@ Estimator = Callable[[EstimateConfig], Estimate]
 
 @dataclass(frozen=True)
 class CurvePoint:
-    x: int  # batch or imgsz as asked (imgsz is rounded up to the stride by the estimate)
+    x: int  # batch or imgsz as estimated: imgsz rounded up to the stride, a batch cut to data='s size
     peak_allocated_bytes: int
     peak_reserved_bytes: int  # Ultralytics' GPU_mem
     device_total_bytes: int  # reserved + CUDA context: nvidia-smi
@@ -210,7 +210,7 @@ def curve_figure(
                 result = estimator(config)
                 unit = result.gpu_mem_unit
                 estimated[(model, amp, x)] = CurvePoint(
-                    x=x,
+                    x=getattr(result.config, x_name),  # imgsz=500 is estimated, and drawn, at 512
                     peak_allocated_bytes=result.peak_allocated_bytes,
                     peak_reserved_bytes=result.peak_reserved_bytes,
                     device_total_bytes=result.device_total_bytes,
