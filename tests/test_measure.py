@@ -37,6 +37,8 @@ def test_measure_without_cuda_prints_one_line_and_exits_2(monkeypatch, capsys):
     (["yolov8n.yaml", "timeout=-1"], "timeout=-1 must be > 0"),
     (["yolov8n.yaml", "augment=exakt"], "did you mean 'exact'"),
     (["yolov8n.yaml", "bacth=8"], "did you mean 'batch'"),
+    # Ultralytics' trainer would build its own yolov5s (yolov5su's head), not the repo's model estimated
+    (["yolov5s.yaml"], "'yolov5s.yaml' is trained by the yolov5 loop (Ultralytics' own build of it is yolov5su.yaml"),
 ])  # fmt: skip
 def test_measure_checks_its_words_before_cuda(monkeypatch, capsys, words, error):
     """Without CUDA, bad words get the error estimate gives for them, not only "needs a CUDA GPU"."""

@@ -233,15 +233,10 @@ def deploy_config(config: DeployConfig) -> Deployment:
 
 
 def _ultralytics_twin(model: str) -> str:
-    """Ultralytics' own build of a yolov5-repo name (yolov5s -> yolov5su.yaml), where it has one."""
-    from pathlib import Path
+    from yolomem.loops import ultralytics_twin
 
-    from yolomem.loops import get_loop
-
-    twin = f"{Path(model).stem}u.yaml"
-    if twin not in get_loop("ultralytics").model_names():
-        return ""
-    return f"; Ultralytics' {twin} (its anchor-free head, not the repo's model) deploys"
+    twin = ultralytics_twin(model)
+    return f"; Ultralytics' {twin} (its anchor-free head, not the repo's model) deploys" if twin else ""
 
 
 def config_dict(config: DeployConfig) -> dict:

@@ -47,6 +47,14 @@ def resolve_model(spec: str, framework: str = "ultralytics"):
         raise unknown("model", shown, get_loop(framework).model_names(), where=f"({error.strerror.lower()})") from None
 
 
+def ultralytics_twin(model: str) -> str | None:
+    """Ultralytics' own build of a yolov5-repo name (yolov5s -> yolov5su.yaml), where it has one."""
+    from pathlib import Path
+
+    twin = f"{Path(model).stem}u.yaml"
+    return twin if twin in get_loop("ultralytics").model_names() else None
+
+
 def trace_run(config, resolved, *, fake: bool = True, oracle=None, after_iterations=None, density=None,
               upper: bool = True):  # fmt: skip
     """Trace ``config.iterations`` training iterations with the loop that trains ``resolved`` (and, with

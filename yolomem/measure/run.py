@@ -376,11 +376,16 @@ def measure(settings: MeasureSettings, results: Path | str, *, launch: Launcher 
             device_count: Callable[[], int] = cuda_device_count) -> MeasurementRecord:
     """Run one measurement in a fresh process, append its record to ``results``, and return it. The
     inputs are checked first (the model resolves, as an estimate resolves it), then CUDA, then it runs."""
-    from yolomem.loops import resolve_model
+    from yolomem.loops import resolve_model, ultralytics_twin
 
     if settings.config.framework != "ultralytics":
         raise UserError(f"framework={settings.config.framework}: measure drives Ultralytics' trainer only")
-    resolve_model(settings.config.model, settings.config.framework)  # an unknown model: estimate's one-line error
+    resolved = resolve_model(settings.config.model, settings.config.framework)  # unknown: estimate's one-line error
+    if resolved.framework != "ultralytics":  # Ultralytics' trainer would build its own model of that name
+        twin = ultralytics_twin(settings.config.model)
+        raise UserError(f"measure drives Ultralytics' trainer; {settings.config.model!r} is trained by the "
+                        f"{resolved.framework} loop" + (f" (Ultralytics' own build of it is {twin}, another head)"
+                                                         if twin else ""))  # fmt: skip
     check_cuda(settings.config.world_size, device_count())
     launch = launch or launch_subprocess
     with tempfile.TemporaryDirectory(prefix="yolomem-measure-") as tmp:
