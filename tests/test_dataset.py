@@ -314,3 +314,15 @@ def test_the_yolov5_repos_train_py_stops_on_a_class_beyond_the_yamls(tmp_path):
     yaml_path = _data_yaml(tmp_path, [[0], [2]], [[0]], ["a"])
     with pytest.raises(UserError, match=r"the yolov5 repo's train.py stops \(\"Label class 2 exceeds nc=1\"\)"):
         prepare(EstimateConfig(model="yolov5n", data=str(yaml_path), batch=2, imgsz=64))
+
+
+def test_keys_the_labels_override_are_named_as_ignored(tmp_path):
+    """max_instances= changed nothing with data= (the labels give the densest image) and was not named."""
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.loops import resolve_model
+    from yolomem.result.epochs import epoch_request
+
+    yaml_path = make_dataset(tmp_path, [(64, 64, 3), (64, 64, 1)], [(64, 64, 1)])
+    config = EstimateConfig(model="yolov8n.yaml", data=str(yaml_path), batch=2, imgsz=64, max_instances=5, tail="COCO")
+    notes = " ".join(epoch_request(config, resolve_model("yolov8n.yaml")).notes)
+    assert f"tail= and max_instances= ignored: the labels of data={yaml_path} give them" in notes

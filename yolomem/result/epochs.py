@@ -673,7 +673,7 @@ def epoch_request(config, resolved) -> EpochRequest | None:
             val_counts = [dataset.val.counts[i] for i in dataset.val.sized_indices]
         notes.append(f"data={config.data}: {dataset.train.images} train images, {dataset.train.mean_objects:.2f} objects/image "
                      f"(max {dataset.train.max_objects}); objects per image drawn from the labels, instances= ignored")  # fmt: skip
-        given = [f"{key}=" for key in ("images", "tail") if getattr(config, key) is not None]
+        given = [f"{key}=" for key in ("images", "tail", "max_instances") if getattr(config, key) is not None]
         if given:
             notes.append(f"{' and '.join(given)} ignored: the labels of data={config.data} give them")
         config = config.with_changes(instances=round(dataset.train.mean_objects, 3))
