@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from yolomem.config.gpus import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_UPPER_BYTES, Gpu
+from yolomem.config.gpus import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_UPPER_BYTES, Gpu, find_gpu
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.result.estimate import estimate_config
@@ -69,3 +69,15 @@ def test_the_text_output_shows_the_margin(edge, capsys, monkeypatch):
                  "margin=0.2"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "20% margin" in out and "does not fit" in out
+
+
+def test_a_jetson_holds_back_the_training_process_ram_it_shares():
+    """A Jetson's GPU shares the module's DRAM: the process's own RAM (Python, torch, the CUDA libraries:
+    yolomem.deployment.host's sources) is not the GPU's to give. A card with its own memory holds none back."""
+    from yolomem.deployment.host import PROCESS, TORCH_LIBRARIES
+
+    jetson, card = Budget(find_gpu("Jetson-Orin-Nano-8GB")), Budget(find_gpu("T4"))
+    assert jetson.host_bytes == PROCESS[1] + TORCH_LIBRARIES[1] and card.host_bytes == 0
+    assert jetson.after_context_bytes == jetson.gpu.total_bytes - jetson.context_bytes - jetson.host_bytes
+    assert jetson.capacity_bytes == jetson.after_context_bytes - jetson.margin_bytes
+    assert card.after_context_bytes == card.gpu.total_bytes - card.context_bytes

@@ -86,7 +86,8 @@ def render_estimate(estimate: Estimate, console: Console | None = None) -> None:
             summary.add_row(f"  peak reserved if it held {factor}x ({n_max})", _size(nbytes))
     if estimate.gpu:
         verdict = "[green]fits[/green]" if estimate.fits else "[red]does not fit[/red]"
-        room = f"{gib(estimate.capacity_bytes)} after the CUDA context and a {estimate.margin:.0%} margin"
+        process = ", the training process's RAM (shared memory)" if estimate.host_held_bytes else ""
+        room = f"{gib(estimate.capacity_bytes)} after the CUDA context{process} and a {estimate.margin:.0%} margin"
         summary.add_row(f"on {card_label(estimate.gpu, estimate.gpu_total_bytes)}, upper figure", f"{verdict} ({room})")
         if estimate.oom is not None:
             where = estimate.oom.phase + (f" (iteration {estimate.oom.iteration})" if estimate.oom.iteration is not None else "")

@@ -113,7 +113,7 @@ def _fits(data: ReportData) -> str:
         verdict = '<span class="yes">fits</span>' if fit.fits else '<span class="no">does not fit</span>'
         largest = "none" if fit.largest_batch is None else str(fit.largest_batch)
         # each step of the verdict's arithmetic: total - context = after it; after it - margin = for training
-        sizes = (("card_total_bytes", fit.gpu.total_bytes), ("card_context_bytes", fit.gpu.context_bytes),
+        sizes = (("card_total_bytes", fit.gpu.total_bytes), ("card_context_bytes", fit.gpu.context_bytes + fit.gpu.host_bytes),
                  ("card_after_context_bytes", fit.gpu.after_context_bytes), ("card_margin_bytes", fit.gpu.margin_bytes),
                  ("card_capacity_bytes", fit.gpu.capacity_bytes))  # fmt: skip
         cells = "".join(f'<td class="num" data-key="{key}" data-bytes="{value}">{_gib(value)}</td>' for key, value in sizes)
@@ -124,7 +124,8 @@ def _fits(data: ReportData) -> str:
             f'<td class="dim">{_esc(fit.method)}</td></tr>'
         )
     batch = data.estimate.config.batch
-    head = ("<tr><th>GPU</th><th>total</th><th>minus the CUDA context (upper)</th><th>after the context</th>"
+    head = ("<tr><th>GPU</th><th>total</th><th>minus the CUDA context (upper; a Jetson's: and the training "
+            "process's RAM)</th><th>after the context</th>"
             f"<th>minus the margin ({data.margin:.0%} of that)</th><th>for training</th><th>batch {batch}</th>"
             "<th>largest batch</th><th>how</th></tr>")  # fmt: skip
     note = (f'<p class="dim">Judged as every verdict of yolomem is: the card minus the upper figure\'s CUDA context '

@@ -99,6 +99,7 @@ class Estimate:
     fits: bool | None = None  # yolomem.result.fits: the upper figure within the card minus context and margin
     margin: float | None = None  # the safety margin of ``fits`` (with a GPU)
     capacity_bytes: int | None = None  # what the card gives the run: its memory minus context and margin
+    host_held_bytes: int = 0  # a Jetson's: the training process's RAM, out of the same DRAM (Budget.host_bytes)
     oom: OomPoint | None = None  # where a typical run on the card would run out of memory (None: it would not)
     num_alloc_retries: int = 0
     trace: Trace | None = field(default=None, repr=False, compare=False)
@@ -181,6 +182,7 @@ class Estimate:
             "fits": self.fits,
             "margin": self.margin,
             "capacity_bytes": self.capacity_bytes,
+            "host_held_bytes": self.host_held_bytes,
             "oom": self.oom.to_json() if self.oom else None,
             "num_alloc_retries": self.num_alloc_retries,
             "unaccounted": list(self.unaccounted),
@@ -379,6 +381,11 @@ def estimate_config(config: EstimateConfig, figures: EstimateFigures | None = No
     # the verdict uses the upper figure: a run 9 in 10 stay under must fit, not just the typical one
     fits_card = fits(upper.peak_reserved_bytes, budget) if budget else None
     on_card = _on_the_card(budget, peak_reserved, replay, base_trace, request, run.trace, config.alloc_conf) if budget else None
+    if budget and budget.host_bytes:
+        workers = " and dataloader workers (host RAM above)" if host is not None else ""
+        notes.append(f"{budget.gpu.name} shares its DRAM with the host: the verdict also holds back the training "
+                     f"process's RAM, {budget.host_bytes / GiB:.2f} GiB (Python, torch, CUDA libraries){workers}; "
+                     "the OS and other processes need some too")  # fmt: skip
     if budget and not fits_card:
         notes.append(_does_not_fit(budget, upper.peak_reserved_bytes, peak_reserved, on_card))
     sensitivity = None
@@ -418,6 +425,7 @@ def estimate_config(config: EstimateConfig, figures: EstimateFigures | None = No
         fits=fits_card,
         margin=config.margin if budget else None,
         capacity_bytes=budget.capacity_bytes if budget else None,
+        host_held_bytes=budget.host_bytes if budget else 0,
         oom=on_card.oom if on_card else None,
         num_alloc_retries=on_card.num_alloc_retries if on_card else replay.num_alloc_retries,
         trace=run.trace,
@@ -463,8 +471,8 @@ def _on_the_card(budget: Budget, peak_reserved: int, replay: Replay, base_trace:
 
 def _does_not_fit(budget: Budget, required: int, expected: int, on_card: _OnTheCard) -> str:
     text = (f"does not fit {budget.gpu.name}: the upper figure needs {required / GiB:.2f} GiB reserved, "
-            f"{budget.capacity_bytes / GiB:.2f} GiB available after the CUDA context ({budget.context_bytes >> 20} MiB) "
-            f"and margin={budget.margin:g}")  # fmt: skip
+            f"{budget.capacity_bytes / GiB:.2f} GiB available after {budget.held_back()} (CUDA context "
+            f"{budget.context_bytes >> 20} MiB) and margin={budget.margin:g}")  # fmt: skip
     if fits(expected, budget):
         return f"{text}; the expected figure ({expected / GiB:.2f} GiB) fits"
     if on_card.oom is not None:

@@ -43,9 +43,29 @@ class Budget:
         return self.gpu.usable_bytes
 
     @property
+    def host_bytes(self) -> int:
+        """On a Jetson the GPU shares the module's DRAM, so the training process's own host memory comes
+        out of it too: Python with torch, Ultralytics and the CUDA runtime, and the kernel libraries the
+        first step loads (``yolomem.deployment.host``: the high end of each, from the logs it cites).
+        Dataloader workers and an image cache come on top (``Estimate.host`` with ``data=``). 0 on a card
+        with memory of its own."""
+        if not self.gpu.shared_memory:
+            return 0
+        from yolomem.deployment.host import PROCESS, TORCH_LIBRARIES
+
+        return PROCESS[1] + TORCH_LIBRARIES[1]
+
+    @property
     def after_context_bytes(self) -> int:
-        """The card minus the context the verdicts assume (none left on a card the context alone fills)."""
-        return max(self.gpu.total_bytes - self.context_bytes, 0)
+        """The card minus the context the verdicts assume, and on a Jetson minus the process's host memory
+        (``host_bytes``); none left on a card they alone fill."""
+        return max(self.gpu.total_bytes - self.context_bytes - self.host_bytes, 0)
+
+    def held_back(self) -> str:
+        """What the capacity leaves out, in words: 'the CUDA context' (and the process's RAM on a Jetson)."""
+        if self.host_bytes:
+            return f"the CUDA context and the training process's RAM ({self.host_bytes / 2**30:.2f} GiB, shared memory)"
+        return "the CUDA context"
 
     @property
     def margin_bytes(self) -> int:
@@ -65,7 +85,7 @@ class Budget:
 
     def to_json(self) -> dict:
         return {"gpu": self.gpu.name, "gpu_total_bytes": self.gpu.total_bytes, "context_bytes": self.context_bytes,
-                "margin": self.margin, "capacity_bytes": self.capacity_bytes}  # fmt: skip
+                "host_bytes": self.host_bytes, "margin": self.margin, "capacity_bytes": self.capacity_bytes}  # fmt: skip
 
 
 def fits(required_bytes: int, budget: Budget) -> bool:
