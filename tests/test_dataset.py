@@ -326,3 +326,18 @@ def test_keys_the_labels_override_are_named_as_ignored(tmp_path):
     config = EstimateConfig(model="yolov8n.yaml", data=str(yaml_path), batch=2, imgsz=64, max_instances=5, tail="COCO")
     notes = " ".join(epoch_request(config, resolve_model("yolov8n.yaml")).notes)
     assert f"tail= and max_instances= ignored: the labels of data={yaml_path} give them" in notes
+
+
+def test_a_relative_path_is_the_working_directorys_not_the_yamls(tmp_path, monkeypatch):
+    """``path: .`` is where ``yolo train`` runs (check_det_dataset keeps a relative path that exists from
+    the working directory), not the YAML's folder: from elsewhere Ultralytics finds no images."""
+    make_dataset(tmp_path, [(64, 64, 1)], [(64, 64, 1)])
+    yaml_path = tmp_path / "rel.yaml"
+    yaml_path.write_text("path: .\ntrain: images/train\nval: images/val\nnames: ['a']\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert read_dataset(yaml_path).train.images == 1
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(UserError, match=f"{elsewhere / 'images' / 'train'}' does not exist"):
+        read_dataset(yaml_path)

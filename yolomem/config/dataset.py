@@ -4,8 +4,8 @@ how many classes it names (``dataset_classes``, for YAMLs Ultralytics ships too)
 What is read, for ``train`` and ``val``:
 - the image list, as Ultralytics builds it (``BaseDataset.get_img_files``): a directory (searched
   recursively), a ``.txt`` list of images (``./`` relative to the list), or a list of those; paths
-  are relative to the YAML's ``path`` (itself relative to the YAML file, else to Ultralytics'
-  ``DATASETS_DIR``);
+  are relative to the YAML's ``path`` (the YAML's folder when it has none; a relative one from the
+  working directory where it exists there, else from Ultralytics' ``DATASETS_DIR``: ``_dataset_root``);
 - each image's YOLO label file (``img2label_paths``: the last ``/images/`` becomes ``/labels/``, the
   extension ``.txt``). Objects per image = distinct non-empty lines; a missing file is an image with
   no objects, as in Ultralytics. A line that is not ``class x y w h ...`` (at least 5 numbers, a
@@ -467,20 +467,38 @@ def _webp_size(head: bytes) -> tuple[int, int] | None:
 
 
 def _dataset_root(yaml_path: Path, declared: object) -> Path:
+    """The dataset root as the installed ``check_det_dataset`` resolves it: the YAML's folder when it
+    names no ``path``; a relative ``path`` from the working directory where it exists there (8.3 and
+    later), else from ``DATASETS_DIR`` (the only place 8.2 and earlier look). Not from the YAML's folder:
+    ``path: .`` is the directory ``yolo train`` runs in."""
     if not declared:
         return yaml_path.parent
     root = Path(str(declared)).expanduser()
     if root.is_absolute():
         return root
-    beside = (yaml_path.parent / root).resolve()
-    if beside.exists():
-        return beside
     from ultralytics.utils import DATASETS_DIR
 
+    if relative_path_from_working_directory() and root.exists():
+        return root.resolve()
     in_datasets = (Path(DATASETS_DIR) / root).resolve()
     if in_datasets.exists():
         return in_datasets
-    raise UserError(f"dataset path {str(declared)!r} not found beside {yaml_path} nor in {DATASETS_DIR}")
+    where = f"the working directory ({Path.cwd()}) nor in " if relative_path_from_working_directory() else ""
+    raise UserError(f"dataset path {str(declared)!r} of {yaml_path} not found in {where}{DATASETS_DIR}, where "
+                    "Ultralytics resolves a relative path (make it absolute, or run from the folder it is "
+                    "relative to)")  # fmt: skip
+
+
+@functools.cache
+def relative_path_from_working_directory() -> bool:
+    """Whether the installed ``check_det_dataset`` keeps a relative ``path`` that exists from the working
+    directory (8.3: ``if not path.exists() and not path.is_absolute()``; 8.2 and earlier always join it to
+    ``DATASETS_DIR``), read in its source."""
+    import inspect
+
+    from ultralytics.data.utils import check_det_dataset
+
+    return "not path.exists()" in inspect.getsource(check_det_dataset)
 
 
 def _image_files(root: Path, entry: object, split: str) -> list[str]:
