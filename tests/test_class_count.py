@@ -75,3 +75,28 @@ def test_a_checkpoint_is_built_with_the_datas_classes_too(tmp_path):
     three = _checkpoint(tmp_path / "three.pt", 3)
     assert prepare(EstimateConfig(model=three)).config.nc == _shipped_classes("coco8.yaml") == 80
     assert prepare(EstimateConfig(model=three, nc=3)).config.nc == 3
+
+
+def test_a_pose_model_takes_the_datas_keypoints_as_its_trainer_builds_it(tmp_path):
+    """PoseTrainer builds PoseModel(cfg, nc=..., data_kpt_shape=data["kpt_shape"]): the data's keypoints
+    size the head. yolomem built the YAML's 17 x 3 whatever the data said. Ultralytics' own class is the truth."""
+    from ultralytics.nn.tasks import PoseModel
+
+    from yolomem.errors import UserError
+    from yolomem.loops import get_loop
+
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "images" / "a.png")  # unlabelled: the keypoints are the YAML's
+    data = tmp_path / "hands.yaml"
+    data.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "images", "val": "images", "names": ["hand"],
+                                    "kpt_shape": [21, 3]}))  # fmt: skip
+    prepared = prepare(EstimateConfig(model="yolo11n-pose.yaml", data=str(data)))
+    assert prepared.resolved.kpt_shape == (21, 3) and any("kpt_shape=[21, 3]" in note for note in prepared.notes)
+    built = get_loop("ultralytics").count_params(prepared.resolved, prepared.config.nc)
+    truth = PoseModel("yolo11n-pose.yaml", nc=1, data_kpt_shape=(21, 3), verbose=False)
+    assert built == sum(p.numel() for p in truth.parameters())
+    data.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "images", "val": "images", "names": ["hand"]}))
+    with pytest.raises(UserError, match="gives no kpt_shape"):
+        prepare(EstimateConfig(model="yolo11n-pose.yaml", data=str(data)))

@@ -198,6 +198,23 @@ def read_classify_folder(folder: str | os.PathLike) -> ClassifyFolder:
 def dataset_classes(data: str) -> int | None:
     """How many classes a dataset YAML names (``names`` or ``nc``): the file, else Ultralytics' copy of
     it; None where there is neither (a classification folder, a URL) or it names none."""
+    content = _dataset_yaml(data)
+    return None if content is None else _named_classes(content)
+
+
+def dataset_kpt_shape(data: str) -> tuple[int, int] | None:
+    """The keypoint layout a dataset YAML gives (``kpt_shape: [17, 3]``), which PoseTrainer builds the
+    model with; None where the YAML gives none (or is not there)."""
+    content = _dataset_yaml(data)
+    shape = None if content is None else content.get("kpt_shape")
+    if isinstance(shape, (list, tuple)) and len(shape) == 2 and all(isinstance(v, int) for v in shape):
+        return int(shape[0]), int(shape[1])
+    return None
+
+
+def _dataset_yaml(data: str) -> dict | None:
+    """A dataset YAML's content: the file, else Ultralytics' copy of it; None where there is neither (a
+    classification folder, a URL) or it is not a mapping."""
     import yaml
 
     path = Path(data).expanduser()
@@ -210,9 +227,7 @@ def dataset_classes(data: str) -> int | None:
         content = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
     except (OSError, yaml.YAMLError):
         return None  # read_dataset says what is wrong with it, with its own error
-    if not isinstance(content, dict):
-        return None
-    return _named_classes(content)
+    return content if isinstance(content, dict) else None
 
 
 class _Found(Exception):

@@ -38,6 +38,9 @@ def prepare(config: EstimateConfig) -> Prepared:
     config, note = class_count(config, resolved)
     if note:
         notes.append(note)
+    resolved, note = keypoint_layout(config, resolved)
+    if note:
+        notes.append(note)
     if config.data and resolved.task != "classify":
         shipped = _shipped(config.data)  # None: a file here (or a URL), read as it is
         if shipped is not None:
@@ -98,6 +101,30 @@ def _without_folder(config: EstimateConfig) -> tuple[EstimateConfig, str]:
     """A classification dataset Ultralytics would download (``imagenet10``, ``cifar10``): nothing to read."""
     return config.with_changes(data=None), (f"data={config.data} is not a local folder (Ultralytics would download "
                                             "it); the model's classes and images= stand in for it")  # fmt: skip
+
+
+def keypoint_layout(config: EstimateConfig, resolved: ResolvedModel) -> tuple[ResolvedModel, str | None]:
+    """A pose model trains with the keypoints of ``data=``: PoseTrainer builds it with
+    ``data_kpt_shape=self.data["kpt_shape"]`` ("Overriding model.yaml kpt_shape=[17, 3] with ..."), which
+    sizes the head and the keypoint loss (hand-keypoints: 21 x 3; tiger-pose: 12 x 2). A YAML without one
+    stops that trainer (KeyError 'kpt_shape'). Without ``data=`` its default data (coco8-pose) is 17 x 3."""
+    from dataclasses import replace
+
+    from yolomem.config.dataset import dataset_kpt_shape
+
+    if resolved.task != "pose" or not config.data or resolved.framework != "ultralytics":
+        return resolved, None
+    shape = dataset_kpt_shape(config.data)
+    if shape is None:
+        from yolomem.errors import UserError
+
+        raise UserError(f"data={config.data} gives no kpt_shape, which a pose model's trainer reads (PoseTrainer: "
+                        "KeyError 'kpt_shape'); add the keypoint layout, e.g. 'kpt_shape: [17, 3]'")  # fmt: skip
+    if shape == tuple(resolved.kpt_shape):
+        return resolved, None
+    note = (f"kpt_shape={list(shape)}: the keypoints of data={config.data} (the trainer builds the model with "
+            f"them; {resolved.name}.yaml says {list(resolved.kpt_shape)})")  # fmt: skip
+    return replace(resolved, cfg={**resolved.cfg, "kpt_shape": list(shape)}), note
 
 
 def _needs_download(data: str) -> bool:
