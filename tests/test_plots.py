@@ -77,7 +77,8 @@ def test_curve_point_equals_a_fresh_estimate(curve, tiny_estimate):
 def test_fits_and_crossings(curve):
     data, _, _ = curve
     assert [line.name for line in data.gpu_lines] == ["one-MiB", "T4"]
-    assert data.gpu_lines[1].usable_bytes == find_gpu("T4").usable_bytes
+    t4_card = find_gpu("T4")  # the line is the card less the verdicts' context: what its margin is a share of
+    assert data.gpu_lines[1].after_context_bytes == t4_card.total_bytes - data.gpu_lines[1].context_bytes
     for point in data.curves[0].points:
         assert point.fits == (False, True)
     nothing, t4 = data.crossings
