@@ -54,7 +54,7 @@ RELEASES = (
     "8.4.190",  # newest tested
 )  # fmt: skip
 # Import-time dependencies of older releases that a --no-deps install leaves out (a user's environment has them).
-OLD_RELEASE_DEPS = ("tqdm", "pandas", "hub-sdk")
+OLD_RELEASE_DEPS = ("tqdm", "pandas", "hub-sdk", "py-cpuinfo")  # py-cpuinfo: select_device's CPU name, up to 8.2.0
 TESTS = ("tests/test_trace_matches_real.py", "tests/test_release_probes.py", "tests/test_tracer_indexing.py")
 TEST_FILTER = "not 128"  # the trace-equality test at imgsz 64 only: 128 adds minutes per release, no new code path
 # imgsz 128 keeps every task's loss busy (objects cover anchors); batch 3 dodges 8.4.0's segment bug at batch 2

@@ -344,8 +344,6 @@ def warmup_runs_nms() -> bool:
 def _run_val(validator, backend, tracer: Tracer, settings: InferenceSettings, batches, imgsz: int,
              resolved: ResolvedModel) -> None:
     """The standalone branch of ``BaseValidator.__call__`` (ultralytics 8.4.x, engine/validator.py)."""
-    from ultralytics.utils.torch_utils import autocast
-
     try:
         from ultralytics.utils.torch_utils import unwrap_model
     except ImportError:  # its name before 8.4
@@ -378,7 +376,7 @@ def _run_val(validator, backend, tracer: Tracer, settings: InferenceSettings, ba
         validator.batch_i = batch_i
         with tracer.phase("preprocess"):
             batch = validator.preprocess(batch)
-        with autocast(False, device="cpu"):
+        with torch.autocast("cpu", enabled=False):  # the validator's autocast(half): off, as for a .pt model in fp32
             with tracer.phase("forward"):
                 preds = backend(batch["img"], augment=False)
         with tracer.phase("nms"), tracer.real_factories():
