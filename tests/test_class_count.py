@@ -34,7 +34,8 @@ def test_detection_keeps_its_80_and_nc_given_wins():
     assert prepare(EstimateConfig(model="yolo11n-cls.yaml")).config.nc is None  # ImageNet's head, as published
 
 
-def test_data_names_set_the_classes(tmp_path):
+def _three_classes(tmp_path) -> str:
+    """A dataset YAML naming 3 classes, over one image labelled with class 2."""
     from PIL import Image
 
     (tmp_path / "images").mkdir()
@@ -42,7 +43,11 @@ def test_data_names_set_the_classes(tmp_path):
     Image.new("RGB", (64, 48)).save(tmp_path / "images" / "a.jpg")
     (tmp_path / "labels" / "a.txt").write_text("2 0.5 0.5 0.2 0.2\n")
     (tmp_path / "three.yaml").write_text(f"path: {tmp_path}\ntrain: images\nval: images\nnames: [a, b, c]\n")
-    local = prepare(EstimateConfig(model="yolov8n.yaml", data=str(tmp_path / "three.yaml")))
+    return str(tmp_path / "three.yaml")
+
+
+def test_data_names_set_the_classes(tmp_path):
+    local = prepare(EstimateConfig(model="yolov8n.yaml", data=_three_classes(tmp_path)))
     assert local.config.nc == 3
     shipped = prepare(EstimateConfig(model="yolov8n.yaml", data="VisDrone.yaml"))  # not on disk: Ultralytics' copy
     assert shipped.config.nc == _shipped_classes("VisDrone.yaml") == 10
@@ -60,15 +65,9 @@ def _checkpoint(path, nc: int):
 def test_a_checkpoint_is_built_with_the_datas_classes_too(tmp_path):
     # Ultralytics' trainer builds the checkpoint's model.yaml with the data's nc and loads the weights that
     # match (DetectionTrainer.get_model); without data= it trains on TASK2DATA (coco8, 80), not its own data
-    from PIL import Image
-
-    (tmp_path / "images").mkdir()
-    (tmp_path / "labels").mkdir()
-    Image.new("RGB", (64, 48)).save(tmp_path / "images" / "a.jpg")
-    (tmp_path / "labels" / "a.txt").write_text("2 0.5 0.5 0.2 0.2\n")
-    (tmp_path / "three.yaml").write_text(f"path: {tmp_path}\ntrain: images\nval: images\nnames: [a, b, c]\n")
+    data = _three_classes(tmp_path)
     coco = _checkpoint(tmp_path / "coco.pt", 80)
-    with_data = prepare(EstimateConfig(model=coco, data=str(tmp_path / "three.yaml")))
+    with_data = prepare(EstimateConfig(model=coco, data=data))
     assert with_data.config.nc == 3
     says = f"nc=3: the classes of data={tmp_path / 'three.yaml'} (the trainer builds the model with them; coco.pt says 80)"
     assert says in with_data.notes

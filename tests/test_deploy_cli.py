@@ -17,15 +17,20 @@ JSON_KEYS = {"config", "task", "params", "device", "device_total_bytes", "unifie
              "fits", "runtime", "build", "calibration", "host", "remaining_tensors", "assumptions", "notes"}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def example_json(capsys_module=None):
+def _json_of(words: list[str]) -> dict:
+    """What ``yolomem ... --json`` prints, parsed (outside pytest's capture: a module fixture uses it)."""
     import contextlib
     import io
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main([*EXAMPLE, "--json"]) == 0
+        assert main([*words, "--json"]) == 0
     return json.loads(out.getvalue())
+
+
+@pytest.fixture(scope="module")
+def example_json(capsys_module=None):
+    return _json_of(EXAMPLE)
 
 
 def test_json_has_the_stable_keys(example_json):
@@ -170,13 +175,7 @@ def test_a_yolov5_repo_model_is_refused_with_ultralytics_own_build_named(capsys)
 def test_labels_name_the_tasks_own_postprocess(model, deploy_format, postprocess):
     """A detect model's pipeline has no masks to name; a classifier and RT-DETR run no NMS (the trace
     counts the postprocess's NMS calls) and assume no NMS candidates."""
-    import contextlib
-    import io
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["deploy", model, f"format={deploy_format}", "imgsz=64", "--json"]) == 0
-    report = json.loads(out.getvalue())
+    report = _json_of(["deploy", model, f"format={deploy_format}", "imgsz=64"])
     labels = " ".join(t["label"] + " " + t["note"] for t in report["runtime"])
     assert postprocess in labels and "masks" not in labels
     if "NMS" not in postprocess:

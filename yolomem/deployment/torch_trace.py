@@ -314,7 +314,7 @@ def _in_phase(method, tracer: Tracer, phase: str):
 
 def _cuda_warmup(tracer: Tracer):
     """``AutoBackend.warmup`` as it runs on CUDA: one forward of the batch, then (8.4) one NMS on random boxes."""
-    from yolomem.loops.ultralytics.release import nms_function
+    from yolomem.loops.ultralytics.release import nms_function, warmup_runs_nms
 
     runs_nms = warmup_runs_nms()
 
@@ -329,15 +329,6 @@ def _cuda_warmup(tracer: Tracer):
                     nms_function()(boxes)
 
     return warmup
-
-
-@functools.cache
-def warmup_runs_nms() -> bool:
-    """Whether the installed ``AutoBackend.warmup`` runs NMS on random boxes after its forward (8.4; read
-    in its source: 8.3 and earlier run the forward alone)."""
-    from ultralytics.nn.autobackend import AutoBackend
-
-    return "non_max_suppression" in inspect.getsource(AutoBackend.warmup)
 
 
 # -- val ---------------------------------------------------------------------------------------------

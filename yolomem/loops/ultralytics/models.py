@@ -263,17 +263,15 @@ def counted_params(names: tuple[str, ...]) -> dict[str, int]:
     from yolomem.trace.store import active_store, code_key
 
     def count() -> dict[str, int]:
+        from yolomem.loops.base import read_fake_build
         from yolomem.loops.ultralytics.step import build_model, quiet_ultralytics
-        from yolomem.trace.tracer import Tracer
 
         counts = {}
         for name in names:
             with quiet_ultralytics():  # yaml_model_load's rename warning (yolov8s6.yaml -> yolov8s-p6.yaml)
                 resolved = resolve_ultralytics(name)
-            tracer = Tracer(fake=True)
-            with tracer:
-                counts[name] = sum(p.numel() for p in build_model(resolved.cfg, resolved.task, None).parameters())
-            tracer.detach_finalizers()
+            counts[name] = read_fake_build(lambda: build_model(resolved.cfg, resolved.task, None),
+                                           lambda model: sum(p.numel() for p in model.parameters()))  # fmt: skip
         return counts
 
     key = code_key() | {"probe": "parameters of shipped models", "names": list(names)}

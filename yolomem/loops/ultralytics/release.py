@@ -15,6 +15,7 @@ never looked up by version number:
   (``model.half()``, up to 8.4.61) or runs it in fp32 under autocast (8.4.62), and whether it does
   so without AMP too (up to 8.2.95);
 - ``nms``: ``non_max_suppression`` from ``ultralytics.utils.nms`` (8.3.190) or ``utils.ops``;
+- ``warmup_runs_nms``: whether ``AutoBackend.warmup`` runs NMS after its forward (8.4; its source);
 - ``optimizers`` / ``auto_optimizer``: ``BaseTrainer.build_optimizer`` called on a two-layer model:
   the names it accepts (``RMSProp`` or ``RMSprop``, ``MuSGD`` from 8.4.0) and what ``auto`` picks;
 - ``fused_adam``: whether ``build_optimizer`` asks for fused Adam/AdamW on CUDA (8.4.154) or
@@ -294,6 +295,15 @@ def nms_function():
     except ImportError:
         from ultralytics.utils.ops import non_max_suppression
     return non_max_suppression
+
+
+@functools.cache
+def warmup_runs_nms() -> bool:
+    """Whether ``AutoBackend.warmup`` runs NMS on random boxes after its forward (8.4; 8.3 and earlier
+    run the forward alone): deploy's CUDA warmup follows it."""
+    from ultralytics.nn.autobackend import AutoBackend
+
+    return "non_max_suppression" in inspect.getsource(AutoBackend.warmup)
 
 
 def fused_adam() -> bool:
