@@ -3,14 +3,16 @@
 
 Per release (``pip install --no-deps --target <tmp>/<release>``, first on ``PYTHONPATH``, its own
 ``YOLO_CONFIG_DIR``):
-- the trace-equality tests (fake trace == real CPU run) and the release-probe tests;
+- the trace-equality tests (fake trace == real CPU run) and the release-probe tests; where the
+  validator changed (``VAL_PASS_RELEASES``), the validation pass against the release's own validator;
 - a smoke estimate per task (detect, segment, pose, obb, classify) at a small imgsz, one whole-epochs
   estimate (does the simulated cache clear follow the release?), and the 640/16 AMP figure of
   yolo11s (yolov8s before 8.3, which has no yolo11);
 - ``deploy``: predict per task, segmentation's validation and exported pipelines (``_deploy_smoke``).
 Prints one line per release and exits 1 if any release failed.
 
-The matrix: first and last of 8.1, 8.2, 8.3, the newest 8.4, 8.3.74 (the issue's release), and each
+The matrix: the first release of the present package layout (8.0.136), the last of 8.0, first and last
+of 8.1, 8.2, 8.3, the newest 8.4, 8.3.74 (the issue's release), and each
 release where the trainer, validator, optimizer choice, assigner or GPU_mem unit changed memory
 behaviour (see loops/ultralytics/release.py and the README's "Ultralytics releases").
 
@@ -33,6 +35,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASES = (
+    "8.0.136",  # first of the present package layout; TASK_MAP a module dict, no RT-DETR task map
+    "8.0.239",  # last 8.0
     "8.1.0", "8.1.47",  # first and last 8.1
     "8.2.0",  # first 8.2
     "8.2.94",  # _clear_memory() after each epoch (was an inline empty_cache)
@@ -49,13 +53,18 @@ RELEASES = (
     "8.4.0",  # optimizer=auto -> MuSGD, multi_scale a fraction, dict head outputs
     "8.4.8",  # optimizer=auto -> AdamW again for short runs
     "8.4.62",  # validation keeps the EMA fp32 under autocast
+    "8.4.104",  # validation's loss items by name: the last one outlives the loss
     "8.4.134",  # sparse assigner (dense-image memory)
     "8.4.154",  # fused Adam/AdamW on CUDA
     "8.4.190",  # newest tested
 )  # fmt: skip
 # Import-time dependencies of older releases that a --no-deps install leaves out (a user's environment has them).
-OLD_RELEASE_DEPS = ("tqdm", "pandas", "hub-sdk", "py-cpuinfo")  # py-cpuinfo: select_device's CPU name, up to 8.2.0
+# py-cpuinfo: select_device's CPU name, up to 8.2.0; setuptools<81: 8.0's checks import pkg_resources
+OLD_RELEASE_DEPS = ("tqdm", "pandas", "hub-sdk", "py-cpuinfo", "setuptools<81")
 TESTS = ("tests/test_trace_matches_real.py", "tests/test_release_probes.py", "tests/test_tracer_indexing.py")
+# The validation pass against the release's own validator (about 20 s): where BaseValidator changed
+VAL_PASS_TEST = "tests/test_val_pass_matches_real.py"
+VAL_PASS_RELEASES = {"8.0.136", "8.0.239", "8.1.0", "8.2.96", "8.3.253", "8.4.0", "8.4.62", "8.4.104", "8.4.190"}
 TEST_FILTER = "not 128"  # the trace-equality test at imgsz 64 only: 128 adds minutes per release, no new code path
 # imgsz 128 keeps every task's loss busy (objects cover anchors); batch 3 dodges 8.4.0's segment bug at batch 2
 SMOKE_MODELS = ("yolov8n.yaml", "yolov8n-seg.yaml", "yolov8n-pose.yaml", "yolov8n-obb.yaml", "yolov8n-cls.yaml")
@@ -84,7 +93,8 @@ def run_release(release: str, workdir: Path, deps: Path) -> dict:
     except subprocess.CalledProcessError as error:
         return result | {"ok": False, "error": f"pip: {error.stderr.decode()[-300:]}"}
     env = _env(site, deps, config_dir)
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", TEST_FILTER, *TESTS],
+    tests_here = (*TESTS, VAL_PASS_TEST) if release in VAL_PASS_RELEASES else TESTS
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", TEST_FILTER, *tests_here],
                            cwd=REPO, env=env, capture_output=True, text=True)  # fmt: skip
     result["tests"] = tests.stdout.strip().splitlines()[-1] if tests.stdout.strip() else tests.stderr[-300:]
     smoke = subprocess.run([sys.executable, __file__, "--smoke"], cwd=REPO, env=env, capture_output=True, text=True)
@@ -97,6 +107,14 @@ def run_release(release: str, workdir: Path, deps: Path) -> dict:
     return result
 
 
+def _shipped(models: tuple[str, ...]) -> list[str]:
+    """The models the installed release ships (OBB from 8.1.0)."""
+    from yolomem.loops import get_loop
+
+    names = get_loop("ultralytics").model_names()
+    return [model for model in models if model in names]
+
+
 def smoke() -> None:
     """In a release's environment: one estimate per task, epochs, the 640/16 figures. Prints one JSON line."""
     from yolomem.loops.ultralytics.release import release
@@ -106,7 +124,7 @@ def smoke() -> None:
     out: dict = {"version": installed.version, "unit": installed.gpu_mem_unit,
                  "clears": installed.cache_clears.describe() if installed.cache_clears else None}  # fmt: skip
     failures = []
-    for model in SMOKE_MODELS:
+    for model in _shipped(SMOKE_MODELS):
         try:
             est = estimate(model, imgsz=128, batch=3, iterations=1)
             out[est.task] = est.gpu_mem_printed
@@ -131,7 +149,10 @@ def smoke() -> None:
     # generation's segmentation (YOLO26, 8.4.0+: semantic masks; 8.4.190: a mask-IoU assigner) with epochs;
     # classification's validation pass (the EMA halved in place up to 8.4.61, autocast after)
     newest_seg = next(m for m in ("yolo26n-seg.yaml", "yolo11n-seg.yaml", "yolov8n-seg.yaml") if m in get_loop("ultralytics").model_names())
-    for key, model, extra in (("rtdetr", "rtdetr-l.yaml", {"imgsz": 320, "batch": 2}),
+    import ultralytics
+
+    rtdetr = (("rtdetr", "rtdetr-l.yaml", {"imgsz": 320, "batch": 2}),) if hasattr(ultralytics.RTDETR, "task_map") else ()  # 8.0.143
+    for key, model, extra in (*rtdetr,
                               ("checkpoint", "yolov8n.yaml", {"imgsz": 128, "batch": 3, "checkpoint": True}),
                               (newest_seg[:-5], newest_seg, {"imgsz": 128, "batch": 3, "epochs": 2}),
                               ("classify-epochs", "yolov8n-cls.yaml", {"imgsz": 64, "batch": 3, "epochs": 2})):  # fmt: skip
@@ -152,7 +173,7 @@ def _deploy_smoke(out: dict) -> list[str]:
     from yolomem.deployment.estimate import deploy
 
     failures, figures = [], {}
-    calls = [(model, {}) for model in SMOKE_MODELS] + [
+    calls = [(model, {}) for model in _shipped(SMOKE_MODELS)] + [
         ("yolov8n-seg.yaml", {"mode": "val"}), ("yolov8n-seg.yaml", {"format": "onnx"}),
         ("yolov8n-pose.yaml", {"format": "engine", "precision": "int8"}),
     ]  # fmt: skip

@@ -68,3 +68,15 @@ def test_a_module_missing_in_yolomem_itself_is_not_dressed_up():
         exec("import cv2_not_here.sub", {"__name__": "ultralytics.utils"})  # noqa: S102
     refused = missing_dependency_error(caught.value)
     assert refused is not None and "ultralytics" in str(refused) and "'cv2_not_here'" in str(refused)
+
+
+def test_pkg_resources_missing_under_ultralytics_8_0_names_the_setuptools_that_has_it():
+    """Ultralytics 8.0's checks import pkg_resources, which setuptools dropped in release 81: the hint is
+    the setuptools that still ships it, not a package called pkg_resources."""
+    from yolomem.errors import missing_dependency_error
+
+    with pytest.raises(ModuleNotFoundError) as caught:  # as Python raises it, whether or not this machine has it
+        exec("raise ModuleNotFoundError(\"No module named 'pkg_resources'\", name='pkg_resources')",  # noqa: S102
+             {"__name__": "ultralytics.utils.checks"})  # fmt: skip
+    refused = str(missing_dependency_error(caught.value))
+    assert "'pkg_resources'" in refused and refused.endswith("(pip install 'setuptools<81')")

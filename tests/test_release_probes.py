@@ -20,7 +20,7 @@ def _installed() -> tuple[int, ...]:
 
 
 def _expected_clears(v: tuple[int, ...]) -> CacheClears:
-    if v < (8, 3, 87):  # 8.1.0: torch.cuda.empty_cache() inline; 8.2.94: self._clear_memory(), both unconditional
+    if v < (8, 3, 87):  # 8.0.136: torch.cuda.empty_cache() inline; 8.2.94: self._clear_memory(), both unconditional
         return CacheClears(after_epoch=0.0)
     if v < (8, 3, 109):  # 8.3.86 -> 8.3.87: `if self._get_memory(fraction=True) > 0.9: self._clear_memory()`
         return CacheClears(after_epoch=0.9)
@@ -46,6 +46,8 @@ def test_validation_precision():
     assert style.autocast == (v >= (8, 4, 62))
     # 8.2.95 -> 8.2.96: `self.args.half = self.device.type != "cpu"` gains `and trainer.amp`
     assert style.half_without_amp == (v < (8, 2, 96))
+    # 8.4.103 -> 8.4.104: `self.loss += model.loss(batch, preds)[1]` -> `for k, v in ...: self.loss[k] += v`
+    assert style.keeps_last_loss_item == (v >= (8, 4, 104))
 
 
 def test_optimizer_choices():
@@ -93,21 +95,21 @@ def test_version_tuple():
 
 
 def test_release_range():
-    with pytest.raises(UserError, match="older than 8.1.0"):
-        rel.check_release("8.0.239")
+    with pytest.raises(UserError, match="older than 8.0.136"):
+        rel.check_release("8.0.135")  # the last release of the old package layout (ultralytics.yolo.*)
     warning = rel.check_release("8.5.2")
-    assert warning and "8.1.0 to 8.4.190" in warning and "8.5.2" in warning
-    assert rel.check_release("8.1.0") is None
+    assert warning and "8.0.136 to 8.4.190" in warning and "8.5.2" in warning
+    assert rel.check_release("8.0.136") is None
     assert rel.check_release("8.4.190") is None
 
 
 def test_cli_refuses_an_old_release_in_one_line(monkeypatch, capsys):
     from yolomem.cli.main import main
 
-    monkeypatch.setattr(rel, "installed_version", lambda: "8.0.239")
+    monkeypatch.setattr(rel, "installed_version", lambda: "8.0.120")
     assert main(["estimate", "yolov8n.yaml"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "ultralytics 8.0.239 is older than 8.1.0" in err[0]
+    assert len(err) == 1 and "ultralytics 8.0.120 is older than 8.0.136" in err[0]
 
 
 def test_cli_warns_once_about_a_newer_release(monkeypatch, capsys):
@@ -119,7 +121,7 @@ def test_cli_warns_once_about_a_newer_release(monkeypatch, capsys):
     assert main(["estimate", "yolov8n.yaml", "imgsz=64", "batch=1", "iterations=1", "--json", "--no-cache"]) == 0
     out, err = capsys.readouterr()
     warnings = [line for line in err.splitlines() if line.startswith("yolomem: warning:")]
-    assert len(warnings) == 1 and "newer than the releases yolomem is tested with (8.1.0 to 8.4.190)" in warnings[0]
+    assert len(warnings) == 1 and "newer than the releases yolomem is tested with (8.0.136 to 8.4.190)" in warnings[0]
     import json
 
     assert "newer than the releases" in " ".join(json.loads(out)["notes"])
@@ -146,7 +148,7 @@ def test_the_probe_is_kept_in_the_cache_and_read_back(tmp_path, monkeypatch):
 
 
 def test_cli_refuses_an_old_release_that_fails_its_own_import(tmp_path):
-    """8.0.x imports pkg_resources, which this Python lacks: its import raises before any version check
+    """8.0.50 imports pkg_resources, which this Python lacks: its import raises before any version check
     could run. The version then comes from its package metadata, and the user sees the same one line."""
     import os
     import subprocess
@@ -163,8 +165,8 @@ def test_cli_refuses_an_old_release_that_fails_its_own_import(tmp_path):
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
-        "yolomem: error: ultralytics 8.0.50 is older than 8.1.0, the oldest release yolomem traces "
-        f"(tested: {rel.TESTED_RANGE}); pip install 'ultralytics>=8.1'"
+        "yolomem: error: ultralytics 8.0.50 is older than 8.0.136, the oldest release yolomem traces "
+        f"(tested: {rel.TESTED_RANGE}); pip install 'ultralytics>=8.0.136'"
     ]
 
 
@@ -176,3 +178,10 @@ def test_the_class_bound_of_verify_image_label_is_read_from_the_function():
     if (8, 3, 40) < installed < (8, 3, 189):
         pytest.skip("the bound changed between 8.3.40 and 8.3.189; not pinned down here")
     assert keeps_class_equal_to_count() == (installed <= (8, 3, 40))
+
+
+def test_a_validation_key_stands_for_val_where_check_det_dataset_renames_it():
+    # 8.0.148 -> 8.0.149: check_det_dataset renames a data YAML's 'validation' key to 'val'
+    from yolomem.config.dataset import renames_validation_key
+
+    assert renames_validation_key() == (_installed() >= (8, 0, 149))

@@ -88,4 +88,6 @@ def _version_beside(package: str, path: str | None) -> str | None:
 
 
 # modules whose distribution has another name, among what Ultralytics imports
-_DISTRIBUTIONS = {"cv2": "opencv-python", "yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn"}
+# pkg_resources (which Ultralytics 8.0 imports) left setuptools in release 81
+_DISTRIBUTIONS = {"cv2": "opencv-python", "yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn",
+                  "pkg_resources": "'setuptools<81'"}

@@ -18,8 +18,8 @@ What is read, for ``train`` and ``val``:
   at most ``TRAIN_HEADER_SAMPLE`` train headers are read, a seeded random sample, like Ultralytics'
   own ``check_cache_ram`` (which extrapolates from 30 images).
 
-The YAML must name ``train`` and ``val`` (or ``validation``), as ``check_det_dataset`` requires in every
-release from 8.1 to 8.4. A name that is not a file here is looked up as the installed Ultralytics
+The YAML must name ``train`` and ``val`` (or, from 8.0.149, ``validation``), as ``check_det_dataset`` requires in every
+release from 8.0.136 to 8.4. A name that is not a file here is looked up as the installed Ultralytics
 looks it up (``shipped_dataset``): its own copy, which the trainer would download the images of.
 """
 
@@ -141,15 +141,16 @@ def read_dataset(yaml_path: str | os.PathLike, *, seed: int = 0, train_header_sa
 
 
 def check_split_keys(data: object, shown: str) -> dict:
-    """The YAML's keys as ``check_det_dataset`` checks them (8.1 to 8.4 alike): ``train`` and ``val`` must
-    both be there, and a ``validation`` key stands for a missing ``val``; anything else is refused, as
+    """The YAML's keys as ``check_det_dataset`` checks them (8.0.136 to 8.4 alike): ``train`` and ``val`` must
+    both be there, and a ``validation`` key stands for a missing ``val`` where the release renames it
+    (``renames_validation_key``); anything else is refused, as
     Ultralytics refuses it ("'val:' key missing ❌"). Returns the mapping with ``val`` in place."""
     if not isinstance(data, dict):
         raise UserError(f"data={shown!r} is not a dataset YAML (a mapping with train and val keys)")
     for key in ("train", "val"):
         if key in data:
             continue
-        if key == "val" and "validation" in data:
+        if key == "val" and "validation" in data and renames_validation_key():
             data = {k: v for k, v in data.items() if k != "validation"} | {"val": data["validation"]}
             continue
         raise UserError(f"data={shown!r} has no '{key}' key; Ultralytics requires 'train' and 'val' in every dataset "
@@ -502,6 +503,18 @@ def _dataset_root(yaml_path: Path, declared: object) -> Path:
     raise UserError(f"dataset path {str(declared)!r} of {yaml_path} not found in {where}{DATASETS_DIR}, where "
                     "Ultralytics resolves a relative path (make it absolute, or run from the folder it is "
                     "relative to)")  # fmt: skip
+
+
+@functools.cache
+def renames_validation_key() -> bool:
+    """Whether the installed ``check_det_dataset`` takes a ``validation`` key for a missing ``val`` (from
+    8.0.149), read in its source."""
+    import inspect
+
+    from ultralytics.data.utils import check_det_dataset
+
+    source = inspect.getsource(check_det_dataset)
+    return '"validation"' in source or "'validation'" in source
 
 
 @functools.cache

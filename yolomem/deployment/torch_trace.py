@@ -249,9 +249,9 @@ def _known_args(overrides: dict) -> dict:
 
 
 def _task_entry(task: str, key: str):
-    from ultralytics.models.yolo.model import YOLO
+    from yolomem.loops.ultralytics.release import task_map
 
-    return YOLO.task_map.fget(YOLO.__new__(YOLO))[task][key]
+    return task_map("YOLO")[task][key]
 
 
 def _predictor(task: str, overrides: dict):
@@ -259,8 +259,11 @@ def _predictor(task: str, overrides: dict):
 
 
 def _validator(task: str, overrides: dict):
+    from ultralytics.cfg import get_cfg
+
     overrides = {k: v for k, v in overrides.items() if k not in {"save"}}
-    return _task_entry(task, "validator")(args=overrides)
+    # a namespace: later validators run their args through get_cfg, 8.0's take them as they come
+    return _task_entry(task, "validator")(args=get_cfg(overrides=overrides))
 
 
 def _autobackend(model: torch.nn.Module):

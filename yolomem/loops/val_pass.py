@@ -10,7 +10,8 @@
   (``UltralyticsLoop.trace_val_pass`` follows the installed release);
 - the task validator's ``preprocess`` (segmentation: masks ``.float()``; pose: keypoints ``.float()``);
 - ``model.loss(batch, preds)``: the training loss, with its assigner, on the validation batch; the
-  loop variable keeps the last loss item (a view of the loss vector) alive;
+  loop variable keeps the last loss item (a view of the loss vector) alive (before 8.4.104,
+  ``self.loss += ...[1]`` lets the items go at once);
 - the task validator's ``postprocess``, outside autocast, while the raw outputs stay alive
   (``preds = self.postprocess(preds)``): ``non_max_suppression`` (from ``ultralytics.utils.nms``,
   ``utils.ops`` before 8.3.190) with the validator's arguments (conf 0.001, 0.01 for obb; iou 0.7;
@@ -117,6 +118,7 @@ def trace_validation_batch(
     foreground: tuple[int, ...] = (),
     rotated: bool = False,
     nms: bool = True,
+    keeps_last_loss_item: bool = True,
 ) -> None:
     """Trace one validation batch as the loop body of ``BaseValidator.__call__`` runs it.
 
@@ -128,7 +130,8 @@ def trace_validation_batch(
     None to skip it. ``foreground``: each image's assumed foreground anchors, for the loss's assigner
     (``yolomem.loops.batches.foreground_per_image``). ``rotated``: the task's NMS is rotated (obb), for
     the candidates assumed. ``nms``: ``postprocess`` runs NMS (not for classification, whose ``postprocess``
-    takes the softmax output of ``(softmax, logits)``).
+    takes the softmax output of ``(softmax, logits)``). ``keeps_last_loss_item``: the loss items stay
+    alive through ``postprocess`` (8.4.104), or die with the loss (``self.loss += ...[1]``, before).
     """
     model.eval()
     # Ultralytics runs this under torch.inference_mode(); no_grad() keeps the same allocations (no
@@ -150,6 +153,8 @@ def trace_validation_batch(
                     # the loss items are kept, the rest dies at once: the validator's loop variable ``v``
                     # holds the last item, a view of the criterion's loss vector (``self.loss[k] += v``)
                     losses = loss_fn(data, preds)[1]
+                    if not keeps_last_loss_item:
+                        losses = None
         with tracer.phase("val_nms"):
             if nms:
                 preds = _with_synthetic_scores(preds, tracer, nc, _assume_candidates(tracer, rotated=rotated))

@@ -68,10 +68,9 @@ def family_of(cfg: dict) -> Family:
 
 def _task_entry(family: Family, task: str) -> dict:
     """The family's Ultralytics wrapper's ``task_map`` entry for ``task`` (model, trainer, validator...)."""
-    import ultralytics
+    from yolomem.loops.ultralytics.release import task_map
 
-    wrapper = getattr(ultralytics, family.wrapper)
-    return wrapper.task_map.fget(wrapper.__new__(wrapper))[task]  # task_map is a property on the instance
+    return task_map(family.wrapper)[task]
 
 
 def task_classes(family: Family, task: str):

@@ -155,7 +155,8 @@ class UltralyticsLoop:
         trace_validation_batch(ema, tracer, data, autocast=autocast, preprocess=validator.preprocess,
                                loss_fn=lambda d, p: ema.loss(d, p), postprocess=validator.postprocess, nc=nc,
                                foreground=foreground_per_image(shape.counts, run.assigner_topk()),
-                               rotated=settings.task == "obb", nms=settings.task != "classify")  # fmt: skip
+                               rotated=settings.task == "obb", nms=settings.task != "classify",
+                               keeps_last_loss_item=style.keeps_last_loss_item)  # fmt: skip
         with tracer.phase("val_model_float"):
             if converts:
                 _convert_floats(ema, torch.float32)  # model.float() at the end of the validator's call

@@ -12,8 +12,8 @@ never looked up by version number:
   under which threshold (its syntax tree): after each epoch always (up to 8.3.86), when more than
   90 % / 50 % of the card is reserved (8.3.87 / 8.3.109), and also before validation (8.3.152);
 - ``validation``: whether ``BaseValidator.__call__`` converts the EMA to fp16 in place
-  (``model.half()``, up to 8.4.61) or runs it in fp32 under autocast (8.4.62), and whether it does
-  so without AMP too (up to 8.2.95);
+  (``model.half()``, up to 8.4.61) or runs it in fp32 under autocast (8.4.62), whether it does
+  so without AMP too (up to 8.2.95), and whether the last loss item outlives the loss (8.4.104);
 - ``nms``: ``non_max_suppression`` from ``ultralytics.utils.nms`` (8.3.190) or ``utils.ops``;
 - ``warmup_runs_nms``: whether ``AutoBackend.warmup`` runs NMS after its forward (8.4; its source);
 - ``optimizers`` / ``auto_optimizer``: ``BaseTrainer.build_optimizer`` called on a two-layer model:
@@ -36,15 +36,18 @@ import inspect
 import re
 import sys
 import textwrap
+import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 
 from yolomem.errors import UserError
 from yolomem.loops.base import CacheClears
 
-OLDEST_SUPPORTED = (8, 1, 0)
+# 8.0.136 moved the package to its present layout (ultralytics.engine, .data, .utils, .cfg); the releases
+# before it keep all of that under ultralytics.yolo, and their models' YAMLs under ultralytics.models.
+OLDEST_SUPPORTED = (8, 0, 136)
 NEWEST_TESTED = (8, 4, 190)
-TESTED_RANGE = "8.1.0 to 8.4.190"
+TESTED_RANGE = "8.0.136 to 8.4.190"
 # Releases inside the range that are known not to trace, with the reason (none found so far: the CI
 # matrix, .ci/ultralytics_matrix.py, is where a new entry would come from).
 KNOWN_BROKEN: dict[tuple[int, int, int], str] = {}
@@ -66,6 +69,9 @@ class ValidationPrecision:
     half_without_amp: bool  # fp16 whenever on a GPU, even when training in fp32
     autocast: bool  # forward and loss under autocast(amp), weights left fp32
     sets_end2end: bool = False  # model.end2end = self.args.nms is False (before, end2end is the head's own)
+    # 8.4.104: ``for k, v in ...items(): self.loss[k] += v`` leaves the last item alive in ``v``; before,
+    # ``self.loss += model.loss(batch, preds)[1]`` lets the items go at once
+    keeps_last_loss_item: bool = True
 
 
 @dataclass(frozen=True)
@@ -136,7 +142,9 @@ def import_quietly() -> None:
     stderr for good and ``--json`` output stays clean."""
     if "ultralytics" in sys.modules:
         return
-    with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        # 8.0's checks import pkg_resources, whose setuptools warns that it is going away: not the user's concern
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
         import ultralytics  # noqa: F401
 
 
@@ -145,8 +153,8 @@ def check_release(version: str | None = None) -> str | None:
     version = version or installed_version()
     parts = version_tuple(version)
     if parts < OLDEST_SUPPORTED:
-        raise UserError(f"ultralytics {version} is older than 8.1.0, the oldest release yolomem traces "
-                        f"(tested: {TESTED_RANGE}); pip install 'ultralytics>=8.1'")  # fmt: skip
+        raise UserError(f"ultralytics {version} is older than 8.0.136, the oldest release yolomem traces "
+                        f"(tested: {TESTED_RANGE}); pip install 'ultralytics>=8.0.136'")  # fmt: skip
     if parts in KNOWN_BROKEN:
         raise UserError(f"ultralytics {version} is known not to work with yolomem: {KNOWN_BROKEN[parts]}")
     if parts > NEWEST_TESTED:
@@ -179,6 +187,27 @@ def _probe_release() -> Release:
     except ReleaseProbeError:
         clears = None
     return Release(version, gpu_mem_unit(), clears, validation_precision(), fused_adam(), optimizers(), short, long)
+
+
+_TASK_MAP_FIELDS = ("model", "trainer", "validator", "predictor")
+
+
+def task_map(wrapper_name: str = "YOLO") -> dict[str, dict]:
+    """The task map of the installed Model class ``wrapper_name`` (``YOLO``, ``RTDETR``...): per task, the
+    model, trainer, validator and predictor classes ``yolo train`` and ``yolo val`` use. A ``task_map``
+    property since 8.0.143; before, ``engine.model.TASK_MAP``, of lists in that order, for YOLO only."""
+    import ultralytics
+
+    wrapper = getattr(ultralytics, wrapper_name)
+    if hasattr(wrapper, "task_map"):
+        return wrapper.task_map.fget(wrapper.__new__(wrapper))  # a property on the instance
+    from ultralytics.engine import model as engine_model
+
+    legacy = getattr(engine_model, "TASK_MAP", None)
+    if wrapper_name != "YOLO" or legacy is None:
+        raise UserError(f"{wrapper_name} on ultralytics {ultralytics.__version__}: its trainer is not reachable from a task "
+                        "map before 8.0.143, so yolomem cannot trace it; pip install 'ultralytics>=8.0.143'")  # fmt: skip
+    return {task: dict(zip(_TASK_MAP_FIELDS, classes)) for task, classes in legacy.items()}
 
 
 # -- probes -------------------------------------------------------------------------------------------
@@ -283,9 +312,10 @@ def validation_precision() -> ValidationPrecision:
         isinstance(item.context_expr, ast.Call) and "autocast" in ast.unparse(item.context_expr.func)
         for node in ast.walk(function) if isinstance(node, ast.With) for item in node.items
     )  # fmt: skip
-    # 8.1.0 .. 8.2.95: `self.args.half = self.device.type != "cpu"`; later `... and trainer.amp`
+    # 8.0.136 .. 8.2.95: `self.args.half = self.device.type != "cpu"`; later `... and trainer.amp`
     return ValidationPrecision(ema_half_in_place=halves, half_without_amp="trainer.amp" not in source, autocast=autocast,
-                               sets_end2end="model.end2end = " in source)  # fmt: skip
+                               sets_end2end="model.end2end = " in source,
+                               keeps_last_loss_item="self.loss +=" not in source)  # fmt: skip
 
 
 def nms_function():
