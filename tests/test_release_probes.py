@@ -185,3 +185,13 @@ def test_a_validation_key_stands_for_val_where_check_det_dataset_renames_it():
     from yolomem.config.dataset import renames_validation_key
 
     assert renames_validation_key() == (_installed() >= (8, 0, 149))
+
+
+def test_u_names_are_offered_where_check_file_resolves_them():
+    # 8.0.149 -> 8.0.150: check_yolov5u_filename maps yolov5nu.yaml to yolov5n.yaml; before, no such file
+    from yolomem.loops.ultralytics.models import resolves_u_names, shipped_model_names
+
+    resolves = _installed() >= (8, 0, 150)
+    assert resolves_u_names() == resolves
+    assert ("yolov5nu.yaml" in shipped_model_names()) == resolves
+    assert ("yolov3u.yaml" in shipped_model_names()) == resolves

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 __version__ = "0.1.0"
+
+# Ultralytics 8.0 imports pkg_resources, whose setuptools warns on import that it is going away: a
+# message about the user's environment that yolomem's output has no use for
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 __all__ = ["Deployment", "Estimate", "EstimateConfig", "UserError", "deploy", "estimate", "__version__"]
 
 

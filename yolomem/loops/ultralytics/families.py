@@ -73,6 +73,17 @@ def _task_entry(family: Family, task: str) -> dict:
     return task_map(family.wrapper)[task]
 
 
+def reachable(family: Family) -> bool:
+    """Whether the installed release's task map reaches the family's trainer (RT-DETR: from 8.0.143)."""
+    from yolomem.loops.ultralytics.release import task_map
+
+    try:
+        task_map(family.wrapper)
+    except UserError:
+        return False
+    return True
+
+
 def task_classes(family: Family, task: str):
     """(model class, trainer class) for ``task``, from the family's Ultralytics wrapper."""
     entry = _task_entry(family, task)

@@ -42,12 +42,13 @@ class UltralyticsLoop:
     def model_entries(self):
         """(name, family, params, task) for every shipped YAML name: params from the YAML's summary line
         (the count Ultralytics publishes), else counted on a fake build (``counted_params``)."""
+        from yolomem.loops.ultralytics.families import family_of, reachable
         from yolomem.loops.ultralytics.models import counted_params, unsupported_task, yaml_summary
         from yolomem.loops.yolov5.names import is_original_only
 
         rows = []
         for yaml_name in self.model_names():
-            if unsupported_task(yaml_name):
+            if unsupported_task(yaml_name) or not reachable(family_of({"yaml_file": yaml_name})):
                 continue  # refused with a reason when named; not offered in the list
             if is_original_only(yaml_name):  # yolov5s.yaml: the yolov5 repo's original, which its loop lists;
                 continue  # Ultralytics' build of it is yolov5su.yaml, a name of its own in the list

@@ -34,6 +34,7 @@ _UNSUPPORTED_SUFFIXES = {"-depth": "depth", "-sem": "semantic"}
 def shipped_model_names() -> tuple[str, ...]:
     """Every YAML name Ultralytics can build, with scales expanded (yolov8.yaml -> yolov8n..x.yaml)."""
     names = set()
+    u_names = resolves_u_names()
     for path in _models_dir().rglob("*.yaml"):
         stem = path.stem
         if not stem.startswith(("yolo", "rtdetr")):
@@ -41,7 +42,7 @@ def shipped_model_names() -> tuple[str, ...]:
         scales = _scales_of(path.read_text())
         if len(scales) <= 1:  # rtdetr-l.yaml, rtdetr-resnet50.yaml, yolov10x.yaml: the file names its one scale
             names.add(f"{stem}.yaml")
-            if stem.startswith("yolov3"):  # the names of its weights (yolov3u.pt); check_yolov5u_filename drops the u
+            if stem.startswith("yolov3") and u_names:  # its weights' names (yolov3u.pt); check_yolov5u_filename drops the u
                 names.add(f"{stem}u.yaml")
             continue
         # scale letters go right after the version digits: yolov8-seg -> yolov8n-seg, yolo11 -> yolo11n
@@ -49,11 +50,22 @@ def shipped_model_names() -> tuple[str, ...]:
         for scale in scales:
             if match:
                 names.add(f"{match.group(1)}{scale}{match.group(2)}.yaml")
-            if stem == "yolov5":  # Ultralytics' anchor-free YOLOv5u by its own name (yolov5s.yaml is the original)
+            if stem == "yolov5" and u_names:  # Ultralytics' anchor-free YOLOv5u by its own name (yolov5s.yaml is the original)
                 names.add(f"yolov5{scale}u.yaml")
             if stem == "yolov8-p6":  # yaml_model_load still takes the old name, yolov8s6.yaml
                 names.add(f"yolov8{scale}6.yaml")
     return tuple(sorted(names))
+
+
+@functools.cache
+def resolves_u_names() -> bool:
+    """Whether the installed ``check_file`` takes a YOLOv3/v5 "u" YAML name for its design (yolov5nu.yaml ->
+    yolov5n.yaml, from 8.0.150; before, ``yolo train model=yolov5nu.yaml`` finds no file)."""
+    import inspect
+
+    from ultralytics.utils.checks import check_yolov5u_filename
+
+    return "u.yaml" in inspect.getsource(check_yolov5u_filename)
 
 
 # Ultralytics publishes YOLOv5u P6 weights as yolov5s6u.pt, built from yolov5-p6.yaml; its own

@@ -36,7 +36,6 @@ import inspect
 import re
 import sys
 import textwrap
-import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -142,9 +141,7 @@ def import_quietly() -> None:
     stderr for good and ``--json`` output stays clean."""
     if "ultralytics" in sys.modules:
         return
-    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-        # 8.0's checks import pkg_resources, whose setuptools warns that it is going away: not the user's concern
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    with contextlib.redirect_stdout(sys.stderr):
         import ultralytics  # noqa: F401
 
 
