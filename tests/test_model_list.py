@@ -78,6 +78,24 @@ def test_a_name_too_long_for_a_file_is_an_unknown_model_in_one_line(command, cap
     assert "unknown model 'yolov8nxxx" in err and "(file name too long)" in err and "valid: " in err
 
 
+def test_a_name_as_blogs_write_it_is_read_in_lower_case_and_a_file_is_not(tmp_path):
+    """``YOLOv8n`` (the blog table's spelling) is yolov8n, and ``YOLOv5s`` the yolov5 repo's, as their
+    lower-case names are; a name no spelling finds is refused as the user wrote it; a file path is
+    never renamed."""
+    from yolomem.loops import resolve_model
+
+    for written, name, framework in (("YOLOv8n", "yolov8n", "ultralytics"), ("YOLO11n-pose.yaml", "yolo11n-pose", "ultralytics"),
+                                     ("YOLOv5s", "yolov5s", "yolov5")):  # fmt: skip
+        resolved = resolve_model(written)
+        assert (resolved.name, resolved.framework) == (name, framework)
+        assert f"model {written!r} read as {written.lower()!r}" in resolved.note
+    assert resolve_model("yolov8n").note == ""
+    with pytest.raises(UserError, match=r"unknown model 'YOLOv99\.yaml'"):
+        resolve_model("YOLOv99")
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_model(str(tmp_path / "YOLOv8n.yaml"))  # lower-cased, it would still name no file
+
+
 @pytest.mark.exhaustive  # every listed name, traced at 64 x 2: about 10-15 min on 2 shared cores
 def test_every_listed_name_estimates_or_is_refused_in_one_line():
     failures = []

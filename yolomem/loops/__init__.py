@@ -8,8 +8,10 @@ repo's train.py, for the original anchor-based designs). A new loop is one folde
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
+from pathlib import Path
 
 from yolomem.errors import UserError, unknown
 
@@ -35,7 +37,26 @@ def get_loop(name: str):
 
 def resolve_model(spec: str, framework: str = "ultralytics"):
     """The model ``spec`` names, and the loop that trains it: a name only one loop builds (``yolov4``,
-    ``yolov5s``, a darknet ``.cfg``) selects that loop, with a note; otherwise ``framework`` decides."""
+    ``yolov5s``, a darknet ``.cfg``) selects that loop, with a note; otherwise ``framework`` decides.
+    A name written as papers and blogs write it (``YOLOv8n``, ``YOLO11n-pose``) is read in lower case,
+    the only way the model names are spelled, with a note; a file is taken as it is named."""
+    try:
+        return _resolve(spec, framework)
+    except UserError:
+        lowered = str(spec).lower()
+        if lowered == spec or Path(spec).name != spec or Path(spec).exists():
+            raise
+        try:
+            resolved = _resolve(lowered, framework)
+        except UserError:
+            pass  # the error names the value as the user wrote it
+        else:
+            note = f"model {spec!r} read as {lowered!r}"
+            return dataclasses.replace(resolved, note="; ".join(n for n in (note, resolved.note) if n))
+        raise
+
+
+def _resolve(spec: str, framework: str):
     try:
         for name in LOOP_NAMES:
             loop = get_loop(name)
@@ -49,8 +70,6 @@ def resolve_model(spec: str, framework: str = "ultralytics"):
 
 def ultralytics_twin(model: str) -> str | None:
     """Ultralytics' own build of a yolov5-repo name (yolov5s -> yolov5su.yaml), where it has one."""
-    from pathlib import Path
-
     twin = f"{Path(model).stem}u.yaml"
     return twin if twin in get_loop("ultralytics").model_names() else None
 
