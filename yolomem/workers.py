@@ -208,11 +208,17 @@ def side_by_side(pool: Workers, items: Sequence, here: Callable, there: Callable
 def _stop_now(executor: ProcessPoolExecutor) -> None:
     """Shut the pool down and end its processes without waiting for what they run. The processes are
     the executor's own (``_processes``: the standard library has no public way to them before Python
-    3.14's ``terminate_workers``), taken before ``shutdown`` drops them."""
+    3.14's ``terminate_workers``), taken before ``shutdown`` drops them, as is its manager thread.
+    That thread joins the same processes once woken: a process it reaps first can look alive to
+    another thread's ``join`` (``waitpid`` fails there before the reaper records the exit code), so it
+    finishes before the processes are joined here."""
     processes = list((getattr(executor, "_processes", None) or {}).values())
+    manager = getattr(executor, "_executor_manager_thread", None)
     executor.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
+    if manager is not None:
+        manager.join()
     for process in processes:
         process.join()
 
