@@ -20,7 +20,7 @@ def _installed() -> tuple[int, ...]:
 
 
 def _expected_clears(v: tuple[int, ...]) -> CacheClears:
-    if v < (8, 3, 87):  # 8.0.136: torch.cuda.empty_cache() inline; 8.2.94: self._clear_memory(), both unconditional
+    if v < (8, 3, 87):  # 8.0.114: torch.cuda.empty_cache() inline; 8.2.94: self._clear_memory(), both unconditional
         return CacheClears(after_epoch=0.0)
     if v < (8, 3, 109):  # 8.3.86 -> 8.3.87: `if self._get_memory(fraction=True) > 0.9: self._clear_memory()`
         return CacheClears(after_epoch=0.9)
@@ -64,9 +64,12 @@ def test_optimizer_choices():
 
 
 def test_nms_is_ultralytics_own():
+    from yolomem.loops.ultralytics.legacy_layout import has_legacy_layout, old_name
+
     module = rel.nms_function().__module__
     # 8.3.189 -> 8.3.190: non_max_suppression moves from utils/ops.py to utils/nms.py
-    assert module == ("ultralytics.utils.nms" if _installed() >= (8, 3, 190) else "ultralytics.utils.ops")
+    expected = "ultralytics.utils.nms" if _installed() >= (8, 3, 190) else "ultralytics.utils.ops"
+    assert module == (old_name(expected) if has_legacy_layout() else expected)  # up to 8.0.135: ultralytics.yolo.utils.ops
 
 
 def test_an_optimizer_the_release_lacks_is_one_line():
@@ -95,21 +98,21 @@ def test_version_tuple():
 
 
 def test_release_range():
-    with pytest.raises(UserError, match="older than 8.0.136"):
-        rel.check_release("8.0.135")  # the last release of the old package layout (ultralytics.yolo.*)
+    with pytest.raises(UserError, match="older than 8.0.114"):
+        rel.check_release("8.0.113")  # optimizer=auto: NAdam below 6000 iterations
     warning = rel.check_release("8.5.2")
-    assert warning and "8.0.136 to 8.4.190" in warning and "8.5.2" in warning
-    assert rel.check_release("8.0.136") is None
+    assert warning and "8.0.114 to 8.4.190" in warning and "8.5.2" in warning
+    assert rel.check_release("8.0.114") is None
     assert rel.check_release("8.4.190") is None
 
 
 def test_cli_refuses_an_old_release_in_one_line(monkeypatch, capsys):
     from yolomem.cli.main import main
 
-    monkeypatch.setattr(rel, "installed_version", lambda: "8.0.120")
+    monkeypatch.setattr(rel, "installed_version", lambda: "8.0.113")
     assert main(["estimate", "yolov8n.yaml"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "ultralytics 8.0.120 is older than 8.0.136" in err[0]
+    assert len(err) == 1 and "ultralytics 8.0.113 is older than 8.0.114" in err[0]
 
 
 def test_cli_warns_once_about_a_newer_release(monkeypatch, capsys):
@@ -121,7 +124,7 @@ def test_cli_warns_once_about_a_newer_release(monkeypatch, capsys):
     assert main(["estimate", "yolov8n.yaml", "imgsz=64", "batch=1", "iterations=1", "--json", "--no-cache"]) == 0
     out, err = capsys.readouterr()
     warnings = [line for line in err.splitlines() if line.startswith("yolomem: warning:")]
-    assert len(warnings) == 1 and "newer than the releases yolomem is tested with (8.0.136 to 8.4.190)" in warnings[0]
+    assert len(warnings) == 1 and "newer than the releases yolomem is tested with (8.0.114 to 8.4.190)" in warnings[0]
     import json
 
     assert "newer than the releases" in " ".join(json.loads(out)["notes"])
@@ -165,8 +168,8 @@ def test_cli_refuses_an_old_release_that_fails_its_own_import(tmp_path):
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
-        "yolomem: error: ultralytics 8.0.50 is older than 8.0.136, the oldest release yolomem traces "
-        f"(tested: {rel.TESTED_RANGE}); pip install 'ultralytics>=8.0.136'"
+        "yolomem: error: ultralytics 8.0.50 is older than 8.0.114, the oldest release yolomem traces "
+        f"(tested: {rel.TESTED_RANGE}); pip install 'ultralytics>=8.0.114'"
     ]
 
 

@@ -9,6 +9,16 @@ __version__ = "0.1.0"
 # Ultralytics 8.0 imports pkg_resources, whose setuptools warns on import that it is going away: a
 # message about the user's environment that yolomem's output has no use for
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+
+
+def _read_legacy_layout() -> None:
+    # before anything imports Ultralytics under its present module names (8.0.114-8.0.135 had others)
+    from yolomem.loops.ultralytics.legacy_layout import alias_legacy_layout
+
+    alias_legacy_layout()
+
+
+_read_legacy_layout()
 __all__ = ["Deployment", "Estimate", "EstimateConfig", "UserError", "deploy", "estimate", "__version__"]
 
 

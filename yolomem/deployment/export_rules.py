@@ -44,12 +44,15 @@ class ExportRules:
 @functools.cache
 def installed_rules() -> ExportRules:
     import ultralytics
+    import ultralytics.engine.exporter as exporter
+    from ultralytics.utils import DEFAULT_CFG_PATH
 
     root = Path(ultralytics.__file__).parent
-    files = [root / "engine" / "exporter.py", root / "nn" / "autobackend.py", root / "nn" / "backends" / "tensorrt.py",
+    # the exporter's own file: up to 8.0.135 it is ultralytics/yolo/engine/exporter.py (legacy_layout)
+    files = [Path(exporter.__file__), root / "nn" / "autobackend.py", root / "nn" / "backends" / "tensorrt.py",
              *sorted((root / "utils" / "export").glob("*.py"))]  # fmt: skip
     source = "\n".join(path.read_text(encoding="utf-8") for path in files if path.is_file())
-    default_yaml = (root / "cfg" / "default.yaml").read_text(encoding="utf-8")
+    default_yaml = Path(DEFAULT_CFG_PATH).read_text(encoding="utf-8")
     return rules_from_source(ultralytics.__version__, source, default_yaml)
 
 

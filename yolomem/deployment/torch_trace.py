@@ -296,7 +296,11 @@ def _on_device(backend, tracer: Tracer, half: bool) -> None:
 def _run_predict(predictor, backend, tracer: Tracer, settings: InferenceSettings, imgsz: int) -> None:
     if settings.gpu_path:
         backend.warmup = MethodType(_cuda_warmup(tracer), backend)
-    for name, phase in (("preprocess", "preprocess"), ("inference", "forward"), ("postprocess", "nms")):
+    steps = [("preprocess", "preprocess"), ("inference", "forward"), ("postprocess", "nms")]
+    if not hasattr(predictor, "inference"):  # up to 8.0.133 stream_inference calls the model itself
+        steps.remove(("inference", "forward"))
+        backend.forward = _in_phase(backend.forward, tracer, "forward")  # the warmup calls the class's own
+    for name, phase in steps:
         setattr(predictor, name, _in_phase(getattr(predictor, name), tracer, phase))
     images = [np.zeros((imgsz, imgsz, 3), dtype=np.uint8) for _ in range(settings.batch)]  # (H, W, 3) BGR
     stream = type(predictor).stream_inference
@@ -324,7 +328,7 @@ def _cuda_warmup(tracer: Tracer):
     def warmup(self, imgsz=(1, 3, 640, 640), im=None) -> None:
         im = im if im is not None else torch.empty(*imgsz, dtype=torch.half if self.fp16 else torch.float)
         with tracer.phase("warmup"):
-            self.forward(im)
+            type(self).forward(self, im)  # not a forward the predict trace labels as its own
             if runs_nms:
                 with tracer.real_factories():  # NMS decides by value: the 16 random boxes are real
                     boxes = torch.rand(1, 84, 16)  # (1, 4 + 80, 16)

@@ -22,7 +22,9 @@ from yolomem.errors import UserError, nearest, unknown
 def _models_dir() -> Path:
     import ultralytics
 
-    return Path(ultralytics.__file__).parent / "cfg" / "models"
+    from yolomem.loops.ultralytics.legacy_layout import models_dir
+
+    return models_dir(Path(ultralytics.__file__).parent)
 
 
 # Tasks Ultralytics trains whose step yolomem does not trace, by the suffix their YAMLs carry.

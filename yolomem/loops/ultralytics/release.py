@@ -42,11 +42,11 @@ from types import SimpleNamespace
 from yolomem.errors import UserError
 from yolomem.loops.base import CacheClears
 
-# 8.0.136 moved the package to its present layout (ultralytics.engine, .data, .utils, .cfg); the releases
-# before it keep all of that under ultralytics.yolo, and their models' YAMLs under ultralytics.models.
-OLDEST_SUPPORTED = (8, 0, 136)
+# 8.0.114: the first release whose build_optimizer picks optimizer=auto as later ones do (AdamW up to 10k
+# iterations); before 8.0.136 the package had another layout, read through legacy_layout's aliases.
+OLDEST_SUPPORTED = (8, 0, 114)
 NEWEST_TESTED = (8, 4, 190)
-TESTED_RANGE = "8.0.136 to 8.4.190"
+TESTED_RANGE = "8.0.114 to 8.4.190"
 # Releases inside the range that are known not to trace, with the reason (none found so far: the CI
 # matrix, .ci/ultralytics_matrix.py, is where a new entry would come from).
 KNOWN_BROKEN: dict[tuple[int, int, int], str] = {}
@@ -150,8 +150,8 @@ def check_release(version: str | None = None) -> str | None:
     version = version or installed_version()
     parts = version_tuple(version)
     if parts < OLDEST_SUPPORTED:
-        raise UserError(f"ultralytics {version} is older than 8.0.136, the oldest release yolomem traces "
-                        f"(tested: {TESTED_RANGE}); pip install 'ultralytics>=8.0.136'")  # fmt: skip
+        raise UserError(f"ultralytics {version} is older than 8.0.114, the oldest release yolomem traces "
+                        f"(tested: {TESTED_RANGE}); pip install 'ultralytics>=8.0.114'")  # fmt: skip
     if parts in KNOWN_BROKEN:
         raise UserError(f"ultralytics {version} is known not to work with yolomem: {KNOWN_BROKEN[parts]}")
     if parts > NEWEST_TESTED:
@@ -309,7 +309,7 @@ def validation_precision() -> ValidationPrecision:
         isinstance(item.context_expr, ast.Call) and "autocast" in ast.unparse(item.context_expr.func)
         for node in ast.walk(function) if isinstance(node, ast.With) for item in node.items
     )  # fmt: skip
-    # 8.0.136 .. 8.2.95: `self.args.half = self.device.type != "cpu"`; later `... and trainer.amp`
+    # 8.0.114 .. 8.2.95: `self.args.half = self.device.type != "cpu"`; later `... and trainer.amp`
     return ValidationPrecision(ema_half_in_place=halves, half_without_amp="trainer.amp" not in source, autocast=autocast,
                                sets_end2end="model.end2end = " in source,
                                keeps_last_loss_item="self.loss +=" not in source)  # fmt: skip
