@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 __version__ = "0.1.0"
+__all__ = ["Deployment", "Estimate", "EstimateConfig", "UserError", "deploy", "estimate", "__version__"]
 
 # Ultralytics 8.0 imports pkg_resources, whose setuptools warns on import that it is going away: a
 # message about the user's environment that yolomem's output has no use for
@@ -19,7 +20,6 @@ def _read_legacy_layout() -> None:
 
 
 _read_legacy_layout()
-__all__ = ["Deployment", "Estimate", "EstimateConfig", "UserError", "deploy", "estimate", "__version__"]
 
 
 def __getattr__(name: str):
