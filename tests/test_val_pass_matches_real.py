@@ -272,10 +272,9 @@ def _sizes(events):
 def test_val_pass_allocates_like_ultralytics_validator(task, model):
     if model not in shipped_model_names():
         pytest.skip(f"{model} is newer than the installed ultralytics")
-    if task == "segment" and release_module.installed_version() == "8.4.0":
-        # its SegmentationTrainer names six loss items where the loss returns five, and the loss fails at
-        # batch 2 (unpacking the assigner's targets): its own validation cannot run
-        pytest.skip("8.4.0's own segmentation validation fails")
+    if model == "yolov8n-seg.yaml" and release_module.installed_version() == "8.4.0":
+        # its own segmentation loss fails on this batch (unpacking the assigner's targets), in training too
+        pytest.skip("8.4.0's own YOLOv8-seg loss fails at batch 2")
     real, fake = (_sizes(events) for events in _streams(task, model))
     assert len(real) > 200  # a whole forward, loss and NMS, not a stub
     assert fake[: len(real)] == real
