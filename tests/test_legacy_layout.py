@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from yolomem.loops.ultralytics.legacy_layout import has_legacy_layout, models_dir, old_name
+from yolomem.loops.ultralytics.legacy_layout import has_legacy_layout, old_name, yaml_dir
 
 
 def test_new_names_map_to_the_old_layout():
@@ -26,7 +26,9 @@ def test_the_installed_release_has_the_present_layout():
     import ultralytics
 
     assert not has_legacy_layout()
-    assert models_dir(Path(ultralytics.__file__).parent).parts[-2:] == ("cfg", "models")
+    package = Path(ultralytics.__file__).parent
+    assert yaml_dir(package, "models").parts[-2:] == ("cfg", "models")
+    assert yaml_dir(package, "datasets").parts[-2:] == ("cfg", "datasets")
 
 
 def test_an_old_layout_is_read_under_the_new_names_as_the_same_modules(tmp_path):
@@ -36,6 +38,8 @@ def test_an_old_layout_is_read_under_the_new_names_as_the_same_modules(tmp_path)
         (package / folder / "__init__.py").write_text("")
     (package / "models" / "v8" / "__init__.py").unlink()  # a folder of YAMLs, as it was
     (package / "models" / "v8" / "yolov8.yaml").write_text("nc: 80\n")
+    (package / "datasets").mkdir()
+    (package / "datasets" / "coco8.yaml").write_text("train: images/train\nval: images/val\n")
     (package / "__init__.py").write_text("__version__ = '8.0.120'\n")
     (package / "yolo" / "__init__.py").write_text("")
     (package / "yolo" / "engine" / "trainer.py").write_text("class BaseTrainer:\n    pass\n")
@@ -50,9 +54,10 @@ def test_an_old_layout_is_read_under_the_new_names_as_the_same_modules(tmp_path)
         "assert new is old and issubclass(DetectionTrainer, BaseTrainer)\n"
         "assert BaseTrainer.__module__ == 'ultralytics.yolo.engine.trainer'  # its own name, kept\n"
         "from yolomem.loops.ultralytics.models import _models_dir\n"
-        "print(_models_dir().relative_to(sys.argv[1]))\n"
+        "from yolomem.config.dataset import shipped_dataset_names\n"
+        "print(_models_dir().relative_to(sys.argv[1]), shipped_dataset_names())\n"
     )  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == os.path.join("ultralytics", "models")
+    assert done.stdout.strip() == f"{os.path.join('ultralytics', 'models')} ['coco8.yaml']"

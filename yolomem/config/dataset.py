@@ -274,7 +274,9 @@ def shipped_dataset_names() -> list[str]:
     """The dataset YAMLs the installed Ultralytics ships, sorted without case."""
     import ultralytics
 
-    folder = Path(ultralytics.__file__).parent / "cfg" / "datasets"
+    from yolomem.loops.ultralytics.legacy_layout import yaml_dir
+
+    folder = yaml_dir(Path(ultralytics.__file__).parent, "datasets")
     return sorted((p.name for p in folder.glob("*.y*ml")), key=str.lower)
 
 

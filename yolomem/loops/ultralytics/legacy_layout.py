@@ -2,8 +2,8 @@
 
 8.0.136 moved the package: ``ultralytics.yolo.engine`` became ``ultralytics.engine``, and likewise
 ``yolo.utils`` -> ``utils``, ``yolo.data`` -> ``data``, ``yolo.cfg`` -> ``cfg``, ``yolo.v8`` ->
-``models.yolo`` and ``vit`` -> ``models`` (RT-DETR); the model YAMLs went from ``ultralytics/models`` to
-``ultralytics/cfg/models``. The code moved with few changes, and yolomem reads it under the new names:
+``models.yolo`` and ``vit`` -> ``models`` (RT-DETR); the model and dataset YAMLs went from
+``ultralytics/models`` and ``ultralytics/datasets`` to ``ultralytics/cfg/``. The code moved with few changes, and yolomem reads it under the new names:
 ``alias_legacy_layout`` makes each new name the very module object of the old one (not a second
 copy: classes and module state stay one), for as long as the process lives, and only where the
 installed package has the old layout. ``check_release`` refuses the releases before 8.0.114: up to
@@ -66,7 +66,7 @@ def alias_legacy_layout() -> None:
     sys.meta_path.insert(0, _Alias())
 
 
-def models_dir(package: Path) -> Path:
-    """Where the installed release keeps its model YAMLs."""
-    present = package / "cfg" / "models"
-    return present if present.is_dir() else package / "models"
+def yaml_dir(package: Path, kind: str) -> Path:
+    """Where the installed release keeps its ``kind`` YAMLs ("models" or "datasets")."""
+    present = package / "cfg" / kind
+    return present if present.is_dir() else package / kind

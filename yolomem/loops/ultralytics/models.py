@@ -22,9 +22,9 @@ from yolomem.errors import UserError, nearest, unknown
 def _models_dir() -> Path:
     import ultralytics
 
-    from yolomem.loops.ultralytics.legacy_layout import models_dir
+    from yolomem.loops.ultralytics.legacy_layout import yaml_dir
 
-    return models_dir(Path(ultralytics.__file__).parent)
+    return yaml_dir(Path(ultralytics.__file__).parent, "models")
 
 
 # Tasks Ultralytics trains whose step yolomem does not trace, by the suffix their YAMLs carry.
