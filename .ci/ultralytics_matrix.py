@@ -151,9 +151,9 @@ def smoke() -> None:
     # generation's segmentation (YOLO26, 8.4.0+: semantic masks; 8.4.190: a mask-IoU assigner) with epochs;
     # classification's validation pass (the EMA halved in place up to 8.4.61, autocast after)
     newest_seg = next(m for m in ("yolo26n-seg.yaml", "yolo11n-seg.yaml", "yolov8n-seg.yaml") if m in get_loop("ultralytics").model_names())
-    import ultralytics
+    from yolomem.loops.ultralytics import families
 
-    rtdetr = (("rtdetr", "rtdetr-l.yaml", {"imgsz": 320, "batch": 2}),) if hasattr(ultralytics.RTDETR, "task_map") else ()  # 8.0.143
+    rtdetr = (("rtdetr", "rtdetr-l.yaml", {"imgsz": 320, "batch": 2}),) if families.reachable(families.RTDETR) else ()  # 8.0.143
     for key, model, extra in (*rtdetr,
                               ("checkpoint", "yolov8n.yaml", {"imgsz": 128, "batch": 3, "checkpoint": True}),
                               (newest_seg[:-5], newest_seg, {"imgsz": 128, "batch": 3, "epochs": 2}),

@@ -507,28 +507,27 @@ def _dataset_root(yaml_path: Path, declared: object) -> Path:
                     "relative to)")  # fmt: skip
 
 
-@functools.cache
 def renames_validation_key() -> bool:
     """Whether the installed ``check_det_dataset`` takes a ``validation`` key for a missing ``val`` (from
     8.0.149), read in its source."""
-    import inspect
-
-    from ultralytics.data.utils import check_det_dataset
-
-    source = inspect.getsource(check_det_dataset)
+    source = _check_det_dataset_source()
     return '"validation"' in source or "'validation'" in source
 
 
-@functools.cache
 def relative_path_from_working_directory() -> bool:
     """Whether the installed ``check_det_dataset`` keeps a relative ``path`` that exists from the working
     directory (8.3: ``if not path.exists() and not path.is_absolute()``; 8.2 and earlier always join it to
     ``DATASETS_DIR``), read in its source."""
+    return "not path.exists()" in _check_det_dataset_source()
+
+
+@functools.cache
+def _check_det_dataset_source() -> str:
     import inspect
 
     from ultralytics.data.utils import check_det_dataset
 
-    return "not path.exists()" in inspect.getsource(check_det_dataset)
+    return inspect.getsource(check_det_dataset)
 
 
 def _image_files(root: Path, entry: object, split: str) -> list[str]:

@@ -113,9 +113,10 @@ def _fits(data: ReportData) -> str:
         verdict = '<span class="yes">fits</span>' if fit.fits else '<span class="no">does not fit</span>'
         largest = "none" if fit.largest_batch is None else str(fit.largest_batch)
         # each step of the verdict's arithmetic: total - context = after it; after it - margin = for training
-        sizes = (("card_total_bytes", fit.gpu.total_bytes), ("card_context_bytes", fit.gpu.context_bytes + fit.gpu.host_bytes),
-                 ("card_after_context_bytes", fit.gpu.after_context_bytes), ("card_margin_bytes", fit.gpu.margin_bytes),
-                 ("card_capacity_bytes", fit.gpu.capacity_bytes))  # fmt: skip
+        budget = fit.gpu.budget
+        sizes = (("card_total_bytes", budget.gpu.total_bytes), ("card_context_bytes", budget.context_bytes + budget.host_bytes),
+                 ("card_after_context_bytes", budget.after_context_bytes), ("card_margin_bytes", budget.margin_bytes),
+                 ("card_capacity_bytes", budget.capacity_bytes))  # fmt: skip
         cells = "".join(f'<td class="num" data-key="{key}" data-bytes="{value}">{_gib(value)}</td>' for key, value in sizes)
         rows.append(
             f'<tr data-gpu="{_esc(fit.gpu.name)}"><th>{_esc(card_label(fit.gpu.name, fit.gpu.total_bytes))}</th>{cells}'

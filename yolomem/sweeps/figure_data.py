@@ -79,18 +79,9 @@ class GpuLine:
         return self.budget.context_bytes
 
     @property
-    def host_bytes(self) -> int:
-        """A Jetson's: the training process's RAM, out of the same DRAM (``Budget.host_bytes``); else 0."""
-        return self.budget.host_bytes
-
-    @property
     def after_context_bytes(self) -> int:
         """Total minus that context (and ``host_bytes``): what the margin is a share of."""
         return self.budget.after_context_bytes
-
-    @property
-    def margin_bytes(self) -> int:
-        return self.budget.margin_bytes
 
     @property
     def capacity_bytes(self) -> int:
