@@ -99,3 +99,32 @@ def test_a_pose_model_takes_the_datas_keypoints_as_its_trainer_builds_it(tmp_pat
     data.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "images", "val": "images", "names": ["hand"]}))
     with pytest.raises(UserError, match="gives no kpt_shape"):
         prepare(EstimateConfig(model="yolo11n-pose.yaml", data=str(data)))
+
+
+def test_single_cls_builds_one_class_where_the_installed_trainer_does(tmp_path, monkeypatch):
+    """Ultralytics from 8.3.79 makes the data one class under single_cls (get_dataset), and its trainer
+    builds the model with it; before, it relabels every object class 0 and keeps the data's classes.
+    Truth: the model Ultralytics' own trainer has built when training would start."""
+    from ultralytics_start import detect_dataset, trainer_at_start
+
+    data = detect_dataset(tmp_path / "data", names=("a", "b", "c"))
+    trainer = trainer_at_start("yolov8n.yaml", data, tmp_path, monkeypatch, single_cls=True, imgsz=64)
+    trainer.setup_model()  # as _setup_train builds it: the YAML with the data's classes
+    built = trainer.model.model[-1].nc
+    prepared = prepare(EstimateConfig.from_words(["yolov8n.yaml", f"data={data}", "single_cls=True"]))
+    assert (prepared.config.nc or 80) == built
+    assert any(note.startswith("single_cls=True") for note in prepared.notes)
+    assert prepare(EstimateConfig.from_words(["yolov8n.yaml", f"data={data}"])).config.nc == 3
+
+
+def test_single_cls_builds_one_class_in_the_yolov5_repo():
+    from yolov5_reference import yolov5_or_reason
+
+    yolov5, reason = yolov5_or_reason()
+    if yolov5 is None:
+        pytest.skip(reason)
+    from pathlib import Path
+
+    source = (Path(yolov5.__file__).parent / "train.py").read_text()
+    assert "nc = 1 if single_cls else int(data_dict['nc'])" in source
+    assert prepare(EstimateConfig.from_words(["yolov5s", "single_cls=True"])).config.nc == 1

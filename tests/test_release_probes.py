@@ -50,6 +50,19 @@ def test_validation_precision():
     assert style.keeps_last_loss_item == (v >= (8, 4, 104))
 
 
+def test_default_imgsz_is_what_each_trainer_sets():
+    # ClassificationTrainer.__init__: `if overrides.get("imgsz") is None: overrides["imgsz"] = 224` (8.0.114 on);
+    # the other trainers take default.yaml's 640
+    found = rel.default_imgsz()
+    assert found["classify"] == 224
+    assert {found[task] for task in ("detect", "segment", "pose") if task in found} == {640}
+
+
+def test_single_cls_one_class():
+    # 8.3.78 -> 8.3.79: get_dataset gains `if self.args.single_cls: ... self.data["nc"] = 1`
+    assert rel.single_cls_one_class() == (_installed() >= (8, 3, 79))
+
+
 def test_optimizer_choices():
     v = _installed()
     installed = rel.release()

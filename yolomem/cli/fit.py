@@ -136,7 +136,7 @@ def _pick(options: argparse.Namespace) -> int:
     config = EstimateConfig.from_parsed(parsed, skip=("task",))
     with _progress("pick", options.json) as progress:
         result = pick_models(
-            config.gpu, config.imgsz, config.batch, values.get("task", "detect"), gpu_mem=config.gpu_mem,
+            config.gpu, None, None, values.get("task", "detect"), gpu_mem=config.gpu_mem,  # imgsz, batch: the config's
             models=values.get("models"), family=values.get("family"), margin=config.margin,
             progress=progress, config=config,
         )  # fmt: skip

@@ -314,7 +314,6 @@ def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], 
 # Ultralytics keys left out of the estimate though they can lower memory: the figure is then an upper one
 _LOWER_ONLY = {
     "rect": "rectangular batches of non-square images need at most the square batch's memory, which is estimated",
-    "single_cls": "one class: a smaller head and loss than the data's classes, which are estimated",
     "fraction": "part of the dataset: no denser batch than the whole set's, which is estimated",
 }
 
@@ -400,8 +399,10 @@ MARGIN = Key("margin", FLOAT, DEFAULT_MARGIN, "share of the card after the CUDA 
 ESTIMATE_KEYS = KeyTable((
     Key("model", TEXT, "yolov8n.yaml", "a shipped YAML name (yolomem models lists them), a local .yaml or .pt, "
         "or a darknet .cfg"),
-    Key("imgsz", INT, 640, "training image size (rounded up to the model's stride)", low=1),
-    Key("batch", INT, 16, "images per step, over all GPUs (DDP splits it)", low=1, high=MAX_BATCH_REQUEST,
+    Key("imgsz", INT, 640, "training image size (rounded up to the model's stride); not given: the trainer's "
+        "(224 for a classifier, a .pt checkpoint's training size: 1024 for the published OBB weights)", low=1),
+    Key("batch", INT, 16, "images per step, over all GPUs (DDP splits it); not given: the trainer's (the yolov5 "
+        "repo's classifiers: 64)", low=1, high=MAX_BATCH_REQUEST,
         autobatch=True, bound="a million images a step; ten million overflow the assigner's tensor sizes"),
     Key("amp", CHOICE, "fp16", "mixed precision: true (fp16), false (fp32) or bf16", choices=("fp16", "fp32", "bf16"),
         aliases={"true": "fp16", "false": "fp32"}),
@@ -426,6 +427,8 @@ ESTIMATE_KEYS = KeyTable((
     Key("data", TEXT, None, "an Ultralytics dataset YAML: objects per image, image sizes, whole epochs", nullable=True),
     Key("world_size", INT, 1, "DDP ranks; the batch is split across them", low=1),
     Key("checkpoint", BOOL, False, "activation checkpointing"),
+    Key("single_cls", BOOL, False, "every object one class: the model is built with nc=1 where the trainer does "
+        "(Ultralytics 8.3.79+, the yolov5 repo)"),
     Key("epochs", INT, None, ">= 2 simulates epochs with the val pass", nullable=True, low=1),
     Key("cache", CHOICE, None, "Ultralytics' image cache: ram or disk (host memory)", choices=("ram", "disk"),
         aliases={"true": "ram", "false": None, "none": None}, nullable=True),

@@ -17,6 +17,8 @@ class ResolvedModel:
     nc: int | None  # classes, when a checkpoint says so
     note: str = ""  # e.g. "yolov8s.pt is not on disk; using yolov8s.yaml"
     framework: str = "ultralytics"  # the training loop (yolomem.loops) that trains it
+    trained_imgsz: int | None = None  # a checkpoint's: the imgsz it was trained at, which its trainer reuses
+    trained_imgsz_source: str = ""  # whose, and where that is read, e.g. "best.pt (its train_args)"
 
     @property
     def kpt_shape(self) -> tuple[int, int]:

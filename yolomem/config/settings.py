@@ -56,6 +56,7 @@ class EstimateConfig:
     data: str | None = _default("data")  # an Ultralytics dataset YAML (objects per image, dataset size)
     world_size: int = _default("world_size")  # DDP ranks; batch is split across them as Ultralytics does
     checkpoint: bool = _default("checkpoint")  # activation checkpointing (yolomem.loops.checkpointing)
+    single_cls: bool = _default("single_cls")  # one class (yolomem.result.prepare.class_count)
     epochs: int | None = _default("epochs")  # >= 2 (or data=) simulates epochs with the val pass
     cache: str | None = _default("cache")  # "ram" | "disk" | None (host memory, yolomem.result.host_memory)
     workers: int = _default("workers")  # dataloader workers (host memory)
@@ -66,6 +67,9 @@ class EstimateConfig:
     close_mosaic: int = _default("close_mosaic")  # no mosaic in the last N epochs
     scale: float = _default("scale")  # random zoom U(1 - scale, 1 + scale) (yolomem.loops.density)
     translate: float = _default("translate")  # random shift, a fraction of imgsz (yolomem.loops.density)
+    # keys the user left out whose default the trainer sets per model (a classifier's imgsz, a checkpoint's
+    # training imgsz): yolomem.result.prepare fills them in once the model is resolved
+    left_to_trainer: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -131,16 +135,22 @@ class EstimateConfig:
                 notes.append(f"{name}={str(value).lower()}: Ultralytics' default is used")
             else:
                 kwargs[name] = value
-        return cls(**kwargs, notes=tuple(notes))
+        left = tuple(name for name in TRAINER_SET_KEYS if name not in values)
+        return cls(**kwargs, left_to_trainer=left, notes=tuple(notes))
 
     def with_changes(self, **changes) -> EstimateConfig:
+        """A copy with ``changes``; a key set here is no longer left to the trainer."""
+        if self.left_to_trainer and "left_to_trainer" not in changes:
+            changes["left_to_trainer"] = tuple(name for name in self.left_to_trainer if name not in changes)
         return replace(self, **changes)
 
     # --- the one JSON form --------------------------------------------------------------------
 
     def to_json(self) -> dict:
-        """Every setting, in field order; ``freeze`` as a list. ``from_json`` reads it back."""
-        return {name: list(value) if isinstance(value := getattr(self, name), tuple) else value for name in _FIELDS}
+        """Every setting, in field order; ``freeze`` as a list; ``left_to_trainer`` where any is. ``from_json``
+        reads it back."""
+        settings = {name: list(value) if isinstance(value := getattr(self, name), tuple) else value for name in _FIELDS}
+        return settings | ({"left_to_trainer": list(self.left_to_trainer)} if self.left_to_trainer else {})
 
     @classmethod
     def from_json(cls, data: dict) -> EstimateConfig:
@@ -148,13 +158,18 @@ class EstimateConfig:
         resolved model's; other keys that are not settings are ignored with a note; a null is "not set"."""
         if not isinstance(data, dict):
             raise UserError(f"a config must be a JSON object, not {type(data).__name__}")
-        extra = sorted(set(data) - set(_FIELDS) - {"task"})
+        extra = sorted(set(data) - set(_FIELDS) - {"task", "left_to_trainer"})
         values = {k: v for k, v in data.items() if k in _FIELDS and v is not None}
         notes = [f"config key{'s' if len(extra) > 1 else ''} {', '.join(extra)}: not estimator settings; ignored"] if extra else []
-        return cls.from_mapping(values, notes)
+        left = data.get("left_to_trainer") or ()
+        if not isinstance(left, (list, tuple)) or not set(left) <= set(TRAINER_SET_KEYS):
+            raise UserError(f"left_to_trainer={left!r} in a config: a list of {', '.join(TRAINER_SET_KEYS)}")
+        return cls.from_mapping(values, notes).with_changes(left_to_trainer=tuple(left))
 
 
-_FIELDS = tuple(f.name for f in fields(EstimateConfig) if f.name != "notes")
+# keys whose default the trainer may set per model when the user leaves them out (TrainingLoop.trainer_defaults)
+TRAINER_SET_KEYS = ("imgsz", "batch")
+_FIELDS = tuple(f.name for f in fields(EstimateConfig) if f.name not in ("notes", "left_to_trainer"))
 
 
 def parse_estimate_words(words: Iterable[str], table: KeyTable = ESTIMATE_KEYS) -> Words:

@@ -31,6 +31,7 @@ class DeployConfig:
     arena_extend_strategy: str = "kNextPowerOfTwo"  # ONNX Runtime
     candidates: int | None = None  # NMS candidates per image; None: the most NMS holds
     nc: int | None = None
+    imgsz_given: bool = True  # False: a .pt model runs at the imgsz it was trained at, as Ultralytics runs it
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -106,7 +107,7 @@ class DeployConfig:
             raise UserError(f"{' and '.join(said)} ask for different precisions: give one")
         if said:
             kwargs["precision"] = next(iter(said.values()))
-        return cls(**kwargs, notes=tuple(notes))
+        return cls(**kwargs, imgsz_given="imgsz" in values, notes=tuple(notes))
 
 
 def _deploy_keys():
@@ -123,7 +124,8 @@ def _deploy_keys():
         Key("batch", INT, None, "images per call (predict), per batch (val), the engine's max batch "
             "[default: 1; val 16]", nullable=True, low=1, high=MAX_BATCH_REQUEST,
             bound="the same bound as a training batch"),
-        Key("imgsz", INT, 640, "input side in pixels (rounded up to the stride)", low=1),
+        Key("imgsz", INT, 640, "input side in pixels (rounded up to the stride); not given: a .pt's training size "
+            "(the published OBB weights: 1024), as Ultralytics' predict, val and export take it", low=1),
         Key("mode", CHOICE, "predict", "predict or val (format=torch)", choices=MODES),
         Key("device", TEXT, None, "a card or Jetson module, e.g. Jetson-Orin-Nano-8GB, T4", nullable=True),
         Key("gpu_mem", FLOAT, None, "the device's memory in GiB", nullable=True, low=0.0, low_open=True),

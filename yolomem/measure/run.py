@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -387,6 +387,11 @@ def measure(settings: MeasureSettings, results: Path | str, *, launch: Launcher 
                         f"{resolved.framework} loop" + (f" (Ultralytics' own build of it is {twin}, another head)"
                                                          if twin else ""))  # fmt: skip
     check_cuda(settings.config.world_size, device_count())
+    from yolomem.result.prepare import trainer_defaults
+
+    # the run trains at what `yolo train` would (a classifier at 224 when imgsz is not given), and says so
+    config, note = trainer_defaults(settings.config, resolved)
+    settings = replace(settings, config=config.with_changes(notes=(*config.notes, note)) if note else config)
     launch = launch or launch_subprocess
     with tempfile.TemporaryDirectory(prefix="yolomem-measure-") as tmp:
         request_path = Path(tmp) / "request.json"

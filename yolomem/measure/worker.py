@@ -248,7 +248,7 @@ def train_arguments(config: EstimateConfig, data_yaml: str, augment: str, device
         "multi_scale": multi_scale, "seed": config.seed, "workers": 0, "plots": False, "val": True,
         "device": device, "project": project, "name": "run", "exist_ok": True, "verbose": False,
         "mosaic": config.mosaic, "close_mosaic": config.close_mosaic, "scale": config.scale,
-        "translate": config.translate,
+        "translate": config.translate, "single_cls": config.single_cls,
     }  # fmt: skip
     if augment == "exact":
         arguments.update(EXACT_AUGMENT)

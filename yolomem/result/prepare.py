@@ -35,6 +35,9 @@ def prepare(config: EstimateConfig) -> Prepared:
     notes = list(config.notes)
     if resolved.note:
         notes.append(resolved.note)
+    config, note = trainer_defaults(config, resolved)
+    if note:
+        notes.append(note)
     config, note = class_count(config, resolved)
     if note:
         notes.append(note)
@@ -57,6 +60,25 @@ def prepare(config: EstimateConfig) -> Prepared:
         if request.dataset is not None:  # the traced batches come from the labels too
             density = plan_for(config, rank_batch(config), request.dataset.train.counts)
     return Prepared(config, resolved, request, density, tuple(notes))
+
+
+def trainer_defaults(config: EstimateConfig, resolved: ResolvedModel) -> tuple[EstimateConfig, str | None]:
+    """The keys the user left out (``config.left_to_trainer``) set as the model's trainer sets them
+    (``TrainingLoop.trainer_defaults``): Ultralytics trains a classifier at imgsz 224 and a checkpoint at
+    the imgsz it was trained at; the yolov5 repo's classify/train.py at 224 and batch 64."""
+    if not config.left_to_trainer:
+        return config, None
+    from yolomem.loops import get_loop
+
+    defaults = get_loop(resolved.framework).trainer_defaults(resolved)
+    changes = {key: value for key, (value, _) in defaults.items()
+               if key in config.left_to_trainer and value != getattr(config, key)}  # fmt: skip
+    config = config.with_changes(**changes, left_to_trainer=())
+    if not changes:
+        return config, None
+    words = " and ".join(f"{key}={value}" for key, value in changes.items())
+    sources = "; ".join(dict.fromkeys(defaults[key][1] for key in changes))
+    return config, f"{words} (not given): {sources}"
 
 
 def _shipped(data: str) -> str | None:
@@ -146,6 +168,12 @@ def class_count(config: EstimateConfig, resolved: ResolvedModel) -> tuple[Estima
     own data (``Model.train``)."""
     from yolomem.config.dataset import dataset_classes, read_classify_folder
 
+    if config.single_cls and config.nc is None and resolved.task != "classify":
+        one_class, note = single_class(resolved)
+        if one_class:
+            return config.with_changes(nc=1), note
+        config, counted = class_count(config.with_changes(single_cls=False), resolved)
+        return config.with_changes(single_cls=True), "; ".join(n for n in (note, counted) if n)
     if config.nc is None and resolved.task == "classify" and config.data and Path(config.data).expanduser().is_dir():
         # ClassificationTrainer builds (or reshapes) the head for the folder's classes
         classes = read_classify_folder(config.data).classes
@@ -169,3 +197,19 @@ def class_count(config: EstimateConfig, resolved: ResolvedModel) -> tuple[Estima
     if not config.data:
         note += "; pass nc= or data= for yours"
     return config.with_changes(nc=classes), note
+
+
+def single_class(resolved: ResolvedModel) -> tuple[bool, str]:
+    """Whether ``single_cls=True`` builds the model with one class, and the note that says so: the yolov5
+    repo's train scripts do (``nc = 1 if single_cls else int(data_dict['nc'])``); Ultralytics from 8.3.79
+    (``get_dataset`` sets ``nc`` to 1; ``release.single_cls_one_class``); before, it only relabels every
+    object class 0 and builds the model with the data's classes."""
+    if resolved.framework == "yolov5":
+        return True, "single_cls=True: nc=1 (train.py builds the model with one class)"
+    from yolomem.loops.ultralytics.release import release
+
+    installed = release()
+    if installed.single_cls_one_class:
+        return True, f"single_cls=True: nc=1 (ultralytics {installed.version} builds the model with one class)"
+    return False, (f"single_cls=True: ultralytics {installed.version} labels every object class 0 but builds the model "
+                   "with the data's classes (one class from 8.3.79)")

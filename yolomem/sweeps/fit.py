@@ -524,10 +524,10 @@ def _card(budget: Budget) -> str:
 
 def _for(prober: Prober, config: EstimateConfig, solve: str) -> tuple[Probe, ...]:
     """The probes of this search, in the order they ran."""
-    return tuple(
-        probe for key, probe in prober._probes.items()
-        if key.with_changes(batch=config.batch, imgsz=config.imgsz) == config.with_changes(notes=())
-    )  # fmt: skip
+    def search_of(probed: EstimateConfig) -> EstimateConfig:  # its probes differ from it in these two only
+        return probed.with_changes(batch=config.batch, imgsz=config.imgsz)
+
+    return tuple(probe for key, probe in prober._probes.items() if search_of(key) == search_of(config))
 
 
 def line_prediction(x1: float, m1: int, x2: float, m2: int, capacity: int) -> float | None:

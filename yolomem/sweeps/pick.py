@@ -117,8 +117,8 @@ def _model_names() -> set[str]:
 
 def pick_models(
     gpu: str | None = None,
-    imgsz: int = 640,
-    batch: int = 16,
+    imgsz: int | None = None,
+    batch: int | None = None,
     task: str = "detect",
     *,
     gpu_mem: float | None = None,
@@ -133,8 +133,11 @@ def pick_models(
     ``models``, or every size of ``family`` (default ``DEFAULT_FAMILY``) for ``task``.
 
     ``config`` carries any other settings (amp, optimizer, ...); its model is replaced by each candidate.
+    ``imgsz``/``batch`` None: the config's, or where it leaves them to the trainer (or without a config),
+    what each candidate's trainer takes (a classifier trains at 224).
     """
-    wanted = {"imgsz": imgsz, "batch": batch, "gpu": gpu, "gpu_mem": gpu_mem}
+    wanted = {key: value for key, value in {"imgsz": imgsz, "batch": batch, "gpu": gpu, "gpu_mem": gpu_mem}.items()
+              if value is not None}  # fmt: skip
     if config is not None:
         base = config.with_changes(**wanted, **settings)
     else:
@@ -167,6 +170,7 @@ def pick_models(
     rows.sort(key=lambda row: row.params)
     return PickResult(
         gpu=budget.gpu.name, gpu_total_bytes=budget.gpu.total_bytes, capacity_bytes=budget.capacity_bytes,
-        margin=budget.margin, batch=base.batch, imgsz=rows[0].estimate.config.imgsz if rows else base.imgsz,
+        margin=budget.margin, batch=rows[0].estimate.config.batch if rows else base.batch,
+        imgsz=rows[0].estimate.config.imgsz if rows else base.imgsz,
         task=None if models else task, rows=tuple(rows), family=None if models else family, optimizer=base.optimizer,
     )  # fmt: skip

@@ -102,6 +102,17 @@ class UltralyticsLoop:
 
         return release().gpu_mem_unit
 
+    def trainer_defaults(self, resolved: ResolvedModel) -> dict[str, tuple[int, str]]:
+        """A checkpoint's training imgsz (``Model.train`` keeps it; a published one's too, ``models.
+        published_training_imgsz``), else the task's trainer's (``release.default_imgsz``: 224 for classify)."""
+        if resolved.trained_imgsz is not None:
+            return {"imgsz": (resolved.trained_imgsz, f"{resolved.trained_imgsz_source} was trained at it, and "
+                                                      "Ultralytics' Model.train keeps it")}  # fmt: skip
+        from yolomem.loops.ultralytics.release import release
+
+        imgsz = release().default_imgsz.get(resolved.task)
+        return {} if imgsz is None else {"imgsz": (imgsz, f"what Ultralytics' {resolved.task} trainer trains at")}
+
     def epochs_supported(self, resolved: ResolvedModel, world_size: int) -> bool:
         from yolomem.loops.ultralytics.families import family_of
 

@@ -131,7 +131,7 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
         raise UserError("no model given; try e.g. 'yolov8n.yaml'")
     spec = str(spec).strip()
     path = Path(spec).expanduser()
-    note = ""
+    note, weights = "", None  # weights: the published .pt name that stands for its YAML
     if path.suffix == ".pt":
         if path.is_file():
             return _from_checkpoint(path)
@@ -141,7 +141,7 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
         if yaml_name not in shipped_model_names():
             raise unknown("model", spec, [n[:-5] + ".pt" for n in shipped_model_names()], where=_installed(spec))
         note = f"{spec} is not on disk and would need a download; using {yaml_name} (same architecture, random weights)"
-        spec, path = yaml_name, Path(yaml_name)
+        weights, spec, path = spec, yaml_name, Path(yaml_name)
     elif path.suffix in {".yaml", ".yml"} and path.is_file():
         cfg, weights_note = _without_downloads(_local_yaml(path))
         return ResolvedModel(path.stem, "local-yaml", _task(cfg, spec), cfg, None, weights_note)
@@ -158,7 +158,29 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
         raise unknown("model", spec, shipped_model_names(), where=_installed(spec))
     cfg = yaml_model_load(spec)
     cfg, weights_note = _without_downloads(cfg)
-    return ResolvedModel(path.stem, "yaml", _task(cfg, spec), cfg, None, "; ".join(n for n in (note, weights_note) if n))
+    task = _task(cfg, spec)
+    trained = published_training_imgsz(weights, task, spec) if weights else None
+    return ResolvedModel(path.stem, "yaml", task, cfg, None, "; ".join(n for n in (note, weights_note) if n),
+                         trained_imgsz=trained, trained_imgsz_source=f"Ultralytics' published {weights} (the docs' "
+                         "model table)" if trained else "")  # fmt: skip
+
+
+def published_training_imgsz(weights: str, task: str, yaml_name: str) -> int | None:
+    """The imgsz Ultralytics' published ``weights`` were trained at: their ``train_args`` hold it, and
+    ``Model.train`` trains at it when imgsz is not given. The "size (pixels)" column of the model tables
+    on docs.ultralytics.com: 1024 for the OBB models (DOTAv1), 1280 for the P6 models (yolov5n6u..x6u,
+    yolov8x-pose-p6), 224 for the classifiers, 640 for the rest. None for a name the installed release
+    does not publish (``utils.downloads``' asset list): its download would fail."""
+    from ultralytics.utils import downloads
+
+    published = getattr(downloads, "GITHUB_ASSETS_NAMES", None) or getattr(downloads, "GITHUB_ASSET_NAMES", ())
+    if weights not in published:
+        return None
+    if task == "obb":
+        return 1024
+    if "-p6" in yaml_name:
+        return 1280
+    return 224 if task == "classify" else 640
 
 
 def _task(cfg: dict, spec: str) -> str:
@@ -241,8 +263,12 @@ def check_model_cfg(cfg: object, where: str) -> None:
 
 
 def _from_checkpoint(path: Path) -> ResolvedModel:
-    """A local Ultralytics checkpoint: its architecture (``model.yaml``) and class count."""
+    """A local Ultralytics checkpoint: its architecture (``model.yaml``), class count and training imgsz.
+    Loading it keeps its ``train_args`` over default.yaml's (``nn.tasks``: ``{**DEFAULT_CFG_DICT,
+    **ckpt["train_args"]}``), and ``Model.train`` passes their imgsz on as an override: a fine-tune
+    that gives no imgsz trains at the checkpoint's."""
     import torch
+    from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import guess_model_task
 
     try:
@@ -253,7 +279,11 @@ def _from_checkpoint(path: Path) -> ResolvedModel:
     cfg = getattr(model, "yaml", None)
     if not isinstance(cfg, dict):
         raise UserError(f"checkpoint {str(path)!r} holds no Ultralytics model with a 'yaml' config")
-    return ResolvedModel(path.stem, "checkpoint", guess_model_task(cfg), dict(cfg), int(cfg.get("nc", 80)))
+    train_args = checkpoint.get("train_args")
+    imgsz = train_args.get("imgsz") if isinstance(train_args, dict) and train_args.get("imgsz") else get_cfg().imgsz
+    imgsz = max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz  # trained at the larger side (check_imgsz)
+    return ResolvedModel(path.stem, "checkpoint", guess_model_task(cfg), dict(cfg), int(cfg.get("nc", 80)),
+                         trained_imgsz=int(imgsz), trained_imgsz_source=f"{path.name} (its train_args)")  # fmt: skip
 
 
 def ultralytics_gflops(model: str, imgsz: int) -> tuple[float | None, str]:

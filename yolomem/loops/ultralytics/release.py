@@ -21,7 +21,11 @@ never looked up by version number:
 - ``fused_adam``: whether ``build_optimizer`` asks for fused Adam/AdamW on CUDA (8.4.154) or
   leaves torch's default, the foreach kernels;
 - ``semantic_masks``: whether the data pipeline's ``Format`` adds ``sem_masks`` to segmentation batches
-  (8.4.0), which the trainer and the validator move to the GPU and YOLO26-seg's loss reads.
+  (8.4.0), which the trainer and the validator move to the GPU and YOLO26-seg's loss reads;
+- ``default_imgsz``: the imgsz each task's trainer trains at when none is given: its ``__init__`` called
+  with ``BaseTrainer.__init__`` stubbed (``ClassificationTrainer`` sets 224 in every supported release).
+- ``single_cls_one_class``: whether ``single_cls=True`` makes the dataset one class, so that the model is
+  built with ``nc=1`` (``get_dataset``'s syntax tree, 8.3.79), or only relabels every object class 0.
 
 ``check_release`` refuses releases known not to work (one line, exit 2) and warns about releases
 newer than the newest one tested. README, "Ultralytics releases", lists what differs and where.
@@ -85,6 +89,8 @@ class Release:
     optimizers: tuple[str, ...]  # names build_optimizer accepts, as it spells them
     auto_short: str  # optimizer=auto for runs of at most SHORT_RUN_ITERATIONS
     auto_long: str  # ... and for longer runs
+    default_imgsz: dict[str, int]  # per task: what the trainer trains at when imgsz is not given
+    single_cls_one_class: bool  # single_cls=True builds the model with one class
 
     def optimizer_name(self, requested: str) -> str:
         """The installed spelling of ``requested`` (``RMSprop`` vs ``RMSProp``), or a one-line error."""
@@ -183,7 +189,8 @@ def _probe_release() -> Release:
         clears = cache_clears()
     except ReleaseProbeError:
         clears = None
-    return Release(version, gpu_mem_unit(), clears, validation_precision(), fused_adam(), optimizers(), short, long)
+    return Release(version, gpu_mem_unit(), clears, validation_precision(), fused_adam(), optimizers(), short, long,
+                   default_imgsz(), single_cls_one_class())  # fmt: skip
 
 
 _TASK_MAP_FIELDS = ("model", "trainer", "validator", "predictor")
@@ -347,6 +354,46 @@ def semantic_masks() -> bool:
     from ultralytics.data.augment import Format
 
     return "sem_masks" in inspect.getsource(Format)
+
+
+def default_imgsz() -> dict[str, int]:
+    """Per task, the imgsz its trainer trains at when the user gives none: each trainer's own ``__init__``
+    runs with ``BaseTrainer.__init__`` replaced by a stand-in that keeps the overrides passed up to it
+    (``ClassificationTrainer``: ``if overrides.get("imgsz") is None: overrides["imgsz"] = 224``); where a
+    trainer sets none, default.yaml's. A list is trained at its larger side, as ``check_imgsz`` does."""
+    from unittest import mock
+
+    from ultralytics.cfg import get_cfg
+    from ultralytics.engine.trainer import BaseTrainer
+
+    found = {}
+    for task, classes in task_map().items():
+        passed: dict = {}
+
+        def keep(self, cfg=None, overrides=None, _callbacks=None, passed=passed):
+            passed.update(overrides or {})
+
+        with mock.patch.object(BaseTrainer, "__init__", keep), contextlib.suppress(Exception):
+            classes["trainer"](overrides={})  # lines after super().__init__() may read what the stand-in skipped
+        imgsz = passed.get("imgsz") if passed.get("imgsz") is not None else get_cfg().imgsz
+        found[task] = int(max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz)
+    return found
+
+
+def single_cls_one_class() -> bool:
+    """``BaseTrainer.get_dataset`` sets ``nc`` to 1 under ``if self.args.single_cls`` (8.3.78 -> 8.3.79:
+    "Overriding class names with single class."), and the trainer builds the model with the data's nc;
+    before, single_cls only relabelled the objects class 0 in the dataset."""
+    from ultralytics.engine.trainer import BaseTrainer
+
+    for node in ast.walk(_function_tree(BaseTrainer.get_dataset)):
+        if isinstance(node, ast.If) and "single_cls" in ast.unparse(node.test):
+            for statement in ast.walk(node):
+                if (isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Constant)
+                        and statement.value.value == 1 and any(isinstance(t, ast.Subscript)
+                        and isinstance(t.slice, ast.Constant) and t.slice.value == "nc" for t in statement.targets)):
+                    return True  # fmt: skip
+    return False
 
 
 def _probe_build(name: str, iterations: int = SHORT_RUN_ITERATIONS):

@@ -10,9 +10,10 @@ loop variables: alive until the next batch replaces them (``held``).
 
 What the repo fixes: AMP is on whenever CUDA is (``autocast(enabled=cuda)``, ``GradScaler(enabled=cuda)``):
 fp16, whatever ``amp=`` says. The defaults of ``parse_opt``: Adam, ``lr0=0.001``, ``decay=5e-5``,
-``label_smoothing=0.1``; ``smart_optimizer(..., momentum=0.9, ...)``; imgsz is used as given (no
-rounding to the stride). ``tests/test_yolov5_matches_repo.py`` checks the iteration against the repo's
-own ``ClassificationModel``, ``smart_optimizer`` and ``ModelEMA`` (fp32: CUDA autocast cannot run on a CPU).
+``label_smoothing=0.1``, imgsz 224, batch 64; ``smart_optimizer(..., momentum=0.9, ...)``; imgsz is used
+as given (no rounding to the stride). ``tests/test_yolov5_matches_repo.py`` checks the iteration against
+the repo's own ``ClassificationModel``, ``smart_optimizer`` and ``ModelEMA`` (fp32: CUDA autocast cannot
+run on a CPU).
 
 Not here: validation (``classify/val.py`` at twice the batch), which train.py runs inside the last
 iteration of each epoch.
@@ -35,6 +36,7 @@ from yolomem.trace.tracer import Tracer
 LR0, MOMENTUM, DECAY = 0.001, 0.9, 5e-5  # classify/train.py: --lr0, smart_optimizer(momentum=0.9), --decay
 LABEL_SMOOTHING = 0.1  # --label-smoothing
 OPTIMIZER = "Adam"  # --optimizer
+IMGSZ, BATCH = 224, 64  # --imgsz, --batch-size: what a run that gives neither trains at
 PRECISION = "fp16"  # amp.autocast(enabled=cuda)
 
 

@@ -76,6 +76,15 @@ class Yolov5Loop:
     def gpu_mem_unit(self) -> str:
         return "GB"  # train.py prints torch.cuda.memory_reserved() / 1E9
 
+    def trainer_defaults(self, resolved) -> dict[str, tuple[int, str]]:
+        """classify/train.py's own ``--imgsz 224`` and ``--batch-size 64``; train.py and segment/train.py
+        default to 640 and 16, yolomem's defaults."""
+        if resolved.task != "classify":
+            return {}
+        from yolomem.loops.yolov5.classify import BATCH, IMGSZ
+
+        return {"imgsz": (IMGSZ, "classify/train.py's default"), "batch": (BATCH, "classify/train.py's default")}
+
     def epochs_supported(self, resolved, world_size: int) -> bool:
         return resolved.task in {"detect", "segment"} and world_size == 1
 
