@@ -244,11 +244,14 @@ def test_pick_family_errors(words, fragment, capsys):
 
 def test_the_yolo_train_line_uses_the_users_data_or_a_placeholder():
     from yolomem.config.settings import EstimateConfig
-    from yolomem.sweeps.fit import DATA_PLACEHOLDER, yolo_train_command
+    from yolomem.sweeps.fit import DATA_PLACEHOLDER, train_command, yolo_train_command
 
     line = yolo_train_command(EstimateConfig(model="yolov8s.yaml"))
     assert f"data={DATA_PLACEHOLDER}" in line and "coco" not in line
     assert "data=my/data.yaml" in yolo_train_command(EstimateConfig(model="yolov8s.yaml", data="my/data.yaml"))
+    # a classifier's data is a folder (train/ and val/ class folders), not a YAML
+    assert "data=path/to/dataset " in train_command(EstimateConfig(model="yolov8n-cls.yaml"))
+    assert " single_cls=True" in train_command(EstimateConfig(model="yolov8s.yaml", single_cls=True))
 
 
 @pytest.mark.slow  # 7 searches of a few traces each: about 1.5 min on 2 shared cores
@@ -386,6 +389,39 @@ def test_the_yolov5_repo_line_is_what_its_train_py_reads(changes, monkeypatch):
     assert tuple(frozen) == config.freeze
     assert opt.device == ("0,1" if config.world_size == 2 else "")
     assert ("no switch" in note) == (config.amp != "fp16") and ("nbs" in note) == (config.nbs != 64)
+
+
+@pytest.mark.parametrize(("model", "script"), [("yolov5s-seg", "segment/train.py"), ("yolov5s-cls", "classify/train.py")])
+def test_the_yolov5_repo_line_runs_the_tasks_own_script(model, script, monkeypatch):
+    """Segmentation and classification train through the repo's segment/ and classify/ scripts; their own
+    argument parsers (outside truth) read the line back. classify/train.py takes --model, not --cfg."""
+    import importlib
+    import shlex
+    import sys
+    import types
+
+    from yolov5_reference import yolov5_or_reason
+
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.sweeps.fit import train_command
+
+    if yolov5_or_reason()[0] is None:
+        pytest.skip(yolov5_or_reason()[1])
+    connector = types.ModuleType("yolov5.utils.roboflow")  # the scripts import the Roboflow helper, which needs
+    connector.RoboflowConnector = object  # the roboflow package; their argument parsers do not
+    monkeypatch.setitem(sys.modules, "yolov5.utils.roboflow", connector)
+    parser = importlib.import_module(f"yolov5.{script.removesuffix('.py').replace('/', '.')}")
+    config = EstimateConfig.from_mapping({"model": model, "batch": 8, "imgsz": 320, "optimizer": "AdamW",
+                                          "single_cls": True})  # fmt: skip
+    words = shlex.split(train_command(config).partition("  #")[0])
+    assert words[:2] == ["python", script]
+    monkeypatch.setattr(sys, "argv", words[1:])
+    opt = parser.parse_opt()
+    assert (opt.batch_size, opt.imgsz, opt.optimizer) == (8, 320, "AdamW")
+    if script.startswith("classify"):
+        assert opt.model == "yolov5s-cls.pt" and opt.data == "path/to/dataset"  # a folder of class folders
+    else:
+        assert (opt.cfg, opt.weights, opt.single_cls, opt.data) == ("yolov5s-seg.yaml", "", True, "path/to/data.yaml")
 
 
 @pytest.mark.parametrize(("model", "cfg", "darknet"), [("yolov5s", "yolov5s.yaml", False), ("yolov4", "yolov4.cfg", True),

@@ -45,6 +45,9 @@ BATCH_BRACKET = (4, 16)
 IMGSZ_BRACKET = (320, 640)
 
 DATA_PLACEHOLDER = "path/to/data.yaml"  # the yolo train line's data= when the user gave none: never a dataset we chose
+FOLDER_PLACEHOLDER = "path/to/dataset"  # ... for a classifier, whose data is a folder of train/ and val/ class folders
+# the yolov5 repo's script per task; each takes the same --img, --batch-size, --data and --device
+YOLOV5_SCRIPTS = {"detect": "train.py", "segment": "segment/train.py", "classify": "classify/train.py"}
 Progress = Callable[[str], None]
 
 __all__ = ["DEFAULT_MARGIN", "Budget", "FitResult", "NothingFits", "Probe", "largest_batch", "largest_imgsz", "Prober"]
@@ -125,11 +128,17 @@ class FitResult:
         }
 
 
-def yolo_train_command(config: EstimateConfig, model: str | None = None) -> str:
+def _data_placeholder(task: str) -> str:
+    return FOLDER_PLACEHOLDER if task == "classify" else DATA_PLACEHOLDER
+
+
+def yolo_train_command(config: EstimateConfig, model: str | None = None, task: str = "detect") -> str:
     """The ``yolo train`` line that runs ``config``; settings Ultralytics has no switch for become
     an environment variable (allocator) or a note (checkpointing needs a callback)."""
-    words = ["yolo", "train", f"model={model or config.model}", f"data={config.data or DATA_PLACEHOLDER}",
+    words = ["yolo", "train", f"model={model or config.model}", f"data={config.data or _data_placeholder(task)}",
              f"batch={config.batch}", f"imgsz={config.imgsz}"]  # fmt: skip
+    if config.single_cls:
+        words.append("single_cls=True")
     if config.amp == "fp32":
         words.append("amp=False")
     if config.optimizer != "auto":
@@ -172,8 +181,8 @@ def train_command(config: EstimateConfig, model: str | None = None) -> str:
 
     resolved = resolve_model(config.model, config.framework)
     if resolved.framework == "yolov5":
-        return yolov5_train_command(config, model, darknet=is_darknet(resolved))
-    return yolo_train_command(config, model)
+        return yolov5_train_command(config, model, darknet=is_darknet(resolved), task=resolved.task)
+    return yolo_train_command(config, model, resolved.task)
 
 
 def is_darknet(resolved: ResolvedModel) -> bool:
@@ -194,18 +203,35 @@ def yolov5_cfg(name: str, darknet: bool) -> tuple[str, str]:
 
 
 YOLOV5_OPTIMIZERS = {"SGD", "Adam", "AdamW"}  # train.py's --optimizer choices
+CLASSIFY_OPTIMIZERS = {"SGD", "Adam", "AdamW", "RMSProp"}  # classify/train.py's
 
 
-def yolov5_train_command(config: EstimateConfig, model: str | None = None, darknet: bool = False) -> str:
-    """The yolov5 repo's ``python train.py`` line for ``config``; what train.py has no flag for becomes
-    a note (it trains with AMP whenever its AMP check passes, and fixes nbs at 64). ``darknet``: a
-    YOLOv3/v4 design from a darknet ``.cfg`` (``is_darknet``)."""
+def yolov5_model_words(config: EstimateConfig, model: str | None, darknet: bool, task: str) -> tuple[list[str], str]:
+    """The yolov5 repo's script for ``task`` and how it takes the model, and a note where it cannot: train.py
+    and segment/train.py build ``--cfg`` from scratch (``--weights ''``); classify/train.py takes
+    ``--model yolov5s-cls.pt`` (it has no ``--cfg``)."""
+    if task == "classify":
+        stem = (model or config.model).removesuffix(".yaml").removesuffix(".yml").removesuffix(".pt")
+        return [YOLOV5_SCRIPTS[task], "--model", f"{stem}.pt"], ""
     cfg, cfg_note = yolov5_cfg(model or config.model, darknet)
-    words = ["train.py", "--cfg", cfg, "--weights", "''", "--data", config.data or DATA_PLACEHOLDER,
-             "--img", str(config.imgsz), "--batch-size", str(config.batch)]  # fmt: skip
-    if config.optimizer in YOLOV5_OPTIMIZERS:
+    return [YOLOV5_SCRIPTS.get(task, "train.py"), "--cfg", cfg, "--weights", "''"], cfg_note
+
+
+def yolov5_train_command(config: EstimateConfig, model: str | None = None, darknet: bool = False,
+                         task: str = "detect") -> str:
+    """The yolov5 repo's ``python train.py`` line for ``config`` (``segment/train.py``, ``classify/train.py``
+    for those tasks); what the script has no flag for becomes a note (it trains with AMP whenever its AMP
+    check passes, and train.py fixes nbs at 64). ``darknet``: a YOLOv3/v4 design from a darknet ``.cfg``
+    (``is_darknet``)."""
+    words, cfg_note = yolov5_model_words(config, model, darknet, task)
+    words += ["--data", config.data or _data_placeholder(task), "--img", str(config.imgsz), "--batch-size",
+              str(config.batch)]  # fmt: skip
+    classify = task == "classify"
+    if config.optimizer in (CLASSIFY_OPTIMIZERS if classify else YOLOV5_OPTIMIZERS):
         words += ["--optimizer", config.optimizer]
-    if config.freeze:
+    if config.single_cls and not classify:
+        words.append("--single-cls")
+    if config.freeze and not classify:
         first = _first_layers(config.freeze)
         words += ["--freeze", *([str(first)] if first is not None else map(str, config.freeze))]
     if config.world_size > 1:
@@ -216,8 +242,10 @@ def yolov5_train_command(config: EstimateConfig, model: str | None = None, darkn
     if config.amp != "fp16":
         notes.append(f"{'FP32' if config.amp == 'fp32' else 'bf16'}: train.py has no switch for it (it trains with "
                      "fp16 AMP whenever its AMP check passes); change its autocast in a copy of train.py")  # fmt: skip
-    if config.nbs != 64:
+    if config.nbs != 64 and not classify:  # classify/train.py steps every batch: no nbs
         notes.append(f"nbs={config.nbs}: train.py fixes nbs = 64; edit that line")
+    if config.freeze and classify:
+        notes.append("freeze: classify/train.py has no --freeze; set requires_grad in a copy of it")
     if config.checkpoint:
         notes.append("checkpointing: wrap the model's layers in torch.utils.checkpoint in a copy of train.py")
     return line + "".join(f"  # {note}" for note in notes)

@@ -193,11 +193,11 @@ def _deploy_json(series: DeploySeries) -> dict:
 
 def train_command(config: EstimateConfig, resolved: ResolvedModel) -> str:
     """The training command of this setting, without the batch (the page appends it)."""
-    from yolomem.sweeps.fit import is_darknet, yolov5_cfg
+    from yolomem.sweeps.fit import is_darknet, yolov5_model_words
 
     if resolved.framework == "yolov5":  # the yolov5 repo's train.py (a .cfg trainer for the darknet designs)
-        words = ["python", "train.py", "--cfg", yolov5_cfg(config.model, is_darknet(resolved))[0], "--img", str(config.imgsz)]
-        return shlex.join(words) + " --batch-size"
+        script = yolov5_model_words(config, None, is_darknet(resolved), resolved.task)[0]
+        return " ".join(["python", *script, "--img", str(config.imgsz)]) + " --batch-size"
     words = ["yolo", "train", f"model={config.model}", "data=YOUR_DATA.yaml", f"imgsz={config.imgsz}"]
     if config.amp == "fp32":
         words.append("amp=False")
