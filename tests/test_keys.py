@@ -149,3 +149,8 @@ def test_keys_that_can_only_lower_memory_are_not_called_without_effect():
     for notes in (words.notes, api):
         assert "at most the square batch's memory" in notes[0] and "no denser batch" in notes[1]
         assert notes[2] == "lr0=0.01 does not change GPU memory; ignored"
+    # only the values that lower it: val=False validates after the final epoch alone (BaseTrainer._do_train)
+    notes = EstimateConfig.from_mapping({"val": False, "rect": False, "fraction": 1.0}).notes
+    assert "validation only after the final epoch" in notes[0]
+    assert notes[1:] == ("rect=False does not change GPU memory; ignored", "fraction=1.0 does not change GPU memory; ignored")
+    assert EstimateConfig.from_words(["val=True"]).notes == ("val=True does not change GPU memory; ignored",)

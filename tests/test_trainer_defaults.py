@@ -27,13 +27,14 @@ def test_a_classifier_trains_at_what_ultralytics_trainer_sets(tmp_path, monkeypa
     assert given.config.imgsz == 640 and not any("not given" in note for note in given.notes)
 
 
-def _checkpoint_trained_at(tmp_path, imgsz: int) -> str:
+def _checkpoint_trained_at(tmp_path, imgsz: int, **train_args) -> str:
     """A local checkpoint as Ultralytics saves one: the model, and the arguments it was trained with."""
     import torch
     from ultralytics.nn.tasks import DetectionModel
 
     path = tmp_path / "best.pt"
-    torch.save({"model": DetectionModel("yolov8n.yaml", nc=1, verbose=False), "train_args": {"imgsz": imgsz}}, path)
+    model = DetectionModel("yolov8n.yaml", nc=1, verbose=False)
+    torch.save({"model": model, "train_args": {"imgsz": imgsz, **train_args}}, path)
     return str(path)
 
 
@@ -42,9 +43,24 @@ def test_a_checkpoint_trains_at_the_imgsz_it_was_trained_at(tmp_path, monkeypatc
     truth = trainer_at_start(path, detect_dataset(tmp_path / "data"), tmp_path, monkeypatch).args.imgsz
     prepared = prepare(EstimateConfig.from_words([path]))
     assert prepared.config.imgsz == truth == 320
-    said = "imgsz=320 (not given): best.pt (its train_args) was trained at it, and Ultralytics' Model.train keeps it"
+    said = "imgsz=320 (not given): as best.pt was trained (its train_args), which Ultralytics' Model.train keeps"
     assert said in prepared.notes
     assert prepare(EstimateConfig.from_words([path, "imgsz=640"])).config.imgsz == 640
+
+
+def test_a_checkpoint_trained_single_cls_is_fine_tuned_single_cls(tmp_path, monkeypatch):
+    """``Model.train`` keeps the checkpoint's single_cls too (``_reset_ckpt_args``); where the installed
+    release makes that one class (8.3.79+), the model is built with nc=1 whatever the data names."""
+    path = _checkpoint_trained_at(tmp_path, 320, single_cls=True)
+    data = detect_dataset(tmp_path / "data", names=("a", "b", "c"))
+    trainer = trainer_at_start(path, data, tmp_path, monkeypatch)
+    # Model.train has built the checkpoint's model with the data by now (get_model, before train())
+    prepared = prepare(EstimateConfig.from_words([path, f"data={data}"]))
+    assert prepared.config.single_cls is trainer.args.single_cls is True
+    assert (prepared.config.nc or 80) == trainer.model.model[-1].nc
+    assert "imgsz=320 and single_cls=True (not given): as best.pt was trained (its train_args), which Ultralytics' " \
+           "Model.train keeps" in prepared.notes
+    assert prepare(EstimateConfig.from_words([path, f"data={data}", "single_cls=False"])).config.nc == 3
 
 
 def test_deploy_runs_a_checkpoint_at_the_imgsz_it_was_trained_at(tmp_path):
@@ -108,8 +124,8 @@ def test_a_yolov5_classifier_takes_classify_train_pys_defaults():
 
 def test_a_key_set_later_is_no_longer_left_to_the_trainer():
     config = EstimateConfig.from_words(["yolov8n-cls.yaml"])
-    assert config.left_to_trainer == ("imgsz", "batch")
-    assert config.with_changes(imgsz=640).left_to_trainer == ("batch",)  # a sweep's imgsz=640 is 640
+    assert config.left_to_trainer == ("imgsz", "batch", "single_cls")
+    assert config.with_changes(imgsz=640).left_to_trainer == ("batch", "single_cls")  # a sweep's imgsz=640 is 640
     assert prepare(config.with_changes(imgsz=640)).config.imgsz == 640
     assert prepare(config.with_changes(batch=32)).config.imgsz == 224  # a batch sweep keeps the trainer's imgsz
     assert EstimateConfig.from_json(config.to_json()) == config  # the JSON form keeps what was left out

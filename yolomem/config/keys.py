@@ -311,18 +311,35 @@ def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], 
     return Words(tuple(positionals), values, tuple(notes), tuple(values))
 
 
-# Ultralytics keys left out of the estimate though they can lower memory: the figure is then an upper one
+# Ultralytics keys left out of the estimate though at some values they can lower memory: the figure is
+# then an upper one. Per key: whether the value given is such a value, and what it does.
+def _truthy(text: str) -> bool:
+    return str(text).strip().lower() in {"true", "1", "yes"}
+
+
+def _below_one(text: str) -> bool:
+    try:
+        return float(text) < 1
+    except ValueError:
+        return False
+
+
 _LOWER_ONLY = {
-    "rect": "rectangular batches of non-square images need at most the square batch's memory, which is estimated",
-    "fraction": "part of the dataset: no denser batch than the whole set's, which is estimated",
+    "rect": (_truthy, "rectangular batches of non-square images need at most the square batch's memory, which is "
+                      "estimated"),
+    "fraction": (_below_one, "part of the dataset: no denser batch than the whole set's, which is estimated"),
+    # BaseTrainer._do_train: `if self.args.val or final_epoch: ... self.validate()`
+    "val": (lambda text: not _truthy(text), "validation only after the final epoch: GPU_mem of the epochs before it "
+                                            "can be lower; the run's peak, with that validation, is estimated"),
 }
 
 
 def ignored_note(key: str, value: object) -> str:
     """The note for an Ultralytics key the estimate does not take: no effect on GPU memory, or (``_LOWER_ONLY``)
     an effect that can only lower it."""
-    if key in _LOWER_ONLY:
-        return f"{key}={value}: {_LOWER_ONLY[key]}; not modelled"
+    lowers, what = _LOWER_ONLY.get(key, (None, ""))
+    if lowers is not None and lowers(str(value)):
+        return f"{key}={value}: {what}; not modelled"
     return f"{key}={value} does not change GPU memory; ignored"
 
 

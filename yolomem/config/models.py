@@ -5,7 +5,7 @@ Resolving a name is each training loop's job (``yolomem.loops.resolve_model``); 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -17,8 +17,10 @@ class ResolvedModel:
     nc: int | None  # classes, when a checkpoint says so
     note: str = ""  # e.g. "yolov8s.pt is not on disk; using yolov8s.yaml"
     framework: str = "ultralytics"  # the training loop (yolomem.loops) that trains it
-    trained_imgsz: int | None = None  # a checkpoint's: the imgsz it was trained at, which its trainer reuses
-    trained_imgsz_source: str = ""  # whose, and where that is read, e.g. "best.pt (its train_args)"
+    # a checkpoint's: the arguments it was trained with that Ultralytics' Model.train keeps when they are not
+    # given (imgsz, single_cls), and whose they are, e.g. "as best.pt was trained (its train_args)"
+    train_args: dict = field(default_factory=dict)
+    train_args_source: str = ""
 
     @property
     def kpt_shape(self) -> tuple[int, int]:

@@ -68,7 +68,7 @@ class EstimateConfig:
     scale: float = _default("scale")  # random zoom U(1 - scale, 1 + scale) (yolomem.loops.density)
     translate: float = _default("translate")  # random shift, a fraction of imgsz (yolomem.loops.density)
     # keys the user left out whose default the trainer sets per model (a classifier's imgsz, a checkpoint's
-    # training imgsz): yolomem.result.prepare fills them in once the model is resolved
+    # training imgsz and single_cls): yolomem.result.prepare fills them in once the model is resolved
     left_to_trainer: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=(), compare=False)
 
@@ -168,7 +168,7 @@ class EstimateConfig:
 
 
 # keys whose default the trainer may set per model when the user leaves them out (TrainingLoop.trainer_defaults)
-TRAINER_SET_KEYS = ("imgsz", "batch")
+TRAINER_SET_KEYS = ("imgsz", "batch", "single_cls")
 _FIELDS = tuple(f.name for f in fields(EstimateConfig) if f.name not in ("notes", "left_to_trainer"))
 
 

@@ -148,11 +148,12 @@ def deploy_config(config: DeployConfig) -> Deployment:
         raise UserError(f"deploy sizes the models Ultralytics runs (its predictor, validator and exporter); "
                         f"{config.model!r} is trained by the {resolved.framework} loop{_ultralytics_twin(config.model)}")
     notes = [*config.notes, *([resolved.note] if resolved.note else [])]
-    if not config.imgsz_given and resolved.trained_imgsz and resolved.trained_imgsz != config.imgsz:
+    trained = resolved.train_args.get("imgsz")
+    if not config.imgsz_given and trained and trained != config.imgsz:
         # Model.predict / val / export: {**self.overrides, ...}, and a checkpoint's overrides hold its train imgsz
-        config = config.with_changes(imgsz=resolved.trained_imgsz)
-        notes.append(f"imgsz={config.imgsz} (not given): {resolved.trained_imgsz_source} was trained at it, and "
-                     "Ultralytics' predict, val and export take it")  # fmt: skip
+        config = config.with_changes(imgsz=trained)
+        notes.append(f"imgsz={trained} (not given): {resolved.train_args_source}, which Ultralytics' predict, val "
+                     "and export take")  # fmt: skip
     assumptions: list[str] = []
     context = gpu.context_bytes if gpu else CUDA_CONTEXT_BYTES
     batch = config.resolved_batch

@@ -103,11 +103,12 @@ class UltralyticsLoop:
         return release().gpu_mem_unit
 
     def trainer_defaults(self, resolved: ResolvedModel) -> dict[str, tuple[int, str]]:
-        """A checkpoint's training imgsz (``Model.train`` keeps it; a published one's too, ``models.
-        published_training_imgsz``), else the task's trainer's (``release.default_imgsz``: 224 for classify)."""
-        if resolved.trained_imgsz is not None:
-            return {"imgsz": (resolved.trained_imgsz, f"{resolved.trained_imgsz_source} was trained at it, and "
-                                                      "Ultralytics' Model.train keeps it")}  # fmt: skip
+        """A checkpoint's training imgsz and single_cls (``Model.train`` keeps them; a published one's imgsz
+        too, ``models.published_training_imgsz``), else the task's trainer's imgsz (``release.default_imgsz``:
+        224 for classify)."""
+        if resolved.train_args:
+            why = f"{resolved.train_args_source}, which Ultralytics' Model.train keeps"
+            return {key: (value, why) for key, value in resolved.train_args.items()}
         from yolomem.loops.ultralytics.release import release
 
         imgsz = release().default_imgsz.get(resolved.task)

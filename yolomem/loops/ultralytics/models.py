@@ -160,9 +160,9 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
     cfg, weights_note = _without_downloads(cfg)
     task = _task(cfg, spec)
     trained = published_training_imgsz(weights, task, spec) if weights else None
+    source = f"as Ultralytics' published {weights} was trained (the docs' model table)"
     return ResolvedModel(path.stem, "yaml", task, cfg, None, "; ".join(n for n in (note, weights_note) if n),
-                         trained_imgsz=trained, trained_imgsz_source=f"Ultralytics' published {weights} (the docs' "
-                         "model table)" if trained else "")  # fmt: skip
+                         train_args={"imgsz": trained} if trained else {}, train_args_source=source)  # fmt: skip
 
 
 def published_training_imgsz(weights: str, task: str, yaml_name: str) -> int | None:
@@ -263,10 +263,10 @@ def check_model_cfg(cfg: object, where: str) -> None:
 
 
 def _from_checkpoint(path: Path) -> ResolvedModel:
-    """A local Ultralytics checkpoint: its architecture (``model.yaml``), class count and training imgsz.
-    Loading it keeps its ``train_args`` over default.yaml's (``nn.tasks``: ``{**DEFAULT_CFG_DICT,
-    **ckpt["train_args"]}``), and ``Model.train`` passes their imgsz on as an override: a fine-tune
-    that gives no imgsz trains at the checkpoint's."""
+    """A local Ultralytics checkpoint: its architecture (``model.yaml``), class count, and the training
+    arguments a fine-tune keeps. Loading it keeps its ``train_args`` over default.yaml's (``nn.tasks``:
+    ``{**DEFAULT_CFG_DICT, **ckpt["train_args"]}``), and ``Model.train`` passes their imgsz and single_cls
+    on (``_reset_ckpt_args``): a fine-tune that gives neither trains as the checkpoint was trained."""
     import torch
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import guess_model_task
@@ -279,11 +279,12 @@ def _from_checkpoint(path: Path) -> ResolvedModel:
     cfg = getattr(model, "yaml", None)
     if not isinstance(cfg, dict):
         raise UserError(f"checkpoint {str(path)!r} holds no Ultralytics model with a 'yaml' config")
-    train_args = checkpoint.get("train_args")
-    imgsz = train_args.get("imgsz") if isinstance(train_args, dict) and train_args.get("imgsz") else get_cfg().imgsz
+    train_args = checkpoint.get("train_args") if isinstance(checkpoint.get("train_args"), dict) else {}
+    imgsz = train_args.get("imgsz") or get_cfg().imgsz
     imgsz = max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz  # trained at the larger side (check_imgsz)
+    kept = {"imgsz": int(imgsz), "single_cls": bool(train_args.get("single_cls", False))}
     return ResolvedModel(path.stem, "checkpoint", guess_model_task(cfg), dict(cfg), int(cfg.get("nc", 80)),
-                         trained_imgsz=int(imgsz), trained_imgsz_source=f"{path.name} (its train_args)")  # fmt: skip
+                         train_args=kept, train_args_source=f"as {path.name} was trained (its train_args)")  # fmt: skip
 
 
 def ultralytics_gflops(model: str, imgsz: int) -> tuple[float | None, str]:
