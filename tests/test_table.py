@@ -204,3 +204,14 @@ def test_terminal_view_splits_many_cards_into_groups():
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 100
     for name in ("T4 (15 GiB)", "L4 (22.5 GiB)", "A100 (80 GiB)", "H100 (79.6 GiB)"):
         assert name in text
+
+
+def test_rows_of_models_given_take_what_each_trainer_takes():
+    """``yolomem table MODEL ...`` without imgsz or batch: each row as its trainer would train it (a
+    classifier at 224, the yolov5 repo's at batch 64 too), as ``estimate`` takes them."""
+    from yolomem.sweeps.table import RowRequest, model_rows
+
+    rows = model_rows(("yolov8n-cls.yaml", "yolov5n-cls", "yolov8n.yaml"))
+    assert rows == (RowRequest("yolov8n-cls.yaml", 224, 16), RowRequest("yolov5n-cls", 224, 64),
+                    RowRequest("yolov8n.yaml", 640, 16))  # fmt: skip
+    assert model_rows(("yolov8n-cls.yaml",), imgsz=320, batch=8) == (RowRequest("yolov8n-cls.yaml", 320, 8),)

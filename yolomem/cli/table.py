@@ -18,7 +18,8 @@ from yolomem.sweeps.table import DEFAULT_GPUS, METHODS
 from yolomem.workers import default_jobs
 
 TABLE_KEYS = KeyTable((
-    ESTIMATE_KEYS["imgsz"].but(default=None, nullable=True, help="every row at this imgsz (default: each row's own; 640)"),
+    ESTIMATE_KEYS["imgsz"].but(default=None, nullable=True, help="every row at this imgsz (default: each row's own; "
+                               "640, or what its trainer takes: 224 for a classifier)"),
     ESTIMATE_KEYS["batch"].but(default=None, nullable=True, help="every row at this batch (default: each row's own; 16)"),
     Key("gpus", TEXTS, DEFAULT_GPUS, "the cards of the fits and max-batch columns"),
     MARGIN,
@@ -58,11 +59,11 @@ def parse_table_words(words: list[str]) -> TableOptions:
 
 
 def rows_for(options: TableOptions):
-    from yolomem.sweeps.table import RowRequest, blog_rows
+    from yolomem.sweeps.table import blog_rows, model_rows
 
     if not options.models:
         return blog_rows(options.imgsz, options.batch)
-    return tuple(RowRequest(m, options.imgsz or 640, options.batch or 16) for m in options.models)
+    return model_rows(options.models, options.imgsz, options.batch)
 
 
 @command(

@@ -69,6 +69,22 @@ def blog_rows(imgsz: int | None = None, batch: int | None = None) -> tuple[RowRe
     return tuple(RowRequest(name, imgsz or size, batch or b) for _, name, size, b in BLOG_ROWS)
 
 
+def model_rows(models: Sequence[str], imgsz: int | None = None, batch: int | None = None) -> tuple[RowRequest, ...]:
+    """A row per model at ``imgsz`` and ``batch``; where one is None, what the model's trainer takes
+    (``yolomem.result.prepare.trainer_defaults``: a classifier at 224, a checkpoint at its own size)."""
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.loops import resolve_model
+    from yolomem.result.prepare import trainer_defaults
+
+    rows = []
+    for model in models:
+        given = {key: value for key, value in (("imgsz", imgsz), ("batch", batch)) if value is not None}
+        config = EstimateConfig.from_mapping({"model": model, **given})
+        config = trainer_defaults(config, resolve_model(model, config.framework))[0]
+        rows.append(RowRequest(model, config.imgsz, config.batch))
+    return tuple(rows)
+
+
 @dataclass(frozen=True)
 class GpuFit:
     gpu: str
