@@ -215,3 +215,17 @@ def test_rows_of_models_given_take_what_each_trainer_takes():
     assert rows == (RowRequest("yolov8n-cls.yaml", 224, 16), RowRequest("yolov5n-cls", 224, 64),
                     RowRequest("yolov8n.yaml", 640, 16))  # fmt: skip
     assert model_rows(("yolov8n-cls.yaml",), imgsz=320, batch=8) == (RowRequest("yolov8n-cls.yaml", 320, 8),)
+
+
+def test_a_classifiers_gflops_are_counted_as_ultralytics_counts_them():
+    """The -cls YAMLs' summary lines are not at 640 (yolo11n-cls.yaml: 0.5 GFLOPs, fewer parameters than
+    it builds): the figure is Ultralytics' own count on the model it builds, at the row's imgsz."""
+    from ultralytics.nn.tasks import ClassificationModel
+    from ultralytics.utils.torch_utils import get_flops
+
+    from yolomem.loops.ultralytics.models import ultralytics_gflops
+
+    for imgsz in (224, 640):
+        expected = get_flops(ClassificationModel("yolo11n-cls.yaml", verbose=False), imgsz)
+        assert expected > 0 and ultralytics_gflops("yolo11n-cls.yaml", imgsz) == (pytest.approx(expected), "counted")
+    assert ultralytics_gflops("yolo11n.yaml", 640) == (6.6, "yaml")  # detection: the YAML's line, at 640

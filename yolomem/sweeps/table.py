@@ -19,13 +19,12 @@ What the columns are:
   ``method="two-point"`` traces a second, half batch and fits the line through both peaks.
 - GFLOPs at the row's imgsz, batch 1: counted from the convolutions for the original designs; for
   Ultralytics models the figure its YAML (or, for YOLOv10, the paper) publishes for 640, scaled by
-  (imgsz / 640)^2.
+  (imgsz / 640)^2; for Ultralytics' classifiers, whose YAML lines are not at 640, its own count.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -298,8 +297,3 @@ def _run(groups, jobs: int, progress) -> dict:
     with worker_pool(jobs - 1) as pool:
         side_by_side(pool, groups, _trace_group, _trace_group, collect)
     return results
-
-
-# -- GFLOPs -------------------------------------------------------------------------------------------
-
-_SUMMARY = re.compile(r"^\s*([nsmblx]):\s*\[.*?\]\s*#.*?([\d.]+)\s*GFLOPs", re.IGNORECASE)

@@ -289,7 +289,12 @@ def _from_checkpoint(path: Path) -> ResolvedModel:
 
 def ultralytics_gflops(model: str, imgsz: int) -> tuple[float | None, str]:
     """GFLOPs of one image at ``imgsz`` (2 x multiply-adds, as Ultralytics and thop report), and where
-    the figure comes from: the YAML's own summary line, or the published table below."""
+    the figure comes from: the YAML's own summary line, or the published table below. A classifier's
+    are counted: its YAMLs' summary lines are not at 640 (yolo11n-cls.yaml says 0.5 GFLOPs, what
+    Ultralytics' ``get_flops`` counts at about 224, and fewer parameters than the model it builds)."""
+    resolved = resolve_ultralytics(model)
+    if resolved.task == "classify":
+        return counted_gflops(resolved, imgsz)
     published = yaml_summary(model)
     if published is not None and published[1] is not None:
         return published[1] * (imgsz / 640) ** 2, "yaml"
@@ -297,6 +302,19 @@ def ultralytics_gflops(model: str, imgsz: int) -> tuple[float | None, str]:
     if name in PUBLISHED_GFLOPS_640:
         return PUBLISHED_GFLOPS_640[name] * (imgsz / 640) ** 2, "published"
     return None, "unknown"
+
+
+def counted_gflops(resolved: ResolvedModel, imgsz: int) -> tuple[float | None, str]:
+    """GFLOPs at ``imgsz`` as Ultralytics' ``model_info`` counts them (``torch_utils.get_flops``, with thop),
+    on a CPU build of the model; unknown where thop is not installed (get_flops then says 0)."""
+    import torch
+    from ultralytics.utils.torch_utils import get_flops
+
+    from yolomem.loops.ultralytics.step import build_model
+
+    with torch.device("cpu"):
+        flops = get_flops(build_model(resolved.cfg, resolved.task, resolved.nc), imgsz)
+    return (flops, "counted") if flops else (None, "unknown")
 
 
 def counted_params(names: tuple[str, ...]) -> dict[str, int]:
