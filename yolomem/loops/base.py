@@ -107,8 +107,8 @@ class TrainingLoop(Protocol):
         """The unit the trainer prints ``GPU_mem`` in: "GiB" or "GB" (10^9 bytes)."""
 
     def trainer_defaults(self, resolved: ResolvedModel) -> dict[str, tuple[int, str]]:
-        """Per key (``imgsz``, ``batch``), what the trainer takes for this model when the user gives none,
-        and where that comes from; keys it takes from its usual defaults are left out."""
+        """Per key (``imgsz``, ``batch``, ``single_cls``), what the trainer takes for this model when the user
+        gives none, and where that comes from; keys it takes from its usual defaults are left out."""
 
     def epochs_supported(self, resolved: ResolvedModel, world_size: int) -> bool:
         """Whether whole epochs (val pass, epoch 2+) can be simulated for this task."""

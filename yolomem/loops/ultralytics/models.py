@@ -160,7 +160,7 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
     cfg, weights_note = _without_downloads(cfg)
     task = _task(cfg, spec)
     trained = published_training_imgsz(weights, task, spec) if weights else None
-    source = f"as Ultralytics' published {weights} was trained (the docs' model table)"
+    source = f"as Ultralytics' published {weights} was trained (the docs' model table)" if trained else ""
     return ResolvedModel(path.stem, "yaml", task, cfg, None, "; ".join(n for n in (note, weights_note) if n),
                          train_args={"imgsz": trained} if trained else {}, train_args_source=source)  # fmt: skip
 

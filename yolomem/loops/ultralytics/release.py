@@ -23,7 +23,7 @@ never looked up by version number:
 - ``semantic_masks``: whether the data pipeline's ``Format`` adds ``sem_masks`` to segmentation batches
   (8.4.0), which the trainer and the validator move to the GPU and YOLO26-seg's loss reads;
 - ``default_imgsz``: the imgsz each task's trainer trains at when none is given: its ``__init__`` called
-  with ``BaseTrainer.__init__`` stubbed (``ClassificationTrainer`` sets 224 in every supported release).
+  with ``BaseTrainer.__init__`` stubbed (``ClassificationTrainer`` sets 224 in every supported release);
 - ``single_cls_one_class``: whether ``single_cls=True`` makes the dataset one class, so that the model is
   built with ``nc=1`` (``get_dataset``'s syntax tree, 8.3.79), or only relabels every object class 0.
 
