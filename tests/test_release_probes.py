@@ -211,3 +211,42 @@ def test_u_names_are_offered_where_check_file_resolves_them():
     assert resolves_u_names() == resolves
     assert ("yolov5nu.yaml" in shipped_model_names()) == resolves
     assert ("yolov3u.yaml" in shipped_model_names()) == resolves
+
+
+def test_amp_refused_cards():
+    # 8.3.46 -> 8.3.47: check_amp returns False at once on GTX 16xx, T400-T2000 and K40m
+    assert (rel.amp_refused_cards() is not None) == (_installed() >= (8, 3, 47))
+
+
+def test_every_catalog_card_trains_with_the_amp_check_amp_leaves_it(monkeypatch):
+    """Truth: the installed ``check_amp`` itself, told the card's device name (its download of a model for
+    the output comparison made to fail as offline, which it answers with AMP on)."""
+    from types import SimpleNamespace
+
+    import torch
+    import ultralytics
+    from ultralytics.utils.checks import check_amp
+
+    from yolomem.config.gpus import CATALOG
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.loops import resolve_model
+    from yolomem.result.prepare import amp_on_the_card
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    rel.release()  # probed before YOLO is made to fail (the probe reads its task map)
+    monkeypatch.setattr(ultralytics, "YOLO", offline)
+    model = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=torch.device("cuda", 0))]),
+                            stride=torch.tensor([32.0]))  # fmt: skip
+    resolved = resolve_model("yolov8n.yaml")
+    refused = []
+    for gpu in CATALOG.values():
+        if gpu.shared_memory:
+            continue  # Jetson modules: torch names them "Orin" and the like, which no list names
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, gpu=gpu: gpu.device_name)
+        config = amp_on_the_card(EstimateConfig(model="yolov8n.yaml", gpu=gpu.name), resolved)[0]
+        assert (config.amp == "fp32") is (check_amp(model) is False), gpu.name
+        refused += [gpu.name] if config.amp == "fp32" else []
+    if rel.amp_refused_cards():
+        assert set(refused) == {"GTX-1650", "GTX-1660", "GTX-1660-Ti", "GTX-1660-SUPER", "T1000"}

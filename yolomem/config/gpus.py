@@ -48,6 +48,13 @@ class Gpu:
         """What the caching allocator can get: the card minus the context."""
         return self.total_bytes - self.context_bytes
 
+    @property
+    def device_name(self) -> str:
+        """The card as ``torch.cuda.get_device_name`` names it, near enough for the trainers' name checks
+        (Ultralytics' ``check_amp``): "NVIDIA GeForce GTX 1650", "NVIDIA T1000", "NVIDIA A100 40GB"."""
+        spaced = self.name.replace("-", " ")
+        return f"NVIDIA GeForce {spaced}" if self.name.startswith(("GTX-", "RTX-")) else f"NVIDIA {spaced}"
+
 
 def _gib(x: float) -> int:
     return int(x * GiB)
@@ -85,6 +92,10 @@ CATALOG: dict[str, Gpu] = {
     for gpu in [
         Gpu("GTX-1060-6GB", _gib(6)),
         Gpu("GTX-1650", _gib(4)),
+        Gpu("GTX-1660", _gib(6)),
+        Gpu("GTX-1660-Ti", _gib(6)),
+        Gpu("GTX-1660-SUPER", _gib(6)),
+        Gpu("T1000", _gib(4)),  # the 4 GB workstation card (an 8 GB one too: gpu_mem=8)
         Gpu("RTX-2080-Ti", _gib(11)),
         Gpu("RTX-3060-12GB", _gib(12)),
         Gpu("RTX-3070", _gib(8)),

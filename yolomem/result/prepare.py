@@ -38,6 +38,9 @@ def prepare(config: EstimateConfig) -> Prepared:
     config, note = trainer_defaults(config, resolved)
     if note:
         notes.append(note)
+    config, note = amp_on_the_card(config, resolved)
+    if note:
+        notes.append(note)
     config, note = class_count(config, resolved)
     if note:
         notes.append(note)
@@ -79,6 +82,26 @@ def trainer_defaults(config: EstimateConfig, resolved: ResolvedModel) -> tuple[E
     words = " and ".join(f"{key}={value}" for key, value in changes.items())
     sources = "; ".join(dict.fromkeys(defaults[key][1] for key in changes))
     return config, f"{words} (not given): {sources}"
+
+
+def amp_on_the_card(config: EstimateConfig, resolved: ResolvedModel) -> tuple[EstimateConfig, str | None]:
+    """AMP as the trainer will have it on ``gpu=``: from 8.3.47 Ultralytics' ``check_amp`` turns it off
+    before any check on cards whose name matches its list (GTX 16xx, T400-T2000, K40m: "may cause NaN
+    losses or zero-mAP results"; ``release.amp_refused_cards``), and the run trains in FP32."""
+    if config.amp != "fp16" or not config.gpu or resolved.framework != "ultralytics":
+        return config, None
+    import re
+
+    from yolomem.config.gpus import find_gpu
+    from yolomem.loops.ultralytics.release import release
+
+    installed = release()
+    gpu = find_gpu(config.gpu, config.gpu_mem)
+    if not installed.amp_refused_cards or not re.search(installed.amp_refused_cards, gpu.device_name, re.IGNORECASE):
+        return config, None
+    return config.with_changes(amp="fp32"), (f"amp=True: ultralytics {installed.version}'s check_amp turns AMP off on "
+                                             f"{gpu.name} (\"may cause NaN losses or zero-mAP results\"): it trains in "
+                                             "FP32, which is estimated")  # fmt: skip
 
 
 def _shipped(data: str) -> str | None:

@@ -122,6 +122,8 @@ def _rungs(config: EstimateConfig, stride: int) -> list[_Rung]:
 
     rungs = [_Rung("as asked", {}, train_command(config))]
     for amp, label, note in precision_rungs(config.amp):
+        if _amp_refused(config):
+            note = f"the same run: Ultralytics' check_amp turns AMP off on {config.gpu}, so both train in FP32"
         rungs.append(_Rung(label, {"amp": amp}, train_command(config.with_changes(amp=amp)), note))
     if not config.checkpoint:
         rungs.append(_Rung(
@@ -150,6 +152,15 @@ def _rungs(config: EstimateConfig, stride: int) -> list[_Rung]:
             f"batch {config.batch} is split {DDP_RANKS} ways; each rank also holds DDP's gradient buckets",
         ))  # fmt: skip
     return rungs
+
+
+def _amp_refused(config: EstimateConfig) -> bool:
+    """Whether the trainer turns AMP off on the config's card (``yolomem.result.prepare.amp_on_the_card``)."""
+    from yolomem.loops import resolve_model
+    from yolomem.result.prepare import amp_on_the_card
+
+    asked = config.with_changes(amp="fp16")
+    return amp_on_the_card(asked, resolve_model(config.model, config.framework))[1] is not None
 
 
 def precision_rungs(amp: str) -> tuple[tuple[str, str, str], ...]:

@@ -25,7 +25,9 @@ never looked up by version number:
 - ``default_imgsz``: the imgsz each task's trainer trains at when none is given: its ``__init__`` called
   with ``BaseTrainer.__init__`` stubbed (``ClassificationTrainer`` sets 224 in every supported release);
 - ``single_cls_one_class``: whether ``single_cls=True`` makes the dataset one class, so that the model is
-  built with ``nc=1`` (``get_dataset``'s syntax tree, 8.3.79), or only relabels every object class 0.
+  built with ``nc=1`` (``get_dataset``'s syntax tree, 8.3.79), or only relabels every object class 0;
+- ``amp_refused_cards``: the pattern of CUDA device names on which ``check_amp`` turns AMP off before
+  any check (GTX 16xx, T400-T2000, K40m; 8.3.47), read in its syntax tree; None before.
 
 ``check_release`` refuses releases known not to work (one line, exit 2) and warns about releases
 newer than the newest one tested. README, "Ultralytics releases", lists what differs and where.
@@ -91,6 +93,7 @@ class Release:
     auto_long: str  # ... and for longer runs
     default_imgsz: dict[str, int]  # per task: what the trainer trains at when imgsz is not given
     single_cls_one_class: bool  # single_cls=True builds the model with one class
+    amp_refused_cards: str | None  # check_amp's regex of device names it trains in FP32 on (None: no such list)
 
     def optimizer_name(self, requested: str) -> str:
         """The installed spelling of ``requested`` (``RMSprop`` vs ``RMSProp``), or a one-line error."""
@@ -190,7 +193,7 @@ def _probe_release() -> Release:
     except ReleaseProbeError:
         clears = None
     return Release(version, gpu_mem_unit(), clears, validation_precision(), fused_adam(), optimizers(), short, long,
-                   default_imgsz(), single_cls_one_class())  # fmt: skip
+                   default_imgsz(), single_cls_one_class(), amp_refused_cards())  # fmt: skip
 
 
 _TASK_MAP_FIELDS = ("model", "trainer", "validator", "predictor")
@@ -394,6 +397,19 @@ def single_cls_one_class() -> bool:
                         and isinstance(t.slice, ast.Constant) and t.slice.value == "nc" for t in statement.targets)):
                     return True  # fmt: skip
     return False
+
+
+def amp_refused_cards() -> str | None:
+    """The regex ``check_amp`` matches ``torch.cuda.get_device_name`` against to return False at once ("AMP
+    training on {gpu} GPU may cause NaN losses or zero-mAP results, so AMP will be disabled"; 8.3.46 ->
+    8.3.47): the string given to ``re.compile`` in its syntax tree; None where it compiles none."""
+    from ultralytics.utils.checks import check_amp
+
+    for node in ast.walk(_function_tree(check_amp)):
+        if (isinstance(node, ast.Call) and ast.unparse(node.func) == "re.compile" and node.args
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            return node.args[0].value  # fmt: skip
+    return None
 
 
 def _probe_build(name: str, iterations: int = SHORT_RUN_ITERATIONS):
