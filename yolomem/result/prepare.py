@@ -35,15 +35,11 @@ def prepare(config: EstimateConfig) -> Prepared:
     notes = list(config.notes)
     if resolved.note:
         notes.append(resolved.note)
-    config, note = trainer_defaults(config, resolved)
-    if note:
-        notes.append(note)
-    config, note = amp_on_the_card(config, resolved)
-    if note:
-        notes.append(note)
-    config, note = class_count(config, resolved)
-    if note:
-        notes.append(note)
+    # settings the model and its trainer decide: each step may change the config, and says why
+    for settle in (trainer_defaults, amp_on_the_card, class_count):
+        config, note = settle(config, resolved)
+        if note:
+            notes.append(note)
     resolved, note = keypoint_layout(config, resolved)
     if note:
         notes.append(note)
