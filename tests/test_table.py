@@ -229,3 +229,22 @@ def test_a_classifiers_gflops_are_counted_as_ultralytics_counts_them():
         expected = get_flops(ClassificationModel("yolo11n-cls.yaml", verbose=False), imgsz)
         assert expected > 0 and ultralytics_gflops("yolo11n-cls.yaml", imgsz) == (pytest.approx(expected), "counted")
     assert ultralytics_gflops("yolo11n.yaml", 640) == (6.6, "yaml")  # detection: the YAML's line, at 640
+
+
+def test_on_a_card_without_amp_the_amp_column_is_the_fp32_run():
+    """Ultralytics' check_amp turns AMP off on a GTX 1650 (8.3.47+): its AMP verdicts there are the FP32
+    run's, and the footer says so; another card, and the yolov5 repo's loop, keep AMP's."""
+    from yolomem.loops.ultralytics.release import release
+    from yolomem.render.table_formats import footer
+    from yolomem.sweeps.table import RowRequest, compute_table
+
+    table = compute_table((RowRequest("yolov8n.yaml", 64, 2), RowRequest("yolov5n", 64, 2)), gpus=("GTX-1650", "T4"),
+                          iterations=1)  # fmt: skip
+    ultralytics, original = table.rows
+    refused = release().amp_refused_cards is not None
+    assert table.amp_off_on == (("GTX-1650",) if refused else ())
+    fp32, amp = ultralytics.fp32.gpus, ultralytics.amp.gpus
+    assert (amp[0] == fp32[0]) is refused and amp[0].max_batch != 0
+    assert amp[1].max_batch > fp32[1].max_batch  # T4: AMP's own figures
+    assert original.amp.gpus[0].max_batch > original.fp32.gpus[0].max_batch  # the yolov5 repo checks AMP its own way
+    assert any("check_amp turns AMP off" in line for line in footer(table)) is refused

@@ -53,6 +53,8 @@ def footer(table: Table) -> list[str]:
         "(Ultralytics 8.4 in GiB, the yolov5 repo in GB = 10^9 bytes).",
         f"✅ fits (the card minus the CUDA context and a {table.margin:.0%} margin), ⚠️ only inside the margin, ❌ does not fit.",
         table.method_note() + ".",
+        *([f"{', '.join(table.amp_off_on)}: Ultralytics' check_amp turns AMP off there, so its AMP verdicts are the "
+           "FP32 run's (the yolov5 repo's rows keep AMP)."] if table.amp_off_on else []),
         "Training iterations only: the validation pass and later epochs are not in these peaks.",
         f"computed in {table.seconds:.0f} s.",
     ]

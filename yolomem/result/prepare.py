@@ -86,18 +86,26 @@ def amp_on_the_card(config: EstimateConfig, resolved: ResolvedModel) -> tuple[Es
     losses or zero-mAP results"; ``release.amp_refused_cards``), and the run trains in FP32."""
     if config.amp != "fp16" or not config.gpu or resolved.framework != "ultralytics":
         return config, None
-    import re
-
     from yolomem.config.gpus import find_gpu
     from yolomem.loops.ultralytics.release import release
 
-    installed = release()
     gpu = find_gpu(config.gpu, config.gpu_mem)
-    if not installed.amp_refused_cards or not re.search(installed.amp_refused_cards, gpu.device_name, re.IGNORECASE):
+    if not amp_refused_on(gpu):
         return config, None
-    return config.with_changes(amp="fp32"), (f"amp=True: ultralytics {installed.version}'s check_amp turns AMP off on "
+    return config.with_changes(amp="fp32"), (f"amp=True: ultralytics {release().version}'s check_amp turns AMP off on "
                                              f"{gpu.name} (\"may cause NaN losses or zero-mAP results\"): it trains in "
                                              "FP32, which is estimated")  # fmt: skip
+
+
+def amp_refused_on(gpu) -> bool:
+    """Whether the installed Ultralytics' ``check_amp`` turns AMP off on ``gpu`` (a ``yolomem.config.gpus.Gpu``)
+    by its name alone (``release.amp_refused_cards``)."""
+    import re
+
+    from yolomem.loops.ultralytics.release import release
+
+    pattern = release().amp_refused_cards
+    return bool(pattern and re.search(pattern, gpu.device_name, re.IGNORECASE))
 
 
 def _shipped(data: str) -> str | None:

@@ -151,6 +151,7 @@ class Table:
     seconds: float
     gpu_mem_unit: str  # the rows' GPU_mem units, "/"-joined where trainers differ
     margin: float = DEFAULT_MARGIN  # of every "fits" and max batch (yolomem.result.fits)
+    amp_off_on: tuple[str, ...] = ()  # cards where Ultralytics trains FP32 even with amp=True (check_amp)
 
     def method_note(self) -> str:
         how = ("one trace per row and precision, batch-independent part from the trace's breakdown"
@@ -201,21 +202,33 @@ def _trace_one(model: str, imgsz: int, batch: int, precision: str, iterations: i
                    result.device_total_upper_bytes - result.peak_reserved_upper_bytes)  # fmt: skip
 
 
-def _precision_result(precision: str, main: _Traced, second: _Traced | None, budgets) -> PrecisionResult:
-    # verdicts and the largest batch from the upper figure (yolomem.result.upper)
+def _linear_model(main: _Traced, second: _Traced | None) -> tuple[float, float]:
+    """(batch-independent bytes, bytes per image) of the upper figure (yolomem.result.upper)."""
     if second is not None and second.batch != main.batch:
         slope = (main.peak_reserved_upper_bytes - second.peak_reserved_upper_bytes) / (main.batch - second.batch)
-        fixed = main.peak_reserved_upper_bytes - slope * main.batch
-    else:
-        fixed = min(main.fixed_bytes, main.peak_reserved_upper_bytes)
-        slope = (main.peak_reserved_upper_bytes - fixed) / main.batch
-    fits = []
-    for budget in budgets:
-        room = budget.capacity_bytes - fixed
-        max_batch = max(int(math.floor(room / slope)), 0) if slope > 0 else 0
-        fits.append(GpuFit(budget.gpu.name, budget.gpu.total_bytes, verdict(main.peak_reserved_upper_bytes, budget), max_batch))
+        return main.peak_reserved_upper_bytes - slope * main.batch, slope
+    fixed = min(main.fixed_bytes, main.peak_reserved_upper_bytes)
+    return fixed, (main.peak_reserved_upper_bytes - fixed) / main.batch
+
+
+def _gpu_fit(main: _Traced, second: _Traced | None, budget: Budget) -> GpuFit:
+    """The verdict at the row's batch and the largest batch on one card, from the upper figure."""
+    fixed, slope = _linear_model(main, second)
+    max_batch = max(int(math.floor((budget.capacity_bytes - fixed) / slope)), 0) if slope > 0 else 0
+    return GpuFit(budget.gpu.name, budget.gpu.total_bytes, verdict(main.peak_reserved_upper_bytes, budget), max_batch)
+
+
+def _precision_result(precision: str, main: _Traced, second: _Traced | None, budgets,
+                      fp32: tuple[_Traced, _Traced | None] | None = None) -> PrecisionResult:
+    """A precision's figures and per-card verdicts; ``fp32``: the row's FP32 runs, which judge AMP on a card
+    where the trainer turns AMP off (Ultralytics' check_amp, ``yolomem.result.prepare.amp_refused_on``)."""
+    from yolomem.result.prepare import amp_refused_on
+
+    fixed, slope = _linear_model(main, second)
+    fits = tuple(_gpu_fit(*fp32, budget) if fp32 and amp_refused_on(budget.gpu) else _gpu_fit(main, second, budget)
+                 for budget in budgets)  # fmt: skip
     return PrecisionResult(precision, main.peak_reserved_bytes, main.device_total_bytes, main.gpu_mem_printed,
-                           main.gpu_mem_unit, int(fixed), slope, tuple(fits), main.peak_reserved_upper_bytes,
+                           main.gpu_mem_unit, int(fixed), slope, fits, main.peak_reserved_upper_bytes,
                            main.device_total_upper_bytes)  # fmt: skip
 
 
@@ -250,19 +263,25 @@ def compute_table(
     results = _run(groups, jobs, progress)
     table_rows = []
     for row in rows:
-        per_precision = {}
+        runs = {}
         for precision in PRECISIONS:
             main = results[(row.model, row.imgsz, row.batch, precision, iterations)]
             second = results.get((row.model, row.imgsz, max(row.batch // 2, 1), precision, iterations)) if method == "two-point" else None
-            per_precision[precision] = _precision_result(precision, main, second, cards)
+            runs[precision] = (main, second)
+        refuses = runs["fp32"] if runs["fp32"][0].framework == "ultralytics" else None  # the yolov5 repo keeps AMP
+        per_precision = {"fp32": _precision_result("fp32", *runs["fp32"], cards),
+                         "fp16": _precision_result("fp16", *runs["fp16"], cards, fp32=refuses)}  # fmt: skip
         main = results[(row.model, row.imgsz, row.batch, "fp32", iterations)]
         gflops, source = results[_gflops_key(row.model, row.imgsz)]
         notes = tuple(dict.fromkeys(main.notes))
         table_rows.append(TableRow(main.model, main.framework, main.task, main.params, gflops, source, main.imgsz,
                                    row.batch, per_precision["fp32"], per_precision["fp16"], notes))  # fmt: skip
     unit = "/".join(sorted({row.fp32.gpu_mem_unit for row in table_rows}, reverse=True))  # "GiB", "GB" or "GiB/GB"
+    from yolomem.result.prepare import amp_refused_on
+
+    amp_off_on = tuple(c.gpu.name for c in cards if amp_refused_on(c.gpu))
     return Table(tuple(table_rows), tuple(c.gpu.name for c in cards), method, iterations, time.perf_counter() - started,
-                 unit, margin)  # fmt: skip
+                 unit, margin, amp_off_on)  # fmt: skip
 
 
 def _gflops_key(model: str, imgsz: int) -> tuple:
