@@ -155,6 +155,33 @@ def test_chromium_custom_card_verdict_and_largest_batch(site, capsys):
 
 
 @needs_chromium
+def test_chromium_on_a_card_without_amp_shows_the_fp32_run(site, capsys):
+    """Ultralytics' check_amp turns AMP off on a GTX 1650 (8.3.47+): asked for AMP there, the page shows what
+    `estimate gpu=GTX-1650` prints (the FP32 run) and says why; the largest-batch table judges that card
+    by the FP32 series and the others by AMP's."""
+    from yolomem.loops.ultralytics.release import release
+
+    if release().amp_refused_cards is None:
+        pytest.skip(f"ultralytics {release().version}'s check_amp has no list of cards")
+    folder, page = site[0], site[1]
+    run = _open(folder, page, "#model=yolov8n.yaml&imgsz=64&batch=4&amp=fp16&gpu=GTX-1650", "--dump-dom")
+    cli = _cli(capsys, "batch=4", "gpu=GTX-1650")
+    assert cli["config"]["amp"] == "fp32"
+    assert _shown(run.stdout, "gpu_mem_upper_printed") == cli["gpu_mem_upper_printed"]
+    assert _shown(run.stdout, "device_total_upper_bytes") == f"{cli['device_total_upper_bytes'] / GiB:.3f} GiB"
+    assert "check_amp turns AMP off on GTX-1650" in _shown(run.stdout, "amp_off")
+    assert "amp=" not in _shown(run.stdout, "cli") and "amp=False" not in _shown(run.stdout, "train_command")
+    data = page_data(page.read_text())
+    series = {s["amp"]: s["points"]["peak_reserved_upper_bytes"] for s in data["series"]}
+    assert cli["peak_reserved_upper_bytes"] == series["fp32"][BATCHES.index(4)] != series["fp16"][BATCHES.index(4)]
+    assert any(card[0] == "GTX-1650" and card[2] for card in data["cards"])
+    for name, amp in (("GTX-1650", "fp32"), ("T4", "fp16")):
+        shown = re.search(rf'data-card="{name}" data-max-batch="(\d*)"', run.stdout).group(1)
+        fitting = [b for b, upper in zip(BATCHES, series[amp]) if upper <= _cli(capsys, "batch=1", f"gpu={name}")["capacity_bytes"]]
+        assert shown == str(max(fitting)), name
+
+
+@needs_chromium
 def test_chromium_deployment_view_shows_what_deploy_prints(site, capsys):
     folder, page = site[0], site[1]
     run = run_chromium(folder, "--virtual-time-budget=3000", "--dump-dom", page.as_uri() +

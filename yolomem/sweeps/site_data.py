@@ -66,6 +66,7 @@ class SiteSeries:
     train_command: str  # without batch=: the page appends the batch chosen
     notes: tuple[str, ...]
     points: tuple[SitePoint, ...]
+    framework: str = "ultralytics"  # whose trainer: on a card in ``SiteData.cards`` marked so, Ultralytics' AMP is off
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,8 @@ class SiteData:
     versions: dict[str, str]  # yolomem, torch, ultralytics: the code that computed every figure
     margin: float
     context_upper_bytes: int
-    cards: tuple[tuple[str, int], ...]  # (name, total bytes): the catalog
+    # (name, total bytes, whether Ultralytics' check_amp turns AMP off there): the catalog
+    cards: tuple[tuple[str, int, bool], ...]
     chart_cards: tuple[str, ...]
     batches: tuple[int, ...]
     estimate_words: tuple[str, ...]
@@ -226,7 +228,8 @@ def compute_series(config: EstimateConfig, batches: Sequence[int]) -> SiteSeries
                   "torch.autocast(dtype=torch.bfloat16) in a loop of your own",)  # fmt: skip
     return SiteSeries(config.model, first.config.model, first.task, first.params,
                       first.config.imgsz, config.amp, config.optimizer, first.config.optimizer, config.instances,
-                      first.gpu_mem_unit, train_command(config, resolved), notes, tuple(points))  # fmt: skip
+                      first.gpu_mem_unit, train_command(config, resolved), notes, tuple(points),
+                      resolved.framework)  # fmt: skip
 
 
 def compute_deploy_series(config, batches: Sequence[int]) -> DeploySeries:
@@ -292,7 +295,9 @@ def compute_site(request: SiteRequest, *, jobs: int = 1, progress: Callable[[str
     series = tuple(r for r in results if isinstance(r, SiteSeries))
     deploy_series = tuple(r for r in results if isinstance(r, DeploySeries))
     failures = tuple(r for r in results if isinstance(r, SiteFailure))
-    cards = tuple((name, gpu.total_bytes) for name, gpu in CATALOG.items() if not gpu.shared_memory)
+    from yolomem.result.prepare import amp_refused_on
+
+    cards = tuple((name, gpu.total_bytes, amp_refused_on(gpu)) for name, gpu in CATALOG.items() if not gpu.shared_memory)
     return SiteData({"yolomem": yolomem_version, "torch": torch_version, "ultralytics": ultralytics_version},
                     DEFAULT_MARGIN, CUDA_CONTEXT_UPPER_BYTES, cards, request.cards, request.batches,
                     request.estimate_words(), series, failures, request.deploy_batches, deploy_series,

@@ -91,12 +91,27 @@
     return card ? card[1] : null;
   }
 
+  // Ultralytics' check_amp turns AMP off on some cards (DATA.cards' third field): an AMP run trains in FP32
+  // there, so the page shows that card the FP32 series, as `yolomem estimate gpu=` does
+  function ampOffOn(name, s) {
+    const card = DATA.cards.find((c) => c[0] === name);
+    return Boolean(card && card[2] && s && s.amp === "fp16" && s.framework === "ultralytics");
+  }
+
+  function fp32Twin(s) {
+    return DATA.series.find((o) => o.model === s.model && o.imgsz === s.imgsz && o.optimizer === s.optimizer &&
+                                   o.instances === s.instances && o.amp === "fp32");
+  }
+
   function current() {
     const wanted = Object.fromEntries(KEYS.map((k) => [k, $(k).value]));
-    const series = matching([["model", wanted.model], ...SETTINGS[wanted.mode].map((k) => [k, wanted[k]])])[0];
+    const asked = matching([["model", wanted.model], ...SETTINGS[wanted.mode].map((k) => [k, wanted[k]])])[0];
     const custom = wanted.gpu === "custom";
     const total = custom ? Math.trunc(parseFloat(wanted.gpu_mem) * GiB) : cardTotal(wanted.gpu);
-    return { wanted, series, custom, total, index: series ? series.points.batch.indexOf(parseInt(wanted.batch, 10)) : -1 };
+    const ampOff = wanted.mode === "train" && !custom && ampOffOn(wanted.gpu, asked);
+    const series = ampOff && fp32Twin(asked) ? fp32Twin(asked) : asked;
+    return { wanted, asked, series, ampOff, custom, total,
+             index: series ? series.points.batch.indexOf(parseInt(wanted.batch, 10)) : -1 };
   }
 
   function writeAddress(state) {
@@ -179,14 +194,23 @@
       td.append(el("span", { class: fits ? "fits" : "nofit" }, fits ? "fits" : "does not fit"),
                 document.createTextNode(` (${gib(cap, 2)} after the CUDA context and a ${Math.round(DATA.margin * 100)}% margin)`));
     }
+    if (state.ampOff) {
+      const why = el("p", { class: "note" });
+      why.append(el("span", { "data-key": "amp_off" }, `Ultralytics' check_amp turns AMP off on ${state.wanted.gpu}: ` +
+        (s !== state.asked ? "the run trains in FP32, and these are the FP32 figures."
+          : "the run trains in FP32, which this page has no figures for: these AMP figures are too low.")));
+      out.append(why);
+    }
     const chartBox = chart(s.points.batch, s.points.peak_reserved_upper_bytes, s.points.peak_reserved_bytes, state, capacity,
       "Solid: reserved memory, upper figure; dotted: expected. Dashed lines: what each card gives a run " +
       "(its memory minus the CUDA context and the margin).");
+    const upperOn = (name) => (ampOffOn(name, state.asked) && fp32Twin(state.asked) ? fp32Twin(state.asked) : state.asked)
+      .points.peak_reserved_upper_bytes;
     layout(out, figures, "Where it goes (at the peak)", breakdown(s.points.breakdown, i, DATA.part_labels), chartBox,
-           largest(s.points.batch, s.points.peak_reserved_upper_bytes, state, capacity));
-    out.append(el("h2", {}, "Train it"), el("pre", { "data-key": "train_command" }, s.train_command + at("batch")));
+           largest(s.points.batch, upperOn, state, capacity));
+    out.append(el("h2", {}, "Train it"), el("pre", { "data-key": "train_command" }, state.asked.train_command + at("batch")));
     const words = [`yolomem estimate ${s.model}`, `imgsz=${s.imgsz}`, `batch=${at("batch")}`];
-    if (s.amp !== "fp16") words.push(`amp=${s.amp}`);
+    if (state.asked.amp !== "fp16") words.push(`amp=${state.asked.amp}`);
     if (s.optimizer !== "auto") words.push(`optimizer=${s.optimizer}`);
     if (s.instances !== 8) words.push(`instances=${s.instances}`);
     words.push(...DATA.estimate_words, cardWords(state));
@@ -215,7 +239,7 @@
     const chartBox = chart(s.points.batch, s.points.runtime_bytes, s.points.runtime_low_bytes, state, (total) => total,
       "Solid: on the device while running; dotted: the low end. Dashed lines: each card's memory.");
     layout(out, figures, "On the device", breakdown(s.points.terms, i, s.labels), chartBox,
-           largest(s.points.batch, s.points.runtime_bytes, state, (total) => total));
+           largest(s.points.batch, () => s.points.runtime_bytes, state, (total) => total));
     const words = [`yolomem deploy ${s.model}`, `format=${s.format}`, `precision=${s.precision}`, `batch=${at("batch")}`,
                    `imgsz=${s.imgsz}`, cardWords(state)];
     out.append(el("h2", {}, "The same figures from the command line"), el("pre", { "data-key": "cli" }, words.join(" ")));
@@ -296,7 +320,7 @@
     return [1, 2, 5, 10].map((m) => m * power).find((candidate) => candidate >= rough);
   }
 
-  function largest(xs, upper, state, limitOf) {
+  function largest(xs, upperOn, state, limitOf) {
     const table = el("table");
     const head = el("tr");
     ["card", "memory", "largest batch"].forEach((h, k) => head.append(el("th", k ? { class: "num" } : {}, h)));
@@ -304,7 +328,7 @@
     const cards = DATA.cards.slice();
     if (state.custom && state.total) cards.push(["custom", state.total]);
     cards.forEach(([name, total]) => {
-      const cap = limitOf(total);
+      const cap = limitOf(total), upper = upperOn(name);
       let best = null, k = 0;
       while (k < xs.length && upper[k] <= cap) best = xs[k++];
       const text = best === null ? `none (batch ${xs[0]} needs ${gib(upper[0], 2)})`
