@@ -242,3 +242,24 @@ def test_offline_patch_restores_on_error():
         assert data_utils.check_font() is None
         raise RuntimeError
     assert data_utils.check_font is before
+
+
+def test_offline_check_amp_keeps_the_releases_card_check(monkeypatch):
+    """measure's check_amp is the release's own with the download answered as offline: AMP stays on (as
+    Ultralytics keeps it offline) except on the cards it turns AMP off on by name (8.3.47+)."""
+    from types import SimpleNamespace
+
+    import torch
+    import ultralytics
+    import ultralytics.engine.trainer as trainer_module
+
+    from yolomem.loops.ultralytics.release import release
+
+    model = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=torch.device("cuda", 0))]),
+                            stride=torch.tensor([32.0]))  # fmt: skip
+    before = ultralytics.YOLO
+    with offline_ultralytics():
+        for name, on in (("NVIDIA GeForce GTX 1650", release().amp_refused_cards is None), ("Tesla T4", True)):
+            monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, name=name: name)
+            assert trainer_module.check_amp(model) is on, name
+    assert ultralytics.YOLO is before

@@ -16,8 +16,8 @@ split the run into phases and read the memory counters at each boundary:
 
 Offline: ``YOLO_OFFLINE=1`` (set by the parent) makes Ultralytics' ``is_online()`` false. Two calls would
 still fetch files, so ``offline_ultralytics()`` replaces them for the run and restores them after:
-``check_amp`` (downloads yolo26n.pt to compare AMP outputs; skipped, AMP is taken as working, as
-Ultralytics itself does when offline) and ``check_font`` in ``check_det_dataset`` (downloads
+``check_amp`` (downloads yolo26n.pt to compare AMP outputs: answered as offline, so AMP is taken as
+working, as Ultralytics itself does offline; its card check still runs) and ``check_font`` in ``check_det_dataset`` (downloads
 Arial.ttf; only plots use the font and plots are off).
 
 The memory counters come from a ``MemorySource``; ``CudaMemory`` reads torch.cuda and NVML. Tests
@@ -227,12 +227,32 @@ def offline_ultralytics():
     import ultralytics.engine.trainer as trainer_module
 
     saved = (trainer_module.check_amp, data_utils.check_font)
-    trainer_module.check_amp = lambda model: True
+    trainer_module.check_amp = _offline_check_amp(trainer_module.check_amp)
     data_utils.check_font = lambda font="Arial.ttf": None
     try:
         yield
     finally:
         trainer_module.check_amp, data_utils.check_font = saved
+
+
+def _offline_check_amp(check_amp):
+    """The release's own ``check_amp`` with its model download answered as offline: it then keeps AMP on,
+    as Ultralytics does offline, but the card check before it still runs (8.3.47+: a GTX 16xx, T400-T2000
+    or K40m trains in FP32, as the estimate with that gpu= does)."""
+    def check(model):
+        import ultralytics
+
+        def offline(*args, **kwargs):
+            raise ConnectionError("yolomem measure runs offline")
+
+        saved = ultralytics.YOLO
+        ultralytics.YOLO = offline
+        try:
+            return check_amp(model)
+        finally:
+            ultralytics.YOLO = saved
+
+    return check
 
 
 def train_arguments(config: EstimateConfig, data_yaml: str, augment: str, device: str, project: str) -> dict:
