@@ -145,7 +145,7 @@ def _fake_prober(monkeypatch, asked: list):
         task = "segment" if "-seg" in config.model else "detect"
         estimate = types.SimpleNamespace(config=config.with_changes(model=config.model.split(".")[0]), task=task,
                                          params=size * 10**6, context_bytes=0, peak_reserved_bytes=size * GiB // 2,
-                                         device_total_bytes=size * GiB // 2)  # fmt: skip
+                                         device_total_bytes=size * GiB // 2, notes=())  # fmt: skip
         return estimate, Probe(config.batch, config.imgsz, size * GiB, size * GiB <= self.budget.capacity_bytes, 0.0)
 
     monkeypatch.setattr(pick.Prober, "run", run)
@@ -543,3 +543,15 @@ def test_a_verdict_asked_again_is_read_back_from_the_cache_as_it_was_found(tmp_p
     runs.configure(cache=False)
     with pytest.raises(AssertionError, match="estimated again"):
         fit.verdict_figures(config)
+
+
+def test_pick_says_what_every_candidate_was_estimated_with():
+    """On a card Ultralytics turns AMP off on (check_amp, 8.3.47+) every candidate is its FP32 run: pick says so
+    once, as it says optimizer=auto's choice."""
+    from yolomem.loops.ultralytics.release import release
+
+    result = pick_models("GTX-1650", 64, 2, models=("yolov8n.yaml", "yolov8s.yaml"), iterations=1)
+    refused = release().amp_refused_cards is not None
+    assert any("check_amp turns AMP off on GTX-1650" in note for note in result.notes) is refused
+    assert all(row.estimate.config.amp == ("fp32" if refused else "fp16") for row in result.rows)
+    assert any(note.startswith("optimizer=auto") for note in result.to_json()["notes"])

@@ -91,6 +91,8 @@ def render_pick(result: PickResult, console: Console | None = None) -> None:
         console.print(f"largest that fits: [bold]{best.model}[/bold]  ->  {result.train_command}")
     else:
         console.print("none fits; try a smaller batch or imgsz, or `yolomem fit MODEL gpu=... --explain`")
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
 
 
 def render_ladder(strategies: tuple[Strategy, ...], capacity_bytes: int, console: Console | None = None) -> None:

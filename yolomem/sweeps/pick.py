@@ -51,6 +51,14 @@ class PickResult:
     optimizer: str = "auto"  # as asked (each estimate's config holds what auto resolved to)
 
     @property
+    def notes(self) -> tuple[str, ...]:
+        """The notes every candidate's estimate has (what the trainer does on this card and setting)."""
+        if not self.rows:
+            return ()
+        rest = [set(row.estimate.notes) for row in self.rows[1:]]
+        return tuple(note for note in self.rows[0].estimate.notes if all(note in notes for notes in rest))
+
+    @property
     def tasks(self) -> tuple[str, ...]:
         """The tasks of the models ranked, each once, in the order of the rows."""
         return tuple(dict.fromkeys(row.task for row in self.rows))
@@ -76,6 +84,7 @@ class PickResult:
             "gpu": self.gpu, "gpu_total_bytes": self.gpu_total_bytes, "capacity_bytes": self.capacity_bytes,
             "margin": self.margin, "batch": self.batch, "imgsz": self.imgsz, "task": self.task, "tasks": list(self.tasks),
             "family": self.family, "best": self.best.model if self.best else None, "train_command": self.train_command,
+            "notes": list(self.notes),
             "rows": [  # the keys of estimate --json, with their meanings: expected, and *_upper_bytes
                 {"model": r.model, "task": r.task, "params": r.params, "peak_reserved_bytes": r.peak_reserved_bytes,
                  "peak_reserved_upper_bytes": r.peak_reserved_upper_bytes, "device_total_bytes": r.device_total_bytes,
