@@ -17,8 +17,8 @@ split the run into phases and read the memory counters at each boundary:
 Offline: ``YOLO_OFFLINE=1`` (set by the parent) makes Ultralytics' ``is_online()`` false. Two calls would
 still fetch files, so ``offline_ultralytics()`` replaces them for the run and restores them after:
 ``check_amp`` (downloads yolo26n.pt to compare AMP outputs: answered as offline, so AMP is taken as
-working, as Ultralytics itself does offline; its card check still runs) and ``check_font`` in ``check_det_dataset`` (downloads
-Arial.ttf; only plots use the font and plots are off).
+working, as Ultralytics itself does offline; its card check still runs) and ``check_font`` in
+``check_det_dataset`` (downloads Arial.ttf; only plots use the font and plots are off).
 
 The memory counters come from a ``MemorySource``; ``CudaMemory`` reads torch.cuda and NVML. Tests
 inject a fake one and drive the same code on the CPU.
