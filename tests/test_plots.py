@@ -299,3 +299,17 @@ def test_an_imgsz_point_is_drawn_where_it_was_estimated():
     data = curve_figure(["yolov8n.yaml"], base=TINY, x_name="imgsz", xs=(64, 100), amps=("fp16",))
     (only,) = data.curves
     assert [p.x for p in only.points] == [64, 128]
+
+
+def test_the_caption_names_the_cards_that_train_amp_in_fp32():
+    """A GTX 1650 line beside an AMP curve of an Ultralytics model: its check_amp turns AMP off there
+    (8.3.47+), and the caption says which curve a run there follows."""
+    from yolomem.loops.ultralytics.release import release
+    from yolomem.render.plots import curve_caption
+
+    data = curve_figure(["yolov8n.yaml"], base=TINY, xs=(1,), amps=("fp16",), gpus=[find_gpu("GTX-1650"), find_gpu("T4")])
+    refused = release().amp_refused_cards is not None
+    assert data.amp_off_on == (("GTX-1650",) if refused else ())
+    assert ("On GTX-1650 Ultralytics' check_amp turns AMP off" in curve_caption(data)) is refused
+    fp32 = curve_figure(["yolov8n.yaml"], base=TINY, xs=(1,), amps=("fp32",), gpus=[find_gpu("GTX-1650")])
+    assert fp32.amp_off_on == ()  # no AMP curve: nothing to say

@@ -103,6 +103,9 @@ def curve_caption(data: CurveFigure) -> str:
     text = f"{what}, against {data.x_name} ({fixed}). Curves {styles}."
     if data.gpu_lines:
         text += f" {lines[0].upper()}{lines[1:]}; circles: the largest sampled {data.x_name} that fits."
+    if data.amp_off_on:
+        text += (f" On {', '.join(data.amp_off_on)} Ultralytics' check_amp turns AMP off: a run there trains as the "
+                 "FP32 curve.")  # fmt: skip
     return text
 
 

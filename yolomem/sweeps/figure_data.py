@@ -106,6 +106,7 @@ class CurveFigure:
     gpu_lines: tuple[GpuLine, ...]
     crossings: tuple[Crossing, ...]
     gpu_mem_unit: str  # the unit the installed Ultralytics prints GPU_mem in
+    amp_off_on: tuple[str, ...] = ()  # cards where Ultralytics trains an AMP curve's run in FP32 (check_amp)
 
     def value(self, point: CurvePoint) -> int:
         """The plotted y of a point, in bytes."""
@@ -193,6 +194,7 @@ def curve_figure(
     cells = [(model, amp) for model in models for amp in amps]
     estimated: dict[tuple[str, str, int], CurvePoint] = {}
     unit = "GiB"
+    ultralytics_amp = False  # an AMP curve of a model Ultralytics trains: its check_amp decides on the card
     done = 0
     while True:
         total = done + sum((model, amp, x) not in estimated for model, amp in cells for x in xs)
@@ -205,6 +207,7 @@ def curve_figure(
                     progress(done, total, f"{model} {amp} {x_name}={x}")
                 result = estimator(config)
                 unit = result.gpu_mem_unit
+                ultralytics_amp |= amp == "fp16" and result.config.framework == "ultralytics"
                 estimated[(model, amp, x)] = CurvePoint(
                     x=getattr(result.config, x_name),  # imgsz=500 is estimated, and drawn, at 512
                     peak_allocated_bytes=result.peak_allocated_bytes,
@@ -224,7 +227,10 @@ def curve_figure(
         progress(done, done, "done")
     other = "imgsz" if x_name == "batch" else "batch"
     fixed = ((other, str(getattr(base, other))), ("optimizer", base.optimizer))
-    return CurveFigure(x_name, measure, fixed, tuple(curves), lines, crossings, unit)
+    from yolomem.result.prepare import amp_refused_on
+
+    amp_off_on = tuple(line.name for line in lines if ultralytics_amp and amp_refused_on(line.budget.gpu))
+    return CurveFigure(x_name, measure, fixed, tuple(curves), lines, crossings, unit, amp_off_on)
 
 
 def _batches_to_cross(curves, lines, crossings, xs: tuple[int, ...]) -> tuple[int, ...]:
