@@ -160,6 +160,12 @@ def read_fake_build(build, read):
     return value
 
 
+def larger_side(imgsz) -> int:
+    """The size a trainer trains at for ``imgsz``: a list or tuple trains at its larger side (Ultralytics'
+    ``check_imgsz`` for training, ``max_dim=1``)."""
+    return int(max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz)
+
+
 def round_imgsz(imgsz: int, stride: int) -> int:
     """Ultralytics' check_imgsz (and train.py's check_img_size): round up to a multiple of the largest stride (at least 32)."""
     return max(math.ceil(imgsz / stride) * stride, stride)

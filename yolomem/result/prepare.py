@@ -90,22 +90,11 @@ def amp_on_the_card(config: EstimateConfig, resolved: ResolvedModel) -> tuple[Es
     from yolomem.loops.ultralytics.release import release
 
     gpu = find_gpu(config.gpu, config.gpu_mem)
-    if not amp_refused_on(gpu):
+    if not release().turns_amp_off(gpu):
         return config, None
     return config.with_changes(amp="fp32"), (f"amp=True: ultralytics {release().version}'s check_amp turns AMP off on "
                                              f"{gpu.name} (\"may cause NaN losses or zero-mAP results\"): it trains in "
                                              "FP32, which is estimated")  # fmt: skip
-
-
-def amp_refused_on(gpu) -> bool:
-    """Whether the installed Ultralytics' ``check_amp`` turns AMP off on ``gpu`` (a ``yolomem.config.gpus.Gpu``)
-    by its name alone (``release.amp_refused_cards``)."""
-    import re
-
-    from yolomem.loops.ultralytics.release import release
-
-    pattern = release().amp_refused_cards
-    return bool(pattern and re.search(pattern, gpu.device_name, re.IGNORECASE))
 
 
 def _shipped(data: str) -> str | None:

@@ -227,9 +227,9 @@ def curve_figure(
         progress(done, done, "done")
     other = "imgsz" if x_name == "batch" else "batch"
     fixed = ((other, str(getattr(base, other))), ("optimizer", base.optimizer))
-    from yolomem.result.prepare import amp_refused_on
+    from yolomem.loops.ultralytics.release import release
 
-    amp_off_on = tuple(line.name for line in lines if ultralytics_amp and amp_refused_on(line.budget.gpu))
+    amp_off_on = tuple(line.name for line in lines if ultralytics_amp and release().turns_amp_off(line.budget.gpu))
     return CurveFigure(x_name, measure, fixed, tuple(curves), lines, crossings, unit, amp_off_on)
 
 

@@ -295,9 +295,10 @@ def compute_site(request: SiteRequest, *, jobs: int = 1, progress: Callable[[str
     series = tuple(r for r in results if isinstance(r, SiteSeries))
     deploy_series = tuple(r for r in results if isinstance(r, DeploySeries))
     failures = tuple(r for r in results if isinstance(r, SiteFailure))
-    from yolomem.result.prepare import amp_refused_on
+    from yolomem.loops.ultralytics.release import release
 
-    cards = tuple((name, gpu.total_bytes, amp_refused_on(gpu)) for name, gpu in CATALOG.items() if not gpu.shared_memory)
+    cards = tuple((name, gpu.total_bytes, release().turns_amp_off(gpu)) for name, gpu in CATALOG.items()
+                  if not gpu.shared_memory)  # fmt: skip
     return SiteData({"yolomem": yolomem_version, "torch": torch_version, "ultralytics": ultralytics_version},
                     DEFAULT_MARGIN, CUDA_CONTEXT_UPPER_BYTES, cards, request.cards, request.batches,
                     request.estimate_words(), series, failures, request.deploy_batches, deploy_series,

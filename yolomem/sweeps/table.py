@@ -219,14 +219,12 @@ def _gpu_fit(main: _Traced, second: _Traced | None, budget: Budget) -> GpuFit:
 
 
 def _precision_result(precision: str, main: _Traced, second: _Traced | None, budgets,
-                      fp32: tuple[_Traced, _Traced | None] | None = None) -> PrecisionResult:
-    """A precision's figures and per-card verdicts; ``fp32``: the row's FP32 runs, which judge AMP on a card
-    where the trainer turns AMP off (Ultralytics' check_amp, ``yolomem.result.prepare.amp_refused_on``)."""
-    from yolomem.result.prepare import amp_refused_on
-
+                      judged_by: dict[str, tuple[_Traced, _Traced | None]] | None = None) -> PrecisionResult:
+    """A precision's figures and per-card verdicts; ``judged_by``: other runs that judge it on some cards
+    (the FP32 runs, on a card where the trainer turns AMP off: ``Release.turns_amp_off``)."""
     fixed, slope = _linear_model(main, second)
-    fits = tuple(_gpu_fit(*fp32, budget) if fp32 and amp_refused_on(budget.gpu) else _gpu_fit(main, second, budget)
-                 for budget in budgets)  # fmt: skip
+    runs = judged_by or {}
+    fits = tuple(_gpu_fit(*runs.get(budget.gpu.name, (main, second)), budget) for budget in budgets)
     return PrecisionResult(precision, main.peak_reserved_bytes, main.device_total_bytes, main.gpu_mem_printed,
                            main.gpu_mem_unit, int(fixed), slope, fits, main.peak_reserved_upper_bytes,
                            main.device_total_upper_bytes)  # fmt: skip
@@ -261,6 +259,9 @@ def compute_table(
         groups.append(tuple((row.model, row.imgsz, b, precision, iterations)
                             for precision in PRECISIONS for b in dict.fromkeys(batches)))  # fmt: skip
     results = _run(groups, jobs, progress)
+    from yolomem.loops.ultralytics.release import release
+
+    amp_off_on = tuple(c.gpu.name for c in cards if release().turns_amp_off(c.gpu))  # Ultralytics trains FP32 there
     table_rows = []
     for row in rows:
         runs = {}
@@ -268,18 +269,15 @@ def compute_table(
             main = results[(row.model, row.imgsz, row.batch, precision, iterations)]
             second = results.get((row.model, row.imgsz, max(row.batch // 2, 1), precision, iterations)) if method == "two-point" else None
             runs[precision] = (main, second)
-        refuses = runs["fp32"] if runs["fp32"][0].framework == "ultralytics" else None  # the yolov5 repo keeps AMP
-        per_precision = {"fp32": _precision_result("fp32", *runs["fp32"], cards),
-                         "fp16": _precision_result("fp16", *runs["fp16"], cards, fp32=refuses)}  # fmt: skip
+        fp32_on = dict.fromkeys(amp_off_on, runs["fp32"]) if runs["fp32"][0].framework == "ultralytics" else {}
+        per_precision = {"fp32": _precision_result("fp32", *runs["fp32"], cards),  # the yolov5 repo keeps AMP
+                         "fp16": _precision_result("fp16", *runs["fp16"], cards, judged_by=fp32_on)}  # fmt: skip
         main = results[(row.model, row.imgsz, row.batch, "fp32", iterations)]
         gflops, source = results[_gflops_key(row.model, row.imgsz)]
         notes = tuple(dict.fromkeys(main.notes))
         table_rows.append(TableRow(main.model, main.framework, main.task, main.params, gflops, source, main.imgsz,
                                    row.batch, per_precision["fp32"], per_precision["fp16"], notes))  # fmt: skip
     unit = "/".join(sorted({row.fp32.gpu_mem_unit for row in table_rows}, reverse=True))  # "GiB", "GB" or "GiB/GB"
-    from yolomem.result.prepare import amp_refused_on
-
-    amp_off_on = tuple(c.gpu.name for c in cards if amp_refused_on(c.gpu))
     return Table(tuple(table_rows), tuple(c.gpu.name for c in cards), method, iterations, time.perf_counter() - started,
                  unit, margin, amp_off_on)  # fmt: skip
 

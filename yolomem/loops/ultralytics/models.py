@@ -271,6 +271,8 @@ def _from_checkpoint(path: Path) -> ResolvedModel:
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import guess_model_task
 
+    from yolomem.loops.base import larger_side
+
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input error
@@ -280,9 +282,8 @@ def _from_checkpoint(path: Path) -> ResolvedModel:
     if not isinstance(cfg, dict):
         raise UserError(f"checkpoint {str(path)!r} holds no Ultralytics model with a 'yaml' config")
     train_args = checkpoint.get("train_args") if isinstance(checkpoint.get("train_args"), dict) else {}
-    imgsz = train_args.get("imgsz") or get_cfg().imgsz
-    imgsz = max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz  # trained at the larger side (check_imgsz)
-    kept = {"imgsz": int(imgsz), "single_cls": bool(train_args.get("single_cls", False))}
+    kept = {"imgsz": larger_side(train_args.get("imgsz") or get_cfg().imgsz),
+            "single_cls": bool(train_args.get("single_cls", False))}
     return ResolvedModel(path.stem, "checkpoint", guess_model_task(cfg), dict(cfg), int(cfg.get("nc", 80)),
                          train_args=kept, train_args_source=f"as {path.name} was trained (its train_args)")  # fmt: skip
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 from yolomem.errors import UserError
-from yolomem.loops.base import CacheClears
+from yolomem.loops.base import CacheClears, larger_side
 
 # 8.0.114: the first release whose build_optimizer picks optimizer=auto as later ones do (AdamW up to 10k
 # iterations); before 8.0.136 the package had another layout, read through legacy_layout's aliases.
@@ -94,6 +94,10 @@ class Release:
     default_imgsz: dict[str, int]  # per task: what the trainer trains at when imgsz is not given
     single_cls_one_class: bool  # single_cls=True builds the model with one class
     amp_refused_cards: str | None  # check_amp's regex of device names it trains in FP32 on (None: no such list)
+
+    def turns_amp_off(self, gpu) -> bool:
+        """Whether ``check_amp`` turns AMP off on ``gpu`` (a ``yolomem.config.gpus.Gpu``) by its name alone."""
+        return bool(self.amp_refused_cards and re.search(self.amp_refused_cards, gpu.device_name, re.IGNORECASE))
 
     def optimizer_name(self, requested: str) -> str:
         """The installed spelling of ``requested`` (``RMSprop`` vs ``RMSProp``), or a one-line error."""
@@ -363,7 +367,7 @@ def default_imgsz() -> dict[str, int]:
     """Per task, the imgsz its trainer trains at when the user gives none: each trainer's own ``__init__``
     runs with ``BaseTrainer.__init__`` replaced by a stand-in that keeps the overrides passed up to it
     (``ClassificationTrainer``: ``if overrides.get("imgsz") is None: overrides["imgsz"] = 224``); where a
-    trainer sets none, default.yaml's. A list is trained at its larger side, as ``check_imgsz`` does."""
+    trainer sets none, default.yaml's (``larger_side`` of a list)."""
     from unittest import mock
 
     from ultralytics.cfg import get_cfg
@@ -378,8 +382,7 @@ def default_imgsz() -> dict[str, int]:
 
         with mock.patch.object(BaseTrainer, "__init__", keep), contextlib.suppress(Exception):
             classes["trainer"](overrides={})  # lines after super().__init__() may read what the stand-in skipped
-        imgsz = passed.get("imgsz") if passed.get("imgsz") is not None else get_cfg().imgsz
-        found[task] = int(max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz)
+        found[task] = larger_side(passed.get("imgsz") if passed.get("imgsz") is not None else get_cfg().imgsz)
     return found
 
 
