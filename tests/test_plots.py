@@ -313,3 +313,12 @@ def test_the_caption_names_the_cards_that_train_amp_in_fp32():
     assert ("On GTX-1650 Ultralytics' check_amp turns AMP off" in curve_caption(data)) is refused
     fp32 = curve_figure(["yolov8n.yaml"], base=TINY, xs=(1,), amps=("fp32",), gpus=[find_gpu("GTX-1650")])
     assert fp32.amp_off_on == ()  # no AMP curve: nothing to say
+
+
+def test_the_held_imgsz_is_the_one_estimated():
+    """A classifier left to its trainer trains at 224 (``trainer_defaults``): the figure says so, not 640."""
+    base = EstimateConfig.from_words(["iterations=1"])
+    data = curve_figure(["yolov8n-cls.yaml"], base=base, xs=(1,), amps=("fp16",))
+    assert data.fixed[0] == ("imgsz", "224")
+    both = curve_figure(["yolov8n-cls.yaml", "yolov8n.yaml"], base=base, xs=(1,), amps=("fp16",))
+    assert both.fixed[0] == ("imgsz", "224, 640")  # each model's own

@@ -194,6 +194,8 @@ def curve_figure(
     cells = [(model, amp) for model in models for amp in amps]
     estimated: dict[tuple[str, str, int], CurvePoint] = {}
     unit = "GiB"
+    other = "imgsz" if x_name == "batch" else "batch"
+    held: set[int] = set()  # the held key as estimated (a classifier left to its trainer trains at 224)
     ultralytics_amp = False  # an AMP curve of a model Ultralytics trains: its check_amp decides on the card
     done = 0
     while True:
@@ -208,6 +210,7 @@ def curve_figure(
                 result = estimator(config)
                 unit = result.gpu_mem_unit
                 ultralytics_amp |= amp == "fp16" and result.config.framework == "ultralytics"
+                held.add(getattr(result.config, other))
                 estimated[(model, amp, x)] = CurvePoint(
                     x=getattr(result.config, x_name),  # imgsz=500 is estimated, and drawn, at 512
                     peak_allocated_bytes=result.peak_allocated_bytes,
@@ -225,8 +228,7 @@ def curve_figure(
         xs = tuple(sorted({*xs, *wider}))
     if progress:
         progress(done, done, "done")
-    other = "imgsz" if x_name == "batch" else "batch"
-    fixed = ((other, str(getattr(base, other))), ("optimizer", base.optimizer))
+    fixed = ((other, ", ".join(map(str, sorted(held))) or str(getattr(base, other))), ("optimizer", base.optimizer))
     from yolomem.loops.ultralytics.release import release
 
     amp_off_on = tuple(line.name for line in lines if ultralytics_amp and release().turns_amp_off(line.budget.gpu))
