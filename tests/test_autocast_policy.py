@@ -177,3 +177,27 @@ def test_policy_is_installed_only_inside_its_context():
             inside = torch.exp(tracer.fake_mode.from_tensor(x)).dtype
     assert inside == torch.float32
     assert exp_dtype() == torch.bfloat16
+
+
+def test_a_dead_tensors_cast_is_never_handed_to_the_next_at_its_id():
+    """CUDA's cast cache keys a tensor weakly, so no other tensor takes its address while the entry stands;
+    a Python id outlives its object. AutoBatch's profiler makes each probe's input a leaf that requires
+    grad, which autocast caches, and thop's forward runs without grad (no graph keeps the input alive):
+    a later input born at a dead one's id must get its own copy (it got the old one, of another shape,
+    and the probe failed), while the old copies stay cached until the region exits, as on a GPU."""
+    tracer = Tracer(fake=True)
+    with tracer, CudaAutocastPolicy(tracer.fake_cuda_like, tracer.paused) as policy, policy.region(torch.float16):
+        weight = torch.empty(8, 3)
+        seen, reused = set(), 0
+        for step in range(300):
+            rows = 1 + step % 7
+            source = torch.empty(rows, 8, requires_grad=True)
+            reused += id(source) in seen
+            seen.add(id(source))
+            with torch.no_grad():
+                assert (source @ weight).shape == (rows, 3)
+            del source
+        assert reused  # the premise: CPython gave a new tensor a dead one's id
+        cached = [r for r in tracer._records.values() if r.dtype == "float16" and r.nbytes % 16 == 0]
+        assert len(cached) == 300  # every input's fp16 copy, until the region exits
+        tracer.detach_finalizers()

@@ -11,14 +11,17 @@ kernel what it would do, by calling the op on fake CUDA copies of the arguments 
 arguments get cast to which dtype. It then applies exactly those casts to the CPU arguments (through
 autograd, so backward sees them as it would on a GPU) and runs the op below the autocast key.
 
-CUDA autocast caches the low-precision copy of each fp32 leaf parameter until the autocast region
-exits (``cached_cast`` in aten/src/ATen/autocast_mode.cpp). We keep the same cache, so the fp16 weight
-copies live exactly as long as they do on a GPU.
+CUDA autocast caches the low-precision copy of each fp32 leaf tensor that requires grad (the
+parameters, and an input made to require grad, as AutoBatch's profiler does) until the autocast region
+exits (``cached_cast`` in aten/src/ATen/autocast_mode.cpp). We keep the same cache, so the fp16 copies
+live exactly as long as they do on a GPU: also after their source dies, whose key the cache holds weakly
+(a ``weak_intrusive_ptr``, so no other tensor takes that address while the entry stands).
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,7 +81,10 @@ class CudaAutocastPolicy:
     def __init__(self, fake_cuda_like, pause_recording):
         self._fake_cuda_like = fake_cuda_like
         self._pause_recording = pause_recording
-        self._weight_cache: dict[int, torch.Tensor] = {}
+        # id(source) -> (a weak reference to the source, its cast copy). An id outlives its tensor, unlike
+        # CUDA's key: a dead source's entry moves to _orphaned casts, which stay until the region exits.
+        self._weight_cache: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+        self._orphaned_casts: list[torch.Tensor] = []
         self._library: torch.library.Library | None = None
         self.probe_failures: set[str] = set()
         self.probe_failures_ops: set = set()
@@ -102,7 +108,7 @@ class CudaAutocastPolicy:
         if self._library is not None:
             self._library._destroy()  # restores the original AutocastCPU kernels
             self._library = None
-        self._weight_cache.clear()
+        self._clear_cast_cache()
 
     @contextlib.contextmanager
     def region(self, dtype: torch.dtype) -> Iterator[None]:
@@ -111,7 +117,11 @@ class CudaAutocastPolicy:
             with torch.autocast("cpu", dtype=dtype):
                 yield
         finally:
-            self._weight_cache.clear()  # autocast's exit clears its cast cache
+            self._clear_cast_cache()  # autocast's exit clears its cast cache
+
+    def _clear_cast_cache(self) -> None:
+        self._weight_cache.clear()
+        self._orphaned_casts.clear()
 
     # -- the kernel -------------------------------------------------------------------------------
     def _kernel_for(self, op: torch._ops.OpOverload):
@@ -137,14 +147,19 @@ class CudaAutocastPolicy:
         return kernel
 
     def _cast(self, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        # Mirrors cached_cast(): fp32 leaf parameters are cast once per autocast region.
+        # Mirrors cached_cast(): fp32 leaf tensors that require grad are cast once per autocast region.
         cacheable = tensor.is_leaf and tensor.requires_grad and tensor.dtype == torch.float32
-        if cacheable and id(tensor) in self._weight_cache:
-            return self._weight_cache[id(tensor)]
+        if cacheable:
+            entry = self._weight_cache.get(id(tensor))
+            if entry is not None:
+                source, cast = entry
+                if source() is tensor:
+                    return cast
+                self._orphaned_casts.append(cast)  # another tensor at a dead one's id: its copy stays cached
         with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_AUTOCAST_CPU)):
             cast = tensor.to(dtype)
         if cacheable:
-            self._weight_cache[id(tensor)] = cast
+            self._weight_cache[id(tensor)] = (weakref.ref(tensor), cast)
         return cast
 
     def _arrival_dtypes(self, op, flat: list, spec) -> tuple[tuple[torch.dtype | None, ...], torch.dtype | None]:
