@@ -8,7 +8,8 @@ Per release (``pip install --no-deps --target <tmp>/<release>``, first on ``PYTH
 - a smoke estimate per task (detect, segment, pose, obb, classify) at a small imgsz, one whole-epochs
   estimate (does the simulated cache clear follow the release?), and the 640/16 AMP figure of
   yolo11s (yolov8s before 8.3, which has no yolo11);
-- ``deploy``: predict per task, segmentation's validation and exported pipelines (``_deploy_smoke``).
+- ``deploy``: predict per task, segmentation's validation and exported pipelines (``_deploy_smoke``);
+- AutoBatch (``batch=-1``): the release's own pick on a simulated GTX 1650, and the estimate at it.
 Prints one line per release and exits 1 if any release failed.
 
 The matrix: the first release yolomem traces (8.0.114) and the last before the present package layout
@@ -162,6 +163,12 @@ def smoke() -> None:
             out[key] = estimate(model, iterations=1, **extra).gpu_mem_printed
         except Exception as error:  # noqa: BLE001
             failures.append(f"{model} {extra}: {type(error).__name__}: {error}")
+    # AutoBatch (batch=-1): the release's trainer, check_train_batch_size and profiler run on the simulated card
+    try:
+        est = estimate("yolov8n.yaml", imgsz=320, batch=-1, gpu="GTX-1650", iterations=1)
+        out["autobatch"] = {"batch": est.config.batch, "fits": est.fits}
+    except Exception as error:  # noqa: BLE001
+        failures.append(f"autobatch: {type(error).__name__}: {error}")
     failures += _deploy_smoke(out)
     if failures:
         out["error"] = failures
@@ -201,7 +208,7 @@ def _line(result: dict) -> str:
     detail = "" if result["ok"] else f"  {smoke.get('error', '')}"
     return (f"{result['release']:>8}  {status}  [{result.get('tests')}]  {result.get('seconds', '?')} s\n"
             f"          {tasks}  |  640/16 AMP: {big}  |  yolov8n 128/4 epochs=2: {steady}\n"
-            f"          {smoke.get('clears')}{detail}")  # fmt: skip
+            f"          {smoke.get('clears')}  |  AutoBatch yolov8n 320 on GTX-1650: {smoke.get('autobatch')}{detail}")  # fmt: skip
 
 
 def _alive(pid: int) -> bool:

@@ -60,12 +60,15 @@ def _fit(options: argparse.Namespace) -> int:
     solve = parsed.values.get("solve", "batch")
     margin = config.margin
     explain = options.explain or parsed.values.get("explain", False)
-    batch_given = "batch" in parsed.values
+    autobatch = config.autobatch is not None  # batch=-1: AutoBatch's pick beside the largest batch that fits
+    if autobatch and (solve != "batch" or explain):
+        config.fixed_batch()  # the ladder and the imgsz search start from a batch of yours
+    batch_given = "batch" in parsed.values and not autobatch
     if not (config.gpu or config.gpu_mem):
         raise UserError("fit needs a GPU: add gpu=NAME (e.g. gpu=RTX-3090) or gpu_mem=<GiB>")
     if explain:
         return _explain(config, margin, options)
-    from yolomem.sweeps.fit import NothingFits, largest_batch, largest_imgsz
+    from yolomem.sweeps.fit import NothingFits, beside_autobatch, largest_batch, largest_imgsz
 
     with _progress("fit", options.json) as progress:
         solver = largest_batch if solve == "batch" else largest_imgsz
@@ -75,6 +78,8 @@ def _fit(options: argparse.Namespace) -> int:
             if not batch_given or solve != "batch":
                 raise
             result = None
+        if autobatch and result is not None:
+            result = beside_autobatch(result, config)
     # a batch past the dataset's size trains at its size (FitResult.whole_dataset): fitting, it needs no ladder
     if result is None or (solve == "batch" and batch_given and result.max_batch < config.batch and not result.whole_dataset):
         return _explain(config, margin, options, fit=result)
@@ -133,7 +138,7 @@ def _pick(options: argparse.Namespace) -> int:
     values = parsed.values
     if "family" in values and "models" in values:
         raise UserError("family= and models= both choose the candidates; give one")
-    config = EstimateConfig.from_parsed(parsed, skip=("task",))
+    config = EstimateConfig.from_parsed(parsed, skip=("task",)).fixed_batch()
     with _progress("pick", options.json) as progress:
         result = pick_models(
             config.gpu, None, None, values.get("task", "detect"), gpu_mem=config.gpu_mem,  # imgsz, batch: the config's

@@ -103,7 +103,8 @@ def _progress(label: str) -> Iterator:
 def _base_config(parsed: Words, model: str):
     from yolomem.config.settings import EstimateConfig
 
-    return EstimateConfig.from_parsed(Words((model,), parsed.values, parsed.notes), skip=("gpu", "amp", "model"))
+    config = EstimateConfig.from_parsed(Words((model,), parsed.values, parsed.notes), skip=("gpu", "amp", "model"))
+    return config.fixed_batch()
 
 
 @command(

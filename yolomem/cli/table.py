@@ -11,7 +11,9 @@ import argparse
 from dataclasses import dataclass
 
 from yolomem.cli.registry import JSON, Flag, command
-from yolomem.config.keys import CHOICE, ESTIMATE_KEYS, INT, MARGIN, TEXT, TEXTS, Key, KeyTable, parse_words
+from yolomem.config.keys import (
+    CHOICE, ESTIMATE_KEYS, INT, MARGIN, TEXT, TEXTS, AutoBatchRequest, Key, KeyTable, parse_words, refuse_autobatch,
+)  # fmt: skip
 from yolomem.errors import UserError
 from yolomem.deployment.config import DEPLOY_KEYS
 from yolomem.sweeps.table import DEFAULT_GPUS, METHODS
@@ -54,6 +56,8 @@ class TableOptions:
 def parse_table_words(words: list[str]) -> TableOptions:
     parsed = parse_words(words, TABLE_KEYS)
     get = lambda name: parsed.values.get(name, TABLE_KEYS.default(name))  # noqa: E731
+    if isinstance(get("batch"), AutoBatchRequest):
+        raise refuse_autobatch(f"batch={get('batch')}")
     return TableOptions(parsed.positionals, get("imgsz"), get("batch"), get("gpus"), get("method"),
                         get("iterations"), get("jobs"), get("margin"))  # fmt: skip
 

@@ -23,6 +23,28 @@ _BOOL_WORDS = {"true": True, "false": False}
 
 
 @dataclass(frozen=True)
+class AutoBatchRequest:
+    """``batch=-1`` (AutoBatch's default share of the card) or a fraction in (0, 1): Ultralytics' AutoBatch
+    picks the batch for the card (``yolomem.loops.ultralytics.autobatch``)."""
+
+    value: float
+
+    def __str__(self) -> str:
+        return f"{self.value:g}"
+
+
+def asks_autobatch(number: float) -> bool:
+    """Ultralytics' AutoBatch values: -1 or a fraction in (0, 1); any other value <= 0 is just wrong."""
+    return number == -1 or 0 < number < 1
+
+
+def refuse_autobatch(shown: str) -> UserError:
+    """AutoBatch asked of what takes a fixed batch (a sweep, a measurement, a config built directly)."""
+    return UserError(f"{shown} asks for AutoBatch, which only estimate runs: 'yolomem estimate MODEL {shown} gpu=NAME' "
+                     "shows the batch it picks on that card and whether it fits")
+
+
+@dataclass(frozen=True)
 class Key:
     """One ``key=value`` setting."""
 
@@ -54,7 +76,8 @@ class Key:
         if self.nullable and lowered in _NONE_WORDS:
             return None
         if self.type == INT:
-            return self.check(self._int(text))
+            number = self._int(text)
+            return number if isinstance(number, AutoBatchRequest) else self.check(number)
         if self.type == FLOAT:
             return self.check(self._float(text))
         if self.type == BOOL:
@@ -86,6 +109,8 @@ class Key:
         """A value from Python or JSON (``amp=True``, ``freeze=[0, 1]``): text is parsed, the rest checked."""
         if isinstance(value, str):
             return self.parse(value)
+        if self.autobatch and isinstance(value, (int, float)) and not isinstance(value, bool) and asks_autobatch(value):
+            return AutoBatchRequest(float(value))
         if value is not None and str(value).lower() in self.aliases:
             return self.aliases[str(value).lower()]
         if self.type == FLOAT and isinstance(value, int) and not isinstance(value, bool):
@@ -142,11 +167,13 @@ class Key:
             return ",".join(map(str, self.default)) or "-"
         return _as_typed(self.default) if isinstance(self.default, (int, float)) else str(self.default)
 
-    def _int(self, text: str) -> int:
+    def _int(self, text: str) -> int | AutoBatchRequest:
         try:
-            return int(text)
+            whole = int(text)
         except ValueError:
             pass
+        else:
+            return AutoBatchRequest(float(whole)) if self.autobatch and asks_autobatch(whole) else whole
         try:
             number = float(text)
         except ValueError:
@@ -156,15 +183,14 @@ class Key:
                 raise UserError(f"{self.name}={text!r} is a list; training takes one {self.name}, and Ultralytics "
                                 f"trains at the larger: {self.name}={largest}") from None  # fmt: skip
             raise UserError(f"{self.name}={text!r} is not a number") from None
-        if self.autobatch and (number == -1 or 0 < number < 1):
-            raise self._autobatch(text)
+        if self.autobatch and asks_autobatch(number):
+            return AutoBatchRequest(number)
         if math.isfinite(number) and number.is_integer():
             return int(number)
         raise UserError(f"{self.name}={text} must be a whole number")
 
     def _autobatch(self, shown: object) -> UserError:
-        # Ultralytics' AutoBatch: batch=-1 (60 % of the card) or a fraction in (0, 1); any other value <= 0 is just wrong
-        return UserError(f"{self.name}={shown} asks for AutoBatch; yolomem needs a fixed batch (yolomem fit finds the largest)")
+        return refuse_autobatch(f"{self.name}={shown}")
 
     def _float(self, text: str) -> float:
         try:
@@ -178,8 +204,8 @@ class Key:
             raise UserError(f"{self.name}={value!r} must be a {'whole number' if whole else 'number'}")
         if not math.isfinite(value):
             raise UserError(f"{self.name}={value} must be a finite number")
-        if self.autobatch and value == -1:
-            raise self._autobatch(value)
+        if self.autobatch and asks_autobatch(value):
+            raise self._autobatch(_as_typed(value))
         below = self.low is not None and (value < self.low or (self.low_open and value == self.low))
         above = self.high is not None and (value > self.high or (self.high_open and value == self.high))
         if below or above:
@@ -419,7 +445,7 @@ ESTIMATE_KEYS = KeyTable((
     Key("imgsz", INT, 640, "training image size (rounded up to the model's stride); not given: the trainer's "
         "(224 for a classifier, a .pt checkpoint's training size: 1024 for the published OBB weights)", low=1),
     Key("batch", INT, 16, "images per step, over all GPUs (DDP splits it); not given: the trainer's (the yolov5 "
-        "repo's classifiers: 64)", low=1, high=MAX_BATCH_REQUEST,
+        "repo's classifiers: 64); -1 or a fraction such as 0.7: what Ultralytics' AutoBatch picks on gpu=", low=1, high=MAX_BATCH_REQUEST,
         autobatch=True, bound="a million images a step; ten million overflow the assigner's tensor sizes"),
     Key("amp", CHOICE, "fp16", "mixed precision: true (fp16), false (fp32) or bf16", choices=("fp16", "fp32", "bf16"),
         aliases={"true": "fp16", "false": "fp32"}),

@@ -19,7 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 
 from yolomem.config.keys import (
-    DEFAULT_INSTANCES, ESTIMATE_KEYS, FRAMEWORKS, OPTIMIZERS, PRECISIONS, STEPS, KeyTable, Words, parse_words,
+    DEFAULT_INSTANCES, ESTIMATE_KEYS, FRAMEWORKS, OPTIMIZERS, PRECISIONS, STEPS, AutoBatchRequest, KeyTable, Words,
+    asks_autobatch, parse_words, refuse_autobatch,
 )  # fmt: skip
 from yolomem.errors import UserError
 
@@ -70,6 +71,9 @@ class EstimateConfig:
     # keys the user left out whose default the trainer sets per model (a classifier's imgsz, a checkpoint's
     # training imgsz and single_cls): yolomem.result.prepare fills them in once the model is resolved
     left_to_trainer: tuple[str, ...] = ()
+    # batch=-1 or a fraction: Ultralytics' AutoBatch picks the batch on gpu= (yolomem.result.prepare); until
+    # then ``batch`` holds the default
+    autobatch: float | None = None
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +81,8 @@ class EstimateConfig:
             ESTIMATE_KEYS[name].check(getattr(self, name))
         if self.alloc_conf is not None:
             _check_alloc_conf(self.alloc_conf)
+        if self.autobatch is not None and not asks_autobatch(self.autobatch):
+            raise UserError(f"autobatch={self.autobatch!r}: AutoBatch takes -1 or a fraction in (0, 1)")
         if self.gpu is not None or self.gpu_mem is not None:
             from yolomem.config.gpus import find_gpu
 
@@ -133,24 +139,37 @@ class EstimateConfig:
                 notes.append(f"task={value}: the task is inferred from the model; ignored")
             elif name in {"overlap_mask", "mask_ratio"}:
                 notes.append(f"{name}={str(value).lower()}: Ultralytics' default is used")
+            elif isinstance(value, AutoBatchRequest):
+                kwargs["autobatch"] = value.value
             else:
                 kwargs[name] = value
         left = tuple(name for name in TRAINER_SET_KEYS if name not in values)
         return cls(**kwargs, left_to_trainer=left, notes=tuple(notes))
 
     def with_changes(self, **changes) -> EstimateConfig:
-        """A copy with ``changes``; a key set here is no longer left to the trainer."""
+        """A copy with ``changes``; a key set here is no longer left to the trainer, and a batch set here
+        is no longer AutoBatch's to pick."""
         if self.left_to_trainer and "left_to_trainer" not in changes:
             changes["left_to_trainer"] = tuple(name for name in self.left_to_trainer if name not in changes)
+        if "batch" in changes and "autobatch" not in changes:
+            changes["autobatch"] = None
         return replace(self, **changes)
+
+    def fixed_batch(self) -> EstimateConfig:
+        """This config, for a command that sweeps or measures a batch: refused if it asks for AutoBatch."""
+        if self.autobatch is not None:
+            raise refuse_autobatch(f"batch={self.autobatch:g}")
+        return self
 
     # --- the one JSON form --------------------------------------------------------------------
 
     def to_json(self) -> dict:
-        """Every setting, in field order; ``freeze`` as a list; ``left_to_trainer`` where any is. ``from_json``
-        reads it back."""
+        """Every setting, in field order; ``freeze`` as a list; ``left_to_trainer`` and ``autobatch`` where
+        set. ``from_json`` reads it back."""
         settings = {name: list(value) if isinstance(value := getattr(self, name), tuple) else value for name in _FIELDS}
-        return settings | ({"left_to_trainer": list(self.left_to_trainer)} if self.left_to_trainer else {})
+        if self.left_to_trainer:
+            settings["left_to_trainer"] = list(self.left_to_trainer)
+        return settings | ({"autobatch": self.autobatch} if self.autobatch is not None else {})
 
     @classmethod
     def from_json(cls, data: dict) -> EstimateConfig:
@@ -158,8 +177,10 @@ class EstimateConfig:
         resolved model's; other keys that are not settings are ignored with a note; a null is "not set"."""
         if not isinstance(data, dict):
             raise UserError(f"a config must be a JSON object, not {type(data).__name__}")
-        extra = sorted(set(data) - set(_FIELDS) - {"task", "left_to_trainer"})
+        extra = sorted(set(data) - set(_FIELDS) - {"task", "left_to_trainer", "autobatch"})
         values = {k: v for k, v in data.items() if k in _FIELDS and v is not None}
+        if data.get("autobatch") is not None:
+            values["batch"] = data["autobatch"]
         notes = [f"config key{'s' if len(extra) > 1 else ''} {', '.join(extra)}: not estimator settings; ignored"] if extra else []
         left = data.get("left_to_trainer") or ()
         if not isinstance(left, (list, tuple)) or not set(left) <= set(TRAINER_SET_KEYS):
@@ -169,7 +190,7 @@ class EstimateConfig:
 
 # keys whose default the trainer may set per model when the user leaves them out (TrainingLoop.trainer_defaults)
 TRAINER_SET_KEYS = ("imgsz", "batch", "single_cls")
-_FIELDS = tuple(f.name for f in fields(EstimateConfig) if f.name not in ("notes", "left_to_trainer"))
+_FIELDS = tuple(f.name for f in fields(EstimateConfig) if f.name not in ("notes", "left_to_trainer", "autobatch"))
 
 
 def parse_estimate_words(words: Iterable[str], table: KeyTable = ESTIMATE_KEYS) -> Words:

@@ -89,13 +89,13 @@ def trace_inference(resolved: ResolvedModel, settings: InferenceSettings, *, fak
 
     ``val_batches``: an iterable of collated val batches to use instead of synthetic ones (tests pass
     Ultralytics' own dataloader over a dataset on disk)."""
-    from yolomem.loops.ultralytics.step import _CloneOnDeepcopy, build_model, quiet_ultralytics
+    from yolomem.loops.ultralytics.step import CloneOnDeepcopy, build_model, quiet_ultralytics
 
     if settings.mode not in MODES:
         raise ValueError(f"mode {settings.mode!r} is not one of {MODES}")
     tracer = Tracer(fake=fake, oracle=oracle)
     notes: list[str] = []
-    with tracer, _CloneOnDeepcopy(), quiet_ultralytics(), _no_inference_mode(), apply_replaces_parameters(), \
+    with tracer, CloneOnDeepcopy(), quiet_ultralytics(), _no_inference_mode(), apply_replaces_parameters(), \
             pooling_keeps_indices():  # fmt: skip
         model = build_model(resolved.cfg, resolved.task, nc or resolved.nc)
         stride = max(int(model.stride.max()), 32)

@@ -419,3 +419,17 @@ def iteration_counts(plan: DensityPlan, iterations: int, upper: bool) -> list[tu
     batch = len(plan.typical)
     levels = [plan.typical_densest] * (iterations - 1) + [plan.n_max] + ([plan.n_max_upper] if upper else [])
     return [dense_counts(batch, level, min(plan.typical_sample, level)) for level in levels]
+
+
+def densest_image(config, train_counts: Sequence[int] | None = None) -> int:
+    """The most objects in one image of the training set, as a trainer that reads all its labels sees it
+    (Ultralytics' ``DetectionTrainer.auto_batch``): the labels' own where given; else ``max_instances=``;
+    else the densest image of the drawn epoch, the median over ``SEEDS`` draws."""
+    if train_counts is not None and len(train_counts):
+        return int(max(train_counts))
+    if config.max_instances is not None:
+        return int(config.max_instances)
+    sigma = tail_sigma(config.tail)
+    maxima = [int(epoch_images(np.random.default_rng(config.seed + 1000 * k), config.instances, sigma, config.images,
+                               None).max(initial=0)) for k in range(SEEDS)]  # fmt: skip
+    return int(np.median(maxima))

@@ -268,7 +268,7 @@ def parse_measure_words(words: list[str]) -> tuple[MeasureSettings, Path]:
     from yolomem.config.settings import parse_estimate_words
 
     parsed = parse_estimate_words(words, MEASURE_KEYS)
-    config = EstimateConfig.from_parsed(parsed)
+    config = EstimateConfig.from_parsed(parsed).fixed_batch()
     own = parsed.values
     settings = MeasureSettings(
         config, augment=own.get("augment", "exact"), iterations_given="iterations" in own,

@@ -48,8 +48,9 @@ def _traced_code(estimate: Estimate) -> str:
 def render_estimate(estimate: Estimate, console: Console | None = None) -> None:
     console = console or Console()
     cfg = estimate.config
+    picked = " (AutoBatch's pick)" if estimate.autobatch else ""
     title = (
-        f"{cfg.model} ({estimate.task}) · batch {cfg.batch} · imgsz {cfg.imgsz} · "
+        f"{cfg.model} ({estimate.task}) · batch {cfg.batch}{picked} · imgsz {cfg.imgsz} · "
         f"{cfg.amp} · {cfg.optimizer} · {estimate.params / 1e6:.2f} M params · {_traced_code(estimate)}"
     )
     summary = Table(title=title, show_header=False, title_justify="left")

@@ -638,9 +638,10 @@ class EpochRequest:
                                upper_workspaces=upper_workspaces, large_segments_descending=large_segments_descending)  # fmt: skip
 
 
-def epoch_request(config, resolved) -> EpochRequest | None:
+def epoch_request(config, resolved, read_before=None) -> EpochRequest | None:
     """None unless epochs are asked for: ``data=`` given or ``epochs >= 2``, for the Ultralytics loop
-    (every task; not RT-DETR, YOLO-World or YOLOE) or the yolov5 repo's (detection designs; not with world_size > 1)."""
+    (every task; not RT-DETR, YOLO-World or YOLOE) or the yolov5 repo's (detection designs; not with world_size > 1).
+    ``read_before``: the labels of ``data=`` as an earlier request read them (the same data at another batch)."""
     from yolomem.loops import get_loop
 
     wanted = bool(config.data) or (config.epochs or 0) >= 2
@@ -664,7 +665,7 @@ def epoch_request(config, resolved) -> EpochRequest | None:
     elif config.data:
         from yolomem.config.dataset import read_dataset
 
-        dataset = loop.kept_images(read_dataset(config.data, seed=config.seed))
+        dataset = read_before if read_before is not None else loop.kept_images(read_dataset(config.data, seed=config.seed))
         notes.extend(_dropped_notes(config.data, dataset))
         split_sizes = (dataset.train.images, dataset.val.images if dataset.val is not None else None)
         train_counts = dataset.train.counts

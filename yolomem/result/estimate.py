@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from yolomem.config.gpus import Gpu
     from yolomem.config.models import ResolvedModel
     from yolomem.loops.base import TracedRun
+    from yolomem.loops.ultralytics.autobatch import AutoBatchPick
 
 TOP_LAYERS = 10
 
@@ -112,6 +113,7 @@ class Estimate:
     density: DensityPlan | None = None  # the traced batches' objects per sample (None: no labels)
     density_sensitivity: DensitySensitivity | None = None
     breakdown_sources: dict[str, str] = field(default_factory=dict)  # breakdown line -> where its size comes from
+    autobatch: AutoBatchPick | None = None  # batch=-1 or a fraction: what AutoBatch picked (config.batch holds it)
 
     @property
     def peak_reserved_upper_bytes(self) -> int:
@@ -192,6 +194,7 @@ class Estimate:
             "epochs": self.epochs.to_json() if self.epochs else None,
             "dataset": self.dataset.to_json() if self.dataset else None,
             "host": self.host.to_json() if self.host else None,
+            "autobatch": self.autobatch.to_json() if self.autobatch else None,
         }
 
 
@@ -264,6 +267,7 @@ class EstimateFigures:
     peak_phase: str
     upper: UpperFigure
     seconds: float  # what they took
+    autobatch: AutoBatchPick | None = None
 
 
 # The last figures computed, by config, while the run source stays the same: a sweep asks again for
@@ -355,7 +359,8 @@ def _estimate_figures(config: EstimateConfig) -> EstimateFigures:
         peak_reserved, peak_phase = simulation.peak_reserved.median, simulation.peak_phase
     upper = _upper_figure(peak_reserved, upper_replays, simulations_upper, run.density, allowance_for(config.amp, config.step, config.framework))
     return EstimateFigures(config, resolved, request, notes, gpu, run, base_trace, dense_trace, replay, replay_dense,
-                           simulation, peak_reserved, peak_phase, upper, time.perf_counter() - started)  # fmt: skip
+                           simulation, peak_reserved, peak_phase, upper, time.perf_counter() - started,
+                           prepared.autobatch)  # fmt: skip
 
 
 def estimate_config(config: EstimateConfig, figures: EstimateFigures | None = None) -> Estimate:
@@ -437,6 +442,7 @@ def estimate_config(config: EstimateConfig, figures: EstimateFigures | None = No
         density=run.density,
         density_sensitivity=sensitivity,
         breakdown_sources=_breakdown_sources(run, base_trace, cudnn_bytes),
+        autobatch=figures.autobatch,
     )
 
 

@@ -20,6 +20,7 @@ class Prepared:
     request: object | None  # yolomem.result.epochs.EpochRequest, when data= or epochs>=2
     density: object | None  # yolomem.loops.density.DensityPlan from the labels (None: the loop plans)
     notes: tuple[str, ...]
+    autobatch: object | None = None  # yolomem.loops.ultralytics.autobatch.AutoBatchPick, for batch=-1 or a fraction
 
 
 def prepare(config: EstimateConfig) -> Prepared:
@@ -52,13 +53,18 @@ def prepare(config: EstimateConfig) -> Prepared:
         config, note = _without_folder(config)
         notes.append(note)
     request = epoch_request(config, resolved)  # None unless data= or epochs>=2
+    autobatch = None
+    if config.autobatch is not None:  # the batch AutoBatch picks, from the labels the request has read
+        config, autobatch, note = autobatch_on_the_card(config, resolved, request)
+        notes.append(note)
+        request = epoch_request(config, resolved, request.dataset if request is not None else None)
     density = None
     if request is not None:
         config = request.config
         notes.extend(request.notes)
         if request.dataset is not None:  # the traced batches come from the labels too
             density = plan_for(config, rank_batch(config), request.dataset.train.counts)
-    return Prepared(config, resolved, request, density, tuple(notes))
+    return Prepared(config, resolved, request, density, tuple(notes), autobatch)
 
 
 def trainer_defaults(config: EstimateConfig, resolved: ResolvedModel) -> tuple[EstimateConfig, str | None]:
@@ -95,6 +101,46 @@ def amp_on_the_card(config: EstimateConfig, resolved: ResolvedModel) -> tuple[Es
     return config.with_changes(amp="fp32"), (f"amp=True: ultralytics {release().version}'s check_amp turns AMP off on "
                                              f"{gpu.name} (\"may cause NaN losses or zero-mAP results\"): it trains in "
                                              "FP32, which is estimated")  # fmt: skip
+
+
+def autobatch_on_the_card(config: EstimateConfig, resolved: ResolvedModel, request) -> tuple[EstimateConfig, object, str]:
+    """``batch=-1`` or a fraction: the batch the installed Ultralytics' AutoBatch picks on ``gpu=``
+    (``yolomem.loops.ultralytics.autobatch``), with its objects per image from the labels ``request`` read
+    (else ``yolomem.loops.density.densest_image``). Ultralytics runs AutoBatch on one GPU only: with more,
+    its trainer sets its default batch instead."""
+    from yolomem.errors import UserError
+
+    shown = f"batch={config.autobatch:g}"
+    if resolved.framework != "ultralytics":
+        raise UserError(f"{shown}: the yolov5 repo's AutoBatch (--batch-size -1) is not modelled; give a batch "
+                        "(yolomem fit finds the largest)")  # fmt: skip
+    if not (config.gpu or config.gpu_mem):
+        raise UserError(f"{shown} asks for AutoBatch, which sizes the batch to the card: add gpu=NAME (yolomem gpus "
+                        "lists them) or gpu_mem=GiB")  # fmt: skip
+    if config.world_size > 1:
+        from ultralytics.cfg import DEFAULT_CFG_DICT
+
+        default = int(DEFAULT_CFG_DICT["batch"])
+        return config.with_changes(batch=default), None, (
+            f"{shown}: AutoBatch runs on one GPU only; with world_size={config.world_size} Ultralytics' trainer sets "
+            f"batch={default}, its default")  # fmt: skip
+    from dataclasses import asdict
+
+    from yolomem.config.gpus import find_gpu
+    from yolomem.loops.density import densest_image
+    from yolomem.loops.ultralytics.autobatch import AutoBatchPick, pick_batch
+    from yolomem.result.store_keys import family_key
+    from yolomem.trace.store import active_store
+
+    counts = request.dataset.train.counts if request is not None and request.dataset is not None else None
+    images = len(counts) if counts is not None else config.images
+    gpu, densest = find_gpu(config.gpu or "", config.gpu_mem), densest_image(config, counts)
+    # kept in the trace cache, as traced runs are: it takes seconds (a forward and backward per probe)
+    key = family_key(config, resolved) | {"probe": "autobatch", "requested": config.autobatch, "gpu": asdict(gpu),
+                                          "densest_image": densest, "dataset_size": images}  # fmt: skip
+    pick = active_store().kept_probe(
+        key, lambda: pick_batch(config, resolved, gpu, config.autobatch, densest, images), AutoBatchPick)
+    return config.with_changes(batch=pick.batch), pick, pick.note()
 
 
 def _shipped(data: str) -> str | None:

@@ -22,12 +22,11 @@ estimate itself does not depend on it.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from yolomem.config.models import ResolvedModel
@@ -36,7 +35,8 @@ from yolomem.loops.base import TracedRun, rank_batch
 from yolomem.recent import Recent
 from yolomem.trace.derive import NotDerivable, RunFacts, StreamFamily, derive_family
 from yolomem.trace.packed import PackedTrace, pack, unpack
-from yolomem.trace.store import TraceStore, activate, canonical, code_key, key_digest
+from yolomem.result.store_keys import family_key
+from yolomem.trace.store import TraceStore, activate, canonical, key_digest
 from yolomem.trace.tracer import real_cap_is_fixed
 
 # traced runs before any is derived: two draw the line. ``derive_family`` asks for a third where the
@@ -49,8 +49,6 @@ MIN_TRACED = 2
 RECENT_DERIVED = 16  # derived runs kept in memory: a sweep's check that a run derives, then its estimate
 RECENT_UNPACKED = 12  # stored runs kept read back: an explain ladder's 5 families of 2 traced runs each
 MAX_MEMBERS = 5  # traced runs a family is built from, the nearest to the batch asked for
-# settings that change only the replay, the host figures or nothing traced: not part of a family
-_NOT_TRACED = frozenset({"batch", "gpu", "gpu_mem", "alloc_conf", "cache", "workers"})
 
 log = logging.getLogger("yolomem.runs")
 _watchers: ContextVar[tuple[Callable[[str], None], ...]] = ContextVar("yolomem_run_watchers", default=())
@@ -86,30 +84,6 @@ class StoredRun:
 
     def facts(self) -> RunFacts:
         return RunFacts(unpack(self.trace), self.params, self.imgsz, self.optimizer, self.notes, self.probe_failures)
-
-
-def family_key(config: EstimateConfig, resolved: ResolvedModel) -> dict:
-    """Everything a trace depends on but the batch: the code, the model, and the traced settings."""
-    return code_key() | {"model": model_key(resolved),
-                         "config": {k: v for k, v in config.to_json().items() if k not in _NOT_TRACED}}  # fmt: skip
-
-
-def model_key(resolved: ResolvedModel) -> dict:
-    """The model as stored values are keyed by it: its resolved form, and the digest of the darknet
-    .cfg file an original design is read from (its layers are not in the resolved form)."""
-    model = asdict(resolved) | {"note": None}
-    original = resolved.cfg.get("original") if isinstance(resolved.cfg, dict) else None
-    if isinstance(original, dict) and original.get("path"):
-        model["file"] = _file_digest(str(original["path"]))
-    return model
-
-
-@functools.cache
-def _file_digest(path: str) -> str:
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-    except OSError:
-        return "-"
 
 
 def _name(batch: int, apart: dict) -> str:

@@ -89,6 +89,7 @@ class FitResult:
     probes: tuple[Probe, ...]
     at_search_cap: bool  # the answer is MAX_BATCH / MAX_IMGSZ: more would fit
     whole_dataset: bool = False  # the answer is data='s limit: every larger batch trains the same run (fits too)
+    autobatch: Estimate | None = field(default=None, repr=False)  # batch=-1: the run at AutoBatch's pick on this card
 
     @property
     def accumulate(self) -> int:
@@ -125,7 +126,14 @@ class FitResult:
             "train_command": self.train_command,
             "yolo_train_command": self.train_command,  # the name before yolov5-repo models had their own line
             "estimate_at_max": self.estimate_at_max.to_json(),
+            "autobatch": self.autobatch.to_json() if self.autobatch else None,
         }
+
+
+def beside_autobatch(result: FitResult, config: EstimateConfig) -> FitResult:
+    """``fit batch=-1``: the run Ultralytics' AutoBatch picks on the same card, judged with the same margin,
+    beside the largest batch that fits (``yolomem.loops.ultralytics.autobatch``)."""
+    return replace(result, autobatch=estimate_config(config.with_changes(margin=result.margin)))
 
 
 def _data_placeholder(task: str) -> str:
@@ -320,7 +328,7 @@ def _verdict_key(config: EstimateConfig) -> dict | None:
     """Everything a config's figures depend on: the code, the model and every setting; None where they
     also depend on files the key does not hold (a dataset's labels, ``data=``)."""
     from yolomem.loops import resolve_model
-    from yolomem.result.runs import model_key
+    from yolomem.result.store_keys import model_key
     from yolomem.trace.store import code_key
 
     if config.data:
@@ -356,7 +364,7 @@ def model_stride(config: EstimateConfig) -> int:
     cache (``yolomem.trace.store``) when an earlier command found it: a build costs about a second
     (yolov8x), and ``fit --explain`` from the cache needs nothing else of the model."""
     from yolomem.loops import get_loop, resolve_model
-    from yolomem.result.runs import model_key
+    from yolomem.result.store_keys import model_key
     from yolomem.trace.store import active_store, canonical, code_key
 
     resolved = resolve_model(config.model, config.framework)

@@ -642,6 +642,11 @@ class Tracer(TorchDispatchMode):
         return category_for_phase(self.phase_name)
 
     # -- result -----------------------------------------------------------------------------------
+    def allocation_log(self) -> list[tuple[str, _Record]]:
+        """The allocations and frees recorded so far, in order: a live view (for a simulation that
+        answers memory queries while the code runs, ``yolomem.loops.ultralytics.autobatch``)."""
+        return self._log
+
     def result(self) -> Trace:
         """Freeze what was recorded so far. Storages still alive have no free event."""
         events = []

@@ -72,7 +72,7 @@ def build_model(model_cfg: dict, task: str, nc: int | None, verbose: bool = Fals
     if nc is not None:
         kwargs["nc"] = nc
     # heads such as YOLOv10's one-to-one branch deep-copy layers; "Overriding nc" is logged, not needed
-    with _CloneOnDeepcopy(), quiet_ultralytics():
+    with CloneOnDeepcopy(), quiet_ultralytics():
         return model_class(copy.deepcopy(model_cfg), **kwargs)
 
 
@@ -177,7 +177,7 @@ class UltralyticsOracle(DataOracle):
         return 0.0
 
 
-def _trainer_shim(trainer_class, **attributes):
+def trainer_shim(trainer_class, **attributes):
     """What the trainer's own methods run on: an instance of its class built without ``__init__`` (which
     makes datasets, callbacks and a save dir), holding only what those methods read. An instance, so
     that their ``super()`` calls work (``RTDETRTrainer.preprocess_batch`` up to 8.2)."""
@@ -186,7 +186,7 @@ def _trainer_shim(trainer_class, **attributes):
     return shim
 
 
-class _CloneOnDeepcopy(torch.overrides.TorchFunctionMode):
+class CloneOnDeepcopy(torch.overrides.TorchFunctionMode):
     """ModelEMA deep-copies the model. Tensor.__deepcopy__ on a fake tensor builds it in a fresh fake
     mode (with new storages for every view), and on a real tensor it cannot run under the fake mode at
     all; so a deep copy here is a clone through the tracer, as on a GPU (a new device tensor each)."""
@@ -239,7 +239,7 @@ def persistent_tensors(model: torch.nn.Module, ema, extra: tuple[torch.Tensor, .
     return tensors
 
 
-def _head_attributes(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+def head_attributes(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
     """The last layer's plain tensor attributes (not parameters or buffers): ``stride``, ``anchors``, ``strides``."""
     layers = getattr(model, "model", None)
     if not isinstance(layers, torch.nn.Sequential) or len(layers) == 0:
@@ -280,14 +280,14 @@ class UltralyticsRun:
         self.scaler = torch.amp.GradScaler("cpu", enabled=settings.precision == "fp16")
         if settings.step == "train":
             self.optimizer = build_optimizer(model, settings, self.args, nc)
-            with quiet_ultralytics(), _CloneOnDeepcopy():
+            with quiet_ultralytics(), CloneOnDeepcopy():
                 self.ema = ModelEMA(model)
         else:
             self.optimizer = self.ema = None
         self._last_opt_step = -1
         self.held_batch: dict | None = None  # the previous iteration's batch, still referenced (train_iteration)
         self.trained_size: int | None = None  # the side multi_scale resized the batch to (None: not resized)
-        self._shim = _trainer_shim(
+        self._shim = trainer_shim(
             self.trainer_class,
             args=self.args,
             device=torch.device("cpu"),
@@ -304,9 +304,9 @@ class UltralyticsRun:
         """Also the head's tensor attributes (``Detect.stride``), which ``BaseModel._apply`` moves to the
         device with the weights: otherwise the tracer would first see them, as new, wherever an op
         returns them (the eval head's ``make_anchors``, the validator's ``model.float()``)."""
-        tensors = persistent_tensors(self.model, self.ema, extra=_head_attributes(self.model))
+        tensors = persistent_tensors(self.model, self.ema, extra=head_attributes(self.model))
         if self.ema is not None:
-            tensors["ema"] += _head_attributes(self.ema.ema)
+            tensors["ema"] += head_attributes(self.ema.ema)
         if self.text_embeddings:
             tensors["input"] = list(self.text_embeddings.values())
         return tensors

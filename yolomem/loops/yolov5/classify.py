@@ -28,7 +28,7 @@ from torch import nn
 
 from yolomem.loops.base import amp_dtype, max_stride
 from yolomem.loops.batches import SyntheticBatch
-from yolomem.loops.ultralytics.step import _CloneOnDeepcopy, autocast_region, persistent_tensors
+from yolomem.loops.ultralytics.step import CloneOnDeepcopy, autocast_region, persistent_tensors
 from yolomem.loops.yolov5.modules import ClassifierModel
 from yolomem.loops.yolov5.step import CLIP_MAX_NORM, ModelEMA, smart_optimizer, to_device
 from yolomem.trace.tracer import Tracer
@@ -72,7 +72,7 @@ class ClassifyRun:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)  # smartCrossEntropyLoss
         if settings.step == "train":
             self.optimizer = smart_optimizer(model, settings.optimizer, LR0, MOMENTUM, DECAY)
-            with _CloneOnDeepcopy():  # the deep copy is a clone through the tracer, as on a GPU
+            with CloneOnDeepcopy():  # the deep copy is a clone through the tracer, as on a GPU
                 self.ema = ModelEMA(model)
         else:
             self.optimizer = self.ema = None

@@ -38,7 +38,7 @@ from yolomem.trace.autocast import CudaAutocastPolicy
 from yolomem.loops.batches import SyntheticBatch
 from yolomem.loops.ddp import wrap_in_ddp
 from yolomem.trace.tracer import Tracer
-from yolomem.loops.ultralytics.step import _CloneOnDeepcopy, autocast_region, persistent_tensors
+from yolomem.loops.ultralytics.step import CloneOnDeepcopy, autocast_region, persistent_tensors
 from yolomem.loops.yolov5.loss import AnchorLoss, LossHyp
 from yolomem.loops.yolov5.modules import LayerModel, convert_floats
 
@@ -141,7 +141,7 @@ class Yolov5Run:
             accumulate = max(round(settings.nbs / settings.batch), 1)
             decay = WEIGHT_DECAY * settings.batch * accumulate / settings.nbs
             self.optimizer = smart_optimizer(model, settings.optimizer, LR0, MOMENTUM, decay)
-            with _CloneOnDeepcopy():  # the deep copy is a clone through the tracer, as on a GPU
+            with CloneOnDeepcopy():  # the deep copy is a clone through the tracer, as on a GPU
                 self.ema = ModelEMA(model)
         else:
             self.optimizer = self.ema = None
@@ -238,7 +238,7 @@ class Yolov5Run:
         with self.tracer.phase("checkpoint"):
             ckpt = {}
             for key, module in (("model", self.model), ("ema", self.ema.ema)):
-                with _CloneOnDeepcopy():
+                with CloneOnDeepcopy():
                     copied = copy.deepcopy(module)
                 convert_floats(copied, torch.float16)
                 ckpt[key] = copied
