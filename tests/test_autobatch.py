@@ -64,7 +64,7 @@ def test_a_probe_past_the_card_fails_and_autobatch_stays_below_it():
 def test_no_probe_fitting_is_the_releases_answer():
     from ultralytics.utils import autobatch
 
-    if "no usable batch size" in inspect.getsource(autobatch):  # 8.4: the trainer stops
+    if "no usable batch size" in inspect.getsource(autobatch):  # 8.4.190: the trainer stops
         with pytest.raises(UserError, match="AutoBatch stops the run"):
             _pick(4096)
     else:  # before: its default batch, with a warning
@@ -87,7 +87,7 @@ def test_the_labels_give_the_objects_and_the_images(tmp_path):
     parameters = inspect.signature(autobatch.autobatch).parameters
     if "max_num_obj" in parameters:  # DetectionTrainer.auto_batch: the densest image's objects x 4 (mosaic)
         assert pick.max_num_obj == 7 * 4
-    if "dataset_size" in parameters:  # 8.4: no probe and no pick beyond the training images
+    if "dataset_size" in parameters:  # no probe and no pick beyond the training images
         assert pick.batch <= 5 and all(probe.batch <= 5 for probe in pick.probes)
     assert prepared.config.batch == pick.batch
 

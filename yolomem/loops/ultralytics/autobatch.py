@@ -2,7 +2,7 @@
 simulated card.
 
 The trainer asks AutoBatch for a batch before it builds its dataloaders, optimizer and EMA
-(``BaseTrainer._setup_train``): ``auto_batch`` (its densest image x 4 as ``max_num_obj``, from 8.3),
+(``BaseTrainer._setup_train``): ``auto_batch`` (its densest image x 4 as ``max_num_obj``, from 8.3.31),
 then ``utils/autobatch.py``: ``check_train_batch_size`` copies the model, ``autobatch`` reads the card
 (total, reserved, allocated or free memory), ``profile_ops`` (``profile`` in earlier releases) runs forward and
 ``sum(outputs).backward()`` at batch 1, 2, 4, 8, 16 (to 64 on cards of 16 GiB or more) and reads
@@ -15,8 +15,10 @@ So nothing of it is re-written here: the release's own functions run, on fake te
 they ask CUDA, ``_SimulatedCard`` answers from the caching-allocator simulation, fed the allocation
 stream so far at each question: ``memory_reserved`` and ``memory_allocated`` read it, ``empty_cache``
 empties it, a probe that outgrows the card raises CUDA's out-of-memory error (the release catches it
-and stops at the batch before). Not modelled: the AMP check's leftovers in the cache (``check_amp`` runs
-a second model just before; ``profile_ops`` from 8.3 empties the cache first, ``profile`` before did not).
+and stops at the batch before). The readings take each allocation at its expected size (kernel
+workspaces by their expected rule): the pick is what the release is expected to do; the run at the pick
+then gets both figures. Not modelled: the AMP check's leftovers in the cache (``check_amp`` runs a second
+model just before; the profiler empties the cache first from 8.3.31, not before).
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def pick_batch(config: EstimateConfig, resolved: ResolvedModel, gpu: Gpu, reques
     """The batch the installed release's AutoBatch picks for ``config`` on ``gpu``: its trainer's
     ``auto_batch`` (or, before 8.3, the ``check_train_batch_size`` call of ``_setup_train``), run as
     the module docstring says. ``densest_image``: the most objects in one training image;
-    ``dataset_size``: the training images, where known (from 8.4 the pick is at most that)."""
+    ``dataset_size``: the training images, where known (the pick is at most that in releases that take it)."""
     from ultralytics.utils import autobatch as autobatch_module
 
     from yolomem.loops.base import max_stride, round_imgsz, tracing
@@ -117,7 +119,7 @@ def pick_batch(config: EstimateConfig, resolved: ResolvedModel, gpu: Gpu, reques
                                 multi_scale=config.multi_scale, step="fwd_bwd")  # fmt: skip
         args = ultralytics_args(settings, nc)
         args.amp = "bf16" if config.amp == "bf16" else config.amp == "fp16"
-        card = _SimulatedCard(tracer, gpu)
+        card = _SimulatedCard(tracer, gpu, config.alloc_conf)
         probes: list[AutoBatchProbe] = []
         passed: dict = {}  # what the release passed to its profiler (max_num_obj)
 
@@ -139,7 +141,7 @@ def pick_batch(config: EstimateConfig, resolved: ResolvedModel, gpu: Gpu, reques
             except RuntimeError as error:
                 if "AutoBatch" not in str(error):
                     raise
-                # the release gives up (8.4: no probe fit) and so does its trainer
+                # the release gives up (8.4.190: no probe fit) and so does its trainer
                 failed = [p.batch for p in probes if p.reading is None]
                 why = f" (out of memory from batch {failed[0]})" if failed else ""
                 raise UserError(f"batch={requested:g} on {gpu.name}: ultralytics {release().version}'s AutoBatch stops the "
@@ -197,7 +199,7 @@ class _OnDevice:
     def __call__(self, *args, **kwargs):
         return vars(self)["_model"](*args, **kwargs)
 
-    def __deepcopy__(self, memo) -> _OnDevice:  # thop profiles a copy (from 8.3)
+    def __deepcopy__(self, memo) -> _OnDevice:  # thop profiles a copy in later releases
         return _OnDevice(copy.deepcopy(vars(self)["_model"], memo))
 
 
@@ -235,11 +237,11 @@ class _SimulatedCard:
     (which the profiler also calls outside its ``try``). The failed allocation and the rest of that
     stretch of the stream are left out, as the exception would have cut them short."""
 
-    def __init__(self, tracer, gpu: Gpu):
+    def __init__(self, tracer, gpu: Gpu, alloc_conf: str | None = None):
         from yolomem.allocator.caching import CachingAllocator, parse_alloc_conf
 
         self.tracer, self.gpu = tracer, gpu
-        self.allocator = CachingAllocator(parse_alloc_conf(None), capacity_bytes=gpu.usable_bytes)
+        self.allocator = CachingAllocator(parse_alloc_conf(alloc_conf), capacity_bytes=gpu.usable_bytes)
         self._fed = 0
         self._out_of_memory: str | None = None  # a failed allocation not yet reported
 
