@@ -13,6 +13,11 @@ public log it comes from). Each row becomes the CLI call a user would make from 
   and epoch 1 (epochs 2+).
 The CSV's ``instances`` column is the log's Instances column (objects in the last batch), not a mean.
 
+Then AutoBatch itself on the issue-1451 run (``yolov8n.yaml nc=1 imgsz=480 batch=-1 gpu=RTX-4090``): the
+installed release's pick on the simulated card, its probe readings beside the published ones, and the
+verdict on the run at the pick. The published run (8.0.5x) picked 281 and ran out of memory in its first
+iterations; another release picks otherwise, so the pick is compared in kind (does the run at it fit?).
+
 Units: the rows print bytes / 1e9 (GB). ``covered``: the upper figure is at most 10 % below the measured
 one (the issue's criterion). With ``--ablate`` each run is also estimated without the density model
 (Poisson objects per image, no mosaic: the previous model) and without kernel workspaces, and the
@@ -151,5 +156,25 @@ def main(ablate: bool) -> None:
           f"{covered}/{len(upper_errors)} (within 10 % or above); median upper over-prediction {upper_errors[len(upper_errors) // 2]:+.1f}%")
 
 
+def autobatch_case() -> None:
+    """The issue-1451 run with batch=-1: what the installed release's AutoBatch picks, and the run at it."""
+    from yolomem.result.estimate import estimate
+    from yolomem.result.runs import cache_off
+
+    with cache_off():
+        result = estimate("yolov8n.yaml", nc=1, imgsz=480, batch=-1, gpu="RTX-4090")
+    pick = result.autobatch
+    published = measured_bytes()[2:7]
+    print(f"\nAutoBatch, issue 1451 (yolov8n nc=1 imgsz=480, RTX 4090): ultralytics {pick.release} on the simulated card")
+    for probe, truth in zip(pick.probes, published + [None] * len(pick.probes)):
+        shown = "failed" if probe.reading is None else f"{probe.reading:.3f}"
+        print(f"  batch {probe.batch:>3}: read {shown:>7} G" + (f"   (published, 8.0.5x: {truth / 1e9:.3f} GB)" if truth else ""))
+    verdict = "fits" if result.fits else "does not fit"
+    print(f"  picks {pick.batch}; the run at it: {result.peak_reserved_upper_bytes / 2**30:.2f} GiB upper against "
+          f"{result.capacity_bytes / 2**30:.2f} GiB for the allocator: {verdict}   (published: picked 281, which "
+          f"ran out of memory in its first iterations)")
+
+
 if __name__ == "__main__":
     main("--ablate" in sys.argv[1:])
+    autobatch_case()
