@@ -56,6 +56,7 @@ class AutoBatchPick:
     batch: int  # the batch it picked, which the run trains at
     release: str  # the Ultralytics release that picked it
     gpu: str
+    gpu_total_bytes: int
     max_num_obj: int  # the loss term's objects per image (the densest image x 4), 0 where the release has none
     probes: tuple[AutoBatchProbe, ...]
     log: tuple[str, ...]  # what AutoBatch logged (and a failed probe's error), as a console shows it
@@ -66,12 +67,13 @@ class AutoBatchPick:
         readings = f" (read {done[0].reading:.2f}-{done[-1].reading:.2f} G)" if done else ""
         said = next((line for line in reversed(self.log) if "batch-size" in line or "batch size" in line), "")
         said = f': "{said}"' if said else ""
-        return (f"batch={self.requested:g}: AutoBatch, as ultralytics {self.release} runs it on {self.gpu} (simulated), "
+        card = f"{self.gpu} ({self.gpu_total_bytes / 2**30:.3g} GiB)"
+        return (f"batch={self.requested:g}: AutoBatch, as ultralytics {self.release} runs it on a simulated {card}, "
                 f"probes {probed}{readings} and picks batch {self.batch}{said}; the run is estimated at that batch")  # fmt: skip
 
     def to_json(self) -> dict:
         return {"requested": self.requested, "batch": self.batch, "release": self.release, "gpu": self.gpu,
-                "max_num_obj": self.max_num_obj, "probes": [[p.batch, p.reading] for p in self.probes],
+                "gpu_total_bytes": self.gpu_total_bytes, "max_num_obj": self.max_num_obj, "probes": [[p.batch, p.reading] for p in self.probes],
                 "log": list(self.log)}  # fmt: skip
 
 
@@ -148,7 +150,7 @@ def pick_batch(config: EstimateConfig, resolved: ResolvedModel, gpu: Gpu, reques
                                 f"run{why}: \"{_COLOUR.sub('', str(error)).strip()}\"; lower imgsz or name a larger card") from None  # fmt: skip
         tracer.detach_finalizers()
     return AutoBatchPick(requested=requested, batch=int(batch), release=release().version, gpu=gpu.name,
-                         max_num_obj=int(passed.get("max_num_obj") or 0), probes=tuple(probes), log=tuple(log))  # fmt: skip
+                         gpu_total_bytes=gpu.total_bytes, max_num_obj=int(passed.get("max_num_obj") or 0), probes=tuple(probes), log=tuple(log))  # fmt: skip
 
 
 class _Labels:
