@@ -445,7 +445,8 @@ ESTIMATE_KEYS = KeyTable((
     Key("imgsz", INT, 640, "training image size (rounded up to the model's stride); not given: the trainer's "
         "(224 for a classifier, a .pt checkpoint's training size: 1024 for the published OBB weights)", low=1),
     Key("batch", INT, 16, "images per step, over all GPUs (DDP splits it); not given: the trainer's (the yolov5 "
-        "repo's classifiers: 64); -1 or a fraction such as 0.7: what Ultralytics' AutoBatch picks on gpu=", low=1, high=MAX_BATCH_REQUEST,
+        "repo's classifiers: 64); -1 or a fraction such as 0.7: what Ultralytics' AutoBatch picks on gpu=",
+        low=1, high=MAX_BATCH_REQUEST,
         autobatch=True, bound="a million images a step; ten million overflow the assigner's tensor sizes"),
     Key("amp", CHOICE, "fp16", "mixed precision: true (fp16), false (fp32) or bf16", choices=("fp16", "fp32", "bf16"),
         aliases={"true": "fp16", "false": "fp32"}),

@@ -73,8 +73,8 @@ class AutoBatchPick:
 
     def to_json(self) -> dict:
         return {"requested": self.requested, "batch": self.batch, "release": self.release, "gpu": self.gpu,
-                "gpu_total_bytes": self.gpu_total_bytes, "max_num_obj": self.max_num_obj, "probes": [[p.batch, p.reading] for p in self.probes],
-                "log": list(self.log)}  # fmt: skip
+                "gpu_total_bytes": self.gpu_total_bytes, "max_num_obj": self.max_num_obj,
+                "probes": [[p.batch, p.reading] for p in self.probes], "log": list(self.log)}  # fmt: skip
 
 
 def check_autobatch_request(requested: float) -> None:
@@ -84,9 +84,14 @@ def check_autobatch_request(requested: float) -> None:
 
     from yolomem.loops.ultralytics.release import release
 
-    if requested != -1 and "batch" not in inspect.signature(check_train_batch_size).parameters:
+    if requested != -1 and not _takes_fraction(check_train_batch_size):
         raise UserError(f"batch={requested:g}: ultralytics {release().version} starts AutoBatch only for batch=-1 "
                         "(a fraction of the card from 8.2)")  # fmt: skip
+
+
+def _takes_fraction(check_train_batch_size) -> bool:
+    """Whether the release's ``check_train_batch_size`` takes the trainer's batch (a fraction, from 8.2)."""
+    return "batch" in inspect.signature(check_train_batch_size).parameters
 
 
 def pick_batch(config: EstimateConfig, resolved: ResolvedModel, gpu: Gpu, requested: float, densest_image: int,
@@ -103,7 +108,7 @@ def pick_batch(config: EstimateConfig, resolved: ResolvedModel, gpu: Gpu, reques
     from yolomem.loops.ultralytics.release import release
     from yolomem.loops.ultralytics.step import (
         CloneOnDeepcopy, StepSettings, UltralyticsOracle, autocast_region, build_model, freeze_parameters,
-        head_attributes, trainer_shim, ultralytics_args,
+        head_attributes, persistent_tensors, trainer_shim, ultralytics_args,
     )  # fmt: skip
 
     check_autobatch_request(requested)
@@ -114,7 +119,8 @@ def pick_batch(config: EstimateConfig, resolved: ResolvedModel, gpu: Gpu, reques
         model = build_model(resolved.cfg, resolved.task, nc)
         freeze_parameters(model, config.freeze)  # _setup_train freezes before it asks AutoBatch
         tracer.forget()  # built on the host; the trainer's model.to(device) puts the finished tensors on the card
-        tracer.track_existing(list(model.parameters()) + list(model.buffers()) + list(head_attributes(model)), "parameter")
+        for category, tensors in persistent_tensors(model, None, extra=head_attributes(model)).items():
+            tracer.track_existing(tensors, category)  # its weights on the card; no EMA yet
         stride = max_stride(model)
         settings = StepSettings(task=resolved.task, batch=16, imgsz=round_imgsz(config.imgsz, stride),
                                 precision=config.amp, optimizer="none", nbs=config.nbs, freeze=config.freeze,
@@ -138,8 +144,9 @@ def pick_batch(config: EstimateConfig, resolved: ResolvedModel, gpu: Gpu, reques
                                         build_dataset=lambda *a, **k: _Labels(densest_image, dataset_size or 0))  # fmt: skip
                     batch = trainer_class.auto_batch(shim)
                 else:
-                    extra = {"batch": requested} if "batch" in inspect.signature(autobatch_module.check_train_batch_size).parameters else {}
-                    batch = autobatch_module.check_train_batch_size(on_card, settings.imgsz, config.amp != "fp32", **extra)
+                    check = autobatch_module.check_train_batch_size  # as _setup_train called it before auto_batch
+                    extra = {"batch": requested} if _takes_fraction(check) else {}
+                    batch = check(on_card, settings.imgsz, config.amp != "fp32", **extra)
             except RuntimeError as error:
                 if "AutoBatch" not in str(error):
                     raise
@@ -150,7 +157,8 @@ def pick_batch(config: EstimateConfig, resolved: ResolvedModel, gpu: Gpu, reques
                                 f"run{why}: \"{_COLOUR.sub('', str(error)).strip()}\"; lower imgsz or name a larger card") from None  # fmt: skip
         tracer.detach_finalizers()
     return AutoBatchPick(requested=requested, batch=int(batch), release=release().version, gpu=gpu.name,
-                         gpu_total_bytes=gpu.total_bytes, max_num_obj=int(passed.get("max_num_obj") or 0), probes=tuple(probes), log=tuple(log))  # fmt: skip
+                         gpu_total_bytes=gpu.total_bytes, max_num_obj=int(passed.get("max_num_obj") or 0),
+                         probes=tuple(probes), log=tuple(log))  # fmt: skip
 
 
 class _Labels:
