@@ -40,8 +40,8 @@ def asks_autobatch(number: float) -> bool:
 
 def refuse_autobatch(shown: str) -> UserError:
     """AutoBatch asked of what takes a fixed batch (a sweep, a measurement, a config built directly)."""
-    return UserError(f"{shown} asks for AutoBatch, which only estimate runs: 'yolomem estimate MODEL {shown} gpu=NAME' "
-                     "shows the batch it picks on that card and whether it fits")
+    return UserError(f"{shown} asks for AutoBatch, which only estimate and fit run: 'yolomem estimate MODEL {shown} "
+                     "gpu=NAME' shows the batch it picks on that card and whether it fits")
 
 
 @dataclass(frozen=True)

@@ -115,8 +115,8 @@ def autobatch_on_the_card(config: EstimateConfig, resolved: ResolvedModel, reque
         raise UserError(f"{shown}: the yolov5 repo's AutoBatch (--batch-size -1) is not modelled; give a fixed batch "
                         "('yolomem fit MODEL gpu=NAME' finds the largest that fits)")  # fmt: skip
     if not (config.gpu or config.gpu_mem):
-        raise UserError(f"{shown} asks for AutoBatch, which sizes the batch to the card: add gpu=NAME (yolomem gpus "
-                        "lists them) or gpu_mem=GiB")  # fmt: skip
+        raise UserError(f"{shown} asks for AutoBatch, which sizes the batch to the card: add gpu=NAME (e.g. "
+                        "gpu=RTX-3090) or gpu_mem=<GiB>")  # fmt: skip
     if config.world_size > 1:
         from ultralytics.cfg import DEFAULT_CFG_DICT
 
