@@ -202,7 +202,7 @@ def test_terminal_view_splits_many_cards_into_groups():
     table_formats.render_rich(table, console=console)
     text = console.export_text()
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 100
-    for name in ("T4 (15 GiB)", "L4 (22.5 GiB)", "A100 (80 GiB)", "H100 (79.6 GiB)"):
+    for name in ("T4 (14.7 GiB)", "L4 (22.5 GiB)", "A100 (80 GiB)", "H100 (79.6 GiB)"):
         assert name in text
 
 
