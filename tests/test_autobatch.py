@@ -14,7 +14,8 @@ from yolomem.config.gpus import find_gpu
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.loops import resolve_model
-from yolomem.loops.ultralytics.autobatch import _SimulatedCard, pick_batch
+from yolomem.loops.autobatch_card import SimulatedCard
+from yolomem.loops.ultralytics.autobatch import pick_batch
 
 
 def _pick(imgsz: int, gpu: str = "GTX-1650", requested: float = -1, densest: int = 10, images: int | None = None):
@@ -100,7 +101,7 @@ def test_the_simulated_card_reads_what_the_replay_of_the_stream_reads():
 
     card = None
     with Tracer(fake=True) as tracer:
-        card = _SimulatedCard(tracer, find_gpu("T4"))
+        card = SimulatedCard(tracer, find_gpu("T4"))
         kept = [torch.empty(1 << 20) for _ in range(3)]  # 4 MiB each
         first = torch.empty(3 << 20)
         del first  # freed: cached, still reserved
@@ -121,7 +122,7 @@ def test_an_allocation_past_the_card_is_reported_at_the_next_reading_not_at_empt
     from yolomem.trace.tracer import Tracer
 
     with Tracer(fake=True) as tracer:
-        card = _SimulatedCard(tracer, find_gpu("GTX-1650"))
+        card = SimulatedCard(tracer, find_gpu("GTX-1650"))
         too_big = torch.empty(5 << 30, dtype=torch.uint8)  # 5 GiB on a 4 GiB card
         del too_big
         card.empty_cache()  # the profiler calls it outside its try: it must not raise
@@ -145,7 +146,7 @@ def test_config_keeps_the_request_until_a_batch_is_set():
     "words",
     [
         ["estimate", "yolov8n.yaml", "batch=-1"],  # no card to size for
-        ["estimate", "yolov5s", "framework=yolov5", "batch=-1", "gpu=T4"],
+        ["estimate", "yolov5s", "framework=yolov5", "batch=0.5", "gpu=T4"],  # train.py takes -1 only
         ["fit", "yolov8n.yaml", "batch=-1", "gpu=T4", "solve=imgsz"],  # the imgsz search needs a batch
         ["fit", "yolov8n.yaml", "batch=-1", "gpu=T4", "--explain"],
         ["pick", "batch=0.5", "gpu=T4"],

@@ -32,7 +32,7 @@ def render_fit(result: FitResult, console: Console | None = None) -> None:
     if result.autobatch is not None:
         at = result.autobatch
         verdict = "fits" if at.fits else "[red]does not fit[/red]"
-        console.print(f"AutoBatch (batch={at.autobatch.requested:g}, ultralytics {at.autobatch.release}) picks batch "
+        console.print(f"AutoBatch (batch={at.autobatch.requested:g}, {at.autobatch.source}) picks batch "
                       f"[bold]{at.config.batch}[/bold] on this card: {_gib(at.peak_reserved_upper_bytes)} upper, {verdict}")
     trainer = "yolov5 train.py" if estimate.config.framework == "yolov5" else "Ultralytics"
     console.print(

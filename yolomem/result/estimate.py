@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from yolomem.config.gpus import Gpu
     from yolomem.config.models import ResolvedModel
     from yolomem.loops.base import TracedRun
-    from yolomem.loops.ultralytics.autobatch import AutoBatchPick
+    from yolomem.loops.autobatch_card import AutoBatchPick
 
 TOP_LAYERS = 10
 

@@ -20,7 +20,7 @@ class Prepared:
     request: object | None  # yolomem.result.epochs.EpochRequest, when data= or epochs>=2
     density: object | None  # yolomem.loops.density.DensityPlan from the labels (None: the loop plans)
     notes: tuple[str, ...]
-    autobatch: object | None = None  # yolomem.loops.ultralytics.autobatch.AutoBatchPick, for batch=-1 or a fraction
+    autobatch: object | None = None  # yolomem.loops.autobatch_card.AutoBatchPick, for batch=-1 or a fraction
 
 
 def prepare(config: EstimateConfig) -> Prepared:
@@ -104,16 +104,18 @@ def amp_on_the_card(config: EstimateConfig, resolved: ResolvedModel) -> tuple[Es
 
 
 def autobatch_on_the_card(config: EstimateConfig, resolved: ResolvedModel, request) -> tuple[EstimateConfig, object, str]:
-    """``batch=-1`` or a fraction: the batch the installed Ultralytics' AutoBatch picks on ``gpu=``
-    (``yolomem.loops.ultralytics.autobatch``), with its objects per image from the labels ``request`` read
-    (else ``yolomem.loops.density.densest_image``). Ultralytics runs AutoBatch on one GPU only: with more,
-    its trainer sets its default batch instead."""
+    """``batch=-1`` or a fraction: the batch the training loop's AutoBatch picks on ``gpu=``: the installed
+    Ultralytics' (``yolomem.loops.ultralytics.autobatch``), with its objects per image from the labels
+    ``request`` read (else ``yolomem.loops.density.densest_image``), or the yolov5 repo's
+    (``yolomem.loops.yolov5.autobatch``). Ultralytics runs AutoBatch on one GPU only: with more, its
+    trainer sets its default batch instead."""
     from yolomem.errors import UserError
 
     shown = f"batch={config.autobatch:g}"
-    if resolved.framework != "ultralytics":
-        raise UserError(f"{shown}: the yolov5 repo's AutoBatch (--batch-size -1) is not modelled; give a fixed batch "
-                        "('yolomem fit MODEL gpu=NAME' finds the largest that fits)")  # fmt: skip
+    if resolved.framework == "yolov5":
+        from yolomem.loops.yolov5.autobatch import check_request
+
+        check_request(config, resolved, config.autobatch)
     if not (config.gpu or config.gpu_mem):
         raise UserError(f"{shown} asks for AutoBatch, which sizes the batch to the card: add gpu=NAME (e.g. "
                         "gpu=RTX-3090) or gpu_mem=<GiB>")  # fmt: skip
@@ -127,20 +129,32 @@ def autobatch_on_the_card(config: EstimateConfig, resolved: ResolvedModel, reque
     from dataclasses import asdict
 
     from yolomem.config.gpus import find_gpu
+    from yolomem.loops.autobatch_card import AutoBatchPick
     from yolomem.loops.density import densest_image
-    from yolomem.loops.ultralytics.autobatch import AutoBatchPick, pick_batch
     from yolomem.result.store_keys import family_key
     from yolomem.trace.store import active_store
 
-    counts = request.dataset.train.counts if request is not None and request.dataset is not None else None
-    images = len(counts) if counts is not None else config.images
-    gpu, densest = find_gpu(config.gpu or "", config.gpu_mem), densest_image(config, counts)
+    gpu = find_gpu(config.gpu or "", config.gpu_mem)
+    key = family_key(config, resolved) | {"probe": "autobatch", "requested": config.autobatch, "gpu": asdict(gpu)}
+    if resolved.framework == "yolov5":
+        from yolomem.loops.yolov5.autobatch import pick_batch as yolov5_pick
+
+        def pick() -> AutoBatchPick:
+            return yolov5_pick(config, resolved, gpu, config.autobatch)
+    else:
+        from yolomem.loops.ultralytics.autobatch import pick_batch
+
+        counts = request.dataset.train.counts if request is not None and request.dataset is not None else None
+        images = len(counts) if counts is not None else config.images
+        densest = densest_image(config, counts)
+        key |= {"densest_image": densest, "dataset_size": images}
+
+        def pick() -> AutoBatchPick:
+            return pick_batch(config, resolved, gpu, config.autobatch, densest, images)
+
     # kept in the trace cache, as traced runs are: it takes seconds (a forward and backward per probe)
-    key = family_key(config, resolved) | {"probe": "autobatch", "requested": config.autobatch, "gpu": asdict(gpu),
-                                          "densest_image": densest, "dataset_size": images}  # fmt: skip
-    pick = active_store().kept_probe(
-        key, lambda: pick_batch(config, resolved, gpu, config.autobatch, densest, images), AutoBatchPick)
-    return config.with_changes(batch=pick.batch), pick, pick.note()
+    found = active_store().kept_probe(key, pick, AutoBatchPick)
+    return config.with_changes(batch=found.batch), found, found.note()
 
 
 def _shipped(data: str) -> str | None:
