@@ -37,8 +37,8 @@ def _site():
 
 
 class _Recorder(TorchDispatchMode):
-    """Records, in a real run, the size of every nonzero() and unique() result (also the nonzero a
-    boolean index stands for) and every scalar read with the line that read it (``tolist`` reads each
+    """Records, in a real run, the size of every nonzero(), masked_select() and unique() result (also the
+    nonzero a boolean index stands for) and every scalar read with the line that read it (``tolist`` reads each
     element of a fake tensor, but a real one's without dispatching: ``_ListReads`` sees those)."""
 
     def __init__(self):
@@ -51,6 +51,8 @@ class _Recorder(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         if func is torch.ops.aten.nonzero.default:
             self.counts.append((tuple(args[0].shape), out.shape[0]))
+        elif func is torch.ops.aten.masked_select.default:  # the tracer asks it as the mask's nonzero (BboxLoss to 8.0.7x)
+            self.counts.append((tuple(args[1].shape), out.shape[0]))
         elif func is torch.ops.aten._unique2.default:
             self.uniques.append((tuple(args[0].shape), out[0].shape[0]))
         elif func in _BOOLEAN_INDEXING:

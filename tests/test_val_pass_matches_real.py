@@ -126,6 +126,7 @@ def _trainer(run, resolved, items_shape: tuple[int, ...] | None):
         epoch=0, epochs=2, world_size=1,
         label_loss_items=lambda items=None, prefix="train": {f"{prefix}/{k}": v for k, v in dict(items or {}).items()}
         if isinstance(items, dict) or items is None else {},
+        criterion=getattr(run.trainer, "criterion", None),  # up to 8.0.110 the validator's loss is the trainer's method
     )  # fmt: skip
 
 
@@ -146,18 +147,19 @@ def _loss_items(run, items_shape: tuple[int, ...] | None):
 
 @contextlib.contextmanager
 def _loss_items_shape(shape: list):
-    """Append the shape of each training loss's items (``BaseModel.loss(...)[1]``) to ``shape``; their
-    number differs by release and model (8.4.0's pose trainer names six, yolov8n-pose's loss returns five)."""
-    from ultralytics.nn.tasks import BaseModel
+    """Append the shape of each training loss's items (``BaseModel.loss(...)[1]``, up to 8.0.110 the
+    trainer's ``criterion(...)[1]``) to ``shape``; their number differs by release and model (8.4.0's pose
+    trainer names six, yolov8n-pose's loss returns five)."""
+    from yolomem.loops.ultralytics.step import UltralyticsRun
 
-    original = BaseModel.loss
+    original = UltralyticsRun._forward_and_loss
 
-    def loss(self, *args, **kwargs):
+    def forward_and_loss(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
         shape.append(tuple(out[1].shape) if isinstance(out[1], torch.Tensor) else None)  # 8.4.104: a dict
         return out
 
-    with mock.patch.object(BaseModel, "loss", loss):
+    with mock.patch.object(UltralyticsRun, "_forward_and_loss", forward_and_loss):
         yield
 
 

@@ -19,7 +19,7 @@ What is read, for ``train`` and ``val``:
   own ``check_cache_ram`` (which extrapolates from 30 images).
 
 The YAML must name ``train`` and ``val`` (or, from 8.0.149, ``validation``), as ``check_det_dataset`` requires in every
-release from 8.0.114 to 8.4. A name that is not a file here is looked up as the installed Ultralytics
+release from 8.0.96 to 8.4. A name that is not a file here is looked up as the installed Ultralytics
 looks it up (``shipped_dataset``): its own copy, which the trainer would download the images of.
 """
 
@@ -141,7 +141,7 @@ def read_dataset(yaml_path: str | os.PathLike, *, seed: int = 0, train_header_sa
 
 
 def check_split_keys(data: object, shown: str) -> dict:
-    """The YAML's keys as ``check_det_dataset`` checks them (8.0.114 to 8.4 alike): ``train`` and ``val`` must
+    """The YAML's keys as ``check_det_dataset`` checks them (8.0.96 to 8.4 alike): ``train`` and ``val`` must
     both be there, and a ``validation`` key stands for a missing ``val`` where the release renames it
     (``renames_validation_key``); anything else is refused, as
     Ultralytics refuses it ("'val:' key missing ❌"). Returns the mapping with ``val`` in place."""

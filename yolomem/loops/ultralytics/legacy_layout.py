@@ -1,4 +1,4 @@
-"""Ultralytics 8.0.114-8.0.135 under the module names of the present layout.
+"""Ultralytics 8.0.96-8.0.135 under the module names of the present layout.
 
 8.0.136 moved the package: ``ultralytics.yolo.engine`` became ``ultralytics.engine``, and likewise
 ``yolo.utils`` -> ``utils``, ``yolo.data`` -> ``data``, ``yolo.cfg`` -> ``cfg``, ``yolo.v8`` ->
@@ -6,9 +6,9 @@
 ``ultralytics/models`` and ``ultralytics/datasets`` to ``ultralytics/cfg/``. The code moved with few changes, and yolomem reads it under the new names:
 ``alias_legacy_layout`` makes each new name the very module object of the old one (not a second
 copy: classes and module state stay one), for as long as the process lives, and only where the
-installed package has the old layout. ``check_release`` refuses the releases before 8.0.114: up to
-8.0.110 the loss lived in each trainer (no ``init_criterion``, which yolomem's step calls), and up to
-8.0.113 ``build_optimizer`` chose another way (NAdam below 6000 iterations, or a static method).
+installed package has the old layout. What else these releases do otherwise is followed where it
+matters (``release.py``; up to 8.0.110 the loss in the trainer, ``UltralyticsRun._forward_and_loss``);
+``check_release`` refuses the releases before 8.0.96, whose assigner the trace does not follow.
 """
 
 from __future__ import annotations

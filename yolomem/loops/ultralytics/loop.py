@@ -166,7 +166,7 @@ class UltralyticsLoop:
             data = val_batch_dict(settings.task, shape, seed, nc, kpt_shape, channels, semantic_masks())
             data["resized_shape"] = [(shape.height, shape.width)] * shape.batch  # the collate's per-image shapes
         trace_validation_batch(ema, tracer, data, autocast=autocast, preprocess=validator.preprocess,
-                               loss_fn=lambda d, p: ema.loss(d, p), postprocess=validator.postprocess, nc=nc,
+                               loss_fn=lambda d, p: run.validation_loss(ema, d, p), postprocess=validator.postprocess, nc=nc,
                                foreground=foreground_per_image(shape.counts, run.assigner_topk()),
                                rotated=settings.task == "obb", nms=settings.task != "classify",
                                keeps_last_loss_item=style.keeps_last_loss_item)  # fmt: skip

@@ -48,17 +48,21 @@ from types import SimpleNamespace
 from yolomem.errors import UserError
 from yolomem.loops.base import CacheClears, larger_side
 
-# 8.0.114: the first release whose build_optimizer picks optimizer=auto as later ones do (AdamW up to 10k
-# iterations); before 8.0.136 the package had another layout, read through legacy_layout's aliases.
-OLDEST_SUPPORTED = (8, 0, 114)
+# 8.0.96: the first release whose assigner the trace follows as a real CPU run of it does
+# (tests/test_trace_matches_real.py; up to 8.0.95 it built its masks with F.one_hot and boolean
+# assignment, and the traced stream differs). Before 8.0.136 the package had another layout, read
+# through legacy_layout's aliases; up to 8.0.110 the loss lived in the trainer (UltralyticsRun follows
+# it) and up to 8.0.112 build_optimizer was a static method without optimizer=auto (probed here).
+OLDEST_SUPPORTED = (8, 0, 96)
 NEWEST_TESTED = (8, 4, 190)
-TESTED_RANGE = "8.0.114 to 8.4.190"
+TESTED_RANGE = "8.0.96 to 8.4.190"
 # Releases inside the range that are known not to trace, with the reason (none found so far: the CI
 # matrix, .ci/ultralytics_matrix.py, is where a new entry would come from).
 KNOWN_BROKEN: dict[tuple[int, int, int], str] = {}
-# optimizer=auto: Ultralytics switches by the run's iterations (epochs x batches); without the
-# dataset size yolomem assumes a short run, and says what a long one would get.
-SHORT_RUN_ITERATIONS = 10_000
+# optimizer=auto: Ultralytics switches by the run's iterations (epochs x batches): AdamW up to 10k
+# (8.0.113: NAdam up to 6k), SGD or MuSGD beyond. Without the dataset size yolomem assumes a short run,
+# and says what a long one would get.
+SHORT_RUN_ITERATIONS = 6_000
 LONG_RUN_ITERATIONS = 100_000
 
 
@@ -112,9 +116,11 @@ class Release:
         return nms_function()
 
     def auto_note(self) -> str:
+        if "auto" not in {name.lower() for name in self.optimizers}:
+            return f"optimizer=auto: ultralytics {self.version} has none; its default optimizer is {self.auto_short}"
         if self.auto_short == self.auto_long:
             return f"optimizer=auto: ultralytics {self.version} picks {self.auto_short}"
-        return (f"optimizer=auto: assumed a run of <= 10k iterations, for which ultralytics {self.version} picks "
+        return (f"optimizer=auto: assumed a run of <= {SHORT_RUN_ITERATIONS // 1000}k iterations, for which ultralytics {self.version} picks "
                 f"{self.auto_short}; pass optimizer={self.auto_long} for longer runs")  # fmt: skip
 
 
@@ -163,8 +169,8 @@ def check_release(version: str | None = None) -> str | None:
     version = version or installed_version()
     parts = version_tuple(version)
     if parts < OLDEST_SUPPORTED:
-        raise UserError(f"ultralytics {version} is older than 8.0.114, the oldest release yolomem traces "
-                        f"(tested: {TESTED_RANGE}); pip install 'ultralytics>=8.0.114'")  # fmt: skip
+        raise UserError(f"ultralytics {version} is older than 8.0.96, the oldest release yolomem traces "
+                        f"(tested: {TESTED_RANGE}); pip install 'ultralytics>=8.0.96'")  # fmt: skip
     if parts in KNOWN_BROKEN:
         raise UserError(f"ultralytics {version} is known not to work with yolomem: {KNOWN_BROKEN[parts]}")
     if parts > NEWEST_TESTED:
@@ -209,7 +215,7 @@ def task_map(wrapper_name: str = "YOLO") -> dict[str, dict]:
     property since 8.0.143; before, ``engine.model.TASK_MAP``, of lists in that order, for YOLO only."""
     import ultralytics
 
-    wrapper = getattr(ultralytics, wrapper_name)
+    wrapper = getattr(ultralytics, wrapper_name, None)  # not in every release (RTDETR, YOLOWorld)
     if hasattr(wrapper, "task_map"):
         return wrapper.task_map.fget(wrapper.__new__(wrapper))  # a property on the instance
     from ultralytics.engine import model as engine_model
@@ -323,7 +329,7 @@ def validation_precision() -> ValidationPrecision:
         isinstance(item.context_expr, ast.Call) and "autocast" in ast.unparse(item.context_expr.func)
         for node in ast.walk(function) if isinstance(node, ast.With) for item in node.items
     )  # fmt: skip
-    # 8.0.114 .. 8.2.95: `self.args.half = self.device.type != "cpu"`; later `... and trainer.amp`
+    # 8.0.96 .. 8.2.95: `self.args.half = self.device.type != "cpu"`; later `... and trainer.amp`
     return ValidationPrecision(ema_half_in_place=halves, half_without_amp="trainer.amp" not in source, autocast=autocast,
                                sets_end2end="model.end2end = " in source,
                                keeps_last_loss_item="self.loss +=" not in source)  # fmt: skip
@@ -402,13 +408,20 @@ def single_cls_one_class() -> bool:
     return False
 
 
+def check_amp_function():
+    """The installed ``check_amp``: in ``utils.checks``, or up to 8.0.112 in the trainer's module."""
+    try:
+        from ultralytics.utils.checks import check_amp
+    except ImportError:
+        from ultralytics.engine.trainer import check_amp
+    return check_amp
+
+
 def amp_refused_cards() -> str | None:
     """The regex ``check_amp`` matches ``torch.cuda.get_device_name`` against to return False at once ("AMP
     training on {gpu} GPU may cause NaN losses or zero-mAP results, so AMP will be disabled"; 8.3.46 ->
     8.3.47): the string given to ``re.compile`` in its syntax tree; None where it compiles none."""
-    from ultralytics.utils.checks import check_amp
-
-    for node in ast.walk(_function_tree(check_amp)):
+    for node in ast.walk(_function_tree(check_amp_function())):
         if (isinstance(node, ast.Call) and ast.unparse(node.func) == "re.compile" and node.args
                 and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
             return node.args[0].value  # fmt: skip
@@ -429,9 +442,21 @@ def _probe_build(name: str, iterations: int = SHORT_RUN_ITERATIONS):
     level = LOGGER.level
     LOGGER.setLevel("ERROR")  # build_optimizer logs its choice
     try:
-        return BaseTrainer.build_optimizer(stand_in, model=model, name=name, iterations=iterations)
+        return call_build_optimizer(stand_in, model=model, name=name, iterations=iterations)
     finally:
         LOGGER.setLevel(level)
+
+
+def call_build_optimizer(trainer, **arguments):
+    """``BaseTrainer.build_optimizer(**arguments)`` as the installed release defines it: a method that takes
+    the run's ``iterations`` (8.0.113+), or before, a static method without them (and without ``auto``)."""
+    from ultralytics.engine.trainer import BaseTrainer
+
+    accepted = inspect.signature(BaseTrainer.build_optimizer).parameters
+    arguments = {key: value for key, value in arguments.items() if key in accepted}
+    if isinstance(inspect.getattr_static(BaseTrainer, "build_optimizer"), staticmethod):
+        return BaseTrainer.build_optimizer(**arguments)
+    return BaseTrainer.build_optimizer(trainer, **arguments)
 
 
 def optimizers() -> tuple[str, ...]:
@@ -451,5 +476,11 @@ def optimizers() -> tuple[str, ...]:
 
 
 def auto_optimizer(iterations: int) -> str:
-    """What ``optimizer=auto`` builds for a run of ``iterations`` iterations."""
-    return type(_probe_build("auto", iterations)).__name__
+    """What ``optimizer=auto`` builds for a run of ``iterations`` iterations; before 8.0.113, which has no
+    ``auto``, the trainer's default (``optimizer: SGD`` in its default.yaml)."""
+    try:
+        return type(_probe_build("auto", iterations)).__name__
+    except NotImplementedError:
+        from ultralytics.cfg import get_cfg
+
+        return type(_probe_build(get_cfg().optimizer, iterations)).__name__

@@ -126,16 +126,14 @@ def freeze_parameters(model: torch.nn.Module, freeze: tuple[int, ...]) -> None:
 
 def build_optimizer(model, settings: StepSettings, args, nc: int):
     """Ultralytics' build_optimizer, then the GPU's choice of fused/foreach kernels."""
-    from ultralytics.engine.trainer import BaseTrainer
-
     shim = SimpleNamespace(args=args, data={"nc": nc})
     accumulate = max(round(settings.nbs / settings.batch), 1)
     decay = args.weight_decay * settings.batch * accumulate / settings.nbs
+    from yolomem.loops.ultralytics.release import call_build_optimizer, release
+
     with quiet_ultralytics():
-        optimizer = BaseTrainer.build_optimizer(
-            shim, model=model, name=settings.optimizer, lr=args.lr0, momentum=args.momentum, decay=decay
-        )
-    from yolomem.loops.ultralytics.release import release
+        optimizer = call_build_optimizer(shim, model=model, name=settings.optimizer, lr=args.lr0,
+                                         momentum=args.momentum, decay=decay)  # fmt: skip
 
     if type(optimizer).__name__ in {"Adam", "AdamW"} and release().fused_adam:
         # build_optimizer passes fused=True when next(model.parameters()).is_cuda
@@ -286,8 +284,9 @@ class UltralyticsRun:
             self.optimizer = self.ema = None
         self._last_opt_step = -1
         self.held_batch: dict | None = None  # the previous iteration's batch, still referenced (train_iteration)
+        self.held_preds = None  # up to 8.0.110: the last training outputs, a loop variable (_forward_and_loss)
         self.trained_size: int | None = None  # the side multi_scale resized the batch to (None: not resized)
-        self._shim = trainer_shim(
+        self.trainer = trainer_shim(
             self.trainer_class,
             args=self.args,
             device=torch.device("cpu"),
@@ -331,12 +330,12 @@ class UltralyticsRun:
                 data = families.complete_batch(self.family, collated, self.model.nc, batch.batch)
                 data.setdefault("resized_shape", [(batch.imgsz, batch.imgsz)] * batch.batch)  # the collate's; 8.4.0-8.4.6 obb loss reads it
                 tracer.track_existing(data.values(), "input")
-                data = self.trainer_class.preprocess_batch(self._shim, data)
+                data = self.trainer_class.preprocess_batch(self.trainer, data)
                 if draws:  # the trainer rescaled the batch (multi_scale)
                     self.trained_size = int(data["img"].shape[-1])
             tracer.oracle.expect_foreground(batch.expected_positives_per_image(self.assigner_topk()))
             with _head_switches_phase(self.model, tracer), tracer.phase("forward"), self._family_step():
-                loss, _items = self.model(data)
+                loss, _items = self._forward_and_loss(data)
                 loss = loss.sum()
         with tracer.phase("backward"):
             self.scaler.scale(loss).backward()
@@ -344,7 +343,7 @@ class UltralyticsRun:
         tracer.label([p.grad for p in self.model.parameters() if p.grad is not None], "gradient")
         if iteration - self._last_opt_step >= accumulate_at(iteration, self.settings.batch, self.settings.nbs):
             with tracer.phase("optimizer"):
-                BaseTrainer.optimizer_step(self._shim)
+                BaseTrainer.optimizer_step(self.trainer)
             self._last_opt_step = iteration
             self._label_state()
         # The trainer's ``batch`` (preprocess_batch fills the loader's dict in place with device tensors)
@@ -355,6 +354,23 @@ class UltralyticsRun:
         # validation/results/; the previous image batch is live at the loss's peak). The last one stays
         # bound through the epoch's validation.
         self.held_batch = data
+
+    def _forward_and_loss(self, data: dict):
+        """``self.model(batch)``: the forward, then the model's own loss (8.0.111+). Up to 8.0.110 the
+        trainer's loop did it: ``preds = self.model(batch['img'])``, then ``self.criterion(preds, batch)``,
+        whose loss class is built on the first call. ``preds`` is a loop variable there: it lives until the
+        next forward returns, and through the epoch's validation."""
+        if hasattr(self.model, "loss"):
+            return self.model(data)
+        self.held_preds = self.model(data["img"])
+        return self.trainer.criterion(self.held_preds, data)
+
+    def validation_loss(self, model: torch.nn.Module, data: dict, preds):
+        """The loss the validator adds up in training: ``model.loss(batch, preds)``, or up to 8.0.110
+        ``trainer.criterion(preds, batch)`` (the training model's loss class)."""
+        if hasattr(model, "loss"):
+            return model.loss(data, preds)
+        return self.trainer.criterion(preds, data)
 
     def fwd_bwd_iteration(self, iteration: int, batch: SyntheticBatch) -> None:
         """Ultralytics' AutoBatch probe (torch_utils.profile_ops): a float32 ``torch.empty`` batch
