@@ -12,10 +12,10 @@ gives the batch. Releases differ in every one of those steps (the fraction, the 
 
 So nothing of it is re-written here: the release's own functions run, on fake tensors under the tracer
 (``yolomem.trace.tracer``), with the model where the trainer has it (its weights on the card). What
-they ask CUDA, ``SimulatedCard`` (``yolomem.loops.autobatch_card``) answers from the caching-allocator simulation, fed the allocation
-stream so far at each question: ``memory_reserved`` and ``memory_allocated`` read it, ``empty_cache``
-empties it, a probe that outgrows the card raises CUDA's out-of-memory error (the release catches it
-and stops at the batch before). The readings take each allocation at its expected size (kernel
+they ask CUDA, ``SimulatedCard`` (``yolomem.loops.autobatch_card``) answers from the caching-allocator
+simulation, fed the allocation stream so far at each question: ``memory_reserved`` and
+``memory_allocated`` read it, ``empty_cache`` empties it, a probe that outgrows the card raises CUDA's
+out-of-memory error (the release catches it and stops at the batch before). The readings take each allocation at its expected size (kernel
 workspaces by their expected rule): the pick is what the release is expected to do; the run at the pick
 then gets both figures. Not modelled: the AMP check's leftovers in the cache (``check_amp`` runs a second
 model just before; the profiler empties the cache first from 8.3.31, not before).

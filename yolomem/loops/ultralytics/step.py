@@ -126,11 +126,11 @@ def freeze_parameters(model: torch.nn.Module, freeze: tuple[int, ...]) -> None:
 
 def build_optimizer(model, settings: StepSettings, args, nc: int):
     """Ultralytics' build_optimizer, then the GPU's choice of fused/foreach kernels."""
+    from yolomem.loops.ultralytics.release import call_build_optimizer, release
+
     shim = SimpleNamespace(args=args, data={"nc": nc})
     accumulate = max(round(settings.nbs / settings.batch), 1)
     decay = args.weight_decay * settings.batch * accumulate / settings.nbs
-    from yolomem.loops.ultralytics.release import call_build_optimizer, release
-
     with quiet_ultralytics():
         optimizer = call_build_optimizer(shim, model=model, name=settings.optimizer, lr=args.lr0,
                                          momentum=args.momentum, decay=decay)  # fmt: skip
