@@ -200,7 +200,7 @@ def test_a_dataset_name_ultralytics_would_not_find_is_refused_in_one_line(name, 
 
 
 def test_a_yaml_without_val_is_refused_as_check_det_dataset_refuses_it(tmp_path):
-    """check_det_dataset (8.0.96 to 8.4): "'val:' key missing ❌"; a 'validation' key is renamed to 'val'
+    """check_det_dataset (8.0.59 to 8.4): "'val:' key missing ❌"; a 'validation' key is renamed to 'val'
     (from 8.0.149: ``renames_validation_key`` reads it in the installed source)."""
     yaml_path = _data_yaml(tmp_path, [[0]], [[0], [0]], ["a"], keys="train: images/train")
     with pytest.raises(UserError, match=r"has no 'val' key; Ultralytics requires 'train' and 'val'"):

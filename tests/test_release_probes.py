@@ -20,7 +20,7 @@ def _installed() -> tuple[int, ...]:
 
 
 def _expected_clears(v: tuple[int, ...]) -> CacheClears:
-    if v < (8, 3, 87):  # 8.0.96: torch.cuda.empty_cache() inline; 8.2.94: self._clear_memory(), both unconditional
+    if v < (8, 3, 87):  # 8.0.59: torch.cuda.empty_cache() inline; 8.2.94: self._clear_memory(), both unconditional
         return CacheClears(after_epoch=0.0)
     if v < (8, 3, 109):  # 8.3.86 -> 8.3.87: `if self._get_memory(fraction=True) > 0.9: self._clear_memory()`
         return CacheClears(after_epoch=0.9)
@@ -115,21 +115,21 @@ def test_version_tuple():
 
 
 def test_release_range():
-    with pytest.raises(UserError, match="older than 8.0.96"):
-        rel.check_release("8.0.95")  # its assigner's trace differs from a real run of it
+    with pytest.raises(UserError, match="older than 8.0.59"):
+        rel.check_release("8.0.58")  # its import fails with YOLO_CONFIG_DIR set
     warning = rel.check_release("8.5.2")
-    assert warning and "8.0.96 to 8.4.190" in warning and "8.5.2" in warning
-    assert rel.check_release("8.0.96") is None
+    assert warning and "8.0.59 to 8.4.190" in warning and "8.5.2" in warning
+    assert rel.check_release("8.0.59") is None
     assert rel.check_release("8.4.190") is None
 
 
 def test_cli_refuses_an_old_release_in_one_line(monkeypatch, capsys):
     from yolomem.cli.main import main
 
-    monkeypatch.setattr(rel, "installed_version", lambda: "8.0.95")
+    monkeypatch.setattr(rel, "installed_version", lambda: "8.0.58")
     assert main(["estimate", "yolov8n.yaml"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "ultralytics 8.0.95 is older than 8.0.96" in err[0]
+    assert len(err) == 1 and "ultralytics 8.0.58 is older than 8.0.59" in err[0]
 
 
 def test_cli_warns_once_about_a_newer_release(monkeypatch, capsys):
@@ -141,7 +141,7 @@ def test_cli_warns_once_about_a_newer_release(monkeypatch, capsys):
     assert main(["estimate", "yolov8n.yaml", "imgsz=64", "batch=1", "iterations=1", "--json", "--no-cache"]) == 0
     out, err = capsys.readouterr()
     warnings = [line for line in err.splitlines() if line.startswith("yolomem: warning:")]
-    assert len(warnings) == 1 and "newer than the releases yolomem is tested with (8.0.96 to 8.4.190)" in warnings[0]
+    assert len(warnings) == 1 and "newer than the releases yolomem is tested with (8.0.59 to 8.4.190)" in warnings[0]
     import json
 
     assert "newer than the releases" in " ".join(json.loads(out)["notes"])
@@ -185,8 +185,8 @@ def test_cli_refuses_an_old_release_that_fails_its_own_import(tmp_path):
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
-        "yolomem: error: ultralytics 8.0.6 is older than 8.0.96, the oldest release yolomem traces "
-        f"(tested: {rel.TESTED_RANGE}); pip install 'ultralytics>=8.0.96'"
+        "yolomem: error: ultralytics 8.0.6 is older than 8.0.59, the oldest release yolomem traces "
+        f"(tested: {rel.TESTED_RANGE}); pip install 'ultralytics>=8.0.59'"
     ]
 
 

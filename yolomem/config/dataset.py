@@ -19,7 +19,7 @@ What is read, for ``train`` and ``val``:
   own ``check_cache_ram`` (which extrapolates from 30 images).
 
 The YAML must name ``train`` and ``val`` (or, from 8.0.149, ``validation``), as ``check_det_dataset`` requires in every
-release from 8.0.96 to 8.4. A name that is not a file here is looked up as the installed Ultralytics
+release from 8.0.59 to 8.4. A name that is not a file here is looked up as the installed Ultralytics
 looks it up (``shipped_dataset``): its own copy, which the trainer would download the images of.
 """
 
@@ -141,7 +141,7 @@ def read_dataset(yaml_path: str | os.PathLike, *, seed: int = 0, train_header_sa
 
 
 def check_split_keys(data: object, shown: str) -> dict:
-    """The YAML's keys as ``check_det_dataset`` checks them (8.0.96 to 8.4 alike): ``train`` and ``val`` must
+    """The YAML's keys as ``check_det_dataset`` checks them (8.0.59 to 8.4 alike): ``train`` and ``val`` must
     both be there, and a ``validation`` key stands for a missing ``val`` where the release renames it
     (``renames_validation_key``); anything else is refused, as
     Ultralytics refuses it ("'val:' key missing ❌"). Returns the mapping with ``val`` in place."""
@@ -315,15 +315,15 @@ def keeps_class_equal_to_count() -> bool:
         image, label = Path(folder) / "a.png", Path(folder) / "a.txt"
         Image.new("RGB", (32, 32)).save(image)
         label.write_text("1 0.5 0.5 0.1 0.1\n", encoding="utf-8")
-        # (im_file, lb_file, prefix, keypoint, num_cls, nkpt, ndim), and single_cls from 8.3.x on
-        args = (str(image), str(label), "", False, 1, 0, 0)
-        for extra in ((), (False,)):
+        # (im_file, lb_file, prefix, keypoint, num_cls), nkpt and ndim from 8.0.6x, and single_cls from 8.3.x on
+        args = (str(image), str(label), "", False, 1)
+        for extra in ((), (0, 0), (0, 0, False)):
             try:
                 result = verify_image_label(args + extra)
             except ValueError:  # its first line unpacks the arguments: another count
                 continue
             return result[0] is not None
-    raise RuntimeError("the installed verify_image_label takes neither 7 nor 8 arguments")
+    raise RuntimeError("the installed verify_image_label takes neither 5, 7 nor 8 arguments")
 
 
 def read_split(name: str, images: list[str], *, header_sample: int | None, seed: int = 0) -> SplitSummary:

@@ -387,8 +387,9 @@ def _run_val(validator, backend, tracer: Tracer, settings: InferenceSettings, ba
 
 def val_side(imgsz: int, stride: int) -> int:
     """The side of a standalone val batch of square images. With rect batches (``build_yolo_dataset``'s
-    ``rect = cfg.rect or mode == "val"``, up to 8.3.x) ``BaseDataset.set_rectangle`` gives
-    ``ceil(imgsz / stride + 0.5) * stride``; 8.4.x letterboxes val to ``imgsz`` unless ``rect=True``."""
+    ``rect = cfg.rect or mode == "val"``, 8.0.9x to 8.3.x) ``BaseDataset.set_rectangle`` gives
+    ``ceil(imgsz / stride + 0.5) * stride``; 8.4.x, and 8.0.8x and before, letterbox val to ``imgsz`` unless
+    ``rect=True``."""
     return int(np.ceil(imgsz / stride + 0.5) * stride) if standalone_val_is_rect() else imgsz
 
 
@@ -398,7 +399,10 @@ def standalone_val_is_rect() -> bool:
 
     from ultralytics.data import build
 
-    return bool(re.search(r"rect\s*=\s*cfg\.rect or mode == .val.", inspect.getsource(build.build_yolo_dataset)))
+    builder = getattr(build, "build_yolo_dataset", None)
+    if builder is None:  # up to 8.0.8x the validator's build_dataloader(..., mode="val") takes rect from cfg.rect alone
+        return False
+    return bool(re.search(r"rect\s*=\s*cfg\.rect or mode == .val.", inspect.getsource(builder)))
 
 
 def _synthetic_val_batches(resolved: ResolvedModel, settings: InferenceSettings, imgsz: int, stride: int,

@@ -233,6 +233,7 @@ def tracing(config: EstimateConfig, *, fake: bool, oracle) -> Iterator[tuple[Any
         stack.enter_context(tracer)
         stack.enter_context(cuda_foreach_types())
         stack.enter_context(tensors_from_fake_scalars())
+        stack.enter_context(cuda_one_hot())
         policy = None
         if config.amp != "fp32":
             policy = stack.enter_context(CudaAutocastPolicy(tracer.fake_cuda_like, tracer.paused))
@@ -285,6 +286,29 @@ def tensors_from_fake_scalars() -> Iterator[None]:
     finally:
         for name, original in originals.items():
             setattr(torch, name, original)
+
+
+@contextlib.contextmanager
+def cuda_one_hot() -> Iterator[None]:
+    """``F.one_hot(x, n)`` as CUDA computes it (ATen ``one_hot``, native/Onehot.cpp): ``zeros(*x.shape, n)``
+    then ``scatter_(-1, x.unsqueeze(-1), 1)``, with no check of the values (the CPU kernel reads ``x.min()``
+    and ``x.max()`` first, and a fake tensor takes the meta path, ``arange(n)`` and ``eq``: neither allocates
+    what the GPU does). Ultralytics' assigner one-hot encoded its top-k anchors this way up to 8.0.95.
+    ``n = -1`` reads the largest value, on every device: left as it is."""
+    import torch
+
+    class OneHotAsOnCuda(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.nn.functional.one_hot:
+                tensor, classes = (*args, kwargs.get("num_classes", -1))[:2]
+                if classes >= 0:
+                    out = torch.zeros((*tensor.shape, classes), dtype=tensor.dtype, device=tensor.device)
+                    return out.scatter_(-1, tensor.unsqueeze(-1), 1)
+            return func(*args, **kwargs)
+
+    with OneHotAsOnCuda():
+        yield
 
 
 def traced_batches(config: EstimateConfig, task: str, batch: int, density=None, upper: bool = True):

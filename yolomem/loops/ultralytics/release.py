@@ -48,14 +48,14 @@ from types import SimpleNamespace
 from yolomem.errors import UserError
 from yolomem.loops.base import CacheClears, larger_side
 
-# 8.0.96: the first release whose assigner the trace follows as a real CPU run of it does
-# (tests/test_trace_matches_real.py; up to 8.0.95 it built its masks with F.one_hot and boolean
-# assignment, and the traced stream differs). Before 8.0.136 the package had another layout, read
-# through legacy_layout's aliases; up to 8.0.110 the loss lived in the trainer (UltralyticsRun follows
-# it) and up to 8.0.112 build_optimizer was a static method without optimizer=auto (probed here).
-OLDEST_SUPPORTED = (8, 0, 96)
+# 8.0.59: the first release that imports with YOLO_CONFIG_DIR set (8.0.57-8.0.58 join it to a file name as a
+# str), after the trainer gained its amp option (8.0.57; before, AMP on every GPU whatever was asked). Before
+# 8.0.136 the package had another layout, read through legacy_layout's aliases; up to 8.0.110 the loss lived
+# in the trainer (UltralyticsRun follows it), up to 8.0.112 build_optimizer was a static method without
+# optimizer=auto (probed here), and up to 8.0.95 the assigner used F.one_hot (loops.base.cuda_one_hot).
+OLDEST_SUPPORTED = (8, 0, 59)
 NEWEST_TESTED = (8, 4, 190)
-TESTED_RANGE = "8.0.96 to 8.4.190"
+TESTED_RANGE = "8.0.59 to 8.4.190"
 # Releases inside the range that are known not to trace, with the reason (none found so far: the CI
 # matrix, .ci/ultralytics_matrix.py, is where a new entry would come from).
 KNOWN_BROKEN: dict[tuple[int, int, int], str] = {}
@@ -169,8 +169,8 @@ def check_release(version: str | None = None) -> str | None:
     version = version or installed_version()
     parts = version_tuple(version)
     if parts < OLDEST_SUPPORTED:
-        raise UserError(f"ultralytics {version} is older than 8.0.96, the oldest release yolomem traces "
-                        f"(tested: {TESTED_RANGE}); pip install 'ultralytics>=8.0.96'")  # fmt: skip
+        raise UserError(f"ultralytics {version} is older than 8.0.59, the oldest release yolomem traces "
+                        f"(tested: {TESTED_RANGE}); pip install 'ultralytics>=8.0.59'")  # fmt: skip
     if parts in KNOWN_BROKEN:
         raise UserError(f"ultralytics {version} is known not to work with yolomem: {KNOWN_BROKEN[parts]}")
     if parts > NEWEST_TESTED:
@@ -329,7 +329,7 @@ def validation_precision() -> ValidationPrecision:
         isinstance(item.context_expr, ast.Call) and "autocast" in ast.unparse(item.context_expr.func)
         for node in ast.walk(function) if isinstance(node, ast.With) for item in node.items
     )  # fmt: skip
-    # 8.0.96 .. 8.2.95: `self.args.half = self.device.type != "cpu"`; later `... and trainer.amp`
+    # 8.0.59 .. 8.2.95: `self.args.half = self.device.type != "cpu"`; later `... and trainer.amp`
     return ValidationPrecision(ema_half_in_place=halves, half_without_amp="trainer.amp" not in source, autocast=autocast,
                                sets_end2end="model.end2end = " in source,
                                keeps_last_loss_item="self.loss +=" not in source)  # fmt: skip
