@@ -291,8 +291,8 @@ def tensors_from_fake_scalars() -> Iterator[None]:
 @contextlib.contextmanager
 def cuda_one_hot() -> Iterator[None]:
     """``F.one_hot(x, n)`` as CUDA computes it (ATen ``one_hot``, native/Onehot.cpp): ``zeros(*x.shape, n)``
-    then ``scatter_(-1, x.unsqueeze(-1), 1)``, with no check of the values (the CPU kernel reads ``x.min()``
-    and ``x.max()`` first, and a fake tensor takes the meta path, ``arange(n)`` and ``eq``: neither allocates
+    then ``scatter_(-1, x.unsqueeze(-1), 1)``, with no check of the values (the CPU kernel reads its
+    ``aminmax`` first, and a fake tensor takes the meta path, ``arange(n)`` and ``eq``: neither allocates
     what the GPU does). Ultralytics' assigner one-hot encoded its top-k anchors this way up to 8.0.95.
     ``n = -1`` reads the largest value, on every device: left as it is."""
     import torch
