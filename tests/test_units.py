@@ -62,6 +62,16 @@ def test_card_keys_stay_and_labels_say_gib():
     assert card_name("A100-80GB") == "A100" and card_name("RTX-3090") == "RTX-3090"
 
 
+def test_every_card_name_a_table_shows_can_be_typed_back():
+    """A table's column says "RTX-3060 (12 GiB)": ``gpu=RTX-3060`` names a card (the one of that size, or
+    for a name shared by two sizes, the default one the label's size tells apart)."""
+    from yolomem.config.gpus import CATALOG
+
+    for name in CATALOG:
+        assert find_gpu(card_name(name)).name.startswith(card_name(name)), name
+    assert find_gpu("RTX-3060").name == "RTX-3060-12GB" and find_gpu("GTX-1060").name == "GTX-1060-6GB"
+
+
 def test_estimate_view_is_gib_one_unit_per_cell(with_epochs):
     lines = _record(render_estimate, with_epochs)
     text = "\n".join(lines)

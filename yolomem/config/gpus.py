@@ -139,6 +139,8 @@ _ALIASES = {_key(name): name for name in CATALOG}
 _ALIASES.update({_key("3060"): "RTX-3060-12GB", _key("3090"): "RTX-3090", _key("4090"): "RTX-4090",
                  _key("A100"): "A100-40GB", _key("H100"): "H100-80GB", _key("V100"): "V100-16GB",
                  _key("1060"): "GTX-1060-6GB", _key("P100"): "P100-16GB",
+                 # the names the tables show (``render.units.card_name``), typed back
+                 _key("RTX-3060"): "RTX-3060-12GB", _key("GTX-1060"): "GTX-1060-6GB",
                  # short Jetson names: the module's default (smaller or only) memory size
                  _key("Jetson-Orin-Nano"): "Jetson-Orin-Nano-8GB",
                  _key("Jetson-Orin-NX"): "Jetson-Orin-NX-16GB", _key("Jetson-AGX-Orin"): "Jetson-AGX-Orin-64GB",
