@@ -4,8 +4,9 @@ Total memory is ``total_memory`` as torch reports it (what the process can have:
 total) where a public log prints it: the T4 and the RTX 4090, from the device lines of the runs in
 ``measured_public_examples.csv``. Elsewhere it is the card's specification or nvidia-smi's "Total",
 which can be up to about 300 MiB above torch's (the driver's reserve; the T4's 15360 MiB against
-15102): the fit verdicts' margin (``margin=``, 10 % by default) covers that. The CUDA context (driver state, loaded kernels, cuDNN and
-cuBLAS handles) is outside ``torch.cuda.memory_reserved()`` but shows in nvidia-smi.
+15102): the fit verdicts' margin (``margin=``, 10 % by default) covers that. The CUDA context (driver
+state, loaded kernels, cuDNN and cuBLAS handles) is outside ``torch.cuda.memory_reserved()`` but shows
+in nvidia-smi.
 
 Jetson modules (``shared_memory=True``): one DRAM serves the CPU and the GPU, so ``total_bytes`` is the
 memory CUDA reports on the module (``totalGlobalMem``: DRAM less the firmware carve-outs), and what a

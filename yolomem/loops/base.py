@@ -123,6 +123,16 @@ class TrainingLoop(Protocol):
         """Trace validation batches of ``shapes`` (``ValBatchShape``; one per call unless
         ``traces_whole_val_pass``) with the run's EMA model, as the trainer's val pass does."""
 
+    def refuse_autobatch(self, config: EstimateConfig, resolved: ResolvedModel) -> None:
+        """A one-line ``UserError`` where the trainer never runs AutoBatch for ``config.autobatch`` (-1 or a
+        fraction), whatever the card."""
+
+    def pick_autobatch(self, config: EstimateConfig, resolved: ResolvedModel, gpu, densest_image: int,
+                       dataset_size: int | None):  # fmt: skip
+        """The batch the trainer's AutoBatch picks for ``config`` on ``gpu`` (a ``yolomem.config.gpus.Gpu``), as a
+        ``yolomem.loops.autobatch_card.AutoBatchPick``; ``densest_image`` and ``dataset_size`` (None: not known)
+        are what a trainer whose AutoBatch reads its labels finds there."""
+
 
 # torch.autocast dtype per ``amp=`` value; fp32 runs without autocast
 AMP_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}

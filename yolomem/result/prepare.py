@@ -104,18 +104,16 @@ def amp_on_the_card(config: EstimateConfig, resolved: ResolvedModel) -> tuple[Es
 
 
 def autobatch_on_the_card(config: EstimateConfig, resolved: ResolvedModel, request) -> tuple[EstimateConfig, object, str]:
-    """``batch=-1`` or a fraction: the batch the training loop's AutoBatch picks on ``gpu=``: the installed
-    Ultralytics' (``yolomem.loops.ultralytics.autobatch``), with its objects per image from the labels
-    ``request`` read (else ``yolomem.loops.density.densest_image``), or the yolov5 repo's
-    (``yolomem.loops.yolov5.autobatch``). Ultralytics runs AutoBatch on one GPU only: with more, its
-    trainer sets its default batch instead."""
+    """``batch=-1`` or a fraction: the batch the training loop's AutoBatch picks on ``gpu=``
+    (``TrainingLoop.pick_autobatch``: the installed Ultralytics' own, or the yolov5 repo's), with the objects
+    per image from the labels ``request`` read (else ``yolomem.loops.density.densest_image``). Ultralytics
+    runs AutoBatch on one GPU only: with more, its trainer sets its default batch instead."""
     from yolomem.errors import UserError
+    from yolomem.loops import get_loop
 
     shown = f"batch={config.autobatch:g}"
-    if resolved.framework == "yolov5":
-        from yolomem.loops.yolov5.autobatch import check_request
-
-        check_request(config, resolved, config.autobatch)
+    loop = get_loop(resolved.framework)
+    loop.refuse_autobatch(config, resolved)
     if not (config.gpu or config.gpu_mem):
         raise UserError(f"{shown} asks for AutoBatch, which sizes the batch to the card: add gpu=NAME (e.g. "
                         "gpu=RTX-3090) or gpu_mem=<GiB>")  # fmt: skip
@@ -134,27 +132,15 @@ def autobatch_on_the_card(config: EstimateConfig, resolved: ResolvedModel, reque
     from yolomem.result.store_keys import family_key
     from yolomem.trace.store import active_store
 
-    gpu = find_gpu(config.gpu or "", config.gpu_mem)
-    key = family_key(config, resolved) | {"probe": "autobatch", "requested": config.autobatch, "gpu": asdict(gpu)}
-    if resolved.framework == "yolov5":
-        from yolomem.loops.yolov5.autobatch import pick_batch as yolov5_pick
-
-        def pick() -> AutoBatchPick:
-            return yolov5_pick(config, resolved, gpu, config.autobatch)
-    else:
-        from yolomem.loops.ultralytics.autobatch import pick_batch
-
-        counts = request.dataset.train.counts if request is not None and request.dataset is not None else None
-        images = len(counts) if counts is not None else config.images
-        densest = densest_image(config, counts)
-        key |= {"densest_image": densest, "dataset_size": images}
-
-        def pick() -> AutoBatchPick:
-            return pick_batch(config, resolved, gpu, config.autobatch, densest, images)
-
+    counts = request.dataset.train.counts if request is not None and request.dataset is not None else None
+    images = len(counts) if counts is not None else config.images
+    gpu, densest = find_gpu(config.gpu or "", config.gpu_mem), densest_image(config, counts)
     # kept in the trace cache, as traced runs are: it takes seconds (a forward and backward per probe)
-    found = active_store().kept_probe(key, pick, AutoBatchPick)
-    return config.with_changes(batch=found.batch), found, found.note()
+    key = family_key(config, resolved) | {"probe": "autobatch", "requested": config.autobatch, "gpu": asdict(gpu),
+                                          "densest_image": densest, "dataset_size": images}  # fmt: skip
+    pick = active_store().kept_probe(
+        key, lambda: loop.pick_autobatch(config, resolved, gpu, densest, images), AutoBatchPick)
+    return config.with_changes(batch=pick.batch), pick, pick.note()
 
 
 def _shipped(data: str) -> str | None:

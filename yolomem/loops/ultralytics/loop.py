@@ -134,6 +134,16 @@ class UltralyticsLoop:
 
         return val_batch_size(task, train_batch)
 
+    def refuse_autobatch(self, config, resolved: ResolvedModel) -> None:
+        """None here: which requests the trainer takes (-1; a fraction from 8.2) its own
+        ``check_train_batch_size`` says, when ``pick_autobatch`` runs it."""
+
+    def pick_autobatch(self, config, resolved: ResolvedModel, gpu, densest_image: int,
+                       dataset_size: int | None):  # fmt: skip
+        from yolomem.loops.ultralytics.autobatch import pick_batch
+
+        return pick_batch(config, resolved, gpu, config.autobatch, densest_image, dataset_size)
+
     def trace_val_pass(self, run, shapes, seed: int, nc: int, kpt_shape, channels: int) -> None:
         """``BaseValidator.__call__`` with a trainer, as the installed release runs it (``release.validation``):
         up to 8.4.61 the EMA itself is converted to fp16 (``model.half()``, and ``model.float()`` after),

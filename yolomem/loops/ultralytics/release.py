@@ -432,8 +432,6 @@ def _probe_build(name: str, iterations: int = SHORT_RUN_ITERATIONS):
     """``build_optimizer(name)`` on a two-layer model (a conv with bias, a batch norm): all three groups."""
     import torch
     from ultralytics.cfg import get_cfg
-    from ultralytics.engine.trainer import BaseTrainer
-
     from ultralytics.utils import LOGGER
 
     model = torch.nn.Module()  # shaped like a YOLO model: layers in .model, the head last (MuSGD looks at it)

@@ -46,10 +46,11 @@ PASSES = 3  # profile(..., n=3)
 GB = 1 << 30  # autobatch's "gb" (bytes to GiB); the profiler's column divides by 1E9
 
 
-def check_request(config: EstimateConfig, resolved: ResolvedModel, requested: float) -> None:
-    """What train.py does not run AutoBatch for, refused in one line as it would stop."""
+def check_request(config: EstimateConfig, resolved: ResolvedModel) -> None:
+    """What train.py does not run AutoBatch for (``config.autobatch``), refused in one line as it would stop."""
     from yolomem.loops.yolov5.runner import original_of
 
+    requested = config.autobatch
     shown = f"batch={requested:g}"
     if original_of(resolved).task == "classify":
         raise UserError(f"{shown}: classify/train.py has no AutoBatch (it takes --batch-size as given); give a fixed "
@@ -63,13 +64,13 @@ def check_request(config: EstimateConfig, resolved: ResolvedModel, requested: fl
 
 
 def pick_batch(config: EstimateConfig, resolved: ResolvedModel, gpu: Gpu, requested: float = -1) -> AutoBatchPick:
-    """The batch train.py's AutoBatch picks for ``config`` on ``gpu`` (see the module docstring)."""
+    """The batch train.py's AutoBatch picks for ``config`` on ``gpu`` (see the module docstring), for a
+    request ``check_request`` lets through."""
     from yolomem.loops.base import amp_dtype, max_stride, round_imgsz, tracing
     from yolomem.loops.ultralytics.step import CloneOnDeepcopy, autocast_region, persistent_tensors
     from yolomem.loops.yolov5.runner import build_original, original_of
     from yolomem.loops.yolov5.step import freeze_layers
 
-    check_request(config, resolved, requested)
     with tracing(config, fake=True, oracle=None) as (tracer, policy):
         model = build_original(original_of(resolved), config.nc or resolved.nc)
         imgsz = round_imgsz(config.imgsz, max_stride(model))  # check_img_size(opt.imgsz, gs)

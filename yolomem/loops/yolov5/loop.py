@@ -103,6 +103,17 @@ class Yolov5Loop:
     def val_batch_size(self, task: str, train_batch: int) -> int:
         return 2 * train_batch  # train.py: val_loader at batch_size // WORLD_SIZE * 2
 
+    def refuse_autobatch(self, config, resolved) -> None:
+        from yolomem.loops.yolov5.autobatch import check_request
+
+        check_request(config, resolved)
+
+    def pick_autobatch(self, config, resolved, gpu, densest_image: int, dataset_size: int | None):
+        """train.py's AutoBatch reads no labels: ``densest_image`` and ``dataset_size`` do not change its pick."""
+        from yolomem.loops.yolov5.autobatch import pick_batch
+
+        return pick_batch(config, resolved, gpu, config.autobatch)
+
     def trace_val_pass(self, run, shapes, seed: int, nc: int, kpt_shape, channels: int) -> None:
         """val.run over the pass's batches, then train.py's checkpoint (``deepcopy(...).half()``)."""
         from yolomem.loops.yolov5.val_pass import trace_val_pass
