@@ -42,6 +42,22 @@ def test_the_list_offers_rtdetr_world_and_yoloe_and_no_depth_or_semantic_models(
     assert not [n for n in names if n.endswith(("-depth.yaml", "-sem.yaml"))]
 
 
+def test_the_list_counts_the_model_training_builds():
+    """The parameters listed are those of the model a trace builds, the estimate's header figure, counted
+    by Ultralytics' own classes. yolo11n-cls.yaml's summary line (1,633,584) counts a build with 80 classes,
+    not its nc: 1000; yoloe-11n.yaml's (2,624,080) is below even its fused model; yolov8n.yaml's agrees."""
+    from ultralytics.nn.tasks import ClassificationModel, YOLOEModel
+
+    def count(model) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    listed = {entry.name: entry.params for entry in list_models()}
+    assert listed["yolo11n-cls.yaml"] == count(ClassificationModel("yolo11n-cls.yaml", verbose=False)) == 2_812_104
+    assert listed["yoloe-11n.yaml"] == count(YOLOEModel("yoloe-11n.yaml", verbose=False))
+    assert listed["yolov8n.yaml"] == 3_157_200  # its YAML's summary line
+    assert listed["yolo11n-cls.yaml"] == estimate("yolo11n-cls.yaml", **TINY).params
+
+
 @pytest.mark.parametrize("name", SAMPLE)
 def test_a_sample_of_the_list_estimates(name):
     result = estimate(name, **TINY)

@@ -138,8 +138,8 @@ def _models(options: argparse.Namespace) -> int:
     from yolomem.cli.progress import progress_display
     from yolomem.sweeps.model_list import list_models
 
-    # the first run builds the models whose YAML publishes no count (about 20 s; then kept in the cache)
-    with progress_display("listing models; counting parameters no YAML publishes", quiet=options.json):
+    # the first run builds the models whose YAML publishes no count of them (about 40 s; then kept in the cache)
+    with progress_display("listing models; counting parameters no YAML line gives", quiet=options.json):
         entries = list_models()
     if options.json:
         import json

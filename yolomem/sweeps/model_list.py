@@ -10,14 +10,14 @@ class ModelEntry:
     name: str
     family: str
     framework: str
-    params: int  # published (an Ultralytics YAML's summary line) or counted on a build: list_models says which
+    params: int  # of the model a trace builds: a YAML's summary line where it counts that model, else counted
     task: str
 
 
 def list_models() -> tuple[ModelEntry, ...]:
     """The original designs (params counted) first, then Ultralytics' YAML names (params from the
-    YAML's own summary line, the count Ultralytics publishes; counted on a build where the YAML has none:
-    ``yolomem.loops.ultralytics.models.counted_params``)."""
+    YAML's own summary line, the count Ultralytics publishes, where it counts the model training builds;
+    else counted on a build: ``UltralyticsLoop.model_entries``)."""
     from yolomem.loops import get_loop
 
     entries = []

@@ -320,7 +320,7 @@ def counted_gflops(resolved: ResolvedModel, imgsz: int) -> tuple[float | None, s
 
 def counted_params(names: tuple[str, ...]) -> dict[str, int]:
     """Parameters of shipped YAML names, counted: each model built as ``build_model`` builds it for a
-    trace (the trainer's class for its family), with the YAML's own ``nc`` as the summary lines count it,
+    trace (the trainer's class for its family), with the YAML's own ``nc`` (the trainer's build without data),
     on fake tensors (no weights initialised; the meta device cannot build them: the stride forward reads
     ``.item()``). About 0.25 s a model: the 84 names of 8.4.190 whose YAMLs publish no count took 22 s on
     this project's 2 shared cores, so the counts are kept in the trace cache, once per release and code."""
