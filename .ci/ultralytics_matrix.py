@@ -70,7 +70,8 @@ RELEASES = (
 # Import-time dependencies of older releases that a --no-deps install leaves out (a user's environment has them).
 # py-cpuinfo: select_device's CPU name, up to 8.2.0; setuptools<81: 8.0's checks import pkg_resources
 OLD_RELEASE_DEPS = ("tqdm", "pandas", "hub-sdk", "py-cpuinfo", "setuptools<81")
-TESTS = ("tests/test_trace_matches_real.py", "tests/test_release_probes.py", "tests/test_tracer_indexing.py")
+TESTS = ("tests/test_trace_matches_real.py", "tests/test_release_probes.py", "tests/test_tracer_indexing.py",
+         "tests/test_label_layouts.py")
 # The validation pass against the release's own validator (about 20 s): where BaseValidator changed
 VAL_PASS_TEST = "tests/test_val_pass_matches_real.py"
 VAL_PASS_RELEASES = {"8.0.59", "8.0.70", "8.0.114", "8.0.239", "8.1.0", "8.2.96", "8.3.253", "8.4.0", "8.4.62", "8.4.104", "8.4.190"}

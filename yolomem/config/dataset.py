@@ -12,6 +12,8 @@ What is read, for ``train`` and ``val``:
   whole non-negative class) raises ``UserError`` naming ``file:line``. The highest class of each
   image is kept too: Ultralytics' ``verify_image_label`` drops an image whose labels name a class
   beyond the YAML's (``DatasetSummary.dropping_classes_from``; the training loop says where, per release);
+  and the widths of its rows (values per line: 5 for a box, more for a polygon or keypoints), which
+  decide what the trainer of a task makes of the file (``SplitSummary.widths``, judged by the loop);
 - image sizes from file headers only (PNG IHDR, JPEG SOF, BMP, GIF, WebP; no pixel is decoded),
   with the JPEG EXIF orientation applied as Ultralytics' ``exif_size`` does. Validation needs
   every val image's aspect ratio (rect batches); the RAM cache needs only the mean image size, so
@@ -31,7 +33,7 @@ import random
 import re
 import struct
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from yolomem.errors import UserError
@@ -54,6 +56,8 @@ class SplitSummary:
     unreadable: tuple[str, ...] = ()  # images whose header could not be read
     classes: tuple[int, ...] = ()  # the highest class id of each image (NO_CLASS: no labels), in image-list order
     dropped: int = 0  # images left out for a class beyond the dataset's (``dropping_classes_from``)
+    widths: tuple[frozenset[int], ...] = ()  # the distinct row widths of each image's label file, in image-list order
+    corrupt: int = 0  # images left out for labels the task's trainer rejects (``keeping(..., corrupt=True)``)
 
     @property
     def highest_class(self) -> int:
@@ -61,15 +65,22 @@ class SplitSummary:
 
     def dropping_classes_from(self, first: int) -> SplitSummary:
         """The split without its images whose labels name class ``first`` or above."""
-        kept = [i for i, highest in enumerate(self.classes) if highest < first]
-        if len(kept) == len(self.classes):
+        return self.keeping([i for i, highest in enumerate(self.classes) if highest < first])
+
+    def keeping(self, kept: list[int], *, corrupt: bool = False) -> SplitSummary:
+        """The split with only the images ``kept`` (indices in image-list order); the others counted as
+        left out for their class, or with ``corrupt`` for their label layout."""
+        if len(kept) == len(self.counts):
             return self
         position = {index: k for k, index in enumerate(kept)}
         sized = [(size, position[i]) for size, i in zip(self.sizes, self.sized_indices) if i in position]
-        return SplitSummary(
-            self.name, len(kept), tuple(self.counts[i] for i in kept), self.missing_labels,
-            tuple(size for size, _ in sized), tuple(i for _, i in sized), self.unreadable,
-            tuple(self.classes[i] for i in kept), self.dropped + len(self.classes) - len(kept),
+        left_out = len(self.counts) - len(kept)
+        return replace(
+            self, images=len(kept), counts=tuple(self.counts[i] for i in kept),
+            sizes=tuple(size for size, _ in sized), sized_indices=tuple(i for _, i in sized),
+            classes=tuple(self.classes[i] for i in kept) if self.classes else (),
+            widths=tuple(self.widths[i] for i in kept) if self.widths else (),
+            dropped=self.dropped + (0 if corrupt else left_out), corrupt=self.corrupt + (left_out if corrupt else 0),
         )  # fmt: skip
 
     @property
@@ -94,6 +105,7 @@ class SplitSummary:
             "headers_read": len(self.sizes),
             "unreadable": list(self.unreadable),
             "dropped": self.dropped,
+            "corrupt": self.corrupt,
         }
 
 
@@ -106,12 +118,13 @@ class DatasetSummary:
     train: SplitSummary
     val: SplitSummary | None
     classes: int | None = None  # what the YAML names (``names``, else ``nc``); None where it names none
+    label_notes: tuple[str, ...] = ()  # what the task's trainer makes of the labels (the loop's ``kept_images``)
 
     def dropping_classes_from(self, first: int) -> DatasetSummary:
         """Both splits without the images whose labels name class ``first`` or above: Ultralytics'
         ``verify_image_label`` marks such an image corrupt, and its dataset leaves it out."""
         val = self.val.dropping_classes_from(first) if self.val is not None else None
-        return DatasetSummary(self.yaml_path, self.train.dropping_classes_from(first), val, self.classes)
+        return replace(self, train=self.train.dropping_classes_from(first), val=val)
 
     def to_json(self) -> dict:
         return {"yaml": self.yaml_path, "train": self.train.to_json(), "val": self.val.to_json() if self.val else None}
@@ -306,36 +319,51 @@ def keeps_class_equal_to_count() -> bool:
     """Whether the installed ``verify_image_label`` keeps an image labelled with class ``nc`` (one past the
     last): up to 8.3.40 at least its check reads ``max_cls <= num_cls``, by 8.3.189 ``max_cls < num_cls``.
     Asked of the function itself: a 32 x 32 image with one label of class 1, in a dataset of 1 class."""
+    return verify_label_rows(["1 0.5 0.5 0.1 0.1"], keypoint=False, num_cls=1)[0] is not None
+
+
+def verify_label_rows(rows: list[str], *, keypoint: bool, num_cls: int, kpt_shape: tuple[int, int] | None = None):
+    """The installed ``verify_image_label``'s result for a 32 x 32 image whose label file holds ``rows``:
+    ``(im_file, lb, shape, segments, keypoints, nm, nf, ne, nc, msg)``, the first five None when it
+    rejects the file."""
     import tempfile
 
-    from PIL import Image
     from ultralytics.data.utils import verify_image_label
 
+    nkpt, ndim = kpt_shape or (0, 0)
     with tempfile.TemporaryDirectory() as folder:
         image, label = Path(folder) / "a.png", Path(folder) / "a.txt"
-        Image.new("RGB", (32, 32)).save(image)
-        label.write_text("1 0.5 0.5 0.1 0.1\n", encoding="utf-8")
+        write_label_image(image, label, rows)
         # (im_file, lb_file, prefix, keypoint, num_cls), nkpt and ndim from 8.0.6x, and single_cls from 8.3.x on
-        args = (str(image), str(label), "", False, 1)
-        for extra in ((), (0, 0), (0, 0, False)):
+        args = (str(image), str(label), "", keypoint, num_cls)
+        for extra in ((), (nkpt, ndim), (nkpt, ndim, False)):
             try:
-                result = verify_image_label(args + extra)
+                return verify_image_label(args + extra)
             except ValueError:  # its first line unpacks the arguments: another count
                 continue
-            return result[0] is not None
     raise RuntimeError("the installed verify_image_label takes neither 5, 7 nor 8 arguments")
+
+
+def write_label_image(image: Path, label: Path, rows: list[str]) -> None:
+    """A 32 x 32 PNG and its label file of ``rows``: what ``verify_image_label`` and a dataset read."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(image)
+    label.write_text("".join(f"{row}\n" for row in rows), encoding="utf-8")
 
 
 def read_split(name: str, images: list[str], *, header_sample: int | None, seed: int = 0) -> SplitSummary:
     """Objects per image for ``images`` and the header sizes of all of them or of a seeded sample."""
-    counts, classes, missing = [], [], 0
+    counts, classes, widths, missing = [], [], [], 0
+    interned: dict[frozenset[int], frozenset[int]] = {}  # a dataset has few layouts: one set each
     for label_file in _label_paths(images):
         read = read_labels(label_file)
         if read is None:
             missing += 1
-            read = (0, NO_CLASS)
+            read = (0, NO_CLASS, frozenset())
         counts.append(read[0])
         classes.append(read[1])
+        widths.append(interned.setdefault(read[2], read[2]))
     indices = list(range(len(images)))
     if header_sample is not None and len(images) > header_sample:
         indices = sorted(random.Random(seed).sample(indices, header_sample))
@@ -348,7 +376,7 @@ def read_split(name: str, images: list[str], *, header_sample: int | None, seed:
             sizes.append(size)
             sized.append(index)
     return SplitSummary(name, len(images), tuple(counts), missing, tuple(sizes), tuple(sized), tuple(unreadable),
-                        tuple(classes))  # fmt: skip
+                        tuple(classes), widths=tuple(widths))  # fmt: skip
 
 
 def count_objects(label_file: str) -> int | None:
@@ -357,9 +385,9 @@ def count_objects(label_file: str) -> int | None:
     return None if read is None else read[0]
 
 
-def read_labels(label_file: str) -> tuple[int, int] | None:
-    """(distinct labelled objects, the highest class id or NO_CLASS) of a YOLO label file; None when the
-    file does not exist."""
+def read_labels(label_file: str) -> tuple[int, int, frozenset[int]] | None:
+    """(distinct labelled objects, the highest class id or NO_CLASS, the distinct row widths) of a YOLO
+    label file; None when the file does not exist."""
     try:
         with open(label_file, encoding="utf-8") as handle:
             text = handle.read()
@@ -367,15 +395,17 @@ def read_labels(label_file: str) -> tuple[int, int] | None:
         return None
     except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"cannot read label file {label_file}: {type(error).__name__}") from None
-    seen, highest = set(), NO_CLASS
+    seen, highest, widths = set(), NO_CLASS, set()
     for number, line in enumerate(text.splitlines(), start=1):
         row = line.strip()
         if not row or row in seen:
             continue  # Ultralytics drops duplicate rows
         _check_row(row, label_file, number)
         seen.add(row)
-        highest = max(highest, int(float(row.split(None, 1)[0])))
-    return len(seen), highest
+        tokens = row.split()
+        highest = max(highest, int(float(tokens[0])))
+        widths.add(len(tokens))
+    return len(seen), highest, frozenset(widths)
 
 
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"

@@ -115,9 +115,10 @@ class TrainingLoop(Protocol):
 
     def val_batch_size(self, task: str, train_batch: int) -> int: ...
 
-    def kept_images(self, dataset):
+    def kept_images(self, dataset, resolved: ResolvedModel):
         """``dataset`` (``yolomem.config.dataset.DatasetSummary``) without the images the trainer leaves out
-        for a label of a class beyond the dataset's; or a one-line ``UserError`` where the trainer stops."""
+        for a label of a class beyond the dataset's, or of rows ``resolved``'s task cannot read (with its
+        ``label_notes``); or a one-line ``UserError`` where the trainer stops."""
 
     def trace_val_pass(self, run, shapes: tuple, seed: int, nc: int, kpt_shape: tuple[int, ...], channels: int) -> None:
         """Trace validation batches of ``shapes`` (``ValBatchShape``; one per call unless

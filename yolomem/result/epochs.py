@@ -665,7 +665,7 @@ def epoch_request(config, resolved, read_before=None) -> EpochRequest | None:
     elif config.data:
         from yolomem.config.dataset import read_dataset
 
-        dataset = read_before if read_before is not None else loop.kept_images(read_dataset(config.data, seed=config.seed))
+        dataset = read_before if read_before is not None else loop.kept_images(read_dataset(config.data, seed=config.seed), resolved)
         notes.extend(_dropped_notes(config.data, dataset))
         split_sizes = (dataset.train.images, dataset.val.images if dataset.val is not None else None)
         train_counts = dataset.train.counts
@@ -708,7 +708,7 @@ def _dropped_notes(data: str, dataset) -> list[str]:
 
     splits = [split for split in (dataset.train, dataset.val) if split is not None and split.dropped]
     if not splits:
-        return []
+        return list(dataset.label_notes)
     for split in splits:
         if not split.images:
             raise UserError(f"data={data}: every {split.name} image has a label of a class beyond the "
@@ -717,4 +717,4 @@ def _dropped_notes(data: str, dataset) -> list[str]:
     dropped = " and ".join(f"{split.dropped} of {split.images + split.dropped} {split.name}" for split in splits)
     return [f"data={data}: {dropped} images have a label of a class beyond the {dataset.classes} its YAML names; "
             f"Ultralytics drops them as corrupt (verify_image_label: \"Label class ... exceeds dataset class count "
-            f"{dataset.classes}\"), so they are not counted"]  # fmt: skip
+            f"{dataset.classes}\"), so they are not counted", *dataset.label_notes]  # fmt: skip

@@ -128,15 +128,18 @@ class UltralyticsLoop:
 
         return family_of(resolved.cfg).simulates_epochs
 
-    def kept_images(self, dataset):
+    def kept_images(self, dataset, resolved: ResolvedModel):
         """``YOLODataset`` keeps the images ``verify_image_label`` passes: one labelled with a class the YAML
         does not name is "corrupt" and left out of both splits. The installed release's bound is asked of
-        it (``keeps_class_equal_to_count``: class ``nc`` itself passed up to 8.3.40 at least)."""
-        from yolomem.config.dataset import keeps_class_equal_to_count
+        it (``keeps_class_equal_to_count``: class ``nc`` itself passed up to 8.3.40 at least). So are the
+        rows the model's task cannot read (``labels.judge_labels``: box rows for a pose model...)."""
+        from yolomem.config.dataset import dataset_kpt_shape, keeps_class_equal_to_count
+        from yolomem.loops.ultralytics.labels import judge_labels
 
         if dataset.classes is None:  # check_det_dataset refuses such a YAML before any label is read
             return dataset
-        return dataset.dropping_classes_from(dataset.classes + (1 if keeps_class_equal_to_count() else 0))
+        dataset = dataset.dropping_classes_from(dataset.classes + (1 if keeps_class_equal_to_count() else 0))
+        return judge_labels(dataset, resolved.task, dataset_kpt_shape(dataset.yaml_path))
 
     def val_batch_size(self, task: str, train_batch: int) -> int:
         from yolomem.loops.val_pass import val_batch_size

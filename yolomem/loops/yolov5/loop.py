@@ -88,7 +88,7 @@ class Yolov5Loop:
     def epochs_supported(self, resolved, world_size: int) -> bool:
         return resolved.task in {"detect", "segment"} and world_size == 1
 
-    def kept_images(self, dataset):
+    def kept_images(self, dataset, resolved):
         """The repo's ``verify_image_label`` does not look at classes; train.py then stops on the train
         split's highest one (``assert mlc < nc, f'Label class {mlc} exceeds nc={nc} ...'``)."""
         from yolomem.errors import UserError
