@@ -222,6 +222,12 @@ def test_amp_refused_cards():
     assert (rel.amp_refused_cards() is not None) == (_installed() >= (8, 3, 47))
 
 
+def test_oom_retries():
+    """8.4.13 added the first epoch's out-of-memory retries (``self._oom_retries >= 3``); 8.4.12 had none
+    (read in the published wheels of 8.4.0, 8.4.10, 8.4.12, 8.4.13, 8.4.20 ... 8.4.190, and 8.3.253)."""
+    assert rel.oom_retries() == (3 if _installed() >= (8, 4, 13) else 0)
+
+
 def test_every_catalog_card_trains_with_the_amp_check_amp_leaves_it(monkeypatch):
     """Truth: the installed ``check_amp`` itself, told the card's device name (its download of a model for
     the output comparison made to fail as offline, which it answers with AMP on)."""

@@ -23,7 +23,7 @@ def estimate_command(options: argparse.Namespace) -> int:
 
     config = EstimateConfig.from_words(options.words)  # no model given: the model key's default
     with progress_display("estimate", quiet=options.json):
-        result = estimate_config(config)
+        result = estimate_config(config, follow_oom_retry=True)
     if options.json:
         from yolomem.render.json_output import dumps
 

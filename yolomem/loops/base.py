@@ -106,6 +106,10 @@ class TrainingLoop(Protocol):
     def gpu_mem_unit(self) -> str:
         """The unit the trainer prints ``GPU_mem`` in: "GiB" or "GB" (10^9 bytes)."""
 
+    def oom_retries(self, config: EstimateConfig) -> tuple[str, int]:
+        """The trainer (e.g. "ultralytics 8.4.190") and how many times it halves the batch after an
+        out-of-memory error in a first-epoch step of ``config`` before the error stops the run (0: never)."""
+
     def trainer_defaults(self, resolved: ResolvedModel) -> dict[str, tuple[int, str]]:
         """Per key (``imgsz``, ``batch``, ``single_cls``), what the trainer takes for this model when the user
         gives none, and where that comes from; keys it takes from its usual defaults are left out."""

@@ -93,6 +93,8 @@ def render_estimate(estimate: Estimate, console: Console | None = None) -> None:
         if estimate.oom is not None:
             where = estimate.oom.phase + (f" (iteration {estimate.oom.iteration})" if estimate.oom.iteration is not None else "")
             summary.add_row("on the card a typical run runs out of memory in", where)
+        if estimate.oom_retry is not None:
+            summary.add_row(f"then {estimate.oom_retry.trainer} halves the batch", estimate.oom_retry.summary())
     console.print(summary)
 
     breakdown = Table(title="Where it goes (at the peak)", title_justify="left")

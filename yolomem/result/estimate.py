@@ -54,6 +54,7 @@ from yolomem.recent import Recent
 from yolomem.result.epochs import EpochRequest, EpochSimulation
 from yolomem.result.fits import Budget, fits
 from yolomem.result.host_memory import HostMemory
+from yolomem.result.oom_retry import OomRetry, RetriedBatch, follow_retries, retried
 from yolomem.result.upper import DensitySensitivity, UpperFigure, allowance_for, density_sensitivity
 from yolomem.trace.tracer import Trace
 
@@ -114,6 +115,7 @@ class Estimate:
     density_sensitivity: DensitySensitivity | None = None
     breakdown_sources: dict[str, str] = field(default_factory=dict)  # breakdown line -> where its size comes from
     autobatch: AutoBatchPick | None = None  # batch=-1 or a fraction: what AutoBatch picked (config.batch holds it)
+    oom_retry: OomRetry | None = None  # after ``oom`` in a first-epoch step: the batches the trainer retries at
 
     @property
     def peak_reserved_upper_bytes(self) -> int:
@@ -195,6 +197,7 @@ class Estimate:
             "dataset": self.dataset.to_json() if self.dataset else None,
             "host": self.host.to_json() if self.host else None,
             "autobatch": self.autobatch.to_json() if self.autobatch else None,
+            "oom_retry": self.oom_retry.to_json() if self.oom_retry else None,
         }
 
 
@@ -245,7 +248,7 @@ def estimate(model: str | EstimateConfig = "yolov8n.yaml", **settings) -> Estima
         config = model.with_changes(**settings) if settings else model
     else:
         config = EstimateConfig.from_mapping({"model": model, **settings})
-    return estimate_config(config)
+    return estimate_config(config, follow_oom_retry=True)
 
 
 @dataclass
@@ -363,8 +366,12 @@ def _estimate_figures(config: EstimateConfig) -> EstimateFigures:
                            prepared.autobatch)  # fmt: skip
 
 
-def estimate_config(config: EstimateConfig, figures: EstimateFigures | None = None) -> Estimate:
-    """The estimate of ``config``; ``figures``: ``estimate_figures`` of the same config, if it was judged."""
+def estimate_config(config: EstimateConfig, figures: EstimateFigures | None = None, *,
+                    follow_oom_retry: bool = False) -> Estimate:  # fmt: skip
+    """The estimate of ``config``; ``figures``: ``estimate_figures`` of the same config, if it was judged.
+    ``follow_oom_retry``: where a typical run on the card runs out of memory in a step the trainer retries
+    at a halved batch, estimate those batches too (``oom_retry``; the sweeps, which judge many
+    configs, leave it out)."""
     from yolomem.loops import get_loop
 
     figures = figures or estimate_figures(config)
@@ -391,8 +398,12 @@ def estimate_config(config: EstimateConfig, figures: EstimateFigures | None = No
         notes.append(f"{budget.gpu.name} shares its DRAM with the host: the verdict also holds back the training "
                      f"process's RAM, {budget.host_bytes / GiB:.2f} GiB (Python, torch, CUDA libraries){workers}; "
                      "the OS and other processes need some too")  # fmt: skip
+    oom_retry = None
     if budget and not fits_card:
         notes.append(_does_not_fit(budget, upper.peak_reserved_bytes, peak_reserved, on_card))
+        oom_retry = _oom_retry(config, budget, on_card) if follow_oom_retry else None
+        if oom_retry is not None:
+            notes.append(oom_retry.note(config.batch, config.nbs))
     sensitivity = None
     if run.density is not None and figures.replay_dense is not None:
         sensitivity = density_sensitivity(run.density.n_max, run.density.n_max_upper, replay.peak_reserved_bytes,
@@ -443,6 +454,7 @@ def estimate_config(config: EstimateConfig, figures: EstimateFigures | None = No
         density_sensitivity=sensitivity,
         breakdown_sources=_breakdown_sources(run, base_trace, cudnn_bytes),
         autobatch=figures.autobatch,
+        oom_retry=oom_retry,
     )
 
 
@@ -459,6 +471,7 @@ class _OnTheCard:
 
     oom: OomPoint | None  # where it would run out of memory; None: it runs (possibly after freeing cache)
     num_alloc_retries: int
+    in_step: bool = False  # ``oom`` is in the training iterations of epoch 1, not its validation or epoch 2
 
 
 def _on_the_card(budget: Budget, peak_reserved: int, replay: Replay, base_trace: Trace, request, trace: Trace,
@@ -470,9 +483,29 @@ def _on_the_card(budget: Budget, peak_reserved: int, replay: Replay, base_trace:
         return _OnTheCard(None, replay.num_alloc_retries)
     capped = replay_trace(base_trace, alloc_conf, capacity_bytes=usable)
     if capped.oom is not None or request is None:
-        return _OnTheCard(capped.oom, capped.num_alloc_retries)
+        return _OnTheCard(capped.oom, capped.num_alloc_retries, in_step=capped.oom is not None)
     simulation = request.simulate(trace, alloc_conf, budget.gpu.total_bytes, usable)
     return _OnTheCard(simulation.oom, capped.num_alloc_retries)
+
+
+def _oom_retry(config: EstimateConfig, budget: Budget, on_card: _OnTheCard) -> OomRetry | None:
+    """Where the trainer catches the typical run's out-of-memory error (``yolomem.result.oom_retry``):
+    each halved batch estimated and judged on the card as the asked one."""
+    from yolomem.loops import get_loop
+
+    trainer, retries = get_loop(config.framework).oom_retries(config)
+    if not retries or not retried(on_card.oom, on_card.in_step):
+        return None
+
+    def judge(batch: int) -> tuple[RetriedBatch, bool]:
+        smaller = estimate_figures(config.with_changes(batch=batch))
+        card = _on_the_card(budget, smaller.peak_reserved, smaller.replay, smaller.base_trace, smaller.request,
+                            smaller.run.trace, config.alloc_conf)  # fmt: skip
+        upper = smaller.upper.peak_reserved_bytes
+        outcome = RetriedBatch(batch, smaller.peak_reserved, upper, fits(upper, budget), card.oom)
+        return outcome, retried(card.oom, card.in_step)
+
+    return follow_retries(config.batch, retries, trainer, judge)
 
 
 def _does_not_fit(budget: Budget, required: int, expected: int, on_card: _OnTheCard) -> str:

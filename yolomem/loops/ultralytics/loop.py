@@ -111,6 +111,13 @@ class UltralyticsLoop:
 
         return release().gpu_mem_unit
 
+    def oom_retries(self, config) -> tuple[str, int]:
+        """From 8.4.13, on one GPU only (``RANK != -1`` raises)."""
+        from yolomem.loops.ultralytics.release import release
+
+        installed = release()
+        return f"ultralytics {installed.version}", installed.oom_retries if config.world_size == 1 else 0
+
     def trainer_defaults(self, resolved: ResolvedModel) -> dict[str, tuple[int, str]]:
         """A checkpoint's training imgsz and single_cls (``Model.train`` keeps them; a published one's imgsz
         too, ``models.published_training_imgsz``), else the task's trainer's imgsz (``release.default_imgsz``:

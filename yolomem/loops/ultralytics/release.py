@@ -27,7 +27,9 @@ never looked up by version number:
 - ``single_cls_one_class``: whether ``single_cls=True`` makes the dataset one class, so that the model is
   built with ``nc=1`` (``get_dataset``'s syntax tree, 8.3.79), or only relabels every object class 0;
 - ``amp_refused_cards``: the pattern of CUDA device names on which ``check_amp`` turns AMP off before
-  any check (GTX 16xx, T400-T2000, K40m; 8.3.47), read in its syntax tree; None before.
+  any check (GTX 16xx, T400-T2000, K40m; 8.3.47), read in its syntax tree; None before;
+- ``oom_retries``: how many times ``_do_train`` halves the batch after an out-of-memory error in the
+  first epoch (3, from 8.4.13; one GPU only), read in its syntax tree; 0 before.
 
 ``check_release`` refuses releases known not to work (one line, exit 2) and warns about releases
 newer than the newest one tested. README, "Ultralytics releases", lists what differs and where.
@@ -98,6 +100,7 @@ class Release:
     default_imgsz: dict[str, int]  # per task: what the trainer trains at when imgsz is not given
     single_cls_one_class: bool  # single_cls=True builds the model with one class
     amp_refused_cards: str | None  # check_amp's regex of device names it trains in FP32 on (None: no such list)
+    oom_retries: int = 0  # first-epoch out-of-memory errors the trainer answers by halving the batch
 
     def turns_amp_off(self, gpu) -> bool:
         """Whether ``check_amp`` turns AMP off on ``gpu`` (a ``yolomem.config.gpus.Gpu``) by its name alone."""
@@ -203,7 +206,7 @@ def _probe_release() -> Release:
     except ReleaseProbeError:
         clears = None
     return Release(version, gpu_mem_unit(), clears, validation_precision(), fused_adam(), optimizers(), short, long,
-                   default_imgsz(), single_cls_one_class(), amp_refused_cards())  # fmt: skip
+                   default_imgsz(), single_cls_one_class(), amp_refused_cards(), oom_retries())  # fmt: skip
 
 
 _TASK_MAP_FIELDS = ("model", "trainer", "validator", "predictor")
@@ -426,6 +429,19 @@ def amp_refused_cards() -> str | None:
                 and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
             return node.args[0].value  # fmt: skip
     return None
+
+
+def oom_retries() -> int:
+    """How many times ``BaseTrainer._do_train`` halves the batch after an out-of-memory error before it
+    lets the error stop the run: ``if epoch > self.start_epoch or self._oom_retries >= 3 or RANK != -1:
+    raise`` (8.4.13), the constant of that comparison in its syntax tree; 0 where there is none."""
+    from ultralytics.engine.trainer import BaseTrainer
+
+    for node in ast.walk(_function_tree(BaseTrainer._do_train)):
+        if (isinstance(node, ast.Compare) and ast.unparse(node.left) == "self._oom_retries"
+                and isinstance(node.comparators[0], ast.Constant)):
+            return int(node.comparators[0].value)  # fmt: skip
+    return 0
 
 
 def _probe_build(name: str, iterations: int = SHORT_RUN_ITERATIONS):

@@ -76,6 +76,9 @@ class Yolov5Loop:
     def gpu_mem_unit(self) -> str:
         return "GB"  # train.py prints torch.cuda.memory_reserved() / 1E9
 
+    def oom_retries(self, config) -> tuple[str, int]:
+        return "the yolov5 repo's train.py", 0  # it catches no out-of-memory error
+
     def trainer_defaults(self, resolved) -> dict[str, tuple[int, str]]:
         """classify/train.py's own ``--imgsz 224`` and ``--batch-size 64``; train.py and segment/train.py
         default to 640 and 16, yolomem's defaults."""
