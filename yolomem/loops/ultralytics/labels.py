@@ -24,7 +24,9 @@ once the labels fit the task), and says so.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import tempfile
 from dataclasses import dataclass, replace
 from itertools import count
@@ -33,10 +35,11 @@ from pathlib import Path
 from yolomem.errors import UserError
 
 MODEL_OF_TASK = {"detect": "a detect model", "segment": "a segment model", "pose": "a pose model", "obb": "an OBB model"}
+POLYGON_ROW = {"segment": "'class x1 y1 x2 y2 ...'", "obb": "'class x1 y1 x2 y2 x3 y3 x4 y4'"}
 ROW_LAYOUT = {
     "detect": "'class x y w h' (or a polygon)",
-    "segment": "a polygon, 'class x1 y1 x2 y2 ...'",
-    "obb": "the 4 corners, 'class x1 y1 x2 y2 x3 y3 x4 y4'",
+    "segment": f"a polygon, {POLYGON_ROW['segment']}",
+    "obb": f"the 4 corners, {POLYGON_ROW['obb']}",
 }
 
 
@@ -126,7 +129,7 @@ def _row_layout(task: str, kpt_shape: tuple[int, int] | None) -> str:
 def _box_rows_note(data: str, task: str, images: str) -> str:
     gets = "no objects (it reads each object's 4 corners" if task == "obb" else "no masks (it makes them from polygons"
     return (f"data={data}: {images} images have box rows ('class x y w h'), from which {MODEL_OF_TASK[task]} gets "
-            f"{gets}, {_row_layout(task, None).split(', ')[-1]}); estimated with their objects counted, as once the "
+            f"{gets}, {POLYGON_ROW[task]}); estimated with their objects counted, as once the "
             f"labels are {'corners' if task == 'obb' else 'polygons'}")  # fmt: skip
 
 
@@ -151,11 +154,13 @@ def _check_boxes_for_polygon_task(data: str, task: str, version: str) -> bool:
         write_label_image(images / "box.png", labels / "box.txt", ["0 0.5 0.5 0.2 0.2"])
         write_label_image(images / "polygon.png", labels / "polygon.txt", ["0 0.4 0.4 0.6 0.4 0.6 0.6 0.4 0.6"])
         cfg = get_cfg(DEFAULT_CFG, {"task": task, "imgsz": 32})
-        try:
-            with quiet_ultralytics():
+        try:  # quiet: its LOGGER, and the scan's progress bar on stderr
+            with quiet_ultralytics(), contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
                 built = build_yolo_dataset(cfg, str(images), 2, {"names": {0: "object"}, "nc": 1, "channels": 3}, mode="val")
             return not any(len(label["segments"]) for label in built.labels)
         except ValueError as error:
+            if "segments" not in str(error):
+                raise  # not the release's answer to box rows: the two images do not suit it (a yolomem bug)
             said = str(error).split(", but got")[0]  # the counts are of the two images asked about
             raise UserError(f"data={data}: ultralytics {version} stops on box rows for {MODEL_OF_TASK[task]} (\"{said}\"); "
                             f"its label row is {_row_layout(task, None)}") from None  # fmt: skip
