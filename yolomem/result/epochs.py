@@ -665,7 +665,10 @@ def epoch_request(config, resolved, read_before=None) -> EpochRequest | None:
     elif config.data:
         from yolomem.config.dataset import read_dataset
 
-        dataset = read_before if read_before is not None else loop.kept_images(read_dataset(config.data, seed=config.seed), resolved)
+        if read_before is not None:
+            dataset = read_before
+        else:
+            dataset = loop.kept_images(read_dataset(config.data, seed=config.seed), resolved)
         notes.extend(_dropped_notes(config.data, dataset))
         split_sizes = (dataset.train.images, dataset.val.images if dataset.val is not None else None)
         train_counts = dataset.train.counts

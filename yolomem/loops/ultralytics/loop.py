@@ -16,6 +16,7 @@ from yolomem.loops.base import CacheClears, TracedRun, max_stride_of_fake_build
 # branches unfused.
 SUMMARY_COUNTS_ANOTHER_BUILD = re.compile(r"^yoloe-|-cls$")
 
+
 class UltralyticsLoop:
     """Release differences are read from the installed code in one place: ``release.py``."""
 
