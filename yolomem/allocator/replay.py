@@ -108,6 +108,11 @@ class OomPoint:
     capacity_bytes: int | None
     message: str
 
+    @property
+    def where(self) -> str:
+        """'loss of iteration 1': the failing event's phase, and its iteration where it carries one."""
+        return self.phase + (f" of iteration {self.iteration}" if self.iteration is not None else "")
+
     def to_json(self) -> dict:
         return {
             "phase": self.phase, "iteration": self.iteration, "requested_bytes": self.requested_bytes,

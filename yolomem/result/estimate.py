@@ -515,8 +515,7 @@ def _does_not_fit(budget: Budget, required: int, expected: int, on_card: _OnTheC
     if fits(expected, budget):
         return f"{text}; the expected figure ({expected / GiB:.2f} GiB) fits"
     if on_card.oom is not None:
-        where = on_card.oom.phase + (f" of iteration {on_card.oom.iteration}" if on_card.oom.iteration is not None else "")
-        return f"{text}; on the card a typical run runs out of memory in {where} (oom: {on_card.oom.message})"
+        return f"{text}; on the card a typical run runs out of memory in {on_card.oom.where} (oom: {on_card.oom.message})"
     if expected > budget.usable_bytes:
         return f"{text}; on the card the allocator would free its cache and retry, and the step completes with no room left"
     return text

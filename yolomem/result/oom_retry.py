@@ -63,7 +63,7 @@ class OomRetry:
                 verdict = "fits" if tried.fits else "does not fit"
                 steps.append(f"batch {tried.batch}: goes on (upper {tried.peak_reserved_upper_bytes / 2**30:.2f} GiB: {verdict})")
             else:
-                steps.append(f"batch {tried.batch}: runs out again ({_where(tried.oom)})")
+                steps.append(f"batch {tried.batch}: runs out again ({tried.oom.where})")
         text = ", then ".join(steps)
         return text if self.trains_at is not None else f"{text}; the error then stops the run"
 
@@ -78,10 +78,6 @@ class OomRetry:
 
 def _accumulate(nbs: int, batch: int) -> int:
     return max(round(nbs / batch), 1)  # BaseTrainer: self.accumulate
-
-
-def _where(oom: OomPoint) -> str:
-    return oom.phase + (f" of iteration {oom.iteration}" if oom.iteration is not None else "")
 
 
 def retried(oom: OomPoint | None, in_step: bool) -> bool:
