@@ -228,6 +228,13 @@ def test_oom_retries():
     assert rel.oom_retries() == (3 if _installed() >= (8, 4, 13) else 0)
 
 
+def test_trains_bf16():
+    """8.4.129 added ``amp='bf16'`` (``autocast(torch.bfloat16 if self.args.amp == "bf16" ...)``); 8.4.128 and
+    before read ``amp`` as a bool (read in the published wheels of 8.3.100, 8.3.200, 8.3.253, 8.4.0, 8.4.50,
+    8.4.100, 8.4.125 ... 8.4.129, 8.4.150 and 8.4.190)."""
+    assert rel.trains_bf16() == (_installed() >= (8, 4, 129))
+
+
 def test_every_catalog_card_trains_with_the_amp_check_amp_leaves_it(monkeypatch):
     """Truth: the installed ``check_amp`` itself, told the card's device name (its download of a model for
     the output comparison made to fail as offline, which it answers with AMP on)."""

@@ -115,11 +115,35 @@ def test_classifiers_are_the_released_yolov5_cls(scale, params):
 
 
 def test_classifier_training_uses_the_repos_settings():
-    """classify/train.py: AMP whatever amp= says, Adam by default, imgsz as given."""
+    """classify/train.py: AMP whatever amp= says (the trace too: ``test_the_repo_trains_the_precision_its_scripts_choose``),
+    Adam by default, imgsz as given."""
     warnings.filterwarnings("ignore")
     config = EstimateConfig(model="yolov5n-cls", imgsz=48, batch=2, amp="fp32", iterations=1, framework="yolov5")
     run = trace_run(config, resolve_model("yolov5n-cls", "yolov5"))
     assert run.optimizer == "Adam" and run.imgsz == 48
-    assert any("estimated with fp16" in note for note in run.notes)
     assert {"float16"} <= {e.dtype for e in run.trace.events if e.phase == "forward"}
     assert {"forward", "loss", "backward", "optimizer", "ema"} <= {e.phase for e in run.trace.events}
+
+
+@pytest.mark.parametrize("model, amp, trained, words", [
+    ("yolov5n-cls", "fp32", "fp16", "classify/train.py trains with AMP whenever CUDA is there"),
+    ("yolov5n-cls", "bf16", "fp16", "classify/train.py trains with AMP whenever CUDA is there"),
+    ("yolov5n", "fp32", "fp32", "in fp32 only where check_amp fails"),
+    ("yolov5n-seg", "bf16", "fp16", "train.py has no bf16"),
+    ("yolov5n", "fp16", "fp16", None),
+    ("yolov5n-cls", "fp16", "fp16", None),
+])  # fmt: skip
+def test_the_repo_trains_the_precision_its_scripts_choose(model, amp, trained, words):
+    """The repo has no precision option (``test_yolov5_matches_repo``: its scripts parse none): train.py
+    trains fp16 AMP where ``check_amp`` passes, fp32 where it fails; classify/train.py autocasts whenever
+    CUDA is there. The estimate is of that precision (in its header too), with a note where it is not
+    what ``amp=`` asked."""
+    from yolomem.result.prepare import prepare
+
+    prepared = prepare(EstimateConfig(model=model, amp=amp, framework="yolov5"))
+    assert prepared.config.amp == trained
+    said = [note for note in prepared.notes if note.startswith("amp=")]
+    if words is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and words in said[0]

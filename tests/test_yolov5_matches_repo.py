@@ -160,3 +160,24 @@ def test_classifier_iterations_allocate_as_classify_train_py():
     assert len(stream(repo)) > 1000
     assert stream(ours) == stream(repo)
     assert _peak(stream(ours)) == _peak(stream(repo))
+
+
+@pytest.mark.parametrize("script, amp_from", [("train.py", "check_amp(model)"), ("segment/train.py", "check_amp(model)"),
+                                              ("classify/train.py", None)])  # fmt: skip
+def test_the_repo_scripts_take_no_precision_option(script, amp_from):
+    """Why the yolov5 loop turns ``amp=`` into a note (``Yolov5Loop.precision``): none of the repo's training
+    scripts parses a precision option. train.py and segment/train.py set ``amp = check_amp(model)``;
+    classify/train.py autocasts with ``enabled=cuda``."""
+    import ast
+
+    tree = ast.parse((Path(yolov5.__file__).parent / script).read_text())
+    options = [node.args[0].value for node in ast.walk(tree) if isinstance(node, ast.Call)
+               and getattr(node.func, "attr", "") == "add_argument" and isinstance(node.args[0], ast.Constant)]  # fmt: skip
+    assert len(options) > 10 and not [o for o in options if any(w in o for w in ("amp", "half", "fp16", "bf16", "precision"))]
+    assigned = {ast.unparse(node.value) for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                and any(getattr(target, "id", None) == "amp" for target in node.targets)}  # fmt: skip
+    autocasts = {ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("autocast")}
+    if amp_from:
+        assert assigned == {amp_from} and autocasts == {"torch.cuda.amp.autocast(amp)"}
+    else:
+        assert not assigned and autocasts == {"amp.autocast(enabled=cuda)"}

@@ -110,6 +110,10 @@ class TrainingLoop(Protocol):
         """The trainer (e.g. "ultralytics 8.4.190") and how many times it halves the batch after an
         out-of-memory error in a first-epoch step of ``config`` before the error stops the run (0: never)."""
 
+    def precision(self, config: EstimateConfig, resolved: ResolvedModel) -> tuple[str, str | None]:
+        """The precision ("fp16", "fp32" or "bf16") the trainer trains ``config`` in, with a note where that is
+        not simply what ``amp=`` asked; a one-line ``UserError`` where the trainer stops on it."""
+
     def trainer_defaults(self, resolved: ResolvedModel) -> dict[str, tuple[int, str]]:
         """Per key (``imgsz``, ``batch``, ``single_cls``), what the trainer takes for this model when the user
         gives none, and where that comes from; keys it takes from its usual defaults are left out."""

@@ -37,7 +37,7 @@ def prepare(config: EstimateConfig) -> Prepared:
     if resolved.note:
         notes.append(resolved.note)
     # settings the model and its trainer decide: each step may change the config, and says why
-    for settle in (trainer_defaults, amp_on_the_card, class_count):
+    for settle in (trainer_defaults, trained_precision, amp_on_the_card, class_count):
         config, note = settle(config, resolved)
         if note:
             notes.append(note)
@@ -84,6 +84,15 @@ def trainer_defaults(config: EstimateConfig, resolved: ResolvedModel) -> tuple[E
     words = " and ".join(f"{key}={value}" for key, value in changes.items())
     sources = "; ".join(dict.fromkeys(defaults[key][1] for key in changes))
     return config, f"{words} (not given): {sources}"
+
+
+def trained_precision(config: EstimateConfig, resolved: ResolvedModel) -> tuple[EstimateConfig, str | None]:
+    """``amp=`` as the model's trainer takes it (``TrainingLoop.precision``): the yolov5 repo has no switch;
+    Ultralytics takes bf16 from 8.4.129."""
+    from yolomem.loops import get_loop
+
+    precision, note = get_loop(resolved.framework).precision(config, resolved)
+    return (config.with_changes(amp=precision) if precision != config.amp else config), note
 
 
 def amp_on_the_card(config: EstimateConfig, resolved: ResolvedModel) -> tuple[EstimateConfig, str | None]:

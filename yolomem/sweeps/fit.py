@@ -147,8 +147,9 @@ def yolo_train_command(config: EstimateConfig, model: str | None = None, task: s
              f"batch={config.batch}", f"imgsz={config.imgsz}"]  # fmt: skip
     if config.single_cls:
         words.append("single_cls=True")
-    if config.amp == "fp32":
-        words.append("amp=False")
+    amp = amp_override(config.amp)
+    if amp:
+        words.append(amp)
     if config.optimizer != "auto":
         words.append(f"optimizer={config.optimizer}")
     if config.nbs != 64:
@@ -161,11 +162,23 @@ def yolo_train_command(config: EstimateConfig, model: str | None = None, task: s
     line = _with_allocator(config, " ".join(words))
     if config.checkpoint:
         line += "  # plus model.add_callback('on_pretrain_routine_end', yolomem.loops.checkpointing.checkpoint_callback) in Python"
-    if config.amp == "bf16":  # Ultralytics reads amp as a bool: amp=bf16 would train fp16 under a bf16 label
-        line += "  # bf16: yolo train has no switch for it (amp=True trains fp16); autocast to bfloat16 in a loop of your own"
+    if config.amp == "bf16" and not amp:  # before 8.4.129 Ultralytics reads amp as a bool
+        line += "  # bf16: yolo train has no switch for it before ultralytics 8.4.129; autocast to bfloat16 in a loop of your own"
     if config.world_size > 1:  # yolo train starts the DDP processes itself
         line += f"   # or: torchrun --nproc_per_node {config.world_size} train.py"
     return line
+
+
+def amp_override(amp: str) -> str | None:
+    """The ``yolo train`` word for ``amp``: ``amp=False`` for fp32, ``amp=bf16`` where the installed trainer
+    takes it (8.4.129+, ``release.trains_bf16``); None for fp16 (the default) and for bf16 before."""
+    if amp == "fp32":
+        return "amp=False"
+    if amp != "bf16":
+        return None
+    from yolomem.loops.ultralytics.release import release
+
+    return "amp=bf16" if release().trains_bf16 else None
 
 
 def _first_layers(freeze: tuple[int, ...]) -> int | None:

@@ -171,7 +171,7 @@ def precision_rungs(amp: str) -> tuple[tuple[str, str, str], ...]:
     does without (tests/test_fit.py: yolov8n, event by event). Tracing it would cost ``fit --explain``
     two of its ~13 runs to print the same figure."""
     if amp == "fp32":
-        return (("fp16", "AMP fp16 (amp=True)", "bf16 autocast (a loop of your own) needs the same memory, "
+        return (("fp16", "AMP fp16 (amp=True)", "bf16 autocast needs the same memory, "
                  "less GradScaler's few scalars"),)  # fmt: skip
     return (("fp32", "FP32 (amp=False)", ""),)
 

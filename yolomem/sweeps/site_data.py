@@ -195,14 +195,15 @@ def _deploy_json(series: DeploySeries) -> dict:
 
 def train_command(config: EstimateConfig, resolved: ResolvedModel) -> str:
     """The training command of this setting, without the batch (the page appends it)."""
-    from yolomem.sweeps.fit import is_darknet, yolov5_model_words
+    from yolomem.sweeps.fit import amp_override, is_darknet, yolov5_model_words
 
     if resolved.framework == "yolov5":  # the yolov5 repo's train.py (a .cfg trainer for the darknet designs)
         script = yolov5_model_words(config, None, is_darknet(resolved), resolved.task)[0]
         return " ".join(["python", *script, "--img", str(config.imgsz)]) + " --batch-size"
     words = ["yolo", "train", f"model={config.model}", "data=YOUR_DATA.yaml", f"imgsz={config.imgsz}"]
-    if config.amp == "fp32":
-        words.append("amp=False")
+    amp = amp_override(config.amp)
+    if amp:
+        words.append(amp)
     if config.optimizer != "auto":
         words.append(f"optimizer={config.optimizer}")
     return shlex.join(words) + " batch="
@@ -223,9 +224,6 @@ def compute_series(config: EstimateConfig, batches: Sequence[int]) -> SiteSeries
                                 dict(estimated.breakdown)))  # fmt: skip
     resolved = resolve_model(config.model, config.framework)
     notes = tuple(dict.fromkeys(first.notes))
-    if config.amp == "bf16":
-        notes += ("amp=bf16: yolo train has no bf16 switch (amp=True is fp16); these figures are for "
-                  "torch.autocast(dtype=torch.bfloat16) in a loop of your own",)  # fmt: skip
     return SiteSeries(config.model, first.config.model, first.task, first.params,
                       first.config.imgsz, config.amp, config.optimizer, first.config.optimizer, config.instances,
                       first.gpu_mem_unit, train_command(config, resolved), notes, tuple(points),

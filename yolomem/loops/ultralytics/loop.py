@@ -119,6 +119,19 @@ class UltralyticsLoop:
         installed = release()
         return f"ultralytics {installed.version}", installed.oom_retries if config.world_size == 1 else 0
 
+    def precision(self, config, resolved: ResolvedModel) -> tuple[str, str | None]:
+        """What ``amp=`` asks. bf16 is a trainer setting from 8.4.129 (``release.trains_bf16``); before, the
+        trace is the same step under bf16 autocast, which only a loop of the user's own runs, and the note
+        says so. The card's say (``check_amp`` turning AMP off) is ``yolomem.result.prepare.amp_on_the_card``'s."""
+        from yolomem.loops.ultralytics.release import release
+
+        installed = release()
+        if config.amp != "bf16" or installed.trains_bf16:
+            return config.amp, None
+        return "bf16", (f"amp=bf16: ultralytics {installed.version}'s trainer has no bf16 (it reads amp as True or "
+                        "False, and torch.tensor('bf16') stops yolo train; amp=bf16 arrived in 8.4.129): these figures "
+                        "are for its step under torch.autocast(dtype=torch.bfloat16) in a loop of your own")  # fmt: skip
+
     def trainer_defaults(self, resolved: ResolvedModel) -> dict[str, tuple[int, str]]:
         """A checkpoint's training imgsz and single_cls (``Model.train`` keeps them; a published one's imgsz
         too, ``models.published_training_imgsz``), else the task's trainer's imgsz (``release.default_imgsz``:

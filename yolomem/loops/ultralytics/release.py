@@ -101,6 +101,7 @@ class Release:
     single_cls_one_class: bool  # single_cls=True builds the model with one class
     amp_refused_cards: str | None  # check_amp's regex of device names it trains in FP32 on (None: no such list)
     oom_retries: int = 0  # first-epoch out-of-memory errors the trainer answers by halving the batch
+    trains_bf16: bool = True  # the trainer takes amp='bf16' (before: a boolean only)
 
     def turns_amp_off(self, gpu) -> bool:
         """Whether ``check_amp`` turns AMP off on ``gpu`` (a ``yolomem.config.gpus.Gpu``) by its name alone."""
@@ -206,7 +207,7 @@ def _probe_release() -> Release:
     except ReleaseProbeError:
         clears = None
     return Release(version, gpu_mem_unit(), clears, validation_precision(), fused_adam(), optimizers(), short, long,
-                   default_imgsz(), single_cls_one_class(), amp_refused_cards(), oom_retries())  # fmt: skip
+                   default_imgsz(), single_cls_one_class(), amp_refused_cards(), oom_retries(), trains_bf16())  # fmt: skip
 
 
 _TASK_MAP_FIELDS = ("model", "trainer", "validator", "predictor")
@@ -442,6 +443,18 @@ def oom_retries() -> int:
                 and isinstance(node.comparators[0], ast.Constant)):
             return int(node.comparators[0].value)  # fmt: skip
     return 0
+
+
+def trains_bf16() -> bool:
+    """Whether the trainer trains in bfloat16 for ``amp='bf16'``: ``autocast(torch.bfloat16 if
+    self.args.amp == "bf16" else self.amp)`` (8.4.129), a comparison with "bf16" in its syntax tree. Before,
+    ``_setup_train`` reads ``amp`` as a boolean, ``torch.tensor(self.args.amp)``, which a string stops."""
+    from ultralytics.engine.trainer import BaseTrainer
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(BaseTrainer)))
+    return any(isinstance(node, ast.Compare) and ast.unparse(node.left) == "self.args.amp"
+               and any(isinstance(c, ast.Constant) and c.value == "bf16" for c in node.comparators)
+               for node in ast.walk(tree))  # fmt: skip
 
 
 def _probe_build(name: str, iterations: int = SHORT_RUN_ITERATIONS):

@@ -79,6 +79,25 @@ class Yolov5Loop:
     def oom_retries(self, config) -> tuple[str, int]:
         return "the yolov5 repo's train.py", 0  # it catches no out-of-memory error
 
+    def precision(self, config, resolved) -> tuple[str, str | None]:
+        """The repo has no precision option. train.py and segment/train.py: ``amp = check_amp(model)``, fp16
+        autocast where its check passes ("AMP: checks passed"), fp32 where it fails; classify/train.py:
+        ``autocast(enabled=cuda)``, fp16 on every GPU."""
+        from yolomem.loops.yolov5.classify import PRECISION as CLASSIFY_PRECISION
+
+        if resolved.task == "classify":
+            if config.amp == CLASSIFY_PRECISION:
+                return config.amp, None
+            return CLASSIFY_PRECISION, (f"amp={config.amp}: classify/train.py trains with AMP whenever CUDA is there "
+                                        f"(autocast(enabled=cuda)); estimated with {CLASSIFY_PRECISION}")  # fmt: skip
+        if config.amp == "fp32":
+            return "fp32", ("amp=false: train.py has no such option; it trains in fp32 only where check_amp fails "
+                            "('AMP: checks failed'), else with fp16 AMP; estimated in fp32 as asked")  # fmt: skip
+        if config.amp == "bf16":
+            return "fp16", ("amp=bf16: train.py has no bf16; it trains with fp16 AMP where check_amp passes (fp32 "
+                            "where it fails); estimated with fp16")  # fmt: skip
+        return config.amp, None
+
     def trainer_defaults(self, resolved) -> dict[str, tuple[int, str]]:
         """classify/train.py's own ``--imgsz 224`` and ``--batch-size 64``; train.py and segment/train.py
         default to 640 and 16, yolomem's defaults."""

@@ -78,7 +78,7 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
     if classify:
         notes += _classify_notes(config)
         optimizer = CLASSIFY_OPTIMIZER if config.optimizer == "auto" else optimizer
-        config = config.with_changes(amp=CLASSIFY_PRECISION)  # autocast(enabled=cuda) whatever amp= says
+        config = config.with_changes(amp=CLASSIFY_PRECISION)  # autocast(enabled=cuda): Yolov5Loop.precision's note
     elif after_iterations is None:  # with it, yolomem.result.epochs traces val.py too
         notes.append("validation (val.py at 2x batch, half precision) runs after each epoch; not part of these training iterations")
     notes += darknet_notes(original, config)
@@ -144,9 +144,6 @@ def _classify_notes(config: EstimateConfig) -> list[str]:
              "of these training iterations"]
     if (config.epochs or 0) >= 2 or config.data:
         notes[0] += "; it and epochs 2+ are not simulated for the yolov5 repo's classifiers"
-    if config.amp != CLASSIFY_PRECISION:
-        notes.append(f"amp={config.amp}: classify/train.py trains with AMP whenever CUDA is there "
-                     "(autocast(enabled=cuda)); estimated with fp16")
     if config.optimizer == "auto":
         notes.append(f"optimizer=auto: classify/train.py's default, {CLASSIFY_OPTIMIZER} (lr0 0.001, decay 5e-5)")
     for key, value in (("nbs", config.nbs != 64 and config.nbs), ("freeze", config.freeze)):
