@@ -13,6 +13,7 @@ allocations and frees, it must end where the GPU did, and put each block where t
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from yolomem.allocator.caching import CachingAllocator
 from yolomem.config.settings import EstimateConfig
 from yolomem.loops import resolve_model, trace_run
+from yolomem.loops.ultralytics.step import build_model
 from yolomem.measure.history import compact, read_history, save_history
 from yolomem.trace.tracer import Tracer
 
@@ -168,3 +170,34 @@ def _most_live(events, nbytes: int) -> int:
             chosen.discard(key)
             live -= 1
     return most
+
+
+CONV_FRAME = "_conv_forward"
+
+
+@pytest.mark.parametrize("name, model, amp", [("yolov8n-b16-fp16", "yolov8n.yaml", "fp16"),
+                                              ("yolov8n-b16-fp32", "yolov8n.yaml", "fp32"),
+                                              ("release-yolov8s-b16-fp16", "yolov8s.yaml", "fp16")])  # fmt: skip
+def test_convolutions_copy_a_strided_input_as_on_the_gpu(name, model, amp):
+    """cuDNN gets a contiguous input (ATen ``_convolution``: ``input.contiguous(backend_memory_format)``):
+    C2f's first bottleneck conv reads a channel slice of ``chunk``, so the GPU allocates its input's size
+    once more before the output. Per size, the convolutions of the second iteration's forward allocate on
+    the GPU (frame ``_conv_forward``, at least 1 MiB) as often as in the trace (blocks of the ``Conv2d``
+    modules). Sizes the trace never makes there are cuDNN's workspaces (not in the expected figure). The one
+    difference allowed: on 8.4.137+ (``yolov8n`` here, 8.4.190) the trainer turns the model to channels_last,
+    and the first conv copies the image batch to NHWC (README, Ultralytics releases)."""
+    history = _gpu_history(name)
+    allocs = [e for e in history.events if e.action == "alloc"]
+    starts = [i for i, e in enumerate(allocs) if PREPROCESS_FRAME in e.where and (i == 0 or PREPROCESS_FRAME not in allocs[i - 1].where)]
+    second = allocs[starts[1]:]
+    gpu = Counter(e.size for e in second if e.where.startswith(f"conv.py:548:{CONV_FRAME}") and e.size >= 1 << 20)
+    config = EstimateConfig(model=model, batch=16, imgsz=640, amp=amp, iterations=2)
+    resolved = resolve_model(model)
+    convs = {n for n, m in build_model(resolved.cfg, resolved.task, resolved.nc).named_modules() if isinstance(m, torch.nn.Conv2d)}
+    trace = trace_run(config, resolved, upper=False).trace
+    ours = Counter(e.nbytes for e in trace.events if e.op == "alloc" and e.iteration == 1 and e.phase == "forward"
+                   and e.module in convs and e.nbytes >= 1 << 20)  # fmt: skip
+    image = 16 * 3 * 640 * 640 * (2 if amp == "fp16" else 4)
+    difference = {size: gpu[size] - ours[size] for size in {*ours, image} if gpu[size] != ours[size]}
+    assert difference == ({} if name.startswith("release") else {image: 1})
+    assert sum(ours.values()) > 50

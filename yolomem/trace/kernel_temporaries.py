@@ -11,6 +11,9 @@ at its peak: ``mask_pos.sum(-2)`` (``TaskAlignedAssigner.select_highest_overlaps
 (batch, objects, anchors) int8 mask to int64, 215 MB at batch 16 with 200 objects an image, the block
 the H200's allocation history shows at that line (validation/results/h200-2026-12-04/, test
 ``tests/test_kernel_temporaries.py``). A CPU run makes the same copy; only the float16 exception is CUDA's.
+
+Convolutions (``input_copies``): cuDNN gets its input contiguous, so a strided input is copied first,
+before the output, and freed when the op returns.
 """
 
 from __future__ import annotations
@@ -48,3 +51,32 @@ def temporaries(func, args, out) -> Iterator[int]:
     converted = converted_input_bytes(func, args, out)
     if converted:
         yield converted
+
+
+# a training trace sees ``convolution``; under inference_mode a real CPU run sees ``conv2d`` undecomposed
+_CONV_FORWARD = frozenset({aten.convolution.default, aten.conv2d.default})
+
+
+def _backend_format(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
+    """``cudnn_conv_suggest_memory_format`` (ATen ``ConvUtils.h``): channels_last when the input or the
+    weight suggests it (a 4-d weight), else contiguous."""
+    from torch._prims_common import suggest_memory_format
+
+    if weight.dim() == 4 and torch.channels_last in (suggest_memory_format(x), suggest_memory_format(weight)):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def input_copies(func, args) -> list[tuple[int, torch.dtype]]:
+    """(bytes, dtype) of the input a CUDA convolution copies to its backend's memory format before making
+    its output, freed when it returns: ATen ``_convolution`` hands cuDNN ``input.contiguous(backend_memory_format)``.
+    A channel slice (``C2f``'s ``chunk``, fed to its first bottleneck) is not contiguous, so each such
+    conv allocates its input's size once more, at once. The H200's allocation histories show exactly these
+    copies in the forward (yolov8n at batch 16, fp16 and fp32 on 8.4.190; yolov8s, fp16 on 8.3.253:
+    ``tests/test_gpu_history.py``). Their backward shows no such copy of the saved input, so none is traced."""
+    if func not in _CONV_FORWARD:
+        return []
+    x, weight = args[0], args[1]
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.numel() == 0 or x.is_contiguous(memory_format=_backend_format(x, weight)):
+        return []
+    return [(x.numel() * x.element_size(), x.dtype)]

@@ -19,9 +19,9 @@ many anchors the assigner picked as foreground, whether an inf was found), goes 
 and every such answer is listed in ``Trace.oracle_answers`` so the estimate can say what it assumed.
 
 Not seen: memory a kernel takes internally without returning it as a tensor (cuDNN/cuBLAS workspace,
-a reduction's converted copy of its input), the CUDA context, and NCCL buffers. The tracer adds the
-kernels' blocks after each op's outputs (``yolomem.trace.workspaces``, ``yolomem.trace.kernel_temporaries``);
-the estimator accounts for the rest with named terms.
+a reduction's converted copy of its input, a convolution's contiguous copy), the CUDA context, and NCCL
+buffers. The tracer adds the kernels' blocks around each op's outputs (``yolomem.trace.workspaces``,
+``yolomem.trace.kernel_temporaries``); the estimator accounts for the rest with named terms.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from torch.utils._pytree import tree_flatten, tree_map
 
 from yolomem.trace.fake_cache import FakeDispatchCache, run_on_meta
-from yolomem.trace.kernel_temporaries import temporaries
+from yolomem.trace.kernel_temporaries import input_copies, temporaries
 
 REAL_BYTES_CAP = 64 << 20  # loss-phase factories and all-real ops stay real up to this output size
 # Training traces scale the cap with the batch, so that a tensor of the loss (the assigner's
@@ -377,6 +377,9 @@ class Tracer(TorchDispatchMode):
             finally:
                 self._in_composite -= 1
                 TorchDispatchMode.__exit__(self, None, None, None)
+        # inputs the CUDA kernel copies before making its outputs (kernel_temporaries.input_copies)
+        copies = [self._kernel_block(nbytes, dtype_name(dtype), self._category_for_phase(), transient=False)
+                  for nbytes, dtype in input_copies(func, args)]  # fmt: skip
         if not self.fake:
             out = func(*args, **kwargs)
         else:
@@ -395,18 +398,21 @@ class Tracer(TorchDispatchMode):
             for block in self.workspaces.after(func, args, out, self.phase_name):
                 if block.nbytes > 0 or block.upper_nbytes > 0:
                     self._kernel_block(block.nbytes, "uint8", block.category, block.upper_nbytes, block.transient)
+        for record in copies:  # the kernel's input copies live until it returns
+            self._log.append(("free", record))
         return out
 
     def _kernel_block(self, nbytes: int, dtype: str, category: str, upper_nbytes: int | None = None,
-                      transient: bool = True) -> None:
-        """Memory a kernel takes besides its outputs (a scratch block, a converted copy of an input):
-        allocated (and, when transient, freed) right after the op's outputs."""
+                      transient: bool = True) -> _Record:
+        """Memory a kernel takes besides its outputs (a scratch block, a converted copy of an input),
+        allocated now, and freed at once when ``transient`` (else by the caller, with the record)."""
         self._next_id += 1
         record = _Record(self._next_id, nbytes, dtype, category, self.module_stack[-1] if self.module_stack else "",
                          self.phase_name, self.iteration, upper_nbytes if upper_nbytes != nbytes else None)  # fmt: skip
         self._log.append(("alloc", record))
         if transient:
             self._log.append(("free", record))
+        return record
 
     def _dispatch_fake(self, func, args, kwargs):
         if func in _MASK_INDEXED:
