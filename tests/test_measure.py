@@ -64,6 +64,25 @@ def test_measure_api_without_cuda_raises_before_launching(tmp_path):
     assert launched == [] and not (tmp_path / "r.jsonl").exists()
 
 
+def test_measure_refuses_bf16_where_the_trainer_has_none(tmp_path, monkeypatch):
+    """Before 8.4.129 ``yolo train amp=bf16`` stops (``torch.tensor('bf16')``; ``release.trains_bf16``): measure
+    says so before CUDA, and the installed release's own answer decides (8.4.190 takes it)."""
+    import dataclasses
+
+    from yolomem.loops.ultralytics import release as release_module
+
+    installed = release_module.release()
+    bf16 = MeasureSettings(EstimateConfig(amp="bf16"))
+    with pytest.raises(UserError, match="torch.cuda.is_available" if installed.trains_bf16 else "has no bf16"):
+        measure(bf16, tmp_path / "r.jsonl", launch=lambda *a: None, device_count=lambda: 0)
+    monkeypatch.setattr(release_module, "release", lambda: dataclasses.replace(installed, trains_bf16=False))
+    with pytest.raises(UserError, match=f"ultralytics {installed.version}'s trainer has no bf16"):
+        measure(bf16, tmp_path / "r.jsonl", launch=lambda *a: None, device_count=lambda: 1)
+    with pytest.raises(UserError, match="torch.cuda.is_available"):  # fp16 goes on to the CUDA check
+        measure(MeasureSettings(EstimateConfig()), tmp_path / "r.jsonl", launch=lambda *a: None, device_count=lambda: 0)
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 def test_parse_measure_words_splits_own_keys_from_the_estimator_config(tmp_path):
     settings, results = parse_measure_words(["yolov8s.yaml", "batch=32", f"results={tmp_path}/m.jsonl", "augment=ultralytics"])
     assert results == tmp_path / "m.jsonl"

@@ -372,6 +372,18 @@ def check_cuda(world_size: int, count: int) -> None:
         raise UserError(f"world_size={world_size} needs {world_size} GPUs; this machine has {count}")
 
 
+def refuse_precision(config: EstimateConfig) -> None:
+    """A one-line error for ``amp=bf16`` where the installed trainer has none (``release.trains_bf16``):
+    the run ``measure`` starts is ``yolo train``'s, which stops on it (an estimate answers with a note)."""
+    from yolomem.loops.ultralytics.release import release
+
+    installed = release()
+    if config.amp == "bf16" and not installed.trains_bf16:
+        raise UserError(f"amp=bf16: ultralytics {installed.version}'s trainer has no bf16 (it reads amp as True or False, "
+                        "and torch.tensor('bf16') stops the run measure starts); use amp=true or amp=false, or "
+                        "ultralytics>=8.4.129")  # fmt: skip
+
+
 def measure(settings: MeasureSettings, results: Path | str, *, launch: Launcher | None = None,
             device_count: Callable[[], int] = cuda_device_count) -> MeasurementRecord:
     """Run one measurement in a fresh process, append its record to ``results``, and return it. The
@@ -386,6 +398,7 @@ def measure(settings: MeasureSettings, results: Path | str, *, launch: Launcher 
         raise UserError(f"measure drives Ultralytics' trainer; {settings.config.model!r} is trained by the "
                         f"{resolved.framework} loop" + (f" (Ultralytics' own build of it is {twin}, another head)"
                                                          if twin else ""))  # fmt: skip
+    refuse_precision(settings.config)
     check_cuda(settings.config.world_size, device_count())
     from yolomem.result.prepare import trainer_defaults
 
