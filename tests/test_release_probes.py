@@ -245,7 +245,7 @@ def test_every_catalog_card_trains_with_the_amp_check_amp_leaves_it(monkeypatch)
     from yolomem.config.gpus import CATALOG
     from yolomem.config.settings import EstimateConfig
     from yolomem.loops import resolve_model
-    from yolomem.result.prepare import amp_on_the_card
+    from yolomem.result.prepare import trained_precision
 
     def offline(*args, **kwargs):
         raise ConnectionError("offline")
@@ -260,7 +260,7 @@ def test_every_catalog_card_trains_with_the_amp_check_amp_leaves_it(monkeypatch)
         if gpu.shared_memory:
             continue  # Jetson modules: torch names them "Orin" and the like, which no list names
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, gpu=gpu: gpu.device_name)
-        config = amp_on_the_card(EstimateConfig(model="yolov8n.yaml", gpu=gpu.name), resolved)[0]
+        config = trained_precision(EstimateConfig(model="yolov8n.yaml", gpu=gpu.name), resolved)[0]
         assert (config.amp == "fp32") is (rel.check_amp_function()(model) is False), gpu.name
         refused += [gpu.name] if config.amp == "fp32" else []
     if rel.amp_refused_cards():

@@ -377,11 +377,9 @@ def refuse_precision(config: EstimateConfig) -> None:
     the run ``measure`` starts is ``yolo train``'s, which stops on it (an estimate answers with a note)."""
     from yolomem.loops.ultralytics.release import release
 
-    installed = release()
-    if config.amp == "bf16" and not installed.trains_bf16:
-        raise UserError(f"amp=bf16: ultralytics {installed.version}'s trainer has no bf16 (it reads amp as True or False, "
-                        "and torch.tensor('bf16') stops the run measure starts); use amp=true or amp=false, or "
-                        "ultralytics>=8.4.129")  # fmt: skip
+    reason = release().no_bf16()
+    if config.amp == "bf16" and reason:
+        raise UserError(f"amp=bf16: {reason}, the run measure starts; use amp=true or amp=false, or ultralytics>=8.4.129")
 
 
 def measure(settings: MeasureSettings, results: Path | str, *, launch: Launcher | None = None,

@@ -37,7 +37,7 @@ def prepare(config: EstimateConfig) -> Prepared:
     if resolved.note:
         notes.append(resolved.note)
     # settings the model and its trainer decide: each step may change the config, and says why
-    for settle in (trainer_defaults, trained_precision, amp_on_the_card, class_count):
+    for settle in (trainer_defaults, trained_precision, class_count):
         config, note = settle(config, resolved)
         if note:
             notes.append(note)
@@ -87,29 +87,12 @@ def trainer_defaults(config: EstimateConfig, resolved: ResolvedModel) -> tuple[E
 
 
 def trained_precision(config: EstimateConfig, resolved: ResolvedModel) -> tuple[EstimateConfig, str | None]:
-    """``amp=`` as the model's trainer takes it (``TrainingLoop.precision``): the yolov5 repo has no switch;
-    Ultralytics takes bf16 from 8.4.129."""
+    """``amp=`` as the model's trainer takes it on ``gpu=`` (``TrainingLoop.precision``): the yolov5 repo has
+    no switch; Ultralytics takes bf16 from 8.4.129, and turns AMP off on some cards."""
     from yolomem.loops import get_loop
 
     precision, note = get_loop(resolved.framework).precision(config, resolved)
     return (config.with_changes(amp=precision) if precision != config.amp else config), note
-
-
-def amp_on_the_card(config: EstimateConfig, resolved: ResolvedModel) -> tuple[EstimateConfig, str | None]:
-    """AMP as the trainer will have it on ``gpu=``: from 8.3.47 Ultralytics' ``check_amp`` turns it off
-    before any check on cards whose name matches its list (GTX 16xx, T400-T2000, K40m: "may cause NaN
-    losses or zero-mAP results"; ``release.amp_refused_cards``), and the run trains in FP32."""
-    if config.amp != "fp16" or not config.gpu or resolved.framework != "ultralytics":
-        return config, None
-    from yolomem.config.gpus import find_gpu
-    from yolomem.loops.ultralytics.release import release
-
-    gpu = find_gpu(config.gpu, config.gpu_mem)
-    if not release().turns_amp_off(gpu):
-        return config, None
-    return config.with_changes(amp="fp32"), (f"amp=True: ultralytics {release().version}'s check_amp turns AMP off on "
-                                             f"{gpu.name} (\"may cause NaN losses or zero-mAP results\"): it trains in "
-                                             "FP32, which is estimated")  # fmt: skip
 
 
 def autobatch_on_the_card(config: EstimateConfig, resolved: ResolvedModel, request) -> tuple[EstimateConfig, object, str]:

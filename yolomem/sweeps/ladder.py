@@ -155,12 +155,12 @@ def _rungs(config: EstimateConfig, stride: int) -> list[_Rung]:
 
 
 def _amp_refused(config: EstimateConfig) -> bool:
-    """Whether the trainer turns AMP off on the config's card (``yolomem.result.prepare.amp_on_the_card``)."""
+    """Whether the trainer turns AMP off on the config's card (``yolomem.result.prepare.trained_precision``)."""
     from yolomem.loops import resolve_model
-    from yolomem.result.prepare import amp_on_the_card
+    from yolomem.result.prepare import trained_precision
 
     asked = config.with_changes(amp="fp16")
-    return amp_on_the_card(asked, resolve_model(config.model, config.framework))[1] is not None
+    return trained_precision(asked, resolve_model(config.model, config.framework))[0].amp == "fp32"
 
 
 def precision_rungs(amp: str) -> tuple[tuple[str, str, str], ...]:

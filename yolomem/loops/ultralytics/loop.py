@@ -120,17 +120,26 @@ class UltralyticsLoop:
         return f"ultralytics {installed.version}", installed.oom_retries if config.world_size == 1 else 0
 
     def precision(self, config, resolved: ResolvedModel) -> tuple[str, str | None]:
-        """What ``amp=`` asks. bf16 is a trainer setting from 8.4.129 (``release.trains_bf16``); before, the
-        trace is the same step under bf16 autocast, which only a loop of the user's own runs, and the note
-        says so. The card's say (``check_amp`` turning AMP off) is ``yolomem.result.prepare.amp_on_the_card``'s."""
+        """What ``amp=`` asks, as the installed trainer takes it. bf16 is a trainer setting from 8.4.129
+        (``release.trains_bf16``); before, the trace is the same step under bf16 autocast, which only a loop
+        of the user's own runs, and the note says so. AMP on ``gpu=``: from 8.3.47 ``check_amp`` turns it
+        off before any check on cards whose name matches its list (GTX 16xx, T400-T2000, K40m: "may cause
+        NaN losses or zero-mAP results"; ``release.amp_refused_cards``), and the run trains in FP32."""
         from yolomem.loops.ultralytics.release import release
 
         installed = release()
-        if config.amp != "bf16" or installed.trains_bf16:
+        if config.amp == "bf16" and not installed.trains_bf16:
+            return "bf16", (f"amp=bf16: {installed.no_bf16()}: these figures are for its step under "
+                            "torch.autocast(dtype=torch.bfloat16) in a loop of your own")  # fmt: skip
+        if config.amp != "fp16" or not config.gpu:
             return config.amp, None
-        return "bf16", (f"amp=bf16: ultralytics {installed.version}'s trainer has no bf16 (it reads amp as True or "
-                        "False, and torch.tensor('bf16') stops yolo train; amp=bf16 arrived in 8.4.129): these figures "
-                        "are for its step under torch.autocast(dtype=torch.bfloat16) in a loop of your own")  # fmt: skip
+        from yolomem.config.gpus import find_gpu
+
+        gpu = find_gpu(config.gpu, config.gpu_mem)
+        if not installed.turns_amp_off(gpu):
+            return config.amp, None
+        return "fp32", (f"amp=True: ultralytics {installed.version}'s check_amp turns AMP off on {gpu.name} (\"may "
+                        "cause NaN losses or zero-mAP results\"): it trains in FP32, which is estimated")  # fmt: skip
 
     def trainer_defaults(self, resolved: ResolvedModel) -> dict[str, tuple[int, str]]:
         """A checkpoint's training imgsz and single_cls (``Model.train`` keeps them; a published one's imgsz

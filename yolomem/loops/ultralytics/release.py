@@ -107,6 +107,13 @@ class Release:
         """Whether ``check_amp`` turns AMP off on ``gpu`` (a ``yolomem.config.gpus.Gpu``) by its name alone."""
         return bool(self.amp_refused_cards and re.search(self.amp_refused_cards, gpu.device_name, re.IGNORECASE))
 
+    def no_bf16(self) -> str | None:
+        """Why ``amp=bf16`` is no setting of this trainer (before 8.4.129); None where it is."""
+        if self.trains_bf16:
+            return None
+        return (f"ultralytics {self.version}'s trainer has no bf16 (it reads amp as True or False, and "
+                "torch.tensor('bf16') stops yolo train; amp=bf16 arrived in 8.4.129)")
+
     def optimizer_name(self, requested: str) -> str:
         """The installed spelling of ``requested`` (``RMSprop`` vs ``RMSProp``), or a one-line error."""
         for name in self.optimizers:
