@@ -51,3 +51,12 @@ def test_a_huge_request_on_a_real_card_is_the_full_requirement():
     huge = estimate("yolov8n.yaml", batch=100000, imgsz=1280, iterations=1, gpu="H100")
     assert huge.fits is False and huge.oom is not None
     assert huge.peak_reserved_bytes > 1000 * GiB
+
+
+def test_the_text_output_names_where_the_run_runs_out_as_the_json_does(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one line per row
+    assert main(["estimate", "yolov8n.yaml", "imgsz=64", "batch=2", "iterations=1", f"gpu_mem={TOO_SMALL_GIB}", "--json"]) == 0
+    oom = json.loads(capsys.readouterr().out)["oom"]
+    assert main(["estimate", "yolov8n.yaml", "imgsz=64", "batch=2", "iterations=1", f"gpu_mem={TOO_SMALL_GIB}"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "runs out of memory in" in line)
+    assert row.split("│")[2].strip() == f"{oom['phase']} of iteration {oom['iteration']}"

@@ -91,8 +91,7 @@ def render_estimate(estimate: Estimate, console: Console | None = None) -> None:
         room = f"{gib(estimate.capacity_bytes)} after the CUDA context{process} and a {estimate.margin:.0%} margin"
         summary.add_row(f"on {card_label(estimate.gpu, estimate.gpu_total_bytes)}, upper figure", f"{verdict} ({room})")
         if estimate.oom is not None:
-            where = estimate.oom.phase + (f" (iteration {estimate.oom.iteration})" if estimate.oom.iteration is not None else "")
-            summary.add_row("on the card a typical run runs out of memory in", where)
+            summary.add_row("on the card a typical run runs out of memory in", estimate.oom.where)
         if estimate.oom_retry is not None:
             summary.add_row(f"then {estimate.oom_retry.trainer} halves the batch", estimate.oom_retry.summary())
     console.print(summary)
