@@ -8,13 +8,14 @@ import pytest
 
 from yolomem.cli.main import main
 from yolomem.config.gpus import find_gpu
+from yolomem.deployment.host import OS_HEADLESS_BYTES
 
 EXAMPLE = ["deploy", "yolov8s.yaml", "format=engine", "precision=int8", "batch=2", "imgsz=128",
            "device=Jetson-AGX-Orin-32GB"]  # fmt: skip
 JSON_KEYS = {"config", "task", "params", "device", "device_total_bytes", "unified_memory", "runtime_bytes",
              "runtime_low_bytes", "runtime_high_bytes", "weights_bytes", "activations_bytes", "context_bytes",
              "calibration_peak_bytes", "build_peak_bytes", "workspace_limit_bytes", "host_bytes", "ram_left_bytes",
-             "fits", "runtime", "build", "calibration", "host", "remaining_tensors", "assumptions", "notes"}  # fmt: skip
+             "os_reserve_bytes", "fits", "runtime", "build", "calibration", "host", "remaining_tensors", "assumptions", "notes"}  # fmt: skip
 
 
 def _json_of(words: list[str]) -> dict:
@@ -82,7 +83,7 @@ def test_table_deployment_view(capsys):
                  "device=Jetson-Orin-Nano-8GB", "--json"]) == 0  # fmt: skip
     table = json.loads(capsys.readouterr().out)
     assert table["config"] == {"format": "engine", "precision": "fp16", "batch": 1, "imgsz": 64,
-                               "device": "Jetson-Orin-Nano-8GB"}  # fmt: skip
+                               "device": "Jetson-Orin-Nano-8GB", "os_reserve_bytes": OS_HEADLESS_BYTES}  # fmt: skip
     (row,) = table["rows"]
     assert row["model"] == "yolov8n" and row["fits"] is True
     assert row["activations_low_bytes"] <= row["activations_bytes"] < row["runtime_bytes"]
@@ -118,6 +119,7 @@ def test_report_deployment_section():
     for term in (*result.runtime, *result.build, *result.host):
         assert f'data-key="deploy.{term.key}" data-bytes="{term.bytes}"' in page
     assert f'data-key="deploy.ram_left_bytes" data-bytes="{result.ram_left_bytes}"' in page
+    assert f'data-key="deploy.os_reserve_bytes" data-bytes="{result.os_reserve_bytes}"' in page
     assert _deployment(SimpleNamespace(deployment=None)) == ""  # no section unless asked (report deploy=...)
 
 
@@ -213,3 +215,32 @@ def test_an_unknown_device_or_choice_suggests_what_a_user_meant(capsys, words, s
 def test_the_table_takes_deploys_spellings_of_a_format(capsys):
     assert main(["table", "yolov8n.yaml", "deploy=tensorrt", "imgsz=64", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["config"]["format"] == "engine"
+
+
+def test_a_jetson_verdict_keeps_the_os_share_of_its_memory():
+    """Unified memory: the deployment fits when the RAM it leaves holds the OS's share (``os_reserve=``,
+    by default a headless system's most); a Jetson given its memory (``gpu_mem=``) stays unified."""
+    from yolomem.deployment.estimate import deploy
+
+    GiB = 1 << 30
+    sized = deploy("yolov8n.yaml", imgsz=64, device="Jetson-Orin-Nano-8GB")
+    needed = sized.runtime_bytes + sized.host_bytes
+    tight = (needed + OS_HEADLESS_BYTES // 2) / GiB  # the RAM left: half the default reserve
+    default = deploy("yolov8n.yaml", imgsz=64, device="Jetson-Orin-Nano-8GB", gpu_mem=tight)
+    assert default.unified_memory and default.runtime_bytes == sized.runtime_bytes
+    assert 0 < default.ram_left_bytes < default.os_reserve_bytes == OS_HEADLESS_BYTES and default.fits is False
+    headless = deploy("yolov8n.yaml", imgsz=64, device="Jetson-Orin-Nano-8GB", gpu_mem=tight, os_reserve=0.1)
+    assert headless.os_reserve_bytes == int(0.1 * GiB) and headless.fits is True
+    assert deploy("yolov8n.yaml", imgsz=64, device="Jetson-Orin-Nano-8GB", os_reserve=1.5).os_reserve_bytes == int(1.5 * GiB)
+    discrete = deploy("yolov8n.yaml", imgsz=64, gpu_mem=tight)  # a card of that size: no OS beside it
+    assert not discrete.unified_memory and discrete.fits is True and discrete.to_json()["os_reserve_bytes"] is None
+
+
+def test_the_text_and_the_table_say_what_the_os_keeps(capsys):
+    assert main(["deploy", "yolov8n.yaml", "imgsz=64", "device=Jetson-Orin-Nano-8GB", "os_reserve=1.5"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "kept for the OS (os_reserve=) │ 1.50 GiB" in text and "keeps os_reserve=1.5 GiB" in text
+    assert main(["table", "yolov8n.yaml", "deploy=torch", "imgsz=64", "device=Jetson-Orin-Nano-8GB", "--markdown"]) == 0
+    assert "- fits: the RAM left holds the 500 MiB kept for the OS (os_reserve=)" in capsys.readouterr().out
+    assert main(["table", "yolov8n.yaml", "os_reserve=1"]) == 2  # a key of the deployment view only
+    assert "add deploy=" in capsys.readouterr().err

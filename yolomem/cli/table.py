@@ -35,8 +35,9 @@ TABLE_KEYS = KeyTable((
         choices=("torch", "onnx", "engine"), nullable=True, aliases=DEPLOY_KEYS["format"].aliases),
     Key("precision", CHOICE, "fp32", "deployment view: fp32, fp16 or int8", choices=("fp32", "fp16", "int8")),
     Key("device", TEXT, None, "deployment view: a card or Jetson module, e.g. Jetson-Orin-Nano-8GB", nullable=True),
+    DEPLOY_KEYS["os_reserve"].but(help=f"deployment view: {DEPLOY_KEYS['os_reserve'].help}"),
 ))  # fmt: skip
-_DEPLOYMENT_ONLY = ("precision", "device")
+_DEPLOYMENT_ONLY = ("precision", "device", "os_reserve")
 CSV = Flag(("--csv",), "print CSV", machine=True)
 MARKDOWN = Flag(("--markdown",), "print a Markdown table", machine=True)
 
@@ -115,7 +116,8 @@ def _deploy_table(options: argparse.Namespace) -> int:
     parsed = parse_words(options.words, TABLE_KEYS)
     values = parsed.values
     base = DeployConfig(format=values["deploy"] or "torch", precision=values.get("precision", "fp32"),
-                        batch=values.get("batch"), imgsz=values.get("imgsz") or 640, device=values.get("device"))  # fmt: skip
+                        batch=values.get("batch"), imgsz=values.get("imgsz") or 640, device=values.get("device"),
+                        os_reserve=values.get("os_reserve"))  # fmt: skip
     models = parsed.positionals or tuple(name for _, name, _, _ in BLOG_ROWS)
     with progress_display("sizing", quiet=options.json, total=len(models)) as display:
         table = deploy_table(models, base, progress=display.advance)

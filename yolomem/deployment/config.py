@@ -31,6 +31,7 @@ class DeployConfig:
     arena_extend_strategy: str = "kNextPowerOfTwo"  # ONNX Runtime
     candidates: int | None = None  # NMS candidates per image; None: the most NMS holds
     nc: int | None = None
+    os_reserve: float | None = None  # GiB of a Jetson's DRAM kept for the OS; None: a headless system's
     imgsz_given: bool = True  # False: a .pt model runs at the imgsz it was trained at, as Ultralytics runs it
     notes: tuple[str, ...] = field(default=(), compare=False)
 
@@ -129,6 +130,8 @@ def _deploy_keys():
         Key("mode", CHOICE, "predict", "predict or val (format=torch)", choices=MODES),
         Key("device", TEXT, None, "a card or Jetson module, e.g. Jetson-Orin-Nano-8GB, T4", nullable=True),
         Key("gpu_mem", FLOAT, None, "the device's memory in GiB", nullable=True, low=0.0, low_open=True),
+        Key("os_reserve", FLOAT, None, "GiB of a Jetson's memory the verdict keeps for the OS [default: 0.49, a "
+            "headless system's most; about 1.5 with a desktop]", nullable=True, low=0.0),
         Key("dynamic", BOOL, False, "TensorRT: a dynamic-shape profile (its max shape sizes the context)"),
         Key("workspace", FLOAT, None, "TensorRT builder workspace in GiB [default: the installed release's]",
             nullable=True, low=0.0, low_open=True),

@@ -50,6 +50,7 @@ class Deployment:
     notes: tuple[str, ...]
     seconds: float
     details: dict = field(default_factory=dict)
+    os_reserve_bytes: int = 0  # unified memory: what the verdict keeps for the OS (``os_reserve=``)
 
     @property
     def runtime_bytes(self) -> int:
@@ -76,10 +77,12 @@ class Deployment:
 
     @property
     def fits(self) -> bool | None:
+        """Whether it runs on the device; on unified memory with its host RAM and the OS's share beside it."""
         if self.device_total_bytes is None:
             return None
-        needed = self.runtime_bytes + (self.host_bytes if self.unified_memory else 0)
-        return needed <= self.device_total_bytes
+        if self.unified_memory:
+            return self.ram_left_bytes >= self.os_reserve_bytes
+        return self.runtime_bytes <= self.device_total_bytes
 
     def term(self, key: str, group: str = "runtime") -> Term | None:
         return next((t for t in getattr(self, group) if t.key == key), None)
@@ -110,6 +113,7 @@ class Deployment:
             "workspace_limit_bytes": self.workspace_limit_bytes,
             "host_bytes": self.host_bytes,
             "ram_left_bytes": self.ram_left_bytes,
+            "os_reserve_bytes": self.os_reserve_bytes if self.unified_memory else None,
             "fits": self.fits,
             "runtime": group(self.runtime),
             "build": group(self.build),
@@ -211,9 +215,10 @@ def deploy_config(config: DeployConfig) -> Deployment:
 
     host = host_terms(config.format, params, batch, imgsz, engine_file_bytes=_bytes(next(
         (t for t in runtime if t.key == "weights"), None)) or 0)  # fmt: skip
+    os_reserve = 0
     if gpu is not None and gpu.shared_memory:
-        notes.append(f"{gpu.name}: unified memory ({gpu.source}); the OS takes about 0.3-0.5 GB headless, "
-                     "about 1.5 GB with a desktop (user reports, deployment_memory.md section 5)")  # fmt: skip
+        os_reserve, os_note = _os_reserve(config.os_reserve)
+        notes.append(f"{gpu.name}: unified memory ({gpu.source}); {os_note}")
     yolomem_version, torch_version, ultralytics_version = traced_versions()
     return Deployment(
         yolomem_version=yolomem_version,
@@ -235,7 +240,19 @@ def deploy_config(config: DeployConfig) -> Deployment:
         notes=tuple(notes),
         seconds=time.perf_counter() - started,
         details=details,
+        os_reserve_bytes=os_reserve,
     )
+
+
+def _os_reserve(given_gib: float | None) -> tuple[int, str]:
+    """(bytes of a Jetson's DRAM the verdict keeps for the OS, a note that says whence)."""
+    from yolomem.deployment.host import OS_DESKTOP_GB, OS_HEADLESS_BYTES
+
+    reports = f"the OS takes about 0.3-0.5 GB headless, about {OS_DESKTOP_GB} GB with a desktop (user reports)"
+    if given_gib is not None:
+        return int(given_gib * (1 << 30)), f"{reports}; the verdict keeps os_reserve={given_gib:g} GiB for it"
+    return OS_HEADLESS_BYTES, (f"{reports}; the verdict keeps {OS_HEADLESS_BYTES / (1 << 30):.2f} GiB for it, a "
+                               f"headless system's most (os_reserve={OS_DESKTOP_GB} with a desktop)")
 
 
 def _ultralytics_twin(model: str) -> str:
@@ -248,7 +265,7 @@ def _ultralytics_twin(model: str) -> str:
 def config_dict(config: DeployConfig) -> dict:
     return {key: getattr(config, key) for key in ("model", "format", "precision", "batch", "imgsz", "mode", "device",
                                                   "gpu_mem", "dynamic", "workspace", "arena_extend_strategy",
-                                                  "candidates", "nc")}  # fmt: skip
+                                                  "candidates", "nc", "os_reserve")}  # fmt: skip
 
 
 def _torch_terms(resolved, config: DeployConfig, batch: int, imgsz: int, context: int, gpu: Gpu | None):

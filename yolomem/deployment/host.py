@@ -14,6 +14,8 @@ names its source; the range is what the sources allow.
 - **model**: the checkpoint as loaded (fp32) plus the copy ``setup_model``/``get_model`` makes; the
   fused copy then moves to the device. Exported formats keep the file in memory instead.
 - **images**: the source images, their letterboxed copies and the stacked batch (uint8).
+- **the OS** (a Jetson only, where it shares the DRAM): not a term of the process; the verdict keeps
+  ``os_reserve=`` GiB of the module for it (``OS_HEADLESS_BYTES`` by default).
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ MiB = 1 << 20
 PROCESS = (543 * MiB, 1050 * MiB)
 TORCH_LIBRARIES = (600 * MiB, 1245 * MiB)  # low: half the logged rise, for builds with fewer kernels loaded
 TRT_LIBRARIES = (800 * MiB, 1505 * MiB)  # forum: ~800 MB libraries; +1504 MiB deserialize logged (TRT 5)
+# What a Jetson's OS takes of the module's DRAM (deployment_memory.md section 5; onnxruntime issue 4259, a
+# Jetson Nano 4GB): about 1.5 GB with the desktop, 300-500 MB idle when logged in over ssh without it.
+# The verdict keeps the headless high end by default (``os_reserve=``), read as MiB, the larger reading.
+OS_HEADLESS_BYTES = 500 * MiB
+OS_DESKTOP_GB = 1.5
 
 
 # The trace runs the predictor on real (zero) images, so it holds them on this machine as the predictor

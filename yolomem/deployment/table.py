@@ -40,7 +40,7 @@ class DeployRow:
 
 @dataclass(frozen=True)
 class DeployTable:
-    config: dict  # format, precision, batch, imgsz, device
+    config: dict  # format, precision, batch, imgsz, device, os_reserve_bytes (None: not unified memory)
     rows: tuple[DeployRow, ...]
     skipped: tuple[str, ...]  # models deploy does not size (other training loops), with why
 
@@ -52,15 +52,18 @@ def deploy_table(models: tuple[str, ...], base: DeployConfig,
                  progress: Callable[[str], None] | None = None) -> DeployTable:
     rows: list[DeployRow] = []
     skipped: list[str] = []
+    os_reserve = None
     for model in models:
         if progress:
             progress(model)
         try:
-            rows.append(DeployRow.of(deploy_config(base.with_changes(model=model))))
+            deployment = deploy_config(base.with_changes(model=model))
+            rows.append(DeployRow.of(deployment))
+            os_reserve = deployment.os_reserve_bytes if deployment.unified_memory else None
         except UserError as error:
             if "trained by the" not in str(error):
                 raise
             skipped.append(f"{model}: {error}")
     config = {"format": base.format, "precision": base.precision, "batch": base.resolved_batch, "imgsz": base.imgsz,
-              "device": base.device}  # fmt: skip
+              "device": base.device, "os_reserve_bytes": os_reserve}  # fmt: skip
     return DeployTable(config, tuple(rows), tuple(skipped))

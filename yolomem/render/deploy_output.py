@@ -71,6 +71,7 @@ def render_deployment(deployment: Deployment, console: Console | None = None) ->
         summary.add_row("INT8 calibration peak", size(deployment.calibration_bytes))
     if deployment.unified_memory:
         summary.add_row("RAM left for the OS and the application", size(deployment.ram_left_bytes))
+        summary.add_row("kept for the OS (os_reserve=)", size(deployment.os_reserve_bytes))
     if deployment.fits is not None:
         summary.add_row("fits", "yes" if deployment.fits else "[red]no[/red]")
     console.print(summary)
@@ -99,8 +100,14 @@ def render_deploy_table(table, console: Console | None = None) -> None:
     for row in table.rows:
         view.add_row(*_deploy_cells(row, no="[red]no[/red]"))
     console.print(view)
+    if cfg.get("os_reserve_bytes") is not None:
+        console.print(f"[dim]{_os_reserve_line(cfg)}[/dim]")
     for line in table.skipped:
         console.print(f"[dim]skipped {line}[/dim]")
+
+
+def _os_reserve_line(cfg: dict) -> str:
+    return f"fits: the RAM left holds the {size(cfg['os_reserve_bytes'])} kept for the OS (os_reserve=)"
 
 
 DEPLOY_COLUMNS = ("model", "params", "weights", "activations", "on device", "INT8 calib.", "host RAM", "RAM left", "fits")
@@ -121,7 +128,10 @@ def deploy_table_markdown(table) -> str:
     lines += ["| " + " | ".join(_deploy_cells(row)) + " |" for row in table.rows]
     where = f" on {cfg['device']}" if cfg["device"] else ""
     lines += ["", f"- deployment: {cfg['format']} {cfg['precision'].upper()} · batch {cfg['batch']} · imgsz "
-              f"{cfg['imgsz']}{where}", *(f"- skipped {line}" for line in table.skipped)]  # fmt: skip
+              f"{cfg['imgsz']}{where}"]  # fmt: skip
+    if cfg.get("os_reserve_bytes") is not None:
+        lines.append(f"- {_os_reserve_line(cfg)}")
+    lines += [f"- skipped {line}" for line in table.skipped]
     return "\n".join(lines) + "\n"
 
 

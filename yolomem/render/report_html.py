@@ -200,6 +200,8 @@ def _deployment(data: ReportData) -> str:
     if deployment.ram_left_bytes is not None:
         rows.append(f"<tr><td></td><th>RAM left for the OS and the application</th>"
                     f"{_size_cells('deploy.ram_left_bytes', deployment.ram_left_bytes)}<td></td><td></td></tr>")  # fmt: skip
+        rows.append(f"<tr><td></td><th>kept for the OS (os_reserve=)</th>"
+                    f"{_size_cells('deploy.os_reserve_bytes', deployment.os_reserve_bytes)}<td></td><td></td></tr>")  # fmt: skip
     return (f'<h2>Deployment</h2><p class="sub">{_esc(title(deployment))}</p>'
             f'<table id="deployment">{"".join(rows)}</table>')
 
