@@ -147,3 +147,50 @@ def test_the_repo_trains_the_precision_its_scripts_choose(model, amp, trained, w
         assert said == []
     else:
         assert len(said) == 1 and words in said[0]
+
+
+def _dataset_of(root, task: str, other_task: str | None = None) -> str:
+    """A synthetic dataset of ``task``'s label rows; with ``other_task``, its first train image's labels
+    replaced by that task's rows."""
+    import shutil
+
+    from yolomem.measure.synthetic_dataset import SyntheticDatasetSpec, write_synthetic_dataset
+
+    spec = dict(imgsz=64, train_images=6, val_images=3, instances=3, distribution="fixed", nc=2)
+    dataset = write_synthetic_dataset(root / "main", SyntheticDatasetSpec(task=task, **spec))
+    if other_task is not None:
+        other = write_synthetic_dataset(root / "other", SyntheticDatasetSpec(task=other_task, **spec))
+        first = sorted((dataset.root / "labels" / "train").iterdir())[0]
+        shutil.copy(sorted((other.root / "labels" / "train").iterdir())[0], first)
+    return str(dataset.data_yaml)
+
+
+def test_pose_labels_stop_the_repos_dataset_in_one_line(tmp_path, capsys):
+    """Every pose row has half a point for the repo's polygon reader: it rejects each image, and its
+    dataset then has none (``yolomem.loops.yolov5.labels``)."""
+    from yolomem.cli.main import main
+
+    data = _dataset_of(tmp_path, "pose")
+    assert main(["estimate", "yolov5n", f"data={data}", "imgsz=64", "batch=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rejects the labels of every train image" in err
+    assert "cannot reshape array of size 55 into shape (2)" in err  # the repo's words for a 56-value row
+
+
+@pytest.mark.parametrize("task", ["detect", "segment", "obb"])
+def test_box_polygon_and_corner_labels_train(task, tmp_path):
+    """The repo reads polygons (and OBB corners) as boxes: every image is kept and counted."""
+    from yolomem.result.estimate import estimate
+
+    result = estimate("yolov5n", data=_dataset_of(tmp_path, task), imgsz=64, batch=2)
+    assert not [note for note in result.notes if "rejects" in note]
+    assert "(6 images, densest image 3)" in result.density.source
+
+
+def test_an_image_of_pose_rows_among_boxes_is_left_out(tmp_path):
+    from yolomem.result.estimate import estimate
+
+    result = estimate("yolov5n", data=_dataset_of(tmp_path, "detect", other_task="pose"), imgsz=64, batch=2)
+    (note,) = [note for note in result.notes if "rejects" in note]
+    assert "rejects the labels of 1 of 6 train images" in note and "not counted" in note
+    assert "(5 images, densest image 3)" in result.density.source

@@ -181,3 +181,34 @@ def test_the_repo_scripts_take_no_precision_option(script, amp_from):
         assert assigned == {amp_from} and autocasts == {"torch.cuda.amp.autocast(amp)"}
     else:
         assert not assigned and autocasts == {"amp.autocast(enabled=cuda)"}
+
+
+KEYPOINTS_17X3 = " 0.5 0.5 2" * 17  # a pose row's keypoints, visibility 2 as Ultralytics' pose labels have it
+LABEL_LAYOUTS = {
+    "boxes": ["0 0.5 0.5 0.2 0.2", "1 0.3 0.3 0.1 0.1"],
+    "six values": ["0 0.5 0.5 0.2 0.2 0.9"],
+    "boxes beside six values": ["0 0.5 0.5 0.2 0.2", "0 0.5 0.5 0.2 0.2 0.9"],
+    "OBB corners": ["0 0.4 0.4 0.6 0.4 0.6 0.6 0.4 0.6"],
+    "a polygon beside a box": ["0 0.4 0.4 0.6 0.4 0.6 0.6 0.4 0.6 0.5 0.7", "1 0.5 0.5 0.2 0.2"],
+    "half a point": ["0 0.1 0.2 0.3 0.4 0.5 0.6 0.7"],
+    "a polygon beside six values": ["0 0.4 0.4 0.6 0.4 0.6 0.6 0.4 0.6", "0 0.5 0.5 0.2 0.2 0.9"],
+    "pose, 17 x 3 keypoints": ["0 0.5 0.5 0.2 0.2" + KEYPOINTS_17X3],
+    "pose, 17 x 2 keypoints": ["0 0.5 0.5 0.2 0.2" + " 0.5 0.4" * 17],
+}
+
+
+@pytest.mark.parametrize("layout", LABEL_LAYOUTS)
+def test_label_rows_are_judged_as_the_repos_verify_image_label_judges_them(layout, tmp_path):
+    """``yolomem.loops.yolov5.labels``: the repo's ``verify_image_label`` on a real image and label file
+    keeps or rejects it, and with the same words, as our copy does on its rows and on its layout."""
+    from yolov5.utils.dataloaders import verify_image_label
+
+    from yolomem.config.dataset import write_label_image
+    from yolomem.loops.yolov5.labels import layout_verdict, rows_verdict
+
+    rows = LABEL_LAYOUTS[layout]
+    write_label_image(tmp_path / "image.png", tmp_path / "image.txt", rows)
+    result = verify_image_label((str(tmp_path / "image.png"), str(tmp_path / "image.txt"), ""))
+    repo = None if result[0] is not None else result[-1].split("ignoring corrupt image/label: ")[1]
+    assert rows_verdict(rows) == repo
+    assert (layout_verdict(frozenset(len(row.split()) for row in rows)) is None) == (repo is None)

@@ -111,9 +111,13 @@ class Yolov5Loop:
         return resolved.task in {"detect", "segment"} and world_size == 1
 
     def kept_images(self, dataset, resolved):
-        """The repo's ``verify_image_label`` does not look at classes; train.py then stops on the train
+        """The repo's ``verify_image_label`` leaves out images whose rows it cannot read
+        (``yolomem.loops.yolov5.labels``) but does not look at classes; train.py then stops on the train
         split's highest one (``assert mlc < nc, f'Label class {mlc} exceeds nc={nc} ...'``)."""
         from yolomem.errors import UserError
+        from yolomem.loops.yolov5.labels import judge_labels
+
+        dataset = judge_labels(dataset)
 
         highest = dataset.train.highest_class
         if dataset.classes is not None and highest >= dataset.classes:
