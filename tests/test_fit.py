@@ -168,8 +168,11 @@ def test_pick_ranks_a_family_it_names(monkeypatch, capsys):
     assert "ranking the yolov8 family" in buffer.getvalue()
 
     asked.clear()
-    default = pick_models("T4")  # no family, no models: yolo11, and it says so
-    assert default.family == "yolo11" and asked == [f"yolo11{s}.yaml" for s in "nsmlx"]
+    default = pick_models("T4")  # no family, no models: the family of the model `yolo train` takes by default
+    from ultralytics.cfg import TASK2MODEL
+
+    family = TASK2MODEL["detect"].removesuffix("n.pt")  # yolo26n.pt in 8.4
+    assert default.family == family and asked == [f"{family}{s}.yaml" for s in "nsmlx"]
     asked.clear()
     listed = pick_models("T4", models=("yolov8n.yaml", "yolo11s.yaml"))
     assert listed.family is None and asked == ["yolov8n.yaml", "yolo11s.yaml"]
@@ -219,14 +222,21 @@ def test_pick_says_upper_and_its_json_keys_mean_what_estimates_do(capsys, monkey
     assert next(line for line in out.splitlines() if "yolov8n" in line and "GiB" in line).count(upper) == 1
 
 
-def test_pick_ranks_yolov8_where_the_release_predates_yolo11(monkeypatch):
-    """On Ultralytics 8.1 and 8.2 there is no yolo11: pick's default was an unknown family there."""
+@pytest.mark.parametrize("task_models", [{"detect": "yolov8n.pt"}, {}], ids=["TASK2MODEL says yolov8", "no TASK2MODEL"])
+def test_pick_ranks_yolov8_where_the_release_predates_yolo11(task_models, monkeypatch):
+    """On Ultralytics 8.1 and 8.2 there is no yolo11 (nor yolo26), and `yolo train` takes yolov8n.pt: pick's
+    default was an unknown family there. Without a default model named, it falls back to yolov8 too."""
+    from dataclasses import replace
+
+    from yolomem.loops.ultralytics import release as probes
     from yolomem.sweeps import pick
 
     asked = []
     _fake_prober(monkeypatch, asked)
-    names = {n for n in pick._model_names() if not n.startswith("yolo11")}
+    names = {n for n in pick._model_names() if not n.startswith(("yolo11", "yolo26"))}
     monkeypatch.setattr(pick, "_model_names", lambda: names)
+    installed = probes.release()
+    monkeypatch.setattr(probes, "release", lambda: replace(installed, task_models=task_models))
     result = pick_models("T4")
     assert result.family == "yolov8" and asked == [f"yolov8{s}.yaml" for s in "nsmlx"]
 

@@ -28,7 +28,7 @@ FIT_KEYS = ESTIMATE_KEYS.plus(  # margin= is an estimate key: every verdict uses
 )
 PICK_KEYS = ESTIMATE_KEYS.without("model").plus(
     Key("task", CHOICE, "detect", "the task of the default candidates", choices=TASKS),
-    Key("family", TEXT, None, "the family to rank, e.g. yolov8 or yolo26 (default: yolo11; yolov8 before Ultralytics 8.3)", nullable=True),
+    Key("family", TEXT, None, "the family to rank, e.g. yolov8 or yolo26 (default: the family of the model your Ultralytics trains when given none: yolo26 in 8.4, yolo11 in 8.3, yolov8 before)", nullable=True),
     Key("models", TEXTS, None, "the candidates instead of a family, e.g. yolov8n,yolo11s", nullable=True),
 )
 EXPLAIN = Flag(("--explain",), "list what each memory-saving step buys")
@@ -125,7 +125,7 @@ def _explain(config, margin: float, options: argparse.Namespace, fit=None) -> in
     examples=("yolomem pick gpu=RTX-3060-12GB batch=16 imgsz=640",
               "yolomem pick gpu=T4 family=yolov8 task=segment",
               "yolomem pick gpu=T4 models=yolov8n,yolo11s,yolo26m"),
-    more="pick ranks one family (yolo11, yolov8 before Ultralytics 8.3, unless family= says otherwise) in every size it ships, or models=.",
+    more="pick ranks one family in every size it ships (the family of the model your Ultralytics trains when given none, unless family= says otherwise), or models=.",
     sweeps=True,
 )  # fmt: skip
 def _pick(options: argparse.Namespace) -> int:

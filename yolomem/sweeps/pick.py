@@ -3,8 +3,9 @@
 Each model is traced at the requested settings and judged as every verdict is (``yolomem.result.fits``):
 its peak reserved memory against the card's memory minus the CUDA context minus the safety margin.
 Headroom is that capacity minus the model's peak reserved memory (negative: short by that much). The
-candidates are one family in every size it ships (yolo11, or yolov8 on releases before it, unless
-``family=`` says otherwise), because each model costs one trace (seconds to a minute); or ``models=``.
+candidates are one family in every size it ships, because each model costs one trace (seconds to a
+minute): by default the family of the model the installed Ultralytics trains when given none
+(``TASK2MODEL``: yolov8 in 8.0-8.2, yolo11 in 8.3, yolo26 in 8.4); ``family=`` or ``models=`` choose others.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from yolomem.errors import UserError, unknown
 from yolomem.result.estimate import Estimate
 from yolomem.sweeps.fit import Progress, Prober, make_budget, train_command
 
-DEFAULT_FAMILY = "yolo11"
+DEFAULT_FAMILY = "yolo11"  # where the installed release names no default model that yolomem builds for the task
 OLDER_DEFAULT = "yolov8"  # before yolo11 (Ultralytics 8.3.0) the family Ultralytics recommended
 TASK_SUFFIX = {"detect": "", "segment": "-seg", "pose": "-pose", "obb": "-obb", "classify": "-cls"}
 SCALES = "ntsmbclxe"  # the size letters of the shipped families: n, s, m, l, x; yolov10 adds b; yolov9 t, c, e
@@ -107,8 +108,15 @@ def default_models(task: str = "detect", family: str = DEFAULT_FAMILY) -> tuple[
 
 
 def default_family(task: str = "detect") -> str:
-    """``DEFAULT_FAMILY``, or yolov8 where the installed Ultralytics predates it (8.1, 8.2)."""
+    """The family of the model ``yolo TASK train`` takes without ``model=`` in the installed release
+    (``Release.task_models``: yolo26n.pt -> yolo26) where yolomem ships it for ``task``; else
+    ``DEFAULT_FAMILY``, or yolov8 where the installed Ultralytics predates it."""
+    from yolomem.loops.ultralytics.release import release
+
     shipped = families(task) if task in TASK_SUFFIX else ()
+    named = re.match(rf"(yolo(?:v)?\d+)[{SCALES}]", release().task_models.get(task, ""))
+    if named and named.group(1) in shipped:
+        return named.group(1)
     return DEFAULT_FAMILY if DEFAULT_FAMILY in shipped or OLDER_DEFAULT not in shipped else OLDER_DEFAULT
 
 
@@ -139,7 +147,7 @@ def pick_models(
     **settings,
 ) -> PickResult:
     """Trace each model at ``batch``/``imgsz`` and say which fit ``gpu``, ranked by size. The candidates are
-    ``models``, or every size of ``family`` (default ``DEFAULT_FAMILY``) for ``task``.
+    ``models``, or every size of ``family`` (default ``default_family``) for ``task``.
 
     ``config`` carries any other settings (amp, optimizer, ...); its model is replaced by each candidate.
     ``imgsz``/``batch`` None: the config's, or where it leaves them to the trainer (or without a config),

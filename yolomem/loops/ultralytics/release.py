@@ -44,7 +44,7 @@ import inspect
 import re
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from yolomem.errors import UserError
@@ -102,6 +102,7 @@ class Release:
     amp_refused_cards: str | None  # check_amp's regex of device names it trains in FP32 on (None: no such list)
     oom_retries: int = 0  # first-epoch out-of-memory errors the trainer answers by halving the batch
     trains_bf16: bool = True  # the trainer takes amp='bf16' (before: a boolean only)
+    task_models: dict[str, str] = field(default_factory=dict)  # per task, what `yolo TASK train` takes without model=
 
     def turns_amp_off(self, gpu) -> bool:
         """Whether ``check_amp`` turns AMP off on ``gpu`` (a ``yolomem.config.gpus.Gpu``) by its name alone."""
@@ -214,7 +215,8 @@ def _probe_release() -> Release:
     except ReleaseProbeError:
         clears = None
     return Release(version, gpu_mem_unit(), clears, validation_precision(), fused_adam(), optimizers(), short, long,
-                   default_imgsz(), single_cls_one_class(), amp_refused_cards(), oom_retries(), trains_bf16())  # fmt: skip
+                   default_imgsz(), single_cls_one_class(), amp_refused_cards(), oom_retries(), trains_bf16(),
+                   task_models())  # fmt: skip
 
 
 _TASK_MAP_FIELDS = ("model", "trainer", "validator", "predictor")
@@ -401,6 +403,14 @@ def default_imgsz() -> dict[str, int]:
             classes["trainer"](overrides={})  # lines after super().__init__() may read what the stand-in skipped
         found[task] = larger_side(passed.get("imgsz") if passed.get("imgsz") is not None else get_cfg().imgsz)
     return found
+
+
+def task_models() -> dict[str, str]:
+    """``TASK2MODEL``: per task, the weights ``yolo TASK train`` takes when no model is given (yolov8n.pt in
+    8.0-8.2, yolo11n.pt in 8.3, yolo26n.pt in 8.4)."""
+    import ultralytics.cfg
+
+    return {str(task): str(model) for task, model in getattr(ultralytics.cfg, "TASK2MODEL", {}).items()}
 
 
 def single_cls_one_class() -> bool:
