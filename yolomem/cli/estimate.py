@@ -12,7 +12,8 @@ from yolomem.config.keys import ESTIMATE_KEYS
     "estimate", "estimate the GPU memory of a training run", keys=ESTIMATE_KEYS, words="[MODEL]", flags=(JSON,),
     examples=("yolomem estimate yolov8s.yaml batch=32 imgsz=640 amp=true",
               "yolomem estimate yolo11n-seg.yaml batch=8 gpu=T4 --json",
-              "yolomem yolo detect train model=yolov8n.pt data=coco8.yaml epochs=3   (a pasted Ultralytics line)"),
+              "yolomem yolo detect train model=yolov8n.pt data=coco8.yaml epochs=3   (a pasted Ultralytics line)",
+              "yolomem python train.py --img 640 --batch 16 --weights yolov5s.pt   (a pasted yolov5 repo line)"),
     more="Ultralytics' other keys (lr0=, patience=, ...) are accepted and ignored with a note.",
 )  # fmt: skip
 def estimate_command(options: argparse.Namespace) -> int:

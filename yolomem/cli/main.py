@@ -117,6 +117,29 @@ def _message(error: UserError, argv: list[str]) -> str:
     return f"{error.short}{elsewhere}; 'yolomem {name} --help' lists the keys"
 
 
+def _read_pasted_script(spec: Command, args: list[str]) -> list[str]:
+    """``args``, or the words of a pasted yolov5 repo line (``python train.py --img 640 ...``,
+    ``yolomem.cli.train_py``) with the command's own flags kept, saying on stderr what they were read as."""
+    from yolomem.cli.train_py import read_train_py_line, script_index
+
+    if script_index(args) is None:
+        return args
+    own, line_words, words = [], [], iter(args)
+    takes_value = {name: bool(flag.metavar) for flag in spec.flags for name in flag.names}
+    for word in words:
+        name = word.partition("=")[0]
+        if name in takes_value:
+            own.append(word)
+            if takes_value[name] and "=" not in word:
+                own.append(next(words, ""))
+        else:
+            line_words.append(word)
+    line = read_train_py_line(line_words)
+    for text in line.echo(spec.name):
+        print(f"yolomem: {text}", file=sys.stderr)
+    return [*line.words, *own]
+
+
 def parse_command_line(argv: list[str]) -> tuple[Command, argparse.Namespace]:
     """The command ``argv`` names and its options, without running it (``UserError`` when malformed)."""
     load_commands()
@@ -136,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             get_parser().parse_args(args)
             return 0
         spec = COMMANDS[name]
+        args = _read_pasted_script(spec, args)
         options = _parse(spec, args)
         options.stdout = stdout
         machine = any(flag.machine and getattr(options, flag.dest, False) for flag in spec.flags)

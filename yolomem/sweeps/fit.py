@@ -248,8 +248,9 @@ def yolov5_train_command(config: EstimateConfig, model: str | None = None, darkn
     words += ["--data", config.data or _data_placeholder(task), "--img", str(config.imgsz), "--batch-size",
               str(config.batch)]  # fmt: skip
     classify = task == "classify"
-    if config.optimizer in (CLASSIFY_OPTIMIZERS if classify else YOLOV5_OPTIMIZERS):
-        words += ["--optimizer", config.optimizer]
+    spelled = {name.lower(): name for name in (CLASSIFY_OPTIMIZERS if classify else YOLOV5_OPTIMIZERS)}
+    if config.optimizer.lower() in spelled:  # as the script spells it: RMSprop is classify/train.py's RMSProp
+        words += ["--optimizer", spelled[config.optimizer.lower()]]
     if config.single_cls and not classify:
         words.append("--single-cls")
     if config.freeze and not classify:

@@ -1,0 +1,125 @@
+"""A pasted yolov5 repo line (``python train.py --img 640 --batch 16 ...``) is read as the script reads it.
+
+Outside truth: the repo's own ``parse_opt`` (the ``yolov5`` package, train.py, segment/train.py and
+classify/train.py) on the same words. Beside it: ``fit``'s train.py lines read back into the config they
+came from, and the CLI's answer to a pasted line is the estimate of the words it was read as.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shlex
+import sys
+import types
+
+import pytest
+
+from yolomem.cli.main import main
+from yolomem.cli.train_py import read_train_py_line
+from yolomem.config.settings import EstimateConfig, parse_estimate_words
+
+LINES = [
+    "python train.py --img 640 --batch 16 --epochs 3 --data coco128.yaml --weights yolov5s.pt",  # the repo's README
+    "python train.py --data coco.yaml --epochs 300 --weights '' --cfg yolov5n.yaml --batch-size 128",
+    "python train.py --weights yolov5m.pt --imgsz 1280 --batch 4 --freeze 10 --optimizer AdamW --cache --single-cls",
+    "python train.py --cfg models/yolov5l.yaml --weights '' --img-size 512 --freeze 0 1 2 --multi-scale --workers 4 "
+    "--seed 3 --cache disk --rect --noval --project runs/x --name y --cos-lr",
+    "python -m torch.distributed.run --nproc_per_node 2 train.py --batch 64 --data coco.yaml --weights yolov5s.pt "
+    "--device 0,1",
+    "python segment/train.py --data coco128-seg.yaml --weights yolov5s-seg.pt --img 640 --batch 8",
+    "python classify/train.py --model yolov5s-cls.pt --data cifar100 --epochs 5 --img 224 --batch 128 --optimizer SGD",
+]
+
+
+def _config(words: list[str]) -> EstimateConfig:
+    return EstimateConfig.from_parsed(parse_estimate_words(words))
+
+
+def _repo_options(script: str, arguments: list[str], monkeypatch):
+    from yolov5_reference import yolov5_or_reason
+
+    if yolov5_or_reason()[0] is None:
+        pytest.skip(yolov5_or_reason()[1])
+    connector = types.ModuleType("yolov5.utils.roboflow")  # the scripts import the Roboflow helper, which needs
+    connector.RoboflowConnector = object  # the roboflow package; their argument parsers do not
+    monkeypatch.setitem(sys.modules, "yolov5.utils.roboflow", connector)
+    module = importlib.import_module(f"yolov5.{script.removesuffix('.py').replace('/', '.')}")
+    monkeypatch.setattr(sys, "argv", [script, *arguments])
+    return module.parse_opt()
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_a_pasted_line_is_read_as_the_repos_own_parser_reads_it(line, monkeypatch):
+    words = shlex.split(line)
+    script_at = next(i for i, word in enumerate(words) if word.endswith("train.py"))
+    opt = _repo_options(words[script_at], words[script_at + 1:], monkeypatch)
+    config = _config(read_train_py_line(words).words)
+    classify = words[script_at] == "classify/train.py"
+    model = opt.model if classify else (opt.cfg or opt.weights)
+    assert config.model == model and config.framework == "yolov5"
+    assert (config.imgsz, config.batch) == (opt.imgsz, opt.batch_size)
+    given = set(words)
+    if "--epochs" in given:
+        assert config.epochs == opt.epochs
+    if "--data" in given:
+        assert config.data == str(opt.data)
+    if "--optimizer" in given:
+        assert config.optimizer == opt.optimizer
+    if not classify:
+        frozen = opt.freeze if len(opt.freeze) > 1 else list(range(opt.freeze[0]))  # train.py's own rule
+        assert config.freeze == tuple(frozen)
+        assert config.single_cls == opt.single_cls and (config.multi_scale > 0) == opt.multi_scale
+    assert config.cache == {True: "ram"}.get(opt.cache, opt.cache)  # --cache alone: its const, ram
+    if "--workers" in given:
+        assert (config.workers, config.seed) == (opt.workers, opt.seed)
+    assert config.world_size == (len(opt.device.split(",")) if "torch.distributed.run" in given else 1)
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"optimizer": "AdamW", "freeze": tuple(range(10))},
+    {"world_size": 2, "batch": 32, "freeze": (0, 2, 5), "alloc_conf": "expandable_segments:True"},
+    {"model": "yolov5s-seg", "single_cls": True},
+    {"model": "yolov5s-cls", "optimizer": "RMSProp"},
+], ids=["default", "adamw-freeze10", "ddp-freeze-list-allocator", "segment", "classify"])  # fmt: skip
+def test_fits_train_py_lines_read_back_into_their_config(changes):
+    """``fit`` prints the repo's line for the answer (``yolomem.sweeps.fit.train_command``); pasted back, it
+    is the config it was written for."""
+    from yolomem.sweeps.fit import train_command
+
+    config = EstimateConfig.from_mapping({"model": "yolov5s", "batch": 16, "imgsz": 512, **changes})
+    words = shlex.split(train_command(config).partition("  #")[0])
+    read = _config(read_train_py_line(words).words)
+    for key in ("imgsz", "batch", "optimizer", "freeze", "single_cls", "world_size", "alloc_conf"):
+        assert getattr(read, key) == getattr(config, key), key
+    assert read.model.removesuffix(".yaml").removesuffix(".pt") == config.model
+
+
+def test_the_cli_estimates_a_pasted_line_as_the_words_it_says(capsys):
+    line = "python train.py --img 128 --batch 4 --weights yolov5n.pt --project runs/x --hyp data/hyps/hyp.scratch-high.yaml"
+    assert main(["margin=0.2", *shlex.split(line), "--json"]) == 0  # yolomem's own words may stand beside it
+    captured = capsys.readouterr()
+    pasted = json.loads(captured.out)
+    said = [text for text in captured.err.splitlines() if "read as: yolomem estimate " in text]
+    assert len(said) == 1 and "ignored (no effect on GPU memory): --project" in captured.err
+    assert "--hyp: its hyperparameters file is not read" in captured.err
+    words = said[0].split("read as: yolomem estimate ")[1].split()
+    assert main([*words, "--json"]) == 0
+    native = json.loads(capsys.readouterr().out)
+    assert pasted["config"] == native["config"] and pasted["config"]["framework"] == "yolov5"
+    assert pasted["config"]["margin"] == 0.2 and pasted["config"]["imgsz"] == 128
+    assert pasted["peak_reserved_bytes"] == native["peak_reserved_bytes"] > 0
+
+
+@pytest.mark.parametrize(("line", "fragment"), [
+    ("python train.py --batch 16 --device 0,1", "DataParallel, which yolomem does not model"),
+    ("python train.py --batchsize 16", "did you mean '--batch-size'"),
+    ("python train.py --weights '' --cfg ''", "builds no model"),
+    ("python train.py --optimizer Adamw", "invalid choice: 'Adamw'"),
+    ("torchrun --nproc_per_node two train.py", "give the number of GPUs"),
+])  # fmt: skip
+def test_a_line_the_script_would_stop_on_is_one_line(line, fragment, capsys):
+    assert main(shlex.split(line)) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1
