@@ -100,14 +100,26 @@ CATALOG: dict[str, Gpu] = {
         Gpu("GTX-1660-Ti", _gib(6)),
         Gpu("GTX-1660-SUPER", _gib(6)),
         Gpu("T1000", _gib(4)),  # the 4 GB workstation card (an 8 GB one too: gpu_mem=8)
+        Gpu("RTX-2060", _gib(6)),
+        Gpu("RTX-2070", _gib(8)),
+        Gpu("RTX-2080", _gib(8)),
         Gpu("RTX-2080-Ti", _gib(11)),
+        Gpu("RTX-3050", _gib(8)),
         Gpu("RTX-3060-12GB", _gib(12)),
+        Gpu("RTX-3060-Ti", _gib(8)),
         Gpu("RTX-3070", _gib(8)),
         Gpu("RTX-3080", _gib(10)),
+        Gpu("RTX-3080-Ti", _gib(12)),
         Gpu("RTX-3090", _gib(24)),
         Gpu("RTX-4060", _gib(8)),
+        Gpu("RTX-4060-Ti", _gib(8)),  # the 8 GB card (a 16 GB one too: RTX-4060-Ti-16GB)
+        Gpu("RTX-4060-Ti-16GB", _gib(16)),
         Gpu("RTX-4070", _gib(12)),
+        Gpu("RTX-4070-Ti", _gib(12)),
+        Gpu("RTX-4070-Ti-SUPER", _gib(16)),
         Gpu("RTX-4080", _gib(16)),
+        Gpu("RTX-A4000", _gib(16)),
+        Gpu("RTX-A5000", _gib(24)),
         # issue 1451's AutoBatch line prints torch's total as 23.99G (GiB): 24561-24570 MiB, the lower end taken
         Gpu("RTX-4090", _mib(24561)),
         Gpu("RTX-5090", _gib(32)),
@@ -123,6 +135,7 @@ CATALOG: dict[str, Gpu] = {
         Gpu("A100-40GB", _gib(40)),
         Gpu("A100-80GB", _gib(80)),
         Gpu("A6000", _gib(48)),
+        Gpu("A40", _gib(48)),
         Gpu("L40S", _mib(46068)),  # 48 GB card; nvidia-smi Total 46068 MiB (ECC on)
         Gpu("H100-80GB", _mib(81559)),  # H100 SXM/PCIe 80GB: nvidia-smi Total 81559 MiB
         Gpu("H200", _mib(143771)),  # "141 GB" is decimal; nvidia-smi Total 143771 MiB (~140.4 GiB)
