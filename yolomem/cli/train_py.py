@@ -92,7 +92,8 @@ def read_train_py_line(words: list[str]) -> TrainPyLine:
     world_size = _launcher_ranks(launcher, estimate)
     opt, unknown = _parser(script).parse_known_args(options)
     if unknown:
-        raise UserError(f"{script} has no option {unknown[0]!r}" + _nearest_option(unknown[0], script) +
+        what = f"has no option {unknown[0]!r}" if unknown[0].startswith("-") else f"takes no argument {unknown[0]!r} there"
+        raise UserError(f"{script} {what}" + _nearest_option(unknown[0], script) +
                         f" (the repo's {script} stops on it: 'unrecognized arguments')")  # fmt: skip
     model = _model(opt, script)
     estimate += [model, "framework=yolov5"]
