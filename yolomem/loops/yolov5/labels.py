@@ -35,8 +35,8 @@ def rows_verdict(rows: list[str]) -> str | None:
             segments = [np.array(x[1:], dtype=np.float32).reshape(-1, 2) for x in lb]  # (cls, xy1...)
             lb = np.concatenate((classes.reshape(-1, 1), _segments2boxes(segments)), 1)  # (cls, xywh)
         lb = np.array(lb, dtype=np.float32)
-        if len(lb):
-            assert lb.shape[1] == 5, f"labels require 5 columns, {lb.shape[1]} columns detected"
+        if len(lb) and lb.shape[1] != 5:  # the repo's assert, which python -O would strip here
+            raise ValueError(f"labels require 5 columns, {lb.shape[1]} columns detected")
         return None
     except Exception as error:  # the repo's own catch-all: any failure marks the image corrupt
         return str(error)
