@@ -369,20 +369,11 @@ def test_the_yolov5_repo_line_is_what_its_train_py_reads(changes, monkeypatch):
     """A model the yolov5 repo's loop trains gets ``python train.py`` (not ``yolo train``), and the
     repo's own argument parser (``yolov5.train.parse_opt``, outside truth) reads back the config."""
     import shlex
-    import sys
-    import types
 
-    from yolov5_reference import yolov5_or_reason
+    from yolov5_reference import repo_parse_opt
 
     from yolomem.config.settings import EstimateConfig
     from yolomem.sweeps.fit import train_command
-
-    if yolov5_or_reason()[0] is None:
-        pytest.skip(yolov5_or_reason()[1])
-    connector = types.ModuleType("yolov5.utils.roboflow")  # train.py imports its Roboflow dataset helper,
-    connector.RoboflowConnector = object  # which needs the roboflow package; the argument parser does not
-    monkeypatch.setitem(sys.modules, "yolov5.utils.roboflow", connector)
-    from yolov5 import train as yolov5_train
 
     config = EstimateConfig.from_mapping({"model": "yolov5s", "batch": 16, "imgsz": 512, **changes})
     line = train_command(config)
@@ -395,8 +386,7 @@ def test_the_yolov5_repo_line_is_what_its_train_py_reads(changes, monkeypatch):
         assert words[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
         words = words[4:]
     assert words[1] == "train.py"
-    monkeypatch.setattr(sys, "argv", words[1:])
-    opt = yolov5_train.parse_opt()
+    opt = repo_parse_opt("train.py", words[2:], monkeypatch)
     assert (opt.cfg, opt.weights, opt.batch_size, opt.imgsz) == ("yolov5s.yaml", "", config.batch, 512)
     assert opt.optimizer == (config.optimizer if config.optimizer != "auto" else "SGD")
     frozen = opt.freeze if len(opt.freeze) > 1 else list(range(opt.freeze[0]))  # train.py's own rule
@@ -409,28 +399,18 @@ def test_the_yolov5_repo_line_is_what_its_train_py_reads(changes, monkeypatch):
 def test_the_yolov5_repo_line_runs_the_tasks_own_script(model, script, monkeypatch):
     """Segmentation and classification train through the repo's segment/ and classify/ scripts; their own
     argument parsers (outside truth) read the line back. classify/train.py takes --model, not --cfg."""
-    import importlib
     import shlex
-    import sys
-    import types
 
-    from yolov5_reference import yolov5_or_reason
+    from yolov5_reference import repo_parse_opt
 
     from yolomem.config.settings import EstimateConfig
     from yolomem.sweeps.fit import train_command
 
-    if yolov5_or_reason()[0] is None:
-        pytest.skip(yolov5_or_reason()[1])
-    connector = types.ModuleType("yolov5.utils.roboflow")  # the scripts import the Roboflow helper, which needs
-    connector.RoboflowConnector = object  # the roboflow package; their argument parsers do not
-    monkeypatch.setitem(sys.modules, "yolov5.utils.roboflow", connector)
-    parser = importlib.import_module(f"yolov5.{script.removesuffix('.py').replace('/', '.')}")
     config = EstimateConfig.from_mapping({"model": model, "batch": 8, "imgsz": 320, "optimizer": "AdamW",
                                           "single_cls": True})  # fmt: skip
     words = shlex.split(train_command(config).partition("  #")[0])
     assert words[:2] == ["python", script]
-    monkeypatch.setattr(sys, "argv", words[1:])
-    opt = parser.parse_opt()
+    opt = repo_parse_opt(script, words[2:], monkeypatch)
     assert (opt.batch_size, opt.imgsz, opt.optimizer) == (8, 320, "AdamW")
     if script.startswith("classify"):
         assert opt.model == "yolov5s-cls.pt" and opt.data == "path/to/dataset"  # a folder of class folders

@@ -7,13 +7,11 @@ came from, and the CLI's answer to a pasted line is the estimate of the words it
 
 from __future__ import annotations
 
-import importlib
 import json
 import shlex
-import sys
-import types
 
 import pytest
+from yolov5_reference import repo_parse_opt
 
 from yolomem.cli.main import main
 from yolomem.cli.train_py import read_train_py_line
@@ -36,24 +34,11 @@ def _config(words: list[str]) -> EstimateConfig:
     return EstimateConfig.from_parsed(parse_estimate_words(words))
 
 
-def _repo_options(script: str, arguments: list[str], monkeypatch):
-    from yolov5_reference import yolov5_or_reason
-
-    if yolov5_or_reason()[0] is None:
-        pytest.skip(yolov5_or_reason()[1])
-    connector = types.ModuleType("yolov5.utils.roboflow")  # the scripts import the Roboflow helper, which needs
-    connector.RoboflowConnector = object  # the roboflow package; their argument parsers do not
-    monkeypatch.setitem(sys.modules, "yolov5.utils.roboflow", connector)
-    module = importlib.import_module(f"yolov5.{script.removesuffix('.py').replace('/', '.')}")
-    monkeypatch.setattr(sys, "argv", [script, *arguments])
-    return module.parse_opt()
-
-
 @pytest.mark.parametrize("line", LINES)
 def test_a_pasted_line_is_read_as_the_repos_own_parser_reads_it(line, monkeypatch):
     words = shlex.split(line)
     script_at = next(i for i, word in enumerate(words) if word.endswith("train.py"))
-    opt = _repo_options(words[script_at], words[script_at + 1:], monkeypatch)
+    opt = repo_parse_opt(words[script_at], words[script_at + 1:], monkeypatch)
     config = _config(read_train_py_line(words).words)
     classify = words[script_at] == "classify/train.py"
     model = opt.model if classify else (opt.cfg or opt.weights)

@@ -59,6 +59,24 @@ def yolov5_or_reason() -> tuple[object | None, str]:
     return yolov5, ""
 
 
+def repo_parse_opt(script: str, arguments: list[str], monkeypatch):
+    """The repo's own ``parse_opt`` of ``script`` (train.py, segment/train.py, classify/train.py) on
+    ``arguments``, as its command line would give them; the test is skipped where the package is missing."""
+    import importlib
+    import types
+
+    import pytest
+
+    if yolov5_or_reason()[0] is None:
+        pytest.skip(yolov5_or_reason()[1])
+    connector = types.ModuleType("yolov5.utils.roboflow")  # the scripts import the Roboflow helper, which needs
+    connector.RoboflowConnector = object  # the roboflow package; their argument parsers do not
+    monkeypatch.setitem(sys.modules, "yolov5.utils.roboflow", connector)
+    module = importlib.import_module(f"yolov5.{script.removesuffix('.py').replace('/', '.')}")
+    monkeypatch.setattr(sys, "argv", [script, *arguments])
+    return module.parse_opt()
+
+
 def hyp_scratch_low() -> dict:
     import yaml
     import yolov5
