@@ -27,6 +27,7 @@ LINES = [
     "--device 0,1",
     "python segment/train.py --data coco128-seg.yaml --weights yolov5s-seg.pt --img 640 --batch 8",
     "python classify/train.py --model yolov5s-cls.pt --data cifar100 --epochs 5 --img 224 --batch 128 --optimizer SGD",
+    "CUDA_VISIBLE_DEVICES=2,3 OMP_NUM_THREADS=4 torchrun --nproc_per_node=2 train.py --weights yolov5s.pt --device 0,1",
 ]
 
 
@@ -58,7 +59,8 @@ def test_a_pasted_line_is_read_as_the_repos_own_parser_reads_it(line, monkeypatc
     assert config.cache == {True: "ram"}.get(opt.cache, opt.cache)  # --cache alone: its const, ram
     if "--workers" in given:
         assert (config.workers, config.seed) == (opt.workers, opt.seed)
-    assert config.world_size == (len(opt.device.split(",")) if "torch.distributed.run" in given else 1)
+    launched = "torch.distributed.run" in given or "torchrun" in given
+    assert config.world_size == (len(opt.device.split(",")) if launched else 1)
 
 
 @pytest.mark.parametrize("changes", [
@@ -82,12 +84,13 @@ def test_fits_train_py_lines_read_back_into_their_config(changes):
 
 
 def test_the_cli_estimates_a_pasted_line_as_the_words_it_says(capsys):
-    line = "python train.py --img 128 --batch 4 --weights yolov5n.pt --project runs/x --hyp data/hyps/hyp.scratch-high.yaml"
+    line = ("CUDA_VISIBLE_DEVICES=0 python train.py --img 128 --batch 4 --weights yolov5n.pt --project runs/x "
+            "--hyp data/hyps/hyp.scratch-high.yaml")
     assert main(["margin=0.2", *shlex.split(line), "--json"]) == 0  # yolomem's own words may stand beside it
     captured = capsys.readouterr()
     pasted = json.loads(captured.out)
     said = [text for text in captured.err.splitlines() if "read as: yolomem estimate " in text]
-    assert len(said) == 1 and "ignored (no effect on GPU memory): --project" in captured.err
+    assert len(said) == 1 and "ignored (no effect on GPU memory): CUDA_VISIBLE_DEVICES=0 --project" in captured.err
     assert "--hyp: its hyperparameters file is not read" in captured.err
     words = said[0].split("read as: yolomem estimate ")[1].split()
     assert main([*words, "--json"]) == 0

@@ -7,7 +7,7 @@ them with a parser of the same options: argparse's prefix matching then takes ``
 ``--batch-size`` and ``--img`` for ``--imgsz`` exactly where the script does, and an option the script
 lacks is refused as it would be. A DDP launcher in front (``python -m torch.distributed.run
 --nproc_per_node 2`` or ``torchrun``) sets ``world_size``; a ``PYTORCH_CUDA_ALLOC_CONF=...`` prefix,
-``alloc_conf``. What the line names is read as the script reads it: the model is ``--cfg`` when given,
+``alloc_conf`` (other environment settings there, such as ``CUDA_VISIBLE_DEVICES=0``, are listed as ignored). What the line names is read as the script reads it: the model is ``--cfg`` when given,
 else ``--weights`` (``--model`` for classify/train.py); the frozen layers are ``--freeze N`` (layers
 0..N-1) or a list. Options that do not change GPU memory are listed as ignored, and those that could,
 which yolomem does not model, are named with what is estimated instead.
@@ -17,6 +17,7 @@ which yolomem does not model, are named with what is estimated instead.
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -25,6 +26,7 @@ from yolomem.errors import UserError, nearest
 SCRIPTS = ("train.py", "segment/train.py", "classify/train.py")  # the model names its task
 DDP_LAUNCHERS = ("torch.distributed.run", "torch.distributed.launch", "torchrun")
 ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF="
+_ENVIRONMENT = re.compile(r"[A-Z_][A-Z0-9_]*=")  # a shell's NAME=value in front of the command
 DEFAULT_HYP = "hyp.scratch-low.yaml"  # train.py's --hyp default, whose augmentation the estimate takes
 MULTI_SCALE = 0.5  # train.py --multi-scale: sizes imgsz x [0.5, 1.5], as multi_scale=0.5
 
@@ -89,6 +91,7 @@ def read_train_py_line(words: list[str]) -> TrainPyLine:
     launcher = [word for word in words[:index] if not _is_key_value(word)]
     options = [word for word in words[index + 1:] if not _is_key_value(word)]
     estimate: list[str] = []
+    environment = [word for word in launcher if _ENVIRONMENT.match(word) and not word.startswith(ALLOC_ENV)]
     world_size = _launcher_ranks(launcher, estimate)
     opt, unknown = _parser(script).parse_known_args(options)
     if unknown:
@@ -125,12 +128,13 @@ def read_train_py_line(words: list[str]) -> TrainPyLine:
             "freeze", "single_cls", "multi_scale", "device", *LOWER_ONLY, *NOT_MODELLED}  # fmt: skip
     ignored = [f"--{name.replace('_', '-')}" for name, value in given.items()
                if name not in read and value != _parser(script).get_default(name)]  # fmt: skip
-    return TrainPyLine([*estimate, *own], ignored, not_modelled)
+    return TrainPyLine([*estimate, *own], [*environment, *ignored], not_modelled)
 
 
 def _is_key_value(word: str) -> bool:
-    """A yolomem ``key=value`` word (not ``--option=value``, nor the allocator's environment setting)."""
-    return "=" in word and not word.startswith("-") and not word.startswith(ALLOC_ENV)
+    """A yolomem ``key=value`` word (not ``--option=value``, nor a shell's environment setting such as
+    ``CUDA_VISIBLE_DEVICES=0,1``: the allocator's is read, the others ignored)."""
+    return "=" in word and not word.startswith("-") and not _ENVIRONMENT.match(word)
 
 
 def _launcher_ranks(launcher: list[str], estimate: list[str]) -> int:
