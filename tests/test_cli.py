@@ -89,6 +89,19 @@ def test_pasted_yolo_train_line_works(capsys):
     assert payload["steady_reserved_bytes"] is not None
 
 
+def test_a_pasted_line_may_carry_the_shells_environment_in_front(capsys):
+    """``CUDA_VISIBLE_DEVICES=0 PYTORCH_CUDA_ALLOC_CONF=... yolo train ...``: the allocator's setting is
+    alloc_conf, the others are noted and ignored; a lower-case key=value stays a key."""
+    words = ["CUDA_VISIBLE_DEVICES=0", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True", "yolo", "train",
+             "model=yolov8n.yaml", "imgsz=64", "batch=2", "iterations=1"]  # fmt: skip
+    assert main([*words, "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["config"]["alloc_conf"] == "expandable_segments:True"
+    assert "CUDA_VISIBLE_DEVICES=0: the shell's environment, not a training setting; ignored" in payload["notes"]
+    assert main(["yolov8n.yaml", "cuda_visible_devices=0"]) == 2
+    assert "unknown key 'cuda_visible_devices'" in capsys.readouterr().err
+
+
 def test_human_output_shows_gpu_mem_and_nvidia_smi(capsys):
     assert main(["estimate", "yolov8n.yaml", "imgsz=64", "batch=2", "iterations=1"]) == 0
     out = capsys.readouterr().out

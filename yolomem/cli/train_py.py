@@ -17,16 +17,15 @@ which yolomem does not model, are named with what is estimated instead.
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from yolomem.config.keys import ALLOC_CONF_VARIABLE, ENVIRONMENT_WORD
 from yolomem.errors import UserError, nearest
 
 SCRIPTS = ("train.py", "segment/train.py", "classify/train.py")  # the model names its task
 DDP_LAUNCHERS = ("torch.distributed.run", "torch.distributed.launch", "torchrun")
-ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF="
-_ENVIRONMENT = re.compile(r"[A-Z_][A-Z0-9_]*=")  # a shell's NAME=value in front of the command
+ALLOC_ENV = f"{ALLOC_CONF_VARIABLE}="
 DEFAULT_HYP = "hyp.scratch-low.yaml"  # train.py's --hyp default, whose augmentation the estimate takes
 MULTI_SCALE = 0.5  # train.py --multi-scale: sizes imgsz x [0.5, 1.5], as multi_scale=0.5
 
@@ -91,7 +90,7 @@ def read_train_py_line(words: list[str]) -> TrainPyLine:
     launcher = [word for word in words[:index] if not _is_key_value(word)]
     options = [word for word in words[index + 1:] if not _is_key_value(word)]
     estimate: list[str] = []
-    environment = [word for word in launcher if _ENVIRONMENT.match(word) and not word.startswith(ALLOC_ENV)]
+    environment = [word for word in launcher if ENVIRONMENT_WORD.match(word) and not word.startswith(ALLOC_ENV)]
     world_size = _launcher_ranks(launcher, estimate)
     opt, unknown = _parser(script).parse_known_args(options)
     if unknown:
@@ -134,7 +133,7 @@ def read_train_py_line(words: list[str]) -> TrainPyLine:
 def _is_key_value(word: str) -> bool:
     """A yolomem ``key=value`` word (not ``--option=value``, nor a shell's environment setting such as
     ``CUDA_VISIBLE_DEVICES=0,1``: the allocator's is read, the others ignored)."""
-    return "=" in word and not word.startswith("-") and not _ENVIRONMENT.match(word)
+    return "=" in word and not word.startswith("-") and not ENVIRONMENT_WORD.match(word)
 
 
 def _launcher_ranks(launcher: list[str], estimate: list[str]) -> int:

@@ -11,6 +11,7 @@ No torch or Ultralytics import here: ``yolomem --help`` and ``yolomem COMMAND --
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -302,6 +303,10 @@ class Words:
 
 # words of a pasted ``yolo detect train ...`` line that name the command, not a model
 YOLO_WORDS = frozenset({"yolo", "train", "detect", "segment", "pose", "obb", "classify"})
+# a shell's NAME=value in front of a pasted command (``CUDA_VISIBLE_DEVICES=0 yolo train ...``); the
+# allocator's (PYTORCH_CUDA_ALLOC_CONF) is the ``alloc_conf`` key
+ENVIRONMENT_WORD = re.compile(r"[A-Z_][A-Z0-9_]*=")
+ALLOC_CONF_VARIABLE = "PYTORCH_CUDA_ALLOC_CONF"
 
 
 def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], Collection[str]] | None = None,
@@ -327,6 +332,11 @@ def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], 
         if not key or raw.strip() == "":
             example = f"{key}=..." if key in table else "batch=16"
             raise UserError(f"malformed argument {word!r}; expected key=value, e.g. {example}")
+        if yolo_line and ENVIRONMENT_WORD.match(word):
+            if key != ALLOC_CONF_VARIABLE or "alloc_conf" not in table:
+                notes.append(f"{word}: the shell's environment, not a training setting; ignored")
+                continue
+            key = "alloc_conf"
         if key in table:
             values.pop(key, None)  # keep the given order of the last occurrence
             values[key] = table[key].parse(raw)
