@@ -7,9 +7,10 @@ them with a parser of the same options: argparse's prefix matching then takes ``
 ``--batch-size`` and ``--img`` for ``--imgsz`` exactly where the script does, and an option the script
 lacks is refused as it would be. A DDP launcher in front (``python -m torch.distributed.run
 --nproc_per_node 2`` or ``torchrun``) sets ``world_size``; a ``PYTORCH_CUDA_ALLOC_CONF=...`` prefix,
-``alloc_conf`` (other environment settings there, such as ``CUDA_VISIBLE_DEVICES=0``, are listed as ignored). What the line names is read as the script reads it: the model is ``--cfg`` when given,
-else ``--weights`` (``--model`` for classify/train.py); the frozen layers are ``--freeze N`` (layers
-0..N-1) or a list. Options that do not change GPU memory are listed as ignored, and those that could,
+``alloc_conf`` (other environment settings there, such as ``CUDA_VISIBLE_DEVICES=0``, are listed as
+ignored). What the line names is read as the script reads it: the model is ``--cfg`` when given, else
+``--weights`` (``--model`` for classify/train.py); the frozen layers are ``--freeze N`` (layers 0..N-1)
+or a list. Options that do not change GPU memory are listed as ignored, and those that could,
 which yolomem does not model, are named with what is estimated instead.
 ``tests/test_train_py_line.py`` checks the reading against the repo's own ``parse_opt``.
 """
