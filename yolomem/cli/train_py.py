@@ -18,6 +18,7 @@ which yolomem does not model, are named with what is estimated instead.
 from __future__ import annotations
 
 import argparse
+import functools
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -173,15 +174,18 @@ def _nearest_option(option: str, script: str) -> str:
     return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
-_PARSERS: dict[str, argparse.ArgumentParser] = {}
+class _ScriptParser(argparse.ArgumentParser):
+    """A script's options; what it would stop on is a one-line ``UserError``."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message} (as the repo's {self.prog} reads its options)")
 
 
+@functools.cache
 def _parser(script: str) -> argparse.ArgumentParser:
     """The options of the repo's ``script`` (v7.0), with its defaults where yolomem reads them, None where
     the estimate's own default stands (every size and count the line does not give)."""
-    if script in _PARSERS:
-        return _PARSERS[script]
-    parser = argparse.ArgumentParser(prog=script, add_help=False)
+    parser = _ScriptParser(prog=script, add_help=False)
     add = parser.add_argument
     if script == "classify/train.py":
         add("--model", type=str, default="yolov5s-cls.pt")
@@ -249,13 +253,4 @@ def _parser(script: str) -> argparse.ArgumentParser:
             add("--upload_dataset", nargs="?", const=True, default=False)
             add("--bbox_interval", type=int, default=-1)
             add("--artifact_alias", type=str, default="latest")
-    parser.error = _refuse(script)  # type: ignore[method-assign]
-    _PARSERS[script] = parser
     return parser
-
-
-def _refuse(script: str):
-    def error(message: str):
-        raise UserError(f"{script}: {message} (as the repo's {script} reads its options)")
-
-    return error

@@ -172,9 +172,10 @@ def find_gpu(name: str, gpu_mem_gib: float | None = None) -> Gpu:
             raise UserError(f"gpu_mem={gpu_mem_gib:g} GiB leaves nothing after the CUDA context "
                             f"({CUDA_CONTEXT_BYTES / GiB:.2f} GiB); give the card's whole memory in GiB")  # fmt: skip
         base = CATALOG.get(_ALIASES.get(_key(name), ""), None) if name else None
-        if base is not None and base.shared_memory:  # a Jetson stays unified memory at the size given
-            return replace(base, total_bytes=_gib(gpu_mem_gib), source=f"gpu_mem={gpu_mem_gib:g}")
-        return Gpu(base.name if base else (name or "custom"), _gib(gpu_mem_gib))
+        if base is None:
+            return Gpu(name or "custom", _gib(gpu_mem_gib))
+        # the catalog card at the size given, its kind kept (a Jetson stays unified memory)
+        return replace(base, total_bytes=_gib(gpu_mem_gib), source=f"gpu_mem={gpu_mem_gib:g}")
     canonical = _ALIASES.get(_key(name))
     if canonical is None and re.fullmatch(r"(cuda:?)?[\d,]*", str(name).lower()):  # Ultralytics' device=0, cuda:0
         raise UserError(f"gpu {name!r} is a CUDA device index (Ultralytics' device=); name the card instead, e.g. "

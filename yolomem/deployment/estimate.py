@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from yolomem.config.gpus import CUDA_CONTEXT_BYTES, Gpu, find_gpu
+from yolomem.config.gpus import CUDA_CONTEXT_BYTES, GiB, Gpu, find_gpu
 from yolomem.config.versions import traced_versions
 from yolomem.deployment.config import DeployConfig
 from yolomem.deployment.host import check_traced_images
@@ -250,8 +250,8 @@ def _os_reserve(given_gib: float | None) -> tuple[int, str]:
 
     reports = f"the OS takes about 0.3-0.5 GB headless, about {OS_DESKTOP_GB} GB with a desktop (user reports)"
     if given_gib is not None:
-        return int(given_gib * (1 << 30)), f"{reports}; the verdict keeps os_reserve={given_gib:g} GiB for it"
-    return OS_HEADLESS_BYTES, (f"{reports}; the verdict keeps {OS_HEADLESS_BYTES / (1 << 30):.2f} GiB for it, a "
+        return int(given_gib * GiB), f"{reports}; the verdict keeps os_reserve={given_gib:g} GiB for it"
+    return OS_HEADLESS_BYTES, (f"{reports}; the verdict keeps {OS_HEADLESS_BYTES / GiB:.2f} GiB for it, a "
                                f"headless system's most (os_reserve={OS_DESKTOP_GB} with a desktop)")
 
 

@@ -22,6 +22,7 @@ DEFAULT_FAMILY = "yolo11"  # where the installed release names no default model 
 OLDER_DEFAULT = "yolov8"  # before yolo11 (Ultralytics 8.3.0) the family Ultralytics recommended
 TASK_SUFFIX = {"detect": "", "segment": "-seg", "pose": "-pose", "obb": "-obb", "classify": "-cls"}
 SCALES = "ntsmbclxe"  # the size letters of the shipped families: n, s, m, l, x; yolov10 adds b; yolov9 t, c, e
+_FAMILY_AND_SCALE = rf"(yolo(?:v)?\d+)[{SCALES}]"  # yolov8n..., yolo26x...: the family, then a size letter
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def default_family(task: str = "detect") -> str:
     from yolomem.loops.ultralytics.release import release
 
     shipped = families(task) if task in TASK_SUFFIX else ()
-    named = re.match(rf"(yolo(?:v)?\d+)[{SCALES}]", release().task_models.get(task, ""))
+    named = re.match(_FAMILY_AND_SCALE, release().task_models.get(task, ""))
     if named and named.group(1) in shipped:
         return named.group(1)
     return DEFAULT_FAMILY if DEFAULT_FAMILY in shipped or OLDER_DEFAULT not in shipped else OLDER_DEFAULT
@@ -122,7 +123,7 @@ def default_family(task: str = "detect") -> str:
 
 def families(task: str = "detect") -> tuple[str, ...]:
     """The families with at least one size for ``task``: yolov5, yolov8, yolo11, ..."""
-    pattern = re.compile(rf"^(yolo(?:v)?\d+)[{SCALES}]{re.escape(TASK_SUFFIX[task])}\.yaml$")
+    pattern = re.compile(rf"^{_FAMILY_AND_SCALE}{re.escape(TASK_SUFFIX[task])}\.yaml$")
     return tuple(sorted({m.group(1) for name in _model_names() if (m := pattern.match(name))}))
 
 
