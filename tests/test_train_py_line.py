@@ -111,3 +111,25 @@ def test_a_line_the_script_would_stop_on_is_one_line(line, fragment, capsys):
     assert main(shlex.split(line)) == 2
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1
+
+
+def test_classify_train_py_cuts_a_detection_model_into_its_classifier(capsys):
+    """classify/train.py given a detection model (``--model yolov5s.pt``) builds
+    ``ClassificationModel(model=DetectionModel, nc, cutoff=10)``: its parameters, counted by the repo's classes."""
+    from yolov5_reference import yolov5_or_reason
+
+    line = "python classify/train.py --model yolov5s.pt --img 64 --batch 4 --json"
+    assert main(shlex.split(line)) == 0
+    captured = capsys.readouterr()
+    assert "read as: yolomem estimate yolov5s-cls framework=yolov5" in captured.err
+    assert "--model yolov5s.pt: a detection model, which classify/train.py cuts into a classifier" in captured.err
+    params = json.loads(captured.out)["params"]
+    package, reason = yolov5_or_reason()
+    if package is None:
+        pytest.skip(reason)
+    from pathlib import Path
+
+    from yolov5.models.yolo import ClassificationModel, DetectionModel
+
+    detection = DetectionModel(str(Path(package.__file__).parent / "models" / "yolov5s.yaml"))
+    assert params == sum(p.numel() for p in ClassificationModel(model=detection, nc=1000, cutoff=10).parameters())

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-from dataclasses import dataclass
-from pathlib import PurePath
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
 
 from yolomem.config.keys import ALLOC_CONF_VARIABLE, ENVIRONMENT_WORD
 from yolomem.errors import UserError, nearest
@@ -54,10 +55,11 @@ class TrainPyLine:
     words: list[str]  # the command's words (the model, then key=value)
     ignored: list[str]  # options without an effect on GPU memory
     not_modelled: list[tuple[str, str]]  # (option, what is estimated instead)
+    readings: list[str] = field(default_factory=list)  # how an option was read, where the words alone do not say
 
     def echo(self, command: str) -> list[str]:
         """What to tell the user: the words the line was read as, and what of it the estimate leaves out."""
-        lines = [f"the yolov5 repo's line read as: yolomem {command} {' '.join(self.words)}"]
+        lines = [f"the yolov5 repo's line read as: yolomem {command} {' '.join(self.words)}", *self.readings]
         lines += [f"--{option.replace('_', '-')}: {why}" for option, why in self.not_modelled]
         if self.ignored:
             lines.append(f"ignored (no effect on GPU memory): {' '.join(self.ignored)}")
@@ -99,7 +101,8 @@ def read_train_py_line(words: list[str]) -> TrainPyLine:
         what = f"has no option {unknown[0]!r}" if unknown[0].startswith("-") else f"takes no argument {unknown[0]!r} there"
         raise UserError(f"{script} {what}" + _nearest_option(unknown[0], script) +
                         f" (the repo's {script} stops on it: 'unrecognized arguments')")  # fmt: skip
-    model = _model(opt, script)
+    readings: list[str] = []
+    model = _model(opt, script, readings)
     estimate += [model, "framework=yolov5"]
     for key, value in (("imgsz", opt.imgsz), ("batch", opt.batch_size), ("epochs", opt.epochs), ("data", opt.data),
                        ("optimizer", opt.optimizer), ("workers", opt.workers), ("seed", opt.seed)):  # fmt: skip
@@ -129,7 +132,7 @@ def read_train_py_line(words: list[str]) -> TrainPyLine:
             "freeze", "single_cls", "multi_scale", "device", *LOWER_ONLY, *NOT_MODELLED}  # fmt: skip
     ignored = [f"--{name.replace('_', '-')}" for name, value in given.items()
                if name not in read and value != _parser(script).get_default(name)]  # fmt: skip
-    return TrainPyLine([*estimate, *own], [*environment, *ignored], not_modelled)
+    return TrainPyLine([*estimate, *own], [*environment, *ignored], not_modelled, readings)
 
 
 def _is_key_value(word: str) -> bool:
@@ -155,13 +158,34 @@ def _launcher_ranks(launcher: list[str], estimate: list[str]) -> int:
     return ranks if ddp else 1
 
 
-def _model(opt: argparse.Namespace, script: str) -> str:
+def _model(opt: argparse.Namespace, script: str, readings: list[str]) -> str:
     """The model the script builds: classify/train.py's ``--model``; else ``--cfg`` when given (the
     weights then only initialise it), else ``--weights``."""
     model = opt.model if script == "classify/train.py" else (opt.cfg or opt.weights)
     if not model:
         raise UserError(f"{script} --cfg '' --weights '': the script builds no model; give --cfg yolov5s.yaml or --weights yolov5s.pt")
-    return str(model)
+    return _classifier(str(model), readings) if script == "classify/train.py" else str(model)
+
+
+def _classifier(model: str, readings: list[str]) -> str:
+    """classify/train.py's model: a detection model it is given (``attempt_load``) it cuts into a classifier
+    (``ClassificationModel(model=..., cutoff=10)``, after warning "pass YOLOv5 classifier model with '-cls'
+    suffix"): the released yolov5?-cls is that cut."""
+    from yolomem.config.checkpoint_file import read_checkpoint, written_by
+
+    path = Path(model)
+    if path.suffix == ".pt" and path.is_file():
+        if written_by(path) == "yolov5" and read_checkpoint(path).yaml is not None:
+            raise UserError(f"classify/train.py --model {model}: a detection checkpoint, which the script cuts into a "
+                            "classifier at layer 10; yolomem estimates that cut for the released names (--model "
+                            "yolov5s.pt reads as yolov5s-cls), not for a checkpoint")  # fmt: skip
+        return model
+    detection = re.fullmatch(r"(yolov5[nsmlx])(\.pt)?", path.name) if len(path.parts) == 1 else None
+    if detection is None:
+        return model
+    readings.append(f"--model {model}: a detection model, which classify/train.py cuts into a classifier at "
+                    f"layer 10: {detection.group(1)}-cls")  # fmt: skip
+    return f"{detection.group(1)}-cls"
 
 
 def _given(given: dict, option: str, script: str) -> bool:

@@ -267,24 +267,21 @@ def _from_checkpoint(path: Path) -> ResolvedModel:
     arguments a fine-tune keeps. Loading it keeps its ``train_args`` over default.yaml's (``nn.tasks``:
     ``{**DEFAULT_CFG_DICT, **ckpt["train_args"]}``), and ``Model.train`` passes their imgsz and single_cls
     on (``_reset_ckpt_args``): a fine-tune that gives neither trains as the checkpoint was trained."""
-    import torch
     from ultralytics.cfg import get_cfg
-    from ultralytics.nn.tasks import guess_model_task
 
+    from yolomem.config.checkpoint_file import read_checkpoint
     from yolomem.loops.base import larger_side
 
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is the user's input error
-        raise UserError(f"cannot read checkpoint {str(path)!r}: {type(error).__name__}") from None
-    model = (checkpoint.get("ema") or checkpoint.get("model")) if isinstance(checkpoint, dict) else None
-    cfg = getattr(model, "yaml", None)
-    if not isinstance(cfg, dict):
+    checkpoint = read_checkpoint(path)  # read inertly: a checkpoint of another release reads too
+    cfg = checkpoint.yaml
+    if cfg is None:
         raise UserError(f"checkpoint {str(path)!r} holds no Ultralytics model with a 'yaml' config")
-    train_args = checkpoint.get("train_args") if isinstance(checkpoint.get("train_args"), dict) else {}
+    check_model_cfg(cfg, str(path))  # a module this release lacks, named in one line
+    train_args = checkpoint.contents.get("train_args")
+    train_args = train_args if isinstance(train_args, dict) else {}
     kept = {"imgsz": larger_side(train_args.get("imgsz") or get_cfg().imgsz),
             "single_cls": bool(train_args.get("single_cls", False))}
-    return ResolvedModel(path.stem, "checkpoint", guess_model_task(cfg), dict(cfg), int(cfg.get("nc", 80)),
+    return ResolvedModel(path.stem, "checkpoint", _task(cfg, str(path)), dict(cfg), int(cfg.get("nc", 80)),
                          train_args=kept, train_args_source=f"as {path.name} was trained (its train_args)")  # fmt: skip
 
 

@@ -14,6 +14,8 @@ segmentation. In eval mode (val.py) the head also decodes the levels into boxes 
 
 from __future__ import annotations
 
+import ast
+
 import math
 from dataclasses import dataclass
 
@@ -373,7 +375,7 @@ def build_yolov5(cfg: dict, nc: int | None = None, scale: str | None = None, cha
     outputs, head = [], None
     rows = list(cfg["backbone"]) + list(cfg["head"])
     for i, (f, n, name, args) in enumerate(rows):
-        args = [nc if a == "nc" else anchors if a == "anchors" else a for a in args]
+        args = [nc if a == "nc" else anchors if a == "anchors" else _literal(a) for a in args]
         n = max(round(n * gd), 1) if n > 1 else n
         if name in _BLOCKS:
             c1, c2 = ch[f], make_divisible(args[0] * gw, 8)
@@ -409,6 +411,17 @@ def build_yolov5(cfg: dict, nc: int | None = None, scale: str | None = None, cha
     if head is None:
         raise UserError("the YAML has no Detect or Segment layer")
     return LayerModel(layers, save, outputs, head, name=str(cfg.get("name", "yolov5")))
+
+
+def _literal(arg):
+    """A YAML argument as parse_model's ``eval`` reads it: the repo's YAMLs write ``None`` (a string to
+    YAML) where ours write ``null``, and a checkpoint keeps the repo's YAML as it was read."""
+    if not isinstance(arg, str):
+        return arg
+    try:
+        return ast.literal_eval(arg)
+    except (ValueError, SyntaxError):
+        return arg  # a name such as 'nearest': eval's NameError, which parse_model suppresses
 
 
 def initialize_weights(model: nn.Module) -> None:

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from yolomem.config.checkpoint_file import Checkpoint, read_checkpoint, written_by
 from yolomem.errors import UserError, unknown
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -61,6 +62,8 @@ def is_original_only(spec: str) -> bool:
     spec = str(spec).strip()
     if spec.endswith(".cfg"):
         return True
+    if Path(spec).suffix == ".pt" and Path(spec).is_file():
+        return written_by(spec) == "yolov5"  # a checkpoint of the repo's train.py
     if Path(spec).parent != Path(".") or Path(spec).is_file():
         return False  # a user's own file: its suffix decides
     name = _strip(spec)
@@ -79,6 +82,8 @@ def find_original(spec: str) -> OriginalModel:
         raise UserError(f"darknet cfg {spec!r} does not exist")
     if path.suffix in {".yaml", ".yml"} and path.is_file():
         return OriginalModel(path.stem, "yolov5-yaml", str(path), task=_yaml_task(path))
+    if path.suffix == ".pt" and path.is_file():
+        return _from_checkpoint(path)
     name = _strip(spec)
     if name in _DARKNET:
         return OriginalModel(name, "darknet", str(CONFIGS / "darknet" / f"{name}.cfg"))
@@ -95,6 +100,46 @@ def _yaml_task(path: Path) -> str:
     return "segment" if "Segment" in path.read_text() else "detect"
 
 
+def _from_checkpoint(path: Path) -> OriginalModel:
+    """A checkpoint of the repo's train.py or segment/train.py (its ``model.yaml``), or of classify/train.py
+    (a ``ClassificationModel`` keeps no YAML: the released classifier its layers' shapes match)."""
+    checkpoint = read_checkpoint(path)
+    if checkpoint.written_by != "yolov5":
+        raise UserError(f"checkpoint {str(path)!r} was not written by the yolov5 repo (it holds {checkpoint.model_class})")
+    if checkpoint.model_class.endswith(".ClassificationModel"):
+        return _classifier_of(checkpoint)
+    cfg = checkpoint.yaml
+    if cfg is None:
+        raise UserError(f"checkpoint {str(path)!r} holds a {checkpoint.model_class} without its 'yaml' config")
+    heads = {row[2] for row in cfg.get("head", []) if isinstance(row, (list, tuple)) and len(row) > 2}
+    return OriginalModel(path.stem, "yolov5-checkpoint", str(path), task="segment" if "Segment" in heads else "detect")
+
+
+def checkpoint_classes(path: str) -> int | None:
+    """The classes a yolov5 repo checkpoint's head was trained for (None: not a readable checkpoint)."""
+    checkpoint = read_checkpoint(path)
+    if checkpoint.yaml is not None:
+        return int(checkpoint.yaml.get("nc", 80))
+    head = [shape for shape in checkpoint.parameter_shapes() if len(shape) == 2]  # Classify's Linear weight
+    return head[0][0] if len(head) == 1 else None
+
+
+def _classifier_of(checkpoint: Checkpoint) -> OriginalModel:
+    from yolomem.loops.yolov5.runner import build_original
+
+    import torch
+
+    shapes, nc = checkpoint.parameter_shapes(), checkpoint_classes(str(checkpoint.path))
+    for scale in "nsmlx":
+        released = OriginalModel(f"yolov5{scale}-cls", "yolov5-yaml", str(CONFIGS / "yolov5" / "yolov5.yaml"), scale, "classify")
+        with torch.device("meta"):
+            built = build_original(released, nc)
+        if sorted(tuple(p.shape) for p in built.parameters()) == shapes:
+            return OriginalModel(checkpoint.path.stem, released.kind, released.path, scale, "classify")
+    raise UserError(f"checkpoint {str(checkpoint.path)!r}: its classifier's layers match none of yolov5n-cls ... "
+                    "yolov5x-cls (classify/train.py's --model cut at layer 10); name the model instead")
+
+
 def resolve_original(spec: str, framework: str = "ultralytics"):
     """``ResolvedModel`` for an original design (``yolomem.config.models.resolve_model`` calls this for
     ``framework=yolov5`` and for original-only names)."""
@@ -103,8 +148,12 @@ def resolve_original(spec: str, framework: str = "ultralytics"):
     from yolomem.config.models import ResolvedModel
 
     original = find_original(spec)
-    note = ""
-    if framework != "yolov5":
+    note, nc = "", None
+    if Path(spec).suffix == ".pt" and Path(spec).is_file():  # a checkpoint: its head's classes (train.py: --data's)
+        nc = checkpoint_classes(spec)
+        built = "its model.yaml" if original.kind == "yolov5-checkpoint" else f"the layers of yolov5{original.scale}-cls"
+        note = f"{Path(spec).name}: a yolov5 repo checkpoint, estimated as {built} with nc={nc} (data= or nc= sets the classes)"
+    elif framework != "yolov5":
         note = f"{spec} is an original anchor-based design, trained with the yolov5 repo's loop (framework=yolov5)"
         if original.task == "classify":
             note = (f"{spec} is the yolov5 repo's classifier (classify/train.py), trained with the yolov5 repo's "
@@ -112,5 +161,5 @@ def resolve_original(spec: str, framework: str = "ultralytics"):
         elif original.name.startswith("yolov5"):
             twin = "-p6" if original.name.endswith("6") else {"detect": "u", "segment": "u-seg"}[original.task]
             note += f"; Ultralytics' anchor-free YOLOv5u is yolov5{original.scale}{twin}.yaml"
-    return ResolvedModel(original.name, original.kind, original.task, {"original": asdict(original)}, None, note,
+    return ResolvedModel(original.name, original.kind, original.task, {"original": asdict(original)}, nc, note,
                          framework="yolov5")  # fmt: skip

@@ -35,10 +35,7 @@ def build_original(original: OriginalModel, nc: int | None = None) -> LayerModel
 
         model = build_darknet(load_cfg(original.path), nc)
     else:
-        import yaml
-
-        with open(original.path) as handle:
-            cfg = yaml.safe_load(handle)
+        cfg = _yaml_of(original)
         if original.task == "classify":  # classify/train.py: ClassificationModel(DetectionModel, nc, cutoff=10)
             model = ClassifierModel(build_yolov5(cfg, None, original.scale), nc or IMAGENET_CLASSES)
         else:
@@ -46,6 +43,17 @@ def build_original(original: OriginalModel, nc: int | None = None) -> LayerModel
         model.name = original.name
     initialize_weights(model)
     return model
+
+
+def _yaml_of(original: OriginalModel) -> dict:
+    if original.kind == "yolov5-checkpoint":
+        from yolomem.config.checkpoint_file import read_checkpoint
+
+        return read_checkpoint(original.path).yaml
+    import yaml
+
+    with open(original.path) as handle:
+        return yaml.safe_load(handle)
 
 
 def darknet_notes(original: OriginalModel, config: EstimateConfig) -> list[str]:
