@@ -327,6 +327,9 @@ def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], 
         if not eq:
             if yolo_line and word.lower() in YOLO_WORDS:
                 continue
+            if yolo_line and word.lower() == "resume" and "resume" in table:  # yolo train resume model=last.pt
+                values["resume"] = table["resume"].parse("true")
+                continue
             positionals.append(word)
             continue
         if not key or raw.strip() == "":
@@ -503,6 +506,8 @@ ESTIMATE_KEYS = KeyTable((
         low=0.0, high=1.0),
     # Ultralytics keys with a meaning here that is not a setting of its own (EstimateConfig.from_values)
     Key("device", TEXT, None, "device=0,1: DDP over 2 GPUs (sets world_size)", nullable=True),
+    Key("resume", TEXT, None, "resume=true (or the bare word in a pasted yolo line): the run of model=last.pt, "
+        "with its train_args as the installed release resumes it", nullable=True),
     Key("task", TEXT, None, "ignored: the task comes from the model", nullable=True),
     Key("overlap_mask", BOOL, True, "ignored: Ultralytics' default is used"),
     Key("mask_ratio", INT, 4, "ignored: Ultralytics' default is used", low=1),

@@ -68,6 +68,7 @@ class EstimateConfig:
     close_mosaic: int = _default("close_mosaic")  # no mosaic in the last N epochs
     scale: float = _default("scale")  # random zoom U(1 - scale, 1 + scale) (yolomem.loops.density)
     translate: float = _default("translate")  # random shift, a fraction of imgsz (yolomem.loops.density)
+    resume: str | None = _default("resume")  # the checkpoint a resumed run continues (yolomem.loops.ultralytics.resume)
     # keys the user left out whose default the trainer sets per model (a classifier's imgsz, a checkpoint's
     # training imgsz and single_cls): yolomem.result.prepare fills them in once the model is resolved
     left_to_trainer: tuple[str, ...] = ()
@@ -128,6 +129,11 @@ class EstimateConfig:
         """From typed values; Ultralytics' ``device``, ``task``, ``overlap_mask`` and ``mask_ratio`` become
         a world size or a note."""
         notes = list(notes)
+        if values.get("resume") is not None:  # the checkpoint's run, as the installed release resumes it
+            from yolomem.loops.ultralytics.resume import resume_values
+
+            values, resumed = resume_values(values)
+            notes += resumed
         kwargs = {}
         for name, value in values.items():
             if name == "device":

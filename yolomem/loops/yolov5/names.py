@@ -125,17 +125,19 @@ def checkpoint_classes(path: str) -> int | None:
 
 
 def _classifier_of(checkpoint: Checkpoint) -> OriginalModel:
-    from yolomem.loops.yolov5.runner import build_original
-
     import torch
+    import yaml
+
+    from yolomem.loops.yolov5.modules import ClassifierModel, build_yolov5
 
     shapes, nc = checkpoint.parameter_shapes(), checkpoint_classes(str(checkpoint.path))
+    detection = CONFIGS / "yolov5" / "yolov5.yaml"  # the released classifiers' (runner.build_original)
+    cfg = yaml.safe_load(detection.read_text())
     for scale in "nsmlx":
-        released = OriginalModel(f"yolov5{scale}-cls", "yolov5-yaml", str(CONFIGS / "yolov5" / "yolov5.yaml"), scale, "classify")
         with torch.device("meta"):
-            built = build_original(released, nc)
+            built = ClassifierModel(build_yolov5(cfg, None, scale), nc)
         if sorted(tuple(p.shape) for p in built.parameters()) == shapes:
-            return OriginalModel(checkpoint.path.stem, released.kind, released.path, scale, "classify")
+            return OriginalModel(checkpoint.path.stem, "yolov5-yaml", str(detection), scale, "classify")
     raise UserError(f"checkpoint {str(checkpoint.path)!r}: its classifier's layers match none of yolov5n-cls ... "
                     "yolov5x-cls (classify/train.py's --model cut at layer 10); name the model instead")
 
