@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 
 import pytest
 from yolov5_reference import repo_parse_opt
@@ -127,9 +128,52 @@ def test_classify_train_py_cuts_a_detection_model_into_its_classifier(capsys):
     package, reason = yolov5_or_reason()
     if package is None:
         pytest.skip(reason)
-    from pathlib import Path
-
     from yolov5.models.yolo import ClassificationModel, DetectionModel
 
     detection = DetectionModel(str(Path(package.__file__).parent / "models" / "yolov5s.yaml"))
     assert params == sum(p.numel() for p in ClassificationModel(model=detection, nc=1000, cutoff=10).parameters())
+
+
+def _resumable_run(tmp_path, line: str, monkeypatch, with_options_file: bool):
+    """A run folder as train.py leaves one: weights/last.pt (the repo's model, its 'opt') and, beside
+    weights/, opt.yaml written by the repo's yaml_save; the options are its parse_opt of ``line``, with the
+    hyperparameters dict train() puts in place before saving them."""
+    import torch
+    from yolov5_reference import hyp_scratch_low
+
+    opt = repo_parse_opt("train.py", shlex.split(line), monkeypatch)
+    from yolov5.models.yolo import DetectionModel
+    from yolov5.utils.general import yaml_save
+
+    import yolov5
+
+    opt.hyp, opt.data = hyp_scratch_low(), str(tmp_path / "gone" / "coco128.yaml")  # a dataset no longer here
+    run = tmp_path / "runs" / "train" / "exp"
+    (run / "weights").mkdir(parents=True)
+    if with_options_file:
+        yaml_save(run / "opt.yaml", vars(opt))
+    model = DetectionModel(str(Path(yolov5.__file__).parent / "models" / "yolov5n.yaml"), nc=80)
+    torch.save({"epoch": 3, "model": model.half(), "ema": None, "optimizer": None, "opt": vars(opt)}, run / "weights" / "last.pt")
+    return opt, run / "weights" / "last.pt"
+
+
+@pytest.mark.parametrize("with_options_file", [True, False], ids=["opt.yaml", "checkpoint-opt"])
+def test_a_resume_line_trains_the_runs_own_options(with_options_file, tmp_path, monkeypatch):
+    original = "--img 320 --batch 8 --epochs 5 --weights yolov5n.pt --optimizer AdamW --freeze 3 --single-cls"
+    opt, last = _resumable_run(tmp_path, original, monkeypatch, with_options_file)
+    read = read_train_py_line(shlex.split(f"python train.py --resume {last} --batch 64 --img 640"))
+    config = _config(read.words)
+    assert (config.model, config.framework) == (str(last), "yolov5")
+    assert (config.imgsz, config.batch, config.epochs, config.optimizer) == (opt.imgsz, opt.batch_size, opt.epochs, opt.optimizer)
+    assert config.freeze == tuple(range(opt.freeze[0])) and config.single_cls is opt.single_cls is True
+    assert config.data == "coco128.yaml"  # the run's dataset is gone here: Ultralytics' copy of that name stands in
+    source = str(last.parent.parent / "opt.yaml") if with_options_file else "last.pt's 'opt'"
+    assert f"--resume {last}: the run's own options, from {source}; train.py reads nothing else of the line" in read.readings
+    assert "the line's other options are not read by a resume: --batch-size --imgsz" in read.readings
+    assert read.ignored == []
+
+
+def test_a_resume_without_its_checkpoint_is_one_line(capsys):
+    assert main(["python", "train.py", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "resumes the newest run under runs/ (get_latest_run); name it" in err and err.count("\n") == 1

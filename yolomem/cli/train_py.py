@@ -38,7 +38,6 @@ NOT_MODELLED = {
            "scale 0.5, translate 0.1), which sets how many objects a training sample shows",
     "quad": "the quad dataloader (4 images as one of twice the side) is not modelled; estimated with plain batches",
     "evolve": "each generation of the evolution trains as this run does; one run is estimated",
-    "resume": "a resumed run trains as its original command did; estimated as this line reads",
     "mask_ratio": "masks downsampled by another ratio than 4 are not modelled; estimated at 4",
     "no_overlap": "per-object masks (no overlap) are not modelled; estimated with the overlapping masks of the default",
     "cutoff": "a classifier cut at another layer is not modelled; estimated with the script's default head",
@@ -102,9 +101,18 @@ def read_train_py_line(words: list[str]) -> TrainPyLine:
         raise UserError(f"{script} {what}" + _nearest_option(unknown[0], script) +
                         f" (the repo's {script} stops on it: 'unrecognized arguments')")  # fmt: skip
     readings: list[str] = []
+    line_opt = opt
+    if getattr(opt, "resume", False):
+        opt = _resumed(opt, script, readings)
     model = _model(opt, script, readings)
     estimate += [model, "framework=yolov5"]
-    for key, value in (("imgsz", opt.imgsz), ("batch", opt.batch_size), ("epochs", opt.epochs), ("data", opt.data),
+    data = opt.data
+    if opt is not line_opt and data is not None:  # the resumed run's dataset, as far as this machine has it
+        from yolomem.config.dataset import dataset_here
+
+        data, note = dataset_here(str(data))
+        readings += [note] if note else []
+    for key, value in (("imgsz", opt.imgsz), ("batch", opt.batch_size), ("epochs", opt.epochs), ("data", data),
                        ("optimizer", opt.optimizer), ("workers", opt.workers), ("seed", opt.seed)):  # fmt: skip
         if value is not None:
             estimate.append(f"{key}={value}")
@@ -129,9 +137,14 @@ def read_train_py_line(words: list[str]) -> TrainPyLine:
     not_modelled = [(option, why) for option, why in NOT_MODELLED.items() if _given(given, option, script)
                     and not (option == "hyp" and PurePath(str(opt.hyp)).name == DEFAULT_HYP)]  # fmt: skip
     read = {"weights", "cfg", "model", "imgsz", "batch_size", "epochs", "data", "optimizer", "workers", "seed", "cache",
-            "freeze", "single_cls", "multi_scale", "device", *LOWER_ONLY, *NOT_MODELLED}  # fmt: skip
+            "freeze", "single_cls", "multi_scale", "device", "resume", *LOWER_ONLY, *NOT_MODELLED}  # fmt: skip
     ignored = [f"--{name.replace('_', '-')}" for name, value in given.items()
                if name not in read and value != _parser(script).get_default(name)]  # fmt: skip
+    if opt is not line_opt:  # a resume reads none of the line's other options: said beside the resume
+        ignored = []
+        unread = [f"--{name.replace('_', '-')}" for name, value in vars(line_opt).items()
+                  if name != "resume" and value != _parser(script).get_default(name)]  # fmt: skip
+        readings += [f"the line's other options are not read by a resume: {' '.join(unread)}"] if unread else []
     return TrainPyLine([*estimate, *own], [*environment, *ignored], not_modelled, readings)
 
 
@@ -165,6 +178,34 @@ def _model(opt: argparse.Namespace, script: str, readings: list[str]) -> str:
     if not model:
         raise UserError(f"{script} --cfg '' --weights '': the script builds no model; give --cfg yolov5s.yaml or --weights yolov5s.pt")
     return _classifier(str(model), readings) if script == "classify/train.py" else str(model)
+
+
+def _resumed(opt: argparse.Namespace, script: str, readings: list[str]) -> argparse.Namespace:
+    """train.py's resume branch (v7.0 ``main``): the run's options from ``opt.yaml`` two folders above the
+    checkpoint (else the checkpoint's own ``opt``), the model from the checkpoint (``--cfg ''``), and nothing
+    else of the line."""
+    if opt.resume is True:
+        raise UserError(f"{script} --resume without a checkpoint resumes the newest run under runs/ "
+                        "(get_latest_run); name it: --resume runs/train/exp/weights/last.pt")  # fmt: skip
+    last = Path(str(opt.resume))
+    if not last.is_file():
+        raise UserError(f"{script} --resume {last}: no such checkpoint")
+    options_file = last.parent.parent / "opt.yaml"
+    if options_file.is_file():
+        import yaml
+
+        saved, source = yaml.safe_load(options_file.read_text(errors="ignore")), str(options_file)
+    else:
+        from yolomem.config.checkpoint_file import read_checkpoint
+
+        saved, source = read_checkpoint(last).contents.get("opt"), f"{last.name}'s 'opt'"
+    if not isinstance(saved, dict):
+        raise UserError(f"{script} --resume {last}: neither {options_file} nor the checkpoint holds the run's options")
+    defaults = vars(_parser(script).parse_args([]))
+    resumed = argparse.Namespace(**{**defaults, **{key: saved[key] for key in defaults if key in saved}})
+    resumed.cfg, resumed.weights, resumed.resume = "", str(last), True
+    readings.append(f"--resume {last}: the run's own options, from {source}; {script} reads nothing else of the line")
+    return resumed
 
 
 def _classifier(model: str, readings: list[str]) -> str:

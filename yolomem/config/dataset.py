@@ -283,6 +283,18 @@ def shipped_dataset(data: str) -> str | None:
     raise RuntimeError(f"the installed check_det_dataset({data!r}) read a dataset without asking check_file for it")
 
 
+def dataset_here(data: str) -> tuple[str | None, str | None]:
+    """A dataset a resumed run names (its saved options), as this machine has it: the file; else the
+    installed Ultralytics' copy of that name (``coco128.yaml``, whose published statistics stand in); else
+    None. And a note where it is not the file itself."""
+    if Path(data).is_file():
+        return data, None
+    name = re.split(r"[\\/]", data)[-1]
+    if name in shipped_dataset_names():
+        return name, f"its data={data} is not on this machine: Ultralytics' {name} stands in"
+    return None, f"its data={data} is not on this machine: objects per image as instances= says"
+
+
 def shipped_dataset_names() -> list[str]:
     """The dataset YAMLs the installed Ultralytics ships, sorted without case."""
     import ultralytics

@@ -84,10 +84,13 @@ def resume_values(values: dict) -> tuple[dict, list[str]]:
         out["multi_scale"] = 0.5 if scale is True else float(scale)
     data = resumed.get("data")
     if data and not values.get("data"):
-        if Path(str(data)).is_file():
-            out["data"] = str(data)
-        else:
-            notes.append(f"its data={data} is not on this machine: objects per image as instances= says")
+        from yolomem.config.dataset import dataset_here
+
+        here, note = dataset_here(str(data))
+        if here:
+            out["data"] = here
+        if note:
+            notes.append(note)
     notes.insert(0, f"resume: {checkpoint.name}'s run as the installed release resumes it (its train_args; "
                     f"imgsz={out.get('imgsz')} batch={out.get('batch')})")  # fmt: skip
     return out, notes
