@@ -143,8 +143,11 @@ def _data_placeholder(task: str) -> str:
 def yolo_train_command(config: EstimateConfig, model: str | None = None, task: str = "detect") -> str:
     """The ``yolo train`` line that runs ``config``; settings Ultralytics has no switch for become
     an environment variable (allocator) or a note (checkpointing needs a callback)."""
-    if config.resume:  # the checkpoint holds the rest; every release lets a resume change batch and imgsz
-        return _with_allocator(config, f"yolo train resume model={config.resume} batch={config.batch} imgsz={config.imgsz}")
+    if config.resume:  # the checkpoint holds the rest; releases that take overrides let it change batch and imgsz
+        from yolomem.loops.ultralytics.resume import takes_overrides
+
+        line = _with_allocator(config, f"yolo train resume model={config.resume} batch={config.batch} imgsz={config.imgsz}")
+        return line if takes_overrides() else line + "  # this release resumes with the checkpoint's batch and imgsz"
     words = ["yolo", "train", f"model={model or config.model}", f"data={config.data or _data_placeholder(task)}",
              f"batch={config.batch}", f"imgsz={config.imgsz}"]  # fmt: skip
     if config.single_cls:

@@ -10,6 +10,7 @@ handing it the ``train_args`` read inertly (``yolomem.config.checkpoint_file``):
 from __future__ import annotations
 
 import contextlib
+import inspect
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -49,8 +50,20 @@ def resumed_arguments(checkpoint: Path, overrides: dict) -> dict:
             if hasattr(trainer_module, name):  # load_checkpoint returns (model, ckpt); attempt_load_weights the model
                 answer = (saved, None) if name == "load_checkpoint" else saved
                 patches.enter_context(mock.patch.object(trainer_module, name, lambda *_, answer=answer, **__: answer))
-        trainer_module.BaseTrainer.check_resume(trainer, dict(overrides))
+        check = trainer_module.BaseTrainer.check_resume
+        if takes_overrides():
+            check(trainer, dict(overrides))
+        else:  # the checkpoint's arguments, all of them
+            check(trainer)
     return vars(trainer.args)
+
+
+def takes_overrides() -> bool:
+    """Whether the installed ``check_resume`` lets the line change anything: it takes the line's overrides
+    from 8.0.155; 8.0.154 and before resume with every argument of the checkpoint (found in the wheels)."""
+    from ultralytics.engine import trainer as trainer_module
+
+    return len(inspect.signature(trainer_module.BaseTrainer.check_resume).parameters) > 1
 
 
 def resume_values(values: dict) -> tuple[dict, list[str]]:
@@ -100,17 +113,17 @@ def _unresumable(checkpoint: Path) -> str | None:
     """Why a resume of ``checkpoint`` is a new training run (a note), or None when it resumes. A finished
     run's checkpoint (``strip_optimizer``: epoch -1, no optimizer state) starts a new training from its weights
     where ``Model.train`` checks for that (8.4.129+; its own warning); before, ``resume_training`` stops."""
-    import inspect
-
-    from ultralytics.engine.model import Model
+    from ultralytics.engine import model as model_module
 
     from yolomem.config.checkpoint_file import read_checkpoint
+
+    model_class = getattr(model_module, "Model", None) or model_module.YOLO  # YOLO before 8.0.136
 
     contents = read_checkpoint(checkpoint).contents
     epoch = contents.get("epoch", -1)
     if (epoch if isinstance(epoch, int) else -1) >= 0 and contents.get("optimizer") is not None:
         return None
-    if "resumable training checkpoint" in inspect.getsource(Model.train):
+    if "resumable training checkpoint" in inspect.getsource(model_class.train):
         return (f"resume: {checkpoint.name} is not a resumable training checkpoint (missing epoch/optimizer state); "
                 "Ultralytics starts a new training from it, which is estimated")  # fmt: skip
     if (epoch if isinstance(epoch, int) else -1) < 0:
