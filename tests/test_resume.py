@@ -104,3 +104,11 @@ def test_fits_line_for_a_resume_reads_back_into_its_config(tmp_path):
     again = EstimateConfig.from_words(line.partition("  #")[0].split())
     batch = 8 if takes_overrides() else 24  # the checkpoint's, where the release takes no overrides (its line says so)
     assert (again.resume, again.batch, again.imgsz, again.optimizer, again.epochs) == (path, batch, 512, "AdamW", 50)
+
+
+def test_python_api_takes_resume_as_a_bool(tmp_path):
+    path = _last_checkpoint(tmp_path, detect_dataset(tmp_path / "data"))
+    resumed = EstimateConfig.from_mapping({"model": path, "resume": True})
+    assert (resumed.resume, resumed.batch, resumed.optimizer) == (path, 24, "AdamW")
+    fresh = EstimateConfig.from_mapping({"model": path, "resume": False})
+    assert (fresh.resume, fresh.batch, fresh.optimizer) == (None, 16, "auto")

@@ -507,7 +507,8 @@ ESTIMATE_KEYS = KeyTable((
     # Ultralytics keys with a meaning here that is not a setting of its own (EstimateConfig.from_values)
     Key("device", TEXT, None, "device=0,1: DDP over 2 GPUs (sets world_size)", nullable=True),
     Key("resume", TEXT, None, "resume=true (or the bare word in a pasted yolo line): the run of model=last.pt, "
-        "with its train_args as the installed release resumes it", nullable=True),
+        "with its train_args as the installed release resumes it", nullable=True,
+        aliases={"true": "true", "false": None}),
     Key("task", TEXT, None, "ignored: the task comes from the model", nullable=True),
     Key("overlap_mask", BOOL, True, "ignored: Ultralytics' default is used"),
     Key("mask_ratio", INT, 4, "ignored: Ultralytics' default is used", low=1),
