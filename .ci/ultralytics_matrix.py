@@ -190,6 +190,7 @@ def _deploy_smoke(out: dict) -> list[str]:
 
     failures, figures = [], {}
     calls = [(model, {}) for model in _shipped(SMOKE_MODELS)] + [
+        ("yolov8n.yaml", {"precision": "fp16"}),  # AutoBackend's fp16 flag: on itself, on its format backend from 8.4
         ("yolov8n-seg.yaml", {"mode": "val"}), ("yolov8n-seg.yaml", {"format": "onnx"}),
         ("yolov8n-pose.yaml", {"format": "engine", "precision": "int8"}),
     ]  # fmt: skip

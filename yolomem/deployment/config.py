@@ -67,24 +67,31 @@ class DeployConfig:
 
     @classmethod
     def from_words(cls, words: list[str]) -> DeployConfig:
-        """``[MODEL] key=value ...``; a bare word is the model (the shared parser, ``yolomem.config.keys``)."""
+        """``[MODEL] key=value ...``; a bare word is the model (the shared parser, ``yolomem.config.keys``);
+        or a pasted ``yolo predict|val|export ...`` line (``yolomem.deployment.yolo_line``)."""
         from yolomem.config.keys import parse_words
+        from yolomem.deployment.yolo_line import is_yolo_line, read_yolo_line
 
-        parsed = parse_words(words, DEPLOY_KEYS)
+        read: list[str] = []
+        ignorable = None
+        if is_yolo_line(list(words)):
+            words, read, keys = read_yolo_line(list(words))
+            ignorable = lambda: keys  # noqa: E731 - the shared parser asks for them only for a key it lacks
+        parsed = parse_words(words, DEPLOY_KEYS, ignored=ignorable)
         if len(parsed.positionals) > 1 or (parsed.positionals and "model" in parsed.values):
             extra = parsed.positionals[-1]
             raise UserError(f"argument {extra!r} is not key=value; missing '=' sign, try '{extra}=<value>'")
         values = dict(parsed.values)
         if parsed.positionals:
             values["model"] = parsed.positionals[0]
-        return cls.from_mapping(values)
+        return cls.from_mapping(values, [*read, *parsed.notes])
 
     @classmethod
-    def from_mapping(cls, values: dict) -> DeployConfig:
+    def from_mapping(cls, values: dict, notes: list[str] | tuple[str, ...] = ()) -> DeployConfig:
         """Typed or text values by key (the Python API passes either); Ultralytics' ``quantize``, ``half``
         and ``int8`` set ``precision``."""
         kwargs: dict[str, object] = {}
-        notes: list[str] = []
+        notes = list(notes)
         said: dict[str, str] = {}  # the precision, by the key that set it
         for key, value in values.items():
             if key not in DEPLOY_KEYS:

@@ -289,7 +289,8 @@ def _on_device(backend, tracer: Tracer, half: bool) -> None:
     if half:
         with tracer.phase("setup"):
             model.half()
-        backend.backend.fp16 = True  # AutoBackend refuses fp16 on CPU; on CUDA it is set so
+        # AutoBackend refuses fp16 on CPU; on CUDA it is set so (on its format backend from 8.4, on itself before)
+        (backend.backend if hasattr(backend, "backend") else backend).fp16 = True
 
 
 # -- predict -----------------------------------------------------------------------------------------

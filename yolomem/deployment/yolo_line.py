@@ -1,0 +1,89 @@
+"""A pasted ``yolo predict|track|val|export ...`` line, read as ``yolomem deploy``'s words.
+
+``yolo [task] MODE key=value ...`` is how Ultralytics' CLI runs a model (``ultralytics.cfg.entrypoint``).
+The mode decides what is sized: ``predict`` and ``track`` the predictor, ``val`` the validator, and
+``export`` the exported model's predict in its runtime (``format=onnx`` ONNX Runtime, ``format=engine``
+TensorRT; Ultralytics' default export format, TorchScript, is not sized). ``device=0`` is a GPU index there,
+not a card: it is noted and left out (``device=`` names the card here, e.g. ``device=T4``). Ultralytics'
+keys that do not change the memory deploy sizes (``source``, ``conf``, ``save`` ...) are noted and ignored;
+``train`` is training, which ``yolomem estimate`` sizes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePath
+
+from yolomem.config.keys import ENVIRONMENT_WORD
+from yolomem.errors import UserError
+
+TASK_WORDS = frozenset({"detect", "segment", "pose", "obb", "classify"})
+MODES = {"predict": "predict", "track": "predict", "val": "val", "export": "predict"}  # Ultralytics' mode -> deploy's
+EXPORTED = {".onnx": "onnx", ".engine": "engine"}  # a model file of an exported format: its runtime
+# Ultralytics' device argument: a GPU index, a list of them, cuda:N, cpu or mps
+ULTRALYTICS_DEVICE = re.compile(r"^((cuda:)?\d+(,\d+)*|cpu|mps)$", re.IGNORECASE)
+# Ultralytics' keys that change what deploy sizes but are not modelled: said with what is sized instead
+NOT_MODELLED = {
+    "augment": "test-time augmentation (three scaled and flipped passes) is not modelled; one plain pass is sized",
+    "nms": "an export with NMS inside the model is not modelled; the model without it and Ultralytics' NMS are sized",
+    "data": "the dataset is not read: validation is sized on square batches of synthetic labels (8 objects per "
+            "image) and NMS's most candidates",
+}
+
+
+def is_yolo_line(words: list[str]) -> bool:
+    return any(word.lower() == "yolo" for word in words)
+
+
+def read_yolo_line(words: list[str]) -> tuple[list[str], list[str], set[str]]:
+    """deploy's words for a pasted line, the notes on how it was read, and the Ultralytics keys it may
+    ignore with a note (``ignorable``: passed to the shared parser)."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    modes = [word for word in words if "=" not in word and word.lower() in {*MODES, "train", "benchmark"}]
+    if not modes:
+        raise UserError("a yolo line names its mode: yolo predict, yolo val or yolo export (e.g. 'yolo predict "
+                        "model=yolo11n.pt imgsz=640')")  # fmt: skip
+    mode = modes[0].lower()
+    if mode == "train":
+        raise UserError("a yolo train line is training: 'yolomem estimate yolo train ...' sizes it; deploy sizes "
+                        "predict, val and export")  # fmt: skip
+    if mode == "benchmark":
+        raise UserError("yolo benchmark runs every export format in turn; size one with 'yolo export model=... "
+                        "format=onnx' or format=engine")  # fmt: skip
+    kept, notes = [], []
+    values = dict(word.split("=", 1) for word in words if "=" in word and not ENVIRONMENT_WORD.match(word))
+    for word in words:
+        key, eq, value = word.partition("=")
+        if not eq and word.lower() in {"yolo", mode, *TASK_WORDS}:
+            continue
+        if eq and ENVIRONMENT_WORD.match(word):
+            notes.append(f"{word}: the shell's environment, not a setting of the run; ignored")
+        elif key == "device" and ULTRALYTICS_DEVICE.match(value):
+            notes.append(f"device={value}: Ultralytics' GPU index, not a card; name the card with device= (e.g. "
+                         "device=T4) or gpu_mem=")  # fmt: skip
+        elif key in NOT_MODELLED and (key != "data" or mode == "val"):
+            notes.append(f"{word}: {NOT_MODELLED[key]}")
+        elif key == "model" and PurePath(value).suffix in EXPORTED:
+            runtime = EXPORTED[PurePath(value).suffix]
+            if values.get("format", runtime) != runtime:
+                raise UserError(f"model={value} is a {runtime} file, but the line says format={values['format']}")
+            kept += [f"model={PurePath(value).stem}.pt", f"format={runtime}"]
+            notes.append(f"model={value}: sized as {PurePath(value).stem}.pt exported to {runtime}, with this line's "
+                         "precision, batch and imgsz (the file itself is not read)")  # fmt: skip
+        else:
+            kept.append(word)
+    if mode == "val":
+        kept.append("mode=val")
+    exported = values.get("format")
+    if exported is not None and exported.lower() not in {"onnx", "engine", "torch"}:  # torchscript, openvino, tflite...
+        raise UserError(f"format={exported}: deploy sizes ONNX Runtime (format=onnx) and TensorRT (format=engine); "
+                        f"the {exported} runtime is not modelled")  # fmt: skip
+    if mode == "export" and "format" not in values:
+        raise UserError("yolo export without format= exports TorchScript, which deploy does not size; give "
+                        "format=onnx (ONNX Runtime) or format=engine (TensorRT)")  # fmt: skip
+    notes.insert(0, f"yolo {mode}: " + {"predict": "the predictor is sized", "track": "the predictor is sized (the "
+                                        "tracker's state is on the host)", "val": "the validator is sized",
+                                        "export": "the exported model's predict in its runtime is sized"}[mode])  # fmt: skip
+    ignorable = set(DEFAULT_CFG_DICT) - set(NOT_MODELLED)
+    return kept, notes, ignorable
