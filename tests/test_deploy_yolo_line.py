@@ -89,3 +89,14 @@ def test_a_line_deploy_cannot_size_is_one_line(line, fragment, capsys):
     assert main(["deploy", *line.split()]) == 2
     err = capsys.readouterr().err
     assert fragment in err and err.count("\n") == 1
+
+
+def test_without_a_command_a_predict_line_is_deploys(capsys):
+    assert main([*LINES[0].split(), "--json"]) == 0  # no command: the default, estimate, would size training
+    assert '"mode": "predict"' in capsys.readouterr().out
+
+
+def test_a_training_command_refuses_a_predict_line_in_one_line(capsys):
+    assert main(["estimate", "yolo", "val", "model=yolo11n.pt"]) == 2
+    err = capsys.readouterr().err
+    assert "a yolo val line runs a trained model: 'yolomem deploy yolo val ...' sizes it" in err and err.count("\n") == 1

@@ -303,6 +303,7 @@ class Words:
 
 # words of a pasted ``yolo detect train ...`` line that name the command, not a model
 YOLO_WORDS = frozenset({"yolo", "train", "detect", "segment", "pose", "obb", "classify"})
+INFERENCE_MODES = frozenset({"predict", "track", "val", "export"})  # yolo's modes that run a trained model (deploy)
 # a shell's NAME=value in front of a pasted command (``CUDA_VISIBLE_DEVICES=0 yolo train ...``); the
 # allocator's (PYTORCH_CUDA_ALLOC_CONF) is the ``alloc_conf`` key
 ENVIRONMENT_WORD = re.compile(r"[A-Z_][A-Z0-9_]*=")
@@ -327,6 +328,9 @@ def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], 
         if not eq:
             if yolo_line and word.lower() in YOLO_WORDS:
                 continue
+            if yolo_line and word.lower() in INFERENCE_MODES and any(w.lower() == "yolo" for w in words):
+                raise UserError(f"a yolo {word.lower()} line runs a trained model: 'yolomem deploy yolo {word.lower()} "
+                                "...' sizes it; this command sizes training (yolo train)")  # fmt: skip
             if yolo_line and word.lower() == "resume" and "resume" in table:  # yolo train resume model=last.pt
                 values["resume"] = table["resume"].parse("true")
                 continue
