@@ -15,7 +15,7 @@ import pytest
 from yolov5_reference import repo_parse_opt
 
 from yolomem.cli.main import main
-from yolomem.cli.train_py import read_train_py_line
+from yolomem.cli.train_py import check_not_inference, read_train_py_line
 from yolomem.config.settings import EstimateConfig, parse_estimate_words
 
 LINES = [
@@ -177,3 +177,12 @@ def test_a_resume_without_its_checkpoint_is_one_line(capsys):
     assert main(["python", "train.py", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "resumes the newest run under runs/ (get_latest_run); name it" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("line", ["python detect.py --weights yolov5s.pt --source img.jpg",
+                                  "deploy python segment/val.py --weights yolov5s-seg.pt"])  # fmt: skip
+def test_the_repos_inference_scripts_are_refused_in_one_line(line, capsys):
+    assert main(shlex.split(line)) == 2
+    err = capsys.readouterr().err
+    assert "the yolov5 repo's inference scripts are not sized" in err and err.count("\n") == 1
+    check_not_inference(["yolov8n.yaml", "data=my/val.py"])  # a key's value is not a script: no error

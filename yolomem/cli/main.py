@@ -133,9 +133,10 @@ def _message(error: UserError, argv: list[str]) -> str:
 def _read_pasted_script(spec: Command, args: list[str]) -> list[str]:
     """``args``, or the words of a pasted yolov5 repo line (``python train.py --img 640 ...``,
     ``yolomem.cli.train_py``) with the command's own flags kept, saying on stderr what they were read as."""
-    from yolomem.cli.train_py import read_train_py_line, script_index
+    from yolomem.cli.train_py import check_not_inference, read_train_py_line, script_index
 
     if script_index(args) is None:
+        check_not_inference(args)
         return args
     own, line_words, words = [], [], iter(args)
     takes_value = {name: bool(flag.metavar) for flag in spec.flags for name in flag.names}

@@ -65,6 +65,20 @@ class TrainPyLine:
         return lines
 
 
+# the repo's scripts that run a trained model: not sized (deploy sizes what Ultralytics runs)
+INFERENCE_SCRIPTS = ("detect.py", "val.py", "export.py", "segment/predict.py", "segment/val.py",
+                     "classify/predict.py", "classify/val.py", "benchmarks.py")  # fmt: skip
+
+
+def check_not_inference(words: list[str]) -> None:
+    """A pasted ``python detect.py ...`` (val.py, export.py ...) of the repo: one line saying what is sized."""
+    for word in words:
+        if "=" not in word and _script(word, INFERENCE_SCRIPTS) is not None:
+            raise UserError(f"{word}: the yolov5 repo's inference scripts are not sized; 'yolomem deploy' sizes the "
+                            "models Ultralytics runs (yolov5su.yaml is its anchor-free YOLOv5), and the repo's "
+                            "training lines (python train.py ...) are read by estimate, fit and the others")  # fmt: skip
+
+
 def script_index(words: list[str]) -> int | None:
     """Where the repo's training script stands in ``words`` (None: not a pasted train.py line)."""
     for index, word in enumerate(words):
@@ -73,9 +87,9 @@ def script_index(words: list[str]) -> int | None:
     return None
 
 
-def _script(word: str) -> str | None:
+def _script(word: str, scripts: tuple[str, ...] = SCRIPTS) -> str | None:
     parts = PurePath(word).parts
-    for name in sorted(SCRIPTS, key=lambda script: -script.count("/")):  # segment/train.py before train.py
+    for name in sorted(scripts, key=lambda script: -script.count("/")):  # segment/train.py before train.py
         if tuple(parts[-len(PurePath(name).parts):]) == PurePath(name).parts:
             return name
     return None
