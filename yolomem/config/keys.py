@@ -319,6 +319,7 @@ def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], 
     ``yolo_line``: skip the ``yolo``/``train``/task words of a pasted Ultralytics line. A key given twice
     keeps the last value, as Ultralytics does.
     """
+    words = list(words)  # read twice: a yolo line's mode words are judged by the whole line
     positionals: list[str] = []
     values: dict[str, object] = {}
     notes: list[str] = []

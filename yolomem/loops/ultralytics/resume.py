@@ -117,16 +117,15 @@ def _unresumable(checkpoint: Path) -> str | None:
 
     from yolomem.config.checkpoint_file import read_checkpoint
 
-    model_class = getattr(model_module, "Model", None) or model_module.YOLO  # YOLO before 8.0.136
-
+    model_class = getattr(model_module, "Model", None) or model_module.YOLO  # YOLO up to 8.0.135
     contents = read_checkpoint(checkpoint).contents
-    epoch = contents.get("epoch", -1)
-    if (epoch if isinstance(epoch, int) else -1) >= 0 and contents.get("optimizer") is not None:
+    epoch = contents["epoch"] if isinstance(contents.get("epoch"), int) else -1
+    if epoch >= 0 and contents.get("optimizer") is not None:
         return None
     if "resumable training checkpoint" in inspect.getsource(model_class.train):
         return (f"resume: {checkpoint.name} is not a resumable training checkpoint (missing epoch/optimizer state); "
                 "Ultralytics starts a new training from it, which is estimated")  # fmt: skip
-    if (epoch if isinstance(epoch, int) else -1) < 0:
+    if epoch < 0:
         raise UserError(f"resume: {checkpoint.name}'s training is finished, nothing to resume (the installed "
                         "Ultralytics' resume_training stops there); train from it without resume")  # fmt: skip
     return None

@@ -15,7 +15,6 @@ segmentation. In eval mode (val.py) the head also decodes the levels into boxes 
 from __future__ import annotations
 
 import ast
-
 import math
 from dataclasses import dataclass
 

@@ -116,7 +116,8 @@ def _from_checkpoint(path: Path) -> OriginalModel:
 
 
 def checkpoint_classes(path: str) -> int | None:
-    """The classes a yolov5 repo checkpoint's head was trained for (None: not a readable checkpoint)."""
+    """The classes a yolov5 repo checkpoint's head was trained for: its YAML's, or its classifier's Linear
+    (None: a classifier whose head is not one Linear)."""
     checkpoint = read_checkpoint(path)
     if checkpoint.yaml is not None:
         return int(checkpoint.yaml.get("nc", 80))
@@ -133,7 +134,7 @@ def _classifier_of(checkpoint: Checkpoint) -> OriginalModel:
     shapes, nc = checkpoint.parameter_shapes(), checkpoint_classes(str(checkpoint.path))
     detection = CONFIGS / "yolov5" / "yolov5.yaml"  # the released classifiers' (runner.build_original)
     cfg = yaml.safe_load(detection.read_text())
-    for scale in "nsmlx":
+    for scale in "nsmlx" if nc is not None else "":
         with torch.device("meta"):
             built = ClassifierModel(build_yolov5(cfg, None, scale), nc)
         if sorted(tuple(p.shape) for p in built.parameters()) == shapes:
