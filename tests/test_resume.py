@@ -37,7 +37,7 @@ def _last_checkpoint(tmp_path, data: str, finished: bool = False) -> str:
     return str(path)
 
 
-# the line's arguments: ones every release lets a resume change (imgsz, batch) and one it never does (optimizer)
+# the line's arguments: ones a resume may change from 8.0.155 (imgsz, batch) and one it never does (optimizer)
 @pytest.mark.parametrize("line", [{}, {"batch": 8, "imgsz": 320, "optimizer": "SGD"}], ids=["bare", "overrides"])
 def test_a_resume_trains_what_the_release_resumes(line, tmp_path, monkeypatch):
     data = detect_dataset(tmp_path / "data")
@@ -51,7 +51,7 @@ def test_a_resume_trains_what_the_release_resumes(line, tmp_path, monkeypatch):
     assert config.amp == ("fp16" if truth.amp else "fp32") == "fp32"
     assert config.model == path
     if line:
-        assert (config.batch, config.imgsz, config.optimizer) == (8, 320, "AdamW")
+        assert (config.batch, config.imgsz, config.optimizer) == ((8, 320) if takes_overrides() else (24, 512)) + ("AdamW",)
         assert any(note.startswith("optimizer=SGD: a resumed run keeps its checkpoint's optimizer=AdamW")
                    for note in config.notes)  # fmt: skip
 
