@@ -112,3 +112,13 @@ def test_python_api_takes_resume_as_a_bool(tmp_path):
     assert (resumed.resume, resumed.batch, resumed.optimizer) == (path, 24, "AdamW")
     fresh = EstimateConfig.from_mapping({"model": path, "resume": False})
     assert (fresh.resume, fresh.batch, fresh.optimizer) == (None, 16, "auto")
+
+
+def test_a_resumed_config_reads_back_from_json_without_its_checkpoint(tmp_path):
+    from pathlib import Path
+
+    path = _last_checkpoint(tmp_path, detect_dataset(tmp_path / "data"))
+    config = EstimateConfig.from_words(["yolo", "train", "resume", f"model={path}"])
+    Path(path).unlink()  # a results file read back after the run's folder is gone
+    again = EstimateConfig.from_json(config.to_json())
+    assert again == config and again.resume == path

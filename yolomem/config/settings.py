@@ -184,14 +184,16 @@ class EstimateConfig:
         if not isinstance(data, dict):
             raise UserError(f"a config must be a JSON object, not {type(data).__name__}")
         extra = sorted(set(data) - set(_FIELDS) - {"task", "left_to_trainer", "autobatch"})
-        values = {k: v for k, v in data.items() if k in _FIELDS and v is not None}
+        # a resumed config holds the resumed settings already: kept as they are, not resumed again
+        values = {k: v for k, v in data.items() if k in _FIELDS and v is not None and k != "resume"}
         if data.get("autobatch") is not None:
             values["batch"] = data["autobatch"]
         notes = [f"config key{'s' if len(extra) > 1 else ''} {', '.join(extra)}: not estimator settings; ignored"] if extra else []
         left = data.get("left_to_trainer") or ()
         if not isinstance(left, (list, tuple)) or not set(left) <= set(TRAINER_SET_KEYS):
             raise UserError(f"left_to_trainer={left!r} in a config: a list of {', '.join(TRAINER_SET_KEYS)}")
-        return cls.from_mapping(values, notes).with_changes(left_to_trainer=tuple(left))
+        resumed = ESTIMATE_KEYS["resume"].convert(data.get("resume"))
+        return cls.from_mapping(values, notes).with_changes(left_to_trainer=tuple(left), resume=resumed)
 
 
 # keys whose default the trainer may set per model when the user leaves them out (TrainingLoop.trainer_defaults)
