@@ -17,6 +17,7 @@ import os
 import sys
 
 from yolomem.cli.registry import COMMANDS, Command
+from yolomem.config.keys import INFERENCE_MODES, yolo_mode
 from yolomem.errors import UserError, missing_dependency_error, too_large_error
 from yolomem.workers import warm_workers
 
@@ -83,7 +84,7 @@ def _split_command(argv: list[str]) -> tuple[str | None, list[str]]:
         return argv[0], argv[1:]
     if argv and argv[0] in {"-h", "--help", "--version"}:
         return None, argv
-    if _runs_a_trained_model(argv):
+    if yolo_mode(argv) in INFERENCE_MODES:
         return "deploy", argv  # a pasted yolo predict/val/export line, without a command: deploy sizes it
     first = argv[0] if argv else ""
     if first and not first.startswith("-") and not any(c in first for c in "=./\\"):
@@ -92,17 +93,6 @@ def _split_command(argv: list[str]) -> tuple[str | None, list[str]]:
         if close:
             raise UserError(f"unknown command {first!r}; did you mean {close[0]!r}? commands: {', '.join(COMMANDS)}")
     return DEFAULT_COMMAND, argv
-
-
-def _runs_a_trained_model(argv: list[str]) -> bool:
-    """``yolo [task] predict|track|val|export ...``: the first bare word after ``yolo`` is such a mode."""
-    from yolomem.config.keys import INFERENCE_MODES, YOLO_WORDS
-
-    lowered = [word.lower() for word in argv]
-    if "yolo" not in lowered:
-        return False
-    after = [word for word in lowered[lowered.index("yolo") + 1:] if "=" not in word and word not in YOLO_WORDS]
-    return bool(after) and after[0] in INFERENCE_MODES
 
 
 def _parse(spec: Command, args: list[str]) -> argparse.Namespace:

@@ -163,6 +163,11 @@ _ALIASES.update({_key("3060"): "RTX-3060-12GB", _key("3090"): "RTX-3090", _key("
 _ALIASES.update({key.removeprefix("jetson"): name for key, name in list(_ALIASES.items()) if key.startswith("jetson")})
 
 
+def is_device_index(name: str) -> bool:
+    """Ultralytics' ``device=0``, ``0,1`` or ``cuda:0``: the machine's numbering of its cards, not a card."""
+    return re.fullmatch(r"(cuda:?)?[\d,]*", name.lower()) is not None
+
+
 def find_gpu(name: str, gpu_mem_gib: float | None = None) -> Gpu:
     """A catalog card by (loose) name; ``gpu_mem_gib`` overrides its memory or defines a custom card."""
     if gpu_mem_gib is not None:
@@ -177,7 +182,7 @@ def find_gpu(name: str, gpu_mem_gib: float | None = None) -> Gpu:
         # the catalog card at the size given, its kind kept (a Jetson stays unified memory)
         return replace(base, total_bytes=_gib(gpu_mem_gib), source=f"gpu_mem={gpu_mem_gib:g}")
     canonical = _ALIASES.get(_key(name))
-    if canonical is None and re.fullmatch(r"(cuda:?)?[\d,]*", str(name).lower()):  # Ultralytics' device=0, cuda:0
+    if canonical is None and is_device_index(str(name)):
         raise UserError(f"gpu {name!r} is a CUDA device index (Ultralytics' device=); name the card instead, e.g. "
                         f"'T4' or 'RTX-3090' (yolomem models the card, not the machine's numbering)")  # fmt: skip
     if canonical is None:

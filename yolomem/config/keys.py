@@ -302,12 +302,22 @@ class Words:
 
 
 # words of a pasted ``yolo detect train ...`` line that name the command, not a model
-YOLO_WORDS = frozenset({"yolo", "train", "detect", "segment", "pose", "obb", "classify"})
+TASK_WORDS = frozenset({"detect", "segment", "pose", "obb", "classify"})
+YOLO_WORDS = frozenset({"yolo", "train", *TASK_WORDS})
 INFERENCE_MODES = frozenset({"predict", "track", "val", "export"})  # yolo's modes that run a trained model (deploy)
 # a shell's NAME=value in front of a pasted command (``CUDA_VISIBLE_DEVICES=0 yolo train ...``); the
 # allocator's (PYTORCH_CUDA_ALLOC_CONF) is the ``alloc_conf`` key
 ENVIRONMENT_WORD = re.compile(r"[A-Z_][A-Z0-9_]*=")
 ALLOC_CONF_VARIABLE = "PYTORCH_CUDA_ALLOC_CONF"
+
+
+def yolo_mode(words: Iterable[str]) -> str | None:
+    """The mode of a pasted ``yolo [task] MODE key=value ...`` line (as Ultralytics' CLI reads it: the first
+    bare word after ``yolo`` that is not a task), in lower case; None for words that are not such a line."""
+    lowered = [word.lower() for word in words]
+    if "yolo" not in lowered:
+        return None
+    return next((word for word in lowered[lowered.index("yolo") + 1:] if "=" not in word and word not in TASK_WORDS), None)
 
 
 def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], Collection[str]] | None = None,
@@ -319,7 +329,11 @@ def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], 
     ``yolo_line``: skip the ``yolo``/``train``/task words of a pasted Ultralytics line. A key given twice
     keeps the last value, as Ultralytics does.
     """
-    words = list(words)  # read twice: a yolo line's mode words are judged by the whole line
+    words = list(words)  # read twice: a yolo line's mode is judged by the whole line
+    mode = yolo_mode(words) if yolo_line else None
+    if mode in INFERENCE_MODES:
+        raise UserError(f"a yolo {mode} line runs a trained model: 'yolomem deploy yolo {mode} ...' sizes it; this "
+                        "command sizes training (yolo train)")  # fmt: skip
     positionals: list[str] = []
     values: dict[str, object] = {}
     notes: list[str] = []
@@ -329,9 +343,6 @@ def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], 
         if not eq:
             if yolo_line and word.lower() in YOLO_WORDS:
                 continue
-            if yolo_line and word.lower() in INFERENCE_MODES and any(w.lower() == "yolo" for w in words):
-                raise UserError(f"a yolo {word.lower()} line runs a trained model: 'yolomem deploy yolo {word.lower()} "
-                                "...' sizes it; this command sizes training (yolo train)")  # fmt: skip
             if yolo_line and word.lower() == "resume" and "resume" in table:  # yolo train resume model=last.pt
                 values["resume"] = table["resume"].parse("true")
                 continue

@@ -11,17 +11,14 @@ keys that do not change the memory deploy sizes (``source``, ``conf``, ``save`` 
 
 from __future__ import annotations
 
-import re
 from pathlib import PurePath
 
-from yolomem.config.keys import ENVIRONMENT_WORD
+from yolomem.config.gpus import is_device_index
+from yolomem.config.keys import ENVIRONMENT_WORD, TASK_WORDS, yolo_mode
 from yolomem.errors import UserError
 
-TASK_WORDS = frozenset({"detect", "segment", "pose", "obb", "classify"})
 MODES = {"predict": "predict", "track": "predict", "val": "val", "export": "predict"}  # Ultralytics' mode -> deploy's
 EXPORTED = {".onnx": "onnx", ".engine": "engine"}  # a model file of an exported format: its runtime
-# Ultralytics' device argument: a GPU index, a list of them, cuda:N, cpu or mps
-ULTRALYTICS_DEVICE = re.compile(r"^((cuda:)?\d+(,\d+)*|cpu|mps)$", re.IGNORECASE)
 # Ultralytics' keys that change what deploy sizes but are not modelled: said with what is sized instead
 NOT_MODELLED = {
     "augment": "test-time augmentation (three scaled and flipped passes) is not modelled; one plain pass is sized",
@@ -40,11 +37,10 @@ def read_yolo_line(words: list[str]) -> tuple[list[str], list[str], set[str]]:
     ignore with a note (``ignorable``: passed to the shared parser)."""
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
-    modes = [word for word in words if "=" not in word and word.lower() in {*MODES, "train", "benchmark"}]
-    if not modes:
+    mode = yolo_mode(words)
+    if mode not in {*MODES, "train", "benchmark"}:
         raise UserError("a yolo line names its mode: yolo predict, yolo val or yolo export (e.g. 'yolo predict "
                         "model=yolo11n.pt imgsz=640')")  # fmt: skip
-    mode = modes[0].lower()
     if mode == "train":
         raise UserError("a yolo train line is training: 'yolomem estimate yolo train ...' sizes it; deploy sizes "
                         "predict, val and export")  # fmt: skip
@@ -59,7 +55,7 @@ def read_yolo_line(words: list[str]) -> tuple[list[str], list[str], set[str]]:
             continue
         if eq and ENVIRONMENT_WORD.match(word):
             notes.append(f"{word}: the shell's environment, not a setting of the run; ignored")
-        elif key == "device" and ULTRALYTICS_DEVICE.match(value):
+        elif key == "device" and value and (is_device_index(value) or value.lower() in {"cpu", "mps"}):
             notes.append(f"device={value}: Ultralytics' GPU index, not a card; name the card with device= (e.g. "
                          "device=T4) or gpu_mem=")  # fmt: skip
         elif key in NOT_MODELLED and (key != "data" or mode == "val"):
