@@ -56,7 +56,7 @@ def _release_dataset(yaml_path: Path, task: str, split: str):
     try:
         from ultralytics.data.build import build_yolo_dataset
     except ImportError:
-        pytest.skip("this release has no build_yolo_dataset (8.0.59 to 8.0.88)")
+        pytest.skip("this release has no build_yolo_dataset (up to 8.0.88)")
     from ultralytics.cfg import get_cfg
     from ultralytics.utils import DEFAULT_CFG
 

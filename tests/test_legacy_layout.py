@@ -1,6 +1,6 @@
 """Ultralytics up to 8.0.135 kept its trainer, data and utilities under ``ultralytics.yolo``; yolomem reads
 them under the present names through ``yolomem.loops.ultralytics.legacy_layout``. The matrix
-(``.ci/ultralytics_matrix.py``: 8.0.59 to 8.0.135) traces the real releases; this checks the aliasing on
+(``.ci/ultralytics_matrix.py``: 8.0.35 to 8.0.135) traces the real releases; this checks the aliasing on
 a stand-in package laid out the old way, in a process of its own."""
 
 from __future__ import annotations

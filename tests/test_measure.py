@@ -116,6 +116,24 @@ def test_train_arguments_carry_the_augmentation_the_estimate_assumed():
     assert (exact["mosaic"], exact["scale"], exact["translate"]) == (0.0, 0.0, 0.0)
 
 
+def test_train_arguments_are_the_ones_the_release_has(monkeypatch):
+    """A key the installed default.yaml lacks stops ``yolo train`` (``check_cfg_mismatch``): before 8.0.57
+    there is no ``amp``, and the run is started without it. Truth: the installed release's own check
+    (``check_dict_alignment``, ``check_cfg_mismatch`` in older releases)."""
+    import ultralytics.cfg as cfg
+
+    check = getattr(cfg, "check_dict_alignment", None) or cfg.check_cfg_mismatch
+    config = EstimateConfig(model="yolov8n.yaml")
+    check(cfg.DEFAULT_CFG_DICT, train_arguments(config, "d.yaml", "exact", "0", "runs"))
+    without_amp = {k: v for k, v in cfg.DEFAULT_CFG_DICT.items() if k != "amp"}
+    monkeypatch.setattr(cfg, "DEFAULT_CFG_DICT", without_amp)
+    arguments = train_arguments(config, "d.yaml", "exact", "0", "runs")
+    assert "amp" not in arguments and arguments["batch"] == config.batch
+    check(without_amp, arguments)  # raises SyntaxError on a key it does not know
+    with pytest.raises(SyntaxError):
+        check(without_amp, {**arguments, "amp": True})
+
+
 def test_worker_environment_is_offline_and_sets_only_the_asked_allocator_config():
     env = worker_environment(EstimateConfig(alloc_conf="expandable_segments:True"), base={"PATH": "/bin"})
     assert env == {"PATH": "/bin", "YOLO_OFFLINE": "1", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}

@@ -20,6 +20,8 @@ def _installed() -> tuple[int, ...]:
 
 
 def _expected_clears(v: tuple[int, ...]) -> CacheClears:
+    if v < (8, 0, 59):  # 8.0.58 -> 8.0.59: torch.cuda.empty_cache() after each epoch; before, only after training
+        return CacheClears()
     if v < (8, 3, 87):  # 8.0.59: torch.cuda.empty_cache() inline; 8.2.94: self._clear_memory(), both unconditional
         return CacheClears(after_epoch=0.0)
     if v < (8, 3, 109):  # 8.3.86 -> 8.3.87: `if self._get_memory(fraction=True) > 0.9: self._clear_memory()`
@@ -115,21 +117,22 @@ def test_version_tuple():
 
 
 def test_release_range():
-    with pytest.raises(UserError, match="older than 8.0.59"):
-        rel.check_release("8.0.58")  # its import fails with YOLO_CONFIG_DIR set
+    with pytest.raises(UserError, match="older than 8.0.35"):
+        rel.check_release("8.0.6")  # hydra settings, another trainer API
     warning = rel.check_release("8.5.2")
-    assert warning and "8.0.59 to 8.4.190" in warning and "8.5.2" in warning
-    assert rel.check_release("8.0.59") is None
+    assert warning and "8.0.35 to 8.4.190" in warning and "8.5.2" in warning
+    assert rel.check_release("8.0.35") is None
+    assert rel.check_release("8.0.58") is None  # its import fails only with YOLO_CONFIG_DIR set
     assert rel.check_release("8.4.190") is None
 
 
 def test_cli_refuses_an_old_release_in_one_line(monkeypatch, capsys):
     from yolomem.cli.main import main
 
-    monkeypatch.setattr(rel, "installed_version", lambda: "8.0.58")
+    monkeypatch.setattr(rel, "installed_version", lambda: "8.0.6")
     assert main(["estimate", "yolov8n.yaml"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "ultralytics 8.0.58 is older than 8.0.59" in err[0]
+    assert len(err) == 1 and "ultralytics 8.0.6 is older than 8.0.35" in err[0]
 
 
 def test_cli_warns_once_about_a_newer_release(monkeypatch, capsys):
@@ -141,7 +144,7 @@ def test_cli_warns_once_about_a_newer_release(monkeypatch, capsys):
     assert main(["estimate", "yolov8n.yaml", "imgsz=64", "batch=1", "iterations=1", "--json", "--no-cache"]) == 0
     out, err = capsys.readouterr()
     warnings = [line for line in err.splitlines() if line.startswith("yolomem: warning:")]
-    assert len(warnings) == 1 and "newer than the releases yolomem is tested with (8.0.59 to 8.4.190)" in warnings[0]
+    assert len(warnings) == 1 and "newer than the releases yolomem is tested with (8.0.35 to 8.4.190)" in warnings[0]
     import json
 
     assert "newer than the releases" in " ".join(json.loads(out)["notes"])
@@ -185,8 +188,8 @@ def test_cli_refuses_an_old_release_that_fails_its_own_import(tmp_path):
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
-        "yolomem: error: ultralytics 8.0.6 is older than 8.0.59, the oldest release yolomem traces "
-        f"(tested: {rel.TESTED_RANGE}); pip install 'ultralytics>=8.0.59'"
+        "yolomem: error: ultralytics 8.0.6 is older than 8.0.35, the oldest release yolomem traces "
+        f"(tested: {rel.TESTED_RANGE}); pip install 'ultralytics>=8.0.35'"
     ]
 
 
@@ -208,13 +211,15 @@ def test_a_validation_key_stands_for_val_where_check_det_dataset_renames_it():
 
 
 def test_u_names_are_offered_where_check_file_resolves_them():
-    # 8.0.149 -> 8.0.150: check_yolov5u_filename maps yolov5nu.yaml to yolov5n.yaml; before, no such file
+    # 8.0.149 -> 8.0.150: check_yolov5u_filename maps yolov5nu.yaml to yolov5n.yaml; before, no such file from
+    # 8.0.55 on, when one YAML per design with its scales replaced the files per scale (yolov5nu.yaml, yolov3u.yaml)
     from yolomem.loops.ultralytics.models import resolves_u_names, shipped_model_names
 
     resolves = _installed() >= (8, 0, 150)
     assert resolves_u_names() == resolves
-    assert ("yolov5nu.yaml" in shipped_model_names()) == resolves
-    assert ("yolov3u.yaml" in shipped_model_names()) == resolves
+    named = resolves or _installed() < (8, 0, 55)
+    assert ("yolov5nu.yaml" in shipped_model_names()) == named
+    assert ("yolov3u.yaml" in shipped_model_names()) == named
 
 
 def test_amp_refused_cards():
@@ -226,6 +231,52 @@ def test_oom_retries():
     """8.4.13 added the first epoch's out-of-memory retries (``self._oom_retries >= 3``); 8.4.12 had none
     (read in the published wheels of 8.4.0, 8.4.10, 8.4.12, 8.4.13, 8.4.20 ... 8.4.190, and 8.3.253)."""
     assert rel.oom_retries() == (3 if _installed() >= (8, 4, 13) else 0)
+
+
+def test_classify_imgsz_rewrite():
+    """Up to 8.0.103 ``ClassificationTrainer.get_model`` turns imgsz 640 into 224 (8.0.104 moved the default to
+    ``__init__``, for an imgsz not given; read in the published wheels of 8.0.35, 8.0.59, 8.0.100, 8.0.103,
+    8.0.104 and 8.0.105)."""
+    assert rel.classify_imgsz_rewrite() == ((640, 224) if _installed() < (8, 0, 104) else None)
+
+
+def test_a_classifier_trains_at_the_imgsz_its_trainer_sets(monkeypatch):
+    """With the rewrite (8.0.103 and before) a classifier asked for 640, or for no imgsz, is estimated at 224,
+    with a note; 320 stays 320, and so does every other task."""
+    import dataclasses
+
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.result.prepare import prepare
+
+    monkeypatch.setattr(rel, "release", lambda: dataclasses.replace(rel._probe_release(), classify_imgsz_rewrite=(640, 224)))
+    asked = prepare(EstimateConfig(model="yolov8n-cls.yaml", imgsz=640))
+    assert asked.config.imgsz == 224 and any("get_model sets imgsz=224" in note for note in asked.notes)
+    assert prepare(EstimateConfig(model="yolov8n-cls.yaml", imgsz=320)).config.imgsz == 320
+    assert prepare(EstimateConfig(model="yolov8n.yaml", imgsz=640)).config.imgsz == 640
+
+
+def test_amp_switch():
+    """8.0.57 added the ``amp`` option (``default.yaml``); 8.0.56 and before train AMP on every GPU (read in the
+    published wheels of 8.0.35, 8.0.44, 8.0.54, 8.0.55, 8.0.57 and 8.0.58)."""
+    assert rel.amp_switch() == (_installed() >= (8, 0, 57))
+
+
+def test_a_trainer_without_an_amp_option_is_estimated_with_amp(monkeypatch):
+    """Before 8.0.57 (``amp_switch``) ``amp=false`` and ``amp=bf16`` are estimated as the fp16 AMP run the
+    trainer trains, with a note; with the option they stay what was asked."""
+    import dataclasses
+
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.loops import get_loop, resolve_model
+
+    loop, resolved = get_loop("ultralytics"), resolve_model("yolov8n.yaml")
+    for switch in (True, False):
+        monkeypatch.setattr(rel, "release", lambda switch=switch: dataclasses.replace(rel._probe_release(), amp_switch=switch))
+        precision, note = loop.precision(EstimateConfig(model="yolov8n.yaml", amp="fp32"), resolved)
+        assert (precision, note is None) == (("fp32", True) if switch else ("fp16", False))
+        if not switch:
+            assert "no amp option (it arrived in 8.0.57)" in note
+        assert loop.precision(EstimateConfig(model="yolov8n.yaml", amp="fp16"), resolved) == ("fp16", None)
 
 
 def test_trains_bf16():
@@ -261,7 +312,10 @@ def test_every_catalog_card_trains_with_the_amp_check_amp_leaves_it(monkeypatch)
             continue  # Jetson modules: torch names them "Orin" and the like, which no list names
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, gpu=gpu: gpu.device_name)
         config = trained_precision(EstimateConfig(model="yolov8n.yaml", gpu=gpu.name), resolved)[0]
-        assert (config.amp == "fp32") is (rel.check_amp_function()(model) is False), gpu.name
+        if rel.amp_refused_cards() is None:  # before 8.3.47: no card is refused by name (nor at all before 8.0.51)
+            assert config.amp == "fp16", gpu.name
+        else:
+            assert (config.amp == "fp32") is (rel.check_amp_function()(model) is False), gpu.name
         refused += [gpu.name] if config.amp == "fp32" else []
     if rel.amp_refused_cards():
         assert set(refused) == {"GTX-1650", "GTX-1660", "GTX-1660-Ti", "GTX-1660-SUPER", "T1000"}

@@ -13,7 +13,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated", categor
 
 
 def _read_legacy_layout() -> None:
-    # before anything imports Ultralytics under its present module names (8.0.59-8.0.135 had others)
+    # before anything imports Ultralytics under its present module names (8.0.35-8.0.135 had others)
     from yolomem.loops.ultralytics.legacy_layout import alias_legacy_layout
 
     alias_legacy_layout()

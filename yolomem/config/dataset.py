@@ -21,13 +21,14 @@ What is read, for ``train`` and ``val``:
   own ``check_cache_ram`` (which extrapolates from 30 images).
 
 The YAML must name ``train`` and ``val`` (or, from 8.0.149, ``validation``), as ``check_det_dataset`` requires in every
-release from 8.0.59 to 8.4. A name that is not a file here is looked up as the installed Ultralytics
+release from 8.0.35 to 8.4. A name that is not a file here is looked up as the installed Ultralytics
 looks it up (``shipped_dataset``): its own copy, which the trainer would download the images of.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import random
 import re
@@ -154,7 +155,7 @@ def read_dataset(yaml_path: str | os.PathLike, *, seed: int = 0, train_header_sa
 
 
 def check_split_keys(data: object, shown: str) -> dict:
-    """The YAML's keys as ``check_det_dataset`` checks them (8.0.59 to 8.4 alike): ``train`` and ``val`` must
+    """The YAML's keys as ``check_det_dataset`` checks them (8.0.35 to 8.4 alike): ``train`` and ``val`` must
     both be there, and a ``validation`` key stands for a missing ``val`` where the release renames it
     (``renames_validation_key``); anything else is refused, as
     Ultralytics refuses it ("'val:' key missing ❌"). Returns the mapping with ``val`` in place."""
@@ -269,8 +270,16 @@ def shipped_dataset(data: str) -> str | None:
         return None
     search = data_utils.check_file
 
+    # what the installed check_file takes: ``download`` from 8.0.36, ``hard`` from 8.0.55 (before, it raises
+    # where it finds nothing)
+    accepts = inspect.signature(search).parameters
+    quiet = {key: False for key in ("download", "hard") if key in accepts}
+
     def search_only(file, *args, hard: bool = True, **kwargs):
-        found = search(file, download=False, hard=False)
+        try:
+            found = search(file, **quiet)
+        except FileNotFoundError:
+            found = None
         if hard:  # the call whose answer check_det_dataset reads
             raise _Found(found)
         return found

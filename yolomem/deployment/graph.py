@@ -183,7 +183,7 @@ def export_ready_model(resolved: ResolvedModel, nc: int | None, imgsz: tuple[int
             m.max_det = min(max_det, sum(int(imgsz[0] / s) * int(imgsz[1] / s) for s in strides))
             m.xyxy = False  # nms=False, the default export
             m.shape = None
-        elif isinstance(m, C2f):
+        elif isinstance(m, C2f) and hasattr(m, "forward_split"):  # the Exporter's swap, from 8.0.36
             m.forward = m.forward_split
     return model
 

@@ -98,6 +98,8 @@ def trace_inference(resolved: ResolvedModel, settings: InferenceSettings, *, fak
     with tracer, CloneOnDeepcopy(), quiet_ultralytics(), _no_inference_mode(), apply_replaces_parameters(), \
             pooling_keeps_indices():  # fmt: skip
         model = build_model(resolved.cfg, resolved.task, nc or resolved.nc)
+        if not hasattr(model, "stride"):  # a classifier up to 8.0.43: attempt_load_one_weight gives it one
+            model.stride = torch.tensor([32.0])
         stride = max(int(model.stride.max()), 32)
         imgsz = -(-settings.imgsz // stride) * stride
         if imgsz != settings.imgsz:
@@ -255,7 +257,15 @@ def _task_entry(task: str, key: str):
 
 
 def _predictor(task: str, overrides: dict):
-    return _task_entry(task, "predictor")(overrides=overrides)
+    """The task's predictor, made without the logger integrations (TensorBoard, W&B, ClearML...) its
+    ``__init__`` registers: they act on training events only, and up to 8.0.47 TensorBoard's imports
+    ``torch.utils.tensorboard`` unguarded, which needs the ``tensorboard`` package."""
+    from unittest import mock
+
+    from ultralytics.utils import callbacks
+
+    with mock.patch.object(callbacks, "add_integration_callbacks", lambda instance: None):
+        return _task_entry(task, "predictor")(overrides=overrides)
 
 
 def _validator(task: str, overrides: dict):

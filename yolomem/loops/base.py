@@ -118,6 +118,9 @@ class TrainingLoop(Protocol):
         """Per key (``imgsz``, ``batch``, ``single_cls``), what the trainer takes for this model when the user
         gives none, and where that comes from; keys it takes from its usual defaults are left out."""
 
+    def trained_imgsz(self, config: EstimateConfig, resolved: ResolvedModel) -> tuple[int, str | None]:
+        """The imgsz the trainer trains ``config`` at, with a note where it is not the one asked for."""
+
     def epochs_supported(self, resolved: ResolvedModel, world_size: int) -> bool:
         """Whether whole epochs (val pass, epoch 2+) can be simulated for this task."""
 

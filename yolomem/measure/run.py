@@ -373,11 +373,16 @@ def check_cuda(world_size: int, count: int) -> None:
 
 
 def refuse_precision(config: EstimateConfig) -> None:
-    """A one-line error for ``amp=bf16`` where the installed trainer has none (``release.trains_bf16``):
+    """A one-line error for ``amp=bf16`` where the installed trainer has none (``release.trains_bf16``), and for
+    any amp= but fp16 where it has no amp option (``release.amp_switch``, before 8.0.57):
     the run ``measure`` starts is ``yolo train``'s, which stops on it (an estimate answers with a note)."""
     from yolomem.loops.ultralytics.release import release
 
-    reason = release().no_bf16()
+    installed = release()
+    if config.amp != "fp16" and not installed.amp_switch:
+        raise UserError(f"amp={config.amp}: {installed.no_amp_switch()}, and the yolo train that measure starts takes no "
+                        "amp=; use amp=true, or ultralytics>=8.0.57")  # fmt: skip
+    reason = installed.no_bf16()
     if config.amp == "bf16" and reason:
         raise UserError(f"amp=bf16: {reason}, the run measure starts; use amp=true or amp=false, or ultralytics>=8.4.129")
 

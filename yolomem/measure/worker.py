@@ -272,7 +272,8 @@ def train_arguments(config: EstimateConfig, data_yaml: str, augment: str, device
     }  # fmt: skip
     if augment == "exact":
         arguments.update(EXACT_AUGMENT)
-    return arguments
+    # a key the release does not have stops its train (check_cfg_mismatch): amp before 8.0.57, for one
+    return {key: value for key, value in arguments.items() if key in DEFAULT_CFG_DICT}
 
 
 def run_rank(request: dict, rank: int, workdir: Path, source_factory, device: str | None = None) -> RankMeasurement:

@@ -37,7 +37,7 @@ def prepare(config: EstimateConfig) -> Prepared:
     if resolved.note:
         notes.append(resolved.note)
     # settings the model and its trainer decide: each step may change the config, and says why
-    for settle in (trainer_defaults, trained_precision, class_count):
+    for settle in (trainer_defaults, trained_imgsz, trained_precision, class_count):
         config, note = settle(config, resolved)
         if note:
             notes.append(note)
@@ -84,6 +84,15 @@ def trainer_defaults(config: EstimateConfig, resolved: ResolvedModel) -> tuple[E
     words = " and ".join(f"{key}={value}" for key, value in changes.items())
     sources = "; ".join(dict.fromkeys(defaults[key][1] for key in changes))
     return config, f"{words} (not given): {sources}"
+
+
+def trained_imgsz(config: EstimateConfig, resolved: ResolvedModel) -> tuple[EstimateConfig, str | None]:
+    """``imgsz=`` as the model's trainer takes it (``TrainingLoop.trained_imgsz``): up to 8.0.103 Ultralytics
+    trains a classifier asked for 640 at 224."""
+    from yolomem.loops import get_loop
+
+    imgsz, note = get_loop(resolved.framework).trained_imgsz(config, resolved)
+    return (config.with_changes(imgsz=imgsz) if imgsz != config.imgsz else config), note
 
 
 def trained_precision(config: EstimateConfig, resolved: ResolvedModel) -> tuple[EstimateConfig, str | None]:
@@ -237,9 +246,9 @@ def class_count(config: EstimateConfig, resolved: ResolvedModel) -> tuple[Estima
         return config, None
     data, where = config.data, f"data={config.data}"
     if not data and resolved.framework == "ultralytics":
-        from ultralytics.cfg import TASK2DATA
+        from yolomem.loops.ultralytics.release import default_data
 
-        data = TASK2DATA.get(resolved.task)
+        data = default_data().get(resolved.task)
         where = f"{data}, Ultralytics' default data for {resolved.task}"
     classes = dataset_classes(data) if data else None
     model_nc = resolved.cfg.get("nc")

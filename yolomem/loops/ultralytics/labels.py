@@ -14,7 +14,7 @@ it is re-written here; the release is asked, on small files of the same layout:
 - a segment or OBB model whose kept images hold box rows is asked of the release's dataset
   (``build_yolo_dataset``, from 8.0.89): a box image beside a polygon image, built as the trainer
   builds its dataset, raises where the release stops (``"... dataset requires equal numbers of boxes
-  and segments"``), and otherwise shows whether it drops every polygon. Releases without it (8.0.59 to
+  and segments"``), and otherwise shows whether it drops every polygon. Releases without it (up to
   8.0.88) warn and drop every polygon, the same code inline in ``YOLODataset.get_labels``.
 
 An OBB model takes its boxes from the polygons, so box rows give it no objects; a segment model makes
@@ -138,7 +138,7 @@ def _check_boxes_for_polygon_task(data: str, task: str, version: str) -> bool:
     release stops on it, refuse in one line with its words. Whether it drops every polygon instead."""
     try:
         from ultralytics.data.build import build_yolo_dataset
-    except ImportError:  # 8.0.59 to 8.0.88: get_labels warns and drops the polygons inline
+    except ImportError:  # up to 8.0.88: get_labels warns and drops the polygons inline
         return True
     from ultralytics.cfg import get_cfg
     from ultralytics.utils import DEFAULT_CFG

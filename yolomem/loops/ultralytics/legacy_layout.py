@@ -1,4 +1,4 @@
-"""Ultralytics 8.0.59-8.0.135 under the module names of the present layout.
+"""Ultralytics 8.0.35-8.0.135 under the module names of the present layout.
 
 8.0.136 moved the package: ``ultralytics.yolo.engine`` became ``ultralytics.engine``, and likewise
 ``yolo.utils`` -> ``utils``, ``yolo.data`` -> ``data``, ``yolo.cfg`` -> ``cfg``, ``yolo.v8`` ->
@@ -8,7 +8,7 @@
 copy: classes and module state stay one), for as long as the process lives, and only where the
 installed package has the old layout. What else these releases do otherwise is followed where it
 matters (``release.py``; up to 8.0.110 the loss in the trainer, ``UltralyticsRun._forward_and_loss``);
-``check_release`` refuses the releases before 8.0.59 (``release.OLDEST_SUPPORTED`` says why).
+``check_release`` refuses the releases before 8.0.35 (``release.OLDEST_SUPPORTED`` says why).
 """
 
 from __future__ import annotations

@@ -120,7 +120,8 @@ class UltralyticsLoop:
         return f"ultralytics {installed.version}", installed.oom_retries if config.world_size == 1 else 0
 
     def precision(self, config, resolved: ResolvedModel) -> tuple[str, str | None]:
-        """What ``amp=`` asks, as the installed trainer takes it. bf16 is a trainer setting from 8.4.129
+        """What ``amp=`` asks, as the installed trainer takes it. Before 8.0.57 the trainer has no amp option and
+        trains with fp16 AMP on every GPU (``release.amp_switch``). bf16 is a trainer setting from 8.4.129
         (``release.trains_bf16``); before, the trace is the same step under bf16 autocast, which only a loop
         of the user's own runs, and the note says so. AMP on ``gpu=``: from 8.3.47 ``check_amp`` turns it
         off before any check on cards whose name matches its list (GTX 16xx, T400-T2000, K40m: "may cause
@@ -128,6 +129,8 @@ class UltralyticsLoop:
         from yolomem.loops.ultralytics.release import release
 
         installed = release()
+        if config.amp != "fp16" and not installed.amp_switch:
+            return "fp16", f"amp={config.amp}: {installed.no_amp_switch()}, which is estimated"
         if config.amp == "bf16" and not installed.trains_bf16:
             return "bf16", (f"amp=bf16: {installed.no_bf16()}: these figures are for its step under "
                             "torch.autocast(dtype=torch.bfloat16) in a loop of your own")  # fmt: skip
@@ -152,6 +155,18 @@ class UltralyticsLoop:
 
         imgsz = release().default_imgsz.get(resolved.task)
         return {} if imgsz is None else {"imgsz": (imgsz, f"what Ultralytics' {resolved.task} trainer trains at")}
+
+    def trained_imgsz(self, config, resolved: ResolvedModel) -> tuple[int, str | None]:
+        """Up to 8.0.103 ``ClassificationTrainer.get_model`` trains a classifier asked for imgsz 640 at 224
+        (``release.classify_imgsz_rewrite``)."""
+        from yolomem.loops.ultralytics.release import release
+
+        installed = release()
+        rewrite = installed.classify_imgsz_rewrite
+        if resolved.task != "classify" or rewrite is None or config.imgsz != rewrite[0]:
+            return config.imgsz, None
+        return rewrite[1], (f"imgsz={rewrite[0]}: ultralytics {installed.version}'s ClassificationTrainer.get_model "
+                            f"sets imgsz={rewrite[1]} before the dataloaders are built; estimated at {rewrite[1]}")  # fmt: skip
 
     def epochs_supported(self, resolved: ResolvedModel, world_size: int) -> bool:
         from yolomem.loops.ultralytics.families import family_of

@@ -124,9 +124,20 @@ def _scales_of(text: str) -> list[str]:
     return scales
 
 
-def resolve_ultralytics(spec: str) -> ResolvedModel:
-    from ultralytics.nn.tasks import yaml_model_load
+def yaml_model_load(path: str) -> dict:
+    """The installed release's ``yaml_model_load`` (8.0.55 on); before, one YAML per scale, read as its
+    ``DetectionModel`` reads it: ``yaml_load(check_yaml(cfg))``."""
+    from ultralytics.nn import tasks
 
+    if hasattr(tasks, "yaml_model_load"):
+        return tasks.yaml_model_load(path)
+    from ultralytics.utils import yaml_load
+    from ultralytics.utils.checks import check_yaml
+
+    return yaml_load(check_yaml(path))
+
+
+def resolve_ultralytics(spec: str) -> ResolvedModel:
     if not spec or not str(spec).strip():
         raise UserError("no model given; try e.g. 'yolov8n.yaml'")
     spec = str(spec).strip()
@@ -221,8 +232,6 @@ def _without_downloads(cfg: dict) -> tuple[dict, str]:
 def _local_yaml(path: Path) -> dict:
     """A user's model YAML, read and checked the way Ultralytics' parse_model will read it, so that a bad
     file is one line naming the problem, not a traceback from inside the model build."""
-    from ultralytics.nn.tasks import yaml_model_load
-
     try:
         cfg = yaml_model_load(str(path))
     except Exception as error:  # noqa: BLE001 - whatever the YAML parser raises, the file is the user's input

@@ -28,6 +28,10 @@ never looked up by version number:
   built with ``nc=1`` (``get_dataset``'s syntax tree, 8.3.79), or only relabels every object class 0;
 - ``amp_refused_cards``: the pattern of CUDA device names on which ``check_amp`` turns AMP off before
   any check (GTX 16xx, T400-T2000, K40m; 8.3.47), read in its syntax tree; None before;
+- ``classify_imgsz_rewrite``: ``ClassificationTrainer.get_model`` turning imgsz 640 into 224 (up to
+  8.0.103), read in its syntax tree;
+- ``amp_switch``: whether the trainer has an ``amp`` option (``default.yaml``, 8.0.57); before, it trains
+  with AMP on every GPU;
 - ``oom_retries``: how many times ``_do_train`` halves the batch after an out-of-memory error in the
   first epoch (3, from 8.4.13; one GPU only), read in its syntax tree; 0 before.
 
@@ -41,6 +45,7 @@ import ast
 import contextlib
 import functools
 import inspect
+import os
 import re
 import sys
 import textwrap
@@ -50,14 +55,17 @@ from types import SimpleNamespace
 from yolomem.errors import UserError
 from yolomem.loops.base import CacheClears, larger_side
 
-# 8.0.59: the first release that imports with YOLO_CONFIG_DIR set (8.0.57-8.0.58 join it to a file name as a
-# str), after the trainer gained its amp option (8.0.57; before, AMP on every GPU whatever was asked). Before
-# 8.0.136 the package had another layout, read through legacy_layout's aliases; up to 8.0.110 the loss lived
-# in the trainer (UltralyticsRun follows it), up to 8.0.112 build_optimizer was a static method without
-# optimizer=auto (probed here), and up to 8.0.95 the assigner used F.one_hot (loops.base.cuda_one_hot).
-OLDEST_SUPPORTED = (8, 0, 59)
+# 8.0.35: the oldest release on PyPI after 8.0.0-8.0.6 (which read their settings through hydra and train by
+# another API; 8.0.7-8.0.34 are not on PyPI). Up to 8.0.135 the package had another layout, read through
+# legacy_layout's aliases; up to 8.0.110 the loss lived in the trainer (UltralyticsRun follows it), up to
+# 8.0.112 build_optimizer was a static method without optimizer=auto (probed here), and up to 8.0.95 the
+# assigner used F.one_hot (loops.base.cuda_one_hot). Up to 8.0.56 the trainer has no amp option (``amp_switch``),
+# up to 8.0.54 every scale has its own model YAML (models.yaml_model_load), and up to 8.0.43 the task map
+# names its trainers in strings (task_map). 8.0.57-8.0.58 fail at import when YOLO_CONFIG_DIR is set (they
+# join it to a file name as a str): ``installed_version`` says so in one line.
+OLDEST_SUPPORTED = (8, 0, 35)
 NEWEST_TESTED = (8, 4, 190)
-TESTED_RANGE = "8.0.59 to 8.4.190"
+TESTED_RANGE = "8.0.35 to 8.4.190"
 # Releases inside the range that are known not to trace, with the reason (none found so far: the CI
 # matrix, .ci/ultralytics_matrix.py, is where a new entry would come from).
 KNOWN_BROKEN: dict[tuple[int, int, int], str] = {}
@@ -103,10 +111,16 @@ class Release:
     oom_retries: int = 0  # first-epoch out-of-memory errors the trainer answers by halving the batch
     trains_bf16: bool = True  # the trainer takes amp='bf16' (before: a boolean only)
     task_models: dict[str, str] = field(default_factory=dict)  # per task, what `yolo TASK train` takes without model=
+    amp_switch: bool = True  # the trainer has an amp option (8.0.57; before, AMP on every GPU)
+    classify_imgsz_rewrite: tuple[int, int] | None = None  # (asked, trained): get_model's rewrite, up to 8.0.103
 
     def turns_amp_off(self, gpu) -> bool:
         """Whether ``check_amp`` turns AMP off on ``gpu`` (a ``yolomem.config.gpus.Gpu``) by its name alone."""
         return bool(self.amp_refused_cards and re.search(self.amp_refused_cards, gpu.device_name, re.IGNORECASE))
+
+    def no_amp_switch(self) -> str:
+        return (f"ultralytics {self.version}'s trainer has no amp option (it arrived in 8.0.57): it trains with fp16 "
+                "AMP on every GPU")  # fmt: skip
 
     def no_bf16(self) -> str | None:
         """Why ``amp=bf16`` is no setting of this trainer (before 8.4.129); None where it is."""
@@ -151,6 +165,10 @@ def installed_version() -> str:
         recorded = _recorded_version()
         if recorded:
             check_release(recorded)
+            if (8, 0, 57) <= version_tuple(recorded) < (8, 0, 59) and os.environ.get("YOLO_CONFIG_DIR"):
+                raise UserError(f"ultralytics {recorded} cannot be imported while YOLO_CONFIG_DIR is set (it joins the "
+                                "variable, a str, to a file name; fixed in 8.0.59): unset YOLO_CONFIG_DIR, which its "
+                                "own yolo command needs too") from None  # fmt: skip
         raise
     import ultralytics
 
@@ -181,8 +199,8 @@ def check_release(version: str | None = None) -> str | None:
     version = version or installed_version()
     parts = version_tuple(version)
     if parts < OLDEST_SUPPORTED:
-        raise UserError(f"ultralytics {version} is older than 8.0.59, the oldest release yolomem traces "
-                        f"(tested: {TESTED_RANGE}); pip install 'ultralytics>=8.0.59'")  # fmt: skip
+        raise UserError(f"ultralytics {version} is older than 8.0.35, the oldest release yolomem traces "
+                        f"(tested: {TESTED_RANGE}); pip install 'ultralytics>=8.0.35'")  # fmt: skip
     if parts in KNOWN_BROKEN:
         raise UserError(f"ultralytics {version} is known not to work with yolomem: {KNOWN_BROKEN[parts]}")
     if parts > NEWEST_TESTED:
@@ -216,7 +234,7 @@ def _probe_release() -> Release:
         clears = None
     return Release(version, gpu_mem_unit(), clears, validation_precision(), fused_adam(), optimizers(), short, long,
                    default_imgsz(), single_cls_one_class(), amp_refused_cards(), oom_retries(), trains_bf16(),
-                   task_models())  # fmt: skip
+                   task_models(), amp_switch=amp_switch(), classify_imgsz_rewrite=classify_imgsz_rewrite())  # fmt: skip
 
 
 _TASK_MAP_FIELDS = ("model", "trainer", "validator", "predictor")
@@ -234,10 +252,39 @@ def task_map(wrapper_name: str = "YOLO") -> dict[str, dict]:
     from ultralytics.engine import model as engine_model
 
     legacy = getattr(engine_model, "TASK_MAP", None)
+    if legacy is None and hasattr(engine_model, "MODEL_MAP"):
+        legacy = _model_map(engine_model.MODEL_MAP)
     if wrapper_name != "YOLO" or legacy is None:
         raise UserError(f"{wrapper_name} on ultralytics {ultralytics.__version__}: its trainer is not reachable from a task "
                         "map before 8.0.143, so yolomem cannot trace it; pip install 'ultralytics>=8.0.143'")  # fmt: skip
     return {task: dict(zip(_TASK_MAP_FIELDS, classes)) for task, classes in legacy.items()}
+
+
+def default_data() -> dict[str, str]:
+    """Per task, the dataset ``yolo train`` trains on when ``data=`` is not given: ``cfg.TASK2DATA`` (8.0.45 on);
+    before, the ``task2data = dict(...)`` that ``cfg.entrypoint`` builds, read from its syntax tree."""
+    import ultralytics.cfg as cfg
+
+    if hasattr(cfg, "TASK2DATA"):
+        return dict(cfg.TASK2DATA)
+    for node in ast.walk(_function_tree(cfg.entrypoint)):
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "task2data" for t in node.targets)
+                and isinstance(node.value, ast.Call) and ast.unparse(node.value.func) == "dict"):
+            return {k.arg: ast.literal_eval(k.value) for k in node.value.keywords}  # fmt: skip
+    raise ReleaseProbeError("no default dataset per task found in ultralytics.cfg")
+
+
+def _model_map(model_map: dict) -> dict[str, list]:
+    """Up to 8.0.43 ``engine.model.MODEL_MAP``: per task the model class, then the trainer, validator and
+    predictor as dotted names under ``ultralytics`` with ``TYPE`` for the model type (``'yolo.TYPE.detect.
+    DetectionTrainer'``), which ``YOLO._assign_ops_from_task`` evaluates with ``TYPE`` = ``v8``."""
+    import importlib
+
+    def resolve(name: str):
+        module, _, attribute = f"ultralytics.{name.replace('TYPE', 'v8')}".rpartition(".")
+        return getattr(importlib.import_module(module), attribute)
+
+    return {task: [model, *map(resolve, names)] for task, (model, *names) in model_map.items()}
 
 
 # -- probes -------------------------------------------------------------------------------------------
@@ -430,19 +477,22 @@ def single_cls_one_class() -> bool:
 
 
 def check_amp_function():
-    """The installed ``check_amp``: in ``utils.checks``, or up to 8.0.112 in the trainer's module."""
-    try:
-        from ultralytics.utils.checks import check_amp
-    except ImportError:
-        from ultralytics.engine.trainer import check_amp
-    return check_amp
+    """The installed ``check_amp``: in ``utils.checks``, or up to 8.0.112 in the trainer's module; None
+    before 8.0.51, whose trainer trains AMP on every GPU without checking it."""
+    from ultralytics.engine import trainer
+    from ultralytics.utils import checks
+
+    return getattr(checks, "check_amp", None) or getattr(trainer, "check_amp", None)
 
 
 def amp_refused_cards() -> str | None:
     """The regex ``check_amp`` matches ``torch.cuda.get_device_name`` against to return False at once ("AMP
     training on {gpu} GPU may cause NaN losses or zero-mAP results, so AMP will be disabled"; 8.3.46 ->
     8.3.47): the string given to ``re.compile`` in its syntax tree; None where it compiles none."""
-    for node in ast.walk(_function_tree(check_amp_function())):
+    check_amp = check_amp_function()
+    if check_amp is None:
+        return None
+    for node in ast.walk(_function_tree(check_amp)):
         if (isinstance(node, ast.Call) and ast.unparse(node.func) == "re.compile" and node.args
                 and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
             return node.args[0].value  # fmt: skip
@@ -460,6 +510,33 @@ def oom_retries() -> int:
                 and isinstance(node.comparators[0], ast.Constant)):
             return int(node.comparators[0].value)  # fmt: skip
     return 0
+
+
+def amp_switch() -> bool:
+    """Whether the trainer has an ``amp`` option, a key of its ``default.yaml`` (8.0.57). Before, ``_setup_train``
+    sets ``self.amp = self.device.type != 'cpu'`` (then, from 8.0.51, asks ``check_amp``), and ``yolo train
+    amp=False`` stops as an invalid argument."""
+    from ultralytics.utils import DEFAULT_CFG_DICT
+
+    return "amp" in DEFAULT_CFG_DICT
+
+
+def classify_imgsz_rewrite() -> tuple[int, int] | None:
+    """``ClassificationTrainer.get_model``'s ``if self.args.imgsz == 640: self.args.imgsz = 224`` (up to 8.0.103;
+    it runs in ``_setup_train`` before the dataloaders are built, so a classifier asked for 640, or given no
+    imgsz, trains and validates at 224): the two constants of that ``if`` in its syntax tree; None where
+    there is none (from 8.0.104 ``__init__`` sets 224 only where no imgsz is given: ``default_imgsz``)."""
+    trainer = task_map().get("classify", {}).get("trainer")
+    if trainer is None:
+        return None
+    for node in ast.walk(_function_tree(trainer.get_model)):
+        if (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+                and ast.unparse(node.test.left) == "self.args.imgsz" and isinstance(node.test.comparators[0], ast.Constant)):
+            for statement in node.body:
+                if (isinstance(statement, ast.Assign) and ast.unparse(statement.targets[0]) == "self.args.imgsz"
+                        and isinstance(statement.value, ast.Constant)):
+                    return node.test.comparators[0].value, statement.value.value  # fmt: skip
+    return None
 
 
 def trains_bf16() -> bool:

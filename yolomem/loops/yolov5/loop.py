@@ -107,6 +107,9 @@ class Yolov5Loop:
 
         return {"imgsz": (IMGSZ, "classify/train.py's default"), "batch": (BATCH, "classify/train.py's default")}
 
+    def trained_imgsz(self, config, resolved) -> tuple[int, str | None]:
+        return config.imgsz, None
+
     def epochs_supported(self, resolved, world_size: int) -> bool:
         return resolved.task in {"detect", "segment"} and world_size == 1
 
