@@ -41,7 +41,7 @@ RELEASES = (
     "8.0.35",  # first traced (8.0.7-8.0.34 are not on PyPI): trainers named in strings (MODEL_MAP), one model
     # YAML per scale, check_file without download/hard, no amp option and no check_amp (AMP on every GPU), no
     # TASK2DATA, no empty_cache between epochs, the roll-out assigner, classifiers without a stride
-    "8.0.58",  # the amp option (8.0.57); fails at import with YOLO_CONFIG_DIR set (isolated by HOME instead)
+    "8.0.58",  # the amp option (8.0.57); fails at import with YOLO_CONFIG_DIR set, as 8.0.56-8.0.57 do
     "8.0.59",  # the old package layout (ultralytics.yolo.*), TASK_MAP a module dict; the loss in the
     # trainer (criterion), build_optimizer static with no optimizer=auto, classifiers at default.yaml's 640, the
     # assigner's F.one_hot (traced as CUDA computes it), empty_cache after each epoch, no pose models yet
@@ -76,8 +76,9 @@ RELEASES = (
 # py-cpuinfo: select_device's CPU name, up to 8.2.0; setuptools<81: 8.0's checks import pkg_resources;
 # seaborn: imported when utils.plotting loads, in releases up to 8.0.50
 OLD_RELEASE_DEPS = ("tqdm", "pandas", "hub-sdk", "py-cpuinfo", "setuptools<81", "seaborn")
-# Releases whose import fails with YOLO_CONFIG_DIR set (they join it, a str, to a file name): HOME isolates them
-NO_CONFIG_DIR = {"8.0.57", "8.0.58"}
+# Releases whose import fails with YOLO_CONFIG_DIR set (they join it, a str, to a file name); releases up to
+# 8.0.55 do not read it. HOME isolates every release's settings, YOLO_CONFIG_DIR those that read it.
+NO_CONFIG_DIR = {"8.0.56", "8.0.57", "8.0.58"}
 TESTS = ("tests/test_trace_matches_real.py", "tests/test_release_probes.py", "tests/test_tracer_indexing.py",
          "tests/test_label_layouts.py")
 # The validation pass against the release's own validator (about 20 s): where BaseValidator changed
@@ -95,10 +96,9 @@ def _pip(*args: str) -> None:
 
 def _env(release: str, site: Path, deps: Path, config_dir: Path) -> dict[str, str]:
     # its own trace cache too: every release's figures are traced here, not read back from another run
-    env = dict(os.environ, YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(config_dir), OMP_NUM_THREADS="1",
-               YOLOMEM_CACHE_DIR=str(config_dir.parent / "trace-cache"))
+    env = dict(os.environ, YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(config_dir), HOME=str(config_dir),
+               OMP_NUM_THREADS="1", YOLOMEM_CACHE_DIR=str(config_dir.parent / "trace-cache"))
     if release in NO_CONFIG_DIR:
-        env["HOME"] = str(config_dir)  # its settings go to ~/.config/Ultralytics
         del env["YOLO_CONFIG_DIR"]
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(deps), str(REPO)])
     return env

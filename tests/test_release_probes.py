@@ -193,6 +193,28 @@ def test_cli_refuses_an_old_release_that_fails_its_own_import(tmp_path):
     ]
 
 
+def test_cli_names_the_config_dir_that_stops_an_import_in_one_line(tmp_path):
+    """8.0.56-8.0.58 join YOLO_CONFIG_DIR, a str, to a file name at import (``USER_CONFIG_DIR / 'settings.yaml'``);
+    a stand-in package fails the same way, and the user is told which variable to unset."""
+    import os
+    import subprocess
+    import sys
+
+    package = tmp_path / "ultralytics"
+    package.mkdir()
+    (package / "__init__.py").write_text("import os\n__version__ = '8.0.57'\nos.getenv('YOLO_CONFIG_DIR', '') / 'settings.yaml'\n")
+    info = tmp_path / "ultralytics-8.0.57.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ultralytics\nVersion: 8.0.57\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+           "YOLO_CONFIG_DIR": str(tmp_path / "settings")}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "yolomem", "estimate", "yolov8n.yaml"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ultralytics 8.0.57 cannot be imported while YOLO_CONFIG_DIR is set" in lines[0]
+
+
 def test_the_class_bound_of_verify_image_label_is_read_from_the_function():
     # up to 8.3.40 at least: `assert max_cls <= num_cls` (class nc itself kept); by 8.3.189: `max_cls < num_cls`
     from yolomem.config.dataset import keeps_class_equal_to_count

@@ -61,7 +61,7 @@ from yolomem.loops.base import CacheClears, larger_side
 # 8.0.112 build_optimizer was a static method without optimizer=auto (probed here), and up to 8.0.95 the
 # assigner used F.one_hot (loops.base.cuda_one_hot). Up to 8.0.56 the trainer has no amp option (``amp_switch``),
 # up to 8.0.54 every scale has its own model YAML (models.yaml_model_load), and up to 8.0.43 the task map
-# names its trainers in strings (task_map). 8.0.57-8.0.58 fail at import when YOLO_CONFIG_DIR is set (they
+# names its trainers in strings (task_map). 8.0.56-8.0.58 fail at import when YOLO_CONFIG_DIR is set (they
 # join it to a file name as a str): ``installed_version`` says so in one line.
 OLDEST_SUPPORTED = (8, 0, 35)
 NEWEST_TESTED = (8, 4, 190)
@@ -165,7 +165,7 @@ def installed_version() -> str:
         recorded = _recorded_version()
         if recorded:
             check_release(recorded)
-            if (8, 0, 57) <= version_tuple(recorded) < (8, 0, 59) and os.environ.get("YOLO_CONFIG_DIR"):
+            if (8, 0, 56) <= version_tuple(recorded) < (8, 0, 59) and os.environ.get("YOLO_CONFIG_DIR"):
                 raise UserError(f"ultralytics {recorded} cannot be imported while YOLO_CONFIG_DIR is set (it joins the "
                                 "variable, a str, to a file name; fixed in 8.0.59): unset YOLO_CONFIG_DIR, which its "
                                 "own yolo command needs too") from None  # fmt: skip
