@@ -43,7 +43,7 @@ RELEASES = (
     # TASK2DATA, no empty_cache between epochs, the roll-out assigner, classifiers without a stride
     "8.0.58",  # the amp option (8.0.57); fails at import with YOLO_CONFIG_DIR set, as 8.0.56-8.0.57 do
     "8.0.59",  # the old package layout (ultralytics.yolo.*), TASK_MAP a module dict; the loss in the
-    # trainer (criterion), build_optimizer static with no optimizer=auto, classifiers at default.yaml's 640, the
+    # trainer (criterion), build_optimizer static with no optimizer=auto, classifiers asked for 640 at 224, the
     # assigner's F.one_hot (traced as CUDA computes it), empty_cache after each epoch, no pose models yet
     "8.0.70",  # pose models arrive
     "8.0.112",  # last static build_optimizer (SGD by default); the loss in the model from 8.0.111

@@ -170,22 +170,28 @@ def test_the_probe_is_kept_in_the_cache_and_read_back(tmp_path, monkeypatch):
         rel.release.__wrapped__()
 
 
-def test_cli_refuses_an_old_release_that_fails_its_own_import(tmp_path):
-    """8.0.6 imports hydra, which this environment lacks: its import raises before any version check
-    could run. The version then comes from its package metadata, and the user sees the same one line."""
+def _estimate_with_a_stand_in_release(tmp_path, version: str, init_source: str, **environment: str):
+    """``yolomem estimate`` in a process whose ``ultralytics`` is a stand-in package: ``init_source`` as its
+    ``__init__.py``, ``version`` in its package metadata. Returns the finished process."""
     import os
     import subprocess
     import sys
 
     package = tmp_path / "ultralytics"
     package.mkdir()
-    (package / "__init__.py").write_text("__version__ = '8.0.6'\nimport hydra_not_in_this_python\n")
-    info = tmp_path / "ultralytics-8.0.6.dist-info"
+    (package / "__init__.py").write_text(init_source)
+    info = tmp_path / f"ultralytics-{version}.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ultralytics\nVersion: 8.0.6\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "yolomem", "estimate", "yolov8n.yaml"], env=env,
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: ultralytics\nVersion: {version}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]), **environment}
+    return subprocess.run([sys.executable, "-m", "yolomem", "estimate", "yolov8n.yaml"], env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_cli_refuses_an_old_release_that_fails_its_own_import(tmp_path):
+    """8.0.6 imports hydra, which this environment lacks: its import raises before any version check
+    could run. The version then comes from its package metadata, and the user sees the same one line."""
+    done = _estimate_with_a_stand_in_release(tmp_path, "8.0.6", "__version__ = '8.0.6'\nimport hydra_not_in_this_python\n")
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
         "yolomem: error: ultralytics 8.0.6 is older than 8.0.35, the oldest release yolomem traces "
@@ -196,20 +202,8 @@ def test_cli_refuses_an_old_release_that_fails_its_own_import(tmp_path):
 def test_cli_names_the_config_dir_that_stops_an_import_in_one_line(tmp_path):
     """8.0.56-8.0.58 join YOLO_CONFIG_DIR, a str, to a file name at import (``USER_CONFIG_DIR / 'settings.yaml'``);
     a stand-in package fails the same way, and the user is told which variable to unset."""
-    import os
-    import subprocess
-    import sys
-
-    package = tmp_path / "ultralytics"
-    package.mkdir()
-    (package / "__init__.py").write_text("import os\n__version__ = '8.0.57'\nos.getenv('YOLO_CONFIG_DIR', '') / 'settings.yaml'\n")
-    info = tmp_path / "ultralytics-8.0.57.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ultralytics\nVersion: 8.0.57\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-           "YOLO_CONFIG_DIR": str(tmp_path / "settings")}  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "yolomem", "estimate", "yolov8n.yaml"], env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    source = "import os\n__version__ = '8.0.57'\nos.getenv('YOLO_CONFIG_DIR', '') / 'settings.yaml'\n"
+    done = _estimate_with_a_stand_in_release(tmp_path, "8.0.57", source, YOLO_CONFIG_DIR=str(tmp_path / "settings"))
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "ultralytics 8.0.57 cannot be imported while YOLO_CONFIG_DIR is set" in lines[0]
