@@ -12,10 +12,11 @@ Per release (``pip install --no-deps --target <tmp>/<release>``, first on ``PYTH
 - AutoBatch (``batch=-1``): the release's own pick on a simulated GTX 1650, and the estimate at it.
 Prints one line per release and exits 1 if any release failed.
 
-The matrix: the first release yolomem traces (8.0.35), the last that fails at import with YOLO_CONFIG_DIR
-set (8.0.58, with the amp option of 8.0.57), the first to empty the cache between epochs (8.0.59) and the
-last before the present package layout (8.0.135: all read through loops/ultralytics/legacy_layout.py), the
-last of 8.0, first and last of 8.1, 8.2, 8.3, the newest 8.4, 8.3.74 (the issue's release), and each
+The matrix: the oldest release yolomem traces whose import needs no IPython (8.0.37), the last that fails
+at import with YOLO_CONFIG_DIR set (8.0.58, with the amp option of 8.0.57), the first to empty the cache
+between epochs (8.0.59) and the last before the present package layout (8.0.135: all read through
+loops/ultralytics/legacy_layout.py), the last of 8.0, first and last of 8.1, 8.2, 8.3, the newest 8.4,
+8.3.74 (the issue's release), and each
 release where the trainer, validator, optimizer choice, assigner or GPU_mem unit changed memory
 behaviour (see loops/ultralytics/release.py and the README's "Ultralytics releases").
 
@@ -38,9 +39,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASES = (
-    "8.0.35",  # first traced (8.0.7-8.0.34 are not on PyPI): trainers named in strings (MODEL_MAP), one model
-    # YAML per scale, check_file without download/hard, no amp option and no check_amp (AMP on every GPU), no
-    # TASK2DATA, no empty_cache between epochs, the roll-out assigner, classifiers without a stride
+    "8.0.37",  # the oldest traced is 8.0.35 (8.0.7-8.0.34 are not on PyPI), whose checks import IPython, a
+    # dependency it declares; 8.0.37 no longer does: trainers named in strings (MODEL_MAP), one model YAML per
+    # scale, check_file without hard, no amp option and no check_amp (AMP on every GPU), no TASK2DATA, no
+    # empty_cache between epochs, the roll-out assigner, classifiers without a stride
     "8.0.58",  # the amp option (8.0.57); fails at import with YOLO_CONFIG_DIR set, as 8.0.56-8.0.57 do
     "8.0.59",  # the old package layout (ultralytics.yolo.*), TASK_MAP a module dict; the loss in the
     # trainer (criterion), build_optimizer static with no optimizer=auto, classifiers asked for 640 at 224, the
@@ -77,13 +79,15 @@ RELEASES = (
 # seaborn: imported when utils.plotting loads, in releases up to 8.0.50
 OLD_RELEASE_DEPS = ("tqdm", "pandas", "hub-sdk", "py-cpuinfo", "setuptools<81", "seaborn")
 # Releases whose import fails with YOLO_CONFIG_DIR set (they join it, a str, to a file name); releases up to
-# 8.0.55 do not read it. HOME isolates every release's settings, YOLO_CONFIG_DIR those that read it.
+# 8.0.55 do not read it. Their settings are isolated by HOME instead (only theirs: the later releases read
+# YOLO_CONFIG_DIR, and a HOME of its own moves every other tool's cache too).
 NO_CONFIG_DIR = {"8.0.56", "8.0.57", "8.0.58"}
+OWN_HOME_BEFORE = (8, 0, 59)
 TESTS = ("tests/test_trace_matches_real.py", "tests/test_release_probes.py", "tests/test_tracer_indexing.py",
          "tests/test_label_layouts.py")
 # The validation pass against the release's own validator (about 20 s): where BaseValidator changed
 VAL_PASS_TEST = "tests/test_val_pass_matches_real.py"
-VAL_PASS_RELEASES = {"8.0.35", "8.0.59", "8.0.70", "8.0.114", "8.0.239", "8.1.0", "8.2.96", "8.3.253", "8.4.0", "8.4.62", "8.4.104", "8.4.190"}
+VAL_PASS_RELEASES = {"8.0.37", "8.0.59", "8.0.70", "8.0.114", "8.0.239", "8.1.0", "8.2.96", "8.3.253", "8.4.0", "8.4.62", "8.4.104", "8.4.190"}
 TEST_FILTER = "not 128"  # the trace-equality test at imgsz 64 only: 128 adds minutes per release, no new code path
 # imgsz 128 keeps every task's loss busy (objects cover anchors); batch 3 dodges 8.4.0's segment bug at batch 2
 SMOKE_MODELS = ("yolov8n.yaml", "yolov8n-seg.yaml", "yolov8n-pose.yaml", "yolov8n-obb.yaml", "yolov8n-cls.yaml")
@@ -96,8 +100,10 @@ def _pip(*args: str) -> None:
 
 def _env(release: str, site: Path, deps: Path, config_dir: Path) -> dict[str, str]:
     # its own trace cache too: every release's figures are traced here, not read back from another run
-    env = dict(os.environ, YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(config_dir), HOME=str(config_dir),
-               OMP_NUM_THREADS="1", YOLOMEM_CACHE_DIR=str(config_dir.parent / "trace-cache"))
+    env = dict(os.environ, YOLO_OFFLINE="1", YOLO_CONFIG_DIR=str(config_dir), OMP_NUM_THREADS="1",
+               YOLOMEM_CACHE_DIR=str(config_dir.parent / "trace-cache"))
+    if tuple(int(part) for part in release.split(".")) < OWN_HOME_BEFORE:
+        env["HOME"] = str(config_dir)  # its settings go to ~/.config/Ultralytics
     if release in NO_CONFIG_DIR:
         del env["YOLO_CONFIG_DIR"]
     env["PYTHONPATH"] = os.pathsep.join([str(site), str(deps), str(REPO)])

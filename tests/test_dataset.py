@@ -342,3 +342,25 @@ def test_a_relative_path_is_the_working_directorys_not_the_yamls(tmp_path, monke
     monkeypatch.chdir(elsewhere)
     with pytest.raises(UserError, match=f"{elsewhere / 'images' / 'train'}' does not exist"):
         read_dataset(yaml_path)
+
+
+def test_a_shipped_name_is_found_through_a_check_file_of_any_signature(monkeypatch):
+    """``check_file`` took no ``download`` in 8.0.35 and no ``hard`` up to 8.0.54 (it raised where it found
+    nothing): the search asks for what the installed signature takes, and finds the same file."""
+    from ultralytics.data import utils as data_utils
+
+    from yolomem.config.dataset import shipped_dataset
+
+    found = shipped_dataset("coco8.yaml")
+    assert found and found.endswith("coco8.yaml")
+    real = data_utils.check_file
+
+    def check_file(file, suffix=""):  # 8.0.35's signature and behaviour
+        result = real(file, suffix, download=False, hard=False)
+        if not result:
+            raise FileNotFoundError(f"'{file}' does not exist")
+        return result
+
+    monkeypatch.setattr(data_utils, "check_file", check_file)
+    assert shipped_dataset("coco8.yaml") == found
+    assert shipped_dataset("no-such-dataset.yaml") is None
