@@ -12,11 +12,10 @@ Per release (``pip install --no-deps --target <tmp>/<release>``, first on ``PYTH
 - AutoBatch (``batch=-1``): the release's own pick on a simulated GTX 1650, and the estimate at it.
 Prints one line per release and exits 1 if any release failed.
 
-The matrix: the oldest release yolomem traces whose import needs no IPython (8.0.37), the last that fails
-at import with YOLO_CONFIG_DIR set (8.0.58, with the amp option of 8.0.57), the first to empty the cache
-between epochs (8.0.59) and the last before the present package layout (8.0.135: all read through
-loops/ultralytics/legacy_layout.py), the last of 8.0, first and last of 8.1, 8.2, 8.3, the newest 8.4,
-8.3.74 (the issue's release), and each
+The matrix: the oldest release yolomem traces whose import needs no IPython (8.0.37), the first that
+imports with YOLO_CONFIG_DIR set (8.0.59, which also empties the cache between epochs), the last before
+the present package layout (8.0.135: all three read through loops/ultralytics/legacy_layout.py), the last of
+8.0, first and last of 8.1, 8.2, 8.3, the newest 8.4, 8.3.74 (the issue's release), and each
 release where the trainer, validator, optimizer choice, assigner or GPU_mem unit changed memory
 behaviour (see loops/ultralytics/release.py and the README's "Ultralytics releases").
 
@@ -43,7 +42,6 @@ RELEASES = (
     # dependency it declares; 8.0.37 no longer does: trainers named in strings (MODEL_MAP), one model YAML per
     # scale, check_file without hard, no amp option and no check_amp (AMP on every GPU), no TASK2DATA, no
     # empty_cache between epochs, the roll-out assigner, classifiers without a stride
-    "8.0.58",  # the amp option (8.0.57); fails at import with YOLO_CONFIG_DIR set, as 8.0.56-8.0.57 do
     "8.0.59",  # the old package layout (ultralytics.yolo.*), TASK_MAP a module dict; the loss in the
     # trainer (criterion), build_optimizer static with no optimizer=auto, classifiers asked for 640 at 224, the
     # assigner's F.one_hot (traced as CUDA computes it), empty_cache after each epoch, no pose models yet
@@ -81,7 +79,7 @@ OLD_RELEASE_DEPS = ("tqdm", "pandas", "hub-sdk", "py-cpuinfo", "setuptools<81", 
 # Releases whose import fails with YOLO_CONFIG_DIR set (they join it, a str, to a file name); releases up to
 # 8.0.55 do not read it. Their settings are isolated by HOME instead (only theirs: the later releases read
 # YOLO_CONFIG_DIR, and a HOME of its own moves every other tool's cache too).
-NO_CONFIG_DIR = {"8.0.56", "8.0.57", "8.0.58"}
+NO_CONFIG_DIR = {"8.0.56", "8.0.57", "8.0.58"}  # not in RELEASES: for a run by hand (python .ci/ultralytics_matrix.py 8.0.57)
 OWN_HOME_BEFORE = (8, 0, 59)
 TESTS = ("tests/test_trace_matches_real.py", "tests/test_release_probes.py", "tests/test_tracer_indexing.py",
          "tests/test_label_layouts.py")
