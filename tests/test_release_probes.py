@@ -257,8 +257,8 @@ def test_classify_imgsz_rewrite():
 
 
 def test_a_classifier_trains_at_the_imgsz_its_trainer_sets(monkeypatch):
-    """With the rewrite (8.0.103 and before) a classifier asked for 640, or for no imgsz, is estimated at 224,
-    with a note; 320 stays 320, and so does every other task."""
+    """With the rewrite (8.0.103 and before) a classifier asked for 640 is estimated at 224, with a note (so is
+    one given no imgsz there: default.yaml's 640); 320 stays 320, and so does every other task."""
     import dataclasses
 
     from yolomem.config.settings import EstimateConfig
