@@ -328,7 +328,7 @@ def test_every_catalog_card_trains_with_the_amp_check_amp_leaves_it(monkeypatch)
             continue  # Jetson modules: torch names them "Orin" and the like, which no list names
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None, gpu=gpu: gpu.device_name)
         config = trained_precision(EstimateConfig(model="yolov8n.yaml", gpu=gpu.name), resolved)[0]
-        if rel.amp_refused_cards() is None:  # before 8.3.47: no card is refused by name (nor at all before 8.0.51)
+        if rel.amp_refused_cards() is None:  # before 8.3.47: no card is refused by name (nor at all before 8.0.50)
             assert config.amp == "fp16", gpu.name
         else:
             assert (config.amp == "fp32") is (rel.check_amp_function()(model) is False), gpu.name

@@ -478,7 +478,7 @@ def single_cls_one_class() -> bool:
 
 def check_amp_function():
     """The installed ``check_amp``: in ``utils.checks``, or up to 8.0.112 in the trainer's module; None
-    before 8.0.51, whose trainer trains AMP on every GPU without checking it."""
+    before 8.0.50, whose trainer trains AMP on every GPU without checking it."""
     from ultralytics.engine import trainer
     from ultralytics.utils import checks
 
@@ -514,7 +514,7 @@ def oom_retries() -> int:
 
 def amp_switch() -> bool:
     """Whether the trainer has an ``amp`` option, a key of its ``default.yaml`` (8.0.57). Before, ``_setup_train``
-    sets ``self.amp = self.device.type != 'cpu'`` (then, from 8.0.51, asks ``check_amp``), and ``yolo train
+    sets ``self.amp = self.device.type != 'cpu'`` (then, from 8.0.50, asks ``check_amp``), and ``yolo train
     amp=False`` stops as an invalid argument."""
     from ultralytics.utils import DEFAULT_CFG_DICT
 
