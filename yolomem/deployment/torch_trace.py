@@ -240,11 +240,11 @@ def _as_trained(model: torch.nn.Module, task: str, kpt_shape: tuple, imgsz: int)
 
 
 def _known_args(overrides: dict) -> dict:
-    """The overrides the installed release knows: ``quantize`` replaced ``half`` in 8.4; ``channels_last``
-    is 8.4 too."""
-    from ultralytics.cfg import DEFAULT_CFG_DICT
+    """The overrides the installed release knows (``release.known_arguments``): ``quantize`` replaced ``half``
+    in 8.4; ``channels_last`` is 8.4 too."""
+    from yolomem.loops.ultralytics.release import known_arguments
 
-    known = {k: v for k, v in overrides.items() if k in DEFAULT_CFG_DICT}
+    known = known_arguments(overrides)
     if "quantize" in known:
         known.pop("half", None)
     return known

@@ -259,6 +259,8 @@ def train_arguments(config: EstimateConfig, data_yaml: str, augment: str, device
     """The keyword arguments of ``YOLO.train`` for a measurement (no plots, one epoch, no workers)."""
     from ultralytics.cfg import DEFAULT_CFG_DICT
 
+    from yolomem.loops.ultralytics.release import known_arguments
+
     amp = {"fp16": True, "fp32": False, "bf16": "bf16"}[config.amp]
     # releases before 8.4 take multi_scale as a bool (and reject a float)
     multi_scale = bool(config.multi_scale) if isinstance(DEFAULT_CFG_DICT.get("multi_scale"), bool) else config.multi_scale
@@ -272,8 +274,7 @@ def train_arguments(config: EstimateConfig, data_yaml: str, augment: str, device
     }  # fmt: skip
     if augment == "exact":
         arguments.update(EXACT_AUGMENT)
-    # a key the release does not have stops its train (check_cfg_mismatch): amp before 8.0.57, for one
-    return {key: value for key, value in arguments.items() if key in DEFAULT_CFG_DICT}
+    return known_arguments(arguments)  # a key the release lacks would stop its train
 
 
 def run_rank(request: dict, rank: int, workdir: Path, source_factory, device: str | None = None) -> RankMeasurement:

@@ -512,6 +512,14 @@ def oom_retries() -> int:
     return 0
 
 
+def known_arguments(arguments: dict) -> dict:
+    """The entries of ``arguments`` whose key the installed ``default.yaml`` has: a key it lacks stops ``yolo``
+    and ``Model.train`` (``check_dict_alignment``, ``check_cfg_mismatch`` before); ``amp`` before 8.0.57, for one."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    return {key: value for key, value in arguments.items() if key in DEFAULT_CFG_DICT}
+
+
 def amp_switch() -> bool:
     """Whether the trainer has an ``amp`` option, a key of its ``default.yaml`` (8.0.57). Before, ``_setup_train``
     sets ``self.amp = self.device.type != 'cpu'`` (then, from 8.0.50, asks ``check_amp``), and ``yolo train
