@@ -89,6 +89,31 @@ def test_a_guess_too_high_is_aimed_again_not_stepped_down_from():
     assert len(new_lows) == 1, calls
 
 
+def test_imgsz_search_does_not_answer_a_size_the_trainer_trains_smaller():
+    """Up to 8.0.103 Ultralytics trains a classifier asked for 640 at 224, so 640 "fits" where 320 does not.
+    The search must not answer 640 (a user at 608 or 640 would run out of memory), nor be thrown off its line
+    by the dip: 640 counts as 672, and the answer is the largest size that fits as asked."""
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.sweeps.fit import _SQUARE, probe_as_trained
+
+    def reserved(imgsz: int) -> int:
+        return int((200 + 0.02 * imgsz * imgsz) * MiB)
+
+    capacity = reserved(288) + MiB
+
+    class StandIn:  # a Prober over a release with the classifier rewrite
+        def probe(self, config):
+            trained = 224 if config.imgsz == 640 else config.imgsz
+            return Probe(config.batch, trained, reserved(trained), reserved(trained) <= capacity, 0.0)
+
+    config = EstimateConfig(model="yolov8x-cls.yaml", batch=128)
+    probe = lambda unit: probe_as_trained(StandIn(), config, unit * 32, 32)  # noqa: E731
+    assert StandIn().probe(config.with_changes(imgsz=640)).fits  # the dip the search must step over
+    answer, _, _ = _search(probe, _SQUARE, 10, 20, 128, capacity)
+    assert answer * 32 == 288
+    assert not probe(20).fits and probe(20).imgsz == 672
+
+
 def test_search_reports_nothing_when_one_does_not_fit():
     probe = lambda batch: Probe(batch, 640, 10 * GiB, False, 0.0)  # noqa: E731
     assert _search(probe, _LINEAR, 2, 16, 1024, GiB)[0] is None

@@ -495,7 +495,7 @@ def largest_imgsz(
     _prefetch_line([config.with_changes(imgsz=u * stride) for u in _first_units(*units, MAX_IMGSZ // stride)])
 
     def probe(unit: int) -> Probe:
-        return prober.probe(config.with_changes(imgsz=unit * stride))
+        return probe_as_trained(prober, config, unit * stride, stride)
 
     answer, predicted, at_cap = _solve(
         prober, probe, _SQUARE, units, MAX_IMGSZ // stride,
@@ -509,6 +509,16 @@ def largest_imgsz(
         stride=stride, nbs=config.nbs, config=final, estimate_at_max=estimate, predicted=predicted * stride,
         probes=_for(prober, config, "imgsz"), at_search_cap=at_cap,
     )  # fmt: skip
+
+
+def probe_as_trained(prober: Prober, config: EstimateConfig, imgsz: int, stride: int) -> Probe:
+    """The verdict of ``config`` at ``imgsz`` for the imgsz search: a size the trainer trains smaller (up to
+    8.0.103 Ultralytics trains a classifier asked for 640 at 224) counts as the next size up. Its own
+    figures would break the search's monotony: 640 would fit where 608 does not, and be the answer."""
+    found = prober.probe(config.with_changes(imgsz=imgsz))
+    if found.imgsz >= imgsz or not found.fits:
+        return found
+    return prober.probe(config.with_changes(imgsz=imgsz + stride))
 
 
 def _prefetch_line(configs: list[EstimateConfig]) -> None:
@@ -578,11 +588,13 @@ def _card(budget: Budget) -> str:
 
 
 def _for(prober: Prober, config: EstimateConfig, solve: str) -> tuple[Probe, ...]:
-    """The probes of this search, in the order they ran."""
+    """The probes of this search, in the order they ran, each run once: two sizes asked may be one run
+    trained (``probe_as_trained``)."""
     def search_of(probed: EstimateConfig) -> EstimateConfig:  # its probes differ from it in these two only
         return probed.with_changes(batch=config.batch, imgsz=config.imgsz)
 
-    return tuple(probe for key, probe in prober._probes.items() if search_of(key) == search_of(config))
+    runs = {(probe.batch, probe.imgsz): probe for key, probe in prober._probes.items() if search_of(key) == search_of(config)}
+    return tuple(runs.values())
 
 
 def line_prediction(x1: float, m1: int, x2: float, m2: int, capacity: int) -> float | None:
