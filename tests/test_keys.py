@@ -120,6 +120,18 @@ def test_a_key_of_another_command_says_which(capsys):
     assert "batches= is a key of yolomem plot" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    "argv, hint",
+    [(["table", "models=yolov8n,yolo11n"], "table takes its models as words: yolomem table yolov8n yolo11n"),
+     (["estimate", "models=yolov8n,yolov8s"], "estimate takes its model as a word: yolomem estimate yolov8n")],
+)
+def test_models_as_a_key_where_the_command_takes_words_shows_the_line(argv, hint, capsys):
+    """pick and site take ``models=``; the commands that take models as words say so, with the user's names."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert hint in err and err.count("\n") == 1
+
+
 def test_help_imports_neither_torch_nor_ultralytics():
     code = ("import sys; from yolomem.cli.main import main\n"
             "for argv in (['--help'], ['estimate', '--help'], ['fit', '--help'], ['table', '--help'], ['measure', '--help'], ['site', '--help']):\n"

@@ -115,6 +115,13 @@ def _message(error: UserError, argv: list[str]) -> str:
     if not isinstance(error, UnknownKey):
         return str(error)
     name = argv[0] if argv and argv[0] in COMMANDS else DEFAULT_COMMAND
+    words = COMMANDS[name].words
+    if error.key in ("model", "models") and "MODEL" in words:  # pick and site take models=; these take words
+        given = next((word.partition("=")[2] for word in argv if word.startswith(f"{error.key}=")), "")
+        models = given.replace(",", " ").split() or ["yolov8n.yaml"]
+        if "..." in words:
+            return f"unknown key {error.key!r}: {name} takes its models as words: yolomem {name} {' '.join(models)}"
+        return f"unknown key {error.key!r}: {name} takes its model as a word: yolomem {name} {models[0]}"
     others = [f"yolomem {other}" for other, spec in COMMANDS.items() if other != name and error.key in spec.keys]
     elsewhere = f"; {error.key}= is a key of {' and '.join(others)}" if others else ""
     return f"{error.short}{elsewhere}; 'yolomem {name} --help' lists the keys"
