@@ -25,7 +25,9 @@ expected rule. The upper figure replays the same run with each uncertain term at
   Ruled out on the CPU: the AMP check's inferences before training. Ultralytics' ``check_amp`` (two
   predicts of 8 images at 256 with yolo11n, traced with ``yolomem.deployment.torch_trace``) leaves
   78 MiB cached, and training reuses all of it: +0 MiB to the peak of yolo11n at batch 4 and 16,
-  yolov8s at 16 and yolov8m at 8.
+  yolov8s at 16 and yolov8m at 8. The yolov5 repo's ``check_amp`` likewise (two inferences of a deep copy
+  of the model at 1x3x480x640, FP32 then AMP, spliced into the traced stream before the EMA, 2026-12-07):
+  +0 MiB for yolov5s at batch 16 (the tutorial run above) and 4 and yolov5n at 16, +6 MiB at yolov5s batch 2.
 Fit verdicts compare the upper figure with the card.
 """
 
