@@ -131,9 +131,23 @@ def retake_jobs(history_dir: Path) -> tuple[list[MeasureSettings], list[MeasureS
     return [], parallel
 
 
+def yolov5_jobs(history_dir: Path) -> tuple[list[MeasureSettings], list[MeasureSettings]]:
+    """The yolov5 repo's train.py (``framework=yolov5``; the ``yolov5`` package on the PYTHONPATH): issue 12's
+    gap of the yolov5 loop (8-11 % below both public T4 figures), with a history of the tutorial's config."""
+    def job(model, batch=16, **extra):
+        return _job(model, batch=batch, framework="yolov5", **extra)
+
+    parallel = [job("yolov5s", label="history", history=str(history_dir / "yolov5s-repo-b16-fp16.json.gz"))]
+    parallel += [job(m) for m in ("yolov5n", "yolov5m", "yolov5l")]
+    parallel += [job("yolov5s", batch=b) for b in (4, 8, 32)]
+    parallel += [job("yolov5s", instances=50), job("yolov5s6", imgsz=1280, batch=4)]
+    return [], parallel
+
+
 def schedule(history_dir: Path, with_release: bool, name: str = "main") -> tuple[list[MeasureSettings], list[MeasureSettings]]:
     """Serial jobs, then the parallel queue: the second release's history after the first 8 jobs, its other jobs after 26."""
-    serial, parallel = {"main": main_jobs, "followup": followup_jobs, "retake": retake_jobs}[name](history_dir)
+    serial, parallel = {"main": main_jobs, "followup": followup_jobs, "retake": retake_jobs,
+                        "yolov5": yolov5_jobs}[name](history_dir)
     if with_release:
         release = release_jobs(history_dir)
         parallel = parallel[:8] + release[:1] + parallel[8:26] + release[1:] + parallel[26:]
@@ -163,7 +177,7 @@ def main() -> int:
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--budget-gib", type=float, default=100.0)
     parser.add_argument("--history-dir", type=Path, default=None, help="where allocation histories go [--out]")
-    parser.add_argument("--set", choices=("main", "followup", "retake"), default="main", help="which job list")
+    parser.add_argument("--set", choices=("main", "followup", "retake", "yolov5"), default="main", help="which job list")
     parser.add_argument("--release-path", default=None,
                         help="a folder holding a second Ultralytics release (pip install --target): adds its jobs")
     options = parser.parse_args()

@@ -13,7 +13,8 @@ from yolomem.measure.run import MEASURE_KEYS
 @command(
     "measure", "measure real training memory on a CUDA GPU and append it to a results file",
     keys=MEASURE_KEYS, words="MODEL", flags=(JSON,), traces=False,
-    examples=("yolomem measure yolov8n.yaml batch=16 results=runs.jsonl",),
+    examples=("yolomem measure yolov8n.yaml batch=16 results=runs.jsonl",
+              "yolomem measure yolov5s framework=yolov5 batch=16   # the yolov5 repo's train.py (pip install yolov5)"),
 )  # fmt: skip
 def _measure(options: argparse.Namespace) -> int:
     from yolomem.measure.run import measure, parse_measure_words

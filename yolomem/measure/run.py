@@ -3,7 +3,8 @@
 What runs: ``python -m yolomem.measure.worker`` (or, for ``world_size > 1``, the same module under
 ``torch.distributed.run``) trains the model for ``iterations`` iterations of one epoch on a synthetic
 dataset (``yolomem.measure.synthetic_dataset``; or the user's ``data=``), then runs Ultralytics' validation
-and its final validation of ``best.pt``. A fresh process per config means a fresh caching allocator,
+and its final validation of ``best.pt``; for ``framework=yolov5`` the yolov5 repo's own ``train.py`` does the
+same (``yolomem.measure.yolov5_train``). A fresh process per config means a fresh caching allocator,
 and ``PYTORCH_CUDA_ALLOC_CONF`` (``alloc_conf=``) takes effect before CUDA starts.
 
 What is recorded, per rank and per phase (setup, train, epoch_end, val, save, final_val, teardown):
@@ -393,15 +394,19 @@ def measure(settings: MeasureSettings, results: Path | str, *, launch: Launcher 
     inputs are checked first (the model resolves, as an estimate resolves it), then CUDA, then it runs."""
     from yolomem.loops import resolve_model, ultralytics_twin
 
-    if settings.config.framework != "ultralytics":
-        raise UserError(f"framework={settings.config.framework}: measure drives Ultralytics' trainer only")
     resolved = resolve_model(settings.config.model, settings.config.framework)  # unknown: estimate's one-line error
-    if resolved.framework != "ultralytics":  # Ultralytics' trainer would build its own model of that name
+    if settings.config.framework == "yolov5":  # the repo's train.py, from the yolov5 package
+        from yolomem.measure.yolov5_train import check_measurable
+
+        check_measurable(settings.config, resolved)
+    elif resolved.framework != "ultralytics":  # Ultralytics' trainer would build its own model of that name
         twin = ultralytics_twin(settings.config.model)
         raise UserError(f"measure drives Ultralytics' trainer; {settings.config.model!r} is trained by the "
                         f"{resolved.framework} loop" + (f" (Ultralytics' own build of it is {twin}, another head)"
-                                                         if twin else ""))  # fmt: skip
-    refuse_precision(settings.config)
+                                                         if twin else "") + "; framework=yolov5 measures the repo's "
+                        "train.py")  # fmt: skip
+    else:
+        refuse_precision(settings.config)
     check_cuda(settings.config.world_size, device_count())
     from yolomem.result.prepare import trainer_defaults
 

@@ -11,6 +11,9 @@ split the run into phases and read the memory counters at each boundary:
     (start) setup -> on_train_start -> train -> on_train_epoch_end -> epoch_end -> on_val_start -> val
             -> on_val_end -> save -> on_val_start -> final_val -> on_val_end -> teardown -> (end)
 
+``framework=yolov5``: the yolov5 repo's ``train.py`` (the ``yolov5`` package), with the same phases
+(``yolomem.measure.yolov5_train``).
+
 ``step=fwd_bwd``: Ultralytics' AutoBatch probe for one batch size: the model on the GPU, then
 ``profile_ops`` on a deep copy under the training autocast, exactly as ``check_train_batch_size`` does.
 
@@ -369,40 +372,66 @@ def _run_train(config: EstimateConfig, request: dict, recorder: PhaseRecorder, w
     from ultralytics import YOLO
 
     from yolomem.loops import resolve_model
-    from yolomem.measure.synthetic_dataset import SyntheticDatasetSpec, write_synthetic_dataset
-    from yolomem.result.prepare import class_count
 
-    resolved = resolve_model(config.model)
+    resolved = resolve_model(config.model, config.framework)
     iterations = int(request["iterations"])
-    if config.data:
-        data_yaml = config.data
-        notes.append(f"data={config.data}: the user's dataset; iterations are not limited by yolomem")
-    else:
-        spec = SyntheticDatasetSpec(
-            task=resolved.task, imgsz=config.imgsz, train_images=iterations * config.batch,
-            val_images=2 * config.batch, instances=config.instances,
-            # the classes the estimate builds the model with (the task's default data where none is given)
-            nc=class_count(config, resolved)[0].nc or resolved.nc or int(resolved.cfg.get("nc") or 80),
-            seed=config.seed, kpt_shape=resolved.kpt_shape,
-            # a densest image no denser than the mean: every image holds exactly that many objects
-            distribution="fixed" if config.max_instances == round(config.instances) else "poisson",
-        )  # fmt: skip
-        data_yaml = str(write_synthetic_dataset(workdir / "data", spec).data_yaml)
+    data_yaml = _dataset(config, resolved, iterations, workdir, notes)
     phases = UltralyticsPhases(recorder)
+    if config.framework == "yolov5":
+        from yolomem.measure.yolov5_train import run_train
+
+        def iteration_end() -> None:
+            recorder.iteration_end()
+            if history is not None:
+                history.iteration_end()
+
+        batch_used = run_train(config, data_yaml, request["augment"], device or f"cuda:{os.environ.get('LOCAL_RANK', 0)}",
+                               workdir / "runs", phases, iteration_end, notes)  # fmt: skip
+        _note_backends(device, notes)
+        _check_iterations(config, recorder, iterations, notes)
+        return batch_used
     model = YOLO(_model_source(resolved, config), task=resolved.task)
     phases.attach(model)
     if history is not None:
         model.add_callback("on_train_batch_end", lambda trainer: history.iteration_end())
     ddp_devices = ",".join(str(i) for i in range(config.world_size))
     model.train(**train_arguments(config, data_yaml, request["augment"], device or ddp_devices, str(workdir / "runs")))
+    _note_backends(device, notes)
+    _check_iterations(config, recorder, iterations, notes)
+    trainer = phases.trainer
+    return int(trainer.batch_size) if trainer is not None else None
+
+
+def _note_backends(device: str | None, notes: list[str]) -> None:
     if device != "cpu":
         from yolomem.measure.history import backend_settings
 
         notes.append(f"backends after training: {backend_settings()}")
+
+
+def _dataset(config: EstimateConfig, resolved, iterations: int, workdir: Path, notes: list[str]) -> str:
+    """The data YAML to train on: the user's ``data=``, or a synthetic dataset of ``iterations`` batches."""
+    from yolomem.measure.synthetic_dataset import SyntheticDatasetSpec, write_synthetic_dataset
+    from yolomem.result.prepare import class_count
+
+    if config.data:
+        notes.append(f"data={config.data}: the user's dataset; iterations are not limited by yolomem")
+        return config.data
+    spec = SyntheticDatasetSpec(
+        task=resolved.task, imgsz=config.imgsz, train_images=iterations * config.batch,
+        val_images=2 * config.batch, instances=config.instances,
+        # the classes the estimate builds the model with (the task's default data where none is given)
+        nc=class_count(config, resolved)[0].nc or resolved.nc or int(resolved.cfg.get("nc") or 80),
+        seed=config.seed, kpt_shape=resolved.kpt_shape,
+        # a densest image no denser than the mean: every image holds exactly that many objects
+        distribution="fixed" if config.max_instances == round(config.instances) else "poisson",
+    )  # fmt: skip
+    return str(write_synthetic_dataset(workdir / "data", spec).data_yaml)
+
+
+def _check_iterations(config: EstimateConfig, recorder: PhaseRecorder, iterations: int, notes: list[str]) -> None:
     if len(recorder.reserved_per_iteration) != iterations and not config.data:
         notes.append(f"ran {len(recorder.reserved_per_iteration)} iterations, not {iterations}")
-    trainer = phases.trainer
-    return int(trainer.batch_size) if trainer is not None else None
 
 
 def _model_source(resolved, config: EstimateConfig) -> str:

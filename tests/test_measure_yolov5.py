@@ -1,0 +1,62 @@
+"""``measure framework=yolov5``: the worker runs the yolov5 repo's own train.py (the ``yolov5`` package on
+PyPI, as ``.ci/run`` installs it) on the synthetic dataset, on the CPU with fake counters here."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from yolov5_reference import yolov5_or_reason
+
+from yolomem.config.settings import EstimateConfig
+from yolomem.errors import UserError
+from yolomem.measure.run import MeasureSettings, measure
+from yolomem.measure.worker import run_rank
+
+from test_measure import FakeMemory
+
+
+@pytest.fixture
+def yolov5_package():
+    package, reason = yolov5_or_reason()
+    if package is None:
+        pytest.skip(reason)
+    return package
+
+
+def test_worker_runs_the_repos_train_py_through_every_phase_on_cpu(tmp_path, yolov5_package):
+    """The repo's train() on the CPU (tiny): its callbacks mark the phases Ultralytics' do, in order; each
+    training batch is one reading; the offline patches and what train.py sets for the process are undone."""
+    import torch
+    import yolov5.utils.general as general
+
+    from yolomem.measure.yolov5_train import import_train
+
+    train_module = import_train()  # as the worker imports it (a stand-in for the Roboflow helper where roboflow is missing)
+    def state():
+        return (train_module.check_amp, general.check_font, torch.are_deterministic_algorithms_enabled(),
+                *(os.environ.get(name) for name in ("CUDA_VISIBLE_DEVICES", "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")))
+
+    before = state()
+    config = EstimateConfig(model="yolov5n", framework="yolov5", imgsz=64, batch=2, iterations=2, instances=2)
+    result = run_rank(MeasureSettings(config, iterations_given=True).worker_request(), 0, tmp_path, FakeMemory, device="cpu")
+    assert result.status == "ok", result.error
+    assert list(result.phases) == ["setup", "train", "epoch_end", "val", "save", "final_val", "teardown"]
+    assert len(result.reserved_per_iteration) == 2 and result.batch_used == 2
+    assert any(note.startswith("yolov5 7.0") and "yolov5n.yaml" in note for note in result.notes), result.notes
+    assert state() == before
+    assert (tmp_path / "rank0" / "runs" / "run" / "weights" / "best.pt").is_file()  # it trained and saved, as train.py does
+
+
+@pytest.mark.parametrize("words, error", [
+    ({"model": "yolov3"}, "'yolov3' is a darknet cfg"),
+    ({"model": "yolov5s-seg"}, "'yolov5s-seg' is a segment model"),
+    ({"model": "yolov5s", "amp": "fp32"}, "train.py has no precision option"),
+    ({"model": "yolov5s", "step": "fwd_bwd"}, "step=train, world_size=1"),
+])  # fmt: skip
+def test_what_the_yolov5_run_cannot_measure_is_refused_before_cuda(tmp_path, yolov5_package, words, error):
+    launched = []
+    with pytest.raises(UserError, match=error):
+        measure(MeasureSettings(EstimateConfig(framework="yolov5", **words)), tmp_path / "r.jsonl",
+                launch=lambda *a: launched.append(a), device_count=lambda: 0)  # fmt: skip
+    assert launched == []
