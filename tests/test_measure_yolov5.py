@@ -53,6 +53,8 @@ def test_worker_runs_the_repos_train_py_through_every_phase_on_cpu(tmp_path, yol
     ({"model": "yolov5s-seg"}, "'yolov5s-seg' is a segment model"),
     ({"model": "yolov5s", "amp": "fp32"}, "train.py has no precision option"),
     ({"model": "yolov5s", "step": "fwd_bwd"}, "step=train, world_size=1"),
+    ({"model": "yolov5s", "nbs": 32}, "train.py fixes nbs = 64"),
+    ({"model": "yolov5s", "freeze": (3,)}, "cannot freeze layer 3 alone"),
 ])  # fmt: skip
 def test_what_the_yolov5_run_cannot_measure_is_refused_before_cuda(tmp_path, yolov5_package, words, error):
     launched = []
@@ -60,3 +62,10 @@ def test_what_the_yolov5_run_cannot_measure_is_refused_before_cuda(tmp_path, yol
         measure(MeasureSettings(EstimateConfig(framework="yolov5", **words)), tmp_path / "r.jsonl",
                 launch=lambda *a: launched.append(a), device_count=lambda: 0)  # fmt: skip
     assert launched == []
+
+
+def test_freeze_is_written_as_train_py_reads_it():
+    from yolomem.measure.yolov5_train import train_py_freeze
+
+    assert train_py_freeze(()) == [0] and train_py_freeze((0, 1, 2)) == [3] and train_py_freeze((0,)) == [1]
+    assert train_py_freeze((3, 5)) == [3, 5]

@@ -10,9 +10,10 @@ phases Ultralytics' do (``UltralyticsPhases``: train, epoch_end, val, save, fina
 
 Offline, as for Ultralytics (``yolomem.measure.worker``): ``check_dataset`` downloads a font at its end
 (replaced by a no-op for the run), the package (not the repo) asks the Hugging Face hub for ``--weights``
-and for each checkpoint it loads (answered "not there": the local file is used), and ``check_amp`` falls back to downloading ``yolov5n.pt`` when the
-untrained model's FP32 and AMP outputs differ: offline that fails and the repo would train in FP32, so the
-worker keeps AMP on, as the estimate assumes, and says so in the record's notes.
+and for each checkpoint it loads (answered "not there": the local file is used), and ``check_amp`` falls
+back to downloading ``yolov5n.pt`` when the untrained model's FP32 and AMP outputs differ: offline that
+fails and the repo would train in FP32, so the worker keeps AMP on, as the estimate assumes, and says so
+in the record's notes.
 
 Which models: the repo's YAML designs for detection (yolov5n..x, P6). The darknet cfgs (YOLOv3, YOLOv4),
 which yolomem builds from the cfg, and segment/train.py and classify/train.py are not measured yet.
@@ -50,6 +51,19 @@ def check_measurable(config: EstimateConfig, resolved) -> None:
         raise UserError(f"amp={config.amp}: train.py has no precision option (it trains with AMP where its check passes)")
     if config.step != "train" or config.world_size != 1:
         raise UserError("measure framework=yolov5 runs one GPU's training (step=train, world_size=1)")
+    if config.nbs != 64:
+        raise UserError(f"nbs={config.nbs}: train.py fixes nbs = 64")
+    train_py_freeze(config.freeze)
+
+
+def train_py_freeze(layers: tuple[int, ...]) -> list[int]:
+    """``--freeze`` for ``layers``: train.py reads one number N as layers 0..N-1 and a longer list as the layers."""
+    if layers == tuple(range(len(layers))):
+        return [len(layers)]
+    if len(layers) > 1:
+        return list(layers)
+    raise UserError(f"freeze=[{layers[0]}]: train.py's --freeze reads one number N as layers 0..N-1, so it cannot "
+                    f"freeze layer {layers[0]} alone")
 
 
 def import_train():
@@ -117,7 +131,7 @@ def _options(train_module, config: EstimateConfig, data_yaml: str, device: str, 
     opt.epochs, opt.batch_size, opt.imgsz, opt.workers = 1, config.batch, config.imgsz, 0
     opt.device = device.removeprefix("cuda:") if device != "cpu" else "cpu"
     opt.project, opt.name, opt.exist_ok, opt.noplots = str(project), "run", True, True
-    opt.seed, opt.freeze = config.seed, list(config.freeze) or [0]
+    opt.seed, opt.freeze = config.seed, train_py_freeze(config.freeze)
     opt.optimizer = "SGD" if config.optimizer == "auto" else config.optimizer
     return opt
 
