@@ -302,6 +302,9 @@ def run_rank(request: dict, rank: int, workdir: Path, source_factory, device: st
                 notes.append(_run_fwd_bwd(config, recorder, device or f"cuda:{local_rank}"))
                 history.write()
                 batch_used = config.batch
+            elif config.framework == "yolov5":
+                batch_used = _run_yolov5_train(config, request, recorder, workdir / f"rank{rank}",
+                                               device or f"cuda:{local_rank}", notes, history)  # fmt: skip
             else:
                 batch_used = _run_train(config, request, recorder, workdir / f"rank{rank}", device, notes, history)
     except Exception as caught:  # noqa: BLE001 - every failure becomes a recorded result
@@ -373,23 +376,10 @@ def _run_train(config: EstimateConfig, request: dict, recorder: PhaseRecorder, w
 
     from yolomem.loops import resolve_model
 
-    resolved = resolve_model(config.model, config.framework)
+    resolved = resolve_model(config.model)
     iterations = int(request["iterations"])
     data_yaml = _dataset(config, resolved, iterations, workdir, notes)
     phases = UltralyticsPhases(recorder)
-    if config.framework == "yolov5":
-        from yolomem.measure.yolov5_train import run_train
-
-        def iteration_end() -> None:
-            recorder.iteration_end()
-            if history is not None:
-                history.iteration_end()
-
-        batch_used = run_train(config, data_yaml, request["augment"], device or f"cuda:{os.environ.get('LOCAL_RANK', 0)}",
-                               workdir / "runs", phases, iteration_end, notes)  # fmt: skip
-        _note_backends(device, notes)
-        _check_iterations(config, recorder, iterations, notes)
-        return batch_used
     model = YOLO(_model_source(resolved, config), task=resolved.task)
     phases.attach(model)
     if history is not None:
@@ -400,6 +390,27 @@ def _run_train(config: EstimateConfig, request: dict, recorder: PhaseRecorder, w
     _check_iterations(config, recorder, iterations, notes)
     trainer = phases.trainer
     return int(trainer.batch_size) if trainer is not None else None
+
+
+def _run_yolov5_train(config: EstimateConfig, request: dict, recorder: PhaseRecorder, workdir: Path, device: str,
+                      notes: list[str], history: HistoryWindow | None = None) -> int:  # fmt: skip
+    """``framework=yolov5``: the repo's train.py on the same data, in the same phases (``yolov5_train``)."""
+    from yolomem.loops import resolve_model
+    from yolomem.measure.yolov5_train import run_train
+
+    iterations = int(request["iterations"])
+    data_yaml = _dataset(config, resolve_model(config.model, "yolov5"), iterations, workdir, notes)
+
+    def iteration_end() -> None:
+        recorder.iteration_end()
+        if history is not None:
+            history.iteration_end()
+
+    batch_used = run_train(config, data_yaml, request["augment"], device, workdir / "runs", UltralyticsPhases(recorder),
+                           iteration_end, notes)  # fmt: skip
+    _note_backends(device, notes)
+    _check_iterations(config, recorder, iterations, notes)
+    return batch_used
 
 
 def _note_backends(device: str | None, notes: list[str]) -> None:
