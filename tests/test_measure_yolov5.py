@@ -69,3 +69,13 @@ def test_freeze_is_written_as_train_py_reads_it():
 
     assert train_py_freeze(()) == [0] and train_py_freeze((0, 1, 2)) == [3] and train_py_freeze((0,)) == [1]
     assert train_py_freeze((3, 5)) == [3, 5]
+
+
+def test_without_the_package_the_refusal_names_the_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "yolov5" else real(name, *a))
+    with pytest.raises(UserError, match="pip install yolov5"):
+        measure(MeasureSettings(EstimateConfig(model="yolov5s", framework="yolov5")), tmp_path / "r.jsonl",
+                launch=lambda *a: None, device_count=lambda: 1)  # fmt: skip
