@@ -396,18 +396,20 @@ def _run_yolov5_train(config: EstimateConfig, request: dict, recorder: PhaseReco
                       notes: list[str], history: HistoryWindow | None = None) -> int:  # fmt: skip
     """``framework=yolov5``: the repo's train.py on the same data, in the same phases (``yolov5_train``)."""
     from yolomem.loops import resolve_model
+    from yolomem.loops.yolov5.runner import original_of
     from yolomem.measure.yolov5_train import run_train
 
     iterations = int(request["iterations"])
-    data_yaml = _dataset(config, resolve_model(config.model, "yolov5"), iterations, workdir, notes)
+    resolved = resolve_model(config.model, "yolov5")
+    data_yaml = _dataset(config, resolved, iterations, workdir, notes)
 
     def iteration_end() -> None:
         recorder.iteration_end()
         if history is not None:
             history.iteration_end()
 
-    batch_used = run_train(config, data_yaml, request["augment"], device, workdir / "runs", UltralyticsPhases(recorder),
-                           iteration_end, notes)  # fmt: skip
+    batch_used = run_train(config, original_of(resolved).name, data_yaml, request["augment"], device, workdir / "runs",
+                           UltralyticsPhases(recorder), iteration_end, notes)  # fmt: skip
     _note_backends(device, notes)
     _check_iterations(config, recorder, iterations, notes)
     return batch_used

@@ -84,10 +84,13 @@ def import_train():
     return yolov5.train
 
 
-def run_train(config: EstimateConfig, data_yaml: str, augment: str, device: str, project: Path, phases,
-              on_iteration, notes: list[str]) -> int:  # fmt: skip
-    """Train as the module docstring says; ``phases`` is a ``UltralyticsPhases``, ``on_iteration()`` runs
-    after each training batch. Returns the batch size trained with."""
+def run_train(config: EstimateConfig, model_name: str, data_yaml: str, augment: str, device: str, project: Path,
+              phases, on_iteration, notes: list[str]) -> int:  # fmt: skip
+    """Train as the module docstring says; ``model_name`` is the repo's (``yolov5s``: its ``yolov5s.yaml``),
+    ``phases`` a ``UltralyticsPhases``, ``on_iteration()`` runs after each training batch. Returns the batch
+    size trained with."""
+    from yolomem.measure.run import EXACT_AUGMENT
+
     import yaml
     import yolov5
     from yolov5.utils.callbacks import Callbacks
@@ -95,12 +98,12 @@ def run_train(config: EstimateConfig, data_yaml: str, augment: str, device: str,
     from yolov5.utils.torch_utils import select_device
 
     train_module = import_train()
-    opt = _options(train_module, config, data_yaml, device, project)
+    opt = _options(train_module, config, model_name, data_yaml, device, project)
     opt.cfg = check_yaml(opt.cfg)
     opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
     hyp = yaml.safe_load(Path(check_yaml(opt.hyp)).read_text())
     if augment == "exact":
-        hyp.update({"mosaic": 0.0, "scale": 0.0, "translate": 0.0})
+        hyp.update(EXACT_AUGMENT)  # the same keys in the repo's hyp files
     callbacks = Callbacks()
     callbacks.register_action("on_train_start", callback=lambda *_: phases.on_train_start(None))
     callbacks.register_action("on_train_batch_end", callback=lambda *_: on_iteration())
@@ -115,7 +118,7 @@ def run_train(config: EstimateConfig, data_yaml: str, augment: str, device: str,
     return int(opt.batch_size)
 
 
-def _options(train_module, config: EstimateConfig, data_yaml: str, device: str, project: Path):
+def _options(train_module, config: EstimateConfig, model_name: str, data_yaml: str, device: str, project: Path):
     """train.py's options as its command line would give them: its own defaults, then ours."""
     saved = sys.argv
     sys.argv = ["train.py"]
@@ -123,11 +126,7 @@ def _options(train_module, config: EstimateConfig, data_yaml: str, device: str, 
         opt = train_module.parse_opt(known=True)
     finally:
         sys.argv = saved
-    from yolomem.loops.yolov5.runner import original_of
-    from yolomem.loops import resolve_model
-
-    name = original_of(resolve_model(config.model, "yolov5")).name
-    opt.weights, opt.cfg, opt.data = "", f"{name}.yaml", data_yaml
+    opt.weights, opt.cfg, opt.data = "", f"{model_name}.yaml", data_yaml
     opt.epochs, opt.batch_size, opt.imgsz, opt.workers = 1, config.batch, config.imgsz, 0
     opt.device = device.removeprefix("cuda:") if device != "cpu" else "cpu"
     opt.project, opt.name, opt.exist_ok, opt.noplots = str(project), "run", True, True
