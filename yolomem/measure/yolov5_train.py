@@ -44,11 +44,13 @@ def check_measurable(config: EstimateConfig, resolved) -> None:
         raise UserError(f"measure framework=yolov5 runs the repo's train.py from the yolov5 package; {INSTALL_HINT}")
     original = original_of(resolved)
     if original.kind != "yolov5-yaml" or original.task != "detect":
-        what = "a darknet cfg" if original.kind == "darknet" else f"a {original.task} model"
+        kinds = {"darknet": "a darknet cfg", "yolov5-checkpoint": "a checkpoint"}
+        what = kinds.get(original.kind, f"a {original.task} model")
         raise UserError(f"measure framework=yolov5 runs the repo's train.py on its YAML detection models (yolov5n..x, "
                         f"yolov5n6..x6); {config.model!r} is {what}")  # fmt: skip
     if config.amp != "fp16":
-        raise UserError(f"amp={config.amp}: train.py has no precision option (it trains with AMP where its check passes)")
+        raise UserError(f"amp={config.amp}: train.py has no precision option (it trains with AMP where its check "
+                        "passes)")
     if config.step != "train" or config.world_size != 1:
         raise UserError("measure framework=yolov5 runs one GPU's training (step=train, world_size=1)")
     if config.nbs != 64:

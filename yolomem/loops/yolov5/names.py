@@ -34,7 +34,7 @@ class OriginalModel:
     """An original design: a darknet cfg, or a yolov5 YAML with a scale."""
 
     name: str  # e.g. "yolov5s", "yolov4", "my-net" (a user's cfg)
-    kind: str  # "darknet" | "yolov5-yaml"
+    kind: str  # "darknet" | "yolov5-yaml" | "yolov5-checkpoint" (a yolov5 repo .pt: its model.yaml)
     path: str  # the cfg/YAML file
     scale: str | None = None
     task: str = "detect"
