@@ -408,7 +408,8 @@ def _run_yolov5_train(config: EstimateConfig, request: dict, recorder: PhaseReco
         if history is not None:
             history.iteration_end()
 
-    batch_used = run_train(config, original_of(resolved).name, data_yaml, request["augment"], device, workdir / "runs",
+    augment = EXACT_AUGMENT if request["augment"] == "exact" else {}
+    batch_used = run_train(config, original_of(resolved).name, data_yaml, augment, device, workdir / "runs",
                            UltralyticsPhases(recorder), iteration_end, notes)  # fmt: skip
     _note_backends(device, notes)
     _check_iterations(config, recorder, iterations, notes)

@@ -86,13 +86,12 @@ def import_train():
     return yolov5.train
 
 
-def run_train(config: EstimateConfig, model_name: str, data_yaml: str, augment: str, device: str, project: Path,
+def run_train(config: EstimateConfig, model_name: str, data_yaml: str, augment: dict, device: str, project: Path,
               phases, on_iteration, notes: list[str]) -> int:  # fmt: skip
     """Train as the module docstring says; ``model_name`` is the repo's (``yolov5s``: its ``yolov5s.yaml``),
-    ``phases`` a ``UltralyticsPhases``, ``on_iteration()`` runs after each training batch. Returns the batch
-    size trained with."""
-    from yolomem.measure.run import EXACT_AUGMENT
-
+    ``augment`` overrides the repo's hyperparameters (``measure.run.EXACT_AUGMENT``: the same keys as its hyp
+    files), ``phases`` is a ``UltralyticsPhases``, ``on_iteration()`` runs after each training batch. Returns
+    the batch size trained with."""
     import yaml
     import yolov5
     from yolov5.utils.callbacks import Callbacks
@@ -104,8 +103,7 @@ def run_train(config: EstimateConfig, model_name: str, data_yaml: str, augment: 
     opt.cfg = check_yaml(opt.cfg)
     opt.save_dir = str(increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok))
     hyp = yaml.safe_load(Path(check_yaml(opt.hyp)).read_text())
-    if augment == "exact":
-        hyp.update(EXACT_AUGMENT)  # the same keys in the repo's hyp files
+    hyp.update(augment)
     callbacks = Callbacks()
     callbacks.register_action("on_train_start", callback=lambda *_: phases.on_train_start(None))
     callbacks.register_action("on_train_batch_end", callback=lambda *_: on_iteration())
