@@ -241,6 +241,24 @@ def test_the_estimate_of_a_batch_past_the_dataset_is_the_estimate_at_its_size(tm
     assert over.steady_reserved_bytes == at.steady_reserved_bytes
 
 
+def test_epochs_of_one_batch_never_run_two_training_iterations_back_to_back(tmp_path):
+    """Three train images at batch 3: each epoch is one batch, then validation. The step is its first
+    iteration alone (the traced second one would follow it directly), and the figures agree: the GPU_mem
+    column is at least that step, and the breakdown adds up to the peak."""
+    from yolomem.result.estimate import estimate
+
+    yaml_path = _data_yaml(tmp_path, [[0, 0], [0], [0, 0, 0]], [[0], [0]], ["a"])
+    one = estimate("yolov8n.yaml", data=str(yaml_path), batch=3, imgsz=64)
+    assert one.config.iterations == 2 and one.epochs.plan.batches_per_epoch == 1
+    assert len(one.reserved_per_iteration) == 1
+    assert one.peak_reserved_bytes == max(one.reserved_per_iteration[0], one.epochs.peak_reserved.median)
+    column = max(one.epoch1_reserved_bytes, one.steady_reserved_bytes)
+    assert column >= one.reserved_per_iteration[0]
+    assert sum(size for part, size in one.breakdown.items() if part != "cuda_context") == one.peak_reserved_bytes
+    two = estimate("yolov8n.yaml", data=str(yaml_path), batch=2, imgsz=64)  # two batches an epoch: back to back
+    assert two.epochs.plan.batches_per_epoch == 2 and len(two.reserved_per_iteration) == 2
+
+
 def test_fit_with_data_stops_at_the_batch_that_holds_the_whole_dataset(tmp_path, capsys):
     """A clamped run at 209 is the run at the dataset's size: fit answers that size, and says every
     larger batch fits as the same run (before, it answered the search's limit)."""

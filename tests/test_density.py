@@ -184,8 +184,20 @@ def test_dataset_counts_drive_the_plan_and_the_densest_image_shows():
 
 def test_close_mosaic_turns_mosaic_off_for_short_runs():
     assert Augmentation.for_epoch(0, epochs=10).mosaic == 0.0  # epochs <= close_mosaic: closed from epoch 1
+    assert Augmentation.for_epoch(0, epochs=2).mosaic == 0.0
     assert Augmentation.for_epoch(0, epochs=None).mosaic == 1.0  # Ultralytics' default 100 epochs
     assert Augmentation.for_epoch(0, epochs=50, close_mosaic=0).mosaic == 1.0
+    assert [Augmentation.for_epoch(e, epochs=12).mosaic for e in range(4)] == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_before_8_4_157_a_run_shorter_than_close_mosaic_keeps_its_mosaic():
+    """``epoch == self.epochs - self.args.close_mosaic``: negative for epochs < close_mosaic, never reached."""
+    def mosaic(epoch, epochs):
+        return Augmentation.for_epoch(epoch, epochs, closes_when_short=False).mosaic
+
+    assert [mosaic(e, 2) for e in range(2)] == [1.0, 1.0]
+    assert [mosaic(e, 10) for e in range(2)] == [0.0, 0.0]  # reached at epoch 0
+    assert [mosaic(e, 12) for e in range(4)] == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_segment_masks_widen_past_255_objects():
@@ -313,3 +325,5 @@ def test_a_plan_is_read_back_from_the_cache_equal_and_a_corrupt_one_is_drawn_aga
     density._plan_once.cache_clear()
     assert density.plan_for(config, 16) == drawn
     density._plan_once.cache_clear()  # later tests draw with the session's cache
+
+

@@ -52,6 +52,45 @@ def test_validation_precision():
     assert style.keeps_last_loss_item == (v >= (8, 4, 104))
 
 
+def test_closes_mosaic_when_short():
+    # 8.4.156 -> 8.4.157: `if epoch == (self.epochs - self.args.close_mosaic)` -> a once-only gate on
+    # `epoch >= self.epochs - self.args.close_mosaic`
+    assert rel.closes_mosaic_when_short() == (_installed() >= (8, 4, 157))
+
+
+def test_the_installed_trainer_closes_the_mosaic_where_the_plan_says():
+    """The epochs the installed trainer's own test closes the mosaic in, against the density plan's: a run
+    shorter than, as long as, and longer than ``close_mosaic``."""
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.loops.density import Augmentation
+
+    for epochs in (2, 10, 13):
+        closed = _epochs_closed_by_the_trainer(epochs, close_mosaic=10)
+        config = EstimateConfig(model="yolov8n.yaml", epochs=epochs)
+        planned = [e for e in range(epochs) if Augmentation.of_config(config, e).mosaic == 0.0]
+        assert planned == closed, epochs
+
+
+def _epochs_closed_by_the_trainer(epochs: int, close_mosaic: int) -> list[int]:
+    """The epochs (0-based) the installed ``BaseTrainer._do_train`` trains without mosaic: its own test of the
+    epoch against ``close_mosaic``, evaluated for each epoch; the first epoch it passes closes the loader's
+    mosaic for the rest of the run."""
+    import ast
+    import inspect
+    import textwrap
+    from types import SimpleNamespace
+
+    from ultralytics.engine.trainer import BaseTrainer
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(BaseTrainer._do_train)))
+    test = next(node for node in ast.walk(tree) if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name)
+                and node.left.id == "epoch" and "close_mosaic" in ast.dump(node))  # fmt: skip
+    code = compile(ast.Expression(test), "_do_train", "eval")
+    trainer = SimpleNamespace(epochs=epochs, args=SimpleNamespace(close_mosaic=close_mosaic))
+    first = next((e for e in range(epochs) if eval(code, {}, {"epoch": e, "self": trainer})), epochs)
+    return list(range(first, epochs))
+
+
 def test_default_imgsz_is_what_each_trainer_sets():
     # ClassificationTrainer.__init__: `if overrides.get("imgsz") is None: overrides["imgsz"] = 224` (8.0.103 ->
     # 8.0.104; before, it trains at default.yaml's 640 too); the other trainers take default.yaml's 640

@@ -515,7 +515,7 @@ ESTIMATE_KEYS = KeyTable((
         "DOTA-v2 for aerial images [without data=: the median spread; the upper figure: CrowdHuman's]",
         choices=TAILS, nullable=True),
     Key("mosaic", FLOAT, 1.0, "Ultralytics' mosaic probability: 4 images per training sample", low=0.0, high=1.0),
-    Key("close_mosaic", INT, 10, "Ultralytics: no mosaic in the last N epochs (all of them when epochs <= N)", low=0),
+    Key("close_mosaic", INT, 10, "Ultralytics: no mosaic in the last N epochs (epochs <= N: none of them from 8.4.157; before, all of them only when epochs == N)", low=0),
     Key("scale", FLOAT, 0.5, "Ultralytics' random zoom, U(1 - scale, 1 + scale): how many objects a sample shows",
         low=0.0, high=0.99),
     Key("translate", FLOAT, 0.1, "Ultralytics' random shift, a fraction of imgsz: how many objects a sample shows",

@@ -167,19 +167,25 @@ class Augmentation:
 
     @staticmethod
     def for_epoch(epoch: int, epochs: int | None, mosaic: float = 1.0, close_mosaic: int = 10, scale: float = 0.5,
-                  translate: float = 0.1) -> Augmentation:  # fmt: skip
-        """BaseTrainer closes the mosaic at ``epoch == epochs - close_mosaic`` (0-based)."""
+                  translate: float = 0.1, closes_when_short: bool = True) -> Augmentation:  # fmt: skip
+        """BaseTrainer closes the mosaic at the first epoch (0-based) of the last ``close_mosaic`` and keeps
+        it closed. A run of fewer epochs: from epoch 0 where ``closes_when_short`` (Ultralytics 8.4.157+,
+        ``epoch >= epochs - close_mosaic``), never before that (``epoch == epochs - close_mosaic``)."""
         total = epochs if epochs is not None else 100  # Ultralytics' default epochs
-        closed = close_mosaic > 0 and epoch >= total - close_mosaic
-        return Augmentation(0.0 if closed else mosaic, scale, translate)
+        reached = epoch >= total - close_mosaic and (closes_when_short or total >= close_mosaic)
+        return Augmentation(0.0 if close_mosaic > 0 and reached else mosaic, scale, translate)
 
     @staticmethod
     def of_config(config, epoch: int) -> Augmentation:
         """Epoch ``epoch``'s augmentation under ``config`` (an ``EstimateConfig`` whose framework is resolved):
-        the mosaic closed for the last ``close_mosaic`` epochs, except in the yolov5 repo's train.py, which
-        has no ``close_mosaic`` and keeps it on."""
-        close_mosaic = config.close_mosaic if config.framework != "yolov5" else 0
-        return Augmentation.for_epoch(epoch, config.epochs, config.mosaic, close_mosaic, config.scale, config.translate)
+        the mosaic closed for the last ``close_mosaic`` epochs as the installed Ultralytics closes it, except in
+        the yolov5 repo's train.py, which has no ``close_mosaic`` and keeps it on."""
+        if config.framework == "yolov5":
+            return Augmentation.for_epoch(epoch, config.epochs, config.mosaic, 0, config.scale, config.translate)
+        from yolomem.loops.ultralytics.release import release
+
+        return Augmentation.for_epoch(epoch, config.epochs, config.mosaic, config.close_mosaic, config.scale,
+                                      config.translate, release().closes_mosaic_when_short)  # fmt: skip
 
 
 def image_counts(rng: np.random.Generator, mean: float, sigma: float, n: int, cap: int | None = None) -> np.ndarray:

@@ -386,7 +386,9 @@ def simulate_epochs(
     peaks = [r["peak_reserved"] for r in runs]
     median_run = runs[int(np.argsort(peaks)[len(peaks) // 2])]
     assumptions = [
-        f"an epoch is replayed as {SIM_ITERATIONS} of its training batches, in order, with the densest one",
+        (f"an epoch is replayed as {SIM_ITERATIONS} of its {plan.batches_per_epoch} training batches, in order, with the densest one"
+         if plan.batches_per_epoch > SIM_ITERATIONS else f"an epoch is replayed as all {plan.batches_per_epoch} of its "
+         f"training batch{'es' if plan.batches_per_epoch > 1 else ''}, in order"),
         "every simulated iteration steps the optimizer; gradients held across accumulate > 1 iterations are not modelled",
         "consecutive validation batches of one shape are replayed at most twice",
     ]

@@ -356,6 +356,12 @@ def _estimate_figures(config: EstimateConfig) -> EstimateFigures:
                              large_segments_descending=descending)
             for level, workspaces, descending in variants
         ]  # fmt: skip
+    if simulation is not None and simulation.plan.batches_per_epoch == 1:
+        # The traced step runs its iterations back to back; a run whose epochs hold one batch never does
+        # (the batch, the validation, the next epoch's batch, as the simulation replays it): its step is
+        # the first iteration alone, and the simulations give the rest.
+        base_trace = _first_iterations(run.trace, 1)
+        replay, upper_replays = replay_trace(base_trace, config.alloc_conf), []
     peak_event = base_trace.events[replay.peak_index] if base_trace.events else None
     peak_reserved, peak_phase = replay.peak_reserved_bytes, peak_event.phase if peak_event else ""
     if simulation is not None and simulation.peak_reserved.median > peak_reserved:
@@ -534,7 +540,7 @@ def _upper_figure(peak_reserved: int, upper_replays: list[Replay], simulations_u
         terms.append("whichever replays highest: both together or each alone (the caching allocator is not monotone)")
     terms.append("large segments in either address order, the driver's choice (best fit breaks ties by address)")
     terms.append(f"CUDA context {CUDA_CONTEXT_UPPER_BYTES >> 20} MiB (the most measured, yolomem.config.gpus)")
-    replayed = max(r.peak_reserved_bytes for r in upper_replays)
+    replayed = max((r.peak_reserved_bytes for r in upper_replays), default=0)
     peak = max(peak_reserved, replayed)
     steady = epoch1 = None
     if simulations_upper:

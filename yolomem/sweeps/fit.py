@@ -424,7 +424,7 @@ def largest_batch(
     return FitResult(
         solve="batch", model=config.model, **_budget_fields(prober.budget), max_batch=final.batch, imgsz=best.imgsz,
         stride=None, nbs=config.nbs, config=final.with_changes(imgsz=best.imgsz), estimate_at_max=estimate,
-        predicted=predicted, probes=_for(prober, config, "batch"), at_search_cap=at_cap and not whole,
+        predicted=predicted, probes=_for(prober, config), at_search_cap=at_cap and not whole,
         whole_dataset=whole,
     )  # fmt: skip
 
@@ -507,7 +507,7 @@ def largest_imgsz(
     return FitResult(
         solve="imgsz", model=config.model, **_budget_fields(prober.budget), max_batch=config.batch, imgsz=final.imgsz,
         stride=stride, nbs=config.nbs, config=final, estimate_at_max=estimate, predicted=predicted * stride,
-        probes=_for(prober, config, "imgsz"), at_search_cap=at_cap,
+        probes=_for(prober, config), at_search_cap=at_cap,
     )  # fmt: skip
 
 
@@ -587,7 +587,7 @@ def _card(budget: Budget) -> str:
     return gpu.name if gpu.name != "custom" else f"a {gpu.total_bytes / GiB:g} GiB GPU"
 
 
-def _for(prober: Prober, config: EstimateConfig, solve: str) -> tuple[Probe, ...]:
+def _for(prober: Prober, config: EstimateConfig) -> tuple[Probe, ...]:
     """The probes of this search, in the order they ran, each run once: two sizes asked may be one run
     trained (``probe_as_trained``)."""
     def search_of(probed: EstimateConfig) -> EstimateConfig:  # its probes differ from it in these two only

@@ -113,6 +113,9 @@ class Release:
     task_models: dict[str, str] = field(default_factory=dict)  # per task, what `yolo TASK train` takes without model=
     amp_switch: bool = True  # the trainer has an amp option (8.0.57; before, AMP on every GPU)
     classify_imgsz_rewrite: tuple[int, int] | None = None  # (asked, trained): get_model's rewrite, up to 8.0.103
+    # a run of at most close_mosaic epochs trains without mosaic from its first epoch (8.4.157+); before, the
+    # close came at ``epoch == epochs - close_mosaic``, which such a run never reaches: mosaic throughout
+    closes_mosaic_when_short: bool = True
 
     def turns_amp_off(self, gpu) -> bool:
         """Whether ``check_amp`` turns AMP off on ``gpu`` (a ``yolomem.config.gpus.Gpu``) by its name alone."""
@@ -232,9 +235,14 @@ def _probe_release() -> Release:
         clears = cache_clears()
     except ReleaseProbeError:
         clears = None
+    try:
+        short_closes = closes_mosaic_when_short()
+    except ReleaseProbeError:
+        short_closes = True  # a release that rewrote the close: the newest rule known
     return Release(version, gpu_mem_unit(), clears, validation_precision(), fused_adam(), optimizers(), short, long,
                    default_imgsz(), single_cls_one_class(), amp_refused_cards(), oom_retries(), trains_bf16(),
-                   task_models(), amp_switch=amp_switch(), classify_imgsz_rewrite=classify_imgsz_rewrite())  # fmt: skip
+                   task_models(), amp_switch=amp_switch(), classify_imgsz_rewrite=classify_imgsz_rewrite(),
+                   closes_mosaic_when_short=short_closes)  # fmt: skip
 
 
 _TASK_MAP_FIELDS = ("model", "trainer", "validator", "predictor")
@@ -339,6 +347,22 @@ def cache_clears() -> CacheClears:
         else:
             after = threshold if after is None else min(after, threshold)
     return CacheClears(before_val=before, after_epoch=after)
+
+
+def closes_mosaic_when_short() -> bool:
+    """How ``_do_train`` closes the mosaic: ``epoch >= self.epochs - self.args.close_mosaic`` behind a
+    once-only gate (8.4.157+: a run of at most ``close_mosaic`` epochs closes it at epoch 0), or
+    ``epoch == ...`` (before: such a run never reaches the close and keeps its mosaic)."""
+    from ultralytics.engine.trainer import BaseTrainer
+
+    for node in ast.walk(_function_tree(BaseTrainer._do_train)):
+        if (isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "epoch"
+                and "close_mosaic" in ast.dump(node.comparators[0])):  # fmt: skip
+            if isinstance(node.ops[0], ast.Eq):
+                return False
+            if isinstance(node.ops[0], ast.GtE):
+                return True
+    raise ReleaseProbeError("no 'epoch == / >= self.epochs - self.args.close_mosaic' in BaseTrainer._do_train")
 
 
 def _calls(node: ast.AST, attribute: str) -> list[ast.Call]:
