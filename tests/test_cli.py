@@ -192,6 +192,11 @@ def test_options_may_stand_between_words(capsys):
     assert (payload["config"]["batch"], payload["config"]["imgsz"]) == (2, 64)
 
 
+def test_options_may_stand_before_the_command(capsys):
+    assert main(["--json", "-v", "estimate", "yolov8n.yaml", "batch=2", "imgsz=64", "iterations=1"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["batch"] == 2
+
+
 @pytest.mark.parametrize(
     ("words", "fragment"),
     [

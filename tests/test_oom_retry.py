@@ -56,3 +56,12 @@ def test_the_batch_is_halved_as_the_trainer_halves_it():
     assert follow_retries(1, 3, "t", _judge_up_to(0)).batches == ()  # nothing to halve
     in_validation = follow_retries(40, 3, "t", _judge_up_to(10, phase="val_forward"))
     assert [tried.batch for tried in in_validation.batches] == [20] and in_validation.trains_at is None
+
+
+def test_the_note_names_the_accumulation_only_where_it_changes():
+    """BaseTrainer: ``accumulate = max(round(nbs / batch), 1)``: 128 and 64 both step every batch; 40 and 20
+    step every 2 and 3 batches."""
+    same = follow_retries(128, 3, "t", _judge_up_to(64)).note(128, 64)
+    assert same.endswith("so the run trains at batch 64, not 128") and "optimizer" not in same
+    changed = follow_retries(40, 3, "t", _judge_up_to(20)).note(40, 64)
+    assert changed.endswith("steps the optimizer every 3 batches instead of 2 (nbs=64)")

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import difflib
 import importlib
+import itertools
 import logging
 import os
 import sys
@@ -82,6 +83,9 @@ def _split_command(argv: list[str]) -> tuple[str | None, list[str]]:
     """(command, its arguments); None for the top-level ``--help``/``--version``."""
     if argv and argv[0] in COMMANDS:
         return argv[0], argv[1:]
+    flags = list(itertools.takewhile(lambda word: word.startswith("-") and word not in {"-h", "--help", "--version"}, argv))
+    if flags and len(argv) > len(flags) and argv[len(flags)] in COMMANDS:  # options stand anywhere: `--json estimate ...`
+        return argv[len(flags)], flags + argv[len(flags) + 1 :]
     if argv and argv[0] in {"-h", "--help", "--version"}:
         return None, argv
     if yolo_mode(argv) in INFERENCE_MODES:

@@ -72,8 +72,11 @@ class OomRetry:
                 f"up to {self.retries} times on one GPU: {self.summary()}")  # fmt: skip
         if self.trains_at is None:
             return text
-        return (f"{text}; so the run trains at batch {self.trains_at}, not {asked}, and steps the optimizer every "
-                f"{_accumulate(nbs, self.trains_at)} batches instead of {_accumulate(nbs, asked)} (nbs={nbs})")  # fmt: skip
+        text = f"{text}; so the run trains at batch {self.trains_at}, not {asked}"
+        now, before = _accumulate(nbs, self.trains_at), _accumulate(nbs, asked)
+        if now == before:  # both at or above nbs: every batch steps the optimizer, as before
+            return text
+        return f"{text}, and steps the optimizer every {now} batches instead of {before} (nbs={nbs})"
 
 
 def _accumulate(nbs: int, batch: int) -> int:

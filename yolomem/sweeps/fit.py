@@ -234,12 +234,16 @@ CLASSIFY_OPTIMIZERS = {"SGD", "Adam", "AdamW", "RMSProp"}  # classify/train.py's
 
 def yolov5_model_words(config: EstimateConfig, model: str | None, darknet: bool, task: str) -> tuple[list[str], str]:
     """The yolov5 repo's script for ``task`` and how it takes the model, and a note where it cannot: train.py
-    and segment/train.py build ``--cfg`` from scratch (``--weights ''``); classify/train.py takes
+    and segment/train.py build ``--cfg`` from scratch (``--weights ''``) or fine-tune a checkpoint
+    (``--weights yolov5s.pt``); classify/train.py takes
     ``--model yolov5s-cls.pt`` (it has no ``--cfg``)."""
     if task == "classify":
         stem = (model or config.model).removesuffix(".yaml").removesuffix(".yml").removesuffix(".pt")
         return [YOLOV5_SCRIPTS[task], "--model", f"{stem}.pt"], ""
-    cfg, cfg_note = yolov5_cfg(model or config.model, darknet)
+    name = model or config.model
+    if name.endswith(".pt"):  # a checkpoint: the repo fine-tunes from --weights, with the design it holds
+        return [YOLOV5_SCRIPTS.get(task, "train.py"), "--weights", name], ""
+    cfg, cfg_note = yolov5_cfg(name, darknet)
     return [YOLOV5_SCRIPTS.get(task, "train.py"), "--cfg", cfg, "--weights", "''"], cfg_note
 
 
