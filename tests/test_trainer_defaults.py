@@ -142,3 +142,28 @@ def test_pick_and_fit_judge_a_classifier_at_its_trainers_imgsz():
     assert pick_models(gpu_mem=24, imgsz=96, models=("yolov8n-cls.yaml",), iterations=1).imgsz == 96
     fit = largest_batch(EstimateConfig.from_words(["yolov8n-cls.yaml", "gpu_mem=1", "iterations=1"]))
     assert fit.imgsz == 224 and fit.probes and {probe.imgsz for probe in fit.probes} == {224}
+
+
+def test_optimizer_auto_is_the_trainers_pick_for_the_runs_length(tmp_path):
+    """The trainer passes ``build_optimizer`` the run's length (``_setup_train``; 8.4: ``_build_train_pipeline``),
+    and ``auto`` picks by it: the pick is
+    Ultralytics' own ``build_optimizer`` at that length (the release probe builds it on a stand-in model)."""
+    import inspect
+    import math
+
+    from ultralytics.engine.trainer import BaseTrainer
+
+    from yolomem.loops.ultralytics.release import _probe_build
+
+    source = inspect.getsource(BaseTrainer)
+    assert "math.ceil(len(self.train_loader.dataset) / max(self.batch_size, self.args.nbs)) * self.epochs" in source
+    for images, epochs in ((200_000, 100), (3_000, None), (20_000, 30)):
+        words = ["yolov8n.yaml", f"images={images}"] + ([f"epochs={epochs}"] if epochs else [])
+        prepared = prepare(EstimateConfig.from_words(words))
+        iterations = math.ceil(images / 64) * (epochs or 100)  # batch 16 < nbs 64; the trainer's default 100 epochs
+        assert prepared.config.optimizer == type(_probe_build("auto", iterations)).__name__
+        assert any(note.startswith("optimizer=auto: ") and f"is {iterations} iterations" in note for note in prepared.notes)
+    data = detect_dataset(tmp_path / "data")  # one image: 100 iterations
+    assert prepare(EstimateConfig.from_words(["yolov8n.yaml", f"data={data}"])).config.optimizer == type(_probe_build("auto", 100)).__name__
+    unknown = prepare(EstimateConfig.from_words(["yolov8n.yaml"]))  # no length known: the runner assumes a short run
+    assert unknown.config.optimizer == "auto"

@@ -62,9 +62,40 @@ def prepare(config: EstimateConfig) -> Prepared:
     if request is not None:
         config = request.config
         notes.extend(request.notes)
+    config, note = auto_optimizer_of_the_run(config, resolved, request)
+    if note:
+        notes.append(note)
+    if request is not None:
         if request.dataset is not None:  # the traced batches come from the labels too
             density = plan_for(config, rank_batch(config), request.dataset.train.counts)
     return Prepared(config, resolved, request, density, tuple(notes), autobatch)
+
+
+def auto_optimizer_of_the_run(config: EstimateConfig, resolved: ResolvedModel, request) -> tuple[EstimateConfig, str | None]:
+    """``optimizer=auto`` as Ultralytics' trainer settles it where the run's length is known: it picks by
+    ``ceil(train images / max(batch, nbs)) x epochs`` (``BaseTrainer._setup_train``), the images from the
+    labels of ``data=`` or from ``images=``, the epochs from ``epochs=`` or the trainer's default. Otherwise
+    it stays ``auto`` and the run assumes a short one (``runner.resolve_optimizer`` says so)."""
+    if config.optimizer.lower() != "auto" or resolved.framework != "ultralytics" or config.step != "train":
+        return config, None
+    dataset = request.dataset if request is not None else None
+    images = dataset.train.images if dataset is not None else config.images
+    if not images:
+        return config, None
+    import math
+
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from yolomem.loops.ultralytics.release import auto_optimizer_for, release
+
+    epochs = config.epochs or int(DEFAULT_CFG_DICT["epochs"])
+    iterations = math.ceil(images / max(config.batch, config.nbs)) * epochs
+    picked = auto_optimizer_for(iterations)
+    source = f"data={config.data}" if dataset is not None else "images="
+    said = f"epochs={epochs}" if config.epochs else f"{epochs} epochs (the trainer's default; pass epochs=)"
+    return config.with_changes(optimizer=picked), (
+        f"optimizer=auto: {images} train images ({source}) at batch {config.batch} (nbs={config.nbs}) for {said} "
+        f"is {iterations} iterations, for which ultralytics {release().version} picks {picked}")
 
 
 def trainer_defaults(config: EstimateConfig, resolved: ResolvedModel) -> tuple[EstimateConfig, str | None]:

@@ -628,6 +628,22 @@ def optimizers() -> tuple[str, ...]:
     return tuple(accepted.values())
 
 
+def auto_optimizer_for(iterations: int) -> str:
+    """What ``optimizer=auto`` builds for a run of ``iterations``: the probed short and long picks where the
+    run is that short or long (every release switches between them), else a probe at that length."""
+    installed = release()
+    if iterations <= SHORT_RUN_ITERATIONS:
+        return installed.auto_short
+    if iterations >= LONG_RUN_ITERATIONS or installed.auto_short == installed.auto_long:
+        return installed.auto_long
+    return _auto_between(iterations)
+
+
+@functools.cache
+def _auto_between(iterations: int) -> str:
+    return auto_optimizer(iterations)
+
+
 def auto_optimizer(iterations: int) -> str:
     """What ``optimizer=auto`` builds for a run of ``iterations`` iterations; before 8.0.113, which has no
     ``auto``, the trainer's default (``optimizer: SGD`` in its default.yaml)."""
