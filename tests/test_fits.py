@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from yolomem.config.gpus import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_UPPER_BYTES, Gpu, find_gpu
+from yolomem.config.gpus import CATALOG, CUDA_CONTEXT_BYTES, CUDA_CONTEXT_UPPER_BYTES, Gpu, find_gpu
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.result.estimate import estimate_config
@@ -81,3 +81,12 @@ def test_a_jetson_holds_back_the_training_process_ram_it_shares():
     assert jetson.after_context_bytes == jetson.gpu.total_bytes - jetson.context_bytes - jetson.host_bytes
     assert jetson.capacity_bytes == jetson.after_context_bytes - jetson.margin_bytes
     assert card.after_context_bytes == card.gpu.total_bytes - card.context_bytes
+
+
+@pytest.mark.parametrize("short", ["Jetson-Orin-Nano", "Jetson-Orin-NX", "Jetson-AGX-Orin", "Jetson-Xavier-NX",
+                                   "Jetson-AGX-Xavier", "orin-nano"])  # fmt: skip
+def test_a_short_jetson_name_is_the_smaller_of_its_two_modules(short):
+    """Every Jetson module ships in two memory sizes: the short name's verdict must hold on the smaller."""
+    module = find_gpu(short)
+    sizes = [gpu.total_bytes for name, gpu in CATALOG.items() if name.lower().startswith(module.name.lower().rsplit("-", 1)[0])]
+    assert len(sizes) == 2 and module.total_bytes == min(sizes)

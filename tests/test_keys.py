@@ -165,3 +165,10 @@ def test_keys_that_can_only_lower_memory_are_not_called_without_effect():
     assert "validation only after the final epoch" in notes[0]
     assert notes[1:] == ("rect=False does not change GPU memory; ignored", "fraction=1.0 does not change GPU memory; ignored")
     assert EstimateConfig.from_words(["val=True"]).notes == ("val=True does not change GPU memory; ignored",)
+
+
+def test_a_key_given_twice_keeps_the_last_and_says_so():
+    twice = EstimateConfig.from_words(["yolov8n.yaml", "batch=16", "batch=32"])
+    assert twice.batch == 32 and "batch= given twice (16, then 32): the last counts, as in Ultralytics" in twice.notes
+    same = EstimateConfig.from_words(["yolov8n.yaml", "batch=16", "batch=16"])
+    assert same.batch == 16 and not any("twice" in note for note in same.notes)

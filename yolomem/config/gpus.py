@@ -155,9 +155,10 @@ _ALIASES.update({_key("3060"): "RTX-3060-12GB", _key("3090"): "RTX-3090", _key("
                  _key("1060"): "GTX-1060-6GB", _key("P100"): "P100-16GB",
                  # the names the tables show (``render.units.card_name``), typed back
                  _key("RTX-3060"): "RTX-3060-12GB", _key("GTX-1060"): "GTX-1060-6GB",
-                 # short Jetson names: the module's default (smaller or only) memory size
-                 _key("Jetson-Orin-Nano"): "Jetson-Orin-Nano-8GB",
-                 _key("Jetson-Orin-NX"): "Jetson-Orin-NX-16GB", _key("Jetson-AGX-Orin"): "Jetson-AGX-Orin-64GB",
+                 # short Jetson names: the smaller of the module's two memory sizes (the verdict errs safe; the
+                 # name shown says which, and the full name picks the other)
+                 _key("Jetson-Orin-Nano"): "Jetson-Orin-Nano-4GB",
+                 _key("Jetson-Orin-NX"): "Jetson-Orin-NX-8GB", _key("Jetson-AGX-Orin"): "Jetson-AGX-Orin-32GB",
                  _key("Jetson-Xavier-NX"): "Jetson-Xavier-NX-8GB", _key("Jetson-AGX-Xavier"): "Jetson-AGX-Xavier-32GB",
                  _key("Jetson-Orin-32GB"): "Jetson-AGX-Orin-32GB", _key("Jetson-Orin-64GB"): "Jetson-AGX-Orin-64GB"})  # fmt: skip
 _ALIASES.update({key.removeprefix("jetson"): name for key, name in list(_ALIASES.items()) if key.startswith("jetson")})

@@ -327,7 +327,7 @@ def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], 
     ``ignored``: gives the keys that are accepted and dropped with a note (Ultralytics' keys that do not
     change GPU memory); called only for a key not in ``table``, since it imports Ultralytics.
     ``yolo_line``: skip the ``yolo``/``train``/task words of a pasted Ultralytics line. A key given twice
-    keeps the last value, as Ultralytics does.
+    keeps the last value, as Ultralytics does, and says so when the two differ.
     """
     words = list(words)  # read twice: a yolo line's mode is judged by the whole line
     mode = yolo_mode(words) if yolo_line else None
@@ -357,8 +357,10 @@ def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], 
                 continue
             key = "alloc_conf"
         if key in table:
-            values.pop(key, None)  # keep the given order of the last occurrence
+            earlier = values.pop(key, None)  # keep the given order of the last occurrence
             values[key] = table[key].parse(raw)
+            if earlier is not None and earlier != values[key]:
+                notes.append(f"{key}= given twice ({earlier}, then {values[key]}): the last counts, as in Ultralytics")
         elif ignored is not None and key in ignored():
             notes.append(ignored_note(key, raw))
         else:
