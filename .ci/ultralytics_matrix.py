@@ -69,7 +69,7 @@ RELEASES = (
     "8.4.62",  # validation keeps the EMA fp32 under autocast
     "8.4.104",  # validation's loss items by name: the last one outlives the loss
     "8.4.134",  # sparse assigner (dense-image memory)
-    "8.4.154",  # fused Adam/AdamW on CUDA
+    "8.4.154",  # fused Adam/AdamW on CUDA; still epoch == epochs - close_mosaic (8.4.157 closes once at >=)
     "8.4.190",  # newest tested
 )  # fmt: skip
 # Import-time dependencies of older releases that a --no-deps install leaves out (a user's environment has them).
