@@ -106,6 +106,12 @@ def test_human_output_shows_gpu_mem_and_nvidia_smi(capsys):
     assert main(["estimate", "yolov8n.yaml", "imgsz=64", "batch=2", "iterations=1"]) == 0
     out = capsys.readouterr().out
     assert "GPU_mem" in out and "nvidia-smi" in out and "GiB" in out
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in out
+
+
+def test_human_output_names_the_allocator_setting_it_replays(capsys):
+    assert main(["estimate", "yolov8n.yaml", "imgsz=64", "batch=2", "iterations=1", "alloc_conf=expandable_segments:True"]) == 0
+    assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in "".join(capsys.readouterr().out.split())
 
 
 # --- issue 11: the rough edges ----------------------------------------------------------------------

@@ -100,3 +100,19 @@ def test_a_training_command_refuses_a_predict_line_in_one_line(capsys):
     assert main(["estimate", "yolo", "val", "model=yolo11n.pt"]) == 2
     err = capsys.readouterr().err
     assert "a yolo val line runs a trained model: 'yolomem deploy yolo val ...' sizes it" in err and err.count("\n") == 1
+
+
+def test_an_exported_file_is_sized_from_the_checkpoint_beside_it(tmp_path, capsys):
+    """``yolo export`` writes ``best.engine`` next to ``best.pt``: that checkpoint is what is sized. Without
+    it (and not a published name) the line is refused in one line that names the file it needs."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    checkpoint = str(tmp_path / "best.pt")  # as Ultralytics saves one: the model and its training arguments
+    torch.save({"model": DetectionModel("yolov8n.yaml", nc=1, verbose=False), "train_args": {"imgsz": 320}}, checkpoint)
+    engine = str(tmp_path / "best.engine")
+    config = DeployConfig.from_words(f"yolo predict model={engine} half=True".split())
+    assert (config.model, config.format) == (checkpoint, "engine")
+    assert main(["deploy", "yolo", "predict", f"model={tmp_path / 'elsewhere' / 'best.engine'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'elsewhere' / 'best.pt'}, which is not on disk" in err

@@ -11,7 +11,7 @@ keys that do not change the memory deploy sizes (``source``, ``conf``, ``save`` 
 
 from __future__ import annotations
 
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from yolomem.config.gpus import is_device_index
 from yolomem.config.keys import ENVIRONMENT_WORD, TASK_WORDS, yolo_mode
@@ -26,6 +26,13 @@ NOT_MODELLED = {
     "data": "the dataset is not read: validation is sized on square batches of synthetic labels (8 objects per "
             "image) and NMS's most candidates",
 }
+
+
+def _published(checkpoint: str) -> bool:
+    """A published weights name (``yolo11n.pt``), which deploy sizes from its design without the file."""
+    from yolomem.loops.ultralytics.models import published_design
+
+    return published_design(PurePath(checkpoint).name) is not None
 
 
 def is_yolo_line(words: list[str]) -> bool:
@@ -64,8 +71,15 @@ def read_yolo_line(words: list[str]) -> tuple[list[str], list[str], set[str]]:
             runtime = EXPORTED[PurePath(value).suffix]
             if values.get("format", runtime) != runtime:
                 raise UserError(f"model={value} is a {runtime} file, but the line says format={values['format']}")
-            kept += [f"model={PurePath(value).stem}.pt", f"format={runtime}"]
-            notes.append(f"model={value}: sized as {PurePath(value).stem}.pt exported to {runtime}, with this line's "
+            checkpoint = str(PurePath(value).with_suffix(".pt"))  # the file it was exported from, beside it
+            if not Path(checkpoint).expanduser().is_file() and _published(checkpoint):
+                checkpoint = PurePath(checkpoint).name  # yolo11n.engine: exported from the published yolo11n.pt
+            elif not Path(checkpoint).expanduser().is_file():
+                raise UserError(f"model={value} is sized from the checkpoint it was exported from, {checkpoint}, which is "
+                                f"not on disk (the {runtime} file itself is not read); put it there, or give the design: "
+                                f"model=yolo11n.yaml format={runtime}")  # fmt: skip
+            kept += [f"model={checkpoint}", f"format={runtime}"]
+            notes.append(f"model={value}: sized as {checkpoint} exported to {runtime}, with this line's "
                          "precision, batch and imgsz (the file itself is not read)")  # fmt: skip
         else:
             kept.append(word)

@@ -52,6 +52,7 @@ def render_estimate(estimate: Estimate, console: Console | None = None) -> None:
     title = (
         f"{cfg.model} ({estimate.task}) · batch {cfg.batch}{picked} · imgsz {cfg.imgsz} · "
         f"{cfg.amp} · {cfg.optimizer} · {estimate.params / 1e6:.2f} M params · {_traced_code(estimate)}"
+        + (f" · PYTORCH_CUDA_ALLOC_CONF={cfg.alloc_conf}" if cfg.alloc_conf else "")
     )
     summary = Table(title=title, show_header=False, title_justify="left")
     summary.add_column("what")

@@ -137,6 +137,12 @@ def yaml_model_load(path: str) -> dict:
     return yaml_load(check_yaml(path))
 
 
+def published_design(weights: str) -> str | None:
+    """The shipped YAML a published weights name (``yolo11n.pt``) stands for; None for any other name."""
+    yaml_name = _weights_alias(f"{Path(weights).stem}.yaml")
+    return yaml_name if yaml_name in shipped_model_names() else None
+
+
 def resolve_ultralytics(spec: str) -> ResolvedModel:
     if not spec or not str(spec).strip():
         raise UserError("no model given; try e.g. 'yolov8n.yaml'")
@@ -148,8 +154,8 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
             return _from_checkpoint(path)
         if path.parent != Path(".") or spec.startswith(("/", ".")):
             raise UserError(f"checkpoint {spec!r} does not exist")
-        yaml_name = _weights_alias(f"{path.stem}.yaml")
-        if yaml_name not in shipped_model_names():
+        yaml_name = published_design(path.name)
+        if yaml_name is None:
             raise unknown("model", spec, [n[:-5] + ".pt" for n in shipped_model_names()], where=_installed(spec))
         note = f"{spec} is not on disk and would need a download; using {yaml_name} (same architecture, random weights)"
         weights, spec, path = spec, yaml_name, Path(yaml_name)
