@@ -184,3 +184,14 @@ def test_each_name_is_listed_once_with_its_parameters(monkeypatch):
 
     monkeypatch.setattr(step, "build_model", no_build)
     assert [entry for entry in list_models() if entry.framework == "ultralytics"] == entries
+
+
+@pytest.mark.parametrize("name", ["yolov8.yaml", "yolo11-seg.yaml"])
+def test_a_shipped_yaml_without_its_scale_is_the_model_ultralytics_builds_from_it(name):
+    """``parse_model`` builds the first of the YAML's ``scales`` when the name has none, and warns."""
+    from ultralytics import YOLO
+
+    built = YOLO(name).model  # Ultralytics' own build from the name (random weights, nothing downloaded)
+    result = estimate(name, imgsz=64, batch=2, iterations=1, nc=built.model[-1].nc)
+    assert result.params == sum(p.numel() for p in built.parameters())
+    assert any(note.startswith(f"{name} names no scale: Ultralytics builds its first") for note in result.notes)

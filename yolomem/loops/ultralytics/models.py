@@ -105,6 +105,19 @@ def unsupported_task(name: str) -> str | None:
 _SCALE_LINE = re.compile(r"^\s+([a-z]):\s*\[")
 
 
+def _first_scale(name: str) -> str | None:
+    """The scaled name ``parse_model`` builds for a shipped YAML named without its scale (``yolov8.yaml``:
+    the first of its ``scales``, ``yolov8n.yaml``); None for any other name."""
+    if Path(name).parent != Path(".") or not name.startswith("yolo"):
+        return None
+    path = next(_models_dir().rglob(name), None)
+    scales = _scales_of(path.read_text()) if path is not None else []
+    match = re.match(r"^(.*?\d+)(.*)$", Path(name).stem)
+    if len(scales) <= 1 or match is None:
+        return None
+    return f"{match.group(1)}{scales[0]}{match.group(2)}.yaml"
+
+
 def _scales_of(text: str) -> list[str]:
     """The keys of a model YAML's top-level ``scales:`` block, read without a YAML parser (parsing the
     ~100 shipped files took over a second per process, for a list of letters)."""
@@ -169,6 +182,10 @@ def resolve_ultralytics(spec: str) -> ResolvedModel:
         spec, path = _weights_alias(spec), Path(_weights_alias(spec))
     if path.suffix not in {".yaml", ".yml"}:
         raise UserError(f"model {spec!r} must be a .yaml name or file, or a .pt checkpoint")
+    if spec not in shipped_model_names() and (scaled := _first_scale(spec)) is not None:
+        note = (f"{spec} names no scale: Ultralytics builds its first, as {scaled} (it warns \"no model scale passed\"); "
+                "name the scale you train")  # fmt: skip
+        spec, path = scaled, Path(scaled)
     if spec not in shipped_model_names():
         if spec.startswith(("/", ".")) or len(path.parts) > 1:
             raise UserError(f"model file {spec!r} does not exist")
