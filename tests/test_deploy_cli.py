@@ -244,3 +244,18 @@ def test_the_text_and_the_table_say_what_the_os_keeps(capsys):
     assert "- fits: the RAM left holds the 500 MiB kept for the OS (os_reserve=)" in capsys.readouterr().out
     assert main(["table", "yolov8n.yaml", "os_reserve=1"]) == 2  # a key of the deployment view only
     assert "add deploy=" in capsys.readouterr().err
+
+
+def test_the_blog_tables_darknet_yolov3_rows_are_skipped_as_another_loops(monkeypatch, capsys):
+    """The blog's YOLOv3 rows are the darknet designs the training table traces with the yolov5 loop; the
+    deployment view of the blog's rows skips them as it skips YOLOv4/v5, naming Ultralytics' own build."""
+    from yolomem.deployment import table as deploy_table_module
+    from yolomem.sweeps.table import BLOG_ROWS, ORIGINAL_IN_BLOG
+
+    sized = []
+    monkeypatch.setattr(deploy_table_module, "deploy_config", lambda config: sized.append(config.model) or 1 / 0)
+    monkeypatch.setattr("yolomem.sweeps.table.BLOG_ROWS", tuple(row for row in BLOG_ROWS if row[1] in ORIGINAL_IN_BLOG))
+    assert main(["table", "deploy=onnx", "imgsz=64", "--json"]) == 0
+    skipped = json.loads(capsys.readouterr().out)["skipped"]
+    assert sized == [] and [line.split(":")[0] for line in skipped] == ["yolov3-tiny", "yolov3"]
+    assert "yolov3-tinyu.yaml (its anchor-free head, not the repo's model) deploys" in skipped[0]

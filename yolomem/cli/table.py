@@ -111,7 +111,7 @@ def _deploy_table(options: argparse.Namespace) -> int:
     from yolomem.deployment.config import DeployConfig
     from yolomem.deployment.table import deploy_table
     from yolomem.render.deploy_output import deploy_table_csv, deploy_table_markdown, render_deploy_table
-    from yolomem.sweeps.table import BLOG_ROWS
+    from yolomem.sweeps.table import BLOG_ROWS, ORIGINAL_IN_BLOG
 
     parsed = parse_words(options.words, TABLE_KEYS)
     values = parsed.values
@@ -120,7 +120,8 @@ def _deploy_table(options: argparse.Namespace) -> int:
                         os_reserve=values.get("os_reserve"))  # fmt: skip
     models = parsed.positionals or tuple(name for _, name, _, _ in BLOG_ROWS)
     with progress_display("sizing", quiet=options.json, total=len(models)) as display:
-        table = deploy_table(models, base, progress=display.advance)
+        table = deploy_table(models, base, progress=display.advance,
+                             originals=() if parsed.positionals else ORIGINAL_IN_BLOG)  # fmt: skip
     if options.json:
         from yolomem.render.json_output import dumps
 

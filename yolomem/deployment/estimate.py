@@ -149,8 +149,7 @@ def deploy_config(config: DeployConfig) -> Deployment:
     if resolved.framework != "ultralytics":
         from yolomem.errors import UserError
 
-        raise UserError(f"deploy sizes the models Ultralytics runs (its predictor, validator and exporter); "
-                        f"{config.model!r} is trained by the {resolved.framework} loop{_ultralytics_twin(config.model)}")
+        raise UserError(other_loop_message(config.model, resolved.framework))
     notes = [*config.notes, *([resolved.note] if resolved.note else [])]
     trained = resolved.train_args.get("imgsz")
     if not config.imgsz_given and trained and trained != config.imgsz:
@@ -253,6 +252,12 @@ def _os_reserve(given_gib: float | None) -> tuple[int, str]:
         return int(given_gib * GiB), f"{reports}; the verdict keeps os_reserve={given_gib:g} GiB for it"
     return OS_HEADLESS_BYTES, (f"{reports}; the verdict keeps {OS_HEADLESS_BYTES / GiB:.2f} GiB for it, a "
                                f"headless system's most (os_reserve={OS_DESKTOP_GB} with a desktop)")
+
+
+def other_loop_message(model: str, framework: str) -> str:
+    """Why deploy does not size ``model``: another loop trains it; and Ultralytics' own build of it, if any."""
+    return (f"deploy sizes the models Ultralytics runs (its predictor, validator and exporter); {model!r} is "
+            f"trained by the {framework} loop{_ultralytics_twin(model)}")
 
 
 def _ultralytics_twin(model: str) -> str:

@@ -6,11 +6,11 @@ rows that are Ultralytics models, or those named) at batch 1 and imgsz 640 unles
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from yolomem.deployment.config import DeployConfig
-from yolomem.deployment.estimate import Deployment, deploy_config
+from yolomem.deployment.estimate import Deployment, deploy_config, other_loop_message
 from yolomem.errors import UserError
 
 
@@ -48,14 +48,20 @@ class DeployTable:
         return {"config": self.config, "rows": [r.to_json() for r in self.rows], "skipped": list(self.skipped)}
 
 
-def deploy_table(models: tuple[str, ...], base: DeployConfig,
-                 progress: Callable[[str], None] | None = None) -> DeployTable:
+def deploy_table(models: tuple[str, ...], base: DeployConfig, progress: Callable[[str], None] | None = None,
+                 originals: Collection[str] = ()) -> DeployTable:  # fmt: skip
+    """One row per model; ``originals``: names that stand for the yolov5 loop's design here (the blog
+    table's YOLOv3 rows are the darknet models), skipped as another loop's models are, though Ultralytics
+    builds a model of the same name."""
     rows: list[DeployRow] = []
     skipped: list[str] = []
     os_reserve = None
     for model in models:
         if progress:
             progress(model)
+        if model in originals:
+            skipped.append(f"{model}: {other_loop_message(model, 'yolov5')}")
+            continue
         try:
             deployment = deploy_config(base.with_changes(model=model))
             rows.append(DeployRow.of(deployment))

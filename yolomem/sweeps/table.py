@@ -60,7 +60,7 @@ BLOG_ROWS: tuple[tuple[str, str, int, int], ...] = (
     ("YOLOv10b", "yolov10b", 640, 32), ("YOLOv10x", "yolov10x", 640, 8),
 )  # fmt: skip
 # The blog's table has YOLOv3 as the darknet design: force the original where Ultralytics has a "u" twin.
-_ORIGINAL_IN_BLOG = {"yolov3-tiny", "yolov3"}
+ORIGINAL_IN_BLOG = {"yolov3-tiny", "yolov3"}
 
 
 def blog_rows(imgsz: int | None = None, batch: int | None = None) -> tuple[RowRequest, ...]:
@@ -190,7 +190,7 @@ def _trace_one(model: str, imgsz: int, batch: int, precision: str, iterations: i
     from yolomem.config.settings import EstimateConfig
     from yolomem.result.estimate import estimate_config
 
-    framework = "yolov5" if model in _ORIGINAL_IN_BLOG else "ultralytics"
+    framework = "yolov5" if model in ORIGINAL_IN_BLOG else "ultralytics"
     config = EstimateConfig(model=model, imgsz=imgsz, batch=batch, amp=precision, iterations=iterations,
                             framework=framework)  # fmt: skip
     result = estimate_config(config)
