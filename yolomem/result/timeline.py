@@ -44,7 +44,7 @@ class Timeline:
     first_event: int  # index into Trace.events of offset 0
     allocated_bytes: tuple[int, ...]
     reserved_bytes: tuple[int, ...]
-    phases: tuple[PhaseSpan, ...]  # exact: every run of one phase
+    phases: tuple[PhaseSpan, ...]  # exact: every run of one phase, as it ran (``_phases_as_run``)
     shading: tuple[PhaseSpan, ...]  # for the eye: runs shorter than SHADING_MIN_EVENTS joined to the one before
     peak_offset: int  # offset of the event that brought allocated memory to its peak in this iteration
     peak_allocated_bytes: int
@@ -89,7 +89,7 @@ def iteration_timeline(
     events = trace.events[first : first + len(allocated)]
     if not events:
         raise UserError(f"the simulated device ran out of memory before iteration {index} started: {oom}")
-    spans = _phase_spans([event.phase for event in events])
+    spans = _phase_spans(_phases_as_run(events))
     peak_offset = max(range(len(allocated)), key=allocated.__getitem__)  # first offset at the maximum
     peak_event = events[peak_offset]
     return Timeline(
@@ -119,6 +119,18 @@ def estimate_timeline(estimate: Estimate, iteration: int = -1) -> Timeline:
     if iteration == -1:
         iteration = config.iterations - 1
     return iteration_timeline(estimate.trace, iteration=iteration, alloc_conf=config.alloc_conf)
+
+
+def _phases_as_run(events) -> list[str]:
+    """The phase running at each event. A free carries the phase that allocated its storage (a gradient's
+    is the backward's, though ``zero_grad`` frees it inside the optimizer step), so a free takes the phase
+    of the allocation before it."""
+    running, phases = events[0].phase if events else "", []
+    for event in events:
+        if event.op == "alloc":
+            running = event.phase
+        phases.append(running)
+    return phases
 
 
 def _phase_spans(phases: list[str]) -> tuple[PhaseSpan, ...]:
