@@ -48,7 +48,9 @@ def test_json_figures_add_up(example_json):
     runtime = sum(t["bytes"] for t in example_json["runtime"])
     host = sum(t["bytes"] for t in example_json["host"])
     assert example_json["runtime_bytes"] == runtime
-    assert example_json["context_bytes"] == example_json["activations_bytes"]  # kSTATIC: the context's block
+    assert example_json["execution_context_bytes"] == example_json["activations_bytes"]  # kSTATIC: the context's block
+    cuda_context = next(t["bytes"] for t in example_json["runtime"] if t["key"] == "cuda_context")
+    assert example_json["context_bytes"] == cuda_context  # the CUDA context, as estimate --json names it
     assert example_json["calibration_peak_bytes"] == sum(t["bytes"] for t in example_json["calibration"])
     total = find_gpu("Jetson-AGX-Orin-32GB").total_bytes
     assert example_json["device_total_bytes"] == total and example_json["unified_memory"] is True

@@ -107,7 +107,9 @@ class Deployment:
             "runtime_high_bytes": runtime[2],
             "weights_bytes": _bytes(self.term("weights")),
             "activations_bytes": _bytes(self.term("activations")),
-            "context_bytes": _bytes(self.term("activations")) if self.config.get("format") == "engine" else None,
+            "context_bytes": _bytes(self.term("cuda_context")),  # the CUDA context, as in estimate --json
+            # a TensorRT execution context's own block (kSTATIC: its activations); none for the other runtimes
+            "execution_context_bytes": _bytes(self.term("activations")) if self.config.get("format") == "engine" else None,
             "calibration_peak_bytes": self.calibration_bytes,
             "build_peak_bytes": self.build_bytes,
             "workspace_limit_bytes": self.workspace_limit_bytes,
