@@ -146,6 +146,8 @@ def draw_curves(data: CurveFigure, *, caption: bool = True) -> Figure:
                 handles.append(Line2D([], [], linestyle=CARD_STYLE, color=gpu_colours(gi % 8), linewidth=1.2, label=label))
             else:
                 handles.append(Line2D([], [], linestyle="none", label=f"{label} (above the plot)"))
+        placed: list[tuple[int, float]] = []  # (x, y) of the labels drawn: one near another goes above it
+        near = 0.04 * gib(top)  # labels closer than this on the same x would overlap
         for crossing in data.crossings:
             line = data.gpu_lines[crossing.gpu]
             if line in hidden or crossing.all_fit:
@@ -160,7 +162,9 @@ def draw_curves(data: CurveFigure, *, caption: bool = True) -> Figure:
             point = next(p for p in curve.points if p.x == crossing.largest_x)
             y = gib(data.value(point))
             ax.plot([point.x], [y], "o", markersize=9, markerfacecolor="none", markeredgecolor="black")
-            ax.annotate(f"{card_name(line.name)}: {data.x_name} {point.x}", (point.x, y), xytext=(6, 6),
+            above = sum(1 for x, other in placed if x == point.x and abs(other - y) < near)
+            placed.append((point.x, y))
+            ax.annotate(f"{card_name(line.name)}: {data.x_name} {point.x}", (point.x, y), xytext=(6, 6 + 11 * above),
                         textcoords="offset points", fontsize=8, color=colour)
         xs = sorted({p.x for c in data.curves for p in c.points})
         if data.x_name == "batch" and len(xs) > 1 and xs[-1] / xs[0] >= 8:
