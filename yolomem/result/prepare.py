@@ -73,7 +73,7 @@ def prepare(config: EstimateConfig) -> Prepared:
 
 def auto_optimizer_of_the_run(config: EstimateConfig, resolved: ResolvedModel, request) -> tuple[EstimateConfig, str | None]:
     """``optimizer=auto`` as Ultralytics' trainer settles it where the run's length is known: it picks by
-    ``ceil(train images / max(batch, nbs)) x epochs`` (``BaseTrainer._setup_train``), the images from the
+    ``ceil(train images / max(batch, nbs)) x epochs`` (``BaseTrainer._setup_train``; 8.4: ``_build_train_pipeline``), the images from the
     labels of ``data=`` or from ``images=``, the epochs from ``epochs=`` or the trainer's default. Otherwise
     it stays ``auto`` and the run assumes a short one (``runner.resolve_optimizer`` says so)."""
     if config.optimizer.lower() != "auto" or resolved.framework != "ultralytics" or config.step != "train":
