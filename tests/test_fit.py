@@ -287,6 +287,9 @@ def test_the_yolo_train_line_uses_the_users_data_or_a_placeholder():
     # a classifier's data is a folder (train/ and val/ class folders), not a YAML
     assert "data=path/to/dataset " in train_command(EstimateConfig(model="yolov8n-cls.yaml"))
     assert " single_cls=True" in train_command(EstimateConfig(model="yolov8s.yaml", single_cls=True))
+    # the run's length, which the estimate followed (epochs simulated, the mosaic's close), read back as it was
+    words = yolo_train_command(EstimateConfig(model="yolov8s.yaml", epochs=2)).split()[2:]  # after "yolo train"
+    assert EstimateConfig.from_words([w for w in words if not w.startswith("data=")]).epochs == 2
 
 
 @pytest.mark.slow  # 7 searches of a few traces each: about 1.5 min on 2 shared cores

@@ -92,6 +92,8 @@ def test_csv_and_markdown_formats():
     # shown, a card is its memory in GiB; the CSV/JSON keys stay the names people type
     assert "| RTX-3060 (12 GiB) FP32/AMP |" in text and "12GB" not in text
     assert "fp32_fits_RTX-3060-12GB" in rows[0]
+    upper = int(rows[1][rows[0].index("amp_peak_reserved_upper_bytes")])  # the figure the verdicts judge
+    assert upper == _table().rows[0].amp.peak_reserved_upper_bytes
 
 
 def test_markdown_names_the_unit_per_cell_when_trainers_differ():

@@ -70,8 +70,8 @@ def test_a_pasted_line_is_read_as_the_repos_own_parser_reads_it(line, monkeypatc
     {"world_size": 2, "batch": 32, "freeze": (0, 2, 5), "alloc_conf": "expandable_segments:True"},
     {"model": "yolov5s-seg", "single_cls": True},
     {"model": "yolov5s-cls", "optimizer": "RMSProp"},
-    {"model": "yolov5s.pt"},
-], ids=["default", "adamw-freeze10", "ddp-freeze-list-allocator", "segment", "classify", "checkpoint"])  # fmt: skip
+    {"model": "yolov5s.pt", "epochs": 3},
+], ids=["default", "adamw-freeze10", "ddp-freeze-list-allocator", "segment", "classify", "checkpoint-epochs"])  # fmt: skip
 def test_fits_train_py_lines_read_back_into_their_config(changes):
     """``fit`` prints the repo's line for the answer (``yolomem.sweeps.fit.train_command``); pasted back, it
     is the config it was written for."""
@@ -80,7 +80,7 @@ def test_fits_train_py_lines_read_back_into_their_config(changes):
     config = EstimateConfig.from_mapping({"model": "yolov5s", "batch": 16, "imgsz": 512, **changes})
     words = shlex.split(train_command(config).partition("  #")[0])
     read = _config(read_train_py_line(words).words)
-    for key in ("imgsz", "batch", "optimizer", "freeze", "single_cls", "world_size", "alloc_conf"):
+    for key in ("imgsz", "batch", "optimizer", "freeze", "single_cls", "world_size", "alloc_conf", "epochs"):
         assert getattr(read, key) == getattr(config, key), key
     assert read.model.removesuffix(".yaml").removesuffix(".pt") == config.model.removesuffix(".pt")
     if config.model.endswith(".pt"):  # a checkpoint is fine-tuned from --weights, not rebuilt from --cfg

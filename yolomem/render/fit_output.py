@@ -104,7 +104,7 @@ def render_ladder(strategies: tuple[Strategy, ...], capacity_bytes: int, console
     console = console or Console()
     table = Table(title=f"what each step buys ({_gib(capacity_bytes)} available for the caching allocator)", title_justify="left")
     table.add_column("step")
-    table.add_column("peak reserved", justify="right")
+    table.add_column("peak reserved, upper", justify="right")
     table.add_column("saves", justify="right")
     table.add_column("fits")
     table.add_column("largest batch", justify="right")

@@ -75,7 +75,8 @@ def to_csv(table: Table) -> str:
     writer = csv.writer(buffer)
     cols = ["model", "framework", "task", "imgsz", "batch", "params", "gflops"]
     for precision in ("fp32", "amp"):
-        cols += [f"{precision}_peak_reserved_bytes", f"{precision}_device_total_bytes"]
+        cols += [f"{precision}_peak_reserved_bytes", f"{precision}_device_total_bytes",
+                 f"{precision}_peak_reserved_upper_bytes", f"{precision}_device_total_upper_bytes"]  # the verdicts' figures
         cols += [f"{precision}_fits_{gpu}" for gpu in table.gpus]
         cols += [f"{precision}_max_batch_{gpu}" for gpu in table.gpus]
     writer.writerow(cols)
@@ -83,7 +84,8 @@ def to_csv(table: Table) -> str:
         values = [row.model, row.framework, row.task, row.imgsz, row.batch, row.params,
                   "" if row.gflops is None else round(row.gflops, 1)]  # fmt: skip
         for result in (row.fp32, row.amp):
-            values += [result.peak_reserved_bytes, result.device_total_bytes]
+            values += [result.peak_reserved_bytes, result.device_total_bytes, result.peak_reserved_upper_bytes,
+                       result.device_total_upper_bytes]  # fmt: skip
             values += [g.fits for g in result.gpus]
             values += [g.max_batch for g in result.gpus]
         writer.writerow(values)

@@ -107,7 +107,7 @@ class FitResult:
             "model": self.model,
             "gpu": self.gpu,
             "gpu_total_bytes": self.gpu_total_bytes,
-            "context_bytes": self.context_bytes,
+            "context_upper_bytes": self.context_bytes,  # the verdicts' CUDA context, as estimate --json's upper.context_upper_bytes
             "margin": self.margin,
             "capacity_bytes": self.capacity_bytes,
             "max_batch": self.max_batch,
@@ -120,7 +120,7 @@ class FitResult:
             "at_search_cap": self.at_search_cap,
             "whole_dataset": self.whole_dataset,
             "probes": [
-                {"batch": p.batch, "imgsz": p.imgsz, "peak_reserved_bytes": p.peak_reserved_bytes, "fits": p.fits}
+                {"batch": p.batch, "imgsz": p.imgsz, "peak_reserved_upper_bytes": p.peak_reserved_bytes, "fits": p.fits}
                 for p in self.probes
             ],
             "train_command": self.train_command,
@@ -150,6 +150,8 @@ def yolo_train_command(config: EstimateConfig, model: str | None = None, task: s
         return line if takes_overrides() else line + "  # this release resumes with the checkpoint's batch and imgsz"
     words = ["yolo", "train", f"model={model or config.model}", f"data={config.data or _data_placeholder(task)}",
              f"batch={config.batch}", f"imgsz={config.imgsz}"]  # fmt: skip
+    if config.epochs:  # the run's length: the mosaic's close and optimizer=auto's pick follow it
+        words.append(f"epochs={config.epochs}")
     if config.single_cls:
         words.append("single_cls=True")
     amp = amp_override(config.amp)
@@ -256,6 +258,8 @@ def yolov5_train_command(config: EstimateConfig, model: str | None = None, darkn
     words, cfg_note = yolov5_model_words(config, model, darknet, task)
     words += ["--data", config.data or _data_placeholder(task), "--img", str(config.imgsz), "--batch-size",
               str(config.batch)]  # fmt: skip
+    if config.epochs:
+        words += ["--epochs", str(config.epochs)]
     classify = task == "classify"
     spelled = {name.lower(): name for name in (CLASSIFY_OPTIMIZERS if classify else YOLOV5_OPTIMIZERS)}
     if config.optimizer.lower() in spelled:  # as the script spells it: RMSprop is classify/train.py's RMSProp

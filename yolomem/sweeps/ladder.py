@@ -67,7 +67,7 @@ class Strategy:
     def to_json(self) -> dict:
         return {
             "name": self.name, "changes": dict(self.changes), "how": self.how,
-            "peak_reserved_bytes": self.peak_reserved_bytes, "saved_bytes": self.saved_bytes, "fits": self.fits,
+            "peak_reserved_upper_bytes": self.peak_reserved_bytes, "saved_bytes": self.saved_bytes, "fits": self.fits,
             "max_batch": self.max_batch, "at_search_cap": self.at_search_cap, "note": self.note,
         }  # fmt: skip
 
