@@ -182,6 +182,28 @@ def test_chromium_on_a_card_without_amp_shows_the_fp32_run(site, capsys):
 
 
 @needs_chromium
+def test_chromium_gives_no_amp_figure_for_a_card_that_trains_fp32_when_the_page_lacks_fp32(site, tmp_path):
+    """Built with AMP figures only, the page cannot judge a card check_amp turns AMP off on: its largest batch
+    names why, not the AMP run's (which would be too high a batch)."""
+    import json
+
+    from yolomem.loops.ultralytics.release import release
+    from yolomem.render.site_html import page_data
+
+    if release().amp_refused_cards is None:
+        pytest.skip(f"ultralytics {release().version}'s check_amp has no list of cards")
+    text = site[2]
+    data = page_data(text)
+    data["series"] = [s for s in data["series"] if s.get("amp") != "fp32"]
+    start = text.index('<script type="application/json" id="site-data">') + len('<script type="application/json" id="site-data">')
+    page = tmp_path / "index.html"
+    page.write_text(text[:start] + json.dumps(data).replace("</", "<\\/") + text[text.index("</script>", start):], encoding="utf-8")
+    run = _open(tmp_path, page, "#model=yolov8n.yaml&imgsz=64&batch=4&amp=fp16&gpu=T4", "--dump-dom")
+    assert re.search(r'data-card="GTX-1650" data-max-batch=""[^>]*>trains in FP32 here', run.stdout)
+    assert re.search(r'data-card="T4" data-max-batch="\d+"', run.stdout)
+
+
+@needs_chromium
 def test_chromium_deployment_view_shows_what_deploy_prints(site, capsys):
     folder, page = site[0], site[1]
     run = run_chromium(folder, "--virtual-time-budget=3000", "--dump-dom", page.as_uri() +

@@ -204,8 +204,11 @@
     const chartBox = chart(s.points.batch, s.points.peak_reserved_upper_bytes, s.points.peak_reserved_bytes, state, capacity,
       "Solid: reserved memory, upper figure; dotted: expected. Dashed lines: what each card gives a run " +
       "(its memory minus the CUDA context and the margin).");
-    const upperOn = (name) => (ampOffOn(name, state.asked) && fp32Twin(state.asked) ? fp32Twin(state.asked) : state.asked)
-      .points.peak_reserved_upper_bytes;
+    const upperOn = (name) => {  // null: the card trains in FP32, which this page has no figures for
+      if (!ampOffOn(name, state.asked)) return state.asked.points.peak_reserved_upper_bytes;
+      const twin = fp32Twin(state.asked);
+      return twin ? twin.points.peak_reserved_upper_bytes : null;
+    };
     layout(out, figures, "Where it goes (at the peak)", breakdown(s.points.breakdown, i, DATA.part_labels), chartBox,
            largest(s.points.batch, upperOn, state, capacity));
     out.append(el("h2", {}, "Train it"), el("pre", { "data-key": "train_command" }, state.asked.train_command + at("batch")));
@@ -330,8 +333,9 @@
     cards.forEach(([name, total]) => {
       const cap = limitOf(total), upper = upperOn(name);
       let best = null, k = 0;
-      while (k < xs.length && upper[k] <= cap) best = xs[k++];
-      const text = best === null ? `none (batch ${xs[0]} needs ${gib(upper[0], 2)})`
+      while (upper && k < xs.length && upper[k] <= cap) best = xs[k++];
+      const text = !upper ? "trains in FP32 here (check_amp); build the page with amp=true,false for its figures"
+        : best === null ? `none (batch ${xs[0]} needs ${gib(upper[0], 2)})`
         : k === xs.length ? `${best} or more` : `${best} (${xs[k]} does not fit)`;
       const selected = state.custom ? name === "custom" : name === state.wanted.gpu;
       const tr = el("tr", selected ? { class: "selected" } : {});
