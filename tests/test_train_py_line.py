@@ -110,6 +110,9 @@ def test_the_cli_estimates_a_pasted_line_as_the_words_it_says(capsys):
     ("python train.py --weights '' --cfg ''", "builds no model"),
     ("python train.py --optimizer Adamw", "invalid choice: 'Adamw'"),
     ("torchrun --nproc_per_node two train.py", "give the number of GPUs"),
+    # train.py's main(): `assert not opt.image_weights` and `assert not opt.evolve` when LOCAL_RANK != -1
+    ("torchrun --nproc_per_node 2 train.py --batch 16 --image-weights", "'--image-weights is not compatible with YOLOv5"),
+    ("torchrun --nproc_per_node 2 train.py --batch 16 --evolve", "'--evolve is not compatible with YOLOv5"),
 ])  # fmt: skip
 def test_a_line_the_script_would_stop_on_is_one_line(line, fragment, capsys):
     assert main(shlex.split(line)) == 2
@@ -189,3 +192,13 @@ def test_the_repos_inference_scripts_are_refused_in_one_line(line, capsys):
     err = capsys.readouterr().err
     assert "the yolov5 repo's inference scripts are not sized" in err and err.count("\n") == 1
     check_not_inference(["yolov8n.yaml", "data=my/val.py"])  # a key's value is not a script: no error
+
+
+def test_sync_bn_is_not_modelled_under_ddp_and_changes_nothing_on_one_gpu():
+    """train.py converts BatchNorm to SyncBatchNorm only with a DDP launcher (``opt.sync_bn and cuda and RANK != -1``)."""
+    from yolomem.cli.train_py import read_train_py_line
+
+    ddp = read_train_py_line(shlex.split("torchrun --nproc_per_node 2 train.py --batch 16 --sync-bn"))
+    assert [option for option, _ in ddp.not_modelled] == ["sync_bn"] and "--sync-bn" not in ddp.ignored
+    one = read_train_py_line(shlex.split("python train.py --batch 16 --sync-bn"))
+    assert not one.not_modelled and "--sync-bn" in one.ignored

@@ -42,6 +42,10 @@ NOT_MODELLED = {
     "no_overlap": "per-object masks (no overlap) are not modelled; estimated with the overlapping masks of the default",
     "cutoff": "a classifier cut at another layer is not modelled; estimated with the script's default head",
 }
+DDP_NOT_MODELLED = {  # what an option does under a DDP launcher only
+    "sync_bn": "under DDP the model's BatchNorm layers become SyncBatchNorm (train.py), which is not modelled; "
+               "estimated with plain BatchNorm",
+}
 LOWER_ONLY = {  # the estimate's own keys that note what these options do (yolomem.config.keys)
     "rect": "rect=True", "noval": "val=False",
 }
@@ -143,6 +147,11 @@ def read_train_py_line(words: list[str]) -> TrainPyLine:
     estimate += [word for option, word in LOWER_ONLY.items() if given.get(option)]
     devices = [d for d in str(opt.device or "").split(",") if d.strip()]
     if world_size > 1:
+        for option in ("image_weights", "evolve"):  # train.py's main() asserts these away under DDP
+            if given.get(option):
+                flag = f"--{option.replace('_', '-')}"
+                raise UserError(f"{flag} with a DDP launcher: {script} stops on it ('{flag} is not compatible with "
+                                "YOLOv5 Multi-GPU DDP training')")  # fmt: skip
         estimate.append(f"world_size={world_size}")
     elif len(devices) > 1 and "cpu" not in devices:
         raise UserError(f"--device {opt.device} without a DDP launcher: {script} trains with DataParallel, which yolomem "
@@ -150,8 +159,11 @@ def read_train_py_line(words: list[str]) -> TrainPyLine:
                         f"{script} ...' (DDP, world_size={len(devices)}), as the repo recommends")  # fmt: skip
     not_modelled = [(option, why) for option, why in NOT_MODELLED.items() if _given(given, option, script)
                     and not (option == "hyp" and PurePath(str(opt.hyp)).name == DEFAULT_HYP)]  # fmt: skip
+    if world_size > 1:
+        not_modelled += [(option, why) for option, why in DDP_NOT_MODELLED.items() if given.get(option)]
     read = {"weights", "cfg", "model", "imgsz", "batch_size", "epochs", "data", "optimizer", "workers", "seed", "cache",
-            "freeze", "single_cls", "multi_scale", "device", "resume", *LOWER_ONLY, *NOT_MODELLED}  # fmt: skip
+            "freeze", "single_cls", "multi_scale", "device", "resume", *LOWER_ONLY, *NOT_MODELLED,
+            *(DDP_NOT_MODELLED if world_size > 1 else ())}  # fmt: skip
     ignored = [f"--{name.replace('_', '-')}" for name, value in given.items()
                if name not in read and value != _parser(script).get_default(name)]  # fmt: skip
     if opt is not line_opt:  # a resume reads none of the line's other options: said beside the resume

@@ -391,7 +391,8 @@ def refuse_precision(config: EstimateConfig) -> None:
 def measure(settings: MeasureSettings, results: Path | str, *, launch: Launcher | None = None,
             device_count: Callable[[], int] = cuda_device_count) -> MeasurementRecord:
     """Run one measurement in a fresh process, append its record to ``results``, and return it. The
-    inputs are checked first (the model resolves, as an estimate resolves it), then CUDA, then it runs."""
+    inputs are checked first (the model resolves, as an estimate resolves it), then CUDA, then the packages
+    the run needs, then it runs."""
     from yolomem.loops import resolve_model, ultralytics_twin
 
     resolved = resolve_model(settings.config.model, settings.config.framework)  # unknown: estimate's one-line error
@@ -408,6 +409,10 @@ def measure(settings: MeasureSettings, results: Path | str, *, launch: Launcher 
     else:
         refuse_precision(settings.config)
     check_cuda(settings.config.world_size, device_count())
+    if settings.config.framework == "yolov5":
+        from yolomem.measure.yolov5_train import check_package
+
+        check_package()
     from yolomem.result.prepare import trainer_defaults
 
     # the run trains at what `yolo train` would (a classifier at 224 when imgsz is not given), and says so

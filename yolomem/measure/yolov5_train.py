@@ -34,14 +34,18 @@ from yolomem.errors import UserError
 INSTALL_HINT = "pip install yolov5 (the yolov5 repo as packaged on PyPI)"
 
 
-def check_measurable(config: EstimateConfig, resolved) -> None:
-    """A one-line error for what this run cannot measure of the yolov5 loop."""
+def check_package() -> None:
+    """The one-line error where the yolov5 package is missing (asked after CUDA: without a GPU it would not help)."""
     import importlib.util
-
-    from yolomem.loops.yolov5.runner import original_of
 
     if importlib.util.find_spec("yolov5") is None:
         raise UserError(f"measure framework=yolov5 runs the repo's train.py from the yolov5 package; {INSTALL_HINT}")
+
+
+def check_measurable(config: EstimateConfig, resolved) -> None:
+    """A one-line error for what this run cannot measure of the yolov5 loop."""
+    from yolomem.loops.yolov5.runner import original_of
+
     original = original_of(resolved)
     if original.kind != "yolov5-yaml" or original.task != "detect":
         kinds = {"darknet": "a darknet cfg", "yolov5-checkpoint": "a checkpoint"}
