@@ -194,3 +194,14 @@ def test_an_image_of_pose_rows_among_boxes_is_left_out(tmp_path):
     (note,) = [note for note in result.notes if "rejects" in note]
     assert "rejects the labels of 1 of 6 train images" in note and "not counted" in note
     assert "(5 images, densest image 3)" in result.density.source
+
+
+@pytest.mark.parametrize("name", ["yolov5s", "yolov5s-seg", "yolov5s6"])
+def test_the_note_names_ultralytics_twin_only_where_it_ships(name):
+    """A bare repo name says which Ultralytics YAML is its anchor-free twin; there is no YOLOv5u-seg to name."""
+    from yolomem.loops import get_loop
+
+    note = resolve_model(name).note
+    said = note.partition("Ultralytics' anchor-free YOLOv5u is ")[2]
+    shipped = get_loop("ultralytics").model_names()
+    assert (said in shipped) if said else not any(n.startswith("yolov5s") and "seg" in n for n in shipped), note
