@@ -205,3 +205,20 @@ def test_the_note_names_ultralytics_twin_only_where_it_ships(name):
     said = note.partition("Ultralytics' anchor-free YOLOv5u is ")[2]
     shipped = get_loop("ultralytics").model_names()
     assert (said in shipped) if said else not any(n.startswith("yolov5s") and "seg" in n for n in shipped), note
+
+
+@pytest.mark.parametrize("name", ["yolov5s.yaml", "yolov5s.pt"])
+def test_a_yolo_train_line_builds_the_repo_name_as_ultralytics_does(name):
+    """``yolo train model=yolov5s.yaml`` (or ``.pt``) trains Ultralytics' anchor-free YOLOv5u; outside a yolo
+    line the bare name stays the repo's anchor-based design."""
+    from ultralytics import YOLO
+
+    from yolomem.result.estimate import estimate_config
+
+    pasted = EstimateConfig.from_words(["yolo", "train", f"model={name}", "imgsz=64", "batch=2"])
+    assert pasted.model == "yolov5su.yaml"
+    assert any(note.startswith(f"yolo train model={name} builds Ultralytics' anchor-free") for note in pasted.notes)
+    built = YOLO("yolov5s.yaml").model  # Ultralytics' own build of the name (its yaml_model_load unifies it)
+    assert resolve_model(pasted.model).framework == "ultralytics"
+    assert estimate_config(pasted.with_changes(iterations=1, nc=built.model[-1].nc)).params == sum(p.numel() for p in built.parameters())
+    assert EstimateConfig.from_words([name]).model == name  # yolomem's own words: the repo's model

@@ -299,6 +299,7 @@ class Words:
     values: dict[str, object]
     notes: tuple[str, ...] = ()
     given: tuple[str, ...] = ()  # the keys in the order they were given
+    yolo_mode: str | None = None  # a pasted ``yolo`` line's mode ("train"); None for yolomem's own words
 
 
 # words of a pasted ``yolo detect train ...`` line that name the command, not a model
@@ -365,7 +366,7 @@ def parse_words(words: Iterable[str], table: KeyTable, *, ignored: Callable[[], 
             notes.append(ignored_note(key, raw))
         else:
             raise unknown_key(key, table)
-    return Words(tuple(positionals), values, tuple(notes), tuple(values))
+    return Words(tuple(positionals), values, tuple(notes), tuple(values), mode)
 
 
 # Ultralytics keys left out of the estimate though at some values they can lower memory: the figure is

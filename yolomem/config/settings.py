@@ -103,9 +103,15 @@ class EstimateConfig:
         skip = set(skip)
         values = {k: v for k, v in parsed.values.items() if k in ESTIMATE_KEYS and k not in skip}
         model = model_of(parsed.positionals, values.get("model"))
+        notes = parsed.notes
+        if model is not None and parsed.yolo_mode == "train":  # `yolo train` builds the name as Ultralytics does
+            from yolomem.loops import ultralytics_reading
+
+            model, note = ultralytics_reading(model)
+            notes += (note,) if note else ()
         if model is not None:
             values["model"] = model
-        return cls.from_values(values, parsed.notes)
+        return cls.from_values(values, notes)
 
     @classmethod
     def from_mapping(cls, values: dict, notes: Iterable[str] = ()) -> EstimateConfig:
