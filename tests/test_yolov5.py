@@ -222,3 +222,12 @@ def test_a_yolo_train_line_builds_the_repo_name_as_ultralytics_does(name):
     assert resolve_model(pasted.model).framework == "ultralytics"
     assert estimate_config(pasted.with_changes(iterations=1, nc=built.model[-1].nc)).params == sum(p.numel() for p in built.parameters())
     assert EstimateConfig.from_words([name]).model == name  # yolomem's own words: the repo's model
+
+
+def test_the_weights_train_py_copies_to_fp16_and_back_stay_parameters():
+    """train.py's ``model.half().float()`` replaces every weight's storage: the new ones are still the model's."""
+    from yolomem.result.estimate import estimate
+
+    result = estimate("yolov5n", imgsz=64, batch=2, iterations=1)
+    weights = 4 * result.params  # float32 parameters (the buffers and class weights add a little)
+    assert weights <= result.breakdown["parameter"] < 1.1 * weights

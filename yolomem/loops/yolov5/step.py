@@ -172,6 +172,8 @@ class Yolov5Run:
         with self.tracer.phase("setup"):
             convert_floats(self.model, torch.float16)
             convert_floats(self.model, torch.float32)
+            # the new storages are the model's parameters and buffers, as the ones they replaced were
+            self.tracer.label([*self.model.parameters(), *self.model.buffers()], "parameter")
             self.ddp_buckets = wrap_in_ddp(self.model, self.tracer, world_size)  # the Reducer's, for the whole run
             self.class_weights = to_device(torch.ones(self.model.nc)) * self.model.nc  # (nc,)
             self.tracer.track_existing([self.class_weights], "parameter")
