@@ -231,3 +231,33 @@ def test_the_weights_train_py_copies_to_fp16_and_back_stay_parameters():
     result = estimate("yolov5n", imgsz=64, batch=2, iterations=1)
     weights = 4 * result.params  # float32 parameters (the buffers and class weights add a little)
     assert weights <= result.breakdown["parameter"] < 1.1 * weights
+
+
+def test_multi_scale_traces_the_largest_size_train_py_draws():
+    """train.py --multi-scale: ``sz = random.randrange(int(imgsz * 0.5), int(imgsz * 1.5) + gs) // gs * gs``,
+    then ``interpolate(imgs, size=ns)``: the step is traced on the largest size that line can draw (its own
+    expression, read from the repo's train.py and evaluated at randrange's top)."""
+    import ast
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from yolov5_reference import yolov5_or_reason
+
+    from yolomem.loops.yolov5.step import multi_scale_size
+
+    yolov5, reason = yolov5_or_reason()
+    if yolov5 is None:
+        pytest.skip(reason)
+    tree = ast.parse((Path(yolov5.__file__).parent / "train.py").read_text())  # read, not imported
+    line = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                and getattr(node.targets[0], "id", "") == "sz")  # fmt: skip
+    top = SimpleNamespace(randrange=lambda start, stop: stop - 1)
+    for imgsz, gs in ((640, 32), (64, 32), (1280, 64)):
+        assert multi_scale_size(imgsz, gs) == eval(compile(ast.Expression(line), "train.py", "eval"),
+                                                   {"random": top, "imgsz": imgsz, "gs": gs})  # fmt: skip
+    config = EstimateConfig(model="yolov5n", framework="yolov5", imgsz=64, batch=2, iterations=1, multi_scale=0.5)
+    run = trace_yolov5_run(config, resolve_model("yolov5n", "yolov5"))
+    side = multi_scale_size(64, 32)
+    inputs = {e.nbytes for e in run.trace.events if e.op == "alloc" and e.phase == "preprocess"}
+    assert 2 * 3 * side * side * 4 in inputs  # the float32 batch interpolated to the largest size
+    assert any(note.endswith(f"traced at the largest, {side}") for note in run.notes)

@@ -18,7 +18,7 @@ from yolomem.loops.yolov5.names import OriginalModel
 from yolomem.loops.yolov5.classify import OPTIMIZER as CLASSIFY_OPTIMIZER
 from yolomem.loops.yolov5.classify import PRECISION as CLASSIFY_PRECISION
 from yolomem.loops.yolov5.classify import ClassifyRun, ClassifySettings
-from yolomem.loops.yolov5.step import OPTIMIZERS, Yolov5Run, Yolov5Settings
+from yolomem.loops.yolov5.step import OPTIMIZERS, Yolov5Run, Yolov5Settings, multi_scale_size
 
 IMAGENET_CLASSES = 1000  # the released yolov5?-cls.pt; classify/train.py reshapes the head to the dataset's
 _OPTIMIZER_NAMES = {"auto": "SGD", "SGD": "SGD", "Adam": "Adam", "AdamW": "AdamW", "RMSprop": "RMSProp"}
@@ -94,7 +94,7 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
         notes.append("optimizer=auto: the yolov5 loop's default, SGD (momentum 0.937, nesterov)")
     # with epochs simulated, data= gives the objects per image (yolomem.result.epochs)
     data = config.data if after_iterations is None else None
-    for key, value in (("data", data), ("checkpoint", config.checkpoint), ("multi_scale", config.multi_scale)):
+    for key, value in (("data", data), ("checkpoint", config.checkpoint), ("multi_scale", classify and config.multi_scale)):
         if value:
             notes.append(f"{key}={value}: not modelled for framework=yolov5; ignored")
     per_rank = rank_batch(config)  # train.py: batch_size // WORLD_SIZE
@@ -109,7 +109,11 @@ def trace_yolov5_run(config: EstimateConfig, resolved: ResolvedModel, *, fake: b
             run = ClassifyRun(model, ClassifySettings(per_rank, imgsz, optimizer, step=config.step), tracer, policy)
         else:
             settings = Yolov5Settings(per_rank, imgsz, config.amp, optimizer, config.nbs, config.freeze, config.step,
-                                      original.task)  # fmt: skip
+                                      original.task, multi_scale=bool(config.multi_scale))  # fmt: skip
+            if config.multi_scale:
+                largest = multi_scale_size(imgsz, max(stride, 32))
+                notes.append(f"multi_scale: train.py resizes each batch to a side drawn from {int(imgsz * 0.5)}-{largest} "
+                             f"(--multi-scale); traced at the largest, {largest}")  # fmt: skip
             run = Yolov5Run(model, settings, tracer, policy)
         params = sum(p.numel() for p in model.parameters())
         tracer.forget()  # built on the host; the GPU sees the finished tensors

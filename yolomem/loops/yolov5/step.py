@@ -27,6 +27,7 @@ Not here: the validation pass at twice the batch (val.py), which runs at the end
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,13 @@ class Yolov5Settings:
     freeze: tuple[int, ...] = ()
     step: str = "train"  # "train" | "fwd_bwd"
     task: str = "detect"  # "detect" | "segment"
+    multi_scale: bool = False  # train.py --multi-scale: each batch resized, traced at the largest size it draws
+
+
+def multi_scale_size(imgsz: int, gs: int) -> int:
+    """The largest side train.py's ``--multi-scale`` draws: ``random.randrange(int(imgsz * 0.5),
+    int(imgsz * 1.5) + gs) // gs * gs`` at its top, ``int(imgsz * 1.5) + gs - 1``."""
+    return (int(imgsz * 1.5) + gs - 1) // gs * gs
 
 
 def accumulate_at(iteration: int, batch: int, nbs: int) -> int:
@@ -202,6 +210,11 @@ class Yolov5Run:
         held.pop("imgs", None)  # ``for i, (imgs, targets, ...) in pbar`` rebinds imgs to the host batch
         with tracer.phase("preprocess"):
             held["imgs"] = to_device(host_imgs).float() / 255  # (B, 3, H, W) uint8 -> float32
+            if self.settings.multi_scale:  # train.py: imgs = interpolate(imgs, size=ns, mode='bilinear')
+                gs = max(int(max_stride(self.model)), 32)
+                scale = multi_scale_size(self.settings.imgsz, gs) / max(held["imgs"].shape[2:])
+                size = [math.ceil(side * scale / gs) * gs for side in held["imgs"].shape[2:]]
+                held["imgs"] = nn.functional.interpolate(held["imgs"], size=size, mode="bilinear", align_corners=False)
         with self._autocast():
             with tracer.phase("forward"):
                 held["pred"] = self.model(held["imgs"])
