@@ -156,7 +156,8 @@ class Table:
     def method_note(self) -> str:
         how = ("one trace per row and precision, batch-independent part from the trace's breakdown"
                if self.method == "breakdown" else "two traced batch sizes per row and precision")  # fmt: skip
-        return (f"max batch: linear-in-batch model ({how}); peaks from {self.iterations} traced iteration(s); "
+        return (f"max batch: linear-in-batch model ({how}), within a batch or two of what `yolomem fit` confirms "
+                f"with traces at N and N+1, either way; peaks from {self.iterations} traced iteration(s); "
                 f"fits: within the card minus the CUDA context and a {self.margin:.0%} margin, "
                 f"'near': only inside the margin")  # fmt: skip
 
