@@ -71,22 +71,14 @@ def test_freeze_is_written_as_train_py_reads_it():
     assert train_py_freeze((3, 5)) == [3, 5]
 
 
-def test_without_the_package_the_refusal_names_the_install(tmp_path, monkeypatch):
+@pytest.mark.parametrize("gpus, says", [(1, "pip install yolov5"), (0, "measure needs a CUDA GPU")])
+def test_without_the_package_the_refusal_names_the_install_or_first_the_gpu(tmp_path, monkeypatch, gpus, says):
+    """Without the yolov5 package the line names its install; on a machine without CUDA the package would
+    not help, so the line names the GPU."""
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "yolov5" else real(name, *a))
-    with pytest.raises(UserError, match="pip install yolov5"):
+    with pytest.raises(UserError, match=says):
         measure(MeasureSettings(EstimateConfig(model="yolov5s", framework="yolov5")), tmp_path / "r.jsonl",
-                launch=lambda *a: None, device_count=lambda: 1)  # fmt: skip
-
-
-def test_without_a_gpu_the_refusal_is_the_gpu_not_the_package(tmp_path, monkeypatch):
-    """On a machine without CUDA the package would not help: the GPU is what the line names."""
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "yolov5" else real(name, *a))
-    with pytest.raises(UserError, match="measure needs a CUDA GPU"):
-        measure(MeasureSettings(EstimateConfig(model="yolov5s", framework="yolov5")), tmp_path / "r.jsonl",
-                launch=lambda *a: None, device_count=lambda: 0)  # fmt: skip
+                launch=lambda *a: None, device_count=lambda: gpus)  # fmt: skip
