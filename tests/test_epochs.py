@@ -186,7 +186,7 @@ def _carry_plan():
     from yolomem.result.epochs import EpochPlan
 
     return EpochPlan(levels=(1,), level_counts=((1,),), sequences=(((0, 0, 0), (0, 0)),),
-                     val_shapes=(ValBatchShape(2, 64, 64, (1, 1)),), val_sequence=(0,), batches_per_epoch=None,
+                     val_shapes=(ValBatchShape(2, 64, 64, (1, 1)),), val_sequence=(0,), batches_per_epoch=3,
                      seeds=(0,), whole_val_pass=True)  # fmt: skip
 
 

@@ -55,7 +55,9 @@ def test_validation_precision():
 def test_closes_mosaic_when_short():
     # 8.4.156 -> 8.4.157: `if epoch == (self.epochs - self.args.close_mosaic)` -> a once-only gate on
     # `epoch >= self.epochs - self.args.close_mosaic`
-    assert rel.closes_mosaic_when_short() == (_installed() >= (8, 4, 157))
+    from yolomem.loops.ultralytics.trainer_source import closes_mosaic_when_short
+
+    assert closes_mosaic_when_short() == (_installed() >= (8, 4, 157))
 
 
 def test_the_installed_trainer_closes_the_mosaic_where_the_plan_says():

@@ -153,6 +153,7 @@ class PackageRun:
         GPU, and ``ComputeLoss``'s two ``pos_weight`` tensors (made earlier here, registered now)."""
         with tracer.phase("setup"):
             self.model.half().float()  # pre-reduce anchor precision
+            tracer.label([*self.model.parameters(), *self.model.buffers()], "parameter")  # new storages, same role
             nc = self.model.nc
             self.model.class_weights = to_device(torch.ones(nc)) * nc  # labels_to_class_weights(...).to(device) * nc
             tracer.track_existing([self.model.class_weights], "parameter")

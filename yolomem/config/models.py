@@ -5,7 +5,23 @@ Resolving a name is each training loop's job (``yolomem.loops.resolve_model``); 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
+
+# the yolov5 repo's model names, which Ultralytics' `yolo train` builds as its anchor-free twins
+_REPO_YOLOV5 = re.compile(r"^(yolov5[nsmlx]6?)\.(yaml|pt)$")
+
+
+def yolo_train_builds(model: str) -> tuple[str, str | None]:
+    """The model a ``yolo train model=...`` line builds: Ultralytics renames the yolov5 repo's names to its
+    anchor-free twins (``yolov5s.yaml`` and ``yolov5s.pt`` train as ``yolov5su``: its ``check_yolov5u_filename``
+    and ``yaml_model_load``'s unified ``yolov5.yaml``), with a note; any other name (or a file here) as given."""
+    match = _REPO_YOLOV5.match(model)
+    if match is None or Path(model).exists():
+        return model, None
+    twin = f"{match.group(1)}u.yaml"
+    return twin, f"yolo train model={model} builds Ultralytics' anchor-free {twin}, not the yolov5 repo's model"
 
 
 @dataclass(frozen=True)

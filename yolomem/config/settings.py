@@ -105,9 +105,9 @@ class EstimateConfig:
         model = model_of(parsed.positionals, values.get("model"))
         notes = parsed.notes
         if model is not None and parsed.yolo_mode == "train":  # `yolo train` builds the name as Ultralytics does
-            from yolomem.loops import ultralytics_reading
+            from yolomem.config.models import yolo_train_builds
 
-            model, note = ultralytics_reading(model)
+            model, note = yolo_train_builds(model)
             notes += (note,) if note else ()
         if model is not None:
             values["model"] = model

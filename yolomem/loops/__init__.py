@@ -68,18 +68,6 @@ def _resolve(spec: str, framework: str):
         raise unknown("model", shown, get_loop(framework).model_names(), where=f"({error.strerror.lower()})") from None
 
 
-def ultralytics_reading(model: str) -> tuple[str, str | None]:
-    """The model a ``yolo train model=...`` line builds: Ultralytics renames the yolov5 repo's names to its
-    anchor-free twins (``yolov5s.yaml`` and ``yolov5s.pt`` train as ``yolov5su``: ``check_yolov5u_filename``,
-    and ``yaml_model_load``'s unified ``yolov5.yaml``), with a note; any other name as given."""
-    from yolomem.loops.yolov5.names import is_original_only
-
-    twin = ultralytics_twin(model) if is_original_only(model) else None
-    if twin is None:
-        return model, None
-    return twin, f"yolo train model={model} builds Ultralytics' anchor-free {twin}, not the yolov5 repo's model"
-
-
 def ultralytics_twin(model: str) -> str | None:
     """Ultralytics' own build of a yolov5-repo name (yolov5s -> yolov5su.yaml), where it has one."""
     twin = f"{Path(model).stem}u.yaml"

@@ -182,10 +182,10 @@ class Augmentation:
         the yolov5 repo's train.py, which has no ``close_mosaic`` and keeps it on."""
         if config.framework == "yolov5":
             return Augmentation.for_epoch(epoch, config.epochs, config.mosaic, 0, config.scale, config.translate)
-        from yolomem.loops.ultralytics.release import release
+        from yolomem.loops.ultralytics.trainer_source import mosaic_close_rule
 
         return Augmentation.for_epoch(epoch, config.epochs, config.mosaic, config.close_mosaic, config.scale,
-                                      config.translate, release().closes_mosaic_when_short)  # fmt: skip
+                                      config.translate, mosaic_close_rule())  # fmt: skip
 
 
 def image_counts(rng: np.random.Generator, mean: float, sigma: float, n: int, cap: int | None = None) -> np.ndarray:

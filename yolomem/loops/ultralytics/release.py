@@ -54,6 +54,7 @@ from types import SimpleNamespace
 
 from yolomem.errors import UserError
 from yolomem.loops.base import CacheClears, larger_side
+from yolomem.loops.ultralytics.trainer_source import ReleaseProbeError, function_tree
 
 # 8.0.35: the oldest release on PyPI after 8.0.0-8.0.6 (which read their settings through hydra and train by
 # another API; 8.0.7-8.0.34 are not on PyPI). Up to 8.0.135 the package had another layout, read through
@@ -74,10 +75,6 @@ KNOWN_BROKEN: dict[tuple[int, int, int], str] = {}
 # and says what a long one would get.
 SHORT_RUN_ITERATIONS = 6_000
 LONG_RUN_ITERATIONS = 100_000
-
-
-class ReleaseProbeError(RuntimeError):
-    """The installed code does not look like any release the probe knows how to read."""
 
 
 @dataclass(frozen=True)
@@ -113,9 +110,6 @@ class Release:
     task_models: dict[str, str] = field(default_factory=dict)  # per task, what `yolo TASK train` takes without model=
     amp_switch: bool = True  # the trainer has an amp option (8.0.57; before, AMP on every GPU)
     classify_imgsz_rewrite: tuple[int, int] | None = None  # (asked, trained): get_model's rewrite, up to 8.0.103
-    # a run of at most close_mosaic epochs trains without mosaic from its first epoch (8.4.157+); before, the
-    # close came at ``epoch == epochs - close_mosaic``, which such a run never reaches: mosaic throughout
-    closes_mosaic_when_short: bool = True
 
     def turns_amp_off(self, gpu) -> bool:
         """Whether ``check_amp`` turns AMP off on ``gpu`` (a ``yolomem.config.gpus.Gpu``) by its name alone."""
@@ -235,14 +229,9 @@ def _probe_release() -> Release:
         clears = cache_clears()
     except ReleaseProbeError:
         clears = None
-    try:
-        short_closes = closes_mosaic_when_short()
-    except ReleaseProbeError:
-        short_closes = True  # a release that rewrote the close: the newest rule known
     return Release(version, gpu_mem_unit(), clears, validation_precision(), fused_adam(), optimizers(), short, long,
                    default_imgsz(), single_cls_one_class(), amp_refused_cards(), oom_retries(), trains_bf16(),
-                   task_models(), amp_switch=amp_switch(), classify_imgsz_rewrite=classify_imgsz_rewrite(),
-                   closes_mosaic_when_short=short_closes)  # fmt: skip
+                   task_models(), amp_switch=amp_switch(), classify_imgsz_rewrite=classify_imgsz_rewrite())  # fmt: skip
 
 
 _TASK_MAP_FIELDS = ("model", "trainer", "validator", "predictor")
@@ -275,7 +264,7 @@ def default_data() -> dict[str, str]:
 
     if hasattr(cfg, "TASK2DATA"):
         return dict(cfg.TASK2DATA)
-    for node in ast.walk(_function_tree(cfg.entrypoint)):
+    for node in ast.walk(function_tree(cfg.entrypoint)):
         if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "task2data" for t in node.targets)
                 and isinstance(node.value, ast.Call) and ast.unparse(node.value.func) == "dict"):
             return {k.arg: ast.literal_eval(k.value) for k in node.value.keywords}  # fmt: skip
@@ -296,11 +285,6 @@ def _model_map(model_map: dict) -> dict[str, list]:
 
 
 # -- probes -------------------------------------------------------------------------------------------
-def _function_tree(function) -> ast.FunctionDef:
-    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
-    return next(node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)))
-
-
 def gpu_mem_unit() -> str:
     """What ``GPU_mem`` is printed in: "GiB" (bytes / 2**30) or "GB" (bytes / 1e9)."""
     from unittest import mock
@@ -334,7 +318,7 @@ def cache_clears() -> CacheClears:
     ``except`` are not epoch-boundary clears."""
     from ultralytics.engine.trainer import BaseTrainer
 
-    function = _function_tree(BaseTrainer._do_train)
+    function = function_tree(BaseTrainer._do_train)
     epoch_loop = next((node for node in function.body if isinstance(node, (ast.For, ast.While)) and _calls(node, "validate")), None)
     if epoch_loop is None:
         raise ReleaseProbeError("no epoch loop calling self.validate() in BaseTrainer._do_train")
@@ -347,22 +331,6 @@ def cache_clears() -> CacheClears:
         else:
             after = threshold if after is None else min(after, threshold)
     return CacheClears(before_val=before, after_epoch=after)
-
-
-def closes_mosaic_when_short() -> bool:
-    """How ``_do_train`` closes the mosaic: ``epoch >= self.epochs - self.args.close_mosaic`` behind a
-    once-only gate (8.4.157+: a run of at most ``close_mosaic`` epochs closes it at epoch 0), or
-    ``epoch == ...`` (before: such a run never reaches the close and keeps its mosaic)."""
-    from ultralytics.engine.trainer import BaseTrainer
-
-    for node in ast.walk(_function_tree(BaseTrainer._do_train)):
-        if (isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "epoch"
-                and "close_mosaic" in ast.dump(node.comparators[0])):  # fmt: skip
-            if isinstance(node.ops[0], ast.Eq):
-                return False
-            if isinstance(node.ops[0], ast.GtE):
-                return True
-    raise ReleaseProbeError("no 'epoch == / >= self.epochs - self.args.close_mosaic' in BaseTrainer._do_train")
 
 
 def _calls(node: ast.AST, attribute: str) -> list[ast.Call]:
@@ -406,7 +374,7 @@ def _threshold(call: ast.Call, guards) -> float:
 def validation_precision() -> ValidationPrecision:
     from ultralytics.engine.validator import BaseValidator
 
-    function = _function_tree(BaseValidator.__call__)
+    function = function_tree(BaseValidator.__call__)
     source = ast.unparse(function)
     halves = any(isinstance(call.func.value, ast.Name) and call.func.value.id == "model" for call in _calls(function, "half"))
     autocast = any(
@@ -490,7 +458,7 @@ def single_cls_one_class() -> bool:
     before, single_cls only relabelled the objects class 0 in the dataset."""
     from ultralytics.engine.trainer import BaseTrainer
 
-    for node in ast.walk(_function_tree(BaseTrainer.get_dataset)):
+    for node in ast.walk(function_tree(BaseTrainer.get_dataset)):
         if isinstance(node, ast.If) and "single_cls" in ast.unparse(node.test):
             for statement in ast.walk(node):
                 if (isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Constant)
@@ -516,7 +484,7 @@ def amp_refused_cards() -> str | None:
     check_amp = check_amp_function()
     if check_amp is None:
         return None
-    for node in ast.walk(_function_tree(check_amp)):
+    for node in ast.walk(function_tree(check_amp)):
         if (isinstance(node, ast.Call) and ast.unparse(node.func) == "re.compile" and node.args
                 and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
             return node.args[0].value  # fmt: skip
@@ -529,7 +497,7 @@ def oom_retries() -> int:
     raise`` (8.4.13), the constant of that comparison in its syntax tree; 0 where there is none."""
     from ultralytics.engine.trainer import BaseTrainer
 
-    for node in ast.walk(_function_tree(BaseTrainer._do_train)):
+    for node in ast.walk(function_tree(BaseTrainer._do_train)):
         if (isinstance(node, ast.Compare) and ast.unparse(node.left) == "self._oom_retries"
                 and isinstance(node.comparators[0], ast.Constant)):
             return int(node.comparators[0].value)  # fmt: skip
@@ -561,7 +529,7 @@ def classify_imgsz_rewrite() -> tuple[int, int] | None:
     trainer = task_map().get("classify", {}).get("trainer")
     if trainer is None:
         return None
-    for node in ast.walk(_function_tree(trainer.get_model)):
+    for node in ast.walk(function_tree(trainer.get_model)):
         if (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
                 and ast.unparse(node.test.left) == "self.args.imgsz" and isinstance(node.test.comparators[0], ast.Constant)):
             for statement in node.body:

@@ -163,9 +163,9 @@ def resolve_original(spec: str, framework: str = "ultralytics"):
                     "loop (framework=yolov5)")
         elif original.name.startswith("yolov5"):
             twin = "-p6" if original.name.endswith("6") else {"detect": "u", "segment": "u-seg"}[original.task]
-            from yolomem.loops import get_loop
+            from yolomem.loops.ultralytics.models import shipped_model_names
 
-            if f"yolov5{original.scale}{twin}.yaml" in get_loop("ultralytics").model_names():  # no YOLOv5u-seg ships
+            if f"yolov5{original.scale}{twin}.yaml" in shipped_model_names():  # no YOLOv5u-seg ships
                 note += f"; Ultralytics' anchor-free YOLOv5u is yolov5{original.scale}{twin}.yaml"
     return ResolvedModel(original.name, original.kind, original.task, {"original": asdict(original)}, nc, note,
                          framework="yolov5")  # fmt: skip
