@@ -47,11 +47,10 @@ def shipped_model_names() -> tuple[str, ...]:
             if stem.startswith("yolov3") and u_names:  # its weights' names (yolov3u.pt); check_yolov5u_filename drops the u
                 names.add(f"{stem}u.yaml")
             continue
-        # scale letters go right after the version digits: yolov8-seg -> yolov8n-seg, yolo11 -> yolo11n
-        match = re.match(r"^(.*?\d+)(.*)$", stem)
         for scale in scales:
-            if match:
-                names.add(f"{match.group(1)}{scale}{match.group(2)}.yaml")
+            scaled = _scaled(stem, scale)
+            if scaled:
+                names.add(scaled)
             if stem == "yolov5" and u_names:  # Ultralytics' anchor-free YOLOv5u by its own name (yolov5s.yaml is the original)
                 names.add(f"yolov5{scale}u.yaml")
             if stem == "yolov8-p6":  # yaml_model_load still takes the old name, yolov8s6.yaml
@@ -112,10 +111,14 @@ def _first_scale(name: str) -> str | None:
         return None
     path = next(_models_dir().rglob(name), None)
     scales = _scales_of(path.read_text()) if path is not None else []
-    match = re.match(r"^(.*?\d+)(.*)$", Path(name).stem)
-    if len(scales) <= 1 or match is None:
-        return None
-    return f"{match.group(1)}{scales[0]}{match.group(2)}.yaml"
+    return _scaled(Path(name).stem, scales[0]) if len(scales) > 1 else None
+
+
+def _scaled(stem: str, scale: str) -> str | None:
+    """A YAML stem with its scale: the letter goes right after the version digits (yolov8-seg -> yolov8n-seg,
+    yolo11 -> yolo11n); None for a stem without digits."""
+    match = re.match(r"^(.*?\d+)(.*)$", stem)
+    return f"{match.group(1)}{scale}{match.group(2)}.yaml" if match else None
 
 
 def _scales_of(text: str) -> list[str]:
