@@ -18,7 +18,9 @@ MiB = 1 << 20
 # a custom card 140 MiB larger than the upper figure's CUDA context (yolomem.config.gpus): verdicts use the
 # upper figure, so yolov8n at imgsz 160 (upper: batch 2 about 127 MiB reserved, batch 8 178 MiB) fits a handful
 TINY_GPU_GIB = (CUDA_CONTEXT_UPPER_BYTES + 140 * MiB) / GiB
-TINY = {"imgsz": 160, "iterations": 1}
+# epochs=1: such a small card keeps 8.4's cache between epochs (it empties above half the card), so a verdict
+# there would otherwise judge the whole default run (yolomem.result.fits.judged_run, tests/test_judged_run.py)
+TINY = {"imgsz": 160, "iterations": 1, "epochs": 1}
 
 
 def test_largest_batch_fits_and_one_more_does_not():
@@ -138,7 +140,7 @@ def test_cli_nothing_fits_is_one_line(capsys):
 
 
 def test_pick_ranks_by_size_with_headroom():
-    result = pick_models(gpu_mem=TINY_GPU_GIB, imgsz=64, batch=2, models=("yolov8s.yaml", "yolov8n.yaml"), margin=0, iterations=1)
+    result = pick_models(gpu_mem=TINY_GPU_GIB, batch=2, models=("yolov8s.yaml", "yolov8n.yaml"), margin=0, **{**TINY, "imgsz": 64})
     assert [row.model for row in result.rows] == ["yolov8n", "yolov8s"]
     small, large = result.rows
     assert small.params < large.params
@@ -303,8 +305,8 @@ def test_explain_ladder_agrees_with_fit_and_keeps_the_effective_batch():
     # yolov8n at imgsz 160 on a card with ~76 MiB for the allocator after the margin: a batch of about 10
     # fits in AMP, 16 does not. freeze= and expandable segments as asked keep those two rungs out (time).
     # nbs=8 < batch: the asked effective batch (16) needs nbs raised once the batch is smaller.
-    config = EstimateConfig(model="yolov8n.yaml", imgsz=160, batch=16, nbs=8, iterations=1, gpu_mem=TINY_GPU_GIB,
-                            freeze=tuple(range(10)), alloc_conf=EXPANDABLE)  # fmt: skip
+    config = EstimateConfig(model="yolov8n.yaml", batch=16, nbs=8, gpu_mem=TINY_GPU_GIB, freeze=tuple(range(10)),
+                            alloc_conf=EXPANDABLE, **TINY)  # fmt: skip
     ladder = strategy_ladder(config)
     steps = {step.name: step for step in ladder}
     fp32 = steps["FP32 (amp=False)"]

@@ -52,12 +52,19 @@ class CacheClears:
         return card_bytes is not None and reserved / card_bytes > threshold
 
     def describe(self) -> str:
-        def point(threshold: float | None) -> str:
-            if threshold is None:
-                return "nothing"
-            return "always" if threshold == 0.0 else f"when more than {threshold:.0%} of the card is reserved"
+        return f"cache emptied before validation: {_when(self.before_val)}; after each epoch: {_when(self.after_epoch)}"
 
-        return f"cache emptied before validation: {point(self.before_val)}; after each epoch: {point(self.after_epoch)}"
+    def after_epoch_words(self) -> str:
+        """What the trainer does with the cache after an epoch, following its name."""
+        if self.after_epoch is None:
+            return "never empties the CUDA cache after an epoch"
+        return f"empties the CUDA cache after an epoch {'' if self.after_epoch == 0.0 else 'only '}{_when(self.after_epoch)}"
+
+
+def _when(threshold: float | None) -> str:
+    if threshold is None:
+        return "nothing"
+    return "always" if threshold == 0.0 else f"when more than {threshold:.0%} of the card is reserved"
 
 
 class TrainingLoop(Protocol):
@@ -123,6 +130,9 @@ class TrainingLoop(Protocol):
 
     def epochs_supported(self, resolved: ResolvedModel, world_size: int) -> bool:
         """Whether whole epochs (val pass, epoch 2+) can be simulated for this task."""
+
+    def default_epochs(self, resolved: ResolvedModel) -> tuple[int, str]:
+        """The epochs the trainer trains ``resolved`` for when not told, and where that number comes from."""
 
     def val_batch_size(self, task: str, train_batch: int) -> int: ...
 

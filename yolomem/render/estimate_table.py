@@ -90,7 +90,8 @@ def render_estimate(estimate: Estimate, console: Console | None = None) -> None:
         verdict = "[green]fits[/green]" if estimate.fits else "[red]does not fit[/red]"
         process = ", the training process's RAM (shared memory)" if estimate.host_held_bytes else ""
         room = f"{gib(estimate.capacity_bytes)} after the CUDA context{process} and a {estimate.margin:.0%} margin"
-        summary.add_row(f"on {card_label(estimate.gpu, estimate.gpu_total_bytes)}, upper figure", f"{verdict} ({room})")
+        scope = ", epoch 1 alone" if estimate.fits_scope == "epoch 1" else ""
+        summary.add_row(f"on {card_label(estimate.gpu, estimate.gpu_total_bytes)}, upper figure{scope}", f"{verdict} ({room})")
         if estimate.oom is not None:
             summary.add_row("on the card a typical run runs out of memory in", estimate.oom.where)
         if estimate.oom_retry is not None:

@@ -56,6 +56,8 @@ def footer(table: Table) -> list[str]:
         *([f"{', '.join(table.amp_off_on)}: Ultralytics' check_amp turns AMP off there, so its AMP verdicts are the "
            "FP32 run's (the yolov5 repo's rows keep AMP)."] if table.amp_off_on else []),
         "Training iterations only: the validation pass and later epochs are not in these peaks.",
+        *(f"{', '.join(models)}: {why}; their verdicts and max batches judge epoch 1 alone (`yolomem fit` judges "
+          "the whole run)." for why, models in table.epoch1_only),
         f"computed in {table.seconds:.0f} s.",
     ]
 

@@ -52,7 +52,7 @@ from yolomem.errors import UserError
 from yolomem.loops.density import DensityPlan
 from yolomem.recent import Recent
 from yolomem.result.epochs import EpochRequest, EpochSimulation
-from yolomem.result.fits import Budget, fits
+from yolomem.result.fits import Budget, cache_kept_between_epochs, fits
 from yolomem.result.host_memory import HostMemory
 from yolomem.result.oom_retry import OomRetry, RetriedBatch, follow_retries, retried
 from yolomem.result.upper import DensitySensitivity, UpperFigure, allowance_for, density_sensitivity
@@ -99,6 +99,9 @@ class Estimate:
     gpu: str | None = None
     gpu_total_bytes: int | None = None
     fits: bool | None = None  # yolomem.result.fits: the upper figure within the card minus context and margin
+    # "epoch 1": ``fits`` judges epoch 1 alone where the trainer keeps its cache into epoch 2 on the card
+    # (yolomem.result.fits.cache_kept_between_epochs: epochs=N or ``yolomem fit`` judge the whole run); else "run"
+    fits_scope: str | None = None
     margin: float | None = None  # the safety margin of ``fits`` (with a GPU)
     capacity_bytes: int | None = None  # what the card gives the run: its memory minus context and margin
     host_held_bytes: int = 0  # a Jetson's: the training process's RAM, out of the same DRAM (Budget.host_bytes)
@@ -184,6 +187,7 @@ class Estimate:
             "gpu": self.gpu,
             "gpu_total_bytes": self.gpu_total_bytes,
             "fits": self.fits,
+            "fits_scope": self.fits_scope,
             "margin": self.margin,
             "capacity_bytes": self.capacity_bytes,
             "host_held_bytes": self.host_held_bytes,
@@ -398,6 +402,10 @@ def estimate_config(config: EstimateConfig, figures: EstimateFigures | None = No
     budget = Budget(gpu, config.margin) if gpu else None
     # the verdict uses the upper figure: a run 9 in 10 stay under must fit, not just the typical one
     fits_card = fits(upper.peak_reserved_bytes, budget) if budget else None
+    kept = cache_kept_between_epochs(config, budget) if budget else None
+    if kept is not None:
+        notes.append(f"on {budget.gpu.name} the verdict judges epoch 1 alone: {kept.why}; epochs={kept.epochs} (the "
+                     "trainer's default run) or yolomem fit judge the whole run")  # fmt: skip
     on_card = _on_the_card(budget, peak_reserved, replay, base_trace, request, run.trace, config.alloc_conf) if budget else None
     if budget and budget.host_bytes:
         workers = " and dataloader workers (host RAM above)" if host is not None else ""
@@ -445,6 +453,7 @@ def estimate_config(config: EstimateConfig, figures: EstimateFigures | None = No
         gpu=gpu.name if gpu else None,
         gpu_total_bytes=gpu.total_bytes if gpu else None,
         fits=fits_card,
+        fits_scope=None if budget is None else "epoch 1" if kept is not None else "run",
         margin=config.margin if budget else None,
         capacity_bytes=budget.capacity_bytes if budget else None,
         host_held_bytes=budget.host_bytes if budget else 0,

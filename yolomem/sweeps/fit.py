@@ -6,9 +6,11 @@ minus the CUDA context, minus the safety margin.
 
 The safety margin (``margin=``, a fraction of the card's memory after the CUDA context; default 0.10)
 holds back room for what the trace does not see: cuDNN/cuBLAS workspaces, the validation pass (batch
-2x the training batch), cache growth in epochs 2+ (the reference notes report GPU_mem 20-60% above
-epoch 1 for some runs), and other processes on the card. ``margin=0`` asks for the card's whole
-usable memory.
+2x the training batch) and other processes on the card. ``margin=0`` asks for the card's whole usable
+memory. Cache growth in epochs 2+ (the reference notes report GPU_mem 20-60% above epoch 1 for some
+runs) is more than a margin holds: where the trainer keeps its cache between epochs on the card, a
+config without ``epochs=`` is judged over the trainer's whole default run (``Prober.judged``,
+``yolomem.result.fits.judged_run``).
 
 The search. Peak memory is close to linear in the batch (activations, assigner temporaries and input
 grow with it; weights, gradients, optimizer state and the EMA do not), and close to linear in
@@ -34,7 +36,7 @@ from yolomem.config.models import ResolvedModel
 from yolomem.config.settings import EstimateConfig
 from yolomem.errors import UserError
 from yolomem.result.estimate import Estimate, estimate_config, estimate_figures
-from yolomem.result.fits import Budget, fits
+from yolomem.result.fits import Budget, fits, judged_run
 from yolomem.config.gpus import GiB, find_gpu
 MAX_BATCH = 1024  # the search stops here; a larger batch is rarely useful and never needed to fit a card
 MAX_IMGSZ = 4096
@@ -319,8 +321,10 @@ class Prober:
         return self._estimates[key], probe
 
     def judged(self, config: EstimateConfig) -> EstimateConfig:
-        """``config`` as this prober estimates it: with the budget's margin."""
-        return config.with_changes(margin=self.budget.margin)
+        """``config`` as this prober estimates it: with the budget's margin, over the run the verdict judges
+        (``yolomem.result.fits.judged_run``: the trainer's whole default run where it keeps its cache
+        between epochs)."""
+        return judged_run(config.with_changes(margin=self.budget.margin), self.budget)
 
     @property
     def probes(self) -> tuple[Probe, ...]:
@@ -422,7 +426,7 @@ def largest_batch(
     prober = prober or Prober(make_budget(config, margin), progress)
     batches = dataset_batches(config)
     cap = _batch_cap(config, batches)
-    _prefetch_line([config.with_changes(batch=u * config.world_size) for u in _first_batch_units(config, bracket, cap)])
+    _prefetch_line(prober, [config.with_changes(batch=u * config.world_size) for u in _first_batch_units(config, bracket, cap)])
     answer, predicted, at_cap = search_batch(config, prober, bracket, cap)
     final = config.with_changes(batch=answer)
     estimate, best = prober.run(final)
@@ -500,7 +504,7 @@ def largest_imgsz(
     prober = prober or Prober(make_budget(config, margin), progress)
     stride = model_stride(config)
     units = [max(1, size // stride) for size in bracket]
-    _prefetch_line([config.with_changes(imgsz=u * stride) for u in _first_units(*units, MAX_IMGSZ // stride)])
+    _prefetch_line(prober, [config.with_changes(imgsz=u * stride) for u in _first_units(*units, MAX_IMGSZ // stride)])
 
     def probe(unit: int) -> Probe:
         return probe_as_trained(prober, config, unit * stride, stride)
@@ -529,11 +533,12 @@ def probe_as_trained(prober: Prober, config: EstimateConfig, imgsz: int, stride:
     return prober.probe(config.with_changes(imgsz=imgsz + stride))
 
 
-def _prefetch_line(configs: list[EstimateConfig]) -> None:
-    """The two runs that draw a search's line, side by side where the command has warm workers."""
+def _prefetch_line(prober: Prober, configs: list[EstimateConfig]) -> None:
+    """The two runs that draw a search's line, side by side where the command has warm workers, as
+    ``prober`` judges them."""
     from yolomem.sweeps.prefetch import prefetch
 
-    prefetch(configs, cold=False)
+    prefetch([prober.judged(config) for config in configs], cold=False)
 
 
 def batch_units(bracket: tuple[int, int], ranks: int) -> list[int]:

@@ -202,15 +202,15 @@ def _prefetch(config: EstimateConfig, rungs: list[_Rung], prober: Prober) -> Non
         return "world_size" not in rung.changes or one_gpu_share(config.with_changes(**rung.changes)) is None
 
     traced = [config.with_changes(**rung.changes) for rung in rungs if traces_its_own(rung)]
-    prefetch([c for rung in traced for c in [rung] + [rung.with_changes(batch=u * rung.world_size)
-                                                      for u in batch_units(BATCH_BRACKET, rung.world_size)]])  # fmt: skip
+    prefetch([prober.judged(c) for rung in traced for c in [rung] + [rung.with_changes(batch=u * rung.world_size)
+                                                                     for u in batch_units(BATCH_BRACKET, rung.world_size)]])  # fmt: skip
     if are_warm():
         return  # the searches themselves run side by side (_searched_side_by_side), each tracing its third run
     starts = []
     for rung in traced:
         with contextlib.suppress(Exception):  # a rung that fails is the ladder's to report
             starts.append(batch_search_start(rung, prober))
-    prefetch([start for start in starts if start is not None])
+    prefetch([prober.judged(start) for start in starts if start is not None])
 
 
 def _searched_side_by_side(config: EstimateConfig, rungs: list[_Rung], prober: Prober) -> dict:

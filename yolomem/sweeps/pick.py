@@ -172,7 +172,7 @@ def pick_models(
     names = models or default_models(task, family)
     from yolomem.sweeps.prefetch import prefetch
 
-    prefetch([base.with_changes(model=name) for name in names])  # side by side on a multi-core machine
+    prefetch([prober.judged(base.with_changes(model=name)) for name in names])  # side by side on a multi-core machine
     for index, name in enumerate(names, 1):
         if progress:
             progress(f"[{index}/{len(names)}] {name}")

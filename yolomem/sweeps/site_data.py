@@ -211,8 +211,10 @@ def train_command(config: EstimateConfig, resolved: ResolvedModel) -> str:
 
 def compute_series(config: EstimateConfig, batches: Sequence[int]) -> SiteSeries:
     """One series: ``estimate_config`` at every batch (the first few traced, the rest derived)."""
+    from yolomem.config.gpus import find_gpu
     from yolomem.loops import resolve_model
     from yolomem.result.estimate import estimate_config
+    from yolomem.result.fits import Budget, cache_kept_between_epochs
 
     points, first = [], None
     for batch in batches:
@@ -224,6 +226,9 @@ def compute_series(config: EstimateConfig, batches: Sequence[int]) -> SiteSeries
                                 dict(estimated.breakdown)))  # fmt: skip
     resolved = resolve_model(config.model, config.framework)
     notes = tuple(dict.fromkeys(first.notes))
+    kept = cache_kept_between_epochs(config, Budget(find_gpu(DEFAULT_CARDS[0])))  # a trainer's habit: alike on every card
+    if kept is not None:
+        notes += (f"the page's verdicts judge epoch 1 alone: {kept.why} (`yolomem fit` judges the whole run)",)
     return SiteSeries(config.model, first.config.model, first.task, first.params,
                       first.config.imgsz, config.amp, config.optimizer, first.config.optimizer, config.instances,
                       first.gpu_mem_unit, train_command(config, resolved), notes, tuple(points),

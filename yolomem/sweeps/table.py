@@ -152,6 +152,9 @@ class Table:
     gpu_mem_unit: str  # the rows' GPU_mem units, "/"-joined where trainers differ
     margin: float = DEFAULT_MARGIN  # of every "fits" and max batch (yolomem.result.fits)
     amp_off_on: tuple[str, ...] = ()  # cards where Ultralytics trains FP32 even with amp=True (check_amp)
+    # (why, rows): rows whose trainer keeps its cache into epoch 2 on some card, so their verdicts judge epoch 1
+    # alone (yolomem.result.fits.cache_kept_between_epochs)
+    epoch1_only: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def method_note(self) -> str:
         how = ("one trace per row and precision, batch-independent part from the trace's breakdown"
@@ -280,7 +283,23 @@ def compute_table(
                                    row.batch, per_precision["fp32"], per_precision["fp16"], notes))  # fmt: skip
     unit = "/".join(sorted({row.fp32.gpu_mem_unit for row in table_rows}, reverse=True))  # "GiB", "GB" or "GiB/GB"
     return Table(tuple(table_rows), tuple(c.gpu.name for c in cards), method, iterations, time.perf_counter() - started,
-                 unit, margin, amp_off_on)  # fmt: skip
+                 unit, margin, amp_off_on, _epoch1_only(table_rows, cards))  # fmt: skip
+
+
+def _epoch1_only(rows: Sequence[TableRow], cards: Sequence[Budget]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The rows whose trainer keeps its cache into epoch 2 on one of the cards, by why (``KeptCache.why``)."""
+    from yolomem.config.settings import EstimateConfig
+    from yolomem.result.fits import cache_kept_between_epochs
+
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        config = EstimateConfig(model=row.model, imgsz=row.imgsz, batch=row.batch, framework=row.framework)
+        for card in cards:
+            kept = cache_kept_between_epochs(config, card)
+            if kept is not None:
+                found.setdefault(kept.why, []).append(row.model)
+                break
+    return tuple((does, tuple(models)) for does, models in found.items())
 
 
 def _gflops_key(model: str, imgsz: int) -> tuple:

@@ -168,6 +168,11 @@ class UltralyticsLoop:
         return rewrite[1], (f"imgsz={rewrite[0]}: ultralytics {installed.version}'s ClassificationTrainer.get_model "
                             f"sets imgsz={rewrite[1]} before the dataloaders are built; estimated at {rewrite[1]}")  # fmt: skip
 
+    def default_epochs(self, resolved: ResolvedModel) -> tuple[int, str]:
+        from ultralytics.cfg import DEFAULT_CFG_DICT
+
+        return int(DEFAULT_CFG_DICT["epochs"]), "the installed Ultralytics' default.yaml"
+
     def epochs_supported(self, resolved: ResolvedModel, world_size: int) -> bool:
         from yolomem.loops.ultralytics.families import family_of
 

@@ -110,6 +110,14 @@ class Yolov5Loop:
     def trained_imgsz(self, config, resolved) -> tuple[int, str | None]:
         return config.imgsz, None
 
+    def default_epochs(self, resolved) -> tuple[int, str]:
+        """``--epochs``' default: 100 in train.py and segment/train.py, 10 in classify/train.py (read from each
+        script's parser in tests/test_fit.py)."""
+        if resolved.task == "classify":
+            return 10, "classify/train.py's --epochs default"
+        script = "segment/train.py" if resolved.task == "segment" else "train.py"
+        return 100, f"{script}'s --epochs default"
+
     def epochs_supported(self, resolved, world_size: int) -> bool:
         return resolved.task in {"detect", "segment"} and world_size == 1
 
