@@ -104,9 +104,13 @@ def strategy_ladder(
         changed = config.with_changes(**rung.changes)
         probe = prober.probe(changed)
         allows, at_cap = largest[changed] if changed in largest else _largest(prober, changed)
+        judged = prober.judged(changed)
+        note = rung.note
+        if judged.epochs != prober.judged(config).epochs:  # the asked run is judged whole, this one cannot be
+            note = "; ".join(filter(None, (note, "epoch 1 alone (no whole epochs are simulated for this run), while "
+                                                 "the run as asked is judged over its whole default run")))  # fmt: skip
         return Strategy(rung.name, rung.changes, rung.how, probe.peak_reserved_bytes,
-                        baseline_peak - probe.peak_reserved_bytes, probe.fits, allows, at_cap, rung.note,
-                        prober.judged(changed))  # fmt: skip
+                        baseline_peak - probe.peak_reserved_bytes, probe.fits, allows, at_cap, note, judged)  # fmt: skip
 
     accumulation_at = 1 + len(precision_rungs(config.amp))  # after "as asked" and the precision step
     ladder = [strategy(rung) for rung in rungs[:accumulation_at]]
