@@ -20,9 +20,13 @@ plots and the report.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from yolomem.config.gpus import CUDA_CONTEXT_UPPER_BYTES, Gpu
 from yolomem.config.keys import DEFAULT_MARGIN, MARGIN
+
+if TYPE_CHECKING:
+    from yolomem.config.settings import EstimateConfig
 
 __all__ = ["DEFAULT_MARGIN", "Budget", "fits", "verdict"]
 
@@ -100,7 +104,7 @@ def verdict(required_bytes: int, budget: Budget) -> str:
     return "near" if fits(required_bytes, Budget(budget.gpu, 0.0)) else "no"
 
 
-def judged_run(config, budget: Budget):
+def judged_run(config: EstimateConfig, budget: Budget) -> EstimateConfig:
     """The run a verdict on ``budget``'s card judges: ``config``, or where it gives neither ``epochs=`` nor
     ``data=`` (an estimate of epoch 1's training iterations) and its trainer keeps the CUDA cache from one
     epoch into the next on this card, the run that trainer trains when not told its length, with its
@@ -137,7 +141,7 @@ class KeptCache:
         return f"{self.trainer} {self.does}, so epoch 2+ starts on top of what validation reserved"
 
 
-def cache_kept_between_epochs(config, budget: Budget) -> KeptCache | None:
+def cache_kept_between_epochs(config: EstimateConfig, budget: Budget) -> KeptCache | None:
     """Where ``config`` is epoch 1 alone (neither ``epochs=`` nor ``data=``) and its trainer would not empty
     the cache after the epoch of a run that fills ``budget``'s capacity, with whole epochs simulable for it."""
     from yolomem.loops import get_loop, resolve_model
