@@ -99,6 +99,7 @@ def strategy_ladder(
     _prefetch(config, rungs, prober)
     largest = _searched_side_by_side(config, rungs, prober)
     baseline_peak = prober.probe(config).peak_reserved_bytes
+    asked_epochs = prober.judged(config).epochs  # the trainer's whole default run where judged_run sets it
 
     def strategy(rung: _Rung) -> Strategy:
         changed = config.with_changes(**rung.changes)
@@ -106,7 +107,7 @@ def strategy_ladder(
         allows, at_cap = largest[changed] if changed in largest else _largest(prober, changed)
         judged = prober.judged(changed)
         note = rung.note
-        if judged.epochs != prober.judged(config).epochs:  # the asked run is judged whole, this one cannot be
+        if judged.epochs != asked_epochs:  # the asked run is judged whole, this one cannot be
             note = "; ".join(filter(None, (note, "epoch 1 alone (no whole epochs are simulated for this run), while "
                                                  "the run as asked is judged over its whole default run")))  # fmt: skip
         return Strategy(rung.name, rung.changes, rung.how, probe.peak_reserved_bytes,
