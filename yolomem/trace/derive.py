@@ -405,7 +405,7 @@ class StreamFamily:
         # an iteration starts before the answers asked at its first event: at the template's token there
         positions = [self._events.position(token, batch) for token in (*self._bound_tokens, self._ddp_token)
                      if token is not None]  # fmt: skip
-        marks = [p - sum(1 for t in event_tokens[:p] if t[0] == "oracle") for p in positions]
+        marks = [sum(1 for t in event_tokens[:p] if t[0] is True or t[0] is False) for p in positions]  # events before
         bounds, ddp_at = marks[: len(self._bound_tokens)], (marks[-1] if self._ddp_token is not None else None)
         trace = Trace(events=events, oracle_answers=answers, iteration_bounds=bounds, real_ids=real_ids,
                       real_bytes_cap=cap_bytes, ddp_at=ddp_at, ddp_blocks=template.trace.ddp_blocks)  # fmt: skip
@@ -467,18 +467,31 @@ def derive_family(runs: dict[int, RunFacts]) -> StreamFamily:
     texts = _fit_sequences("notes and oracle answers", {b: _text_sequence(runs[b]) for b in batches})
     first = next((e.storage_id for e in runs[low].trace.events if e.op == "alloc"), 1)
     template = runs[low].trace
-    asked = [(a.at, len(_text_tokens(_answer_text(a), "oracle")[0])) for a in template.oracle_answers] if _inline(template) else []
-    def token_of(event_index: int) -> int:
-        return event_index + sum(count for at, count in asked if at < event_index)
-
-    bound_tokens = tuple(token_of(b) for b in template.iteration_bounds)
-    ddp_token = None if template.ddp_at is None else token_of(template.ddp_at)
+    token_of = _event_tokens(template)
+    bound_tokens = tuple(token_of[b] for b in template.iteration_bounds)
+    ddp_token = None if template.ddp_at is None else token_of[template.ddp_at]
     family = StreamFamily(tuple(batches), runs[low], events, texts, first, bound_tokens, ddp_token)
     for batch in batches[1:]:
         mismatch = compare_runs(family.run_at(batch), runs[batch])
         if mismatch:
             raise NotDerivable(f"derived at batch {batch}, the run differs from its trace: {mismatch}")
     return family
+
+
+def _event_tokens(trace: Trace) -> list[int]:
+    """Per event index (and one past the last), the token where that event starts in ``_event_sequence``:
+    after the tokens of the events before it (an upper-figure size is one more) and of the oracle answers
+    asked before it; the answers asked at it come after, so an iteration bound goes before them."""
+    asked: dict[int, int] = {}
+    if _inline(trace):
+        for answer in trace.oracle_answers:
+            asked[answer.at] = asked.get(answer.at, 0) + len(_text_tokens(_answer_text(answer), "oracle")[0])
+    starts, token = [], 0
+    for index, event in enumerate(trace.events):
+        starts.append(token)
+        token += asked.get(index, 0) + 1 + (event.op == "alloc" and event.upper_nbytes is not None)
+    starts.append(token)
+    return starts
 
 
 def compare_runs(derived: RunFacts, traced: RunFacts) -> str | None:
