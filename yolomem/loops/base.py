@@ -260,6 +260,7 @@ def tracing(config: EstimateConfig, *, fake: bool, oracle) -> Iterator[tuple[Any
     tracer = Tracer(fake=fake, oracle=oracle, workspaces=workspaces, real_bytes_cap=real_bytes_cap_for(rank_batch(config)))
     with contextlib.ExitStack() as stack:
         if fake:
+            _import_torchvision()
             freeze_imported_objects()  # the tracer's fake mode has imported torch._dynamo: all is imported now
             stack.enter_context(cyclic_gc_paused())
         stack.enter_context(tracer)
@@ -270,6 +271,16 @@ def tracing(config: EstimateConfig, *, fake: bool, oracle) -> Iterator[tuple[Any
         if config.amp != "fp32":
             policy = stack.enter_context(CudaAutocastPolicy(tracer.fake_cuda_like, tracer.paused))
         yield tracer, policy
+
+
+def _import_torchvision() -> None:
+    """Import torchvision before a trace, not inside it. The validators import it on first use (NMS), and
+    its import runs ``torch.fx.wrap``, whose frame keeps a reference to itself: a cycle that holds every
+    frame below it, the traced step's included. With the collector paused (``cyclic_gc_paused``) the
+    locals of the step that imported it first (its last validation batch) then outlived it, in the first
+    trace of a process only, whose run then did not derive with the others (``yolomem.trace.derive``)."""
+    with contextlib.suppress(ImportError):
+        import torchvision  # noqa: F401
 
 
 @contextlib.contextmanager
