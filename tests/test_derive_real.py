@@ -110,3 +110,30 @@ def test_two_traced_runs_derive_unless_a_block_repeats_per_image(model, settings
     left, right = derived.to_json(), real.to_json()
     left.pop("seconds"), right.pop("seconds")
     assert left == right
+
+
+FIRST_TRACE = """
+import sys
+assert "torchvision" not in sys.modules, "imported before the trace: the test would prove nothing"
+from yolomem.result import runs
+from yolomem.result.estimate import estimate
+runs.configure(cache=False)
+trace = estimate("yolov8n.yaml", batch=2, imgsz=64, epochs=2, instances=1).trace
+batch = {e.storage_id for e in trace.events if e.op == "alloc" and e.phase == "val_preprocess"}
+freed = {e.storage_id for e in trace.events if e.op == "free" and e.storage_id in batch}
+print(len(batch), len(freed))
+"""
+
+
+def test_the_first_trace_of_a_process_frees_its_last_validation_batch():
+    """The validator imports torchvision on first use; inside a trace (the collector paused) that import
+    kept the validation step's frames, and its last batch, alive to the end: 4 of 10 storages, in the
+    first whole-epoch trace of a process only (a CLI command's first), which then did not derive with
+    the runs traced after it. A fresh process, as the CLI is: the tests before this one imported it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FIRST_TRACE], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    allocated, freed = map(int, done.stdout.split()[-2:])
+    assert allocated >= 4 and freed == allocated
