@@ -66,6 +66,26 @@ def test_search_on_a_staircase_finds_the_exact_edge_with_few_probes(capacity_mib
     assert len(set(calls)) <= 10  # two for the line, then stepping and bisecting near its answer
 
 
+@pytest.mark.parametrize("capacity_mib", [377, 5000])
+def test_the_search_hands_its_prediction_and_next_step_ahead_before_probing_them(capacity_mib):
+    """``ahead`` (fit's ``_prefetch_line``: the two found side by side where neither derives, as the
+    yolov5 repo's whole epochs at a new batch) gets the line's prediction and the step up from it, the
+    next probe when the prediction fits; on a straight line both are probed next (at 5000 MiB the step is
+    22 batches, and bisecting follows)."""
+    calls, told = [], []
+
+    def reserved(batch: int) -> int:
+        return (70 + 7 * batch) * MiB
+
+    def probe(batch: int) -> Probe:
+        calls.append(batch)
+        return Probe(batch, 640, reserved(batch), reserved(batch) <= capacity_mib * MiB, 0.0)
+
+    answer, predicted, _ = _search(probe, _LINEAR, 2, 16, 1024, capacity_mib * MiB, lambda units: told.append((units, len(calls))))
+    assert told == [([predicted, predicted + max(1, predicted // 32)], 2)]  # after the line's two probes
+    assert calls[2:4] == told[0][0] and answer == predicted
+
+
 def test_a_guess_too_high_is_aimed_again_not_stepped_down_from():
     """Where memory grows faster than the two small probes say, the first guess overshoots. The search aims
     again through the guess and starts there, instead of stepping down from the guess. Each probe below

@@ -142,6 +142,34 @@ def test_prefetch_traces_side_by_side_and_hands_the_runs_back(source, monkeypatc
     assert traced == [2]
 
 
+def test_a_workers_verdict_comes_back_with_its_runs_and_is_not_replayed_here(monkeypatch):
+    """``fit``'s prefetch (``prefetch_verdicts``): a worker's estimate for whole epochs replays its
+    epochs four times (seconds); its verdict figures come back with its runs, with the cache off too."""
+    from yolomem import workers
+    from yolomem.result import estimate as estimate_module
+    from yolomem.sweeps import fit
+    from yolomem.trace import store
+
+    monkeypatch.setattr(runs, "_SOURCE", runs._SOURCE)  # both put back after the test
+    monkeypatch.setattr(store, "_ACTIVE", store._ACTIVE)
+    runs.configure(cache=False)
+    monkeypatch.setattr(workers._Claims, "take_back", lambda self, slot: False)  # b stays the worker's
+    a, b = (EstimateConfig(model="yolov8n.yaml", batch=n, **SMALL) for n in (2, 3))
+    prefetch.prefetch([a, b], jobs=2, judge=fit.verdict_figures, remember=fit.remember_verdict)
+    estimate_module.forget_recent_figures()
+
+    def not_again(_config):
+        raise AssertionError("estimated again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(fit, "estimate_figures", not_again)
+        handed_back = fit.verdict_figures(b)
+        with pytest.raises(AssertionError, match="estimated again"):
+            fit.verdict_figures(a)  # this process's own: found here, not handed over (and forgotten above)
+    whole = estimate(b)
+    assert handed_back == (whole.config.imgsz, whole.peak_reserved_upper_bytes)
+
+
 def test_the_runs_handed_to_another_process_derive_there_without_a_trace(source):
     """``RunSource.stored_runs``: what a worker adopts (``fit --explain``'s shared searches, no cache)."""
     first, traced = source

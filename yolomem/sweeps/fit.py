@@ -355,6 +355,24 @@ def verdict_figures(config: EstimateConfig) -> tuple[int, int]:
     return found() if key is None else active_store().kept_probe(key, found, tuple)
 
 
+def remember_verdict(config: EstimateConfig, figures: tuple[int, int]) -> None:
+    """``verdict_figures(config)`` as another process found them (a prefetch worker), for this one: it
+    would otherwise replay the worker's run again (whole epochs: seconds a config)."""
+    from yolomem.trace.store import active_store
+
+    key = _verdict_key(config)
+    if key is not None:
+        active_store().remember_probe(key, figures)
+
+
+def prefetch_verdicts(configs: list[EstimateConfig], *, cold: bool = True) -> None:
+    """The verdicts of ``configs`` (judged: ``Prober.judged``), found side by side before a sweep asks
+    for them one by one (``yolomem.sweeps.prefetch``)."""
+    from yolomem.sweeps.prefetch import prefetch
+
+    prefetch(configs, cold=cold, judge=verdict_figures, remember=remember_verdict)
+
+
 def _verdict_key(config: EstimateConfig) -> dict | None:
     """Everything a config's figures depend on: the code, the model and every setting; None where they
     also depend on files the key does not hold (a dataset's labels, ``data=``)."""
@@ -484,6 +502,7 @@ def search_batch(config: EstimateConfig, prober: Prober, bracket: tuple[int, int
         prober, probe, _LINEAR, batch_units(bracket, ranks), cap,
         lambda one: f"{config.model} at imgsz={one.imgsz} does not fit {_card(prober.budget)} even at batch {ranks}",
         "add --explain to see what each memory-saving step buys",
+        lambda units: _prefetch_line(prober, [config.with_changes(batch=u * ranks) for u in units]),
     )  # fmt: skip
     return answer * ranks, predicted * ranks, at_cap
 
@@ -513,6 +532,7 @@ def largest_imgsz(
         prober, probe, _SQUARE, units, MAX_IMGSZ // stride,
         lambda _smallest: f"{config.model} at batch={config.batch} does not fit {_card(prober.budget)} even at imgsz={stride}",
         "try a smaller batch",
+        lambda units: _prefetch_line(prober, [config.with_changes(imgsz=u * stride) for u in units]),
     )  # fmt: skip
     final = config.with_changes(imgsz=answer * stride)
     estimate, _ = prober.run(final)
@@ -534,11 +554,9 @@ def probe_as_trained(prober: Prober, config: EstimateConfig, imgsz: int, stride:
 
 
 def _prefetch_line(prober: Prober, configs: list[EstimateConfig]) -> None:
-    """The two runs that draw a search's line, side by side where the command has warm workers, as
-    ``prober`` judges them."""
-    from yolomem.sweeps.prefetch import prefetch
-
-    prefetch([prober.judged(config) for config in configs], cold=False)
+    """Two runs of a search (the two that draw its line, or its prediction and the next step), side by
+    side where the command has warm workers, as ``prober`` judges them."""
+    prefetch_verdicts([prober.judged(config) for config in configs], cold=False)
 
 
 def batch_units(bracket: tuple[int, int], ranks: int) -> list[int]:
@@ -568,15 +586,15 @@ def batch_search_start(config: EstimateConfig, prober: Prober, bracket: tuple[in
     return config.with_changes(batch=_predict(_LINEAR, first, p1, second, p2, cap, prober.budget.capacity_bytes) * ranks)
 
 
-def _solve(prober, probe, shape, bracket_units, cap_units, what_does_not_fit, hint):
+def _solve(prober, probe, shape, bracket_units, cap_units, what_does_not_fit, hint, ahead=None):
     """Search the largest fitting unit (batch per rank, or imgsz / stride); raise NothingFits with the
-    figures of unit 1 when even that does not fit."""
+    figures of unit 1 when even that does not fit. ``ahead`` as for ``_search``."""
     budget = prober.budget
     if budget.capacity_bytes <= 0:  # nothing to search: the upper figure's CUDA context alone fills the card
         raise NothingFits(f"{_card(budget)} leaves nothing for training after the CUDA context "
                           f"({budget.context_bytes / GiB:.2f} GiB, the most measured, the figure verdicts "
                           f"use); give the card's whole memory, or pick a larger card")  # fmt: skip
-    answer, predicted, at_cap = _search(probe, shape, *bracket_units, cap_units, prober.budget.capacity_bytes)
+    answer, predicted, at_cap = _search(probe, shape, *bracket_units, cap_units, prober.budget.capacity_bytes, ahead)
     if answer is None:
         smallest = probe(1)
         raise NothingFits(
@@ -655,11 +673,16 @@ def _aim_again(scale: _Scale, probed: dict[int, Probe], guess: int, cap: int, ca
     return max(aimed, guess) if probed[guess].fits else min(aimed, guess)
 
 
-def _search(probe: Callable[[int], Probe], scale: _Scale, first: int, second: int, cap: int, capacity: int) -> tuple[int | None, int, bool]:
+def _search(probe: Callable[[int], Probe], scale: _Scale, first: int, second: int, cap: int, capacity: int,
+            ahead: Callable[[list[int]], None] | None = None) -> tuple[int | None, int, bool]:  # fmt: skip
     """Largest unit u in [1, cap] with probe(u).fits, assuming memory ~ a + b * scale.grow(u).
 
     Returns (answer or None, the line's prediction, whether the answer is the cap). The answer is
     confirmed: probe(answer) fits and probe(answer + 1) does not (unless answer == cap).
+
+    ``ahead(units)``: told the line's prediction and the unit probed next when the prediction fits and
+    the line holds there (the usual case), before either is probed, to find both side by side where
+    neither derives from earlier runs (``_prefetch_line``).
     """
     first, second = _first_units(first, second, cap)
     p1 = probe(first)
@@ -680,6 +703,8 @@ def _search(probe: Callable[[int], Probe], scale: _Scale, first: int, second: in
     predicted = _predict(scale, first, p1, second, p2, cap, capacity)
 
     guess = min(max(predicted, 1), cap)
+    if ahead is not None and guess not in probed:
+        ahead([guess, min(guess + max(1, guess // 32), cap)])  # the step up from ``start`` == guess, below
     check(guess)
     start = _aim_again(scale, probed, guess, cap, capacity)
     lo, hi = (guess, None) if probed[guess].fits else (None, guess)

@@ -73,11 +73,13 @@ PROBES = "probes"  # the file (in its own key's folder) of what was read from th
 
 
 class TraceStore:
-    """Files of traced runs under ``root``; ``enabled=False`` reads and writes nothing."""
+    """Files of traced runs under ``root``; ``enabled=False`` reads and writes nothing on disk (probe
+    values another process found for this one are still kept in memory: ``remember_probe``)."""
 
     def __init__(self, root: Path | None = None, enabled: bool = True):
         self.root = Path(root) if root is not None else default_root()
         self.enabled = enabled
+        self._remembered: dict[str, Any] = {}  # key digest -> a probe value handed over by another process
 
     def _path(self, family: str, name: str) -> Path:
         return self.root / family / f"{name}{_SUFFIX}"
@@ -128,8 +130,17 @@ class TraceStore:
     def save_probe(self, key: dict, value: Any) -> None:
         self.save(key, PROBES, value)
 
+    def remember_probe(self, key: dict, value: Any) -> None:
+        """A probe value another process computed (a sweep's worker), for ``kept_probe`` in this one, with
+        the cache on or off: this command asked for it, and recomputing it could take seconds."""
+        self._remembered[key_digest(key)] = value
+
     def kept_probe(self, key: dict, compute: Callable[[], Any], kind: type) -> Any:
-        """The ``kind`` value stored under ``key`` (``load_probe``); else ``compute()``, stored there."""
+        """The ``kind`` value stored under ``key`` (``load_probe``) or handed over (``remember_probe``); else
+        ``compute()``, stored there."""
+        found = self._remembered.get(key_digest(key))
+        if isinstance(found, kind):
+            return found
         found = self.load_probe(key)
         if isinstance(found, kind):
             return found
