@@ -68,7 +68,7 @@ def test_search_on_a_staircase_finds_the_exact_edge_with_few_probes(capacity_mib
 
 @pytest.mark.parametrize("capacity_mib", [377, 5000])
 def test_the_search_hands_its_prediction_and_next_step_ahead_before_probing_them(capacity_mib):
-    """``ahead`` (fit's ``_prefetch_line``: the two found side by side where neither derives, as the
+    """``ahead`` (fit's ``Prober.prefetch``: the two found side by side where neither derives, as the
     yolov5 repo's whole epochs at a new batch) gets the line's prediction and the step up from it, the
     next probe when the prediction fits; on a straight line both are probed next (at 5000 MiB the step is
     22 batches, and bisecting follows)."""

@@ -143,7 +143,7 @@ def test_prefetch_traces_side_by_side_and_hands_the_runs_back(source, monkeypatc
 
 
 def test_a_workers_verdict_comes_back_with_its_runs_and_is_not_replayed_here(monkeypatch):
-    """``fit``'s prefetch (``prefetch_verdicts``): a worker's estimate for whole epochs replays its
+    """``fit``'s prefetch (``Prober.prefetch``): a worker's estimate for whole epochs replays its
     epochs four times (seconds); its verdict figures come back with its runs, with the cache off too."""
     from yolomem import workers
     from yolomem.result import estimate as estimate_module

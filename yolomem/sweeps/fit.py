@@ -320,6 +320,15 @@ class Prober:
             self._estimates[key] = estimate_config(self.judged(config))
         return self._estimates[key], probe
 
+    def prefetch(self, configs: list[EstimateConfig], *, cold: bool = True) -> None:
+        """The verdicts of ``configs``, as this prober judges them, found side by side before a sweep asks
+        for them one by one (``yolomem.sweeps.prefetch``; ``cold=False``: only with the command's warm
+        workers). A worker's verdict figures come back with its runs (``remember_verdict``): this process
+        would otherwise replay its run again for them (whole epochs: seconds a config)."""
+        from yolomem.sweeps.prefetch import prefetch
+
+        prefetch([self.judged(c) for c in configs], cold=cold, judge=verdict_figures, remember=remember_verdict)
+
     def judged(self, config: EstimateConfig) -> EstimateConfig:
         """``config`` as this prober estimates it: with the budget's margin, over the run the verdict judges
         (``yolomem.result.fits.judged_run``: the trainer's whole default run where it keeps its cache
@@ -356,21 +365,12 @@ def verdict_figures(config: EstimateConfig) -> tuple[int, int]:
 
 
 def remember_verdict(config: EstimateConfig, figures: tuple[int, int]) -> None:
-    """``verdict_figures(config)`` as another process found them (a prefetch worker), for this one: it
-    would otherwise replay the worker's run again (whole epochs: seconds a config)."""
+    """``verdict_figures(config)`` as another process found them (a prefetch worker), for this one."""
     from yolomem.trace.store import active_store
 
     key = _verdict_key(config)
     if key is not None:
         active_store().remember_probe(key, figures)
-
-
-def prefetch_verdicts(configs: list[EstimateConfig], *, cold: bool = True) -> None:
-    """The verdicts of ``configs`` (judged: ``Prober.judged``), found side by side before a sweep asks
-    for them one by one (``yolomem.sweeps.prefetch``)."""
-    from yolomem.sweeps.prefetch import prefetch
-
-    prefetch(configs, cold=cold, judge=verdict_figures, remember=remember_verdict)
 
 
 def _verdict_key(config: EstimateConfig) -> dict | None:
@@ -444,7 +444,7 @@ def largest_batch(
     prober = prober or Prober(make_budget(config, margin), progress)
     batches = dataset_batches(config)
     cap = _batch_cap(config, batches)
-    _prefetch_line(prober, [config.with_changes(batch=u * config.world_size) for u in _first_batch_units(config, bracket, cap)])
+    prober.prefetch([config.with_changes(batch=u * config.world_size) for u in _first_batch_units(config, bracket, cap)], cold=False)
     answer, predicted, at_cap = search_batch(config, prober, bracket, cap)
     final = config.with_changes(batch=answer)
     estimate, best = prober.run(final)
@@ -502,7 +502,7 @@ def search_batch(config: EstimateConfig, prober: Prober, bracket: tuple[int, int
         prober, probe, _LINEAR, batch_units(bracket, ranks), cap,
         lambda one: f"{config.model} at imgsz={one.imgsz} does not fit {_card(prober.budget)} even at batch {ranks}",
         "add --explain to see what each memory-saving step buys",
-        lambda units: _prefetch_line(prober, [config.with_changes(batch=u * ranks) for u in units]),
+        lambda units: prober.prefetch([config.with_changes(batch=u * ranks) for u in units], cold=False),
     )  # fmt: skip
     return answer * ranks, predicted * ranks, at_cap
 
@@ -523,7 +523,7 @@ def largest_imgsz(
     prober = prober or Prober(make_budget(config, margin), progress)
     stride = model_stride(config)
     units = [max(1, size // stride) for size in bracket]
-    _prefetch_line(prober, [config.with_changes(imgsz=u * stride) for u in _first_units(*units, MAX_IMGSZ // stride)])
+    prober.prefetch([config.with_changes(imgsz=u * stride) for u in _first_units(*units, MAX_IMGSZ // stride)], cold=False)
 
     def probe(unit: int) -> Probe:
         return probe_as_trained(prober, config, unit * stride, stride)
@@ -532,7 +532,7 @@ def largest_imgsz(
         prober, probe, _SQUARE, units, MAX_IMGSZ // stride,
         lambda _smallest: f"{config.model} at batch={config.batch} does not fit {_card(prober.budget)} even at imgsz={stride}",
         "try a smaller batch",
-        lambda units: _prefetch_line(prober, [config.with_changes(imgsz=u * stride) for u in units]),
+        lambda units: prober.prefetch([config.with_changes(imgsz=u * stride) for u in units], cold=False),
     )  # fmt: skip
     final = config.with_changes(imgsz=answer * stride)
     estimate, _ = prober.run(final)
@@ -551,12 +551,6 @@ def probe_as_trained(prober: Prober, config: EstimateConfig, imgsz: int, stride:
     if found.imgsz >= imgsz or not found.fits:
         return found
     return prober.probe(config.with_changes(imgsz=imgsz + stride))
-
-
-def _prefetch_line(prober: Prober, configs: list[EstimateConfig]) -> None:
-    """Two runs of a search (the two that draw its line, or its prediction and the next step), side by
-    side where the command has warm workers, as ``prober`` judges them."""
-    prefetch_verdicts([prober.judged(config) for config in configs], cold=False)
 
 
 def batch_units(bracket: tuple[int, int], ranks: int) -> list[int]:
@@ -682,7 +676,7 @@ def _search(probe: Callable[[int], Probe], scale: _Scale, first: int, second: in
 
     ``ahead(units)``: told the line's prediction and the unit probed next when the prediction fits and
     the line holds there (the usual case), before either is probed, to find both side by side where
-    neither derives from earlier runs (``_prefetch_line``).
+    neither derives from earlier runs (``Prober.prefetch``).
     """
     first, second = _first_units(first, second, cap)
     p1 = probe(first)

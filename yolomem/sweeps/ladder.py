@@ -34,7 +34,7 @@ from yolomem.config.settings import EstimateConfig
 from yolomem.result.estimate import Estimate, estimate_config
 from yolomem.sweeps.fit import (
     BATCH_BRACKET, NothingFits, Progress, Prober, batch_search_start, batch_units, make_budget, model_stride,
-    prefetch_verdicts, resolve_config, search_batch, train_command,
+    resolve_config, search_batch, train_command,
 )  # fmt: skip
 
 EXPANDABLE = "expandable_segments:True"
@@ -206,15 +206,15 @@ def _prefetch(config: EstimateConfig, rungs: list[_Rung], prober: Prober) -> Non
         return "world_size" not in rung.changes or one_gpu_share(config.with_changes(**rung.changes)) is None
 
     traced = [config.with_changes(**rung.changes) for rung in rungs if traces_its_own(rung)]
-    prefetch_verdicts([prober.judged(c) for rung in traced for c in [rung] + [rung.with_changes(batch=u * rung.world_size)
-                                                                              for u in batch_units(BATCH_BRACKET, rung.world_size)]])  # fmt: skip
+    prober.prefetch([c for rung in traced for c in [rung] + [rung.with_changes(batch=u * rung.world_size)
+                                                             for u in batch_units(BATCH_BRACKET, rung.world_size)]])  # fmt: skip
     if are_warm():
         return  # the searches themselves run side by side (_searched_side_by_side), each tracing its third run
     starts = []
     for rung in traced:
         with contextlib.suppress(Exception):  # a rung that fails is the ladder's to report
             starts.append(batch_search_start(rung, prober))
-    prefetch_verdicts([prober.judged(start) for start in starts if start is not None])
+    prober.prefetch([start for start in starts if start is not None])
 
 
 def _searched_side_by_side(config: EstimateConfig, rungs: list[_Rung], prober: Prober) -> dict:
