@@ -155,7 +155,11 @@ def test_a_workers_verdict_comes_back_with_its_runs_and_is_not_replayed_here(mon
     runs.configure(cache=False)
     monkeypatch.setattr(workers._Claims, "take_back", lambda self, slot: False)  # b stays the worker's
     a, b = (EstimateConfig(model="yolov8n.yaml", batch=n, **SMALL) for n in (2, 3))
+    a = a.with_changes(notes=("epochs not given: judged over the run the trainer trains by default",))
     prefetch.prefetch([a, b], jobs=2, judge=fit.verdict_figures, remember=fit.remember_verdict)
+    # a's figures, found here, are what its estimate is made from: with the notes it was asked with (fit's
+    # answer, prefetched as the line's prediction, printed without judged_run's note)
+    assert estimate_module.estimate_figures(a).config.notes == a.notes
     estimate_module.forget_recent_figures()
 
     def not_again(_config):

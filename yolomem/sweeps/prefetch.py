@@ -25,7 +25,7 @@ def prefetch(configs, jobs: int | None = None, *, cold: bool = True, judge: Call
 
     ``cold=False``: only with the command's warm workers (``yolomem.workers.warm_workers``). For a couple
     of runs a worker started now pays off only for slow models: it imports for about 3 s first."""
-    pending = list(dict.fromkeys(c.with_changes(notes=()) for c in configs))
+    pending = list(dict.fromkeys(configs))  # notes do not tell configs apart; they stay with the figures found here
     jobs = default_jobs() if jobs is None else jobs
     if jobs <= 1 or len(pending) < 2 or not (cold or are_warm()):
         return
