@@ -7,6 +7,7 @@ import that closes a circle still ties two rooms of the pipeline together both w
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -84,7 +85,56 @@ def test_no_import_circles():
     assert find_cycle(import_graph()) is None
 
 
-@pytest.mark.parametrize("module", MODULES)
-def test_module_imports_alone(module):
-    result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+# One interpreter imports the libraries yolomem builds on, then forks a child per module: each child imports
+# its module into a process where no yolomem module is loaded yet, as a fresh interpreter would, without
+# paying torch's import (about 3 s here) 124 times.
+_IMPORT_EACH_IN_A_FORK = r"""
+import json, os, sys, traceback
+import torch, ultralytics  # noqa: F401 - third-party, shared by every fork; no yolomem module is loaded
+failures = {}
+for name in sys.argv[1:]:
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:
+        os.close(read_end)
+        try:
+            __import__(name)
+            message = ""
+        except BaseException:
+            message = traceback.format_exc()
+        os.write(write_end, message.encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        failures[name] = pipe.read()
+    os.wait()
+print(json.dumps(failures))
+"""
+
+
+@pytest.fixture(scope="module")
+def import_failures() -> dict[str, str]:
+    result = subprocess.run([sys.executable, "-c", _IMPORT_EACH_IN_A_FORK, *MODULES], capture_output=True, text=True,
+                            timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_fork_reports_a_module_that_fails_to_import():
+    result = subprocess.run([sys.executable, "-c", _IMPORT_EACH_IN_A_FORK, "yolomem", "yolomem.no_such_module"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    failures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert failures["yolomem"] == ""
+    assert "ModuleNotFoundError" in failures["yolomem.no_such_module"]
+
+
+def test_a_fork_starts_with_no_yolomem_module_loaded():
+    loaded = "print(sorted(m for m in sys.modules if m.startswith('yolomem')), flush=True)"
+    script = _IMPORT_EACH_IN_A_FORK.replace("__import__(name)", loaded)
+    assert script != _IMPORT_EACH_IN_A_FORK
+    result = subprocess.run([sys.executable, "-c", script, "yolomem.cli"], capture_output=True, text=True, timeout=120)
+    assert result.stdout.splitlines()[0] == "[]", result.stdout
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_imports_alone(module, import_failures):
+    assert import_failures[module] == "", import_failures[module][-2000:]

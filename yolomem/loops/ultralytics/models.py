@@ -351,27 +351,31 @@ def counted_gflops(resolved: ResolvedModel, imgsz: int) -> tuple[float | None, s
 
 
 def counted_params(names: tuple[str, ...]) -> dict[str, int]:
-    """Parameters of shipped YAML names, counted: each model built as ``build_model`` builds it for a
-    trace (the trainer's class for its family), with the YAML's own ``nc`` (the trainer's build without data),
-    on fake tensors (no weights initialised; the meta device cannot build them: the stride forward reads
-    ``.item()``). About 0.25 s a model: the 84 names of 8.4.190 whose YAMLs publish no count took 22 s on
-    this project's 2 shared cores, so the counts are kept in the trace cache, once per release and code."""
+    """Parameters of shipped YAML names, counted on the layers Ultralytics' ``parse_model`` builds from
+    the YAML, the layers every model class wraps (the trainer's class adds no parameter of its own: for the
+    129 names of 8.4.190 whose YAMLs publish no count, each equals the fake build ``build_model`` makes for a
+    trace). Built on the meta device: no weights, no stride forward. 20 s for those 129 names on this
+    project's 2 shared cores, against 73 s for the fake builds; the counts are kept in the trace cache, once
+    per release and code."""
     from yolomem.trace.store import active_store, code_key
 
-    def count() -> dict[str, int]:
-        from yolomem.loops.base import read_fake_build
-        from yolomem.loops.ultralytics.step import build_model, quiet_ultralytics
-
-        counts = {}
-        for name in names:
-            with quiet_ultralytics():  # yaml_model_load's rename warning (yolov8s6.yaml -> yolov8s-p6.yaml)
-                resolved = resolve_ultralytics(name)
-            counts[name] = read_fake_build(lambda: build_model(resolved.cfg, resolved.task, None),
-                                           lambda model: sum(p.numel() for p in model.parameters()))  # fmt: skip
-        return counts
-
     key = code_key() | {"probe": "parameters of shipped models", "names": list(names)}
-    return active_store().kept_probe(key, count, dict) if names else {}
+    return active_store().kept_probe(key, lambda: {name: _layer_params(name) for name in names}, dict) if names else {}
+
+
+def _layer_params(name: str) -> int:
+    import copy
+
+    import torch
+    from ultralytics.nn.tasks import parse_model
+
+    from yolomem.loops.ultralytics.step import quiet_ultralytics
+
+    with quiet_ultralytics():  # yaml_model_load's rename warning (yolov8s6.yaml -> yolov8s-p6.yaml)
+        cfg = copy.deepcopy(resolve_ultralytics(name).cfg)
+        with torch.device("meta"):
+            layers, _ = parse_model(cfg, ch=cfg.get("channels", 3), verbose=False)
+    return sum(parameter.numel() for parameter in layers.parameters())
 
 
 # YOLOv10's YAMLs publish no summary line; these are the paper's figures at 640 (Wang et al. 2024,
