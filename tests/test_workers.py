@@ -125,3 +125,38 @@ def test_no_warm_workers_on_one_core(monkeypatch):
     monkeypatch.setattr(workers, "default_jobs", lambda: 1)
     with workers.warm_workers():
         assert not workers.are_warm()
+
+
+FROM_STDIN = """
+import os
+from yolomem import workers
+from yolomem.result.runs import worker_pool
+
+print(workers.can_spawn(), workers.default_jobs())
+with worker_pool(2) as pool:
+    done = {}
+    workers.side_by_side(pool, [0, 1, 2], lambda item: os.getpid(), os.getpid, done.__setitem__)
+    print(sorted(set(done.values())) == [os.getpid()], pool.submit(pow, 2, 5).result())
+"""
+
+
+def test_a_script_from_stdin_sweeps_in_its_own_process():
+    """A spawned worker runs the main script again by its path, and ``python - <<EOF`` has none
+    (``'<stdin>'``): each worker died at its start with FileNotFoundError, its traceback on stderr. Such a
+    script now sweeps in its own process, quietly; the same code as a file spawns."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-"], input=FROM_STDIN, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "1", "True", "32"]
+
+
+def test_a_script_from_a_file_can_spawn(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "sweep.py"
+    script.write_text("from yolomem import workers\nprint(workers.can_spawn())\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.stdout.split() == ["True"], done.stderr[-2000:]

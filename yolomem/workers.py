@@ -18,6 +18,7 @@ import importlib
 import multiprocessing
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -35,8 +36,21 @@ _THREADS = "OMP_NUM_THREADS"  # torch's intra-op threads, read when torch is imp
 
 
 def default_jobs() -> int:
-    """Processes that trace side by side: the machine's cores, at most 2 (each holds a model's trace)."""
-    return max(1, min(os.cpu_count() or 1, 2))
+    """Processes that trace side by side: the machine's cores, at most 2 (each holds a model's trace); one
+    where no worker can start (``can_spawn``)."""
+    return max(1, min(os.cpu_count() or 1, 2)) if can_spawn() else 1
+
+
+def can_spawn() -> bool:
+    """Whether a spawned worker can start. It first runs this process's main again: by module name
+    (``python -m``, the ``yolomem`` command) or by the script's path. A script read from stdin (``python -
+    <<EOF``, whose ``__file__`` is ``'<stdin>'``) has no file to run, and each worker would die at its start
+    (FileNotFoundError, its traceback on stderr) before the sweep went on without it."""
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None) is not None:
+        return True
+    path = getattr(main, "__file__", None)  # none: an interactive session or a notebook, nothing to run again
+    return path is None or os.path.isfile(os.path.join(multiprocessing.process.ORIGINAL_DIR or "", path))
 
 
 class _Warm:
@@ -121,10 +135,17 @@ class Workers:
     first: the run source of the process that submits). With ``claims`` (the pool's: ``_executor``),
     ``submit_claimed`` hands an item this process may take back until a worker starts it."""
 
-    def __init__(self, executor: ProcessPoolExecutor, workers: int, setting: Any, claims: _Claims | None = None):
+    def __init__(self, executor: ProcessPoolExecutor | None, workers: int, setting: Any, claims: _Claims | None = None):
         self._executor, self.workers, self._setting, self.claims = executor, workers, setting, claims
 
     def submit(self, fn: Callable, *args) -> Future:
+        if self._executor is None:  # no worker can start (``can_spawn``): here, at once
+            future: Future = Future()
+            try:
+                future.set_result(fn(*args))
+            except Exception as error:  # noqa: BLE001 - raised where the result is collected, as a worker's
+                future.set_exception(error)
+            return future
         return self._executor.submit(_under, self._setting, fn, *args)
 
     def submit_claimed(self, slot: int, fn: Callable, *args) -> Future:
@@ -137,6 +158,9 @@ def worker_pool(jobs: int, setting: Any) -> Iterator[Workers]:
     down on exit, after their tasks)."""
     if _Warm.executor is not None and jobs <= _Warm.size:
         yield Workers(_Warm.executor, jobs, setting, _Warm.claims)
+        return
+    if not can_spawn():
+        yield Workers(None, 0, setting)  # side_by_side then runs every item here
         return
     executor, claims = _executor(jobs)
     try:
