@@ -19,9 +19,11 @@ imports with YOLO_CONFIG_DIR set (8.0.59, which also empties the cache between e
 the present package layout (8.0.135: all three read through loops/ultralytics/legacy_layout.py), the last of
 8.0, first and last of 8.1, 8.2, 8.3, the newest 8.4, 8.3.74 (the issue's release), and each
 release where the trainer, validator, optimizer choice, assigner or GPU_mem unit changed memory
-behaviour (see loops/ultralytics/release.py and the README's "Ultralytics releases").
+behaviour (see loops/ultralytics/release.py and the README's "Ultralytics releases"). CI runs all but the
+five of ``BY_HAND_ONLY``, boundaries whose both sides it runs.
 
-    python .ci/ultralytics_matrix.py              # the whole matrix, os.cpu_count() processes
+    python .ci/ultralytics_matrix.py              # CI's matrix, os.cpu_count() processes
+    python .ci/ultralytics_matrix.py --all        # every release of RELEASES
     python .ci/ultralytics_matrix.py -j 2 8.3.74  # one release
     python .ci/ultralytics_matrix.py --beside PID # one at a time while PID runs, then os.cpu_count()
 """
@@ -75,6 +77,12 @@ RELEASES = (
     "8.4.154",  # fused Adam/AdamW on CUDA; still epoch == epochs - close_mosaic (8.4.157 closes once at >=)
     "8.4.190",  # newest tested
 )  # fmt: skip
+# Boundaries CI leaves to a run by hand (``--all``): each changed what a neighbour on either side in CI already
+# runs (the package layout up to 8.0.135 is 8.0.59-8.0.114's, 8.0.239's trainer and validator 8.1.0's, the
+# unit is GB at 8.3.74 and GiB at 8.3.87, NMS's module the old one at 8.3.152 and the new at 8.3.253), and pose's
+# first release adds a task 8.0.112 on trains. CI's time: five fewer releases of the 29, about 8 CPU-minutes.
+BY_HAND_ONLY = {"8.0.70", "8.0.135", "8.0.239", "8.3.76", "8.3.190"}
+CI_RELEASES = tuple(release for release in RELEASES if release not in BY_HAND_ONLY)
 # Import-time dependencies of older releases that a --no-deps install leaves out (a user's environment has them).
 # py-cpuinfo: select_device's CPU name, up to 8.2.0; setuptools<81: 8.0's checks import pkg_resources;
 # seaborn: imported when utils.plotting loads, in releases up to 8.0.50
@@ -93,8 +101,8 @@ VAL_PASS_RELEASES = {"8.0.37", "8.0.59", "8.0.70", "8.0.114", "8.0.239", "8.1.0"
 # releases starts or ends, and at the issue's release; the releases between, each a boundary of one behaviour,
 # get the estimate per task, the epochs, checkpointing, AutoBatch and the 640/16 figure (CI's time: 29
 # releases of the whole smoke were half of it)
-WHOLE_SMOKE_RELEASES = {"8.0.37", "8.0.135", "8.0.239", "8.1.0", "8.1.47", "8.2.0", "8.2.103", "8.3.0", "8.3.74", "8.3.253",
-                        "8.4.0", "8.4.190"}  # fmt: skip
+WHOLE_SMOKE_RELEASES = {"8.0.37", "8.0.114", "8.0.135", "8.0.239", "8.1.0", "8.1.47", "8.2.0", "8.2.103", "8.3.0", "8.3.74",
+                        "8.3.253", "8.4.0", "8.4.190"}  # fmt: skip
 # the trace-equality test at imgsz 64 only: 128 adds minutes per release, no new code path; the CLI's refusals of
 # a stand-in release (a package of a few lines, in a subprocess) read nothing of the installed one
 TEST_FILTER = "not 128 and not fails_its_own_import and not stops_an_import"
@@ -266,7 +274,8 @@ def _alive(pid: int) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("releases", nargs="*", default=list(RELEASES))
+    parser.add_argument("releases", nargs="*", help="releases to run (default: CI's, all but BY_HAND_ONLY)")
+    parser.add_argument("--all", action="store_true", help="every release of RELEASES, BY_HAND_ONLY's too")
     parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--workdir", help="where releases are installed (default: a temporary folder)")
     parser.add_argument("--beside", type=int, help="a process ID: run one release at a time while it lives")
@@ -275,6 +284,7 @@ def main() -> int:
     if args.smoke:
         smoke()
         return 0
+    args.releases = args.releases or list(RELEASES if args.all else CI_RELEASES)
     # beside the test suite (CI), the suite's own release is tested there: run its tests once
     suite_release = importlib.metadata.version("ultralytics") if args.beside else None
     with tempfile.TemporaryDirectory(prefix="ultralytics-matrix-") as tmp:
