@@ -140,19 +140,20 @@ def run_release(release: str, workdir: Path, deps: Path, suite_release: str | No
         return result | {"ok": False, "error": f"pip: {error.stderr.decode()[-300:]}"}
     env = _env(release, site, deps, config_dir)
     tests_here = (*TESTS, VAL_PASS_TEST) if release in VAL_PASS_RELEASES else TESTS
+    command = [sys.executable, __file__, "--smoke"]
     if release == suite_release:
-        tests = subprocess.CompletedProcess((), 0)
         result["tests"] = "tests: in the test suite beside, on this release"
     else:
-        tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", TEST_FILTER, *tests_here],
-                               cwd=REPO, env=env, capture_output=True, text=True)  # fmt: skip
-        result["tests"] = tests.stdout.strip().splitlines()[-1] if tests.stdout.strip() else tests.stderr[-300:]
-    smoke = subprocess.run([sys.executable, __file__, "--smoke"], cwd=REPO, env=env, capture_output=True, text=True)
+        command += ["--tests", *tests_here]
+    # one process: the smoke, then the tests (imports and the fake machinery's warm-up once, not twice)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     try:
-        result["smoke"] = json.loads(smoke.stdout.strip().splitlines()[-1])
+        found = json.loads(done.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        result["smoke"] = {"error": (smoke.stderr or smoke.stdout)[-400:]}
-    result["ok"] = tests.returncode == 0 and smoke.returncode == 0 and "error" not in result["smoke"]
+        found = {"smoke": {"error": (done.stderr or done.stdout)[-400:]}}
+    result["smoke"] = found["smoke"]
+    result.setdefault("tests", found.get("tests"))
+    result["ok"] = done.returncode == 0 and "error" not in result["smoke"]
     result["seconds"] = round(time.perf_counter() - started)
     return result
 
@@ -165,8 +166,37 @@ def _shipped(models: tuple[str, ...]) -> list[str]:
     return [model for model in models if model in names]
 
 
-def smoke() -> None:
-    """In a release's environment: one estimate per task, epochs, the 640/16 figures. Prints one JSON line."""
+class _TestCounts:
+    """pytest's closing figures ("42 passed, 3 skipped, 3 deselected in 31.9 s"), for the matrix's line."""
+
+    def __init__(self) -> None:
+        self.line = None
+        self._started = time.perf_counter()
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        stats = terminalreporter.stats
+        counts = ", ".join(f"{len(stats[kind])} {kind}" for kind in ("failed", "error", "passed", "skipped", "deselected")
+                           if stats.get(kind))  # fmt: skip
+        self.line = f"{counts} in {time.perf_counter() - self._started:.1f} s"
+
+
+def smoke_then_tests(tests: list[str]) -> int:
+    """In a release's environment: the smoke, then ``tests`` under pytest in this process. Prints one JSON
+    line, ``{"smoke": ..., "tests": pytest's figures}``; 1 if either failed."""
+    out = smoke()
+    summary, tests_status = None, 0
+    if tests:
+        import pytest
+
+        counts = _TestCounts()
+        tests_status = pytest.main(["-q", "-p", "no:cacheprovider", "-k", TEST_FILTER, *tests], plugins=[counts])
+        summary = counts.line
+    print(json.dumps({"smoke": out, "tests": summary}))
+    return 1 if "error" in out or tests_status else 0
+
+
+def smoke() -> dict:
+    """One estimate per task, epochs, the 640/16 figures, ...: what each gave, and ``error`` where any failed."""
     from yolomem.loops.ultralytics.release import release
     from yolomem.result.estimate import estimate
 
@@ -221,8 +251,7 @@ def smoke() -> None:
         failures += _deploy_smoke(out)
     if failures:
         out["error"] = failures
-    print(json.dumps(out))
-    sys.exit(1 if failures else 0)
+    return out
 
 
 def _deploy_smoke(out: dict) -> list[str]:
@@ -280,10 +309,10 @@ def main() -> int:
     parser.add_argument("--workdir", help="where releases are installed (default: a temporary folder)")
     parser.add_argument("--beside", type=int, help="a process ID: run one release at a time while it lives")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tests", nargs="*", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smoke:
-        smoke()
-        return 0
+        return smoke_then_tests(args.tests)
     args.releases = args.releases or list(RELEASES if args.all else CI_RELEASES)
     # beside the test suite (CI), the suite's own release is tested there: run its tests once
     suite_release = importlib.metadata.version("ultralytics") if args.beside else None
