@@ -20,7 +20,7 @@ the present package layout (8.0.135: all three read through loops/ultralytics/le
 8.0, first and last of 8.1, 8.2, 8.3, the newest 8.4, 8.3.74 (the issue's release), and each
 release where the trainer, validator, optimizer choice, assigner or GPU_mem unit changed memory
 behaviour (see loops/ultralytics/release.py and the README's "Ultralytics releases"). CI runs all but the
-four of ``BY_HAND_ONLY``, whose code their neighbours in CI run all but a few lines of.
+four of ``BY_HAND_ONLY``, each close to a neighbour CI runs (why each: where they are listed).
 
     python .ci/ultralytics_matrix.py              # CI's matrix, os.cpu_count() processes
     python .ci/ultralytics_matrix.py --all        # every release of RELEASES
@@ -102,7 +102,7 @@ VAL_PASS_RELEASES = {"8.0.37", "8.0.59", "8.0.70", "8.0.114", "8.0.239", "8.1.0"
 # The whole smoke (RT-DETR, the newest generation's segmentation epochs, deploy's pipelines) where a line of
 # releases starts or ends, and at the release; the releases between, each a boundary of one behaviour,
 # get the estimate per task, the epochs, checkpointing, AutoBatch and the 640/16 figure (CI's time: 29
-# releases of the whole smoke were half of it)
+# releases of the whole smoke were about a third of it)
 WHOLE_SMOKE_RELEASES = {"8.0.37", "8.0.114", "8.0.135", "8.0.239", "8.1.0", "8.1.47", "8.2.0", "8.2.103", "8.3.0", "8.3.74",
                         "8.3.253", "8.4.0", "8.4.190"}  # fmt: skip
 # the trace-equality test at imgsz 64 only: 128 adds minutes per release, no new code path; the CLI's refusals of
