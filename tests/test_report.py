@@ -151,8 +151,21 @@ def test_page_loads_nothing_from_anywhere(page):
 def test_page_numbers_equal_the_json(data, page):
     payload = data.estimate.to_json()
     embedded = json.loads(parse(page).json_text)
+    embedded.pop("cards")
     assert embedded == json.loads(json.dumps(payload))
     assert check_numbers(page, payload) >= 5 + len(payload["breakdown"])
+
+
+def test_the_json_holds_each_cards_verdict_as_estimate_gpu_gives_it(page, capsys):
+    """The page's JSON held the estimate alone: its cards, their verdicts and largest batches were only in
+    the HTML. Each card's entry now says what ``estimate gpu=`` says of it, in the same keys."""
+    t4, nothing = json.loads(parse(page).json_text)["cards"]
+    assert (t4["gpu"], t4["fits"], t4["largest_batch"]) == ("T4", True, 1024) and "1024" in t4["method"]
+    assert (nothing["gpu"], nothing["fits"], nothing["largest_batch"]) == ("one-MiB", False, None)
+    assert main(["estimate", *WORDS, "gpu=T4", "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    for key in ("gpu", "gpu_total_bytes", "fits", "margin", "capacity_bytes"):
+        assert t4[key] == said[key], key
 
 
 def test_commands_reproduce_it(data):

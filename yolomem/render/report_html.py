@@ -1,7 +1,8 @@
 """``yolomem report``: one self-contained HTML page for one configuration.
 
 Everything is inline: the style sheet, the figures (SVG elements, text drawn as outlines) and the
-estimate's JSON (``<script type="application/json" id="estimate-json">``). The page loads nothing:
+estimate's JSON with each card's verdict (``<script type="application/json" id="estimate-json">``,
+``report_json``). The page loads nothing:
 no scripts, fonts, images or style sheets from anywhere. Every number in a table also carries its exact
 value in a ``data-bytes`` attribute, so a test (or a reader's script) can check the page against the
 JSON without parsing the rounded text.
@@ -240,9 +241,17 @@ def _commands(data: ReportData) -> str:
     return f'<h2>Reproduce</h2><pre id="commands">{lines}</pre>'
 
 
+def report_json(data: ReportData) -> dict:
+    """The estimate's JSON (``estimate --json``) and the page's verdict on each card: its budget
+    (``Budget.to_json``), whether this configuration fits, the largest batch that does and how it was found."""
+    cards = [line.gpu.budget.to_json() | {"fits": line.fits, "largest_batch": line.largest_batch, "method": line.method}
+             for line in data.fits]  # fmt: skip
+    return data.estimate.to_json() | {"cards": cards}
+
+
 def _json_block(data: ReportData) -> str:
-    payload = json.dumps(data.estimate.to_json(), indent=1).replace("</", "<\\/")  # cannot close the script
+    payload = json.dumps(report_json(data), indent=1).replace("</", "<\\/")  # cannot close the script
     return f'<script type="application/json" id="estimate-json">{payload}</script>'
 
 
-__all__ = ["command_lines", "render_report"]
+__all__ = ["command_lines", "render_report", "report_json"]
