@@ -141,7 +141,7 @@ def _models(options: argparse.Namespace) -> int:
     from yolomem.cli.progress import progress_display
     from yolomem.sweeps.model_list import list_models
 
-    # the first run builds the models whose YAML publishes no count of them (about 40 s; then kept in the cache)
+    # the first run counts the models whose YAML publishes no count of them (about 25 s on 2 cores; then kept in the cache)
     with progress_display("listing models; counting parameters no YAML line gives", quiet=options.json):
         entries = list_models()
     if options.json:
